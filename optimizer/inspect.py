@@ -1,0 +1,69 @@
+"""Render an engine manifest for people (`optimize inspect`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def render_manifest(m: dict[str, Any], path: Path, console: Console | None = None) -> None:
+    out = console or Console(highlight=False)
+    cfg = m["architecture"]["config"]
+    kv = m["kv_cache"]
+    src = m["source"]
+    total = sum(f["size"] for f in m["files"].values())
+    out.print(f"[bold]engine[/bold] {path}  (format v{m['format_version']}, "
+              f"{m['tool']['name']} {m['tool']['version']}, {m.get('created_at', '?')})")
+    where = src.get("path") or f"preset/config {src.get('config')} (seed {src.get('seed')})"
+    out.print(f"[bold]source[/bold]       {src['kind']}: {where}")
+    for f in src.get("files", []):
+        out.print(f"             {f['name']}  sha256 {f['sha256'][:16]}...")
+    windows = sorted({w for w in kv.get("sliding_windows", []) if w})
+    out.print(f"[bold]architecture[/bold] {m['architecture']['name']} ({m['architecture']['model_type']}): "
+              f"{cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, "
+              f"{cfg['num_attention_heads']} heads / {cfg['num_key_value_heads']} kv heads, "
+              f"head_dim {kv['head_dim']}, vocab {cfg['vocab_size']}"
+              + (f", sliding window {windows}" if windows else ""))
+    quant = m["quantization"]
+    out.print(f"[bold]dtype[/bold]        {m['dtype']}   [bold]quantization[/bold] "
+              + ", ".join(f"{k}={v}" for k, v in quant.items()))
+    out.print(f"[bold]kv cache[/bold]     {kv['layout']} layout, {kv['num_layers']} layers x "
+              f"(B, {kv['num_kv_heads']}, T, {kv['head_dim']}) {kv['dtype']}")
+    gen = m.get("generation", {})
+    out.print(f"[bold]generation[/bold]   eos {gen.get('eos_token_ids')}, bos {gen.get('bos_token_id')}"
+              f"{', BOS required' if gen.get('needs_bos') else ''}; tokenizer: "
+              f"{'yes' if m.get('tokenizer', {}).get('files') else 'none'}")
+    ver = m.get("verification")
+    if ver:
+        out.print(f"[bold]verified[/bold]     {ver['probe_tokens']} probe tokens ({ver['decode_steps']} "
+                  f"decode steps): max |logit diff| {ver['max_abs_logit_diff']:.2e}, "
+                  f"top-1 agreement {ver['top1_agreement']:.0%}")
+    passes = Table(title="passes", title_justify="left", show_edge=False)
+    for col in ("pass", "result", "op changes"):
+        passes.add_column(col)
+    for p in m["passes"]:
+        delta = ", ".join(f"{op} {d:+d}" for op, d in p["op_delta"].items()) or "-"
+        passes.add_row(p["name"], p["summary"], delta)
+    if m["passes"]:
+        out.print(passes)
+    else:
+        out.print("[bold]passes[/bold]       none")
+    files = Table(title=f"files ({_size(total)})", title_justify="left", show_edge=False)
+    for col in ("file", "size", "sha256"):
+        files.add_column(col)
+    for name, f in m["files"].items():
+        files.add_row(name, _size(f["size"]), f["sha256"][:16] + "...")
+    out.print(files)
+    versions = m.get("versions", {})
+    out.print("[bold]built with[/bold]   " + ", ".join(f"{k} {v}" for k, v in versions.items()))

@@ -1,0 +1,201 @@
+"""Load a model as a torch module: a HuggingFace folder, a GGUF file, or a named config.
+
+Safe by default: weights come from safetensors or GGUF only (pickle checkpoints are refused),
+and remote code runs only with `trust_remote_code=True`. The architecture is checked against
+the registry (`architectures.py`) from the config alone, before any weight is read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from optimizer.errors import InputError, UnsupportedModelError
+from optimizer.hashing import sha256_file
+from optimizer.models.architectures import ArchSpec, arch_for_model_type
+from optimizer.models.presets import PRESETS, preset_names
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for capture: the eval-mode torch module and everything the engine needs."""
+
+    model: Any  # transformers PreTrainedModel, eval mode
+    config: Any  # transformers PretrainedConfig
+    arch: ArchSpec
+    tokenizer: Any | None  # transformers tokenizer, or None (random weights without --tokenizer)
+    source: dict[str, Any] = field(default_factory=dict)  # identity recorded in the manifest
+
+
+def load_model(source: str | Path | None = None, *, random_weights: bool = False,
+               config: str | None = None, tokenizer: str | Path | None = None, seed: int = 0,
+               trust_remote_code: bool = False, quiet: bool = False) -> LoadedModel:
+    """Load from a HF folder or .gguf file, or build random weights from a named config."""
+    _quiet_transformers(quiet)
+    if random_weights:
+        if source is not None:
+            raise InputError("--random-weights takes no model path",
+                             hint="pass either a model path, or --random-weights --config NAME")
+        if config is None:
+            raise InputError("--random-weights needs --config",
+                             hint="a preset (" + ", ".join(preset_names()) + ") or a config.json path")
+        return _load_random(config, tokenizer, seed, trust_remote_code)
+    if source is None:
+        raise InputError("no model given",
+                         hint="pass a HuggingFace folder or a .gguf file, or --random-weights --config NAME")
+    if config is not None:
+        raise InputError("--config is only used with --random-weights",
+                         hint="drop --config, or add --random-weights")
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise InputError(f"model path does not exist: {path}",
+                         hint="pass a HuggingFace folder (config.json + *.safetensors) or a .gguf file")
+    if path.is_file():
+        if path.suffix.lower() != ".gguf":
+            raise InputError(f"{path} is a file but not a GGUF file",
+                             hint="pass a .gguf file, or the HuggingFace folder that holds config.json")
+        return _load_gguf(path, trust_remote_code)
+    if not (path / "config.json").is_file():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return _load_gguf(ggufs[0], trust_remote_code)
+        raise InputError(f"{path} holds no model: no config.json" +
+                         (f" and {len(ggufs)} .gguf files" if ggufs else " and no .gguf file"),
+                         hint="pass a HuggingFace model folder (config.json + *.safetensors) "
+                              "or one .gguf file")
+    return _load_hf_folder(path, trust_remote_code)
+
+
+def _load_hf_folder(path: Path, trust_remote_code: bool) -> LoadedModel:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+        if pickles:
+            raise InputError(
+                f"{path} has only pickle checkpoints ({', '.join(pickles[:3])}); "
+                "they can run arbitrary code when loaded and are refused",
+                hint="convert them to safetensors (model.save_pretrained(dir, safe_serialization=True) "
+                     "in a trusted environment) and pass that folder")
+        raise InputError(f"{path} has config.json but no *.safetensors weights",
+                         hint="add the model's .safetensors files to the folder")
+    model_type = json.loads((path / "config.json").read_text()).get("model_type")
+    arch = arch_for_model_type(model_type)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, config=config, dtype=torch.float32, use_safetensors=True,
+        trust_remote_code=trust_remote_code)
+    tok = _load_tokenizer(path, trust_remote_code) if _has_tokenizer(path) else None
+    files = [{"name": w.name, "sha256": sha256_file(w)} for w in weights]
+    return _finish(model, arch, tok, {"kind": "huggingface", "path": str(path.resolve()), "files": files})
+
+
+def _load_gguf(path: Path, trust_remote_code: bool) -> LoadedModel:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = path.parent, path.name
+    try:
+        config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    except (ValueError, KeyError, OSError) as exc:
+        text = str(exc)
+        if "not supported" in text or "architecture" in text.lower():
+            raise UnsupportedModelError(f"cannot load {path}: {text}",
+                                        hint="supported GGUF architectures: llama, mistral, qwen2, gemma3") from exc
+        raise InputError(f"cannot read GGUF file {path}: {text}",
+                         hint="check that the file is a complete GGUF model (re-download or re-assemble it)") from exc
+    arch = arch_for_model_type(config.model_type)
+    if getattr(config, "quantization_config", None) is not None:
+        del config.quantization_config  # weights come out dequantized
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config,
+                                                 dtype=torch.float32)
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    files = [{"name": name, "sha256": sha256_file(path)}]
+    return _finish(model, arch, tok, {"kind": "gguf", "path": str(path.resolve()), "files": files})
+
+
+def _load_random(config_ref: str, tokenizer: str | Path | None, seed: int,
+                 trust_remote_code: bool) -> LoadedModel:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    values = resolve_config(config_ref)
+    arch = arch_for_model_type(values.get("model_type"))
+    values = dict(values)
+    model_type = values.pop("model_type")
+    config = AutoConfig.for_model(model_type, **values)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    tok = None
+    if tokenizer is not None:
+        tpath = Path(tokenizer).expanduser()
+        if not tpath.exists():
+            raise InputError(f"tokenizer path does not exist: {tpath}",
+                             hint="pass a folder with tokenizer.json, or a .gguf file")
+        tok = _load_tokenizer(tpath, trust_remote_code)
+        if len(tok) > config.vocab_size:
+            raise InputError(f"tokenizer has {len(tok)} tokens but the model's vocabulary is "
+                             f"{config.vocab_size}", hint="use a tokenizer that fits the config")
+    source = {"kind": "random", "config": config_ref, "seed": seed, "files": []}
+    return _finish(model, arch, tok, source)
+
+
+def resolve_config(config_ref: str) -> dict[str, Any]:
+    """A preset name or a config.json path -> config values (with model_type)."""
+    if config_ref in PRESETS:
+        return dict(PRESETS[config_ref])
+    path = Path(config_ref).expanduser()
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise InputError(f"unknown config {config_ref!r}: neither a preset nor a config.json path",
+                         hint="presets: " + ", ".join(preset_names()))
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path} is not valid JSON: {exc}") from exc
+    if "model_type" not in values:
+        raise InputError(f"{path} has no model_type", hint="a HuggingFace config.json names its model_type")
+    return values
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return any((path / name).exists() for name in _TOKENIZER_FILES)
+
+
+def _load_tokenizer(path: Path, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    if not _has_tokenizer(path):
+        raise InputError(f"{path} holds no tokenizer (no tokenizer.json or tokenizer.model)",
+                         hint="pass a model folder or engine directory that has tokenizer files")
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+def _finish(model: Any, arch: ArchSpec, tok: Any, source: dict[str, Any]) -> LoadedModel:
+    model.eval()
+    model.requires_grad_(False)
+    return LoadedModel(model=model, config=model.config, arch=arch, tokenizer=tok, source=source)
+
+
+def _quiet_transformers(quiet: bool) -> None:
+    """transformers logs and warns freely; keep the CLI output to what the user needs."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    if quiet:
+        hf_logging.disable_progress_bar()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="transformers")

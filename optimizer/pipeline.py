@@ -1,0 +1,161 @@
+"""`build_engine`: model in, verified engine directory out, one readable step after another.
+
+    load -> capture -> passes -> write (staging dir) -> verify -> manifest -> rename into place
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+
+from optimizer.artifact import EngineDir, check_output_dir, load_engine, staging_dir, write_manifest
+from optimizer.capture import DTYPES, capture, decoder_dims, kv_names
+from optimizer.errors import InputError
+from optimizer.models.loader import LoadedModel, load_model
+from optimizer.progress import bar, console, step
+from optimizer.verify import verify_engine
+from passes import DEFAULT_PIPELINE
+from passes.pipeline import run_passes, validate_pass_names
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+EXTERNAL_DATA_THRESHOLD = 256 << 20  # weights larger than this go to model.onnx.data
+EXTERNAL_DATA_CHOICES = ("auto", "always", "never")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    out: Path
+    source: str | None = None
+    dtype: str = "fp32"
+    random_weights: bool = False
+    config: str | None = None
+    tokenizer: str | None = None
+    seed: int = 0
+    passes: tuple[str, ...] = DEFAULT_PIPELINE
+    external_data: str = "auto"
+    overwrite: bool = False
+    trust_remote_code: bool = False
+    quiet: bool = False
+    extra_manifest: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.dtype not in DTYPES:
+            raise InputError(f"unknown dtype {self.dtype!r}", hint="choose one of: " + ", ".join(DTYPES))
+        if self.external_data not in EXTERNAL_DATA_CHOICES:
+            raise InputError(f"unknown external-data mode {self.external_data!r}",
+                             hint="choose one of: " + ", ".join(EXTERNAL_DATA_CHOICES))
+        validate_pass_names(self.passes)
+        check_output_dir(self.out, self.overwrite)
+
+
+def build_engine(opts: BuildOptions) -> EngineDir:
+    opts.validate()  # every cheap check before the expensive work
+    q = opts.quiet
+    with step("load model", q):
+        loaded = load_model(opts.source, random_weights=opts.random_weights, config=opts.config,
+                            tokenizer=opts.tokenizer, seed=opts.seed,
+                            trust_remote_code=opts.trust_remote_code, quiet=q)
+    dims = decoder_dims(loaded.config, loaded.arch)
+    with step(f"capture {loaded.arch.name} decoder ({dims.num_layers} layers, {opts.dtype})", q):
+        with bar("layers", dims.num_layers, q) as advance:
+            model = capture(loaded, opts.dtype, on_layer=lambda i: advance())
+    with step("graph passes: " + (", ".join(opts.passes) or "none"), q):
+        model, pass_reports = run_passes(model, opts.passes)
+        for r in pass_reports:
+            if not q:
+                console().print(f"  {r['name']}: {r['summary']}")
+    kv = kv_cache_section(loaded, opts.dtype)
+    with staging_dir(opts.out, opts.overwrite) as tmp:
+        with step("write engine files", q):
+            model_info = write_model(model, tmp, opts.external_data)
+            tokenizer_files = write_tokenizer(loaded, tmp)
+        with step("verify engine against the torch model", q):
+            verification = verify_engine(tmp / MODEL_FILE, kv, loaded, opts.dtype)
+            if not q:
+                console().print(f"  max |logit diff| {verification['max_abs_logit_diff']:.2e}, "
+                                f"top-1 agreement {verification['top1_agreement']:.0%}")
+        manifest = {
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "source": loaded.source,
+            "architecture": {"name": loaded.arch.name, "model_type": loaded.config.model_type,
+                             "config": json.loads(loaded.config.to_json_string(use_diff=False))},
+            "dtype": opts.dtype,
+            "quantization": {"method": "none"},
+            "passes": pass_reports,
+            "kv_cache": kv,
+            "model": model_info,
+            "generation": generation_section(loaded),
+            "tokenizer": {"files": tokenizer_files},
+            "verification": verification,
+            "versions": tool_versions(),
+            **opts.extra_manifest,
+        }
+        with step("checksums and manifest", q):
+            write_manifest(tmp, manifest, quiet=q)
+    return load_engine(opts.out, verify=False)
+
+
+def kv_cache_section(loaded: LoadedModel, dtype: str) -> dict[str, Any]:
+    dims = decoder_dims(loaded.config, loaded.arch)
+    past_k, past_v, present_k, present_v = (n.replace(".0.", ".{i}.") for n in kv_names(0))
+    return {
+        "layout": "concat",  # past (B, n_kv, P, hd) in, present (B, n_kv, P + S, hd) out
+        "num_layers": dims.num_layers, "num_kv_heads": dims.num_kv_heads,
+        "head_dim": dims.head_dim, "dtype": dtype,
+        "past_key": past_k, "past_value": past_v, "present_key": present_k, "present_value": present_v,
+        "sliding_windows": list(dims.windows),
+    }
+
+
+def write_model(model: ir.Model, directory: Path, external_data: str) -> dict[str, Any]:
+    weight_bytes = sum(v.const_value.nbytes for v in model.graph.initializers.values()
+                       if v.const_value is not None)
+    external = external_data == "always" or (external_data == "auto" and weight_bytes > EXTERNAL_DATA_THRESHOLD)
+    path = directory / MODEL_FILE
+    ir.save(model, path, external_data=DATA_FILE if external else None)
+    onnx.checker.check_model(str(path))  # by path: works with external data and > 2 GB
+    return {"file": MODEL_FILE, "external_data": DATA_FILE if external else None,
+            "weight_bytes": weight_bytes, "opset": dict(model.opset_imports),
+            "inputs": [v.name for v in model.graph.inputs],
+            "outputs": [v.name for v in model.graph.outputs]}
+
+
+def write_tokenizer(loaded: LoadedModel, directory: Path) -> list[str]:
+    before = {p.name for p in directory.iterdir()}
+    loaded.model.generation_config.save_pretrained(directory)
+    if loaded.tokenizer is None:
+        return []
+    loaded.tokenizer.save_pretrained(directory)
+    return sorted({p.name for p in directory.iterdir()} - before - {"generation_config.json"})
+
+
+def generation_section(loaded: LoadedModel) -> dict[str, Any]:
+    gen, tok = loaded.model.generation_config, loaded.tokenizer
+    eos = gen.eos_token_id if gen.eos_token_id is not None else []
+    eos_ids = set(eos if isinstance(eos, list) else [eos])
+    if tok is not None and tok.eos_token_id is not None:
+        eos_ids.add(tok.eos_token_id)
+    return {"eos_token_ids": sorted(eos_ids), "bos_token_id": gen.bos_token_id,
+            "pad_token_id": gen.pad_token_id, "needs_bos": loaded.arch.needs_bos}
+
+
+def tool_versions() -> dict[str, str]:
+    import numpy
+    import onnxruntime
+    import torch
+    import transformers
+
+    from optimizer import __version__
+
+    return {"optimizer": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "onnx": onnx.__version__,
+            "onnx_ir": ir.__version__, "onnxruntime": onnxruntime.__version__,
+            "numpy": numpy.__version__}

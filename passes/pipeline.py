@@ -1,0 +1,43 @@
+"""Run named passes in order over an onnx_ir model, recording what each changed."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Sequence
+
+import onnx_ir as ir
+
+from optimizer.errors import InputError
+from passes import REGISTRY
+
+
+def op_counts(model: ir.Model) -> Counter:
+    return Counter(f"{n.domain + '::' if n.domain else ''}{n.op_type}" for n in model.graph)
+
+
+def validate_pass_names(names: Sequence[str]) -> None:
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise InputError(f"unknown pass {unknown[0]!r}", hint="passes: " + ", ".join(REGISTRY))
+
+
+def run_passes(model: ir.Model, names: Sequence[str]) -> tuple[ir.Model, list[dict[str, Any]]]:
+    """Apply the passes; return the model and one report per pass."""
+    validate_pass_names(names)
+    reports = []
+    for name in names:
+        before = op_counts(model)
+        result = REGISTRY[name].build()(model)
+        model = result.model
+        after = op_counts(model)
+        delta = {op: after[op] - before[op] for op in sorted(before | after) if after[op] != before[op]}
+        reports.append({
+            "name": name,
+            "changed": bool(result.modified),
+            "summary": (f"{sum(before.values())} -> {sum(after.values())} nodes" if result.modified
+                        else "nothing to rewrite"),
+            "nodes_before": sum(before.values()),
+            "nodes_after": sum(after.values()),
+            "op_delta": delta,
+        })
+    return model, reports

@@ -1,0 +1,71 @@
+"""Next-token selection as pure functions over a logits vector.
+
+Greedy when temperature is 0; otherwise temperature, then top-k, then top-p (nucleus)
+filtering, then a draw from a seeded numpy Generator (same seed, same tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from optimizer.errors import InputError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    seed: int | None = None
+    ignore_eos: bool = False
+    stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise InputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise InputError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise InputError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def filter_top_k(logits: np.ndarray, k: int) -> np.ndarray:
+    """Logits with all but the k largest set to -inf (k = 0 or >= V: unchanged)."""
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = np.partition(logits, -k)[-k]
+    return np.where(logits < kth, -np.inf, logits)
+
+
+def filter_top_p(logits: np.ndarray, p: float) -> np.ndarray:
+    """Keep the smallest set of most likely tokens whose probability reaches p (at least one)."""
+    if p >= 1.0:
+        return logits
+    order = np.argsort(-logits, kind="stable")
+    probs = softmax(logits[order])
+    # a token is kept if the mass strictly before it is still below p
+    keep_sorted = (np.cumsum(probs) - probs) < p
+    keep = np.zeros_like(keep_sorted)
+    keep[order] = keep_sorted
+    return np.where(keep, logits, -np.inf)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - np.max(logits)
+    e = np.exp(z)
+    return e / e.sum()
+
+
+def sample_next(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
+    """One token id from a (V,) logits vector."""
+    if params.temperature == 0.0:
+        return int(np.argmax(logits))
+    scaled = logits.astype(np.float64) / params.temperature
+    scaled = filter_top_p(filter_top_k(scaled, params.top_k), params.top_p)
+    probs = softmax(scaled)
+    return int(rng.choice(probs.shape[-1], p=probs))
