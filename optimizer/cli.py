@@ -30,9 +30,10 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except OptimizerError as exc:
-            console().print(f"[bold red]error:[/bold red] {exc.message}", markup=True, highlight=False)
+            console().print("[bold red]error:[/bold red] ", end="")
+            console().print(exc.message, markup=False, soft_wrap=True)
             if exc.hint:
-                console().print(f"  hint: {exc.hint}", markup=False)
+                console().print(f"  hint: {exc.hint}", markup=False, soft_wrap=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             console().print("interrupted: nothing was written")
@@ -74,7 +75,8 @@ def model_cmd(source: str | None, out: Path, dtype: str, random_weights: bool, c
         tokenizer=str(tokenizer) if tokenizer else None, seed=seed, passes=pass_names,
         external_data=external_data, overwrite=overwrite, trust_remote_code=trust_remote_code,
         quiet=quiet))
-    console().print(f"[green]engine written:[/green] {engine.path}")
+    if not quiet:
+        console().print(f"[green]engine written:[/green] {engine.path}")
 
 
 def _split_passes(text: str) -> tuple[str, ...]:

@@ -56,13 +56,15 @@ class BuildOptions:
         check_output_dir(self.out, self.overwrite)
 
 
-def build_engine(opts: BuildOptions) -> EngineDir:
+def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> EngineDir:
+    """Build the engine described by `opts` (from `loaded` when the model is already in memory)."""
     opts.validate()  # every cheap check before the expensive work
     q = opts.quiet
-    with step("load model", q):
-        loaded = load_model(opts.source, random_weights=opts.random_weights, config=opts.config,
-                            tokenizer=opts.tokenizer, seed=opts.seed,
-                            trust_remote_code=opts.trust_remote_code, quiet=q)
+    if loaded is None:
+        with step("load model", q):
+            loaded = load_model(opts.source, random_weights=opts.random_weights, config=opts.config,
+                                tokenizer=opts.tokenizer, seed=opts.seed,
+                                trust_remote_code=opts.trust_remote_code, quiet=q)
     dims = decoder_dims(loaded.config, loaded.arch)
     with step(f"capture {loaded.arch.name} decoder ({dims.num_layers} layers, {opts.dtype})", q):
         with bar("layers", dims.num_layers, q) as advance:

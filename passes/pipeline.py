@@ -26,16 +26,18 @@ def run_passes(model: ir.Model, names: Sequence[str]) -> tuple[ir.Model, list[di
     validate_pass_names(names)
     reports = []
     for name in names:
-        before = op_counts(model)
+        before, opsets_before = op_counts(model), set(model.opset_imports)
         result = REGISTRY[name].build()(model)
         model = result.model
-        after = op_counts(model)
+        after, opsets_after = op_counts(model), set(model.opset_imports)
         delta = {op: after[op] - before[op] for op in sorted(before | after) if after[op] != before[op]}
+        summary = f"{sum(before.values())} -> {sum(after.values())} nodes"
+        if opsets_before != opsets_after:
+            summary += "; opset imports removed: " + ", ".join(sorted(opsets_before - opsets_after))
         reports.append({
             "name": name,
             "changed": bool(result.modified),
-            "summary": (f"{sum(before.values())} -> {sum(after.values())} nodes" if result.modified
-                        else "nothing to rewrite"),
+            "summary": summary if result.modified else "nothing to rewrite",
             "nodes_before": sum(before.values()),
             "nodes_after": sum(after.values()),
             "op_delta": delta,

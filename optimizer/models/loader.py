@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
-from optimizer.errors import InputError, UnsupportedModelError
+from optimizer.errors import InputError, OptimizerError, UnsupportedModelError
 from optimizer.hashing import sha256_file
 from optimizer.models.architectures import ArchSpec, arch_for_model_type
 from optimizer.models.presets import PRESETS, preset_names
@@ -91,10 +92,11 @@ def _load_hf_folder(path: Path, trust_remote_code: bool) -> LoadedModel:
                          hint="add the model's .safetensors files to the folder")
     model_type = json.loads((path / "config.json").read_text()).get("model_type")
     arch = arch_for_model_type(model_type)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, config=config, dtype=torch.float32, use_safetensors=True,
-        trust_remote_code=trust_remote_code)
+    with _reading(path, "the model folder"):
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, config=config, dtype=torch.float32, use_safetensors=True,
+            trust_remote_code=trust_remote_code)
     tok = _load_tokenizer(path, trust_remote_code) if _has_tokenizer(path) else None
     files = [{"name": w.name, "sha256": sha256_file(w)} for w in weights]
     return _finish(model, arch, tok, {"kind": "huggingface", "path": str(path.resolve()), "files": files})
@@ -106,9 +108,9 @@ def _load_gguf(path: Path, trust_remote_code: bool) -> LoadedModel:
     folder, name = path.parent, path.name
     try:
         config = AutoConfig.from_pretrained(folder, gguf_file=name)
-    except (ValueError, KeyError, OSError) as exc:
-        text = str(exc)
-        if "not supported" in text or "architecture" in text.lower():
+    except Exception as exc:  # the GGUF parser raises struct/Value/Key/OS errors on bad files
+        text = str(exc) or type(exc).__name__
+        if isinstance(exc, ValueError) and "not supported" in text:
             raise UnsupportedModelError(f"cannot load {path}: {text}",
                                         hint="supported GGUF architectures: llama, mistral, qwen2, gemma3") from exc
         raise InputError(f"cannot read GGUF file {path}: {text}",
@@ -116,10 +118,15 @@ def _load_gguf(path: Path, trust_remote_code: bool) -> LoadedModel:
     arch = arch_for_model_type(config.model_type)
     if getattr(config, "quantization_config", None) is not None:
         del config.quantization_config  # weights come out dequantized
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config,
-                                                 dtype=torch.float32)
+    with _reading(path, "the GGUF weights"):
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config,
+                                                     dtype=torch.float32)
+    # The GGUF "quantizer" only dequantized at load: the module holds plain fp32 weights.
+    # Drop its traces so the model behaves (and saves) like any other fp32 model.
     if getattr(model.config, "quantization_config", None) is not None:
         del model.config.quantization_config
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     files = [{"name": name, "sha256": sha256_file(path)}]
     return _finish(model, arch, tok, {"kind": "gguf", "path": str(path.resolve()), "files": files})
@@ -167,6 +174,18 @@ def resolve_config(config_ref: str) -> dict[str, Any]:
     if "model_type" not in values:
         raise InputError(f"{path} has no model_type", hint="a HuggingFace config.json names its model_type")
     return values
+
+
+@contextmanager
+def _reading(path: Path, what: str) -> Iterator[None]:
+    """Report a library's failure to read the user's files as an input error naming the file."""
+    try:
+        yield
+    except OptimizerError:
+        raise
+    except Exception as exc:  # transformers / safetensors / gguf raise many kinds on bad files
+        raise InputError(f"cannot read {what} at {path}: {str(exc) or type(exc).__name__}",
+                         hint="check that the files are complete and not corrupted") from exc
 
 
 def _has_tokenizer(path: Path) -> bool:

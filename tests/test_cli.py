@@ -1,0 +1,182 @@
+"""The CLI end to end on tiny models, and every bad input: a clear message naming what was
+wrong, a non-zero exit code, no traceback, and nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from optimizer.cli import main
+from optimizer.models.architectures import supported_model_types
+
+
+def run(*args: str):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def assert_clean_failure(code: int, output: str, *needles: str) -> None:
+    assert code != 0, output
+    assert "Traceback" not in output
+    assert "error:" in output
+    for needle in needles:
+        assert needle in output, output
+
+
+@pytest.fixture(scope="module")
+def engine_dir(tmp_path_factory, smol_tokenizer_dir):
+    out = tmp_path_factory.mktemp("cli") / "engine"
+    code, output = run("model", "--random-weights", "--config", "tiny-gemma3",
+                       "--tokenizer", smol_tokenizer_dir, "--out", out, "-q")
+    assert code == 0, output
+    return out
+
+
+def test_generate_streams_text_and_stats(engine_dir):
+    code, output = run("generate", engine_dir, "--prompt", "Hello there", "--max-new-tokens", "6",
+                       "--ignore-eos")
+    assert code == 0, output
+    assert "6 generated (length)" in output
+
+
+def test_sampled_generation_is_reproducible(engine_dir):
+    args = ("generate", engine_dir, "--prompt", "Hi", "--max-new-tokens", "8", "--ignore-eos",
+            "--temperature", "0.8", "--top-k", "50", "--top-p", "0.9", "--seed", "3")
+    first, second = (CliRunner().invoke(main, [str(a) for a in args]) for _ in range(2))
+    assert first.exit_code == second.exit_code == 0
+    assert first.stdout.strip() and first.stdout == second.stdout
+
+
+def test_inspect_readable_and_json(engine_dir):
+    code, output = run("inspect", engine_dir)
+    assert code == 0, output
+    for needle in ("gemma3", "sliding window [4]", "concat layout", "cse", "model.onnx", "verified"):
+        assert needle in output
+    code, output = run("inspect", engine_dir, "--json")
+    assert code == 0
+    assert json.loads(output)["architecture"]["model_type"] == "gemma3_text"
+
+
+def test_missing_model_path(tmp_path):
+    code, output = run("model", tmp_path / "nope", "--out", tmp_path / "out")
+    assert_clean_failure(code, output, "model path does not exist", "nope")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_folder_without_model(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "README.md").write_text("not a model")
+    code, output = run("model", tmp_path / "empty", "--out", tmp_path / "out")
+    assert_clean_failure(code, output, "holds no model", "config.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def test_unsupported_architecture_lists_supported(tmp_path):
+    folder = tmp_path / "gpt2"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    (folder / "model.safetensors").write_bytes(b"")
+    code, output = run("model", folder, "--out", tmp_path / "out")
+    assert_clean_failure(code, output, "unsupported architecture", "'gpt2'", *supported_model_types())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt2"]
+
+
+def test_unsupported_architecture_in_random_config(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    code, output = run("model", "--random-weights", "--config", tmp_path / "config.json", "--out", tmp_path / "out")
+    assert_clean_failure(code, output, "unsupported architecture", "'bert'")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_preset_lists_presets(tmp_path):
+    code, output = run("model", "--random-weights", "--config", "llama-9000", "--out", tmp_path / "out")
+    assert_clean_failure(code, output, "unknown config 'llama-9000'", "llama-3.2-1b", "gemma-3-270m")
+
+
+def test_pickle_checkpoint_is_refused(tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04not really")
+    code, output = run("model", folder, "--out", tmp_path / "out")
+    assert_clean_failure(code, output, "pickle", "safetensors")
+    assert not (tmp_path / "out").exists()
+
+
+def test_not_a_gguf_file(tmp_path):
+    bad = tmp_path / "weights.txt"
+    bad.write_text("hello")
+    code, output = run("model", bad, "--out", tmp_path / "out")
+    assert_clean_failure(code, output, "not a GGUF file")
+    for size in (8, 20, 400):
+        corrupt = tmp_path / "broken.gguf"
+        corrupt.write_bytes(b"GGUF" + b"\x03\x00" * size)
+        code, output = run("model", corrupt, "--out", tmp_path / "out")
+        assert_clean_failure(code, output, "cannot read GGUF file", "broken.gguf")
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_is_refused(tmp_path, smol_tokenizer_dir):
+    (tmp_path / "out").mkdir()
+    code, output = run("model", "--random-weights", "--config", "tiny-llama", "--out", tmp_path / "out")
+    assert_clean_failure(code, output, "already exists", "--overwrite")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_checksum_failure_on_generate_and_inspect(engine_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "engine"
+    shutil.copytree(engine_dir, copy)
+    (copy / "tokenizer.json").write_text("{}")
+    for args in (("generate", copy, "--prompt", "hi"), ("inspect", copy)):
+        code, output = run(*args)
+        assert_clean_failure(code, output, "tokenizer.json fails its checksum", "rebuild")
+
+
+def test_newer_format_version_on_generate(engine_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "engine"
+    shutil.copytree(engine_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    code, output = run("generate", copy, "--prompt", "hi")
+    assert_clean_failure(code, output, "format version 99 is newer", "upgrade")
+
+
+def test_not_an_engine(tmp_path):
+    code, output = run("generate", tmp_path, "--prompt", "hi")
+    assert_clean_failure(code, output, "not an engine directory", "manifest.json")
+    code, output = run("inspect", tmp_path / "missing")
+    assert_clean_failure(code, output, "engine directory does not exist")
+
+
+def test_unavailable_provider(engine_dir):
+    code, output = run("generate", engine_dir, "--prompt", "hi", "--provider", "tensorrt")
+    assert_clean_failure(code, output, "execution provider 'tensorrt' is not available", "cpu")
+
+
+def test_real_process_exit_code_and_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "optimizer.cli", "model", str(tmp_path / "x"),
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "model path does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""
+
+
+def test_corrupt_safetensors(tmp_path, tiny_hf_folders):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_hf_folders["llama"], folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated download
+    code, output = run("model", folder, "--out", tmp_path / "out")
+    assert_clean_failure(code, output, "cannot read the model folder", str(folder))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
