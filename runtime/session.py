@@ -70,6 +70,8 @@ class DecoderSession:
                  threads: int | None = None) -> None:
         self.kv = kv
         self.provider = resolve_provider(provider)
+        if self.provider != PROVIDERS["cpu"] and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # CUDA/cuDNN libraries from the pip-installed nvidia packages
         self.session = ort.InferenceSession(str(model_path), make_session_options(threads),
                                             providers=[self.provider])
         self.output_names = [o.name for o in self.session.get_outputs()]

@@ -37,13 +37,14 @@ def smollm2_gguf() -> Path:
 
 
 @pytest.fixture(scope="session")
-def smol_tokenizer_dir(smollm2_gguf: Path) -> Path:
+def smol_tokenizer_dir() -> Path:
     """The real SmolLM2 tokenizer, saved once as a plain tokenizer folder in the cache."""
     target = cache_dir() / "test" / "smollm2-tokenizer"
     if not (target / "tokenizer.json").exists():
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
+        gguf = fetch_asset("smollm2-135m", quiet=True)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         tmp = target.with_name(target.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tok.save_pretrained(tmp)
