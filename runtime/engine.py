@@ -46,7 +46,12 @@ class Engine:
         if self.tokenizer is None:
             raise EngineError("this engine has no tokenizer (built from random weights without --tokenizer)",
                               hint="pass token ids instead of text, or rebuild with --tokenizer PATH")
-        return list(self.tokenizer(prompt).input_ids)
+        ids = list(self.tokenizer(prompt).input_ids)
+        gen = self.manifest.get("generation", {})
+        bos = gen.get("bos_token_id")
+        if gen.get("needs_bos") and bos is not None and ids[:1] != [bos]:
+            ids.insert(0, bos)  # e.g. Gemma degrades badly without BOS, whatever the tokenizer says
+        return ids
 
     def generate_ids(self, prompt_ids: list[int], params: SamplingParams,
                      on_token: Callable[[int], None] | None = None) -> GenerationResult:

@@ -180,3 +180,19 @@ def test_corrupt_safetensors(tmp_path, tiny_hf_folders):
     code, output = run("model", folder, "--out", tmp_path / "out")
     assert_clean_failure(code, output, "cannot read the model folder", str(folder))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_unknown_pass_is_rejected_before_any_work(tmp_path):
+    code, output = run("model", "--random-weights", "--config", "tiny-llama", "--passes", "cse,fuse-evrything",
+                       "--out", tmp_path / "out")
+    assert_clean_failure(code, output, "unknown pass 'fuse-evrything'", "cse", "dead-code")
+    assert "load model" not in output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_passes(tmp_path, smol_tokenizer_dir):
+    code, output = run("model", "--random-weights", "--config", "tiny-qwen2", "--passes", "none",
+                       "--out", tmp_path / "out", "-q")
+    assert code == 0, output
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["passes"] == []

@@ -1,0 +1,62 @@
+"""The generation loop: EOS and stop tokens, BOS handling, streaming text."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import AutoTokenizer
+
+from optimizer.pipeline import BuildOptions, build_engine
+from runtime import Engine, SamplingParams
+from runtime.detokenize import IncrementalDetokenizer
+
+
+@pytest.fixture(scope="module")
+def gemma_engine(tmp_path_factory, smol_tokenizer_dir) -> Engine:
+    out = tmp_path_factory.mktemp("rt") / "engine"
+    build_engine(BuildOptions(out=out, random_weights=True, config="tiny-gemma3",
+                              tokenizer=str(smol_tokenizer_dir), quiet=True))
+    return Engine.load(out)
+
+
+def test_stops_on_eos_unless_ignored(gemma_engine):
+    prompt = gemma_engine.encode("Hello there")
+    first = gemma_engine.generate_ids(prompt, SamplingParams(max_new_tokens=8)).token_ids[0]
+    gemma_engine.eos_token_ids = [first]
+    stopped = gemma_engine.generate_ids(prompt, SamplingParams(max_new_tokens=8))
+    assert stopped.token_ids == [first] and stopped.finish_reason == "stop"
+    ignored = gemma_engine.generate_ids(prompt, SamplingParams(max_new_tokens=8, ignore_eos=True))
+    assert len(ignored.token_ids) == 8 and ignored.finish_reason == "length"
+    assert ignored.token_ids[0] == first
+
+
+def test_stop_token_ids_apply_even_with_ignore_eos(gemma_engine):
+    prompt = gemma_engine.encode("Hello there")
+    tokens = gemma_engine.generate_ids(prompt, SamplingParams(max_new_tokens=6, ignore_eos=True)).token_ids
+    stop = tokens[2]
+    result = gemma_engine.generate_ids(prompt, SamplingParams(max_new_tokens=6, ignore_eos=True,
+                                                              stop_token_ids=(stop,)))
+    assert result.token_ids == tokens[:tokens.index(stop) + 1] and result.finish_reason == "stop"
+
+
+def test_bos_is_prepended_where_the_architecture_needs_it(gemma_engine, smol_tokenizer_dir):
+    tok = AutoTokenizer.from_pretrained(smol_tokenizer_dir)
+    plain = tok("Hello").input_ids
+    bos = gemma_engine.manifest["generation"]["bos_token_id"]
+    assert plain[0] != bos  # the SmolLM2 tokenizer adds no BOS itself
+    assert gemma_engine.encode("Hello") == [bos] + plain
+
+
+def test_streamed_text_equals_final_text(gemma_engine):
+    pieces: list[str] = []
+    result = gemma_engine.generate("Once", SamplingParams(max_new_tokens=12, ignore_eos=True), on_text=pieces.append)
+    assert "".join(pieces) == result.text
+    assert len(result.token_ids) == 12
+
+
+def test_incremental_detokenizer_handles_multibyte(smol_tokenizer_dir):
+    tok = AutoTokenizer.from_pretrained(smol_tokenizer_dir)
+    text = "héllo wörld, 日本語 🙂 done"
+    detok = IncrementalDetokenizer(tok)
+    pieces = [detok.push(i) for i in tok(text).input_ids] + [detok.flush()]
+    assert "".join(pieces) == tok.decode(tok(text).input_ids, skip_special_tokens=True)
+    assert all("\ufffd" not in p for p in pieces)
