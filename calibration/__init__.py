@@ -1,5 +1,111 @@
-"""Calibration and weight quantization (RTN, AWQ, GPTQ, FP8) on the torch module, layer by layer.
+"""Calibration and weight quantization on the torch module, layer by layer.
 
-Empty for now: the quantization issue lands here (data.py, sequential.py, rtn.py, awq.py,
-gptq.py, mappings.py). Engines built today record `quantization: {"method": "none"}`.
+    result = quantize_model(loaded, QuantConfig(method="gptq", bits=4, group_size=64))
+    result.codes["model.layers.0.self_attn.q_proj"]  # QuantizedLinear: codes, scales, zeros
+
+After quantization the module's linears hold their dequantized weights (fake-quant), so the
+torch model computes what the engine computes; `codes` feeds the MatMulNBits lowering pass.
+Methods are registered in METHOD_STEPS; the driver (sequential.py) is shared by all.
 """
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from calibration.config import GROUP_SIZES, QuantConfig
+from calibration.data import parse_spec, token_windows, windows_hash
+from calibration.mappings import module_names
+from calibration.methods import _store, awq_layer, gptq_layer
+from calibration.rtn import QuantizedLinear, rtn_quantize
+from calibration.sequential import run_sequential
+from optimizer.errors import InputError
+
+__all__ = ["QuantConfig", "QuantizationResult", "quantize_model"]
+
+
+@dataclass
+class QuantizationResult:
+    codes: dict[str, QuantizedLinear]
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def _keep_matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    return lambda name: any(fnmatch.fnmatch(name, p) or name == p for p in patterns)
+
+
+def target_linears(loaded: Any, keep: Callable[[str], bool]) -> dict[str, torch.nn.Linear]:
+    """Every decoder linear not kept in float, by module name."""
+    out = {}
+    for i in range(loaded.config.num_hidden_layers):
+        for name in module_names(loaded.arch, i).values():
+            if not keep(name):
+                out[name] = loaded.model.get_submodule(name)
+    return out
+
+
+def check_group_sizes(linears: dict[str, torch.nn.Linear], cfg: QuantConfig) -> None:
+    """Every quantized linear's input size must be a multiple of the group size."""
+    if cfg.group_size is None:
+        return
+    widths = sorted({lin.in_features for lin in linears.values()})
+    bad = [w for w in widths if w % cfg.group_size]
+    if bad:
+        valid = [g for g in GROUP_SIZES if all(w % g == 0 for w in widths)]
+        raise InputError(f"group size {cfg.group_size} does not divide the input size {bad[0]} "
+                         f"of this model's linears (input sizes: {', '.join(map(str, widths))})",
+                         hint="valid group sizes for this model: " + ", ".join(map(str, valid)) +
+                              (", " if valid else "") + "or 0 for per-channel")
+
+
+def calibration_windows(loaded: Any, cfg: QuantConfig) -> np.ndarray:
+    spec = parse_spec(cfg.calib, cfg.calib_seed)
+    if loaded.tokenizer is None:
+        raise InputError("calibration needs a tokenizer, and this model has none",
+                         hint="pass --tokenizer with --random-weights")
+    bos = loaded.config.bos_token_id if loaded.arch.needs_bos else None
+    return token_windows(loaded.tokenizer, spec, bos)
+
+
+def quantize_model(loaded: Any, cfg: QuantConfig, quiet: bool = False) -> QuantizationResult:
+    cfg.validate()
+    keep = _keep_matcher(cfg.keep)
+    linears = target_linears(loaded, keep)
+    check_group_sizes(linears, cfg)
+    codes: dict[str, QuantizedLinear] = {}
+    manifest: dict[str, Any] = cfg.to_manifest()
+    start = time.perf_counter()
+    if cfg.method == "rtn":
+        with torch.no_grad():
+            for name, lin in linears.items():
+                _store(lin, rtn_quantize(lin.weight, cfg.spec), name, codes)
+    else:
+        windows = calibration_windows(loaded, cfg)
+        manifest["calibration"] = {"spec": cfg.calib, "windows": list(windows.shape),
+                                   "tokens": int(windows.size), "sha256": windows_hash(windows)}
+        step = METHOD_STEPS[cfg.method]
+        run_sequential(loaded.model, loaded.arch, windows, cfg.batch_size,
+                       partial(step, cfg=cfg, codes=codes, arch=loaded.arch), keep, quiet)
+    manifest["quantized_modules"] = len(codes)
+    # lm_head and the embeddings always stay in float in this version; patterns add more.
+    manifest["kept_in_float"] = ["lm_head", "embed_tokens"] + sorted(
+        n for i in range(loaded.config.num_hidden_layers)
+        for n in module_names(loaded.arch, i).values() if keep(n))
+    manifest["seconds"] = round(time.perf_counter() - start, 2)
+    return QuantizationResult(codes, manifest)
+
+
+def _gptq_step(work, cfg, codes, arch):
+    gptq_layer(work, cfg, codes)
+
+
+METHOD_STEPS: dict[str, Callable[..., None]] = {
+    "gptq": _gptq_step,
+    "awq": awq_layer,
+}

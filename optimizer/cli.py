@@ -59,11 +59,25 @@ def main() -> None:
               help="Comma-separated graph passes ('none' for none; default: the standard pipeline).")
 @click.option("--external-data", default="auto", show_default=True,
               type=click.Choice(["auto", "always", "never"]), help="Weights in model.onnx.data.")
+@click.option("--quant", default="none", show_default=True, help="Weight quantization: none, int4, int8.")
+@click.option("--method", default="rtn", show_default=True, help="Quantization method: rtn, awq, gptq.")
+@click.option("--group-size", default=64, show_default=True, help="Quantization group size; 0 = per-channel.")
+@click.option("--asym", is_flag=True, help="Asymmetric quantization (zero points); default symmetric.")
+@click.option("--act-order", is_flag=True, help="GPTQ: quantize columns in decreasing Hessian order.")
+@click.option("--calib", default="c4:128x512", show_default=True,
+              help="Calibration text SOURCE:NxL (c4, wiki, tiny, or a .txt/.jsonl/.parquet file).")
+@click.option("--calib-seed", default=None, type=int, help="Draw calibration windows at random with this seed.")
+@click.option("--keep", multiple=True, help="Module-name pattern kept in float (repeatable); "
+                                            "lm_head and embeddings always are.")
+@click.option("--accuracy-level", default=0, show_default=True,
+              help="MatMulNBits compute: 0 = fp32, 4 = int8 activations (faster, less exact).")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow code shipped with the model to run.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def model_cmd(source: str | None, out: Path, dtype: str, random_weights: bool, config: str | None,
               tokenizer: Path | None, seed: int, passes: str | None, external_data: str,
+              quant: str, method: str, group_size: int, asym: bool, act_order: bool, calib: str,
+              calib_seed: int | None, keep: tuple[str, ...], accuracy_level: int,
               overwrite: bool, trust_remote_code: bool, quiet: bool) -> None:
     """Build a verified engine from a HuggingFace folder, a .gguf file, or a named config."""
     from optimizer.pipeline import BuildOptions, build_engine
@@ -74,9 +88,25 @@ def model_cmd(source: str | None, out: Path, dtype: str, random_weights: bool, c
         out=out, source=source, dtype=dtype, random_weights=random_weights, config=config,
         tokenizer=str(tokenizer) if tokenizer else None, seed=seed, passes=pass_names,
         external_data=external_data, overwrite=overwrite, trust_remote_code=trust_remote_code,
-        quiet=quiet))
+        quant=_quant_config(quant, method, group_size, asym, act_order, calib, calib_seed, keep),
+        accuracy_level=accuracy_level, quiet=quiet))
     if not quiet:
         console().print(f"[green]engine written:[/green] {engine.path}")
+
+
+def _quant_config(quant: str, method: str, group_size: int, asym: bool, act_order: bool, calib: str,
+                  calib_seed: int | None, keep: tuple[str, ...]):
+    from calibration.config import BITS, DEFAULT_KEEP, QuantConfig
+    from optimizer.errors import InputError
+
+    if quant == "none":
+        return None
+    if quant not in {f"int{b}" for b in BITS}:
+        raise InputError(f"unsupported quantization {quant!r}",
+                         hint="choose one of: none, " + ", ".join(f"int{b}" for b in BITS))
+    return QuantConfig(method=method, bits=int(quant[3:]), group_size=group_size or None,
+                       symmetric=not asym, act_order=act_order, calib=calib, calib_seed=calib_seed,
+                       keep=DEFAULT_KEEP + tuple(keep))
 
 
 def _split_passes(text: str) -> tuple[str, ...]:
@@ -132,6 +162,33 @@ def inspect_cmd(engine_dir: Path, as_json: bool, no_verify: bool) -> None:
         click.echo(json.dumps(engine.manifest, indent=2))
     else:
         render_manifest(engine.manifest, engine.path)
+
+
+@main.command("eval")
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--dataset", default="wiki", show_default=True, help="Text: wiki, c4, tiny, or a file.")
+@click.option("--windows", default=40, show_default=True, help="Number of windows.")
+@click.option("--seq-len", default=512, show_default=True, help="Tokens per window.")
+@click.option("--provider", default="cpu", show_default=True)
+@click.option("--threads", default=None, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def eval_cmd(target: Path, dataset: str, windows: int, seq_len: int, provider: str,
+             threads: int | None, as_json: bool) -> None:
+    """Perplexity of an engine (onnxruntime), or of a model folder / .gguf (transformers baseline)."""
+    from calibration.data import TextSpec
+    from optimizer.evaluate import evaluate
+
+    if windows < 1 or seq_len < 2:
+        from optimizer.errors import InputError
+
+        raise InputError("--windows must be >= 1 and --seq-len >= 2")
+    result = evaluate(target, TextSpec(dataset, windows, seq_len), provider, threads, quiet=as_json)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"perplexity {result['perplexity']:.4f} on {result['dataset']} "
+               f"({result['windows']} x {result['seq_len']} windows, {result['tokens_evaluated']} tokens "
+               f"evaluated, BOS {'yes' if result['bos'] else 'no'}) with {result['evaluated_with']}")
 
 
 @main.command("asset")

@@ -15,13 +15,14 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
+from calibration import QuantConfig, quantize_model
 from optimizer.artifact import EngineDir, check_output_dir, load_engine, staging_dir, write_manifest
 from optimizer.capture import DTYPES, capture, decoder_dims, kv_names
 from optimizer.errors import InputError
 from optimizer.models.loader import LoadedModel, load_model
 from optimizer.progress import bar, console, step
 from optimizer.verify import verify_engine
-from passes import DEFAULT_PIPELINE
+from passes import DEFAULT_PIPELINE, PassContext
 from passes.pipeline import run_passes, validate_pass_names
 
 MODEL_FILE = "model.onnx"
@@ -43,6 +44,8 @@ class BuildOptions:
     external_data: str = "auto"
     overwrite: bool = False
     trust_remote_code: bool = False
+    quant: QuantConfig | None = None  # None: keep the weights in float
+    accuracy_level: int = 0  # MatMulNBits compute: 0 = fp32, 4 = int8 activations
     quiet: bool = False
     extra_manifest: dict[str, Any] = field(default_factory=dict)
 
@@ -52,6 +55,11 @@ class BuildOptions:
         if self.external_data not in EXTERNAL_DATA_CHOICES:
             raise InputError(f"unknown external-data mode {self.external_data!r}",
                              hint="choose one of: " + ", ".join(EXTERNAL_DATA_CHOICES))
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise InputError(f"accuracy level must be 0..4, got {self.accuracy_level}",
+                             hint="0 = fp32 compute (default), 4 = int8 activations (fastest on CPU)")
+        if self.quant is not None:
+            self.quant.validate()
         validate_pass_names(self.passes)
         check_output_dir(self.out, self.overwrite)
 
@@ -65,12 +73,22 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
             loaded = load_model(opts.source, random_weights=opts.random_weights, config=opts.config,
                                 tokenizer=opts.tokenizer, seed=opts.seed,
                                 trust_remote_code=opts.trust_remote_code, quiet=q)
+    quantization: dict[str, Any] = {"method": "none"}
+    codes: dict[str, Any] = {}
+    if opts.quant is not None:
+        cfg = opts.quant
+        with step(f"quantize: {cfg.method} int{cfg.bits} "
+                  f"{'per-channel' if cfg.group_size is None else f'group {cfg.group_size}'} "
+                  f"{'symmetric' if cfg.symmetric else 'asymmetric'}", q):
+            result = quantize_model(loaded, cfg, quiet=q)
+        codes = result.codes
+        quantization = {**result.manifest, "format": "MatMulNBits", "accuracy_level": opts.accuracy_level}
     dims = decoder_dims(loaded.config, loaded.arch)
     with step(f"capture {loaded.arch.name} decoder ({dims.num_layers} layers, {opts.dtype})", q):
         with bar("layers", dims.num_layers, q) as advance:
             model = capture(loaded, opts.dtype, on_layer=lambda i: advance())
     with step("graph passes: " + (", ".join(opts.passes) or "none"), q):
-        model, pass_reports = run_passes(model, opts.passes)
+        model, pass_reports = run_passes(model, opts.passes, PassContext(codes, opts.accuracy_level))
         for r in pass_reports:
             if not q:
                 console().print(f"  {r['name']}: {r['summary']}")
@@ -80,7 +98,8 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
             model_info = write_model(model, tmp, opts.external_data)
             tokenizer_files = write_tokenizer(loaded, tmp)
         with step("verify engine against the torch model", q):
-            verification = verify_engine(tmp / MODEL_FILE, kv, loaded, opts.dtype)
+            exact = opts.dtype == "fp32" and opts.accuracy_level == 0
+            verification = verify_engine(tmp / MODEL_FILE, kv, loaded, "fp32" if exact else "approx")
             if not q:
                 console().print(f"  max |logit diff| {verification['max_abs_logit_diff']:.2e}, "
                                 f"top-1 agreement {verification['top1_agreement']:.0%}")
@@ -90,7 +109,7 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
             "architecture": {"name": loaded.arch.name, "model_type": loaded.config.model_type,
                              "config": json.loads(loaded.config.to_json_string(use_diff=False))},
             "dtype": opts.dtype,
-            "quantization": {"method": "none"},
+            "quantization": quantization,
             "passes": pass_reports,
             "kv_cache": kv,
             "model": model_info,

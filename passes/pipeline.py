@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import onnx_ir as ir
 
 from optimizer.errors import InputError
-from passes import REGISTRY
+from passes import REGISTRY, PassContext
 
 
 def op_counts(model: ir.Model) -> Counter:
@@ -21,17 +21,20 @@ def validate_pass_names(names: Sequence[str]) -> None:
         raise InputError(f"unknown pass {unknown[0]!r}", hint="passes: " + ", ".join(REGISTRY))
 
 
-def run_passes(model: ir.Model, names: Sequence[str]) -> tuple[ir.Model, list[dict[str, Any]]]:
+def run_passes(model: ir.Model, names: Sequence[str],
+               ctx: PassContext | None = None) -> tuple[ir.Model, list[dict[str, Any]]]:
     """Apply the passes; return the model and one report per pass."""
     validate_pass_names(names)
     reports = []
     for name in names:
         before, opsets_before = op_counts(model), set(model.opset_imports)
-        result = REGISTRY[name].build()(model)
+        result = REGISTRY[name].build(ctx or PassContext())(model)
         model = result.model
         after, opsets_after = op_counts(model), set(model.opset_imports)
         delta = {op: after[op] - before[op] for op in sorted(before | after) if after[op] != before[op]}
         summary = f"{sum(before.values())} -> {sum(after.values())} nodes"
+        if delta:
+            summary += " (" + ", ".join(f"{op} {d:+d}" for op, d in delta.items()) + ")"
         if opsets_before != opsets_after:
             summary += "; opset imports removed: " + ", ".join(sorted(opsets_before - opsets_after))
         reports.append({

@@ -196,3 +196,29 @@ def test_no_passes(tmp_path, smol_tokenizer_dir):
     assert code == 0, output
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["passes"] == []
+
+
+def test_quantized_build_and_eval_cli(tiny_hf_folders, tmp_path):
+    out = tmp_path / "q"
+    code, output = run("model", tiny_hf_folders["llama"], "--quant", "int4", "--method", "gptq", "--group-size", "32",
+                       "--act-order", "--calib", "tiny:4x32", "--out", out, "-q")
+    assert code == 0, output
+    code, output = run("inspect", out)
+    assert "method=gptq" in output and "MatMulNBits" in output
+    result = CliRunner().invoke(main, ["eval", str(out), "--dataset", "tiny", "--windows", "2", "--seq-len", "32", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["tokens_evaluated"] == 62 and report["perplexity"] > 1
+    assert "quantization gptq" in report["evaluated_with"]
+
+
+def test_quant_bad_inputs_cli(tmp_path):
+    code, output = run("model", "--random-weights", "--config", "tiny-llama", "--quant", "int3", "--out", tmp_path / "o")
+    assert_clean_failure(code, output, "unsupported quantization 'int3'", "int4", "int8")
+    code, output = run("model", "--random-weights", "--config", "tiny-llama", "--quant", "int4", "--method", "hqq",
+                       "--out", tmp_path / "o")
+    assert_clean_failure(code, output, "unknown quantization method 'hqq'", "rtn, awq, gptq")
+    code, output = run("model", "--random-weights", "--config", "tiny-llama", "--quant", "int4", "--method", "gptq",
+                       "--calib", "nowhere:4x8", "--out", tmp_path / "o")
+    assert_clean_failure(code, output, "neither a corpus name nor a file")
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,64 @@
+"""Quantization settings as one frozen, versioned, validated dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from calibration.rtn import QuantSpec
+from optimizer.errors import InputError
+
+METHODS = ("rtn", "awq", "gptq")
+BITS = (4, 8)
+GROUP_SIZES = (32, 64, 128, 256)  # or None: per output channel
+DEFAULT_KEEP = ("lm_head", "*embed_tokens*")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    version: int = 1
+    method: str = "rtn"
+    bits: int = 4
+    group_size: int | None = 64
+    symmetric: bool = True
+    act_order: bool = False  # GPTQ: quantize columns in decreasing Hessian-diagonal order
+    damp: float = 0.01  # GPTQ: dampening, as a fraction of mean(diag(H))
+    awq_grid: int = 20  # AWQ: scale-search grid points in [0, 1)
+    awq_loss_sequences: int = 16  # AWQ: calibration sequences used to score each grid point
+    awq_clip: bool = True  # AWQ: search clipping ranges after scaling
+    keep: tuple[str, ...] = field(default=DEFAULT_KEEP)  # module-name patterns kept in float
+    calib: str | None = "c4:128x512"  # calibration text spec (RTN ignores it)
+    calib_seed: int | None = None
+    batch_size: int = 8  # sequences per forward in the layer-by-layer driver
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise InputError(f"unknown quantization method {self.method!r}",
+                             hint="methods: " + ", ".join(METHODS))
+        if self.bits not in BITS:
+            raise InputError(f"unsupported bit width {self.bits}", hint="bit widths: " + ", ".join(map(str, BITS)))
+        if self.group_size is not None and self.group_size not in GROUP_SIZES:
+            raise InputError(f"unsupported group size {self.group_size}",
+                             hint="group sizes: " + ", ".join(map(str, GROUP_SIZES)) + ", or 0 for per-channel")
+        if self.method in ("awq", "gptq") and not self.calib:
+            raise InputError(f"--method {self.method} needs calibration data",
+                             hint="pass --calib SOURCE:NxL, e.g. --calib c4:128x512")
+        if self.method in ("awq", "gptq"):
+            from calibration.data import check_source, parse_spec
+
+            check_source(parse_spec(self.calib).source)
+        if self.act_order and self.method != "gptq":
+            raise InputError("--act-order applies to --method gptq only")
+        if self.awq_grid < 2:
+            raise InputError(f"AWQ grid must have at least 2 points, got {self.awq_grid}")
+
+    @property
+    def spec(self) -> QuantSpec:
+        return QuantSpec(bits=self.bits, group_size=self.group_size, symmetric=self.symmetric)
+
+    def to_manifest(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["keep"] = list(self.keep)
+        if self.method == "rtn":
+            d["calib"] = None
+        return d

@@ -1,0 +1,102 @@
+"""GPTQ: one-shot weight quantization with approximate second-order error correction.
+
+Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained
+Transformers" (https://arxiv.org/abs/2210.17323). Names follow the paper and its reference
+code: H the Hessian of the layer's squared error (2 X^T X / n), Hinv the upper Cholesky
+factor of its inverse, W1 / Q1 / Err1 the block being quantized, its codes and scaled errors.
+
+Columns are quantized left to right (or in decreasing diag(H) order with act_order); after
+each column the remaining columns of its block absorb its error, and after each block the
+rest of the matrix does (lazy batch updates).
+
+Groups under act-order use *static* parameters: each group's scale and zero point are
+computed from the original weights of its (contiguous) columns before any update, so the
+groups stay contiguous in the original order and the engine needs no column index (g_idx).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from calibration.rtn import QuantizedLinear, QuantSpec, check_group_size, compute_qparams, quantize_with
+
+
+class HessianAccumulator:
+    """Running H = 2/n * sum(x x^T) over the rows x of every batch seen, in float32."""
+
+    def __init__(self, in_features: int) -> None:
+        self.H = torch.zeros(in_features, in_features, dtype=torch.float32)
+        self.n = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()  # (tokens, in)
+        total = self.n + x.shape[0]
+        self.H.mul_(self.n / total)
+        self.H.addmm_(x.t(), x, alpha=2.0 / total)
+        self.n = total
+
+
+def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, *, act_order: bool = False,
+                  damp: float = 0.01, block_size: int = 128) -> QuantizedLinear:
+    """Quantize W (out, in) against Hessian H (in, in). Returns codes and parameters in the
+    original column order. Pure function: neither argument is modified."""
+    out, n_in = W.shape
+    check_group_size(n_in, spec.group_size)
+    g = spec.group_width(n_in)
+    if block_size % g != 0 and g % block_size != 0:
+        block_size = g
+    W = W.detach().float().clone()
+    H = H.detach().float().clone()
+
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+
+    # Static group parameters (original order) for act-order; dynamic ones are found per group.
+    static_scale = static_zero = None
+    if act_order:
+        static_scale, static_zero = compute_qparams(W.view(out, -1, g), spec)  # (out, groups)
+
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(n_in)
+    W, H = W[:, perm], H[perm][:, perm]
+
+    H.diagonal().add_(damp * torch.mean(torch.diag(H)))
+    L = torch.linalg.cholesky(H)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+
+    Q = torch.zeros_like(W)
+    scale_cols = torch.zeros(out, n_in)  # per original column position in permuted order
+    zero_cols = torch.zeros(out, n_in)
+    scale = zero = None
+    for i1 in range(0, n_in, block_size):
+        i2 = min(i1 + block_size, n_in)
+        W1 = W[:, i1:i2].clone()
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = i1 + i
+            if act_order:
+                group = int(perm[col]) // g
+                scale, zero = static_scale[:, group], static_zero[:, group]
+            elif col % g == 0:
+                # dynamic groups: parameters from the group's current (updated) weights
+                width = min(g, i2 - col) if g <= block_size else g
+                cols = W1[:, i:i + width] if g <= block_size else W[:, col:col + g]
+                scale, zero = compute_qparams(cols, spec)
+            w = W1[:, i]
+            q = quantize_with(w.unsqueeze(-1), scale, zero, spec.qmax).squeeze(-1)
+            Q1[:, i] = q
+            scale_cols[:, col], zero_cols[:, col] = scale, zero
+            d = Hinv1[i, i]
+            err = (w - (q - zero) * scale) / d
+            W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        Q[:, i1:i2] = Q1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+
+    inv = torch.argsort(perm)
+    Q, scale_cols, zero_cols = Q[:, inv], scale_cols[:, inv], zero_cols[:, inv]
+    scales = scale_cols.view(out, -1, g)[:, :, 0]  # constant within each group
+    zeros = zero_cols.view(out, -1, g)[:, :, 0]
+    return QuantizedLinear(Q.to(torch.uint8), scales.contiguous(), zeros.to(torch.uint8), spec)

@@ -1,0 +1,136 @@
+"""Per-layer steps of each calibrated method, run by the sequential driver.
+
+Each step quantizes the layer's linears in place (their weights become the dequantized,
+"fake-quant" values, so the torch model computes what the engine will) and records the
+integer codes in `codes[module_name]` for lowering to MatMulNBits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from calibration import awq
+from calibration.config import QuantConfig
+from calibration.gptq import HessianAccumulator, gptq_quantize
+from calibration.mappings import INPUT_GROUPS, awq_mappings
+from calibration.rtn import QuantizedLinear, rtn_quantize
+from calibration.sequential import LayerWork
+
+
+def _store(linear: torch.nn.Linear, q: QuantizedLinear, name: str, codes: dict[str, QuantizedLinear]) -> None:
+    linear.weight.data.copy_(q.dequantize().to(linear.weight.dtype))
+    codes[name] = q
+
+
+def _capture_inputs(work: LayerWork, roles: tuple[str, ...], extra_modules: dict[str, torch.nn.Module] | None = None,
+                    with_kwargs: bool = False) -> dict[str, list]:
+    """Run the layer once; return the inputs of the given linears (and modules) per batch."""
+    seen: dict[str, list] = {r: [] for r in roles}
+    handles = []
+    targets = {r: work.linears[r] for r in roles if r in work.linears} | (extra_modules or {})
+    for role, module in targets.items():
+        seen.setdefault(role, [])
+
+        def hook(_m, args, kwargs, role=role):
+            x = args[0] if args else kwargs["hidden_states"]
+            seen[role].append((x, kwargs) if with_kwargs else x)
+
+        handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+    try:
+        work.run()
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+# --- GPTQ --------------------------------------------------------------------------------
+
+def gptq_layer(work: LayerWork, cfg: QuantConfig, codes: dict[str, QuantizedLinear]) -> None:
+    firsts = [g for g in INPUT_GROUPS if any(r in work.linears for r in g)]
+    hessians: dict[str, HessianAccumulator] = {}
+    handles = []
+    for group in firsts:
+        role = next(r for r in group if r in work.linears)
+        acc = HessianAccumulator(work.linears[role].in_features)
+        for r in group:
+            hessians[r] = acc
+        handles.append(work.linears[role].register_forward_pre_hook(lambda _m, args, acc=acc: acc.add(args[0])))
+    try:
+        work.run()
+    finally:
+        for h in handles:
+            h.remove()
+    for role, linear in work.linears.items():
+        q = gptq_quantize(linear.weight, hessians[role].H, cfg.spec, act_order=cfg.act_order, damp=cfg.damp)
+        _store(linear, q, work.names[role], codes)
+
+
+# --- AWQ ---------------------------------------------------------------------------------
+
+def awq_layer(work: LayerWork, cfg: QuantConfig, codes: dict[str, QuantizedLinear], arch: Any) -> None:
+    layer, spec = work.layer, cfg.spec
+    captured = _capture_inputs(work, tuple(work.linears), {"self_attn": layer.self_attn}, with_kwargs=True)
+    inputs = {r: [x for x, _ in captured[r]] for r in work.linears}  # q/k/v share tensors
+    attn_kwargs = [kw for _, kw in captured["self_attn"]]
+    n_loss = max(1, -(-cfg.awq_loss_sequences // cfg.batch_size))  # batches scoring the grid
+
+    def inspect_fn(name: str):
+        if name == "self_attn":
+            return lambda x, b: layer.self_attn(hidden_states=x, **{k: v for k, v in attn_kwargs[b].items()
+                                                                     if k != "hidden_states"})[0]
+        if name == "mlp":
+            return lambda x, b: layer.mlp(x)
+        return lambda x, b: work.linears[name](x)
+
+    for m in awq_mappings(arch):
+        linears = {r: work.linears[r] for r in m.linears if r in work.linears}
+        if len(linears) != len(m.linears):
+            continue  # some of the block is kept in float: leave its scaling alone
+        prev = work.linears.get(m.prev) if m.prev_kind == "linear" else _norm(layer, m.prev)
+        if prev is None or (m.prev_kind == "linear" and prev.out_features != next(iter(linears.values())).in_features):
+            continue  # e.g. v -> o under GQA: v's outputs are not o's inputs one to one
+        xs = inputs[m.linears[0]]
+        fn = inspect_fn(m.inspect)
+        originals = {r: lin.weight.data.clone() for r, lin in linears.items()}
+        reference = [fn(xs[b], b) for b in range(min(n_loss, len(xs)))]
+
+        def loss_of(s: torch.Tensor) -> float:
+            for r, lin in linears.items():
+                lin.weight.data.copy_(awq.scaled_fake_quant(originals[r], s, spec))
+            err = sum(float((fn(xs[b], b) - ref).float().pow(2).sum()) for b, ref in enumerate(reference))
+            return err / sum(ref.numel() for ref in reference)
+
+        s, _, _ = awq.search_scales(awq.activation_channel_mean(xs), list(originals.values()), spec,
+                                    loss_of, cfg.awq_grid)
+        for r, lin in linears.items():
+            lin.weight.data.copy_(originals[r] * s)
+        _scale_prev_down(prev, m.prev_kind, s, arch)
+        scaled = [x / s for x in xs]  # what the scaled linears now receive
+        for r in m.linears:
+            inputs[r] = scaled
+
+    for role, linear in work.linears.items():
+        w = linear.weight.data
+        if cfg.awq_clip and role not in ("q", "k"):  # q/k feed a softmax: AWQ leaves them unclipped
+            x = torch.cat([t.reshape(-1, t.shape[-1]) for t in inputs[role]])
+            x = x[torch.linspace(0, len(x) - 1, min(512, len(x))).long()]
+            w = awq.apply_clip(w, awq.search_clip(w, x, spec), spec)
+        _store(linear, rtn_quantize(w, spec), work.names[role], codes)
+
+
+def _norm(layer: torch.nn.Module, name: str) -> torch.nn.Module:
+    return layer.get_submodule(name)
+
+
+def _scale_prev_down(prev: torch.nn.Module, kind: str, s: torch.Tensor, arch: Any) -> None:
+    """Divide the feeding op's output channels by s (exactly compensating W * s)."""
+    if kind == "linear":
+        prev.weight.data.div_(s.unsqueeze(1))
+        if prev.bias is not None:
+            prev.bias.data.div_(s)
+    else:
+        offset = arch.norm_weight_offset  # Gemma: y = x_hat * (offset + w)
+        prev.weight.data.copy_((prev.weight.data + offset) / s - offset)

@@ -1,0 +1,112 @@
+"""The one layer-by-layer driver every calibrated method uses.
+
+1. Run the model on the calibration windows once with every decoder layer replaced by a
+   recorder (identity), stopping before the final norm: this yields layer 0's inputs and
+   the keyword arguments each layer is called with (masks, rotary tables: these depend only
+   on positions, not on weights).
+2. For each layer in turn: hand its inputs to the method (which runs the layer with hooks,
+   collects statistics and quantizes it), then recompute the layer's outputs with the
+   quantized weights; they are the next layer's inputs.
+
+Peak memory is the model plus one layer's activations over the calibration set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from calibration.mappings import module_names
+from optimizer.models.architectures import ArchSpec
+from optimizer.progress import bar
+
+
+class _StopForward(Exception):
+    pass
+
+
+@dataclass
+class LayerWork:
+    """What a method gets for one decoder layer."""
+
+    index: int
+    layer: torch.nn.Module
+    inputs: list[torch.Tensor]  # per batch: (B, L, H) hidden states entering the layer
+    kwargs: list[dict[str, Any]]  # per batch: keyword arguments of the layer call
+    linears: dict[str, torch.nn.Linear]  # role -> module
+    names: dict[str, str]  # role -> module name
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def run(self) -> list[torch.Tensor]:
+        """The layer's outputs on every batch (with its current weights)."""
+        return [call_layer(self.layer, x, kw) for x, kw in zip(self.inputs, self.kwargs)]
+
+
+def call_layer(layer: torch.nn.Module, x: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    out = layer(x, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def decoder_layers(model: Any) -> torch.nn.ModuleList:
+    return model.model.layers
+
+
+def run_sequential(model: Any, arch: ArchSpec, windows: np.ndarray, batch_size: int,
+                   quantize_layer: Callable[[LayerWork], None], keep: Callable[[str], bool],
+                   quiet: bool = False) -> None:
+    """Quantize `model` layer by layer on `windows` (N, L) with `quantize_layer`."""
+    batches = [torch.from_numpy(windows[i:i + batch_size]) for i in range(0, len(windows), batch_size)]
+    with torch.no_grad():
+        inputs, kwargs = _record_layer_calls(model, batches)
+        layers = decoder_layers(model)
+        with bar("quantizing layers", len(layers), quiet) as advance:
+            for i, layer in enumerate(layers):
+                names = {r: n for r, n in module_names(arch, i).items() if not keep(n)}
+                linears = {r: model.get_submodule(n) for r, n in names.items()}
+                work = LayerWork(i, layer, inputs, [kw[i] for kw in kwargs], linears, names)
+                if linears:
+                    quantize_layer(work)
+                inputs = work.run()
+                advance()
+
+
+def _record_layer_calls(model: Any, batches: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[list[dict]]]:
+    """Layer-0 inputs per batch, and per batch the kwargs of every layer's call."""
+    layers = decoder_layers(model)
+    first_inputs: list[torch.Tensor] = []
+    calls: list[dict] = []
+
+    def recorder(index: int):
+        def forward(hidden_states, *args, **kwargs):
+            if args:
+                raise RuntimeError("decoder layers are expected to take keyword arguments only")
+            kwargs = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "use_cache")}
+            if index == 0:
+                first_inputs.append(hidden_states)
+            calls.append(kwargs)
+            return hidden_states
+        return forward
+
+    def stop(*_args, **_kwargs):
+        raise _StopForward
+
+    per_batch: list[list[dict]] = []
+    for i, layer in enumerate(layers):
+        layer.forward = recorder(i)
+    handle = model.model.norm.register_forward_pre_hook(stop)
+    try:
+        for ids in batches:
+            calls = []
+            try:
+                model(input_ids=ids, use_cache=False)
+            except _StopForward:
+                pass
+            per_batch.append(calls)
+    finally:
+        handle.remove()
+        for layer in layers:
+            del layer.forward  # back to the class's forward
+    return first_inputs, per_batch

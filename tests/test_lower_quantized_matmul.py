@@ -1,0 +1,74 @@
+"""MatMulNBits lowering: onnxruntime computes exactly x @ dequant(W)^T for every bit width,
+group size and symmetry; the pass replaces the MatMul and drops the float weight."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+import torch
+
+from calibration.rtn import QuantSpec, rtn_quantize
+from optimizer.graph import GraphBuilder, input_value
+from passes.lower_quantized_matmul import LowerQuantizedMatMul, block_size_for, pack
+
+
+def _linear_model(weight_t: np.ndarray, dtype=np.float32) -> ir.Model:
+    b = GraphBuilder()
+    x = input_value("x", ir.DataType.from_numpy(np.dtype(dtype)), ["batch", weight_t.shape[0]])
+    y = b.op("MatMul", x, b.weight("layer.proj.weight", weight_t.astype(dtype)))
+    y.name, y.type, y.shape = "y", ir.TensorType(x.dtype), ir.Shape(["batch", weight_t.shape[1]])
+    return b.model([x], [y])
+
+
+def _run(model: ir.Model, x: np.ndarray) -> np.ndarray:
+    proto = ir.to_proto(model).SerializeToString()
+    return ort.InferenceSession(proto, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("group", [32, 64, 128, None])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_matmulnbits_computes_the_fake_quant_function(bits, group, symmetric):
+    torch.manual_seed(0)
+    n_out, n_in = 48, 192 if group != 128 else 256
+    q = rtn_quantize(torch.randn(n_out, n_in) * 0.05, QuantSpec(bits, group, symmetric))
+    deq = q.dequantize().numpy()
+    model = _linear_model(np.ascontiguousarray(deq.T))
+    result = LowerQuantizedMatMul({"layer.proj": q}).call(model)
+    assert result.modified
+    ops = [n.op_type for n in result.model.graph]
+    assert ops == ["MatMulNBits"]
+    assert "layer.proj.weight" not in result.model.graph.initializers
+    has_zp = "layer.proj.qzeros" in result.model.graph.initializers
+    assert has_zp == (not symmetric)
+    x = np.random.default_rng(0).standard_normal((5, n_in)).astype(np.float32)
+    got = _run(result.model, x)
+    assert np.allclose(got, x @ deq.T, atol=1e-4)
+
+
+def test_fp16_weights_get_fp16_scales():
+    q = rtn_quantize(torch.randn(32, 64) * 0.05, QuantSpec(4, 32, False))
+    model = _linear_model(np.ascontiguousarray(q.dequantize().numpy().T), np.float16)
+    lowered = LowerQuantizedMatMul({"layer.proj": q}).call(model).model
+    assert lowered.graph.initializers["layer.proj.scales"].const_value.dtype == ir.DataType.FLOAT16
+    x = np.random.default_rng(1).standard_normal((3, 64)).astype(np.float16)
+    ref = x.astype(np.float32) @ q.dequantize().numpy().T
+    assert np.allclose(_run(lowered, x).astype(np.float32), ref, atol=2e-2)
+
+
+def test_nothing_to_lower_reports_unmodified():
+    model = _linear_model(np.ones((8, 4), np.float32))
+    assert not LowerQuantizedMatMul({}).call(model).modified
+
+
+def test_packing_layout():
+    assert [block_size_for(g) for g in (32, 64, 128, 576)] == [32, 64, 128, 1024]
+    q = rtn_quantize(torch.randn(2, 64), QuantSpec(4, 32, False))
+    packed = pack(q)
+    codes = q.qweight.numpy()
+    assert packed.B.shape == (2, 2, 16)
+    assert packed.B[0, 0, 0] == codes[0, 0] | (codes[0, 1] << 4)  # low nibble first
+    assert packed.zero_points.shape == (2, 1)
+    assert packed.zero_points[1, 0] == q.zeros[1, 0] | (q.zeros[1, 1] << 4)

@@ -1,0 +1,105 @@
+"""Quantizing whole (tiny) models with each method, through the engine: the engine equals the
+torch fake-quant model, the manifest records the settings, bad settings are refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from calibration import QuantConfig, quantize_model
+from calibration.data import parse_spec, token_windows
+from optimizer.errors import InputError
+from optimizer.evaluate import engine_logits_fn, perplexity, torch_logits_fn
+from optimizer.models.loader import load_model
+from optimizer.pipeline import BuildOptions, build_engine
+from runtime import Engine
+
+CALIB = "tiny:8x64"
+
+
+def _loaded(folder):
+    return load_model(str(folder), quiet=True)
+
+
+@pytest.mark.parametrize("name,cfg", [
+    ("llama", QuantConfig(method="rtn", bits=4, group_size=32)),
+    ("qwen2", QuantConfig(method="rtn", bits=8, group_size=None, symmetric=False)),
+    ("llama", QuantConfig(method="gptq", bits=4, group_size=32, symmetric=False, act_order=True, calib=CALIB)),
+    ("gemma3", QuantConfig(method="gptq", bits=4, group_size=32, calib=CALIB)),
+    ("llama", QuantConfig(method="awq", bits=4, group_size=32, symmetric=False, calib=CALIB, awq_grid=4)),
+    ("gemma3", QuantConfig(method="awq", bits=4, group_size=32, calib=CALIB, awq_grid=4)),
+    ("mistral", QuantConfig(method="awq", bits=4, group_size=64, calib=CALIB, awq_grid=4,
+                            keep=("lm_head", "*embed_tokens*", "*.down_proj"))),
+])
+def test_engine_equals_fake_quant_torch(name, cfg, tiny_hf_folders, tmp_path):
+    loaded = _loaded(tiny_hf_folders[name])
+    engine_dir = build_engine(BuildOptions(out=tmp_path / "e", source=str(tiny_hf_folders[name]),
+                                           quant=cfg, quiet=True), loaded=loaded)
+    m = engine_dir.manifest
+    q = m["quantization"]
+    assert (q["method"], q["bits"], q["group_size"], q["symmetric"]) == (cfg.method, cfg.bits, cfg.group_size, cfg.symmetric)
+    assert q["format"] == "MatMulNBits"
+    expected = sum(1 for i in range(loaded.config.num_hidden_layers) for r in range(7)) - \
+        (loaded.config.num_hidden_layers if "*.down_proj" in cfg.keep else 0)
+    assert q["quantized_modules"] == expected
+    lowered = next(p for p in m["passes"] if p["name"] == "lower-quantized-matmul")
+    assert lowered["op_delta"]["com.microsoft::MatMulNBits"] == expected
+    if cfg.method != "rtn":
+        assert q["calibration"]["spec"] == CALIB and len(q["calibration"]["sha256"]) == 64
+    # the engine computes the torch fake-quant model (fp32 compute in MatMulNBits)
+    assert m["verification"]["max_abs_logit_diff"] < 1e-4
+    engine = Engine.load(engine_dir.path)
+    windows = np.random.default_rng(0).integers(0, 49152, (2, 24))
+    ours = perplexity(engine_logits_fn(engine), windows)["perplexity"]
+    ref = perplexity(torch_logits_fn(loaded.model), windows)["perplexity"]
+    assert abs(ours - ref) / ref < 1e-4
+
+
+def test_quantization_changes_the_weights_as_recorded(tiny_hf_folders):
+    loaded = _loaded(tiny_hf_folders["llama"])
+    before = loaded.model.model.layers[0].mlp.down_proj.weight.clone()
+    result = quantize_model(loaded, QuantConfig(method="gptq", group_size=32, calib=CALIB), quiet=True)
+    after = loaded.model.model.layers[0].mlp.down_proj.weight
+    q = result.codes["model.layers.0.mlp.down_proj"]
+    assert not torch.equal(before, after)
+    assert torch.equal(after, q.dequantize())
+    assert "lm_head" in result.manifest["kept_in_float"]
+
+
+def test_awq_and_gptq_beat_rtn_on_calibration_loss(tiny_hf_folders):
+    """On the calibration text itself, calibrated methods fit the float model better than RTN."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_hf_folders["llama"])
+    windows = token_windows(tok, parse_spec("tiny:8x64"))
+    float_model = _loaded(tiny_hf_folders["llama"]).model
+    ref = torch_logits_fn(float_model)(windows)
+    errors = {}
+    for method in ("rtn", "gptq", "awq"):
+        loaded = _loaded(tiny_hf_folders["llama"])
+        quantize_model(loaded, QuantConfig(method=method, group_size=32, symmetric=False, calib="tiny:8x64"),
+                       quiet=True)
+        errors[method] = float(np.mean((torch_logits_fn(loaded.model)(windows) - ref) ** 2))
+    assert errors["gptq"] < errors["rtn"] and errors["awq"] < errors["rtn"]
+
+
+@pytest.mark.parametrize("cfg,message", [
+    (QuantConfig(method="smoothquant"), "unknown quantization method 'smoothquant'"),
+    (QuantConfig(bits=3), "unsupported bit width 3"),
+    (QuantConfig(method="awq", calib=None), "--method awq needs calibration data"),
+    (QuantConfig(method="rtn", act_order=True), "--act-order applies to --method gptq only"),
+])
+def test_bad_settings(cfg, message, tmp_path):
+    with pytest.raises(InputError, match=message):
+        build_engine(BuildOptions(out=tmp_path / "e", random_weights=True, config="tiny-llama",
+                                  quant=cfg, quiet=True))
+    assert not (tmp_path / "e").exists()
+
+
+def test_group_size_that_does_not_divide_names_valid_sizes(tiny_hf_folders, tmp_path):
+    with pytest.raises(InputError, match="group size 256 does not divide the input size 64") as info:
+        build_engine(BuildOptions(out=tmp_path / "e", source=str(tiny_hf_folders["llama"]),
+                                  quant=QuantConfig(group_size=256), quiet=True))
+    assert "32, 64" in info.value.hint and "per-channel" in info.value.hint
+    assert list(tmp_path.iterdir()) == []
