@@ -22,7 +22,7 @@ import torch
 from calibration.config import GROUP_SIZES, QuantConfig
 from calibration.data import parse_spec, token_windows, windows_hash
 from calibration.mappings import module_names
-from calibration.methods import _store, awq_layer, gptq_layer
+from calibration.methods import awq_layer, gptq_layer, store_quantized
 from calibration.rtn import QuantizedLinear, rtn_quantize
 from calibration.sequential import run_sequential
 from optimizer.errors import InputError
@@ -84,7 +84,7 @@ def quantize_model(loaded: Any, cfg: QuantConfig, quiet: bool = False) -> Quanti
     if cfg.method == "rtn":
         with torch.no_grad():
             for name, lin in linears.items():
-                _store(lin, rtn_quantize(lin.weight, cfg.spec), name, codes)
+                store_quantized(lin, rtn_quantize(lin.weight, cfg.spec), name, codes)
     else:
         windows = calibration_windows(loaded, cfg)
         manifest["calibration"] = {"spec": cfg.calib, "windows": list(windows.shape),
@@ -101,11 +101,8 @@ def quantize_model(loaded: Any, cfg: QuantConfig, quiet: bool = False) -> Quanti
     return QuantizationResult(codes, manifest)
 
 
-def _gptq_step(work, cfg, codes, arch):
-    gptq_layer(work, cfg, codes)
-
-
+# method -> per-layer step(work, cfg=, codes=, arch=), run by the sequential driver
 METHOD_STEPS: dict[str, Callable[..., None]] = {
-    "gptq": _gptq_step,
+    "gptq": gptq_layer,
     "awq": awq_layer,
 }

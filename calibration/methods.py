@@ -19,23 +19,18 @@ from calibration.rtn import QuantizedLinear, rtn_quantize
 from calibration.sequential import LayerWork
 
 
-def _store(linear: torch.nn.Linear, q: QuantizedLinear, name: str, codes: dict[str, QuantizedLinear]) -> None:
+def store_quantized(linear: torch.nn.Linear, q: QuantizedLinear, name: str, codes: dict[str, QuantizedLinear]) -> None:
     linear.weight.data.copy_(q.dequantize().to(linear.weight.dtype))
     codes[name] = q
 
 
-def _capture_inputs(work: LayerWork, roles: tuple[str, ...], extra_modules: dict[str, torch.nn.Module] | None = None,
-                    with_kwargs: bool = False) -> dict[str, list]:
-    """Run the layer once; return the inputs of the given linears (and modules) per batch."""
-    seen: dict[str, list] = {r: [] for r in roles}
+def _capture_calls(work: LayerWork, modules: dict[str, torch.nn.Module]) -> dict[str, list]:
+    """Run the layer once; return each module's (input, kwargs) per batch."""
+    seen: dict[str, list] = {name: [] for name in modules}
     handles = []
-    targets = {r: work.linears[r] for r in roles if r in work.linears} | (extra_modules or {})
-    for role, module in targets.items():
-        seen.setdefault(role, [])
-
-        def hook(_m, args, kwargs, role=role):
-            x = args[0] if args else kwargs["hidden_states"]
-            seen[role].append((x, kwargs) if with_kwargs else x)
+    for name, module in modules.items():
+        def hook(_m, args, kwargs, name=name):
+            seen[name].append((args[0] if args else kwargs["hidden_states"], kwargs))
 
         handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
     try:
@@ -48,7 +43,7 @@ def _capture_inputs(work: LayerWork, roles: tuple[str, ...], extra_modules: dict
 
 # --- GPTQ --------------------------------------------------------------------------------
 
-def gptq_layer(work: LayerWork, cfg: QuantConfig, codes: dict[str, QuantizedLinear]) -> None:
+def gptq_layer(work: LayerWork, cfg: QuantConfig, codes: dict[str, QuantizedLinear], arch: Any = None) -> None:
     firsts = [g for g in INPUT_GROUPS if any(r in work.linears for r in g)]
     hessians: dict[str, HessianAccumulator] = {}
     handles = []
@@ -65,14 +60,14 @@ def gptq_layer(work: LayerWork, cfg: QuantConfig, codes: dict[str, QuantizedLine
             h.remove()
     for role, linear in work.linears.items():
         q = gptq_quantize(linear.weight, hessians[role].H, cfg.spec, act_order=cfg.act_order, damp=cfg.damp)
-        _store(linear, q, work.names[role], codes)
+        store_quantized(linear, q, work.names[role], codes)
 
 
 # --- AWQ ---------------------------------------------------------------------------------
 
 def awq_layer(work: LayerWork, cfg: QuantConfig, codes: dict[str, QuantizedLinear], arch: Any) -> None:
     layer, spec = work.layer, cfg.spec
-    captured = _capture_inputs(work, tuple(work.linears), {"self_attn": layer.self_attn}, with_kwargs=True)
+    captured = _capture_calls(work, {**work.linears, "self_attn": layer.self_attn})
     inputs = {r: [x for x, _ in captured[r]] for r in work.linears}  # q/k/v share tensors
     attn_kwargs = [kw for _, kw in captured["self_attn"]]
     n_loss = max(1, -(-cfg.awq_loss_sequences // cfg.batch_size))  # batches scoring the grid
@@ -118,7 +113,7 @@ def awq_layer(work: LayerWork, cfg: QuantConfig, codes: dict[str, QuantizedLinea
             x = torch.cat([t.reshape(-1, t.shape[-1]) for t in inputs[role]])
             x = x[torch.linspace(0, len(x) - 1, min(512, len(x))).long()]
             w = awq.apply_clip(w, awq.search_clip(w, x, spec), spec)
-        _store(linear, rtn_quantize(w, spec), work.names[role], codes)
+        store_quantized(linear, rtn_quantize(w, spec), work.names[role], codes)
 
 
 def _norm(layer: torch.nn.Module, name: str) -> torch.nn.Module:

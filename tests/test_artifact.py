@@ -28,7 +28,8 @@ def test_manifest_records_everything(engine):
     assert m["architecture"]["name"] == "llama"
     assert m["architecture"]["config"]["hidden_size"] == 64
     assert m["dtype"] == "fp32" and m["quantization"] == {"method": "none"}
-    assert [p["name"] for p in m["passes"]] == ["cse", "dead-code"]
+    assert [p["name"] for p in m["passes"]] == ["lower-quantized-matmul", "cse", "dead-code"]
+    assert m["passes"][0]["summary"] == "nothing to rewrite"  # an fp32 engine has no quantized linears
     assert m["kv_cache"]["layout"] == "concat" and m["kv_cache"]["num_layers"] == 2
     for tool in ("torch", "transformers", "onnx", "onnxruntime", "onnx_ir", "python"):
         assert m["versions"][tool]

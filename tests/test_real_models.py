@@ -92,3 +92,24 @@ def test_gemma3_greedy_matches_transformers(tmp_path):
     assert ids[0] == engine.manifest["generation"]["bos_token_id"]  # Gemma needs BOS
     ours = engine.generate_ids(ids, SamplingParams(max_new_tokens=N_TOKENS, ignore_eos=True)).token_ids
     assert ours == hf_greedy(model, ids, N_TOKENS)
+
+
+def test_smollm2_int4_engine_matches_fake_quant_and_is_small(tmp_path):
+    """Real weights, int4 RTN g64: engine perplexity within 0.5% of the torch fake-quant model
+    (short wiki slice), int4 engine at most 35% of the fp32 engine's size."""
+    from calibration import QuantConfig
+    from calibration.data import parse_spec, token_windows
+    from optimizer.evaluate import engine_logits_fn, perplexity, torch_logits_fn
+
+    folder = converted("smollm2-135m")
+    loaded = load_model(folder, quiet=True)
+    fp32 = build_engine(BuildOptions(out=tmp_path / "fp32", source=str(folder), quiet=True), loaded=loaded)
+    int4 = build_engine(BuildOptions(out=tmp_path / "int4", source=str(folder), quiet=True,
+                                     quant=QuantConfig(method="rtn", bits=4, group_size=64, symmetric=False)),
+                        loaded=loaded)
+    size = lambda e: sum(f["size"] for f in e.manifest["files"].values())  # noqa: E731
+    assert size(int4) <= 0.35 * size(fp32)
+    windows = token_windows(loaded.tokenizer, parse_spec("wiki:4x256"))
+    engine_ppl = perplexity(engine_logits_fn(Engine.load(int4.path)), windows)["perplexity"]
+    torch_ppl = perplexity(torch_logits_fn(loaded.model), windows)["perplexity"]
+    assert abs(engine_ppl - torch_ppl) / torch_ppl < 0.005
