@@ -90,6 +90,7 @@ def main() -> None:
     p.add_argument("--variants", default="fp32," + ",".join(OURS))
     p.add_argument("--llmcompressor-python", help="python of a venv with llmcompressor installed")
     p.add_argument("--peers", default=",".join(PEERS))
+    p.add_argument("--resume", action="store_true", help="keep the rows of --out/results.json that succeeded")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--eval-windows", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -113,17 +114,23 @@ def main() -> None:
     del loaded
 
     rows = []
+    if args.resume and (args.out / "results.json").exists():
+        rows = [r for r in json.loads((args.out / "results.json").read_text())["rows"] if "error" not in r]
+    done = {r["variant"] for r in rows}
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for variant in [v for v in args.variants.split(",") if v]:
+    for variant in [v for v in args.variants.split(",") if v and v not in done]:
         print(f"== {variant}", file=sys.stderr, flush=True)
         cmd = [sys.executable, __file__, "--one", variant, "--model", args.model, "--out", str(args.out),
                "--calib", args.calib, "--eval-windows", str(eval_path), "--threads", str(args.threads)]
-        rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
-                               .stdout.strip().splitlines()[-1]))
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            rows.append({"variant": variant, "error": proc.stderr.strip()[-600:]})
+        else:
+            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         write_report(rows, args)  # after every row: a long run can be read (or cut) midway
     if args.llmcompressor_python:
-        for peer in [v for v in args.peers.split(",") if v]:
+        for peer in [v for v in args.peers.split(",") if v and v not in done]:
             print(f"== {peer}", file=sys.stderr, flush=True)
             cmd = [args.llmcompressor_python, str(ROOT / "benchmarks" / "llmcompressor_peer.py"),
                    "--model", str(hf_folder), "--calib-windows", str(calib_path), "--eval-windows", str(eval_path),

@@ -70,7 +70,7 @@ def calibration_windows(loaded: Any, cfg: QuantConfig) -> np.ndarray:
         raise InputError("calibration needs a tokenizer, and this model has none",
                          hint="pass --tokenizer with --random-weights")
     bos = loaded.config.bos_token_id if loaded.arch.needs_bos else None
-    return token_windows(loaded.tokenizer, spec, bos)
+    return token_windows(loaded.tokenizer, spec, bos, allow_fewer=cfg.calib_allow_fewer)
 
 
 def quantize_model(loaded: Any, cfg: QuantConfig, quiet: bool = False) -> QuantizationResult:

@@ -29,6 +29,7 @@ class QuantConfig:
     keep: tuple[str, ...] = field(default=DEFAULT_KEEP)  # module-name patterns kept in float
     calib: str | None = "c4:128x512"  # calibration text spec (RTN ignores it)
     calib_seed: int | None = None
+    calib_allow_fewer: bool = False  # too little text: warn and use what there is, instead of failing
     batch_size: int = 8  # sequences per forward in the layer-by-layer driver
 
     def validate(self) -> None:

@@ -181,7 +181,7 @@ class _WeightReader:
 
 
 class _LayerWeights:
-    """Named access to one decoder layer's weights: `lw.linear("q")` -> (W^T (in, out), bias)."""
+    """Named access to one decoder layer's weights: `lw.linear("q")` -> (module name, W^T (in, out), bias)."""
 
     _ROLES = {"q": 0, "k": 1, "v": 2, "o": 3}
     _MLP = {"gate": 0, "up": 1, "down": 2}

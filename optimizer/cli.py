@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ class _Group(click.Group):
     """Turns OptimizerError and Ctrl-C into a message and an exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        warnings.showwarning = _show_warning
         try:
             return super().invoke(ctx)
         except OptimizerError as exc:
@@ -38,6 +40,12 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             console().print("interrupted: nothing was written")
             sys.exit(130)
+
+
+def _show_warning(message: Warning | str, category: type, filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    console().print("[yellow]warning:[/yellow] ", end="")
+    console().print(str(message), markup=False, soft_wrap=True)
 
 
 @click.group(cls=_Group)
@@ -67,6 +75,7 @@ def main() -> None:
 @click.option("--calib", default="c4:128x512", show_default=True,
               help="Calibration text SOURCE:NxL (c4, wiki, tiny, or a .txt/.jsonl/.parquet file).")
 @click.option("--calib-seed", default=None, type=int, help="Draw calibration windows at random with this seed.")
+@click.option("--calib-allow-fewer", is_flag=True, help="Too little calibration text: warn and go on.")
 @click.option("--keep", multiple=True, help="Module-name pattern kept in float (repeatable); "
                                             "lm_head and embeddings always are.")
 @click.option("--accuracy-level", default=0, show_default=True,
@@ -77,7 +86,7 @@ def main() -> None:
 def model_cmd(source: str | None, out: Path, dtype: str, random_weights: bool, config: str | None,
               tokenizer: Path | None, seed: int, passes: str | None, external_data: str,
               quant: str, method: str, group_size: int, asym: bool, act_order: bool, calib: str,
-              calib_seed: int | None, keep: tuple[str, ...], accuracy_level: int,
+              calib_seed: int | None, calib_allow_fewer: bool, keep: tuple[str, ...], accuracy_level: int,
               overwrite: bool, trust_remote_code: bool, quiet: bool) -> None:
     """Build a verified engine from a HuggingFace folder, a .gguf file, or a named config."""
     from optimizer.pipeline import BuildOptions, build_engine
@@ -88,14 +97,14 @@ def model_cmd(source: str | None, out: Path, dtype: str, random_weights: bool, c
         out=out, source=source, dtype=dtype, random_weights=random_weights, config=config,
         tokenizer=str(tokenizer) if tokenizer else None, seed=seed, passes=pass_names,
         external_data=external_data, overwrite=overwrite, trust_remote_code=trust_remote_code,
-        quant=_quant_config(quant, method, group_size, asym, act_order, calib, calib_seed, keep),
+        quant=_quant_config(quant, method, group_size, asym, act_order, calib, calib_seed, calib_allow_fewer, keep),
         accuracy_level=accuracy_level, quiet=quiet))
     if not quiet:
         console().print(f"[green]engine written:[/green] {engine.path}")
 
 
 def _quant_config(quant: str, method: str, group_size: int, asym: bool, act_order: bool, calib: str,
-                  calib_seed: int | None, keep: tuple[str, ...]):
+                  calib_seed: int | None, calib_allow_fewer: bool, keep: tuple[str, ...]):
     from calibration.config import BITS, DEFAULT_KEEP, QuantConfig
     from optimizer.errors import InputError
 
@@ -106,7 +115,7 @@ def _quant_config(quant: str, method: str, group_size: int, asym: bool, act_orde
                          hint="choose one of: none, " + ", ".join(f"int{b}" for b in BITS))
     return QuantConfig(method=method, bits=int(quant[3:]), group_size=group_size or None,
                        symmetric=not asym, act_order=act_order, calib=calib, calib_seed=calib_seed,
-                       keep=DEFAULT_KEEP + tuple(keep))
+                       calib_allow_fewer=calib_allow_fewer, keep=DEFAULT_KEEP + tuple(keep))
 
 
 def _split_passes(text: str) -> tuple[str, ...]:

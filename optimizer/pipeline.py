@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,6 @@ class BuildOptions:
     quant: QuantConfig | None = None  # None: keep the weights in float
     accuracy_level: int = 0  # MatMulNBits compute: 0 = fp32, 4 = int8 activations
     quiet: bool = False
-    extra_manifest: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.dtype not in DTYPES:
@@ -60,12 +59,16 @@ class BuildOptions:
                              hint="0 = fp32 compute (default), 4 = int8 activations (fastest on CPU)")
         if self.quant is not None:
             self.quant.validate()
+            if "lower-quantized-matmul" not in self.passes:
+                raise InputError("--quant needs the lower-quantized-matmul pass, which --passes leaves out",
+                                 hint="add lower-quantized-matmul to --passes, or drop --quant")
         validate_pass_names(self.passes)
         check_output_dir(self.out, self.overwrite)
 
 
 def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> EngineDir:
-    """Build the engine described by `opts` (from `loaded` when the model is already in memory)."""
+    """Build the engine described by `opts` (from `loaded` when the model is already in memory;
+    quantization then changes that model's weights in place, to their fake-quant values)."""
     opts.validate()  # every cheap check before the expensive work
     q = opts.quiet
     if loaded is None:
@@ -117,7 +120,6 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
             "tokenizer": {"files": tokenizer_files},
             "verification": verification,
             "versions": tool_versions(),
-            **opts.extra_manifest,
         }
         with step("checksums and manifest", q):
             write_manifest(tmp, manifest, quiet=q)

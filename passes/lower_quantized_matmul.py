@@ -33,24 +33,30 @@ class PackedWeight:
     bits: int
 
 
-def block_size_for(group: int) -> int:
-    """MatMulNBits needs a power-of-two block >= 16; per-channel groups round up (padded)."""
-    block = 16
-    while block < group:
-        block *= 2
-    return block
+BLOCK_SIZES = (256, 128, 64, 32, 16)  # what onnxruntime's CPU kernel accepts
+
+
+def block_size_for(k: int, group: int) -> int:
+    """The MatMulNBits block for groups of `group` columns in a K-wide weight.
+
+    Groups are blocks. A per-channel weight (one group spanning K) uses the largest kernel
+    block that divides K, with its scale repeated per block: the same function."""
+    if group != k:
+        if group not in BLOCK_SIZES:
+            raise ValueError(f"group size {group} is not a MatMulNBits block size {BLOCK_SIZES}")
+        return group
+    return next((b for b in BLOCK_SIZES if k % b == 0), 16)  # else padded to a multiple of 16
 
 
 def pack(q: QuantizedLinear, scale_dtype: type = np.float32) -> PackedWeight:
     codes = q.qweight.numpy()  # (N, K)
-    zeros = q.zeros.numpy()  # (N, groups)
+    scales, zeros = q.scales.numpy(), q.zeros.numpy()  # (N, groups)
     n, k = codes.shape
     bits = q.spec.bits
-    group = q.spec.group_width(k)
-    block = block_size_for(group)
+    block = block_size_for(k, q.spec.group_width(k))
     k_blocks = -(-k // block)
-    if block != group and zeros.shape[1] != 1:
-        raise ValueError("padding is only needed for per-channel groups")
+    repeat = k_blocks // scales.shape[1]  # blocks per group: 1, or all of them (per-channel)
+    scales, zeros = np.repeat(scales, repeat, axis=1), np.repeat(zeros, repeat, axis=1)
     padded = np.empty((n, k_blocks * block), np.uint8)
     padded[:, :k] = codes
     padded[:, k:] = zeros[:, -1:]  # padding dequantizes to 0
@@ -64,7 +70,7 @@ def pack(q: QuantizedLinear, scale_dtype: type = np.float32) -> PackedWeight:
     zero_points = None
     if not (zeros == 2 ** (bits - 1)).all():
         zero_points = _pack_rows(zeros, bits)
-    return PackedWeight(np.ascontiguousarray(B), q.scales.numpy().astype(scale_dtype), zero_points, block, bits)
+    return PackedWeight(np.ascontiguousarray(B), scales.astype(scale_dtype), zero_points, block, bits)
 
 
 def _pack_rows(values: np.ndarray, bits: int) -> np.ndarray:

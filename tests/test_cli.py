@@ -222,3 +222,17 @@ def test_quant_bad_inputs_cli(tmp_path):
                        "--calib", "nowhere:4x8", "--out", tmp_path / "o")
     assert_clean_failure(code, output, "neither a corpus name nor a file")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_too_little_calibration_text(tiny_hf_folders, tmp_path):
+    text = tmp_path / "short.txt"
+    text.write_text("A short calibration text. " * 20)
+    args = ("model", tiny_hf_folders["llama"], "--quant", "int4", "--method", "gptq", "--group-size", "32",
+            "--calib", f"{text}:50x64")
+    code, output = run(*args, "--out", tmp_path / "a")
+    assert_clean_failure(code, output, "gives only", "50 were asked for")
+    assert not (tmp_path / "a").exists()
+    code, output = run(*args, "--calib-allow-fewer", "--out", tmp_path / "b", "-q")
+    assert code == 0, output
+    calibration = json.loads((tmp_path / "b" / "manifest.json").read_text())["quantization"]["calibration"]
+    assert 0 < calibration["windows"][0] < 50

@@ -33,6 +33,8 @@ def _run(model: ir.Model, x: np.ndarray) -> np.ndarray:
 def test_matmulnbits_computes_the_fake_quant_function(bits, group, symmetric):
     torch.manual_seed(0)
     n_out, n_in = 48, 192 if group != 128 else 256
+    if group is None:
+        n_in = 200  # per-channel over a width no kernel block divides: padded blocks
     q = rtn_quantize(torch.randn(n_out, n_in) * 0.05, QuantSpec(bits, group, symmetric))
     deq = q.dequantize().numpy()
     model = _linear_model(np.ascontiguousarray(deq.T))
@@ -64,7 +66,8 @@ def test_nothing_to_lower_reports_unmodified():
 
 
 def test_packing_layout():
-    assert [block_size_for(g) for g in (32, 64, 128, 576)] == [32, 64, 128, 1024]
+    assert [block_size_for(576, g) for g in (32, 64)] == [32, 64]
+    assert [block_size_for(k, k) for k in (576, 1536, 200)] == [64, 256, 16]  # per-channel
     q = rtn_quantize(torch.randn(2, 64), QuantSpec(4, 32, False))
     packed = pack(q)
     codes = q.qweight.numpy()
@@ -72,3 +75,15 @@ def test_packing_layout():
     assert packed.B[0, 0, 0] == codes[0, 0] | (codes[0, 1] << 4)  # low nibble first
     assert packed.zero_points.shape == (2, 1)
     assert packed.zero_points[1, 0] == q.zeros[1, 0] | (q.zeros[1, 1] << 4)
+
+
+@pytest.mark.parametrize("bits,width", [(8, 576), (8, 1536), (4, 576)])
+def test_per_channel_uses_kernel_block_sizes(bits, width):
+    q = rtn_quantize(torch.randn(16, width) * 0.05, QuantSpec(bits, None, False))
+    packed = pack(q)
+    assert packed.block_size in (64, 128, 256) and width % packed.block_size == 0
+    assert packed.scales.shape == (16, width // packed.block_size)
+    model = _linear_model(np.ascontiguousarray(q.dequantize().numpy().T))
+    lowered = LowerQuantizedMatMul({"layer.proj": q}).call(model).model
+    x = np.random.default_rng(2).standard_normal((3, width)).astype(np.float32)
+    assert np.allclose(_run(lowered, x), x @ q.dequantize().numpy().T, atol=1e-4)

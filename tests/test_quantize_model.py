@@ -103,3 +103,9 @@ def test_group_size_that_does_not_divide_names_valid_sizes(tiny_hf_folders, tmp_
                                   quant=QuantConfig(group_size=256), quiet=True))
     assert "32, 64" in info.value.hint and "per-channel" in info.value.hint
     assert list(tmp_path.iterdir()) == []
+
+
+def test_quant_without_lowering_pass_is_refused(tmp_path):
+    with pytest.raises(InputError, match="needs the lower-quantized-matmul pass"):
+        build_engine(BuildOptions(out=tmp_path / "e", random_weights=True, config="tiny-llama",
+                                  quant=QuantConfig(), passes=("cse",), quiet=True))
