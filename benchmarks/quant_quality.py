@@ -90,10 +90,14 @@ def main() -> None:
     p.add_argument("--variants", default="fp32," + ",".join(OURS))
     p.add_argument("--llmcompressor-python", help="python of a venv with llmcompressor installed")
     p.add_argument("--peers", default=",".join(PEERS))
+    p.add_argument("--report-only", action="store_true", help="re-render --out/results.json as results.md")
     p.add_argument("--resume", action="store_true", help="keep the rows of --out/results.json that succeeded")
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--eval-windows", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.report_only:
+        write_report(json.loads((args.out / "results.json").read_text())["rows"], args)
+        return
     if args.one:
         print(json.dumps(run_one(args.one, args.model, args.calib, args.eval_windows, args.out, args.threads)))
         return
@@ -161,7 +165,8 @@ def write_report(rows: list[dict], args: argparse.Namespace) -> None:
         ppl = r.get("ppl_engine") or r["ppl_torch"]
         delta = f"{ppl - base:+.3f}" if base else "-"
         size = f"{r['engine_mb']} ({r['engine_mb'] / fp32_mb:.0%})" if r.get("engine_mb") and fp32_mb else "-"
-        lines.append(f"| {r['variant']} | {r.get('ppl_engine', float('nan')):.3f} | {r['ppl_torch']:.3f} | {delta} | "
+        engine_ppl = f"{r['ppl_engine']:.3f}" if "ppl_engine" in r else "-"
+        lines.append(f"| {r['variant']} | {engine_ppl} | {r['ppl_torch']:.3f} | {delta} | "
                      f"{r.get('quant_seconds', 0):.0f} | {r.get('peak_rss_mb', '-')} | {size} |")
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
