@@ -84,7 +84,7 @@ def awq_layer(work: LayerWork, cfg: QuantConfig, codes: dict[str, QuantizedLinea
         linears = {r: work.linears[r] for r in m.linears if r in work.linears}
         if len(linears) != len(m.linears):
             continue  # some of the block is kept in float: leave its scaling alone
-        prev = work.linears.get(m.prev) if m.prev_kind == "linear" else _norm(layer, m.prev)
+        prev = work.linears.get(m.prev) if m.prev_kind == "linear" else layer.get_submodule(m.prev)
         if prev is None or (m.prev_kind == "linear" and prev.out_features != next(iter(linears.values())).in_features):
             continue  # e.g. v -> o under GQA: v's outputs are not o's inputs one to one
         xs = inputs[m.linears[0]]
@@ -114,10 +114,6 @@ def awq_layer(work: LayerWork, cfg: QuantConfig, codes: dict[str, QuantizedLinea
             x = x[torch.linspace(0, len(x) - 1, min(512, len(x))).long()]
             w = awq.apply_clip(w, awq.search_clip(w, x, spec), spec)
         store_quantized(linear, rtn_quantize(w, spec), work.names[role], codes)
-
-
-def _norm(layer: torch.nn.Module, name: str) -> torch.nn.Module:
-    return layer.get_submodule(name)
 
 
 def _scale_prev_down(prev: torch.nn.Module, kind: str, s: torch.Tensor, arch: Any) -> None:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from optimizer.errors import InputError
+
 
 @dataclass(frozen=True)
 class QuantSpec:
@@ -92,8 +94,6 @@ def valid_group_sizes(in_features: int) -> list[int]:
 
 
 def check_group_size(in_features: int, group_size: int | None) -> None:
-    from optimizer.errors import InputError
-
     if group_size is not None and in_features % group_size != 0:
         valid = valid_group_sizes(in_features)
         raise InputError(

@@ -17,7 +17,7 @@ import onnx_ir as ir
 
 from calibration import QuantConfig, quantize_model
 from optimizer.artifact import EngineDir, check_output_dir, load_engine, staging_dir, write_manifest
-from optimizer.capture import DTYPES, capture, decoder_dims, kv_names
+from optimizer.capture import DTYPES, DecoderDims, capture, decoder_dims, kv_names
 from optimizer.errors import InputError
 from optimizer.models.loader import LoadedModel, load_model
 from optimizer.progress import bar, console, step
@@ -95,7 +95,7 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
         for r in pass_reports:
             if not q:
                 console().print(f"  {r['name']}: {r['summary']}")
-    kv = kv_cache_section(loaded, opts.dtype)
+    kv = kv_cache_section(dims, opts.dtype)
     with staging_dir(opts.out, opts.overwrite) as tmp:
         with step("write engine files", q):
             model_info = write_model(model, tmp, opts.external_data)
@@ -126,8 +126,7 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
     return load_engine(opts.out, verify=False)
 
 
-def kv_cache_section(loaded: LoadedModel, dtype: str) -> dict[str, Any]:
-    dims = decoder_dims(loaded.config, loaded.arch)
+def kv_cache_section(dims: DecoderDims, dtype: str) -> dict[str, Any]:
     past_k, past_v, present_k, present_v = (n.replace(".0.", ".{i}.") for n in kv_names(0))
     return {
         "layout": "concat",  # past (B, n_kv, P, hd) in, present (B, n_kv, P + S, hd) out
