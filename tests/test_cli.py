@@ -4,6 +4,7 @@ wrong, a non-zero exit code, no traceback, and nothing left behind."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -75,11 +76,16 @@ def test_folder_without_model(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
 
 
-def test_unsupported_architecture_lists_supported(tmp_path):
-    folder = tmp_path / "gpt2"
+def fake_model_folder(folder, model_type: str, weights_name: str, weights: bytes):
+    """A folder that looks like a HF model (config.json + one weights file) without being one."""
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    (folder / "model.safetensors").write_bytes(b"")
+    (folder / "config.json").write_text(json.dumps({"model_type": model_type}))
+    (folder / weights_name).write_bytes(weights)
+    return folder
+
+
+def test_unsupported_architecture_lists_supported(tmp_path):
+    folder = fake_model_folder(tmp_path / "gpt2", "gpt2", "model.safetensors", b"")
     code, output = run("model", folder, "--out", tmp_path / "out")
     assert_clean_failure(code, output, "unsupported architecture", "'gpt2'", *supported_model_types())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt2"]
@@ -98,10 +104,7 @@ def test_unknown_preset_lists_presets(tmp_path):
 
 
 def test_pickle_checkpoint_is_refused(tmp_path):
-    folder = tmp_path / "m"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04not really")
+    folder = fake_model_folder(tmp_path / "m", "llama", "pytorch_model.bin", b"\x80\x04not really")
     code, output = run("model", folder, "--out", tmp_path / "out")
     assert_clean_failure(code, output, "pickle", "safetensors")
     assert not (tmp_path / "out").exists()
@@ -128,8 +131,6 @@ def test_existing_output_is_refused(tmp_path, smol_tokenizer_dir):
 
 
 def test_checksum_failure_on_generate_and_inspect(engine_dir, tmp_path):
-    import shutil
-
     copy = tmp_path / "engine"
     shutil.copytree(engine_dir, copy)
     (copy / "tokenizer.json").write_text("{}")
@@ -139,8 +140,6 @@ def test_checksum_failure_on_generate_and_inspect(engine_dir, tmp_path):
 
 
 def test_newer_format_version_on_generate(engine_dir, tmp_path):
-    import shutil
-
     copy = tmp_path / "engine"
     shutil.copytree(engine_dir, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
@@ -171,8 +170,6 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
 
 
 def test_corrupt_safetensors(tmp_path, tiny_hf_folders):
-    import shutil
-
     folder = tmp_path / "m"
     shutil.copytree(tiny_hf_folders["llama"], folder)
     weights = folder / "model.safetensors"
