@@ -92,13 +92,31 @@ def quantize_model(loaded: Any, cfg: QuantConfig, quiet: bool = False) -> Quanti
         step = METHOD_STEPS[cfg.method]
         run_sequential(loaded.model, loaded.arch, windows, cfg.batch_size,
                        partial(step, cfg=cfg, codes=codes, arch=loaded.arch), keep, quiet)
+    if cfg.lm_head_bits is not None:
+        quantize_lm_head(loaded, cfg, codes)
     manifest["quantized_modules"] = len(codes)
-    # lm_head and the embeddings always stay in float in this version; patterns add more.
-    manifest["kept_in_float"] = ["lm_head", "embed_tokens"] + sorted(
+    # the embeddings always stay in float, lm_head unless lm_head_bits; patterns add more.
+    manifest["kept_in_float"] = (["lm_head"] if cfg.lm_head_bits is None else []) + ["embed_tokens"] + sorted(
         n for i in range(loaded.config.num_hidden_layers)
         for n in module_names(loaded.arch, i).values() if keep(n))
     manifest["seconds"] = round(time.perf_counter() - start, 2)
     return QuantizationResult(codes, manifest)
+
+
+def quantize_lm_head(loaded: Any, cfg: QuantConfig, codes: dict[str, QuantizedLinear]) -> None:
+    """RTN for the output projection (no calibration: it has no next layer to protect, and the
+    reference tools quantize it this way too). A head tied to the embeddings is untied first:
+    the embedding table stays float, the head gets its own quantized copy."""
+    head = loaded.model.get_output_embeddings()
+    name = loaded.arch.lm_head.removesuffix(".weight")
+    if head is None or loaded.model.get_submodule(name) is not head:
+        raise InputError("this model has no separate output projection to quantize",
+                         hint="drop lm_head_bits / --lm-head-bits")
+    with torch.no_grad():
+        if head.weight.data_ptr() == loaded.model.get_input_embeddings().weight.data_ptr():
+            head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+            loaded.config.tie_word_embeddings = False
+        store_quantized(head, rtn_quantize(head.weight, cfg.lm_head_spec), name, codes)
 
 
 # method -> per-layer step(work, cfg=, codes=, arch=), run by the sequential driver

@@ -31,6 +31,8 @@ class QuantConfig:
     calib_seed: int | None = None
     calib_allow_fewer: bool = False  # too little text: warn and use what there is, instead of failing
     batch_size: int = 8  # sequences per forward in the layer-by-layer driver
+    lm_head_bits: int | None = None  # RTN-quantize the output projection too (untied from the
+    #                                  embeddings, which stay float); None keeps it in float
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -50,12 +52,19 @@ class QuantConfig:
             check_source(parse_spec(self.calib).source)
         if self.act_order and self.method != "gptq":
             raise InputError("--act-order applies to --method gptq only")
+        if self.lm_head_bits is not None and self.lm_head_bits not in BITS:
+            raise InputError(f"unsupported lm_head bit width {self.lm_head_bits}",
+                             hint="lm_head bits: " + ", ".join(map(str, BITS)) + ", or none to keep it in float")
         if self.awq_grid < 2:
             raise InputError(f"AWQ grid must have at least 2 points, got {self.awq_grid}")
 
     @property
     def spec(self) -> QuantSpec:
         return QuantSpec(bits=self.bits, group_size=self.group_size, symmetric=self.symmetric)
+
+    @property
+    def lm_head_spec(self) -> QuantSpec:
+        return QuantSpec(bits=self.lm_head_bits or self.bits, group_size=self.group_size, symmetric=self.symmetric)
 
     def to_manifest(self) -> dict[str, Any]:
         d = asdict(self)

@@ -12,6 +12,7 @@ traceback; results and generated text go to stdout.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import warnings
@@ -57,71 +58,102 @@ def main() -> None:
 @main.command("model")
 @click.argument("source", required=False)
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Engine directory to write.")
-@click.option("--dtype", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16"]))
+@click.option("--recipe", type=click.Path(path_type=Path), help="A recipe YAML (recipes/); flags override its values.")
+@click.option("--dtype", default=None, type=click.Choice(["fp32", "fp16"]), help="Compute dtype [default: fp32].")
 @click.option("--random-weights", is_flag=True, help="Build from --config with random weights (no download).")
 @click.option("--config", "config", help="With --random-weights: a preset name or a config.json path.")
 @click.option("--tokenizer", type=click.Path(path_type=Path),
               help="With --random-weights: a tokenizer folder or .gguf to ship in the engine.")
 @click.option("--seed", default=0, show_default=True, help="Seed for random weights.")
 @click.option("--passes", "passes", default=None,
-              help="Comma-separated graph passes ('none' for none; default: the standard pipeline).")
-@click.option("--external-data", default="auto", show_default=True,
-              type=click.Choice(["auto", "always", "never"]), help="Weights in model.onnx.data.")
-@click.option("--quant", default="none", show_default=True, help="Weight quantization: none, int4, int8.")
-@click.option("--method", default="rtn", show_default=True, help="Quantization method: rtn, awq, gptq.")
-@click.option("--group-size", default=64, show_default=True, help="Quantization group size; 0 = per-channel.")
-@click.option("--asym", is_flag=True, help="Asymmetric quantization (zero points); default symmetric.")
-@click.option("--act-order", is_flag=True, help="GPTQ: quantize columns in decreasing Hessian order.")
-@click.option("--calib", default="c4:128x512", show_default=True,
-              help="Calibration text SOURCE:NxL (c4, wiki, tiny, or a .txt/.jsonl/.parquet file).")
+              help="'default' (all fusions), 'unfused', 'none', or comma-separated pass names "
+                   "(see `optimize passes`) [default: default].")
+@click.option("--dump-ir-after", multiple=True,
+              help="Write the graph after this pass (repeatable, or 'all') as text to OUT.ir/.")
+@click.option("--max-seq-len", default=None, type=int,
+              help="Longest sequence a fused engine supports [default: the model's maximum].")
+@click.option("--external-data", default=None, type=click.Choice(["auto", "always", "never"]),
+              help="Weights in model.onnx.data [default: auto].")
+@click.option("--quant", default=None, help="Weight quantization: none, int4, int8 [default: none].")
+@click.option("--method", default=None, help="Quantization method: rtn, awq, gptq [default: rtn].")
+@click.option("--group-size", default=None, type=int, help="Quantization group size; 0 = per-channel [default: 64].")
+@click.option("--asym/--sym", "asym", default=None, help="Asymmetric (zero points) or symmetric [default: sym].")
+@click.option("--act-order", is_flag=True, default=None, help="GPTQ: quantize columns in decreasing Hessian order.")
+@click.option("--calib", default=None, help="Calibration text SOURCE:NxL (c4, wiki, tiny, or a "
+                                            ".txt/.jsonl/.parquet file) [default: c4:128x512].")
 @click.option("--calib-seed", default=None, type=int, help="Draw calibration windows at random with this seed.")
 @click.option("--calib-allow-fewer", is_flag=True, help="Too little calibration text: warn and go on.")
 @click.option("--keep", multiple=True, help="Module-name pattern kept in float (repeatable); "
-                                            "lm_head and embeddings always are.")
-@click.option("--accuracy-level", default=0, show_default=True,
-              help="MatMulNBits compute: 0 = fp32, 4 = int8 activations (faster, less exact).")
+                                            "embeddings always are.")
+@click.option("--lm-head-bits", default=None, type=click.Choice(["4", "8", "none"]),
+              help="Also RTN-quantize the output projection [default: none = keep it in float].")
+@click.option("--accuracy-level", default=None, type=int,
+              help="MatMulNBits compute: 0 = fp32, 4 = int8 activations (faster, less exact) [default: 0].")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow code shipped with the model to run.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def model_cmd(source: str | None, out: Path, dtype: str, random_weights: bool, config: str | None,
-              tokenizer: Path | None, seed: int, passes: str | None, external_data: str,
-              quant: str, method: str, group_size: int, asym: bool, act_order: bool, calib: str,
-              calib_seed: int | None, calib_allow_fewer: bool, keep: tuple[str, ...], accuracy_level: int,
+def model_cmd(source: str | None, out: Path, recipe: Path | None, dtype: str | None, random_weights: bool,
+              config: str | None, tokenizer: Path | None, seed: int, passes: str | None,
+              dump_ir_after: tuple[str, ...], max_seq_len: int | None, external_data: str | None,
+              quant: str | None, method: str | None, group_size: int | None, asym: bool | None,
+              act_order: bool | None, calib: str | None, calib_seed: int | None, calib_allow_fewer: bool,
+              keep: tuple[str, ...], lm_head_bits: str | None, accuracy_level: int | None,
               overwrite: bool, trust_remote_code: bool, quiet: bool) -> None:
     """Build a verified engine from a HuggingFace folder, a .gguf file, or a named config."""
     from optimizer.pipeline import BuildOptions, build_engine
-    from passes import DEFAULT_PIPELINE
+    from optimizer.recipes import Recipe, load_recipe
+    from passes.pipeline import resolve_pass_names
 
-    pass_names = DEFAULT_PIPELINE if passes is None else _split_passes(passes)
+    base = load_recipe(recipe) if recipe else Recipe()
+    resolved = base.merged({
+        "build": {"dtype": dtype, "passes": passes, "accuracy_level": accuracy_level,
+                  "max_seq_len": max_seq_len, "external_data": external_data},
+        "quantization": {"quant": quant, "method": method, "group_size": group_size,
+                         "symmetric": None if asym is None else not asym, "act_order": act_order,
+                         "calib": calib, "calib_seed": calib_seed, "keep": list(keep) or None,
+                         "lm_head_bits": None if lm_head_bits in (None, "none") else int(lm_head_bits)},
+    })
+    if lm_head_bits == "none":  # an explicit flag beats a recipe's lm_head_bits
+        resolved = dataclasses.replace(
+            resolved, quantization=dataclasses.replace(resolved.quantization, lm_head_bits=None))
+    b, qs = resolved.build, resolved.quantization
     engine = build_engine(BuildOptions(
-        out=out, source=source, dtype=dtype, random_weights=random_weights, config=config,
-        tokenizer=str(tokenizer) if tokenizer else None, seed=seed, passes=pass_names,
-        external_data=external_data, overwrite=overwrite, trust_remote_code=trust_remote_code,
-        quant=_quant_config(quant, method, group_size, asym, act_order, calib, calib_seed, calib_allow_fewer, keep),
-        accuracy_level=accuracy_level, quiet=quiet))
+        out=out, source=source, dtype=b.dtype, random_weights=random_weights, config=config,
+        tokenizer=str(tokenizer) if tokenizer else None, seed=seed, passes=resolve_pass_names(b.passes),
+        external_data=b.external_data, overwrite=overwrite, trust_remote_code=trust_remote_code,
+        quant=_quant_config(qs, calib_allow_fewer), accuracy_level=b.accuracy_level,
+        max_seq_len=b.max_seq_len, dump_ir_after=dump_ir_after, recipe=resolved.to_dict(),
+        architecture=resolved.architecture, quiet=quiet))
     if not quiet:
         console().print(f"[green]engine written:[/green] {engine.path}")
 
 
-def _quant_config(quant: str, method: str, group_size: int, asym: bool, act_order: bool, calib: str,
-                  calib_seed: int | None, calib_allow_fewer: bool, keep: tuple[str, ...]):
+def _quant_config(qs, calib_allow_fewer: bool):
     from calibration.config import BITS, DEFAULT_KEEP, QuantConfig
     from optimizer.errors import InputError
 
-    if quant == "none":
+    if qs.quant == "none":
         return None
-    if quant not in {f"int{b}" for b in BITS}:
-        raise InputError(f"unsupported quantization {quant!r}",
+    if qs.quant not in {f"int{b}" for b in BITS}:
+        raise InputError(f"unsupported quantization {qs.quant!r}",
                          hint="choose one of: none, " + ", ".join(f"int{b}" for b in BITS))
-    return QuantConfig(method=method, bits=int(quant[3:]), group_size=group_size or None,
-                       symmetric=not asym, act_order=act_order, calib=calib, calib_seed=calib_seed,
-                       calib_allow_fewer=calib_allow_fewer, keep=DEFAULT_KEEP + tuple(keep))
+    return QuantConfig(method=qs.method, bits=int(qs.quant[3:]), group_size=qs.group_size or None,
+                       symmetric=qs.symmetric, act_order=qs.act_order, calib=qs.calib, calib_seed=qs.calib_seed,
+                       calib_allow_fewer=calib_allow_fewer, keep=DEFAULT_KEEP + tuple(qs.keep),
+                       lm_head_bits=qs.lm_head_bits)
 
 
-def _split_passes(text: str) -> tuple[str, ...]:
-    if text.strip().lower() == "none":
-        return ()
-    return tuple(p.strip() for p in text.split(",") if p.strip())
+@main.command("passes")
+def passes_cmd() -> None:
+    """List the graph passes: what each rewrites, which targets run it, and the pipelines."""
+    from passes import PIPELINES, REGISTRY
+
+    for info in REGISTRY.values():
+        click.echo(f"{info.name:24s} {info.description}")
+        click.echo(f"{'':24s} targets: {', '.join(info.targets)}")
+    click.echo("")
+    for name, names in PIPELINES.items():
+        click.echo(f"pipeline {name}: {', '.join(names) or '(no passes)'}")
 
 
 @main.command("generate")

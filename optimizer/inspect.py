@@ -40,6 +40,9 @@ def render_manifest(m: dict[str, Any], path: Path, console: Console | None = Non
               + ", ".join(f"{k}={v}" for k, v in quant.items()))
     out.print(f"[bold]kv cache[/bold]     {kv['layout']} layout, {kv['num_layers']} layers x "
               f"(B, {kv['num_kv_heads']}, T, {kv['head_dim']}) {kv['dtype']}")
+    if kv.get("attention") == "GroupQueryAttention":
+        out.print(f"[bold]attention[/bold]    GroupQueryAttention: right-padded batches, up to "
+                  f"{kv['max_sequence_length']} positions, in-place cache at run time")
     gen = m.get("generation", {})
     out.print(f"[bold]generation[/bold]   eos {gen.get('eos_token_ids')}, bos {gen.get('bos_token_id')}"
               f"{', BOS required' if gen.get('needs_bos') else ''}; tokenizer: "

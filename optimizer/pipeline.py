@@ -46,6 +46,10 @@ class BuildOptions:
     trust_remote_code: bool = False
     quant: QuantConfig | None = None  # None: keep the weights in float
     accuracy_level: int = 0  # MatMulNBits compute: 0 = fp32, 4 = int8 activations
+    max_seq_len: int | None = None  # positions the fused engine supports; None: the model's maximum
+    dump_ir_after: tuple[str, ...] = ()  # pass names (or "all") whose output graph is dumped as text
+    recipe: dict[str, Any] | None = None  # the resolved recipe, stored in the manifest
+    architecture: str | None = None  # a recipe's architecture: the model must be of that family
     quiet: bool = False
 
     def validate(self) -> None:
@@ -63,6 +67,9 @@ class BuildOptions:
                 raise InputError("--quant needs the lower-quantized-matmul pass, which --passes leaves out",
                                  hint="add lower-quantized-matmul to --passes, or drop --quant")
         validate_pass_names(self.passes)
+        validate_pass_names([d for d in self.dump_ir_after if d != "all"], "--dump-ir-after pass")
+        if self.max_seq_len is not None and self.max_seq_len < 1:
+            raise InputError(f"max sequence length must be positive, got {self.max_seq_len}")
         check_output_dir(self.out, self.overwrite)
 
 
@@ -76,6 +83,9 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
             loaded = load_model(opts.source, random_weights=opts.random_weights, config=opts.config,
                                 tokenizer=opts.tokenizer, seed=opts.seed,
                                 trust_remote_code=opts.trust_remote_code, quiet=q)
+    if opts.architecture and opts.architecture != loaded.arch.name:
+        raise InputError(f"the recipe is for {opts.architecture} models, and this model is {loaded.arch.name}",
+                         hint=f"use a recipe for {loaded.arch.name} (recipes/{loaded.arch.name}-*.yaml)")
     quantization: dict[str, Any] = {"method": "none"}
     codes: dict[str, Any] = {}
     if opts.quant is not None:
@@ -90,12 +100,17 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
     with step(f"capture {loaded.arch.name} decoder ({dims.num_layers} layers, {opts.dtype})", q):
         with bar("layers", dims.num_layers, q) as advance:
             model = capture(loaded, opts.dtype, on_layer=lambda i: advance())
+    max_positions = opts.max_seq_len or model_max_positions(loaded.config)
     with step("graph passes: " + (", ".join(opts.passes) or "none"), q):
-        model, pass_reports = run_passes(model, opts.passes, PassContext(codes, opts.accuracy_level))
+        ctx = PassContext(codes, opts.accuracy_level, opts.dtype, max_positions)
+        model, pass_reports = run_passes(model, opts.passes, ctx, opts.dump_ir_after, ir_dump_dir(opts.out))
         for r in pass_reports:
             if not q:
                 console().print(f"  {r['name']}: {r['summary']}")
-    kv = kv_cache_section(dims, opts.dtype)
+    if opts.dump_ir_after and not q:
+        console().print(f"  graphs dumped to {ir_dump_dir(opts.out)}")
+    kv = kv_cache_section(dims, opts.dtype, fused=any(n.op_type == "GroupQueryAttention" for n in model.graph),
+                          max_positions=max_positions)
     with staging_dir(opts.out, opts.overwrite) as tmp:
         with step("write engine files", q):
             model_info = write_model(model, tmp, opts.external_data)
@@ -114,6 +129,7 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
             "dtype": opts.dtype,
             "quantization": quantization,
             "passes": pass_reports,
+            "recipe": opts.recipe,
             "kv_cache": kv,
             "model": model_info,
             "generation": generation_section(loaded),
@@ -126,7 +142,11 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
     return load_engine(opts.out, verify=False)
 
 
-def kv_cache_section(dims: DecoderDims, dtype: str) -> dict[str, Any]:
+def kv_cache_section(dims: DecoderDims, dtype: str, fused: bool = False,
+                     max_positions: int | None = None) -> dict[str, Any]:
+    """The cache interface. Unfused attention takes any attention mask (left padding); fused
+    GroupQueryAttention reads row lengths from the mask, so batches are right-padded, and
+    its rotary caches end at max_positions."""
     past_k, past_v, present_k, present_v = (n.replace(".0.", ".{i}.") for n in kv_names(0))
     return {
         "layout": "concat",  # past (B, n_kv, P, hd) in, present (B, n_kv, P + S, hd) out
@@ -134,7 +154,19 @@ def kv_cache_section(dims: DecoderDims, dtype: str) -> dict[str, Any]:
         "head_dim": dims.head_dim, "dtype": dtype,
         "past_key": past_k, "past_value": past_v, "present_key": present_k, "present_value": present_v,
         "sliding_windows": list(dims.windows),
+        "attention": "GroupQueryAttention" if fused else "unfused",
+        "padding": "right" if fused else "left",
+        "max_sequence_length": max_positions if fused else None,
     }
+
+
+def model_max_positions(config: Any) -> int:
+    return int(getattr(config, "max_position_embeddings", None) or 4096)
+
+
+def ir_dump_dir(out: Path) -> Path:
+    """Where --dump-ir-after writes: beside the engine, so a failed build still leaves the dumps."""
+    return out.with_name(out.name + ".ir")
 
 
 def write_model(model: ir.Model, directory: Path, external_data: str) -> dict[str, Any]:

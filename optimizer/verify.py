@@ -71,5 +71,6 @@ def verify_engine(model_path: Path, kv: dict[str, Any], loaded: LoadedModel, mod
         raise VerificationError(
             f"the engine's logits differ from the torch model's by {max_diff:.3g} "
             f"(limit {FP32_TOLERANCE * max(1.0, scale):.3g})",
-            hint="this is a bug in capture for this model: please report it with the model's config")
+            hint="this is a bug for this model: rebuild with --passes unfused to tell capture from the "
+                 "fusion passes, and please report it with the model's config")
     return report

@@ -1,9 +1,10 @@
 """Graph passes over onnx_ir models: an explicit registry, no package scanning.
 
-Each entry names a pass, says what it does, and builds the onnx_ir pass object from the
-build's `PassContext` (the quantized codes, engine options). The pipeline
-(`passes.pipeline.run_passes`) runs them in order and reports, per pass, whether it changed
-the graph and how the op counts moved; that report goes into the manifest.
+Each entry names a pass, says what it does and which targets run it, and builds the onnx_ir
+pass object from the build's `PassContext`. The pipeline (`passes.pipeline.run_passes`)
+runs them in order and reports, per pass, whether it changed the graph, how the op counts
+moved and the pass's own notes (what it fused, or why it matched nothing); that report goes
+into the manifest. Order matters: later fusions match what earlier ones produced.
 """
 
 from __future__ import annotations
@@ -14,13 +15,20 @@ from typing import Any, Callable
 import onnx_ir.passes as ir_passes
 from onnx_ir.passes import common
 
+from passes import fuse_activation, fuse_rms_norm, fuse_skip_rms_norm
+from passes._rules import RulePass
+from passes.fold_constants import FoldConstants
+from passes.fuse_attention import FuseAttention
 from passes.lower_quantized_matmul import LowerQuantizedMatMul
+from passes.pack_matmuls import PackSiblingMatMuls
 
 
 @dataclass(frozen=True)
 class PassContext:
     codes: dict[str, Any] = field(default_factory=dict)  # module name -> QuantizedLinear
     accuracy_level: int = 0  # MatMulNBits: 0 = fp32 compute, 4 = int8 activations (faster)
+    dtype: str = "fp32"  # engine compute dtype
+    max_positions: int = 4096  # rotary caches of fused attention cover positions [0, max_positions)
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,7 @@ class PassInfo:
     name: str
     description: str
     build: Callable[[PassContext], ir_passes.PassBase]
+    targets: tuple[str, ...] = ("cpu", "cuda")  # execution providers whose kernels the result uses
 
 
 REGISTRY: dict[str, PassInfo] = {
@@ -36,6 +45,26 @@ REGISTRY: dict[str, PassInfo] = {
         PassInfo("lower-quantized-matmul", "quantized linears (MatMul + float weight) -> MatMulNBits "
                                            "with packed int4/int8 codes, scales and zero points",
                  lambda ctx: LowerQuantizedMatMul(ctx.codes, ctx.accuracy_level)),
+        PassInfo("fuse-rms-norm", "RMSNorm (Pow ReduceMean Add Sqrt Reciprocal Mul Mul) -> "
+                                  "RMSNormalization (opset 23)",
+                 lambda ctx: RulePass(fuse_rms_norm.RULES, "RMSNorm -> RMSNormalization",
+                                      min_opset=fuse_rms_norm.RMS_NORM_OPSET)),
+        PassInfo("fuse-skip-rms-norm", "residual Add + RMSNormalization -> "
+                                       "SkipSimplifiedLayerNormalization (fp32 engines)",
+                 lambda ctx: RulePass(fuse_skip_rms_norm.RULES, "Add + RMSNorm -> SkipSimplifiedLayerNormalization",
+                                      uses_ms_domain=True)),
+        PassInfo("fuse-attention", "rotary embedding + masked attention + concat KV cache -> "
+                                   "GroupQueryAttention (own rotary, causal / sliding window, softcap)",
+                 lambda ctx: FuseAttention(ctx.max_positions)),
+        PassInfo("pack-qkv", "q/k/v projections reading one input -> one MatMul/MatMulNBits "
+                             "(GQA's packed QKV input)",
+                 lambda ctx: PackSiblingMatMuls(3, "q/k/v")),
+        PassInfo("pack-gate-up", "gate/up projections reading one input -> one MatMul/MatMulNBits + Split",
+                 lambda ctx: PackSiblingMatMuls(2, "gate/up")),
+        PassInfo("fuse-activation", "SiLU (Mul(x, Sigmoid(x))) -> QuickGelu(alpha=1) (fp32 engines)",
+                 lambda ctx: RulePass(fuse_activation.rules(ctx.dtype), "SiLU -> QuickGelu", uses_ms_domain=True)),
+        PassInfo("fold-constants", "evaluates nodes whose inputs are all constants (onnxscript's folder)",
+                 lambda ctx: FoldConstants()),
         PassInfo("cse", "common subexpression elimination: merges identical nodes "
                         "(e.g. the per-layer views of shared RoPE tables)",
                  lambda ctx: common.CommonSubexpressionEliminationPass()),
@@ -45,4 +74,10 @@ REGISTRY: dict[str, PassInfo] = {
     )
 }
 
-DEFAULT_PIPELINE: tuple[str, ...] = ("lower-quantized-matmul", "cse", "dead-code")
+UNFUSED_PIPELINE: tuple[str, ...] = ("lower-quantized-matmul", "cse", "dead-code")
+DEFAULT_PIPELINE: tuple[str, ...] = (
+    "lower-quantized-matmul", "fuse-rms-norm", "fuse-skip-rms-norm", "fuse-attention",
+    "pack-qkv", "pack-gate-up", "fuse-activation", "fold-constants", "cse", "dead-code",
+)
+PIPELINES: dict[str, tuple[str, ...]] = {"default": DEFAULT_PIPELINE, "unfused": UNFUSED_PIPELINE,
+                                         "none": ()}

@@ -41,7 +41,8 @@ def generate_ids(session: DecoderSession, prompt_ids: Sequence[int], params: Sam
     ids = np.asarray([prompt_ids], dtype=np.int64)  # (1, S)
     n = ids.shape[1]
     start = time.perf_counter()
-    logits, cache = session.forward(ids, np.ones((1, n), np.int64), np.arange(n)[None], session.empty_cache(1))
+    cache = session.new_cache(1, n + params.max_new_tokens)
+    logits, cache = session.forward(ids, np.ones((1, n), np.int64), np.arange(n)[None], cache)
     prefill_seconds = time.perf_counter() - start
     out: list[int] = []
     finish = "length"

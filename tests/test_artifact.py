@@ -10,6 +10,7 @@ from optimizer import pipeline
 from optimizer.artifact import FORMAT_VERSION, load_engine
 from optimizer.errors import EngineError, InputError
 from optimizer.pipeline import BuildOptions, build_engine
+from passes import DEFAULT_PIPELINE
 
 
 def _opts(out, tok, **kw):
@@ -28,9 +29,12 @@ def test_manifest_records_everything(engine):
     assert m["architecture"]["name"] == "llama"
     assert m["architecture"]["config"]["hidden_size"] == 64
     assert m["dtype"] == "fp32" and m["quantization"] == {"method": "none"}
-    assert [p["name"] for p in m["passes"]] == ["lower-quantized-matmul", "cse", "dead-code"]
+    assert [p["name"] for p in m["passes"]] == list(DEFAULT_PIPELINE)
     assert m["passes"][0]["summary"] == "nothing to rewrite"  # an fp32 engine has no quantized linears
+    fused = {p["name"]: p for p in m["passes"]}["fuse-attention"]
+    assert fused["changed"] and fused["op_delta"]["com.microsoft::GroupQueryAttention"] == 2
     assert m["kv_cache"]["layout"] == "concat" and m["kv_cache"]["num_layers"] == 2
+    assert m["kv_cache"]["attention"] == "GroupQueryAttention" and m["kv_cache"]["padding"] == "right"
     for tool in ("torch", "transformers", "onnx", "onnxruntime", "onnx_ir", "python"):
         assert m["versions"][tool]
     on_disk = {p.relative_to(engine.path).as_posix() for p in engine.path.rglob("*") if p.is_file()}

@@ -113,3 +113,29 @@ def test_smollm2_int4_engine_matches_fake_quant_and_is_small(tmp_path):
     engine_ppl = perplexity(engine_logits_fn(Engine.load(int4.path)), windows)["perplexity"]
     torch_ppl = perplexity(torch_logits_fn(loaded.model), windows)["perplexity"]
     assert abs(engine_ppl - torch_ppl) / torch_ppl < 0.005
+
+
+def test_smollm2_fused_engine_equals_unfused(smol_engine, tmp_path):
+    """The default (fused) engine against the unfused one: same greedy tokens, logits allclose."""
+    import numpy as np
+
+    from passes import UNFUSED_PIPELINE
+    from runtime.session import DecoderSession, KvSpec
+
+    folder = converted("smollm2-135m")
+    unfused = build_engine(BuildOptions(out=tmp_path / "unfused", source=str(folder),
+                                        passes=UNFUSED_PIPELINE, quiet=True))
+    fused, plain = Engine.load(smol_engine), Engine.load(unfused.path)
+    assert fused.manifest["kv_cache"]["attention"] == "GroupQueryAttention"
+    assert plain.manifest["kv_cache"]["attention"] == "unfused"
+    params = SamplingParams(max_new_tokens=N_TOKENS, ignore_eos=True)
+    for prompt in SMOL_PROMPTS:
+        ids = fused.encode(prompt)
+        assert fused.generate_ids(ids, params).token_ids == plain.generate_ids(ids, params).token_ids, prompt
+    ids = np.asarray([fused.encode(" ".join(SMOL_PROMPTS))])
+    n = ids.shape[1]
+    logits = []
+    for engine in (fused, plain):
+        session = DecoderSession(engine.dir.model_path, KvSpec.from_manifest(engine.manifest["kv_cache"]))
+        logits.append(session.forward(ids, np.ones((1, n)), np.arange(n)[None], session.empty_cache(1))[0])
+    assert np.abs(logits[0] - logits[1]).max() <= 1e-3 * np.abs(logits[1]).max()

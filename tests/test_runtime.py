@@ -60,3 +60,27 @@ def test_incremental_detokenizer_handles_multibyte(smol_tokenizer_dir):
     pieces = [detok.push(i) for i in tok(text).input_ids] + [detok.flush()]
     assert "".join(pieces) == tok.decode(tok(text).input_ids, skip_special_tokens=True)
     assert all("\ufffd" not in p for p in pieces)
+
+
+def test_static_cache_generates_what_the_concat_cache_does(gemma_engine, monkeypatch):
+    """Fused engines decode through a preallocated in-place cache (IO binding); the tokens
+    equal those of the plain concat cache, sampled and greedy."""
+    from runtime.session import DecoderSession, StaticCache
+
+    ids = gemma_engine.encode("Hello there")
+    for params in (SamplingParams(max_new_tokens=12, ignore_eos=True),
+                   SamplingParams(max_new_tokens=12, ignore_eos=True, temperature=0.9, top_k=20, seed=4)):
+        assert isinstance(gemma_engine.session.new_cache(1, 32), StaticCache)
+        static = gemma_engine.generate_ids(ids, params).token_ids
+        with monkeypatch.context() as m:
+            m.setattr(DecoderSession, "new_cache", lambda self, batch, capacity: self.empty_cache(batch))
+            concat = gemma_engine.generate_ids(ids, params).token_ids
+        assert static == concat
+
+
+def test_sequences_beyond_the_engine_maximum_are_refused(gemma_engine):
+    from optimizer.errors import EngineError
+
+    limit = gemma_engine.session.kv.max_sequence_length
+    with pytest.raises(EngineError, match="exceed the engine's maximum sequence length"):
+        gemma_engine.session.new_cache(1, limit + 1)

@@ -1,0 +1,125 @@
+"""Recipes: versioned YAML files validated into frozen, typed configuration.
+
+    version: 1
+    name: llama-int4-awq
+    description: ...
+    architecture: llama            # optional: the build fails if the model is another family
+    build:     {dtype: fp32, passes: default, accuracy_level: 4, max_seq_len: null}
+    quantization: {quant: int4, method: awq, group_size: 64, symmetric: false, lm_head_bits: 4, ...}
+
+Every key is checked: an unknown one is an error naming it and the closest valid key.
+Command-line flags override recipe values (`Recipe.merged`); the manifest stores the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from optimizer.errors import InputError
+
+RECIPE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BuildSection:
+    dtype: str = "fp32"
+    passes: str | list[str] = "default"  # a pipeline name or a list of pass names
+    accuracy_level: int = 0
+    max_seq_len: int | None = None
+    external_data: str = "auto"
+
+
+@dataclass(frozen=True)
+class QuantSection:
+    quant: str = "none"  # none, int4, int8
+    method: str = "rtn"
+    group_size: int = 64  # 0 = per-channel
+    symmetric: bool = True
+    act_order: bool = False
+    calib: str = "c4:128x512"
+    calib_seed: int | None = None
+    keep: list[str] = field(default_factory=list)
+    lm_head_bits: int | None = None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    version: int = RECIPE_VERSION
+    name: str = "cli"
+    description: str = ""
+    architecture: str | None = None
+    build: BuildSection = field(default_factory=BuildSection)
+    quantization: QuantSection = field(default_factory=QuantSection)
+
+    def merged(self, overrides: Mapping[str, Mapping[str, Any]]) -> "Recipe":
+        """A copy with {"build": {...}, "quantization": {...}} values replaced (None = not given)."""
+        build = dataclasses.replace(self.build, **{k: v for k, v in overrides.get("build", {}).items()
+                                                   if v is not None})
+        quant = dataclasses.replace(self.quantization, **{k: v for k, v in overrides.get("quantization", {}).items()
+                                                          if v is not None})
+        return dataclasses.replace(self, build=build, quantization=quant)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"recipe {str(path)!r} does not exist", hint="pass a YAML file, e.g. recipes/llama-int4-awq.yaml")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise InputError(f"recipe {path} is not valid YAML: {e}") from None
+    return parse_recipe(data, str(path))
+
+
+def parse_recipe(data: Any, where: str = "recipe") -> Recipe:
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: expected a mapping at the top level, got {type(data).__name__}")
+    version = data.get("version")
+    if version != RECIPE_VERSION:
+        raise InputError(f"{where}: unsupported recipe version {version!r}",
+                         hint=f"this optimizer reads recipe version {RECIPE_VERSION}; set `version: {RECIPE_VERSION}`")
+    return _build(Recipe, data, where)
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise InputError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            raise InputError(f"{where}: unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""),
+                             hint="valid keys here: " + ", ".join(fields))
+        values[key] = _typed(hints[key], value, f"{where}: {key}")
+    return cls(**values)
+
+
+def _typed(hint: Any, value: Any, where: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union \
+        else (hint,)
+    for option in options:
+        if option is type(None) and value is None:
+            return None
+        if typing.get_origin(option) is list and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        if option is bool and isinstance(value, bool):
+            return value
+        if option in (int, str) and isinstance(value, option) and not isinstance(value, bool):
+            return value
+    names = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
+    raise InputError(f"{where}: expected {names}, got {value!r}")

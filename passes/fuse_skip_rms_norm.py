@@ -1,0 +1,39 @@
+"""Residual Add + RMSNormalization -> com.microsoft SkipSimplifiedLayerNormalization.
+
+After fuse-rms-norm every pre-norm layer has
+
+    s = Add(residual, h);  y = RMSNormalization(s, w)     (s also feeds the next Add)
+        -> y, _, _, s = SkipSimplifiedLayerNormalization(residual, h, w, epsilon)
+
+one kernel that adds, keeps the sum for the residual stream and normalizes. fp32 engines only:
+in fp16 engines a Cast to fp32 sits between the Add and the norm, and the pattern does not
+match (the norm keeps computing in fp32, as the model does).
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+
+class SkipRmsNormFusion(pattern.RewriteRuleClassBase):
+    def pattern(self, op, residual, h, weight):
+        total = op.Add(residual, h)
+        normed = op.RMSNormalization(total, weight, axis=-1, _allow_other_attributes=True,
+                                                 _outputs=["normed"])
+        return normed, total
+
+    def check(self, context, residual, h, weight, **_) -> pattern.MatchResult:
+        result = pattern.MatchResult()
+        if weight.const_value is None or weight.const_value.dtype != ir.DataType.FLOAT:
+            return result.fail("the norm weight is not an fp32 constant", weight)
+        return result
+
+    def rewrite(self, op, residual, h, weight, normed, **_):
+        epsilon = normed.producer().attributes.get_float("epsilon", 1e-5)
+        normed, _, _, total = op.SkipSimplifiedLayerNormalization(
+            residual, h, weight, epsilon=epsilon, _domain="com.microsoft", _outputs=4)
+        return normed, total
+
+
+RULES = [SkipRmsNormFusion.rule()]

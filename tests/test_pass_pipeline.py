@@ -1,0 +1,50 @@
+"""The pass pipeline: registry, reports, --dump-ir-after, pipelines by name, and errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from optimizer.errors import InputError
+from passes import DEFAULT_PIPELINE, PIPELINES, REGISTRY, UNFUSED_PIPELINE
+from passes.pipeline import PassError, resolve_pass_names, run_passes
+from tests.pass_helpers import captured
+
+
+def test_pipelines_name_registered_passes():
+    for names in PIPELINES.values():
+        assert all(n in REGISTRY for n in names)
+    assert resolve_pass_names("default") == DEFAULT_PIPELINE
+    assert resolve_pass_names("unfused") == UNFUSED_PIPELINE
+    assert resolve_pass_names("none") == ()
+    assert resolve_pass_names("fuse-rms-norm, dead-code") == ("fuse-rms-norm", "dead-code")
+
+
+def test_unknown_pass_is_an_input_error():
+    with pytest.raises(InputError, match="unknown pass 'fuse-everything'"):
+        resolve_pass_names("fuse-everything")
+
+
+def test_reports_and_dumps(tiny_hf_folders, tmp_path):
+    model, _ = captured(tiny_hf_folders["llama"])
+    model, reports = run_passes(model, DEFAULT_PIPELINE, dump_after=["fuse-attention"], dump_dir=tmp_path)
+    by_name = {r["name"]: r for r in reports}
+    assert by_name["lower-quantized-matmul"]["summary"] == "nothing to rewrite"
+    attn = by_name["fuse-attention"]
+    assert attn["changed"] and attn["nodes_after"] < attn["nodes_before"]
+    assert attn["op_delta"]["com.microsoft::GroupQueryAttention"] == 2 and attn["notes"]
+    dumps = list(tmp_path.iterdir())
+    assert [d.name for d in dumps] == [f"{DEFAULT_PIPELINE.index('fuse-attention'):02d}-after-fuse-attention.txt"]
+    assert "GroupQueryAttention" in dumps[0].read_text()
+
+
+def test_a_crashing_pass_is_reported_by_name(tiny_hf_folders, monkeypatch):
+    from passes import PassInfo
+
+    def boom(ctx):
+        raise_in_call = type("Boom", (), {"__call__": lambda self, model: 1 / 0})
+        return raise_in_call()
+
+    monkeypatch.setitem(REGISTRY, "fuse-rms-norm", PassInfo("fuse-rms-norm", "x", boom))
+    model, _ = captured(tiny_hf_folders["llama"])
+    with pytest.raises(PassError, match="graph pass 'fuse-rms-norm' failed: ZeroDivisionError"):
+        run_passes(model, ["fuse-rms-norm"])
