@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from calibration.gptq import HessianAccumulator, gptq_quantize
-from calibration.rtn import QuantSpec, compute_qparams, quantize_with, rtn_quantize
+from calibration.rtn import QuantSpec, compute_qparams, rtn_quantize
 
 
 def reference_gptq(W: np.ndarray, H: np.ndarray, bits: int, group: int, symmetric: bool,
