@@ -90,13 +90,13 @@ def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
 
 
 def replace_value(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
-    """Point every consumer, and the graph outputs, at `new`; `new` takes over the name,
-    type and shape of a graph output."""
-    is_output = any(out is old for out in graph.outputs)
-    if is_output:
-        name, dtype, shape = old.name, old.type, old.shape
-        old.name = (old.name or "") + ".replaced"
-        new.name, new.type, new.shape = name, dtype, shape
+    """Point every consumer, and the graph outputs, at `new`, which takes over the old value's
+    name (the graph's output names stay the interface) and, where it has none, type and shape."""
+    name = old.name
+    old.name = (name or "") + ".replaced"
+    new.name = name
+    new.type = new.type or old.type
+    new.shape = new.shape or old.shape
     ir.convenience.replace_all_uses_with(old, new, replace_graph_outputs=True)
 
 

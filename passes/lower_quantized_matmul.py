@@ -20,8 +20,7 @@ import onnx_ir as ir
 import onnx_ir.passes as ir_passes
 
 from calibration.rtn import QuantizedLinear
-
-MS_DOMAIN = "com.microsoft"
+from passes._match import MS_DOMAIN, add_initializer, ensure_ms_opset, replace_value
 
 
 @dataclass(frozen=True)
@@ -104,38 +103,19 @@ class LowerQuantizedMatMul(ir_passes.InPlacePass):
             n, k = q.qweight.shape
             base = weight.name.removesuffix(".weight")
             inputs = [node.inputs[0],
-                      _initializer(graph, base + ".qweight", packed.B),
-                      _initializer(graph, base + ".scales", packed.scales)]
+                      add_initializer(graph, base + ".qweight", packed.B),
+                      add_initializer(graph, base + ".scales", packed.scales)]
             if packed.zero_points is not None:
-                inputs.append(_initializer(graph, base + ".qzeros", packed.zero_points))
+                inputs.append(add_initializer(graph, base + ".qzeros", packed.zero_points))
             new = ir.node("MatMulNBits", inputs, domain=MS_DOMAIN, name=node.name,
                           attributes={"K": k, "N": n, "bits": packed.bits, "block_size": packed.block_size,
                                       "accuracy_level": self.accuracy_level})
-            out_name = node.outputs[0].name
-            node.outputs[0].name = out_name + ".replaced"
-            new.outputs[0].name = out_name
-            new.outputs[0].shape, new.outputs[0].type = node.outputs[0].shape, node.outputs[0].type
             graph.insert_before(node, new)
-            _replace_value(graph, node.outputs[0], new.outputs[0])
+            replace_value(graph, node.outputs[0], new.outputs[0])
             graph.remove(node, safe=True)
             if not weight.uses():
                 del graph.initializers[weight.name]
             lowered += 1
-        if lowered and MS_DOMAIN not in model.opset_imports:
-            model.opset_imports[MS_DOMAIN] = 1
+        if lowered:
+            ensure_ms_opset(model)
         return ir_passes.PassResult(model, modified=lowered > 0)
-
-
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, const_value=ir.tensor(array, name=name),
-                     type=ir.TensorType(ir.DataType.from_numpy(array.dtype)), shape=ir.Shape(array.shape))
-    graph.register_initializer(value)
-    return value
-
-
-def _replace_value(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
-    """Point every consumer, and the graph outputs, at `new` instead of `old`."""
-    for i, out in enumerate(graph.outputs):
-        if out is old:
-            graph.outputs[i] = new
-    ir.convenience.replace_all_uses_with(old, new)

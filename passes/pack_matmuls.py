@@ -56,9 +56,7 @@ class PackSiblingMatMuls(ir_passes.InPlacePass):
         splits = [_pack(graph, nodes) for nodes in groups]
         packed_gqa = sum(_feed_packed_qkv(split) for split in splits)
         if groups:
-            common.RemoveUnusedNodesPass()(model)
-            for name in [n for n, v in graph.initializers.items() if not v.uses() and not v.is_graph_output()]:
-                del graph.initializers[name]
+            common.RemoveUnusedNodesPass()(model)  # the replaced nodes and their weights
             self.notes.append(f"{len(groups)} {self.label} groups packed"
                               + (f", {packed_gqa} feeding GroupQueryAttention's packed QKV input"
                                  if packed_gqa else ""))

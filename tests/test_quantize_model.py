@@ -109,3 +109,26 @@ def test_quant_without_lowering_pass_is_refused(tmp_path):
     with pytest.raises(InputError, match="needs the lower-quantized-matmul pass"):
         build_engine(BuildOptions(out=tmp_path / "e", random_weights=True, config="tiny-llama",
                                   quant=QuantConfig(), passes=("cse",), quiet=True))
+
+
+@pytest.mark.parametrize("name", ["qwen2", "qwen2-tied"])
+def test_lm_head_quantized_on_request(name, tiny_hf_folders, tmp_path):
+    """lm_head_bits: the output projection becomes a MatMulNBits (a tied head is untied; the
+    embedding table stays float); the engine still verifies and keeps its output names."""
+    from optimizer.pipeline import BuildOptions, build_engine
+
+    cfg = QuantConfig(method="rtn", bits=4, group_size=32, lm_head_bits=8)
+    engine = build_engine(BuildOptions(out=tmp_path / "e", source=str(tiny_hf_folders[name]), quant=cfg,
+                                       quiet=True))
+    m = engine.manifest
+    assert "lm_head" not in m["quantization"]["kept_in_float"]
+    assert m["model"]["outputs"][0] == "logits"
+    import onnx
+
+    graph = onnx.load(str(engine.model_path)).graph
+    vocab = m["architecture"]["config"]["vocab_size"]
+    heads = [n for n in graph.node if n.op_type == "MatMulNBits"
+             and any(a.name == "N" and a.i == vocab for a in n.attribute)]
+    assert len(heads) == 1 and any(a.name == "bits" and a.i == 8 for a in heads[0].attribute)
+    assert any(i.name == "model.embed_tokens.weight" for i in graph.initializer)
+    assert m["verification"]["top1_agreement"] >= 0.9
