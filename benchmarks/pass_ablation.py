@@ -53,7 +53,6 @@ def variants() -> list[tuple[str, tuple[str, ...], int | None]]:
 
 
 def build_all(model: str, out: Path) -> dict[str, Path]:
-    loaded = None
     engines = {}
     for i, (name, passes, lm_bits) in enumerate(variants()):
         path = out / f"engine-{i:02d}"
