@@ -72,6 +72,12 @@ def main() -> None:
               help="Write the graph after this pass (repeatable, or 'all') as text to OUT.ir/.")
 @click.option("--max-seq-len", default=None, type=int,
               help="Longest sequence a fused engine supports [default: the model's maximum].")
+@click.option("--kv-layout", default=None, type=click.Choice(["auto", "static", "paged", "concat"]),
+              help="KV-cache interface: static slots written in place, paged blocks (CUDA), or concat "
+                   "[default: auto = static where attention is fused].")
+@click.option("--kv-slots", default=None, type=int, help="Static/paged layouts: sequences batched together [default: 16].")
+@click.option("--kv-capacity", default=None, type=int,
+              help="Static layout: positions per slot (prompt + output) [default: min(max seq len, 1024)].")
 @click.option("--external-data", default=None, type=click.Choice(["auto", "always", "never"]),
               help="Weights in model.onnx.data [default: auto].")
 @click.option("--quant", default=None, help="Weight quantization: none, int4, int8 [default: none].")
@@ -94,7 +100,8 @@ def main() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def model_cmd(source: str | None, out: Path, recipe: Path | None, dtype: str | None, random_weights: bool,
               config: str | None, tokenizer: Path | None, seed: int, passes: str | None,
-              dump_ir_after: tuple[str, ...], max_seq_len: int | None, external_data: str | None,
+              dump_ir_after: tuple[str, ...], max_seq_len: int | None, kv_layout: str | None,
+              kv_slots: int | None, kv_capacity: int | None, external_data: str | None,
               quant: str | None, method: str | None, group_size: int | None, asym: bool | None,
               act_order: bool | None, calib: str | None, calib_seed: int | None, calib_allow_fewer: bool,
               keep: tuple[str, ...], lm_head_bits: str | None, accuracy_level: int | None,
@@ -107,7 +114,8 @@ def model_cmd(source: str | None, out: Path, recipe: Path | None, dtype: str | N
     base = load_recipe(recipe) if recipe else Recipe()
     resolved = base.merged({
         "build": {"dtype": dtype, "passes": passes, "accuracy_level": accuracy_level,
-                  "max_seq_len": max_seq_len, "external_data": external_data},
+                  "max_seq_len": max_seq_len, "external_data": external_data, "kv_layout": kv_layout,
+                  "kv_slots": kv_slots, "kv_capacity": kv_capacity},
         "quantization": {"quant": quant, "method": method, "group_size": group_size,
                          "symmetric": None if asym is None else not asym, "act_order": act_order,
                          "calib": calib, "calib_seed": calib_seed, "keep": list(keep) or None,
@@ -122,7 +130,8 @@ def model_cmd(source: str | None, out: Path, recipe: Path | None, dtype: str | N
         tokenizer=str(tokenizer) if tokenizer else None, seed=seed, passes=resolve_pass_names(b.passes),
         external_data=b.external_data, overwrite=overwrite, trust_remote_code=trust_remote_code,
         quant=_quant_config(qs, calib_allow_fewer), accuracy_level=b.accuracy_level,
-        max_seq_len=b.max_seq_len, dump_ir_after=dump_ir_after, recipe=resolved.to_dict(),
+        max_seq_len=b.max_seq_len, kv_layout=b.kv_layout, kv_slots=b.kv_slots, kv_capacity=b.kv_capacity,
+        dump_ir_after=dump_ir_after, recipe=resolved.to_dict(),
         architecture=resolved.architecture, quiet=quiet))
     if not quiet:
         console().print(f"[green]engine written:[/green] {engine.path}")
@@ -158,35 +167,90 @@ def passes_cmd() -> None:
 
 @main.command("generate")
 @click.argument("engine_dir", type=click.Path(path_type=Path))
-@click.option("--prompt", required=True, help="Text to continue.")
+@click.option("--prompt", "prompts", multiple=True, help="Text to continue (repeatable: batched together).")
+@click.option("--prompts", "prompts_file", type=click.Path(path_type=Path, allow_dash=True),
+              help="A JSONL file (or - for stdin): one prompt per line, a JSON string or an object with "
+                   "'prompt' and optional max_tokens, temperature, top_k, top_p, seed, stop, min_tokens, "
+                   "ignore_eos. Results go to stdout as JSONL, in input order.")
 @click.option("--max-new-tokens", default=64, show_default=True)
 @click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
 @click.option("--top-k", default=0, show_default=True, help="0 = off.")
 @click.option("--top-p", default=1.0, show_default=True, help="1 = off.")
 @click.option("--seed", default=None, type=int, help="Seed for sampling (reproducible draws).")
+@click.option("--stop", multiple=True, help="Stop string (repeatable); not included in the output.")
+@click.option("--min-tokens", default=0, show_default=True, help="No EOS / stop token before this many tokens.")
 @click.option("--ignore-eos", is_flag=True, help="Do not stop at EOS (benchmarks).")
+@click.option("--max-batch", default=None, type=int, help="Sequences decoded together [default: the engine's slots].")
 @click.option("--provider", default="cpu", show_default=True, help="Execution provider: cpu, cuda, ...")
 @click.option("--threads", default=None, type=int, help="onnxruntime intra-op threads.")
 @click.option("--no-verify", is_flag=True, help="Skip checksum verification at load.")
-def generate_cmd(engine_dir: Path, prompt: str, max_new_tokens: int, temperature: float, top_k: int,
-                 top_p: float, seed: int | None, ignore_eos: bool, provider: str,
-                 threads: int | None, no_verify: bool) -> None:
-    """Generate text from an engine, streaming tokens to stdout."""
+def generate_cmd(engine_dir: Path, prompts: tuple[str, ...], prompts_file: Path | None, max_new_tokens: int,
+                 temperature: float, top_k: int, top_p: float, seed: int | None, stop: tuple[str, ...],
+                 min_tokens: int, ignore_eos: bool, max_batch: int | None, provider: str, threads: int | None,
+                 no_verify: bool) -> None:
+    """Generate text: one prompt streams to stdout; several (or --prompts FILE) are batched
+    continuously and printed as JSONL."""
+    from optimizer.errors import InputError
     from runtime import Engine, SamplingParams
 
+    if bool(prompts) == bool(prompts_file):
+        raise InputError("give --prompt TEXT (repeatable) or --prompts FILE.jsonl, not both or neither")
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                            top_p=top_p, seed=seed, ignore_eos=ignore_eos)
+                            top_p=top_p, seed=seed, ignore_eos=ignore_eos, stop=tuple(stop), min_tokens=min_tokens)
+    engine = Engine.load(engine_dir, provider=provider, threads=threads, verify=not no_verify,
+                         quiet=len(prompts) != 1)
+    if len(prompts) == 1:
+        def emit(text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+        result = engine.generate(prompts[0], params, on_text=emit)
+        sys.stdout.write("\n")
+        console().print(f"[dim]{result.prompt_tokens} prompt tokens, {len(result.token_ids)} generated "
+                        f"({result.finish_reason}); prefill {result.prefill_seconds * 1e3:.0f} ms, "
+                        f"decode {result.decode_tokens_per_second:.1f} tok/s[/dim]")
+        return
+    from runtime.batch_io import read_prompts
+
+    items = read_prompts(prompts_file, params) if prompts_file else [(p, params) for p in prompts]
+    results = engine.generate_batch([engine.encode(text) for text, _ in items], [p for _, p in items],
+                                    max_batch=max_batch)
+    for index, ((text, _), r) in enumerate(zip(items, results)):
+        click.echo(json.dumps({"index": index, "prompt": text, "text": r.text, "finish_reason": r.finish_reason,
+                               "prompt_tokens": r.prompt_tokens, "completion_tokens": len(r.token_ids)},
+                              ensure_ascii=False))
+
+
+@main.command("serve")
+@click.argument("engine_dir", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; 0.0.0.0 exposes the server to the network.")
+@click.option("--port", default=8000, show_default=True)
+@click.option("--model-name", default=None, help="The model id clients send [default: the engine folder's name].")
+@click.option("--max-batch", default=None, type=int, help="Sequences decoded together [default: the engine's slots].")
+@click.option("--prefill-chunk", default=256, show_default=True, help="Prompt tokens per prefill step.")
+@click.option("--provider", default="cpu", show_default=True)
+@click.option("--threads", default=None, type=int, help="onnxruntime intra-op threads.")
+@click.option("--no-verify", is_flag=True, help="Skip checksum verification at load.")
+def serve_cmd(engine_dir: Path, host: str, port: int, model_name: str | None, max_batch: int | None,
+              prefill_chunk: int, provider: str, threads: int | None, no_verify: bool) -> None:
+    """Serve an engine over HTTP: OpenAI-compatible /v1/completions and /v1/chat/completions
+    (SSE streaming), /health and /metrics (Prometheus)."""
+    import uvicorn
+
+    from runtime import Engine
+    from runtime.async_engine import AsyncEngine
+    from runtime.server import create_app
+
     engine = Engine.load(engine_dir, provider=provider, threads=threads, verify=not no_verify, quiet=False)
-
-    def emit(text: str) -> None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
-    result = engine.generate(prompt, params, on_text=emit)
-    sys.stdout.write("\n")
-    console().print(f"[dim]{result.prompt_tokens} prompt tokens, {len(result.token_ids)} generated "
-                    f"({result.finish_reason}); prefill {result.prefill_seconds * 1e3:.0f} ms, "
-                    f"decode {result.decode_tokens_per_second:.1f} tok/s[/dim]")
+    server = AsyncEngine(engine.llm(max_batch=max_batch, prefill_chunk=prefill_chunk)).start()
+    name = model_name or Path(engine_dir).resolve().name
+    console().print(f"serving [bold]{name}[/bold] on http://{host}:{port}/v1 "
+                    f"({server.llm.scheduler.max_running} sequences x {server.llm.max_tokens()} positions)")
+    try:
+        uvicorn.run(create_app(engine, server, name), host=host, port=port, log_level="warning")
+    finally:
+        server.shutdown()
 
 
 @main.command("inspect")

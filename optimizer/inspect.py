@@ -17,6 +17,17 @@ def _size(n: int) -> str:
     return str(n)
 
 
+def kv_summary(kv: dict[str, Any]) -> str:
+    per_layer = f"{kv['num_layers']} layers x K/V {kv['dtype']}"
+    if kv["layout"] == "static":
+        return (f"static layout: {kv['slots']} slots x {kv['slot_capacity']} positions, {per_layer} "
+                f"({kv['slots']}, {kv['num_kv_heads']}, {kv['slot_capacity']}, {kv['head_dim']}), written in place")
+    if kv["layout"] == "paged":
+        return (f"paged layout: {kv['num_blocks']} blocks x {kv['block_size']} tokens, {per_layer} "
+                f"({kv['num_blocks']}, {kv['block_size']}, {kv['num_kv_heads']}, {kv['head_dim']})")
+    return f"concat layout, {per_layer} (B, {kv['num_kv_heads']}, T, {kv['head_dim']})"
+
+
 def render_manifest(m: dict[str, Any], path: Path, console: Console | None = None) -> None:
     out = console or Console(highlight=False)
     cfg = m["architecture"]["config"]
@@ -38,11 +49,11 @@ def render_manifest(m: dict[str, Any], path: Path, console: Console | None = Non
     quant = m["quantization"]
     out.print(f"[bold]dtype[/bold]        {m['dtype']}   [bold]quantization[/bold] "
               + ", ".join(f"{k}={v}" for k, v in quant.items()))
-    out.print(f"[bold]kv cache[/bold]     {kv['layout']} layout, {kv['num_layers']} layers x "
-              f"(B, {kv['num_kv_heads']}, T, {kv['head_dim']}) {kv['dtype']}")
-    if kv.get("attention") == "GroupQueryAttention":
-        out.print(f"[bold]attention[/bold]    GroupQueryAttention: right-padded batches, up to "
-                  f"{kv['max_sequence_length']} positions, in-place cache at run time")
+    out.print(f"[bold]kv cache[/bold]     {kv_summary(kv)}")
+    if kv.get("attention") in ("GroupQueryAttention", "PagedAttention"):
+        out.print(f"[bold]attention[/bold]    {kv['attention']}: right-padded batches, up to "
+                  f"{kv['max_sequence_length']} positions"
+                  + (" (CUDA only)" if kv["attention"] == "PagedAttention" else ""))
     gen = m.get("generation", {})
     out.print(f"[bold]generation[/bold]   eos {gen.get('eos_token_ids')}, bos {gen.get('bos_token_id')}"
               f"{', BOS required' if gen.get('needs_bos') else ''}; tokenizer: "

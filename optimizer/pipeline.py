@@ -23,12 +23,15 @@ from optimizer.models.loader import LoadedModel, load_model
 from optimizer.progress import bar, console, step
 from optimizer.verify import verify_engine
 from passes import DEFAULT_PIPELINE, PassContext
+from passes.kv_layout import LAYOUTS as KV_LAYOUTS, METADATA_KEY as KV_LAYOUT_KEY
 from passes.pipeline import run_passes, validate_pass_names
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 EXTERNAL_DATA_THRESHOLD = 256 << 20  # weights larger than this go to model.onnx.data
 EXTERNAL_DATA_CHOICES = ("auto", "always", "never")
+DEFAULT_SLOTS = 16  # static / paged layouts: sequences decoded together
+DEFAULT_SLOT_CAPACITY = 1024  # static layout: positions per slot (bounded by the max sequence length)
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,11 @@ class BuildOptions:
     quant: QuantConfig | None = None  # None: keep the weights in float
     accuracy_level: int = 0  # MatMulNBits compute: 0 = fp32, 4 = int8 activations
     max_seq_len: int | None = None  # positions the fused engine supports; None: the model's maximum
+    kv_layout: str = "auto"  # auto (static where attention is fused) | static | paged | concat
+    kv_slots: int | None = None  # static layout: sequences the runtime batches (None: DEFAULT_SLOTS)
+    kv_capacity: int | None = None  # static layout: positions per slot (None: min(max seq len, 1024))
+    kv_block_size: int = 16  # paged layout: tokens per block
+    kv_blocks: int | None = None  # paged layout: blocks in the pool (None: slots x capacity / block size)
     dump_ir_after: tuple[str, ...] = ()  # pass names (or "all") whose output graph is dumped as text
     recipe: dict[str, Any] | None = None  # the resolved recipe, stored in the manifest
     architecture: str | None = None  # a recipe's architecture: the model must be of that family
@@ -70,6 +78,7 @@ class BuildOptions:
         validate_pass_names([d for d in self.dump_ir_after if d != "all"], "--dump-ir-after pass")
         if self.max_seq_len is not None and self.max_seq_len < 1:
             raise InputError(f"max sequence length must be positive, got {self.max_seq_len}")
+        validate_kv_options(self)
         check_output_dir(self.out, self.overwrite)
 
 
@@ -102,15 +111,16 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
             model = capture(loaded, opts.dtype, on_layer=lambda i: advance())
     max_positions = opts.max_seq_len or model_max_positions(loaded.config)
     with step("graph passes: " + (", ".join(opts.passes) or "none"), q):
-        ctx = PassContext(codes, opts.accuracy_level, opts.dtype, max_positions)
+        ctx = PassContext(codes, opts.accuracy_level, opts.dtype, max_positions, opts.kv_layout,
+                          opts.kv_block_size)
         model, pass_reports = run_passes(model, opts.passes, ctx, opts.dump_ir_after, ir_dump_dir(opts.out))
         for r in pass_reports:
             if not q:
                 console().print(f"  {r['name']}: {r['summary']}")
     if opts.dump_ir_after and not q:
         console().print(f"  graphs dumped to {ir_dump_dir(opts.out)}")
-    kv = kv_cache_section(dims, opts.dtype, fused=any(n.op_type == "GroupQueryAttention" for n in model.graph),
-                          max_positions=max_positions)
+    kv = kv_cache_section(dims, opts.dtype, attention_kind(model),
+                          model.metadata_props.get(KV_LAYOUT_KEY, "concat"), max_positions, opts)
     with staging_dir(opts.out, opts.overwrite) as tmp:
         with step("write engine files", q):
             model_info = write_model(model, tmp, opts.external_data)
@@ -142,22 +152,73 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
     return load_engine(opts.out, verify=False)
 
 
-def kv_cache_section(dims: DecoderDims, dtype: str, fused: bool = False,
-                     max_positions: int | None = None) -> dict[str, Any]:
-    """The cache interface. Unfused attention takes any attention mask (left padding); fused
-    GroupQueryAttention reads row lengths from the mask, so batches are right-padded, and
-    its rotary caches end at max_positions."""
+def validate_kv_options(opts: BuildOptions) -> None:
+    if opts.kv_layout not in KV_LAYOUTS:
+        raise InputError(f"unknown KV-cache layout {opts.kv_layout!r}", hint="choose one of: " + ", ".join(KV_LAYOUTS))
+    if opts.kv_layout != "auto" and "kv-layout" not in opts.passes:
+        raise InputError(f"--kv-layout {opts.kv_layout} needs the kv-layout pass, which --passes leaves out",
+                         hint="add kv-layout to --passes")
+    if opts.kv_layout in ("static", "paged") and "fuse-attention" not in opts.passes:
+        raise InputError(f"the {opts.kv_layout} KV-cache layout needs fused attention, which --passes leaves out",
+                         hint="keep fuse-attention in --passes, or use --kv-layout concat")
+    if opts.kv_layout == "paged":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise InputError("the paged KV-cache layout runs only on CUDA (onnxruntime's PagedAttention "
+                             "has no CPU kernel), and this onnxruntime has no CUDA provider",
+                             hint="build paged engines where onnxruntime-gpu is installed; on CPU use "
+                                  "--kv-layout static (slots written in place)")
+        if opts.dtype != "fp16":
+            raise InputError("the paged KV-cache layout needs --dtype fp16 (PagedAttention's CUDA kernel)",
+                             hint="add --dtype fp16")
+    for name in ("kv_slots", "kv_capacity", "kv_block_size", "kv_blocks"):
+        value = getattr(opts, name)
+        if value is not None and value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if opts.kv_capacity and opts.max_seq_len and opts.kv_capacity > opts.max_seq_len:
+        raise InputError(f"--kv-capacity {opts.kv_capacity} exceeds --max-seq-len {opts.max_seq_len}",
+                         hint="a slot cannot hold more positions than the engine's rotary tables cover")
+
+
+def kv_cache_section(dims: DecoderDims, dtype: str, attention: str = "unfused", layout: str = "concat",
+                     max_positions: int | None = None, sizes: BuildOptions | None = None) -> dict[str, Any]:
+    """The cache interface and its sizes, which the runtime reads.
+
+    - concat: past (B, n_kv, P, hd) in, present (B, n_kv, P + S, hd) out. Unfused attention
+      takes any mask (left padding); fused GroupQueryAttention reads row lengths from the
+      mask, so batches are right-padded.
+    - static: `slots` buffers of `slot_capacity` positions per layer and K/V, bound as past
+      and present, written in place.
+    - paged: a pool of `num_blocks` blocks of `block_size` tokens, shared through block tables.
+    Fused engines' rotary caches end at max_sequence_length."""
     past_k, past_v, present_k, present_v = (n.replace(".0.", ".{i}.") for n in kv_names(0))
-    return {
-        "layout": "concat",  # past (B, n_kv, P, hd) in, present (B, n_kv, P + S, hd) out
+    fused = attention != "unfused"
+    section: dict[str, Any] = {
+        "layout": layout,
         "num_layers": dims.num_layers, "num_kv_heads": dims.num_kv_heads,
         "head_dim": dims.head_dim, "dtype": dtype,
         "past_key": past_k, "past_value": past_v, "present_key": present_k, "present_value": present_v,
         "sliding_windows": list(dims.windows),
-        "attention": "GroupQueryAttention" if fused else "unfused",
+        "attention": attention,
         "padding": "right" if fused else "left",
         "max_sequence_length": max_positions if fused else None,
     }
+    sizes = sizes or BuildOptions(out=Path("."))
+    capacity = min(sizes.kv_capacity or DEFAULT_SLOT_CAPACITY, max_positions or DEFAULT_SLOT_CAPACITY)
+    slots = sizes.kv_slots or DEFAULT_SLOTS
+    if layout == "static":
+        section.update(slots=slots, slot_capacity=capacity)
+    elif layout == "paged":
+        block = sizes.kv_block_size
+        section.update(block_size=block, num_blocks=sizes.kv_blocks or -(-slots * capacity // block),
+                       max_sequences=slots, max_blocks_per_sequence=-(-max_positions // block))
+    return section
+
+
+def attention_kind(model: ir.Model) -> str:
+    ops = {n.op_type for n in model.graph}
+    return next((op for op in ("PagedAttention", "GroupQueryAttention") if op in ops), "unfused")
 
 
 def model_max_positions(config: Any) -> int:

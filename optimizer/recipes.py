@@ -4,7 +4,7 @@
     name: llama-int4-awq
     description: ...
     architecture: llama            # optional: the build fails if the model is another family
-    build:     {dtype: fp32, passes: default, accuracy_level: 4, max_seq_len: null}
+    build:     {dtype: fp32, passes: default, accuracy_level: 4, max_seq_len: null, kv_layout: auto}
     quantization: {quant: int4, method: awq, group_size: 64, symmetric: false, lm_head_bits: 4, ...}
 
 Every key is checked: an unknown one is an error naming it and the closest valid key.
@@ -35,6 +35,9 @@ class BuildSection:
     accuracy_level: int = 0
     max_seq_len: int | None = None
     external_data: str = "auto"
+    kv_layout: str = "auto"  # auto (static where attention is fused), static, paged, concat
+    kv_slots: int | None = None  # sequences batched together (static / paged)
+    kv_capacity: int | None = None  # positions per slot (static)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from passes import fuse_activation, fuse_rms_norm, fuse_skip_rms_norm
 from passes._rules import RulePass
 from passes.fold_constants import FoldConstants
 from passes.fuse_attention import FuseAttention
+from passes.kv_layout import KvCacheLayout
 from passes.lower_quantized_matmul import LowerQuantizedMatMul
 from passes.pack_matmuls import PackSiblingMatMuls
 
@@ -29,6 +30,8 @@ class PassContext:
     accuracy_level: int = 0  # MatMulNBits: 0 = fp32 compute, 4 = int8 activations (faster)
     dtype: str = "fp32"  # engine compute dtype
     max_positions: int = 4096  # rotary caches of fused attention cover positions [0, max_positions)
+    kv_layout: str = "auto"  # auto | static | paged | concat (auto: static where attention is fused)
+    kv_block_size: int = 16  # tokens per block of the paged layout
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,9 @@ REGISTRY: dict[str, PassInfo] = {
                  lambda ctx: RulePass(fuse_activation.rules(ctx.dtype), "SiLU -> QuickGelu", uses_ms_domain=True)),
         PassInfo("fold-constants", "evaluates nodes whose inputs are all constants (onnxscript's folder)",
                  lambda ctx: FoldConstants()),
+        PassInfo("kv-layout", "KV-cache interface: static slots written in place (GQA shared buffer), "
+                              "paged blocks (GQA -> PagedAttention, CUDA), or concat",
+                 lambda ctx: KvCacheLayout(ctx.kv_layout, ctx.kv_block_size)),
         PassInfo("cse", "common subexpression elimination: merges identical nodes "
                         "(e.g. the per-layer views of shared RoPE tables)",
                  lambda ctx: common.CommonSubexpressionEliminationPass()),
@@ -74,10 +80,10 @@ REGISTRY: dict[str, PassInfo] = {
     )
 }
 
-UNFUSED_PIPELINE: tuple[str, ...] = ("lower-quantized-matmul", "cse", "dead-code")
+UNFUSED_PIPELINE: tuple[str, ...] = ("lower-quantized-matmul", "kv-layout", "cse", "dead-code")
 DEFAULT_PIPELINE: tuple[str, ...] = (
     "lower-quantized-matmul", "fuse-rms-norm", "fuse-skip-rms-norm", "fuse-attention",
-    "pack-qkv", "pack-gate-up", "fuse-activation", "fold-constants", "cse", "dead-code",
+    "pack-qkv", "pack-gate-up", "fuse-activation", "fold-constants", "kv-layout", "cse", "dead-code",
 )
 PIPELINES: dict[str, tuple[str, ...]] = {"default": DEFAULT_PIPELINE, "unfused": UNFUSED_PIPELINE,
                                          "none": ()}

@@ -9,8 +9,11 @@ from typing import Any, Callable
 from optimizer.artifact import EngineDir, load_engine
 from optimizer.errors import EngineError
 from runtime.detokenize import IncrementalDetokenizer
+from runtime.executors import make_executor
 from runtime.generate import GenerationResult, generate_ids
+from runtime.llm_engine import LLMEngine
 from runtime.sampling import SamplingParams
+from runtime.sequence import Sequence
 from runtime.session import DecoderSession, KvSpec
 
 
@@ -55,12 +58,41 @@ class Engine:
 
     def generate_ids(self, prompt_ids: list[int], params: SamplingParams,
                      on_token: Callable[[int], None] | None = None) -> GenerationResult:
+        """One request on its own (the lowest-overhead loop)."""
         return generate_ids(self.session, prompt_ids, params, self.eos_token_ids, on_token)
 
-    def generate(self, prompt: str, params: SamplingParams | None = None,
-                 on_text: Callable[[str], None] | None = None) -> TextResult:
-        """Generate from a text prompt; `on_text` receives the text as it is produced."""
+    def llm(self, max_batch: int | None = None, capacity: int | None = None, **kwargs: Any) -> LLMEngine:
+        """A continuous-batching loop over this engine's cache layout (manifest sizes by default)."""
+        executor = make_executor(self.session, max_batch, capacity)
+        return LLMEngine(executor, self.tokenizer, self.eos_token_ids, **kwargs)
+
+    def generate(self, prompt: "str | list[str]", params: SamplingParams | None = None,
+                 on_text: Callable[[str], None] | None = None) -> "TextResult | list[TextResult]":
+        """Generate from a text prompt (`on_text` receives the text as it is produced), or from
+        a list of prompts, batched continuously; results come back in the prompts' order."""
         params = params or SamplingParams()
+        if isinstance(prompt, str) and not params.stop:
+            return self._generate_one(prompt, params, on_text)
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        results = self.generate_batch([self.encode(p) for p in prompts], params)
+        if isinstance(prompt, str):
+            if on_text is not None and results[0].text:
+                on_text(results[0].text)
+            return results[0]
+        return results
+
+    def generate_batch(self, prompts_ids: list[list[int]], params: "SamplingParams | list[SamplingParams]",
+                       max_batch: int | None = None) -> list[TextResult]:
+        """Many requests through the continuous-batching loop; results in input order."""
+        per_request = params if isinstance(params, list) else [params] * len(prompts_ids)
+        llm = self.llm(max_batch=min(len(prompts_ids), max_batch or self.session.kv.slots or 16) or 1)
+        seqs = [llm.make_sequence(ids, p, detokenize=self.tokenizer is not None)
+                for ids, p in zip(prompts_ids, per_request)]
+        llm.run(seqs)
+        return [_text_result(s) for s in seqs]
+
+    def _generate_one(self, prompt: str, params: SamplingParams,
+                      on_text: Callable[[str], None] | None) -> TextResult:
         detok = IncrementalDetokenizer(self.tokenizer) if self.tokenizer is not None else None
         ids = self.encode(prompt)
 
@@ -69,8 +101,15 @@ class Engine:
             if piece and on_text is not None:
                 on_text(piece)
 
-        result = self.generate_ids(ids, params, on_token)
-        tail = detok.flush()
+        result = self.generate_ids(ids, params, on_token if detok is not None else None)
+        tail = detok.flush() if detok is not None else ""
         if tail and on_text is not None:
             on_text(tail)
-        return TextResult(**vars(result), text=detok.emitted)
+        return TextResult(**vars(result), text=detok.emitted if detok is not None else "")
+
+
+def _text_result(seq: Sequence) -> TextResult:
+    """A finished sequence as a result (times: prefill = arrival to first token)."""
+    first = seq.first_token_time or seq.arrival_time
+    return TextResult(seq.output_ids, seq.finish_reason or "abort", len(seq.prompt_ids),
+                      first - seq.arrival_time, (seq.finish_time or first) - first, text=seq.text)

@@ -1,7 +1,8 @@
 """The single-sequence generation loop over a DecoderSession: prefill, then decode step by step.
 
-Stops on an EOS / stop token (unless `ignore_eos`) or after `max_new_tokens`. `on_token` is
-called with each new token id as soon as it is chosen (streaming).
+It stops as `runtime.sequence.Sequence` says (EOS / stop token, min_tokens, max_new_tokens).
+`on_token` is called with each new token id as soon as it is chosen (streaming). This is the
+lowest-overhead path for one request; `runtime.llm_engine` batches many.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import numpy as np
-
 from optimizer.errors import InputError
-from runtime.sampling import SamplingParams, sample_next
+from runtime.sampling import SamplingParams
+from runtime.sequence import Sequence as Seq
+from runtime.executors import make_executor
 from runtime.session import DecoderSession
 
 
@@ -36,28 +37,22 @@ def generate_ids(session: DecoderSession, prompt_ids: Sequence[int], params: Sam
                  on_token: Callable[[int], None] | None = None) -> GenerationResult:
     if len(prompt_ids) == 0:
         raise InputError("the prompt is empty", hint="pass a prompt with at least one token")
-    stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else set(eos_token_ids))
-    rng = np.random.default_rng(params.seed)
-    ids = np.asarray([prompt_ids], dtype=np.int64)  # (1, S)
-    n = ids.shape[1]
+    if params.stop:
+        raise InputError("stop strings need text: use Engine.generate, not generate_ids")
+    seq = Seq("0", list(prompt_ids), params, eos_token_ids)
+    n = len(seq.prompt_ids)
     start = time.perf_counter()
-    cache = session.new_cache(1, n + params.max_new_tokens)
-    logits, cache = session.forward(ids, np.ones((1, n), np.int64), np.arange(n)[None], cache)
+    executor = make_executor(session, slots=1, capacity=seq.max_total_tokens)
+    executor.pool.admit(seq.request_id, seq.max_total_tokens)
+    logits = executor.prefill(seq, 0, n)
     prefill_seconds = time.perf_counter() - start
-    out: list[int] = []
-    finish = "length"
     start = time.perf_counter()
     while True:
-        token = sample_next(logits[0, -1], params, rng)
-        out.append(token)
+        token = seq.choose(logits)
+        seq.append(token)
         if on_token is not None:
             on_token(token)
-        if token in stop_ids:
-            finish = "stop"
+        if seq.finished:
             break
-        if len(out) >= params.max_new_tokens:
-            break
-        pos = n + len(out) - 1  # position of the token just chosen
-        logits, cache = session.forward(np.asarray([[token]], np.int64), np.ones((1, pos + 1), np.int64),
-                                        np.asarray([[pos]], np.int64), cache)
-    return GenerationResult(out, finish, n, prefill_seconds, time.perf_counter() - start)
+        logits = executor.decode([seq])[0]
+    return GenerationResult(seq.output_ids, seq.finish_reason, n, prefill_seconds, time.perf_counter() - start)

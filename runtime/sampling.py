@@ -22,6 +22,8 @@ class SamplingParams:
     seed: int | None = None
     ignore_eos: bool = False
     stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
+    stop: tuple[str, ...] = field(default_factory=tuple)  # stop strings (not part of the output text)
+    min_tokens: int = 0  # EOS and stop tokens cannot end the output before this many tokens
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -32,6 +34,10 @@ class SamplingParams:
             raise InputError(f"top_k must be >= 0, got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_tokens <= self.max_new_tokens:
+            raise InputError(f"min_tokens must be in [0, max_new_tokens={self.max_new_tokens}], got {self.min_tokens}")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise InputError("stop strings must be non-empty strings", hint=f"got {list(self.stop)!r}")
 
 
 def filter_top_k(logits: np.ndarray, k: int) -> np.ndarray:
@@ -59,6 +65,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64) - np.max(logits)
     e = np.exp(z)
     return e / e.sum()
+
+
+def suppress(logits: np.ndarray, token_ids: "set[int] | frozenset[int]") -> np.ndarray:
+    """A copy of (V,) logits where `token_ids` cannot be chosen (min_tokens before EOS)."""
+    ids = [t for t in token_ids if 0 <= t < logits.shape[-1]]
+    if not ids:
+        return logits
+    out = logits.copy()
+    out[ids] = -np.inf
+    return out
 
 
 def sample_next(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:

@@ -1,13 +1,10 @@
-"""The engine's onnxruntime session and its KV-cache interface.
+"""The engine's onnxruntime session and its KV-cache interface (from the manifest).
 
-`DecoderSession.forward` runs one step for a batch: the new tokens, the attention mask over
-past + new tokens, their positions and the past cache; it returns logits and the new cache.
-
-Two cache forms, same step function:
-- concat (any engine): numpy arrays; past (B, n_kv, P, hd) in, present (B, n_kv, P+S, hd) out.
-- static (engines whose attention is GroupQueryAttention): one preallocated (B, n_kv, C, hd)
-  buffer per layer and K/V, bound through IO binding as both past and present, so the kernel
-  writes each step's keys and values in place and nothing is copied between steps.
+`DecoderSession.forward` runs one step for a batch with concatenation semantics: the new
+tokens, the attention mask over past + new tokens, their positions and the past arrays
+(B, n_kv, P, hd); it returns logits and the present arrays (B, n_kv, P+S, hd). Evaluation
+and build verification use it. Serving uses `runtime.executors`, which own the cache
+buffers of the engine's layout (static slots written in place, or concat).
 """
 
 from __future__ import annotations
@@ -27,6 +24,7 @@ PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
 }
 _NP_DTYPES = {"fp32": np.float32, "fp16": np.float16}
+LAYOUTS = ("concat", "static", "paged")
 
 
 @dataclass(frozen=True)
@@ -41,17 +39,25 @@ class KvSpec:
     past_value: str
     present_key: str
     present_value: str
-    attention: str = "unfused"  # or "GroupQueryAttention": right padding, in-place cache possible
+    attention: str = "unfused"  # "GroupQueryAttention" (right padding, in place), "PagedAttention"
     max_sequence_length: int | None = None  # fused engines: the rotary caches' length
+    layout: str = "concat"  # concat | static | paged
+    slots: int | None = None  # static / paged: sequences batched together
+    slot_capacity: int | None = None  # static: positions per slot
+    block_size: int | None = None  # paged
+    num_blocks: int | None = None  # paged
 
     @classmethod
     def from_manifest(cls, kv: dict[str, Any]) -> "KvSpec":
-        if kv.get("layout") != "concat":
-            raise EngineError(f"KV-cache layout {kv.get('layout')!r} is not supported by this runtime",
-                              hint="rebuild the engine with the default (concat) layout")
+        layout = kv.get("layout")
+        if layout not in LAYOUTS:
+            raise EngineError(f"KV-cache layout {layout!r} is not supported by this runtime",
+                              hint="supported: " + ", ".join(LAYOUTS) + "; rebuild the engine with this version")
         return cls(kv["num_layers"], kv["num_kv_heads"], kv["head_dim"], kv["dtype"],
                    kv["past_key"], kv["past_value"], kv["present_key"], kv["present_value"],
-                   kv.get("attention", "unfused"), kv.get("max_sequence_length"))
+                   kv.get("attention", "unfused"), kv.get("max_sequence_length"), layout,
+                   kv.get("slots", kv.get("max_sequences")), kv.get("slot_capacity"),
+                   kv.get("block_size"), kv.get("num_blocks"))
 
 
 def make_session_options(threads: int | None) -> ort.SessionOptions:
@@ -84,6 +90,7 @@ class DecoderSession:
         self.session = ort.InferenceSession(str(model_path), make_session_options(threads),
                                             providers=[self.provider])
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.input_names = {i.name for i in self.session.get_inputs()}
         self._np_dtype = _NP_DTYPES[kv.dtype]
 
     def empty_cache(self, batch: int) -> list[np.ndarray]:
@@ -91,24 +98,16 @@ class DecoderSession:
         empty = np.zeros((batch, self.kv.num_kv_heads, 0, self.kv.head_dim), self._np_dtype)
         return [empty] * (2 * self.kv.num_layers)
 
-    def new_cache(self, batch: int, capacity: int) -> "list[np.ndarray] | StaticCache":
-        """The fastest cache this engine supports for sequences up to `capacity` tokens."""
-        limit = self.kv.max_sequence_length
-        if limit is not None and capacity > limit:
-            raise EngineError(f"{capacity} tokens exceed the engine's maximum sequence length {limit}",
-                              hint="shorten the prompt or max_new_tokens, or rebuild with a larger --max-seq-len")
-        if self.kv.attention == "GroupQueryAttention":
-            return StaticCache(self, batch, capacity)
-        return self.empty_cache(batch)
-
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
-                past: "list[np.ndarray] | StaticCache") -> tuple[np.ndarray, "list[np.ndarray] | StaticCache"]:
-        """(B, S) ids, (B, T) mask, (B, S) positions, cache -> logits (B, S, V), new cache."""
-        if isinstance(past, StaticCache):
-            return past.step(input_ids, attention_mask, position_ids), past
+                past: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(B, S) ids, (B, T) mask, (B, S) positions, past -> logits (B, S, V), present.
+
+        Concatenation semantics on any engine (a static-layout engine's kernel then appends
+        into a new buffer instead of in place); the runtime's executors use the layouts."""
         feeds = {"input_ids": input_ids.astype(np.int64, copy=False),
-                 "attention_mask": attention_mask.astype(np.int64, copy=False),
-                 "position_ids": position_ids.astype(np.int64, copy=False)}
+                 "attention_mask": attention_mask.astype(np.int64, copy=False)}
+        if "position_ids" in self.input_names:  # static engines drop it: GQA does not read it
+            feeds["position_ids"] = position_ids.astype(np.int64, copy=False)
         for i in range(self.kv.num_layers):
             feeds[self.kv.past_key.format(i=i)] = past[2 * i]
             feeds[self.kv.past_value.format(i=i)] = past[2 * i + 1]
@@ -117,39 +116,3 @@ class DecoderSession:
         for i in range(self.kv.num_layers):
             present += [outputs[self.kv.present_key.format(i=i)], outputs[self.kv.present_value.format(i=i)]]
         return outputs["logits"], present
-
-
-class StaticCache:
-    """Per-layer K/V buffers of `capacity` positions, bound as past and present of a
-    GroupQueryAttention engine (the kernel's shared-buffer mode): each step writes its new
-    keys/values in place. Only ids, mask and positions are bound per step; logits come back."""
-
-    def __init__(self, owner: DecoderSession, batch: int, capacity: int) -> None:
-        kv = owner.kv
-        self.session = owner.session
-        self.capacity = capacity
-        device = "cuda" if owner.provider == PROVIDERS["cuda"] else "cpu"
-        self._device = device
-        shape = (batch, kv.num_kv_heads, capacity, kv.head_dim)
-        self.binding = self.session.io_binding()
-        self.binding.bind_output("logits", device)  # first: get_outputs() lists in binding order
-        self.buffers = []
-        for i in range(kv.num_layers):
-            for past, present in ((kv.past_key, kv.present_key), (kv.past_value, kv.present_value)):
-                buf = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, owner._np_dtype), device, 0)
-                self.binding.bind_ortvalue_input(past.format(i=i), buf)
-                self.binding.bind_ortvalue_output(present.format(i=i), buf)
-                self.buffers.append(buf)
-        self._inputs = {i.name for i in self.session.get_inputs()}
-
-    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray) -> np.ndarray:
-        if attention_mask.shape[1] > self.capacity:
-            raise EngineError(f"the sequence outgrew its cache ({self.capacity} positions)",
-                              hint="allocate the cache for prompt + max_new_tokens")
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
-        for name, value in feeds.items():
-            if name in self._inputs:
-                self.binding.bind_cpu_input(name, np.ascontiguousarray(value, dtype=np.int64))
-        self.binding.bind_output("logits", self._device)  # a fresh logits tensor each step
-        self.session.run_with_iobinding(self.binding)
-        return self.binding.get_outputs()[0].numpy()

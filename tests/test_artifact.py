@@ -33,7 +33,8 @@ def test_manifest_records_everything(engine):
     assert m["passes"][0]["summary"] == "nothing to rewrite"  # an fp32 engine has no quantized linears
     fused = {p["name"]: p for p in m["passes"]}["fuse-attention"]
     assert fused["changed"] and fused["op_delta"]["com.microsoft::GroupQueryAttention"] == 2
-    assert m["kv_cache"]["layout"] == "concat" and m["kv_cache"]["num_layers"] == 2
+    assert m["kv_cache"]["layout"] == "static" and m["kv_cache"]["num_layers"] == 2
+    assert m["kv_cache"]["slots"] == 16 and m["kv_cache"]["slot_capacity"] >= 1
     assert m["kv_cache"]["attention"] == "GroupQueryAttention" and m["kv_cache"]["padding"] == "right"
     for tool in ("torch", "transformers", "onnx", "onnxruntime", "onnx_ir", "python"):
         assert m["versions"][tool]

@@ -55,7 +55,7 @@ def test_sampled_generation_is_reproducible(engine_dir):
 def test_inspect_readable_and_json(engine_dir):
     code, output = run("inspect", engine_dir)
     assert code == 0, output
-    for needle in ("gemma3", "sliding window [4]", "concat layout", "cse", "model.onnx", "verified"):
+    for needle in ("gemma3", "sliding window [4]", "static layout: 16 slots", "cse", "model.onnx", "verified"):
         assert needle in output
     code, output = run("inspect", engine_dir, "--json")
     assert code == 0

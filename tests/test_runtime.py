@@ -65,15 +65,17 @@ def test_incremental_detokenizer_handles_multibyte(smol_tokenizer_dir):
 def test_static_cache_generates_what_the_concat_cache_does(gemma_engine, monkeypatch):
     """Fused engines decode through a preallocated in-place cache (IO binding); the tokens
     equal those of the plain concat cache, sampled and greedy."""
-    from runtime.session import DecoderSession, StaticCache
+    import runtime.generate
+    from runtime.executors import ConcatExecutor, StaticExecutor, make_executor
 
     ids = gemma_engine.encode("Hello there")
+    assert isinstance(make_executor(gemma_engine.session, 1, 32), StaticExecutor)
     for params in (SamplingParams(max_new_tokens=12, ignore_eos=True),
                    SamplingParams(max_new_tokens=12, ignore_eos=True, temperature=0.9, top_k=20, seed=4)):
-        assert isinstance(gemma_engine.session.new_cache(1, 32), StaticCache)
         static = gemma_engine.generate_ids(ids, params).token_ids
         with monkeypatch.context() as m:
-            m.setattr(DecoderSession, "new_cache", lambda self, batch, capacity: self.empty_cache(batch))
+            m.setattr(runtime.generate, "make_executor",
+                      lambda session, slots, capacity: ConcatExecutor(session, slots, capacity))
             concat = gemma_engine.generate_ids(ids, params).token_ids
         assert static == concat
 
@@ -82,5 +84,6 @@ def test_sequences_beyond_the_engine_maximum_are_refused(gemma_engine):
     from optimizer.errors import EngineError
 
     limit = gemma_engine.session.kv.max_sequence_length
+    prompt = gemma_engine.encode("Hello")
     with pytest.raises(EngineError, match="exceed the engine's maximum sequence length"):
-        gemma_engine.session.new_cache(1, limit + 1)
+        gemma_engine.generate_ids(prompt, SamplingParams(max_new_tokens=limit, ignore_eos=True))

@@ -1,0 +1,158 @@
+"""KV-cache layout: from per-step concatenation to a cache the runtime owns.
+
+Runs after fuse-attention; every layer's attention must be a GroupQueryAttention node.
+
+- `static`: one (slots, n_kv, capacity, hd) buffer per layer and K/V, bound as both past and
+  present (GQA's shared-buffer mode), so each step writes its keys/values in place. The
+  interface is rewritten to say so: past and present share the dims (batch, n_kv,
+  kv_capacity, hd), and position_ids, which GQA does not read (its rotary positions come from
+  the row lengths), leaves the inputs.
+- `paged`: a pool of (num_blocks, block_size, n_kv, hd) blocks per layer and K/V, shared by
+  all sequences through a block table. Each GQA node becomes onnxruntime's PagedAttention
+  (CUDA only) over packed tokens: the runtime feeds the new tokens of every running sequence
+  as one row, input_ids (1, T), with `cumulative_sequence_length` (B+1), `past_seqlens` (B)
+  and `block_table` (B, max_blocks); attention_mask and position_ids leave the inputs.
+
+The chosen layout is written into the model's metadata (`optimizer.kv_layout`), where the
+build reads it for the manifest. `concat` leaves the graph alone.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes as ir_passes
+from onnx_ir.passes import common
+
+from optimizer.errors import InputError
+from passes._match import MS_DOMAIN, add_initializer, attr, replace_value
+
+LAYOUTS = ("auto", "static", "paged", "concat")
+METADATA_KEY = "optimizer.kv_layout"
+PAGED_INPUTS = ("cumulative_sequence_length", "past_seqlens", "block_table")
+
+
+class KvLayoutError(InputError):
+    """The graph cannot take the requested layout (the message says why)."""
+
+
+def resolve_layout(requested: str, fused: bool) -> str:
+    """`auto` is static where attention is fused and concat where it is not."""
+    if requested == "auto":
+        return "static" if fused else "concat"
+    return requested
+
+
+class KvCacheLayout(ir_passes.InPlacePass):
+    def __init__(self, layout: str = "auto", block_size: int = 16) -> None:
+        super().__init__()
+        if layout not in LAYOUTS:
+            raise KvLayoutError(f"unknown KV-cache layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+        self.requested, self.block_size = layout, block_size
+        self.notes: list[str] = []
+
+    def call(self, model: ir.Model) -> ir_passes.PassResult:
+        graph = model.graph
+        gqa = [n for n in graph if n.op_type == "GroupQueryAttention" and n.domain == MS_DOMAIN]
+        layout = resolve_layout(self.requested, bool(gqa))
+        model.metadata_props[METADATA_KEY] = layout
+        if layout == "concat":
+            self.notes.append("concat layout: past and present are concatenated each step"
+                              + ("" if gqa else " (attention is not fused)"))
+            return ir_passes.PassResult(model, modified=False)
+        if not gqa:
+            raise KvLayoutError(f"the {layout} KV-cache layout needs fused attention (GroupQueryAttention), "
+                                "and this graph has none",
+                                hint="keep fuse-attention in --passes (e.g. --passes default), "
+                                     "or use --kv-layout concat")
+        if layout == "static":
+            _to_static(graph, gqa)
+            _drop_unused_inputs(model, ("position_ids",))
+            self.notes.append(f"static layout: {len(gqa)} layers write K/V in place into "
+                              "(batch, n_kv, kv_capacity, hd) buffers; position_ids removed")
+        else:
+            _to_paged(graph, gqa, self.block_size)
+            _drop_unused_inputs(model, ("attention_mask", "position_ids"))
+            self.notes.append(f"paged layout: {len(gqa)} GroupQueryAttention -> PagedAttention over "
+                              f"blocks of {self.block_size} tokens (CUDA only)")
+        return ir_passes.PassResult(model, modified=True)
+
+
+def _cache_values(graph: ir.Graph, gqa: list[ir.Node]) -> list[tuple[ir.Value, ir.Value]]:
+    """(past, present) pairs of every layer's K and V; the past must be a graph input."""
+    pairs = []
+    inputs = set(id(v) for v in graph.inputs)
+    for node in gqa:
+        for past, present in ((node.inputs[3], node.outputs[1]), (node.inputs[4], node.outputs[2])):
+            if past is None or id(past) not in inputs:
+                raise KvLayoutError(f"{node.name}: its past K/V is not a graph input")
+            pairs.append((past, present))
+    return pairs
+
+
+def _drop_unused_inputs(model: ir.Model, names: tuple[str, ...]) -> None:
+    """Remove the nodes the rewrite left without consumers, then these inputs if unread."""
+    common.RemoveUnusedNodesPass()(model)
+    for value in [v for v in model.graph.inputs if v.name in names]:
+        if not value.uses():
+            model.graph.inputs.remove(value)
+
+
+def _to_static(graph: ir.Graph, gqa: list[ir.Node]) -> None:
+    for past, present in _cache_values(graph, gqa):
+        shape = past.shape
+        dims = ["batch", shape[1], "kv_capacity", shape[3]] if shape is not None else None
+        past.shape = present.shape = ir.Shape(dims) if dims else None
+
+
+def _to_paged(graph: ir.Graph, gqa: list[ir.Node], block_size: int) -> None:
+    int32 = ir.TensorType(ir.DataType.INT32)
+    table_inputs = {
+        "cumulative_sequence_length": ir.Value(name="cumulative_sequence_length", type=int32,
+                                               shape=ir.Shape(["batch_plus_1"])),
+        "past_seqlens": ir.Value(name="past_seqlens", type=int32, shape=ir.Shape(["batch"])),
+        "block_table": ir.Value(name="block_table", type=int32, shape=ir.Shape(["batch", "max_blocks"])),
+    }
+    graph.inputs.extend(table_inputs.values())
+    for past, present in _cache_values(graph, gqa):
+        n_kv, hd = past.shape[1], past.shape[3]
+        past.shape = present.shape = ir.Shape(["num_blocks", block_size, n_kv, hd])
+    for node in gqa:
+        _gqa_to_paged(graph, node, table_inputs)
+
+
+def _gqa_to_paged(graph: ir.Graph, node: ir.Node, tables: dict[str, ir.Value]) -> None:
+    """GQA (B, S, X) -> PagedAttention over (B*S, X) tokens, reshaped back to (B, S, H)."""
+    q, k, v, past_k, past_v = node.inputs[:5]
+    cos, sin = node.inputs[7], node.inputs[8]
+    name = node.name + "/paged"
+    flat = add_initializer(graph, name + ".flat_shape", np.asarray([-1, 0], np.int64))
+    head = []
+    flat_qkv = []
+    for tag, x in (("q", q), ("k", k), ("v", v)):
+        if x is None:  # packed QKV: key and value are absent
+            flat_qkv.append(None)
+            continue
+        width = x.shape[2] if x.shape is not None else None
+        shape = flat if width is None else add_initializer(graph, f"{name}.{tag}_shape",
+                                                           np.asarray([-1, width], np.int64))
+        head.append(ir.node("Reshape", [x, shape], name=f"{name}/{tag}_tokens"))
+        flat_qkv.append(head[-1].outputs[0])
+    paged = ir.node("PagedAttention",
+                    [*flat_qkv, past_k, past_v, tables["cumulative_sequence_length"],
+                     tables["past_seqlens"], tables["block_table"], cos, sin],
+                    {"num_heads": attr(node, "num_heads"), "kv_num_heads": attr(node, "kv_num_heads"),
+                     "scale": attr(node, "scale", 0.0), "softcap": attr(node, "softcap", 0.0),
+                     "local_window_size": attr(node, "local_window_size", -1),
+                     "do_rotary": attr(node, "do_rotary", 0),
+                     "rotary_interleaved": attr(node, "rotary_interleaved", 0)},
+                    domain=MS_DOMAIN, num_outputs=3, name=name)
+    # back to (B, S, H): the leading dims of the query, the width of the output
+    lead = ir.node("Shape", [q], {"start": 0, "end": 2}, name=name + "/lead_dims")
+    hidden = add_initializer(graph, name + ".hidden", np.asarray([-1], np.int64))
+    out_shape = ir.node("Concat", [lead.outputs[0], hidden], {"axis": 0}, name=name + "/out_shape")
+    out = ir.node("Reshape", [paged.outputs[0], out_shape.outputs[0]], name=name + "/out")
+    graph.insert_before(node, [*head, paged, lead, out_shape, out])
+    for old, new in zip(node.outputs, (out.outputs[0], paged.outputs[1], paged.outputs[2])):
+        replace_value(graph, old, new)
+    graph.remove(node, safe=True)

@@ -1,0 +1,154 @@
+"""A continuous-batching loop on a background thread, fed from any thread or asyncio loop.
+
+    server = AsyncEngine(engine.llm())
+    server.start()
+    async for out in server.stream(prompt_ids, SamplingParams(max_new_tokens=32)):
+        print(out.text_delta, end="")
+    server.shutdown()
+
+Only the loop thread touches the `LLMEngine`; other threads hand it commands (add, abort)
+through a lock-protected queue. onnxruntime releases the GIL while a step runs, so the
+event loop serving HTTP stays responsive. A step that raises does not kill the loop: the
+requests it was running finish with reason "error" and their cache is freed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+import time
+import traceback
+from typing import AsyncIterator, Callable, Sequence as Seq
+
+from runtime.llm_engine import LLMEngine, RequestOutput
+from runtime.metrics import ServingMetrics
+from runtime.sampling import SamplingParams
+from runtime.sequence import Sequence
+
+log = logging.getLogger("optimizer.runtime")
+
+
+class AsyncEngine:
+    def __init__(self, llm: LLMEngine, metrics: ServingMetrics | None = None) -> None:
+        self.llm = llm
+        self.metrics = metrics or ServingMetrics()
+        self._lock = threading.Condition()
+        self._commands: list[tuple[str, object]] = []
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self.errors: list[str] = []  # tracebacks of failed steps
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> "AsyncEngine":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="optimizer-engine-loop", daemon=True)
+            self._thread.start()
+        return self
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._stop = True
+            self._lock.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- requests (any thread) --------------------------------------------------------------
+    def submit(self, prompt_ids: Seq[int], params: SamplingParams,
+               on_output: Callable[[RequestOutput], None], detokenize: bool = True) -> Sequence:
+        """Queue a request; `on_output` is called on the loop thread with each update.
+        Raises InputError (nothing queued) when the request can never fit."""
+        with self._lock:
+            request_id = f"req-{next(self._ids)}"
+        seq = self.llm.make_sequence(prompt_ids, params, request_id, detokenize)
+        self._command("add", (seq, on_output))
+        return seq
+
+    def abort(self, request_id: str) -> None:
+        self._command("abort", request_id)
+
+    def _command(self, kind: str, payload: object) -> None:
+        with self._lock:
+            self._commands.append((kind, payload))
+            self._lock.notify()
+
+    async def stream(self, prompt_ids: Seq[int], params: SamplingParams,
+                     detokenize: bool = True) -> AsyncIterator[RequestOutput]:
+        """Updates of one request as they come; leaving the loop early aborts the request."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        seq = self.submit(prompt_ids, params, lambda out: loop.call_soon_threadsafe(queue.put_nowait, out),
+                          detokenize)
+        finished = False
+        try:
+            while not finished:
+                out = await queue.get()
+                finished = out.finished
+                yield out
+        finally:
+            if not finished:
+                self.abort(seq.request_id)
+
+    async def generate(self, prompt_ids: Seq[int], params: SamplingParams) -> Sequence:
+        """Run one request to the end; its Sequence carries the tokens, text and timings."""
+        last = None
+        async for out in self.stream(prompt_ids, params):
+            last = out
+        return last.seq
+
+    # -- the loop thread --------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._commands and not self.llm.has_work and not self._stop:
+                    self._lock.wait()
+                if self._stop:
+                    break
+                commands, self._commands = self._commands, []
+            for kind, payload in commands:
+                self._apply(kind, payload)
+            if self.llm.has_work:
+                self._step()
+        for seq in list(self.llm.sequences.values()):  # shutting down: end what still runs
+            self.llm.abort(seq.request_id)
+
+    def _apply(self, kind: str, payload: object) -> None:
+        if kind == "add":
+            seq, on_output = payload
+            self.llm.add_sequence(seq, self._observed(on_output))
+            self.metrics.prompt_tokens.inc(len(seq.prompt_ids))
+        elif kind == "abort":
+            self.llm.abort(payload)
+
+    def _observed(self, on_output: Callable[[RequestOutput], None]) -> Callable[[RequestOutput], None]:
+        def callback(out: RequestOutput) -> None:
+            if out.finished:
+                s = out.seq
+                self.metrics.observe_finished(out.finish_reason or "abort", s.arrival_time, s.first_token_time,
+                                              s.finish_time, len(s.output_ids))
+            try:
+                on_output(out)
+            except Exception:  # a consumer's bug must not stop the loop
+                log.exception("request %s: output callback failed", out.request_id)
+        return callback
+
+    def _step(self) -> None:
+        try:
+            self.llm.step()
+        except Exception:
+            self.errors.append(traceback.format_exc())
+            log.error("engine step failed; ending its requests:\n%s", self.errors[-1])
+            for seq in list(self.llm.sequences.values()):
+                if seq in self.llm.scheduler.running:
+                    seq.finish_reason, seq.finish_time = "error", time.perf_counter()
+                    self.llm.abort(seq.request_id)
+        s = self.llm.scheduler
+        stats = self.llm.last_step
+        self.metrics.observe_step(len(s.waiting), len(s.running), s.pool.used, s.pool.total,
+                                  stats.new_tokens, stats.preempted)

@@ -1,0 +1,152 @@
+"""Executors run a scheduler's plan on the engine: prefill chunks and batched decode steps.
+
+Each owns the cache buffers of one layout and the pool that accounts for them:
+
+- `StaticExecutor` (layout "static", or any GroupQueryAttention engine): per layer and K/V one (slots, n_kv, capacity, hd) buffer.
+  A prefill chunk runs at batch 1 on its slot's row; a decode step runs every slot up to
+  the highest busy one as one batch, bound by pointer as both past and present, so the
+  GroupQueryAttention kernel appends in place (rows of idle or mid-prefill slots get a
+  placeholder token written where their next real token will overwrite it).
+- `ConcatExecutor` (layout "concat", any engine): each sequence keeps its own past arrays
+  and runs at batch 1; correct everywhere, batched only in scheduling.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from optimizer.errors import EngineError
+from runtime.kv_cache import SlotPool
+from runtime.sequence import Sequence
+from runtime.session import PROVIDERS, DecoderSession
+
+_ORT_DTYPES = {"fp32": np.float32, "fp16": np.float16}
+DEFAULT_CONCAT_SLOTS = 8  # concat engines run their sequences one by one: few at a time
+DEFAULT_CONCAT_CAPACITY = 4096  # unfused engines have no rotary table limit
+
+
+class StaticExecutor:
+    def __init__(self, session: DecoderSession, slots: int, capacity: int) -> None:
+        kv = session.kv
+        self.session, self.kv = session, kv
+        self.pool = SlotPool(slots, capacity)
+        self.capacity = capacity
+        self._device = "cuda" if session.provider == PROVIDERS["cuda"] else "cpu"
+        self._dtype = _ORT_DTYPES[kv.dtype]
+        self._shape = (slots, kv.num_kv_heads, capacity, kv.head_dim)
+        self._row_bytes = kv.num_kv_heads * capacity * kv.head_dim * np.dtype(self._dtype).itemsize
+        self._buffers = []  # (past name, present name, OrtValue) per layer and K/V
+        for i in range(kv.num_layers):
+            for past, present in ((kv.past_key, kv.present_key), (kv.past_value, kv.present_value)):
+                # zeros (copied to the device on CUDA; on CPU the OrtValue wraps the array)
+                value = ort.OrtValue.ortvalue_from_numpy(np.zeros(self._shape, self._dtype), self._device, 0)
+                self._buffers.append((past.format(i=i), present.format(i=i), value))
+        self.slot_len = np.zeros(slots, np.int64)  # positions written in each slot's row
+        self._bindings: dict[tuple[int, int], ort.IOBinding] = {}  # (first row, rows) -> binding
+        self._inputs = {i.name for i in session.session.get_inputs()}
+
+    def _binding(self, first: int, rows: int) -> ort.IOBinding:
+        """A binding of rows [first, first+rows) of every cache buffer as past and present."""
+        key = (first, rows)
+        binding = self._bindings.get(key)
+        if binding is None:
+            binding = self.session.session.io_binding()
+            binding.bind_output("logits", self._device)  # first: get_outputs()[0] is the logits
+            shape = (rows,) + self._shape[1:]
+            for past, present, value in self._buffers:
+                ptr = value.data_ptr() + first * self._row_bytes
+                binding.bind_input(past, self._device, 0, self._dtype, shape, ptr)
+                binding.bind_output(present, self._device, 0, self._dtype, shape, ptr)
+            self._bindings[key] = binding
+        return binding
+
+    def _run(self, binding: ort.IOBinding, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("attention_mask", mask)
+        if "position_ids" in self._inputs:  # engines built before the kv-layout pass still take it
+            binding.bind_cpu_input("position_ids", np.maximum(mask.sum(1, keepdims=True) - ids.shape[1], 0)
+                                   + np.arange(ids.shape[1]))
+        binding.bind_output("logits", self._device)  # a fresh logits tensor each step
+        self.session.session.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy()
+
+    def prefill(self, seq: Sequence, start: int, end: int) -> np.ndarray:
+        """Compute tokens [start, end) of the sequence into its slot; logits (V,) of the last."""
+        slot = self.pool.slot(seq.request_id)
+        if start != self.slot_len[slot]:
+            raise RuntimeError(f"slot {slot} holds {self.slot_len[slot]} positions, prefill starts at {start}")
+        ids = np.asarray([seq.all_ids[start:end]], np.int64)
+        logits = self._run(self._binding(slot, 1), ids, np.ones((1, end), np.int64))
+        self.slot_len[slot] = end
+        return logits[0, -1]
+
+    def decode(self, seqs: list[Sequence]) -> np.ndarray:
+        """One token for each sequence (its last), batched over slots [0, max slot]; (n, V) logits."""
+        slots = np.asarray([self.pool.slot(s.request_id) for s in seqs])
+        rows = int(slots.max()) + 1
+        ids = np.zeros((rows, 1), np.int64)
+        lengths = self.slot_len[:rows] + 1  # placeholder rows write at their next free position
+        for seq, slot in zip(seqs, slots):
+            if self.slot_len[slot] != seq.num_tokens - 1:
+                raise RuntimeError(f"slot {slot} holds {self.slot_len[slot]} positions, "
+                                   f"decode expects {seq.num_tokens - 1}")
+            ids[slot, 0] = seq.all_ids[-1]
+        mask = (np.arange(int(lengths.max()))[None, :] < lengths[:, None]).astype(np.int64)
+        logits = self._run(self._binding(0, rows), ids, mask)
+        self.slot_len[slots] += 1
+        return logits[slots, -1]
+
+    def release(self, seq: Sequence) -> None:
+        """Called while the sequence still holds its slot."""
+        self.slot_len[self.pool.slot(seq.request_id)] = 0
+
+
+class ConcatExecutor:
+    """Any engine: each sequence's past is its own arrays, grown by concatenation; batch 1."""
+
+    def __init__(self, session: DecoderSession, slots: int, capacity: int) -> None:
+        self.session = session
+        self.pool = SlotPool(slots, capacity)
+        self._caches: dict[str, list[np.ndarray]] = {}
+
+    def _step(self, seq: Sequence, start: int, end: int) -> np.ndarray:
+        cache = self._caches.get(seq.request_id) if start > 0 else None
+        if cache is None:
+            if start != 0:
+                raise RuntimeError(f"sequence {seq.request_id} has no cache to continue from position {start}")
+            cache = self.session.empty_cache(1)
+        ids = np.asarray([seq.all_ids[start:end]], np.int64)
+        logits, self._caches[seq.request_id] = self.session.forward(
+            ids, np.ones((1, end), np.int64), np.arange(start, end)[None], cache)
+        return logits[0, -1]
+
+    def prefill(self, seq: Sequence, start: int, end: int) -> np.ndarray:
+        return self._step(seq, start, end)
+
+    def decode(self, seqs: list[Sequence]) -> np.ndarray:
+        return np.stack([self._step(s, s.num_tokens - 1, s.num_tokens) for s in seqs])
+
+    def release(self, seq: Sequence) -> None:
+        self._caches.pop(seq.request_id, None)
+
+
+def make_executor(session: DecoderSession, slots: int | None = None, capacity: int | None = None):
+    """The executor for the engine's layout, sized by the manifest unless overridden.
+
+    `slots=1` with a request's own capacity gives the single-request path: in place for any
+    engine whose attention is GroupQueryAttention, whatever layout its manifest records."""
+    kv = session.kv
+    if kv.layout == "paged":
+        raise EngineError(f"the paged KV-cache layout has no executor on {session.provider}",
+                          hint="paged engines need onnxruntime's PagedAttention (CUDA); "
+                               "on CPU rebuild with --kv-layout static")
+    limit = kv.max_sequence_length
+    capacity = capacity or kv.slot_capacity or limit or DEFAULT_CONCAT_CAPACITY
+    if limit is not None and capacity > limit:
+        raise EngineError(f"{capacity} tokens exceed the engine's maximum sequence length {limit}",
+                          hint="shorten the prompt or max_new_tokens, or rebuild with a larger --max-seq-len")
+    slots = slots or kv.slots or DEFAULT_CONCAT_SLOTS
+    if kv.attention == "GroupQueryAttention":
+        return StaticExecutor(session, slots, capacity)
+    return ConcatExecutor(session, slots, capacity)

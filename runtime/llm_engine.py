@@ -1,0 +1,164 @@
+"""The continuous-batching loop: requests in, one model iteration per `step()`, outputs out.
+
+    engine = LLMEngine(executor, tokenizer, eos_token_ids)
+    engine.add_request(prompt_ids, SamplingParams(...), on_output=callback)
+    while engine.has_work:
+        engine.step()
+
+A step asks the scheduler for a plan, runs its prefill chunks and one batched decode step
+through the executor, samples a token for every sequence whose logits are final, and hands
+each sequence's news (new token ids, released text, finish reason) to its callback. Finished
+and aborted sequences leave the scheduler and free their cache in the same step. Not
+thread-safe: one thread drives it (`runtime.async_engine` adds the threading).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence as Seq
+
+import numpy as np
+
+from optimizer.errors import InputError
+from runtime.sampling import SamplingParams
+from runtime.scheduler import Scheduler
+from runtime.sequence import Sequence
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    new_token_ids: list[int]
+    text_delta: str
+    finished: bool
+    finish_reason: str | None
+    seq: Sequence
+
+
+@dataclass
+class StepStats:
+    prefill_tokens: int = 0
+    decode_tokens: int = 0
+    new_tokens: int = 0  # sampled this step (decodes + completed prefills)
+    batch_size: int = 0
+    preempted: int = 0
+    seconds: float = 0.0
+
+
+class LLMEngine:
+    def __init__(self, executor: Any, tokenizer: Any | None = None, eos_token_ids: Seq[int] = (),
+                 max_running: int | None = None, prefill_chunk: int = 256, prefill_budget: int | None = None) -> None:
+        self.executor = executor
+        self.tokenizer = tokenizer
+        self.eos_token_ids = list(eos_token_ids)
+        self.scheduler = Scheduler(executor.pool, max_running or executor.pool.total, prefill_chunk, prefill_budget,
+                                   on_release=executor.release)
+        self._callbacks: dict[str, Callable[[RequestOutput], None]] = {}
+        self._ids = itertools.count()
+        self.sequences: dict[str, Sequence] = {}  # unfinished, by request id
+        self.last_step = StepStats()
+        self.total_output_tokens = 0
+
+    # -- requests --------------------------------------------------------------------------
+    def max_tokens(self) -> int:
+        """Cache positions one request may use (prompt + output - 1)."""
+        return self.scheduler.pool.max_tokens()
+
+    def make_sequence(self, prompt_ids: Seq[int], params: SamplingParams, request_id: str | None = None,
+                      detokenize: bool = True) -> Sequence:
+        if len(prompt_ids) == 0:
+            raise InputError("the prompt is empty", hint="pass a prompt with at least one token")
+        request_id = request_id if request_id is not None else f"req-{next(self._ids)}"
+        if request_id in self.sequences:
+            raise InputError(f"request id {request_id!r} is already running")
+        tokenizer = self.tokenizer if detokenize or params.stop else None
+        if params.stop and tokenizer is None:
+            raise InputError("stop strings need the engine's tokenizer, and this engine has none")
+        seq = Sequence(request_id, list(prompt_ids), params, self.eos_token_ids, tokenizer)
+        if not self.scheduler.fits(seq):
+            raise InputError(f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({params.max_new_tokens}) "
+                             f"needs {seq.max_total_tokens} cache positions; this engine holds {self.max_tokens()} "
+                             "per request", hint="shorten the prompt or lower max_tokens")
+        return seq
+
+    def add_request(self, prompt_ids: Seq[int], params: SamplingParams, request_id: str | None = None,
+                    on_output: Callable[[RequestOutput], None] | None = None, detokenize: bool = True) -> Sequence:
+        seq = self.make_sequence(prompt_ids, params, request_id, detokenize)
+        self.add_sequence(seq, on_output)
+        return seq
+
+    def add_sequence(self, seq: Sequence, on_output: Callable[[RequestOutput], None] | None = None) -> None:
+        self.scheduler.add(seq)
+        self.sequences[seq.request_id] = seq
+        if on_output is not None:
+            self._callbacks[seq.request_id] = on_output
+
+    def abort(self, request_id: str) -> bool:
+        """Stop a request now and free its cache; False if it is unknown or already finished."""
+        seq = self.sequences.get(request_id)
+        if seq is None:
+            return False
+        seq.abort()
+        self._finish(seq, [], "")
+        return True
+
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work
+
+    # -- one iteration -----------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        start = time.perf_counter()
+        plan = self.scheduler.schedule()
+        outputs: list[RequestOutput] = []
+        stats = StepStats(preempted=len(plan.preempted), batch_size=len(plan.decode))
+        for seq, begin, end in plan.prefill:
+            logits = self.executor.prefill(seq, begin, end)
+            seq.num_computed = end
+            stats.prefill_tokens += end - begin
+            if end == seq.num_tokens:  # the whole sequence is in the cache: its next token is due
+                outputs.append(self._advance(seq, logits))
+        if plan.decode:
+            logits = self.executor.decode(plan.decode)
+            for seq, row in zip(plan.decode, logits):
+                seq.num_computed += 1
+                outputs.append(self._advance(seq, row))
+            stats.decode_tokens = len(plan.decode)
+        stats.new_tokens = sum(len(o.new_token_ids) for o in outputs)
+        stats.seconds = time.perf_counter() - start
+        self.last_step = stats
+        return outputs
+
+    def _advance(self, seq: Sequence, logits: np.ndarray) -> RequestOutput:
+        token = seq.choose(logits)
+        delta = seq.append(token)
+        self.total_output_tokens += 1
+        if seq.finished:
+            return self._finish(seq, [token], delta)
+        out = RequestOutput(seq.request_id, [token], delta, False, None, seq)
+        self._emit(out)
+        return out
+
+    def _finish(self, seq: Sequence, tokens: list[int], delta: str) -> RequestOutput:
+        self.scheduler.remove(seq)  # frees its cache (the executor's share first)
+        self.sequences.pop(seq.request_id, None)
+        out = RequestOutput(seq.request_id, tokens, delta, True, seq.finish_reason, seq)
+        self._emit(out)
+        self._callbacks.pop(seq.request_id, None)
+        return out
+
+    def _emit(self, out: RequestOutput) -> None:
+        callback = self._callbacks.get(out.request_id)
+        if callback is not None:
+            callback(out)
+
+    # -- batch helper ----------------------------------------------------------------------
+    def run(self, sequences: list[Sequence]) -> list[Sequence]:
+        """Add the sequences, step until all are done; return them (finished) in order."""
+        for seq in sequences:
+            self.add_sequence(seq)
+        while any(not s.finished for s in sequences):
+            self.step()
+        return sequences

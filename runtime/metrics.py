@@ -1,0 +1,71 @@
+"""Serving metrics in Prometheus format (prometheus_client, one registry per server)."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.5,
+                    5.0, 10.0, 20.0, 40.0, 80.0)
+
+
+class ServingMetrics:
+    def __init__(self, window_seconds: float = 10.0) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.queue_length = Gauge("optimizer_queue_length", "Requests waiting for cache space", registry=r)
+        self.running = Gauge("optimizer_running_requests", "Requests holding cache space", registry=r)
+        self.cache_usage = Gauge("optimizer_kv_cache_usage_ratio", "Fraction of KV-cache slots/blocks in use",
+                                 registry=r)
+        self.tokens_per_second = Gauge("optimizer_output_tokens_per_second",
+                                       f"Output tokens per second over the last {window_seconds:g} s", registry=r)
+        self.tokens_per_second.set_function(self._recent_rate)
+        self.output_tokens = Counter("optimizer_output_tokens", "Generated tokens", registry=r)
+        self.prompt_tokens = Counter("optimizer_prompt_tokens", "Prompt tokens admitted", registry=r)
+        self.requests = Counter("optimizer_requests", "Finished requests", ["finish_reason"], registry=r)
+        self.preemptions = Counter("optimizer_preemptions", "Sequences preempted for cache space", registry=r)
+        self.ttft = Histogram("optimizer_time_to_first_token_seconds", "Arrival to first token",
+                              buckets=_LATENCY_BUCKETS, registry=r)
+        self.tpot = Histogram("optimizer_time_per_output_token_seconds",
+                              "Mean time between output tokens, per request", buckets=_LATENCY_BUCKETS, registry=r)
+        self.e2e = Histogram("optimizer_request_latency_seconds", "Arrival to last token",
+                             buckets=_LATENCY_BUCKETS, registry=r)
+        self._window = window_seconds
+        self._recent: collections.deque[tuple[float, int]] = collections.deque()
+        self._lock = threading.Lock()
+
+    def observe_step(self, waiting: int, running: int, cache_used: int, cache_total: int,
+                     new_tokens: int, preempted: int) -> None:
+        now = time.monotonic()
+        self.queue_length.set(waiting)
+        self.running.set(running)
+        self.cache_usage.set(cache_used / cache_total if cache_total else 0.0)
+        self.output_tokens.inc(new_tokens)
+        self.preemptions.inc(preempted)
+        if new_tokens:
+            with self._lock:
+                self._recent.append((now, new_tokens))
+
+    def _recent_rate(self) -> float:
+        """Tokens in the last `window` seconds, per second (0 when idle)."""
+        now = time.monotonic()
+        with self._lock:  # the engine thread appends while a scrape reads
+            while self._recent and self._recent[0][0] < now - self._window:
+                self._recent.popleft()
+            return sum(n for _, n in self._recent) / self._window
+
+    def observe_finished(self, reason: str, arrival: float, first_token: float | None, finish: float | None,
+                         output_tokens: int) -> None:
+        self.requests.labels(finish_reason=reason).inc()
+        if first_token is not None:
+            self.ttft.observe(first_token - arrival)
+            if finish is not None:
+                self.e2e.observe(finish - arrival)
+                if output_tokens > 1:
+                    self.tpot.observe((finish - first_token) / (output_tokens - 1))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,130 @@
+"""Iteration-level scheduling: which sequences run in the next model step.
+
+Each call to `schedule()` plans one iteration:
+
+1. Admission, first come first served: the oldest waiting sequence is admitted as soon as
+   the pool has room for it and fewer than `max_running` run; a later one never jumps
+   ahead of it (no starvation of long prompts).
+2. Prefill: sequences with more than one uncomputed token get chunks of at most
+   `prefill_chunk` tokens, oldest first, up to `prefill_budget` tokens per iteration, so a
+   long prompt does not stall the running decodes.
+3. Decode: every running sequence with exactly one uncomputed token (its last sampled
+   token) is decoded together, one token each. With a block pool each one first needs room
+   for that token; if none is free, the newest running sequence is preempted: its cache is
+   freed and it goes back to the front of the queue, to be recomputed from its tokens
+   (prompt + output so far) when admitted again. The oldest sequence always progresses.
+
+The scheduler only plans and keeps the pool's accounting; the engine runs the plan, samples
+and calls `finish` for sequences that end. It is pure Python and tested with a fake model.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from runtime.kv_cache import BlockPool, SlotPool
+from runtime.sequence import Sequence
+
+
+@dataclass
+class StepPlan:
+    prefill: list[tuple[Sequence, int, int]] = field(default_factory=list)  # (seq, start, end) token range
+    decode: list[Sequence] = field(default_factory=list)
+    preempted: list[Sequence] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.prefill and not self.decode
+
+
+class Scheduler:
+    def __init__(self, pool: SlotPool | BlockPool, max_running: int, prefill_chunk: int = 512,
+                 prefill_budget: int | None = None,
+                 on_release: Callable[[Sequence], None] | None = None) -> None:
+        if max_running < 1 or prefill_chunk < 1:
+            raise ValueError("max_running and prefill_chunk must be >= 1")
+        self.pool = pool
+        self.max_running = max_running
+        self.prefill_chunk = prefill_chunk
+        self.prefill_budget = prefill_budget or prefill_chunk
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # in admission order
+        self.preemptions = 0
+        self.on_release = on_release  # called before a sequence's cache space is freed
+
+    def _release(self, seq: Sequence) -> None:
+        if seq.request_id in self.pool.holders():
+            if self.on_release is not None:
+                self.on_release(seq)
+            self.pool.release(seq.request_id)
+
+    # -- queue -----------------------------------------------------------------------------
+    def fits(self, seq: Sequence) -> bool:
+        """Whether the sequence can ever run: its whole length fits one sequence's share."""
+        return seq.max_total_tokens <= self.pool.max_tokens()
+
+    def add(self, seq: Sequence) -> None:
+        if not self.fits(seq):
+            raise ValueError(f"sequence {seq.request_id} needs {seq.max_total_tokens} cache positions, "
+                             f"more than the {self.pool.max_tokens()} one sequence can hold")
+        self.waiting.append(seq)
+
+    def remove(self, seq: Sequence) -> None:
+        """Take a sequence out (finished or aborted) and free its cache."""
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self._release(seq)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # -- planning ----------------------------------------------------------------------------
+    def _admit_tokens(self, seq: Sequence) -> int:
+        # a slot is reserved for the whole future; blocks only for the tokens to prefill
+        return seq.max_total_tokens if isinstance(self.pool, SlotPool) else seq.num_tokens
+
+    def schedule(self) -> StepPlan:
+        plan = StepPlan()
+        while self.waiting and len(self.running) < self.max_running:
+            head = self.waiting[0]
+            if not self.pool.admit(head.request_id, self._admit_tokens(head)):
+                break  # FCFS: nobody overtakes the head of the queue
+            self.waiting.popleft()
+            head.num_computed = 0
+            self.running.append(head)
+
+        budget = self.prefill_budget
+        for seq in self.running:
+            pending = seq.num_tokens - seq.num_computed
+            if pending > 1 and budget > 0:
+                end = seq.num_computed + min(pending, self.prefill_chunk, budget)
+                plan.prefill.append((seq, seq.num_computed, end))
+                budget -= end - seq.num_computed
+
+        for seq in list(self.running):
+            if seq.num_tokens - seq.num_computed != 1 or seq not in self.running:
+                continue
+            while not self.pool.ensure(seq.request_id, seq.num_tokens):
+                victim = self.running[-1]
+                self._preempt(victim, plan)
+                if victim is seq:
+                    break
+            else:
+                plan.decode.append(seq)
+        return plan
+
+    def _preempt(self, seq: Sequence, plan: StepPlan) -> None:
+        self.running.remove(seq)
+        self._release(seq)
+        seq.num_computed = 0
+        self.waiting.appendleft(seq)
+        plan.preempted.append(seq)
+        plan.prefill = [p for p in plan.prefill if p[0] is not seq]
+        if seq in plan.decode:
+            plan.decode.remove(seq)
+        self.preemptions += 1

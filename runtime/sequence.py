@@ -1,0 +1,124 @@
+"""One request's generation state: its tokens, its text, and when it ends.
+
+Shared by the single-sequence loop (`runtime.generate`) and the continuous-batching engine
+(`runtime.llm_engine`), so both stop for the same reasons:
+
+- a stop token (always), or EOS unless `ignore_eos`; neither before `min_tokens` tokens
+  (they are masked out of the logits until then, as vLLM does);
+- a stop string: the text ends before it and the request finishes (`finish_reason` "stop");
+  while text could still turn into a stop string it is held back from the stream;
+- `max_new_tokens` ("length"), or an abort ("abort").
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence as Seq
+
+import numpy as np
+
+from runtime.detokenize import IncrementalDetokenizer
+from runtime.sampling import SamplingParams, sample_next, suppress
+
+
+@dataclass
+class Sequence:
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    eos_token_ids: Seq[int] = ()
+    tokenizer: Any | None = None  # None: ids only (no text, no stop strings)
+    arrival_time: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        p = self.params
+        self.stop_ids = frozenset(p.stop_token_ids) | (frozenset() if p.ignore_eos else frozenset(self.eos_token_ids))
+        self.rng = np.random.default_rng(p.seed)
+        self.output_ids: list[int] = []
+        self.text = ""  # released text (never contains a stop string)
+        self._pending = ""  # decoded text held back: it may be the start of a stop string
+        self._detok = IncrementalDetokenizer(self.tokenizer) if self.tokenizer is not None else None
+        if p.stop and self._detok is None:
+            raise ValueError("stop strings need a tokenizer")
+        self.finish_reason: str | None = None  # "stop" | "length" | "abort"
+        self.num_computed = 0  # tokens whose keys/values are in the cache
+        self.first_token_time: float | None = None
+        self.finish_time: float | None = None
+
+    # -- state ---------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def all_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def max_total_tokens(self) -> int:
+        """Cache positions this request can need: the prompt, then every output token but the last."""
+        return len(self.prompt_ids) + self.params.max_new_tokens - 1
+
+    # -- one step --------------------------------------------------------------------------
+    def choose(self, logits: np.ndarray) -> int:
+        """The next token from (V,) logits, honouring min_tokens."""
+        if len(self.output_ids) < self.params.min_tokens and self.stop_ids:
+            logits = suppress(logits, self.stop_ids)
+        return sample_next(logits, self.params, self.rng)
+
+    def append(self, token: int, now: float | None = None) -> str:
+        """Record a new token; return the text it releases (maybe ""). Sets finish_reason."""
+        now = time.perf_counter() if now is None else now
+        if self.first_token_time is None:
+            self.first_token_time = now
+        self.output_ids.append(token)
+        delta = ""
+        if token in self.stop_ids:
+            self.finish_reason = "stop"
+        elif len(self.output_ids) >= self.params.max_new_tokens:
+            self.finish_reason = "length"
+        if self._detok is not None:
+            piece = self._detok.push(token)
+            if self.finish_reason is not None:
+                piece += self._detok.flush()
+            delta = self._release(piece)
+        if self.finish_reason is not None:
+            self.finish_time = now
+        return delta
+
+    def abort(self) -> None:
+        if self.finish_reason is None:
+            self.finish_reason, self.finish_time = "abort", time.perf_counter()
+
+    def _release(self, piece: str) -> str:
+        """Text that can be streamed now: everything before a stop string (which finishes the
+        request), less any tail that might still become one."""
+        pending = self._pending + piece
+        stops = self.params.stop
+        hit = min((i for i in (pending.find(s) for s in stops) if i >= 0), default=-1) if stops else -1
+        if hit >= 0:
+            out, self._pending = pending[:hit], ""
+            self.finish_reason = "stop"
+        elif self.finish_reason is not None or not stops:
+            out, self._pending = pending, ""
+        else:
+            keep = _partial_stop_suffix(pending, stops)
+            out, self._pending = pending[:len(pending) - keep], pending[len(pending) - keep:]
+        self.text += out
+        return out
+
+
+def _partial_stop_suffix(text: str, stops: Seq[str]) -> int:
+    """Length of the longest tail of `text` that is a proper prefix of some stop string."""
+    best = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:n]):
+                best = n
+                break
+    return best
