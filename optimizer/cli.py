@@ -73,8 +73,8 @@ def main() -> None:
 @click.option("--max-seq-len", default=None, type=int,
               help="Longest sequence a fused engine supports [default: the model's maximum].")
 @click.option("--kv-layout", default=None, type=click.Choice(["auto", "static", "paged", "concat"]),
-              help="KV-cache interface: static slots written in place, paged blocks (CUDA), or concat "
-                   "[default: auto = static where attention is fused].")
+              help="KV-cache interface: static slots written in place, or concat; paged (CUDA) is not "
+                   "buildable yet [default: auto = static where attention is fused].")
 @click.option("--kv-slots", default=None, type=int, help="Static/paged layouts: sequences batched together [default: 16].")
 @click.option("--kv-capacity", default=None, type=int,
               help="Static layout: positions per slot (prompt + output) [default: min(max seq len, 1024)].")

@@ -22,6 +22,7 @@ from passes.fuse_attention import FuseAttention
 from passes.kv_layout import KvCacheLayout
 from passes.lower_quantized_matmul import LowerQuantizedMatMul
 from passes.pack_matmuls import PackSiblingMatMuls
+from passes.slice_logits import SliceLogits
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,9 @@ REGISTRY: dict[str, PassInfo] = {
                  lambda ctx: RulePass(fuse_activation.rules(ctx.dtype), "SiLU -> QuickGelu", uses_ms_domain=True)),
         PassInfo("fold-constants", "evaluates nodes whose inputs are all constants (onnxscript's folder)",
                  lambda ctx: FoldConstants()),
+        PassInfo("slice-logits", "the lm_head reads positions [logits_from, S) only (a new input): "
+                                 "prefill computes the last position's logits, not all S",
+                 lambda ctx: SliceLogits()),
         PassInfo("kv-layout", "KV-cache interface: static slots written in place (GQA shared buffer), "
                               "paged blocks (GQA -> PagedAttention, CUDA), or concat",
                  lambda ctx: KvCacheLayout(ctx.kv_layout, ctx.kv_block_size)),
@@ -83,7 +87,8 @@ REGISTRY: dict[str, PassInfo] = {
 UNFUSED_PIPELINE: tuple[str, ...] = ("lower-quantized-matmul", "kv-layout", "cse", "dead-code")
 DEFAULT_PIPELINE: tuple[str, ...] = (
     "lower-quantized-matmul", "fuse-rms-norm", "fuse-skip-rms-norm", "fuse-attention",
-    "pack-qkv", "pack-gate-up", "fuse-activation", "fold-constants", "kv-layout", "cse", "dead-code",
+    "pack-qkv", "pack-gate-up", "fuse-activation", "fold-constants", "slice-logits", "kv-layout", "cse",
+    "dead-code",
 )
 PIPELINES: dict[str, tuple[str, ...]] = {"default": DEFAULT_PIPELINE, "unfused": UNFUSED_PIPELINE,
                                          "none": ()}

@@ -115,6 +115,7 @@ class AsyncEngine:
                 self._apply(kind, payload)
             if self.llm.has_work:
                 self._step()
+            self._observe()
         for seq in list(self.llm.sequences.values()):  # shutting down: end what still runs
             self.llm.abort(seq.request_id)
 
@@ -148,7 +149,9 @@ class AsyncEngine:
                 if seq in self.llm.scheduler.running:
                     seq.finish_reason, seq.finish_time = "error", time.perf_counter()
                     self.llm.abort(seq.request_id)
-        s = self.llm.scheduler
         stats = self.llm.last_step
-        self.metrics.observe_step(len(s.waiting), len(s.running), s.pool.used, s.pool.total,
-                                  stats.new_tokens, stats.preempted)
+        self.metrics.observe_tokens(stats.new_tokens, stats.preempted)
+
+    def _observe(self) -> None:
+        s = self.llm.scheduler
+        self.metrics.observe_state(len(s.waiting), len(s.running), s.pool.used, s.pool.total)

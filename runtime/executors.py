@@ -6,7 +6,8 @@ Each owns the cache buffers of one layout and the pool that accounts for them:
   A prefill chunk runs at batch 1 on its slot's row; a decode step runs every slot up to
   the highest busy one as one batch, bound by pointer as both past and present, so the
   GroupQueryAttention kernel appends in place (rows of idle or mid-prefill slots get a
-  placeholder token written where their next real token will overwrite it).
+  placeholder token written where their next real token will overwrite it). On CPU, busy
+  rows are first compacted to the front, so finished sequences leave no idle rows behind.
 - `ConcatExecutor` (layout "concat", any engine): each sequence keeps its own past arrays
   and runs at batch 1; correct everywhere, batched only in scheduling.
 """
@@ -37,13 +38,18 @@ class StaticExecutor:
         self._shape = (slots, kv.num_kv_heads, capacity, kv.head_dim)
         self._row_bytes = kv.num_kv_heads * capacity * kv.head_dim * np.dtype(self._dtype).itemsize
         self._buffers = []  # (past name, present name, OrtValue) per layer and K/V
+        self._arrays: list[np.ndarray] = []  # CPU: the same memory as numpy, for compaction
         for i in range(kv.num_layers):
             for past, present in ((kv.past_key, kv.present_key), (kv.past_value, kv.present_value)):
                 # zeros (copied to the device on CUDA; on CPU the OrtValue wraps the array)
-                value = ort.OrtValue.ortvalue_from_numpy(np.zeros(self._shape, self._dtype), self._device, 0)
+                array = np.zeros(self._shape, self._dtype)
+                value = ort.OrtValue.ortvalue_from_numpy(array, self._device, 0)
                 self._buffers.append((past.format(i=i), present.format(i=i), value))
+                if self._device == "cpu":
+                    self._arrays.append(array)
         self.slot_len = np.zeros(slots, np.int64)  # positions written in each slot's row
         self._bindings: dict[tuple[int, int], ort.IOBinding] = {}  # (first row, rows) -> binding
+        self.moves = 0  # sequences moved to a lower slot by compact()
         self._inputs = {i.name for i in session.session.get_inputs()}
 
     def _binding(self, first: int, rows: int) -> ort.IOBinding:
@@ -62,8 +68,11 @@ class StaticExecutor:
         return binding
 
     def _run(self, binding: ort.IOBinding, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Logits of the last position of each row: (rows, 1 or S, V)."""
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("attention_mask", mask)
+        if "logits_from" in self._inputs:
+            binding.bind_cpu_input("logits_from", np.asarray([ids.shape[1] - 1], np.int64))
         if "position_ids" in self._inputs:  # engines built before the kv-layout pass still take it
             binding.bind_cpu_input("position_ids", np.maximum(mask.sum(1, keepdims=True) - ids.shape[1], 0)
                                    + np.arange(ids.shape[1]))
@@ -81,8 +90,26 @@ class StaticExecutor:
         self.slot_len[slot] = end
         return logits[0, -1]
 
+    def compact(self) -> None:
+        """Move the highest busy slots into lower free ones, so a decode batch covers no idle
+        rows (CPU: each copy moves only the positions written, a few MB; on CUDA the idle
+        rows stay in the batch)."""
+        if not self._arrays:
+            return
+        while (free := self.pool.lowest_free()) is not None:
+            seq_id, slot = self.pool.highest_held() or ("", -1)
+            if slot < free:
+                return
+            n = int(self.slot_len[slot])
+            for array in self._arrays:
+                array[free, :, :n] = array[slot, :, :n]
+            self.slot_len[free], self.slot_len[slot] = n, 0
+            self.pool.move(seq_id, free)
+            self.moves += 1
+
     def decode(self, seqs: list[Sequence]) -> np.ndarray:
         """One token for each sequence (its last), batched over slots [0, max slot]; (n, V) logits."""
+        self.compact()
         slots = np.asarray([self.pool.slot(s.request_id) for s in seqs])
         rows = int(slots.max()) + 1
         ids = np.zeros((rows, 1), np.int64)
@@ -118,7 +145,7 @@ class ConcatExecutor:
             cache = self.session.empty_cache(1)
         ids = np.asarray([seq.all_ids[start:end]], np.int64)
         logits, self._caches[seq.request_id] = self.session.forward(
-            ids, np.ones((1, end), np.int64), np.arange(start, end)[None], cache)
+            ids, np.ones((1, end), np.int64), np.arange(start, end)[None], cache, logits_from=end - start - 1)
         return logits[0, -1]
 
     def prefill(self, seq: Sequence, start: int, end: int) -> np.ndarray:

@@ -55,6 +55,20 @@ class SlotPool:
     def slot(self, seq_id: str) -> int:
         return self._slot[seq_id]
 
+    def move(self, seq_id: str, slot: int) -> None:
+        """Re-home a sequence into a free slot (the executor has copied its cache rows)."""
+        if slot not in self._free:
+            raise ValueError(f"slot {slot} is not free")
+        self._free.remove(slot)
+        self._free.append(self._slot[seq_id])
+        self._slot[seq_id] = slot
+
+    def lowest_free(self) -> int | None:
+        return min(self._free) if self._free else None
+
+    def highest_held(self) -> tuple[str, int] | None:
+        return max(self._slot.items(), key=lambda kv: kv[1]) if self._slot else None
+
     def holders(self) -> set[str]:
         return set(self._slot)
 

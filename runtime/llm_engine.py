@@ -154,6 +154,14 @@ class LLMEngine:
         if callback is not None:
             callback(out)
 
+    def warmup(self) -> None:
+        """Run the largest shapes once (a full prefill chunk, a decode step of every slot), so
+        onnxruntime's memory arena has grown before the first real request is timed."""
+        n = max(1, min(self.scheduler.prefill_chunk, self.max_tokens() - 1))
+        params = SamplingParams(max_new_tokens=2, ignore_eos=True)
+        self.run([self.make_sequence([0] * n, params, f"warmup-{i}", detokenize=False)
+                  for i in range(self.scheduler.max_running)])
+
     # -- batch helper ----------------------------------------------------------------------
     def run(self, sequences: list[Sequence]) -> list[Sequence]:
         """Add the sequences, step until all are done; return them (finished) in order."""

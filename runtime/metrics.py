@@ -37,12 +37,13 @@ class ServingMetrics:
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
         self._lock = threading.Lock()
 
-    def observe_step(self, waiting: int, running: int, cache_used: int, cache_total: int,
-                     new_tokens: int, preempted: int) -> None:
-        now = time.monotonic()
+    def observe_state(self, waiting: int, running: int, cache_used: int, cache_total: int) -> None:
         self.queue_length.set(waiting)
         self.running.set(running)
         self.cache_usage.set(cache_used / cache_total if cache_total else 0.0)
+
+    def observe_tokens(self, new_tokens: int, preempted: int) -> None:
+        now = time.monotonic()
         self.output_tokens.inc(new_tokens)
         self.preemptions.inc(preempted)
         if new_tokens:

@@ -29,6 +29,7 @@ from runtime.llm_engine import RequestOutput
 from runtime.sampling import SamplingParams
 
 DISCONNECT_POLL_SECONDS = 0.25
+CLIENT_CLOSED = 499  # nginx's "client closed request": logged as such, not as an error
 
 
 class _Sampling(BaseModel):
@@ -190,6 +191,10 @@ async def _respond(request: Request, server: AsyncEngine, body: _Sampling, promp
         if not ids:
             raise APIError(400, "the prompt encodes to no tokens", "prompt")
         params.append(_sampling(body, len(ids), capacity))
+        try:  # everything the engine would refuse, refused here with a 400 (before any stream starts)
+            server.llm.make_sequence(ids, params[-1], "validation", detokenize=False)
+        except OptimizerError as e:
+            raise APIError(400, e.message) from e
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     if body.stream:
         return StreamingResponse(_sse(server, prompts[0], params[0], rid, model_name, chat),
@@ -201,7 +206,7 @@ async def _respond(request: Request, server: AsyncEngine, body: _Sampling, promp
             if len(done) == len(tasks):
                 break
             if await request.is_disconnected():
-                raise asyncio.CancelledError
+                return Response(status_code=CLIENT_CLOSED)  # nobody reads it; the finally aborts
     finally:
         for t in tasks:
             t.cancel()  # closing a stream aborts its request (AsyncEngine.stream)

@@ -99,8 +99,8 @@ class DecoderSession:
         return [empty] * (2 * self.kv.num_layers)
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
-                past: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """(B, S) ids, (B, T) mask, (B, S) positions, past -> logits (B, S, V), present.
+                past: list[np.ndarray], logits_from: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(B, S) ids, (B, T) mask, (B, S) positions, past -> logits (B, S - logits_from, V), present.
 
         Concatenation semantics on any engine (a static-layout engine's kernel then appends
         into a new buffer instead of in place); the runtime's executors use the layouts."""
@@ -108,6 +108,8 @@ class DecoderSession:
                  "attention_mask": attention_mask.astype(np.int64, copy=False)}
         if "position_ids" in self.input_names:  # static engines drop it: GQA does not read it
             feeds["position_ids"] = position_ids.astype(np.int64, copy=False)
+        if "logits_from" in self.input_names:  # engines with slice-logits; others return all positions
+            feeds["logits_from"] = np.asarray([logits_from], np.int64)
         for i in range(self.kv.num_layers):
             feeds[self.kv.past_key.format(i=i)] = past[2 * i]
             feeds[self.kv.past_value.format(i=i)] = past[2 * i + 1]

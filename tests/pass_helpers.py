@@ -25,7 +25,8 @@ def feeds(loaded, batch: int = 2, new: int = 4, past: int = 3, dtype=np.float32,
     rng = np.random.default_rng(seed)
     out = {"input_ids": rng.integers(0, d.vocab_size, (batch, new)).astype(np.int64),
            "attention_mask": np.ones((batch, past + new), np.int64),
-           "position_ids": np.tile(np.arange(past, past + new), (batch, 1)).astype(np.int64)}
+           "position_ids": np.tile(np.arange(past, past + new), (batch, 1)).astype(np.int64),
+           "logits_from": np.zeros(1, np.int64)}  # after slice-logits: every position's logits
     for i in range(d.num_layers):
         for kind in ("key", "value"):
             out[f"past_key_values.{i}.{kind}"] = rng.standard_normal(

@@ -37,6 +37,66 @@ def engine_dir(tmp_path_factory, smol_tokenizer_dir):
     return out
 
 
+def test_generate_many_prompts_from_jsonl(engine_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('"Hello there"\n\n{"prompt": "Once upon", "max_tokens": 3, "stop_token_ids": [1]}\n'
+                       '{"prompt": "A list:", "temperature": 0.8, "seed": 2, "top_k": 5}\n')
+    result = CliRunner().invoke(main, ["generate", str(engine_dir), "--prompts", str(prompts),
+                                       "--max-new-tokens", "5", "--ignore-eos"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["index"] for r in rows] == [0, 1, 2] and rows[1]["prompt"] == "Once upon"
+    assert [r["completion_tokens"] for r in rows] == [5, 3, 5]
+    alone = CliRunner().invoke(main, ["generate", str(engine_dir), "--prompt", "Hello there",
+                                      "--max-new-tokens", "5", "--ignore-eos"])
+    assert alone.stdout.startswith(rows[0]["text"])  # batched greedy = alone (fp32 engine)
+
+
+@pytest.mark.parametrize("content, needle", [
+    ('{"prompt": "x", "max_tokens": 0}', "max_new_tokens must be >= 1"),
+    ('{"prompt": "x", "temprature": 1}', "unknown field 'temprature'"),
+    ('{"text": "x"}', "expected a string or an object with a string 'prompt'"),
+    ('not json', "not valid JSON"),
+    ("", "has no prompts"),
+])
+def test_bad_prompt_files_name_the_line(engine_dir, tmp_path, content, needle):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(content + "\n")
+    code, output = run("generate", engine_dir, "--prompts", prompts)
+    assert_clean_failure(code, output, needle)
+
+
+def test_serve_answers_health_and_completions(engine_dir):
+    import socket
+    import time
+
+    import httpx2 as httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "optimizer.cli", "serve", str(engine_dir), "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert server.poll() is None and time.monotonic() < deadline, "server did not start"
+                time.sleep(0.2)
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/completions",
+                       json={"model": "engine", "prompt": "Hello", "max_tokens": 4, "ignore_eos": True})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()
+        assert models["data"][0]["id"] == "engine"  # the folder's name
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    assert "serving engine on http://127.0.0.1:" in output
+
+
 def test_generate_streams_text_and_stats(engine_dir):
     code, output = run("generate", engine_dir, "--prompt", "Hello there", "--max-new-tokens", "6",
                        "--ignore-eos")

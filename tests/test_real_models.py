@@ -82,6 +82,28 @@ def test_smollm2_generate_cli_says_paris(smol_engine):
     assert result.stdout.startswith(" Paris")
 
 
+def test_smollm2_continuous_batching_equals_each_request_alone(smol_engine):
+    """32 requests of mixed prompt and output lengths (real text), 16 slots, so requests also
+    queue: each one's greedy tokens under continuous batching equal its tokens alone."""
+    import random
+
+    from calibration.data import load_text
+
+    engine = Engine.load(smol_engine)
+    corpus = engine.tokenizer(load_text("wiki")[:60_000]).input_ids
+    rng = random.Random(0)
+    prompts, params, offset = [], [], 0
+    for _ in range(32):
+        n = rng.randint(4, 64)
+        prompts.append(corpus[offset:offset + n])
+        offset += n
+        params.append(SamplingParams(max_new_tokens=rng.randint(2, 24), ignore_eos=True))
+    batched = engine.generate_batch(prompts, params, max_batch=16)
+    for i, (ids, p, result) in enumerate(zip(prompts, params, batched)):
+        assert result.token_ids == engine.generate_ids(ids, p).token_ids, f"request {i}"
+        assert result.text == engine.tokenizer.decode(result.token_ids, skip_special_tokens=True)
+
+
 def test_gemma3_greedy_matches_transformers(tmp_path):
     folder = converted("gemma-3-270m")
     engine_dir = build_engine(BuildOptions(out=tmp_path / "gemma", source=str(folder), quiet=True))

@@ -1,0 +1,72 @@
+"""The serving benchmark's workload and its statistics, shared by every system timed (stdlib
+and numpy only, so the onnxruntime-genai peer can import it from its own interpreter)."""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class Request:
+    index: int
+    prompt: list[int]
+    output_tokens: int  # generated with EOS ignored: every system produces exactly this many
+    arrival: float  # seconds after the start
+
+
+def make_workload(corpus_ids: list[int], n: int = 32, prompt_range=(32, 256), output_range=(16, 256),
+                  seed: int = 0, rate: float | None = None) -> list[Request]:
+    """n requests with uniform prompt and output lengths; prompts are consecutive slices of real
+    text; all arrive at t=0, or (rate = requests/s) with Poisson arrivals."""
+    rng = random.Random(seed)
+    requests, offset, t = [], 0, 0.0
+    for i in range(n):
+        length = rng.randint(*prompt_range)
+        if offset + length > len(corpus_ids):
+            offset = 0
+        prompt = corpus_ids[offset:offset + length]
+        offset += length
+        if rate:
+            t += rng.expovariate(rate)
+        requests.append(Request(i, prompt, rng.randint(*output_range), t if rate else 0.0))
+    return requests
+
+
+def dump(requests: list[Request], path: str) -> None:
+    with open(path, "w") as f:
+        json.dump([asdict(r) for r in requests], f)
+
+
+def load(path: str) -> list[Request]:
+    with open(path) as f:
+        return [Request(**r) for r in json.load(f)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    k = (len(values) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def summarize(requests: list[Request], first_token: dict[int, float], last_token: dict[int, float],
+              total_seconds: float, outputs: dict[int, list[int]] | None = None) -> dict:
+    """Per-system figures from per-request times (seconds since the start)."""
+    ttft = [first_token[r.index] - r.arrival for r in requests]
+    tpot = [(last_token[r.index] - first_token[r.index]) / (r.output_tokens - 1)
+            for r in requests if r.output_tokens > 1]
+    out_tokens = sum(r.output_tokens for r in requests)
+    result = {"requests": len(requests), "output_tokens": out_tokens, "total_s": total_seconds,
+              "output_tok_s": out_tokens / total_seconds}
+    for name, values in (("ttft_s", ttft), ("tpot_s", tpot)):
+        for q in (50, 95, 99):
+            result[f"{name}_p{q}"] = percentile(values, q)
+        result[f"{name}_mean"] = statistics.fmean(values)
+    if outputs is not None:
+        result["outputs"] = {str(k): v for k, v in outputs.items()}
+    return result
