@@ -20,7 +20,7 @@ import numpy as np
 import onnxruntime_genai as og
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serving_workload import load, summarize  # noqa: E402
+from serving_workload import load, run_static_batches, summarize  # noqa: E402
 
 
 def load_model(engine_dir, threads):
@@ -67,16 +67,8 @@ def main():
     run_batch(model, pad, warm, time.perf_counter(), {}, {}, {})  # untimed: grows the memory arena
 
     first, last, outputs = {}, {}, {}
-    queue = sorted(requests, key=lambda r: r.arrival)
-    start = time.perf_counter()
-    while queue:
-        now = time.perf_counter() - start
-        if queue[0].arrival > now:
-            time.sleep(queue[0].arrival - now)
-            now = time.perf_counter() - start
-        batch = [r for r in queue if r.arrival <= now][:args.batch]
-        queue = [r for r in queue if r not in batch]
-        run_batch(model, pad, batch, start, first, last, outputs)
+    run_static_batches(requests, args.batch,
+                       lambda group, start: run_batch(model, pad, group, start, first, last, outputs))
     total = max(last.values())
     result = summarize(requests, first, last, total, outputs)
     result.update(system=f"onnxruntime-genai {og.__version__} int4, "

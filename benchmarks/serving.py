@@ -24,13 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from serving_workload import Request, dump, make_workload, summarize
+from serving_workload import Request, dump, make_workload, run_static_batches, summarize
 from calibration.data import load_text
 from runtime import Engine, SamplingParams
 
@@ -105,16 +104,7 @@ def run_transformers(hf_model: str, requests: list[Request], batch: int, threads
     run_batch([Request(-1 - i, r.prompt, 4, 0.0) for i, r in enumerate(requests[:batch])],
               time.perf_counter(), {}, {}, {})  # warm-up
     first, last, outputs = {}, {}, {}
-    queue = sorted(requests, key=lambda r: r.arrival)
-    start = time.perf_counter()
-    while queue:
-        now = time.perf_counter() - start
-        if queue[0].arrival > now:
-            time.sleep(queue[0].arrival - now)
-            now = time.perf_counter() - start
-        group = [r for r in queue if r.arrival <= now][:batch]
-        queue = [r for r in queue if r not in group]
-        run_batch(group, start, first, last, outputs)
+    run_static_batches(requests, batch, lambda group, start: run_batch(group, start, first, last, outputs))
     result = summarize(requests, first, last, max(last.values()), outputs)
     result.update(system=f"transformers fp32 generate, static batches of {batch}")
     return result

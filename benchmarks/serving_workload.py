@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import random
 import statistics
+import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 
 @dataclass
@@ -43,6 +45,22 @@ def dump(requests: list[Request], path: str) -> None:
 def load(path: str) -> list[Request]:
     with open(path) as f:
         return [Request(**r) for r in json.load(f)]
+
+
+def run_static_batches(requests: list[Request], batch: int,
+                       run_batch: Callable[[list[Request], float], None]) -> None:
+    """Static batching: whenever the runtime is free, `run_batch(group, start)` runs the
+    requests that have arrived (up to `batch`; if none has, it waits for the next) to the end."""
+    queue = sorted(requests, key=lambda r: r.arrival)
+    start = time.perf_counter()
+    while queue:
+        now = time.perf_counter() - start
+        if queue[0].arrival > now:
+            time.sleep(queue[0].arrival - now)
+            now = time.perf_counter() - start
+        group = [r for r in queue if r.arrival <= now][:batch]
+        queue = [r for r in queue if r not in group]
+        run_batch(group, start)
 
 
 def percentile(values: list[float], q: float) -> float:
