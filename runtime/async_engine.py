@@ -60,15 +60,15 @@ class AsyncEngine:
         return self._thread is not None and self._thread.is_alive()
 
     # -- requests (any thread) --------------------------------------------------------------
-    def submit(self, prompt_ids: Seq[int], params: SamplingParams,
-               on_output: Callable[[RequestOutput], None], detokenize: bool = True) -> Sequence:
-        """Queue a request; `on_output` is called on the loop thread with each update.
-        Raises InputError (nothing queued) when the request can never fit."""
+    def new_sequence(self, prompt_ids: Seq[int], params: SamplingParams, detokenize: bool = True) -> Sequence:
+        """A request under a fresh id, checked: InputError when it can never run (too long, ...)."""
         with self._lock:
             request_id = f"req-{next(self._ids)}"
-        seq = self.llm.make_sequence(prompt_ids, params, request_id, detokenize)
+        return self.llm.make_sequence(prompt_ids, params, request_id, detokenize)
+
+    def submit(self, seq: Sequence, on_output: Callable[[RequestOutput], None]) -> None:
+        """Queue a request from `new_sequence`; `on_output` is called on the loop thread with each update."""
         self._command("add", (seq, on_output))
-        return seq
 
     def abort(self, request_id: str) -> None:
         self._command("abort", request_id)
@@ -81,10 +81,13 @@ class AsyncEngine:
     async def stream(self, prompt_ids: Seq[int], params: SamplingParams,
                      detokenize: bool = True) -> AsyncIterator[RequestOutput]:
         """Updates of one request as they come; leaving the loop early aborts the request."""
+        async for out in self.stream_sequence(self.new_sequence(prompt_ids, params, detokenize)):
+            yield out
+
+    async def stream_sequence(self, seq: Sequence) -> AsyncIterator[RequestOutput]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
-        seq = self.submit(prompt_ids, params, lambda out: loop.call_soon_threadsafe(queue.put_nowait, out),
-                          detokenize)
+        self.submit(seq, lambda out: loop.call_soon_threadsafe(queue.put_nowait, out))
         finished = False
         try:
             while not finished:
@@ -95,12 +98,11 @@ class AsyncEngine:
             if not finished:
                 self.abort(seq.request_id)
 
-    async def generate(self, prompt_ids: Seq[int], params: SamplingParams) -> Sequence:
-        """Run one request to the end; its Sequence carries the tokens, text and timings."""
-        last = None
-        async for out in self.stream(prompt_ids, params):
-            last = out
-        return last.seq
+    async def run_sequence(self, seq: Sequence) -> Sequence:
+        """Run one request to the end; the Sequence carries the tokens, text and timings."""
+        async for _ in self.stream_sequence(seq):
+            pass
+        return seq
 
     # -- the loop thread --------------------------------------------------------------------
     def _loop(self) -> None:

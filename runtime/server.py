@@ -27,6 +27,7 @@ from optimizer.errors import OptimizerError
 from runtime.async_engine import AsyncEngine
 from runtime.llm_engine import RequestOutput
 from runtime.sampling import SamplingParams
+from runtime.sequence import Sequence
 
 DISCONNECT_POLL_SECONDS = 0.25
 CLIENT_CLOSED = 499  # nginx's "client closed request": logged as such, not as an error
@@ -186,20 +187,18 @@ def _sampling(body: _Sampling, prompt_len: int, capacity: int) -> SamplingParams
 async def _respond(request: Request, server: AsyncEngine, body: _Sampling, prompts: list[list[int]],
                    model_name: str, chat: bool) -> Response:
     capacity = server.llm.max_tokens()
-    params = []
+    seqs = []
     for ids in prompts:
         if not ids:
             raise APIError(400, "the prompt encodes to no tokens", "prompt")
-        params.append(_sampling(body, len(ids), capacity))
         try:  # everything the engine would refuse, refused here with a 400 (before any stream starts)
-            server.llm.make_sequence(ids, params[-1], "validation", detokenize=False)
+            seqs.append(server.new_sequence(ids, _sampling(body, len(ids), capacity)))
         except OptimizerError as e:
             raise APIError(400, e.message) from e
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     if body.stream:
-        return StreamingResponse(_sse(server, prompts[0], params[0], rid, model_name, chat),
-                                 media_type="text/event-stream")
-    tasks = [asyncio.ensure_future(server.generate(ids, p)) for ids, p in zip(prompts, params)]
+        return StreamingResponse(_sse(server, seqs[0], rid, model_name, chat), media_type="text/event-stream")
+    tasks = [asyncio.ensure_future(server.run_sequence(seq)) for seq in seqs]
     try:
         while True:  # wait, watching for the client going away
             done, _ = await asyncio.wait(tasks, timeout=DISCONNECT_POLL_SECONDS)
@@ -227,8 +226,7 @@ async def _respond(request: Request, server: AsyncEngine, body: _Sampling, promp
                          "created": int(time.time()), "model": model_name, "choices": choices, "usage": usage})
 
 
-async def _sse(server: AsyncEngine, ids: list[int], params: SamplingParams, rid: str, model_name: str,
-               chat: bool) -> AsyncIterator[str]:
+async def _sse(server: AsyncEngine, seq: Sequence, rid: str, model_name: str, chat: bool) -> AsyncIterator[str]:
     created = int(time.time())
     kind = "chat.completion.chunk" if chat else "text_completion"
 
@@ -246,7 +244,7 @@ async def _sse(server: AsyncEngine, ids: list[int], params: SamplingParams, rid:
     if chat:
         yield chunk("", None, role=True)
     out: RequestOutput | None = None
-    async for out in server.stream(ids, params):  # leaving early (disconnect) aborts the request
+    async for out in server.stream_sequence(seq):  # leaving early (disconnect) aborts the request
         if out.text_delta or out.finished:
             yield chunk(out.text_delta, _reason(out.finish_reason) if out.finished else None)
     yield "data: [DONE]\n\n"
