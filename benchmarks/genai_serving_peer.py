@@ -8,7 +8,7 @@ A batch starts when the runtime is free, with the requests that have arrived (up
 --batch; if none has, it waits for the next). It runs until its longest request is done:
 every row decodes to the batch's largest output length (genai has one max_length per
 generator), and each request counts only its own tokens, timed at the step that produced
-its last one. Prints one JSON object (benchmarks/serving_workload.summarize) on stdout.
+its last one. Prints one JSON object (optimizer.workload.summarize) on stdout.
 """
 import argparse
 import json
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime_genai as og
 
-sys.path.insert(0, str(Path(__file__).parent))
-from serving_workload import load, run_static_batches, summarize  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from optimizer.workload import load, run_static_batches, summarize  # noqa: E402
 
 
 def load_model(engine_dir, threads):

@@ -1,4 +1,4 @@
-"""Quantization quality benchmark, in one go: our RTN / AWQ / GPTQ variants and llm-compressor's
+"""Quantization quality benchmark, in one go: our RTN / AWQ / GPTQ / FP8 variants and llm-compressor's
 AWQ / GPTQ on the same model, calibration windows and evaluation windows.
 
     python benchmarks/quant_quality.py --model <hf-folder | .gguf> --out bench-quant/ \\
@@ -34,6 +34,10 @@ OURS = {
     "gptq-int4-g64-sym": dict(method="gptq", bits=4, group_size=64, symmetric=True, act_order=True),
     "gptq-int4-g64-asym": dict(method="gptq", bits=4, group_size=64, symmetric=False, act_order=True),
     "rtn-int8-perchannel-sym": dict(method="rtn", bits=8, group_size=None, symmetric=True),
+    # FP8 W8A8 (E4M3), one variant per activation observer
+    "fp8-minmax": dict(method="fp8", bits=8, group_size=None, observer="minmax"),
+    "fp8-percentile": dict(method="fp8", bits=8, group_size=None, observer="percentile"),
+    "fp8-mse": dict(method="fp8", bits=8, group_size=None, observer="mse"),
 }
 PEERS = {
     "llmcompressor-gptq-int4-g64-sym": dict(algo="gptq", symmetric=True),

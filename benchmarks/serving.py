@@ -4,7 +4,7 @@ on one workload, in one run (CPU).
     python benchmarks/serving.py --engine ENGINE --hf-model HF_FOLDER \
         --genai-python <genai-venv>/bin/python --genai-engine <genai-int4-dir> --out bench-serving/
 
-Workload (benchmarks/serving_workload.py): 32 requests, prompt lengths uniform in 32..256
+Workload (optimizer/workload.py): 32 requests, prompt lengths uniform in 32..256
 (consecutive slices of the c4 text), output lengths uniform in 16..256 with EOS ignored,
 seed 0; all arriving at t=0, then the same requests with Poisson arrivals (--rate per s).
 
@@ -29,38 +29,16 @@ from pathlib import Path
 
 import torch
 
-from serving_workload import Request, dump, make_workload, run_static_batches, summarize
 from calibration.data import load_text
+from optimizer.workload import Request, dump, make_workload, run_static_batches, summarize
 from runtime import Engine, SamplingParams
+from runtime.replay import replay
 
 GENAI_PEER = Path(__file__).with_name("genai_serving_peer.py")
 
 
 def run_ours(engine: Engine, requests: list[Request], max_batch: int, prefill_chunk: int) -> dict:
-    llm = engine.llm(max_batch=max_batch, prefill_chunk=prefill_chunk)
-    llm.warmup()
-    index = {}
-    first, last, outputs = {}, {}, {}
-    pending = sorted(requests, key=lambda r: r.arrival)
-    start = time.perf_counter()
-    while pending or llm.has_work:
-        now = time.perf_counter() - start
-        while pending and pending[0].arrival <= now:
-            r = pending.pop(0)
-            seq = llm.add_request(r.prompt, SamplingParams(max_new_tokens=r.output_tokens, ignore_eos=True),
-                                  detokenize=False)
-            index[seq.request_id] = r.index
-        if not llm.has_work:
-            time.sleep(max(0.0, pending[0].arrival - now))
-            continue
-        outs = llm.step()
-        now = time.perf_counter() - start
-        for out in outs:
-            i = index[out.request_id]
-            first.setdefault(i, now)
-            if out.finished:
-                last[i], outputs[i] = now, out.seq.output_ids
-    result = summarize(requests, first, last, max(last.values()), outputs)
+    result, llm = replay(engine, requests, max_batch, prefill_chunk)
     result.update(system=f"ours: continuous batching, {llm.scheduler.max_running} slots, "
                          f"{engine.manifest['quantization'].get('bits', 'fp')}-bit engine",
                   preemptions=llm.scheduler.preemptions, slot_moves=getattr(llm.executor, "moves", 0))

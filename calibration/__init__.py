@@ -2,6 +2,7 @@
 
     result = quantize_model(loaded, QuantConfig(method="gptq", bits=4, group_size=64))
     result.codes["model.layers.0.self_attn.q_proj"]  # QuantizedLinear: codes, scales, zeros
+    #                                                   (Fp8Linear for method "fp8")
 
 After quantization the module's linears hold their dequantized weights (fake-quant), so the
 torch model computes what the engine computes; `codes` feeds the MatMulNBits lowering pass.
@@ -22,7 +23,7 @@ import torch
 from calibration.config import GROUP_SIZES, QuantConfig
 from calibration.data import parse_spec, token_windows, windows_hash
 from calibration.mappings import module_names
-from calibration.methods import awq_layer, gptq_layer, store_quantized
+from calibration.methods import awq_layer, fp8_layer, gptq_layer, store_quantized
 from calibration.rtn import QuantizedLinear, rtn_quantize
 from calibration.sequential import run_sequential
 from optimizer.errors import InputError
@@ -123,4 +124,5 @@ def quantize_lm_head(loaded: Any, cfg: QuantConfig, codes: dict[str, QuantizedLi
 METHOD_STEPS: dict[str, Callable[..., None]] = {
     "gptq": gptq_layer,
     "awq": awq_layer,
+    "fp8": fp8_layer,
 }

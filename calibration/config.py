@@ -8,7 +8,7 @@ from typing import Any
 from calibration.rtn import QuantSpec
 from optimizer.errors import InputError
 
-METHODS = ("rtn", "awq", "gptq")
+METHODS = ("rtn", "awq", "gptq", "fp8")  # fp8: W8A8 E4M3, per-channel weights, static activations
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128, 256)  # or None: per output channel
 DEFAULT_KEEP = ("lm_head", "*embed_tokens*")
@@ -33,6 +33,8 @@ class QuantConfig:
     batch_size: int = 8  # sequences per forward in the layer-by-layer driver
     lm_head_bits: int | None = None  # RTN-quantize the output projection too (untied from the
     #                                  embeddings, which stay float); None keeps it in float
+    observer: str = "minmax"  # fp8: activation-scale observer (calibration.fp8.OBSERVERS)
+    percentile: float = 99.99  # fp8, percentile observer: the |x| percentile mapped to 448
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -43,10 +45,12 @@ class QuantConfig:
         if self.group_size is not None and self.group_size not in GROUP_SIZES:
             raise InputError(f"unsupported group size {self.group_size}",
                              hint="group sizes: " + ", ".join(map(str, GROUP_SIZES)) + ", or 0 for per-channel")
-        if self.method in ("awq", "gptq") and not self.calib:
+        if self.method == "fp8":
+            self._validate_fp8()
+        if self.method in ("awq", "gptq", "fp8") and not self.calib:
             raise InputError(f"--method {self.method} needs calibration data",
                              hint="pass --calib SOURCE:NxL, e.g. --calib c4:128x512")
-        if self.method in ("awq", "gptq"):
+        if self.method in ("awq", "gptq", "fp8"):
             from calibration.data import check_source, parse_spec
 
             check_source(parse_spec(self.calib).source)
@@ -57,6 +61,26 @@ class QuantConfig:
                              hint="lm_head bits: " + ", ".join(map(str, BITS)) + ", or none to keep it in float")
         if self.awq_grid < 2:
             raise InputError(f"AWQ grid must have at least 2 points, got {self.awq_grid}")
+
+    def _validate_fp8(self) -> None:
+        from calibration.fp8 import OBSERVERS
+
+        if self.observer not in OBSERVERS:
+            raise InputError(f"unknown FP8 observer {self.observer!r}", hint="observers: " + ", ".join(OBSERVERS))
+        if not 50.0 < self.percentile <= 100.0:
+            raise InputError(f"percentile must be in (50, 100], got {self.percentile}")
+        if self.bits != 8 or self.group_size is not None or not self.symmetric:
+            raise InputError("FP8 is 8-bit, per-channel and symmetric: bits, group size and --asym do not apply",
+                             hint="drop --group-size / --asym with --quant fp8")
+        if self.lm_head_bits is not None:
+            raise InputError("--lm-head-bits applies to int4/int8; FP8 keeps the output projection in float",
+                             hint="drop --lm-head-bits with --quant fp8")
+
+    def describe(self) -> str:
+        if self.method == "fp8":
+            return f"fp8 W8A8 (E4M3, per-channel weights, {self.observer} activation scales)"
+        return (f"{self.method} int{self.bits} {'per-channel' if self.group_size is None else f'group {self.group_size}'}"
+                f" {'symmetric' if self.symmetric else 'asymmetric'}")
 
     @property
     def spec(self) -> QuantSpec:
@@ -71,4 +95,6 @@ class QuantConfig:
         d["keep"] = list(self.keep)
         if self.method == "rtn":
             d["calib"] = None
+        if self.method != "fp8":
+            del d["observer"], d["percentile"]
         return d

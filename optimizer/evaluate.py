@@ -41,7 +41,11 @@ def perplexity(logits_fn: LogitsFn, windows: np.ndarray,
 
 
 def engine_logits_fn(engine: Any) -> LogitsFn:
-    session = engine.session
+    return session_logits_fn(engine.session)
+
+
+def session_logits_fn(session: Any) -> LogitsFn:
+    """Whole-window logits from a runtime.session.DecoderSession (a prefill from an empty cache)."""
 
     def run(ids: np.ndarray) -> np.ndarray:
         n = ids.shape[1]

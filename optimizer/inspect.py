@@ -28,6 +28,21 @@ def kv_summary(kv: dict[str, Any]) -> str:
     return f"concat layout, {per_layer} (B, {kv['num_kv_heads']}, T, {kv['head_dim']})"
 
 
+def precision_notes(m: dict[str, Any]) -> list[str]:
+    """What a user should know about how this engine runs where."""
+    notes = []
+    if m["quantization"].get("method") == "fp8":
+        notes.append("FP8 W8A8 as QuantizeLinear/DequantizeLinear: onnxruntime's CPU runs it unfused "
+                     "(dequantize, then a float MatMul), correct but slower than the fp32 engine; FP8 GEMM "
+                     "speed needs a GPU with FP8 (TensorRT, or onnxruntime CUDA on sm89+)")
+    if m.get("target") == "tensorrt":
+        trt = m.get("tensorrt", {})
+        notes.append(f"target tensorrt: standard ONNX ops only (opset {trt.get('onnx_opset')}), "
+                     f"{len(trt.get('profiles', []))} optimization profiles; build a plan with "
+                     "`optimize build-trt ENGINE --out ENGINE/model.plan`; onnxruntime runs it as is")
+    return notes
+
+
 def render_manifest(m: dict[str, Any], path: Path, console: Console | None = None) -> None:
     out = console or Console(highlight=False)
     cfg = m["architecture"]["config"]
@@ -49,6 +64,8 @@ def render_manifest(m: dict[str, Any], path: Path, console: Console | None = Non
     quant = m["quantization"]
     out.print(f"[bold]dtype[/bold]        {m['dtype']}   [bold]quantization[/bold] "
               + ", ".join(f"{k}={v}" for k, v in quant.items()))
+    for line in precision_notes(m):
+        out.print(f"[bold]note[/bold]         {line}")
     out.print(f"[bold]kv cache[/bold]     {kv_summary(kv)}")
     if kv.get("attention") in ("GroupQueryAttention", "PagedAttention"):
         out.print(f"[bold]attention[/bold]    {kv['attention']}: right-padded batches, up to "

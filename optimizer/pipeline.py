@@ -16,9 +16,13 @@ import onnx
 import onnx_ir as ir
 
 from calibration import QuantConfig, quantize_model
+from calibration.data import parse_spec, token_windows, windows_hash
 from optimizer.artifact import EngineDir, check_output_dir, load_engine, staging_dir, write_manifest
 from optimizer.capture import DTYPES, DecoderDims, capture, decoder_dims, kv_names
 from optimizer.errors import InputError
+from optimizer.evaluate import perplexity, session_logits_fn, torch_logits_fn
+from optimizer.gate import DEFAULT_GATE_EVAL, GateFailed, check, failure_message, parse_limit
+from optimizer.identity import build_identity
 from optimizer.models.loader import LoadedModel, load_model
 from optimizer.progress import bar, console, step
 from optimizer.verify import verify_engine
@@ -32,6 +36,8 @@ EXTERNAL_DATA_THRESHOLD = 256 << 20  # weights larger than this go to model.onnx
 EXTERNAL_DATA_CHOICES = ("auto", "always", "never")
 DEFAULT_SLOTS = 16  # static / paged layouts: sequences decoded together
 DEFAULT_SLOT_CAPACITY = 1024  # static layout: positions per slot (bounded by the max sequence length)
+TARGETS = ("onnxruntime", "tensorrt")  # tensorrt: standard ONNX ops only, for TensorRT's ONNX parser
+STANDARD_DOMAINS = ("", "ai.onnx")
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,11 @@ class BuildOptions:
     dump_ir_after: tuple[str, ...] = ()  # pass names (or "all") whose output graph is dumped as text
     recipe: dict[str, Any] | None = None  # the resolved recipe, stored in the manifest
     architecture: str | None = None  # a recipe's architecture: the model must be of that family
+    target: str = "onnxruntime"  # onnxruntime (com.microsoft kernels) | tensorrt (standard ops only)
+    max_ppl_increase: str | None = None  # accuracy gate, e.g. "3%" or "0.5" (optimizer.gate)
+    gate_eval: str = DEFAULT_GATE_EVAL  # the gate's text, SOURCE:NxL
+    gate_baseline: float | None = None  # the baseline's perplexity on gate_eval; None: the source
+    #                                     model's, measured in transformers before quantization
     quiet: bool = False
 
     def validate(self) -> None:
@@ -76,9 +87,13 @@ class BuildOptions:
                                  hint="add lower-quantized-matmul to --passes, or drop --quant")
         validate_pass_names(self.passes)
         validate_pass_names([d for d in self.dump_ir_after if d != "all"], "--dump-ir-after pass")
+        validate_target(self)
         if self.max_seq_len is not None and self.max_seq_len < 1:
             raise InputError(f"max sequence length must be positive, got {self.max_seq_len}")
         validate_kv_options(self)
+        if self.max_ppl_increase is not None:
+            parse_limit(self.max_ppl_increase)
+            parse_spec(self.gate_eval)
         check_output_dir(self.out, self.overwrite)
 
 
@@ -95,16 +110,19 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
     if opts.architecture and opts.architecture != loaded.arch.name:
         raise InputError(f"the recipe is for {opts.architecture} models, and this model is {loaded.arch.name}",
                          hint=f"use a recipe for {loaded.arch.name} (recipes/{loaded.arch.name}-*.yaml)")
+    gate_windows, baseline = None, opts.gate_baseline
+    if opts.max_ppl_increase is not None:
+        gate_windows = eval_windows(loaded, opts.gate_eval)
+        if baseline is None:  # before quantization changes the model's weights
+            with step(f"accuracy gate: baseline perplexity of the source model ({opts.gate_eval})", q):
+                baseline = perplexity(torch_logits_fn(loaded.model), gate_windows)["perplexity"]
     quantization: dict[str, Any] = {"method": "none"}
     codes: dict[str, Any] = {}
     if opts.quant is not None:
-        cfg = opts.quant
-        with step(f"quantize: {cfg.method} int{cfg.bits} "
-                  f"{'per-channel' if cfg.group_size is None else f'group {cfg.group_size}'} "
-                  f"{'symmetric' if cfg.symmetric else 'asymmetric'}", q):
-            result = quantize_model(loaded, cfg, quiet=q)
+        with step(f"quantize: {opts.quant.describe()}", q):
+            result = quantize_model(loaded, opts.quant, quiet=q)
         codes = result.codes
-        quantization = {**result.manifest, "format": "MatMulNBits", "accuracy_level": opts.accuracy_level}
+        quantization = {**result.manifest, **weight_format_section(opts)}
     dims = decoder_dims(loaded.config, loaded.arch)
     with step(f"capture {loaded.arch.name} decoder ({dims.num_layers} layers, {opts.dtype})", q):
         with bar("layers", dims.num_layers, q) as advance:
@@ -112,31 +130,40 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
     max_positions = opts.max_seq_len or model_max_positions(loaded.config)
     with step("graph passes: " + (", ".join(opts.passes) or "none"), q):
         ctx = PassContext(codes, opts.accuracy_level, opts.dtype, max_positions, opts.kv_layout,
-                          opts.kv_block_size)
+                          opts.kv_block_size, "dequantize" if opts.target == "tensorrt" else "matmulnbits")
         model, pass_reports = run_passes(model, opts.passes, ctx, opts.dump_ir_after, ir_dump_dir(opts.out))
         for r in pass_reports:
             if not q:
                 console().print(f"  {r['name']}: {r['summary']}")
     if opts.dump_ir_after and not q:
         console().print(f"  graphs dumped to {ir_dump_dir(opts.out)}")
+    if opts.target == "tensorrt":
+        check_standard_ops(model)
     kv = kv_cache_section(dims, opts.dtype, attention_kind(model),
                           model.metadata_props.get(KV_LAYOUT_KEY, "concat"), max_positions, opts)
     with staging_dir(opts.out, opts.overwrite) as tmp:
         with step("write engine files", q):
-            model_info = write_model(model, tmp, opts.external_data)
+            model_info = write_model(model, tmp, opts.external_data, full_check=opts.target == "tensorrt")
             tokenizer_files = write_tokenizer(loaded, tmp)
         with step("verify engine against the torch model", q):
             exact = opts.dtype == "fp32" and opts.accuracy_level == 0
-            verification = verify_engine(tmp / MODEL_FILE, kv, loaded, "fp32" if exact else "approx")
+            exact = exact and quantization["method"] != "fp8"  # activations are quantized too
+            verification = verify_engine(tmp / MODEL_FILE, kv, loaded, "fp32" if exact else "approx",
+                                         quantization=quantization)
             if not q:
                 console().print(f"  max |logit diff| {verification['max_abs_logit_diff']:.2e}, "
                                 f"top-1 agreement {verification['top1_agreement']:.0%}")
+        gate = None
+        if gate_windows is not None:
+            with step(f"accuracy gate: perplexity through the engine ({opts.gate_eval})", q):
+                gate = engine_gate(tmp / MODEL_FILE, kv, quantization, gate_windows, baseline, opts)
         manifest = {
             "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "source": loaded.source,
             "architecture": {"name": loaded.arch.name, "model_type": loaded.config.model_type,
                              "config": json.loads(loaded.config.to_json_string(use_diff=False))},
             "dtype": opts.dtype,
+            "target": opts.target,
             "quantization": quantization,
             "passes": pass_reports,
             "recipe": opts.recipe,
@@ -146,10 +173,88 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
             "tokenizer": {"files": tokenizer_files},
             "verification": verification,
             "versions": tool_versions(),
+            "identity": build_identity(opts, loaded.source),
         }
+        if opts.target == "tensorrt":
+            manifest["tensorrt"] = tensorrt_section(model_info, kv, opts, max_positions)
+        if gate is not None:
+            manifest["gate"] = gate
         with step("checksums and manifest", q):
             write_manifest(tmp, manifest, quiet=q)
+    if gate is not None and not gate["passed"]:  # the engine stays, marked as failing
+        raise GateFailed(failure_message(f"the engine at {opts.out}", gate),
+                         hint="its manifest records the failure; `optimize serve` refuses it unless "
+                              "--allow-failed-gate")
     return load_engine(opts.out, verify=False)
+
+
+def eval_windows(loaded: LoadedModel, text_spec: str) -> Any:
+    if loaded.tokenizer is None:
+        raise InputError("the accuracy gate measures perplexity on text, and this model has no tokenizer",
+                         hint="pass --tokenizer with --random-weights, or drop --max-ppl-increase")
+    bos = loaded.config.bos_token_id if loaded.arch.needs_bos else None
+    return token_windows(loaded.tokenizer, parse_spec(text_spec), bos)
+
+
+def engine_gate(model_path: Path, kv: dict[str, Any], quantization: dict[str, Any], windows: Any,
+                baseline: float, opts: BuildOptions) -> dict[str, Any]:
+    """The gate's verdict on the engine being written (onnxruntime on its staged model file)."""
+    from runtime.session import DecoderSession, KvSpec
+
+    session = DecoderSession(model_path, KvSpec.from_manifest(kv), quantization=quantization)
+    ppl = perplexity(session_logits_fn(session), windows)["perplexity"]
+    return {**check(parse_limit(opts.max_ppl_increase), ppl, baseline), "eval": opts.gate_eval,
+            "windows_sha256": windows_hash(windows)}
+
+
+def validate_target(opts: BuildOptions) -> None:
+    """The TensorRT target runs only passes whose output is standard ONNX, on a concat cache."""
+    if opts.target not in TARGETS:
+        raise InputError(f"unknown target {opts.target!r}", hint="choose one of: " + ", ".join(TARGETS))
+    if opts.target != "tensorrt":
+        return
+    from passes import REGISTRY
+
+    onnxruntime_only = [p for p in opts.passes if "tensorrt" not in REGISTRY[p].targets]
+    if onnxruntime_only:
+        raise InputError(f"pass {onnxruntime_only[0]!r} emits onnxruntime-only ops, and --target tensorrt "
+                         "needs standard ONNX", hint="use --passes tensorrt (the default for this target); "
+                                                     "`optimize passes` lists each pass's targets")
+    if opts.quant is not None and opts.quant.method != "fp8" and not opts.quant.symmetric:
+        raise InputError("TensorRT's int4/int8 weight dequantization takes no zero points, so --asym "
+                         "weights cannot be built for --target tensorrt", hint="use --sym with --target tensorrt")
+    if opts.kv_layout not in ("auto", "concat"):
+        raise InputError(f"--kv-layout {opts.kv_layout} needs onnxruntime's attention kernels; "
+                         "the TensorRT target keeps attention in standard ops with a concat cache",
+                         hint="drop --kv-layout (or use concat) with --target tensorrt")
+
+
+def weight_format_section(opts: BuildOptions) -> dict[str, Any]:
+    """How the quantized weights are stored in the graph, for the manifest."""
+    if opts.quant.method == "fp8":
+        return {"format": "QDQ (float8e4m3fn, per-channel weights, per-tensor static activations)"}
+    if opts.target == "tensorrt":  # accuracy level: onnxruntime's DQ + MatMul -> MatMulNBits at load
+        return {"format": "DequantizeLinear (opset 21, blocked) + MatMul", "accuracy_level": opts.accuracy_level}
+    return {"format": "MatMulNBits", "accuracy_level": opts.accuracy_level}
+
+
+def check_standard_ops(model: ir.Model) -> None:
+    nonstandard = sorted({f"{n.domain}::{n.op_type}" for n in model.graph if n.domain not in STANDARD_DOMAINS})
+    if nonstandard:
+        raise InputError("the TensorRT target's graph still has non-standard ops: " + ", ".join(nonstandard),
+                         hint="this is a bug in the tensorrt pipeline; please report it with the model's config")
+
+
+def tensorrt_section(model_info: dict[str, Any], kv: dict[str, Any], opts: BuildOptions,
+                     max_positions: int) -> dict[str, Any]:
+    """Opset, precisions and the optimization profiles `optimize build-trt` gives TensorRT."""
+    from optimizer.tensorrt import tensorrt_manifest_section
+
+    quant = opts.quant
+    precisions = [] if quant is None else ["fp8" if quant.method == "fp8" else f"int{quant.bits}"]
+    max_seq = min(opts.kv_capacity or DEFAULT_SLOT_CAPACITY, max_positions)
+    return tensorrt_manifest_section(model_info["input_shapes"], opts.dtype, precisions,
+                                     opts.kv_slots or DEFAULT_SLOTS, max_seq)
 
 
 def validate_kv_options(opts: BuildOptions) -> None:
@@ -224,16 +329,18 @@ def ir_dump_dir(out: Path) -> Path:
     return out.with_name(out.name + ".ir")
 
 
-def write_model(model: ir.Model, directory: Path, external_data: str) -> dict[str, Any]:
+def write_model(model: ir.Model, directory: Path, external_data: str, full_check: bool = False) -> dict[str, Any]:
     weight_bytes = sum(v.const_value.nbytes for v in model.graph.initializers.values()
                        if v.const_value is not None)
     external = external_data == "always" or (external_data == "auto" and weight_bytes > EXTERNAL_DATA_THRESHOLD)
     path = directory / MODEL_FILE
     ir.save(model, path, external_data=DATA_FILE if external else None)
-    onnx.checker.check_model(str(path))  # by path: works with external data and > 2 GB
+    onnx.checker.check_model(str(path), full_check=full_check)  # by path: external data and > 2 GB
     return {"file": MODEL_FILE, "external_data": DATA_FILE if external else None,
             "weight_bytes": weight_bytes, "opset": dict(model.opset_imports),
             "inputs": [v.name for v in model.graph.inputs],
+            "input_shapes": [(v.name, [d if isinstance(d, int) else str(d) for d in v.shape])
+                             for v in model.graph.inputs],
             "outputs": [v.name for v in model.graph.outputs]}
 
 

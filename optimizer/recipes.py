@@ -4,7 +4,7 @@
     name: llama-int4-awq
     description: ...
     architecture: llama            # optional: the build fails if the model is another family
-    build:     {dtype: fp32, passes: default, accuracy_level: 4, max_seq_len: null, kv_layout: auto}
+    build:     {dtype: fp32, passes: default, target: onnxruntime, accuracy_level: 4, kv_layout: auto}
     quantization: {quant: int4, method: awq, group_size: 64, symmetric: false, lm_head_bits: 4, ...}
 
 Every key is checked: an unknown one is an error naming it and the closest valid key.
@@ -31,7 +31,8 @@ RECIPE_VERSION = 1
 @dataclass(frozen=True)
 class BuildSection:
     dtype: str = "fp32"
-    passes: str | list[str] = "default"  # a pipeline name or a list of pass names
+    passes: str | list[str] | None = None  # a pipeline name or pass names; None: the target's pipeline
+    target: str = "onnxruntime"  # onnxruntime | tensorrt (standard ONNX ops only)
     accuracy_level: int = 0
     max_seq_len: int | None = None
     external_data: str = "auto"
@@ -39,10 +40,16 @@ class BuildSection:
     kv_slots: int | None = None  # sequences batched together (static / paged)
     kv_capacity: int | None = None  # positions per slot (static)
 
+    def pipeline(self) -> str | list[str]:
+        """The passes to run: as given, else the target's own pipeline."""
+        if self.passes is not None:
+            return self.passes
+        return "tensorrt" if self.target == "tensorrt" else "default"
+
 
 @dataclass(frozen=True)
 class QuantSection:
-    quant: str = "none"  # none, int4, int8
+    quant: str = "none"  # none, int4, int8, fp8
     method: str = "rtn"
     group_size: int = 64  # 0 = per-channel
     symmetric: bool = True
@@ -51,6 +58,7 @@ class QuantSection:
     calib_seed: int | None = None
     keep: list[str] = field(default_factory=list)
     lm_head_bits: int | None = None
+    observer: str = "minmax"  # fp8: activation-scale observer (minmax, percentile, mse)
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,29 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def quant_config(qs: QuantSection, calib_allow_fewer: bool = False) -> Any:
+    """The calibration.QuantConfig a recipe's quantization section asks for (None: float)."""
+    from calibration.config import BITS, DEFAULT_KEEP, QuantConfig
+
+    if qs.quant == "none":
+        return None
+    if qs.quant == "fp8":
+        if qs.method not in ("rtn", "fp8"):  # rtn: the section's default, i.e. not given
+            raise InputError(f"--quant fp8 is its own method (W8A8 with calibrated activation scales), "
+                             f"not {qs.method}", hint="drop --method with --quant fp8")
+        return QuantConfig(method="fp8", bits=8, group_size=None, symmetric=qs.symmetric,
+                           observer=qs.observer, calib=qs.calib,
+                           calib_seed=qs.calib_seed, calib_allow_fewer=calib_allow_fewer,
+                           keep=DEFAULT_KEEP + tuple(qs.keep), lm_head_bits=qs.lm_head_bits)
+    if qs.quant not in {f"int{b}" for b in BITS}:
+        raise InputError(f"unsupported quantization {qs.quant!r}",
+                         hint="choose one of: none, fp8, " + ", ".join(f"int{b}" for b in BITS))
+    return QuantConfig(method=qs.method, bits=int(qs.quant[3:]), group_size=qs.group_size or None,
+                       symmetric=qs.symmetric, act_order=qs.act_order, calib=qs.calib, calib_seed=qs.calib_seed,
+                       calib_allow_fewer=calib_allow_fewer, keep=DEFAULT_KEEP + tuple(qs.keep),
+                       lm_head_bits=qs.lm_head_bits)
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -38,13 +38,14 @@ def probe_ids(loaded: LoadedModel, length: int = 16) -> list[int]:
 
 
 def verify_engine(model_path: Path, kv: dict[str, Any], loaded: LoadedModel, mode: str,
-                  provider: str = "cpu") -> dict[str, Any]:
+                  provider: str = "cpu", quantization: dict[str, Any] | None = None) -> dict[str, Any]:
     """mode "fp32": the engine must match to numerical noise; "approx" (fp16 compute, int8
     activations): the figures are recorded and only non-finite logits fail."""
     ids = probe_ids(loaded)
     with torch.no_grad():
         ref = loaded.model(input_ids=torch.tensor([ids])).logits[0].float().numpy()  # (N, V)
-    session = DecoderSession(model_path, KvSpec.from_manifest(kv), provider=provider)
+    session = DecoderSession(model_path, KvSpec.from_manifest(kv), provider=provider,
+                             quantization=quantization)
     n_prefill = len(ids) - DECODE_STEPS
     logits, cache = session.forward(np.asarray([ids[:n_prefill]]), np.ones((1, n_prefill)),
                                     np.arange(n_prefill)[None], session.empty_cache(1))

@@ -33,6 +33,7 @@ class PassContext:
     max_positions: int = 4096  # rotary caches of fused attention cover positions [0, max_positions)
     kv_layout: str = "auto"  # auto | static | paged | concat (auto: static where attention is fused)
     kv_block_size: int = 16  # tokens per block of the paged layout
+    weight_format: str = "matmulnbits"  # int4/int8 linears: matmulnbits (onnxruntime) | dequantize (standard ops)
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,11 @@ REGISTRY: dict[str, PassInfo] = {
     info.name: info
     for info in (
         PassInfo("lower-quantized-matmul", "quantized linears (MatMul + float weight) -> MatMulNBits "
-                                           "with packed int4/int8 codes, scales and zero points",
-                 lambda ctx: LowerQuantizedMatMul(ctx.codes, ctx.accuracy_level)),
+                                           "with packed int4/int8 codes, scales and zero points (or, for "
+                                           "standard-op targets, blocked DequantizeLinear + MatMul); FP8 "
+                                           "linears -> QuantizeLinear/DequantizeLinear around MatMul",
+                 lambda ctx: LowerQuantizedMatMul(ctx.codes, ctx.accuracy_level, ctx.weight_format),
+                 targets=("cpu", "cuda", "tensorrt")),
         PassInfo("fuse-rms-norm", "RMSNorm (Pow ReduceMean Add Sqrt Reciprocal Mul Mul) -> "
                                   "RMSNormalization (opset 23)",
                  lambda ctx: RulePass(fuse_rms_norm.RULES, "RMSNorm -> RMSNormalization",
@@ -68,19 +72,21 @@ REGISTRY: dict[str, PassInfo] = {
         PassInfo("fuse-activation", "SiLU (Mul(x, Sigmoid(x))) -> QuickGelu(alpha=1) (fp32 engines)",
                  lambda ctx: RulePass(fuse_activation.rules(ctx.dtype), "SiLU -> QuickGelu", uses_ms_domain=True)),
         PassInfo("fold-constants", "evaluates nodes whose inputs are all constants (onnxscript's folder)",
-                 lambda ctx: FoldConstants()),
+                 lambda ctx: FoldConstants(), targets=("cpu", "cuda", "tensorrt")),
         PassInfo("slice-logits", "the lm_head reads positions [logits_from, S) only (a new input): "
                                  "prefill computes the last position's logits, not all S",
-                 lambda ctx: SliceLogits()),
+                 lambda ctx: SliceLogits(), targets=("cpu", "cuda", "tensorrt")),
         PassInfo("kv-layout", "KV-cache interface: static slots written in place (GQA shared buffer), "
                               "paged blocks (GQA -> PagedAttention, CUDA), or concat",
-                 lambda ctx: KvCacheLayout(ctx.kv_layout, ctx.kv_block_size)),
+                 lambda ctx: KvCacheLayout(ctx.kv_layout, ctx.kv_block_size),
+                 targets=("cpu", "cuda", "tensorrt")),  # concat there: attention stays standard ops
         PassInfo("cse", "common subexpression elimination: merges identical nodes "
                         "(e.g. the per-layer views of shared RoPE tables)",
-                 lambda ctx: common.CommonSubexpressionEliminationPass()),
+                 lambda ctx: common.CommonSubexpressionEliminationPass(), targets=("cpu", "cuda", "tensorrt")),
         PassInfo("dead-code", "removes nodes whose outputs nothing uses, and unused opset imports",
                  lambda ctx: ir_passes.Sequential(common.RemoveUnusedNodesPass(),
-                                                  common.RemoveUnusedOpsetsPass())),
+                                                  common.RemoveUnusedOpsetsPass()),
+                 targets=("cpu", "cuda", "tensorrt")),
     )
 }
 
@@ -90,5 +96,8 @@ DEFAULT_PIPELINE: tuple[str, ...] = (
     "pack-qkv", "pack-gate-up", "fuse-activation", "fold-constants", "slice-logits", "kv-layout", "cse",
     "dead-code",
 )
+# Standard ONNX only (opset 21, no com.microsoft ops): norms, rotary and attention stay
+# decomposed, quantized weights become DequantizeLinear; the TensorRT target's default.
+TENSORRT_PIPELINE: tuple[str, ...] = ("lower-quantized-matmul", "fold-constants", "kv-layout", "cse", "dead-code")
 PIPELINES: dict[str, tuple[str, ...]] = {"default": DEFAULT_PIPELINE, "unfused": UNFUSED_PIPELINE,
-                                         "none": ()}
+                                         "tensorrt": TENSORRT_PIPELINE, "none": ()}

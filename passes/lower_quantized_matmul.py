@@ -1,7 +1,18 @@
-"""Lower quantized linears to onnxruntime's MatMulNBits (com.microsoft).
+"""Lower quantized linears into the engine: MatMulNBits, or standard DequantizeLinear forms.
 
 Capture writes every linear as MatMul(x, W^T) with an initializer named `<module>.weight`.
-For each module that calibration quantized, this pass replaces that MatMul with
+Each module that calibration quantized is lowered by its kind and the weight format:
+
+- int4 / int8, format "matmulnbits" (onnxruntime targets): one com.microsoft node, below;
+- int4 / int8, format "dequantize" (the TensorRT target: standard ops only):
+  MatMul(x, DequantizeLinear(codes, scale[, zero])) with blocked DQ (see _dq_weights);
+- FP8 W8A8, any format: the activation goes through QuantizeLinear -> DequantizeLinear
+  (float8e4m3fn, its static per-tensor scale; linears reading one tensor share the pair) and
+  the weight through per-channel DequantizeLinear: the Q/DQ form TensorRT fuses into FP8
+  GEMMs. onnxruntime's CPU runs it unfused (and must not apply its QDQ selector fusions,
+  which assume int8: see runtime.session.ort_workarounds).
+
+MatMulNBits replaces the MatMul with
 
     MatMulNBits(x, B, scales[, zero_points])  K=in, N=out, bits, block_size, accuracy_level
 
@@ -15,12 +26,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes as ir_passes
 
+from calibration.fp8 import Fp8Linear
 from calibration.rtn import QuantizedLinear
+from passes._dq_weights import DqWeight, fp8_dq_weight, integer_dq_weight
 from passes._match import MS_DOMAIN, add_initializer, ensure_ms_opset, replace_value
+
+WEIGHT_FORMATS = ("matmulnbits", "dequantize")
 
 
 @dataclass(frozen=True)
@@ -82,15 +98,21 @@ def _pack_rows(values: np.ndarray, bits: int) -> np.ndarray:
 
 
 class LowerQuantizedMatMul(ir_passes.InPlacePass):
-    def __init__(self, codes: dict[str, QuantizedLinear], accuracy_level: int = 0) -> None:
+    def __init__(self, codes: dict[str, QuantizedLinear | Fp8Linear], accuracy_level: int = 0,
+                 weight_format: str = "matmulnbits") -> None:
         super().__init__()
+        if weight_format not in WEIGHT_FORMATS:
+            raise ValueError(f"unknown weight format {weight_format!r}: {WEIGHT_FORMATS}")
         self.codes = codes
         self.accuracy_level = accuracy_level
+        self.weight_format = weight_format
+        self.notes: list[str] = []
 
     def call(self, model: ir.Model) -> ir_passes.PassResult:
         graph = model.graph
         by_initializer = {name + ".weight": q for name, q in self.codes.items()}
-        lowered = 0
+        self._activations: dict[tuple[int, float], ir.Value] = {}  # shared Q/DQ per input and scale
+        lowered: dict[str, int] = {}
         for node in list(graph):
             if node.op_type != "MatMul" or node.domain != "":
                 continue
@@ -99,23 +121,61 @@ class LowerQuantizedMatMul(ir_passes.InPlacePass):
             if q is None:
                 continue
             dtype = weight.const_value.dtype.numpy()
-            packed = pack(q, dtype)
-            n, k = q.qweight.shape
             base = weight.name.removesuffix(".weight")
-            inputs = [node.inputs[0],
-                      add_initializer(graph, base + ".qweight", packed.B),
-                      add_initializer(graph, base + ".scales", packed.scales)]
-            if packed.zero_points is not None:
-                inputs.append(add_initializer(graph, base + ".qzeros", packed.zero_points))
-            new = ir.node("MatMulNBits", inputs, domain=MS_DOMAIN, name=node.name,
-                          attributes={"K": k, "N": n, "bits": packed.bits, "block_size": packed.block_size,
-                                      "accuracy_level": self.accuracy_level})
+            if isinstance(q, Fp8Linear):
+                x = self._fp8_activation(graph, node, q.input_scale, dtype)
+                new = self._dq_nodes(graph, base, fp8_dq_weight(q, dtype))
+                new.append(ir.node("MatMul", [x, new[-1].outputs[0]], name=node.name))
+                kind = "FP8 Q/DQ"
+            elif self.weight_format == "dequantize":
+                new = self._dq_nodes(graph, base, integer_dq_weight(q, dtype))
+                new.append(ir.node("MatMul", [node.inputs[0], new[-1].outputs[0]], name=node.name))
+                kind = f"int{q.spec.bits} DequantizeLinear"
+            else:
+                new = [self._matmul_nbits(graph, node, base, q, dtype)]
+                kind = f"int{q.spec.bits} MatMulNBits"
             graph.insert_before(node, new)
-            replace_value(graph, node.outputs[0], new.outputs[0])
+            replace_value(graph, node.outputs[0], new[-1].outputs[0])
             graph.remove(node, safe=True)
             if not weight.uses():
                 del graph.initializers[weight.name]
-            lowered += 1
-        if lowered:
+            lowered[kind] = lowered.get(kind, 0) + 1
+        if any("MatMulNBits" in k for k in lowered):
             ensure_ms_opset(model)
-        return ir_passes.PassResult(model, modified=lowered > 0)
+        self.notes = [f"{n} linears -> {kind}" for kind, n in lowered.items()]
+        return ir_passes.PassResult(model, modified=bool(lowered))
+
+    def _matmul_nbits(self, graph: ir.Graph, node: ir.Node, base: str, q: QuantizedLinear,
+                      dtype: type) -> ir.Node:
+        packed = pack(q, dtype)
+        n, k = q.qweight.shape
+        inputs = [node.inputs[0],
+                  add_initializer(graph, base + ".qweight", packed.B),
+                  add_initializer(graph, base + ".scales", packed.scales)]
+        if packed.zero_points is not None:
+            inputs.append(add_initializer(graph, base + ".qzeros", packed.zero_points))
+        return ir.node("MatMulNBits", inputs, domain=MS_DOMAIN, name=node.name,
+                       attributes={"K": k, "N": n, "bits": packed.bits, "block_size": packed.block_size,
+                                   "accuracy_level": self.accuracy_level})
+
+    @staticmethod
+    def _dq_nodes(graph: ir.Graph, base: str, w: DqWeight) -> list[ir.Node]:
+        inputs = [add_initializer(graph, base + ".qweight", w.codes),
+                  add_initializer(graph, base + ".scales", w.scale)]
+        if w.zero_point is not None:
+            inputs.append(add_initializer(graph, base + ".qzeros", w.zero_point))
+        attributes = {"axis": w.axis} | ({"block_size": w.block_size} if w.block_size else {})
+        return [ir.node("DequantizeLinear", inputs, attributes=attributes, name=base + "/DequantizeWeight")]
+
+    def _fp8_activation(self, graph: ir.Graph, node: ir.Node, scale: float, dtype: type) -> ir.Value:
+        """x -> QuantizeLinear(E4M3) -> DequantizeLinear, once per (input, scale)."""
+        x = node.inputs[0]
+        key = (id(x), scale)
+        if key not in self._activations:
+            s = add_initializer(graph, node.name + ".input_scale", np.asarray(scale, dtype))
+            zero = add_initializer(graph, node.name + ".input_zero", np.asarray(0, ml_dtypes.float8_e4m3fn))
+            quant = ir.node("QuantizeLinear", [x, s, zero], name=node.name + "/QuantizeInput")
+            dequant = ir.node("DequantizeLinear", [quant.outputs[0], s], name=node.name + "/DequantizeInput")
+            graph.insert_before(node, [quant, dequant])
+            self._activations[key] = dequant.outputs[0]
+        return self._activations[key]

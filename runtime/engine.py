@@ -33,7 +33,8 @@ class Engine:
              verify: bool = True, quiet: bool = True) -> "Engine":
         engine_dir = load_engine(path, verify=verify, quiet=quiet)
         kv = KvSpec.from_manifest(engine_dir.manifest["kv_cache"])
-        session = DecoderSession(engine_dir.model_path, kv, provider=provider, threads=threads)
+        session = DecoderSession(engine_dir.model_path, kv, provider=provider, threads=threads,
+                                 quantization=engine_dir.manifest.get("quantization"))
         tokenizer = None
         if engine_dir.has_tokenizer:
             from transformers import AutoTokenizer

@@ -60,13 +60,30 @@ class KvSpec:
                    kv.get("block_size"), kv.get("num_blocks"))
 
 
-def make_session_options(threads: int | None) -> ort.SessionOptions:
+def make_session_options(threads: int | None, quantization: dict[str, Any] | None = None) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    # Standard-op engines (TensorRT target): onnxruntime fuses DequantizeLinear(int4) + MatMul
+    # into MatMulNBits at load, by default with int8 activations (accuracy level 4); use the
+    # engine's own accuracy level instead, so it computes what it was verified to compute.
+    level = (quantization or {}).get("accuracy_level", 0)
+    opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", str(level))
     return opts
+
+
+def disabled_optimizers(quantization: dict[str, Any] | None) -> tuple[str, ...]:
+    """onnxruntime graph optimizers to turn off for an engine, from its manifest's quantization.
+
+    FP8 engines: onnxruntime 1.2x-1.3x's QDQSelectorActionTransformer rewrites
+    DequantizeLinear(float8) -> MatMul into MatMulIntegerToFloat, whose kernel takes only
+    int8, and the session then fails to load ("Type 'tensor(float8e4m3fn)' ... of operator
+    (MatMulIntegerToFloat) is invalid"). Without it the Q/DQ graph runs as written (exactly)."""
+    if (quantization or {}).get("method") == "fp8":
+        return ("QDQSelectorActionTransformer",)
+    return ()
 
 
 def resolve_provider(provider: str) -> str:
@@ -82,13 +99,15 @@ def resolve_provider(provider: str) -> str:
 
 class DecoderSession:
     def __init__(self, model_path: Path, kv: KvSpec, provider: str = "cpu",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, quantization: dict[str, Any] | None = None) -> None:
+        """`quantization`: the manifest's section, which settles a few onnxruntime options."""
         self.kv = kv
         self.provider = resolve_provider(provider)
         if self.provider != PROVIDERS["cpu"] and hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # CUDA/cuDNN libraries from the pip-installed nvidia packages
-        self.session = ort.InferenceSession(str(model_path), make_session_options(threads),
-                                            providers=[self.provider])
+        self.session = ort.InferenceSession(str(model_path), make_session_options(threads, quantization),
+                                            providers=[self.provider],
+                                            disabled_optimizers=list(disabled_optimizers(quantization)) or None)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.input_names = {i.name for i in self.session.get_inputs()}
         self._np_dtype = _NP_DTYPES[kv.dtype]

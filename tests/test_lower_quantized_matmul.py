@@ -87,3 +87,55 @@ def test_per_channel_uses_kernel_block_sizes(bits, width):
     lowered = LowerQuantizedMatMul({"layer.proj": q}).call(model).model
     x = np.random.default_rng(2).standard_normal((3, width)).astype(np.float32)
     assert np.allclose(_run(lowered, x), x @ q.dequantize().numpy().T, atol=1e-4)
+
+
+def _run_qdq(model: ir.Model, x: np.ndarray) -> np.ndarray:
+    from runtime.session import disabled_optimizers
+
+    proto = ir.to_proto(model).SerializeToString()
+    session = ort.InferenceSession(proto, providers=["CPUExecutionProvider"],
+                                   disabled_optimizers=list(disabled_optimizers({"method": "fp8"})))
+    return session.run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("group", [32, 64, None])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_dequantize_format_is_standard_and_exact(bits, group, symmetric):
+    """The TensorRT target's form: DequantizeLinear (blocked / per-axis) -> MatMul."""
+    torch.manual_seed(1)
+    q = rtn_quantize(torch.randn(48, 128) * 0.05, QuantSpec(bits, group, symmetric))
+    deq = q.dequantize().numpy()
+    lowered = LowerQuantizedMatMul({"layer.proj": q}, weight_format="dequantize").call(
+        _linear_model(np.ascontiguousarray(deq.T))).model
+    assert [(n.op_type, n.domain) for n in lowered.graph] == [("DequantizeLinear", ""), ("MatMul", "")]
+    dq = next(iter(lowered.graph))
+    codes = lowered.graph.initializers["layer.proj.qweight"].const_value
+    expected = {(4, True): ir.DataType.INT4, (4, False): ir.DataType.UINT4,
+                (8, True): ir.DataType.INT8, (8, False): ir.DataType.UINT8}[bits, symmetric]
+    assert codes.dtype == expected
+    assert ("layer.proj.qzeros" in lowered.graph.initializers) == (not symmetric)
+    assert dq.attributes.get_int("block_size", 0) == (group or 0)
+    x = np.random.default_rng(0).standard_normal((5, 128)).astype(np.float32)
+    # onnxruntime fuses DQ(int4) + MatMul into MatMulNBits at load: accuracy level 0 keeps fp32 math
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
+    got = ort.InferenceSession(ir.to_proto(lowered).SerializeToString(), opts,
+                               providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.allclose(got, x @ deq.T, atol=1e-4)
+
+
+def test_fp8_lowering_quantizes_activations_and_weights():
+    from calibration.fp8 import fake_quant_fp8, quantize_linear_fp8
+
+    torch.manual_seed(2)
+    w = torch.randn(24, 64) * 0.05
+    q = quantize_linear_fp8(w, input_scale=0.01, observer="minmax")
+    lowered = LowerQuantizedMatMul({"layer.proj": q}).call(
+        _linear_model(np.ascontiguousarray(q.dequantize().numpy().T))).model
+    ops = [n.op_type for n in lowered.graph]
+    assert sorted(ops) == ["DequantizeLinear", "DequantizeLinear", "MatMul", "QuantizeLinear"]
+    assert lowered.graph.initializers["layer.proj.qweight"].const_value.dtype == ir.DataType.FLOAT8E4M3FN
+    x = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32) * 2  # some saturate
+    ref = fake_quant_fp8(torch.from_numpy(x), 0.01).numpy() @ q.dequantize().numpy().T
+    assert np.allclose(_run_qdq(lowered, x), ref, atol=1e-5)

@@ -50,7 +50,7 @@ def test_flags_override_recipe_values():
     recipe = parse_recipe({"version": 1, "quantization": {"quant": "int4", "group_size": 32}})
     merged = recipe.merged({"quantization": {"group_size": 64, "method": None}})
     assert merged.quantization.group_size == 64 and merged.quantization.method == "rtn"
-    assert Recipe().build.passes == "default"
+    assert Recipe().build.passes is None  # the target's pipeline
 
 
 def test_recipe_build_stores_resolved_recipe(tmp_path, smol_tokenizer_dir):

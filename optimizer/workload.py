@@ -1,5 +1,6 @@
-"""The serving benchmark's workload and its statistics, shared by every system timed (stdlib
-and numpy only, so the onnxruntime-genai peer can import it from its own interpreter)."""
+"""A serving workload and its statistics, shared by every system timed: the serving benchmark,
+its onnxruntime-genai peer and `optimize report` (stdlib only, so the peer can import it
+from its own interpreter with the repository on sys.path)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,99 @@
+"""FP8 (E4M3) W8A8: the number format, the observers, the per-layer step, and whole engines
+whose Q/DQ graph computes the torch model with fake-quantized weights and activations."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+
+from calibration import QuantConfig
+from calibration.fp8 import (E4M3_MAX, MinMaxObserver, MseObserver, PercentileObserver, fake_quant_fp8,
+                             mse_optimal_scale, quantize_linear_fp8, weight_scales)
+from optimizer.errors import InputError
+from optimizer.models.loader import load_model
+from optimizer.pipeline import BuildOptions, build_engine
+from runtime import Engine
+from runtime.sampling import SamplingParams
+
+CALIB = "tiny:8x64"
+
+
+def test_fake_quant_matches_the_e4m3_format():
+    x = torch.randn(1000) * 3
+    scale = 0.01
+    got = fake_quant_fp8(x, scale).numpy()
+    ref = np.clip(x.numpy() / scale, -E4M3_MAX, E4M3_MAX).astype(ml_dtypes.float8_e4m3fn).astype(np.float32) * scale
+    assert np.array_equal(got, ref)
+    assert np.abs(got).max() <= E4M3_MAX * scale  # saturates, never inf / nan
+
+
+def test_weight_scales_map_each_rows_max_to_448():
+    w = torch.randn(16, 64)
+    q = quantize_linear_fp8(w, 1.0, "minmax")
+    assert torch.allclose(weight_scales(w) * E4M3_MAX, w.abs().amax(1))
+    assert torch.allclose(q.weight.float().abs().amax(1), torch.full((16,), E4M3_MAX))
+    rel = ((q.dequantize() - w).abs() / w.abs().clamp(min=1e-3)).max()
+    assert rel <= 2 ** -4 + 1e-6  # 3 mantissa bits: round-to-nearest within half an ulp
+
+
+def test_observers_order_on_heavy_tailed_data():
+    torch.manual_seed(0)
+    x = torch.randn(64, 4096)
+    x[0, 0] = 200.0  # one outlier
+    scales = {}
+    for name, obs in (("minmax", MinMaxObserver()), ("percentile", PercentileObserver(99.9)), ("mse", MseObserver())):
+        for chunk in x.split(16):
+            obs.update(chunk)
+        scales[name] = obs.scale()
+    assert scales["minmax"] == pytest.approx(200.0 / E4M3_MAX)
+    assert scales["percentile"] < scales["minmax"] and scales["mse"] <= scales["minmax"]
+    sample = x.reshape(-1)
+    err = {k: float((fake_quant_fp8(sample, s) - sample).pow(2).mean()) for k, s in scales.items()}
+    assert err["mse"] <= min(err.values())  # E4M3's wide range: clipping the outlier rarely pays
+
+
+def test_mse_scale_is_the_best_of_its_grid():
+    sample = torch.randn(10000)
+    amax = float(sample.abs().max())
+    best = mse_optimal_scale(sample, amax, grid=10)
+    errors = [float((fake_quant_fp8(sample, amax * i / 10 / E4M3_MAX) - sample).pow(2).mean()) for i in range(1, 11)]
+    chosen = float((fake_quant_fp8(sample, best) - sample).pow(2).mean())
+    assert chosen == pytest.approx(min(errors))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(observer="histogram"), "unknown FP8 observer"),
+    (dict(symmetric=False), "per-channel and symmetric"),
+    (dict(lm_head_bits=8), "lm-head-bits"),
+    (dict(calib=None), "needs calibration data"),
+    (dict(percentile=20.0), "percentile"),
+])
+def test_bad_fp8_settings_are_refused(kwargs, match):
+    cfg = QuantConfig(**{"method": "fp8", "bits": 8, "group_size": None, "calib": CALIB, **kwargs})
+    with pytest.raises(InputError, match=match):
+        cfg.validate()
+
+
+@pytest.mark.parametrize("name,observer", [("llama", "minmax"), ("qwen2", "mse"), ("gemma3", "percentile")])
+def test_fp8_engine_computes_the_fake_quant_model(name, observer, tiny_hf_folders, tmp_path):
+    loaded = load_model(str(tiny_hf_folders[name]), quiet=True)
+    cfg = QuantConfig(method="fp8", bits=8, group_size=None, observer=observer, calib=CALIB)
+    engine_dir = build_engine(BuildOptions(out=tmp_path / "e", source=str(tiny_hf_folders[name]),
+                                           quant=cfg, quiet=True), loaded=loaded)
+    m = engine_dir.manifest
+    assert m["quantization"]["method"] == "fp8" and m["quantization"]["observer"] == observer
+    assert m["quantization"]["format"].startswith("QDQ")
+    layers = loaded.config.num_hidden_layers
+    delta = next(p for p in m["passes"] if p["name"] == "lower-quantized-matmul")["op_delta"]
+    # one activation Q/DQ per input tensor (q/k/v share one, gate/up share one), one DQ per weight
+    assert delta["QuantizeLinear"] == 4 * layers
+    assert delta["DequantizeLinear"] == 4 * layers + 7 * layers
+    assert "com.microsoft::MatMulNBits" not in delta
+    # the engine (fused attention, static cache) computes the torch model with the same fake quant
+    assert m["verification"]["max_abs_logit_diff"] < 1e-3 * max(1.0, m["verification"]["max_abs_reference_logit"])
+    assert m["verification"]["top1_agreement"] == 1.0
+    engine = Engine.load(engine_dir.path)
+    result = engine.generate("The capital of France is", SamplingParams(max_new_tokens=4, ignore_eos=True))
+    assert len(result.token_ids) == 4
