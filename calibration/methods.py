@@ -7,7 +7,7 @@ integer codes in `codes[module_name]` for lowering to MatMulNBits.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -44,21 +44,31 @@ def _capture_calls(work: LayerWork, modules: dict[str, torch.nn.Module]) -> dict
 
 # --- GPTQ --------------------------------------------------------------------------------
 
-def gptq_layer(work: LayerWork, cfg: QuantConfig, codes: dict[str, QuantizedLinear], arch: Any = None) -> None:
-    firsts = [g for g in INPUT_GROUPS if any(r in work.linears for r in g)]
-    hessians: dict[str, HessianAccumulator] = {}
+def observe_shared_inputs(work: LayerWork, new_stat: Callable[[str], Any],
+                          update: Callable[[Any, torch.Tensor], None]) -> dict[str, Any]:
+    """Run the layer once, feeding each group of linears that read one tensor (INPUT_GROUPS)
+    into one statistic made by new_stat(first role); returns role -> its group's statistic."""
+    stats: dict[str, Any] = {}
     handles = []
-    for group in firsts:
-        role = next(r for r in group if r in work.linears)
-        acc = HessianAccumulator(work.linears[role].in_features)
-        for r in group:
-            hessians[r] = acc
-        handles.append(work.linears[role].register_forward_pre_hook(lambda _m, args, acc=acc: acc.add(args[0])))
+    for group in INPUT_GROUPS:
+        present = [r for r in group if r in work.linears]
+        if not present:
+            continue
+        stat = new_stat(present[0])
+        stats.update({r: stat for r in present})
+        handles.append(work.linears[present[0]].register_forward_pre_hook(
+            lambda _m, args, stat=stat: update(stat, args[0])))
     try:
         work.run()
     finally:
         for h in handles:
             h.remove()
+    return stats
+
+
+def gptq_layer(work: LayerWork, cfg: QuantConfig, codes: dict[str, QuantizedLinear], arch: Any = None) -> None:
+    hessians = observe_shared_inputs(work, lambda role: HessianAccumulator(work.linears[role].in_features),
+                                     lambda acc, x: acc.add(x))
     for role, linear in work.linears.items():
         q = gptq_quantize(linear.weight, hessians[role].H, cfg.spec, act_order=cfg.act_order, damp=cfg.damp)
         store_quantized(linear, q, work.names[role], codes)
@@ -71,20 +81,8 @@ def fp8_layer(work: LayerWork, cfg: QuantConfig, codes: dict, arch: Any = None) 
     share one observer, so they share one activation scale and one Q/DQ pair in the engine),
     quantize the weights per channel, and from here on fake-quantize the inputs: later layers
     are calibrated on what the engine will compute, and verification compares like with like."""
-    observers, handles = {}, []
-    for group in INPUT_GROUPS:
-        present = [r for r in group if r in work.linears]
-        if not present:
-            continue
-        obs = make_observer(cfg.observer, cfg.percentile)
-        observers.update({r: obs for r in present})
-        handles.append(work.linears[present[0]].register_forward_pre_hook(
-            lambda _m, args, obs=obs: obs.update(args[0])))
-    try:
-        work.run()
-    finally:
-        for h in handles:
-            h.remove()
+    observers = observe_shared_inputs(work, lambda _role: make_observer(cfg.observer, cfg.percentile),
+                                      lambda obs, x: obs.update(x))
     for role, linear in work.linears.items():
         q = quantize_linear_fp8(linear.weight, observers[role].scale(), cfg.observer)
         linear.weight.data.copy_(q.dequantize().to(linear.weight.dtype))
