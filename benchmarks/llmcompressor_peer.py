@@ -1,10 +1,12 @@
 """llm-compressor as the peer in benchmarks/quant_quality.py; runs in llm-compressor's own venv.
 
     <llmc-venv>/bin/python benchmarks/llmcompressor_peer.py --model <hf-folder> \\
-        --calib-windows calib.npy --eval-windows eval.npy --algo gptq|awq [--asym]
+        --calib-windows calib.npy --eval-windows eval.npy --algo gptq|awq|fp8 [--asym]
 
-Same calibration windows, int4 group 64, lm_head kept; GPTQ with static act-order, AWQ with
-n_grid 10 (as in the project's reference figures). Prints one JSON line: the fake-quant torch
+Same calibration windows, lm_head kept. gptq / awq: int4 group 64, GPTQ with static
+act-order, AWQ with n_grid 10 (as in the project's reference figures). fp8: W8A8 E4M3 as ours
+(per-channel weights, one static per-tensor activation scale from calibration: min-max),
+through QuantizationModifier. Prints one JSON line: the fake-quant torch
 model's perplexity on the evaluation windows (the same NLL code as ours), the wall time of
 `oneshot`, and the process's peak RSS.
 
@@ -29,7 +31,7 @@ def main() -> None:
     p.add_argument("--model", required=True)
     p.add_argument("--calib-windows", required=True)
     p.add_argument("--eval-windows", required=True)
-    p.add_argument("--algo", choices=["gptq", "awq"], required=True)
+    p.add_argument("--algo", choices=["gptq", "awq", "fp8"], required=True)
     p.add_argument("--asym", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--awq-grid", type=int, default=10)
@@ -53,7 +55,12 @@ def main() -> None:
     calib = np.load(args.calib_windows)
     ds = Dataset.from_dict({"input_ids": calib.tolist(), "attention_mask": np.ones_like(calib).tolist()})
     weights = dict(num_bits=4, type="int", symmetric=not args.asym, strategy="group", group_size=64)
-    if args.algo == "gptq":
+    if args.algo == "fp8":
+        fp8 = dict(num_bits=8, type="float", symmetric=True)
+        scheme = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(**fp8, strategy="channel"),
+                                    input_activations=QuantizationArgs(**fp8, strategy="tensor", dynamic=False))
+        recipe = [QuantizationModifier(config_groups={"group_0": scheme}, ignore=["lm_head"])]
+    elif args.algo == "gptq":
         scheme = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(**weights, actorder="static"))
         recipe = [GPTQModifier(config_groups={"group_0": scheme}, ignore=["lm_head"], block_size=128,
                                dampening_frac=0.01)]

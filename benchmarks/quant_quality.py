@@ -38,12 +38,17 @@ OURS = {
     "fp8-minmax": dict(method="fp8", bits=8, group_size=None, observer="minmax"),
     "fp8-percentile": dict(method="fp8", bits=8, group_size=None, observer="percentile"),
     "fp8-mse": dict(method="fp8", bits=8, group_size=None, observer="mse"),
+    # FP8 with GPTQ-rounded weights, then also with SmoothQuant migration (alpha 0.3)
+    "fp8-minmax-gptq": dict(method="fp8", bits=8, group_size=None, observer="minmax", fp8_weights="gptq"),
+    "fp8-minmax-gptq-smooth0.3": dict(method="fp8", bits=8, group_size=None, observer="minmax",
+                                      fp8_weights="gptq", smooth=0.3),
 }
 PEERS = {
     "llmcompressor-gptq-int4-g64-sym": dict(algo="gptq", symmetric=True),
     "llmcompressor-gptq-int4-g64-asym": dict(algo="gptq", symmetric=False),
     "llmcompressor-awq-int4-g64-asym": dict(algo="awq", symmetric=False),
     "llmcompressor-awq-int4-g64-sym": dict(algo="awq", symmetric=True),
+    "llmcompressor-fp8-w8a8-static": dict(algo="fp8", symmetric=True),
 }
 
 

@@ -12,6 +12,7 @@ METHODS = ("rtn", "awq", "gptq", "fp8")  # fp8: W8A8 E4M3, per-channel weights, 
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128, 256)  # or None: per output channel
 DEFAULT_KEEP = ("lm_head", "*embed_tokens*")
+FP8_WEIGHT_ROUNDING = ("nearest", "gptq")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class QuantConfig:
     #                                  embeddings, which stay float); None keeps it in float
     observer: str = "minmax"  # fp8: activation-scale observer (calibration.fp8.OBSERVERS)
     percentile: float = 99.99  # fp8, percentile observer: the |x| percentile mapped to 448
+    smooth: float | None = None  # fp8: SmoothQuant migration strength alpha in [0, 1]; None: off
+    fp8_weights: str = "nearest"  # fp8: weight rounding, "nearest" or "gptq" (error-compensated)
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -54,6 +57,8 @@ class QuantConfig:
             from calibration.data import check_source, parse_spec
 
             check_source(parse_spec(self.calib).source)
+        if self.smooth is not None and self.method != "fp8":
+            raise InputError("--smooth applies to --quant fp8 only", hint="drop --smooth, or use --quant fp8")
         if self.act_order and self.method != "gptq":
             raise InputError("--act-order applies to --method gptq only")
         if self.lm_head_bits is not None and self.lm_head_bits not in BITS:
@@ -69,6 +74,12 @@ class QuantConfig:
             raise InputError(f"unknown FP8 observer {self.observer!r}", hint="observers: " + ", ".join(OBSERVERS))
         if not 50.0 < self.percentile <= 100.0:
             raise InputError(f"percentile must be in (50, 100], got {self.percentile}")
+        if self.fp8_weights not in FP8_WEIGHT_ROUNDING:
+            raise InputError(f"unknown FP8 weight rounding {self.fp8_weights!r}",
+                             hint="choose one of: " + ", ".join(FP8_WEIGHT_ROUNDING))
+        if self.smooth is not None and not 0.0 <= self.smooth <= 1.0:
+            raise InputError(f"smoothing strength must be in [0, 1], got {self.smooth}",
+                             hint="e.g. --smooth 0.5 (SmoothQuant's default)")
         if self.bits != 8 or self.group_size is not None or not self.symmetric:
             raise InputError("FP8 is 8-bit, per-channel and symmetric: bits, group size and --asym do not apply",
                              hint="drop --group-size / --asym with --quant fp8")
@@ -78,7 +89,9 @@ class QuantConfig:
 
     def describe(self) -> str:
         if self.method == "fp8":
-            return f"fp8 W8A8 (E4M3, per-channel weights, {self.observer} activation scales)"
+            smooth = "" if self.smooth is None else f", smoothed (alpha {self.smooth})"
+            gptq = ", GPTQ-rounded weights" if self.fp8_weights == "gptq" else ""
+            return f"fp8 W8A8 (E4M3, per-channel weights{gptq}, {self.observer} activation scales{smooth})"
         return (f"{self.method} int{self.bits} {'per-channel' if self.group_size is None else f'group {self.group_size}'}"
                 f" {'symmetric' if self.symmetric else 'asymmetric'}")
 
@@ -96,5 +109,5 @@ class QuantConfig:
         if self.method == "rtn":
             d["calib"] = None
         if self.method != "fp8":
-            del d["observer"], d["percentile"]
+            del d["observer"], d["percentile"], d["smooth"], d["fp8_weights"]
         return d

@@ -12,6 +12,14 @@ nearest even, saturating: ONNX QuantizeLinear's default) and read back as q * s.
                 stretching the scale);
     mse         s = the candidate c * max|x| / 448 (c in a grid over (0, 1]) with the least
                 squared quantization error on the calibration sample.
+
+Optional smoothing (SmoothQuant's migration, `smooth=alpha`): before observing, each input
+channel j of a linear group is divided by s_j = max|x_j|^alpha / max|W_:,j|^(1 - alpha)
+(folded into the op that feeds the group: a norm's weight, or the previous linear's rows) and
+the group's weight columns are multiplied by s_j; the float model is unchanged. E4M3 keeps
+~2^17 of dynamic range per tensor, and a per-tensor scale set by a few huge activation
+channels pushes the ordinary channels towards its subnormal range; smoothing narrows the
+activations' spread and moves it into the weights, whose scales are per row.
 """
 
 from __future__ import annotations
@@ -40,6 +48,13 @@ def fake_quant_fp8(x: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor
 def weight_scales(w: torch.Tensor) -> torch.Tensor:
     """(out,) per-output-channel scales of a (out, in) weight."""
     return (w.detach().float().abs().amax(dim=1) / E4M3_MAX).clamp(min=1e-12)
+
+
+def smoothing_scales(x_absmax: torch.Tensor, w_absmax: torch.Tensor, alpha: float) -> torch.Tensor:
+    """(in,) s_j = max|x_j|^alpha / max|W_:,j|^(1-alpha), with dead channels left alone (s = 1)."""
+    x, w = x_absmax.float(), w_absmax.float()
+    s = x.clamp(min=1e-5).pow(alpha) / w.clamp(min=1e-5).pow(1 - alpha)
+    return torch.where((x > 0) & (w > 0), s, torch.ones_like(s)).clamp(min=1e-5)
 
 
 @dataclass

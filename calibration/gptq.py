@@ -36,6 +36,45 @@ class HessianAccumulator:
         self.n = total
 
 
+def inverse_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:
+    """Hinv: the upper Cholesky factor of (H + damp * mean(diag H) * I)^-1 (H is modified)."""
+    H.diagonal().add_(damp * torch.mean(torch.diag(H)))
+    L = torch.linalg.cholesky(H)
+    return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+
+
+def gptq_fp8(W: torch.Tensor, H: torch.Tensor, *, damp: float = 0.01,
+             block_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """GPTQ on the E4M3 grid: each row's scale is fixed from the original weights
+    (max|w_row| / 448, as round-to-nearest FP8 uses), then columns are rounded to E4M3 left to
+    right, each column's error spread over the columns not yet rounded. Returns (codes (out,
+    in) float8_e4m3fn, scales (out,)). Pure function: neither argument is modified."""
+    from calibration.fp8 import fake_quant_fp8, quantize_fp8, weight_scales
+
+    W = W.detach().float().clone()
+    H = H.detach().float().clone()
+    scales = weight_scales(W)
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    Hinv = inverse_cholesky(H, damp)
+    n_in = W.shape[1]
+    Q = torch.zeros_like(W)
+    for i1 in range(0, n_in, block_size):
+        i2 = min(i1 + block_size, n_in)
+        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
+        Err1 = torch.zeros_like(W1)
+        for i in range(i2 - i1):
+            w = W1[:, i]
+            q = fake_quant_fp8(w, scales)
+            Q[:, i1 + i] = q
+            err = (w - q) / Hinv1[i, i]
+            W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    return quantize_fp8(Q, scales.unsqueeze(1)), scales
+
+
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, *, act_order: bool = False,
                   damp: float = 0.01, block_size: int = 128) -> QuantizedLinear:
     """Quantize W (out, in) against Hessian H (in, in). Returns codes and parameters in the
@@ -60,9 +99,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, *, act_orde
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(n_in)
     W, H = W[:, perm], H[perm][:, perm]
 
-    H.diagonal().add_(damp * torch.mean(torch.diag(H)))
-    L = torch.linalg.cholesky(H)
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+    Hinv = inverse_cholesky(H, damp)
 
     Q = torch.zeros_like(W)
     scale_cols = torch.zeros(out, n_in)  # per original column position in permuted order

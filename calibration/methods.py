@@ -13,8 +13,8 @@ import torch
 
 from calibration import awq
 from calibration.config import QuantConfig
-from calibration.fp8 import fake_quant_fp8, make_observer, quantize_linear_fp8
-from calibration.gptq import HessianAccumulator, gptq_quantize
+from calibration.fp8 import Fp8Linear, fake_quant_fp8, make_observer, quantize_linear_fp8, smoothing_scales
+from calibration.gptq import HessianAccumulator, gptq_fp8, gptq_quantize
 from calibration.mappings import INPUT_GROUPS, awq_mappings
 from calibration.rtn import QuantizedLinear, rtn_quantize
 from calibration.sequential import LayerWork
@@ -56,8 +56,10 @@ def observe_shared_inputs(work: LayerWork, new_stat: Callable[[str], Any],
             continue
         stat = new_stat(present[0])
         stats.update({r: stat for r in present})
-        handles.append(work.linears[present[0]].register_forward_pre_hook(
-            lambda _m, args, stat=stat: update(stat, args[0])))
+        def hook(_m, args, stat=stat) -> None:  # returns None: the input passes through unchanged
+            update(stat, args[0])
+
+        handles.append(work.linears[present[0]].register_forward_pre_hook(hook))
     try:
         work.run()
     finally:
@@ -80,15 +82,47 @@ def fp8_layer(work: LayerWork, cfg: QuantConfig, codes: dict, arch: Any = None) 
     """Observe each linear's input over the calibration set (linears reading the same tensor
     share one observer, so they share one activation scale and one Q/DQ pair in the engine),
     quantize the weights per channel, and from here on fake-quantize the inputs: later layers
-    are calibrated on what the engine will compute, and verification compares like with like."""
+    are calibrated on what the engine will compute, and verification compares like with like.
+    With cfg.smooth, activation outliers are first migrated into the weights (smooth_layer);
+    with cfg.fp8_weights "gptq" the weights are rounded by GPTQ on the E4M3 grid."""
+    if cfg.smooth is not None:
+        smooth_layer(work, cfg.smooth, arch)
     observers = observe_shared_inputs(work, lambda _role: make_observer(cfg.observer, cfg.percentile),
                                       lambda obs, x: obs.update(x))
+    hessians = None
+    if cfg.fp8_weights == "gptq":
+        hessians = observe_shared_inputs(work, lambda role: HessianAccumulator(work.linears[role].in_features),
+                                         lambda acc, x: acc.add(x))
     for role, linear in work.linears.items():
-        q = quantize_linear_fp8(linear.weight, observers[role].scale(), cfg.observer)
+        if hessians is not None:
+            fp8_codes, scales = gptq_fp8(linear.weight, hessians[role].H, damp=cfg.damp)
+            q = Fp8Linear(fp8_codes, scales, float(observers[role].scale()), cfg.observer)
+        else:
+            q = quantize_linear_fp8(linear.weight, observers[role].scale(), cfg.observer)
         linear.weight.data.copy_(q.dequantize().to(linear.weight.dtype))
         linear.register_forward_pre_hook(
             lambda _m, args, s=q.input_scale: (fake_quant_fp8(args[0], s), *args[1:]))
         codes[work.names[role]] = q
+
+
+def smooth_layer(work: LayerWork, alpha: float, arch: Any) -> None:
+    """SmoothQuant's migration on each smoothing pair of the layer (awq_mappings: norm -> q/k/v,
+    norm -> gate/up, up -> down; v -> o where shapes allow): exact in float."""
+    absmax = observe_shared_inputs(work, lambda role: torch.zeros(work.linears[role].in_features),
+                                   lambda acc, x: torch.maximum(acc, x.detach().abs().reshape(-1, x.shape[-1])
+                                                                .amax(0).float(), out=acc))
+    for m in awq_mappings(arch):
+        linears = [work.linears[r] for r in m.linears if r in work.linears]
+        if len(linears) != len(m.linears):
+            continue  # part of the group is kept in float
+        prev = work.linears.get(m.prev) if m.prev_kind == "linear" else work.layer.get_submodule(m.prev)
+        if prev is None or (m.prev_kind == "linear" and prev.out_features != linears[0].in_features):
+            continue  # v -> o under GQA
+        w_absmax = torch.stack([lin.weight.detach().abs().amax(0).float() for lin in linears]).amax(0)
+        s = smoothing_scales(absmax[m.linears[0]], w_absmax, alpha)
+        for lin in linears:
+            lin.weight.data.mul_(s.to(lin.weight.dtype))
+        _scale_prev_down(prev, m.prev_kind, s.to(prev.weight.dtype), arch)
 
 
 # --- AWQ ---------------------------------------------------------------------------------

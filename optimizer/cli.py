@@ -81,14 +81,19 @@ def main() -> None:
               help="Static layout: positions per slot (prompt + output) [default: min(max seq len, 1024)].")
 @click.option("--external-data", default=None, type=click.Choice(["auto", "always", "never"]),
               help="Weights in model.onnx.data [default: auto].")
-@click.option("--target", default=None, type=click.Choice(["onnxruntime", "tensorrt"]),
-              help="onnxruntime (its fused kernels), or tensorrt: standard ONNX ops only, for "
-                   "`optimize build-trt` [default: onnxruntime].")
+@click.option("--target", default=None, type=click.Choice(["onnxruntime", "onnxruntime-cuda", "tensorrt"]),
+              help="onnxruntime (its fused kernels, CPU and CUDA), onnxruntime-cuda (may use CUDA-only "
+                   "kernels: FP8 -> MatMulBlockQuantizedFp8Weight; built and verified where CUDA is), "
+                   "or tensorrt: standard ONNX ops only, for `optimize build-trt` [default: onnxruntime].")
 @click.option("--quant", default=None, help="Quantization: none, int4, int8 (weights), fp8 (W8A8 E4M3) "
                                             "[default: none].")
-@click.option("--method", default=None, help="Quantization method: rtn, awq, gptq [default: rtn].")
+@click.option("--method", default=None, help="Quantization method: rtn, awq, gptq [default: rtn]; with "
+                                             "--quant fp8, gptq rounds the FP8 weights by GPTQ.")
 @click.option("--observer", default=None, type=click.Choice(["minmax", "percentile", "mse"]),
               help="FP8: how calibration picks the activation scales [default: minmax].")
+@click.option("--smooth", default=None, type=float,
+              help="FP8: migrate activation outliers into the weights first (SmoothQuant), strength "
+                   "alpha in [0, 1], e.g. 0.3 [default: off].")
 @click.option("--group-size", default=None, type=int, help="Quantization group size; 0 = per-channel [default: 64].")
 @click.option("--asym/--sym", "asym", default=None, help="Asymmetric (zero points) or symmetric [default: sym].")
 @click.option("--act-order", is_flag=True, default=None, help="GPTQ: quantize columns in decreasing Hessian order.")
@@ -114,6 +119,7 @@ def model_cmd(source: str | None, out: Path, recipe: Path | None, dtype: str | N
               dump_ir_after: tuple[str, ...], max_seq_len: int | None, kv_layout: str | None,
               kv_slots: int | None, kv_capacity: int | None, external_data: str | None,
               target: str | None, quant: str | None, method: str | None, observer: str | None,
+              smooth: float | None,
               group_size: int | None, asym: bool | None,
               act_order: bool | None, calib: str | None, calib_seed: int | None, calib_allow_fewer: bool,
               keep: tuple[str, ...], lm_head_bits: str | None, accuracy_level: int | None,
@@ -129,7 +135,8 @@ def model_cmd(source: str | None, out: Path, recipe: Path | None, dtype: str | N
         "build": {"dtype": dtype, "passes": passes, "accuracy_level": accuracy_level,
                   "max_seq_len": max_seq_len, "external_data": external_data, "kv_layout": kv_layout,
                   "kv_slots": kv_slots, "kv_capacity": kv_capacity, "target": target},
-        "quantization": {"quant": quant, "method": method, "observer": observer, "group_size": group_size,
+        "quantization": {"quant": quant, "method": method, "observer": observer, "smooth": smooth,
+                         "group_size": group_size,
                          "symmetric": None if asym is None else not asym, "act_order": act_order,
                          "calib": calib, "calib_seed": calib_seed, "keep": list(keep) or None,
                          "lm_head_bits": None if lm_head_bits in (None, "none") else int(lm_head_bits)},

@@ -31,7 +31,11 @@ def kv_summary(kv: dict[str, Any]) -> str:
 def precision_notes(m: dict[str, Any]) -> list[str]:
     """What a user should know about how this engine runs where."""
     notes = []
-    if m["quantization"].get("method") == "fp8":
+    quant = m["quantization"]
+    if quant.get("method") == "fp8" and quant.get("provider") == "cuda":
+        notes.append("FP8 W8A8 in onnxruntime's CUDA kernel MatMulBlockQuantizedFp8Weight: this engine "
+                     "runs on the CUDA provider only (--provider cuda)")
+    elif quant.get("method") == "fp8":
         notes.append("FP8 W8A8 as QuantizeLinear/DequantizeLinear: onnxruntime's CPU runs it unfused "
                      "(dequantize, then a float MatMul), correct but slower than the fp32 engine; FP8 GEMM "
                      "speed needs a GPU with FP8 (TensorRT, or onnxruntime CUDA on sm89+)")

@@ -36,7 +36,11 @@ EXTERNAL_DATA_THRESHOLD = 256 << 20  # weights larger than this go to model.onnx
 EXTERNAL_DATA_CHOICES = ("auto", "always", "never")
 DEFAULT_SLOTS = 16  # static / paged layouts: sequences decoded together
 DEFAULT_SLOT_CAPACITY = 1024  # static layout: positions per slot (bounded by the max sequence length)
-TARGETS = ("onnxruntime", "tensorrt")  # tensorrt: standard ONNX ops only, for TensorRT's ONNX parser
+# onnxruntime: kernels of onnxruntime's CPU and CUDA providers; onnxruntime-cuda: may use
+# CUDA-only kernels (FP8: MatMulBlockQuantizedFp8Weight), verified on the CUDA provider;
+# tensorrt: standard ONNX ops only, for TensorRT's ONNX parser
+TARGETS = ("onnxruntime", "onnxruntime-cuda", "tensorrt")
+WEIGHT_FORMATS = {"onnxruntime": "matmulnbits", "onnxruntime-cuda": "cuda", "tensorrt": "dequantize"}
 STANDARD_DOMAINS = ("", "ai.onnx")
 
 
@@ -64,7 +68,7 @@ class BuildOptions:
     dump_ir_after: tuple[str, ...] = ()  # pass names (or "all") whose output graph is dumped as text
     recipe: dict[str, Any] | None = None  # the resolved recipe, stored in the manifest
     architecture: str | None = None  # a recipe's architecture: the model must be of that family
-    target: str = "onnxruntime"  # onnxruntime (com.microsoft kernels) | tensorrt (standard ops only)
+    target: str = "onnxruntime"  # onnxruntime | onnxruntime-cuda (CUDA-only kernels) | tensorrt (standard ops)
     max_ppl_increase: str | None = None  # accuracy gate, e.g. "3%" or "0.5" (optimizer.gate)
     gate_eval: str = DEFAULT_GATE_EVAL  # the gate's text, SOURCE:NxL
     gate_baseline: float | None = None  # the baseline's perplexity on gate_eval; None: the source
@@ -130,7 +134,7 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
     max_positions = opts.max_seq_len or model_max_positions(loaded.config)
     with step("graph passes: " + (", ".join(opts.passes) or "none"), q):
         ctx = PassContext(codes, opts.accuracy_level, opts.dtype, max_positions, opts.kv_layout,
-                          opts.kv_block_size, "dequantize" if opts.target == "tensorrt" else "matmulnbits")
+                          opts.kv_block_size, WEIGHT_FORMATS[opts.target])
         model, pass_reports = run_passes(model, opts.passes, ctx, opts.dump_ir_after, ir_dump_dir(opts.out))
         for r in pass_reports:
             if not q:
@@ -149,7 +153,7 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
             # FP8 quantizes activations too: no longer the float model to numerical noise
             exact = opts.dtype == "fp32" and opts.accuracy_level == 0 and quantization["method"] != "fp8"
             verification = verify_engine(tmp / MODEL_FILE, kv, loaded, "fp32" if exact else "approx",
-                                         quantization=quantization)
+                                         provider=verify_provider(opts), quantization=quantization)
             if not q:
                 console().print(f"  max |logit diff| {verification['max_abs_logit_diff']:.2e}, "
                                 f"top-1 agreement {verification['top1_agreement']:.0%}")
@@ -201,7 +205,8 @@ def engine_gate(model_path: Path, kv: dict[str, Any], quantization: dict[str, An
     """The gate's verdict on the engine being written (onnxruntime on its staged model file)."""
     from runtime.session import DecoderSession, KvSpec
 
-    session = DecoderSession(model_path, KvSpec.from_manifest(kv), quantization=quantization)
+    session = DecoderSession(model_path, KvSpec.from_manifest(kv), provider=verify_provider(opts),
+                             quantization=quantization)
     ppl = perplexity(session_logits_fn(session), windows)["perplexity"]
     return {**check(parse_limit(opts.max_ppl_increase), ppl, baseline), "eval": opts.gate_eval,
             "windows_sha256": windows_hash(windows)}
@@ -211,6 +216,8 @@ def validate_target(opts: BuildOptions) -> None:
     """The TensorRT target runs only passes whose output is standard ONNX, on a concat cache."""
     if opts.target not in TARGETS:
         raise InputError(f"unknown target {opts.target!r}", hint="choose one of: " + ", ".join(TARGETS))
+    if opts.target == "onnxruntime-cuda":
+        validate_cuda_target(opts)
     if opts.target != "tensorrt":
         return
     from passes import REGISTRY
@@ -229,8 +236,31 @@ def validate_target(opts: BuildOptions) -> None:
                          hint="drop --kv-layout (or use concat) with --target tensorrt")
 
 
+def validate_cuda_target(opts: BuildOptions) -> None:
+    """onnxruntime-cuda engines are verified on the CUDA provider: it must be here, and FP8's
+    CUDA kernel takes float16 / bfloat16 activations only."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise InputError("--target onnxruntime-cuda builds an engine that uses CUDA-only kernels and is "
+                         "verified on onnxruntime's CUDA provider, which this onnxruntime does not have",
+                         hint="build on a machine with an NVIDIA GPU and onnxruntime-gpu installed, or use "
+                              "--target onnxruntime (runs on CPU and CUDA)")
+    if opts.quant is not None and opts.quant.method == "fp8" and opts.dtype != "fp16":
+        raise InputError(f"onnxruntime's CUDA FP8 kernel takes float16 activations; --dtype is {opts.dtype}",
+                         hint="use --dtype fp16 with --target onnxruntime-cuda")
+
+
+def verify_provider(opts: BuildOptions) -> str:
+    return "cuda" if opts.target == "onnxruntime-cuda" else "cpu"
+
+
 def weight_format_section(opts: BuildOptions) -> dict[str, Any]:
-    """How the quantized weights are stored in the graph, for the manifest."""
+    """How the quantized weights are stored in the graph, for the manifest (`provider`: the
+    execution provider the engine needs, where its kernels exist on one only)."""
+    if opts.quant.method == "fp8" and opts.target == "onnxruntime-cuda":
+        return {"format": "MatMulBlockQuantizedFp8Weight (float8e4m3fn, per-channel weights, "
+                          "per-tensor static activations)", "provider": "cuda"}
     if opts.quant.method == "fp8":
         return {"format": "QDQ (float8e4m3fn, per-channel weights, per-tensor static activations)"}
     if opts.target == "tensorrt":  # accuracy level: onnxruntime's DQ + MatMul -> MatMulNBits at load

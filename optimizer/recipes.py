@@ -32,7 +32,7 @@ RECIPE_VERSION = 1
 class BuildSection:
     dtype: str = "fp32"
     passes: str | list[str] | None = None  # a pipeline name or pass names; None: the target's pipeline
-    target: str = "onnxruntime"  # onnxruntime | tensorrt (standard ONNX ops only)
+    target: str = "onnxruntime"  # onnxruntime | onnxruntime-cuda (CUDA-only kernels) | tensorrt (standard ops)
     accuracy_level: int = 0
     max_seq_len: int | None = None
     external_data: str = "auto"
@@ -59,6 +59,7 @@ class QuantSection:
     keep: list[str] = field(default_factory=list)
     lm_head_bits: int | None = None
     observer: str = "minmax"  # fp8: activation-scale observer (minmax, percentile, mse)
+    smooth: float | None = None  # fp8: SmoothQuant migration strength in [0, 1]; None: off
 
 
 @dataclass(frozen=True)
@@ -89,11 +90,12 @@ def quant_config(qs: QuantSection, calib_allow_fewer: bool = False) -> Any:
     if qs.quant == "none":
         return None
     if qs.quant == "fp8":
-        if qs.method not in ("rtn", "fp8"):  # rtn: the section's default, i.e. not given
-            raise InputError(f"--quant fp8 is its own method (W8A8 with calibrated activation scales), "
-                             f"not {qs.method}", hint="drop --method with --quant fp8")
+        if qs.method not in ("rtn", "fp8", "gptq"):  # rtn: the section's default, i.e. not given
+            raise InputError(f"--quant fp8 rounds its weights to nearest or by GPTQ, not {qs.method}",
+                             hint="drop --method, or use --method gptq, with --quant fp8")
         return QuantConfig(method="fp8", bits=8, group_size=None, symmetric=qs.symmetric,
-                           observer=qs.observer, calib=qs.calib,
+                           fp8_weights="gptq" if qs.method == "gptq" else "nearest",
+                           observer=qs.observer, smooth=qs.smooth, calib=qs.calib,
                            calib_seed=qs.calib_seed, calib_allow_fewer=calib_allow_fewer,
                            keep=DEFAULT_KEEP + tuple(qs.keep), lm_head_bits=qs.lm_head_bits)
     if qs.quant not in {f"int{b}" for b in BITS}:

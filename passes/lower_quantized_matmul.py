@@ -6,11 +6,16 @@ Each module that calibration quantized is lowered by its kind and the weight for
 - int4 / int8, format "matmulnbits" (onnxruntime targets): one com.microsoft node, below;
 - int4 / int8, format "dequantize" (the TensorRT target: standard ops only):
   MatMul(x, DequantizeLinear(codes, scale[, zero])) with blocked DQ (see _dq_weights);
-- FP8 W8A8, any format: the activation goes through QuantizeLinear -> DequantizeLinear
-  (float8e4m3fn, its static per-tensor scale; linears reading one tensor share the pair) and
-  the weight through per-channel DequantizeLinear: the Q/DQ form TensorRT fuses into FP8
-  GEMMs. onnxruntime's CPU runs it unfused (and must not apply its QDQ selector fusions,
-  which assume int8: see runtime.session.ort_workarounds).
+- FP8 W8A8, formats "matmulnbits" / "dequantize": the activation goes through
+  QuantizeLinear -> DequantizeLinear (float8e4m3fn, its static per-tensor scale; linears
+  reading one tensor share the pair) and the weight through per-channel DequantizeLinear:
+  the Q/DQ form TensorRT fuses into FP8 GEMMs. onnxruntime runs it unfused (and must not
+  apply its QDQ selector fusions, which assume int8: see runtime.session.disabled_optimizers).
+- FP8 W8A8, format "cuda" (the onnxruntime-cuda target): one com.microsoft
+  MatMulBlockQuantizedFp8Weight node, onnxruntime's CUDA FP8-weight kernel:
+  (x, B (N, K) float8e4m3fn, b_scale (N, 1) float32, a_scale ()) with block_size = K, so the
+  one block per row is the per-channel scale, and a_scale quantizes x to E4M3 in the kernel
+  (W8A8 numerics, the same as the Q/DQ form). int4 / int8 stay MatMulNBits.
 
 MatMulNBits replaces the MatMul with
 
@@ -36,7 +41,8 @@ from calibration.rtn import QuantizedLinear
 from passes._dq_weights import DqWeight, fp8_dq_weight, integer_dq_weight
 from passes._match import MS_DOMAIN, add_initializer, ensure_ms_opset, replace_value
 
-WEIGHT_FORMATS = ("matmulnbits", "dequantize")
+WEIGHT_FORMATS = ("matmulnbits", "dequantize", "cuda")  # cuda: matmulnbits + the CUDA FP8 kernel
+FP8_WEIGHT_OP = "MatMulBlockQuantizedFp8Weight"
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,13 @@ def _pack_rows(values: np.ndarray, bits: int) -> np.ndarray:
     return (padded[:, 0::2] | (padded[:, 1::2] << 4)).astype(np.uint8)
 
 
+def fp8_rows(q: Fp8Linear) -> tuple[np.ndarray, np.ndarray]:
+    """The CUDA FP8 kernel's weight: codes (N, K) float8e4m3fn (the torch layout, exact: the
+    values are E4M3 already) and one float32 scale per row, shaped (N, 1) (one block of K)."""
+    codes = q.weight.float().numpy().astype(ml_dtypes.float8_e4m3fn)
+    return np.ascontiguousarray(codes), q.scales.numpy().astype(np.float32).reshape(-1, 1)
+
+
 class LowerQuantizedMatMul(ir_passes.InPlacePass):
     def __init__(self, codes: dict[str, QuantizedLinear | Fp8Linear], accuracy_level: int = 0,
                  weight_format: str = "matmulnbits") -> None:
@@ -122,7 +135,10 @@ class LowerQuantizedMatMul(ir_passes.InPlacePass):
                 continue
             dtype = weight.const_value.dtype.numpy()
             base = weight.name.removesuffix(".weight")
-            if isinstance(q, Fp8Linear):
+            if isinstance(q, Fp8Linear) and self.weight_format == "cuda":
+                new = [self._fp8_weight_node(graph, node, base, q)]
+                kind = f"FP8 {FP8_WEIGHT_OP}"
+            elif isinstance(q, Fp8Linear):
                 x = self._fp8_activation(graph, node, q.input_scale, dtype)
                 new = self._dq_nodes(graph, base, fp8_dq_weight(q, dtype))
                 new.append(ir.node("MatMul", [x, new[-1].outputs[0]], name=node.name))
@@ -140,7 +156,7 @@ class LowerQuantizedMatMul(ir_passes.InPlacePass):
             if not weight.uses():
                 del graph.initializers[weight.name]
             lowered[kind] = lowered.get(kind, 0) + 1
-        if any("MatMulNBits" in k for k in lowered):
+        if any("MatMulNBits" in k or FP8_WEIGHT_OP in k for k in lowered):
             ensure_ms_opset(model)
         self.notes = [f"{n} linears -> {kind}" for kind, n in lowered.items()]
         return ir_passes.PassResult(model, modified=bool(lowered))
@@ -157,6 +173,15 @@ class LowerQuantizedMatMul(ir_passes.InPlacePass):
         return ir.node("MatMulNBits", inputs, domain=MS_DOMAIN, name=node.name,
                        attributes={"K": k, "N": n, "bits": packed.bits, "block_size": packed.block_size,
                                    "accuracy_level": self.accuracy_level})
+
+    @staticmethod
+    def _fp8_weight_node(graph: ir.Graph, node: ir.Node, base: str, q: Fp8Linear) -> ir.Node:
+        codes, row_scales = fp8_rows(q)
+        inputs = [node.inputs[0], add_initializer(graph, base + ".qweight", codes),
+                  add_initializer(graph, base + ".scales", row_scales),
+                  add_initializer(graph, base + ".input_scale", np.asarray(q.input_scale, np.float32))]
+        return ir.node(FP8_WEIGHT_OP, inputs, domain=MS_DOMAIN, name=node.name,
+                       attributes={"block_size": codes.shape[1]})
 
     @staticmethod
     def _dq_nodes(graph: ir.Graph, base: str, w: DqWeight) -> list[ir.Node]:

@@ -1,7 +1,10 @@
-"""Pack sibling projections that read the same input into one MatMul / MatMulNBits.
+"""Pack sibling projections that read the same input into one MatMul / MatMulNBits / FP8 node.
 
     y_i = MatMul(x, W_i)                 -> Split(MatMul(x, Concat(W_i, axis=1)))
     y_i = MatMulNBits(x, B_i, s_i, z_i)  -> Split(MatMulNBits(x, Concat(B_i), Concat(s_i), Concat(z_i)))
+    y_i = MatMulBlockQuantizedFp8Weight(x, B_i, s_i, a)
+                                         -> Split(MatMulBlockQuantizedFp8Weight(x, Concat(B_i), Concat(s_i), a))
+                                            (siblings sharing one activation scale a: q/k/v, gate/up)
 
 One weight read and one kernel launch instead of three (q/k/v: `pack-qkv`) or two
 (gate/up: `pack-gate-up`); the codes, scales and zero points are concatenated along N, so
@@ -20,9 +23,14 @@ import onnx_ir.passes as ir_passes
 from onnx_ir.passes import common
 
 from passes._match import MS_DOMAIN, add_initializer, attr, replace_value
+from passes.lower_quantized_matmul import FP8_WEIGHT_OP
 
 I64 = np.int64
-_NBITS_ATTRS = ("K", "bits", "block_size", "accuracy_level")
+# the com.microsoft kinds: attributes that must agree, and the inputs concatenated along N
+# (the rest are shared: they must be the same constant in every sibling)
+_ATTRS = {"MatMulNBits": ("K", "bits", "block_size", "accuracy_level"), FP8_WEIGHT_OP: ("block_size",)}
+_CONCATENATED = {"MatMulNBits": {1: ".qweight", 2: ".scales", 3: ".qzeros"},
+                 FP8_WEIGHT_OP: {1: ".qweight", 2: ".scales"}}
 
 
 @dataclass
@@ -66,9 +74,9 @@ class PackSiblingMatMuls(ir_passes.InPlacePass):
 def _kind(node: ir.Node) -> str | None:
     if node.op_type == "MatMul" and node.domain == "" and _const(node.inputs[1], 2):
         return "MatMul"
-    if (node.op_type == "MatMulNBits" and node.domain == MS_DOMAIN and len(node.inputs) <= 4
+    if (node.op_type in _ATTRS and node.domain == MS_DOMAIN and len(node.inputs) <= 4
             and all(_const(v) for v in node.inputs[1:] if v is not None)):
-        return "MatMulNBits"
+        return node.op_type
     return None
 
 
@@ -84,14 +92,25 @@ def _compatible(nodes: list[ir.Node]) -> bool:
     if kinds == {"MatMul"}:
         w = [n.inputs[1].const_value for n in nodes]
         return len({t.shape[0] for t in w}) == 1 and len({t.dtype for t in w}) == 1
-    keys = {tuple(attr(n, a, 0) for a in _NBITS_ATTRS) + (len(n.inputs),
-                                                          n.inputs[2].const_value.dtype) for n in nodes}
-    return len(keys) == 1
+    op = nodes[0].op_type
+    keys = {tuple(attr(n, a, 0) for a in _ATTRS[op]) + (len(n.inputs), n.inputs[2].const_value.dtype)
+            for n in nodes}
+    shared = [i for i in range(1, len(nodes[0].inputs)) if i not in _CONCATENATED[op]]
+    return len(keys) == 1 and all(_same_constant([n.inputs[i] for n in nodes]) for i in shared)
+
+
+def _same_constant(values: list[ir.Value | None]) -> bool:
+    if any(v is None for v in values):
+        return all(v is None for v in values)
+    arrays = [v.const_value.numpy() for v in values]
+    return all(a.shape == arrays[0].shape and (a == arrays[0]).all() for a in arrays[1:])
 
 
 def _width(node: ir.Node) -> int:
     if node.op_type == "MatMul":
         return node.inputs[1].const_value.shape[1]
+    if node.op_type == FP8_WEIGHT_OP:
+        return node.inputs[1].const_value.shape[0]  # B is (N, K)
     return attr(node, "N")
 
 
@@ -117,14 +136,19 @@ def _pack(graph: ir.Graph, nodes: list[ir.Node]) -> ir.Node:
         packed = ir.node("MatMul", [first.inputs[0], add_initializer(graph, base + ".weight", weight)],
                          name=base)
     else:
+        op = first.op_type
         inputs = [first.inputs[0]]
-        for i, suffix in ((1, ".qweight"), (2, ".scales"), (3, ".qzeros")):
-            if len(first.inputs) > i and first.inputs[i] is not None:
-                arrays = [s.node.inputs[i].const_value.numpy() for s in siblings]
-                inputs.append(add_initializer(graph, base + suffix, np.concatenate(arrays, axis=0)))
-        attributes = {a: attr(first, a) for a in _NBITS_ATTRS}
-        attributes["N"] = sum(s.n for s in siblings)
-        packed = ir.node("MatMulNBits", inputs, attributes, domain=MS_DOMAIN, name=base)
+        for i in range(1, len(first.inputs)):
+            suffix = _CONCATENATED[op].get(i)
+            if suffix is None or first.inputs[i] is None:  # shared (checked equal) or absent
+                inputs.append(first.inputs[i])
+                continue
+            arrays = [s.node.inputs[i].const_value.numpy() for s in siblings]
+            inputs.append(add_initializer(graph, base + suffix, np.concatenate(arrays, axis=0)))
+        attributes = {a: attr(first, a) for a in _ATTRS[op]}
+        if op == "MatMulNBits":
+            attributes["N"] = sum(s.n for s in siblings)
+        packed = ir.node(op, inputs, attributes, domain=MS_DOMAIN, name=base)
     chain = [packed]
     if with_bias:
         bias = np.concatenate([_bias_array(s) for s in siblings])

@@ -103,6 +103,12 @@ class DecoderSession:
         """`quantization`: the manifest's section, which settles a few onnxruntime options."""
         self.kv = kv
         self.provider = resolve_provider(provider)
+        needs = (quantization or {}).get("provider")  # engines with one provider's kernels only
+        if needs and self.provider != PROVIDERS.get(needs, needs):
+            raise EngineError(f"this engine's quantized linears use {needs}-only onnxruntime kernels "
+                              f"({quantization.get('format', '')}), and it was opened on {self.provider}",
+                              hint=f"use provider {needs!r} (--provider {needs}), or rebuild with "
+                                   "--target onnxruntime for an engine that runs on CPU too")
         if self.provider != PROVIDERS["cpu"] and hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # CUDA/cuDNN libraries from the pip-installed nvidia packages
         self.session = ort.InferenceSession(str(model_path), make_session_options(threads, quantization),

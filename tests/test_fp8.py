@@ -97,3 +97,101 @@ def test_fp8_engine_computes_the_fake_quant_model(name, observer, tiny_hf_folder
     engine = Engine.load(engine_dir.path)
     result = engine.generate("The capital of France is", SamplingParams(max_new_tokens=4, ignore_eos=True))
     assert len(result.token_ids) == 4
+
+
+def test_cuda_target_needs_the_cuda_provider_and_fp16(tmp_path, monkeypatch):
+    """--target onnxruntime-cuda is verified on CUDA: refused where onnxruntime has no CUDA
+    provider, and FP8's CUDA kernel takes fp16 activations; nothing is written either way."""
+    import onnxruntime as ort
+
+    cfg = QuantConfig(method="fp8", bits=8, group_size=None, calib=CALIB)
+    opts = BuildOptions(out=tmp_path / "e", random_weights=True, config="tiny-llama", quant=cfg,
+                        target="onnxruntime-cuda", dtype="fp16")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(InputError, match="CUDA provider"):
+        opts.validate()
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    opts.validate()
+    with pytest.raises(InputError, match="float16"):
+        BuildOptions(out=tmp_path / "e", random_weights=True, config="tiny-llama", quant=cfg,
+                     target="onnxruntime-cuda", dtype="fp32").validate()
+    assert not (tmp_path / "e").exists()
+
+
+def test_cuda_only_engine_is_refused_on_cpu(tmp_path):
+    from optimizer.errors import EngineError
+    from runtime.session import DecoderSession, KvSpec
+
+    kv = KvSpec(1, 1, 8, "fp16", "past.{i}.key", "past.{i}.value", "present.{i}.key", "present.{i}.value")
+    quantization = {"method": "fp8", "format": "MatMulBlockQuantizedFp8Weight (...)", "provider": "cuda"}
+    with pytest.raises(EngineError, match="cuda-only") as err:
+        DecoderSession(tmp_path / "model.onnx", kv, provider="cpu", quantization=quantization)
+    assert "--provider cuda" in err.value.hint
+
+
+def test_smoothing_scales_balance_activations_and_weights():
+    from calibration.fp8 import smoothing_scales
+
+    x = torch.tensor([100.0, 1.0, 0.0, 4.0])
+    w = torch.tensor([1.0, 1.0, 2.0, 0.0])
+    s = smoothing_scales(x, w, alpha=0.5)
+    assert torch.allclose(s[:2], torch.tensor([10.0, 1.0]))  # sqrt(max x / max w)
+    assert s[2] == 1.0 and s[3] == 1.0  # dead channels are left alone
+    # after migration the activation and weight maxima of a channel are equal at alpha 0.5
+    assert torch.allclose(x[:2] / s[:2], w[:2] * s[:2])
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma3"])  # gemma3: norms with a (1 + w) offset
+def test_smoothing_leaves_the_float_model_unchanged(name, tiny_hf_folders):
+    """Migration is exact in float: the model computes the same logits, with different weights."""
+    from calibration.mappings import module_names
+    from calibration.methods import smooth_layer
+    from calibration.sequential import run_sequential
+
+    loaded = load_model(str(tiny_hf_folders[name]), quiet=True)
+    ids = torch.randint(0, loaded.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = loaded.model(input_ids=ids).logits
+    down = module_names(loaded.arch, 0)["down"]
+    w_before = loaded.model.get_submodule(down).weight.detach().clone()
+    windows = np.random.default_rng(0).integers(0, loaded.config.vocab_size, (4, 32))
+    run_sequential(loaded.model, loaded.arch, windows, 4, lambda work: smooth_layer(work, 0.5, loaded.arch),
+                   keep=lambda n: False, quiet=True)
+    with torch.no_grad():
+        after = loaded.model(input_ids=ids).logits
+    assert not torch.equal(loaded.model.get_submodule(down).weight, w_before)
+    assert torch.allclose(after, before, atol=1e-4 * max(1.0, before.abs().max().item()))
+
+
+def test_smooth_is_fp8_only():
+    with pytest.raises(InputError, match="--smooth"):
+        QuantConfig(method="rtn", smooth=0.5).validate()
+    with pytest.raises(InputError, match="smoothing strength"):
+        QuantConfig(method="fp8", bits=8, group_size=None, smooth=1.5, calib=CALIB).validate()
+
+
+def test_gptq_fp8_rounds_to_e4m3_with_less_output_error():
+    """GPTQ on the E4M3 grid keeps round-to-nearest's per-row scales and E4M3 codes, and
+    on correlated inputs gives a smaller output error than rounding each weight to nearest."""
+    from calibration.gptq import HessianAccumulator, gptq_fp8
+
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(32, 96, generator=g) * 0.05
+    X = torch.randn(512, 8, generator=g) @ torch.randn(8, 96, generator=g) + 0.1 * torch.randn(512, 96, generator=g)
+    acc = HessianAccumulator(96)
+    acc.add(X)
+    codes, scales = gptq_fp8(W, acc.H)
+    assert codes.dtype == torch.float8_e4m3fn and torch.equal(scales, weight_scales(W))
+    nearest = quantize_linear_fp8(W, 1.0, "minmax").dequantize()
+    gptq = codes.float() * scales.unsqueeze(1)
+    err = lambda Wq: float(((X @ (W - Wq).T) ** 2).mean())  # noqa: E731
+    assert err(gptq) < 0.7 * err(nearest)
+
+
+def test_fp8_gptq_from_the_cli_options():
+    from optimizer.recipes import QuantSection, quant_config
+
+    cfg = quant_config(QuantSection(quant="fp8", method="gptq", calib=CALIB))
+    assert cfg.method == "fp8" and cfg.fp8_weights == "gptq" and "GPTQ" in cfg.describe()
+    with pytest.raises(InputError, match="not awq"):
+        quant_config(QuantSection(quant="fp8", method="awq", calib=CALIB))

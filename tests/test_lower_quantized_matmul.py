@@ -139,3 +139,28 @@ def test_fp8_lowering_quantizes_activations_and_weights():
     x = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32) * 2  # some saturate
     ref = fake_quant_fp8(torch.from_numpy(x), 0.01).numpy() @ q.dequantize().numpy().T
     assert np.allclose(_run_qdq(lowered, x), ref, atol=1e-5)
+
+
+def test_cuda_format_lowers_fp8_to_the_cuda_kernel_exactly():
+    """--target onnxruntime-cuda: one MatMulBlockQuantizedFp8Weight per FP8 linear, whose
+    arrays reproduce the fake-quant weight exactly (codes (N, K) E4M3 x one float32 scale per
+    row, block = K) and carry the static activation scale. The kernel is CUDA-only: its
+    numerics are checked on the GPU by the build's verification (benchmarks/fp8_gpu.py)."""
+    from calibration.fp8 import quantize_linear_fp8
+    from passes.lower_quantized_matmul import FP8_WEIGHT_OP
+
+    torch.manual_seed(3)
+    q = quantize_linear_fp8(torch.randn(24, 64) * 0.05, input_scale=0.02, observer="minmax")
+    lowered = LowerQuantizedMatMul({"layer.proj": q}, weight_format="cuda").call(
+        _linear_model(np.ascontiguousarray(q.dequantize().numpy().T), np.float16)).model
+    [node] = list(lowered.graph)
+    assert (node.op_type, node.domain) == (FP8_WEIGHT_OP, "com.microsoft")
+    assert node.attributes.get_int("block_size") == 64
+    codes, scales, a_scale = (v.const_value for v in node.inputs[1:])
+    assert codes.dtype == ir.DataType.FLOAT8E4M3FN and codes.shape == (24, 64)
+    assert scales.dtype == ir.DataType.FLOAT and scales.shape == (24, 1)
+    assert a_scale.dtype == ir.DataType.FLOAT and float(a_scale.numpy()) == np.float32(0.02)
+    weight = codes.numpy().astype(np.float32) * scales.numpy()
+    assert np.array_equal(weight, q.dequantize().numpy())
+    assert "layer.proj.weight" not in lowered.graph.initializers
+    assert lowered.opset_imports.get("com.microsoft") == 1

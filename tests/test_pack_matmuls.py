@@ -42,3 +42,31 @@ def test_quantized_projections_packed_into_gqa(symmetric, tiny_hf_folders):
         if node.op_type == "GroupQueryAttention":
             assert node.inputs[1] is None and node.inputs[2] is None  # packed QKV
     assert_same_outputs(before, run(model, inputs))
+
+
+def test_cuda_fp8_projections_packed(tiny_hf_folders):
+    """FP8 linears lowered for the CUDA kernel: q/k/v (one shared activation scale) and
+    gate/up pack into one MatMulBlockQuantizedFp8Weight each, rows and row scales
+    concatenated, the shared scale kept; o/down stay alone."""
+    import numpy as np
+
+    from passes.lower_quantized_matmul import FP8_WEIGHT_OP
+
+    model, loaded = captured(tiny_hf_folders["llama"])
+    result = quantize_model(loaded, QuantConfig(method="fp8", bits=8, group_size=None, calib="tiny:4x32", batch_size=4), quiet=True)
+    ctx = PassContext(codes=result.codes, max_positions=64, dtype="fp16", weight_format="cuda")
+    model, _ = apply(capture(loaded, "fp16"), ["lower-quantized-matmul"], ctx)
+    op = "com.microsoft::" + FP8_WEIGHT_OP
+    layers = loaded.config.num_hidden_layers
+    assert counts(model)[op] == 7 * layers
+    q_proj = next(n for n in model.graph
+                  if n.op_type == FP8_WEIGHT_OP and n.inputs[1].name == "model.layers.0.self_attn.q_proj.qweight")
+    a_scale = q_proj.inputs[3].const_value.numpy()
+    model, [qkv, gate_up] = apply(model, ["pack-qkv", "pack-gate-up"], ctx)
+    assert qkv["changed"] and gate_up["changed"]
+    assert counts(model)[op] == 4 * layers
+    packed = next(n for n in model.graph if n.op_type == FP8_WEIGHT_OP and "q_proj+k_proj+v_proj" in n.name)
+    rows = sum(result.codes[f"model.layers.0.self_attn.{p}_proj"].weight.shape[0] for p in "qkv")
+    assert packed.inputs[1].const_value.shape[0] == rows
+    assert packed.inputs[2].const_value.shape == (rows, 1)
+    assert np.array_equal(packed.inputs[3].const_value.numpy(), a_scale)
