@@ -87,18 +87,25 @@ def fp8_layer(work: LayerWork, cfg: QuantConfig, codes: dict, arch: Any = None) 
     with cfg.fp8_weights "gptq" the weights are rounded by GPTQ on the E4M3 grid."""
     if cfg.smooth is not None:
         smooth_layer(work, cfg.smooth, arch)
-    observers = observe_shared_inputs(work, lambda _role: make_observer(cfg.observer, cfg.percentile),
-                                      lambda obs, x: obs.update(x))
-    hessians = None
-    if cfg.fp8_weights == "gptq":
-        hessians = observe_shared_inputs(work, lambda role: HessianAccumulator(work.linears[role].in_features),
-                                         lambda acc, x: acc.add(x))
+    gptq = cfg.fp8_weights == "gptq"
+
+    def new_stats(role: str) -> tuple[Any, HessianAccumulator | None]:  # one pass feeds both
+        return (make_observer(cfg.observer, cfg.percentile),
+                HessianAccumulator(work.linears[role].in_features) if gptq else None)
+
+    def update(stats: tuple[Any, HessianAccumulator | None], x: torch.Tensor) -> None:
+        stats[0].update(x)
+        if stats[1] is not None:
+            stats[1].add(x)
+
+    observed = observe_shared_inputs(work, new_stats, update)
     for role, linear in work.linears.items():
-        if hessians is not None:
-            fp8_codes, scales = gptq_fp8(linear.weight, hessians[role].H, damp=cfg.damp)
-            q = Fp8Linear(fp8_codes, scales, float(observers[role].scale()), cfg.observer)
+        observer, hessian = observed[role]
+        if hessian is not None:
+            fp8_codes, scales = gptq_fp8(linear.weight, hessian.H, damp=cfg.damp)
+            q = Fp8Linear(fp8_codes, scales, float(observer.scale()), cfg.observer)
         else:
-            q = quantize_linear_fp8(linear.weight, observers[role].scale(), cfg.observer)
+            q = quantize_linear_fp8(linear.weight, observer.scale(), cfg.observer)
         linear.weight.data.copy_(q.dequantize().to(linear.weight.dtype))
         linear.register_forward_pre_hook(
             lambda _m, args, s=q.input_scale: (fake_quant_fp8(args[0], s), *args[1:]))
