@@ -7,12 +7,12 @@ onnxruntime-genai's model-builder int4 engine of the same model, in one run (CPU
 Rows (engines are built once into --out and reused when their manifest exists):
   unfused               lower-quantized-matmul, cse, dead-code
   + <pass>              the previous row's pipeline plus one more fusion, in pipeline order
-  default, lm_head ...  the full pipeline with other output-projection formats
+  default, <format>     the full pipeline with other weight formats (group, symmetry, lm_head)
   onnxruntime-genai     the peer (its runtime, its engine), through benchmarks/genai_peer.py
 
-Weights: RTN int4, group 64, asymmetric, accuracy_level 4 (int8 activations), lm_head int8:
-the storage format of the int4-awq/-gptq recipes (the method changes the values, not the
-kernels, so RTN builds in seconds what AWQ builds in minutes). The engine rows run through
+Weights: RTN int4, accuracy_level 4 (int8 activations), in the storage format of the
+int4-awq/-gptq recipes (RECIPE_FORMAT; the method changes the values, not the kernels, so
+RTN builds in seconds what AWQ builds in minutes). The engine rows run through
 our runtime (static cache for fused attention, concat cache otherwise); each measure is
 prefill of --prompt-tokens tokens and decode tokens/s over --new-tokens (EOS ignored).
 Rounds interleave every row, so drift on a noisy machine hits all rows alike; the table
@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,30 +42,56 @@ FUSIONS = [p for p in DEFAULT_PIPELINE if p not in UNFUSED_PIPELINE]
 GENAI_PEER = Path(__file__).with_name("genai_peer.py")
 
 
-def variants() -> list[tuple[str, tuple[str, ...], int | None]]:
-    """(row name, passes, lm_head bits)."""
-    rows = [("unfused", UNFUSED_PIPELINE, 8)]
+@dataclass(frozen=True)
+class Format:
+    group_size: int
+    symmetric: bool
+    lm_head_bits: int | None  # None: lm_head in float
+
+    def __str__(self) -> str:
+        lm = "float" if self.lm_head_bits is None else f"int{self.lm_head_bits}"
+        return f"g{self.group_size} {'sym' if self.symmetric else 'asym'}, lm_head {lm}"
+
+
+RECIPE_FORMAT = Format(64, False, 8)  # recipes/*-int4-awq.yaml, *-int4-gptq.yaml
+# a float lm_head, larger groups and an int4 lm_head (faster, lossier: see recipes/README.md),
+# and the peer's own format (groups of 32, symmetric, int4 lm_head)
+OTHER_FORMATS = (Format(64, False, None), Format(128, False, 8), Format(128, False, 4), Format(128, True, 4),
+                 Format(32, True, 4))
+
+
+def variants() -> list[tuple[str, tuple[str, ...], Format]]:
+    """(row name, passes, weight format)."""
+    rows = [("unfused", UNFUSED_PIPELINE, RECIPE_FORMAT)]
     for i, name in enumerate(FUSIONS):
         passes = ("lower-quantized-matmul", *FUSIONS[:i + 1], "cse", "dead-code")
-        rows.append((f"+ {name}", passes, 8))
-    rows.append(("default, lm_head float", DEFAULT_PIPELINE, None))
-    rows.append(("default, lm_head int4", DEFAULT_PIPELINE, 4))
+        rows.append((f"+ {name}", passes, RECIPE_FORMAT))
+    rows += [(f"default, {fmt}", DEFAULT_PIPELINE, fmt) for fmt in OTHER_FORMATS]
     return rows
 
 
 def build_all(model: str, out: Path) -> dict[str, Path]:
     engines = {}
-    for i, (name, passes, lm_bits) in enumerate(variants()):
+    for i, (name, passes, fmt) in enumerate(variants()):
         path = out / f"engine-{i:02d}"
         engines[name] = path
-        if (path / "manifest.json").exists():
+        if (path / "manifest.json").exists() and _built_as(path, passes, fmt):
             continue
         loaded = load_model(model, quiet=True)  # fresh: quantization edits the weights in place
-        cfg = QuantConfig(method="rtn", bits=4, group_size=64, symmetric=False, lm_head_bits=lm_bits)
+        cfg = QuantConfig(method="rtn", bits=4, group_size=fmt.group_size, symmetric=fmt.symmetric,
+                          lm_head_bits=fmt.lm_head_bits)
         build_engine(BuildOptions(out=path, source=model, passes=passes, quant=cfg, accuracy_level=4,
                                   overwrite=True, quiet=True), loaded)
         print(f"built {name}: {path}", file=sys.stderr)
     return engines
+
+
+def _built_as(path: Path, passes: tuple[str, ...], fmt: Format) -> bool:
+    """Whether the engine in `path` has these passes and weight format (else it is rebuilt)."""
+    m = json.loads((path / "manifest.json").read_text())
+    q = m.get("quantization") or {}
+    return ([p["name"] for p in m.get("passes", [])] == list(passes) and q.get("group_size") == fmt.group_size
+            and q.get("symmetric") == fmt.symmetric and q.get("lm_head_bits") == fmt.lm_head_bits)
 
 
 def time_engine(engine: Engine, prompt: list[int], new_tokens: int) -> tuple[float, float, list[int]]:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from calibration.config import GROUP_SIZES, QuantConfig
+from calibration.config import QuantConfig
 from calibration.data import parse_spec, token_windows, windows_hash
 from calibration.mappings import module_names
 from calibration.methods import awq_layer, fp8_layer, gptq_layer, store_quantized
@@ -51,20 +51,6 @@ def target_linears(loaded: Any, keep: Callable[[str], bool]) -> dict[str, torch.
     return out
 
 
-def check_group_sizes(linears: dict[str, torch.nn.Linear], cfg: QuantConfig) -> None:
-    """Every quantized linear's input size must be a multiple of the group size."""
-    if cfg.group_size is None:
-        return
-    widths = sorted({lin.in_features for lin in linears.values()})
-    bad = [w for w in widths if w % cfg.group_size]
-    if bad:
-        valid = [g for g in GROUP_SIZES if all(w % g == 0 for w in widths)]
-        raise InputError(f"group size {cfg.group_size} does not divide the input size {bad[0]} "
-                         f"of this model's linears (input sizes: {', '.join(map(str, widths))})",
-                         hint="valid group sizes for this model: " + ", ".join(map(str, valid)) +
-                              (", " if valid else "") + "or 0 for per-channel")
-
-
 def calibration_windows(loaded: Any, cfg: QuantConfig) -> np.ndarray:
     spec = parse_spec(cfg.calib, cfg.calib_seed)
     if loaded.tokenizer is None:
@@ -78,7 +64,6 @@ def quantize_model(loaded: Any, cfg: QuantConfig, quiet: bool = False) -> Quanti
     cfg.validate()
     keep = _keep_matcher(cfg.keep)
     linears = target_linears(loaded, keep)
-    check_group_sizes(linears, cfg)
     codes: dict[str, QuantizedLinear] = {}
     manifest: dict[str, Any] = cfg.to_manifest()
     start = time.perf_counter()

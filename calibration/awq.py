@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from calibration.rtn import QuantSpec, fake_quantize
+from calibration.rtn import QuantSpec, fake_quantize, from_groups, to_groups
 
 
 def activation_channel_mean(xs: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -36,10 +36,10 @@ def activation_channel_mean(xs: Sequence[torch.Tensor]) -> torch.Tensor:
 def weight_channel_mean(weights: Sequence[torch.Tensor], spec: QuantSpec) -> torch.Tensor:
     """mean over output rows of |W| / (its group's max |W|), per input channel: (in,)."""
     w = torch.cat([wi.float() for wi in weights], dim=0)  # (sum out, in)
-    g = spec.group_width(w.shape[1])
-    wg = w.abs().view(-1, g)
-    wg = wg / wg.amax(dim=1, keepdim=True).clamp(min=1e-10)
-    return wg.view(w.shape).mean(0)
+    n_in = w.shape[1]
+    wg = to_groups(w.abs(), spec.group_width(n_in))  # (sum out, groups, g)
+    wg = wg / wg.amax(dim=-1, keepdim=True).clamp(min=1e-10)
+    return from_groups(wg, n_in).mean(0)
 
 
 def candidate_scales(x_mean: torch.Tensor, w_mean: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -78,10 +78,10 @@ def search_clip(weight: torch.Tensor, x: torch.Tensor, spec: QuantSpec, n_grid: 
     weight (out, in), x (tokens, in). Returns max_val (out, groups): clamp W to [-max, max]."""
     out, n_in = weight.shape
     g = spec.group_width(n_in)
-    xg = x.float().view(-1, n_in // g, g)  # (t, groups, g)
+    xg = to_groups(x.float(), g)  # (t, groups, g); a narrower last group is zero-padded
     best_all = []
     for o1 in range(0, out, oc_batch):
-        w = weight[o1:o1 + oc_batch].float().view(-1, n_in // g, g)  # (o, groups, g)
+        w = to_groups(weight[o1:o1 + oc_batch].float(), g)  # (o, groups, g)
         org_max = w.abs().amax(dim=-1)  # (o, groups)
         org_out = torch.einsum("tgk,ogk->otg", xg, w)
         best_err = torch.full_like(org_max, float("inf"))
@@ -89,7 +89,7 @@ def search_clip(weight: torch.Tensor, x: torch.Tensor, spec: QuantSpec, n_grid: 
         for i in range(int(max_shrink * n_grid)):
             max_val = org_max * (1 - i / n_grid)
             clipped = torch.maximum(torch.minimum(w, max_val.unsqueeze(-1)), -max_val.unsqueeze(-1))
-            q = fake_quantize(clipped.reshape(-1, n_in), spec).view_as(w)
+            q = fake_quantize(clipped.reshape(w.shape[0], -1), spec).view_as(w)
             err = (torch.einsum("tgk,ogk->otg", xg, q) - org_out).pow(2).mean(dim=1)  # (o, groups)
             better = err < best_err
             best_err = torch.where(better, err, best_err)
@@ -99,8 +99,7 @@ def search_clip(weight: torch.Tensor, x: torch.Tensor, spec: QuantSpec, n_grid: 
 
 
 def apply_clip(weight: torch.Tensor, max_val: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    out, n_in = weight.shape
-    g = spec.group_width(n_in)
-    w = weight.view(out, -1, g)
+    n_in = weight.shape[1]
+    w = to_groups(weight, spec.group_width(n_in))
     m = max_val.unsqueeze(-1).to(weight.dtype)
-    return torch.maximum(torch.minimum(w, m), -m).view(out, n_in)
+    return from_groups(torch.maximum(torch.minimum(w, m), -m), n_in).contiguous()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from calibration.rtn import QuantizedLinear, QuantSpec, check_group_size, compute_qparams, quantize_with
+from calibration.rtn import QuantizedLinear, QuantSpec, compute_qparams, quantize_with, to_groups
 
 
 class HessianAccumulator:
@@ -80,8 +80,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, *, act_orde
     """Quantize W (out, in) against Hessian H (in, in). Returns codes and parameters in the
     original column order. Pure function: neither argument is modified."""
     out, n_in = W.shape
-    check_group_size(n_in, spec.group_size)
-    g = spec.group_width(n_in)
+    g = spec.group_width(n_in)  # the last group may be narrower (calibration.rtn)
     if block_size % g != 0 and g % block_size != 0:
         block_size = g
     W = W.detach().float().clone()
@@ -94,7 +93,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, *, act_orde
     # Static group parameters (original order) for act-order; dynamic ones are found per group.
     static_scale = static_zero = None
     if act_order:
-        static_scale, static_zero = compute_qparams(W.view(out, -1, g), spec)  # (out, groups)
+        static_scale, static_zero = compute_qparams(to_groups(W, g), spec)  # (out, groups)
 
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(n_in)
     W, H = W[:, perm], H[perm][:, perm]
@@ -134,6 +133,6 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, *, act_orde
 
     inv = torch.argsort(perm)
     Q, scale_cols, zero_cols = Q[:, inv], scale_cols[:, inv], zero_cols[:, inv]
-    scales = scale_cols.view(out, -1, g)[:, :, 0]  # constant within each group
-    zeros = zero_cols.view(out, -1, g)[:, :, 0]
+    scales = scale_cols[:, ::g]  # constant within each group: its first column's
+    zeros = zero_cols[:, ::g]
     return QuantizedLinear(Q.to(torch.uint8), scales.contiguous(), zeros.to(torch.uint8), spec)

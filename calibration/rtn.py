@@ -1,7 +1,10 @@
 """Round-to-nearest group quantization: the shared integer format and the RTN baseline.
 
 A weight W (out, in) is cut into groups of `group_size` consecutive input columns; each
-(row, group) gets a scale and, when asymmetric, a zero point:
+(row, group) gets a scale and, when asymmetric, a zero point. When `group_size` does not
+divide `in`, the last group is narrower (576 = 4 x 128 + 64): it is quantized as if padded
+with zero columns, which changes neither its max|w| nor, since the asymmetric range always
+spans 0, its min/max; MatMulNBits and blocked DequantizeLinear take such a last block.
 
     symmetric   scale = max|w| / ((2^b - 1) / 2),  zero = 2^(b-1)          (int4: max/7.5, zero 8)
     asymmetric  scale = (max(w, 0) - min(w, 0)) / (2^b - 1),  zero = round(-min / scale)
@@ -17,8 +20,6 @@ from dataclasses import dataclass
 
 import torch
 
-from optimizer.errors import InputError
-
 
 @dataclass(frozen=True)
 class QuantSpec:
@@ -31,7 +32,7 @@ class QuantSpec:
         return 2 ** self.bits - 1
 
     def groups(self, in_features: int) -> int:
-        return 1 if self.group_size is None else in_features // self.group_size
+        return 1 if self.group_size is None else -(-in_features // self.group_size)
 
     def group_width(self, in_features: int) -> int:
         return in_features if self.group_size is None else self.group_size
@@ -48,10 +49,22 @@ class QuantizedLinear:
 
     def dequantize(self) -> torch.Tensor:
         """(out, in) float32: (q - zero) * scale, group by group."""
-        out, n_in = self.qweight.shape
-        g = self.spec.group_width(n_in)
-        q = self.qweight.float().view(out, -1, g)
-        return ((q - self.zeros.float().unsqueeze(-1)) * self.scales.unsqueeze(-1)).view(out, n_in)
+        n_in = self.qweight.shape[1]
+        q = to_groups(self.qweight.float(), self.spec.group_width(n_in))
+        return from_groups((q - self.zeros.float().unsqueeze(-1)) * self.scales.unsqueeze(-1), n_in)
+
+
+def to_groups(w: torch.Tensor, g: int) -> torch.Tensor:
+    """(rows, in) -> (rows, ceil(in / g), g): consecutive columns, the last group zero-padded."""
+    pad = -w.shape[1] % g
+    if pad:
+        w = torch.nn.functional.pad(w, (0, pad))
+    return w.reshape(w.shape[0], -1, g)
+
+
+def from_groups(wg: torch.Tensor, n_in: int) -> torch.Tensor:
+    """The inverse of to_groups: (rows, groups, g) -> (rows, n_in), padding dropped."""
+    return wg.reshape(wg.shape[0], -1)[:, :n_in]
 
 
 def compute_qparams(w: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,28 +88,13 @@ def quantize_with(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmax
 
 def rtn_quantize(weight: torch.Tensor, spec: QuantSpec) -> QuantizedLinear:
     """Round-to-nearest quantization of a (out, in) weight."""
-    out, n_in = weight.shape
-    check_group_size(n_in, spec.group_size)
-    g = spec.group_width(n_in)
-    w = weight.detach().float().view(out, -1, g)  # (out, groups, g)
+    n_in = weight.shape[1]
+    w = to_groups(weight.detach().float(), spec.group_width(n_in))  # (out, groups, g)
     scale, zero = compute_qparams(w, spec)  # (out, groups)
     q = quantize_with(w, scale, zero, spec.qmax)
-    return QuantizedLinear(q.view(out, n_in).to(torch.uint8), scale.float(), zero.to(torch.uint8), spec)
+    return QuantizedLinear(from_groups(q, n_in).to(torch.uint8).contiguous(), scale.float(), zero.to(torch.uint8), spec)
 
 
 def fake_quantize(weight: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     """Quantize then dequantize (same shape and dtype as weight)."""
     return rtn_quantize(weight, spec).dequantize().to(weight.dtype)
-
-
-def valid_group_sizes(in_features: int) -> list[int]:
-    return [g for g in (32, 64, 128) if in_features % g == 0]
-
-
-def check_group_size(in_features: int, group_size: int | None) -> None:
-    if group_size is not None and in_features % group_size != 0:
-        valid = valid_group_sizes(in_features)
-        raise InputError(
-            f"group size {group_size} does not divide a layer's input size {in_features}",
-            hint="valid group sizes for this model: " + ", ".join(map(str, valid)) +
-                 (", " if valid else "") + "or per-channel (--group-size 0)")

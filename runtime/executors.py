@@ -18,6 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from optimizer.errors import EngineError
+from runtime.host_io import HostStepIO
 from runtime.kv_cache import SlotPool
 from runtime.sequence import Sequence
 from runtime.session import PROVIDERS, DecoderSession
@@ -51,6 +52,9 @@ class StaticExecutor:
         self._bindings: dict[tuple[int, int], ort.IOBinding] = {}  # (first row, rows) -> binding
         self.moves = 0  # sequences moved to a lower slot by compact()
         self._inputs = {i.name for i in session.session.get_inputs()}
+        # CPU: step inputs and logits in preallocated buffers (see runtime.host_io)
+        self._host = (HostStepIO(session.session, slots, capacity)
+                      if self._device == "cpu" and HostStepIO.supports(session.session) else None)
 
     def _binding(self, first: int, rows: int) -> ort.IOBinding:
         """A binding of rows [first, first+rows) of every cache buffer as past and present."""
@@ -68,7 +72,10 @@ class StaticExecutor:
         return binding
 
     def _run(self, binding: ort.IOBinding, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Logits of the last position of each row: (rows, 1 or S, V)."""
+        """Logits of the last position of each row: (rows, 1 or S, V); on CPU a view of the
+        executor's logits buffer, valid until the next step."""
+        if self._host is not None:
+            return self._host.run(self.session.session, binding, ids, mask)
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("attention_mask", mask)
         if "logits_from" in self._inputs:
@@ -88,7 +95,7 @@ class StaticExecutor:
         ids = np.asarray([seq.all_ids[start:end]], np.int64)
         logits = self._run(self._binding(slot, 1), ids, np.ones((1, end), np.int64))
         self.slot_len[slot] = end
-        return logits[0, -1]
+        return logits[0, -1].copy()
 
     def compact(self) -> None:
         """Move the highest busy slots into lower free ones, so a decode batch covers no idle

@@ -81,3 +81,21 @@ def test_scale_then_unscale_preserves_float_function():
         new_norm = (norm_w + offset) / s - offset
         after = (x_hat * (new_norm + offset)) @ (w * s).T
         assert torch.allclose(before, after, atol=1e-4)
+
+
+def test_narrow_last_group():
+    """96 = 64 + 32 under groups of 64: statistics, clipping and scaling on the narrower last group."""
+    spec = QuantSpec(4, 64, True)
+    torch.manual_seed(2)
+    w = torch.randn(32, 96) * 0.05
+    w[::5, 90] = 0.6  # an outlier in the narrow group
+    x = torch.randn(256, 96)
+    g = np.abs(w.numpy().astype(np.float64))
+    ref = np.concatenate([g[:, :64] / g[:, :64].max(1, keepdims=True), g[:, 64:] / g[:, 64:].max(1, keepdims=True)], 1)
+    assert np.allclose(awq.weight_channel_mean([w], spec).numpy(), ref.mean(0), rtol=1e-5)
+    max_val = awq.search_clip(w, x, spec)
+    assert max_val.shape == (32, 2)
+    clipped = awq.apply_clip(w, max_val, spec)
+    assert clipped.shape == w.shape and (clipped.abs() <= w.abs() + 1e-7).all()
+    err = lambda q: float((x @ q.T - x @ w.T).pow(2).mean())  # noqa: E731
+    assert err(fake_quantize(clipped, spec)) < err(fake_quantize(w, spec))

@@ -50,13 +50,16 @@ def test_hessian_accumulator_matches_definition():
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
-def test_blocked_matches_reference(symmetric):
+@pytest.mark.parametrize("n_in,group", [(256, 64), (288, 128)])  # 288 = 2 x 128 + 32: a narrower last group
+def test_blocked_matches_reference(symmetric, n_in, group):
     torch.manual_seed(0)
-    W = torch.randn(24, 256) * 0.05
-    X = correlated_inputs(2048, 256)
+    W = torch.randn(24, n_in) * 0.05
+    X = correlated_inputs(2048, n_in)
     H = 2 * X.T @ X / len(X)
-    got = gptq_quantize(W, H, QuantSpec(4, 64, symmetric), block_size=128).dequantize().numpy()
-    ref = reference_gptq(W.numpy(), H.numpy(), 4, 64, symmetric)
+    q = gptq_quantize(W, H, QuantSpec(4, group, symmetric), block_size=128)
+    assert q.scales.shape == (24, -(-n_in // group))
+    got = q.dequantize().numpy()
+    ref = reference_gptq(W.numpy(), H.numpy(), 4, group, symmetric)
     # float32 vs float64 can flip an occasional rounding; everything else is identical
     same = np.isclose(got, ref, rtol=0, atol=1e-6).mean()
     assert same > 0.99
@@ -78,17 +81,19 @@ def test_beats_rtn_on_output_error(bits, group, act_order):
     assert err_gptq < 0.8 * err_rtn
 
 
-def test_act_order_groups_stay_static_and_contiguous():
+@pytest.mark.parametrize("n_in", [128, 144])  # 144 = 4 x 32 + 16: a narrower last group
+def test_act_order_groups_stay_static_and_contiguous(n_in):
     torch.manual_seed(3)
-    W = torch.randn(16, 128) * 0.05
-    X = correlated_inputs(1024, 128)
+    W = torch.randn(16, n_in) * 0.05
+    X = correlated_inputs(1024, n_in)
     q = gptq_quantize(W, 2 * X.T @ X / len(X), QuantSpec(4, 32, False), act_order=True)
     # each contiguous group's parameters are those RTN would pick from the original weights
-    scale, zero = compute_qparams(W.view(16, -1, 32), QuantSpec(4, 32, False))
-    assert torch.allclose(q.scales, scale) and torch.equal(q.zeros, zero.to(torch.uint8))
+    ref = rtn_quantize(W, QuantSpec(4, 32, False))
+    assert torch.allclose(q.scales, ref.scales) and torch.equal(q.zeros, ref.zeros)
     # and the codes decode with them, in place
-    manual = (q.qweight.float().view(16, -1, 32) - q.zeros.float().unsqueeze(-1)) * q.scales.unsqueeze(-1)
-    assert torch.allclose(manual.view(16, 128), q.dequantize())
+    step = torch.repeat_interleave(q.scales, 32, dim=1)[:, :n_in]
+    zero = torch.repeat_interleave(q.zeros.float(), 32, dim=1)[:, :n_in]
+    assert torch.allclose((q.qweight.float() - zero) * step, q.dequantize())
     assert int(q.qweight.max()) <= 15
 
 

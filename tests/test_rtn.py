@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from calibration.rtn import QuantSpec, fake_quantize, rtn_quantize
-from optimizer.errors import InputError
 
 
 def reference_rtn(w: np.ndarray, bits: int, group: int | None, symmetric: bool) -> np.ndarray:
@@ -34,9 +33,11 @@ def reference_rtn(w: np.ndarray, bits: int, group: int | None, symmetric: bool) 
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("group", [32, 64, 128, None])
 @pytest.mark.parametrize("symmetric", [True, False])
-def test_matches_float64_reference(bits, group, symmetric):
-    w = torch.randn(48, 256, dtype=torch.float64) * 0.05
+@pytest.mark.parametrize("n_in", [256, 200])  # 200: the last group is narrower (200 = 128 + 72)
+def test_matches_float64_reference(bits, group, symmetric, n_in):
+    w = torch.randn(48, n_in, dtype=torch.float64) * 0.05
     w[3, 7] = 0.9  # an outlier
+    w[5, -1] = -0.7  # and one in the last (possibly narrower) group
     spec = QuantSpec(bits, group, symmetric)
     q = rtn_quantize(w, spec)
     ref = reference_rtn(w.numpy(), bits, group, symmetric)
@@ -45,11 +46,12 @@ def test_matches_float64_reference(bits, group, symmetric):
     # A group's extreme value lands exactly on a .5 tie under the symmetric max/7.5 rule;
     # float32 and float64 may round that one the other way. Allow those one-step
     # differences (at most one per group) and nothing else.
-    step = np.repeat(q.scales.double().numpy(), spec.group_width(256), axis=1)
+    step = np.repeat(q.scales.double().numpy(), spec.group_width(n_in), axis=1)[:, :n_in]
     assert (diff > 1e-6 * np.abs(ref).max()).sum() <= q.scales.numel()
     assert (diff <= step * 1.0001).all()
     assert q.qweight.dtype == torch.uint8 and int(q.qweight.max()) <= 2 ** bits - 1
-    assert q.scales.shape == (48, spec.groups(256))
+    assert q.qweight.shape == (48, n_in)
+    assert q.scales.shape == (48, spec.groups(n_in)) == (48, -(-n_in // spec.group_width(n_in)))
 
 
 def test_error_shrinks_with_bits_and_groups():
@@ -65,7 +67,14 @@ def test_symmetric_zero_is_midpoint():
     assert (q.zeros == 8).all()
 
 
-def test_group_size_must_divide():
-    with pytest.raises(InputError, match="group size 128 does not divide .* 576") as info:
-        rtn_quantize(torch.randn(4, 576), QuantSpec(4, 128, True))
-    assert "32, 64" in info.value.hint
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_narrow_last_group_is_zero_padding(symmetric):
+    """576 = 4 x 128 + 64 (SmolLM2's hidden size): the same codes and parameters as the
+    weight padded with zero columns to 640, padding dropped."""
+    w = torch.randn(16, 576)
+    spec = QuantSpec(4, 128, symmetric)
+    q = rtn_quantize(w, spec)
+    padded = rtn_quantize(torch.nn.functional.pad(w, (0, 64)), spec)
+    assert torch.equal(q.qweight, padded.qweight[:, :576])
+    assert torch.equal(q.scales, padded.scales) and torch.equal(q.zeros, padded.zeros)
+    assert torch.equal(q.dequantize(), padded.dequantize()[:, :576])

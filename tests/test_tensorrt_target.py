@@ -18,6 +18,8 @@ from tests.conftest import engine_logits
 
 CASES = {
     "int4": QuantConfig(method="rtn", bits=4, group_size=32),
+    # tiny models have 64 input channels: one block of 128 with a 64-wide remainder
+    "int4-g128": QuantConfig(method="rtn", bits=4, group_size=128),
     "int8-per-channel": QuantConfig(method="rtn", bits=8, group_size=None),
     "fp8": QuantConfig(method="fp8", bits=8, group_size=None, calib="tiny:8x64"),
     "float": None,
@@ -31,6 +33,7 @@ def _build(folder, out, quant, **kwargs):
 
 
 @pytest.mark.parametrize("name,case", [("llama", "int4"), ("gemma3", "int4"), ("qwen2", "int8-per-channel"),
+                                       ("llama", "int4-g128"),
                                        ("llama", "fp8"), ("mistral-sliding", "float")])
 def test_tensorrt_graph_is_standard_and_matches_the_default_engine(name, case, tiny_hf_folders, tmp_path):
     folder, quant = tiny_hf_folders[name], CASES[case]
@@ -45,9 +48,11 @@ def test_tensorrt_graph_is_standard_and_matches_the_default_engine(name, case, t
     assert [p.keys() == {i.name for i in proto.graph.input} for p in m["tensorrt"]["profiles"]] == [True, True]
     expected = [] if quant is None else ["fp8" if quant.method == "fp8" else f"int{quant.bits}"]
     assert m["tensorrt"]["precisions"] == expected
-    if case == "int4":
-        dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
-        assert dq and all({a.name: a.i for a in n.attribute}["block_size"] == 32 for n in dq)
+    if quant is not None and quant.group_size is not None:
+        # blocked over K (a group as wide as K is stored per output channel instead)
+        blocks = [{a.name: a.i for a in n.attribute}.get("block_size")
+                  for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+        assert quant.group_size in blocks and set(blocks) <= {quant.group_size, None}
     # same outputs as the default target's engine, through onnxruntime's CPU
     ids = np.random.default_rng(0).integers(0, 1000, (2, 12))
     mask = np.ones_like(ids)

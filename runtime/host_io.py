@@ -1,0 +1,55 @@
+"""A step's small inputs and its logits in preallocated host buffers, bound by pointer.
+
+On CPU a batch-1 decode step of SmolLM2-135M int4 takes ~6-7 ms in onnxruntime, and the
+generic IO-binding path added ~0.75 ms around it (measured on the 2-core CPU machine; ~0.3 ms
+with these buffers): `bind_cpu_input` copies each input into a new OrtValue, an unbound
+logits output is allocated by onnxruntime each step, and `IOBinding.get_outputs()` wraps
+every output (logits and all 2 x layers present tensors) to hand back one. Here the
+input_ids / attention_mask / logits_from arrays and the logits live in buffers sized once
+for the executor's largest step (slots x capacity positions), so a step writes a few
+numbers in place, rebinds the same memory with the step's shape, and reads the logits as a
+numpy view.
+
+Only for engines with `logits_from` (their logits are (rows, 1, V) for any step); older
+engines keep the generic path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+_LOGITS_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+class HostStepIO:
+    def __init__(self, session: ort.InferenceSession, slots: int, capacity: int) -> None:
+        logits = next(o for o in session.get_outputs() if o.name == "logits")
+        self.vocab = int(logits.shape[-1])
+        self.logits_dtype = _LOGITS_DTYPES[logits.type]
+        self._ids = np.zeros(slots * capacity, np.int64)
+        self._mask = np.zeros(slots * capacity, np.int64)
+        self._logits_from = np.zeros(1, np.int64)
+        self._logits = np.empty(slots * self.vocab, self.logits_dtype)
+
+    @classmethod
+    def supports(cls, session: ort.InferenceSession) -> bool:
+        """Engines whose logits are (rows, 1, V) for every step, with a static vocabulary size."""
+        inputs = {i.name for i in session.get_inputs()}
+        logits = [o for o in session.get_outputs() if o.name == "logits"]
+        return ("logits_from" in inputs and "position_ids" not in inputs and len(logits) == 1
+                and isinstance(logits[0].shape[-1], int) and logits[0].type in _LOGITS_DTYPES)
+
+    def run(self, session: ort.InferenceSession, binding: ort.IOBinding, ids: np.ndarray,
+            mask: np.ndarray) -> np.ndarray:
+        """Run one step; (rows, 1, V) logits of each row's last position, a view valid until the next run."""
+        rows, steps = ids.shape
+        self._ids[:ids.size] = ids.ravel()
+        self._mask[:mask.size] = mask.ravel()
+        self._logits_from[0] = steps - 1
+        binding.bind_input("input_ids", "cpu", 0, np.int64, ids.shape, self._ids.ctypes.data)
+        binding.bind_input("attention_mask", "cpu", 0, np.int64, mask.shape, self._mask.ctypes.data)
+        binding.bind_input("logits_from", "cpu", 0, np.int64, (1,), self._logits_from.ctypes.data)
+        binding.bind_output("logits", "cpu", 0, self.logits_dtype, (rows, 1, self.vocab), self._logits.ctypes.data)
+        session.run_with_iobinding(binding)
+        return self._logits[:rows * self.vocab].reshape(rows, 1, self.vocab)
