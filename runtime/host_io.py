@@ -34,9 +34,7 @@ class HostStepIO:
         self._logits = np.empty(slots * self.vocab, self.logits_dtype)
         self._ptr = {name: a.ctypes.data for name, a in (("input_ids", self._ids), ("attention_mask", self._mask),
                                                           ("logits_from", self._logits_from), ("logits", self._logits))}
-        # id(binding) -> (binding, ids shape, mask shape) it is bound with; holding the binding
-        # keeps its id from being reused by another
-        self._bound: dict[int, tuple] = {}
+        self._bound: dict[ort.IOBinding, tuple] = {}  # binding -> the (ids, mask) shapes it is bound with
 
     @classmethod
     def supports(cls, session: ort.InferenceSession) -> bool:
@@ -54,13 +52,13 @@ class HostStepIO:
         self._mask[:mask.size] = mask.ravel()
         self._logits_from[0] = steps - 1
         # the buffers' memory is bound, so only a changed shape needs binding again
-        _, ids_shape, mask_shape = self._bound.get(id(binding), (None, None, None))
+        ids_shape, mask_shape = self._bound.get(binding, (None, None))
         if ids.shape != ids_shape:
             binding.bind_input("input_ids", "cpu", 0, np.int64, ids.shape, self._ptr["input_ids"])
             binding.bind_input("logits_from", "cpu", 0, np.int64, (1,), self._ptr["logits_from"])
             binding.bind_output("logits", "cpu", 0, self.logits_dtype, (rows, 1, self.vocab), self._ptr["logits"])
         if mask.shape != mask_shape:
             binding.bind_input("attention_mask", "cpu", 0, np.int64, mask.shape, self._ptr["attention_mask"])
-        self._bound[id(binding)] = (binding, ids.shape, mask.shape)
+        self._bound[binding] = (ids.shape, mask.shape)
         session.run_with_iobinding(binding)
         return self._logits[:rows * self.vocab].reshape(rows, 1, self.vocab)
