@@ -74,11 +74,16 @@ def main() -> None:
 @click.option("--max-seq-len", default=None, type=int,
               help="Longest sequence a fused engine supports [default: the model's maximum].")
 @click.option("--kv-layout", default=None, type=click.Choice(["auto", "static", "paged", "concat"]),
-              help="KV-cache interface: static slots written in place, or concat; paged (CUDA) is not "
-                   "buildable yet [default: auto = static where attention is fused].")
+              help="KV-cache interface: static slots written in place, paged blocks (CUDA only, "
+                   "--dtype fp16; built where CUDA is), or concat [default: auto = static where attention "
+                   "is fused].")
 @click.option("--kv-slots", default=None, type=int, help="Static/paged layouts: sequences batched together [default: 16].")
 @click.option("--kv-capacity", default=None, type=int,
-              help="Static layout: positions per slot (prompt + output) [default: min(max seq len, 1024)].")
+              help="Static layout: positions per slot (prompt + output); paged: the pool holds slots x "
+                   "capacity positions [default: min(max seq len, 1024)].")
+@click.option("--kv-block-size", default=None, type=int, help="Paged layout: tokens per block [default: 16].")
+@click.option("--kv-blocks", default=None, type=int,
+              help="Paged layout: blocks in the pool [default: slots x capacity / block size].")
 @click.option("--external-data", default=None, type=click.Choice(["auto", "always", "never"]),
               help="Weights in model.onnx.data [default: auto].")
 @click.option("--target", default=None, type=click.Choice(["onnxruntime", "onnxruntime-cuda", "tensorrt"]),
@@ -117,8 +122,8 @@ def main() -> None:
 def model_cmd(source: str | None, out: Path, recipe: Path | None, dtype: str | None, random_weights: bool,
               config: str | None, tokenizer: Path | None, seed: int, passes: str | None,
               dump_ir_after: tuple[str, ...], max_seq_len: int | None, kv_layout: str | None,
-              kv_slots: int | None, kv_capacity: int | None, external_data: str | None,
-              target: str | None, quant: str | None, method: str | None, observer: str | None,
+              kv_slots: int | None, kv_capacity: int | None, kv_block_size: int | None,
+              kv_blocks: int | None, external_data: str | None, target: str | None, quant: str | None, method: str | None, observer: str | None,
               smooth: float | None,
               group_size: int | None, asym: bool | None,
               act_order: bool | None, calib: str | None, calib_seed: int | None, calib_allow_fewer: bool,
@@ -134,7 +139,8 @@ def model_cmd(source: str | None, out: Path, recipe: Path | None, dtype: str | N
     resolved = base.merged({
         "build": {"dtype": dtype, "passes": passes, "accuracy_level": accuracy_level,
                   "max_seq_len": max_seq_len, "external_data": external_data, "kv_layout": kv_layout,
-                  "kv_slots": kv_slots, "kv_capacity": kv_capacity, "target": target},
+                  "kv_slots": kv_slots, "kv_capacity": kv_capacity, "kv_block_size": kv_block_size,
+                  "kv_blocks": kv_blocks, "target": target},
         "quantization": {"quant": quant, "method": method, "observer": observer, "smooth": smooth,
                          "group_size": group_size,
                          "symmetric": None if asym is None else not asym, "act_order": act_order,
@@ -152,7 +158,7 @@ def model_cmd(source: str | None, out: Path, recipe: Path | None, dtype: str | N
         external_data=b.external_data, overwrite=overwrite, trust_remote_code=trust_remote_code,
         quant=quant_config(qs, calib_allow_fewer), accuracy_level=b.accuracy_level,
         max_seq_len=b.max_seq_len, kv_layout=b.kv_layout, kv_slots=b.kv_slots, kv_capacity=b.kv_capacity,
-        dump_ir_after=dump_ir_after, recipe=resolved.to_dict(),
+        kv_block_size=b.kv_block_size, kv_blocks=b.kv_blocks, dump_ir_after=dump_ir_after, recipe=resolved.to_dict(),
         architecture=resolved.architecture, max_ppl_increase=max_ppl_increase,
         **({"gate_eval": gate_eval} if gate_eval else {}), quiet=quiet))
     if not quiet:

@@ -49,6 +49,10 @@ def session_logits_fn(session: Any) -> LogitsFn:
 
     def run(ids: np.ndarray) -> np.ndarray:
         n = ids.shape[1]
+        if session.kv.layout == "paged":
+            from runtime.paged import sequence_logits
+
+            return sequence_logits(session, ids[0].tolist())[None]
         logits, _ = session.forward(ids, np.ones_like(ids), np.arange(n)[None], session.empty_cache(1))
         return logits
     return run

@@ -71,10 +71,12 @@ def render_manifest(m: dict[str, Any], path: Path, console: Console | None = Non
     for line in precision_notes(m):
         out.print(f"[bold]note[/bold]         {line}")
     out.print(f"[bold]kv cache[/bold]     {kv_summary(kv)}")
-    if kv.get("attention") in ("GroupQueryAttention", "PagedAttention"):
-        out.print(f"[bold]attention[/bold]    {kv['attention']}: right-padded batches, up to "
-                  f"{kv['max_sequence_length']} positions"
-                  + (" (CUDA only)" if kv["attention"] == "PagedAttention" else ""))
+    if kv.get("attention") == "GroupQueryAttention":
+        out.print(f"[bold]attention[/bold]    GroupQueryAttention: right-padded batches, up to "
+                  f"{kv['max_sequence_length']} positions")
+    elif kv.get("attention") == "PagedAttention":
+        out.print(f"[bold]attention[/bold]    PagedAttention: packed tokens, no padding, up to "
+                  f"{kv['max_sequence_length']} positions; CUDA only (--provider cuda)")
     gen = m.get("generation", {})
     out.print(f"[bold]generation[/bold]   eos {gen.get('eos_token_ids')}, bos {gen.get('bos_token_id')}"
               f"{', BOS required' if gen.get('needs_bos') else ''}; tokenizer: "

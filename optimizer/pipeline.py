@@ -252,7 +252,7 @@ def validate_cuda_target(opts: BuildOptions) -> None:
 
 
 def verify_provider(opts: BuildOptions) -> str:
-    return "cuda" if opts.target == "onnxruntime-cuda" else "cpu"
+    return "cuda" if opts.target == "onnxruntime-cuda" or opts.kv_layout == "paged" else "cpu"
 
 
 def weight_format_section(opts: BuildOptions) -> dict[str, Any]:
@@ -297,10 +297,7 @@ def validate_kv_options(opts: BuildOptions) -> None:
         raise InputError(f"the {opts.kv_layout} KV-cache layout needs fused attention, which --passes leaves out",
                          hint="keep fuse-attention in --passes, or use --kv-layout concat")
     if opts.kv_layout == "paged":
-        raise InputError("the paged KV-cache layout cannot be built yet: its graph rewrite (kv-layout pass: "
-                         "GroupQueryAttention -> onnxruntime's PagedAttention, a CUDA-only kernel) exists, "
-                         "but the runtime has no paged executor to run and verify such an engine",
-                         hint="use --kv-layout static (slots written in place; CPU and CUDA)")
+        validate_paged(opts)
     for name in ("kv_slots", "kv_capacity", "kv_block_size", "kv_blocks"):
         value = getattr(opts, name)
         if value is not None and value < 1:
@@ -308,6 +305,25 @@ def validate_kv_options(opts: BuildOptions) -> None:
     if opts.kv_capacity and opts.max_seq_len and opts.kv_capacity > opts.max_seq_len:
         raise InputError(f"--kv-capacity {opts.kv_capacity} exceeds --max-seq-len {opts.max_seq_len}",
                          hint="a slot cannot hold more positions than the engine's rotary tables cover")
+
+
+def validate_paged(opts: BuildOptions) -> None:
+    """Paged engines run onnxruntime's PagedAttention, a CUDA kernel of float16 inputs, and the
+    build verifies them there: the CUDA provider must be present."""
+    import onnxruntime as ort
+
+    block = opts.kv_block_size
+    if block < 16 or block & (block - 1):
+        raise InputError(f"--kv-block-size {block}: onnxruntime's PagedAttention takes blocks of a power of "
+                         "two tokens, at least 16", hint="use 16, 32, 64, ...")
+    if opts.dtype != "fp16":
+        raise InputError(f"the paged KV-cache layout's kernel (onnxruntime's PagedAttention) takes float16; "
+                         f"--dtype is {opts.dtype}", hint="use --dtype fp16 with --kv-layout paged")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise InputError("the paged KV-cache layout runs on onnxruntime's PagedAttention, a CUDA-only kernel, "
+                         "and the build verifies the engine on the CUDA provider, which this onnxruntime "
+                         "does not have", hint="build on a machine with an NVIDIA GPU and onnxruntime-gpu, "
+                                               "or use --kv-layout static (slots written in place; CPU and CUDA)")
 
 
 def kv_cache_section(dims: DecoderDims, dtype: str, attention: str = "unfused", layout: str = "concat",

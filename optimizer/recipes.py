@@ -38,7 +38,9 @@ class BuildSection:
     external_data: str = "auto"
     kv_layout: str = "auto"  # auto (static where attention is fused), static, paged, concat
     kv_slots: int | None = None  # sequences batched together (static / paged)
-    kv_capacity: int | None = None  # positions per slot (static)
+    kv_capacity: int | None = None  # positions per slot (static); paged: the pool is slots x capacity
+    kv_block_size: int = 16  # paged: tokens per block
+    kv_blocks: int | None = None  # paged: blocks in the pool (None: slots x capacity / block size)
 
     def pipeline(self) -> str | list[str]:
         """The passes to run: as given, else the target's own pipeline."""

@@ -10,8 +10,13 @@ Runs after fuse-attention; every layer's attention must be a GroupQueryAttention
 - `paged`: a pool of (num_blocks, block_size, n_kv, hd) blocks per layer and K/V, shared by
   all sequences through a block table. Each GQA node becomes onnxruntime's PagedAttention
   (CUDA only) over packed tokens: the runtime feeds the new tokens of every running sequence
-  as one row, input_ids (1, T), with `cumulative_sequence_length` (B+1), `past_seqlens` (B)
-  and `block_table` (B, max_blocks); attention_mask and position_ids leave the inputs.
+  as one row, input_ids (1, T), with `cumulative_sequence_length` (B+1), `past_seqlens` (B),
+  `block_table` (B, max_blocks) and `attention_metadata` (2, host memory: bounds on the new
+  and total lengths, which spare the kernel a copy of the lengths back from the GPU);
+  attention_mask and position_ids leave the inputs. Where slice-logits ran, its Slice from
+  `logits_from` becomes a Gather of the rows `logits_indices` (N,) names: one step packs
+  several sequences, and needs the logits of each one's last token only. `runtime.paged`
+  feeds these inputs.
 
 The chosen layout is written into the model's metadata (`optimizer.kv_layout`), where the
 build reads it for the manifest. `concat` leaves the graph alone.
@@ -29,7 +34,8 @@ from passes._match import MS_DOMAIN, add_initializer, attr, replace_value
 
 LAYOUTS = ("auto", "static", "paged", "concat")
 METADATA_KEY = "optimizer.kv_layout"
-PAGED_INPUTS = ("cumulative_sequence_length", "past_seqlens", "block_table")
+LOGITS_FROM, LOGITS_INDICES = "logits_from", "logits_indices"
+PAGED_INPUTS = ("cumulative_sequence_length", "past_seqlens", "block_table", "attention_metadata")
 
 
 class KvLayoutError(InputError):
@@ -72,9 +78,11 @@ class KvCacheLayout(ir_passes.InPlacePass):
                               "(batch, n_kv, kv_capacity, hd) buffers; position_ids removed")
         else:
             _to_paged(graph, gqa, self.block_size)
-            _drop_unused_inputs(model, ("attention_mask", "position_ids"))
+            gathered = _gather_logits(graph)
+            _drop_unused_inputs(model, ("attention_mask", "position_ids", LOGITS_FROM))
             self.notes.append(f"paged layout: {len(gqa)} GroupQueryAttention -> PagedAttention over "
-                              f"blocks of {self.block_size} tokens (CUDA only)")
+                              f"blocks of {self.block_size} tokens (CUDA only)"
+                              + (f"; logits of the rows in {LOGITS_INDICES}" if gathered else ""))
         return ir_passes.PassResult(model, modified=True)
 
 
@@ -112,6 +120,7 @@ def _to_paged(graph: ir.Graph, gqa: list[ir.Node], block_size: int) -> None:
                                                shape=ir.Shape(["batch_plus_1"])),
         "past_seqlens": ir.Value(name="past_seqlens", type=int32, shape=ir.Shape(["batch"])),
         "block_table": ir.Value(name="block_table", type=int32, shape=ir.Shape(["batch", "max_blocks"])),
+        "attention_metadata": ir.Value(name="attention_metadata", type=int32, shape=ir.Shape([2])),
     }
     graph.inputs.extend(table_inputs.values())
     for past, present in _cache_values(graph, gqa):
@@ -121,26 +130,47 @@ def _to_paged(graph: ir.Graph, gqa: list[ir.Node], block_size: int) -> None:
         _gqa_to_paged(graph, node, table_inputs)
 
 
+def _gather_logits(graph: ir.Graph) -> bool:
+    """slice-logits' Slice(hidden, logits_from, end, axis 1) -> Gather(hidden, logits_indices, axis 1)."""
+    start = next((v for v in graph.inputs if v.name == LOGITS_FROM), None)
+    if start is None:
+        return False
+    (node, _), = start.uses()
+    if node.op_type != "Slice" or node.inputs[1] is not start:
+        raise KvLayoutError(f"{LOGITS_FROM} feeds {node.op_type} {node.name}, not the lm_head's Slice")
+    indices = ir.Value(name=LOGITS_INDICES, type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape(["rows"]))
+    graph.inputs.append(indices)
+    gather = ir.node("Gather", [node.inputs[0], indices], {"axis": 1}, name="logits_gather")
+    gather.outputs[0].type = node.outputs[0].type
+    graph.insert_before(node, gather)
+    replace_value(graph, node.outputs[0], gather.outputs[0])
+    graph.remove(node, safe=True)
+    return True
+
+
 def _gqa_to_paged(graph: ir.Graph, node: ir.Node, tables: dict[str, ir.Value]) -> None:
     """GQA (B, S, X) -> PagedAttention over (B*S, X) tokens, reshaped back to (B, S, H)."""
     q, k, v, past_k, past_v = node.inputs[:5]
     cos, sin = node.inputs[7], node.inputs[8]
     name = node.name + "/paged"
-    flat = add_initializer(graph, name + ".flat_shape", np.asarray([-1, 0], np.int64))
+    # token widths from the heads (the kernel's shape inference needs them static)
+    heads, kv_heads, head_dim = attr(node, "num_heads"), attr(node, "kv_num_heads"), past_k.shape[3]
+    widths = {"q": heads * head_dim if k is not None else (heads + 2 * kv_heads) * head_dim,
+              "k": kv_heads * head_dim, "v": kv_heads * head_dim}
     head = []
     flat_qkv = []
     for tag, x in (("q", q), ("k", k), ("v", v)):
         if x is None:  # packed QKV: key and value are absent
             flat_qkv.append(None)
             continue
-        width = x.shape[2] if x.shape is not None else None
-        shape = flat if width is None else add_initializer(graph, f"{name}.{tag}_shape",
-                                                           np.asarray([-1, width], np.int64))
+        shape = add_initializer(graph, f"{name}.{tag}_shape", np.asarray([-1, widths[tag]], np.int64))
         head.append(ir.node("Reshape", [x, shape], name=f"{name}/{tag}_tokens"))
         flat_qkv.append(head[-1].outputs[0])
     paged = ir.node("PagedAttention",
                     [*flat_qkv, past_k, past_v, tables["cumulative_sequence_length"],
-                     tables["past_seqlens"], tables["block_table"], cos, sin],
+                     tables["past_seqlens"], tables["block_table"], cos, sin,
+                     *[None] * 6,  # slot_mapping, head_sink, q/k norm weights, k/v scales: unused
+                     tables["attention_metadata"]],
                     {"num_heads": attr(node, "num_heads"), "kv_num_heads": attr(node, "kv_num_heads"),
                      "scale": attr(node, "scale", 0.0), "softcap": attr(node, "softcap", 0.0),
                      "local_window_size": attr(node, "local_window_size", -1),

@@ -10,6 +10,11 @@ Each owns the cache buffers of one layout and the pool that accounts for them:
   rows are first compacted to the front, so finished sequences leave no idle rows behind.
 - `ConcatExecutor` (layout "concat", any engine): each sequence keeps its own past arrays
   and runs at batch 1; correct everywhere, batched only in scheduling.
+- `PagedExecutor` (layout "paged", CUDA only; `runtime.paged`): a block pool shared through
+  block tables, every step's tokens packed into one row.
+
+Each has `pool` (the scheduler's accounting), `max_sequences` (how many may run together),
+`prefill`, `decode`, `step` (one iteration's prefill chunks and decodes) and `release`.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import onnxruntime as ort
 from optimizer.errors import EngineError
 from runtime.host_io import HostStepIO
 from runtime.kv_cache import SlotPool
+from runtime.paged import PagedExecutor
 from runtime.sequence import Sequence
 from runtime.session import PROVIDERS, DecoderSession
 
@@ -28,11 +34,18 @@ DEFAULT_CONCAT_SLOTS = 8  # concat engines run their sequences one by one: few a
 DEFAULT_CONCAT_CAPACITY = 4096  # unfused engines have no rotary table limit
 
 
+def step_each(executor, prefill, decode) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """An iteration as separate calls: each prefill chunk, then one batched decode."""
+    logits = [executor.prefill(seq, start, end) for seq, start, end in prefill]
+    return logits, (executor.decode(decode) if decode else None)
+
+
 class StaticExecutor:
     def __init__(self, session: DecoderSession, slots: int, capacity: int) -> None:
         kv = session.kv
         self.session, self.kv = session, kv
         self.pool = SlotPool(slots, capacity)
+        self.max_sequences = slots
         self.capacity = capacity
         self._device = "cuda" if session.provider == PROVIDERS["cuda"] else "cpu"
         self._dtype = _ORT_DTYPES[kv.dtype]
@@ -131,6 +144,8 @@ class StaticExecutor:
         self.slot_len[slots] += 1
         return logits[slots, -1]
 
+    step = step_each
+
     def release(self, seq: Sequence) -> None:
         """Called while the sequence still holds its slot."""
         self.slot_len[self.pool.slot(seq.request_id)] = 0
@@ -142,6 +157,7 @@ class ConcatExecutor:
     def __init__(self, session: DecoderSession, slots: int, capacity: int) -> None:
         self.session = session
         self.pool = SlotPool(slots, capacity)
+        self.max_sequences = slots
         self._caches: dict[str, list[np.ndarray]] = {}
 
     def _step(self, seq: Sequence, start: int, end: int) -> np.ndarray:
@@ -161,6 +177,8 @@ class ConcatExecutor:
     def decode(self, seqs: list[Sequence]) -> np.ndarray:
         return np.stack([self._step(s, s.num_tokens - 1, s.num_tokens) for s in seqs])
 
+    step = step_each
+
     def release(self, seq: Sequence) -> None:
         self._caches.pop(seq.request_id, None)
 
@@ -172,9 +190,7 @@ def make_executor(session: DecoderSession, slots: int | None = None, capacity: i
     engine whose attention is GroupQueryAttention, whatever layout its manifest records."""
     kv = session.kv
     if kv.layout == "paged":
-        raise EngineError(f"the paged KV-cache layout has no executor on {session.provider}",
-                          hint="paged engines need onnxruntime's PagedAttention (CUDA); "
-                               "on CPU rebuild with --kv-layout static")
+        return _paged_executor(session, slots, capacity)
     limit = kv.max_sequence_length
     capacity = capacity or kv.slot_capacity or limit or DEFAULT_CONCAT_CAPACITY
     if limit is not None and capacity > limit:
@@ -184,3 +200,15 @@ def make_executor(session: DecoderSession, slots: int | None = None, capacity: i
     if kv.attention == "GroupQueryAttention":
         return StaticExecutor(session, slots, capacity)
     return ConcatExecutor(session, slots, capacity)
+
+
+def _paged_executor(session: DecoderSession, slots: int | None, capacity: int | None) -> PagedExecutor:
+    """The manifest's pool, or one of `slots` x `capacity` positions where they are given."""
+    kv = session.kv
+    limit = kv.max_sequence_length
+    if capacity is not None and limit is not None and capacity > limit:
+        raise EngineError(f"{capacity} tokens exceed the engine's maximum sequence length {limit}",
+                          hint="shorten the prompt or max_new_tokens, or rebuild with a larger --max-seq-len")
+    slots = slots or kv.slots or 1
+    blocks = kv.num_blocks if capacity is None else slots * -(-capacity // kv.block_size)
+    return PagedExecutor(session, slots, blocks, kv.block_size)

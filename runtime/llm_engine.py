@@ -6,10 +6,11 @@
         engine.step()
 
 A step asks the scheduler for a plan, runs its prefill chunks and one batched decode step
-through the executor, samples a token for every sequence whose logits are final, and hands
-each sequence's news (new token ids, released text, finish reason) to its callback. Finished
-and aborted sequences leave the scheduler and free their cache in the same step. Not
-thread-safe: one thread drives it (`runtime.async_engine` adds the threading).
+through the executor (`executor.step`: separate calls, or one packed call on paged engines),
+samples a token for every sequence whose logits are final, and hands each sequence's news
+(new token ids, released text, finish reason) to its callback. Finished and aborted
+sequences leave the scheduler and free their cache in the same step. Not thread-safe: one
+thread drives it (`runtime.async_engine` adds the threading).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class LLMEngine:
         self.executor = executor
         self.tokenizer = tokenizer
         self.eos_token_ids = list(eos_token_ids)
-        self.scheduler = Scheduler(executor.pool, max_running or executor.pool.total, prefill_chunk, prefill_budget,
+        self.scheduler = Scheduler(executor.pool, max_running or executor.max_sequences, prefill_chunk, prefill_budget,
                                    on_release=executor.release)
         self._callbacks: dict[str, Callable[[RequestOutput], None]] = {}
         self._ids = itertools.count()
@@ -114,15 +115,14 @@ class LLMEngine:
         plan = self.scheduler.schedule()
         outputs: list[RequestOutput] = []
         stats = StepStats(preempted=len(plan.preempted), batch_size=len(plan.decode))
-        for seq, begin, end in plan.prefill:
-            logits = self.executor.prefill(seq, begin, end)
+        prefill_logits, decode_logits = self.executor.step(plan.prefill, plan.decode)
+        for (seq, begin, end), logits in zip(plan.prefill, prefill_logits):
             seq.num_computed = end
             stats.prefill_tokens += end - begin
             if end == seq.num_tokens:  # the whole sequence is in the cache: its next token is due
                 outputs.append(self._advance(seq, logits))
         if plan.decode:
-            logits = self.executor.decode(plan.decode)
-            for seq, row in zip(plan.decode, logits):
+            for seq, row in zip(plan.decode, decode_logits):
                 seq.num_computed += 1
                 outputs.append(self._advance(seq, row))
             stats.decode_tokens = len(plan.decode)

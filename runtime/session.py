@@ -3,8 +3,8 @@
 `DecoderSession.forward` runs one step for a batch with concatenation semantics: the new
 tokens, the attention mask over past + new tokens, their positions and the past arrays
 (B, n_kv, P, hd); it returns logits and the present arrays (B, n_kv, P+S, hd). Evaluation
-and build verification use it. Serving uses `runtime.executors`, which own the cache
-buffers of the engine's layout (static slots written in place, or concat).
+and build verification use it (paged engines: `runtime.paged.sequence_logits`). Serving uses
+`runtime.executors`, which own the cache buffers of the engine's layout.
 """
 
 from __future__ import annotations
@@ -86,6 +86,15 @@ def disabled_optimizers(quantization: dict[str, Any] | None) -> tuple[str, ...]:
     return ()
 
 
+def check_layout_provider(kv: KvSpec, provider: str) -> None:
+    """Paged engines run on CUDA only: say so before onnxruntime fails to find a kernel."""
+    if kv.layout == "paged" and provider != PROVIDERS["cuda"]:
+        raise EngineError(f"this engine has the paged KV-cache layout, whose attention (onnxruntime's "
+                          f"PagedAttention) runs on CUDA only, and it was opened on {provider}",
+                          hint="open it with provider 'cuda' (--provider cuda) where onnxruntime-gpu and an "
+                               "NVIDIA GPU are present, or rebuild with --kv-layout static for CPU")
+
+
 def resolve_provider(provider: str) -> str:
     name = PROVIDERS.get(provider.lower(), provider)
     available = ort.get_available_providers()
@@ -103,6 +112,7 @@ class DecoderSession:
         """`quantization`: the manifest's section, which settles a few onnxruntime options."""
         self.kv = kv
         self.provider = resolve_provider(provider)
+        check_layout_provider(kv, self.provider)
         needs = (quantization or {}).get("provider")  # engines with one provider's kernels only
         if needs and self.provider != PROVIDERS.get(needs, needs):
             raise EngineError(f"this engine's quantized linears use {needs}-only onnxruntime kernels "
@@ -128,7 +138,11 @@ class DecoderSession:
         """(B, S) ids, (B, T) mask, (B, S) positions, past -> logits (B, S - logits_from, V), present.
 
         Concatenation semantics on any engine (a static-layout engine's kernel then appends
-        into a new buffer instead of in place); the runtime's executors use the layouts."""
+        into a new buffer instead of in place); the runtime's executors use the layouts.
+        Paged engines have no per-sequence past: `runtime.paged.sequence_logits` runs them."""
+        if self.kv.layout == "paged":
+            raise EngineError("a paged engine takes packed tokens and block tables, not past arrays",
+                              hint="use runtime.paged.sequence_logits or an executor (runtime.executors)")
         feeds = {"input_ids": input_ids.astype(np.int64, copy=False),
                  "attention_mask": attention_mask.astype(np.int64, copy=False)}
         if "position_ids" in self.input_names:  # static engines drop it: GQA does not read it

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
+import onnxruntime as ort
 import pytest
 
 from optimizer.errors import EngineError, InputError
 from optimizer.pipeline import BuildOptions, build_engine
 from passes import DEFAULT_PIPELINE, UNFUSED_PIPELINE, PassContext
-from passes.kv_layout import METADATA_KEY
+from passes.kv_layout import METADATA_KEY, PAGED_INPUTS
 from passes.pipeline import run_passes
 from runtime import Engine, SamplingParams
 from runtime.executors import make_executor
+from runtime.paged import pack_step
+from runtime.session import DecoderSession
 from optimizer.capture import decoder_dims
 from tests.pass_helpers import captured
 
@@ -86,41 +90,87 @@ def test_bad_layout_options_fail_before_any_work(tmp_path, options, message):
     assert not (tmp_path / "e").exists()
 
 
-def test_paged_layout_is_refused_with_the_reason(tmp_path):
-    with pytest.raises(InputError, match="paged KV-cache layout cannot be built yet") as e:
+@pytest.mark.parametrize("options, message, hint", [
+    ({"dtype": "fp32"}, "takes float16", "--dtype fp16"),
+    ({"dtype": "fp16", "kv_block_size": 24}, "power of two", "16, 32"),
+    ({"dtype": "fp16"}, "CUDA-only kernel", "--kv-layout static"),
+])
+def test_paged_builds_need_fp16_and_cuda(tmp_path, monkeypatch, options, message, hint):
+    """Refused before any work, here as on a GPU machine (the providers are pinned to CPU)."""
+    import onnxruntime as ort
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(InputError, match=message) as e:
         build_engine(BuildOptions(out=tmp_path / "e", random_weights=True, config="tiny-llama", quiet=True,
-                                  kv_layout="paged", dtype="fp16"))
-    assert "--kv-layout static" in e.value.hint and not (tmp_path / "e").exists()
+                                  kv_layout="paged", **options))
+    assert hint in e.value.hint and not (tmp_path / "e").exists()
 
 
-def test_paged_rewrite_replaces_every_attention_with_paged_attention(tiny_hf_folders):
+def test_paged_rewrite_replaces_every_attention_with_paged_attention(tiny_hf_folders, tmp_path):
     """The graph rewrite itself needs no GPU: every GQA becomes PagedAttention over packed
-    tokens, the mask and positions leave the interface, block tables enter it."""
-    model, loaded = captured(tiny_hf_folders["gemma3"])
+    tokens, the mask and positions leave the interface, block tables enter it, and the
+    lm_head reads the rows `logits_indices` names."""
+    model, loaded = captured(tiny_hf_folders["gemma3"], "fp16")
     dims = decoder_dims(loaded.config, loaded.arch)
-    model, reports = run_passes(model, DEFAULT_PIPELINE, PassContext(max_positions=256, kv_layout="paged",
-                                                                     kv_block_size=8))
+    model, reports = run_passes(model, DEFAULT_PIPELINE, PassContext(dtype="fp16", max_positions=256,
+                                                                     kv_layout="paged", kv_block_size=16))
     ops = [n.op_type for n in model.graph]
     assert ops.count("PagedAttention") == dims.num_layers and "GroupQueryAttention" not in ops
     names = [v.name for v in model.graph.inputs]
-    assert "attention_mask" not in names and "position_ids" not in names
-    assert {"cumulative_sequence_length", "past_seqlens", "block_table"} <= set(names)
+    assert "attention_mask" not in names and "position_ids" not in names and "logits_from" not in names
+    assert set(PAGED_INPUTS) <= set(names) and "logits_indices" in names
+    gather = next(n for n in model.graph if n.name == "logits_gather")
+    assert gather.op_type == "Gather" and gather.inputs[1].name == "logits_indices"
     cache = next(v for v in model.graph.inputs if v.name == "past_key_values.0.key")
-    assert [str(d) for d in cache.shape] == ["num_blocks", "8", str(dims.num_kv_heads), str(dims.head_dim)]
+    assert [str(d) for d in cache.shape] == ["num_blocks", "16", str(dims.num_kv_heads), str(dims.head_dim)]
     node = next(n for n in model.graph if n.op_type == "PagedAttention")
     assert node.attributes["local_window_size"].value == 4  # Gemma3's sliding window survives
+    tokens = node.inputs[0].producer()  # (B, S, X) -> (tokens, X) with X static: the kernel needs it
+    assert tokens.op_type == "Reshape" and tokens.inputs[1].const_value.numpy()[1] > 0
     assert model.metadata_props[METADATA_KEY] == "paged"
+    # onnxruntime's CPU build has the op's schema but no kernel: loading passes shape
+    # inference and stops at the kernel/type check, which is as far as a CPU can go
+    ir.save(model, tmp_path / "paged.onnx")
+    with pytest.raises(Exception) as e:
+        ort.InferenceSession(str(tmp_path / "paged.onnx"), providers=["CPUExecutionProvider"])
+    assert "PagedAttention" in str(e.value) and "ShapeInferenceError" not in str(e.value)
 
 
 def test_runtime_refuses_paged_engines_on_cpu(static_engine):
+    """A paged engine opened on CPU: a clear error before onnxruntime looks for a kernel."""
     import dataclasses
 
     session = static_engine.session
     paged = dataclasses.replace(session.kv, layout="paged", block_size=16, num_blocks=8)
+    with pytest.raises(EngineError, match="runs on CUDA only") as e:
+        DecoderSession(static_engine.dir.model_path, paged)
+    assert "--provider cuda" in e.value.hint and "--kv-layout static" in e.value.hint
     original = session.kv
     try:
         session.kv = paged
-        with pytest.raises(EngineError, match="paged KV-cache layout has no executor"):
+        with pytest.raises(EngineError, match="runs on CUDA only"):
             make_executor(session)
+        with pytest.raises(EngineError, match="packed tokens and block tables"):
+            session.forward(np.zeros((1, 1)), np.ones((1, 1)), np.zeros((1, 1)), [])
     finally:
         session.kv = original
+
+
+def test_pack_step_packs_tokens_lengths_and_tables():
+    feeds = pack_step([([5, 6, 7], 0, [4]), ([9], 20, [0, 2]), ([1, 2], 16, [3, 1, 7])], block_size=16)
+    assert feeds["input_ids"].tolist() == [[5, 6, 7, 9, 1, 2]]
+    assert feeds["cumulative_sequence_length"].tolist() == [0, 3, 4, 6]
+    assert feeds["past_seqlens"].tolist() == [0, 20, 16]
+    assert feeds["block_table"].tolist() == [[4, 0, 0], [0, 2, 0], [3, 1, 7]]
+    assert feeds["attention_metadata"].tolist() == [3, 21]  # most new tokens, longest sequence
+    assert {a.dtype for k, a in feeds.items() if k != "input_ids"} == {np.dtype(np.int32)}
+
+
+@pytest.mark.parametrize("chunks, message", [
+    ([], "at least one sequence"),
+    ([([], 0, [1])], "no new tokens"),
+    ([([1, 2], 15, [0])], "overflow its 1 blocks"),
+])
+def test_pack_step_refuses_what_the_kernel_would_misread(chunks, message):
+    with pytest.raises(ValueError, match=message):
+        pack_step(chunks, block_size=16)

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from runtime.executors import step_each
 from runtime.kv_cache import BlockPool, SlotPool
 from runtime.llm_engine import LLMEngine
 from runtime.sampling import SamplingParams
@@ -38,6 +39,7 @@ def one_hot(token: int) -> np.ndarray:
 class FakeExecutor:
     def __init__(self, pool: SlotPool | BlockPool) -> None:
         self.pool = pool
+        self.max_sequences = pool.total
         self.cache: dict[str, list[int]] = {}
 
     def _check_held(self, seq: Sequence, upto: int) -> None:
@@ -64,6 +66,8 @@ class FakeExecutor:
             cached.append(seq.all_ids[-1])
             rows.append(one_hot(fake_next(cached)))
         return np.stack(rows)
+
+    step = step_each
 
     def release(self, seq: Sequence) -> None:
         assert seq.request_id in self.pool.holders(), "released after the pool freed the space"

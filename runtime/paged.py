@@ -1,0 +1,153 @@
+"""The paged KV-cache layout: one pool of blocks per layer and K/V, shared through block tables.
+
+An engine built with `--kv-layout paged` computes attention with onnxruntime's
+PagedAttention, a CUDA-only kernel. A step feeds the new tokens of its sequences packed into
+one row, with no padding:
+
+    input_ids                   (1, T)  int64   every sequence's new tokens, one after another
+    cumulative_sequence_length  (B+1,)  int32   where each sequence's tokens start in that row
+    past_seqlens                (B,)    int32   positions already in each sequence's blocks
+    block_table                 (B, W)  int32   each sequence's blocks in order (padded with 0)
+    attention_metadata          (2,)    int32   host-side upper bounds [new tokens of one
+                                                sequence, past + new of one sequence], so the
+                                                kernel need not copy the lengths back from the
+                                                GPU in every layer
+    logits_indices              (N,)    int64   (slice-logits) the rows whose logits are
+                                                computed: each sequence's last token
+
+The kernel writes each new key/value into its sequence's blocks in place: every layer's K and
+V pool is one device buffer, bound as both `key_cache` input and present output. Rotary
+positions come from `past_seqlens`, so a chunk continues where its sequence stopped.
+
+`PagedExecutor` is the scheduler's executor for such engines (`runtime.kv_cache.BlockPool`
+keeps the accounting: a sequence takes blocks as it grows, and the scheduler preempts when
+none is free). Its `step` runs a whole iteration, the prefill chunks and every decode, as one
+packed call. `sequence_logits` gives every position's logits of one sequence, for build
+verification and perplexity.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence as Seq
+
+import numpy as np
+import onnxruntime as ort
+
+from optimizer.errors import EngineError
+from runtime.kv_cache import BlockPool
+from runtime.sequence import Sequence
+from runtime.session import DecoderSession, check_layout_provider
+
+LOGITS_INDICES = "logits_indices"  # the paged graph's input (passes/kv_layout.py)
+Chunk = tuple[Seq[int], int, Seq[int]]  # (new token ids, positions already cached, block table)
+
+
+def pack_step(chunks: Seq[Chunk], block_size: int) -> dict[str, np.ndarray]:
+    """The packed step inputs of `chunks`, in order (pure: no session, no device).
+
+    Each chunk's table must cover its past and new positions."""
+    if not chunks:
+        raise ValueError("a paged step needs at least one sequence")
+    lengths, past = [], []
+    for i, (ids, start, table) in enumerate(chunks):
+        if not ids:
+            raise ValueError(f"chunk {i} has no new tokens")
+        if start + len(ids) > len(table) * block_size:
+            raise ValueError(f"chunk {i}: {start} + {len(ids)} positions overflow its {len(table)} blocks "
+                             f"of {block_size}")
+        lengths.append(len(ids))
+        past.append(start)
+    width = max(len(t) for _, _, t in chunks)
+    table = np.zeros((len(chunks), width), np.int32)
+    for row, (_, _, blocks) in enumerate(chunks):
+        table[row, :len(blocks)] = blocks
+    totals = np.asarray(past) + np.asarray(lengths)
+    return {
+        "input_ids": np.concatenate([np.asarray(ids, np.int64) for ids, _, _ in chunks])[None],
+        "cumulative_sequence_length": np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32),
+        "past_seqlens": np.asarray(past, np.int32),
+        "block_table": table,
+        "attention_metadata": np.asarray([max(lengths), int(totals.max())], np.int32),
+    }
+
+
+class PagedExecutor:
+    def __init__(self, session: DecoderSession, max_sequences: int, num_blocks: int, block_size: int) -> None:
+        kv = session.kv
+        check_layout_provider(kv, session.provider)
+        self.session, self.kv = session, kv
+        self.block_size = block_size
+        per_sequence = -(-kv.max_sequence_length // block_size) if kv.max_sequence_length else None
+        self.pool = BlockPool(num_blocks, block_size, per_sequence)
+        self.max_sequences = max_sequences
+        self._inputs = {i.name for i in session.session.get_inputs()}
+        dtype = {"fp16": np.float16, "fp32": np.float32}[kv.dtype]
+        shape = (num_blocks, block_size, kv.num_kv_heads, kv.head_dim)
+        self._binding = session.session.io_binding()
+        self._binding.bind_output("logits", "cuda")  # first: get_outputs()[0] is the logits
+        self._buffers = []  # keeps the device buffers alive as long as the binding
+        for i in range(kv.num_layers):
+            for past, present in ((kv.past_key, kv.present_key), (kv.past_value, kv.present_value)):
+                value = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype), "cuda", 0)
+                self._binding.bind_input(past.format(i=i), "cuda", 0, dtype, shape, value.data_ptr())
+                self._binding.bind_output(present.format(i=i), "cuda", 0, dtype, shape, value.data_ptr())
+                self._buffers.append(value)
+
+    def _run(self, chunks: Seq[Chunk], rows: Seq[int]) -> np.ndarray:
+        """Run one packed step; the logits (len(rows), V) of those rows of the packed tokens."""
+        feeds = pack_step(chunks, self.block_size)
+        if LOGITS_INDICES in self._inputs:
+            feeds[LOGITS_INDICES] = np.asarray(rows, np.int64)
+        for name, array in feeds.items():
+            if name in self._inputs:
+                self._binding.bind_cpu_input(name, array)
+        self._binding.bind_output("logits", "cuda")  # a fresh logits tensor each step
+        self.session.session.run_with_iobinding(self._binding)
+        logits = self._binding.get_outputs()[0].numpy()[0]
+        return logits if LOGITS_INDICES in self._inputs else logits[list(rows)]
+
+    def step(self, prefill: Seq[tuple[Sequence, int, int]],
+             decode: Seq[Sequence]) -> tuple[list[np.ndarray], np.ndarray | None]:
+        """One iteration in one call: prefill chunks (seq, start, end) and one token for each
+        decoding sequence. Returns each chunk's last-token logits (V,) and the decodes' (n, V)."""
+        chunks = [(seq.all_ids[start:end], start, self.pool.table(seq.request_id)) for seq, start, end in prefill]
+        chunks += [([s.all_ids[-1]], s.num_tokens - 1, self.pool.table(s.request_id)) for s in decode]
+        if not chunks:
+            return [], None
+        ends = np.cumsum([len(ids) for ids, _, _ in chunks]) - 1  # each chunk's last row
+        logits = self._run(chunks, ends)
+        return list(logits[:len(prefill)]), (logits[len(prefill):] if decode else None)
+
+    def prefill(self, seq: Sequence, start: int, end: int) -> np.ndarray:
+        """Compute tokens [start, end) of the sequence into its blocks; logits (V,) of the last."""
+        return self.step([(seq, start, end)], [])[0][0]
+
+    def decode(self, seqs: list[Sequence]) -> np.ndarray:
+        """One token for each sequence (its last), packed into one call; (n, V) logits."""
+        return self.step([], seqs)[1]
+
+    def release(self, seq: Sequence) -> None:
+        """Nothing to clear: the pool takes the blocks back, and a block's next owner
+        overwrites every position it reads."""
+
+    def sequence_logits(self, ids: Seq[int], prefill: int) -> np.ndarray:
+        """Every position's logits (N, V) of one sequence: a prefill of its first `prefill`
+        tokens, then one decode step per remaining token (its blocks are freed after)."""
+        key = "__sequence_logits__"
+        if not self.pool.admit(key, len(ids)):
+            raise EngineError(f"{len(ids)} tokens do not fit this executor's {self.pool.num_blocks} blocks "
+                              f"of {self.block_size}")
+        try:
+            table = self.pool.table(key)
+            rows = [self._run([(list(ids[:prefill]), 0, table)], range(prefill))]
+            rows += [self._run([([ids[pos]], pos, table)], [0]) for pos in range(prefill, len(ids))]
+        finally:
+            self.pool.release(key)
+        return np.concatenate(rows)
+
+
+def sequence_logits(session: DecoderSession, ids: Seq[int], prefill: int | None = None) -> np.ndarray:
+    """Logits (N, V) of every position of `ids` through a paged engine (a pool just large enough)."""
+    block = session.kv.block_size
+    executor = PagedExecutor(session, 1, -(-len(ids) // block), block)
+    return executor.sequence_logits(ids, len(ids) if prefill is None else prefill)
