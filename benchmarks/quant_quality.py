@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from calibration.config import DEFAULT_KEEP
+
 ROOT = Path(__file__).resolve().parents[1]
 OURS = {
     "rtn-int4-g64-sym": dict(method="rtn", bits=4, group_size=64, symmetric=True),
@@ -43,6 +45,13 @@ OURS = {
     "fp8-minmax-gptq-smooth0.3": dict(method="fp8", bits=8, group_size=None, observer="minmax",
                                       fp8_weights="gptq", smooth=0.3),
 }
+# FP8 sensitivity: the fp8-minmax-gptq variant with one more kind of linear kept in float
+# (besides the default lm_head and embeddings); layer indices are SmolLM2-135M's (30 layers)
+_FP8_KEEP = {"qkv": ("*.q_proj", "*.k_proj", "*.v_proj"), "o": ("*.o_proj",),
+             "gateup": ("*.gate_proj", "*.up_proj"), "down": ("*.down_proj",),
+             "first-last-layer": ("model.layers.0.*", "model.layers.29.*")}
+for _name, _patterns in _FP8_KEEP.items():
+    OURS[f"fp8-minmax-gptq-keep-{_name}"] = dict(OURS["fp8-minmax-gptq"], keep=DEFAULT_KEEP + _patterns)
 PEERS = {
     "llmcompressor-gptq-int4-g64-sym": dict(algo="gptq", symmetric=True),
     "llmcompressor-gptq-int4-g64-asym": dict(algo="gptq", symmetric=False),
