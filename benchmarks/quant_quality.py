@@ -45,6 +45,9 @@ OURS = {
     "fp8-minmax-gptq-smooth0.3": dict(method="fp8", bits=8, group_size=None, observer="minmax",
                                       fp8_weights="gptq", smooth=0.3),
 }
+for _alpha in (0.5, 0.8):  # stronger migration of activation outliers into the weights
+    OURS[f"fp8-minmax-smooth{_alpha}"] = dict(OURS["fp8-minmax"], smooth=_alpha)
+    OURS[f"fp8-minmax-gptq-smooth{_alpha}"] = dict(OURS["fp8-minmax-gptq"], smooth=_alpha)
 # FP8 sensitivity: the fp8-minmax-gptq variant with one more kind of linear kept in float
 # (besides the default lm_head and embeddings); layer indices are SmolLM2-135M's (30 layers)
 _FP8_KEEP = {"qkv": ("*.q_proj", "*.k_proj", "*.v_proj"), "o": ("*.o_proj",),
