@@ -16,6 +16,8 @@ groups stay contiguous in the original order and the engine needs no column inde
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from calibration.rtn import QuantizedLinear, QuantSpec, compute_qparams, quantize_with, to_groups
@@ -43,6 +45,34 @@ def inverse_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:
     return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
 
 
+def sweep_columns(W: torch.Tensor, Hinv: torch.Tensor, block_size: int,
+                  rounded: Callable[[int, int, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    """GPTQ's column sweep over W (out, in), modified in place: column by column, left to
+    right, `rounded(col, i, W1, W)` gives the column's rounded value (i: its index in the
+    block W1 being worked on); its error, scaled by Hinv, is spread over the block's later
+    columns at once, and over the rest of the matrix after each block (lazy batch updates)."""
+    n_in = W.shape[1]
+    for i1 in range(0, n_in, block_size):
+        i2 = min(i1 + block_size, n_in)
+        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
+        Err1 = torch.zeros_like(W1)
+        for i in range(i2 - i1):
+            err = (W1[:, i] - rounded(i1 + i, i, W1, W)) / Hinv1[i, i]
+            W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+
+
+def _prepared(W: torch.Tensor, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 copies, with inputs never seen (diag H == 0) zeroed and made harmless."""
+    W = W.detach().float().clone()
+    H = H.detach().float().clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    return W, H
+
+
 def gptq_fp8(W: torch.Tensor, H: torch.Tensor, *, damp: float = 0.01,
              block_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """GPTQ on the E4M3 grid: each row's scale is fixed from the original weights
@@ -51,27 +81,15 @@ def gptq_fp8(W: torch.Tensor, H: torch.Tensor, *, damp: float = 0.01,
     in) float8_e4m3fn, scales (out,)). Pure function: neither argument is modified."""
     from calibration.fp8 import fake_quant_fp8, quantize_fp8, weight_scales
 
-    W = W.detach().float().clone()
-    H = H.detach().float().clone()
+    W, H = _prepared(W, H)
     scales = weight_scales(W)
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-    Hinv = inverse_cholesky(H, damp)
-    n_in = W.shape[1]
     Q = torch.zeros_like(W)
-    for i1 in range(0, n_in, block_size):
-        i2 = min(i1 + block_size, n_in)
-        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
-        Err1 = torch.zeros_like(W1)
-        for i in range(i2 - i1):
-            w = W1[:, i]
-            q = fake_quant_fp8(w, scales)
-            Q[:, i1 + i] = q
-            err = (w - q) / Hinv1[i, i]
-            W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
-            Err1[:, i] = err
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+
+    def rounded(col: int, i: int, W1: torch.Tensor, _W: torch.Tensor) -> torch.Tensor:
+        Q[:, col] = fake_quant_fp8(W1[:, i], scales)
+        return Q[:, col]
+
+    sweep_columns(W, inverse_cholesky(H, damp), block_size, rounded)
     return quantize_fp8(Q, scales.unsqueeze(1)), scales
 
 
@@ -83,12 +101,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, *, act_orde
     g = spec.group_width(n_in)  # the last group may be narrower (calibration.rtn)
     if block_size % g != 0 and g % block_size != 0:
         block_size = g
-    W = W.detach().float().clone()
-    H = H.detach().float().clone()
-
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
+    W, H = _prepared(W, H)
 
     # Static group parameters (original order) for act-order; dynamic ones are found per group.
     static_scale = static_zero = None
@@ -98,38 +111,26 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, *, act_orde
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(n_in)
     W, H = W[:, perm], H[perm][:, perm]
 
-    Hinv = inverse_cholesky(H, damp)
-
     Q = torch.zeros_like(W)
     scale_cols = torch.zeros(out, n_in)  # per original column position in permuted order
     zero_cols = torch.zeros(out, n_in)
-    scale = zero = None
-    for i1 in range(0, n_in, block_size):
-        i2 = min(i1 + block_size, n_in)
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
-        Hinv1 = Hinv[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            col = i1 + i
-            if act_order:
-                group = int(perm[col]) // g
-                scale, zero = static_scale[:, group], static_zero[:, group]
-            elif col % g == 0:
-                # dynamic groups: parameters from the group's current (updated) weights
-                width = min(g, i2 - col) if g <= block_size else g
-                cols = W1[:, i:i + width] if g <= block_size else W[:, col:col + g]
-                scale, zero = compute_qparams(cols, spec)
-            w = W1[:, i]
-            q = quantize_with(w.unsqueeze(-1), scale, zero, spec.qmax).squeeze(-1)
-            Q1[:, i] = q
-            scale_cols[:, col], zero_cols[:, col] = scale, zero
-            d = Hinv1[i, i]
-            err = (w - (q - zero) * scale) / d
-            W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
-            Err1[:, i] = err
-        Q[:, i1:i2] = Q1
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    params: list[torch.Tensor] = []  # the current group's (scale, zero)
+
+    def rounded(col: int, i: int, W1: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+        if act_order:
+            group = int(perm[col]) // g
+            params[:] = static_scale[:, group], static_zero[:, group]
+        elif col % g == 0:
+            # dynamic groups: parameters from the group's current (updated) weights
+            width = min(g, W1.shape[1] - i) if g <= block_size else g
+            cols = W1[:, i:i + width] if g <= block_size else W[:, col:col + g]
+            params[:] = compute_qparams(cols, spec)
+        scale, zero = params
+        q = quantize_with(W1[:, i].unsqueeze(-1), scale, zero, spec.qmax).squeeze(-1)
+        Q[:, col], scale_cols[:, col], zero_cols[:, col] = q, scale, zero
+        return (q - zero) * scale
+
+    sweep_columns(W, inverse_cholesky(H, damp), block_size, rounded)
 
     inv = torch.argsort(perm)
     Q, scale_cols, zero_cols = Q[:, inv], scale_cols[:, inv], zero_cols[:, inv]
