@@ -7,7 +7,9 @@ inputs, the refusals on CPU) is tested in test_kv_layout.py.
 
 from __future__ import annotations
 
+import asyncio
 import random
+import time
 
 import numpy as np
 import onnxruntime as ort
@@ -17,6 +19,7 @@ from optimizer.evaluate import perplexity, session_logits_fn
 from optimizer.pipeline import BuildOptions, build_engine
 from optimizer.verify import engine_probe_logits
 from runtime import Engine, SamplingParams
+from runtime.async_engine import AsyncEngine
 from runtime.paged import PagedExecutor, sequence_logits
 
 pytestmark = pytest.mark.skipif(
@@ -111,3 +114,35 @@ def test_a_full_pool_preempts_and_recomputes_each_requests_own_tokens(engines):
         assert len(seq.output_ids) == params.max_new_tokens
         assert_greedy_under_own_logits(paged.session, prompt, seq.output_ids)
     assert llm.scheduler.pool.used == 0
+
+
+def test_async_streams_and_client_aborts_leave_no_blocks(engines):
+    """The serving loop on a paged engine: 24 concurrent streams, every third client hanging
+    up after 3 tokens; the others get all their tokens, and every block comes back."""
+    paged, _ = engines
+    server = AsyncEngine(paged.llm()).start()
+    requests = _requests(24, seed=3)
+
+    async def client(i: int, prompt: list[int], params: SamplingParams) -> int:
+        got = 0
+        async for out in server.stream(prompt, params, detokenize=False):
+            got += len(out.new_token_ids)
+            if i % 3 == 0 and got >= 3:
+                break  # leaving the stream aborts the request
+        return got
+
+    async def all_clients() -> list[int]:
+        return await asyncio.gather(*(client(i, p, params) for i, (p, params) in enumerate(requests)))
+
+    try:
+        got = asyncio.run(all_clients())
+        for i, ((_, params), n) in enumerate(zip(requests, got)):
+            assert n == (3 if i % 3 == 0 else params.max_new_tokens)
+        deadline = time.monotonic() + 20
+        while server.llm.scheduler.pool.used or server.llm.sequences:
+            assert time.monotonic() < deadline, "blocks were not freed"
+            time.sleep(0.02)
+        server.llm.scheduler.pool.check()
+        assert server.alive
+    finally:
+        server.shutdown()
