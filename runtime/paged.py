@@ -72,6 +72,9 @@ def pack_step(chunks: Seq[Chunk], block_size: int) -> dict[str, np.ndarray]:
 
 
 class PagedExecutor:
+    """The executor of paged engines: `num_blocks` blocks of `block_size` positions per layer
+    and K/V on the GPU, `max_sequences` sequences running together."""
+
     def __init__(self, session: DecoderSession, max_sequences: int, num_blocks: int, block_size: int) -> None:
         kv = session.kv
         check_layout_provider(kv, session.provider)
