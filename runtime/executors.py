@@ -187,15 +187,16 @@ def make_executor(session: DecoderSession, slots: int | None = None, capacity: i
     """The executor for the engine's layout, sized by the manifest unless overridden.
 
     `slots=1` with a request's own capacity gives the single-request path: in place for any
-    engine whose attention is GroupQueryAttention, whatever layout its manifest records."""
+    engine whose attention is GroupQueryAttention, whatever layout its manifest records (a
+    paged engine gets a pool of just that size)."""
     kv = session.kv
-    if kv.layout == "paged":
-        return _paged_executor(session, slots, capacity)
     limit = kv.max_sequence_length
-    capacity = capacity or kv.slot_capacity or limit or DEFAULT_CONCAT_CAPACITY
-    if limit is not None and capacity > limit:
+    if capacity is not None and limit is not None and capacity > limit:
         raise EngineError(f"{capacity} tokens exceed the engine's maximum sequence length {limit}",
                           hint="shorten the prompt or max_new_tokens, or rebuild with a larger --max-seq-len")
+    if kv.layout == "paged":
+        return _paged_executor(session, slots, capacity)
+    capacity = capacity or kv.slot_capacity or limit or DEFAULT_CONCAT_CAPACITY
     slots = slots or kv.slots or DEFAULT_CONCAT_SLOTS
     if kv.attention == "GroupQueryAttention":
         return StaticExecutor(session, slots, capacity)
@@ -205,10 +206,6 @@ def make_executor(session: DecoderSession, slots: int | None = None, capacity: i
 def _paged_executor(session: DecoderSession, slots: int | None, capacity: int | None) -> PagedExecutor:
     """The manifest's pool, or one of `slots` x `capacity` positions where they are given."""
     kv = session.kv
-    limit = kv.max_sequence_length
-    if capacity is not None and limit is not None and capacity > limit:
-        raise EngineError(f"{capacity} tokens exceed the engine's maximum sequence length {limit}",
-                          hint="shorten the prompt or max_new_tokens, or rebuild with a larger --max-seq-len")
     slots = slots or kv.slots or 1
     blocks = kv.num_blocks if capacity is None else slots * -(-capacity // kv.block_size)
     return PagedExecutor(session, slots, blocks, kv.block_size)
