@@ -46,15 +46,10 @@ def engine_logits_fn(engine: Any) -> LogitsFn:
 
 def session_logits_fn(session: Any) -> LogitsFn:
     """Whole-window logits from a runtime.session.DecoderSession (a prefill from an empty cache)."""
+    from runtime.executors import probe_logits
 
     def run(ids: np.ndarray) -> np.ndarray:
-        n = ids.shape[1]
-        if session.kv.layout == "paged":
-            from runtime.paged import sequence_logits
-
-            return sequence_logits(session, ids[0].tolist())[None]
-        logits, _ = session.forward(ids, np.ones_like(ids), np.arange(n)[None], session.empty_cache(1))
-        return logits
+        return probe_logits(session, ids[0].tolist(), ids.shape[1])[None]
     return run
 
 

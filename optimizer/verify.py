@@ -16,6 +16,7 @@ import torch
 
 from optimizer.errors import OptimizerError
 from optimizer.models.loader import LoadedModel
+from runtime.executors import probe_logits
 from runtime.session import DecoderSession, KvSpec
 
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog. Paris is the capital of"
@@ -37,22 +38,6 @@ def probe_ids(loaded: LoadedModel, length: int = 16) -> list[int]:
     return rng.integers(0, loaded.config.vocab_size, size=length).tolist()
 
 
-def engine_probe_logits(session: DecoderSession, ids: list[int], n_prefill: int) -> np.ndarray:
-    """(N, V) logits of `ids` through the engine: a prefill, then one decode step per token."""
-    if session.kv.layout == "paged":
-        from runtime.paged import sequence_logits
-
-        return sequence_logits(session, ids, n_prefill)
-    logits, cache = session.forward(np.asarray([ids[:n_prefill]]), np.ones((1, n_prefill)),
-                                    np.arange(n_prefill)[None], session.empty_cache(1))
-    steps = [logits[0]]
-    for pos in range(n_prefill, len(ids)):
-        logits, cache = session.forward(np.asarray([[ids[pos]]]), np.ones((1, pos + 1)),
-                                        np.asarray([[pos]]), cache)
-        steps.append(logits[0])
-    return np.concatenate(steps)
-
-
 def verify_engine(model_path: Path, kv: dict[str, Any], loaded: LoadedModel, mode: str,
                   provider: str = "cpu", quantization: dict[str, Any] | None = None) -> dict[str, Any]:
     """mode "fp32": the engine must match to numerical noise; "approx" (fp16 compute, int8
@@ -62,7 +47,7 @@ def verify_engine(model_path: Path, kv: dict[str, Any], loaded: LoadedModel, mod
         ref = loaded.model(input_ids=torch.tensor([ids])).logits[0].float().numpy()  # (N, V)
     session = DecoderSession(model_path, KvSpec.from_manifest(kv), provider=provider,
                              quantization=quantization)
-    got = engine_probe_logits(session, ids, len(ids) - DECODE_STEPS)
+    got = probe_logits(session, ids, len(ids) - DECODE_STEPS)
     finite = bool(np.isfinite(got).all())
     max_diff = float(np.abs(got - ref).max()) if finite else float("inf")
     scale = float(np.abs(ref).max())

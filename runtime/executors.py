@@ -25,7 +25,7 @@ import onnxruntime as ort
 from optimizer.errors import EngineError
 from runtime.host_io import HostStepIO
 from runtime.kv_cache import SlotPool
-from runtime.paged import PagedExecutor
+from runtime.paged import PagedExecutor, sequence_logits
 from runtime.sequence import Sequence
 from runtime.session import PROVIDERS, DecoderSession
 
@@ -181,6 +181,22 @@ class ConcatExecutor:
 
     def release(self, seq: Sequence) -> None:
         self._caches.pop(seq.request_id, None)
+
+
+def probe_logits(session: DecoderSession, ids: list[int], prefill: int) -> np.ndarray:
+    """Every position's logits (N, V) of one sequence through the engine: a prefill of its
+    first `prefill` tokens, then one decode step per remaining token (build verification and
+    perplexity). Paged engines through their block pool, others with concatenation."""
+    if session.kv.layout == "paged":
+        return sequence_logits(session, ids, prefill)
+    logits, cache = session.forward(np.asarray([ids[:prefill]]), np.ones((1, prefill)),
+                                    np.arange(prefill)[None], session.empty_cache(1))
+    steps = [logits[0]]
+    for pos in range(prefill, len(ids)):
+        logits, cache = session.forward(np.asarray([[ids[pos]]]), np.ones((1, pos + 1)),
+                                        np.asarray([[pos]]), cache)
+        steps.append(logits[0])
+    return np.concatenate(steps)
 
 
 def make_executor(session: DecoderSession, slots: int | None = None, capacity: int | None = None):

@@ -17,9 +17,9 @@ import pytest
 
 from optimizer.evaluate import perplexity, session_logits_fn
 from optimizer.pipeline import BuildOptions, build_engine
-from optimizer.verify import engine_probe_logits
 from runtime import Engine, SamplingParams
 from runtime.async_engine import AsyncEngine
+from runtime.executors import probe_logits
 from runtime.paged import PagedExecutor, sequence_logits
 
 pytestmark = pytest.mark.skipif(
@@ -55,7 +55,7 @@ def test_paged_logits_match_the_static_engine(engines):
     paged, static = engines
     ids = np.random.default_rng(0).integers(0, 49152, 70).tolist()  # crosses block boundaries
     got = sequence_logits(paged.session, ids, prefill=37)
-    want = engine_probe_logits(static.session, ids, 37)
+    want = probe_logits(static.session, ids, 37)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, atol=0.02 * max(1.0, float(np.abs(want).max())))
     windows = np.asarray([ids[:64], ids[6:70]])
