@@ -45,6 +45,12 @@ OURS = {
     "fp8-minmax-gptq-smooth0.3": dict(method="fp8", bits=8, group_size=None, observer="minmax",
                                       fp8_weights="gptq", smooth=0.3),
 }
+# FP8 with GPTAQ: weights fitted to the float model's outputs (calibration.gptq.asymmetric_target)
+for _observer in ("minmax", "mse"):
+    OURS[f"fp8-{_observer}-gptaq"] = dict(method="fp8", bits=8, group_size=None, observer=_observer,
+                                          fp8_weights="gptaq")
+for _damp in (0.1, 1.0):  # a stronger ridge pulls GPTAQ's fitted weights towards the float ones
+    OURS[f"fp8-minmax-gptaq-damp{_damp}"] = dict(OURS["fp8-minmax-gptaq"], damp=_damp)
 for _alpha in (0.5, 0.8):  # stronger migration of activation outliers into the weights
     OURS[f"fp8-minmax-smooth{_alpha}"] = dict(OURS["fp8-minmax"], smooth=_alpha)
     OURS[f"fp8-minmax-gptq-smooth{_alpha}"] = dict(OURS["fp8-minmax-gptq"], smooth=_alpha)

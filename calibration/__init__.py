@@ -77,7 +77,8 @@ def quantize_model(loaded: Any, cfg: QuantConfig, quiet: bool = False) -> Quanti
                                    "tokens": int(windows.size), "sha256": windows_hash(windows)}
         step = METHOD_STEPS[cfg.method]
         run_sequential(loaded.model, loaded.arch, windows, cfg.batch_size,
-                       partial(step, cfg=cfg, codes=codes, arch=loaded.arch), keep, quiet)
+                       partial(step, cfg=cfg, codes=codes, arch=loaded.arch), keep, quiet,
+                       float_stream=cfg.float_stream)
     if cfg.lm_head_bits is not None:
         quantize_lm_head(loaded, cfg, codes)
     manifest["quantized_modules"] = len(codes)

@@ -12,7 +12,7 @@ METHODS = ("rtn", "awq", "gptq", "fp8")  # fp8: W8A8 E4M3, per-channel weights, 
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128, 256)  # or None: per output channel
 DEFAULT_KEEP = ("lm_head", "*embed_tokens*")
-FP8_WEIGHT_ROUNDING = ("nearest", "gptq")
+FP8_WEIGHT_ROUNDING = ("nearest", "gptq", "gptaq")
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,8 @@ class QuantConfig:
     observer: str = "minmax"  # fp8: activation-scale observer (calibration.fp8.OBSERVERS)
     percentile: float = 99.99  # fp8, percentile observer: the |x| percentile mapped to 448
     smooth: float | None = None  # fp8: SmoothQuant migration strength alpha in [0, 1]; None: off
-    fp8_weights: str = "nearest"  # fp8: weight rounding, "nearest" or "gptq" (error-compensated)
+    fp8_weights: str = "nearest"  # fp8: weight rounding, "nearest", "gptq" (error-compensated) or
+    #                               "gptaq" (GPTQ fitted to the float model's outputs)
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -90,10 +91,15 @@ class QuantConfig:
     def describe(self) -> str:
         if self.method == "fp8":
             smooth = "" if self.smooth is None else f", smoothed (alpha {self.smooth})"
-            gptq = ", GPTQ-rounded weights" if self.fp8_weights == "gptq" else ""
+            gptq = {"gptq": ", GPTQ-rounded weights", "gptaq": ", GPTAQ-fitted weights"}.get(self.fp8_weights, "")
             return f"fp8 W8A8 (E4M3, per-channel weights{gptq}, {self.observer} activation scales{smooth})"
         return (f"{self.method} int{self.bits} {'per-channel' if self.group_size is None else f'group {self.group_size}'}"
                 f" {'symmetric' if self.symmetric else 'asymmetric'}")
+
+    @property
+    def float_stream(self) -> bool:
+        """Whether calibration carries the float model's hidden states (GPTAQ fits to them)."""
+        return self.method == "fp8" and self.fp8_weights == "gptaq"
 
     @property
     def spec(self) -> QuantSpec:

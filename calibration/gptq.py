@@ -38,6 +38,50 @@ class HessianAccumulator:
         self.n = total
 
 
+class PairAccumulator(HessianAccumulator):
+    """GPTAQ's statistics of one linear's input pairs: x from the float model and xq, what
+    the quantized model feeds the same linear at the same token. H is xq's Hessian
+    (2/n sum xq xq^T), C the cross term 2/n sum x xq^T, both over every token seen."""
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__(in_features)
+        self.C = torch.zeros(in_features, in_features, dtype=torch.float32)
+
+    def add_pair(self, x: torch.Tensor, xq: torch.Tensor) -> None:
+        x, xq = x.reshape(-1, x.shape[-1]).float(), xq.reshape(-1, xq.shape[-1]).float()
+        if x.shape != xq.shape:
+            raise ValueError(f"input pairs must match, got {tuple(x.shape)} and {tuple(xq.shape)}")
+        total = self.n + x.shape[0]
+        self.C.mul_(self.n / total)
+        self.C.addmm_(x.t(), xq, alpha=2.0 / total)
+        self.add(xq)  # H, and n
+
+
+def asymmetric_target(W: torch.Tensor, H: torch.Tensor, C: torch.Tensor, damp: float) -> torch.Tensor:
+    """The float weights W* that best map the quantized model's inputs Xq onto the float
+    model's outputs W X: the minimizer of ||W X - W* Xq||^2 + lam ||W* - W||^2, which is
+    W* = W (C + lam I)(H + lam I)^-1 with H = Xq Xq^T, C = X Xq^T and lam = damp * mean(diag H),
+    the damping the GPTQ sweep adds to H. The ridge pulls towards W, not towards zero: a
+    zero-centred ridge would shrink every channel whose diag(H) is small next to the mean,
+    which massive-activation channels inflate. With Xq = X, W* = W exactly.
+
+    This is the asymmetric calibration of Li et al., "GPTQv2 (GPTAQ): Efficient Finetuning-
+    Free Quantization with Asymmetric Calibration" (ICML 2025), in closed form: since W* is
+    the optimum, ||W X - Q Xq||^2 + lam ||W - Q||^2 = const + (W* - Q)(H + lam I)(W* - Q)^T
+    summed over rows, so GPTQ of W* against the damped H minimizes the error against the
+    float model's outputs, compensating the drift of earlier quantized layers and this
+    input's own rounding. Pure function."""
+    Hd, Cd = H.detach().float().clone(), C.detach().float().clone()
+    lam = damp * torch.mean(torch.diag(Hd))
+    dead = torch.diag(Hd) == 0
+    Hd[dead, dead] = 1.0  # inputs never seen: W* keeps W's columns (GPTQ then zeroes them)
+    Cd[dead, dead] = 1.0
+    Hd.diagonal().add_(lam)
+    Cd.diagonal().add_(lam)
+    WC = W.detach().float() @ Cd
+    return torch.linalg.solve(Hd, WC.t()).t()  # H symmetric: (H^-1 (W C)^T)^T = W C H^-1
+
+
 def inverse_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:
     """Hinv: the upper Cholesky factor of (H + damp * mean(diag H) * I)^-1 (H is modified)."""
     H.diagonal().add_(damp * torch.mean(torch.diag(H)))

@@ -7,6 +7,7 @@ integer codes in `codes[module_name]` for lowering to MatMulNBits.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable
 
 import torch
@@ -14,10 +15,10 @@ import torch
 from calibration import awq
 from calibration.config import QuantConfig
 from calibration.fp8 import Fp8Linear, fake_quant_fp8, make_observer, quantize_linear_fp8, smoothing_scales
-from calibration.gptq import HessianAccumulator, gptq_fp8, gptq_quantize
+from calibration.gptq import HessianAccumulator, PairAccumulator, asymmetric_target, gptq_fp8, gptq_quantize
 from calibration.mappings import INPUT_GROUPS, awq_mappings
 from calibration.rtn import QuantizedLinear, rtn_quantize
-from calibration.sequential import LayerWork
+from calibration.sequential import LayerWork, call_layer
 
 
 def store_quantized(linear: torch.nn.Linear, q: QuantizedLinear, name: str, codes: dict[str, QuantizedLinear]) -> None:
@@ -84,9 +85,13 @@ def fp8_layer(work: LayerWork, cfg: QuantConfig, codes: dict, arch: Any = None) 
     quantize the weights per channel, and from here on fake-quantize the inputs: later layers
     are calibrated on what the engine will compute, and verification compares like with like.
     With cfg.smooth, activation outliers are first migrated into the weights (smooth_layer);
-    with cfg.fp8_weights "gptq" the weights are rounded by GPTQ on the E4M3 grid."""
+    with cfg.fp8_weights "gptq" the weights are rounded by GPTQ on the E4M3 grid, with
+    "gptaq" as fp8_gptaq_layer does."""
     if cfg.smooth is not None:
         smooth_layer(work, cfg.smooth, arch)
+    if cfg.fp8_weights == "gptaq":
+        fp8_gptaq_layer(work, cfg, codes)
+        return
     gptq = cfg.fp8_weights == "gptq"
 
     def new_stats(role: str) -> tuple[Any, HessianAccumulator | None]:  # one pass feeds both
@@ -106,10 +111,75 @@ def fp8_layer(work: LayerWork, cfg: QuantConfig, codes: dict, arch: Any = None) 
             q = Fp8Linear(fp8_codes, scales, float(observer.scale()), cfg.observer)
         else:
             q = quantize_linear_fp8(linear.weight, observer.scale(), cfg.observer)
-        linear.weight.data.copy_(q.dequantize().to(linear.weight.dtype))
-        linear.register_forward_pre_hook(
-            lambda _m, args, s=q.input_scale: (fake_quant_fp8(args[0], s), *args[1:]))
-        codes[work.names[role]] = q
+        _install_fp8(linear, q, work.names[role], codes)
+
+
+def _install_fp8(linear: torch.nn.Linear, q: Fp8Linear, name: str, codes: dict) -> None:
+    """The linear computes what the engine will: dequantized weights, fake-quantized input."""
+    linear.weight.data.copy_(q.dequantize().to(linear.weight.dtype))
+    linear.register_forward_pre_hook(lambda _m, args, s=q.input_scale: (fake_quant_fp8(args[0], s), *args[1:]))
+    codes[name] = q
+
+
+def fp8_gptaq_layer(work: LayerWork, cfg: QuantConfig, codes: dict) -> None:
+    """FP8 with GPTAQ-fitted weights, one input group at a time in the layer's order (q/k/v,
+    o, gate/up, down), so each group sees the earlier ones already quantized:
+
+    1. observe the group's input as the quantized model feeds it -> its activation scale;
+    2. pair, token by token, the float model's input to the group (the float layer on the
+       float model's hidden states, `work.float_inputs`) with the quantized model's input
+       after FP8 rounding at that scale;
+    3. fit each linear's weights to the float model's outputs (asymmetric_target), round
+       them by GPTQ on the E4M3 grid, and from here on fake-quantize the group's input."""
+    if work.float_inputs is None:
+        raise RuntimeError("GPTAQ needs the float model's hidden states: run_sequential(float_stream=True)")
+    float_layer = copy.deepcopy(work.layer)  # float weights (no hooks yet) for the float stream
+    path = {id(m): n for n, m in work.layer.named_modules()}
+    for group in INPUT_GROUPS:
+        roles = [r for r in group if r in work.linears]
+        if not roles:
+            continue
+        first = work.linears[roles[0]]
+        float_first = float_layer.get_submodule(path[id(first)])
+        batches = list(zip(work.float_inputs, work.inputs, work.kwargs))
+        observer = make_observer(cfg.observer, cfg.percentile)
+        for _, xq, kw in batches:
+            observer.update(_input_of(work.layer, first, xq, kw))
+        scale = float(observer.scale())
+        pairs = PairAccumulator(first.in_features)
+        for x, xq, kw in batches:
+            pairs.add_pair(_input_of(float_layer, float_first, x, kw),
+                           fake_quant_fp8(_input_of(work.layer, first, xq, kw), scale))
+        for role in roles:
+            linear = work.linears[role]
+            target = asymmetric_target(linear.weight, pairs.H, pairs.C, cfg.damp)
+            fp8_codes, scales = gptq_fp8(target, pairs.H, damp=cfg.damp)
+            _install_fp8(linear, Fp8Linear(fp8_codes, scales, scale, cfg.observer), work.names[role], codes)
+
+
+class _Captured(Exception):
+    pass
+
+
+def _input_of(layer: torch.nn.Module, module: torch.nn.Module, x: torch.Tensor,
+              kwargs: dict[str, Any]) -> torch.Tensor:
+    """The tensor `module` receives when `layer` runs on x (the rest of the layer is skipped)."""
+    seen: list[torch.Tensor] = []
+
+    def hook(_m, args) -> None:
+        seen.append(args[0])
+        raise _Captured
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        call_layer(layer, x, kwargs)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    if not seen:
+        raise RuntimeError(f"{type(module).__name__} was not called by its decoder layer")
+    return seen[0]
 
 
 def smooth_layer(work: LayerWork, alpha: float, arch: Any) -> None:

@@ -8,7 +8,12 @@
    collects statistics and quantizes it), then recompute the layer's outputs with the
    quantized weights; they are the next layer's inputs.
 
-Peak memory is the model plus one layer's activations over the calibration set.
+With `float_stream`, the driver also carries the float model's own hidden states alongside
+(each layer run with its float weights before it is quantized): methods that fit the
+quantized layer to the float model's outputs (GPTAQ) read them as `LayerWork.float_inputs`.
+
+Peak memory is the model plus one layer's activations over the calibration set (two with
+`float_stream`).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class LayerWork:
     linears: dict[str, torch.nn.Linear]  # role -> module
     names: dict[str, str]  # role -> module name
     extra: dict[str, Any] = field(default_factory=dict)
+    float_inputs: list[torch.Tensor] | None = None  # per batch: the float model's hidden states here
 
     def run(self) -> list[torch.Tensor]:
         """The layer's outputs on every batch (with its current weights)."""
@@ -56,17 +62,21 @@ def decoder_layers(model: Any) -> torch.nn.ModuleList:
 
 def run_sequential(model: Any, arch: ArchSpec, windows: np.ndarray, batch_size: int,
                    quantize_layer: Callable[[LayerWork], None], keep: Callable[[str], bool],
-                   quiet: bool = False) -> None:
+                   quiet: bool = False, float_stream: bool = False) -> None:
     """Quantize `model` layer by layer on `windows` (N, L) with `quantize_layer`."""
     batches = [torch.from_numpy(windows[i:i + batch_size]) for i in range(0, len(windows), batch_size)]
     with torch.no_grad():
         inputs, kwargs = _record_layer_calls(model, batches)
+        float_inputs = inputs if float_stream else None
         layers = decoder_layers(model)
         with bar("quantizing layers", len(layers), quiet) as advance:
             for i, layer in enumerate(layers):
                 names = {r: n for r, n in module_names(arch, i).items() if not keep(n)}
                 linears = {r: model.get_submodule(n) for r, n in names.items()}
-                work = LayerWork(i, layer, inputs, [kw[i] for kw in kwargs], linears, names)
+                work = LayerWork(i, layer, inputs, [kw[i] for kw in kwargs], linears, names,
+                                 float_inputs=float_inputs)
+                if float_inputs is not None:  # the float model's next hidden states, before quantizing
+                    float_inputs = [call_layer(layer, x, kw) for x, kw in zip(float_inputs, work.kwargs)]
                 if linears:
                     quantize_layer(work)
                 inputs = work.run()

@@ -195,3 +195,62 @@ def test_fp8_gptq_from_the_cli_options():
     assert cfg.method == "fp8" and cfg.fp8_weights == "gptq" and "GPTQ" in cfg.describe()
     with pytest.raises(InputError, match="not awq"):
         quant_config(QuantSection(quant="fp8", method="awq", calib=CALIB))
+
+
+def test_asymmetric_target_is_the_least_squares_fit_to_the_float_outputs():
+    """W* = W C H^-1 fits the quantized model's inputs Xq to the float outputs W X: its
+    residual is orthogonal to Xq, and the error against W X splits exactly into the fit's
+    residual plus (W* - Q)'s error on Xq, so GPTQ of W* against H minimizes the right thing."""
+    from calibration.gptq import PairAccumulator, asymmetric_target
+
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(16, 48, generator=g)
+    X = torch.randn(400, 48, generator=g) @ torch.randn(48, 48, generator=g)  # float inputs
+    drift = torch.eye(48) + 0.2 * torch.randn(48, 48, generator=g)  # earlier layers' systematic error
+    Xq = X @ drift + 0.05 * torch.randn(400, 48, generator=g)  # what the quantized model feeds
+    acc = PairAccumulator(48)
+    for rows in (slice(0, 150), slice(150, 400)):  # the running averages add up over batches
+        acc.add_pair(X[rows], Xq[rows])
+    assert torch.allclose(acc.H, 2 * Xq.T @ Xq / 400, rtol=1e-4, atol=1e-3)
+    assert torch.allclose(acc.C, 2 * X.T @ Xq / 400, rtol=1e-4, atol=1e-3)
+    target = asymmetric_target(W, acc.H, acc.C, damp=0.0)
+    residual = X @ W.T - Xq @ target.T
+    assert float((residual.T @ Xq).abs().max()) < 1e-2 * float((X @ W.T).abs().max()) * 400
+    err = lambda A: float((A ** 2).sum())  # noqa: E731
+    assert err(residual) < 0.1 * err(X @ W.T - Xq @ W.T)  # the drift is compensated, W alone is not
+    Q = target + 0.01 * torch.randn(16, 48, generator=g)
+    assert err(X @ W.T - Xq @ Q.T) == pytest.approx(err(residual) + err(Xq @ (target - Q).T), rel=1e-3)
+    # damped: the ridge pulls towards W, so inputs the quantized model reproduces exactly keep W
+    same = PairAccumulator(48)
+    same.add_pair(X, X)
+    assert torch.allclose(asymmetric_target(W, same.H, same.C, damp=0.01), W, atol=1e-4)
+    with pytest.raises(ValueError, match="must match"):
+        acc.add_pair(X[:10], Xq[:9])
+
+
+def test_fp8_gptaq_engine_computes_its_fake_quant_model_and_tracks_float_closer(tiny_hf_folders, tmp_path):
+    """GPTAQ (weights fitted to the float model's outputs, group by group) on a tiny Llama:
+    the engine computes its fake-quant torch model, and on the calibration text the fitted
+    model's logits are closer to the float model's than plain FP8 GPTQ's."""
+    folder = str(tiny_hf_folders["llama"])
+    windows = None
+    logits = {}
+    for rounding in ("float", "gptq", "gptaq"):
+        loaded = load_model(folder, quiet=True)
+        if rounding != "float":
+            cfg = QuantConfig(method="fp8", bits=8, group_size=None, fp8_weights=rounding, calib=CALIB)
+            assert ("GPTAQ" in cfg.describe()) == (rounding == "gptaq") and cfg.float_stream == (rounding == "gptaq")
+            engine_dir = build_engine(BuildOptions(out=tmp_path / rounding, source=folder, quant=cfg, quiet=True),
+                                      loaded=loaded)
+            q = engine_dir.manifest["quantization"]
+            assert q["fp8_weights"] == rounding and q["quantized_modules"] == 7 * loaded.config.num_hidden_layers
+            v = engine_dir.manifest["verification"]
+            assert v["max_abs_logit_diff"] < 1e-3 * max(1.0, v["max_abs_reference_logit"]) and v["top1_agreement"] == 1.0
+        if windows is None:
+            from calibration import calibration_windows
+            windows = torch.from_numpy(calibration_windows(loaded, QuantConfig(method="fp8", bits=8, group_size=None,
+                                                                               calib=CALIB)))
+        with torch.no_grad():
+            logits[rounding] = loaded.model(input_ids=windows).logits.float()
+    err = {r: float((logits[r] - logits["float"]).pow(2).mean()) for r in ("gptq", "gptaq")}
+    assert 0 < err["gptaq"] < err["gptq"], err
