@@ -6,8 +6,11 @@ onnxruntime-genai's model-builder int4 engine of the same model, in one run (CPU
 
 Rows (engines are built once into --out and reused when their manifest exists):
   unfused               lower-quantized-matmul, cse, dead-code
-  + <pass>              the previous row's pipeline plus one more fusion, in pipeline order
-  default, <format>     the full pipeline with other weight formats (group, symmetry, lm_head)
+  + <pass>              the previous row's pipeline plus one more pass, in pipeline order
+                        (+ quantize-kv-cache: built with --kv-cache-dtype int8, which that
+                        pass lowers; every row before it has a float KV cache)
+  all passes, <format>  the full pipeline (int8 KV cache) with other weight formats (group,
+                        symmetry, lm_head)
   onnxruntime-genai     the peer (its runtime, its engine), through benchmarks/genai_peer.py
 
 Weights: RTN int4, accuracy_level 4 (int8 activations), in the storage format of the
@@ -66,8 +69,13 @@ def variants() -> list[tuple[str, tuple[str, ...], Format]]:
     for i, name in enumerate(FUSIONS):
         passes = ("lower-quantized-matmul", *FUSIONS[:i + 1], "cse", "dead-code")
         rows.append((f"+ {name}", passes, RECIPE_FORMAT))
-    rows += [(f"default, {fmt}", DEFAULT_PIPELINE, fmt) for fmt in OTHER_FORMATS]
+    rows += [(f"all passes, {fmt}", DEFAULT_PIPELINE, fmt) for fmt in OTHER_FORMATS]
     return rows
+
+
+def kv_cache_dtype(passes: tuple[str, ...]) -> str:
+    """int8 where the pipeline has the pass that lowers it."""
+    return "int8" if "quantize-kv-cache" in passes else "auto"
 
 
 def build_all(model: str, out: Path) -> dict[str, Path]:
@@ -81,17 +89,19 @@ def build_all(model: str, out: Path) -> dict[str, Path]:
         cfg = QuantConfig(method="rtn", bits=4, group_size=fmt.group_size, symmetric=fmt.symmetric,
                           lm_head_bits=fmt.lm_head_bits)
         build_engine(BuildOptions(out=path, source=model, passes=passes, quant=cfg, accuracy_level=4,
-                                  overwrite=True, quiet=True), loaded)
+                                  kv_cache_dtype=kv_cache_dtype(passes), overwrite=True, quiet=True), loaded)
         print(f"built {name}: {path}", file=sys.stderr)
     return engines
 
 
 def _built_as(path: Path, passes: tuple[str, ...], fmt: Format) -> bool:
-    """Whether the engine in `path` has these passes and weight format (else it is rebuilt)."""
+    """Whether the engine in `path` has these passes, KV cache and weight format (else it is rebuilt)."""
     m = json.loads((path / "manifest.json").read_text())
     q = m.get("quantization") or {}
+    kv = "int8" if m.get("kv_cache", {}).get("dtype") == "int8" else "auto"
     return ([p["name"] for p in m.get("passes", [])] == list(passes) and q.get("group_size") == fmt.group_size
-            and q.get("symmetric") == fmt.symmetric and q.get("lm_head_bits") == fmt.lm_head_bits)
+            and q.get("symmetric") == fmt.symmetric and q.get("lm_head_bits") == fmt.lm_head_bits
+            and kv == kv_cache_dtype(passes))
 
 
 def time_engine(engine: Engine, prompt: list[int], new_tokens: int) -> tuple[float, float, list[int]]:

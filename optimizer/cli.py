@@ -84,6 +84,11 @@ def main() -> None:
 @click.option("--kv-block-size", default=None, type=int, help="Paged layout: tokens per block [default: 16].")
 @click.option("--kv-blocks", default=None, type=int,
               help="Paged layout: blocks in the pool [default: slots x capacity / block size].")
+@click.option("--kv-cache-dtype", default=None, type=click.Choice(["auto", "int8"]),
+              help="KV-cache storage: auto = the engine's dtype, or int8 with one static scale per layer for "
+                   "K and V, calibrated on --kv-calib (onnxruntime's CPU attention kernel; static or concat "
+                   "layout) [default: auto].")
+@click.option("--kv-calib", default=None, help="int8 KV cache: calibration text SOURCE:NxL [default: c4:32x512].")
 @click.option("--external-data", default=None, type=click.Choice(["auto", "always", "never"]),
               help="Weights in model.onnx.data [default: auto].")
 @click.option("--target", default=None, type=click.Choice(["onnxruntime", "onnxruntime-cuda", "tensorrt"]),
@@ -123,7 +128,7 @@ def model_cmd(source: str | None, out: Path, recipe: Path | None, dtype: str | N
               config: str | None, tokenizer: Path | None, seed: int, passes: str | None,
               dump_ir_after: tuple[str, ...], max_seq_len: int | None, kv_layout: str | None,
               kv_slots: int | None, kv_capacity: int | None, kv_block_size: int | None,
-              kv_blocks: int | None, external_data: str | None, target: str | None, quant: str | None, method: str | None, observer: str | None,
+              kv_blocks: int | None, kv_cache_dtype: str | None, kv_calib: str | None, external_data: str | None, target: str | None, quant: str | None, method: str | None, observer: str | None,
               smooth: float | None,
               group_size: int | None, asym: bool | None,
               act_order: bool | None, calib: str | None, calib_seed: int | None, calib_allow_fewer: bool,
@@ -140,7 +145,8 @@ def model_cmd(source: str | None, out: Path, recipe: Path | None, dtype: str | N
         "build": {"dtype": dtype, "passes": passes, "accuracy_level": accuracy_level,
                   "max_seq_len": max_seq_len, "external_data": external_data, "kv_layout": kv_layout,
                   "kv_slots": kv_slots, "kv_capacity": kv_capacity, "kv_block_size": kv_block_size,
-                  "kv_blocks": kv_blocks, "target": target},
+                  "kv_blocks": kv_blocks, "kv_cache_dtype": kv_cache_dtype, "kv_calib": kv_calib,
+                  "target": target},
         "quantization": {"quant": quant, "method": method, "observer": observer, "smooth": smooth,
                          "group_size": group_size,
                          "symmetric": None if asym is None else not asym, "act_order": act_order,
@@ -158,7 +164,8 @@ def model_cmd(source: str | None, out: Path, recipe: Path | None, dtype: str | N
         external_data=b.external_data, overwrite=overwrite, trust_remote_code=trust_remote_code,
         quant=quant_config(qs, calib_allow_fewer), accuracy_level=b.accuracy_level,
         max_seq_len=b.max_seq_len, kv_layout=b.kv_layout, kv_slots=b.kv_slots, kv_capacity=b.kv_capacity,
-        kv_block_size=b.kv_block_size, kv_blocks=b.kv_blocks, dump_ir_after=dump_ir_after, recipe=resolved.to_dict(),
+        kv_block_size=b.kv_block_size, kv_blocks=b.kv_blocks, kv_cache_dtype=b.kv_cache_dtype,
+        kv_calib=b.kv_calib, dump_ir_after=dump_ir_after, recipe=resolved.to_dict(),
         architecture=resolved.architecture, max_ppl_increase=max_ppl_increase,
         **({"gate_eval": gate_eval} if gate_eval else {}), quiet=quiet))
     if not quiet:

@@ -39,6 +39,9 @@ def precision_notes(m: dict[str, Any]) -> list[str]:
         notes.append("FP8 W8A8 as QuantizeLinear/DequantizeLinear: onnxruntime's CPU runs it unfused "
                      "(dequantize, then a float MatMul), correct but slower than the fp32 engine; FP8 GEMM "
                      "speed needs a GPU with FP8 (TensorRT, or onnxruntime CUDA on sm89+)")
+    if m["kv_cache"].get("dtype") == "int8":
+        notes.append("int8 KV cache (one static scale per layer for K and V): onnxruntime's CPU attention "
+                     "kernel reads it; this engine runs on the CPU provider only")
     if m.get("target") == "tensorrt":
         trt = m.get("tensorrt", {})
         notes.append(f"target tensorrt: standard ONNX ops only (opset {trt.get('onnx_opset')}), "

@@ -16,7 +16,7 @@ import onnx
 import onnx_ir as ir
 
 from calibration import QuantConfig, quantize_model
-from calibration.data import parse_spec, token_windows, windows_hash
+from calibration.data import check_source, parse_spec, token_windows, windows_hash
 from optimizer.artifact import EngineDir, check_output_dir, load_engine, staging_dir, write_manifest
 from optimizer.capture import DTYPES, DecoderDims, capture, decoder_dims, kv_names
 from optimizer.errors import InputError
@@ -36,6 +36,8 @@ EXTERNAL_DATA_THRESHOLD = 256 << 20  # weights larger than this go to model.onnx
 EXTERNAL_DATA_CHOICES = ("auto", "always", "never")
 DEFAULT_SLOTS = 16  # static / paged layouts: sequences decoded together
 DEFAULT_SLOT_CAPACITY = 1024  # static layout: positions per slot (bounded by the max sequence length)
+KV_CACHE_DTYPES = ("auto", "int8")  # auto: the engine's dtype
+DEFAULT_KV_CALIB = "c4:32x512"  # text the int8 KV-cache scales are calibrated on
 # onnxruntime: kernels of onnxruntime's CPU and CUDA providers; onnxruntime-cuda: may use
 # CUDA-only kernels (FP8: MatMulBlockQuantizedFp8Weight), verified on the CUDA provider;
 # tensorrt: standard ONNX ops only, for TensorRT's ONNX parser
@@ -65,6 +67,8 @@ class BuildOptions:
     kv_capacity: int | None = None  # static layout: positions per slot (None: min(max seq len, 1024))
     kv_block_size: int = 16  # paged layout: tokens per block
     kv_blocks: int | None = None  # paged layout: blocks in the pool (None: slots x capacity / block size)
+    kv_cache_dtype: str = "auto"  # auto (the engine's dtype) | int8 (static scales, CPU kernel)
+    kv_calib: str = DEFAULT_KV_CALIB  # int8 KV cache: calibration text of its scales
     dump_ir_after: tuple[str, ...] = ()  # pass names (or "all") whose output graph is dumped as text
     recipe: dict[str, Any] | None = None  # the resolved recipe, stored in the manifest
     architecture: str | None = None  # a recipe's architecture: the model must be of that family
@@ -132,9 +136,13 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
         with bar("layers", dims.num_layers, q) as advance:
             model = capture(loaded, opts.dtype, on_layer=lambda i: advance())
     max_positions = opts.max_seq_len or model_max_positions(loaded.config)
+    kv_scales, kv_quant = (), None
+    if opts.kv_cache_dtype == "int8":
+        with step(f"calibrate int8 KV-cache scales ({opts.kv_calib})", q):
+            kv_scales, kv_quant = calibrate_kv_cache(loaded, dims, opts.kv_calib)
     with step("graph passes: " + (", ".join(opts.passes) or "none"), q):
         ctx = PassContext(codes, opts.accuracy_level, opts.dtype, max_positions, opts.kv_layout,
-                          opts.kv_block_size, WEIGHT_FORMATS[opts.target])
+                          opts.kv_block_size, WEIGHT_FORMATS[opts.target], kv_scales)
         model, pass_reports = run_passes(model, opts.passes, ctx, opts.dump_ir_after, ir_dump_dir(opts.out))
         for r in pass_reports:
             if not q:
@@ -145,13 +153,16 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
         check_standard_ops(model)
     kv = kv_cache_section(dims, opts.dtype, attention_kind(model),
                           model.metadata_props.get(KV_LAYOUT_KEY, "concat"), max_positions, opts)
+    if kv_quant is not None:
+        kv.update(dtype="int8", quantization=kv_quant)
     with staging_dir(opts.out, opts.overwrite) as tmp:
         with step("write engine files", q):
             model_info = write_model(model, tmp, opts.external_data, full_check=opts.target == "tensorrt")
             tokenizer_files = write_tokenizer(loaded, tmp)
         with step("verify engine against the torch model", q):
             # FP8 quantizes activations too: no longer the float model to numerical noise
-            exact = opts.dtype == "fp32" and opts.accuracy_level == 0 and quantization["method"] != "fp8"
+            exact = (opts.dtype == "fp32" and opts.accuracy_level == 0 and quantization["method"] != "fp8"
+                     and kv_quant is None)
             verification = verify_engine(tmp / MODEL_FILE, kv, loaded, "fp32" if exact else "approx",
                                          provider=verify_provider(opts), quantization=quantization)
             if not q:
@@ -190,6 +201,23 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
                          hint="its manifest records the failure; `optimize serve` refuses it unless "
                               "--allow-failed-gate")
     return load_engine(opts.out, verify=False)
+
+
+def calibrate_kv_cache(loaded: LoadedModel, dims: DecoderDims, spec: str) -> tuple[tuple, dict[str, Any]]:
+    """Per-layer (k, v) int8 scales from `spec`'s text through the (quantized) torch model,
+    and the manifest's record of them."""
+    from calibration.kv_scales import kv_cache_scales
+
+    if loaded.tokenizer is None:
+        raise InputError("the int8 KV cache is calibrated on text, and this model has no tokenizer",
+                         hint="pass --tokenizer with --random-weights, or drop --kv-cache-dtype int8")
+    bos = loaded.config.bos_token_id if loaded.arch.needs_bos else None
+    windows = token_windows(loaded.tokenizer, parse_spec(spec), bos)
+    scales = kv_cache_scales(loaded.model, loaded.arch, windows, dims.head_dim)
+    record = {"format": "int8, one static scale per layer for K and for V (PER_TENSOR)",
+              "calibration": {"spec": spec, "windows": list(windows.shape), "sha256": windows_hash(windows)},
+              "scales": [[round(k, 8), round(v, 8)] for k, v in scales]}
+    return tuple(scales), record
 
 
 def eval_windows(loaded: LoadedModel, text_spec: str) -> Any:
@@ -298,6 +326,7 @@ def validate_kv_options(opts: BuildOptions) -> None:
                          hint="keep fuse-attention in --passes, or use --kv-layout concat")
     if opts.kv_layout == "paged":
         validate_paged(opts)
+    validate_kv_cache_dtype(opts)
     for name in ("kv_slots", "kv_capacity", "kv_block_size", "kv_blocks"):
         value = getattr(opts, name)
         if value is not None and value < 1:
@@ -305,6 +334,27 @@ def validate_kv_options(opts: BuildOptions) -> None:
     if opts.kv_capacity and opts.max_seq_len and opts.kv_capacity > opts.max_seq_len:
         raise InputError(f"--kv-capacity {opts.kv_capacity} exceeds --max-seq-len {opts.max_seq_len}",
                          hint="a slot cannot hold more positions than the engine's rotary tables cover")
+
+
+def validate_kv_cache_dtype(opts: BuildOptions) -> None:
+    """The int8 cache is GroupQueryAttention's (CPU kernel), with the static or concat layout."""
+    if opts.kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise InputError(f"unknown KV-cache dtype {opts.kv_cache_dtype!r}", hint="choose one of: " + ", ".join(KV_CACHE_DTYPES))
+    if opts.kv_cache_dtype == "auto":
+        return
+    if "quantize-kv-cache" not in opts.passes or "fuse-attention" not in opts.passes:
+        raise InputError("--kv-cache-dtype int8 needs the fuse-attention and quantize-kv-cache passes, "
+                         "which --passes leaves out", hint="use --passes default, or add both passes")
+    if opts.kv_layout == "paged":
+        raise InputError("the paged layout's kernel (PagedAttention) takes no int8 KV cache",
+                         hint="use --kv-layout static with --kv-cache-dtype int8, or drop --kv-cache-dtype")
+    if opts.target != "onnxruntime":
+        raise InputError(f"the int8 KV cache runs on onnxruntime's CPU attention kernel; --target {opts.target} "
+                         "cannot take it", hint="use --target onnxruntime, or drop --kv-cache-dtype")
+    if opts.random_weights and not opts.tokenizer:
+        raise InputError("the int8 KV cache is calibrated on text, and a random-weight model has no tokenizer",
+                         hint="pass --tokenizer with --random-weights, or drop --kv-cache-dtype int8")
+    check_source(parse_spec(opts.kv_calib).source)
 
 
 def validate_paged(opts: BuildOptions) -> None:

@@ -41,6 +41,8 @@ class BuildSection:
     kv_capacity: int | None = None  # positions per slot (static); paged: the pool is slots x capacity
     kv_block_size: int = 16  # paged: tokens per block
     kv_blocks: int | None = None  # paged: blocks in the pool (None: slots x capacity / block size)
+    kv_cache_dtype: str = "auto"  # auto (the engine's dtype) or int8 (calibrated static scales; CPU)
+    kv_calib: str = "c4:32x512"  # int8 KV cache: the text its scales are calibrated on
 
     def pipeline(self) -> str | list[str]:
         """The passes to run: as given, else the target's own pipeline."""

@@ -22,6 +22,7 @@ from passes.fuse_attention import FuseAttention
 from passes.kv_layout import KvCacheLayout
 from passes.lower_quantized_matmul import LowerQuantizedMatMul
 from passes.pack_matmuls import PackSiblingMatMuls
+from passes.quantize_kv_cache import QuantizeKvCache
 from passes.slice_logits import SliceLogits
 
 
@@ -34,6 +35,7 @@ class PassContext:
     kv_layout: str = "auto"  # auto | static | paged | concat (auto: static where attention is fused)
     kv_block_size: int = 16  # tokens per block of the paged layout
     weight_format: str = "matmulnbits"  # int4/int8 linears: matmulnbits (onnxruntime) | dequantize (standard ops)
+    kv_scales: tuple[tuple[float, float], ...] = ()  # int8 KV cache: (k, v) scale per layer; () = float cache
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,9 @@ REGISTRY: dict[str, PassInfo] = {
                               "paged blocks (GQA -> PagedAttention, CUDA), or concat",
                  lambda ctx: KvCacheLayout(ctx.kv_layout, ctx.kv_block_size),
                  targets=("cpu", "cuda", "tensorrt")),  # concat there: attention stays standard ops
+        PassInfo("quantize-kv-cache", "int8 KV cache (when the build calibrated scales): GroupQueryAttention "
+                                      "stores K/V as int8 with one static scale per layer each (CPU)",
+                 lambda ctx: QuantizeKvCache(ctx.kv_scales), targets=("cpu",)),
         PassInfo("cse", "common subexpression elimination: merges identical nodes "
                         "(e.g. the per-layer views of shared RoPE tables)",
                  lambda ctx: common.CommonSubexpressionEliminationPass(), targets=("cpu", "cuda", "tensorrt")),
@@ -93,8 +98,8 @@ REGISTRY: dict[str, PassInfo] = {
 UNFUSED_PIPELINE: tuple[str, ...] = ("lower-quantized-matmul", "kv-layout", "cse", "dead-code")
 DEFAULT_PIPELINE: tuple[str, ...] = (
     "lower-quantized-matmul", "fuse-rms-norm", "fuse-skip-rms-norm", "fuse-attention",
-    "pack-qkv", "pack-gate-up", "fuse-activation", "fold-constants", "slice-logits", "kv-layout", "cse",
-    "dead-code",
+    "pack-qkv", "pack-gate-up", "fuse-activation", "fold-constants", "slice-logits", "kv-layout",
+    "quantize-kv-cache", "cse", "dead-code",
 )
 # Standard ONNX only (opset 21, no com.microsoft ops): norms, rotary and attention stay
 # decomposed, quantized weights become DequantizeLinear; the TensorRT target's default.

@@ -27,9 +27,8 @@ from runtime.host_io import HostStepIO
 from runtime.kv_cache import SlotPool
 from runtime.paged import PagedExecutor, sequence_logits
 from runtime.sequence import Sequence
-from runtime.session import PROVIDERS, DecoderSession
+from runtime.session import KV_DTYPES, PROVIDERS, DecoderSession
 
-_ORT_DTYPES = {"fp32": np.float32, "fp16": np.float16}
 DEFAULT_CONCAT_SLOTS = 8  # concat engines run their sequences one by one: few at a time
 DEFAULT_CONCAT_CAPACITY = 4096  # unfused engines have no rotary table limit
 
@@ -48,7 +47,7 @@ class StaticExecutor:
         self.max_sequences = slots
         self.capacity = capacity
         self._device = "cuda" if session.provider == PROVIDERS["cuda"] else "cpu"
-        self._dtype = _ORT_DTYPES[kv.dtype]
+        self._dtype = KV_DTYPES[kv.dtype]
         self._shape = (slots, kv.num_kv_heads, capacity, kv.head_dim)
         self._row_bytes = kv.num_kv_heads * capacity * kv.head_dim * np.dtype(self._dtype).itemsize
         self._buffers = []  # (past name, present name, OrtValue) per layer and K/V

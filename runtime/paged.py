@@ -36,7 +36,7 @@ import onnxruntime as ort
 from optimizer.errors import EngineError
 from runtime.kv_cache import BlockPool
 from runtime.sequence import Sequence
-from runtime.session import DecoderSession, check_layout_provider
+from runtime.session import KV_DTYPES, DecoderSession, check_layout_provider
 
 LOGITS_INDICES = "logits_indices"  # the paged graph's input (passes/kv_layout.py)
 Chunk = tuple[Seq[int], int, Seq[int]]  # (new token ids, positions already cached, block table)
@@ -84,7 +84,7 @@ class PagedExecutor:
         self.pool = BlockPool(num_blocks, block_size, per_sequence)
         self.max_sequences = max_sequences
         self._inputs = {i.name for i in session.session.get_inputs()}
-        dtype = {"fp16": np.float16, "fp32": np.float32}[kv.dtype]
+        dtype = KV_DTYPES[kv.dtype]
         shape = (num_blocks, block_size, kv.num_kv_heads, kv.head_dim)
         self._binding = session.session.io_binding()
         self._binding.bind_output("logits", "cuda")  # first: get_outputs()[0] is the logits

@@ -23,7 +23,7 @@ PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
-_NP_DTYPES = {"fp32": np.float32, "fp16": np.float16}
+KV_DTYPES = {"fp32": np.float32, "fp16": np.float16, "int8": np.int8}  # int8: quantized KV cache
 LAYOUTS = ("concat", "static", "paged")
 
 
@@ -87,7 +87,12 @@ def disabled_optimizers(quantization: dict[str, Any] | None) -> tuple[str, ...]:
 
 
 def check_layout_provider(kv: KvSpec, provider: str) -> None:
-    """Paged engines run on CUDA only: say so before onnxruntime fails to find a kernel."""
+    """Paged engines run on CUDA only, int8 KV caches on CPU only: say so before onnxruntime
+    fails to find a kernel."""
+    if kv.dtype == "int8" and provider != PROVIDERS["cpu"]:
+        raise EngineError(f"this engine's KV cache is int8, which onnxruntime's CPU attention kernel "
+                          f"reads, and it was opened on {provider}",
+                          hint="open it on the CPU (--provider cpu), or rebuild without --kv-cache-dtype int8")
     if kv.layout == "paged" and provider != PROVIDERS["cuda"]:
         raise EngineError(f"this engine has the paged KV-cache layout, whose attention (onnxruntime's "
                           f"PagedAttention) runs on CUDA only, and it was opened on {provider}",
@@ -126,7 +131,7 @@ class DecoderSession:
                                             disabled_optimizers=list(disabled_optimizers(quantization)) or None)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.input_names = {i.name for i in self.session.get_inputs()}
-        self._np_dtype = _NP_DTYPES[kv.dtype]
+        self._np_dtype = KV_DTYPES[kv.dtype]
 
     def empty_cache(self, batch: int) -> list[np.ndarray]:
         """Zero-length past for a prefill: [k0, v0, k1, v1, ...], each (B, n_kv, 0, hd)."""
