@@ -61,6 +61,14 @@ _FP8_KEEP = {"qkv": ("*.q_proj", "*.k_proj", "*.v_proj"), "o": ("*.o_proj",),
              "first-last-layer": ("model.layers.0.*", "model.layers.29.*")}
 for _name, _patterns in _FP8_KEEP.items():
     OURS[f"fp8-minmax-gptq-keep-{_name}"] = dict(OURS["fp8-minmax-gptq"], keep=DEFAULT_KEEP + _patterns)
+# Batch-1 speed formats of benchmarks/pass_ablation.py, as built there (accuracy level 4, int8
+# KV cache), with calibrated weights: GPTQ (act-order; the lm_head by GPTQ too) and the recipes' AWQ
+FAST_BUILD = {"accuracy_level": 4, "kv_cache_dtype": "int8"}
+for _sym in (True, False):
+    OURS[f"gptq-int4-g128-{'sym' if _sym else 'asym'}-lm4-fast"] = dict(
+        method="gptq", bits=4, group_size=128, symmetric=_sym, act_order=True, lm_head_bits=4)
+OURS["awq-int4-g64-asym-lm8-fast"] = dict(method="awq", bits=4, group_size=64, symmetric=False, lm_head_bits=8)
+BUILD = {name: FAST_BUILD for name in OURS if name.endswith("-fast")}  # build options beyond the defaults
 PEERS = {
     "llmcompressor-gptq-int4-g64-sym": dict(algo="gptq", symmetric=True),
     "llmcompressor-gptq-int4-g64-asym": dict(algo="gptq", symmetric=False),
@@ -90,7 +98,7 @@ def run_one(variant: str, model: str, calib: str, eval_windows: Path, out: Path,
     quant = None if variant == "fp32" else QuantConfig(calib=calib, **OURS[variant])
     start = time.perf_counter()
     engine_dir = build_engine(BuildOptions(out=out / variant, source=model, quant=quant, overwrite=True,
-                                           quiet=True), loaded=loaded)
+                                           quiet=True, **BUILD.get(variant, {})), loaded=loaded)
     build_seconds = time.perf_counter() - start
     rss = peak_rss_mb()
     q = engine_dir.manifest["quantization"]

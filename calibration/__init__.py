@@ -24,6 +24,7 @@ from calibration.config import QuantConfig
 from calibration.data import parse_spec, token_windows, windows_hash
 from calibration.mappings import module_names
 from calibration.methods import awq_layer, fp8_layer, gptq_layer, store_quantized
+from calibration.gptq import HessianAccumulator, gptq_quantize
 from calibration.rtn import QuantizedLinear, rtn_quantize
 from calibration.sequential import run_sequential
 from optimizer.errors import InputError
@@ -67,6 +68,7 @@ def quantize_model(loaded: Any, cfg: QuantConfig, quiet: bool = False) -> Quanti
     codes: dict[str, QuantizedLinear] = {}
     manifest: dict[str, Any] = cfg.to_manifest()
     start = time.perf_counter()
+    hidden = None  # the quantized model's last hidden states on the calibration windows
     if cfg.method == "rtn":
         with torch.no_grad():
             for name, lin in linears.items():
@@ -76,11 +78,11 @@ def quantize_model(loaded: Any, cfg: QuantConfig, quiet: bool = False) -> Quanti
         manifest["calibration"] = {"spec": cfg.calib, "windows": list(windows.shape),
                                    "tokens": int(windows.size), "sha256": windows_hash(windows)}
         step = METHOD_STEPS[cfg.method]
-        run_sequential(loaded.model, loaded.arch, windows, cfg.batch_size,
-                       partial(step, cfg=cfg, codes=codes, arch=loaded.arch), keep, quiet,
-                       float_stream=cfg.float_stream)
+        hidden = run_sequential(loaded.model, loaded.arch, windows, cfg.batch_size,
+                                partial(step, cfg=cfg, codes=codes, arch=loaded.arch), keep, quiet,
+                                float_stream=cfg.float_stream)
     if cfg.lm_head_bits is not None:
-        quantize_lm_head(loaded, cfg, codes)
+        manifest["lm_head_method"] = quantize_lm_head(loaded, cfg, codes, hidden if cfg.method == "gptq" else None)
     manifest["quantized_modules"] = len(codes)
     # the embeddings always stay in float, lm_head unless lm_head_bits; patterns add more.
     manifest["kept_in_float"] = (["lm_head"] if cfg.lm_head_bits is None else []) + ["embed_tokens"] + sorted(
@@ -90,10 +92,13 @@ def quantize_model(loaded: Any, cfg: QuantConfig, quiet: bool = False) -> Quanti
     return QuantizationResult(codes, manifest)
 
 
-def quantize_lm_head(loaded: Any, cfg: QuantConfig, codes: dict[str, QuantizedLinear]) -> None:
-    """RTN for the output projection (no calibration: it has no next layer to protect, and the
-    reference tools quantize it this way too). A head tied to the embeddings is untied first:
-    the embedding table stays float, the head gets its own quantized copy."""
+def quantize_lm_head(loaded: Any, cfg: QuantConfig, codes: dict[str, QuantizedLinear],
+                     hidden: list[torch.Tensor] | None = None) -> str:
+    """Quantize the output projection: by GPTQ against the final norm's outputs when the
+    quantized model's last hidden states on the calibration text are given (method gptq),
+    else by RTN (no calibration: the reference tools quantize it this way). A head tied to
+    the embeddings is untied first: the embedding table stays float, the head gets its own
+    quantized copy. Returns the method used."""
     head = loaded.model.get_output_embeddings()
     name = loaded.arch.lm_head.removesuffix(".weight")
     if head is None or loaded.model.get_submodule(name) is not head:
@@ -103,7 +108,15 @@ def quantize_lm_head(loaded: Any, cfg: QuantConfig, codes: dict[str, QuantizedLi
         if head.weight.data_ptr() == loaded.model.get_input_embeddings().weight.data_ptr():
             head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=False)
             loaded.config.tie_word_embeddings = False
-        store_quantized(head, rtn_quantize(head.weight, cfg.lm_head_spec), name, codes)
+        if hidden is None:
+            store_quantized(head, rtn_quantize(head.weight, cfg.lm_head_spec), name, codes)
+            return "rtn"
+        hessian = HessianAccumulator(head.in_features)
+        for h in hidden:
+            hessian.add(loaded.model.model.norm(h))
+        q = gptq_quantize(head.weight, hessian.H, cfg.lm_head_spec, act_order=cfg.act_order, damp=cfg.damp)
+        store_quantized(head, q, name, codes)
+        return "gptq"
 
 
 # method -> per-layer step(work, cfg=, codes=, arch=), run by the sequential driver

@@ -62,8 +62,9 @@ def decoder_layers(model: Any) -> torch.nn.ModuleList:
 
 def run_sequential(model: Any, arch: ArchSpec, windows: np.ndarray, batch_size: int,
                    quantize_layer: Callable[[LayerWork], None], keep: Callable[[str], bool],
-                   quiet: bool = False, float_stream: bool = False) -> None:
-    """Quantize `model` layer by layer on `windows` (N, L) with `quantize_layer`."""
+                   quiet: bool = False, float_stream: bool = False) -> list[torch.Tensor]:
+    """Quantize `model` layer by layer on `windows` (N, L) with `quantize_layer`; returns the
+    quantized model's last hidden states per batch (before the final norm)."""
     batches = [torch.from_numpy(windows[i:i + batch_size]) for i in range(0, len(windows), batch_size)]
     with torch.no_grad():
         inputs, kwargs = _record_layer_calls(model, batches)
@@ -81,6 +82,7 @@ def run_sequential(model: Any, arch: ArchSpec, windows: np.ndarray, batch_size: 
                     quantize_layer(work)
                 inputs = work.run()
                 advance()
+    return inputs
 
 
 def _record_layer_calls(model: Any, batches: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[list[dict]]]:
