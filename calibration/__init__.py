@@ -23,8 +23,8 @@ import torch
 from calibration.config import QuantConfig
 from calibration.data import parse_spec, token_windows, windows_hash
 from calibration.mappings import module_names
-from calibration.methods import awq_layer, fp8_layer, gptq_layer, store_quantized
 from calibration.gptq import HessianAccumulator, gptq_quantize
+from calibration.methods import awq_layer, fp8_layer, gptq_layer, store_quantized
 from calibration.rtn import QuantizedLinear, rtn_quantize
 from calibration.sequential import run_sequential
 from optimizer.errors import InputError
