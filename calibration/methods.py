@@ -135,13 +135,13 @@ def fp8_gptaq_layer(work: LayerWork, cfg: QuantConfig, codes: dict) -> None:
         raise RuntimeError("GPTAQ needs the float model's hidden states: run_sequential(float_stream=True)")
     float_layer = copy.deepcopy(work.layer)  # float weights (no hooks yet) for the float stream
     path = {id(m): n for n, m in work.layer.named_modules()}
+    batches = list(zip(work.float_inputs, work.inputs, work.kwargs))
     for group in INPUT_GROUPS:
         roles = [r for r in group if r in work.linears]
         if not roles:
             continue
         first = work.linears[roles[0]]
         float_first = float_layer.get_submodule(path[id(first)])
-        batches = list(zip(work.float_inputs, work.inputs, work.kwargs))
         observer = make_observer(cfg.observer, cfg.percentile)
         for _, xq, kw in batches:
             observer.update(_input_of(work.layer, first, xq, kw))
