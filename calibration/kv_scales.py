@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from calibration.mappings import module_names
+from calibration.sequential import run_decoder_layers
 from optimizer.models.architectures import ArchSpec
 
 INT8_MAX = 127.0
@@ -38,10 +39,6 @@ def rotary_bound(channel_absmax: torch.Tensor) -> float:
 
 def scale_of(absmax: float) -> float:
     return max(absmax, 1e-8) / INT8_MAX
-
-
-class _Stop(Exception):
-    pass
 
 
 def kv_cache_scales(model: Any, arch: ArchSpec, windows: np.ndarray, head_dim: int,
@@ -61,10 +58,7 @@ def kv_cache_scales(model: Any, arch: ArchSpec, windows: np.ndarray, head_dim: i
             v_abs[i] = max(v_abs[i], float(out.detach().abs().max()))
         return hook
 
-    def stop(*_args, **_kwargs):
-        raise _Stop
-
-    handles = [model.model.norm.register_forward_pre_hook(stop)]
+    handles = []
     for i in range(len(layers)):
         names = module_names(arch, i)
         k_module = (arch.layer_prefix.format(i=i) + arch.qk_norm_names[1]) if arch.qk_norm else names["k"]
@@ -73,10 +67,7 @@ def kv_cache_scales(model: Any, arch: ArchSpec, windows: np.ndarray, head_dim: i
     try:
         with torch.no_grad():
             for start in range(0, len(windows), batch_size):
-                try:
-                    model(input_ids=torch.from_numpy(windows[start:start + batch_size]), use_cache=False)
-                except _Stop:
-                    pass
+                run_decoder_layers(model, torch.from_numpy(windows[start:start + batch_size]))
     finally:
         for h in handles:
             h.remove()

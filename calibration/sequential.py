@@ -102,23 +102,30 @@ def _record_layer_calls(model: Any, batches: list[torch.Tensor]) -> tuple[list[t
             return hidden_states
         return forward
 
-    def stop(*_args, **_kwargs):
-        raise _StopForward
-
     per_batch: list[list[dict]] = []
     for i, layer in enumerate(layers):
         layer.forward = recorder(i)
-    handle = model.model.norm.register_forward_pre_hook(stop)
     try:
         for ids in batches:
             calls = []
-            try:
-                model(input_ids=ids, use_cache=False)
-            except _StopForward:
-                pass
+            run_decoder_layers(model, ids)
             per_batch.append(calls)
     finally:
-        handle.remove()
         for layer in layers:
             del layer.forward  # back to the class's forward
     return first_inputs, per_batch
+
+
+def run_decoder_layers(model: Any, ids: torch.Tensor) -> None:
+    """A forward pass over `ids` that stops before the final norm: every decoder layer runs
+    (with whatever hooks are on it), the lm_head does not."""
+    def stop(*_args, **_kwargs):
+        raise _StopForward
+
+    handle = model.model.norm.register_forward_pre_hook(stop)
+    try:
+        model(input_ids=ids, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()

@@ -120,7 +120,8 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
                          hint=f"use a recipe for {loaded.arch.name} (recipes/{loaded.arch.name}-*.yaml)")
     gate_windows, baseline = None, opts.gate_baseline
     if opts.max_ppl_increase is not None:
-        gate_windows = eval_windows(loaded, opts.gate_eval)
+        gate_windows = text_windows(loaded, opts.gate_eval, "the accuracy gate measures perplexity",
+                                    "--max-ppl-increase")
         if baseline is None:  # before quantization changes the model's weights
             with step(f"accuracy gate: baseline perplexity of the source model ({opts.gate_eval})", q):
                 baseline = perplexity(torch_logits_fn(loaded.model), gate_windows)["perplexity"]
@@ -208,11 +209,7 @@ def calibrate_kv_cache(loaded: LoadedModel, dims: DecoderDims, spec: str) -> tup
     and the manifest's record of them."""
     from calibration.kv_scales import kv_cache_scales
 
-    if loaded.tokenizer is None:
-        raise InputError("the int8 KV cache is calibrated on text, and this model has no tokenizer",
-                         hint="pass --tokenizer with --random-weights, or drop --kv-cache-dtype int8")
-    bos = loaded.config.bos_token_id if loaded.arch.needs_bos else None
-    windows = token_windows(loaded.tokenizer, parse_spec(spec), bos)
+    windows = text_windows(loaded, spec, "the int8 KV cache is calibrated", "--kv-cache-dtype int8")
     scales = kv_cache_scales(loaded.model, loaded.arch, windows, dims.head_dim)
     record = {"format": "int8, one static scale per layer for K and for V (PER_TENSOR)",
               "calibration": {"spec": spec, "windows": list(windows.shape), "sha256": windows_hash(windows)},
@@ -220,10 +217,12 @@ def calibrate_kv_cache(loaded: LoadedModel, dims: DecoderDims, spec: str) -> tup
     return tuple(scales), record
 
 
-def eval_windows(loaded: LoadedModel, text_spec: str) -> Any:
+def text_windows(loaded: LoadedModel, text_spec: str, needs: str, option: str) -> Any:
+    """Token windows of `text_spec` for a build step that `needs` text (BOS first where the
+    family wants it); without a tokenizer, an error naming the `option` that asked for it."""
     if loaded.tokenizer is None:
-        raise InputError("the accuracy gate measures perplexity on text, and this model has no tokenizer",
-                         hint="pass --tokenizer with --random-weights, or drop --max-ppl-increase")
+        raise InputError(f"{needs} on text, and this model has no tokenizer",
+                         hint=f"pass --tokenizer with --random-weights, or drop {option}")
     bos = loaded.config.bos_token_id if loaded.arch.needs_bos else None
     return token_windows(loaded.tokenizer, parse_spec(text_spec), bos)
 
