@@ -28,9 +28,11 @@ from runtime import Engine, SamplingParams
 
 
 def eval_windows(engine: Engine, spec: str) -> np.ndarray:
+    """`optimize eval`'s windows for this engine (BOS first where its family wants it)."""
     from calibration.data import parse_spec, token_windows
 
-    return token_windows(engine.tokenizer, parse_spec(spec), None)
+    gen = engine.manifest["generation"]
+    return token_windows(engine.tokenizer, parse_spec(spec), gen["bos_token_id"] if gen.get("needs_bos") else None)
 
 
 def decode_rounds(engines: dict[str, Engine], prompt: list[int], new_tokens: int, rounds: int) -> dict[str, float]:
