@@ -16,7 +16,7 @@ import onnx
 import onnx_ir as ir
 
 from calibration import QuantConfig, quantize_model
-from calibration.data import check_source, parse_spec, token_windows, windows_hash
+from calibration.data import DEFAULT_KV_CALIB, check_source, parse_spec, token_windows, windows_hash
 from optimizer.artifact import EngineDir, check_output_dir, load_engine, staging_dir, write_manifest
 from optimizer.capture import DTYPES, DecoderDims, capture, decoder_dims, kv_names
 from optimizer.errors import InputError
@@ -37,7 +37,6 @@ EXTERNAL_DATA_CHOICES = ("auto", "always", "never")
 DEFAULT_SLOTS = 16  # static / paged layouts: sequences decoded together
 DEFAULT_SLOT_CAPACITY = 1024  # static layout: positions per slot (bounded by the max sequence length)
 KV_CACHE_DTYPES = ("auto", "int8")  # auto: the engine's dtype
-DEFAULT_KV_CALIB = "c4:32x512"  # text the int8 KV-cache scales are calibrated on
 # onnxruntime: kernels of onnxruntime's CPU and CUDA providers; onnxruntime-cuda: may use
 # CUDA-only kernels (FP8: MatMulBlockQuantizedFp8Weight), verified on the CUDA provider;
 # tensorrt: standard ONNX ops only, for TensorRT's ONNX parser

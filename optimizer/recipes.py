@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from calibration.data import DEFAULT_KV_CALIB
 from optimizer.errors import InputError
 
 RECIPE_VERSION = 1
@@ -42,7 +43,7 @@ class BuildSection:
     kv_block_size: int = 16  # paged: tokens per block
     kv_blocks: int | None = None  # paged: blocks in the pool (None: slots x capacity / block size)
     kv_cache_dtype: str = "auto"  # auto (the engine's dtype) or int8 (calibrated static scales; CPU)
-    kv_calib: str = "c4:32x512"  # int8 KV cache: the text its scales are calibrated on
+    kv_calib: str = DEFAULT_KV_CALIB  # int8 KV cache: the text its scales are calibrated on
 
     def pipeline(self) -> str | list[str]:
         """The passes to run: as given, else the target's own pipeline."""
