@@ -67,6 +67,9 @@ FAST_BUILD = {"accuracy_level": 4, "kv_cache_dtype": "int8"}
 for _sym in (True, False):
     OURS[f"gptq-int4-g128-{'sym' if _sym else 'asym'}-lm4-fast"] = dict(
         method="gptq", bits=4, group_size=128, symmetric=_sym, act_order=True, lm_head_bits=4)
+    # AWQ's scaling, then GPTQ rounding (act-order), the lm_head by GPTQ too
+    OURS[f"awq-gptq-int4-g128-{'sym' if _sym else 'asym'}-lm4-fast"] = dict(
+        method="awq-gptq", bits=4, group_size=128, symmetric=_sym, act_order=True, lm_head_bits=4)
 OURS["awq-int4-g64-asym-lm8-fast"] = dict(method="awq", bits=4, group_size=64, symmetric=False, lm_head_bits=8)
 BUILD = {name: FAST_BUILD for name in OURS if name.endswith("-fast")}  # build options beyond the defaults
 PEERS = {

@@ -20,11 +20,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from calibration.config import QuantConfig
+from calibration.config import GPTQ_ROUNDED, QuantConfig
 from calibration.data import parse_spec, token_windows, windows_hash
 from calibration.mappings import module_names
 from calibration.gptq import HessianAccumulator, gptq_quantize
-from calibration.methods import awq_layer, fp8_layer, gptq_layer, store_quantized
+from calibration.methods import awq_gptq_layer, awq_layer, fp8_layer, gptq_layer, store_quantized
 from calibration.rtn import QuantizedLinear, rtn_quantize
 from calibration.sequential import run_sequential
 from optimizer.errors import InputError
@@ -82,7 +82,8 @@ def quantize_model(loaded: Any, cfg: QuantConfig, quiet: bool = False) -> Quanti
                                 partial(step, cfg=cfg, codes=codes, arch=loaded.arch), keep, quiet,
                                 float_stream=cfg.float_stream)
     if cfg.lm_head_bits is not None:
-        manifest["lm_head_method"] = quantize_lm_head(loaded, cfg, codes, hidden if cfg.method == "gptq" else None)
+        manifest["lm_head_method"] = quantize_lm_head(loaded, cfg, codes,
+                                                      hidden if cfg.method in GPTQ_ROUNDED else None)
     manifest["quantized_modules"] = len(codes)
     # the embeddings always stay in float, lm_head unless lm_head_bits; patterns add more.
     manifest["kept_in_float"] = (["lm_head"] if cfg.lm_head_bits is None else []) + ["embed_tokens"] + sorted(
@@ -95,7 +96,8 @@ def quantize_model(loaded: Any, cfg: QuantConfig, quiet: bool = False) -> Quanti
 def quantize_lm_head(loaded: Any, cfg: QuantConfig, codes: dict[str, QuantizedLinear],
                      hidden: list[torch.Tensor] | None = None) -> str:
     """Quantize the output projection: by GPTQ against the final norm's outputs when the
-    quantized model's last hidden states on the calibration text are given (method gptq),
+    quantized model's last hidden states on the calibration text are given (methods gptq and
+    awq-gptq),
     else by RTN (no calibration: the reference tools quantize it this way). A head tied to
     the embeddings is untied first: the embedding table stays float, the head gets its own
     quantized copy. Returns the method used."""
@@ -123,5 +125,6 @@ def quantize_lm_head(loaded: Any, cfg: QuantConfig, codes: dict[str, QuantizedLi
 METHOD_STEPS: dict[str, Callable[..., None]] = {
     "gptq": gptq_layer,
     "awq": awq_layer,
+    "awq-gptq": awq_gptq_layer,
     "fp8": fp8_layer,
 }

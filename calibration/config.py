@@ -8,7 +8,11 @@ from typing import Any
 from calibration.rtn import QuantSpec
 from optimizer.errors import InputError
 
-METHODS = ("rtn", "awq", "gptq", "fp8")  # fp8: W8A8 E4M3, per-channel weights, static activations
+# awq-gptq: AWQ's scaling search, then GPTQ rounding of the scaled weights (instead of AWQ's
+# clipping search and round-to-nearest); fp8: W8A8 E4M3, per-channel weights, static activations
+METHODS = ("rtn", "awq", "gptq", "awq-gptq", "fp8")
+CALIBRATED = ("awq", "gptq", "awq-gptq", "fp8")  # methods that run calibration text through the model
+GPTQ_ROUNDED = ("gptq", "awq-gptq")  # integer methods whose rounding is GPTQ's (act order applies)
 BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128, 256)  # or None: per output channel
 DEFAULT_KEEP = ("lm_head", "*embed_tokens*")
@@ -51,17 +55,17 @@ class QuantConfig:
                              hint="group sizes: " + ", ".join(map(str, GROUP_SIZES)) + ", or 0 for per-channel")
         if self.method == "fp8":
             self._validate_fp8()
-        if self.method in ("awq", "gptq", "fp8") and not self.calib:
+        if self.method in CALIBRATED and not self.calib:
             raise InputError(f"--method {self.method} needs calibration data",
                              hint="pass --calib SOURCE:NxL, e.g. --calib c4:128x512")
-        if self.method in ("awq", "gptq", "fp8"):
+        if self.method in CALIBRATED:
             from calibration.data import check_source, parse_spec
 
             check_source(parse_spec(self.calib).source)
         if self.smooth is not None and self.method != "fp8":
             raise InputError("--smooth applies to --quant fp8 only", hint="drop --smooth, or use --quant fp8")
-        if self.act_order and self.method != "gptq":
-            raise InputError("--act-order applies to --method gptq only")
+        if self.act_order and self.method not in GPTQ_ROUNDED:
+            raise InputError("--act-order applies to --method gptq or awq-gptq only")
         if self.lm_head_bits is not None and self.lm_head_bits not in BITS:
             raise InputError(f"unsupported lm_head bit width {self.lm_head_bits}",
                              hint="lm_head bits: " + ", ".join(map(str, BITS)) + ", or none to keep it in float")

@@ -205,6 +205,39 @@ def smooth_layer(work: LayerWork, alpha: float, arch: Any) -> None:
 # --- AWQ ---------------------------------------------------------------------------------
 
 def awq_layer(work: LayerWork, cfg: QuantConfig, codes: dict[str, QuantizedLinear], arch: Any) -> None:
+    """AWQ: scale salient input channels (awq_scale_layer), then search each linear's clipping
+    range and round to nearest."""
+    inputs = awq_scale_layer(work, cfg, arch)
+    for role, linear in work.linears.items():
+        w = linear.weight.data
+        if cfg.awq_clip and role not in ("q", "k"):  # q/k feed a softmax: AWQ leaves them unclipped
+            x = torch.cat([t.reshape(-1, t.shape[-1]) for t in inputs[role]])
+            x = x[torch.linspace(0, len(x) - 1, min(512, len(x))).long()]
+            w = awq.apply_clip(w, awq.search_clip(w, x, cfg.spec), cfg.spec)
+        store_quantized(linear, rtn_quantize(w, cfg.spec), work.names[role], codes)
+
+
+def awq_gptq_layer(work: LayerWork, cfg: QuantConfig, codes: dict[str, QuantizedLinear], arch: Any) -> None:
+    """AWQ's scaling (awq_scale_layer), then GPTQ rounding of the scaled weights against the
+    Hessians of their scaled inputs. GPTQ's error feedback takes the place of AWQ's clipping
+    search. Measured against AWQ and GPTQ alone: benchmarks/results/int4-formats/fast-quality/."""
+    inputs = awq_scale_layer(work, cfg, arch)
+    hessians: dict[int, HessianAccumulator] = {}  # linears reading one tensor share a Hessian
+    for role, linear in work.linears.items():
+        xs = inputs[role]
+        if id(xs[0]) not in hessians:
+            hessians[id(xs[0])] = HessianAccumulator(linear.in_features)
+            for x in xs:
+                hessians[id(xs[0])].add(x)
+        q = gptq_quantize(linear.weight, hessians[id(xs[0])].H, cfg.spec, act_order=cfg.act_order, damp=cfg.damp)
+        store_quantized(linear, q, work.names[role], codes)
+
+
+def awq_scale_layer(work: LayerWork, cfg: QuantConfig, arch: Any) -> dict[str, list[torch.Tensor]]:
+    """AWQ's activation-aware scaling of each smoothing group of the layer (exact in float:
+    the feeding op is scaled down by what the linears are scaled up by), the scale chosen by
+    grid search on the group's output error after round-to-nearest. Returns each linear's
+    calibration inputs as it now receives them (scaled)."""
     layer, spec = work.layer, cfg.spec
     captured = _capture_calls(work, {**work.linears, "self_attn": layer.self_attn})
     inputs = {r: [x for x, _ in captured[r]] for r in work.linears}  # q/k/v share tensors
@@ -245,14 +278,7 @@ def awq_layer(work: LayerWork, cfg: QuantConfig, codes: dict[str, QuantizedLinea
         scaled = [x / s for x in xs]  # what the scaled linears now receive
         for r in m.linears:
             inputs[r] = scaled
-
-    for role, linear in work.linears.items():
-        w = linear.weight.data
-        if cfg.awq_clip and role not in ("q", "k"):  # q/k feed a softmax: AWQ leaves them unclipped
-            x = torch.cat([t.reshape(-1, t.shape[-1]) for t in inputs[role]])
-            x = x[torch.linspace(0, len(x) - 1, min(512, len(x))).long()]
-            w = awq.apply_clip(w, awq.search_clip(w, x, spec), spec)
-        store_quantized(linear, rtn_quantize(w, spec), work.names[role], codes)
+    return inputs
 
 
 def _scale_prev_down(prev: torch.nn.Module, kind: str, s: torch.Tensor, arch: Any) -> None:

@@ -97,8 +97,9 @@ def main() -> None:
                    "or tensorrt: standard ONNX ops only, for `optimize build-trt` [default: onnxruntime].")
 @click.option("--quant", default=None, help="Quantization: none, int4, int8 (weights), fp8 (W8A8 E4M3) "
                                             "[default: none].")
-@click.option("--method", default=None, help="Quantization method: rtn, awq, gptq [default: rtn]; with "
-                                             "--quant fp8, gptq rounds the FP8 weights by GPTQ.")
+@click.option("--method", default=None, help="Quantization method: rtn, awq, gptq, awq-gptq (AWQ's scaling, then GPTQ "
+                                             "rounding) [default: rtn]; with --quant fp8, gptq rounds "
+                                             "the FP8 weights by GPTQ.")
 @click.option("--observer", default=None, type=click.Choice(["minmax", "percentile", "mse"]),
               help="FP8: how calibration picks the activation scales [default: minmax].")
 @click.option("--smooth", default=None, type=float,
@@ -106,7 +107,7 @@ def main() -> None:
                    "alpha in [0, 1], e.g. 0.3 [default: off].")
 @click.option("--group-size", default=None, type=int, help="Quantization group size; 0 = per-channel [default: 64].")
 @click.option("--asym/--sym", "asym", default=None, help="Asymmetric (zero points) or symmetric [default: sym].")
-@click.option("--act-order", is_flag=True, default=None, help="GPTQ: quantize columns in decreasing Hessian order.")
+@click.option("--act-order", is_flag=True, default=None, help="GPTQ, AWQ-GPTQ: quantize columns in decreasing Hessian order.")
 @click.option("--calib", default=None, help="Calibration text SOURCE:NxL (c4, wiki, tiny, or a "
                                             ".txt/.jsonl/.parquet file) [default: c4:128x512].")
 @click.option("--calib-seed", default=None, type=int, help="Draw calibration windows at random with this seed.")

@@ -31,6 +31,7 @@ def _loaded(folder):
     ("gemma3", QuantConfig(method="awq", bits=4, group_size=32, calib=CALIB, awq_grid=4)),
     ("mistral", QuantConfig(method="awq", bits=4, group_size=64, calib=CALIB, awq_grid=4,
                             keep=("lm_head", "*embed_tokens*", "*.down_proj"))),
+    ("qwen2", QuantConfig(method="awq-gptq", bits=4, group_size=32, act_order=True, calib=CALIB, awq_grid=4)),
 ])
 def test_engine_equals_fake_quant_torch(name, cfg, tiny_hf_folders, tmp_path):
     loaded = _loaded(tiny_hf_folders[name])
@@ -76,19 +77,20 @@ def test_awq_and_gptq_beat_rtn_on_calibration_loss(tiny_hf_folders):
     float_model = _loaded(tiny_hf_folders["llama"]).model
     ref = torch_logits_fn(float_model)(windows)
     errors = {}
-    for method in ("rtn", "gptq", "awq"):
+    for method in ("rtn", "gptq", "awq", "awq-gptq"):
         loaded = _loaded(tiny_hf_folders["llama"])
         quantize_model(loaded, QuantConfig(method=method, group_size=32, symmetric=False, calib="tiny:8x64"),
                        quiet=True)
         errors[method] = float(np.mean((torch_logits_fn(loaded.model)(windows) - ref) ** 2))
-    assert errors["gptq"] < errors["rtn"] and errors["awq"] < errors["rtn"]
+    assert errors["gptq"] < errors["rtn"] and errors["awq"] < errors["rtn"] and errors["awq-gptq"] < errors["rtn"]
 
 
 @pytest.mark.parametrize("cfg,message", [
     (QuantConfig(method="smoothquant"), "unknown quantization method 'smoothquant'"),
     (QuantConfig(bits=3), "unsupported bit width 3"),
     (QuantConfig(method="awq", calib=None), "--method awq needs calibration data"),
-    (QuantConfig(method="rtn", act_order=True), "--act-order applies to --method gptq only"),
+    (QuantConfig(method="rtn", act_order=True), "--act-order applies to --method gptq or awq-gptq only"),
+    (QuantConfig(method="awq", act_order=True), "--act-order applies to --method gptq or awq-gptq only"),
 ])
 def test_bad_settings(cfg, message, tmp_path):
     with pytest.raises(InputError, match=message):
@@ -149,7 +151,7 @@ def test_lm_head_quantized_on_request(name, tiny_hf_folders, tmp_path):
 
 @pytest.mark.parametrize("name", ["qwen2-tied", "gemma3"])
 def test_gptq_quantizes_lm_head_against_the_final_norm_outputs(name, tiny_hf_folders, tmp_path):
-    """With method gptq, the output projection is rounded by GPTQ on the quantized model's
+    """With method gptq (and awq-gptq), the output projection is rounded by GPTQ on the quantized model's
     final-norm outputs: on those inputs its logits error is below RTN's of the same weights;
     the engine verifies."""
     from calibration.rtn import QuantSpec, rtn_quantize
@@ -173,5 +175,7 @@ def test_gptq_quantizes_lm_head_against_the_final_norm_outputs(name, tiny_hf_fol
     rtn = rtn_quantize(W0, QuantSpec(bits=4, group_size=32, symmetric=True)).dequantize()
     err = lambda W: float((X @ (W.float() - W0.float()).T).pow(2).mean())  # noqa: E731
     assert err(head.weight) < err(rtn)
+    awq_gptq = QuantConfig(method="awq-gptq", bits=4, group_size=32, lm_head_bits=4, calib="tiny:8x64", awq_grid=4)
+    assert quantize_model(load_model(folder, quiet=True), awq_gptq, quiet=True).manifest["lm_head_method"] == "gptq"
     rtn_cfg = QuantConfig(method="rtn", bits=4, group_size=32, lm_head_bits=4)
     assert quantize_model(load_model(folder, quiet=True), rtn_cfg, quiet=True).manifest["lm_head_method"] == "rtn"

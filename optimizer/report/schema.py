@@ -14,7 +14,7 @@ One document compares several engine variants of one model. Its fields:
                       max_ppl_increase {kind "relative" | "absolute", value, text} | null}
     baseline         the name of one variant, the reference for deltas and speed-ups
     variants         [{name, engine_dir, engine_key, reused,
-                       quantization {method "awq"|"rtn"|"gptq"|"fp8"|"none", bits (int|null),
+                       quantization {method "awq"|"rtn"|"gptq"|"awq-gptq"|"fp8"|"none", bits (int|null),
                                      group_size (int|null), ...free-form},
                        build_seconds (float | null), size_bytes,
                        accuracy {perplexity, tokens, delta_vs_baseline (relative: 0.021 = +2.1%,
@@ -76,7 +76,7 @@ _VARIANT = _obj({
     "engine_key": _STR,
     "reused": {"type": "boolean"},
     "quantization": _obj({
-        "method": {"enum": ["awq", "rtn", "gptq", "fp8", "none"]},
+        "method": {"enum": ["awq", "rtn", "gptq", "awq-gptq", "fp8", "none"]},
         "bits": _nullable(_INT1),
         "group_size": _nullable(_INT0),
     }, closed=False),
