@@ -225,11 +225,12 @@ def awq_gptq_layer(work: LayerWork, cfg: QuantConfig, codes: dict[str, Quantized
     hessians: dict[int, HessianAccumulator] = {}  # linears reading one tensor share a Hessian
     for role, linear in work.linears.items():
         xs = inputs[role]
-        if id(xs[0]) not in hessians:
-            hessians[id(xs[0])] = HessianAccumulator(linear.in_features)
+        hessian = hessians.get(id(xs[0]))
+        if hessian is None:
+            hessian = hessians[id(xs[0])] = HessianAccumulator(linear.in_features)
             for x in xs:
-                hessians[id(xs[0])].add(x)
-        q = gptq_quantize(linear.weight, hessians[id(xs[0])].H, cfg.spec, act_order=cfg.act_order, damp=cfg.damp)
+                hessian.add(x)
+        q = gptq_quantize(linear.weight, hessian.H, cfg.spec, act_order=cfg.act_order, damp=cfg.damp)
         store_quantized(linear, q, work.names[role], codes)
 
 
