@@ -17,13 +17,30 @@ Per run, greedy (do_sample=False), EOS ignored (min_length = max_length = prompt
   decode_tok_s  the remaining new_tokens - 1 tokens, each one a single-token model step,
                 divided by their wall time.
 One untimed warm-up run comes first. Prints one JSON object on stdout.
+
+--huge-pages gives the peer's weights the 2 MiB pages our runtime asks for on CPU
+(runtime/hugepages.py, loaded by path: it needs only the standard library), so a comparison
+can show the runtimes with and without that difference.
 """
 import argparse
+import importlib.util
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import onnxruntime_genai as og
+
+HUGEPAGES = Path(__file__).resolve().parents[1] / "runtime" / "hugepages.py"
+
+
+def hugepages_module():
+    spec = importlib.util.spec_from_file_location("hugepages", HUGEPAGES)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["hugepages"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def load_model(engine_dir, threads):
@@ -61,11 +78,19 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--huge-pages", action="store_true", help="back the weights with 2 MiB pages")
     args = ap.parse_args()
 
     with open(args.prompt_ids) as f:
         prompt = [int(t) for t in json.load(f)]
-    model = load_model(args.engine_dir, args.threads)
+    promotion = None
+    if args.huge_pages:
+        hugepages = hugepages_module()
+        before = hugepages.track()
+        model = load_model(args.engine_dir, args.threads)
+        promotion = hugepages.promote(before).collapsed_bytes
+    else:
+        model = load_model(args.engine_dir, args.threads)
 
     one_run(model, prompt, args.new_tokens)  # warm-up
     runs = [one_run(model, prompt, args.new_tokens) for _ in range(args.runs)]
@@ -79,6 +104,7 @@ def main():
         "prompt_tokens": len(prompt),
         "new_tokens": args.new_tokens,
         "onnxruntime_genai": og.__version__,
+        "huge_page_bytes": promotion,
         "generated_ids": runs[0]["generated_ids"],
     }))
 

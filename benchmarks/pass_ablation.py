@@ -11,7 +11,11 @@ Rows (engines are built once into --out and reused when their manifest exists):
                         pass lowers; every row before it has a float KV cache)
   all passes, <format>  the full pipeline (int8 KV cache) with other weight formats (group,
                         symmetry, lm_head)
+  ..., no huge pages    the fastest format's engine loaded with Engine.load(huge_pages=False)
   onnxruntime-genai     the peer (its runtime, its engine), through benchmarks/genai_peer.py
+  onnxruntime-genai, huge pages
+                        the same, its weights given the 2 MiB pages our runtime asks for on CPU
+                        (runtime/hugepages.py; our rows have them, as Engine.load does by default)
 
 Weights: RTN int4, accuracy_level 4 (int8 activations), in the storage format of the
 int4-awq/-gptq recipes (RECIPE_FORMAT; the method changes the values, not the kernels, so
@@ -61,6 +65,7 @@ RECIPE_FORMAT = Format(64, False, 8)  # recipes/*-int4-awq.yaml, *-int4-gptq.yam
 # and the peer's own format (groups of 32, symmetric, int4 lm_head)
 OTHER_FORMATS = (Format(64, False, None), Format(128, False, 8), Format(128, False, 4), Format(128, True, 4),
                  Format(32, True, 4))
+FASTEST = Format(128, False, 4)
 
 
 def variants() -> list[tuple[str, tuple[str, ...], Format]]:
@@ -109,9 +114,14 @@ def time_engine(engine: Engine, prompt: list[int], new_tokens: int) -> tuple[flo
     return result.prefill_seconds * 1e3, result.decode_tokens_per_second, result.token_ids
 
 
-def time_genai(python: str, engine_dir: str, prompt_file: Path, new_tokens: int, threads: int) -> dict:
+GENAI_ROWS = {"onnxruntime-genai int4 (model builder)": (),
+              "onnxruntime-genai int4, huge pages": ("--huge-pages",)}
+
+
+def time_genai(python: str, engine_dir: str, prompt_file: Path, new_tokens: int, threads: int,
+               extra: tuple[str, ...] = ()) -> dict:
     cmd = [python, str(GENAI_PEER), engine_dir, "--prompt-ids", str(prompt_file),
-           "--new-tokens", str(new_tokens), "--runs", "1", "--threads", str(threads)]
+           "--new-tokens", str(new_tokens), "--runs", "1", "--threads", str(threads), *extra]
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
 
@@ -129,7 +139,12 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     engines = build_all(args.model, args.out)
-    loaded = {name: Engine.load(path, threads=args.threads) for name, path in engines.items()}
+    # the fastest format once more without huge pages (loaded first: later loads promote only
+    # the memory they map themselves), to show what runtime.hugepages is worth
+    plain = f"all passes, {FASTEST}, no huge pages"
+    loaded = {plain: Engine.load(engines[f"all passes, {FASTEST}"], threads=args.threads, huge_pages=False)}
+    loaded.update({name: Engine.load(path, threads=args.threads) for name, path in engines.items()})
+    loaded = {name: loaded[name] for name in [*engines, plain]}  # table order
     vocab = next(iter(loaded.values())).manifest["architecture"]["config"]["vocab_size"]
     prompt = np.random.default_rng(0).integers(100, vocab, args.prompt_tokens).tolist()
     prompt_file = Path(tempfile.mkstemp(suffix=".json")[1])
@@ -137,16 +152,18 @@ def main() -> None:
 
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in loaded}
     tokens: dict[str, list[int]] = {}
-    genai_rows: list[tuple[float, float]] = []
+    genai_rows: dict[str, list[tuple[float, float]]] = {name: [] for name in GENAI_ROWS}
     for name, engine in loaded.items():  # warm-up
         tokens[name] = time_engine(engine, prompt, args.new_tokens)[2]
     for r in range(args.rounds):
         for name, engine in loaded.items():
             prefill, decode, _ = time_engine(engine, prompt, args.new_tokens)
             samples[name].append((prefill, decode))
-        if args.genai_python and args.genai_engine:
-            g = time_genai(args.genai_python, args.genai_engine, prompt_file, args.new_tokens, args.threads)
-            genai_rows.append((g["prefill_ms"], g["decode_tok_s"]))
+        for peer, extra in GENAI_ROWS.items():
+            if args.genai_python and args.genai_engine:
+                g = time_genai(args.genai_python, args.genai_engine, prompt_file, args.new_tokens, args.threads,
+                               extra)
+                genai_rows[peer].append((g["prefill_ms"], g["decode_tok_s"]))
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
 
     rows = []
@@ -154,13 +171,15 @@ def main() -> None:
         m = loaded[name].manifest
         rows.append({"row": name, "prefill_ms": statistics.median(s[0] for s in samples[name]),
                      "decode_tok_s": statistics.median(s[1] for s in samples[name]),
+                     "decode_rounds": [round(s[1], 1) for s in samples[name]],
                      "nodes": m["passes"][-1]["nodes_after"],
                      "same_tokens_as_unfused": tokens[name] == tokens["unfused"]})
-    if genai_rows:
-        rows.append({"row": "onnxruntime-genai int4 (model builder)",
-                     "prefill_ms": statistics.median(g[0] for g in genai_rows),
-                     "decode_tok_s": statistics.median(g[1] for g in genai_rows), "nodes": None,
-                     "same_tokens_as_unfused": None})
+    for peer, samples_ in genai_rows.items():
+        if samples_:
+            rows.append({"row": peer, "prefill_ms": statistics.median(g[0] for g in samples_),
+                         "decode_tok_s": statistics.median(g[1] for g in samples_),
+                         "decode_rounds": [round(g[1], 1) for g in samples_], "nodes": None,
+                         "same_tokens_as_unfused": None})
     report = {"threads": args.threads, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
               "rounds": args.rounds, "rows": rows}
     (args.out / "results.json").write_text(json.dumps(report, indent=2))
@@ -168,16 +187,17 @@ def main() -> None:
 
 
 def render(report: dict) -> str:
-    genai = next((r for r in report["rows"] if r["row"].startswith("onnxruntime-genai")), None)
+    peers = [r for r in report["rows"] if r["row"].startswith("onnxruntime-genai")]
     lines = [f"batch 1, {report['prompt_tokens']}-token prompt, {report['new_tokens']} new tokens, "
              f"{report['threads']} threads, median of {report['rounds']} interleaved rounds", "",
-             "| row | nodes | prefill ms | decode tok/s | vs genai decode | greedy tokens = unfused |",
-             "|---|---|---|---|---|---|"]
+             "| row | nodes | prefill ms | decode tok/s | " + " | ".join(f"vs {p['row']}" for p in peers)
+             + " | greedy tokens = unfused |",
+             "|---|---|---|---|" + "---|" * len(peers) + "---|"]
     for r in report["rows"]:
-        ratio = f"{r['decode_tok_s'] / genai['decode_tok_s']:.2f}x" if genai else "-"
+        ratios = "".join(f" {r['decode_tok_s'] / p['decode_tok_s']:.2f}x |" for p in peers)
         same = "-" if r["same_tokens_as_unfused"] is None else ("yes" if r["same_tokens_as_unfused"] else "no")
         lines.append(f"| {r['row']} | {r['nodes'] if r['nodes'] is not None else '-'} | {r['prefill_ms']:.1f} | "
-                     f"{r['decode_tok_s']:.1f} | {ratio} | {same} |")
+                     f"{r['decode_tok_s']:.1f} |{ratios} {same} |")
     return "\n".join(lines)
 
 

@@ -127,7 +127,10 @@ class StaticExecutor:
             self.moves += 1
 
     def decode(self, seqs: list[Sequence]) -> np.ndarray:
-        """One token for each sequence (its last), batched over slots [0, max slot]; (n, V) logits."""
+        """One token for each sequence (its last), batched over slots [0, max slot]; (n, V) logits.
+
+        On CPU they may be a view of the executor's logits buffer (no copy of a vocabulary-wide
+        row per sequence per step): valid until the next step; copy them to keep them longer."""
         self.compact()
         slots = np.asarray([self.pool.slot(s.request_id) for s in seqs])
         rows = int(slots.max()) + 1
@@ -141,6 +144,8 @@ class StaticExecutor:
         mask = (np.arange(int(lengths.max()))[None, :] < lengths[:, None]).astype(np.int64)
         logits = self._run(self._binding(0, rows), ids, mask)
         self.slot_len[slots] += 1
+        if rows == len(seqs) and (slots == np.arange(rows)).all():  # in slot order: a view
+            return logits[:, -1]
         return logits[slots, -1]
 
     step = step_each

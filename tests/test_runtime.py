@@ -116,7 +116,7 @@ def test_host_buffers_give_the_generic_binding_path_logits(gemma_engine):
                 executor.pool.release(seqs[0].request_id)
                 seqs = seqs[1:]
             logits = executor.decode(seqs)
-            out.append(logits)
+            out.append(logits.copy())  # decode logits are valid until the next step
             for seq, row in zip(seqs, logits):
                 seq.append(int(row.argmax()))
         return out
