@@ -25,7 +25,7 @@ from dataclasses import dataclass
 HUGE_PAGE = 2 << 20
 MADV_HUGEPAGE = 14
 MADV_COLLAPSE = 25  # Linux 6.1+
-MAPS = "/proc/self/maps"
+SMAPS = "/proc/self/smaps"
 ENV = "OPTIMIZER_HUGE_PAGES"  # "0" turns the default off (CLI, server, benchmarks)
 
 
@@ -41,18 +41,22 @@ def wanted(huge_pages: bool | None) -> bool:
     return huge_pages if huge_pages is not None else os.environ.get(ENV, "1") != "0"
 
 
-def anonymous_ranges(maps_text: str) -> list[tuple[int, int]]:
-    """Writable private anonymous mappings (and the brk heap) of a /proc/<pid>/maps text."""
-    ranges = []
-    for line in maps_text.splitlines():
+def anonymous_ranges(smaps_text: str) -> list[tuple[int, int]]:
+    """Writable private anonymous mappings (and the brk heap) of a /proc/<pid>/smaps text,
+    less those marked "no huge pages" (VmFlags nh: thread stacks, or a library's own choice)."""
+    ranges, current = [], None
+    for line in smaps_text.splitlines():
         fields = line.split()
-        if len(fields) < 5 or not fields[1].startswith("rw") or fields[1][3] != "p":
+        if not fields:
             continue
-        path = fields[5] if len(fields) > 5 else ""
-        if path and path != "[heap]":
-            continue
-        start, end = (int(x, 16) for x in fields[0].split("-"))
-        ranges.append((start, end))
+        if "-" in fields[0] and ":" not in fields[0]:  # a mapping's header line
+            current = None
+            path = fields[5] if len(fields) > 5 else ""
+            if fields[1].startswith("rw") and fields[1][3] == "p" and (not path or path == "[heap]"):
+                current = tuple(int(x, 16) for x in fields[0].split("-"))
+                ranges.append(current)
+        elif fields[0] == "VmFlags:" and current is not None and "nh" in fields[1:]:
+            ranges.remove(current)
     return ranges
 
 
@@ -77,11 +81,11 @@ def _subtract(s: int, e: int, b_s: int, b_e: int) -> list[tuple[int, int]]:
 
 
 def track() -> list[tuple[int, int]] | None:
-    """The process's anonymous mappings now (None where there is no /proc/self/maps)."""
+    """The process's anonymous mappings now (None where there is no /proc/self/smaps)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        with open(MAPS) as f:
+        with open(SMAPS) as f:
             return anonymous_ranges(f.read())
     except OSError:
         return None
@@ -90,7 +94,7 @@ def track() -> list[tuple[int, int]] | None:
 def promote(before: list[tuple[int, int]] | None) -> Promotion:
     """Ask for 2 MiB pages on what was mapped since `track()` returned `before`."""
     if before is None:
-        return Promotion(0, 0, "not Linux, or no /proc/self/maps")
+        return Promotion(0, 0, "not Linux, or no /proc/self/smaps")
     after = track() or []
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]

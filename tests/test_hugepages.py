@@ -11,18 +11,29 @@ import pytest
 from runtime import hugepages
 from runtime.hugepages import HUGE_PAGE, added_ranges, anonymous_ranges
 
-MAPS = """\
+SMAPS = """\
 55b74c2aa000-55b75a01e000 rw-p 00000000 00:00 0                          [heap]
+Rss:              226316 kB
+VmFlags: rd wr mr mw me ac
 7f3bc5600000-7f3bc5800000 rw-p 00000000 00:00 0
+Rss:                1060 kB
+VmFlags: rd wr mr mw me ac
 7f3bc7000000-7f3bc9600000 r--p 00000000 00:00 0
+VmFlags: rd mr mw me ac
 7f3bc9600000-7f3bc9800000 rw-s 00000000 00:05 12                         /dev/zero (deleted)
+VmFlags: rd wr sh mr mw me ms
 7f3bdfaa5000-7f3be02a5000 rw-p 00001000 fd:01 4242                       /usr/lib/libfoo.so
+VmFlags: rd wr mr mw me ac
+7f3cb85ff000-7f3cb8dff000 rw-p 00000000 00:00 0
+Rss:                   8 kB
+VmFlags: rd wr mr mw me ac nh
 7ffd1c0d5000-7ffd1c0f6000 rw-p 00000000 00:00 0                          [stack]
+VmFlags: rd wr mr mw me gd ac
 """
 
 
-def test_only_private_writable_anonymous_memory_and_the_heap_are_candidates():
-    assert anonymous_ranges(MAPS) == [(0x55b74c2aa000, 0x55b75a01e000), (0x7f3bc5600000, 0x7f3bc5800000)]
+def test_candidates_are_private_writable_anonymous_memory_and_the_heap_unless_marked_nh():
+    assert anonymous_ranges(SMAPS) == [(0x55b74c2aa000, 0x55b75a01e000), (0x7f3bc5600000, 0x7f3bc5800000)]
 
 
 def test_added_ranges_are_what_is_new_cut_to_whole_huge_pages():
