@@ -83,14 +83,8 @@ def main():
 
     with open(args.prompt_ids) as f:
         prompt = [int(t) for t in json.load(f)]
-    promotion = None
-    if args.huge_pages:
-        hugepages = hugepages_module()
-        before = hugepages.track()
-        model = load_model(args.engine_dir, args.threads)
-        promotion = hugepages.promote(before).collapsed_bytes
-    else:
-        model = load_model(args.engine_dir, args.threads)
+    model = load_model(args.engine_dir, args.threads)
+    promotion = hugepages_module().promote().collapsed_bytes if args.huge_pages else None
 
     one_run(model, prompt, args.new_tokens)  # warm-up
     runs = [one_run(model, prompt, args.new_tokens) for _ in range(args.runs)]

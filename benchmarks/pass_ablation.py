@@ -11,11 +11,12 @@ Rows (engines are built once into --out and reused when their manifest exists):
                         pass lowers; every row before it has a float KV cache)
   all passes, <format>  the full pipeline (int8 KV cache) with other weight formats (group,
                         symmetry, lm_head)
-  ..., no huge pages    the fastest format's engine loaded with Engine.load(huge_pages=False)
   onnxruntime-genai     the peer (its runtime, its engine), through benchmarks/genai_peer.py
   onnxruntime-genai, huge pages
                         the same, its weights given the 2 MiB pages our runtime asks for on CPU
-                        (runtime/hugepages.py; our rows have them, as Engine.load does by default)
+                        (runtime/hugepages.py; our rows have them, as Engine.load does by default;
+                        their effect on our engines, which one process cannot show since they
+                        are process-wide: decode_speed.py with OPTIMIZER_HUGE_PAGES=0 and =1)
 
 Weights: RTN int4, accuracy_level 4 (int8 activations), in the storage format of the
 int4-awq/-gptq recipes (RECIPE_FORMAT; the method changes the values, not the kernels, so
@@ -65,7 +66,6 @@ RECIPE_FORMAT = Format(64, False, 8)  # recipes/*-int4-awq.yaml, *-int4-gptq.yam
 # and the peer's own format (groups of 32, symmetric, int4 lm_head)
 OTHER_FORMATS = (Format(64, False, None), Format(128, False, 8), Format(128, False, 4), Format(128, True, 4),
                  Format(32, True, 4))
-FASTEST = Format(128, False, 4)
 
 
 def variants() -> list[tuple[str, tuple[str, ...], Format]]:
@@ -139,12 +139,7 @@ def main() -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     engines = build_all(args.model, args.out)
-    # the fastest format once more without huge pages (loaded first: later loads promote only
-    # the memory they map themselves), to show what runtime.hugepages is worth
-    plain = f"all passes, {FASTEST}, no huge pages"
-    loaded = {plain: Engine.load(engines[f"all passes, {FASTEST}"], threads=args.threads, huge_pages=False)}
-    loaded.update({name: Engine.load(path, threads=args.threads) for name, path in engines.items()})
-    loaded = {name: loaded[name] for name in [*engines, plain]}  # table order
+    loaded = {name: Engine.load(path, threads=args.threads) for name, path in engines.items()}
     vocab = next(iter(loaded.values())).manifest["architecture"]["config"]["vocab_size"]
     prompt = np.random.default_rng(0).integers(100, vocab, args.prompt_tokens).tolist()
     prompt_file = Path(tempfile.mkstemp(suffix=".json")[1])

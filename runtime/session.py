@@ -117,7 +117,7 @@ class DecoderSession:
                  threads: int | None = None, quantization: dict[str, Any] | None = None,
                  huge_pages: bool | None = None) -> None:
         """`quantization`: the manifest's section, which settles a few onnxruntime options.
-        `huge_pages`: on CPU, back the session's weights with 2 MiB pages (`runtime.hugepages`;
+        `huge_pages`: on CPU, back the weights with 2 MiB pages (`runtime.hugepages`, process-wide;
         None: yes unless OPTIMIZER_HUGE_PAGES=0)."""
         self.kv = kv
         self.provider = resolve_provider(provider)
@@ -130,12 +130,11 @@ class DecoderSession:
                                    "--target onnxruntime for an engine that runs on CPU too")
         if self.provider != PROVIDERS["cpu"] and hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # CUDA/cuDNN libraries from the pip-installed nvidia packages
-        promote = hugepages.wanted(huge_pages) and self.provider == PROVIDERS["cpu"]
-        before = hugepages.track() if promote else None
         self.session = ort.InferenceSession(str(model_path), make_session_options(threads, quantization),
                                             providers=[self.provider],
                                             disabled_optimizers=list(disabled_optimizers(quantization)) or None)
-        self.huge_pages = hugepages.promote(before) if promote else None
+        self.huge_pages = (hugepages.promote() if hugepages.wanted(huge_pages) and self.provider == PROVIDERS["cpu"]
+                           else None)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.input_names = {i.name for i in self.session.get_inputs()}
         self._np_dtype = KV_DTYPES[kv.dtype]

@@ -1,4 +1,4 @@
-"""runtime.hugepages: which mappings it advises, and that it backs new memory with 2 MiB pages."""
+"""runtime.hugepages: which mappings it promotes, and that it backs resident memory with 2 MiB pages."""
 
 from __future__ import annotations
 
@@ -9,42 +9,50 @@ import numpy as np
 import pytest
 
 from runtime import hugepages
-from runtime.hugepages import HUGE_PAGE, added_ranges, anonymous_ranges
+from runtime.hugepages import HUGE_PAGE, Mapping, anonymous_mappings, candidates
 
 SMAPS = """\
-55b74c2aa000-55b75a01e000 rw-p 00000000 00:00 0                          [heap]
+55b74c200000-55b75a000000 rw-p 00000000 00:00 0                          [heap]
+Size:             227328 kB
 Rss:              226316 kB
 VmFlags: rd wr mr mw me ac
 7f3bc5600000-7f3bc5800000 rw-p 00000000 00:00 0
 Rss:                1060 kB
 VmFlags: rd wr mr mw me ac
 7f3bc7000000-7f3bc9600000 r--p 00000000 00:00 0
+Rss:               38912 kB
 VmFlags: rd mr mw me ac
 7f3bc9600000-7f3bc9800000 rw-s 00000000 00:05 12                         /dev/zero (deleted)
+Rss:                2048 kB
 VmFlags: rd wr sh mr mw me ms
 7f3bdfaa5000-7f3be02a5000 rw-p 00001000 fd:01 4242                       /usr/lib/libfoo.so
+Rss:                8192 kB
 VmFlags: rd wr mr mw me ac
-7f3cb85ff000-7f3cb8dff000 rw-p 00000000 00:00 0
-Rss:                   8 kB
+7f3cb8600000-7f3cb8e00000 rw-p 00000000 00:00 0
+Rss:                8192 kB
 VmFlags: rd wr mr mw me ac nh
 7ffd1c0d5000-7ffd1c0f6000 rw-p 00000000 00:00 0                          [stack]
+Rss:                 132 kB
 VmFlags: rd wr mr mw me gd ac
 """
 
 
-def test_candidates_are_private_writable_anonymous_memory_and_the_heap_unless_marked_nh():
-    assert anonymous_ranges(SMAPS) == [(0x55b74c2aa000, 0x55b75a01e000), (0x7f3bc5600000, 0x7f3bc5800000)]
+def test_private_writable_anonymous_mappings_and_the_heap_are_read_with_rss_and_nh():
+    assert anonymous_mappings(SMAPS) == [
+        Mapping(0x55b74c200000, 0x55b75a000000, 226316 * 1024, False),
+        Mapping(0x7f3bc5600000, 0x7f3bc5800000, 1060 * 1024, False),
+        Mapping(0x7f3cb8600000, 0x7f3cb8e00000, 8192 * 1024, True)]
 
 
-def test_added_ranges_are_what_is_new_cut_to_whole_huge_pages():
+def test_candidates_are_the_whole_huge_pages_of_mostly_resident_mappings_not_marked_nh():
     M = HUGE_PAGE
-    before = [(0, 5 * M), (20 * M, 21 * M)]
-    after = [(0, 9 * M + 123),  # the heap grew by 4 MiB and a bit: the whole pages of the growth
-             (20 * M, 21 * M),  # unchanged
-             (30 * M + 5, 34 * M),  # new, unaligned start: from the next 2 MiB boundary
-             (40 * M + 1, 41 * M + 1)]  # new, but holds no whole 2 MiB page
-    assert added_ranges(before, after) == [(5 * M, 9 * M), (31 * M, 34 * M)]
-    assert added_ranges(after, after) == []
+    mappings = [Mapping(0, 8 * M, 8 * M, False),  # resident: all of it
+                Mapping(10 * M + 5, 14 * M + 7, 4 * M, False),  # unaligned: the whole pages inside
+                Mapping(20 * M, 30 * M, 2 * M, False),  # mostly not resident: collapsing would fill it
+                Mapping(40 * M, 44 * M, 4 * M, True),  # nh (a thread stack)
+                Mapping(50 * M + 1, 51 * M + 1, M, False)]  # holds no whole 2 MiB page
+    assert candidates(mappings) == [(0, 8 * M), (11 * M, 14 * M)]
+    assert candidates(anonymous_mappings(SMAPS)) == [(0x55b74c200000, 0x55b75a000000)]
 
 
 def _thp_mode() -> str:
@@ -69,26 +77,18 @@ def _anon_huge_kb(start: int, end: int) -> int:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="transparent huge pages are a Linux feature")
-def test_memory_mapped_after_track_gets_huge_pages_and_keeps_its_contents():
-    before = hugepages.track()
-    data = np.arange(8 << 20, dtype=np.float32)  # 32 MiB, mapped after track()
+def test_resident_memory_gets_huge_pages_and_keeps_its_contents():
+    data = np.arange(8 << 20, dtype=np.float32)  # 32 MiB, every page written
     expected = data.copy()
-    result = hugepages.promote(before)
+    result = hugepages.promote()
     assert np.array_equal(data, expected)
     start = data.ctypes.data
     mode, kernel = _thp_mode(), tuple(int(x) for x in platform.release().split(".")[:2])
-    if mode in ("never", "absent"):
-        assert result.collapsed_bytes == 0
+    if mode in ("never", "absent") or kernel < (6, 1):  # no MADV_COLLAPSE
+        assert result.collapsed_bytes == 0 and result.reason
         return
-    assert result.advised_bytes >= 24 << 20, result
-    if kernel >= (6, 1):  # MADV_COLLAPSE
-        assert result.collapsed_bytes >= 24 << 20, result
-        assert _anon_huge_kb(start, start + data.nbytes) >= 24 << 10
-
-
-def test_promote_without_a_snapshot_does_nothing():
-    result = hugepages.promote(None)
-    assert (result.advised_bytes, result.collapsed_bytes) == (0, 0) and result.reason
+    assert result.collapsed_bytes >= 24 << 20, result
+    assert _anon_huge_kb(start, start + data.nbytes) >= 24 << 10
 
 
 def test_engine_loads_with_and_without_huge_pages_alike(tmp_path, smol_tokenizer_dir):
