@@ -169,11 +169,11 @@ def main() -> None:
                      "decode_rounds": [round(s[1], 1) for s in samples[name]],
                      "nodes": m["passes"][-1]["nodes_after"],
                      "same_tokens_as_unfused": tokens[name] == tokens["unfused"]})
-    for peer, samples_ in genai_rows.items():
-        if samples_:
-            rows.append({"row": peer, "prefill_ms": statistics.median(g[0] for g in samples_),
-                         "decode_tok_s": statistics.median(g[1] for g in samples_),
-                         "decode_rounds": [round(g[1], 1) for g in samples_], "nodes": None,
+    for peer, peer_samples in genai_rows.items():
+        if peer_samples:
+            rows.append({"row": peer, "prefill_ms": statistics.median(g[0] for g in peer_samples),
+                         "decode_tok_s": statistics.median(g[1] for g in peer_samples),
+                         "decode_rounds": [round(g[1], 1) for g in peer_samples], "nodes": None,
                          "same_tokens_as_unfused": None})
     report = {"threads": args.threads, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
               "rounds": args.rounds, "rows": rows}
