@@ -231,8 +231,9 @@ def engine_gate(model_path: Path, kv: dict[str, Any], quantization: dict[str, An
     """The gate's verdict on the engine being written (onnxruntime on its staged model file)."""
     from runtime.session import DecoderSession, KvSpec
 
+    # huge_pages off: a build-time session, with the torch model resident beside it
     session = DecoderSession(model_path, KvSpec.from_manifest(kv), provider=verify_provider(opts),
-                             quantization=quantization)
+                             quantization=quantization, huge_pages=False)
     ppl = perplexity(session_logits_fn(session), windows)["perplexity"]
     return {**check(parse_limit(opts.max_ppl_increase), ppl, baseline), "eval": opts.gate_eval,
             "windows_sha256": windows_hash(windows)}

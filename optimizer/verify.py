@@ -46,7 +46,7 @@ def verify_engine(model_path: Path, kv: dict[str, Any], loaded: LoadedModel, mod
     with torch.no_grad():
         ref = loaded.model(input_ids=torch.tensor([ids])).logits[0].float().numpy()  # (N, V)
     session = DecoderSession(model_path, KvSpec.from_manifest(kv), provider=provider,
-                             quantization=quantization)
+                             quantization=quantization, huge_pages=False)  # a probe: speed is no matter
     got = probe_logits(session, ids, len(ids) - DECODE_STEPS)
     finite = bool(np.isfinite(got).all())
     max_diff = float(np.abs(got - ref).max()) if finite else float("inf")

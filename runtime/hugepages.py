@@ -14,14 +14,16 @@ anonymous memory, mapping by mapping: madvise(MADV_HUGEPAGE) for future faults, 
 MADV_COLLAPSE (Linux 6.1+) to move the pages already there now. Mappings that are mostly not
 resident are left alone (collapsing them would fill them: more memory for nothing), and so
 are those marked "no huge pages" (thread stacks). Either call failing leaves the memory as it
-was: this is a speed hint only, never a change in what the session computes.
-`Engine.load(huge_pages=False)` or OPTIMIZER_HUGE_PAGES=0 in the environment turns it off;
-it is process-wide, so a later load with it on covers an earlier engine's memory too.
+was: this is a speed hint only, never a change in what the session computes. Build-time
+sessions (verification, the accuracy gate) leave it off. `Engine.load(huge_pages=False)` or
+OPTIMIZER_HUGE_PAGES=0 in the environment turns it off; it is process-wide, so a later load
+with it on covers an earlier engine's memory too.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import sys
 from dataclasses import dataclass
@@ -32,13 +34,15 @@ MADV_COLLAPSE = 25  # Linux 6.1+
 SMAPS = "/proc/self/smaps"
 ENV = "OPTIMIZER_HUGE_PAGES"  # "0" turns the default off (CLI, server, benchmarks)
 MIN_RESIDENT = 0.9  # a mapping is promoted when at least this fraction of it is in memory
+REASONS = {errno.EINVAL: "transparent huge pages off, or Linux < 6.1",
+           errno.ENOMEM: "no free 2 MiB page now", errno.EAGAIN: "pages busy now, try later"}
 
 
 @dataclass(frozen=True)
 class Promotion:
     advised_bytes: int  # ranges given MADV_HUGEPAGE
     collapsed_bytes: int  # of those, on 2 MiB pages now (MADV_COLLAPSE)
-    reason: str = ""  # why nothing was done, if nothing was
+    reason: str = ""  # what was not done and why ("" when all was)
 
 
 def wanted(huge_pages: bool | None) -> bool:
@@ -102,11 +106,23 @@ def promote(min_resident: float = MIN_RESIDENT) -> Promotion:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     advised = collapsed = 0
+    failed: dict[int, int] = {}  # errno -> bytes left on 4 KiB pages
     for start, end in candidates(mappings, min_resident):
-        if libc.madvise(start, end - start, MADV_HUGEPAGE) != 0:
-            continue  # not an ordinary mapping
-        advised += end - start
-        if libc.madvise(start, end - start, MADV_COLLAPSE) == 0:
-            collapsed += end - start
-    return Promotion(advised, collapsed, "" if collapsed else "the kernel moved nothing to 2 MiB pages "
-                                                              "(transparent huge pages off, or Linux < 6.1)")
+        if libc.madvise(start, end - start, MADV_HUGEPAGE) == 0:
+            advised += end - start
+            if libc.madvise(start, end - start, MADV_COLLAPSE) == 0:
+                collapsed += end - start
+                continue
+        err = ctypes.get_errno()
+        failed[err] = failed.get(err, 0) + end - start
+    return Promotion(advised, collapsed, madvise_failures(failed))
+
+
+def madvise_failures(failed: dict[int, int]) -> str:
+    """'' when nothing failed; else how much memory each error left on 4 KiB pages, e.g.
+    'madvise left 12 MiB: ENOMEM (no free 2 MiB page now)'."""
+    if not failed:
+        return ""
+    parts = [f"{n >> 20} MiB: {errno.errorcode.get(e, e)}" + (f" ({REASONS[e]})" if e in REASONS else "")
+             for e, n in sorted(failed.items())]
+    return "madvise left " + "; ".join(parts)
