@@ -26,7 +26,7 @@ import ctypes
 import errno
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 HUGE_PAGE = 2 << 20
 MADV_HUGEPAGE = 14
@@ -74,9 +74,9 @@ def anonymous_mappings(smaps_text: str) -> list[Mapping]:
                 start, end = (int(x, 16) for x in fields[0].split("-"))
                 current = Mapping(start, end, 0, False)
         elif current is not None and fields[0] == "Rss:":
-            current = Mapping(current.start, current.end, int(fields[1]) * 1024, current.no_huge)
+            current = replace(current, rss=int(fields[1]) * 1024)
         elif current is not None and fields[0] == "VmFlags:":
-            current = Mapping(current.start, current.end, current.rss, "nh" in fields[1:])
+            current = replace(current, no_huge="nh" in fields[1:])
     if current is not None:
         mappings.append(current)
     return mappings
