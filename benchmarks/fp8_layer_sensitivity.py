@@ -84,7 +84,7 @@ def main() -> None:
               "observer": args.observer, "weights": "round to nearest, per-channel scales"}
     report["fp32"] = ppl()
     log(f"fp32 {report['fp32']:.3f}")
-    float_weights = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+    float_weights = {n: w.detach().clone() for n, w in loaded.model.named_parameters()}
     quantize_model(loaded, QuantConfig(method="fp8", bits=8, group_size=None, observer=args.observer,
                                        calib=args.calib), quiet=True)
     report["all_fp8"] = ppl()
