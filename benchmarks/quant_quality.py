@@ -61,6 +61,9 @@ _FP8_KEEP = {"qkv": ("*.q_proj", "*.k_proj", "*.v_proj"), "o": ("*.o_proj",),
              "first-last-layer": ("model.layers.0.*", "model.layers.29.*")}
 for _name, _patterns in _FP8_KEEP.items():
     OURS[f"fp8-minmax-gptq-keep-{_name}"] = dict(OURS["fp8-minmax-gptq"], keep=DEFAULT_KEEP + _patterns)
+# FP8 with distillation after calibration (calibration/distill.py): 300 steps of 8 c4 windows
+for _observer in ("minmax", "percentile", "mse"):
+    OURS[f"fp8-{_observer}-distill300"] = dict(OURS[f"fp8-{_observer}"], distill_steps=300, distill_lr=1e-4)
 # Batch-1 speed formats of benchmarks/pass_ablation.py, as built there (accuracy level 4, int8
 # KV cache), with calibrated weights: GPTQ (act-order; the lm_head by GPTQ too) and the recipes' AWQ
 FAST_BUILD = {"accuracy_level": 4, "kv_cache_dtype": "int8"}
@@ -85,7 +88,8 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_one(variant: str, model: str, calib: str, eval_windows: Path, out: Path, threads: int) -> dict:
+def run_one(variant: str, model: str, calib: str, eval_windows: Path, out: Path, threads: int,
+            distill_device: str = "cpu") -> dict:
     """Inside the variant's own process."""
     import torch
 
@@ -98,7 +102,10 @@ def run_one(variant: str, model: str, calib: str, eval_windows: Path, out: Path,
     torch.set_num_threads(threads)
     windows = np.load(eval_windows)
     loaded = load_model(model, quiet=True)
-    quant = None if variant == "fp32" else QuantConfig(calib=calib, **OURS[variant])
+    settings = OURS.get(variant, {})
+    if settings.get("distill_steps"):
+        settings = {**settings, "distill_device": distill_device}
+    quant = None if variant == "fp32" else QuantConfig(calib=calib, **settings)
     start = time.perf_counter()
     engine_dir = build_engine(BuildOptions(out=out / variant, source=model, quant=quant, overwrite=True,
                                            quiet=True, **BUILD.get(variant, {})), loaded=loaded)
@@ -115,6 +122,8 @@ def run_one(variant: str, model: str, calib: str, eval_windows: Path, out: Path,
         "peak_rss_mb": round(rss),
         "engine_mb": round(sum(f["size"] for f in engine_dir.manifest["files"].values()) / 1e6, 1),
     }
+    if "distillation" in q:
+        row["distillation"] = q["distillation"]
     return row
 
 
@@ -125,6 +134,8 @@ def main() -> None:
     p.add_argument("--calib", default="c4:128x512")
     p.add_argument("--eval", default="wiki:40x512")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--distill-device", default="cpu", choices=("cpu", "cuda"),
+                   help="where the distilled variants train (300 steps: minutes on a GPU, hours on 2 cores)")
     p.add_argument("--variants", default="fp32," + ",".join(OURS))
     p.add_argument("--llmcompressor-python", help="python of a venv with llmcompressor installed")
     p.add_argument("--peers", default=",".join(PEERS))
@@ -137,7 +148,8 @@ def main() -> None:
         write_report(json.loads((args.out / "results.json").read_text())["rows"], args)
         return
     if args.one:
-        print(json.dumps(run_one(args.one, args.model, args.calib, args.eval_windows, args.out, args.threads)))
+        print(json.dumps(run_one(args.one, args.model, args.calib, args.eval_windows, args.out, args.threads,
+                                 args.distill_device)))
         return
 
     from calibration.data import parse_spec, token_windows
@@ -163,7 +175,8 @@ def main() -> None:
     for variant in [v for v in args.variants.split(",") if v and v not in done]:
         print(f"== {variant}", file=sys.stderr, flush=True)
         cmd = [sys.executable, __file__, "--one", variant, "--model", args.model, "--out", str(args.out),
-               "--calib", args.calib, "--eval-windows", str(eval_path), "--threads", str(args.threads)]
+               "--calib", args.calib, "--eval-windows", str(eval_path), "--threads", str(args.threads),
+               "--distill-device", args.distill_device]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             rows.append({"variant": variant, "error": proc.stderr.strip()[-600:]})

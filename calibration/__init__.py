@@ -11,6 +11,7 @@ Methods are registered in METHOD_STEPS; the driver (sequential.py) is shared by 
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import torch
 
 from calibration.config import GPTQ_ROUNDED, QuantConfig
 from calibration.data import parse_spec, token_windows, windows_hash
+from calibration.distill import distill_fp8
 from calibration.mappings import module_names
 from calibration.gptq import HessianAccumulator, gptq_quantize
 from calibration.methods import awq_gptq_layer, awq_layer, fp8_layer, gptq_layer, store_quantized
@@ -78,9 +80,13 @@ def quantize_model(loaded: Any, cfg: QuantConfig, quiet: bool = False) -> Quanti
         manifest["calibration"] = {"spec": cfg.calib, "windows": list(windows.shape),
                                    "tokens": int(windows.size), "sha256": windows_hash(windows)}
         step = METHOD_STEPS[cfg.method]
+        teacher = copy.deepcopy(loaded.model) if cfg.distill_steps else None  # the float model
         hidden = run_sequential(loaded.model, loaded.arch, windows, cfg.batch_size,
                                 partial(step, cfg=cfg, codes=codes, arch=loaded.arch), keep, quiet,
                                 float_stream=cfg.float_stream)
+        if teacher is not None:
+            manifest["distillation"] = distill(loaded, teacher, codes, cfg, quiet)
+            del teacher
     if cfg.lm_head_bits is not None:
         manifest["lm_head_method"] = quantize_lm_head(loaded, cfg, codes,
                                                       hidden if cfg.method in GPTQ_ROUNDED else None)
@@ -91,6 +97,17 @@ def quantize_model(loaded: Any, cfg: QuantConfig, quiet: bool = False) -> Quanti
         for n in module_names(loaded.arch, i).values() if keep(n))
     manifest["seconds"] = round(time.perf_counter() - start, 2)
     return QuantizationResult(codes, manifest)
+
+
+def distill(loaded: Any, teacher: torch.nn.Module, codes: dict, cfg: QuantConfig, quiet: bool) -> dict[str, Any]:
+    """Fine-tune the FP8 weights against the float model on cfg.distill_data (distill.py)."""
+    spec = parse_spec(cfg.distill_data, cfg.calib_seed)
+    bos = loaded.config.bos_token_id if loaded.arch.needs_bos else None
+    windows = token_windows(loaded.tokenizer, spec, bos, allow_fewer=cfg.calib_allow_fewer)
+    record = distill_fp8(loaded.model, teacher, codes, windows, cfg.distill_steps, cfg.distill_lr,
+                         cfg.distill_batch, cfg.distill_device, quiet=quiet)
+    return {"data": {"spec": cfg.distill_data, "windows": list(windows.shape), "sha256": windows_hash(windows)},
+            **record}
 
 
 def quantize_lm_head(loaded: Any, cfg: QuantConfig, codes: dict[str, QuantizedLinear],

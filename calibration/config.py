@@ -43,6 +43,12 @@ class QuantConfig:
     smooth: float | None = None  # fp8: SmoothQuant migration strength alpha in [0, 1]; None: off
     fp8_weights: str = "nearest"  # fp8: weight rounding, "nearest", "gptq" (error-compensated) or
     #                               "gptaq" (GPTQ fitted to the float model's outputs)
+    distill_steps: int = 0  # fp8: after calibration, fine-tune the weights against the float model
+    #                         for this many steps (calibration/distill.py); 0: off
+    distill_lr: float = 1e-4
+    distill_batch: int = 8  # windows per step
+    distill_data: str = "c4:512x512"  # text the distillation trains on
+    distill_device: str = "cpu"  # cpu or cuda: where the distillation steps run
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -62,6 +68,8 @@ class QuantConfig:
             from calibration.data import check_source, parse_spec
 
             check_source(parse_spec(self.calib).source)
+        if self.distill_steps and self.method != "fp8":
+            raise InputError("--distill-steps applies to --quant fp8 only", hint="drop --distill-steps")
         if self.smooth is not None and self.method != "fp8":
             raise InputError("--smooth applies to --quant fp8 only", hint="drop --smooth, or use --quant fp8")
         if self.act_order and self.method not in GPTQ_ROUNDED:
@@ -91,12 +99,31 @@ class QuantConfig:
         if self.lm_head_bits is not None:
             raise InputError("--lm-head-bits applies to int4/int8; FP8 keeps the output projection in float",
                              hint="drop --lm-head-bits with --quant fp8")
+        if self.distill_steps:
+            self._validate_distillation()
+
+    def _validate_distillation(self) -> None:
+        from calibration.data import check_source, parse_spec
+
+        if self.distill_steps < 0:
+            raise InputError(f"distillation steps must be >= 0, got {self.distill_steps}")
+        if not self.distill_lr > 0 or self.distill_batch < 1:
+            raise InputError(f"distillation needs a positive learning rate and batch, got lr {self.distill_lr}, "
+                             f"batch {self.distill_batch}")
+        if self.fp8_weights != "nearest" or self.smooth is not None:
+            raise InputError("--distill-steps trains from the float weights and rounds them to nearest at the "
+                             "end, so --method gptq/gptaq and --smooth do not apply",
+                             hint="drop --method / --smooth, or drop --distill-steps")
+        if self.distill_device not in ("cpu", "cuda"):
+            raise InputError(f"unknown distillation device {self.distill_device!r}", hint="choose cpu or cuda")
+        check_source(parse_spec(self.distill_data).source)
 
     def describe(self) -> str:
         if self.method == "fp8":
             smooth = "" if self.smooth is None else f", smoothed (alpha {self.smooth})"
             gptq = {"gptq": ", GPTQ-rounded weights", "gptaq": ", GPTAQ-fitted weights"}.get(self.fp8_weights, "")
-            return f"fp8 W8A8 (E4M3, per-channel weights{gptq}, {self.observer} activation scales{smooth})"
+            distill = f", distilled {self.distill_steps} steps" if self.distill_steps else ""
+            return f"fp8 W8A8 (E4M3, per-channel weights{gptq}{distill}, {self.observer} activation scales{smooth})"
         return (f"{self.method} int{self.bits} {'per-channel' if self.group_size is None else f'group {self.group_size}'}"
                 f" {'symmetric' if self.symmetric else 'asymmetric'}")
 
@@ -120,4 +147,7 @@ class QuantConfig:
             d["calib"] = None
         if self.method != "fp8":
             del d["observer"], d["percentile"], d["smooth"], d["fp8_weights"]
+        if self.method != "fp8" or not self.distill_steps:
+            for k in ("distill_steps", "distill_lr", "distill_batch", "distill_data", "distill_device"):
+                del d[k]
         return d

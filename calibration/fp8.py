@@ -40,9 +40,27 @@ def quantize_fp8(x: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
     return torch.clamp(x.float() / scale, -E4M3_MAX, E4M3_MAX).to(FP8_DTYPE)
 
 
-def fake_quant_fp8(x: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
-    """Quantize to E4M3 and back, in x's dtype: what the engine's Q/DQ pair computes."""
+def _round_trip(x: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
     return (quantize_fp8(x, scale).float() * scale).to(x.dtype)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """E4M3 round trip whose gradient is the identity (the straight-through estimator). The
+    cast's own gradient would be rounded to E4M3 on the way back."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+        return _round_trip(x, scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
+def fake_quant_fp8(x: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """Quantize to E4M3 and back, in x's dtype: what the engine's Q/DQ pair computes. Where x
+    needs a gradient (distillation), the gradient passes straight through."""
+    return _StraightThrough.apply(x, scale) if x.requires_grad else _round_trip(x, scale)
 
 
 def weight_scales(w: torch.Tensor) -> torch.Tensor:

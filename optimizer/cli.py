@@ -105,6 +105,14 @@ def main() -> None:
 @click.option("--smooth", default=None, type=float,
               help="FP8: migrate activation outliers into the weights first (SmoothQuant), strength "
                    "alpha in [0, 1], e.g. 0.3 [default: off].")
+@click.option("--distill-steps", default=None, type=int,
+              help="FP8: after calibration, fine-tune the weights against the float model for N steps "
+                   "(distillation with the FP8 rounding in the loop; slow on CPU) [default: 0 = off].")
+@click.option("--distill-lr", default=None, type=float, help="FP8 distillation: learning rate [default: 1e-4].")
+@click.option("--distill-batch", default=None, type=int, help="FP8 distillation: windows per step [default: 8].")
+@click.option("--distill-data", default=None, help="FP8 distillation: training text SOURCE:NxL [default: c4:512x512].")
+@click.option("--distill-device", default=None, type=click.Choice(["cpu", "cuda"]),
+              help="FP8 distillation: where the steps run [default: cpu].")
 @click.option("--group-size", default=None, type=int, help="Quantization group size; 0 = per-channel [default: 64].")
 @click.option("--asym/--sym", "asym", default=None, help="Asymmetric (zero points) or symmetric [default: sym].")
 @click.option("--act-order", is_flag=True, default=None, help="GPTQ, AWQ-GPTQ: quantize columns in decreasing Hessian order.")
@@ -130,7 +138,8 @@ def model_cmd(source: str | None, out: Path, recipe: Path | None, dtype: str | N
               dump_ir_after: tuple[str, ...], max_seq_len: int | None, kv_layout: str | None,
               kv_slots: int | None, kv_capacity: int | None, kv_block_size: int | None,
               kv_blocks: int | None, kv_cache_dtype: str | None, kv_calib: str | None, external_data: str | None, target: str | None, quant: str | None, method: str | None, observer: str | None,
-              smooth: float | None,
+              smooth: float | None, distill_steps: int | None, distill_lr: float | None,
+              distill_batch: int | None, distill_data: str | None, distill_device: str | None,
               group_size: int | None, asym: bool | None,
               act_order: bool | None, calib: str | None, calib_seed: int | None, calib_allow_fewer: bool,
               keep: tuple[str, ...], lm_head_bits: str | None, accuracy_level: int | None,
@@ -149,6 +158,8 @@ def model_cmd(source: str | None, out: Path, recipe: Path | None, dtype: str | N
                   "kv_blocks": kv_blocks, "kv_cache_dtype": kv_cache_dtype, "kv_calib": kv_calib,
                   "target": target},
         "quantization": {"quant": quant, "method": method, "observer": observer, "smooth": smooth,
+                         "distill_steps": distill_steps, "distill_lr": distill_lr, "distill_batch": distill_batch,
+                         "distill_data": distill_data, "distill_device": distill_device,
                          "group_size": group_size,
                          "symmetric": None if asym is None else not asym, "act_order": act_order,
                          "calib": calib, "calib_seed": calib_seed, "keep": list(keep) or None,

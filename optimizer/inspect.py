@@ -39,6 +39,11 @@ def precision_notes(m: dict[str, Any]) -> list[str]:
         notes.append("FP8 W8A8 as QuantizeLinear/DequantizeLinear: onnxruntime's CPU runs it unfused "
                      "(dequantize, then a float MatMul), correct but slower than the fp32 engine; FP8 GEMM "
                      "speed needs a GPU with FP8 (TensorRT, or onnxruntime CUDA on sm89+)")
+    if "distillation" in quant:
+        d = quant["distillation"]
+        notes.append(f"FP8 weights fine-tuned against the float model after calibration: {d['steps']} steps of "
+                     f"{d['batch']} windows of {d['data']['spec']} on {d['device']}, KL to the float model "
+                     f"{d['kl_first_steps']:.4f} -> {d['kl_last_steps']:.4f}")
     if m["kv_cache"].get("dtype") == "int8":
         notes.append("int8 KV cache (one static scale per layer for K and V): onnxruntime's CPU attention "
                      "kernel reads it; this engine runs on the CPU provider only")

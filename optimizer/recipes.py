@@ -65,6 +65,11 @@ class QuantSection:
     lm_head_bits: int | None = None
     observer: str = "minmax"  # fp8: activation-scale observer (minmax, percentile, mse)
     smooth: float | None = None  # fp8: SmoothQuant migration strength in [0, 1]; None: off
+    distill_steps: int = 0  # fp8: fine-tune against the float model after calibration; 0: off
+    distill_lr: float = 1e-4
+    distill_batch: int = 8
+    distill_data: str = "c4:512x512"
+    distill_device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,12 @@ def quant_config(qs: QuantSection, calib_allow_fewer: bool = False) -> Any:
                            fp8_weights="gptq" if qs.method == "gptq" else "nearest",
                            observer=qs.observer, smooth=qs.smooth, calib=qs.calib,
                            calib_seed=qs.calib_seed, calib_allow_fewer=calib_allow_fewer,
-                           keep=DEFAULT_KEEP + tuple(qs.keep), lm_head_bits=qs.lm_head_bits)
+                           keep=DEFAULT_KEEP + tuple(qs.keep), lm_head_bits=qs.lm_head_bits,
+                           distill_steps=qs.distill_steps, distill_lr=qs.distill_lr,
+                           distill_batch=qs.distill_batch, distill_data=qs.distill_data,
+                           distill_device=qs.distill_device)
+    if qs.distill_steps:
+        raise InputError("--distill-steps applies to --quant fp8 only", hint="drop --distill-steps")
     if qs.quant not in {f"int{b}" for b in BITS}:
         raise InputError(f"unsupported quantization {qs.quant!r}",
                          hint="choose one of: none, fp8, " + ", ".join(f"int{b}" for b in BITS))
