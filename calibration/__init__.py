@@ -54,8 +54,9 @@ def target_linears(loaded: Any, keep: Callable[[str], bool]) -> dict[str, torch.
     return out
 
 
-def calibration_windows(loaded: Any, cfg: QuantConfig) -> np.ndarray:
-    spec = parse_spec(cfg.calib, cfg.calib_seed)
+def calibration_windows(loaded: Any, cfg: QuantConfig, text: str | None = None) -> np.ndarray:
+    """Token windows of `text` (a SOURCE:NxL spec; default cfg.calib), drawn as cfg says."""
+    spec = parse_spec(text or cfg.calib, cfg.calib_seed)
     if loaded.tokenizer is None:
         raise InputError("calibration needs a tokenizer, and this model has none",
                          hint="pass --tokenizer with --random-weights")
@@ -101,9 +102,7 @@ def quantize_model(loaded: Any, cfg: QuantConfig, quiet: bool = False) -> Quanti
 
 def distill(loaded: Any, teacher: torch.nn.Module, codes: dict, cfg: QuantConfig, quiet: bool) -> dict[str, Any]:
     """Fine-tune the FP8 weights against the float model on cfg.distill_data (distill.py)."""
-    spec = parse_spec(cfg.distill_data, cfg.calib_seed)
-    bos = loaded.config.bos_token_id if loaded.arch.needs_bos else None
-    windows = token_windows(loaded.tokenizer, spec, bos, allow_fewer=cfg.calib_allow_fewer)
+    windows = calibration_windows(loaded, cfg, cfg.distill_data)
     record = distill_fp8(loaded.model, teacher, codes, windows, cfg.distill_steps, cfg.distill_lr,
                          cfg.distill_batch, cfg.distill_device, quiet=quiet)
     return {"data": {"spec": cfg.distill_data, "windows": list(windows.shape), "sha256": windows_hash(windows)},

@@ -44,15 +44,12 @@ class Fp8WeightRounding(torch.nn.Module):
 
 
 def distillation_device(name: str) -> torch.device:
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError("--distill-device cuda, but torch sees no CUDA GPU here",
-                             hint="use --distill-device cpu (slow: each step runs both models on the batch), "
-                                  "or install a CUDA build of torch on a machine with a GPU")
-        return torch.device("cuda")
-    raise InputError(f"unknown distillation device {name!r}", hint="choose cpu or cuda")
+    """`name` is cpu or cuda (QuantConfig.validate checks it); cuda must be there."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--distill-device cuda, but torch sees no CUDA GPU here",
+                         hint="use --distill-device cpu (slow: each step runs both models on the batch), "
+                              "or install a CUDA build of torch on a machine with a GPU")
+    return torch.device(name)
 
 
 def lr_at(step: int, steps: int, lr: float) -> float:

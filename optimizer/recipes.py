@@ -111,15 +111,13 @@ def quant_config(qs: QuantSection, calib_allow_fewer: bool = False) -> Any:
                            distill_steps=qs.distill_steps, distill_lr=qs.distill_lr,
                            distill_batch=qs.distill_batch, distill_data=qs.distill_data,
                            distill_device=qs.distill_device)
-    if qs.distill_steps:
-        raise InputError("--distill-steps applies to --quant fp8 only", hint="drop --distill-steps")
     if qs.quant not in {f"int{b}" for b in BITS}:
         raise InputError(f"unsupported quantization {qs.quant!r}",
                          hint="choose one of: none, fp8, " + ", ".join(f"int{b}" for b in BITS))
     return QuantConfig(method=qs.method, bits=int(qs.quant[3:]), group_size=qs.group_size or None,
                        symmetric=qs.symmetric, act_order=qs.act_order, calib=qs.calib, calib_seed=qs.calib_seed,
                        calib_allow_fewer=calib_allow_fewer, keep=DEFAULT_KEEP + tuple(qs.keep),
-                       lm_head_bits=qs.lm_head_bits)
+                       lm_head_bits=qs.lm_head_bits, distill_steps=qs.distill_steps)  # validate() refuses it
 
 
 def load_recipe(path: str | Path) -> Recipe:
