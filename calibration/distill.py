@@ -71,6 +71,7 @@ def distill_fp8(model: torch.nn.Module, teacher: torch.nn.Module, codes: dict[st
     against `teacher` (the float model) on `windows` (N, L); rewrite their weights and codes.
     Returns the record for the manifest."""
     dev = distillation_device(device)
+    home = next(model.parameters()).device  # where both models go back to
     start = time.perf_counter()
     frozen = {p: p.requires_grad for p in model.parameters()}
     for p in model.parameters():
@@ -104,8 +105,8 @@ def distill_fp8(model: torch.nn.Module, teacher: torch.nn.Module, codes: dict[st
                 losses.append(float(loss.detach()))
                 advance()
     finally:
-        model.to("cpu")
-        teacher.to("cpu")
+        model.to(home)
+        teacher.to(home)
         for name, lin in linears.items():  # back to a plain weight: the master, rounded below
             parametrize.remove_parametrizations(lin, "weight", leave_parametrized=False)
         for p, flag in frozen.items():
