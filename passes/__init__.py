@@ -15,7 +15,7 @@ from typing import Any, Callable
 import onnx_ir.passes as ir_passes
 from onnx_ir.passes import common
 
-from passes import fuse_activation, fuse_rms_norm, fuse_skip_rms_norm
+from passes import fold_norm_casts, fuse_activation, fuse_rms_norm, fuse_skip_rms_norm
 from passes._rules import RulePass
 from passes.fold_constants import FoldConstants
 from passes.fuse_attention import FuseAttention
@@ -59,8 +59,11 @@ REGISTRY: dict[str, PassInfo] = {
                                   "RMSNormalization (opset 23)",
                  lambda ctx: RulePass(fuse_rms_norm.RULES, "RMSNorm -> RMSNormalization",
                                       min_opset=fuse_rms_norm.RMS_NORM_OPSET)),
+        PassInfo("fold-norm-casts", "fp16/bf16 engines: Cast(fp32) -> RMSNormalization -> Cast back -> "
+                                    "RMSNormalization in the compute dtype (fp32 statistics inside)",
+                 lambda ctx: RulePass(fold_norm_casts.RULES, "fp32 norm between Casts -> half-precision norm")),
         PassInfo("fuse-skip-rms-norm", "residual Add + RMSNormalization -> "
-                                       "SkipSimplifiedLayerNormalization (fp32 engines)",
+                                       "SkipSimplifiedLayerNormalization",
                  lambda ctx: RulePass(fuse_skip_rms_norm.RULES, "Add + RMSNorm -> SkipSimplifiedLayerNormalization",
                                       uses_ms_domain=True)),
         PassInfo("fuse-attention", "rotary embedding + masked attention + concat KV cache -> "
@@ -71,7 +74,7 @@ REGISTRY: dict[str, PassInfo] = {
                  lambda ctx: PackSiblingMatMuls(3, "q/k/v")),
         PassInfo("pack-gate-up", "gate/up projections reading one input -> one MatMul/MatMulNBits + Split",
                  lambda ctx: PackSiblingMatMuls(2, "gate/up")),
-        PassInfo("fuse-activation", "SiLU (Mul(x, Sigmoid(x))) -> QuickGelu(alpha=1) (fp32 engines)",
+        PassInfo("fuse-activation", "SiLU (Mul(x, Sigmoid(x))) -> QuickGelu(alpha=1)",
                  lambda ctx: RulePass(fuse_activation.rules(ctx.dtype), "SiLU -> QuickGelu", uses_ms_domain=True)),
         PassInfo("fold-constants", "evaluates nodes whose inputs are all constants (onnxscript's folder)",
                  lambda ctx: FoldConstants(), targets=("cpu", "cuda", "tensorrt")),
@@ -97,7 +100,7 @@ REGISTRY: dict[str, PassInfo] = {
 
 UNFUSED_PIPELINE: tuple[str, ...] = ("lower-quantized-matmul", "kv-layout", "cse", "dead-code")
 DEFAULT_PIPELINE: tuple[str, ...] = (
-    "lower-quantized-matmul", "fuse-rms-norm", "fuse-skip-rms-norm", "fuse-attention",
+    "lower-quantized-matmul", "fuse-rms-norm", "fold-norm-casts", "fuse-skip-rms-norm", "fuse-attention",
     "pack-qkv", "pack-gate-up", "fuse-activation", "fold-constants", "slice-logits", "kv-layout",
     "quantize-kv-cache", "cse", "dead-code",
 )

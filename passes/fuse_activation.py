@@ -2,14 +2,17 @@
 x * Sigmoid(alpha * x) in one pass over x (SwiGLU's gate in Llama, Qwen2, Mistral).
 
 GELU needs no fusion: capture already writes it as ONNX Gelu (approximate="tanh" where the
-model uses it), which onnxruntime runs as one kernel. fp32 only: onnxruntime's CPU QuickGelu
-kernel is float-only.
+model uses it), which onnxruntime runs as one kernel. fp32, fp16 and bf16 engines: the CUDA
+kernel takes each; onnxruntime's CPU provider runs the half-precision ones through fp32.
 """
 
 from __future__ import annotations
 
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
+
+
+FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
 
 class SiluFusion(pattern.RewriteRuleClassBase):
@@ -22,8 +25,8 @@ class SiluFusion(pattern.RewriteRuleClassBase):
 
     def check(self, context, x, **_) -> pattern.MatchResult:
         result = pattern.MatchResult()
-        if self.engine_dtype != "fp32" or (x.dtype is not None and x.dtype != ir.DataType.FLOAT):
-            return result.fail("QuickGelu runs on fp32 inputs only (CPU kernel)", x)
+        if x.dtype is not None and x.dtype not in FLOATS:
+            return result.fail(f"QuickGelu takes float inputs, not {x.dtype}", x)
         return result
 
     def rewrite(self, op, x, **_):

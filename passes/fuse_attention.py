@@ -312,17 +312,19 @@ def _rewrite(graph: ir.Graph, m: AttentionMatch, seqlens_k: ir.Value, total: ir.
 def _normed(graph: ir.Graph, nodes: list[ir.Node], x: ir.Value, norm: Norm | None, heads: int,
             head_dim: int, dtype: ir.DataType, name: str) -> ir.Value:
     """x (B, S, heads*hd), with the per-head RMS norm applied on a (B, S, heads, hd) view
-    (in fp32, as the unfused norm: Cast around it in fp16 engines)."""
+    (in fp32 between Casts where the norm's weight is fp32, as the unfused norm; in the
+    compute dtype where fold-norm-casts gave it a half-precision weight)."""
     if norm is None:
         return x
     heads_shape = add_initializer(graph, name + ".heads_shape", np.asarray([0, 0, heads, head_dim], I64))
     flat_shape = add_initializer(graph, name + ".flat_shape", np.asarray([0, 0, heads * head_dim], I64))
     chain = [ir.node("Reshape", [x, heads_shape], name=name + "/view")]
-    if dtype != ir.DataType.FLOAT:
+    wide = dtype != ir.DataType.FLOAT and norm.weight.dtype == ir.DataType.FLOAT  # else fold-norm-casts ran
+    if wide:
         chain.append(ir.node("Cast", [chain[-1].outputs[0]], {"to": ir.DataType.FLOAT}, name=name + "/to_f32"))
     chain.append(ir.node("RMSNormalization", [chain[-1].outputs[0], norm.weight],
                          {"axis": -1, "epsilon": norm.epsilon, "stash_type": 1}, name=name))
-    if dtype != ir.DataType.FLOAT:
+    if wide:
         chain.append(ir.node("Cast", [chain[-1].outputs[0]], {"to": dtype}, name=name + "/to_compute"))
     chain.append(ir.node("Reshape", [chain[-1].outputs[0], flat_shape], name=name + "/flat"))
     for n in chain:

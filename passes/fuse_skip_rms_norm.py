@@ -5,9 +5,9 @@ After fuse-rms-norm every pre-norm layer has
     s = Add(residual, h);  y = RMSNormalization(s, w)     (s also feeds the next Add)
         -> y, _, _, s = SkipSimplifiedLayerNormalization(residual, h, w, epsilon)
 
-one kernel that adds, keeps the sum for the residual stream and normalizes. fp32 engines only:
-in fp16 engines a Cast to fp32 sits between the Add and the norm, and the pattern does not
-match (the norm keeps computing in fp32, as the model does).
+one kernel that adds, keeps the sum for the residual stream and normalizes. On fp16 / bf16
+engines it matches once fold-norm-casts has put the norms in the compute dtype (the weight
+then has the input's dtype, as the kernel requires).
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ class SkipRmsNormFusion(pattern.RewriteRuleClassBase):
 
     def check(self, context, residual, h, weight, **_) -> pattern.MatchResult:
         result = pattern.MatchResult()
-        if weight.const_value is None or weight.const_value.dtype != ir.DataType.FLOAT:
-            return result.fail("the norm weight is not an fp32 constant", weight)
+        if weight.const_value is None:
+            return result.fail("the norm weight is not a constant", weight)
+        if residual.dtype is not None and weight.const_value.dtype != residual.dtype:
+            return result.fail("the norm weight's dtype is not the residual stream's", weight)
         return result
 
     def rewrite(self, op, residual, h, weight, normed, **_):

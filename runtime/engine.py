@@ -30,14 +30,18 @@ class Engine:
 
     @classmethod
     def load(cls, path: str | Path, provider: str = "cpu", threads: int | None = None,
-             verify: bool = True, quiet: bool = True, huge_pages: bool | None = None) -> "Engine":
+             verify: bool = True, quiet: bool = True, huge_pages: bool | None = None,
+             cuda_graph: bool | None = None) -> "Engine":
         """`huge_pages`: on CPU, back the weights with 2 MiB pages where Linux allows it (faster
         decoding; see runtime.hugepages); False leaves the memory as onnxruntime allocates it;
-        None: on unless OPTIMIZER_HUGE_PAGES=0 is set."""
+        None: on unless OPTIMIZER_HUGE_PAGES=0 is set. `cuda_graph`: on CUDA, decode steps replay
+        captured CUDA graphs and choose tokens on the GPU (runtime.graph_executor); None: on
+        unless OPTIMIZER_CUDA_GRAPH=0 is set."""
         engine_dir = load_engine(path, verify=verify, quiet=quiet)
         kv = KvSpec.from_manifest(engine_dir.manifest["kv_cache"])
         session = DecoderSession(engine_dir.model_path, kv, provider=provider, threads=threads,
-                                 quantization=engine_dir.manifest.get("quantization"), huge_pages=huge_pages)
+                                 quantization=engine_dir.manifest.get("quantization"), huge_pages=huge_pages,
+                                 cuda_graph=cuda_graph)
         tokenizer = None
         if engine_dir.has_tokenizer:
             from transformers import AutoTokenizer

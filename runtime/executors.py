@@ -19,6 +19,8 @@ Each has `pool` (the scheduler's accounting), `max_sequences` (how many may run 
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import onnxruntime as ort
 
@@ -96,7 +98,7 @@ class StaticExecutor:
             binding.bind_cpu_input("position_ids", np.maximum(mask.sum(1, keepdims=True) - ids.shape[1], 0)
                                    + np.arange(ids.shape[1]))
         binding.bind_output("logits", self._device)  # a fresh logits tensor each step
-        self.session.session.run_with_iobinding(binding)
+        self.session.session.run_with_iobinding(binding, self.session.eager_run)
         return binding.get_outputs()[0].numpy()
 
     def prefill(self, seq: Sequence, start: int, end: int) -> np.ndarray:
@@ -215,12 +217,28 @@ def make_executor(session: DecoderSession, slots: int | None = None, capacity: i
         raise EngineError(f"{capacity} tokens exceed the engine's maximum sequence length {limit}",
                           hint="shorten the prompt or max_new_tokens, or rebuild with a larger --max-seq-len")
     if kv.layout == "paged":
+        _say_no_graph(session, "paged engines decode without CUDA graphs in this version")
         return _paged_executor(session, slots, capacity)
     capacity = capacity or kv.slot_capacity or limit or DEFAULT_CONCAT_CAPACITY
     slots = slots or kv.slots or DEFAULT_CONCAT_SLOTS
     if kv.attention == "GroupQueryAttention":
+        # imported here: the graph executor builds on StaticExecutor, defined above
+        from runtime.graph_executor import GraphStaticExecutor, unsupported_reason
+
+        reason = unsupported_reason(session) if session.cuda_graph else "off"
+        if reason is None:
+            return GraphStaticExecutor(session, slots, capacity)
+        _say_no_graph(session, reason)
         return StaticExecutor(session, slots, capacity)
+    _say_no_graph(session, "engines with unfused attention (concat layout) decode without CUDA graphs")
     return ConcatExecutor(session, slots, capacity)
+
+
+def _say_no_graph(session: DecoderSession, reason: str) -> None:
+    """Tell once per session why decode steps are not captured, where capture was asked for."""
+    if session.cuda_graph and not getattr(session, "_said_no_graph", False):
+        session._said_no_graph = True
+        print(f"note: CUDA graphs are not used for this engine's decode steps: {reason}", file=sys.stderr)
 
 
 def _paged_executor(session: DecoderSession, slots: int | None, capacity: int | None) -> PagedExecutor:

@@ -42,17 +42,35 @@ def generate_ids(session: DecoderSession, prompt_ids: Sequence[int], params: Sam
     seq = Seq("0", list(prompt_ids), params, eos_token_ids)
     n = len(seq.prompt_ids)
     start = time.perf_counter()
-    executor = make_executor(session, slots=1, capacity=seq.max_total_tokens)
+    executor = _executor(session, seq.max_total_tokens)
     executor.pool.admit(seq.request_id, seq.max_total_tokens)
-    logits = executor.prefill(seq, 0, n)
-    prefill_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    while True:
-        token = seq.choose(logits)
-        seq.append(token)
-        if on_token is not None:
-            on_token(token)
-        if seq.finished:
-            break
-        logits = executor.decode([seq])[0]
+    try:
+        token = seq.choose(executor.prefill(seq, 0, n))
+        prefill_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        on_device = getattr(executor, "samples_on_device", False)
+        while True:
+            seq.append(token)
+            if on_token is not None:
+                on_token(token)
+            if seq.finished:
+                break
+            token = executor.decode_tokens([seq])[0] if on_device else seq.choose(executor.decode([seq])[0])
+    finally:
+        executor.release(seq)
+        executor.pool.release(seq.request_id)
     return GenerationResult(seq.output_ids, seq.finish_reason, n, prefill_seconds, time.perf_counter() - start)
+
+
+def _executor(session: DecoderSession, tokens: int):
+    """A one-slot executor for `tokens` positions. With CUDA graphs it is kept on the session
+    and reused by later requests (its captured graphs refer to its buffers), sized for the
+    engine's longest sequence; otherwise a new one sized for this request."""
+    if not session.cuda_graph:
+        return make_executor(session, slots=1, capacity=tokens)
+    kv = session.kv
+    capacity = max(tokens, kv.max_sequence_length or kv.slot_capacity or tokens)
+    executor = session.executors.get("single")
+    if executor is None or executor.capacity < tokens:
+        executor = session.executors["single"] = make_executor(session, slots=1, capacity=capacity)
+    return executor

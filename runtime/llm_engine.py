@@ -20,8 +20,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence as Seq
 
-import numpy as np
-
 from optimizer.errors import InputError
 from runtime.sampling import SamplingParams
 from runtime.scheduler import Scheduler
@@ -61,6 +59,8 @@ class LLMEngine:
         self.sequences: dict[str, Sequence] = {}  # unfinished, by request id
         self.last_step = StepStats()
         self.total_output_tokens = 0
+        # executors that choose decode tokens on the device (runtime.graph_executor) return ids
+        self.samples_on_device = bool(getattr(executor, "samples_on_device", False))
 
     # -- requests --------------------------------------------------------------------------
     def max_tokens(self) -> int:
@@ -115,24 +115,26 @@ class LLMEngine:
         plan = self.scheduler.schedule()
         outputs: list[RequestOutput] = []
         stats = StepStats(preempted=len(plan.preempted), batch_size=len(plan.decode))
-        prefill_logits, decode_logits = self.executor.step(plan.prefill, plan.decode)
+        if self.samples_on_device:  # decode tokens chosen on the device, prefill logits on the host
+            prefill_logits, decode_rows = self.executor.step_tokens(plan.prefill, plan.decode)
+        else:
+            prefill_logits, decode_rows = self.executor.step(plan.prefill, plan.decode)
         for (seq, begin, end), logits in zip(plan.prefill, prefill_logits):
             seq.num_computed = end
             stats.prefill_tokens += end - begin
             if end == seq.num_tokens:  # the whole sequence is in the cache: its next token is due
-                outputs.append(self._advance(seq, logits))
+                outputs.append(self._advance(seq, seq.choose(logits)))
         if plan.decode:
-            for seq, row in zip(plan.decode, decode_logits):
+            for seq, row in zip(plan.decode, decode_rows):
                 seq.num_computed += 1
-                outputs.append(self._advance(seq, row))
+                outputs.append(self._advance(seq, row if self.samples_on_device else seq.choose(row)))
             stats.decode_tokens = len(plan.decode)
         stats.new_tokens = sum(len(o.new_token_ids) for o in outputs)
         stats.seconds = time.perf_counter() - start
         self.last_step = stats
         return outputs
 
-    def _advance(self, seq: Sequence, logits: np.ndarray) -> RequestOutput:
-        token = seq.choose(logits)
+    def _advance(self, seq: Sequence, token: int) -> RequestOutput:
         delta = seq.append(token)
         self.total_output_tokens += 1
         if seq.finished:
@@ -161,6 +163,8 @@ class LLMEngine:
         params = SamplingParams(max_new_tokens=2, ignore_eos=True)
         self.run([self.make_sequence([0] * n, params, f"warmup-{i}", detokenize=False)
                   for i in range(self.scheduler.max_running)])
+        if hasattr(self.executor, "capture"):  # CUDA graphs of every decode batch bucket
+            self.executor.capture()
 
     # -- batch helper ----------------------------------------------------------------------
     def run(self, sequences: list[Sequence]) -> list[Sequence]:

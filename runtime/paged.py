@@ -105,7 +105,7 @@ class PagedExecutor:
             if name in self._inputs:
                 self._binding.bind_cpu_input(name, array)
         self._binding.bind_output("logits", "cuda")  # a fresh logits tensor each step
-        self.session.session.run_with_iobinding(self._binding)
+        self.session.session.run_with_iobinding(self._binding, self.session.eager_run)
         logits = self._binding.get_outputs()[0].numpy()[0]
         return logits if LOGITS_INDICES in self._inputs else logits[list(rows)]
 

@@ -2,6 +2,11 @@
 
 Greedy when temperature is 0; otherwise temperature, then top-k, then top-p (nucleus)
 filtering, then a draw from a seeded numpy Generator (same seed, same tokens).
+
+A draw is one uniform number u per token (`draw_uniform`) and an inverse-CDF lookup in
+vocabulary order (`sample_from_uniform`), which is what `Generator.choice(p=...)` does, so
+seeded outputs are those of `rng.choice`. The GPU sampler (`runtime.device_sampler`) takes
+the same u from the host and does the same lookup on the device.
 """
 
 from __future__ import annotations
@@ -77,11 +82,26 @@ def suppress(logits: np.ndarray, token_ids: "set[int] | frozenset[int]") -> np.n
     return out
 
 
-def sample_next(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
-    """One token id from a (V,) logits vector."""
+# the largest float32 below 1: u * total stays below total in float32 arithmetic too
+U_MAX = float(np.nextafter(np.float32(1.0), np.float32(0.0)))
+
+
+def draw_uniform(rng: np.random.Generator) -> float:
+    """The uniform number in [0, 1) a sampled token consumes (the one `rng.choice` draws)."""
+    return min(rng.random(), U_MAX)
+
+
+def sample_from_uniform(probs: np.ndarray, u: float) -> int:
+    """Inverse CDF in vocabulary order: the first index whose cumulative mass exceeds u * total."""
+    cdf = np.cumsum(probs)
+    return int(min(np.searchsorted(cdf / cdf[-1], u, side="right"), probs.shape[-1] - 1))
+
+
+def sample_next(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
+                u: float | None = None) -> int:
+    """One token id from a (V,) logits vector (`u`: an already drawn uniform, else one is drawn)."""
     if params.temperature == 0.0:
         return int(np.argmax(logits))
     scaled = logits.astype(np.float64) / params.temperature
     scaled = filter_top_p(filter_top_k(scaled, params.top_k), params.top_p)
-    probs = softmax(scaled)
-    return int(rng.choice(probs.shape[-1], p=probs))
+    return sample_from_uniform(softmax(scaled), draw_uniform(rng) if u is None else u)

@@ -65,11 +65,16 @@ class Sequence:
         return len(self.prompt_ids) + self.params.max_new_tokens - 1
 
     # -- one step --------------------------------------------------------------------------
-    def choose(self, logits: np.ndarray) -> int:
-        """The next token from (V,) logits, honouring min_tokens."""
-        if len(self.output_ids) < self.params.min_tokens and self.stop_ids:
+    def suppressing(self) -> bool:
+        """Whether EOS and stop tokens are still masked out (fewer than min_tokens outputs)."""
+        return len(self.output_ids) < self.params.min_tokens and bool(self.stop_ids)
+
+    def choose(self, logits: np.ndarray, u: float | None = None) -> int:
+        """The next token from (V,) logits, honouring min_tokens. `u`: the uniform number a
+        sampled token consumes, when it was already drawn from this sequence's generator."""
+        if self.suppressing():
             logits = suppress(logits, self.stop_ids)
-        return sample_next(logits, self.params, self.rng)
+        return sample_next(logits, self.params, self.rng, u)
 
     def append(self, token: int, now: float | None = None) -> str:
         """Record a new token; return the text it releases (maybe ""). Sets finish_reason."""

@@ -9,6 +9,7 @@ and build verification use it (paged engines: `runtime.paged.sequence_logits`). 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,20 @@ def check_layout_provider(kv: KvSpec, provider: str) -> None:
                                "NVIDIA GPU are present, or rebuild with --kv-layout static for CPU")
 
 
+def cuda_graph_wanted(requested: bool | None) -> bool:
+    """An explicit choice wins; otherwise on unless OPTIMIZER_CUDA_GRAPH=0."""
+    if requested is not None:
+        return requested
+    return os.environ.get("OPTIMIZER_CUDA_GRAPH", "1") != "0"
+
+
+def eager_run_options() -> ort.RunOptions:
+    """Run options for a run that must not be captured (graph annotation id -1)."""
+    options = ort.RunOptions()
+    options.add_run_config_entry("gpu_graph_id", "-1")
+    return options
+
+
 def resolve_provider(provider: str) -> str:
     name = PROVIDERS.get(provider.lower(), provider)
     available = ort.get_available_providers()
@@ -115,10 +130,13 @@ def resolve_provider(provider: str) -> str:
 class DecoderSession:
     def __init__(self, model_path: Path, kv: KvSpec, provider: str = "cpu",
                  threads: int | None = None, quantization: dict[str, Any] | None = None,
-                 huge_pages: bool | None = None) -> None:
+                 huge_pages: bool | None = None, cuda_graph: bool | None = None) -> None:
         """`quantization`: the manifest's section, which settles a few onnxruntime options.
         `huge_pages`: on CPU, back the weights with 2 MiB pages (`runtime.hugepages`, process-wide;
-        None: yes unless OPTIMIZER_HUGE_PAGES=0)."""
+        None: yes unless OPTIMIZER_HUGE_PAGES=0).
+        `cuda_graph`: on CUDA, let decode steps be captured and replayed as CUDA graphs
+        (`runtime.graph_executor`; None: yes unless OPTIMIZER_CUDA_GRAPH=0). Every other run of
+        the session then passes `eager_run`, which tells onnxruntime not to capture it."""
         self.kv = kv
         self.provider = resolve_provider(provider)
         check_layout_provider(kv, self.provider)
@@ -130,14 +148,24 @@ class DecoderSession:
                                    "--target onnxruntime for an engine that runs on CPU too")
         if self.provider != PROVIDERS["cpu"] and hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # CUDA/cuDNN libraries from the pip-installed nvidia packages
+        self.cuda_graph = self.provider == PROVIDERS["cuda"] and cuda_graph_wanted(cuda_graph)
+        self.provider_options = {"enable_cuda_graph": "1"} if self.cuda_graph else {}
+        self.eager_run = eager_run_options() if self.cuda_graph else None
         self.session = ort.InferenceSession(str(model_path), make_session_options(threads, quantization),
-                                            providers=[self.provider],
+                                            providers=[(self.provider, self.provider_options)],
                                             disabled_optimizers=list(disabled_optimizers(quantization)) or None)
         self.huge_pages = (hugepages.promote() if hugepages.wanted(huge_pages) and self.provider == PROVIDERS["cpu"]
                            else None)
+        self._graph_ids = 0  # CUDA graph annotation ids handed out (each captured step has its own)
+        self.executors: dict = {}  # kept for the session's life: captured graphs use their buffers
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.input_names = {i.name for i in self.session.get_inputs()}
         self._np_dtype = KV_DTYPES[kv.dtype]
+
+    def new_graph_id(self) -> int:
+        """A CUDA graph annotation id no other captured step of this session uses."""
+        self._graph_ids += 1
+        return self._graph_ids
 
     def empty_cache(self, batch: int) -> list[np.ndarray]:
         """Zero-length past for a prefill: [k0, v0, k1, v1, ...], each (B, n_kv, 0, hd)."""
@@ -163,7 +191,7 @@ class DecoderSession:
         for i in range(self.kv.num_layers):
             feeds[self.kv.past_key.format(i=i)] = past[2 * i]
             feeds[self.kv.past_value.format(i=i)] = past[2 * i + 1]
-        outputs = dict(zip(self.output_names, self.session.run(None, feeds)))
+        outputs = dict(zip(self.output_names, self.session.run(None, feeds, self.eager_run)))
         present = []
         for i in range(self.kv.num_layers):
             present += [outputs[self.kv.present_key.format(i=i)], outputs[self.kv.present_value.format(i=i)]]

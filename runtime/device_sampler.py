@@ -1,0 +1,300 @@
+"""Next-token selection on the device: a small ONNX graph that reads the engine's logits
+buffer where the engine wrote it and returns token ids, so only ids cross to the host.
+
+Two graphs, built here from code (no file in the engine):
+
+    greedy   logits (B, 1, V) -> next_tokens (B,) int64 = argmax, logprobs (B,) float32
+    sample   logits, temperature (B,), top_k (B,) int64, top_p (B,), uniform (B,)
+             -> next_tokens, logprobs, fallback (B,) bool
+
+`sample` computes, for every row, what `runtime.sampling.sample_next` computes on the host
+with the same uniform number u (the host draws u from the request's seeded generator, so a
+seed gives the same tokens on either path, up to float32 rounding at CDF boundaries):
+
+- temperature 0: argmax of the raw logits;
+- temperature only (top_k 0, top_p 1): softmax(logits / T) over the whole vocabulary, and the
+  first token, in vocabulary order, whose cumulative mass exceeds u times the total;
+- top-k and/or top-p: the `candidates` most likely tokens (TopK), the top-k cut (renormalized
+  as the host does), the nucleus (a token stays while the mass strictly before it, in
+  probability order, is below top_p), then the same inverse-CDF lookup with the kept tokens
+  put back in vocabulary order. Where the cut would need more than `candidates` tokens
+  (top_k above it, or a nucleus wider than it), the row's `fallback` is set and the runtime
+  samples that row on the host from the logits instead; nothing is silently truncated.
+
+`logprobs` is log_softmax of the raw logits at the chosen token (the model's distribution, as
+OpenAI's `logprobs` reports it).
+
+`DeviceSampler` runs them on an onnxruntime session of their own, per batch bucket with
+fixed device buffers, captured in CUDA graphs where the provider is CUDA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from runtime.sampling import SamplingParams, U_MAX
+
+DEFAULT_CANDIDATES = 256  # top-k / top-p rows: the most likely tokens the device considers
+GROUP = 256  # long rows' inverse CDF: weights per group of the first level
+SAMPLER_OPSET = 21
+_LOGITS_TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16}
+
+
+def _const(name: str, value: np.ndarray) -> onnx.TensorProto:
+    return onnx.numpy_helper.from_array(np.asarray(value), name)
+
+
+class _Graph:
+    """A tiny node list builder: `g.op("Exp", x)` returns the output name."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._n = 0
+
+    def op(self, op_type: str, *inputs: str, outputs: int = 1, **attrs) -> "str | list[str]":
+        self._n += 1
+        names = [f"{op_type.lower()}_{self._n}" + (f"_{i}" if outputs > 1 else "") for i in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, **attrs))
+        return names[0] if outputs == 1 else names
+
+    def const(self, name: str, value) -> str:
+        self.initializers.append(_const(name, value))
+        return name
+
+
+def _head(g: _Graph, logits_dtype: np.dtype) -> str:
+    """logits (B, 1, V) -> (B, V) float32."""
+    flat = g.op("Squeeze", "logits", g.const("axis1", np.asarray([1], np.int64)))
+    return flat if np.dtype(logits_dtype) == np.float32 else g.op("Cast", flat, to=TensorProto.FLOAT)
+
+
+def _logprob(g: _Graph, raw: str, tokens: str) -> str:
+    """log_softmax(raw)[token] per row."""
+    lse = g.op("ReduceLogSumExp", raw, "axis1", keepdims=1)  # (B, 1)
+    chosen = g.op("GatherElements", raw, g.op("Unsqueeze", tokens, "axis1"), axis=1)  # (B, 1)
+    return g.op("Squeeze", g.op("Sub", chosen, lse), "axis1")
+
+
+def _inverse_cdf(g: _Graph, weights: str, u_col: str, n: int, tag: str) -> str:
+    """(B, n) non-negative weights, not all zero -> (B,) int64: numpy's
+    searchsorted(cdf / cdf[-1], u, side='right'), the count of cumulative sums <= u * total.
+
+    onnxruntime's CUDA CumSum for floats walks each output's whole prefix (quadratic in the
+    row length), so long rows are done in two levels: the cumulative mass of groups of
+    `GROUP` weights picks the group, then the cumulative mass inside that group picks the
+    token. Each level's threshold stays below its level's last cumulative sum, so the lookup
+    always lands on a token of non-zero weight."""
+    axis = g.const(f"{tag}_axis", np.asarray(1, np.int64))
+    if n <= GROUP:
+        cdf = g.op("CumSum", weights, axis)
+        total = g.op("Gather", cdf, g.const(f"{tag}_last", np.asarray([n - 1], np.int64)), axis=1)  # (B, 1)
+        return _count_at_most(g, cdf, g.op("Mul", u_col, total), n - 1, tag)
+    groups = -(-n // GROUP)
+    padded = g.op("Pad", weights, g.const(f"{tag}_pads", np.asarray([0, 0, 0, groups * GROUP - n], np.int64)))
+    blocks = g.op("Reshape", padded, g.const(f"{tag}_blocks", np.asarray([0, groups, GROUP], np.int64)))
+    sums = g.op("ReduceSum", blocks, g.const(f"{tag}_axis2", np.asarray([2], np.int64)), keepdims=0)  # (B, G)
+    group_cdf = g.op("CumSum", sums, axis)
+    total = g.op("Gather", group_cdf, g.const(f"{tag}_glast", np.asarray([groups - 1], np.int64)), axis=1)
+    threshold = g.op("Mul", u_col, total)  # (B, 1)
+    group = _count_at_most(g, group_cdf, threshold, groups - 1, tag + "_g")  # (B,)
+    # mass before the group, and the group's own weights
+    prev = g.op("Max", g.op("Sub", group, g.const(f"{tag}_one", np.asarray(1, np.int64))),
+                g.const(f"{tag}_zero", np.asarray(0, np.int64)))
+    before = g.op("Where", g.op("Greater", g.op("Unsqueeze", group, "axis1"), f"{tag}_zero"),
+                  g.op("GatherElements", group_cdf, g.op("Unsqueeze", prev, "axis1"), axis=1),
+                  g.const(f"{tag}_zero_f", np.asarray([[0.0]], np.float32)))  # (B, 1)
+    index = g.op("Expand", g.op("Unsqueeze", group, g.const(f"{tag}_axes12", np.asarray([1, 2], np.int64))),
+                 g.const(f"{tag}_gshape", np.asarray([1, 1, GROUP], np.int64)))  # (B, 1, GROUP)
+    inner = g.op("Squeeze", g.op("GatherElements", blocks, index, axis=1), "axis1")  # (B, GROUP)
+    inner_cdf = g.op("CumSum", inner, axis)
+    inner_total = g.op("Gather", inner_cdf, g.const(f"{tag}_ilast", np.asarray([GROUP - 1], np.int64)), axis=1)
+    local = g.op("Min", g.op("Sub", threshold, before),
+                 g.op("Mul", inner_total, g.const(f"{tag}_below", np.asarray(U_MAX, np.float32))))
+    pos = _count_at_most(g, inner_cdf, local, GROUP - 1, tag + "_i")
+    token = g.op("Add", g.op("Mul", group, g.const(f"{tag}_group", np.asarray(GROUP, np.int64))), pos)
+    return g.op("Min", token, g.const(f"{tag}_max", np.asarray(n - 1, np.int64)))
+
+
+def _count_at_most(g: _Graph, cdf: str, threshold: str, last: int, tag: str) -> str:
+    """count(cdf <= threshold) per row, at most `last`."""
+    below = g.op("LessOrEqual", cdf, threshold)
+    count = g.op("ReduceSum", g.op("Cast", below, to=TensorProto.INT64), "axis1", keepdims=0)
+    return g.op("Min", count, g.const(f"{tag}_cap", np.asarray(last, np.int64)))
+
+
+def sampler_model(vocab: int, kind: str = "sample", logits_dtype=np.float32,
+                  candidates: int = DEFAULT_CANDIDATES) -> onnx.ModelProto:
+    """The ONNX sampler graph (see the module docstring); `kind` is "greedy" or "sample"."""
+    if kind not in ("greedy", "sample"):
+        raise ValueError(f"sampler kind must be 'greedy' or 'sample', got {kind!r}")
+    g = _Graph()
+    raw = _head(g, logits_dtype)
+    greedy = g.op("ArgMax", raw, axis=1, keepdims=0)  # (B,)
+    outputs = [("next_tokens", TensorProto.INT64)]
+    inputs = [helper.make_tensor_value_info("logits", _LOGITS_TYPES[np.dtype(logits_dtype)], ["batch", 1, vocab])]
+    if kind == "greedy":
+        g.op("Identity", greedy)
+        g.nodes[-1].output[0] = "next_tokens"
+        tokens = greedy
+    else:
+        k = min(candidates, vocab)
+        for name, elem in (("temperature", TensorProto.FLOAT), ("top_k", TensorProto.INT64),
+                           ("top_p", TensorProto.FLOAT), ("uniform", TensorProto.FLOAT)):
+            inputs.append(helper.make_tensor_value_info(name, elem, ["batch"]))
+        col = {n: g.op("Unsqueeze", n, "axis1") for n in ("temperature", "top_k", "top_p", "uniform")}  # (B, 1)
+        zero_i, zero_f = g.const("zero_i", np.asarray(0, np.int64)), g.const("zero_f", np.asarray(0.0, np.float32))
+        # temperature-scaled, shifted probabilities (unnormalized): exp(L/T - max)
+        temp = g.op("Max", col["temperature"], g.const("min_temp", np.asarray(1e-6, np.float32)))
+        scaled = g.op("Div", raw, temp)  # (B, V)
+        peak = g.op("ReduceMax", scaled, "axis1", keepdims=1)
+        weights = g.op("Exp", g.op("Sub", scaled, peak))  # (B, V)
+        full_total = g.op("ReduceSum", weights, "axis1", keepdims=1)  # (B, 1)
+        full_token = _inverse_cdf(g, weights, col["uniform"], vocab, "full")
+        # candidates: the k most likely, in probability order
+        values, index = g.op("TopK", scaled, g.const("k", np.asarray([k], np.int64)), axis=1, largest=1,
+                             sorted=1, outputs=2)  # (B, k)
+        cand = g.op("Exp", g.op("Sub", values, peak))
+        rank = g.const("rank", np.arange(k, dtype=np.int64)[None, :])  # (1, k)
+        has_k = g.op("Greater", col["top_k"], zero_i)
+        in_k = g.op("Or", g.op("Not", has_k), g.op("Less", rank, col["top_k"]))
+        cand_k = g.op("Where", in_k, cand, zero_f)
+        total_k = g.op("Where", has_k, g.op("ReduceSum", cand_k, "axis1", keepdims=1), full_total)
+        before = g.op("Div", g.op("Sub", g.op("CumSum", cand_k, g.const("cum_axis", np.asarray(1, np.int64))),
+                                  cand_k), total_k)  # mass strictly before, (B, k)
+        keep = g.op("And", in_k, g.op("Less", before, col["top_p"]))
+        kept = g.op("Where", keep, cand, zero_f)
+        # back to vocabulary order: sort the candidates by id (ids < 2^24 are exact in float32)
+        ids_f = g.op("Neg", g.op("Cast", index, to=TensorProto.FLOAT))
+        _, order = g.op("TopK", ids_f, "k", axis=1, largest=1, sorted=1, outputs=2)
+        kept_v = g.op("GatherElements", kept, order, axis=1)
+        index_v = g.op("GatherElements", index, order, axis=1)
+        pos = _inverse_cdf(g, kept_v, col["uniform"], k, "cand")
+        cand_token = g.op("Squeeze", g.op("GatherElements", index_v, g.op("Unsqueeze", pos, "axis1"), axis=1),
+                          "axis1")
+        # which path each row takes
+        is_greedy = g.op("Equal", "temperature", zero_f)
+        is_full = g.op("And", g.op("Not", g.op("Greater", "top_k", zero_i)),
+                       g.op("GreaterOrEqual", "top_p", g.const("one_f", np.asarray(1.0, np.float32))))
+        sampled = g.op("Where", is_full, full_token, cand_token)
+        tokens = g.op("Where", is_greedy, greedy, sampled)
+        g.nodes[-1].output[0] = "next_tokens"
+        tokens = "next_tokens"
+        # fallback: the cut needs tokens beyond the candidates
+        too_many_k = g.op("Greater", "top_k", g.const("k_cap", np.asarray(k, np.int64)))
+        all_mass = g.op("Squeeze", g.op("Div", g.op("ReduceSum", cand, "axis1", keepdims=1), full_total), "axis1")
+        wide_nucleus = g.op("And", g.op("Not", g.op("Greater", "top_k", zero_i)),
+                            g.op("Less", all_mass, "top_p"))
+        needs_more = g.op("Or", too_many_k, wide_nucleus)
+        fallback = g.op("And", g.op("Not", is_greedy), g.op("And", g.op("Not", is_full), needs_more))
+        g.nodes[-1].output[0] = "fallback"
+        outputs.append(("fallback", TensorProto.BOOL))
+    logprob = _logprob(g, raw, tokens)
+    g.nodes[-1].output[0] = "logprobs"
+    outputs.insert(1, ("logprobs", TensorProto.FLOAT))
+    graph = helper.make_graph(g.nodes, f"sampler_{kind}", inputs,
+                              [helper.make_tensor_value_info(n, t, ["batch"]) for n, t in outputs],
+                              initializer=g.initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", SAMPLER_OPSET)],
+                              producer_name="optimizer.runtime.device_sampler")
+    model.ir_version = 10
+    return model
+
+
+@dataclass
+class RowParams:
+    """The sampler's per-row inputs for one step (host arrays of the bucket's size)."""
+
+    temperature: np.ndarray  # (B,) float32, 0 = greedy
+    top_k: np.ndarray  # (B,) int64, 0 = off
+    top_p: np.ndarray  # (B,) float32, 1 = off
+    uniform: np.ndarray  # (B,) float32 in [0, U_MAX]
+
+    @classmethod
+    def empty(cls, rows: int) -> "RowParams":
+        return cls(np.zeros(rows, np.float32), np.zeros(rows, np.int64), np.ones(rows, np.float32),
+                   np.zeros(rows, np.float32))
+
+    def set(self, row: int, params: SamplingParams, u: float) -> None:
+        self.temperature[row] = params.temperature
+        self.top_k[row] = params.top_k
+        self.top_p[row] = params.top_p
+        self.uniform[row] = min(u, U_MAX)
+
+    def clear(self) -> None:
+        self.temperature[:] = 0.0
+        self.top_k[:] = 0
+        self.top_p[:] = 1.0
+        self.uniform[:] = 0.0
+
+    def greedy(self, rows: int) -> bool:
+        return not self.temperature[:rows].any()
+
+
+class DeviceSampler:
+    """The sampler graphs on an onnxruntime session each, fed by the engine's logits buffers.
+
+    `bind(bucket, logits)` prepares the bucket's fixed buffers once (the logits OrtValue is the
+    engine's output buffer of that bucket: its device memory is read in place); `run(bucket,
+    rows)` writes the per-row parameters into the device buffers, replays the bucket's graph and
+    returns (tokens, logprobs, fallback) for its first `rows` rows as host arrays: B int64,
+    B float32 and B bools are all that cross to the host."""
+
+    def __init__(self, vocab: int, logits_dtype, device: str, provider_options: dict | None = None,
+                 candidates: int = DEFAULT_CANDIDATES) -> None:
+        import onnxruntime as ort
+
+        self.device = device
+        self.graphs = bool(provider_options and provider_options.get("enable_cuda_graph") == "1")
+        provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self.sessions = {kind: ort.InferenceSession(
+            sampler_model(vocab, kind, logits_dtype, candidates).SerializeToString(), opts,
+            providers=[(provider, provider_options or {})]) for kind in ("greedy", "sample")}
+        self._ort = ort
+        self._buckets: dict[int, dict] = {}
+        self._next_graph = 1  # graph ids of this sampler's sessions (0 is never used)
+
+    def bind(self, bucket: int, logits) -> None:
+        ort = self._ort
+        b = {"outputs": {}, "params": {}, "bindings": {}, "run": {}}
+        for name, dtype in (("temperature", np.float32), ("top_k", np.int64), ("top_p", np.float32),
+                            ("uniform", np.float32)):
+            b["params"][name] = ort.OrtValue.ortvalue_from_shape_and_type((bucket,), dtype, self.device, 0)
+        for kind, session in self.sessions.items():
+            binding = session.io_binding()
+            binding.bind_ortvalue_input("logits", logits)
+            outs = {"next_tokens": np.int64, "logprobs": np.float32}
+            if kind == "sample":
+                outs["fallback"] = np.bool_
+                for name, value in b["params"].items():
+                    binding.bind_ortvalue_input(name, value)
+            values = {n: ort.OrtValue.ortvalue_from_shape_and_type((bucket,), t, self.device, 0)
+                      for n, t in outs.items()}
+            for name, value in values.items():
+                binding.bind_ortvalue_output(name, value)
+            run = ort.RunOptions()
+            if self.graphs:
+                run.add_run_config_entry("gpu_graph_id", str(self._next_graph))
+                self._next_graph += 1
+            b["bindings"][kind], b["outputs"][kind], b["run"][kind] = binding, values, run
+        self._buckets[bucket] = b
+
+    def run(self, bucket: int, rows: int, params: RowParams, logprobs: bool = False
+            ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        b = self._buckets[bucket]
+        kind = "greedy" if params.greedy(bucket) else "sample"
+        if kind == "sample":
+            for name, value in b["params"].items():
+                value.update_inplace(getattr(params, name)[:bucket])
+        self.sessions[kind].run_with_iobinding(b["bindings"][kind], b["run"][kind])
+        outs = b["outputs"][kind]
+        tokens = outs["next_tokens"].numpy()[:rows]
+        lp = outs["logprobs"].numpy()[:rows] if logprobs else None
+        fallback = outs["fallback"].numpy()[:rows] if kind == "sample" else None
+        return tokens, lp, fallback

@@ -1,0 +1,220 @@
+"""Decode steps as replays of captured CUDA graphs, with tokens chosen on the device.
+
+On CUDA a decode step of a small model is bound by the host: hundreds of kernel launches,
+the inputs bound from host memory, a logits tensor allocated each step and copied to the host
+with an argmax in numpy. `GraphStaticExecutor` (static layout, GroupQueryAttention engines)
+instead gives every batch bucket (1, 2, 4, ... up to the slots) fixed device buffers:
+
+    input_ids       (b, 1)          int64   each row's last token
+    attention_mask  (b, capacity)   int64   ones over each row's positions after this step:
+                                            a fixed width, so the graph's total length is
+                                            the capacity and each row's length comes from
+                                            the mask (GQA's seqlens_k, computed on the GPU)
+    logits          (b, 1, V)       float   the engine's output, read in place by the sampler
+    KV cache        rows [0, b) of the executor's (slots, n_kv, capacity, hd) buffers
+
+onnxruntime captures each bucket's step on its first runs under a graph id of its own and
+replays it afterwards; the runtime's part of a step is two small host-to-device copies (ids,
+mask), the replay, the sampler's replay (`runtime.device_sampler`) and the copy of b token
+ids back. Prefill chunks stay uncaptured (graph id -1), as before.
+
+A decode of rows [0, r) runs in the smallest bucket b >= r; rows r..b-1 are placeholders that
+write a key/value at their slot's next free position, which the slot's next real token (or
+prefill chunk) overwrites, the same contract as the uncaptured static executor.
+
+Rows the device cannot sample (min_tokens still holding back EOS, or a top-k / top-p cut wider
+than the sampler's candidates) are sampled on the host from the logits, with the same uniform
+number, so the result does not depend on which side sampled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence as Seq
+
+import numpy as np
+import onnxruntime as ort
+
+from optimizer.errors import EngineError
+from runtime.device_sampler import DEFAULT_CANDIDATES, DeviceSampler, RowParams
+from runtime.executors import StaticExecutor
+from runtime.sampling import draw_uniform
+from runtime.sequence import Sequence
+from runtime.session import DecoderSession
+
+
+def unsupported_reason(session: DecoderSession) -> str | None:
+    """Why this engine's decode steps cannot run as captured graphs (None: they can)."""
+    inputs = {i.name for i in session.session.get_inputs()}
+    if "logits_from" not in inputs:
+        return "the engine predates the slice-logits pass (rebuild it with this version)"
+    if "position_ids" in inputs:
+        return "the engine predates the static KV-cache layout (rebuild it with this version)"
+    return None
+
+
+def batch_buckets(max_rows: int) -> tuple[int, ...]:
+    """Batch sizes with a graph of their own: powers of two below `max_rows`, then `max_rows`."""
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    sizes, b = [], 1
+    while b < max_rows:
+        sizes.append(b)
+        b *= 2
+    return tuple(sizes + [max_rows])
+
+
+def bucket_for(rows: int, buckets: Seq[int]) -> int:
+    """The smallest bucket holding `rows` rows."""
+    for b in buckets:
+        if b >= rows:
+            return b
+    raise ValueError(f"{rows} rows exceed the largest bucket {buckets[-1]}")
+
+
+def mask_rows(mask: np.ndarray, encoded: np.ndarray, lengths: np.ndarray) -> None:
+    """Make row r of `mask` ones over [0, lengths[r]) and zeros after, touching only rows whose
+    `encoded` length differs (then records the new lengths in `encoded`)."""
+    rows = np.nonzero(encoded != lengths)[0]
+    if not len(rows):
+        return
+    grow = rows[lengths[rows] == encoded[rows] + 1]  # the common case: one more position
+    mask[grow, lengths[grow] - 1] = 1
+    for r in np.setdiff1d(rows, grow, assume_unique=True):
+        mask[r, :lengths[r]] = 1
+        mask[r, lengths[r]:] = 0
+    encoded[rows] = lengths[rows]
+
+
+@dataclass
+class _Bucket:
+    size: int
+    binding: ort.IOBinding
+    ids: ort.OrtValue
+    mask: ort.OrtValue
+    logits: ort.OrtValue
+    run_options: ort.RunOptions
+    graph_id: int | None
+
+
+class GraphStaticExecutor(StaticExecutor):
+    """The static executor whose decode steps replay CUDA graphs and sample on the device
+    (`samples_on_device`: the engine loop takes token ids from `step_tokens`)."""
+
+    samples_on_device = True
+
+    def __init__(self, session: DecoderSession, slots: int, capacity: int,
+                 candidates: int = DEFAULT_CANDIDATES) -> None:
+        reason = unsupported_reason(session)
+        if reason is not None:
+            raise EngineError(f"decode steps of this engine cannot be captured: {reason}")
+        super().__init__(session, slots, capacity)
+        self.buckets = batch_buckets(slots)
+        self.graphs = session.cuda_graph
+        logits = next(o for o in session.session.get_outputs() if o.name == "logits")
+        self.vocab = int(logits.shape[-1])
+        self._logits_dtype = np.float16 if logits.type == "tensor(float16)" else np.float32
+        self._ids = np.zeros((slots, 1), np.int64)
+        self._mask = np.zeros((slots, capacity), np.int64)
+        self._mask_len = np.zeros(slots, np.int64)  # lengths the mask rows encode
+        self._params = RowParams.empty(slots)
+        self._logits_from = np.zeros(1, np.int64)  # decode: every row's one position
+        self._steps: dict[int, _Bucket] = {}
+        self.sampler = DeviceSampler(self.vocab, self._logits_dtype, self._device,
+                                     session.provider_options, candidates)
+        self.host_sampled = 0  # rows sampled on the host (min_tokens, wide top-k / top-p)
+
+    # -- buffers ------------------------------------------------------------------------------
+    def _bucket(self, size: int) -> _Bucket:
+        step = self._steps.get(size)
+        if step is not None:
+            return step
+        device = self._device
+        binding = self.session.session.io_binding()
+        ids = ort.OrtValue.ortvalue_from_shape_and_type((size, 1), np.int64, device, 0)
+        mask = ort.OrtValue.ortvalue_from_shape_and_type((size, self.capacity), np.int64, device, 0)
+        logits = ort.OrtValue.ortvalue_from_shape_and_type((size, 1, self.vocab), self._logits_dtype, device, 0)
+        binding.bind_ortvalue_input("input_ids", ids)
+        binding.bind_ortvalue_input("attention_mask", mask)
+        # Slice reads its start on the host: a constant 0 in host memory
+        binding.bind_input("logits_from", "cpu", 0, np.int64, (1,), self._logits_from.ctypes.data)
+        binding.bind_ortvalue_output("logits", logits)
+        shape = (size,) + self._shape[1:]
+        for past, present, value in self._buffers:
+            binding.bind_input(past, device, 0, self._dtype, shape, value.data_ptr())
+            binding.bind_output(present, device, 0, self._dtype, shape, value.data_ptr())
+        run = ort.RunOptions()
+        graph_id = None
+        if self.graphs:
+            graph_id = self.session.new_graph_id()
+            run.add_run_config_entry("gpu_graph_id", str(graph_id))
+        step = _Bucket(size, binding, ids, mask, logits, run, graph_id)
+        self.sampler.bind(size, logits)
+        self._steps[size] = step
+        return step
+
+    # -- steps --------------------------------------------------------------------------------
+    def step_tokens(self, prefill: Seq[tuple[Sequence, int, int]], decode: Seq[Sequence]
+                    ) -> tuple[list[np.ndarray], list[int] | None]:
+        """One iteration: each prefill chunk's last logits (V,) (uncaptured, sampled on the host
+        by the caller), then one token id for each decoding sequence."""
+        logits = [self.prefill(seq, start, end) for seq, start, end in prefill]
+        return logits, (self.decode_tokens(decode) if decode else None)
+
+    def decode_tokens(self, seqs: Seq[Sequence]) -> list[int]:
+        """The next token of each sequence, chosen on the device (or, for rows that need it,
+        on the host from the step's logits)."""
+        slots = np.asarray([self.pool.slot(s.request_id) for s in seqs])
+        rows = int(slots.max()) + 1
+        size = bucket_for(rows, self.buckets)
+        params = self._params
+        params.clear()
+        host_rows = []
+        uniforms = np.zeros(len(seqs))
+        for i, (seq, slot) in enumerate(zip(seqs, slots)):
+            if self.slot_len[slot] != seq.num_tokens - 1:
+                raise RuntimeError(f"slot {slot} holds {self.slot_len[slot]} positions, "
+                                   f"decode expects {seq.num_tokens - 1}")
+            self._ids[slot, 0] = seq.all_ids[-1]
+            if seq.suppressing():
+                host_rows.append(i)  # EOS masked out until min_tokens: the host applies it
+            elif seq.params.temperature > 0:
+                uniforms[i] = draw_uniform(seq.rng)
+                params.set(slot, seq.params, uniforms[i])
+        mask_rows(self._mask[:size], self._mask_len[:size], self.slot_len[:size] + 1)
+        step = self._bucket(size)
+        step.ids.update_inplace(self._ids[:size])
+        step.mask.update_inplace(self._mask[:size])
+        self.session.session.run_with_iobinding(step.binding, step.run_options)
+        tokens, _, fallback = self.sampler.run(size, size, params)
+        out = tokens[slots].tolist()
+        if fallback is not None:
+            host_rows += [i for i, slot in enumerate(slots) if fallback[slot] and i not in host_rows]
+        if host_rows:
+            logits = step.logits.numpy()
+            for i in host_rows:
+                seq = seqs[i]
+                u = None if seq.suppressing() or seq.params.temperature == 0 else float(uniforms[i])
+                out[i] = seq.choose(logits[slots[i], -1], u)
+            self.host_sampled += len(host_rows)
+        self.slot_len[slots] += 1
+        return out
+
+    def capture(self, runs: int = 3) -> None:
+        """Run every bucket's decode step `runs` times (onnxruntime captures a graph after its
+        first runs), so no request pays for a capture. Rows are placeholders: each writes at its
+        slot's next free position, which that slot's next real token overwrites."""
+        for size in self.buckets:
+            step = self._bucket(size)
+            mask_rows(self._mask[:size], self._mask_len[:size], self.slot_len[:size] + 1)
+            step.ids.update_inplace(self._ids[:size])
+            step.mask.update_inplace(self._mask[:size])
+            self._params.clear()
+            for _ in range(runs):
+                self.session.session.run_with_iobinding(step.binding, step.run_options)
+                self.sampler.run(size, size, self._params)
+
+    def decode(self, seqs: list[Sequence]) -> np.ndarray:
+        """Logits (n, V) of a decode step, for callers that sample on the host (e.g.
+        evaluation): the uncaptured path of the static executor."""
+        return super().decode(seqs)

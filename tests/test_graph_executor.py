@@ -1,0 +1,144 @@
+"""Device-side decoding: batch buckets, the fixed-width mask, the sampler graph and the
+graph executor. Everything here runs on onnxruntime's CPU provider (same graphs, same
+buffers, no capture); tests/test_cuda_graph.py runs the captured path on a GPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from optimizer.pipeline import BuildOptions, build_engine
+from runtime import Engine, SamplingParams
+from runtime.device_sampler import RowParams, sampler_model
+from runtime.executors import StaticExecutor
+from runtime.graph_executor import GraphStaticExecutor, batch_buckets, bucket_for, mask_rows, unsupported_reason
+from runtime.llm_engine import LLMEngine
+from runtime.sampling import draw_uniform, filter_top_k, filter_top_p, sample_from_uniform, softmax
+
+
+def test_buckets_cover_every_batch_size():
+    assert batch_buckets(1) == (1,)
+    assert batch_buckets(8) == (1, 2, 4, 8)
+    assert batch_buckets(48) == (1, 2, 4, 8, 16, 32, 48)
+    for slots in (1, 3, 8, 48, 64):
+        buckets = batch_buckets(slots)
+        for rows in range(1, slots + 1):
+            b = bucket_for(rows, buckets)
+            assert b >= rows and all(x < rows for x in buckets if x < b)
+    with pytest.raises(ValueError):
+        bucket_for(9, batch_buckets(8))
+
+
+def test_mask_rows_keeps_each_row_ones_over_its_length():
+    rng = np.random.default_rng(0)
+    mask, encoded = np.zeros((5, 12), np.int64), np.zeros(5, np.int64)
+    for _ in range(40):
+        lengths = np.where(rng.random(5) < 0.7, np.minimum(encoded + 1, 12), rng.integers(1, 13, 5))
+        mask_rows(mask, encoded, lengths)
+        want = (np.arange(12)[None, :] < lengths[:, None]).astype(np.int64)
+        assert np.array_equal(mask, want) and np.array_equal(encoded, lengths)
+
+
+def _host_choice(logits: np.ndarray, params: SamplingParams, u: float) -> int:
+    if params.temperature == 0:
+        return int(np.argmax(logits))
+    scaled = filter_top_p(filter_top_k(logits.astype(np.float64) / params.temperature, params.top_k), params.top_p)
+    return sample_from_uniform(softmax(scaled), u)
+
+
+def test_sampler_graph_chooses_what_the_host_sampler_chooses():
+    """Every parameter mix, one uniform per row: the graph's token equals the host's (or the
+    row is flagged for the host), and its logprob is log_softmax of the raw logits."""
+    vocab, rows, candidates = 1000, 48, 64  # 4 groups of 256 (the last one padded)
+    model = sampler_model(vocab, "sample", candidates=candidates)
+    onnx.checker.check_model(model, full_check=True)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    compared = flagged = 0
+    for trial in range(12):
+        logits = (rng.normal(size=(rows, 1, vocab)) * rng.uniform(0.5, 4)).astype(np.float32)
+        rp, wanted = RowParams.empty(rows), []
+        for r in range(rows):
+            params = SamplingParams(temperature=[0.0, 0.7, 1.0, 1.3][r % 4], top_k=[0, 5, 50, 100][(r // 4) % 4],
+                                    top_p=[1.0, 0.9, 0.5][(r // 16) % 3])
+            u = draw_uniform(rng)
+            rp.set(r, params, u)
+            wanted.append(_host_choice(logits[r, 0], params, u))
+        tokens, logprobs, fallback = session.run(None, {"logits": logits, "temperature": rp.temperature,
+                                                        "top_k": rp.top_k, "top_p": rp.top_p, "uniform": rp.uniform})
+        for r in range(rows):
+            raw = logits[r, 0].astype(np.float64)
+            if fallback[r]:
+                flagged += 1
+                top_k = rp.top_k[r]
+                assert top_k > candidates or (top_k == 0 and rp.top_p[r] < 1)
+                continue
+            compared += 1
+            assert tokens[r] == wanted[r], (trial, r)
+            want_lp = raw[tokens[r]] - raw.max() - np.log(np.exp(raw - raw.max()).sum())
+            assert abs(logprobs[r] - want_lp) < 1e-4
+    assert compared > 400 and flagged > 0  # both paths exercised
+
+
+def test_greedy_sampler_graph_is_argmax():
+    logits = np.random.default_rng(1).normal(size=(7, 1, 50)).astype(np.float32)
+    session = ort.InferenceSession(sampler_model(50, "greedy").SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    tokens, _ = session.run(None, {"logits": logits})
+    assert tokens.tolist() == logits[:, 0].argmax(-1).tolist()
+
+
+@pytest.fixture(scope="module")
+def llama_engine(tmp_path_factory, smol_tokenizer_dir) -> Engine:
+    out = tmp_path_factory.mktemp("graph") / "engine"
+    build_engine(BuildOptions(out=out, random_weights=True, config="tiny-llama", kv_slots=5, kv_capacity=64,
+                              tokenizer=str(smol_tokenizer_dir), quiet=True))
+    return Engine.load(out)
+
+
+def _serve(executor, prompts: list[list[int]], params: list[SamplingParams]) -> list[list[int]]:
+    engine = LLMEngine(executor, None, eos_token_ids=[7])
+    seqs = [engine.make_sequence(p, sp, detokenize=False) for p, sp in zip(prompts, params)]
+    for seq in seqs[:3]:  # three at once, then the rest arrive while they run (buckets change)
+        engine.add_sequence(seq)
+    for _ in range(3):
+        engine.step()
+    engine.run(seqs[3:])
+    while engine.has_work:
+        engine.step()
+    return [s.output_ids for s in seqs]
+
+
+def test_graph_executor_serves_what_the_static_executor_serves(llama_engine):
+    """Continuous batching with the device-side step (CPU provider, no capture): greedy, seeded
+    sampling, top-k / top-p beyond the sampler's candidates (host rows) and min_tokens (EOS
+    masked on the host) give the host-sampled executor's tokens."""
+    session = llama_engine.session
+    assert unsupported_reason(session) is None
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(10, 400, n).tolist() for n in (5, 11, 3, 17, 8, 2)]
+    params = [SamplingParams(max_new_tokens=12, ignore_eos=True),
+              SamplingParams(max_new_tokens=9, temperature=0.8, seed=11),
+              SamplingParams(max_new_tokens=14, temperature=1.0, top_k=20, top_p=0.9, seed=5),
+              SamplingParams(max_new_tokens=7, temperature=1.2, top_k=400, seed=2),  # beyond the candidates
+              SamplingParams(max_new_tokens=10, min_tokens=6, temperature=0.7, top_p=0.95, seed=9),
+              SamplingParams(max_new_tokens=6)]
+    graph = GraphStaticExecutor(session, slots=5, capacity=64, candidates=32)
+    want = _serve(StaticExecutor(session, slots=5, capacity=64), prompts, params)
+    got = _serve(graph, prompts, params)
+    assert got == want
+    assert graph.host_sampled > 0 and set(graph._steps) <= set(graph.buckets)
+
+
+def test_generate_ids_through_the_graph_executor(llama_engine, monkeypatch):
+    """The one-request loop takes device tokens from the executor where it offers them."""
+    import runtime.generate
+
+    prompt = llama_engine.encode("Hello there")
+    params = SamplingParams(max_new_tokens=10, ignore_eos=True, temperature=0.9, seed=3)
+    want = llama_engine.generate_ids(prompt, params).token_ids
+    monkeypatch.setattr(runtime.generate, "make_executor",
+                        lambda session, slots, capacity: GraphStaticExecutor(session, slots, capacity))
+    assert llama_engine.generate_ids(prompt, params).token_ids == want
