@@ -266,7 +266,7 @@ def phase_genai(args) -> None:
                                                                   "--cuda-graph"]])
             for extra in runs:
                 done = subprocess.run(peer + [str(out)] + common + extra, capture_output=True, text=True)
-                record = dict(phase="genai", shape=shape, precision=precision, paged=paged, args=extra)
+                record = dict(phase="genai", shape=shape, precision=precision, paged=paged, peer_args=extra)
                 if done.returncode:
                     emit(args, **record, error=done.stderr[-2000:])
                 else:
@@ -292,7 +292,8 @@ def table(path: str) -> str:
             continue
         who = {"ours": lambda: f"ours {r['format']} graph={r['cuda_graph']}",
                "hf": lambda: f"hf {'compile' if r['compiled'] else 'eager'}",
-               "genai": lambda: f"genai {r['precision']}{' paged' if r['paged'] else ''} {' '.join(r['args'])}",
+               "genai": lambda: f"genai {r['precision']}{' paged' if r['paged'] else ''} "
+                                + " ".join(r.get("peer_args", [r.get("step", "")])),
                }.get(r["phase"], lambda: r["phase"])()
         figures = []
         if isinstance(r.get("decode_tok_s"), dict):

@@ -86,7 +86,7 @@ def test_greedy_sampler_graph_is_argmax():
     logits = np.random.default_rng(1).normal(size=(7, 1, 50)).astype(np.float32)
     session = ort.InferenceSession(sampler_model(50, "greedy").SerializeToString(),
                                    providers=["CPUExecutionProvider"])
-    tokens, _ = session.run(None, {"logits": logits})
+    tokens, = session.run(None, {"logits": logits})
     assert tokens.tolist() == logits[:, 0].argmax(-1).tolist()
 
 
