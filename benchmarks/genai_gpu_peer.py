@@ -60,8 +60,8 @@ def builder_command(hf_dir, out_dir, precision, paged=False, python=sys.executab
     extra = ["hf_token=false"]
     if precision == "int4":
         extra.append("block_size=32")
-    if paged:
-        extra.append("use_paged_attention=true")
+    if paged:  # its continuous-batching Engine; room for the benchmark's 256 concurrent requests
+        extra += ["use_paged_attention=true", "max_batch_size=256"]
     return [python, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir), "-o", str(out_dir),
             "-p", precision, "-e", "cuda", "-c", f"{out_dir}.cache", "--extra_options", *extra]
 

@@ -307,6 +307,9 @@ def table(path: str) -> str:
         for key in ("output_tok_s", "ttft_s_p50", "tpot_s_p50", "tpot_s_p99", "prefill_ms", "ttft_ms", "seconds"):
             if isinstance(r.get(key), (int, float)):
                 figures.append(f"{key} {r[key]:.4g}")
+        for key in ("ttft_ms", "tpot_ms", "prefill_ms"):  # the genai peer's {p50, p99} / {median, ...}
+            if isinstance(r.get(key), dict):
+                figures.append(f"{key} " + "/".join(f"{v:.4g}" for k, v in r[key].items() if k in ("p50", "p99", "median")))
         batch = r.get("batch") or r.get("concurrent") or r.get("requests")
         lines.append(f"{r.get('shape', ''):13} {who:40} b={batch or '-':<4} " + ", ".join(figures))
     return "\n".join(lines)

@@ -277,9 +277,8 @@ class DeviceSampler:
             for name, value in values.items():
                 binding.bind_ortvalue_output(name, value)
             run = ort.RunOptions()
-            if self.graphs:
-                run.add_run_config_entry("gpu_graph_id", str(self._next_graph))
-                self._next_graph += 1
+            run.add_run_config_entry("gpu_graph_id", str(self._next_graph if self.graphs else -1))
+            self._next_graph += self.graphs
             b["bindings"][kind], b["outputs"][kind], b["run"][kind] = binding, values, run
         self._buckets[bucket] = b
 

@@ -142,7 +142,7 @@ class StaticExecutor:
             if self.slot_len[slot] != seq.num_tokens - 1:
                 raise RuntimeError(f"slot {slot} holds {self.slot_len[slot]} positions, "
                                    f"decode expects {seq.num_tokens - 1}")
-            ids[slot, 0] = seq.all_ids[-1]
+            ids[slot, 0] = seq.last_token
         mask = (np.arange(int(lengths.max()))[None, :] < lengths[:, None]).astype(np.int64)
         logits = self._run(self._binding(0, rows), ids, mask)
         self.slot_len[slots] += 1
@@ -236,8 +236,8 @@ def make_executor(session: DecoderSession, slots: int | None = None, capacity: i
 
 def _say_no_graph(session: DecoderSession, reason: str) -> None:
     """Tell once per session why decode steps are not captured, where capture was asked for."""
-    if session.cuda_graph and not getattr(session, "_said_no_graph", False):
-        session._said_no_graph = True
+    if session.cuda_graph and not session.said_no_graph:
+        session.said_no_graph = True
         print(f"note: CUDA graphs are not used for this engine's decode steps: {reason}", file=sys.stderr)
 
 

@@ -144,10 +144,9 @@ class GraphStaticExecutor(StaticExecutor):
             binding.bind_input(past, device, 0, self._dtype, shape, value.data_ptr())
             binding.bind_output(present, device, 0, self._dtype, shape, value.data_ptr())
         run = ort.RunOptions()
-        graph_id = None
-        if self.graphs:
-            graph_id = self.session.new_graph_id()
-            run.add_run_config_entry("gpu_graph_id", str(graph_id))
+        graph_id = self.session.new_graph_id() if self.graphs else None
+        # always set: onnxruntime's Python layer looks the key up each run, slowly when absent
+        run.add_run_config_entry("gpu_graph_id", str(-1 if graph_id is None else graph_id))
         step = _Bucket(size, binding, ids, mask, logits, run, graph_id)
         self.sampler.bind(size, logits)
         self._steps[size] = step
@@ -164,23 +163,27 @@ class GraphStaticExecutor(StaticExecutor):
     def decode_tokens(self, seqs: Seq[Sequence]) -> list[int]:
         """The next token of each sequence, chosen on the device (or, for rows that need it,
         on the host from the step's logits)."""
-        slots = np.asarray([self.pool.slot(s.request_id) for s in seqs])
-        rows = int(slots.max()) + 1
-        size = bucket_for(rows, self.buckets)
+        n = len(seqs)
+        slots = np.fromiter((self.pool.slot(s.request_id) for s in seqs), np.int64, n)
+        expected = np.fromiter((s.num_tokens for s in seqs), np.int64, n) - 1
+        if (self.slot_len[slots] != expected).any():
+            i = int(np.nonzero(self.slot_len[slots] != expected)[0][0])
+            raise RuntimeError(f"slot {slots[i]} holds {self.slot_len[slots[i]]} positions, "
+                               f"decode expects {expected[i]}")
+        self._ids[slots, 0] = np.fromiter((s.last_token for s in seqs), np.int64, n)
+        size = bucket_for(int(slots.max()) + 1, self.buckets)
         params = self._params
         params.clear()
-        host_rows = []
-        uniforms = np.zeros(len(seqs))
-        for i, (seq, slot) in enumerate(zip(seqs, slots)):
-            if self.slot_len[slot] != seq.num_tokens - 1:
-                raise RuntimeError(f"slot {slot} holds {self.slot_len[slot]} positions, "
-                                   f"decode expects {seq.num_tokens - 1}")
-            self._ids[slot, 0] = seq.all_ids[-1]
+        host_rows: list[int] = []
+        uniforms = np.zeros(n)
+        for i, seq in enumerate(seqs):
+            if seq.params.temperature == 0 and not seq.params.min_tokens:
+                continue  # greedy: the cleared row already says so
             if seq.suppressing():
                 host_rows.append(i)  # EOS masked out until min_tokens: the host applies it
             elif seq.params.temperature > 0:
                 uniforms[i] = draw_uniform(seq.rng)
-                params.set(slot, seq.params, uniforms[i])
+                params.set(int(slots[i]), seq.params, uniforms[i])
         mask_rows(self._mask[:size], self._mask_len[:size], self.slot_len[:size] + 1)
         step = self._bucket(size)
         step.ids.update_inplace(self._ids[:size])
@@ -189,7 +192,7 @@ class GraphStaticExecutor(StaticExecutor):
         tokens, _, fallback = self.sampler.run(size, size, params)
         out = tokens[slots].tolist()
         if fallback is not None:
-            host_rows += [i for i, slot in enumerate(slots) if fallback[slot] and i not in host_rows]
+            host_rows += [i for i in np.nonzero(fallback[slots])[0].tolist() if i not in host_rows]
         if host_rows:
             logits = step.logits.numpy()
             for i in host_rows:

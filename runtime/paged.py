@@ -114,7 +114,7 @@ class PagedExecutor:
         """One iteration in one call: prefill chunks (seq, start, end) and one token for each
         decoding sequence. Returns each chunk's last-token logits (V,) and the decodes' (n, V)."""
         chunks = [(seq.all_ids[start:end], start, self.pool.table(seq.request_id)) for seq, start, end in prefill]
-        chunks += [([s.all_ids[-1]], s.num_tokens - 1, self.pool.table(s.request_id)) for s in decode]
+        chunks += [([s.last_token], s.num_tokens - 1, self.pool.table(s.request_id)) for s in decode]
         if not chunks:
             return [], None
         ends = np.cumsum([len(ids) for ids, _, _ in chunks]) - 1  # each chunk's last row

@@ -106,12 +106,14 @@ class Scheduler:
                 plan.prefill.append((seq, seq.num_computed, end))
                 budget -= end - seq.num_computed
 
+        preempted: set[Sequence] = set()  # this step's victims (identity: a set, not a list scan)
         for seq in list(self.running):
-            if seq.num_tokens - seq.num_computed != 1 or seq not in self.running:
+            if seq.num_tokens - seq.num_computed != 1 or seq in preempted:
                 continue
             while not self.pool.ensure(seq.request_id, seq.num_tokens):
                 victim = self.running[-1]
                 self._preempt(victim, plan)
+                preempted.add(victim)
                 if victim is seq:
                     break
             else:

@@ -22,7 +22,7 @@ from runtime.detokenize import IncrementalDetokenizer
 from runtime.sampling import SamplingParams, sample_next, suppress
 
 
-@dataclass
+@dataclass(eq=False)  # one object per request: compared (and hashed) by identity
 class Sequence:
     request_id: str
     prompt_ids: list[int]
@@ -54,6 +54,11 @@ class Sequence:
     @property
     def all_ids(self) -> list[int]:
         return self.prompt_ids + self.output_ids
+
+    @property
+    def last_token(self) -> int:
+        """The newest token: the one a decode step feeds."""
+        return self.output_ids[-1] if self.output_ids else self.prompt_ids[-1]
 
     @property
     def num_tokens(self) -> int:

@@ -170,6 +170,7 @@ class DecoderSession:
                            else None)
         self._graph_ids = 0  # CUDA graph annotation ids handed out (each captured step has its own)
         self.executors: dict = {}  # kept for the session's life: captured graphs use their buffers
+        self.said_no_graph = False  # the runtime said once why decode steps are not captured
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.input_names = {i.name for i in self.session.get_inputs()}
         self._np_dtype = KV_DTYPES[kv.dtype]
