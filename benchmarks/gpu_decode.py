@@ -186,6 +186,10 @@ def phase_hf(args) -> None:
         torch.manual_seed(0)
         with torch.device("cuda"):
             model = t.LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+        # bytes a decode token reads: every weight, but an untied embedding only by row
+        nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        if not cfg.tie_word_embeddings:
+            nbytes -= model.get_input_embeddings().weight.numel() * 2
         for compiled in (False, True):
             kwargs = dict(do_sample=False, max_new_tokens=NEW, min_new_tokens=NEW, pad_token_id=0)
             if compiled:
@@ -210,7 +214,7 @@ def phase_hf(args) -> None:
                     torch.cuda.synchronize()
                     total = time.perf_counter() - t0
                     times.append((prefill, total))
-                emit(args, phase="hf", shape=shape, compiled=compiled, batch=batch,
+                emit(args, phase="hf", shape=shape, compiled=compiled, batch=batch, weight_bytes=nbytes,
                      decode_tok_s=spread([batch * (NEW - 1) / (tot - pre) for pre, tot in times]),
                      output_tok_s=statistics.median(batch * NEW / tot for _, tot in times),
                      ttft_ms=statistics.median(pre * 1e3 for pre, _ in times))
@@ -266,7 +270,8 @@ def phase_genai(args) -> None:
                                                                   "--cuda-graph"]])
             for extra in runs:
                 done = subprocess.run(peer + [str(out)] + common + extra, capture_output=True, text=True)
-                record = dict(phase="genai", shape=shape, precision=precision, paged=paged, peer_args=extra)
+                record = dict(phase="genai", shape=shape, precision=precision, paged=paged, peer_args=extra,
+                              weight_bytes=weight_bytes(out / "model.onnx"))
                 if done.returncode:
                     emit(args, **record, error=done.stderr[-2000:])
                 else:
@@ -284,13 +289,16 @@ def table(path: str) -> str:
     bw = None
     for line in Path(path).read_text().splitlines():
         r = json.loads(line)
-        if r.get("phase") == "bandwidth":
+        if r.get("phase") == "bandwidth" and "hbm_GBps" in r:
             bw = r["hbm_GBps"]
+            lines.append(f"HBM copy bandwidth {bw:.0f} GB/s ({r['gpu']})")
+            continue
         if "error" in r:
             lines.append(f"{r['phase']:9} {r.get('shape', '')} {r.get('format', r.get('precision', ''))}: "
                          f"ERROR {r['error'][:300]}")
             continue
         who = {"ours": lambda: f"ours {r['format']} graph={r['cuda_graph']}",
+               "build": lambda: f"build {r.get('format', r.get('step', ''))}",
                "hf": lambda: f"hf {'compile' if r['compiled'] else 'eager'}",
                "genai": lambda: f"genai {r['precision']}{' paged' if r['paged'] else ''} "
                                 + " ".join(r.get("peer_args", [r.get("step", "")])),
@@ -301,7 +309,7 @@ def table(path: str) -> str:
             figures.append(f"decode {d['median']:.1f} tok/s ({d['min']:.1f}-{d['max']:.1f})")
         elif r.get("decode_tok_s") is not None:
             figures.append(f"decode {r['decode_tok_s']:.1f} tok/s")
-        if r.get("weight_bytes") and bw and isinstance(r.get("decode_tok_s"), dict):
+        if r.get("weight_bytes") and bw and isinstance(r.get("decode_tok_s"), dict) and r.get("batch") == 1:
             bound = bw * 1e9 / r["weight_bytes"]
             figures.append(f"bound {bound:.0f} ({r['decode_tok_s']['median'] / bound:.0%})")
         for key in ("output_tok_s", "ttft_s_p50", "tpot_s_p50", "tpot_s_p99", "prefill_ms", "ttft_ms", "seconds"):
