@@ -42,7 +42,7 @@ VARIANTS = ("fp16", "fp8", "fp8-cuda")
 def build(variant: str, out: Path, args: argparse.Namespace) -> Path:
     """The variant's engine under `out` (reused when a complete one is already there)."""
     from calibration import QuantConfig
-    from optimizer.artifact import load_engine
+    from optimizer.core.artifact import load_engine
     from optimizer.pipeline import BuildOptions, build_engine
 
     if (out / "manifest.json").exists():

@@ -18,7 +18,7 @@ throughout (speed does not depend on their values); greedy, EOS ignored, 128 pro
   ours       each engine on onnxruntime's CUDA provider. Batch 1: Engine.generate_ids, one
              warm-up and --runs timed runs (median, min, max), with CUDA graphs and device
              sampling (the default) and without (cuda_graph=False). Then N concurrent requests
-             (all at t=0) through the continuous-batching loop (runtime.replay): output tok/s,
+             (all at t=0) through the continuous-batching loop (optimizer.replay): output tok/s,
              TTFT and TPOT p50/p99. Also: bytes read per decode token (every initializer but
              those read only by Gather) and the share of the batch-1 bound they imply.
   hf         transformers bf16 (the model class of the shape): eager (DynamicCache) and static
@@ -144,7 +144,7 @@ def weight_bytes(model_path: Path) -> int:
 def phase_ours(args) -> None:
     from optimizer.workload import Request
     from runtime import Engine, SamplingParams
-    from runtime.replay import replay
+    from optimizer.replay import replay
 
     params = SamplingParams(max_new_tokens=NEW, ignore_eos=True)
     for shape in args.shapes:

@@ -27,7 +27,7 @@ from calibration.data import load_text  # noqa: E402
 from optimizer.pipeline import BuildOptions, build_engine  # noqa: E402
 from optimizer.workload import make_workload  # noqa: E402
 from runtime import Engine  # noqa: E402
-from runtime.replay import replay  # noqa: E402
+from optimizer.replay import replay  # noqa: E402
 
 SLOTS, CAPACITY = 32, 512
 

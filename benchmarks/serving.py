@@ -32,7 +32,7 @@ import torch
 from calibration.data import load_text
 from optimizer.workload import Request, dump, make_workload, run_static_batches, summarize
 from runtime import Engine
-from runtime.replay import replay
+from optimizer.replay import replay
 
 GENAI_PEER = Path(__file__).with_name("genai_serving_peer.py")
 

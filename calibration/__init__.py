@@ -29,7 +29,7 @@ from calibration.gptq import HessianAccumulator, gptq_quantize
 from calibration.methods import awq_gptq_layer, awq_layer, fp8_layer, gptq_layer, store_quantized
 from calibration.rtn import QuantizedLinear, rtn_quantize
 from calibration.sequential import run_sequential
-from optimizer.errors import InputError
+from optimizer.core.errors import InputError
 
 __all__ = ["QuantConfig", "QuantizationResult", "quantize_model"]
 

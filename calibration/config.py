@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from calibration.rtn import QuantSpec
-from optimizer.errors import InputError
+from optimizer.core.errors import InputError
 
 # awq-gptq: AWQ's scaling search, then GPTQ rounding of the scaled weights (instead of AWQ's
 # clipping search and round-to-nearest); fp8: W8A8 E4M3, per-channel weights, static activations

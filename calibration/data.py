@@ -1,7 +1,7 @@
 """Calibration and evaluation text as token windows.
 
 A spec `SOURCE:NxL` asks for N windows of L tokens from SOURCE: a packaged corpus by short
-name (`c4`, `wiki`, `tiny`: the exllamav3 text files, see `optimizer.assets`) or a local
+name (`c4`, `wiki`, `tiny`: the exllamav3 text files, see `optimizer.core.assets`) or a local
 file read through `datasets` (.txt / .utf8 text, .jsonl / .json with a "text" field,
 .parquet with a "text" column).
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from optimizer.errors import InputError
+from optimizer.core.errors import InputError
 
 CORPORA = {"c4": "c4.utf8", "wiki": "wiki.utf8", "tiny": "tiny.utf8"}
 DEFAULT_KV_CALIB = "c4:32x512"  # the text int8 KV-cache scales are calibrated on
@@ -61,7 +61,7 @@ def check_source(source: str) -> None:
 def load_text(source: str) -> str:
     """The whole text of a packaged corpus or local file."""
     if source in CORPORA:
-        from optimizer.assets import fetch_asset
+        from optimizer.core.assets import fetch_asset
 
         path = fetch_asset("text", quiet=True) / CORPORA[source]
         text = path.read_text(encoding="utf-8")

@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from calibration.fp8 import Fp8Linear, fake_quant_fp8, quantize_fp8, weight_scales
-from optimizer.errors import InputError
-from optimizer.progress import bar
+from optimizer.core.errors import InputError
+from optimizer.core.progress import bar
 
 WARMUP_STEPS = 10
 

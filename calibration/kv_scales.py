@@ -24,7 +24,7 @@ import torch
 
 from calibration.mappings import module_names
 from calibration.sequential import run_decoder_layers
-from optimizer.models.architectures import ArchSpec
+from optimizer.core.architectures import ArchSpec
 
 INT8_MAX = 127.0
 

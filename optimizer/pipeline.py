@@ -17,14 +17,15 @@ import onnx_ir as ir
 
 from calibration import QuantConfig, quantize_model
 from calibration.data import DEFAULT_KV_CALIB, check_source, parse_spec, token_windows, windows_hash
-from optimizer.artifact import EngineDir, check_output_dir, load_engine, staging_dir, write_manifest
 from optimizer.capture import DTYPES, DecoderDims, capture, decoder_dims, kv_names
-from optimizer.errors import InputError
+from optimizer.core.artifact import EngineDir, check_output_dir, load_engine, staging_dir, write_manifest
+from optimizer.core.errors import InputError
+from optimizer.core.progress import bar, console, step
 from optimizer.evaluate import perplexity, session_logits_fn, torch_logits_fn
 from optimizer.gate import DEFAULT_GATE_EVAL, GateFailed, check, failure_message, parse_limit
 from optimizer.identity import build_identity
 from optimizer.models.loader import LoadedModel, load_model
-from optimizer.progress import bar, console, step
+from optimizer.quantized import plain_weights
 from optimizer.verify import verify_engine
 from passes import DEFAULT_PIPELINE, PassContext
 from passes.kv_layout import LAYOUTS as KV_LAYOUTS, METADATA_KEY as KV_LAYOUT_KEY
@@ -141,7 +142,7 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
         with step(f"calibrate int8 KV-cache scales ({opts.kv_calib})", q):
             kv_scales, kv_quant = calibrate_kv_cache(loaded, dims, opts.kv_calib)
     with step("graph passes: " + (", ".join(opts.passes) or "none"), q):
-        ctx = PassContext(codes, opts.accuracy_level, opts.dtype, max_positions, opts.kv_layout,
+        ctx = PassContext(plain_weights(codes), opts.accuracy_level, opts.dtype, max_positions, opts.kv_layout,
                           opts.kv_block_size, WEIGHT_FORMATS[opts.target], kv_scales)
         model, pass_reports = run_passes(model, opts.passes, ctx, opts.dump_ir_after, ir_dump_dir(opts.out))
         for r in pass_reports:

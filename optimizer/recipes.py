@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import yaml
 
 from calibration.data import DEFAULT_KV_CALIB
-from optimizer.errors import InputError
+from optimizer.core.errors import InputError
 
 RECIPE_VERSION = 1
 

@@ -28,9 +28,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Sequence
 
-from optimizer.artifact import MANIFEST, load_engine
-from optimizer.errors import EngineError, InputError, OptimizerError
-from optimizer.progress import step
+from optimizer.core.artifact import MANIFEST, load_engine
+from optimizer.core.errors import EngineError, InputError, OptimizerError
+from optimizer.core.progress import step
 
 ONNX_OPSET = 21
 PRECISIONS = ("int4", "int8", "fp8")  # low-precision formats a tensorrt-target graph may contain

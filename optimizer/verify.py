@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from optimizer.errors import OptimizerError
+from optimizer.core.errors import OptimizerError
 from optimizer.models.loader import LoadedModel
 from runtime.executors import probe_logits
 from runtime.session import DecoderSession, KvSpec

@@ -28,7 +28,7 @@ from passes.slice_logits import SliceLogits
 
 @dataclass(frozen=True)
 class PassContext:
-    codes: dict[str, Any] = field(default_factory=dict)  # module name -> QuantizedLinear
+    codes: dict[str, Any] = field(default_factory=dict)  # module name -> IntWeight | Fp8Weight
     accuracy_level: int = 0  # MatMulNBits: 0 = fp32 compute, 4 = int8 activations (faster)
     dtype: str = "fp32"  # engine compute dtype
     max_positions: int = 4096  # rotary caches of fused attention cover positions [0, max_positions)

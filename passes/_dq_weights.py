@@ -9,8 +9,9 @@ weight becomes DequantizeLinear(codes, scale[, zero_point]) -> W^T (opset 21):
 - per-channel int4 / int8: per-axis DQ over axis 1, scale (N,).
 - FP8 E4M3: per-axis DQ over axis 1, codes float8e4m3fn (K, N), scale (N,).
 
-Every function is pure: the QuantizedLinear / Fp8Linear in, numpy arrays (ml_dtypes for
-int4 / fp8) out; DequantizeLinear of the result equals the torch fake-quant weight's transpose.
+Every function is pure: an IntWeight / Fp8Weight (passes.quantized_weights) in, numpy arrays
+(ml_dtypes for int4 / fp8) out; DequantizeLinear of the result equals the torch fake-quant
+weight's transpose.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from dataclasses import dataclass
 import ml_dtypes
 import numpy as np
 
-from calibration.fp8 import Fp8Linear
-from calibration.rtn import QuantizedLinear
+from passes.quantized_weights import Fp8Weight, IntWeight
 
 _SIGNED = {4: ml_dtypes.int4, 8: np.int8}
 _UNSIGNED = {4: ml_dtypes.uint4, 8: np.uint8}
@@ -36,13 +36,13 @@ class DqWeight:
     block_size: int | None  # None: per-axis
 
 
-def integer_dq_weight(q: QuantizedLinear, scale_dtype: type = np.float32) -> DqWeight:
-    bits = q.spec.bits
-    codes = q.qweight.numpy().T  # (K, N) uint8 in [0, 2^b - 1]
-    scales = q.scales.numpy().T.astype(scale_dtype)  # (groups, N)
-    zeros = q.zeros.numpy().T  # (groups, N)
+def integer_dq_weight(q: IntWeight, scale_dtype: type = np.float32) -> DqWeight:
+    bits = q.bits
+    codes = q.codes.T  # (K, N) uint8 in [0, 2^b - 1]
+    scales = q.scales.T.astype(scale_dtype)  # (groups, N)
+    zeros = q.zeros.T  # (groups, N)
     k = codes.shape[0]
-    group = q.spec.group_width(k)
+    group = q.group
     symmetric = bool((zeros == 2 ** (bits - 1)).all())
     if symmetric:
         stored = (codes.astype(np.int16) - 2 ** (bits - 1)).astype(_SIGNED[bits])
@@ -57,9 +57,9 @@ def integer_dq_weight(q: QuantizedLinear, scale_dtype: type = np.float32) -> DqW
                     None if zero_point is None else np.ascontiguousarray(zero_point), axis=0, block_size=group)
 
 
-def fp8_dq_weight(q: Fp8Linear, scale_dtype: type = np.float32) -> DqWeight:
-    codes = q.weight.float().numpy().T.astype(ml_dtypes.float8_e4m3fn)  # exact: values are E4M3 already
-    return DqWeight(np.ascontiguousarray(codes), q.scales.numpy().astype(scale_dtype), None, axis=1, block_size=None)
+def fp8_dq_weight(q: Fp8Weight, scale_dtype: type = np.float32) -> DqWeight:
+    codes = q.codes.T.astype(ml_dtypes.float8_e4m3fn)
+    return DqWeight(np.ascontiguousarray(codes), q.scales.astype(scale_dtype), None, axis=1, block_size=None)
 
 
 def dequantize(w: DqWeight) -> np.ndarray:

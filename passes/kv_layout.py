@@ -29,7 +29,7 @@ import onnx_ir as ir
 import onnx_ir.passes as ir_passes
 from onnx_ir.passes import common
 
-from optimizer.errors import InputError
+from optimizer.core.errors import InputError
 from passes._match import MS_DOMAIN, add_initializer, attr, replace_value
 
 LAYOUTS = ("auto", "static", "paged", "concat")

@@ -36,9 +36,8 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes as ir_passes
 
-from calibration.fp8 import Fp8Linear
-from calibration.rtn import QuantizedLinear
 from passes._dq_weights import DqWeight, fp8_dq_weight, integer_dq_weight
+from passes.quantized_weights import Fp8Weight, IntWeight, QuantizedWeight
 from passes._match import MS_DOMAIN, add_initializer, ensure_ms_opset, replace_value
 
 WEIGHT_FORMATS = ("matmulnbits", "dequantize", "cuda")  # cuda: matmulnbits + the CUDA FP8 kernel
@@ -69,12 +68,12 @@ def block_size_for(k: int, group: int) -> int:
     return next((b for b in BLOCK_SIZES if k % b == 0), 16)  # else padded to a multiple of 16
 
 
-def pack(q: QuantizedLinear, scale_dtype: type = np.float32) -> PackedWeight:
-    codes = q.qweight.numpy()  # (N, K)
-    scales, zeros = q.scales.numpy(), q.zeros.numpy()  # (N, groups)
+def pack(q: IntWeight, scale_dtype: type = np.float32) -> PackedWeight:
+    codes = q.codes  # (N, K)
+    scales, zeros = q.scales, q.zeros  # (N, groups)
     n, k = codes.shape
-    bits = q.spec.bits
-    block = block_size_for(k, q.spec.group_width(k))
+    bits = q.bits
+    block = block_size_for(k, q.group)
     k_blocks = -(-k // block)
     repeat = k_blocks // scales.shape[1]  # blocks per group: 1, or all of them (per-channel)
     scales, zeros = np.repeat(scales, repeat, axis=1), np.repeat(zeros, repeat, axis=1)
@@ -103,15 +102,15 @@ def _pack_rows(values: np.ndarray, bits: int) -> np.ndarray:
     return (padded[:, 0::2] | (padded[:, 1::2] << 4)).astype(np.uint8)
 
 
-def fp8_rows(q: Fp8Linear) -> tuple[np.ndarray, np.ndarray]:
-    """The CUDA FP8 kernel's weight: codes (N, K) float8e4m3fn (the torch layout, exact: the
-    values are E4M3 already) and one float32 scale per row, shaped (N, 1) (one block of K)."""
-    codes = q.weight.float().numpy().astype(ml_dtypes.float8_e4m3fn)
-    return np.ascontiguousarray(codes), q.scales.numpy().astype(np.float32).reshape(-1, 1)
+def fp8_rows(q: Fp8Weight) -> tuple[np.ndarray, np.ndarray]:
+    """The CUDA FP8 kernel's weight: codes (N, K) float8e4m3fn (the torch layout) and one
+    float32 scale per row, shaped (N, 1) (one block of K)."""
+    codes = q.codes.astype(ml_dtypes.float8_e4m3fn)
+    return np.ascontiguousarray(codes), q.scales.astype(np.float32).reshape(-1, 1)
 
 
 class LowerQuantizedMatMul(ir_passes.InPlacePass):
-    def __init__(self, codes: dict[str, QuantizedLinear | Fp8Linear], accuracy_level: int = 0,
+    def __init__(self, codes: dict[str, QuantizedWeight], accuracy_level: int = 0,
                  weight_format: str = "matmulnbits") -> None:
         super().__init__()
         if weight_format not in WEIGHT_FORMATS:
@@ -135,10 +134,10 @@ class LowerQuantizedMatMul(ir_passes.InPlacePass):
                 continue
             dtype = weight.const_value.dtype.numpy()
             base = weight.name.removesuffix(".weight")
-            if isinstance(q, Fp8Linear) and self.weight_format == "cuda":
+            if isinstance(q, Fp8Weight) and self.weight_format == "cuda":
                 new = [self._fp8_weight_node(graph, node, base, q)]
                 kind = f"FP8 {FP8_WEIGHT_OP}"
-            elif isinstance(q, Fp8Linear):
+            elif isinstance(q, Fp8Weight):
                 x = self._fp8_activation(graph, node, q.input_scale, dtype)
                 new = self._dq_nodes(graph, base, fp8_dq_weight(q, dtype))
                 new.append(ir.node("MatMul", [x, new[-1].outputs[0]], name=node.name))
@@ -146,10 +145,10 @@ class LowerQuantizedMatMul(ir_passes.InPlacePass):
             elif self.weight_format == "dequantize":
                 new = self._dq_nodes(graph, base, integer_dq_weight(q, dtype))
                 new.append(ir.node("MatMul", [node.inputs[0], new[-1].outputs[0]], name=node.name))
-                kind = f"int{q.spec.bits} DequantizeLinear"
+                kind = f"int{q.bits} DequantizeLinear"
             else:
                 new = [self._matmul_nbits(graph, node, base, q, dtype)]
-                kind = f"int{q.spec.bits} MatMulNBits"
+                kind = f"int{q.bits} MatMulNBits"
             graph.insert_before(node, new)
             replace_value(graph, node.outputs[0], new[-1].outputs[0])
             graph.remove(node, safe=True)
@@ -161,10 +160,10 @@ class LowerQuantizedMatMul(ir_passes.InPlacePass):
         self.notes = [f"{n} linears -> {kind}" for kind, n in lowered.items()]
         return ir_passes.PassResult(model, modified=bool(lowered))
 
-    def _matmul_nbits(self, graph: ir.Graph, node: ir.Node, base: str, q: QuantizedLinear,
+    def _matmul_nbits(self, graph: ir.Graph, node: ir.Node, base: str, q: IntWeight,
                       dtype: type) -> ir.Node:
         packed = pack(q, dtype)
-        n, k = q.qweight.shape
+        n, k = q.codes.shape
         inputs = [node.inputs[0],
                   add_initializer(graph, base + ".qweight", packed.B),
                   add_initializer(graph, base + ".scales", packed.scales)]
@@ -175,7 +174,7 @@ class LowerQuantizedMatMul(ir_passes.InPlacePass):
                                    "accuracy_level": self.accuracy_level})
 
     @staticmethod
-    def _fp8_weight_node(graph: ir.Graph, node: ir.Node, base: str, q: Fp8Linear) -> ir.Node:
+    def _fp8_weight_node(graph: ir.Graph, node: ir.Node, base: str, q: Fp8Weight) -> ir.Node:
         codes, row_scales = fp8_rows(q)
         inputs = [node.inputs[0], add_initializer(graph, base + ".qweight", codes),
                   add_initializer(graph, base + ".scales", row_scales),

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import onnx_ir as ir
 
-from optimizer.errors import InputError, OptimizerError
+from optimizer.core.errors import InputError, OptimizerError
 from passes import PIPELINES, REGISTRY, PassContext
 
 

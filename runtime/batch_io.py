@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from optimizer.errors import InputError, OptimizerError
+from optimizer.core.errors import InputError, OptimizerError
 from runtime.sampling import SamplingParams
 
 # JSONL field -> SamplingParams field

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from optimizer.artifact import EngineDir, load_engine
-from optimizer.errors import EngineError
+from optimizer.core.artifact import EngineDir, load_engine
+from optimizer.core.errors import EngineError
 from runtime.detokenize import IncrementalDetokenizer
 from runtime.executors import make_executor
 from runtime.generate import GenerationResult, generate_ids

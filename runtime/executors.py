@@ -24,7 +24,7 @@ import sys
 import numpy as np
 import onnxruntime as ort
 
-from optimizer.errors import EngineError
+from optimizer.core.errors import EngineError
 from runtime.host_io import HostStepIO
 from runtime.kv_cache import SlotPool
 from runtime.paged import PagedExecutor, sequence_logits

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from optimizer.errors import InputError
+from optimizer.core.errors import InputError
 from runtime.sampling import SamplingParams
 from runtime.sequence import Sequence as Seq
 from runtime.executors import make_executor

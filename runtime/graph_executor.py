@@ -35,7 +35,7 @@ from typing import Sequence as Seq
 import numpy as np
 import onnxruntime as ort
 
-from optimizer.errors import EngineError
+from optimizer.core.errors import EngineError
 from runtime.device_sampler import DEFAULT_CANDIDATES, DeviceSampler, RowParams
 from runtime.executors import StaticExecutor
 from runtime.sampling import draw_uniform

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence as Seq
 
-from optimizer.errors import InputError
+from optimizer.core.errors import InputError
 from runtime.sampling import SamplingParams
 from runtime.scheduler import Scheduler
 from runtime.sequence import Sequence

@@ -33,7 +33,7 @@ from typing import Sequence as Seq
 import numpy as np
 import onnxruntime as ort
 
-from optimizer.errors import EngineError
+from optimizer.core.errors import EngineError
 from runtime.kv_cache import BlockPool
 from runtime.sequence import Sequence
 from runtime.session import KV_DTYPES, DecoderSession, check_layout_provider

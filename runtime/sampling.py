@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from optimizer.errors import InputError
+from optimizer.core.errors import InputError
 
 
 @dataclass(frozen=True)

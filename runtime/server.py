@@ -23,7 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from optimizer.errors import OptimizerError
+from optimizer.core.errors import OptimizerError
 from runtime.async_engine import AsyncEngine
 from runtime.llm_engine import RequestOutput
 from runtime.sampling import SamplingParams

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from optimizer.errors import EngineError
+from optimizer.core.errors import EngineError
 from runtime import hugepages
 
 PROVIDERS = {

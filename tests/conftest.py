@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from optimizer.assets import cache_dir, fetch_asset
+from optimizer.core.assets import cache_dir, fetch_asset
 from optimizer.models.presets import PRESETS
 
 # Tiny models under test: name -> (preset, config overrides).

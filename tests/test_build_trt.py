@@ -21,8 +21,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from optimizer.artifact import load_engine, write_manifest
-from optimizer.errors import InputError, OptimizerError
+from optimizer.core.artifact import load_engine, write_manifest
+from optimizer.core.errors import InputError, OptimizerError
 from optimizer.tensorrt import (PROFILE_NAMES, TensorRTBuildError, TensorRTUnavailable, build_plan,
                                 builder_flags, check_tensorrt, shape_profiles, tensorrt_manifest_section)
 

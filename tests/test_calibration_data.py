@@ -11,7 +11,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from calibration.data import load_text, parse_spec, token_windows, windows_hash
-from optimizer.errors import InputError
+from optimizer.core.errors import InputError
 
 TEXT = ("The quick brown fox jumps over the lazy dog. " * 40).strip()
 

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from optimizer.cli import main
-from optimizer.models.architectures import supported_model_types
+from optimizer.core.architectures import supported_model_types
 
 
 def run(*args: str):

@@ -15,7 +15,7 @@ from calibration import QuantConfig, quantize_model
 from calibration.data import parse_spec, token_windows
 from calibration.distill import WARMUP_STEPS, distillation_device, kl_to_teacher, lr_at
 from calibration.fp8 import E4M3_MAX, fake_quant_fp8, quantize_fp8
-from optimizer.errors import InputError
+from optimizer.core.errors import InputError
 from optimizer.inspect import precision_notes
 from optimizer.models.loader import load_model
 from optimizer.pipeline import BuildOptions, build_engine

@@ -11,7 +11,7 @@ import torch
 from calibration import QuantConfig
 from calibration.fp8 import (E4M3_MAX, MinMaxObserver, MseObserver, PercentileObserver, fake_quant_fp8,
                              mse_optimal_scale, quantize_linear_fp8, weight_scales)
-from optimizer.errors import InputError
+from optimizer.core.errors import InputError
 from optimizer.models.loader import load_model
 from optimizer.pipeline import BuildOptions, build_engine
 from runtime import Engine
@@ -119,7 +119,7 @@ def test_cuda_target_needs_the_cuda_provider_and_fp16(tmp_path, monkeypatch):
 
 
 def test_cuda_only_engine_is_refused_on_cpu(tmp_path):
-    from optimizer.errors import EngineError
+    from optimizer.core.errors import EngineError
     from runtime.session import DecoderSession, KvSpec
 
     kv = KvSpec(1, 1, 8, "fp16", "past.{i}.key", "past.{i}.value", "present.{i}.key", "present.{i}.value")

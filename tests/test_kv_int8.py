@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from calibration.kv_scales import INT8_MAX, rotary_bound
-from optimizer.errors import EngineError, InputError
+from optimizer.core.errors import EngineError, InputError
 from optimizer.pipeline import BuildOptions, build_engine
 from passes import PIPELINES, UNFUSED_PIPELINE
 from runtime import Engine, SamplingParams

@@ -7,7 +7,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from optimizer.errors import EngineError, InputError
+from optimizer.core.errors import EngineError, InputError
 from optimizer.pipeline import BuildOptions, build_engine
 from passes import DEFAULT_PIPELINE, UNFUSED_PIPELINE, PassContext
 from passes.kv_layout import METADATA_KEY, PAGED_INPUTS

@@ -11,6 +11,7 @@ import torch
 
 from calibration.rtn import QuantSpec, rtn_quantize
 from optimizer.graph import GraphBuilder, input_value
+from optimizer.quantized import plain_weight
 from passes.lower_quantized_matmul import LowerQuantizedMatMul, block_size_for, pack
 
 
@@ -38,7 +39,7 @@ def test_matmulnbits_computes_the_fake_quant_function(bits, group, symmetric):
     q = rtn_quantize(torch.randn(n_out, n_in) * 0.05, QuantSpec(bits, group, symmetric))
     deq = q.dequantize().numpy()
     model = _linear_model(np.ascontiguousarray(deq.T))
-    result = LowerQuantizedMatMul({"layer.proj": q}).call(model)
+    result = LowerQuantizedMatMul({"layer.proj": plain_weight(q)}).call(model)
     assert result.modified
     ops = [n.op_type for n in result.model.graph]
     assert ops == ["MatMulNBits"]
@@ -53,7 +54,7 @@ def test_matmulnbits_computes_the_fake_quant_function(bits, group, symmetric):
 def test_fp16_weights_get_fp16_scales():
     q = rtn_quantize(torch.randn(32, 64) * 0.05, QuantSpec(4, 32, False))
     model = _linear_model(np.ascontiguousarray(q.dequantize().numpy().T), np.float16)
-    lowered = LowerQuantizedMatMul({"layer.proj": q}).call(model).model
+    lowered = LowerQuantizedMatMul({"layer.proj": plain_weight(q)}).call(model).model
     assert lowered.graph.initializers["layer.proj.scales"].const_value.dtype == ir.DataType.FLOAT16
     x = np.random.default_rng(1).standard_normal((3, 64)).astype(np.float16)
     ref = x.astype(np.float32) @ q.dequantize().numpy().T
@@ -69,7 +70,7 @@ def test_packing_layout():
     assert [block_size_for(576, g) for g in (32, 64)] == [32, 64]
     assert [block_size_for(k, k) for k in (576, 1536, 200)] == [64, 256, 16]  # per-channel
     q = rtn_quantize(torch.randn(2, 64), QuantSpec(4, 32, False))
-    packed = pack(q)
+    packed = pack(plain_weight(q))
     codes = q.qweight.numpy()
     assert packed.B.shape == (2, 2, 16)
     assert packed.B[0, 0, 0] == codes[0, 0] | (codes[0, 1] << 4)  # low nibble first
@@ -80,11 +81,11 @@ def test_packing_layout():
 @pytest.mark.parametrize("bits,width", [(8, 576), (8, 1536), (4, 576)])
 def test_per_channel_uses_kernel_block_sizes(bits, width):
     q = rtn_quantize(torch.randn(16, width) * 0.05, QuantSpec(bits, None, False))
-    packed = pack(q)
+    packed = pack(plain_weight(q))
     assert packed.block_size in (64, 128, 256) and width % packed.block_size == 0
     assert packed.scales.shape == (16, width // packed.block_size)
     model = _linear_model(np.ascontiguousarray(q.dequantize().numpy().T))
-    lowered = LowerQuantizedMatMul({"layer.proj": q}).call(model).model
+    lowered = LowerQuantizedMatMul({"layer.proj": plain_weight(q)}).call(model).model
     x = np.random.default_rng(2).standard_normal((3, width)).astype(np.float32)
     assert np.allclose(_run(lowered, x), x @ q.dequantize().numpy().T, atol=1e-4)
 
@@ -106,7 +107,7 @@ def test_dequantize_format_is_standard_and_exact(bits, group, symmetric):
     torch.manual_seed(1)
     q = rtn_quantize(torch.randn(48, 128) * 0.05, QuantSpec(bits, group, symmetric))
     deq = q.dequantize().numpy()
-    lowered = LowerQuantizedMatMul({"layer.proj": q}, weight_format="dequantize").call(
+    lowered = LowerQuantizedMatMul({"layer.proj": plain_weight(q)}, weight_format="dequantize").call(
         _linear_model(np.ascontiguousarray(deq.T))).model
     assert [(n.op_type, n.domain) for n in lowered.graph] == [("DequantizeLinear", ""), ("MatMul", "")]
     dq = next(iter(lowered.graph))
@@ -131,7 +132,7 @@ def test_fp8_lowering_quantizes_activations_and_weights():
     torch.manual_seed(2)
     w = torch.randn(24, 64) * 0.05
     q = quantize_linear_fp8(w, input_scale=0.01, observer="minmax")
-    lowered = LowerQuantizedMatMul({"layer.proj": q}).call(
+    lowered = LowerQuantizedMatMul({"layer.proj": plain_weight(q)}).call(
         _linear_model(np.ascontiguousarray(q.dequantize().numpy().T))).model
     ops = [n.op_type for n in lowered.graph]
     assert sorted(ops) == ["DequantizeLinear", "DequantizeLinear", "MatMul", "QuantizeLinear"]
@@ -151,7 +152,7 @@ def test_cuda_format_lowers_fp8_to_the_cuda_kernel_exactly():
 
     torch.manual_seed(3)
     q = quantize_linear_fp8(torch.randn(24, 64) * 0.05, input_scale=0.02, observer="minmax")
-    lowered = LowerQuantizedMatMul({"layer.proj": q}, weight_format="cuda").call(
+    lowered = LowerQuantizedMatMul({"layer.proj": plain_weight(q)}, weight_format="cuda").call(
         _linear_model(np.ascontiguousarray(q.dequantize().numpy().T), np.float16)).model
     [node] = list(lowered.graph)
     assert (node.op_type, node.domain) == (FP8_WEIGHT_OP, "com.microsoft")

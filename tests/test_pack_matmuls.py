@@ -9,6 +9,7 @@ from calibration import QuantConfig, quantize_model
 from passes import PassContext
 from tests.pass_helpers import apply, assert_same_outputs, captured, counts, feeds, run
 from optimizer.capture import capture
+from optimizer.quantized import plain_weights
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen2", "gemma3"])
@@ -29,7 +30,7 @@ def test_quantized_projections_packed_into_gqa(symmetric, tiny_hf_folders):
     model, loaded = captured(tiny_hf_folders["qwen2"])  # q/k/v biases are packed too
     result = quantize_model(loaded, QuantConfig(method="rtn", bits=4, group_size=32, symmetric=symmetric))
     model = capture(loaded)
-    ctx = PassContext(codes=result.codes, max_positions=64)
+    ctx = PassContext(codes=plain_weights(result.codes), max_positions=64)
     model, _ = apply(model, ["lower-quantized-matmul", "fuse-rms-norm", "fuse-attention"], ctx)
     inputs = feeds(loaded, new=1)  # a decode step (GQA: multi-token steps after a past need batch 1)
     before = run(model, inputs)
@@ -54,7 +55,7 @@ def test_cuda_fp8_projections_packed(tiny_hf_folders):
 
     model, loaded = captured(tiny_hf_folders["llama"])
     result = quantize_model(loaded, QuantConfig(method="fp8", bits=8, group_size=None, calib="tiny:4x32", batch_size=4), quiet=True)
-    ctx = PassContext(codes=result.codes, max_positions=64, dtype="fp16", weight_format="cuda")
+    ctx = PassContext(codes=plain_weights(result.codes), max_positions=64, dtype="fp16", weight_format="cuda")
     model, _ = apply(capture(loaded, "fp16"), ["lower-quantized-matmul"], ctx)
     op = "com.microsoft::" + FP8_WEIGHT_OP
     layers = loaded.config.num_hidden_layers

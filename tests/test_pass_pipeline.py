@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from optimizer.errors import InputError
+from optimizer.core.errors import InputError
 from passes import DEFAULT_PIPELINE, PIPELINES, REGISTRY, UNFUSED_PIPELINE
 from passes.pipeline import PassError, resolve_pass_names, run_passes
 from tests.pass_helpers import captured

@@ -9,7 +9,7 @@ import torch
 
 from calibration import QuantConfig, quantize_model
 from calibration.data import parse_spec, token_windows
-from optimizer.errors import InputError
+from optimizer.core.errors import InputError
 from optimizer.evaluate import engine_logits_fn, perplexity, torch_logits_fn
 from optimizer.models.loader import load_model
 from optimizer.pipeline import BuildOptions, build_engine

@@ -17,7 +17,7 @@ import torch
 from click.testing import CliRunner
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from optimizer.assets import cache_dir, fetch_asset
+from optimizer.core.assets import cache_dir, fetch_asset
 from optimizer.cli import main
 from optimizer.models.loader import load_model
 from optimizer.pipeline import BuildOptions, build_engine

@@ -10,8 +10,8 @@ import yaml
 from click.testing import CliRunner
 
 from optimizer.cli import main
-from optimizer.errors import InputError
-from optimizer.models.architectures import ARCHITECTURES
+from optimizer.core.errors import InputError
+from optimizer.core.architectures import ARCHITECTURES
 from optimizer.recipes import Recipe, load_recipe, parse_recipe
 from passes.pipeline import resolve_pass_names
 

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from optimizer.cli import main
-from optimizer.errors import InputError
+from optimizer.core.errors import InputError
 from optimizer.gate import GateFailed, check, parse_limit
 from optimizer.pipeline import BuildOptions, build_engine
 from optimizer.report import validate_report

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from optimizer.errors import OptimizerError
+from optimizer.core.errors import OptimizerError
 from optimizer.report import (REPORT_SCHEMA_VERSION, annotate, pareto_front, recommend,
                               validate_report, write_report)
 

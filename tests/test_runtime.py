@@ -81,7 +81,7 @@ def test_static_cache_generates_what_the_concat_cache_does(gemma_engine, monkeyp
 
 
 def test_sequences_beyond_the_engine_maximum_are_refused(gemma_engine):
-    from optimizer.errors import EngineError
+    from optimizer.core.errors import EngineError
 
     limit = gemma_engine.session.kv.max_sequence_length
     prompt = gemma_engine.encode("Hello")

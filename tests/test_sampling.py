@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from optimizer.errors import InputError
+from optimizer.core.errors import InputError
 from runtime.sampling import SamplingParams, filter_top_k, filter_top_p, sample_next, softmax
 
 

@@ -169,7 +169,7 @@ def test_preemption_happens_when_blocks_run_out():
 
 
 def test_a_request_that_can_never_fit_is_refused_up_front():
-    from optimizer.errors import InputError
+    from optimizer.core.errors import InputError
 
     engine = LLMEngine(FakeExecutor(SlotPool(2, capacity=10)), eos_token_ids=[EOS])
     with pytest.raises(InputError, match="needs 14 cache positions; this engine holds 10"):

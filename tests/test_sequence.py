@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from optimizer.errors import InputError
+from optimizer.core.errors import InputError
 from runtime.sampling import SamplingParams
 from runtime.sequence import Sequence
 

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from calibration import QuantConfig
-from optimizer.errors import InputError
+from optimizer.core.errors import InputError
 from optimizer.models.loader import load_model
 from optimizer.pipeline import BuildOptions, build_engine
 from passes import TENSORRT_PIPELINE

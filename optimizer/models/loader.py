@@ -17,9 +17,9 @@ from typing import Any, Iterator
 
 import torch
 
-from optimizer.errors import InputError, OptimizerError, UnsupportedModelError
-from optimizer.hashing import sha256_file
-from optimizer.models.architectures import ArchSpec, arch_for_model_type
+from optimizer.core.errors import InputError, OptimizerError, UnsupportedModelError
+from optimizer.core.hashing import sha256_file
+from optimizer.core.architectures import ArchSpec, arch_for_model_type
 from optimizer.models.presets import PRESETS, preset_names
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")

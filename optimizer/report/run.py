@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optimizer.errors import InputError, OptimizerError
+from optimizer.core.errors import InputError, OptimizerError
 from optimizer.gate import GateFailed, failure_message, parse_limit
-from optimizer.progress import console, step
+from optimizer.core.progress import console, step
 from optimizer.recipes import Recipe, quant_config
 from optimizer.report.speed import SERVING_DEFAULTS
 
@@ -52,7 +52,7 @@ class ReportSettings:
 
 def run_report(source: str, variants: list[Recipe], baseline: str, out: Path, settings: ReportSettings,
                cache: Path, overwrite: bool = False, quiet: bool = False) -> dict[str, Any]:
-    from optimizer.artifact import check_output_dir
+    from optimizer.core.artifact import check_output_dir
     from optimizer.report import annotate, write_report
 
     names = [v.name for v in variants]
@@ -96,7 +96,7 @@ def engine_for(source: str, recipe: Recipe, cache: Path, settings: ReportSetting
     """The variant's engine from the cache when one with the same identity is there, else
     built into it. Non-baseline variants are built with the gate (measured through the engine
     on the report's own windows, against the baseline's perplexity)."""
-    from optimizer.artifact import load_engine
+    from optimizer.core.artifact import load_engine
     from optimizer.identity import build_identity
     from optimizer.models.loader import load_model
     from optimizer.pipeline import BuildOptions, build_engine

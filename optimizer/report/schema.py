@@ -40,7 +40,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from optimizer.errors import OptimizerError
+from optimizer.core.errors import OptimizerError
 
 REPORT_SCHEMA_VERSION = 1
 SCHEMA_FILE = "report.schema.json"

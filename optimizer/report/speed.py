@@ -33,7 +33,7 @@ def measure(engine_dir: str, threads: int | None, provider: str, prompt_tokens: 
             runs: int, serving: dict[str, Any] | None, max_batch: int | None) -> dict[str, Any]:
     from optimizer.workload import make_workload
     from runtime import Engine, SamplingParams
-    from runtime.replay import replay
+    from optimizer.replay import replay
 
     engine = Engine.load(engine_dir, provider=provider, threads=threads)
     ids = corpus_ids(engine.tokenizer)

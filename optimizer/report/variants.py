@@ -11,7 +11,7 @@ import difflib
 from dataclasses import replace
 from pathlib import Path
 
-from optimizer.errors import InputError
+from optimizer.core.errors import InputError
 from optimizer.recipes import BuildSection, QuantSection, Recipe, load_recipe
 
 _INT = dict(group_size=64, symmetric=False)  # asymmetric groups of 64: the better int4 RTN/AWQ/GPTQ here

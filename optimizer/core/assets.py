@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from optimizer.errors import InputError
+from optimizer.core.errors import InputError
 
 
 @dataclass(frozen=True)

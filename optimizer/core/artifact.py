@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from optimizer import __version__
-from optimizer.errors import EngineError, InputError
-from optimizer.hashing import sha256_file
-from optimizer.progress import bar
+from optimizer.core.errors import EngineError, InputError
+from optimizer.core.hashing import sha256_file
+from optimizer.core.progress import bar
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from optimizer.errors import UnsupportedModelError
+from optimizer.core.errors import UnsupportedModelError
 
 
 @dataclass(frozen=True)
