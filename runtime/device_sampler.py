@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from runtime.sampling import SamplingParams, U_MAX
@@ -244,8 +245,6 @@ class DeviceSampler:
 
     def __init__(self, vocab: int, logits_dtype, device: str, provider_options: dict | None = None,
                  candidates: int = DEFAULT_CANDIDATES) -> None:
-        import onnxruntime as ort
-
         self.device = device
         self.graphs = bool(provider_options and provider_options.get("enable_cuda_graph") == "1")
         provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
@@ -254,12 +253,10 @@ class DeviceSampler:
         self.sessions = {kind: ort.InferenceSession(
             sampler_model(vocab, kind, logits_dtype, candidates).SerializeToString(), opts,
             providers=[(provider, provider_options or {})]) for kind in ("greedy", "sample")}
-        self._ort = ort
         self._buckets: dict[int, dict] = {}
         self._next_graph = 1  # graph ids of this sampler's sessions (0 is never used)
 
-    def bind(self, bucket: int, logits) -> None:
-        ort = self._ort
+    def bind(self, bucket: int, logits: ort.OrtValue) -> None:
         b = {"outputs": {}, "params": {}, "bindings": {}, "run": {}}
         for name, dtype in (("temperature", np.float32), ("top_k", np.int64), ("top_p", np.float32),
                             ("uniform", np.float32)):
