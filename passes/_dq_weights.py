@@ -43,8 +43,7 @@ def integer_dq_weight(q: IntWeight, scale_dtype: type = np.float32) -> DqWeight:
     zeros = q.zeros.T  # (groups, N)
     k = codes.shape[0]
     group = q.group
-    symmetric = bool((zeros == 2 ** (bits - 1)).all())
-    if symmetric:
+    if q.symmetric:
         stored = (codes.astype(np.int16) - 2 ** (bits - 1)).astype(_SIGNED[bits])
         zero_point = None
     else:

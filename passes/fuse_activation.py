@@ -16,10 +16,6 @@ FLOATS = (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
 
 class SiluFusion(pattern.RewriteRuleClassBase):
-    def __init__(self, engine_dtype: str) -> None:
-        super().__init__()
-        self.engine_dtype = engine_dtype
-
     def pattern(self, op, x):
         return op.Mul(x, op.Sigmoid(x))
 
@@ -33,5 +29,4 @@ class SiluFusion(pattern.RewriteRuleClassBase):
         return op.QuickGelu(x, alpha=1.0, _domain="com.microsoft")
 
 
-def rules(engine_dtype: str) -> list[pattern.RewriteRule]:
-    return [SiluFusion.rule(engine_dtype=engine_dtype)]
+RULES = [SiluFusion.rule()]

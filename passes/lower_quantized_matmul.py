@@ -88,7 +88,7 @@ def pack(q: IntWeight, scale_dtype: type = np.float32) -> PackedWeight:
     else:
         raise ValueError(f"MatMulNBits lowering supports 4 and 8 bits, not {bits}")
     zero_points = None
-    if not (zeros == 2 ** (bits - 1)).all():
+    if not q.symmetric:
         zero_points = _pack_rows(zeros, bits)
     return PackedWeight(np.ascontiguousarray(B), scales.astype(scale_dtype), zero_points, block, bits)
 

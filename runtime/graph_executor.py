@@ -88,13 +88,11 @@ def mask_rows(mask: np.ndarray, encoded: np.ndarray, lengths: np.ndarray) -> Non
 
 @dataclass
 class _Bucket:
-    size: int
     binding: ort.IOBinding
     ids: ort.OrtValue
     mask: ort.OrtValue
     logits: ort.OrtValue
     run_options: ort.RunOptions
-    graph_id: int | None
 
 
 class GraphStaticExecutor(StaticExecutor):
@@ -147,9 +145,19 @@ class GraphStaticExecutor(StaticExecutor):
         graph_id = self.session.new_graph_id() if self.graphs else None
         # always set: onnxruntime's Python layer looks the key up each run, slowly when absent
         run.add_run_config_entry("gpu_graph_id", str(-1 if graph_id is None else graph_id))
-        step = _Bucket(size, binding, ids, mask, logits, run, graph_id)
+        step = _Bucket(binding, ids, mask, logits, run)
         self.sampler.bind(size, logits)
         self._steps[size] = step
+        return step
+
+    def _run_bucket(self, size: int) -> _Bucket:
+        """Copy rows [0, size) of the ids and the mask (each row over its slot's positions
+        after this step) to the bucket's buffers and run (replay) its step."""
+        step = self._bucket(size)
+        mask_rows(self._mask[:size], self._mask_len[:size], self.slot_len[:size] + 1)
+        step.ids.update_inplace(self._ids[:size])
+        step.mask.update_inplace(self._mask[:size])
+        self.session.session.run_with_iobinding(step.binding, step.run_options)
         return step
 
     # -- steps --------------------------------------------------------------------------------
@@ -184,11 +192,7 @@ class GraphStaticExecutor(StaticExecutor):
             elif seq.params.temperature > 0:
                 uniforms[i] = draw_uniform(seq.rng)
                 params.set(int(slots[i]), seq.params, uniforms[i])
-        mask_rows(self._mask[:size], self._mask_len[:size], self.slot_len[:size] + 1)
-        step = self._bucket(size)
-        step.ids.update_inplace(self._ids[:size])
-        step.mask.update_inplace(self._mask[:size])
-        self.session.session.run_with_iobinding(step.binding, step.run_options)
+        step = self._run_bucket(size)
         tokens, _, fallback = self.sampler.run(size, size, params)
         out = tokens[slots].tolist()
         if fallback is not None:
@@ -207,14 +211,10 @@ class GraphStaticExecutor(StaticExecutor):
         """Run every bucket's decode step `runs` times (onnxruntime captures a graph after its
         first runs), so no request pays for a capture. Rows are placeholders: each writes at its
         slot's next free position, which that slot's next real token overwrites."""
+        self._params.clear()
         for size in self.buckets:
-            step = self._bucket(size)
-            mask_rows(self._mask[:size], self._mask_len[:size], self.slot_len[:size] + 1)
-            step.ids.update_inplace(self._ids[:size])
-            step.mask.update_inplace(self._mask[:size])
-            self._params.clear()
             for _ in range(runs):
-                self.session.session.run_with_iobinding(step.binding, step.run_options)
+                self._run_bucket(size)
                 self.sampler.run(size, size, self._params)
 
     def decode(self, seqs: list[Sequence]) -> np.ndarray:
