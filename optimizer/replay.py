@@ -12,12 +12,13 @@ from runtime.sampling import SamplingParams
 
 
 def replay(engine: Any, requests: list[Request], max_batch: int | None = None,
-           prefill_chunk: int | None = None, capacity: int | None = None) -> tuple[dict, Any]:
+           prefill_chunk: int | None = None, capacity: int | None = None,
+           prefill_budget: int | None = None) -> tuple[dict, Any]:
     """Returns (summary, the LLMEngine used). Outputs ignore EOS: each request produces exactly
     its output_tokens, as every system timed on the workload does. `capacity`: positions per
     sequence the cache is sized for (default: the manifest's)."""
     kwargs = {k: v for k, v in (("max_batch", max_batch), ("prefill_chunk", prefill_chunk),
-                                ("capacity", capacity)) if v}
+                                ("capacity", capacity), ("prefill_budget", prefill_budget)) if v}
     llm = engine.llm(**kwargs)
     llm.warmup()
     index: dict[int, int] = {}

@@ -6,7 +6,10 @@ Runs after fuse-attention; every layer's attention must be a GroupQueryAttention
   present (GQA's shared-buffer mode), so each step writes its keys/values in place. The
   interface is rewritten to say so: past and present share the dims (batch, n_kv,
   kv_capacity, hd), and position_ids, which GQA does not read (its rotary positions come from
-  the row lengths), leaves the inputs.
+  the row lengths), leaves the inputs. Where slice-logits ran, its Slice from `logits_from`
+  becomes a per-row GatherElements of the positions `logits_positions` (batch, K) names, so
+  one call can prefill several right-padded prompts of different lengths and return each
+  one's last logits (a decode step names position 0 of every row).
 - `paged`: a pool of (num_blocks, block_size, n_kv, hd) blocks per layer and K/V, shared by
   all sequences through a block table. Each GQA node becomes onnxruntime's PagedAttention
   (CUDA only) over packed tokens: the runtime feeds the new tokens of every running sequence
@@ -34,7 +37,7 @@ from passes._match import MS_DOMAIN, add_initializer, attr, replace_value
 
 LAYOUTS = ("auto", "static", "paged", "concat")
 METADATA_KEY = "optimizer.kv_layout"
-LOGITS_FROM, LOGITS_INDICES = "logits_from", "logits_indices"
+LOGITS_FROM, LOGITS_INDICES, LOGITS_POSITIONS = "logits_from", "logits_indices", "logits_positions"
 PAGED_INPUTS = ("cumulative_sequence_length", "past_seqlens", "block_table", "attention_metadata")
 
 
@@ -73,9 +76,11 @@ class KvCacheLayout(ir_passes.InPlacePass):
                                      "or use --kv-layout concat")
         if layout == "static":
             _to_static(graph, gqa)
-            _drop_unused_inputs(model, ("position_ids",))
+            positioned = _position_logits(graph)
+            _drop_unused_inputs(model, ("position_ids", LOGITS_FROM))
             self.notes.append(f"static layout: {len(gqa)} layers write K/V in place into "
-                              "(batch, n_kv, kv_capacity, hd) buffers; position_ids removed")
+                              "(batch, n_kv, kv_capacity, hd) buffers; position_ids removed"
+                              + (f"; logits of each row's positions in {LOGITS_POSITIONS}" if positioned else ""))
         else:
             _to_paged(graph, gqa, self.block_size)
             gathered = _gather_logits(graph)
@@ -130,14 +135,62 @@ def _to_paged(graph: ir.Graph, gqa: list[ir.Node], block_size: int) -> None:
         _gqa_to_paged(graph, node, table_inputs)
 
 
-def _gather_logits(graph: ir.Graph) -> bool:
-    """slice-logits' Slice(hidden, logits_from, end, axis 1) -> Gather(hidden, logits_indices, axis 1)."""
+def _logits_slice(graph: ir.Graph) -> ir.Node | None:
+    """slice-logits' Slice(hidden, logits_from, end, axis 1), if the graph has one."""
     start = next((v for v in graph.inputs if v.name == LOGITS_FROM), None)
     if start is None:
-        return False
+        return None
     (node, _), = start.uses()
     if node.op_type != "Slice" or node.inputs[1] is not start:
         raise KvLayoutError(f"{LOGITS_FROM} feeds {node.op_type} {node.name}, not the lm_head's Slice")
+    return node
+
+
+def _position_logits(graph: ir.Graph) -> bool:
+    """Slice(hidden, logits_from, ...) -> GatherElements(hidden, positions (B, K, 1) expanded
+    to (B, K, H), axis 1): row r keeps the hidden states of its positions logits_positions[r]."""
+    node = _logits_slice(graph)
+    if node is None:
+        return False
+    hidden = node.inputs[0]
+    width = _hidden_width(node)
+    positions = ir.Value(name=LOGITS_POSITIONS, type=ir.TensorType(ir.DataType.INT64),
+                         shape=ir.Shape(["batch", "logits_rows"]))
+    graph.inputs.append(positions)
+    axes = add_initializer(graph, "logits_positions.axes", np.asarray([2], np.int64))
+    across = add_initializer(graph, "logits_positions.hidden", np.asarray([1, 1, width], np.int64))
+    column = ir.node("Unsqueeze", [positions, axes], name="logits_positions/column")
+    index = ir.node("Expand", [column.outputs[0], across], name="logits_positions/index")
+    gather = ir.node("GatherElements", [hidden, index.outputs[0]], {"axis": 1}, name="logits_positions/gather")
+    gather.outputs[0].type = node.outputs[0].type
+    graph.insert_before(node, [column, index, gather])
+    replace_value(graph, node.outputs[0], gather.outputs[0])
+    graph.remove(node, safe=True)
+    return True
+
+
+def _hidden_width(sliced: ir.Node) -> int:
+    """The lm_head's input width: MatMulNBits' K, or the rows of the MatMul's (possibly
+    transposed) weight."""
+    (head, _), = sliced.outputs[0].uses()
+    if head.op_type == "MatMulNBits":
+        return int(attr(head, "K"))
+    weight = head.inputs[1]
+    transpose = weight.producer()
+    if transpose is not None and transpose.op_type == "Transpose" and transpose.inputs[0].shape is not None:
+        width = transpose.inputs[0].shape[-1]  # a tied embedding (V, H), transposed
+    else:
+        width = weight.shape[0] if weight.shape is not None else None
+    if not isinstance(width, int):
+        raise KvLayoutError(f"the lm_head {head.name} has no static input width")
+    return width
+
+
+def _gather_logits(graph: ir.Graph) -> bool:
+    """slice-logits' Slice(hidden, logits_from, end, axis 1) -> Gather(hidden, logits_indices, axis 1)."""
+    node = _logits_slice(graph)
+    if node is None:
+        return False
     indices = ir.Value(name=LOGITS_INDICES, type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape(["rows"]))
     graph.inputs.append(indices)
     gather = ir.node("Gather", [node.inputs[0], indices], {"axis": 1}, name="logits_gather")

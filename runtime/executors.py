@@ -3,8 +3,10 @@
 Each owns the cache buffers of one layout and the pool that accounts for them:
 
 - `StaticExecutor` (layout "static", or any GroupQueryAttention engine): per layer and K/V one (slots, n_kv, capacity, hd) buffer.
-  A prefill chunk runs at batch 1 on its slot's row; a decode step runs every slot up to
-  the highest busy one as one batch, bound by pointer as both past and present, so the
+  A prefill chunk runs on its slot's row; the first chunks of sequences in consecutive slots
+  run as one call, right-padded to the longest (engines with `logits_positions` return each
+  row's own last logits; see `prefill_groups`). A decode step runs every slot up to the
+  highest busy one as one batch, bound by pointer as both past and present, so the
   GroupQueryAttention kernel appends in place (rows of idle or mid-prefill slots get a
   placeholder token written where their next real token will overwrite it). On CPU, busy
   rows are first compacted to the front, so finished sequences leave no idle rows behind.
@@ -33,6 +35,27 @@ from runtime.session import KV_DTYPES, PROVIDERS, DecoderSession
 
 DEFAULT_CONCAT_SLOTS = 8  # concat engines run their sequences one by one: few at a time
 DEFAULT_CONCAT_CAPACITY = 4096  # unfused engines have no rotary table limit
+CUDA_PREFILL_BUDGET = 2048  # prompt tokens per iteration on CUDA, where prefills run batched
+PAD_WASTE = 0.25  # a batched prefill pads at most this share of its tokens
+
+
+def prefill_groups(chunks: list[tuple[int, int, int]], waste: float = PAD_WASTE) -> list[list[int]]:
+    """Which prefill chunks run as one call: (slot, start, length) per chunk -> groups of
+    chunk indices. A group is first chunks (start 0) of sequences in consecutive slots,
+    right-padded to its longest, with at most `waste` of its padded tokens being padding;
+    every other chunk runs alone."""
+    groups: list[list[int]] = []
+    order = sorted(range(len(chunks)), key=lambda i: chunks[i][0])
+    for i in order:
+        slot, start, length = chunks[i]
+        group = groups[-1] if groups else None
+        if group and start == 0 and chunks[group[-1]][1] == 0 and chunks[group[-1]][0] == slot - 1:
+            lengths = [chunks[j][2] for j in group] + [length]
+            if max(lengths) * len(lengths) * (1 - waste) <= sum(lengths):
+                group.append(i)
+                continue
+        groups.append([i])
+    return groups
 
 
 def step_each(executor, prefill, decode) -> tuple[list[np.ndarray], np.ndarray | None]:
@@ -66,6 +89,9 @@ class StaticExecutor:
         self._bindings: dict[tuple[int, int], ort.IOBinding] = {}  # (first row, rows) -> binding
         self.moves = 0  # sequences moved to a lower slot by compact()
         self._inputs = {i.name for i in session.session.get_inputs()}
+        # engines that take each row's logits position can prefill several prompts per call
+        self.batched_prefill = "logits_positions" in self._inputs
+        self.prefill_budget = CUDA_PREFILL_BUDGET if self._device == "cuda" and self.batched_prefill else None
         # CPU: step inputs and logits in preallocated buffers (see runtime.host_io)
         self._host = (HostStepIO(session.session, slots, capacity)
                       if self._device == "cpu" and HostStepIO.supports(session.session) else None)
@@ -85,13 +111,21 @@ class StaticExecutor:
             self._bindings[key] = binding
         return binding
 
-    def _run(self, binding: ort.IOBinding, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Logits of the last position of each row: (rows, 1 or S, V); on CPU a view of the
-        executor's logits buffer, valid until the next step."""
+    def _run(self, binding: ort.IOBinding, ids: np.ndarray, mask: np.ndarray,
+             last: np.ndarray | None = None) -> np.ndarray:
+        """Logits of each row's position `last[r]` (default: the last column): (rows, 1, V),
+        or (rows, S, V) on engines without slice-logits; on CPU a view of the executor's
+        logits buffer, valid until the next step."""
         if self._host is not None:
-            return self._host.run(self.session.session, binding, ids, mask)
+            return self._host.run(self.session.session, binding, ids, mask, last)
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("attention_mask", mask)
+        if "logits_positions" in self._inputs:
+            positions = np.full(len(ids), ids.shape[1] - 1, np.int64) if last is None else last
+            binding.bind_cpu_input("logits_positions", positions.astype(np.int64).reshape(-1, 1))
+        elif last is not None and (last != ids.shape[1] - 1).any():
+            raise EngineError("this engine returns one logits position for every row; rows of different "
+                              "lengths need an engine with logits_positions (rebuild it with this version)")
         if "logits_from" in self._inputs:
             binding.bind_cpu_input("logits_from", np.asarray([ids.shape[1] - 1], np.int64))
         if "position_ids" in self._inputs:  # engines built before the kv-layout pass still take it
@@ -110,6 +144,37 @@ class StaticExecutor:
         logits = self._run(self._binding(slot, 1), ids, np.ones((1, end), np.int64))
         self.slot_len[slot] = end
         return logits[0, -1].copy()
+
+    def _prefill_rows(self, chunks: list[tuple[Sequence, int, int]]) -> list[np.ndarray]:
+        """First chunks of sequences in consecutive slots as one right-padded call; the
+        logits (V,) of each one's last token. Padding positions write keys/values past each
+        row's length, which its later tokens overwrite (and attention never reads)."""
+        first = self.pool.slot(chunks[0][0].request_id)
+        lengths = np.asarray([end for _, _, end in chunks], np.int64)
+        if any(start != 0 for _, start, _ in chunks) or (self.slot_len[first:first + len(chunks)] != 0).any():
+            raise RuntimeError("a batched prefill takes the first chunks of sequences in empty slots")
+        ids = np.zeros((len(chunks), int(lengths.max())), np.int64)
+        for row, (seq, _, end) in enumerate(chunks):
+            ids[row, :end] = seq.all_ids[:end]
+        mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
+        logits = self._run(self._binding(first, len(chunks)), ids, mask, lengths - 1)
+        self.slot_len[first:first + len(chunks)] = lengths
+        return [logits[row, -1].copy() for row in range(len(chunks))]
+
+    def prefill_chunks(self, chunks: list[tuple[Sequence, int, int]]) -> list[np.ndarray]:
+        """Every prefill chunk of an iteration, grouped by `prefill_groups` where the engine
+        allows it; the last logits (V,) of each chunk, in order."""
+        if not self.batched_prefill or len(chunks) < 2:
+            return [self.prefill(seq, start, end) for seq, start, end in chunks]
+        keys = [(self.pool.slot(seq.request_id), start, end - start) for seq, start, end in chunks]
+        logits: list[np.ndarray | None] = [None] * len(chunks)
+        for group in prefill_groups(keys):
+            if len(group) == 1:
+                logits[group[0]] = self.prefill(*chunks[group[0]])
+                continue
+            for i, row in zip(group, self._prefill_rows([chunks[i] for i in group])):
+                logits[i] = row
+        return logits
 
     def compact(self) -> None:
         """Move the highest busy slots into lower free ones, so a decode batch covers no idle
@@ -150,7 +215,10 @@ class StaticExecutor:
             return logits[:, -1]
         return logits[slots, -1]
 
-    step = step_each
+    def step(self, prefill: list[tuple[Sequence, int, int]], decode: list[Sequence]
+             ) -> tuple[list[np.ndarray], np.ndarray | None]:
+        """An iteration: its prefill chunks (batched where they can be), then one decode step."""
+        return self.prefill_chunks(prefill), (self.decode(decode) if decode else None)
 
     def release(self, seq: Sequence) -> None:
         """Called while the sequence still holds its slot."""

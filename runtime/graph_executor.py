@@ -10,13 +10,15 @@ instead gives every batch bucket (1, 2, 4, ... up to the slots) fixed device buf
                                             a fixed width, so the graph's total length is
                                             the capacity and each row's length comes from
                                             the mask (GQA's seqlens_k, computed on the GPU)
+    logits_positions (b, 1)         int64   zeros: each row's one position (set once)
     logits          (b, 1, V)       float   the engine's output, read in place by the sampler
     KV cache        rows [0, b) of the executor's (slots, n_kv, capacity, hd) buffers
 
 onnxruntime captures each bucket's step on its first runs under a graph id of its own and
 replays it afterwards; the runtime's part of a step is two small host-to-device copies (ids,
 mask), the replay, the sampler's replay (`runtime.device_sampler`) and the copy of b token
-ids back. Prefill chunks stay uncaptured (graph id -1), as before.
+ids back. Prefill chunks stay uncaptured (graph id -1), batched where the static executor can
+(`StaticExecutor.prefill_chunks`).
 
 A decode of rows [0, r) runs in the smallest bucket b >= r; rows r..b-1 are placeholders that
 write a key/value at their slot's next free position, which the slot's next real token (or
@@ -46,7 +48,7 @@ from runtime.session import DecoderSession
 def unsupported_reason(session: DecoderSession) -> str | None:
     """Why this engine's decode steps cannot run as captured graphs (None: they can)."""
     inputs = {i.name for i in session.session.get_inputs()}
-    if "logits_from" not in inputs:
+    if "logits_positions" not in inputs and "logits_from" not in inputs:
         return "the engine predates the slice-logits pass (rebuild it with this version)"
     if "position_ids" in inputs:
         return "the engine predates the static KV-cache layout (rebuild it with this version)"
@@ -93,6 +95,7 @@ class _Bucket:
     mask: ort.OrtValue
     logits: ort.OrtValue
     run_options: ort.RunOptions
+    positions: ort.OrtValue | None  # zeros (b, 1): each row's logits position
 
 
 class GraphStaticExecutor(StaticExecutor):
@@ -116,7 +119,7 @@ class GraphStaticExecutor(StaticExecutor):
         self._mask = np.zeros((slots, capacity), np.int64)
         self._mask_len = np.zeros(slots, np.int64)  # lengths the mask rows encode
         self._params = RowParams.empty(slots)
-        self._logits_from = np.zeros(1, np.int64)  # decode: every row's one position
+        self._logits_from = np.zeros(1, np.int64)  # decode: every row's one position (older engines)
         self._steps: dict[int, _Bucket] = {}
         self.sampler = DeviceSampler(self.vocab, self._logits_dtype, self._device,
                                      session.provider_options, candidates)
@@ -134,8 +137,12 @@ class GraphStaticExecutor(StaticExecutor):
         logits = ort.OrtValue.ortvalue_from_shape_and_type((size, 1, self.vocab), self._logits_dtype, device, 0)
         binding.bind_ortvalue_input("input_ids", ids)
         binding.bind_ortvalue_input("attention_mask", mask)
-        # Slice reads its start on the host: a constant 0 in host memory
-        binding.bind_input("logits_from", "cpu", 0, np.int64, (1,), self._logits_from.ctypes.data)
+        positions = None
+        if "logits_positions" in self._inputs:  # position 0 of every row, set once
+            positions = ort.OrtValue.ortvalue_from_numpy(np.zeros((size, 1), np.int64), device, 0)
+            binding.bind_ortvalue_input("logits_positions", positions)
+        else:  # Slice reads its start on the host: a constant 0 in host memory
+            binding.bind_input("logits_from", "cpu", 0, np.int64, (1,), self._logits_from.ctypes.data)
         binding.bind_ortvalue_output("logits", logits)
         shape = (size,) + self._shape[1:]
         for past, present, value in self._buffers:
@@ -145,7 +152,7 @@ class GraphStaticExecutor(StaticExecutor):
         graph_id = self.session.new_graph_id() if self.graphs else None
         # always set: onnxruntime's Python layer looks the key up each run, slowly when absent
         run.add_run_config_entry("gpu_graph_id", str(-1 if graph_id is None else graph_id))
-        step = _Bucket(binding, ids, mask, logits, run)
+        step = _Bucket(binding, ids, mask, logits, run, positions)
         self.sampler.bind(size, logits)
         self._steps[size] = step
         return step
@@ -165,8 +172,7 @@ class GraphStaticExecutor(StaticExecutor):
                     ) -> tuple[list[np.ndarray], list[int] | None]:
         """One iteration: each prefill chunk's last logits (V,) (uncaptured, sampled on the host
         by the caller), then one token id for each decoding sequence."""
-        logits = [self.prefill(seq, start, end) for seq, start, end in prefill]
-        return logits, (self.decode_tokens(decode) if decode else None)
+        return self.prefill_chunks(prefill), (self.decode_tokens(decode) if decode else None)
 
     def decode_tokens(self, seqs: Seq[Sequence]) -> list[int]:
         """The next token of each sequence, chosen on the device (or, for rows that need it,

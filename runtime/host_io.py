@@ -5,14 +5,14 @@ generic IO-binding path added ~0.75 ms around it (measured on the 2-core CPU mac
 with these buffers): `bind_cpu_input` copies each input into a new OrtValue, an unbound
 logits output is allocated by onnxruntime each step, and `IOBinding.get_outputs()` wraps
 every output (logits and all 2 x layers present tensors) to hand back one. Here the
-input_ids / attention_mask / logits_from arrays and the logits live in buffers sized once
+input_ids / attention_mask / logits_positions (or logits_from) arrays and the logits live in buffers sized once
 for the executor's largest step (slots x capacity positions), so a step writes a few
 numbers in place, rebinds the memory only when the step's shapes change (for a batch-1 decode
 step, just the attention mask, one position longer each step), and reads the logits as a numpy
 view.
 
-Only for engines with `logits_from` (their logits are (rows, 1, V) for any step); older
-engines keep the generic path.
+Only for engines with `logits_positions` or `logits_from` (their logits are (rows, 1, V) for
+any step); older engines keep the generic path.
 """
 
 from __future__ import annotations
@@ -30,10 +30,13 @@ class HostStepIO:
         self.logits_dtype = _LOGITS_DTYPES[logits.type]
         self._ids = np.zeros(slots * capacity, np.int64)
         self._mask = np.zeros(slots * capacity, np.int64)
-        self._logits_from = np.zeros(1, np.int64)
+        inputs = {i.name for i in session.get_inputs()}
+        # each row's logits position (rows, 1), or one start for all rows (1,) on older engines
+        self._select = "logits_positions" if "logits_positions" in inputs else "logits_from"
+        self._positions = np.zeros(slots, np.int64)
         self._logits = np.empty(slots * self.vocab, self.logits_dtype)
         self._ptr = {name: a.ctypes.data for name, a in (("input_ids", self._ids), ("attention_mask", self._mask),
-                                                          ("logits_from", self._logits_from), ("logits", self._logits))}
+                                                          ("positions", self._positions), ("logits", self._logits))}
         self._bound: dict[ort.IOBinding, tuple] = {}  # binding -> the (ids, mask) shapes it is bound with
 
     @classmethod
@@ -41,21 +44,31 @@ class HostStepIO:
         """Engines whose logits are (rows, 1, V) for every step, with a static vocabulary size."""
         inputs = {i.name for i in session.get_inputs()}
         logits = [o for o in session.get_outputs() if o.name == "logits"]
-        return ("logits_from" in inputs and "position_ids" not in inputs and len(logits) == 1
+        return (("logits_positions" in inputs or "logits_from" in inputs) and "position_ids" not in inputs
+                and len(logits) == 1
                 and isinstance(logits[0].shape[-1], int) and logits[0].type in _LOGITS_DTYPES)
 
     def run(self, session: ort.InferenceSession, binding: ort.IOBinding, ids: np.ndarray,
-            mask: np.ndarray) -> np.ndarray:
-        """Run one step; (rows, 1, V) logits of each row's last position, a view valid until the next run."""
+            mask: np.ndarray, last: np.ndarray | None = None) -> np.ndarray:
+        """Run one step; (rows, 1, V) logits of each row's position `last[r]` (default: the
+        last column), a view valid until the next run."""
         rows, steps = ids.shape
         self._ids[:ids.size] = ids.ravel()
         self._mask[:mask.size] = mask.ravel()
-        self._logits_from[0] = steps - 1
+        if last is None:
+            self._positions[:rows] = steps - 1
+        elif self._select == "logits_positions":
+            self._positions[:rows] = last
+        elif (last != steps - 1).any():
+            raise ValueError("this engine returns one logits position for every row (logits_from)")
+        else:
+            self._positions[0] = steps - 1
         # the buffers' memory is bound, so only a changed shape needs binding again
         ids_shape, mask_shape = self._bound.get(binding, (None, None))
         if ids.shape != ids_shape:
             binding.bind_input("input_ids", "cpu", 0, np.int64, ids.shape, self._ptr["input_ids"])
-            binding.bind_input("logits_from", "cpu", 0, np.int64, (1,), self._ptr["logits_from"])
+            shape = (rows, 1) if self._select == "logits_positions" else (1,)
+            binding.bind_input(self._select, "cpu", 0, np.int64, shape, self._ptr["positions"])
             binding.bind_output("logits", "cpu", 0, self.logits_dtype, (rows, 1, self.vocab), self._ptr["logits"])
         if mask.shape != mask_shape:
             binding.bind_input("attention_mask", "cpu", 0, np.int64, mask.shape, self._ptr["attention_mask"])

@@ -52,6 +52,8 @@ class LLMEngine:
         self.executor = executor
         self.tokenizer = tokenizer
         self.eos_token_ids = list(eos_token_ids)
+        # prompt tokens per iteration: the executor's preference where it batches prefills
+        prefill_budget = prefill_budget or getattr(executor, "prefill_budget", None)
         self.scheduler = Scheduler(executor.pool, max_running or executor.max_sequences, prefill_chunk, prefill_budget,
                                    on_release=executor.release)
         self._callbacks: dict[str, Callable[[RequestOutput], None]] = {}

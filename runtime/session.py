@@ -201,6 +201,9 @@ class DecoderSession:
             feeds["position_ids"] = position_ids.astype(np.int64, copy=False)
         if "logits_from" in self.input_names:  # engines with slice-logits; others return all positions
             feeds["logits_from"] = np.asarray([logits_from], np.int64)
+        if "logits_positions" in self.input_names:  # static-layout engines: positions per row
+            rows, steps = input_ids.shape
+            feeds["logits_positions"] = np.tile(np.arange(logits_from, steps, dtype=np.int64), (rows, 1))
         for i in range(self.kv.num_layers):
             feeds[self.kv.past_key.format(i=i)] = past[2 * i]
             feeds[self.kv.past_value.format(i=i)] = past[2 * i + 1]

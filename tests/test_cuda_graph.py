@@ -129,3 +129,22 @@ def test_smollm2_fp16_on_cuda_gives_the_cpu_fp32_engines_greedy_tokens(tmp_path_
         gap = float(logits[want[i]] - logits[got[i]])
         assert gap <= 0.005 * float(logits.max() - logits.min()), (prompt, i, gap)
         print(f"{prompt!r}: departs at token {i} where fp32 logits differ by {gap:.4f}")
+
+
+def test_batched_prefill_on_cuda_gives_each_prompt_its_own_logits(engine_path, monkeypatch):
+    """Four right-padded prompts in one call on the CUDA kernels: each row's logits, and the
+    decode step after them, match four separate prefills (fp16 tolerance)."""
+    from runtime.executors import StaticExecutor
+    from tests.test_batched_prefill import _prefill_then_decode
+
+    session = Engine.load(engine_path, provider="cuda", cuda_graph=False).session
+    calls = []
+    original = StaticExecutor._prefill_rows
+    monkeypatch.setattr(StaticExecutor, "_prefill_rows", lambda self, c: calls.append(len(c)) or original(self, c))
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(10, 400, n).tolist() for n in (29, 24, 27, 30)]
+    got = _prefill_then_decode(StaticExecutor(session, SLOTS, CAPACITY), prompts, batched=True, steps=1)
+    want = _prefill_then_decode(StaticExecutor(session, SLOTS, CAPACITY), prompts, batched=False, steps=1)
+    assert calls == [4]
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-2)

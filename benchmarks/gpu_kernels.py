@@ -1,0 +1,133 @@
+"""Where a decode step's GPU time goes: the CUDA kernels of one step of an engine, by name.
+
+    python benchmarks/gpu_kernels.py ENGINE_DIR [ENGINE_DIR ...] --batch 1,64 --results k.jsonl
+
+For each engine and batch size b: b sequences of 128 random prompt tokens are prefilled into
+the static executor's slots, then decode steps of all b run through the graph executor's
+bucket and device sampler, uncaptured, under torch's CUDA profiler (CUPTI records every
+kernel of the process, onnxruntime's included). One JSON line per (engine, b): kernels per
+step, their summed time per step (the GPU-busy time), the wall time per step uncaptured and
+with the step captured as a CUDA graph (replays), and the kernels that take the most time.
+Needs onnxruntime-gpu and torch with CUDA (benchmarks/gpu/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PROMPT, CAPACITY = 128, 256
+
+
+def short(name: str) -> str:
+    """A kernel's name without template arguments and parameter lists."""
+    out, depth = [], 0
+    for ch in name:
+        if ch in "<(":
+            depth += 1
+        elif ch in ">)":
+            depth -= 1
+        elif depth == 0:
+            out.append(ch)
+    return re.sub(r"^void ", "", "".join(out)).strip()[:120]
+
+
+def ready_executor(path: Path, batch: int, graphs: bool):
+    from runtime import Engine, SamplingParams
+    from runtime.graph_executor import GraphStaticExecutor
+    from runtime.sequence import Sequence
+
+    engine = Engine.load(path, provider="cuda", cuda_graph=graphs)
+    executor = GraphStaticExecutor(engine.session, slots=batch, capacity=CAPACITY)
+    rng = np.random.default_rng(0)
+    seqs = []
+    for i in range(batch):
+        seq = Sequence(str(i), rng.integers(100, 1000, PROMPT).tolist(), SamplingParams(max_new_tokens=100), [])
+        executor.pool.admit(seq.request_id, CAPACITY)
+        seq.append(int(executor.prefill(seq, 0, seq.num_tokens).argmax()))
+        seqs.append(seq)
+    return engine, executor, seqs
+
+
+def step(executor, seqs) -> None:
+    for seq, token in zip(seqs, executor.decode_tokens(seqs)):
+        seq.append(token)
+
+
+def measure(path: Path, batch: int, steps: int) -> dict:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    engine, executor, seqs = ready_executor(path, batch, graphs=False)
+    for _ in range(5):
+        step(executor, seqs)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step(executor, seqs)
+    eager_ms = (time.perf_counter() - t0) * 1e3 / steps
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step(executor, seqs)
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+    by_name: dict[str, list[float]] = defaultdict(list)
+    for e in kernels:
+        by_name[short(e.name)].append(e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total)
+    busy_us = sum(sum(v) for v in by_name.values()) / steps
+    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:25]
+    del engine, executor, seqs
+
+    engine, executor, seqs = ready_executor(path, batch, graphs=True)
+    executor.capture()
+    walls = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step(executor, seqs)
+        walls.append((time.perf_counter() - t0) * 1e3 / steps)
+    size = executor.buckets[-1]
+    t0 = time.perf_counter()
+    for _ in range(steps):  # the model's replay alone (run_with_iobinding waits for the GPU)
+        executor.session.session.run_with_iobinding(executor._steps[size].binding, executor._steps[size].run_options)
+    replay_ms = (time.perf_counter() - t0) * 1e3 / steps
+    return {"engine": path.name, "batch": batch, "kernels_per_step": len(kernels) / steps,
+            "gpu_busy_ms_per_step": busy_us / 1e3, "eager_step_ms": eager_ms,
+            "graph_step_ms": statistics.median(walls), "graph_step_ms_spread": [min(walls), max(walls)],
+            "model_replay_ms": replay_ms,
+            "top": [{"kernel": k, "per_step": len(v) / steps, "us_per_step": sum(v) / steps} for k, v in top]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("engines", nargs="+", type=Path)
+    ap.add_argument("--batch", default="1,64")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--results", type=Path)
+    args = ap.parse_args()
+    import torch  # noqa: F401  (first: onnxruntime-gpu finds the CUDA libraries through it)
+
+    for path in args.engines:
+        for b in (int(x) for x in args.batch.split(",")):
+            try:
+                record = measure(path, b, args.steps)
+            except Exception as e:  # record and go on with the next
+                record = {"engine": path.name, "batch": b, "error": f"{type(e).__name__}: {e}"}
+            line = json.dumps(record)
+            print(line[:3000], flush=True)
+            if args.results:
+                with args.results.open("a") as f:
+                    f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
