@@ -19,6 +19,7 @@ from passes import fold_norm_casts, fuse_activation, fuse_rms_norm, fuse_skip_rm
 from passes._rules import RulePass
 from passes.fold_constants import FoldConstants
 from passes.fuse_attention import FuseAttention
+from passes.greedy_tokens import GreedyTokens
 from passes.kv_layout import KvCacheLayout
 from passes.lower_quantized_matmul import LowerQuantizedMatMul
 from passes.pack_matmuls import PackSiblingMatMuls
@@ -85,6 +86,9 @@ REGISTRY: dict[str, PassInfo] = {
                               "paged blocks (GQA -> PagedAttention, CUDA), or concat",
                  lambda ctx: KvCacheLayout(ctx.kv_layout, ctx.kv_block_size),
                  targets=("cpu", "cuda", "tensorrt")),  # concat there: attention stays standard ops
+        PassInfo("greedy-tokens", "a second output, greedy_tokens = ArgMax(logits): greedy decode steps "
+                                  "take token ids from the engine itself (one run per step on CUDA)",
+                 lambda ctx: GreedyTokens()),
         PassInfo("quantize-kv-cache", "int8 KV cache (when the build calibrated scales): GroupQueryAttention "
                                       "stores K/V as int8 with one static scale per layer each (CPU)",
                  lambda ctx: QuantizeKvCache(ctx.kv_scales), targets=("cpu",)),
@@ -102,7 +106,7 @@ UNFUSED_PIPELINE: tuple[str, ...] = ("lower-quantized-matmul", "kv-layout", "cse
 DEFAULT_PIPELINE: tuple[str, ...] = (
     "lower-quantized-matmul", "fuse-rms-norm", "fold-norm-casts", "fuse-skip-rms-norm", "fuse-attention",
     "pack-qkv", "pack-gate-up", "fuse-activation", "fold-constants", "slice-logits", "kv-layout",
-    "quantize-kv-cache", "cse", "dead-code",
+    "greedy-tokens", "quantize-kv-cache", "cse", "dead-code",
 )
 # Standard ONNX only (opset 21, no com.microsoft ops): norms, rotary and attention stay
 # decomposed, quantized weights become DequantizeLinear; the TensorRT target's default.

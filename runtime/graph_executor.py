@@ -17,7 +17,8 @@ instead gives every batch bucket (1, 2, 4, ... up to the slots) fixed device buf
 onnxruntime captures each bucket's step on its first runs under a graph id of its own and
 replays it afterwards; the runtime's part of a step is two small host-to-device copies (ids,
 mask), the replay, the sampler's replay (`runtime.device_sampler`) and the copy of b token
-ids back. Prefill chunks stay uncaptured (graph id -1), batched where the static executor can
+ids back; when every row is greedy, the engine's own `greedy_tokens` output (the greedy-tokens
+pass) replaces the sampler's replay. Prefill chunks stay uncaptured (graph id -1), batched where the static executor can
 (`StaticExecutor.prefill_chunks`).
 
 A decode of rows [0, r) runs in the smallest bucket b >= r; rows r..b-1 are placeholders that
@@ -96,6 +97,7 @@ class _Bucket:
     logits: ort.OrtValue
     run_options: ort.RunOptions
     positions: ort.OrtValue | None  # zeros (b, 1): each row's logits position
+    greedy: ort.OrtValue | None  # (b, 1) int64: the engine's own argmax (greedy-tokens pass)
 
 
 class GraphStaticExecutor(StaticExecutor):
@@ -115,6 +117,7 @@ class GraphStaticExecutor(StaticExecutor):
         logits = next(o for o in session.session.get_outputs() if o.name == "logits")
         self.vocab = int(logits.shape[-1])
         self._logits_dtype = np.float16 if logits.type == "tensor(float16)" else np.float32
+        self._outputs = {o.name for o in session.session.get_outputs()}
         self._ids = np.zeros((slots, 1), np.int64)
         self._mask = np.zeros((slots, capacity), np.int64)
         self._mask_len = np.zeros(slots, np.int64)  # lengths the mask rows encode
@@ -144,6 +147,10 @@ class GraphStaticExecutor(StaticExecutor):
         else:  # Slice reads its start on the host: a constant 0 in host memory
             binding.bind_input("logits_from", "cpu", 0, np.int64, (1,), self._logits_from.ctypes.data)
         binding.bind_ortvalue_output("logits", logits)
+        greedy = None
+        if "greedy_tokens" in self._outputs:
+            greedy = ort.OrtValue.ortvalue_from_shape_and_type((size, 1), np.int64, device, 0)
+            binding.bind_ortvalue_output("greedy_tokens", greedy)
         shape = (size,) + self._shape[1:]
         for past, present, value in self._buffers:
             binding.bind_input(past, device, 0, self._dtype, shape, value.data_ptr())
@@ -152,7 +159,7 @@ class GraphStaticExecutor(StaticExecutor):
         graph_id = self.session.new_graph_id() if self.graphs else None
         # always set: onnxruntime's Python layer looks the key up each run, slowly when absent
         run.add_run_config_entry("gpu_graph_id", str(-1 if graph_id is None else graph_id))
-        step = _Bucket(binding, ids, mask, logits, run, positions)
+        step = _Bucket(binding, ids, mask, logits, run, positions, greedy)
         self.sampler.bind(size, logits)
         self._steps[size] = step
         return step
@@ -199,7 +206,10 @@ class GraphStaticExecutor(StaticExecutor):
                 uniforms[i] = draw_uniform(seq.rng)
                 params.set(int(slots[i]), seq.params, uniforms[i])
         step = self._run_bucket(size)
-        tokens, _, fallback = self.sampler.run(size, size, params)
+        if step.greedy is not None and params.greedy(size):  # the engine's argmax: no sampler run
+            tokens, fallback = step.greedy.numpy()[:, 0], None
+        else:
+            tokens, _, fallback = self.sampler.run(size, size, params)
         out = tokens[slots].tolist()
         if fallback is not None:
             host_rows += [i for i in np.nonzero(fallback[slots])[0].tolist() if i not in host_rows]

@@ -142,3 +142,33 @@ def test_generate_ids_through_the_graph_executor(llama_engine, monkeypatch):
     monkeypatch.setattr(runtime.generate, "make_executor",
                         lambda session, slots, capacity: GraphStaticExecutor(session, slots, capacity))
     assert llama_engine.generate_ids(prompt, params).token_ids == want
+
+
+def test_all_greedy_steps_take_the_engines_own_argmax(llama_engine, monkeypatch):
+    """The greedy-tokens pass gives the engine a greedy_tokens output (argmax of its logits);
+    a decode step whose rows are all greedy reads it and runs no sampler graph, and serves the
+    host sampler's tokens."""
+    session = llama_engine.session
+    assert "greedy_tokens" in session.output_names
+    rng = np.random.default_rng(4)
+    prompts = [rng.integers(10, 400, n).tolist() for n in (6, 13, 4)]
+    params = [SamplingParams(max_new_tokens=10, ignore_eos=True)] * 3
+    graph = GraphStaticExecutor(session, slots=4, capacity=64)
+    runs = []
+    original = graph.sampler.run
+    monkeypatch.setattr(graph.sampler, "run", lambda *a, **k: runs.append(a[0]) or original(*a, **k))
+    want = _serve(StaticExecutor(session, slots=4, capacity=64), prompts, params)
+    assert _serve(graph, prompts, params) == want
+    assert runs == []
+
+
+def test_greedy_tokens_output_is_the_logits_argmax(llama_engine):
+    ids = np.asarray([[5, 9, 200, 31]], np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+             "logits_positions": np.arange(4, dtype=np.int64)[None]}
+    kv = llama_engine.session.kv
+    empty = np.zeros((1, kv.num_kv_heads, 0, kv.head_dim), np.float32)
+    for i in range(kv.num_layers):
+        feeds[kv.past_key.format(i=i)] = feeds[kv.past_value.format(i=i)] = empty
+    logits, tokens = llama_engine.session.session.run(["logits", "greedy_tokens"], feeds)
+    assert tokens.shape == (1, 4) and tokens.tolist() == logits.argmax(-1).tolist()

