@@ -20,7 +20,7 @@ _NOT_IDENTITY = {"out", "source", "overwrite", "quiet", "dump_ir_after", "recipe
 
 def build_identity(opts: Any, source: dict[str, Any]) -> dict[str, Any]:
     from optimizer import __version__
-    from optimizer.core.artifact import FORMAT_VERSION
+    from optimizer.core.engine_format import FORMAT_VERSION
 
     build = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts) if f.name not in _NOT_IDENTITY}
     build["quant"] = None if opts.quant is None else opts.quant.to_manifest()

@@ -8,6 +8,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from optimizer.core.engine_format import KvCacheSpec
+
 
 def _size(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
@@ -17,15 +19,15 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def kv_summary(kv: dict[str, Any]) -> str:
-    per_layer = f"{kv['num_layers']} layers x K/V {kv['dtype']}"
-    if kv["layout"] == "static":
-        return (f"static layout: {kv['slots']} slots x {kv['slot_capacity']} positions, {per_layer} "
-                f"({kv['slots']}, {kv['num_kv_heads']}, {kv['slot_capacity']}, {kv['head_dim']}), written in place")
-    if kv["layout"] == "paged":
-        return (f"paged layout: {kv['num_blocks']} blocks x {kv['block_size']} tokens, {per_layer} "
-                f"({kv['num_blocks']}, {kv['block_size']}, {kv['num_kv_heads']}, {kv['head_dim']})")
-    return f"concat layout, {per_layer} (B, {kv['num_kv_heads']}, T, {kv['head_dim']})"
+def kv_summary(kv: KvCacheSpec) -> str:
+    per_layer = f"{kv.num_layers} layers x K/V {kv.dtype}"
+    if kv.layout == "static":
+        return (f"static layout: {kv.slots} slots x {kv.slot_capacity} positions, {per_layer} "
+                f"({kv.slots}, {kv.num_kv_heads}, {kv.slot_capacity}, {kv.head_dim}), written in place")
+    if kv.layout == "paged":
+        return (f"paged layout: {kv.num_blocks} blocks x {kv.block_size} tokens, {per_layer} "
+                f"({kv.num_blocks}, {kv.block_size}, {kv.num_kv_heads}, {kv.head_dim}), {kv.slots} sequences")
+    return f"concat layout, {per_layer} (B, {kv.num_kv_heads}, T, {kv.head_dim})"
 
 
 def precision_notes(m: dict[str, Any]) -> list[str]:
@@ -58,7 +60,7 @@ def precision_notes(m: dict[str, Any]) -> list[str]:
 def render_manifest(m: dict[str, Any], path: Path, console: Console | None = None) -> None:
     out = console or Console(highlight=False)
     cfg = m["architecture"]["config"]
-    kv = m["kv_cache"]
+    kv = KvCacheSpec.from_manifest(m["kv_cache"], m["format_version"])
     src = m["source"]
     total = sum(f["size"] for f in m["files"].values())
     out.print(f"[bold]engine[/bold] {path}  (format v{m['format_version']}, "
@@ -67,11 +69,11 @@ def render_manifest(m: dict[str, Any], path: Path, console: Console | None = Non
     out.print(f"[bold]source[/bold]       {src['kind']}: {where}")
     for f in src.get("files", []):
         out.print(f"             {f['name']}  sha256 {f['sha256'][:16]}...")
-    windows = sorted({w for w in kv.get("sliding_windows", []) if w})
+    windows = sorted({w for w in kv.sliding_windows if w})
     out.print(f"[bold]architecture[/bold] {m['architecture']['name']} ({m['architecture']['model_type']}): "
               f"{cfg['num_hidden_layers']} layers, hidden {cfg['hidden_size']}, "
               f"{cfg['num_attention_heads']} heads / {cfg['num_key_value_heads']} kv heads, "
-              f"head_dim {kv['head_dim']}, vocab {cfg['vocab_size']}"
+              f"head_dim {kv.head_dim}, vocab {cfg['vocab_size']}"
               + (f", sliding window {windows}" if windows else ""))
     quant = m["quantization"]
     out.print(f"[bold]dtype[/bold]        {m['dtype']}   [bold]quantization[/bold] "
@@ -79,12 +81,12 @@ def render_manifest(m: dict[str, Any], path: Path, console: Console | None = Non
     for line in precision_notes(m):
         out.print(f"[bold]note[/bold]         {line}")
     out.print(f"[bold]kv cache[/bold]     {kv_summary(kv)}")
-    if kv.get("attention") == "GroupQueryAttention":
+    if kv.attention == "GroupQueryAttention":
         out.print(f"[bold]attention[/bold]    GroupQueryAttention: right-padded batches, up to "
-                  f"{kv['max_sequence_length']} positions")
-    elif kv.get("attention") == "PagedAttention":
+                  f"{kv.max_sequence_length} positions")
+    elif kv.attention == "PagedAttention":
         out.print(f"[bold]attention[/bold]    PagedAttention: packed tokens, no padding, up to "
-                  f"{kv['max_sequence_length']} positions; CUDA only (--provider cuda)")
+                  f"{kv.max_sequence_length} positions; CUDA only (--provider cuda)")
     gen = m.get("generation", {})
     out.print(f"[bold]generation[/bold]   eos {gen.get('eos_token_ids')}, bos {gen.get('bos_token_id')}"
               f"{', BOS required' if gen.get('needs_bos') else ''}; tokenizer: "

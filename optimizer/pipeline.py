@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import platform
@@ -19,6 +20,7 @@ from calibration import QuantConfig, quantize_model
 from calibration.data import DEFAULT_KV_CALIB, check_source, parse_spec, token_windows, windows_hash
 from optimizer.capture import DTYPES, DecoderDims, capture, decoder_dims, kv_names
 from optimizer.core.artifact import EngineDir, check_output_dir, load_engine, staging_dir, write_manifest
+from optimizer.core.engine_format import KvCacheSpec
 from optimizer.core.errors import InputError
 from optimizer.core.progress import bar, console, step
 from optimizer.evaluate import perplexity, session_logits_fn, torch_logits_fn
@@ -155,7 +157,7 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
     kv = kv_cache_section(dims, opts.dtype, attention_kind(model),
                           model.metadata_props.get(KV_LAYOUT_KEY, "concat"), max_positions, opts)
     if kv_quant is not None:
-        kv.update(dtype="int8", quantization=kv_quant)
+        kv = dataclasses.replace(kv, dtype="int8", quantization=kv_quant)
     with staging_dir(opts.out, opts.overwrite) as tmp:
         with step("write engine files", q):
             model_info = write_model(model, tmp, opts.external_data, full_check=opts.target == "tensorrt")
@@ -183,7 +185,7 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
             "quantization": quantization,
             "passes": pass_reports,
             "recipe": opts.recipe,
-            "kv_cache": kv,
+            "kv_cache": kv.to_manifest(),
             "model": model_info,
             "generation": generation_section(loaded),
             "tokenizer": {"files": tokenizer_files},
@@ -192,7 +194,7 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
             "identity": build_identity(opts, loaded.source),
         }
         if opts.target == "tensorrt":
-            manifest["tensorrt"] = tensorrt_section(model_info, kv, opts, max_positions)
+            manifest["tensorrt"] = tensorrt_section(model_info, opts, max_positions)
         if gate is not None:
             manifest["gate"] = gate
         with step("checksums and manifest", q):
@@ -227,13 +229,13 @@ def text_windows(loaded: LoadedModel, text_spec: str, needs: str, option: str) -
     return token_windows(loaded.tokenizer, parse_spec(text_spec), bos)
 
 
-def engine_gate(model_path: Path, kv: dict[str, Any], quantization: dict[str, Any], windows: Any,
+def engine_gate(model_path: Path, kv: KvCacheSpec, quantization: dict[str, Any], windows: Any,
                 baseline: float, opts: BuildOptions) -> dict[str, Any]:
     """The gate's verdict on the engine being written (onnxruntime on its staged model file)."""
-    from runtime.session import DecoderSession, KvSpec
+    from runtime.session import DecoderSession
 
     # huge_pages off: a build-time session, with the torch model resident beside it
-    session = DecoderSession(model_path, KvSpec.from_manifest(kv), provider=verify_provider(opts),
+    session = DecoderSession(model_path, kv, provider=verify_provider(opts),
                              quantization=quantization, huge_pages=False)
     ppl = perplexity(session_logits_fn(session), windows)["perplexity"]
     return {**check(parse_limit(opts.max_ppl_increase), ppl, baseline), "eval": opts.gate_eval,
@@ -303,8 +305,7 @@ def check_standard_ops(model: ir.Model) -> None:
                          hint="this is a bug in the tensorrt pipeline; please report it with the model's config")
 
 
-def tensorrt_section(model_info: dict[str, Any], kv: dict[str, Any], opts: BuildOptions,
-                     max_positions: int) -> dict[str, Any]:
+def tensorrt_section(model_info: dict[str, Any], opts: BuildOptions, max_positions: int) -> dict[str, Any]:
     """Opset, precisions and the optimization profiles `optimize build-trt` gives TensorRT."""
     from optimizer.tensorrt import tensorrt_manifest_section
 
@@ -377,38 +378,24 @@ def validate_paged(opts: BuildOptions) -> None:
 
 
 def kv_cache_section(dims: DecoderDims, dtype: str, attention: str = "unfused", layout: str = "concat",
-                     max_positions: int | None = None, sizes: BuildOptions | None = None) -> dict[str, Any]:
-    """The cache interface and its sizes, which the runtime reads.
-
-    - concat: past (B, n_kv, P, hd) in, present (B, n_kv, P + S, hd) out. Unfused attention
-      takes any mask (left padding); fused GroupQueryAttention reads row lengths from the
-      mask, so batches are right-padded.
-    - static: `slots` buffers of `slot_capacity` positions per layer and K/V, bound as past
-      and present, written in place.
-    - paged: a pool of `num_blocks` blocks of `block_size` tokens, shared through block tables.
-    Fused engines' rotary caches end at max_sequence_length."""
+                     max_positions: int | None = None, sizes: BuildOptions | None = None) -> KvCacheSpec:
+    """The cache interface and its sizes, which the runtime reads (KvCacheSpec says what each
+    layout records)."""
     past_k, past_v, present_k, present_v = (n.replace(".0.", ".{i}.") for n in kv_names(0))
     fused = attention != "unfused"
-    section: dict[str, Any] = {
-        "layout": layout,
-        "num_layers": dims.num_layers, "num_kv_heads": dims.num_kv_heads,
-        "head_dim": dims.head_dim, "dtype": dtype,
-        "past_key": past_k, "past_value": past_v, "present_key": present_k, "present_value": present_v,
-        "sliding_windows": list(dims.windows),
-        "attention": attention,
-        "padding": "right" if fused else "left",
-        "max_sequence_length": max_positions if fused else None,
-    }
     sizes = sizes or BuildOptions(out=Path("."))
     capacity = min(sizes.kv_capacity or DEFAULT_SLOT_CAPACITY, max_positions or DEFAULT_SLOT_CAPACITY)
     slots = sizes.kv_slots or DEFAULT_SLOTS
+    layout_sizes: dict[str, Any] = {}
     if layout == "static":
-        section.update(slots=slots, slot_capacity=capacity)
+        layout_sizes = dict(slots=slots, slot_capacity=capacity)
     elif layout == "paged":
         block = sizes.kv_block_size
-        section.update(block_size=block, num_blocks=sizes.kv_blocks or -(-slots * capacity // block),
-                       max_sequences=slots, max_blocks_per_sequence=-(-max_positions // block))
-    return section
+        layout_sizes = dict(slots=slots, block_size=block, num_blocks=sizes.kv_blocks or -(-slots * capacity // block),
+                            max_blocks_per_sequence=-(-max_positions // block))
+    return KvCacheSpec(dims.num_layers, dims.num_kv_heads, dims.head_dim, dtype, past_k, past_v, present_k, present_v,
+                       attention=attention, max_sequence_length=max_positions if fused else None, layout=layout,
+                       sliding_windows=tuple(dims.windows), padding="right" if fused else "left", **layout_sizes)
 
 
 def attention_kind(model: ir.Model) -> str:

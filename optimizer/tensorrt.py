@@ -28,7 +28,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Sequence
 
-from optimizer.core.artifact import MANIFEST, load_engine
+from optimizer.core.artifact import load_engine
+from optimizer.core.engine_format import MANIFEST
 from optimizer.core.errors import EngineError, InputError, OptimizerError
 from optimizer.core.progress import step
 

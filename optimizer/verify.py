@@ -17,7 +17,8 @@ import torch
 from optimizer.core.errors import OptimizerError
 from optimizer.models.loader import LoadedModel
 from runtime.executors import probe_logits
-from runtime.session import DecoderSession, KvSpec
+from optimizer.core.engine_format import KvCacheSpec
+from runtime.session import DecoderSession
 
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog. Paris is the capital of"
 DECODE_STEPS = 3
@@ -38,14 +39,14 @@ def probe_ids(loaded: LoadedModel, length: int = 16) -> list[int]:
     return rng.integers(0, loaded.config.vocab_size, size=length).tolist()
 
 
-def verify_engine(model_path: Path, kv: dict[str, Any], loaded: LoadedModel, mode: str,
+def verify_engine(model_path: Path, kv: KvCacheSpec, loaded: LoadedModel, mode: str,
                   provider: str = "cpu", quantization: dict[str, Any] | None = None) -> dict[str, Any]:
     """mode "fp32": the engine must match to numerical noise; "approx" (fp16 compute, int8
     activations): the figures are recorded and only non-finite logits fail."""
     ids = probe_ids(loaded)
     with torch.no_grad():
         ref = loaded.model(input_ids=torch.tensor([ids])).logits[0].float().numpy()  # (N, V)
-    session = DecoderSession(model_path, KvSpec.from_manifest(kv), provider=provider,
+    session = DecoderSession(model_path, kv, provider=provider,
                              quantization=quantization, huge_pages=False)  # a probe: speed is no matter
     got = probe_logits(session, ids, len(ids) - DECODE_STEPS)
     finite = bool(np.isfinite(got).all())

@@ -32,10 +32,11 @@ import onnx_ir as ir
 import onnx_ir.passes as ir_passes
 from onnx_ir.passes import common
 
+from optimizer.core.engine_format import LAYOUTS as ENGINE_LAYOUTS
 from optimizer.core.errors import InputError
 from passes._match import MS_DOMAIN, add_initializer, attr, replace_value
 
-LAYOUTS = ("auto", "static", "paged", "concat")
+LAYOUTS = ("auto", *ENGINE_LAYOUTS)  # auto: static where attention is fused, else concat
 METADATA_KEY = "optimizer.kv_layout"
 LOGITS_FROM, LOGITS_INDICES, LOGITS_POSITIONS = "logits_from", "logits_indices", "logits_positions"
 PAGED_INPUTS = ("cumulative_sequence_length", "past_seqlens", "block_table", "attention_metadata")

@@ -14,7 +14,7 @@ from runtime.generate import GenerationResult, generate_ids
 from runtime.llm_engine import LLMEngine
 from runtime.sampling import SamplingParams
 from runtime.sequence import Sequence
-from runtime.session import DecoderSession, KvSpec
+from runtime.session import DecoderSession
 
 
 @dataclass
@@ -38,8 +38,7 @@ class Engine:
         captured CUDA graphs and choose tokens on the GPU (runtime.graph_executor); None: on
         unless OPTIMIZER_CUDA_GRAPH=0 is set."""
         engine_dir = load_engine(path, verify=verify, quiet=quiet)
-        kv = KvSpec.from_manifest(engine_dir.manifest["kv_cache"])
-        session = DecoderSession(engine_dir.model_path, kv, provider=provider, threads=threads,
+        session = DecoderSession(engine_dir.model_path, engine_dir.kv_cache, provider=provider, threads=threads,
                                  quantization=engine_dir.manifest.get("quantization"), huge_pages=huge_pages,
                                  cuda_graph=cuda_graph)
         tokenizer = None

@@ -1,4 +1,4 @@
-"""The engine's onnxruntime session and its KV-cache interface (from the manifest).
+"""The engine's onnxruntime session, over its KV-cache interface (optimizer.core.engine_format).
 
 `DecoderSession.forward` runs one step for a batch with concatenation semantics: the new
 tokens, the attention mask over past + new tokens, their positions and the past arrays
@@ -10,13 +10,13 @@ and build verification use it (paged engines: `runtime.paged.sequence_logits`). 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
+from optimizer.core.engine_format import KvCacheSpec
 from optimizer.core.errors import EngineError
 from runtime import hugepages
 
@@ -26,42 +26,6 @@ PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
 }
 KV_DTYPES = {"fp32": np.float32, "fp16": np.float16, "int8": np.int8}  # int8: quantized KV cache
-LAYOUTS = ("concat", "static", "paged")
-
-
-@dataclass(frozen=True)
-class KvSpec:
-    """The cache interface recorded in the manifest's `kv_cache` section."""
-
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-    dtype: str
-    past_key: str  # name pattern with {i}
-    past_value: str
-    present_key: str
-    present_value: str
-    attention: str = "unfused"  # "GroupQueryAttention" (right padding, in place), "PagedAttention"
-    max_sequence_length: int | None = None  # fused engines: the rotary caches' length
-    layout: str = "concat"  # concat | static | paged
-    slots: int | None = None  # static / paged: sequences batched together
-    slot_capacity: int | None = None  # static: positions per slot
-    block_size: int | None = None  # paged
-    num_blocks: int | None = None  # paged
-
-    @classmethod
-    def from_manifest(cls, kv: dict[str, Any]) -> "KvSpec":
-        layout = kv.get("layout")
-        if layout not in LAYOUTS:
-            raise EngineError(f"KV-cache layout {layout!r} is not supported by this runtime",
-                              hint="supported: " + ", ".join(LAYOUTS) + "; rebuild the engine with this version")
-        return cls(kv["num_layers"], kv["num_kv_heads"], kv["head_dim"], kv["dtype"],
-                   kv["past_key"], kv["past_value"], kv["present_key"], kv["present_value"],
-                   kv.get("attention", "unfused"), kv.get("max_sequence_length"), layout,
-                   kv.get("slots", kv.get("max_sequences")), kv.get("slot_capacity"),
-                   kv.get("block_size"), kv.get("num_blocks"))
-
-
 # onnxruntime CUDA kernel choices (session config entries; older onnxruntime ignores them).
 # benchmarks/gpu_matmul_nbits.py on an H200, one 4096 x 14336 linear: cuBLAS auto-tuning took the
 # fp16 MatMul from 65.8 to 56.0 us at M=1 and 66.5 to 57.6 at M=64; the mixed-input GEMM took
@@ -100,7 +64,7 @@ def disabled_optimizers(quantization: dict[str, Any] | None) -> tuple[str, ...]:
     return ()
 
 
-def check_layout_provider(kv: KvSpec, provider: str) -> None:
+def check_layout_provider(kv: KvCacheSpec, provider: str) -> None:
     """Paged engines run on CUDA only, int8 KV caches on CPU only: say so before onnxruntime
     fails to find a kernel."""
     if kv.dtype == "int8" and provider != PROVIDERS["cpu"]:
@@ -140,7 +104,7 @@ def resolve_provider(provider: str) -> str:
 
 
 class DecoderSession:
-    def __init__(self, model_path: Path, kv: KvSpec, provider: str = "cpu",
+    def __init__(self, model_path: Path, kv: KvCacheSpec, provider: str = "cpu",
                  threads: int | None = None, quantization: dict[str, Any] | None = None,
                  huge_pages: bool | None = None, cuda_graph: bool | None = None) -> None:
         """`quantization`: the manifest's section, which settles a few onnxruntime options.

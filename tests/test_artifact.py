@@ -7,7 +7,8 @@ import json
 import pytest
 
 from optimizer import pipeline
-from optimizer.core.artifact import FORMAT_VERSION, load_engine
+from optimizer.core.artifact import load_engine
+from optimizer.core.engine_format import FORMAT_VERSION
 from optimizer.core.errors import EngineError, InputError
 from optimizer.pipeline import BuildOptions, build_engine
 from passes import DEFAULT_PIPELINE

@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from optimizer.pipeline import BuildOptions, build_engine
-from runtime.session import DecoderSession, KvSpec
+from runtime.session import DecoderSession
 from passes import UNFUSED_PIPELINE
 from tests.conftest import TINY_MODELS, engine_logits, hf_logits
 
@@ -35,7 +35,7 @@ def test_fp32_engine_matches_transformers(name, tiny_hf_folders, tmp_path):
     assert any(windows) == ("sliding" in name or name == "gemma3")
     model = AutoModelForCausalLM.from_pretrained(folder, dtype="float32").eval()
     ids, mask = _batch(model.config.vocab_size)
-    session = DecoderSession(engine.model_path, KvSpec.from_manifest(engine.manifest["kv_cache"]))
+    session = DecoderSession(engine.model_path, engine.kv_cache)
 
     got = engine_logits(session, ids, mask, N_PREFILL)
     ref = hf_logits(model, ids, mask)
@@ -54,7 +54,7 @@ def test_fused_engine_matches_transformers(name, tiny_hf_folders, tmp_path):
     engine = build_engine(BuildOptions(out=tmp_path / "engine", source=str(folder), quiet=True))
     assert engine.manifest["kv_cache"]["padding"] == "right"
     model = AutoModelForCausalLM.from_pretrained(folder, dtype="float32").eval()
-    session = DecoderSession(engine.model_path, KvSpec.from_manifest(engine.manifest["kv_cache"]))
+    session = DecoderSession(engine.model_path, engine.kv_cache)
     rng = np.random.default_rng(2)
     lengths = [N_PREFILL, N_PREFILL - 3]  # prompt lengths; row 1 is right-padded in the prefill
     ids = rng.integers(0, model.config.vocab_size, size=(2, N_PREFILL + N_DECODE)).astype(np.int64)
@@ -88,7 +88,7 @@ def test_fp16_engine_tracks_fp32(name, tiny_hf_folders, tmp_path):
     assert engine.manifest["dtype"] == "fp16"
     model = AutoModelForCausalLM.from_pretrained(folder, dtype="float32").eval()
     ids, mask = _batch(model.config.vocab_size)
-    session = DecoderSession(engine.model_path, KvSpec.from_manifest(engine.manifest["kv_cache"]))
+    session = DecoderSession(engine.model_path, engine.kv_cache)
     got = engine_logits(session, ids, mask, N_PREFILL)
     ref = hf_logits(model, ids, mask)
     real = mask.astype(bool)

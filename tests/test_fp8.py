@@ -120,9 +120,10 @@ def test_cuda_target_needs_the_cuda_provider_and_fp16(tmp_path, monkeypatch):
 
 def test_cuda_only_engine_is_refused_on_cpu(tmp_path):
     from optimizer.core.errors import EngineError
-    from runtime.session import DecoderSession, KvSpec
+    from optimizer.core.engine_format import KvCacheSpec
+    from runtime.session import DecoderSession
 
-    kv = KvSpec(1, 1, 8, "fp16", "past.{i}.key", "past.{i}.value", "present.{i}.key", "present.{i}.value")
+    kv = KvCacheSpec(1, 1, 8, "fp16", "past.{i}.key", "past.{i}.value", "present.{i}.key", "present.{i}.value")
     quantization = {"method": "fp8", "format": "MatMulBlockQuantizedFp8Weight (...)", "provider": "cuda"}
     with pytest.raises(EngineError, match="cuda-only") as err:
         DecoderSession(tmp_path / "model.onnx", kv, provider="cpu", quantization=quantization)

@@ -16,7 +16,8 @@ from optimizer.pipeline import BuildOptions, build_engine
 from passes import PIPELINES, UNFUSED_PIPELINE
 from runtime import Engine, SamplingParams
 from runtime.executors import probe_logits
-from runtime.session import KvSpec, check_layout_provider
+from optimizer.core.engine_format import KvCacheSpec
+from runtime.session import check_layout_provider
 
 CALIB = "tiny:8x64"
 
@@ -71,7 +72,8 @@ def test_int8_engine_interface_scales_and_manifest(engines):
     assert engine.manifest["verification"]["top1_agreement"] >= 0.9
     from optimizer.inspect import kv_summary, precision_notes
 
-    assert "K/V int8" in kv_summary(kv) and any("CPU provider only" in n for n in precision_notes(engine.manifest))
+    assert "K/V int8" in kv_summary(engine.dir.kv_cache)
+    assert any("CPU provider only" in n for n in precision_notes(engine.manifest))
     assert not any("KV cache" in n for n in precision_notes(engines["auto"].manifest))
 
 
@@ -135,7 +137,8 @@ def test_unknown_calibration_text_is_refused_before_any_work(tiny_hf_folders, tm
 
 
 def test_int8_cache_is_refused_on_cuda_before_onnxruntime_looks():
-    kv = KvSpec(2, 1, 16, "int8", "p{i}k", "p{i}v", "q{i}k", "q{i}v", layout="static")
+    kv = KvCacheSpec(2, 1, 16, "int8", "p{i}k", "p{i}v", "q{i}k", "q{i}v", layout="static", slots=1,
+                     slot_capacity=16)
     with pytest.raises(EngineError, match="int8") as e:
         check_layout_provider(kv, "CUDAExecutionProvider")
     assert "--provider cpu" in e.value.hint

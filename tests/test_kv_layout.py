@@ -141,7 +141,7 @@ def test_runtime_refuses_paged_engines_on_cpu(static_engine):
     import dataclasses
 
     session = static_engine.session
-    paged = dataclasses.replace(session.kv, layout="paged", block_size=16, num_blocks=8)
+    paged = dataclasses.replace(session.kv, layout="paged", block_size=16, num_blocks=8, max_blocks_per_sequence=4)
     with pytest.raises(EngineError, match="runs on CUDA only") as e:
         DecoderSession(static_engine.dir.model_path, paged)
     assert "--provider cuda" in e.value.hint and "--kv-layout static" in e.value.hint

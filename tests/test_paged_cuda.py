@@ -44,7 +44,7 @@ def test_paged_engine_manifest_and_verification(engines):
     paged, _ = engines
     kv = paged.manifest["kv_cache"]
     assert (kv["layout"], kv["attention"], kv["block_size"]) == ("paged", "PagedAttention", BLOCK)
-    assert kv["num_blocks"] == SLOTS * CAPACITY // BLOCK and kv["max_sequences"] == SLOTS
+    assert kv["num_blocks"] == SLOTS * CAPACITY // BLOCK and kv["slots"] == SLOTS
     verification = paged.manifest["verification"]
     assert verification["top1_agreement"] >= 0.75  # fp16 against the fp32 torch model
     assert verification["max_abs_logit_diff"] < 0.05 * max(1.0, verification["max_abs_reference_logit"])

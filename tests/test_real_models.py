@@ -142,7 +142,7 @@ def test_smollm2_fused_engine_equals_unfused(smol_engine, tmp_path):
     import numpy as np
 
     from passes import UNFUSED_PIPELINE
-    from runtime.session import DecoderSession, KvSpec
+    from runtime.session import DecoderSession
 
     folder = converted("smollm2-135m")
     unfused = build_engine(BuildOptions(out=tmp_path / "unfused", source=str(folder),
@@ -158,6 +158,6 @@ def test_smollm2_fused_engine_equals_unfused(smol_engine, tmp_path):
     n = ids.shape[1]
     logits = []
     for engine in (fused, plain):
-        session = DecoderSession(engine.dir.model_path, KvSpec.from_manifest(engine.manifest["kv_cache"]))
+        session = DecoderSession(engine.dir.model_path, engine.dir.kv_cache)
         logits.append(session.forward(ids, np.ones((1, n)), np.arange(n)[None], session.empty_cache(1))[0])
     assert np.abs(logits[0] - logits[1]).max() <= 1e-3 * np.abs(logits[1]).max()

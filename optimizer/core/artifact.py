@@ -27,12 +27,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from optimizer import __version__
+from optimizer.core.engine_format import FORMAT_VERSION, MANIFEST, KvCacheSpec, check_version
 from optimizer.core.errors import EngineError, InputError
 from optimizer.core.hashing import sha256_file
 from optimizer.core.progress import bar
-
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -43,6 +41,15 @@ class EngineDir:
     @property
     def model_path(self) -> Path:
         return self.path / self.manifest["model"]["file"]
+
+    @property
+    def format_version(self) -> int:
+        return self.manifest["format_version"]
+
+    @property
+    def kv_cache(self) -> KvCacheSpec:
+        """The cache interface (optimizer.core.engine_format), read in the engine's format version."""
+        return KvCacheSpec.from_manifest(self.manifest["kv_cache"], self.format_version)
 
     @property
     def has_tokenizer(self) -> bool:
@@ -127,14 +134,7 @@ def load_engine(path: str | Path, verify: bool = True, quiet: bool = True) -> En
     except json.JSONDecodeError as exc:
         raise EngineError(f"{manifest_path} is not valid JSON ({exc})",
                           hint="the engine is corrupt: rebuild it with `optimize model`") from exc
-    version = manifest.get("format_version")
-    if not isinstance(version, int):
-        raise EngineError(f"{manifest_path} has no integer format_version",
-                          hint="the engine is corrupt: rebuild it with `optimize model`")
-    if version > FORMAT_VERSION:
-        raise EngineError(f"engine format version {version} is newer than this optimizer "
-                          f"({__version__}) reads (up to {FORMAT_VERSION})",
-                          hint="upgrade optimizer, or rebuild the engine with this version")
+    check_version(manifest.get("format_version"), str(manifest_path), __version__)
     if verify:
         verify_checksums(path, manifest, quiet)
     return EngineDir(path=path, manifest=manifest)
