@@ -25,7 +25,6 @@ import numpy as np
 from optimizer.core.errors import InputError
 
 CORPORA = {"c4": "c4.utf8", "wiki": "wiki.utf8", "tiny": "tiny.utf8"}
-DEFAULT_KV_CALIB = "c4:32x512"  # the text int8 KV-cache scales are calibrated on
 _SPEC = re.compile(r"^(?P<source>.+):(?P<n>\d+)x(?P<len>\d+)$")
 _DOC_TAG = re.compile(r"^\s*<doc [^>]*>\s*$|^\s*</doc>\s*$", re.MULTILINE)
 

@@ -13,7 +13,6 @@ traceback; results and generated text go to stdout.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import warnings
@@ -24,6 +23,7 @@ import click
 
 from optimizer.core.errors import OptimizerError
 from optimizer.core.progress import console
+from optimizer.options import SECTIONS, cli_options, given_overrides, section_values
 
 
 class _Group(click.Group):
@@ -60,72 +60,15 @@ def main() -> None:
 @click.argument("source", required=False)
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Engine directory to write.")
 @click.option("--recipe", type=click.Path(path_type=Path), help="A recipe YAML (recipes/); flags override its values.")
-@click.option("--dtype", default=None, type=click.Choice(["fp32", "fp16"]), help="Compute dtype [default: fp32].")
 @click.option("--random-weights", is_flag=True, help="Build from --config with random weights (no download).")
 @click.option("--config", "config", help="With --random-weights: a preset name or a config.json path.")
 @click.option("--tokenizer", type=click.Path(path_type=Path),
               help="With --random-weights: a tokenizer folder or .gguf to ship in the engine.")
 @click.option("--seed", default=0, show_default=True, help="Seed for random weights.")
-@click.option("--passes", "passes", default=None,
-              help="'default' (all fusions), 'unfused', 'none', or comma-separated pass names "
-                   "(see `optimize passes`) [default: default].")
 @click.option("--dump-ir-after", multiple=True,
               help="Write the graph after this pass (repeatable, or 'all') as text to OUT.ir/.")
-@click.option("--max-seq-len", default=None, type=int,
-              help="Longest sequence a fused engine supports [default: the model's maximum].")
-@click.option("--kv-layout", default=None, type=click.Choice(["auto", "static", "paged", "concat"]),
-              help="KV-cache interface: static slots written in place, paged blocks (CUDA only, "
-                   "--dtype fp16; built where CUDA is), or concat [default: auto = static where attention "
-                   "is fused].")
-@click.option("--kv-slots", default=None, type=int, help="Static/paged layouts: sequences batched together [default: 16].")
-@click.option("--kv-capacity", default=None, type=int,
-              help="Static layout: positions per slot (prompt + output); paged: the pool holds slots x "
-                   "capacity positions [default: min(max seq len, 1024)].")
-@click.option("--kv-block-size", default=None, type=int, help="Paged layout: tokens per block [default: 16].")
-@click.option("--kv-blocks", default=None, type=int,
-              help="Paged layout: blocks in the pool [default: slots x capacity / block size].")
-@click.option("--kv-cache-dtype", default=None, type=click.Choice(["auto", "int8"]),
-              help="KV-cache storage: auto = the engine's dtype, or int8 with one static scale per layer for "
-                   "K and V, calibrated on --kv-calib (onnxruntime's CPU attention kernel; static or concat "
-                   "layout) [default: auto].")
-@click.option("--kv-calib", default=None, help="int8 KV cache: calibration text SOURCE:NxL [default: c4:32x512].")
-@click.option("--external-data", default=None, type=click.Choice(["auto", "always", "never"]),
-              help="Weights in model.onnx.data [default: auto].")
-@click.option("--target", default=None, type=click.Choice(["onnxruntime", "onnxruntime-cuda", "tensorrt"]),
-              help="onnxruntime (its fused kernels, CPU and CUDA), onnxruntime-cuda (may use CUDA-only "
-                   "kernels: FP8 -> MatMulBlockQuantizedFp8Weight; built and verified where CUDA is), "
-                   "or tensorrt: standard ONNX ops only, for `optimize build-trt` [default: onnxruntime].")
-@click.option("--quant", default=None, help="Quantization: none, int4, int8 (weights), fp8 (W8A8 E4M3) "
-                                            "[default: none].")
-@click.option("--method", default=None, help="Quantization method: rtn, awq, gptq, awq-gptq (AWQ's scaling, then GPTQ "
-                                             "rounding) [default: rtn]; with --quant fp8, gptq rounds "
-                                             "the FP8 weights by GPTQ.")
-@click.option("--observer", default=None, type=click.Choice(["minmax", "percentile", "mse"]),
-              help="FP8: how calibration picks the activation scales [default: minmax].")
-@click.option("--smooth", default=None, type=float,
-              help="FP8: migrate activation outliers into the weights first (SmoothQuant), strength "
-                   "alpha in [0, 1], e.g. 0.3 [default: off].")
-@click.option("--distill-steps", default=None, type=int,
-              help="FP8: after calibration, fine-tune the weights against the float model for N steps "
-                   "(distillation with the FP8 rounding in the loop; slow on CPU) [default: 0 = off].")
-@click.option("--distill-lr", default=None, type=float, help="FP8 distillation: learning rate [default: 1e-4].")
-@click.option("--distill-batch", default=None, type=int, help="FP8 distillation: windows per step [default: 8].")
-@click.option("--distill-data", default=None, help="FP8 distillation: training text SOURCE:NxL [default: c4:512x512].")
-@click.option("--distill-device", default=None, type=click.Choice(["cpu", "cuda"]),
-              help="FP8 distillation: where the steps run [default: cpu].")
-@click.option("--group-size", default=None, type=int, help="Quantization group size; 0 = per-channel [default: 64].")
-@click.option("--asym/--sym", "asym", default=None, help="Asymmetric (zero points) or symmetric [default: sym].")
-@click.option("--act-order", is_flag=True, default=None, help="GPTQ, AWQ-GPTQ: quantize columns in decreasing Hessian order.")
-@click.option("--calib", default=None, help="Calibration text SOURCE:NxL (c4, wiki, tiny, or a "
-                                            ".txt/.jsonl/.parquet file) [default: c4:128x512].")
-@click.option("--calib-seed", default=None, type=int, help="Draw calibration windows at random with this seed.")
-@click.option("--calib-allow-fewer", is_flag=True, help="Too little calibration text: warn and go on.")
-@click.option("--keep", multiple=True, help="Module-name pattern kept in float (repeatable); "
-                                            "embeddings always are.")
-@click.option("--lm-head-bits", default=None, type=click.Choice(["4", "8", "none"]),
-              help="Also RTN-quantize the output projection [default: none = keep it in float].")
-@click.option("--accuracy-level", default=None, type=int,
-              help="MatMulNBits compute: 0 = fp32, 4 = int8 activations (faster, less exact) [default: 0].")
+@cli_options("build")  # every field of optimizer.options.BuildSection
+@cli_options("quantization")  # every field of optimizer.options.QuantSection
 @click.option("--max-ppl-increase", default=None,
               help="Accuracy gate: fail (exit 6) when the engine's perplexity exceeds the source model's by "
                    "more than this, relative (3%) or absolute (0.5); the engine is still written, marked failing.")
@@ -133,55 +76,31 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow code shipped with the model to run.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def model_cmd(source: str | None, out: Path, recipe: Path | None, dtype: str | None, random_weights: bool,
-              config: str | None, tokenizer: Path | None, seed: int, passes: str | None,
-              dump_ir_after: tuple[str, ...], max_seq_len: int | None, kv_layout: str | None,
-              kv_slots: int | None, kv_capacity: int | None, kv_block_size: int | None,
-              kv_blocks: int | None, kv_cache_dtype: str | None, kv_calib: str | None, external_data: str | None, target: str | None, quant: str | None, method: str | None, observer: str | None,
-              smooth: float | None, distill_steps: int | None, distill_lr: float | None,
-              distill_batch: int | None, distill_data: str | None, distill_device: str | None,
-              group_size: int | None, asym: bool | None,
-              act_order: bool | None, calib: str | None, calib_seed: int | None, calib_allow_fewer: bool,
-              keep: tuple[str, ...], lm_head_bits: str | None, accuracy_level: int | None,
-              max_ppl_increase: str | None, gate_eval: str | None,
-              overwrite: bool, trust_remote_code: bool, quiet: bool) -> None:
+def model_cmd(source: str | None, out: Path, recipe: Path | None, random_weights: bool, config: str | None,
+              tokenizer: Path | None, seed: int, dump_ir_after: tuple[str, ...], max_ppl_increase: str | None,
+              gate_eval: str | None, overwrite: bool, trust_remote_code: bool, quiet: bool, **options: Any) -> None:
     """Build a verified engine from a HuggingFace folder, a .gguf file, or a named config."""
     from optimizer.pipeline import BuildOptions, build_engine
     from optimizer.recipes import Recipe, load_recipe, quant_config
-    from passes.pipeline import resolve_pass_names
 
     base = load_recipe(recipe) if recipe else Recipe()
-    resolved = base.merged({
-        "build": {"dtype": dtype, "passes": passes, "accuracy_level": accuracy_level,
-                  "max_seq_len": max_seq_len, "external_data": external_data, "kv_layout": kv_layout,
-                  "kv_slots": kv_slots, "kv_capacity": kv_capacity, "kv_block_size": kv_block_size,
-                  "kv_blocks": kv_blocks, "kv_cache_dtype": kv_cache_dtype, "kv_calib": kv_calib,
-                  "target": target},
-        "quantization": {"quant": quant, "method": method, "observer": observer, "smooth": smooth,
-                         "distill_steps": distill_steps, "distill_lr": distill_lr, "distill_batch": distill_batch,
-                         "distill_data": distill_data, "distill_device": distill_device,
-                         "group_size": group_size,
-                         "symmetric": None if asym is None else not asym, "act_order": act_order,
-                         "calib": calib, "calib_seed": calib_seed, "keep": list(keep) or None,
-                         "lm_head_bits": None if lm_head_bits in (None, "none") else int(lm_head_bits)},
-    })
-    if lm_head_bits == "none":  # an explicit flag beats a recipe's lm_head_bits
-        resolved = dataclasses.replace(
-            resolved, quantization=dataclasses.replace(resolved.quantization, lm_head_bits=None))
-    b, qs = resolved.build, resolved.quantization
+    resolved = base.merged({name: given_overrides(name, options) for name in SECTIONS})
     engine = build_engine(BuildOptions(
-        out=out, source=source, dtype=b.dtype, random_weights=random_weights, config=config,
-        tokenizer=str(tokenizer) if tokenizer else None, seed=seed,
-        passes=resolve_pass_names(b.pipeline()), target=b.target,
-        external_data=b.external_data, overwrite=overwrite, trust_remote_code=trust_remote_code,
-        quant=quant_config(qs, calib_allow_fewer), accuracy_level=b.accuracy_level,
-        max_seq_len=b.max_seq_len, kv_layout=b.kv_layout, kv_slots=b.kv_slots, kv_capacity=b.kv_capacity,
-        kv_block_size=b.kv_block_size, kv_blocks=b.kv_blocks, kv_cache_dtype=b.kv_cache_dtype,
-        kv_calib=b.kv_calib, dump_ir_after=dump_ir_after, recipe=resolved.to_dict(),
-        architecture=resolved.architecture, max_ppl_increase=max_ppl_increase,
-        **({"gate_eval": gate_eval} if gate_eval else {}), quiet=quiet))
+        **section_values(resolved.build), out=out, source=source, random_weights=random_weights, config=config,
+        tokenizer=str(tokenizer) if tokenizer else None, seed=seed, overwrite=overwrite,
+        trust_remote_code=trust_remote_code, quant=quant_config(resolved.quantization),
+        dump_ir_after=dump_ir_after, recipe=resolved.to_dict(), architecture=resolved.architecture,
+        max_ppl_increase=max_ppl_increase, **({"gate_eval": gate_eval} if gate_eval else {}), quiet=quiet))
     if not quiet:
         console().print(f"[green]engine written:[/green] {engine.path}")
+
+
+@main.command("schema")
+def schema_cmd() -> None:
+    """Print the JSON Schema of recipe files (for editors and CI checks)."""
+    from optimizer.recipes import recipe_schema
+
+    click.echo(json.dumps(recipe_schema(), indent=2))
 
 
 @main.command("passes")

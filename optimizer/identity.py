@@ -24,7 +24,7 @@ def build_identity(opts: Any, source: dict[str, Any]) -> dict[str, Any]:
 
     build = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts) if f.name not in _NOT_IDENTITY}
     build["quant"] = None if opts.quant is None else opts.quant.to_manifest()
-    build["passes"] = list(opts.passes)
+    build["passes"] = list(opts.pass_names)
     inputs = {"source": {k: v for k, v in source.items() if k != "path"},  # content, not location
               "build": build, "optimizer": __version__, "format_version": FORMAT_VERSION}
     canonical = json.dumps(inputs, sort_keys=True, default=str)

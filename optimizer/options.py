@@ -21,7 +21,13 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from calibration.data import DEFAULT_KV_CALIB
+from optimizer.core.engine_format import LAYOUTS
+from optimizer.core.errors import InputError
+
+# onnxruntime: kernels of onnxruntime's CPU and CUDA providers; onnxruntime-cuda: may use
+# CUDA-only kernels (FP8: MatMulBlockQuantizedFp8Weight), verified on the CUDA provider;
+# tensorrt: standard ONNX ops only, for TensorRT's ONNX parser
+TARGETS = ("onnxruntime", "onnxruntime-cuda", "tensorrt")
 
 
 @dataclass(frozen=True)
@@ -32,12 +38,13 @@ class Option:
     choices: tuple[Any, ...] | None = None  # allowed values (the recipe schema's enum too)
     flag: str | None = None  # the click declaration when not --field-name (e.g. "--sym/--asym")
     parse: Callable[[Any], Any] | None = None  # command-line text -> value, where not the type's own
+    what: str | None = None  # its name in error messages (default: the field's name)
 
 
 def opt(default: Any, help: str, *, choices: tuple[Any, ...] | None = None, flag: str | None = None,
-        parse: Callable[[Any], Any] | None = None) -> Any:
+        parse: Callable[[Any], Any] | None = None, what: str | None = None) -> Any:
     """A dataclass field carrying its Option."""
-    meta = {"option": Option(help, choices, flag, parse)}
+    meta = {"option": Option(help, choices, flag, parse, what)}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -51,20 +58,21 @@ def _lm_head_bits(text: str) -> int | None:
 class BuildSection:
     """How the graph is built: the recipe's `build:` section."""
 
-    dtype: str = opt("fp32", "Compute dtype.", choices=("fp32", "fp16"))
+    dtype: str = opt("fp32", "Compute dtype.", choices=("fp32", "fp16"))  # optimizer.capture.DTYPES
     passes: str | list[str] | None = opt(
         None, "'default' (all fusions), 'unfused', 'none', or comma-separated pass names (see `optimize "
               "passes`) [default: the target's pipeline: default, or tensorrt for --target tensorrt].")
     target: str = opt("onnxruntime", "onnxruntime (its fused kernels, CPU and CUDA), onnxruntime-cuda (may use "
                                      "CUDA-only kernels: FP8 -> MatMulBlockQuantizedFp8Weight; built and verified "
                                      "where CUDA is), or tensorrt: standard ONNX ops only, for `optimize build-trt`.",
-                      choices=("onnxruntime", "onnxruntime-cuda", "tensorrt"))
+                      choices=TARGETS)
     accuracy_level: int = opt(0, "MatMulNBits compute: 0 = fp32, 4 = int8 activations (faster, less exact).")
     max_seq_len: int | None = opt(None, "Longest sequence a fused engine supports [default: the model's maximum].")
-    external_data: str = opt("auto", "Weights in model.onnx.data.", choices=("auto", "always", "never"))
+    external_data: str = opt("auto", "Weights in model.onnx.data.", choices=("auto", "always", "never"),
+                             what="external-data mode")
     kv_layout: str = opt("auto", "KV-cache interface: static slots written in place, paged blocks (CUDA only, "
                                  "--dtype fp16; built where CUDA is), or concat; auto = static where attention "
-                                 "is fused.", choices=("auto", "static", "paged", "concat"))
+                                 "is fused.", choices=("auto", *LAYOUTS), what="KV-cache layout")
     kv_slots: int | None = opt(None, "Static/paged layouts: sequences batched together [default: 16].")
     kv_capacity: int | None = opt(None, "Static layout: positions per slot (prompt + output); paged: the pool "
                                         "holds slots x capacity positions [default: min(max seq len, 1024)].")
@@ -72,8 +80,9 @@ class BuildSection:
     kv_blocks: int | None = opt(None, "Paged layout: blocks in the pool [default: slots x capacity / block size].")
     kv_cache_dtype: str = opt("auto", "KV-cache storage: auto = the engine's dtype, or int8 with one static scale "
                                       "per layer for K and V, calibrated on --kv-calib (onnxruntime's CPU attention "
-                                      "kernel; static or concat layout).", choices=("auto", "int8"))
-    kv_calib: str = opt(DEFAULT_KV_CALIB, "int8 KV cache: calibration text SOURCE:NxL.")
+                                      "kernel; static or concat layout).", choices=("auto", "int8"),
+                              what="KV-cache dtype")
+    kv_calib: str = opt("c4:32x512", "int8 KV cache: calibration text SOURCE:NxL.")
 
     def pipeline(self) -> str | list[str]:
         """The passes to run: as given, else the target's own pipeline."""
@@ -117,6 +126,21 @@ SECTIONS: dict[str, type] = {"build": BuildSection, "quantization": QuantSection
 
 def option_fields(cls: type) -> list[dataclasses.Field]:
     return [f for f in dataclasses.fields(cls) if "option" in f.metadata]
+
+
+def check_choices(section: Any) -> None:
+    """Every field with choices holds one of them (recipes and the Python API; click checks flags)."""
+    for f in option_fields(type(section)):
+        option, value = f.metadata["option"], getattr(section, f.name)
+        if option.choices is not None and value not in option.choices:
+            names = ", ".join("none" if c is None else str(c) for c in option.choices)
+            raise InputError(f"unknown {option.what or f.name.replace('_', ' ')} {value!r}",
+                             hint="choose one of: " + names)
+
+
+def section_values(section: Any) -> dict[str, Any]:
+    """A section's values by field name (e.g. to build BuildOptions from a recipe's build section)."""
+    return {f.name: getattr(section, f.name) for f in option_fields(type(section))}
 
 
 # -- the command line ---------------------------------------------------------------------------

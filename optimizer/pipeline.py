@@ -17,8 +17,8 @@ import onnx
 import onnx_ir as ir
 
 from calibration import QuantConfig, quantize_model
-from calibration.data import DEFAULT_KV_CALIB, check_source, parse_spec, token_windows, windows_hash
-from optimizer.capture import DTYPES, DecoderDims, capture, decoder_dims, kv_names
+from calibration.data import check_source, parse_spec, token_windows, windows_hash
+from optimizer.capture import DecoderDims, capture, decoder_dims, kv_names
 from optimizer.core.artifact import EngineDir, check_output_dir, load_engine, staging_dir, write_manifest
 from optimizer.core.engine_format import KvCacheSpec
 from optimizer.core.errors import InputError
@@ -29,73 +29,59 @@ from optimizer.identity import build_identity
 from optimizer.models.loader import LoadedModel, load_model
 from optimizer.quantized import plain_weights
 from optimizer.verify import verify_engine
-from passes import DEFAULT_PIPELINE, PassContext
-from passes.kv_layout import LAYOUTS as KV_LAYOUTS, METADATA_KEY as KV_LAYOUT_KEY
-from passes.pipeline import run_passes, validate_pass_names
+from optimizer.options import BuildSection, check_choices
+from passes import PassContext
+from passes.kv_layout import METADATA_KEY as KV_LAYOUT_KEY
+from passes.pipeline import resolve_pass_names, run_passes, validate_pass_names
 
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
 EXTERNAL_DATA_THRESHOLD = 256 << 20  # weights larger than this go to model.onnx.data
-EXTERNAL_DATA_CHOICES = ("auto", "always", "never")
 DEFAULT_SLOTS = 16  # static / paged layouts: sequences decoded together
 DEFAULT_SLOT_CAPACITY = 1024  # static layout: positions per slot (bounded by the max sequence length)
-KV_CACHE_DTYPES = ("auto", "int8")  # auto: the engine's dtype
-# onnxruntime: kernels of onnxruntime's CPU and CUDA providers; onnxruntime-cuda: may use
-# CUDA-only kernels (FP8: MatMulBlockQuantizedFp8Weight), verified on the CUDA provider;
-# tensorrt: standard ONNX ops only, for TensorRT's ONNX parser
-TARGETS = ("onnxruntime", "onnxruntime-cuda", "tensorrt")
 WEIGHT_FORMATS = {"onnxruntime": "matmulnbits", "onnxruntime-cuda": "cuda", "tensorrt": "dequantize"}
 STANDARD_DOMAINS = ("", "ai.onnx")
 
 
-@dataclass(frozen=True)
-class BuildOptions:
+@dataclass(frozen=True, kw_only=True)
+class BuildOptions(BuildSection):
+    """One build: the options of optimizer.options.BuildSection (dtype, passes, target, KV cache,
+    ...), then this invocation's inputs."""
+
     out: Path
     source: str | None = None
-    dtype: str = "fp32"
     random_weights: bool = False
     config: str | None = None
     tokenizer: str | None = None
     seed: int = 0
-    passes: tuple[str, ...] = DEFAULT_PIPELINE
-    external_data: str = "auto"
     overwrite: bool = False
     trust_remote_code: bool = False
     quant: QuantConfig | None = None  # None: keep the weights in float
-    accuracy_level: int = 0  # MatMulNBits compute: 0 = fp32, 4 = int8 activations
-    max_seq_len: int | None = None  # positions the fused engine supports; None: the model's maximum
-    kv_layout: str = "auto"  # auto (static where attention is fused) | static | paged | concat
-    kv_slots: int | None = None  # static layout: sequences the runtime batches (None: DEFAULT_SLOTS)
-    kv_capacity: int | None = None  # static layout: positions per slot (None: min(max seq len, 1024))
-    kv_block_size: int = 16  # paged layout: tokens per block
-    kv_blocks: int | None = None  # paged layout: blocks in the pool (None: slots x capacity / block size)
-    kv_cache_dtype: str = "auto"  # auto (the engine's dtype) | int8 (static scales, CPU kernel)
-    kv_calib: str = DEFAULT_KV_CALIB  # int8 KV cache: calibration text of its scales
     dump_ir_after: tuple[str, ...] = ()  # pass names (or "all") whose output graph is dumped as text
     recipe: dict[str, Any] | None = None  # the resolved recipe, stored in the manifest
     architecture: str | None = None  # a recipe's architecture: the model must be of that family
-    target: str = "onnxruntime"  # onnxruntime | onnxruntime-cuda (CUDA-only kernels) | tensorrt (standard ops)
     max_ppl_increase: str | None = None  # accuracy gate, e.g. "3%" or "0.5" (optimizer.gate)
     gate_eval: str = DEFAULT_GATE_EVAL  # the gate's text, SOURCE:NxL
     gate_baseline: float | None = None  # the baseline's perplexity on gate_eval; None: the source
     #                                     model's, measured in transformers before quantization
     quiet: bool = False
 
+    @property
+    def pass_names(self) -> tuple[str, ...]:
+        """The passes this build runs, in order (`passes`, else the target's pipeline)."""
+        return resolve_pass_names(self.pipeline())
+
     def validate(self) -> None:
-        if self.dtype not in DTYPES:
-            raise InputError(f"unknown dtype {self.dtype!r}", hint="choose one of: " + ", ".join(DTYPES))
-        if self.external_data not in EXTERNAL_DATA_CHOICES:
-            raise InputError(f"unknown external-data mode {self.external_data!r}",
-                             hint="choose one of: " + ", ".join(EXTERNAL_DATA_CHOICES))
+        check_choices(self)
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise InputError(f"accuracy level must be 0..4, got {self.accuracy_level}",
                              hint="0 = fp32 compute (default), 4 = int8 activations (fastest on CPU)")
         if self.quant is not None:
             self.quant.validate()
-            if "lower-quantized-matmul" not in self.passes:
+            if "lower-quantized-matmul" not in self.pass_names:
                 raise InputError("--quant needs the lower-quantized-matmul pass, which --passes leaves out",
                                  hint="add lower-quantized-matmul to --passes, or drop --quant")
-        validate_pass_names(self.passes)
+        self.pass_names  # noqa: B018  (unknown names are errors)
         validate_pass_names([d for d in self.dump_ir_after if d != "all"], "--dump-ir-after pass")
         validate_target(self)
         if self.max_seq_len is not None and self.max_seq_len < 1:
@@ -143,10 +129,10 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
     if opts.kv_cache_dtype == "int8":
         with step(f"calibrate int8 KV-cache scales ({opts.kv_calib})", q):
             kv_scales, kv_quant = calibrate_kv_cache(loaded, dims, opts.kv_calib)
-    with step("graph passes: " + (", ".join(opts.passes) or "none"), q):
+    with step("graph passes: " + (", ".join(opts.pass_names) or "none"), q):
         ctx = PassContext(plain_weights(codes), opts.accuracy_level, opts.dtype, max_positions, opts.kv_layout,
                           opts.kv_block_size, WEIGHT_FORMATS[opts.target], kv_scales)
-        model, pass_reports = run_passes(model, opts.passes, ctx, opts.dump_ir_after, ir_dump_dir(opts.out))
+        model, pass_reports = run_passes(model, opts.pass_names, ctx, opts.dump_ir_after, ir_dump_dir(opts.out))
         for r in pass_reports:
             if not q:
                 console().print(f"  {r['name']}: {r['summary']}")
@@ -244,15 +230,13 @@ def engine_gate(model_path: Path, kv: KvCacheSpec, quantization: dict[str, Any],
 
 def validate_target(opts: BuildOptions) -> None:
     """The TensorRT target runs only passes whose output is standard ONNX, on a concat cache."""
-    if opts.target not in TARGETS:
-        raise InputError(f"unknown target {opts.target!r}", hint="choose one of: " + ", ".join(TARGETS))
     if opts.target == "onnxruntime-cuda":
         validate_cuda_target(opts)
     if opts.target != "tensorrt":
         return
     from passes import REGISTRY
 
-    onnxruntime_only = [p for p in opts.passes if "tensorrt" not in REGISTRY[p].targets]
+    onnxruntime_only = [p for p in opts.pass_names if "tensorrt" not in REGISTRY[p].targets]
     if onnxruntime_only:
         raise InputError(f"pass {onnxruntime_only[0]!r} emits onnxruntime-only ops, and --target tensorrt "
                          "needs standard ONNX", hint="use --passes tensorrt (the default for this target); "
@@ -317,12 +301,10 @@ def tensorrt_section(model_info: dict[str, Any], opts: BuildOptions, max_positio
 
 
 def validate_kv_options(opts: BuildOptions) -> None:
-    if opts.kv_layout not in KV_LAYOUTS:
-        raise InputError(f"unknown KV-cache layout {opts.kv_layout!r}", hint="choose one of: " + ", ".join(KV_LAYOUTS))
-    if opts.kv_layout != "auto" and "kv-layout" not in opts.passes:
+    if opts.kv_layout != "auto" and "kv-layout" not in opts.pass_names:
         raise InputError(f"--kv-layout {opts.kv_layout} needs the kv-layout pass, which --passes leaves out",
                          hint="add kv-layout to --passes")
-    if opts.kv_layout in ("static", "paged") and "fuse-attention" not in opts.passes:
+    if opts.kv_layout in ("static", "paged") and "fuse-attention" not in opts.pass_names:
         raise InputError(f"the {opts.kv_layout} KV-cache layout needs fused attention, which --passes leaves out",
                          hint="keep fuse-attention in --passes, or use --kv-layout concat")
     if opts.kv_layout == "paged":
@@ -339,11 +321,9 @@ def validate_kv_options(opts: BuildOptions) -> None:
 
 def validate_kv_cache_dtype(opts: BuildOptions) -> None:
     """The int8 cache is GroupQueryAttention's (CPU kernel), with the static or concat layout."""
-    if opts.kv_cache_dtype not in KV_CACHE_DTYPES:
-        raise InputError(f"unknown KV-cache dtype {opts.kv_cache_dtype!r}", hint="choose one of: " + ", ".join(KV_CACHE_DTYPES))
     if opts.kv_cache_dtype == "auto":
         return
-    if "quantize-kv-cache" not in opts.passes or "fuse-attention" not in opts.passes:
+    if "quantize-kv-cache" not in opts.pass_names or "fuse-attention" not in opts.pass_names:
         raise InputError("--kv-cache-dtype int8 needs the fuse-attention and quantize-kv-cache passes, "
                          "which --passes leaves out", hint="use --passes default, or add both passes")
     if opts.kv_layout == "paged":

@@ -1,5 +1,8 @@
 """Recipes: versioned YAML files validated into frozen, typed configuration.
 
+The sections are optimizer.options' BuildSection and QuantSection, where each option is
+declared once (the command-line flags come from the same fields).
+
     version: 1
     name: llama-int4-awq
     description: ...
@@ -23,53 +26,10 @@ from typing import Any, Mapping
 
 import yaml
 
-from calibration.data import DEFAULT_KV_CALIB
 from optimizer.core.errors import InputError
+from optimizer.options import SECTIONS, BuildSection, QuantSection, field_schema, section_schema
 
 RECIPE_VERSION = 1
-
-
-@dataclass(frozen=True)
-class BuildSection:
-    dtype: str = "fp32"
-    passes: str | list[str] | None = None  # a pipeline name or pass names; None: the target's pipeline
-    target: str = "onnxruntime"  # onnxruntime | onnxruntime-cuda (CUDA-only kernels) | tensorrt (standard ops)
-    accuracy_level: int = 0
-    max_seq_len: int | None = None
-    external_data: str = "auto"
-    kv_layout: str = "auto"  # auto (static where attention is fused), static, paged, concat
-    kv_slots: int | None = None  # sequences batched together (static / paged)
-    kv_capacity: int | None = None  # positions per slot (static); paged: the pool is slots x capacity
-    kv_block_size: int = 16  # paged: tokens per block
-    kv_blocks: int | None = None  # paged: blocks in the pool (None: slots x capacity / block size)
-    kv_cache_dtype: str = "auto"  # auto (the engine's dtype) or int8 (calibrated static scales; CPU)
-    kv_calib: str = DEFAULT_KV_CALIB  # int8 KV cache: the text its scales are calibrated on
-
-    def pipeline(self) -> str | list[str]:
-        """The passes to run: as given, else the target's own pipeline."""
-        if self.passes is not None:
-            return self.passes
-        return "tensorrt" if self.target == "tensorrt" else "default"
-
-
-@dataclass(frozen=True)
-class QuantSection:
-    quant: str = "none"  # none, int4, int8, fp8
-    method: str = "rtn"
-    group_size: int = 64  # 0 = per-channel
-    symmetric: bool = True
-    act_order: bool = False
-    calib: str = "c4:128x512"
-    calib_seed: int | None = None
-    keep: list[str] = field(default_factory=list)
-    lm_head_bits: int | None = None
-    observer: str = "minmax"  # fp8: activation-scale observer (minmax, percentile, mse)
-    smooth: float | None = None  # fp8: SmoothQuant migration strength in [0, 1]; None: off
-    distill_steps: int = 0  # fp8: fine-tune against the float model after calibration; 0: off
-    distill_lr: float = 1e-4
-    distill_batch: int = 8
-    distill_data: str = "c4:512x512"
-    distill_device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -82,18 +42,17 @@ class Recipe:
     quantization: QuantSection = field(default_factory=QuantSection)
 
     def merged(self, overrides: Mapping[str, Mapping[str, Any]]) -> "Recipe":
-        """A copy with {"build": {...}, "quantization": {...}} values replaced (None = not given)."""
-        build = dataclasses.replace(self.build, **{k: v for k, v in overrides.get("build", {}).items()
-                                                   if v is not None})
-        quant = dataclasses.replace(self.quantization, **{k: v for k, v in overrides.get("quantization", {}).items()
-                                                          if v is not None})
+        """A copy with {"build": {...}, "quantization": {...}} values replaced: the values a
+        command line gave (optimizer.options.given_overrides), an explicit None included."""
+        build = dataclasses.replace(self.build, **overrides.get("build", {}))
+        quant = dataclasses.replace(self.quantization, **overrides.get("quantization", {}))
         return dataclasses.replace(self, build=build, quantization=quant)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def quant_config(qs: QuantSection, calib_allow_fewer: bool = False) -> Any:
+def quant_config(qs: QuantSection) -> Any:
     """The calibration.QuantConfig a recipe's quantization section asks for (None: float)."""
     from calibration.config import BITS, DEFAULT_KEEP, QuantConfig
 
@@ -106,7 +65,7 @@ def quant_config(qs: QuantSection, calib_allow_fewer: bool = False) -> Any:
         return QuantConfig(method="fp8", bits=8, group_size=None, symmetric=qs.symmetric,
                            fp8_weights="gptq" if qs.method == "gptq" else "nearest",
                            observer=qs.observer, smooth=qs.smooth, calib=qs.calib,
-                           calib_seed=qs.calib_seed, calib_allow_fewer=calib_allow_fewer,
+                           calib_seed=qs.calib_seed, calib_allow_fewer=qs.calib_allow_fewer,
                            keep=DEFAULT_KEEP + tuple(qs.keep), lm_head_bits=qs.lm_head_bits,
                            distill_steps=qs.distill_steps, distill_lr=qs.distill_lr,
                            distill_batch=qs.distill_batch, distill_data=qs.distill_data,
@@ -116,7 +75,7 @@ def quant_config(qs: QuantSection, calib_allow_fewer: bool = False) -> Any:
                          hint="choose one of: none, fp8, " + ", ".join(f"int{b}" for b in BITS))
     return QuantConfig(method=qs.method, bits=int(qs.quant[3:]), group_size=qs.group_size or None,
                        symmetric=qs.symmetric, act_order=qs.act_order, calib=qs.calib, calib_seed=qs.calib_seed,
-                       calib_allow_fewer=calib_allow_fewer, keep=DEFAULT_KEEP + tuple(qs.keep),
+                       calib_allow_fewer=qs.calib_allow_fewer, keep=DEFAULT_KEEP + tuple(qs.keep),
                        lm_head_bits=qs.lm_head_bits, distill_steps=qs.distill_steps)  # validate() refuses it
 
 
@@ -170,5 +129,21 @@ def _typed(hint: Any, value: Any, where: str) -> Any:
             return value
         if option in (int, str) and isinstance(value, option) and not isinstance(value, bool):
             return value
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
     names = " or ".join("null" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
     raise InputError(f"{where}: expected {names}, got {value!r}")
+
+
+def recipe_schema() -> dict[str, Any]:
+    """The JSON Schema of a recipe file (for editors; `optimize schema` prints it)."""
+    hints = typing.get_type_hints(Recipe)
+    properties = {}
+    for f in dataclasses.fields(Recipe):
+        if f.name in SECTIONS:
+            properties[f.name] = section_schema(SECTIONS[f.name])
+        else:
+            properties[f.name] = field_schema(f, hints[f.name])
+    properties["version"] = {"const": RECIPE_VERSION}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "optimizer recipe",
+            "type": "object", "additionalProperties": False, "required": ["version"], "properties": properties}

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from optimizer.cli import main
 from optimizer.core.errors import InputError
 from optimizer.core.architectures import ARCHITECTURES
+from optimizer.options import given_overrides
 from optimizer.recipes import Recipe, load_recipe, parse_recipe
 from passes.pipeline import resolve_pass_names
 
@@ -47,10 +48,65 @@ def test_bad_values_and_versions():
 
 
 def test_flags_override_recipe_values():
-    recipe = parse_recipe({"version": 1, "quantization": {"quant": "int4", "group_size": 32}})
-    merged = recipe.merged({"quantization": {"group_size": 64, "method": None}})
+    recipe = parse_recipe({"version": 1, "quantization": {"quant": "int4", "group_size": 32, "lm_head_bits": 4}})
+    flags = given_overrides("quantization", {"group_size": 64, "method": None, "keep": (), "lm_head_bits": "none"})
+    assert flags == {"group_size": 64, "lm_head_bits": None}  # not given: None / (); "none" is given
+    merged = recipe.merged({"quantization": flags})
     assert merged.quantization.group_size == 64 and merged.quantization.method == "rtn"
+    assert merged.quantization.lm_head_bits is None  # an explicit flag beats the recipe
     assert Recipe().build.passes is None  # the target's pipeline
+
+
+def test_every_option_is_a_flag_and_a_recipe_key():
+    """Each field of the build and quantization sections is declared once: it is a flag of
+    `optimize model` (with its help and default) and a key of the recipe schema."""
+    import dataclasses
+
+    from optimizer.options import SECTIONS
+    from optimizer.recipes import recipe_schema
+
+    help_text = CliRunner().invoke(main, ["model", "--help"], terminal_width=200).output
+    schema = recipe_schema()
+    for section, cls in SECTIONS.items():
+        keys = schema["properties"][section]["properties"]
+        for f in dataclasses.fields(cls):
+            flag = f.metadata["option"].flag or "--" + f.name.replace("_", "-")
+            assert all(part in help_text for part in flag.split("/")), flag
+            assert f.name in keys and keys[f.name]["description"] == f.metadata["option"].help
+    assert "[default: 64]" in help_text  # --group-size's default, from the field
+    assert schema["properties"]["build"]["properties"]["kv_layout"]["enum"] == ["auto", "concat", "static", "paged"]
+    assert schema["properties"]["build"]["additionalProperties"] is False
+
+
+def test_schema_command_prints_the_recipe_schema():
+    import json
+
+    result = CliRunner().invoke(main, ["schema"])
+    assert result.exit_code == 0 and json.loads(result.output)["properties"]["version"] == {"const": 1}
+
+
+def test_recipes_take_floats_and_calib_allow_fewer():
+    from optimizer.recipes import quant_config
+
+    recipe = parse_recipe({"version": 1, "quantization": {"quant": "fp8", "smooth": 0.5, "calib_allow_fewer": True}})
+    config = quant_config(recipe.quantization)
+    assert config.smooth == 0.5 and config.calib_allow_fewer
+
+
+def test_values_outside_a_fields_choices_are_refused():
+    from optimizer.options import BuildSection, check_choices
+
+    with pytest.raises(InputError, match="unknown KV-cache layout 'ring'") as e:
+        check_choices(BuildSection(kv_layout="ring"))
+    assert "auto, concat, static, paged" in e.value.hint
+
+
+def test_dtype_choices_are_the_capture_dtypes():
+    from optimizer.capture import DTYPES
+    from optimizer.options import BuildSection, option_fields
+
+    dtype = next(f for f in option_fields(BuildSection) if f.name == "dtype")
+    assert tuple(dtype.metadata["option"].choices) == tuple(DTYPES)
 
 
 def test_recipe_build_stores_resolved_recipe(tmp_path, smol_tokenizer_dir):

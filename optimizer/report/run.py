@@ -99,16 +99,14 @@ def engine_for(source: str, recipe: Recipe, cache: Path, settings: ReportSetting
     from optimizer.core.artifact import load_engine
     from optimizer.identity import build_identity
     from optimizer.models.loader import load_model
+    from optimizer.options import section_values
     from optimizer.pipeline import BuildOptions, build_engine
-    from passes.pipeline import resolve_pass_names
 
     loaded = load_model(source, quiet=True)  # fresh: quantization changes the weights in place
     b = recipe.build
     gate = settings.max_ppl_increase if baseline_ppl is not None else None
-    opts = BuildOptions(out=cache / "pending", source=source, dtype=b.dtype, passes=resolve_pass_names(b.pipeline()),
-                        target=b.target, external_data=b.external_data, quant=quant_config(recipe.quantization),
-                        accuracy_level=b.accuracy_level, max_seq_len=b.max_seq_len, kv_layout=b.kv_layout,
-                        kv_slots=b.kv_slots or settings.max_batch, kv_capacity=b.kv_capacity,
+    opts = BuildOptions(**{**section_values(b), "kv_slots": b.kv_slots or settings.max_batch},
+                        out=cache / "pending", source=source, quant=quant_config(recipe.quantization),
                         recipe=recipe.to_dict(), architecture=recipe.architecture, max_ppl_increase=gate,
                         gate_eval=settings.eval_spec, gate_baseline=baseline_ppl, quiet=True)
     key = build_identity(opts, loaded.source)["key"]
