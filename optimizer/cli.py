@@ -110,7 +110,8 @@ def passes_cmd() -> None:
 
     for info in REGISTRY.values():
         click.echo(f"{info.name:24s} {info.description}")
-        click.echo(f"{'':24s} targets: {', '.join(info.targets)}")
+        click.echo(f"{'':24s} targets: {', '.join(info.targets)}"
+                   + (f"; after: {', '.join(info.after)}" if info.after else ""))
     click.echo("")
     for name, names in PIPELINES.items():
         click.echo(f"pipeline {name}: {', '.join(names) or '(no passes)'}")

@@ -4,7 +4,10 @@ Each entry names a pass, says what it does and which targets run it, and builds 
 pass object from the build's `PassContext`. The pipeline (`passes.pipeline.run_passes`)
 runs them in order and reports, per pass, whether it changed the graph, how the op counts
 moved and the pass's own notes (what it fused, or why it matched nothing); that report goes
-into the manifest. Order matters: later fusions match what earlier ones produced.
+into the manifest. Order matters: later fusions match what earlier ones produced, and each
+entry says which passes must run before it (`after`, checked when a pipeline is resolved).
+A pass that implements a build option names it (`option`, with the passes it `requires`):
+the build refuses that option when its pass is left out.
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ class PassInfo:
     description: str
     build: Callable[[PassContext], ir_passes.PassBase]
     targets: tuple[str, ...] = ("cpu", "cuda")  # execution providers whose kernels the result uses
+    after: tuple[str, ...] = ()  # passes that must run before this one when both run
+    option: str | None = None  # the build option (a BuildOptions field) whose non-default value it implements
+    requires: tuple[str, ...] = ()  # passes that must also run for it to implement that option
 
 
 REGISTRY: dict[str, PassInfo] = {
@@ -55,26 +61,28 @@ REGISTRY: dict[str, PassInfo] = {
                                            "standard-op targets, blocked DequantizeLinear + MatMul); FP8 "
                                            "linears -> QuantizeLinear/DequantizeLinear around MatMul",
                  lambda ctx: LowerQuantizedMatMul(ctx.codes, ctx.accuracy_level, ctx.weight_format),
-                 targets=("cpu", "cuda", "tensorrt")),
+                 targets=("cpu", "cuda", "tensorrt"), option="quant"),
         PassInfo("fuse-rms-norm", "RMSNorm (Pow ReduceMean Add Sqrt Reciprocal Mul Mul) -> "
                                   "RMSNormalization (opset 23)",
                  lambda ctx: RulePass(fuse_rms_norm.RULES, "RMSNorm -> RMSNormalization",
                                       min_opset=fuse_rms_norm.RMS_NORM_OPSET)),
         PassInfo("fold-norm-casts", "fp16/bf16 engines: Cast(fp32) -> RMSNormalization -> Cast back -> "
                                     "RMSNormalization in the compute dtype (fp32 statistics inside)",
-                 lambda ctx: RulePass(fold_norm_casts.RULES, "fp32 norm between Casts -> half-precision norm")),
+                 lambda ctx: RulePass(fold_norm_casts.RULES, "fp32 norm between Casts -> half-precision norm"),
+                 after=("fuse-rms-norm",)),
         PassInfo("fuse-skip-rms-norm", "residual Add + RMSNormalization -> "
                                        "SkipSimplifiedLayerNormalization",
                  lambda ctx: RulePass(fuse_skip_rms_norm.RULES, "Add + RMSNorm -> SkipSimplifiedLayerNormalization",
-                                      uses_ms_domain=True)),
+                                      uses_ms_domain=True),
+                 after=("fuse-rms-norm", "fold-norm-casts")),
         PassInfo("fuse-attention", "rotary embedding + masked attention + concat KV cache -> "
                                    "GroupQueryAttention (own rotary, causal / sliding window, softcap)",
                  lambda ctx: FuseAttention(ctx.max_positions)),
         PassInfo("pack-qkv", "q/k/v projections reading one input -> one MatMul/MatMulNBits "
                              "(GQA's packed QKV input)",
-                 lambda ctx: PackSiblingMatMuls(3, "q/k/v")),
+                 lambda ctx: PackSiblingMatMuls(3, "q/k/v"), after=("lower-quantized-matmul", "fuse-attention")),
         PassInfo("pack-gate-up", "gate/up projections reading one input -> one MatMul/MatMulNBits + Split",
-                 lambda ctx: PackSiblingMatMuls(2, "gate/up")),
+                 lambda ctx: PackSiblingMatMuls(2, "gate/up"), after=("lower-quantized-matmul",)),
         PassInfo("fuse-activation", "SiLU (Mul(x, Sigmoid(x))) -> QuickGelu(alpha=1)",
                  lambda ctx: RulePass(fuse_activation.RULES, "SiLU -> QuickGelu", uses_ms_domain=True)),
         PassInfo("fold-constants", "evaluates nodes whose inputs are all constants (onnxscript's folder)",
@@ -85,13 +93,15 @@ REGISTRY: dict[str, PassInfo] = {
         PassInfo("kv-layout", "KV-cache interface: static slots written in place (GQA shared buffer), "
                               "paged blocks (GQA -> PagedAttention, CUDA), or concat",
                  lambda ctx: KvCacheLayout(ctx.kv_layout, ctx.kv_block_size),
-                 targets=("cpu", "cuda", "tensorrt")),  # concat there: attention stays standard ops
+                 targets=("cpu", "cuda", "tensorrt"),  # concat there: attention stays standard ops
+                 after=("fuse-attention", "slice-logits"), option="kv_layout"),
         PassInfo("greedy-tokens", "a second output, greedy_tokens = ArgMax(logits): greedy decode steps "
                                   "take token ids from the engine itself (one run per step on CUDA)",
                  lambda ctx: GreedyTokens()),
         PassInfo("quantize-kv-cache", "int8 KV cache (when the build calibrated scales): GroupQueryAttention "
                                       "stores K/V as int8 with one static scale per layer each (CPU)",
-                 lambda ctx: QuantizeKvCache(ctx.kv_scales), targets=("cpu",)),
+                 lambda ctx: QuantizeKvCache(ctx.kv_scales), targets=("cpu",),
+                 after=("fuse-attention", "kv-layout"), option="kv_cache_dtype", requires=("fuse-attention",)),
         PassInfo("cse", "common subexpression elimination: merges identical nodes "
                         "(e.g. the per-layer views of shared RoPE tables)",
                  lambda ctx: common.CommonSubexpressionEliminationPass(), targets=("cpu", "cuda", "tensorrt")),

@@ -28,7 +28,18 @@ def resolve_pass_names(text: str | Sequence[str]) -> tuple[str, ...]:
         text = [p.strip() for p in text.split(",") if p.strip()]
     names = tuple(text)
     validate_pass_names(names)
+    check_order(names)
     return names
+
+
+def check_order(names: Sequence[str]) -> None:
+    """Every pass runs after the passes its registry entry names in `after`, where both run."""
+    position = {name: i for i, name in reversed(list(enumerate(names)))}  # first occurrence
+    for i, name in enumerate(names):
+        late = [a for a in REGISTRY[name].after if position.get(a, -1) > i]
+        if late:
+            raise InputError(f"pass {name!r} must run after {late[0]!r}, which comes later in the pipeline",
+                             hint=f"put {late[0]} before {name} in --passes (`optimize passes` shows the default order)")
 
 
 def validate_pass_names(names: Sequence[str], what: str = "pass") -> None:

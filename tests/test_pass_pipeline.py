@@ -19,6 +19,25 @@ def test_pipelines_name_registered_passes():
     assert resolve_pass_names("fuse-rms-norm, dead-code") == ("fuse-rms-norm", "dead-code")
 
 
+def test_passes_declare_what_must_run_before_them():
+    from passes.pipeline import check_order
+
+    for names in PIPELINES.values():
+        check_order(names)  # the shipped pipelines respect every declaration
+    with pytest.raises(InputError, match="'kv-layout' must run after 'fuse-attention'") as e:
+        resolve_pass_names("kv-layout,fuse-attention")
+    assert "put fuse-attention before kv-layout" in e.value.hint
+    assert resolve_pass_names("kv-layout") == ("kv-layout",)  # a pass that is absent imposes nothing
+
+
+def test_build_options_name_the_passes_that_implement_them():
+    """The registry says which pass implements which build option; a build asking for the
+    option without the pass is refused with the pass's name (optimizer.build_checks)."""
+    owners = {info.option: info.name for info in REGISTRY.values() if info.option}
+    assert owners == {"quant": "lower-quantized-matmul", "kv_layout": "kv-layout",
+                      "kv_cache_dtype": "quantize-kv-cache"}
+
+
 def test_unknown_pass_is_an_input_error():
     with pytest.raises(InputError, match="unknown pass 'fuse-everything'"):
         resolve_pass_names("fuse-everything")

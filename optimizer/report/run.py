@@ -216,7 +216,7 @@ def parameter_count(config: dict[str, Any]) -> int | None:
 
 
 def environment(settings: ReportSettings) -> dict[str, Any]:
-    from optimizer.pipeline import tool_versions
+    from optimizer.manifest import tool_versions
 
     cpu = platform.processor() or platform.machine()
     try:
