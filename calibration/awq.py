@@ -1,4 +1,4 @@
-"""AWQ: activation-aware weight quantization (the math; the driver lives in methods.py).
+"""AWQ: activation-aware weight quantization (the math; the per-layer steps live in methods/awq.py).
 
 Lin et al., "AWQ: Activation-aware Weight Quantization for LLM Compression and Acceleration"
 (https://arxiv.org/abs/2306.00978). For a norm (or linear) feeding a set of linears, a
