@@ -17,6 +17,7 @@ BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128, 256)  # or None: per output channel
 DEFAULT_KEEP = ("lm_head", "*embed_tokens*")
 FP8_WEIGHT_ROUNDING = ("nearest", "gptq", "gptaq")
+DISTILL_SETTINGS = ("distill_steps", "distill_lr", "distill_batch", "distill_data", "distill_device")
 
 
 @dataclass(frozen=True)
@@ -140,14 +141,24 @@ class QuantConfig:
     def lm_head_spec(self) -> QuantSpec:
         return QuantSpec(bits=self.lm_head_bits or self.bits, group_size=self.group_size, symmetric=self.symmetric)
 
+    def applies(self, name: str) -> bool:
+        """Whether the setting `name` means anything for this configuration's method (the
+        manifest and `optimize inspect` show only those)."""
+        fp8, gptq_rounded = self.method == "fp8", self.method in GPTQ_ROUNDED
+        rules = {
+            "act_order": gptq_rounded,
+            "damp": gptq_rounded or (fp8 and self.fp8_weights != "nearest"),
+            "awq_grid": self.method in ("awq", "awq-gptq"), "awq_loss_sequences": self.method in ("awq", "awq-gptq"),
+            "awq_clip": self.method == "awq",
+            "calib": self.method in CALIBRATED, "calib_seed": self.method in CALIBRATED,
+            "calib_allow_fewer": self.method in CALIBRATED, "batch_size": self.method in CALIBRATED,
+            "observer": fp8, "smooth": fp8, "fp8_weights": fp8,
+            "percentile": fp8 and self.observer == "percentile",
+            **{k: fp8 and bool(self.distill_steps) for k in DISTILL_SETTINGS},
+        }
+        return rules.get(name, True)
+
     def to_manifest(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {k: v for k, v in asdict(self).items() if self.applies(k)}
         d["keep"] = list(self.keep)
-        if self.method == "rtn":
-            d["calib"] = None
-        if self.method != "fp8":
-            del d["observer"], d["percentile"], d["smooth"], d["fp8_weights"]
-        if self.method != "fp8" or not self.distill_steps:
-            for k in ("distill_steps", "distill_lr", "distill_batch", "distill_data", "distill_device"):
-                del d[k]
         return d

@@ -97,11 +97,10 @@ def render_manifest(m: dict[str, Any], path: Path, console: Console | None = Non
                   f"decode steps): max |logit diff| {ver['max_abs_logit_diff']:.2e}, "
                   f"top-1 agreement {ver['top1_agreement']:.0%}")
     passes = Table(title="passes", title_justify="left", show_edge=False)
-    for col in ("pass", "result", "op changes"):
+    for col in ("pass", "result (node count, op changes)"):
         passes.add_column(col)
     for p in m["passes"]:
-        delta = ", ".join(f"{op} {d:+d}" for op, d in p["op_delta"].items()) or "-"
-        passes.add_row(p["name"], p["summary"], delta)
+        passes.add_row(p["name"], p["summary"])
     if m["passes"]:
         out.print(passes)
     else:

@@ -261,7 +261,10 @@ def test_quantized_build_and_eval_cli(tiny_hf_folders, tmp_path):
                        "--act-order", "--calib", "tiny:4x32", "--out", out, "-q")
     assert code == 0, output
     code, output = run("inspect", out)
-    assert "method=gptq" in output and "MatMulNBits" in output
+    assert "method=gptq" in output and "MatMulNBits" in output and "act_order=True" in output
+    assert "awq_grid" not in output and "observer" not in output  # settings of other methods
+    delta = next(p for p in json.loads((out / "manifest.json").read_text())["passes"] if p["name"] == "fuse-rms-norm")
+    assert output.count("RMSNormalization +") == 1 and delta["op_delta"]["RMSNormalization"] > 0  # once per pass
     result = CliRunner().invoke(main, ["eval", str(out), "--dataset", "tiny", "--windows", "2", "--seq-len", "32", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)

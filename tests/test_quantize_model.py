@@ -85,6 +85,19 @@ def test_awq_and_gptq_beat_rtn_on_calibration_loss(tiny_hf_folders):
     assert errors["gptq"] < errors["rtn"] and errors["awq"] < errors["rtn"] and errors["awq-gptq"] < errors["rtn"]
 
 
+def test_manifest_lists_only_the_settings_of_its_method():
+    rtn = QuantConfig(method="rtn").to_manifest()
+    assert not {"act_order", "damp", "awq_grid", "observer", "calib", "distill_steps"} & set(rtn)
+    assert (rtn["bits"], rtn["group_size"], rtn["symmetric"]) == (4, 64, True)
+    gptq = QuantConfig(method="gptq").to_manifest()
+    assert {"act_order", "damp", "calib", "batch_size"} <= set(gptq) and "awq_grid" not in gptq
+    awq = QuantConfig(method="awq").to_manifest()
+    assert {"awq_grid", "awq_clip"} <= set(awq) and "act_order" not in awq
+    fp8 = QuantConfig(method="fp8", bits=8, group_size=None).to_manifest()
+    assert fp8["observer"] == "minmax" and not {"damp", "percentile", "distill_steps", "act_order"} & set(fp8)
+    assert "damp" in QuantConfig(method="fp8", bits=8, group_size=None, fp8_weights="gptq").to_manifest()
+
+
 @pytest.mark.parametrize("cfg,message", [
     (QuantConfig(method="smoothquant"), "unknown quantization method 'smoothquant'"),
     (QuantConfig(bits=3), "unsupported bit width 3"),

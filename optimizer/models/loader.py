@@ -210,11 +210,12 @@ def _finish(model: Any, arch: ArchSpec, tok: Any, source: dict[str, Any]) -> Loa
 
 
 def _quiet_transformers(quiet: bool) -> None:
-    """transformers logs and warns freely; keep the CLI output to what the user needs."""
+    """transformers logs and warns freely; keep the CLI output to what the user needs. Its
+    progress bars (GGUF dequantization) are off: the build's "load model" step reports in
+    their place, with progress lines in logs (optimizer.core.progress)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    if quiet:
-        hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()
     logging.getLogger("transformers").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="transformers")

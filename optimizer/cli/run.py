@@ -1,0 +1,109 @@
+"""Running engines: `optimize generate`, `serve`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from optimizer.core.progress import console
+
+
+@click.command("generate")
+@click.argument("engine_dir", type=click.Path(path_type=Path))
+@click.option("--prompt", "prompts", multiple=True, help="Text to continue (repeatable: batched together).")
+@click.option("--prompts", "prompts_file", type=click.Path(path_type=Path, allow_dash=True),
+              help="A JSONL file (or - for stdin): one prompt per line, a JSON string or an object with "
+                   "'prompt' and optional max_tokens, temperature, top_k, top_p, seed, stop, min_tokens, "
+                   "ignore_eos. Results go to stdout as JSONL, in input order.")
+@click.option("--max-new-tokens", default=64, show_default=True)
+@click.option("--temperature", default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-k", default=0, show_default=True, help="0 = off.")
+@click.option("--top-p", default=1.0, show_default=True, help="1 = off.")
+@click.option("--seed", default=None, type=int, help="Seed for sampling (reproducible draws).")
+@click.option("--stop", multiple=True, help="Stop string (repeatable); not included in the output.")
+@click.option("--min-tokens", default=0, show_default=True, help="No EOS / stop token before this many tokens.")
+@click.option("--ignore-eos", is_flag=True, help="Do not stop at EOS (benchmarks).")
+@click.option("--max-batch", default=None, type=int, help="Sequences decoded together [default: the engine's slots].")
+@click.option("--provider", default="cpu", show_default=True, help="Execution provider: cpu, cuda, ...")
+@click.option("--threads", default=None, type=int, help="onnxruntime intra-op threads.")
+@click.option("--no-verify", is_flag=True, help="Skip checksum verification at load.")
+def generate_cmd(engine_dir: Path, prompts: tuple[str, ...], prompts_file: Path | None, max_new_tokens: int,
+                 temperature: float, top_k: int, top_p: float, seed: int | None, stop: tuple[str, ...],
+                 min_tokens: int, ignore_eos: bool, max_batch: int | None, provider: str, threads: int | None,
+                 no_verify: bool) -> None:
+    """Generate text: one prompt streams to stdout; several (or --prompts FILE) are batched
+    continuously and printed as JSONL."""
+    from optimizer.core.errors import InputError
+    from runtime import Engine, SamplingParams
+
+    if bool(prompts) == bool(prompts_file):
+        raise InputError("give --prompt TEXT (repeatable) or --prompts FILE.jsonl, not both or neither")
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                            top_p=top_p, seed=seed, ignore_eos=ignore_eos, stop=tuple(stop), min_tokens=min_tokens)
+    engine = Engine.load(engine_dir, provider=provider, threads=threads, verify=not no_verify,
+                         quiet=len(prompts) != 1)
+    if len(prompts) == 1:
+        def emit(text: str) -> None:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+        result = engine.generate(prompts[0], params, on_text=emit)
+        sys.stdout.write("\n")
+        console().print(f"[dim]{result.prompt_tokens} prompt tokens, {len(result.token_ids)} generated "
+                        f"({result.finish_reason}); prefill {result.prefill_seconds * 1e3:.0f} ms, "
+                        f"decode {result.decode_tokens_per_second:.1f} tok/s[/dim]")
+        return
+    from runtime.batch_io import read_prompts
+
+    items = read_prompts(prompts_file, params) if prompts_file else [(p, params) for p in prompts]
+    results = engine.generate_batch([engine.encode(text) for text, _ in items], [p for _, p in items],
+                                    max_batch=max_batch)
+    for index, ((text, _), r) in enumerate(zip(items, results)):
+        click.echo(json.dumps({"index": index, "prompt": text, "text": r.text, "finish_reason": r.finish_reason,
+                               "prompt_tokens": r.prompt_tokens, "completion_tokens": len(r.token_ids)},
+                              ensure_ascii=False))
+
+
+@click.command("serve")
+@click.argument("engine_dir", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; 0.0.0.0 exposes the server to the network.")
+@click.option("--port", default=8000, show_default=True)
+@click.option("--model-name", default=None, help="The model id clients send [default: the engine folder's name].")
+@click.option("--max-batch", default=None, type=int, help="Sequences decoded together [default: the engine's slots].")
+@click.option("--prefill-chunk", default=256, show_default=True, help="Prompt tokens per prefill step.")
+@click.option("--provider", default="cpu", show_default=True)
+@click.option("--threads", default=None, type=int, help="onnxruntime intra-op threads.")
+@click.option("--no-verify", is_flag=True, help="Skip checksum verification at load.")
+@click.option("--allow-failed-gate", is_flag=True, help="Serve an engine whose manifest fails its accuracy gate.")
+def serve_cmd(engine_dir: Path, host: str, port: int, model_name: str | None, max_batch: int | None,
+              prefill_chunk: int, provider: str, threads: int | None, no_verify: bool,
+              allow_failed_gate: bool) -> None:
+    """Serve an engine over HTTP: OpenAI-compatible /v1/completions and /v1/chat/completions
+    (SSE streaming), /health and /metrics (Prometheus)."""
+    import uvicorn
+
+    from runtime import Engine
+    from runtime.async_engine import AsyncEngine
+    from runtime.server import create_app
+
+    engine = Engine.load(engine_dir, provider=provider, threads=threads, verify=not no_verify, quiet=False)
+    gate = engine.manifest.get("gate")
+    if gate and not gate["passed"]:
+        from optimizer.gate import GateFailed, failure_message
+
+        if not allow_failed_gate:
+            raise GateFailed(f"refusing to serve: {failure_message(str(engine_dir), gate)}",
+                             hint="rebuild with a better quantization, or pass --allow-failed-gate to serve it anyway")
+        console().print(f"[yellow]warning:[/yellow] {failure_message(str(engine_dir), gate)} (served anyway)")
+    server = AsyncEngine(engine.llm(max_batch=max_batch, prefill_chunk=prefill_chunk)).start()
+    name = model_name or Path(engine_dir).resolve().name
+    console().print(f"serving [bold]{name}[/bold] on http://{host}:{port}/v1 "
+                    f"({server.llm.scheduler.max_running} sequences x {server.llm.max_tokens()} positions)")
+    try:
+        uvicorn.run(create_app(engine, server, name), host=host, port=port, log_level="warning")
+    finally:
+        server.shutdown()
