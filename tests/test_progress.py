@@ -45,6 +45,15 @@ def test_a_step_without_a_bar_says_it_is_still_running(log_format, capsys):
     assert "  ... load model: 0 s so far" in capsys.readouterr().err
 
 
+def test_only_the_innermost_running_step_reports(log_format, capsys):
+    log_format("plain")
+    with progress.step("report", interval=0.05):
+        with progress.step("build variant", interval=0.05):
+            time.sleep(0.2)
+    err = capsys.readouterr().err
+    assert "... build variant:" in err and "... report:" not in err
+
+
 def test_json_logs_are_one_event_per_line(log_format, capsys):
     log_format("json")
     _slow_step(0.05)

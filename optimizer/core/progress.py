@@ -113,6 +113,8 @@ def _plain(record: dict[str, Any]) -> str:
 
 def _heartbeat(status: _Status, stop: threading.Event, fmt: str, interval: float) -> None:
     while not stop.wait(interval):
+        if _active and _active[-1] is not status:
+            continue  # a step inside this one is running: it reports
         record = status.report()
         if fmt == "json":
             _emit({"event": "progress", **record})
