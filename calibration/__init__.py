@@ -88,12 +88,16 @@ def quantize_model(loaded: Any, cfg: QuantConfig, quiet: bool = False) -> Quanti
         if teacher is not None:
             manifest["distillation"] = distill(loaded, teacher, codes, cfg, quiet)
             del teacher
+    shared = False
     if cfg.lm_head_bits is not None:
-        manifest["lm_head_method"] = quantize_lm_head(loaded, cfg, codes,
-                                                      hidden if cfg.method in GPTQ_ROUNDED else None)
+        manifest["lm_head_method"], shared = quantize_lm_head(loaded, cfg, codes,
+                                                              hidden if cfg.method in GPTQ_ROUNDED else None)
+        manifest["embedding_shares_lm_head"] = shared
     manifest["quantized_modules"] = len(codes)
-    # the embeddings always stay in float, lm_head unless lm_head_bits; patterns add more.
-    manifest["kept_in_float"] = (["lm_head"] if cfg.lm_head_bits is None else []) + ["embed_tokens"] + sorted(
+    # the embeddings stay in float (unless tied to a quantized lm_head), lm_head unless
+    # lm_head_bits; patterns add more.
+    manifest["kept_in_float"] = (["lm_head"] if cfg.lm_head_bits is None else []) + \
+        ([] if shared else ["embed_tokens"]) + sorted(
         n for i in range(loaded.config.num_hidden_layers)
         for n in module_names(loaded.arch, i).values() if keep(n))
     manifest["seconds"] = round(time.perf_counter() - start, 2)
@@ -110,31 +114,34 @@ def distill(loaded: Any, teacher: torch.nn.Module, codes: dict, cfg: QuantConfig
 
 
 def quantize_lm_head(loaded: Any, cfg: QuantConfig, codes: dict[str, QuantizedLinear],
-                     hidden: list[torch.Tensor] | None = None) -> str:
+                     hidden: list[torch.Tensor] | None = None) -> tuple[str, bool]:
     """Quantize the output projection: by GPTQ against the final norm's outputs when the
     quantized model's last hidden states on the calibration text are given (methods gptq and
-    awq-gptq),
-    else by RTN (no calibration: the reference tools quantize it this way). A head tied to
-    the embeddings is untied first: the embedding table stays float, the head gets its own
-    quantized copy. Returns the method used."""
+    awq-gptq), else by RTN (no calibration: the reference tools quantize it this way).
+
+    A head tied to the embeddings stays tied: the shared table takes the quantized values,
+    and its codes are recorded under the embedding's name, so the engine stores them once
+    (the lm_head's MatMulNBits and the embedding's GatherBlockQuantized read the same bytes).
+    Returns the method used and whether the embedding shares the head's codes."""
     head = loaded.model.get_output_embeddings()
     name = loaded.arch.lm_head.removesuffix(".weight")
     if head is None or loaded.model.get_submodule(name) is not head:
         raise InputError("this model has no separate output projection to quantize",
                          hint="drop lm_head_bits / --lm-head-bits")
+    tied = head.weight.data_ptr() == loaded.model.get_input_embeddings().weight.data_ptr()
+    if tied:
+        name = loaded.arch.embed.removesuffix(".weight")  # the table both read
     with torch.no_grad():
-        if head.weight.data_ptr() == loaded.model.get_input_embeddings().weight.data_ptr():
-            head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=False)
-            loaded.config.tie_word_embeddings = False
         if hidden is None:
-            store_quantized(head, rtn_quantize(head.weight, cfg.lm_head_spec), name, codes)
-            return "rtn"
-        hessian = HessianAccumulator(head.in_features)
-        for h in hidden:
-            hessian.add(loaded.model.model.norm(h))
-        q = gptq_quantize(head.weight, hessian.H, cfg.lm_head_spec, act_order=cfg.act_order, damp=cfg.damp)
-        store_quantized(head, q, name, codes)
-        return "gptq"
+            q, method = rtn_quantize(head.weight, cfg.lm_head_spec), "rtn"
+        else:
+            hessian = HessianAccumulator(head.in_features)
+            for h in hidden:
+                hessian.add(loaded.model.model.norm(h))
+            q, method = gptq_quantize(head.weight, hessian.H, cfg.lm_head_spec, act_order=cfg.act_order,
+                                      damp=cfg.damp), "gptq"
+        store_quantized(head, q, name, codes)  # a tied table: the embedding takes the values too
+    return method, tied
 
 
 # method -> per-layer step(work, cfg=, codes=, arch=), run by the sequential driver

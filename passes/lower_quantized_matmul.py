@@ -109,6 +109,15 @@ def fp8_rows(q: Fp8Weight) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(codes), q.scales.astype(np.float32).reshape(-1, 1)
 
 
+def _tied_table(value: ir.Value | None) -> ir.Value | None:
+    """The initializer behind Transpose(table, perm [1, 0]) (a tied lm_head's weight), if so."""
+    node = value.producer() if value is not None else None
+    if node is None or node.op_type != "Transpose" or not node.inputs[0].is_initializer():
+        return None
+    perm = node.attributes["perm"].value if "perm" in node.attributes else None
+    return node.inputs[0] if list(perm or []) == [1, 0] else None
+
+
 class LowerQuantizedMatMul(ir_passes.InPlacePass):
     def __init__(self, codes: dict[str, QuantizedWeight], accuracy_level: int = 0,
                  weight_format: str = "matmulnbits") -> None:
@@ -128,7 +137,7 @@ class LowerQuantizedMatMul(ir_passes.InPlacePass):
         for node in list(graph):
             if node.op_type != "MatMul" or node.domain != "":
                 continue
-            weight = node.inputs[1]
+            weight = _tied_table(node.inputs[1]) or node.inputs[1]  # a tied lm_head reads Transpose(table)
             q = by_initializer.get(weight.name) if weight is not None and weight.is_initializer() else None
             if q is None:
                 continue
@@ -155,10 +164,50 @@ class LowerQuantizedMatMul(ir_passes.InPlacePass):
             if not weight.uses():
                 del graph.initializers[weight.name]
             lowered[kind] = lowered.get(kind, 0) + 1
-        if any("MatMulNBits" in k or FP8_WEIGHT_OP in k for k in lowered):
+        if self.weight_format != "dequantize":
+            shared = self._gather_shared_tables(graph, by_initializer)
+            if shared:
+                lowered["embedding -> GatherBlockQuantized (the lm_head's codes)"] = shared
+        if any("MatMulNBits" in k or FP8_WEIGHT_OP in k or "Gather" in k for k in lowered):
             ensure_ms_opset(model)
         self.notes = [f"{n} linears -> {kind}" for kind, n in lowered.items()]
         return ir_passes.PassResult(model, modified=bool(lowered))
+
+    def _gather_shared_tables(self, graph: ir.Graph, by_initializer: dict[str, QuantizedWeight]) -> int:
+        """A table with integer codes (an embedding tied to a quantized lm_head) read by Gather:
+        GatherBlockQuantized over the lm_head's MatMulNBits initializers (reshaped to rows), so
+        the float table leaves the engine. Returns how many Gathers were rewritten."""
+        count = 0
+        for node in list(graph):
+            table = node.inputs[0] if node.op_type == "Gather" and node.domain == "" else None
+            q = by_initializer.get(table.name) if table is not None and table.is_initializer() else None
+            base = table.name.removesuffix(".weight") if q is not None else ""
+            if not isinstance(q, IntWeight) or base + ".qweight" not in graph.initializers or \
+                    (node.attributes["axis"].value if "axis" in node.attributes else 0) != 0:
+                continue
+            packed = pack(q, table.const_value.dtype.numpy())
+            rows = add_initializer(graph, base + ".qweight_rows_shape", np.asarray([packed.B.shape[0], -1], np.int64))
+            data = ir.node("Reshape", [graph.initializers[base + ".qweight"], rows], name=base + "/rows")
+            inputs = [data.outputs[0], node.inputs[1], graph.initializers[base + ".scales"]]
+            if packed.zero_points is not None:
+                inputs.append(graph.initializers[base + ".qzeros"])
+            gather = ir.node("GatherBlockQuantized", inputs, domain=MS_DOMAIN, name=node.name,
+                             attributes={"gather_axis": 0, "quantize_axis": 1, "block_size": packed.block_size,
+                                         "bits": packed.bits})
+            new = [data, gather]
+            width = q.codes.shape[1]
+            if packed.B.shape[1] * packed.block_size != width:  # blocks padded past the table's width
+                start = add_initializer(graph, base + ".rows_start", np.asarray([0], np.int64))
+                end = add_initializer(graph, base + ".rows_end", np.asarray([width], np.int64))
+                axis = add_initializer(graph, base + ".rows_axis", np.asarray([-1], np.int64))
+                new.append(ir.node("Slice", [gather.outputs[0], start, end, axis], name=base + "/unpad"))
+            graph.insert_before(node, new)
+            replace_value(graph, node.outputs[0], new[-1].outputs[0])
+            graph.remove(node, safe=True)
+            if not table.uses():
+                del graph.initializers[table.name]
+            count += 1
+        return count
 
     def _matmul_nbits(self, graph: ir.Graph, node: ir.Node, base: str, q: IntWeight,
                       dtype: type) -> ir.Node:

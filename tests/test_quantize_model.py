@@ -141,8 +141,9 @@ def test_quant_without_lowering_pass_is_refused(tmp_path):
 
 @pytest.mark.parametrize("name", ["qwen2", "qwen2-tied"])
 def test_lm_head_quantized_on_request(name, tiny_hf_folders, tmp_path):
-    """lm_head_bits: the output projection becomes a MatMulNBits (a tied head is untied; the
-    embedding table stays float); the engine still verifies and keeps its output names."""
+    """lm_head_bits: the output projection becomes a MatMulNBits; an untied model keeps its
+    float embedding table, a tied one gathers its embeddings from the head's codes
+    (GatherBlockQuantized), so the table is stored once, quantized; the engine verifies."""
     from optimizer.pipeline import BuildOptions, build_engine
 
     cfg = QuantConfig(method="rtn", bits=4, group_size=32, lm_head_bits=8)
@@ -158,8 +159,27 @@ def test_lm_head_quantized_on_request(name, tiny_hf_folders, tmp_path):
     heads = [n for n in graph.node if n.op_type == "MatMulNBits"
              and any(a.name == "N" and a.i == vocab for a in n.attribute)]
     assert len(heads) == 1 and any(a.name == "bits" and a.i == 8 for a in heads[0].attribute)
-    assert any(i.name == "model.embed_tokens.weight" for i in graph.initializer)
+    tied = name == "qwen2-tied"
+    assert any(i.name == "model.embed_tokens.weight" for i in graph.initializer) == (not tied)
+    assert [n.op_type for n in graph.node].count("GatherBlockQuantized") == int(tied)
+    assert m["quantization"]["embedding_shares_lm_head"] == tied
+    assert ("embed_tokens" in m["quantization"]["kept_in_float"]) == (not tied)
     assert m["verification"]["top1_agreement"] >= 0.9
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_a_tied_table_is_stored_once_and_computes_what_torch_does(bits, symmetric, tiny_hf_folders, tmp_path):
+    """A tied, quantized lm_head: the fp32 engine stores the table once (codes, scales, zero
+    points), and verifies to fp32 noise against the torch model, whose embedding took the
+    same dequantized values; it is smaller than the float table alone."""
+    cfg = QuantConfig(method="rtn", bits=4, group_size=32, symmetric=symmetric, lm_head_bits=bits)
+    engine = build_engine(BuildOptions(out=tmp_path / "e", source=str(tiny_hf_folders["qwen2-tied"]), quant=cfg,
+                                       quiet=True))
+    assert engine.manifest["verification"]["max_abs_logit_diff"] < 1e-4
+    config = engine.manifest["architecture"]["config"]
+    float_table = config["vocab_size"] * config["hidden_size"] * 4
+    assert engine.manifest["model"]["weight_bytes"] < float_table
 
 
 @pytest.mark.parametrize("name", ["qwen2-tied", "gemma3"])

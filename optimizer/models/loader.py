@@ -118,7 +118,7 @@ def _load_gguf(path: Path, trust_remote_code: bool) -> LoadedModel:
     arch = arch_for_model_type(config.model_type)
     if getattr(config, "quantization_config", None) is not None:
         del config.quantization_config  # weights come out dequantized
-    with _reading(path, "the GGUF weights"):
+    with _reading(path, "the GGUF weights"), _gguf_bar_off():
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config,
                                                      dtype=torch.float32)
     # The GGUF "quantizer" only dequantized at load: the module holds plain fp32 weights.
@@ -207,6 +207,25 @@ def _finish(model: Any, arch: ArchSpec, tok: Any, source: dict[str, Any]) -> Loa
     model.eval()
     model.requires_grad_(False)
     return LoadedModel(model=model, config=model.config, arch=arch, tokenizer=tok, source=source)
+
+
+@contextmanager
+def _gguf_bar_off() -> Iterator[None]:
+    """transformers' GGUF reader draws its own tqdm bar (not switched by its logging): off,
+    the build's "load model" step reports in its place."""
+    from functools import partial
+
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    gguf_utils.tqdm = partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
 
 
 def _quiet_transformers(quiet: bool) -> None:
