@@ -13,7 +13,8 @@ throughout (speed does not depend on their values); greedy, EOS ignored, 128 pro
   bandwidth  HBM bandwidth: a 2 GiB device-to-device copy, 20 times, read + write counted.
   build      our engines of each shape and format: --dtype fp16, max length 512, static layout
              with max(--concurrency) slots of 256 positions. fp16; int4 = RTN, group 32,
-             symmetric, lm_head 4-bit too (onnxruntime-genai's int4 format); fp8 = --quant fp8
+             symmetric, lm_head 4-bit, a tied embedding gathered from its codes
+             (onnxruntime-genai's int4 format); fp8 = --quant fp8
              --target onnxruntime-cuda (calibrated on the packaged c4 text where it exists).
   ours       each engine on onnxruntime's CUDA provider. Batch 1: Engine.generate_ids, one
              warm-up and --runs timed runs (median, min, max), with CUDA graphs and device
