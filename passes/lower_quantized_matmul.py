@@ -133,6 +133,7 @@ class LowerQuantizedMatMul(ir_passes.InPlacePass):
         graph = model.graph
         by_initializer = {name + ".weight": q for name, q in self.codes.items()}
         self._activations: dict[tuple[int, float], ir.Value] = {}  # shared Q/DQ per input and scale
+        self._packed: dict[str, PackedWeight] = {}  # base name -> what its MatMulNBits reads
         lowered: dict[str, int] = {}
         for node in list(graph):
             if node.op_type != "MatMul" or node.domain != "":
@@ -164,8 +165,8 @@ class LowerQuantizedMatMul(ir_passes.InPlacePass):
             if not weight.uses():
                 del graph.initializers[weight.name]
             lowered[kind] = lowered.get(kind, 0) + 1
-        if self.weight_format != "dequantize":
-            shared = self._gather_shared_tables(graph, by_initializer)
+        if self._packed:
+            shared = self._gather_shared_tables(graph)
             if shared:
                 lowered["embedding -> GatherBlockQuantized (the lm_head's codes)"] = shared
         if any("MatMulNBits" in k or FP8_WEIGHT_OP in k or "Gather" in k for k in lowered):
@@ -173,19 +174,21 @@ class LowerQuantizedMatMul(ir_passes.InPlacePass):
         self.notes = [f"{n} linears -> {kind}" for kind, n in lowered.items()]
         return ir_passes.PassResult(model, modified=bool(lowered))
 
-    def _gather_shared_tables(self, graph: ir.Graph, by_initializer: dict[str, QuantizedWeight]) -> int:
-        """A table with integer codes (an embedding tied to a quantized lm_head) read by Gather:
-        GatherBlockQuantized over the lm_head's MatMulNBits initializers (reshaped to rows), so
-        the float table leaves the engine. Returns how many Gathers were rewritten."""
+    def _gather_shared_tables(self, graph: ir.Graph) -> int:
+        """A table lowered to MatMulNBits (an embedding tied to a quantized lm_head) and read by
+        Gather: GatherBlockQuantized over the same initializers (reshaped to rows), so the float
+        table leaves the engine. Returns how many Gathers were rewritten."""
         count = 0
         for node in list(graph):
-            table = node.inputs[0] if node.op_type == "Gather" and node.domain == "" else None
-            q = by_initializer.get(table.name) if table is not None and table.is_initializer() else None
-            base = table.name.removesuffix(".weight") if q is not None else ""
-            if not isinstance(q, IntWeight) or base + ".qweight" not in graph.initializers or \
+            if node.op_type != "Gather" or node.domain != "" or \
                     (node.attributes["axis"].value if "axis" in node.attributes else 0) != 0:
                 continue
-            packed = pack(q, table.const_value.dtype.numpy())
+            table = node.inputs[0]
+            base = table.name.removesuffix(".weight")
+            packed = self._packed.get(base) if table.is_initializer() else None
+            if packed is None:
+                continue
+            width = self.codes[base].codes.shape[1]
             rows = add_initializer(graph, base + ".qweight_rows_shape", np.asarray([packed.B.shape[0], -1], np.int64))
             data = ir.node("Reshape", [graph.initializers[base + ".qweight"], rows], name=base + "/rows")
             inputs = [data.outputs[0], node.inputs[1], graph.initializers[base + ".scales"]]
@@ -195,7 +198,6 @@ class LowerQuantizedMatMul(ir_passes.InPlacePass):
                              attributes={"gather_axis": 0, "quantize_axis": 1, "block_size": packed.block_size,
                                          "bits": packed.bits})
             new = [data, gather]
-            width = q.codes.shape[1]
             if packed.B.shape[1] * packed.block_size != width:  # blocks padded past the table's width
                 start = add_initializer(graph, base + ".rows_start", np.asarray([0], np.int64))
                 end = add_initializer(graph, base + ".rows_end", np.asarray([width], np.int64))
@@ -211,7 +213,7 @@ class LowerQuantizedMatMul(ir_passes.InPlacePass):
 
     def _matmul_nbits(self, graph: ir.Graph, node: ir.Node, base: str, q: IntWeight,
                       dtype: type) -> ir.Node:
-        packed = pack(q, dtype)
+        packed = self._packed[base] = pack(q, dtype)
         n, k = q.codes.shape
         inputs = [node.inputs[0],
                   add_initializer(graph, base + ".qweight", packed.B),

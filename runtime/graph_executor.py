@@ -18,8 +18,9 @@ onnxruntime captures each bucket's step on its first runs under a graph id of it
 replays it afterwards; the runtime's part of a step is two small host-to-device copies (ids,
 mask), the replay, the sampler's replay (`runtime.device_sampler`) and the copy of b token
 ids back; when every row is greedy, the engine's own `greedy_tokens` output (the greedy-tokens
-pass) replaces the sampler's replay. Prefill chunks stay uncaptured (graph id -1), batched where the static executor can
-(`StaticExecutor.prefill_chunks`).
+pass) replaces the sampler's replay. Prefill chunks stay uncaptured (graph id -1), batched
+where the static executor can (`StaticExecutor.prefill_chunks`); `decode` (logits for host
+sampling, e.g. evaluation) is the static executor's uncaptured step.
 
 A decode of rows [0, r) runs in the smallest bucket b >= r; rows r..b-1 are placeholders that
 write a key/value at their slot's next free position, which the slot's next real token (or
@@ -232,8 +233,3 @@ class GraphStaticExecutor(StaticExecutor):
             for _ in range(runs):
                 self._run_bucket(size)
                 self.sampler.run(size, size, self._params)
-
-    def decode(self, seqs: list[Sequence]) -> np.ndarray:
-        """Logits (n, V) of a decode step, for callers that sample on the host (e.g.
-        evaluation): the uncaptured path of the static executor."""
-        return super().decode(seqs)

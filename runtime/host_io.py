@@ -55,14 +55,12 @@ class HostStepIO:
         rows, steps = ids.shape
         self._ids[:ids.size] = ids.ravel()
         self._mask[:mask.size] = mask.ravel()
-        if last is None:
-            self._positions[:rows] = steps - 1
-        elif self._select == "logits_positions":
+        if last is not None and self._select == "logits_positions":
             self._positions[:rows] = last
-        elif (last != steps - 1).any():
+        elif last is not None and (last != steps - 1).any():
             raise ValueError("this engine returns one logits position for every row (logits_from)")
         else:
-            self._positions[0] = steps - 1
+            self._positions[:rows] = steps - 1
         # the buffers' memory is bound, so only a changed shape needs binding again
         ids_shape, mask_shape = self._bound.get(binding, (None, None))
         if ids.shape != ids_shape:
