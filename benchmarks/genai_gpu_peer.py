@@ -17,7 +17,9 @@ request's greedy tokens can be compared across modes.
 b1, batch  og.Generator, static batch, greedy, EOS ignored (min_length = max_length = prompt +
            new tokens). prefill_ms: append_tokens(prompts) until the first token is chosen;
            decode_tok_s: batch * (new_tokens - 1) tokens after it over their wall time. One
-           untimed warm-up, then --runs runs: median, min and max of both.
+           untimed warm-up, then --runs runs: median, min and max of both. --profile STEPS adds
+           the CUDA kernels of STEPS decode steps by name (benchmarks/gpu_kernels.py's summary;
+           imports torch for its CUPTI profiler).
 engine     og.Engine (continuous batching), all requests submitted at t=0, each with its own
            TurnOptions: greedy, exactly --new-tokens tokens (EOS masked by the minimum).
            output_tok_s = all generated tokens / time to the last one; per request TTFT = first
@@ -106,6 +108,40 @@ def generator_run(model, prompts, new_tokens):
             "generated_ids": ids}
 
 
+def kernel_profile(model, prompts, steps):
+    """The CUDA kernels of `steps` decode steps of one Generator, by name (torch's CUPTI
+    profiler records every kernel of the process, genai's onnxruntime included; torch is
+    imported only here). Same summary as benchmarks/gpu_kernels.py."""
+    from collections import defaultdict
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from gpu_kernels import short
+
+    batch, prompt_len = prompts.shape
+    params = og.GeneratorParams(model)
+    total = prompt_len + steps + 8
+    params.set_search_options(do_sample=False, batch_size=batch, max_length=total, min_length=total)
+    gen = og.Generator(model, params)
+    gen.append_tokens(prompts)
+    for _ in range(4):
+        gen.generate_next_token()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            gen.generate_next_token()
+        torch.cuda.synchronize()
+    by_name = defaultdict(list)
+    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+    for e in kernels:
+        by_name[short(e.name)].append(getattr(e, "device_time_total", None) or e.cuda_time_total)
+    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:25]
+    return {"kernels_per_step": len(kernels) / steps,
+            "gpu_busy_ms_per_step": sum(map(sum, by_name.values())) / steps / 1e3,
+            "top": [{"kernel": k, "per_step": len(v) / steps, "us_per_step": sum(v) / steps} for k, v in top]}
+
+
 def spread(values):
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -165,6 +201,8 @@ def main():
     ap.add_argument("--runs", type=int, default=5, help="timed runs (b1, batch)")
     ap.add_argument("--batch", type=int, default=16, help="rows of the static batch (batch)")
     ap.add_argument("--requests", type=int, default=64, help="concurrent requests (engine)")
+    ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                    help="b1, batch: also profile the kernels of STEPS decode steps (needs torch with CUDA)")
     args = ap.parse_args()
     if og is None:
         sys.exit("onnxruntime_genai is not installed in this interpreter")
@@ -195,6 +233,8 @@ def main():
                       if args.new_tokens > 1 else None,
                       runs=[{k: r[k] for k in ("prefill_ms", "decode_tok_s")} for r in runs],
                       generated_ids=runs[0]["generated_ids"])
+        if args.profile:
+            result["kernels"] = kernel_profile(model, prompts, args.profile)
     print(json.dumps(result))
 
 

