@@ -41,7 +41,7 @@ VARIANTS = ("fp16", "fp8", "fp8-cuda")
 
 def build(variant: str, out: Path, args: argparse.Namespace) -> Path:
     """The variant's engine under `out` (reused when a complete one is already there)."""
-    from calibration import QuantConfig
+    from calibration import quant_config
     from optimizer.core.artifact import load_engine
     from optimizer.pipeline import BuildOptions, build_engine
 
@@ -50,7 +50,7 @@ def build(variant: str, out: Path, args: argparse.Namespace) -> Path:
         return out
     quant = None
     if variant.startswith("fp8"):
-        quant = QuantConfig(method="fp8", bits=8, group_size=None, calib=args.calib, observer=args.observer)
+        quant = quant_config(method="fp8", bits=8, group_size=None, calib=args.calib, observer=args.observer)
     target = "onnxruntime-cuda" if variant == "fp8-cuda" else "onnxruntime"
     capacity = args.prompt_tokens + args.decode_steps + 8
     opts = BuildOptions(out=out, random_weights=True, config=args.config, tokenizer=args.tokenizer,

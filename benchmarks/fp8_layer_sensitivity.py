@@ -23,7 +23,7 @@ import sys
 
 import torch
 
-from calibration import QuantConfig, quantize_model
+from calibration import quant_config, quantize_model
 from calibration.data import parse_spec, token_windows
 from optimizer.evaluate import perplexity, torch_logits_fn
 from optimizer.models.loader import load_model
@@ -85,7 +85,7 @@ def main() -> None:
     report["fp32"] = ppl()
     log(f"fp32 {report['fp32']:.3f}")
     float_weights = {n: w.detach().clone() for n, w in loaded.model.named_parameters()}
-    quantize_model(loaded, QuantConfig(method="fp8", bits=8, group_size=None, observer=args.observer,
+    quantize_model(loaded, quant_config(method="fp8", bits=8, group_size=None, observer=args.observer,
                                        calib=args.calib), quiet=True)
     report["all_fp8"] = ppl()
     log(f"all FP8 {report['all_fp8']:.3f}")

@@ -96,7 +96,7 @@ def phase_bandwidth(args) -> None:
 
 
 def phase_build(args) -> None:
-    from calibration import QuantConfig
+    from calibration import quant_config
     from optimizer.models.loader import load_model
     from optimizer.pipeline import BuildOptions, build_engine
 
@@ -112,9 +112,9 @@ def phase_build(args) -> None:
             common = dict(out=out, random_weights=True, config=shape, dtype="fp16", max_seq_len=MAX_LEN,
                           kv_layout="static", kv_slots=slots, kv_capacity=CAPACITY, quiet=True, overwrite=True)
             if fmt == "int4":
-                opts = BuildOptions(**common, quant=QuantConfig(method="rtn", bits=4, group_size=32, lm_head_bits=4))
+                opts = BuildOptions(**common, quant=quant_config(method="rtn", bits=4, group_size=32, lm_head_bits=4))
             elif fmt == "fp8":
-                opts = BuildOptions(**common, quant=QuantConfig(method="fp8", calib="c4:32x512"),  # the c4 asset
+                opts = BuildOptions(**common, quant=quant_config(method="fp8", calib="c4:32x512"),  # the c4 asset
                                     target="onnxruntime-cuda")
             else:
                 opts = BuildOptions(**common)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from calibration import QuantConfig  # noqa: E402
+from calibration import quant_config  # noqa: E402
 from calibration.data import load_text  # noqa: E402
 from optimizer.pipeline import BuildOptions, build_engine  # noqa: E402
 from optimizer.workload import make_workload  # noqa: E402
@@ -36,7 +36,7 @@ def build(model: str, out: Path, layout: str, quant: str | None) -> Engine:
     if not (out / "manifest.json").exists():
         shutil.rmtree(out, ignore_errors=True)
         build_engine(BuildOptions(out=out, source=model, dtype="fp16", kv_layout=layout, kv_slots=SLOTS,
-                                  kv_capacity=CAPACITY, quant=QuantConfig(method="rtn") if quant else None,
+                                  kv_capacity=CAPACITY, quant=quant_config(method="rtn") if quant else None,
                                   quiet=True))
     return Engine.load(out, provider="cuda")
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration import QuantConfig
+from calibration import quant_config
 from optimizer.models.loader import load_model
 from optimizer.pipeline import BuildOptions, build_engine
 from passes import DEFAULT_PIPELINE, UNFUSED_PIPELINE
@@ -91,7 +91,7 @@ def build_all(model: str, out: Path) -> dict[str, Path]:
         if (path / "manifest.json").exists() and _built_as(path, passes, fmt):
             continue
         loaded = load_model(model, quiet=True)  # fresh: quantization edits the weights in place
-        cfg = QuantConfig(method="rtn", bits=4, group_size=fmt.group_size, symmetric=fmt.symmetric,
+        cfg = quant_config(method="rtn", bits=4, group_size=fmt.group_size, symmetric=fmt.symmetric,
                           lm_head_bits=fmt.lm_head_bits)
         build_engine(BuildOptions(out=path, source=model, passes=passes, quant=cfg, accuracy_level=4,
                                   kv_cache_dtype=kv_cache_dtype(passes), overwrite=True, quiet=True), loaded)

@@ -93,7 +93,7 @@ def run_one(variant: str, model: str, calib: str, eval_windows: Path, out: Path,
     """Inside the variant's own process."""
     import torch
 
-    from calibration import QuantConfig
+    from calibration import quant_config
     from optimizer.evaluate import engine_logits_fn, perplexity, torch_logits_fn
     from optimizer.models.loader import load_model
     from optimizer.pipeline import BuildOptions, build_engine
@@ -105,7 +105,7 @@ def run_one(variant: str, model: str, calib: str, eval_windows: Path, out: Path,
     settings = OURS.get(variant, {})
     if settings.get("distill_steps"):
         settings = {**settings, "distill_device": distill_device}
-    quant = None if variant == "fp32" else QuantConfig(calib=calib, **settings)
+    quant = None if variant == "fp32" else quant_config(calib=calib, **settings)
     start = time.perf_counter()
     engine_dir = build_engine(BuildOptions(out=out / variant, source=model, quant=quant, overwrite=True,
                                            quiet=True, **BUILD.get(variant, {})), loaded=loaded)

@@ -1,12 +1,13 @@
 """Calibration and weight quantization on the torch module, layer by layer.
 
-    result = quantize_model(loaded, QuantConfig(method="gptq", bits=4, group_size=64))
+    result = quantize_model(loaded, quant_config(method="gptq", bits=4, group_size=64))
     result.codes["model.layers.0.self_attn.q_proj"]  # QuantizedLinear: codes, scales, zeros
     #                                                   (Fp8Linear for method "fp8")
 
 After quantization the module's linears hold their dequantized weights (fake-quant), so the
 torch model computes what the engine computes; `codes` feeds the MatMulNBits lowering pass.
-Methods are registered in METHOD_STEPS; the driver (sequential.py) is shared by all.
+ALGORITHMS maps each configuration class (calibration/config/) to its algorithm; the
+calibrated ones share the layer-by-layer driver (sequential.py), each with its per-layer step.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from calibration.config import GPTQ_ROUNDED, QuantConfig
+from calibration.config import (AwqConfig, AwqGptqConfig, Calibrated, Fp8Config, GptqConfig, GptqRounding,
+                                IntWeightConfig, QuantConfig, RtnConfig, quant_config)
 from calibration.data import parse_spec, token_windows, windows_hash
 from calibration.distill import distill_fp8
 from calibration.mappings import module_names
@@ -31,7 +33,7 @@ from calibration.rtn import QuantizedLinear, rtn_quantize
 from calibration.sequential import run_sequential
 from optimizer.core.errors import InputError
 
-__all__ = ["QuantConfig", "QuantizationResult", "quantize_model"]
+__all__ = ["ALGORITHMS", "QuantConfig", "QuantizationResult", "quant_config", "quantize_model"]
 
 
 @dataclass
@@ -54,7 +56,7 @@ def target_linears(loaded: Any, keep: Callable[[str], bool]) -> dict[str, torch.
     return out
 
 
-def calibration_windows(loaded: Any, cfg: QuantConfig, text: str | None = None) -> np.ndarray:
+def calibration_windows(loaded: Any, cfg: Calibrated, text: str | None = None) -> np.ndarray:
     """Token windows of `text` (a SOURCE:NxL spec; default cfg.calib), drawn as cfg says."""
     spec = parse_spec(text or cfg.calib, cfg.calib_seed)
     if loaded.tokenizer is None:
@@ -67,31 +69,15 @@ def calibration_windows(loaded: Any, cfg: QuantConfig, text: str | None = None) 
 def quantize_model(loaded: Any, cfg: QuantConfig, quiet: bool = False) -> QuantizationResult:
     cfg.validate()
     keep = _keep_matcher(cfg.keep)
-    linears = target_linears(loaded, keep)
     codes: dict[str, QuantizedLinear] = {}
     manifest: dict[str, Any] = cfg.to_manifest()
     start = time.perf_counter()
-    hidden = None  # the quantized model's last hidden states on the calibration windows
-    if cfg.method == "rtn":
-        with torch.no_grad():
-            for name, lin in linears.items():
-                store_quantized(lin, rtn_quantize(lin.weight, cfg.spec), name, codes)
-    else:
-        windows = calibration_windows(loaded, cfg)
-        manifest["calibration"] = {"spec": cfg.calib, "windows": list(windows.shape),
-                                   "tokens": int(windows.size), "sha256": windows_hash(windows)}
-        step = METHOD_STEPS[cfg.method]
-        teacher = copy.deepcopy(loaded.model) if cfg.distill_steps else None  # the float model
-        hidden = run_sequential(loaded.model, loaded.arch, windows, cfg.batch_size,
-                                partial(step, cfg=cfg, codes=codes, arch=loaded.arch), keep, quiet,
-                                float_stream=cfg.float_stream)
-        if teacher is not None:
-            manifest["distillation"] = distill(loaded, teacher, codes, cfg, quiet)
-            del teacher
+    # the quantized model's last hidden states on the calibration windows (None without calibration)
+    hidden = ALGORITHMS[type(cfg)](loaded, cfg, keep, codes, manifest, quiet)
     shared = False
     if cfg.lm_head_bits is not None:
         manifest["lm_head_method"], shared = quantize_lm_head(loaded, cfg, codes,
-                                                              hidden if cfg.method in GPTQ_ROUNDED else None)
+                                                              hidden if isinstance(cfg, GptqRounding) else None)
         manifest["embedding_shares_lm_head"] = shared
     manifest["quantized_modules"] = len(codes)
     # the embeddings stay in float (unless tied to a quantized lm_head), lm_head unless
@@ -104,7 +90,39 @@ def quantize_model(loaded: Any, cfg: QuantConfig, quiet: bool = False) -> Quanti
     return QuantizationResult(codes, manifest)
 
 
-def distill(loaded: Any, teacher: torch.nn.Module, codes: dict, cfg: QuantConfig, quiet: bool) -> dict[str, Any]:
+def quantize_rtn(loaded: Any, cfg: RtnConfig, keep: Callable[[str], bool], codes: dict, manifest: dict,
+                 quiet: bool) -> None:
+    """Round every target linear to nearest: no calibration."""
+    with torch.no_grad():
+        for name, lin in target_linears(loaded, keep).items():
+            store_quantized(lin, rtn_quantize(lin.weight, cfg.spec), name, codes)
+
+
+def quantize_calibrated(loaded: Any, cfg: Calibrated, keep: Callable[[str], bool], codes: dict, manifest: dict,
+                        quiet: bool, *, step: Callable[..., None], float_stream: bool = False) -> list[torch.Tensor]:
+    """Run the calibration windows through the model layer by layer (sequential.py), `step`
+    quantizing each layer on its inputs; records the windows in the manifest and returns the
+    quantized model's last hidden states."""
+    windows = calibration_windows(loaded, cfg)
+    manifest["calibration"] = {"spec": cfg.calib, "windows": list(windows.shape),
+                               "tokens": int(windows.size), "sha256": windows_hash(windows)}
+    return run_sequential(loaded.model, loaded.arch, windows, cfg.batch_size,
+                          partial(step, cfg=cfg, codes=codes, arch=loaded.arch), keep, quiet,
+                          float_stream=float_stream)
+
+
+def quantize_fp8(loaded: Any, cfg: Fp8Config, keep: Callable[[str], bool], codes: dict, manifest: dict,
+                 quiet: bool) -> list[torch.Tensor]:
+    """Calibrate FP8 layer by layer, then, with distill_steps, fine-tune against the float model."""
+    teacher = copy.deepcopy(loaded.model) if cfg.distill_steps else None  # the float model
+    hidden = quantize_calibrated(loaded, cfg, keep, codes, manifest, quiet, step=fp8_layer,
+                                 float_stream=cfg.float_stream)
+    if teacher is not None:
+        manifest["distillation"] = distill(loaded, teacher, codes, cfg, quiet)
+    return hidden
+
+
+def distill(loaded: Any, teacher: torch.nn.Module, codes: dict, cfg: Fp8Config, quiet: bool) -> dict[str, Any]:
     """Fine-tune the FP8 weights against the float model on cfg.distill_data (distill.py)."""
     windows = calibration_windows(loaded, cfg, cfg.distill_data)
     record = distill_fp8(loaded.model, teacher, codes, windows, cfg.distill_steps, cfg.distill_lr,
@@ -113,7 +131,7 @@ def distill(loaded: Any, teacher: torch.nn.Module, codes: dict, cfg: QuantConfig
             **record}
 
 
-def quantize_lm_head(loaded: Any, cfg: QuantConfig, codes: dict[str, QuantizedLinear],
+def quantize_lm_head(loaded: Any, cfg: IntWeightConfig, codes: dict[str, QuantizedLinear],
                      hidden: list[torch.Tensor] | None = None) -> tuple[str, bool]:
     """Quantize the output projection: by GPTQ against the final norm's outputs when the
     quantized model's last hidden states on the calibration text are given (methods gptq and
@@ -144,10 +162,12 @@ def quantize_lm_head(loaded: Any, cfg: QuantConfig, codes: dict[str, QuantizedLi
     return method, tied
 
 
-# method -> per-layer step(work, cfg=, codes=, arch=), run by the sequential driver
-METHOD_STEPS: dict[str, Callable[..., None]] = {
-    "gptq": gptq_layer,
-    "awq": awq_layer,
-    "awq-gptq": awq_gptq_layer,
-    "fp8": fp8_layer,
+# configuration class -> its algorithm: (loaded, cfg, keep, codes, manifest, quiet) -> the
+# quantized model's last hidden states on the calibration windows, or None
+ALGORITHMS: dict[type[QuantConfig], Callable[..., list[torch.Tensor] | None]] = {
+    RtnConfig: quantize_rtn,
+    AwqConfig: partial(quantize_calibrated, step=awq_layer),
+    GptqConfig: partial(quantize_calibrated, step=gptq_layer),
+    AwqGptqConfig: partial(quantize_calibrated, step=awq_gptq_layer),
+    Fp8Config: quantize_fp8,
 }

@@ -44,7 +44,7 @@ class Fp8WeightRounding(torch.nn.Module):
 
 
 def distillation_device(name: str) -> torch.device:
-    """`name` is cpu or cuda (QuantConfig.validate checks it); cuda must be there."""
+    """`name` is cpu or cuda (Fp8Config.validate checks it); cuda must be there."""
     if name == "cuda" and not torch.cuda.is_available():
         raise InputError("--distill-device cuda, but torch sees no CUDA GPU here",
                          hint="use --distill-device cpu (slow: each step runs both models on the batch), "

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from optimizer.core.engine_format import LAYOUTS
 from optimizer.core.errors import InputError
+from optimizer.core.quant_defaults import BITS, DEFAULTS, DISTILL_DEVICES, OBSERVERS
 
 # onnxruntime: kernels of onnxruntime's CPU and CUDA providers; onnxruntime-cuda: may use
 # CUDA-only kernels (FP8: MatMulBlockQuantizedFp8Weight), verified on the CUDA provider;
@@ -95,31 +96,35 @@ class BuildSection:
 class QuantSection:
     """How the weights are quantized: the recipe's `quantization:` section."""
 
-    # quant and method: checked where they are used (optimizer.recipes.quant_config, QuantConfig),
-    # whose errors name the valid values
+    # quant and method: checked where they are used (optimizer.recipes.quant_config_from,
+    # calibration.config.quant_config), whose errors name the valid values; the defaults shared
+    # with the quantization configurations come from optimizer.core.quant_defaults
     quant: str = opt("none", "Quantization: none, int4, int8 (weights), fp8 (W8A8 E4M3).")
-    method: str = opt("rtn", "Quantization method: rtn, awq, gptq, awq-gptq (AWQ's scaling, then GPTQ rounding); "
-                             "with --quant fp8, gptq rounds the FP8 weights by GPTQ.")
-    group_size: int = opt(64, "Quantization group size; 0 = per-channel.")
-    symmetric: bool = opt(True, "Symmetric weights (no zero points) or asymmetric.", flag="--sym/--asym")
-    act_order: bool = opt(False, "GPTQ, AWQ-GPTQ: quantize columns in decreasing Hessian order.")
-    calib: str = opt("c4:128x512", "Calibration text SOURCE:NxL (c4, wiki, tiny, or a .txt/.jsonl/.parquet file).")
-    calib_seed: int | None = opt(None, "Draw calibration windows at random with this seed.")
-    calib_allow_fewer: bool = opt(False, "Too little calibration text: warn and go on.")
+    method: str = opt(DEFAULTS["method"], "Quantization method: rtn, awq, gptq, awq-gptq (AWQ's scaling, then GPTQ "
+                                          "rounding); with --quant fp8, gptq rounds the FP8 weights by GPTQ.")
+    group_size: int = opt(DEFAULTS["group_size"], "Quantization group size; 0 = per-channel.")
+    symmetric: bool = opt(DEFAULTS["symmetric"], "Symmetric weights (no zero points) or asymmetric.",
+                          flag="--sym/--asym")
+    act_order: bool = opt(DEFAULTS["act_order"], "GPTQ, AWQ-GPTQ: quantize columns in decreasing Hessian order.")
+    calib: str = opt(DEFAULTS["calib"], "Calibration text SOURCE:NxL (c4, wiki, tiny, or a .txt/.jsonl/.parquet "
+                                        "file).")
+    calib_seed: int | None = opt(DEFAULTS["calib_seed"], "Draw calibration windows at random with this seed.")
+    calib_allow_fewer: bool = opt(DEFAULTS["calib_allow_fewer"], "Too little calibration text: warn and go on.")
     keep: list[str] = opt([], "Module-name pattern kept in float (repeatable); embeddings always are.")
-    lm_head_bits: int | None = opt(None, "Also RTN-quantize the output projection (none = keep it in float).",
-                                   choices=(4, 8, None), parse=_lm_head_bits)
-    observer: str = opt("minmax", "FP8: how calibration picks the activation scales.",
-                        choices=("minmax", "percentile", "mse"))
-    smooth: float | None = opt(None, "FP8: migrate activation outliers into the weights first (SmoothQuant), "
-                                     "strength alpha in [0, 1], e.g. 0.3 [default: off].")
-    distill_steps: int = opt(0, "FP8: after calibration, fine-tune the weights against the float model for N steps "
-                                "(distillation with the FP8 rounding in the loop; slow on CPU); 0 = off.")
-    distill_lr: float = opt(1e-4, "FP8 distillation: learning rate.")
-    distill_batch: int = opt(8, "FP8 distillation: windows per step.")
-    distill_data: str = opt("c4:512x512", "FP8 distillation: training text SOURCE:NxL.")
-    distill_device: str = opt("cpu", "FP8 distillation: where the steps run.", choices=("cpu", "cuda"))
-
+    lm_head_bits: int | None = opt(DEFAULTS["lm_head_bits"], "Also RTN-quantize the output projection (none = keep "
+                                                             "it in float).",
+                                   choices=(*BITS, None), parse=_lm_head_bits)
+    observer: str = opt(DEFAULTS["observer"], "FP8: how calibration picks the activation scales.", choices=OBSERVERS)
+    smooth: float | None = opt(DEFAULTS["smooth"], "FP8: migrate activation outliers into the weights first "
+                                                   "(SmoothQuant), strength alpha in [0, 1], e.g. 0.3 [default: off].")
+    distill_steps: int = opt(DEFAULTS["distill_steps"], "FP8: after calibration, fine-tune the weights against the "
+                                                        "float model for N steps (distillation with the FP8 rounding "
+                                                        "in the loop; slow on CPU); 0 = off.")
+    distill_lr: float = opt(DEFAULTS["distill_lr"], "FP8 distillation: learning rate.")
+    distill_batch: int = opt(DEFAULTS["distill_batch"], "FP8 distillation: windows per step.")
+    distill_data: str = opt(DEFAULTS["distill_data"], "FP8 distillation: training text SOURCE:NxL.")
+    distill_device: str = opt(DEFAULTS["distill_device"], "FP8 distillation: where the steps run.",
+                              choices=DISTILL_DEVICES)
 
 SECTIONS: dict[str, type] = {"build": BuildSection, "quantization": QuantSection}
 

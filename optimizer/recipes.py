@@ -27,7 +27,8 @@ from typing import Any, Mapping
 import yaml
 
 from optimizer.core.errors import InputError
-from optimizer.options import SECTIONS, BuildSection, QuantSection, field_schema, section_schema
+from optimizer.core.quant_defaults import BITS, DEFAULT_KEEP
+from optimizer.options import SECTIONS, BuildSection, QuantSection, field_schema, section_schema, section_values
 
 RECIPE_VERSION = 1
 
@@ -52,31 +53,28 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
-def quant_config(qs: QuantSection) -> Any:
-    """The calibration.QuantConfig a recipe's quantization section asks for (None: float)."""
-    from calibration.config import BITS, DEFAULT_KEEP, QuantConfig
+def quant_config_from(qs: QuantSection) -> Any:
+    """The calibration.config.QuantConfig a recipe's quantization section asks for (None: float).
+
+    The section's quant, method, group_size and keep say what the configuration spells
+    otherwise (--quant int4 -> bits 4, group size 0 -> per-channel, keep adds to the default
+    patterns, fp8's --method -> its weight rounding); its other fields are the configuration's
+    settings by the same names, refused where they do not apply (calibration.config.quant_config)."""
+    from calibration.config import quant_config
 
     if qs.quant == "none":
         return None
+    settings = {k: v for k, v in section_values(qs).items() if k not in ("quant", "method", "group_size", "keep")}
+    settings["keep"] = DEFAULT_KEEP + tuple(qs.keep)
     if qs.quant == "fp8":
         if qs.method not in ("rtn", "fp8", "gptq"):  # rtn: the section's default, i.e. not given
             raise InputError(f"--quant fp8 rounds its weights to nearest or by GPTQ, not {qs.method}",
                              hint="drop --method, or use --method gptq, with --quant fp8")
-        return QuantConfig(method="fp8", bits=8, group_size=None, symmetric=qs.symmetric,
-                           fp8_weights="gptq" if qs.method == "gptq" else "nearest",
-                           observer=qs.observer, smooth=qs.smooth, calib=qs.calib,
-                           calib_seed=qs.calib_seed, calib_allow_fewer=qs.calib_allow_fewer,
-                           keep=DEFAULT_KEEP + tuple(qs.keep), lm_head_bits=qs.lm_head_bits,
-                           distill_steps=qs.distill_steps, distill_lr=qs.distill_lr,
-                           distill_batch=qs.distill_batch, distill_data=qs.distill_data,
-                           distill_device=qs.distill_device)
+        return quant_config("fp8", fp8_weights="gptq" if qs.method == "gptq" else "nearest", **settings)
     if qs.quant not in {f"int{b}" for b in BITS}:
         raise InputError(f"unsupported quantization {qs.quant!r}",
                          hint="choose one of: none, fp8, " + ", ".join(f"int{b}" for b in BITS))
-    return QuantConfig(method=qs.method, bits=int(qs.quant[3:]), group_size=qs.group_size or None,
-                       symmetric=qs.symmetric, act_order=qs.act_order, calib=qs.calib, calib_seed=qs.calib_seed,
-                       calib_allow_fewer=qs.calib_allow_fewer, keep=DEFAULT_KEEP + tuple(qs.keep),
-                       lm_head_bits=qs.lm_head_bits, distill_steps=qs.distill_steps)  # validate() refuses it
+    return quant_config(qs.method, bits=int(qs.quant[3:]), group_size=qs.group_size or None, **settings)
 
 
 def load_recipe(path: str | Path) -> Recipe:

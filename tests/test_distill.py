@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from calibration import QuantConfig, quantize_model
+from calibration import quant_config, quantize_model
 from calibration.data import parse_spec, token_windows
 from calibration.distill import WARMUP_STEPS, distillation_device, kl_to_teacher, lr_at
 from calibration.fp8 import E4M3_MAX, fake_quant_fp8, quantize_fp8
@@ -58,7 +58,7 @@ def test_kl_is_zero_for_the_teacher_itself_and_positive_otherwise():
 def test_bad_distillation_settings_are_refused(kwargs, match):
     base = {"method": "fp8", "bits": 8, "group_size": None, "calib": CALIB, "distill_steps": 5}
     with pytest.raises(InputError, match=match):
-        QuantConfig(**{**base, **kwargs}).validate()
+        quant_config(**{**base, **kwargs}).validate()
 
 
 def test_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
@@ -83,7 +83,7 @@ def test_distillation_brings_the_fp8_model_closer_to_float(tiny_hf_folders, tmp_
     kl = {}
     for steps in (0, 30):
         loaded = load_model(folder, quiet=True)
-        cfg = QuantConfig(method="fp8", bits=8, group_size=None, calib=CALIB, distill_steps=steps,
+        cfg = quant_config(method="fp8", bits=8, group_size=None, calib=CALIB, distill_steps=steps,
                           distill_lr=3e-4, distill_batch=4, distill_data=DATA)
         if steps:
             assert "distilled 30 steps" in cfg.describe()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from calibration import QuantConfig
+from calibration import quant_config
 from calibration.fp8 import (E4M3_MAX, MinMaxObserver, MseObserver, PercentileObserver, fake_quant_fp8,
                              mse_optimal_scale, quantize_linear_fp8, weight_scales)
 from optimizer.core.errors import InputError
@@ -71,15 +71,14 @@ def test_mse_scale_is_the_best_of_its_grid():
     (dict(percentile=20.0), "percentile"),
 ])
 def test_bad_fp8_settings_are_refused(kwargs, match):
-    cfg = QuantConfig(**{"method": "fp8", "bits": 8, "group_size": None, "calib": CALIB, **kwargs})
-    with pytest.raises(InputError, match=match):
-        cfg.validate()
+    with pytest.raises(InputError, match=match):  # when made (fixed format) or validated
+        quant_config(**{"method": "fp8", "bits": 8, "group_size": None, "calib": CALIB, **kwargs}).validate()
 
 
 @pytest.mark.parametrize("name,observer", [("llama", "minmax"), ("qwen2", "mse"), ("gemma3", "percentile")])
 def test_fp8_engine_computes_the_fake_quant_model(name, observer, tiny_hf_folders, tmp_path):
     loaded = load_model(str(tiny_hf_folders[name]), quiet=True)
-    cfg = QuantConfig(method="fp8", bits=8, group_size=None, observer=observer, calib=CALIB)
+    cfg = quant_config(method="fp8", bits=8, group_size=None, observer=observer, calib=CALIB)
     engine_dir = build_engine(BuildOptions(out=tmp_path / "e", source=str(tiny_hf_folders[name]),
                                            quant=cfg, quiet=True), loaded=loaded)
     m = engine_dir.manifest
@@ -104,7 +103,7 @@ def test_cuda_target_needs_the_cuda_provider_and_fp16(tmp_path, monkeypatch):
     provider, and FP8's CUDA kernel takes fp16 activations; nothing is written either way."""
     import onnxruntime as ort
 
-    cfg = QuantConfig(method="fp8", bits=8, group_size=None, calib=CALIB)
+    cfg = quant_config(method="fp8", bits=8, group_size=None, calib=CALIB)
     opts = BuildOptions(out=tmp_path / "e", random_weights=True, config="tiny-llama", quant=cfg,
                         target="onnxruntime-cuda", dtype="fp16")
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
@@ -166,9 +165,9 @@ def test_smoothing_leaves_the_float_model_unchanged(name, tiny_hf_folders):
 
 def test_smooth_is_fp8_only():
     with pytest.raises(InputError, match="--smooth"):
-        QuantConfig(method="rtn", smooth=0.5).validate()
+        quant_config(method="rtn", smooth=0.5).validate()
     with pytest.raises(InputError, match="smoothing strength"):
-        QuantConfig(method="fp8", bits=8, group_size=None, smooth=1.5, calib=CALIB).validate()
+        quant_config(method="fp8", bits=8, group_size=None, smooth=1.5, calib=CALIB).validate()
 
 
 def test_gptq_fp8_rounds_to_e4m3_with_less_output_error():
@@ -190,12 +189,12 @@ def test_gptq_fp8_rounds_to_e4m3_with_less_output_error():
 
 
 def test_fp8_gptq_from_the_cli_options():
-    from optimizer.recipes import QuantSection, quant_config
+    from optimizer.recipes import QuantSection, quant_config_from
 
-    cfg = quant_config(QuantSection(quant="fp8", method="gptq", calib=CALIB))
+    cfg = quant_config_from(QuantSection(quant="fp8", method="gptq", calib=CALIB))
     assert cfg.method == "fp8" and cfg.fp8_weights == "gptq" and "GPTQ" in cfg.describe()
     with pytest.raises(InputError, match="not awq"):
-        quant_config(QuantSection(quant="fp8", method="awq", calib=CALIB))
+        quant_config_from(QuantSection(quant="fp8", method="awq", calib=CALIB))
 
 
 def test_asymmetric_target_is_the_least_squares_fit_to_the_float_outputs():
@@ -239,7 +238,7 @@ def test_fp8_gptaq_engine_computes_its_fake_quant_model_and_tracks_float_closer(
     for rounding in ("float", "gptq", "gptaq"):
         loaded = load_model(folder, quiet=True)
         if rounding != "float":
-            cfg = QuantConfig(method="fp8", bits=8, group_size=None, fp8_weights=rounding, calib=CALIB)
+            cfg = quant_config(method="fp8", bits=8, group_size=None, fp8_weights=rounding, calib=CALIB)
             assert ("GPTAQ" in cfg.describe()) == (rounding == "gptaq") and cfg.float_stream == (rounding == "gptaq")
             engine_dir = build_engine(BuildOptions(out=tmp_path / rounding, source=folder, quant=cfg, quiet=True),
                                       loaded=loaded)
@@ -249,7 +248,7 @@ def test_fp8_gptaq_engine_computes_its_fake_quant_model_and_tracks_float_closer(
             assert v["max_abs_logit_diff"] < 1e-3 * max(1.0, v["max_abs_reference_logit"]) and v["top1_agreement"] == 1.0
         if windows is None:
             from calibration import calibration_windows
-            windows = torch.from_numpy(calibration_windows(loaded, QuantConfig(method="fp8", bits=8, group_size=None,
+            windows = torch.from_numpy(calibration_windows(loaded, quant_config(method="fp8", bits=8, group_size=None,
                                                                                calib=CALIB)))
         with torch.no_grad():
             logits[rounding] = loaded.model(input_ids=windows).logits.float()

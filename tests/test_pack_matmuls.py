@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from calibration import QuantConfig, quantize_model
+from calibration import quant_config, quantize_model
 from passes import PassContext
 from tests.pass_helpers import apply, assert_same_outputs, captured, counts, feeds, run
 from optimizer.capture import capture
@@ -28,7 +28,7 @@ def test_float_projections_packed(name, tiny_hf_folders):
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_quantized_projections_packed_into_gqa(symmetric, tiny_hf_folders):
     model, loaded = captured(tiny_hf_folders["qwen2"])  # q/k/v biases are packed too
-    result = quantize_model(loaded, QuantConfig(method="rtn", bits=4, group_size=32, symmetric=symmetric))
+    result = quantize_model(loaded, quant_config(method="rtn", bits=4, group_size=32, symmetric=symmetric))
     model = capture(loaded)
     ctx = PassContext(codes=plain_weights(result.codes), max_positions=64)
     model, _ = apply(model, ["lower-quantized-matmul", "fuse-rms-norm", "fuse-attention"], ctx)
@@ -54,7 +54,7 @@ def test_cuda_fp8_projections_packed(tiny_hf_folders):
     from passes.lower_quantized_matmul import FP8_WEIGHT_OP
 
     model, loaded = captured(tiny_hf_folders["llama"])
-    result = quantize_model(loaded, QuantConfig(method="fp8", bits=8, group_size=None, calib="tiny:4x32", batch_size=4), quiet=True)
+    result = quantize_model(loaded, quant_config(method="fp8", bits=8, group_size=None, calib="tiny:4x32", batch_size=4), quiet=True)
     ctx = PassContext(codes=plain_weights(result.codes), max_positions=64, dtype="fp16", weight_format="cuda")
     model, _ = apply(capture(loaded, "fp16"), ["lower-quantized-matmul"], ctx)
     op = "com.microsoft::" + FP8_WEIGHT_OP

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from calibration import QuantConfig, quantize_model
+from calibration import quant_config, quantize_model
 from calibration.data import parse_spec, token_windows
 from optimizer.core.errors import InputError
 from optimizer.evaluate import engine_logits_fn, perplexity, torch_logits_fn
@@ -23,15 +23,15 @@ def _loaded(folder):
 
 
 @pytest.mark.parametrize("name,cfg", [
-    ("llama", QuantConfig(method="rtn", bits=4, group_size=32)),
-    ("qwen2", QuantConfig(method="rtn", bits=8, group_size=None, symmetric=False)),
-    ("llama", QuantConfig(method="gptq", bits=4, group_size=32, symmetric=False, act_order=True, calib=CALIB)),
-    ("gemma3", QuantConfig(method="gptq", bits=4, group_size=32, calib=CALIB)),
-    ("llama", QuantConfig(method="awq", bits=4, group_size=32, symmetric=False, calib=CALIB, awq_grid=4)),
-    ("gemma3", QuantConfig(method="awq", bits=4, group_size=32, calib=CALIB, awq_grid=4)),
-    ("mistral", QuantConfig(method="awq", bits=4, group_size=64, calib=CALIB, awq_grid=4,
+    ("llama", quant_config(method="rtn", bits=4, group_size=32)),
+    ("qwen2", quant_config(method="rtn", bits=8, group_size=None, symmetric=False)),
+    ("llama", quant_config(method="gptq", bits=4, group_size=32, symmetric=False, act_order=True, calib=CALIB)),
+    ("gemma3", quant_config(method="gptq", bits=4, group_size=32, calib=CALIB)),
+    ("llama", quant_config(method="awq", bits=4, group_size=32, symmetric=False, calib=CALIB, awq_grid=4)),
+    ("gemma3", quant_config(method="awq", bits=4, group_size=32, calib=CALIB, awq_grid=4)),
+    ("mistral", quant_config(method="awq", bits=4, group_size=64, calib=CALIB, awq_grid=4,
                             keep=("lm_head", "*embed_tokens*", "*.down_proj"))),
-    ("qwen2", QuantConfig(method="awq-gptq", bits=4, group_size=32, act_order=True, calib=CALIB, awq_grid=4)),
+    ("qwen2", quant_config(method="awq-gptq", bits=4, group_size=32, act_order=True, calib=CALIB, awq_grid=4)),
 ])
 def test_engine_equals_fake_quant_torch(name, cfg, tiny_hf_folders, tmp_path):
     loaded = _loaded(tiny_hf_folders[name])
@@ -60,7 +60,7 @@ def test_engine_equals_fake_quant_torch(name, cfg, tiny_hf_folders, tmp_path):
 def test_quantization_changes_the_weights_as_recorded(tiny_hf_folders):
     loaded = _loaded(tiny_hf_folders["llama"])
     before = loaded.model.model.layers[0].mlp.down_proj.weight.clone()
-    result = quantize_model(loaded, QuantConfig(method="gptq", group_size=32, calib=CALIB), quiet=True)
+    result = quantize_model(loaded, quant_config(method="gptq", group_size=32, calib=CALIB), quiet=True)
     after = loaded.model.model.layers[0].mlp.down_proj.weight
     q = result.codes["model.layers.0.mlp.down_proj"]
     assert not torch.equal(before, after)
@@ -79,36 +79,38 @@ def test_awq_and_gptq_beat_rtn_on_calibration_loss(tiny_hf_folders):
     errors = {}
     for method in ("rtn", "gptq", "awq", "awq-gptq"):
         loaded = _loaded(tiny_hf_folders["llama"])
-        quantize_model(loaded, QuantConfig(method=method, group_size=32, symmetric=False, calib="tiny:8x64"),
+        quantize_model(loaded, quant_config(method=method, group_size=32, symmetric=False, calib="tiny:8x64"),
                        quiet=True)
         errors[method] = float(np.mean((torch_logits_fn(loaded.model)(windows) - ref) ** 2))
     assert errors["gptq"] < errors["rtn"] and errors["awq"] < errors["rtn"] and errors["awq-gptq"] < errors["rtn"]
 
 
 def test_manifest_lists_only_the_settings_of_its_method():
-    rtn = QuantConfig(method="rtn").to_manifest()
+    rtn = quant_config(method="rtn").to_manifest()
     assert not {"act_order", "damp", "awq_grid", "observer", "calib", "distill_steps"} & set(rtn)
     assert (rtn["bits"], rtn["group_size"], rtn["symmetric"]) == (4, 64, True)
-    gptq = QuantConfig(method="gptq").to_manifest()
+    gptq = quant_config(method="gptq").to_manifest()
     assert {"act_order", "damp", "calib", "batch_size"} <= set(gptq) and "awq_grid" not in gptq
-    awq = QuantConfig(method="awq").to_manifest()
+    awq = quant_config(method="awq").to_manifest()
     assert {"awq_grid", "awq_clip"} <= set(awq) and "act_order" not in awq
-    fp8 = QuantConfig(method="fp8", bits=8, group_size=None).to_manifest()
+    fp8 = quant_config(method="fp8", bits=8, group_size=None).to_manifest()
     assert fp8["observer"] == "minmax" and not {"damp", "percentile", "distill_steps", "act_order"} & set(fp8)
-    assert "damp" in QuantConfig(method="fp8", bits=8, group_size=None, fp8_weights="gptq").to_manifest()
+    assert "damp" in quant_config(method="fp8", bits=8, group_size=None, fp8_weights="gptq").to_manifest()
 
 
-@pytest.mark.parametrize("cfg,message", [
-    (QuantConfig(method="smoothquant"), "unknown quantization method 'smoothquant'"),
-    (QuantConfig(bits=3), "unsupported bit width 3"),
-    (QuantConfig(method="awq", calib=None), "--method awq needs calibration data"),
-    (QuantConfig(method="rtn", act_order=True), "--act-order applies to --method gptq or awq-gptq only"),
-    (QuantConfig(method="awq", act_order=True), "--act-order applies to --method gptq or awq-gptq only"),
+@pytest.mark.parametrize("settings,message", [
+    (dict(method="smoothquant"), "unknown quantization method 'smoothquant'"),
+    (dict(bits=3), "unsupported bit width 3"),
+    (dict(method="awq", calib=None), "--method awq needs calibration data"),
+    (dict(method="rtn", act_order=True), "--act-order applies to --method gptq or awq-gptq only"),
+    (dict(method="awq", act_order=True), "--act-order applies to --method gptq or awq-gptq only"),
 ])
-def test_bad_settings(cfg, message, tmp_path):
+def test_bad_settings(settings, message, tmp_path):
+    """Refused when the configuration is made (a setting of another method) or when the build
+    validates it (a value out of range): either way before anything is written."""
     with pytest.raises(InputError, match=message):
         build_engine(BuildOptions(out=tmp_path / "e", random_weights=True, config="tiny-llama",
-                                  quant=cfg, quiet=True))
+                                  quant=quant_config(**settings), quiet=True))
     assert not (tmp_path / "e").exists()
 
 
@@ -117,7 +119,7 @@ def test_group_wider_than_some_inputs(method, tiny_hf_folders, tmp_path):
     """Groups of 128 over 64-wide inputs (tiny models: hidden 64, intermediate 128): the last
     (here only) group of those rows is narrower, MatMulNBits pads its block, and the engine
     still computes what the torch fake-quant model does (build verification)."""
-    cfg = QuantConfig(method=method, group_size=128, symmetric=False, calib="tiny:8x32")
+    cfg = quant_config(method=method, group_size=128, symmetric=False, calib="tiny:8x32")
     engine = build_engine(BuildOptions(out=tmp_path / "e", source=str(tiny_hf_folders["llama"]), quant=cfg,
                                        quiet=True), loaded=load_model(str(tiny_hf_folders["llama"]), quiet=True))
     assert engine.manifest["verification"]["max_abs_logit_diff"] < 1e-3
@@ -136,7 +138,7 @@ def _matmulnbits_attrs(path) -> list[dict]:
 def test_quant_without_lowering_pass_is_refused(tmp_path):
     with pytest.raises(InputError, match="needs the lower-quantized-matmul pass"):
         build_engine(BuildOptions(out=tmp_path / "e", random_weights=True, config="tiny-llama",
-                                  quant=QuantConfig(), passes=("cse",), quiet=True))
+                                  quant=quant_config(), passes=("cse",), quiet=True))
 
 
 @pytest.mark.parametrize("name", ["qwen2", "qwen2-tied"])
@@ -146,7 +148,7 @@ def test_lm_head_quantized_on_request(name, tiny_hf_folders, tmp_path):
     (GatherBlockQuantized), so the table is stored once, quantized; the engine verifies."""
     from optimizer.pipeline import BuildOptions, build_engine
 
-    cfg = QuantConfig(method="rtn", bits=4, group_size=32, lm_head_bits=8)
+    cfg = quant_config(method="rtn", bits=4, group_size=32, lm_head_bits=8)
     engine = build_engine(BuildOptions(out=tmp_path / "e", source=str(tiny_hf_folders[name]), quant=cfg,
                                        quiet=True))
     m = engine.manifest
@@ -173,7 +175,7 @@ def test_a_tied_table_is_stored_once_and_computes_what_torch_does(bits, symmetri
     """A tied, quantized lm_head: the fp32 engine stores the table once (codes, scales, zero
     points), and verifies to fp32 noise against the torch model, whose embedding took the
     same dequantized values; it is smaller than the float table alone."""
-    cfg = QuantConfig(method="rtn", bits=4, group_size=32, symmetric=symmetric, lm_head_bits=bits)
+    cfg = quant_config(method="rtn", bits=4, group_size=32, symmetric=symmetric, lm_head_bits=bits)
     engine = build_engine(BuildOptions(out=tmp_path / "e", source=str(tiny_hf_folders["qwen2-tied"]), quant=cfg,
                                        quiet=True))
     assert engine.manifest["verification"]["max_abs_logit_diff"] < 1e-4
@@ -192,7 +194,7 @@ def test_gptq_quantizes_lm_head_against_the_final_norm_outputs(name, tiny_hf_fol
     folder = str(tiny_hf_folders[name])
     loaded = load_model(folder, quiet=True)
     W0 = loaded.model.get_output_embeddings().weight.detach().clone()
-    cfg = QuantConfig(method="gptq", bits=4, group_size=32, lm_head_bits=4, calib="tiny:8x64")
+    cfg = quant_config(method="gptq", bits=4, group_size=32, lm_head_bits=4, calib="tiny:8x64")
     engine = build_engine(BuildOptions(out=tmp_path / "e", source=folder, quant=cfg, quiet=True), loaded=loaded)
     assert engine.manifest["quantization"]["lm_head_method"] == "gptq"
     assert engine.manifest["verification"]["top1_agreement"] >= 0.9
@@ -208,7 +210,7 @@ def test_gptq_quantizes_lm_head_against_the_final_norm_outputs(name, tiny_hf_fol
     rtn = rtn_quantize(W0, QuantSpec(bits=4, group_size=32, symmetric=True)).dequantize()
     err = lambda W: float((X @ (W.float() - W0.float()).T).pow(2).mean())  # noqa: E731
     assert err(head.weight) < err(rtn)
-    awq_gptq = QuantConfig(method="awq-gptq", bits=4, group_size=32, lm_head_bits=4, calib="tiny:8x64", awq_grid=4)
+    awq_gptq = quant_config(method="awq-gptq", bits=4, group_size=32, lm_head_bits=4, calib="tiny:8x64", awq_grid=4)
     assert quantize_model(load_model(folder, quiet=True), awq_gptq, quiet=True).manifest["lm_head_method"] == "gptq"
-    rtn_cfg = QuantConfig(method="rtn", bits=4, group_size=32, lm_head_bits=4)
+    rtn_cfg = quant_config(method="rtn", bits=4, group_size=32, lm_head_bits=4)
     assert quantize_model(load_model(folder, quiet=True), rtn_cfg, quiet=True).manifest["lm_head_method"] == "rtn"

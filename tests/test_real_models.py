@@ -119,7 +119,7 @@ def test_gemma3_greedy_matches_transformers(tmp_path):
 def test_smollm2_int4_engine_matches_fake_quant_and_is_small(tmp_path):
     """Real weights, int4 RTN g64: engine perplexity within 0.5% of the torch fake-quant model
     (short wiki slice), int4 engine at most 35% of the fp32 engine's size."""
-    from calibration import QuantConfig
+    from calibration import quant_config
     from calibration.data import parse_spec, token_windows
     from optimizer.evaluate import engine_logits_fn, perplexity, torch_logits_fn
 
@@ -127,7 +127,7 @@ def test_smollm2_int4_engine_matches_fake_quant_and_is_small(tmp_path):
     loaded = load_model(folder, quiet=True)
     fp32 = build_engine(BuildOptions(out=tmp_path / "fp32", source=str(folder), quiet=True), loaded=loaded)
     int4 = build_engine(BuildOptions(out=tmp_path / "int4", source=str(folder), quiet=True,
-                                     quant=QuantConfig(method="rtn", bits=4, group_size=64, symmetric=False)),
+                                     quant=quant_config(method="rtn", bits=4, group_size=64, symmetric=False)),
                         loaded=loaded)
     size = lambda e: sum(f["size"] for f in e.manifest["files"].values())  # noqa: E731
     assert size(int4) <= 0.35 * size(fp32)

@@ -86,10 +86,10 @@ def test_schema_command_prints_the_recipe_schema():
 
 
 def test_recipes_take_floats_and_calib_allow_fewer():
-    from optimizer.recipes import quant_config
+    from optimizer.recipes import quant_config_from
 
     recipe = parse_recipe({"version": 1, "quantization": {"quant": "fp8", "smooth": 0.5, "calib_allow_fewer": True}})
-    config = quant_config(recipe.quantization)
+    config = quant_config_from(recipe.quantization)
     assert config.smooth == 0.5 and config.calib_allow_fewer
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from calibration import QuantConfig
+from calibration import quant_config
 from optimizer.core.errors import InputError
 from optimizer.models.loader import load_model
 from optimizer.pipeline import BuildOptions, build_engine
@@ -17,11 +17,11 @@ from runtime import Engine
 from tests.conftest import engine_logits
 
 CASES = {
-    "int4": QuantConfig(method="rtn", bits=4, group_size=32),
+    "int4": quant_config(method="rtn", bits=4, group_size=32),
     # tiny models have 64 input channels: one block of 128 with a 64-wide remainder
-    "int4-g128": QuantConfig(method="rtn", bits=4, group_size=128),
-    "int8-per-channel": QuantConfig(method="rtn", bits=8, group_size=None),
-    "fp8": QuantConfig(method="fp8", bits=8, group_size=None, calib="tiny:8x64"),
+    "int4-g128": quant_config(method="rtn", bits=4, group_size=128),
+    "int8-per-channel": quant_config(method="rtn", bits=8, group_size=None),
+    "fp8": quant_config(method="fp8", bits=8, group_size=None, calib="tiny:8x64"),
     "float": None,
 }
 
@@ -64,7 +64,7 @@ def test_tensorrt_graph_is_standard_and_matches_the_default_engine(name, case, t
 @pytest.mark.parametrize("kwargs,match", [
     (dict(passes=("lower-quantized-matmul", "fuse-rms-norm")), "fuse-rms-norm"),
     (dict(passes=TENSORRT_PIPELINE, kv_layout="static"), "kv-layout static"),
-    (dict(passes=TENSORRT_PIPELINE, quant=QuantConfig(method="rtn", bits=4, group_size=32, symmetric=False)),
+    (dict(passes=TENSORRT_PIPELINE, quant=quant_config(method="rtn", bits=4, group_size=32, symmetric=False)),
      "--asym"),
     (dict(passes=TENSORRT_PIPELINE, target="tensorrtx"), "unknown target"),
 ])

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from calibration import awq
-from calibration.config import QuantConfig
+from calibration.config import AwqConfig, AwqGptqConfig
 from calibration.gptq import HessianAccumulator, gptq_quantize
 from calibration.mappings import awq_mappings
 from calibration.methods.hooks import capture_calls, store_quantized
@@ -17,7 +17,7 @@ from calibration.rtn import QuantizedLinear, rtn_quantize
 from calibration.sequential import LayerWork
 
 
-def awq_layer(work: LayerWork, cfg: QuantConfig, codes: dict[str, QuantizedLinear], arch: Any) -> None:
+def awq_layer(work: LayerWork, cfg: AwqConfig, codes: dict[str, QuantizedLinear], arch: Any) -> None:
     """AWQ: scale salient input channels (awq_scale_layer), then search each linear's clipping
     range and round to nearest."""
     inputs = awq_scale_layer(work, cfg, arch)
@@ -30,7 +30,7 @@ def awq_layer(work: LayerWork, cfg: QuantConfig, codes: dict[str, QuantizedLinea
         store_quantized(linear, rtn_quantize(w, cfg.spec), work.names[role], codes)
 
 
-def awq_gptq_layer(work: LayerWork, cfg: QuantConfig, codes: dict[str, QuantizedLinear], arch: Any) -> None:
+def awq_gptq_layer(work: LayerWork, cfg: AwqGptqConfig, codes: dict[str, QuantizedLinear], arch: Any) -> None:
     """AWQ's scaling (awq_scale_layer), then GPTQ rounding of the scaled weights against the
     Hessians of their scaled inputs. GPTQ's error feedback takes the place of AWQ's clipping
     search. Measured against AWQ and GPTQ alone: benchmarks/results/int4-formats/fast-quality/."""
@@ -47,7 +47,7 @@ def awq_gptq_layer(work: LayerWork, cfg: QuantConfig, codes: dict[str, Quantized
         store_quantized(linear, q, work.names[role], codes)
 
 
-def awq_scale_layer(work: LayerWork, cfg: QuantConfig, arch: Any) -> dict[str, list[torch.Tensor]]:
+def awq_scale_layer(work: LayerWork, cfg: AwqConfig | AwqGptqConfig, arch: Any) -> dict[str, list[torch.Tensor]]:
     """AWQ's activation-aware scaling of each smoothing group of the layer (exact in float:
     the feeding op is scaled down by what the linears are scaled up by), the scale chosen by
     grid search on the group's output error after round-to-nearest. Returns each linear's

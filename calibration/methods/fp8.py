@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from calibration.config import QuantConfig
+from calibration.config import Fp8Config
 from calibration.fp8 import Fp8Linear, fake_quant_fp8, make_observer, quantize_linear_fp8, smoothing_scales
 from calibration.gptq import HessianAccumulator, PairAccumulator, asymmetric_target, gptq_fp8
 from calibration.mappings import INPUT_GROUPS, awq_mappings
@@ -18,7 +18,7 @@ from calibration.methods.hooks import input_of, observe_shared_inputs
 from calibration.sequential import LayerWork
 
 
-def fp8_layer(work: LayerWork, cfg: QuantConfig, codes: dict, arch: Any = None) -> None:
+def fp8_layer(work: LayerWork, cfg: Fp8Config, codes: dict, arch: Any = None) -> None:
     """Observe each linear's input over the calibration set (linears reading the same tensor
     share one observer, so they share one activation scale and one Q/DQ pair in the engine),
     quantize the weights per channel, and from here on fake-quantize the inputs: later layers
@@ -60,7 +60,7 @@ def install_fp8(linear: torch.nn.Linear, q: Fp8Linear, name: str, codes: dict) -
     codes[name] = q
 
 
-def fp8_gptaq_layer(work: LayerWork, cfg: QuantConfig, codes: dict) -> None:
+def fp8_gptaq_layer(work: LayerWork, cfg: Fp8Config, codes: dict) -> None:
     """FP8 with GPTAQ-fitted weights, one input group at a time in the layer's order (q/k/v,
     o, gate/up, down), so each group sees the earlier ones already quantized:
 

@@ -37,14 +37,14 @@ def model_cmd(source: str | None, out: Path, recipe: Path | None, random_weights
               gate_eval: str | None, overwrite: bool, trust_remote_code: bool, quiet: bool, **options: Any) -> None:
     """Build a verified engine from a HuggingFace folder, a .gguf file, or a named config."""
     from optimizer.pipeline import BuildOptions, build_engine
-    from optimizer.recipes import Recipe, load_recipe, quant_config
+    from optimizer.recipes import Recipe, load_recipe, quant_config_from
 
     base = load_recipe(recipe) if recipe else Recipe()
     resolved = base.merged({name: given_overrides(name, options) for name in SECTIONS})
     engine = build_engine(BuildOptions(
         **section_values(resolved.build), out=out, source=source, random_weights=random_weights, config=config,
         tokenizer=str(tokenizer) if tokenizer else None, seed=seed, overwrite=overwrite,
-        trust_remote_code=trust_remote_code, quant=quant_config(resolved.quantization),
+        trust_remote_code=trust_remote_code, quant=quant_config_from(resolved.quantization),
         dump_ir_after=dump_ir_after, recipe=resolved.to_dict(), architecture=resolved.architecture,
         max_ppl_increase=max_ppl_increase, **({"gate_eval": gate_eval} if gate_eval else {}), quiet=quiet))
     if not quiet:

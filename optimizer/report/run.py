@@ -27,7 +27,7 @@ from typing import Any
 from optimizer.core.errors import InputError, OptimizerError
 from optimizer.gate import GateFailed, failure_message, parse_limit
 from optimizer.core.progress import console, step
-from optimizer.recipes import Recipe, quant_config
+from optimizer.recipes import Recipe, quant_config_from
 from optimizer.report.speed import SERVING_DEFAULTS
 
 
@@ -106,7 +106,7 @@ def engine_for(source: str, recipe: Recipe, cache: Path, settings: ReportSetting
     b = recipe.build
     gate = settings.max_ppl_increase if baseline_ppl is not None else None
     opts = BuildOptions(**{**section_values(b), "kv_slots": b.kv_slots or settings.max_batch},
-                        out=cache / "pending", source=source, quant=quant_config(recipe.quantization),
+                        out=cache / "pending", source=source, quant=quant_config_from(recipe.quantization),
                         recipe=recipe.to_dict(), architecture=recipe.architecture, max_ppl_increase=gate,
                         gate_eval=settings.eval_spec, gate_baseline=baseline_ppl, quiet=True)
     key = build_identity(opts, loaded.source)["key"]
