@@ -97,13 +97,16 @@ def phase_bandwidth(args) -> None:
 
 def phase_build(args) -> None:
     from calibration import quant_config
+    from optimizer.core.assets import fetch_asset
     from optimizer.models.loader import load_model
     from optimizer.pipeline import BuildOptions, build_engine
 
     slots = max(args.concurrency)
     for shape in args.shapes:
         t0 = time.perf_counter()
-        loaded = load_model(None, random_weights=True, config=shape, quiet=True)
+        # FP8 calibrates on text: SmolLM2's tokenizer (its ids fit every shape's vocabulary)
+        tokenizer = fetch_asset("smollm2-135m", quiet=True) if "fp8" in args.formats else None
+        loaded = load_model(None, random_weights=True, config=shape, tokenizer=tokenizer, quiet=True)
         emit(args, phase="build", shape=shape, step="load", seconds=time.perf_counter() - t0)
         for fmt in args.formats:  # fp16 first: int4 / fp8 change the loaded weights in place
             out = engine_dir(args, shape, fmt)
@@ -156,8 +159,10 @@ def phase_ours(args) -> None:
                 emit(args, phase="ours", shape=shape, format=fmt, error="engine not built")
                 continue
             nbytes = weight_bytes(path / "model.onnx")
-            for graph in (True, False):
-                engine = Engine.load(path, provider="cuda", cuda_graph=graph)
+            # int4 also at batch 1 on onnxruntime's one-row kernels (runtime.session.INT4_KERNELS)
+            variants = [(True, None), (False, None)] + ([(True, "one-row")] if fmt == "int4" else [])
+            for graph, kernels in variants:
+                engine = Engine.load(path, provider="cuda", cuda_graph=graph, int4_kernels=kernels)
                 b1 = []
                 prompt = prompts(1)[0]
                 for run in range(args.runs + 1):
@@ -166,9 +171,10 @@ def phase_ours(args) -> None:
                         b1.append(result)
                 tok_s = [r.decode_tokens_per_second for r in b1]
                 emit(args, phase="ours", shape=shape, format=fmt, cuda_graph=graph, batch=1,
+                     int4_kernels=engine.session.int4_kernels,
                      decode_tok_s=spread(tok_s), prefill_ms=statistics.median(r.prefill_seconds * 1e3 for r in b1),
                      weight_bytes=nbytes, first_tokens=b1[0].token_ids[:16])
-                if graph:
+                if graph and kernels is None:
                     for n in args.concurrency:
                         requests = [Request(i, p, NEW, 0.0) for i, p in enumerate(prompts(n))]
                         summary, llm = replay(engine, requests, max_batch=n, capacity=CAPACITY)
@@ -299,7 +305,8 @@ def table(path: str) -> str:
             lines.append(f"{r['phase']:9} {r.get('shape', '')} {r.get('format', r.get('precision', ''))}: "
                          f"ERROR {r['error'][:300]}")
             continue
-        who = {"ours": lambda: f"ours {r['format']} graph={r['cuda_graph']}",
+        who = {"ours": lambda: f"ours {r['format']} graph={r['cuda_graph']}"
+                           + (" one-row" if r.get("int4_kernels") == "one-row" else ""),
                "build": lambda: f"build {r.get('format', r.get('step', ''))}",
                "hf": lambda: f"hf {'compile' if r['compiled'] else 'eager'}",
                "genai": lambda: f"genai {r['precision']}{' paged' if r['paged'] else ''} "

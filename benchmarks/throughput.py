@@ -70,17 +70,19 @@ def device_used() -> int | None:
     return total - free
 
 
-def run_ours(engine_dir: Path, requests: list[Request], max_batch: int | None, provider: str) -> dict:
+def run_ours(engine_dir: Path, requests: list[Request], max_batch: int | None, provider: str,
+             prefill_budget: int | None = None) -> dict:
     from optimizer.replay import replay
     from runtime import Engine
 
     before = device_used()
     engine = Engine.load(engine_dir, provider=provider)
-    summary, llm = replay(engine, requests, max_batch=max_batch)
+    summary, llm = replay(engine, requests, max_batch=max_batch, prefill_budget=prefill_budget)
     outputs = summary.pop("outputs")
     lost = [r.index for r in requests if len(outputs.get(str(r.index), [])) != r.output_tokens]
     after = device_used()
     record = {"system": "ours", "engine": engine_dir.name, "max_batch": llm.executor.max_sequences,
+              "prefill_budget": llm.scheduler.prefill_budget,
               "preemptions": llm.scheduler.preemptions, "incomplete_requests": len(lost), **summary}
     if before is not None and after is not None:
         record.update(gpu_used_gb_before=before / 1e9, gpu_used_gb_after=after / 1e9)
@@ -166,6 +168,8 @@ def main() -> None:
     ap.add_argument("--arrivals", default="t0", help="comma-separated: t0, poisson:RATE")
     ap.add_argument("--max-batch", type=int, default=None, help="ours: sequences at once")
     ap.add_argument("--provider", default="cuda", help="ours: cpu or cuda")
+    ap.add_argument("--prefill-budget", type=int, default=None, help="ours: prompt tokens per step "
+                    "[default: the executor's]")
     ap.add_argument("--batches", default="128,256,512", help="hf: static batch sizes to try")
     ap.add_argument("--results", type=Path)
     args = ap.parse_args()
@@ -177,7 +181,7 @@ def main() -> None:
         requests = fixed_requests(args.requests, args.isl, args.osl, arrival)
         if args.system == "ours":
             emit({**workload, "arrival": arrival, **run_ours(Path(args.target), requests, args.max_batch,
-                                                           args.provider)}, args.results)
+                                                           args.provider, args.prefill_budget)}, args.results)
         else:
             for record in run_hf(args.target, requests, [int(b) for b in args.batches.split(",")]):
                 emit({**workload, "arrival": arrival, **record}, args.results)

@@ -31,16 +31,18 @@ class Engine:
     @classmethod
     def load(cls, path: str | Path, provider: str = "cpu", threads: int | None = None,
              verify: bool = True, quiet: bool = True, huge_pages: bool | None = None,
-             cuda_graph: bool | None = None) -> "Engine":
+             cuda_graph: bool | None = None, int4_kernels: str | None = None) -> "Engine":
         """`huge_pages`: on CPU, back the weights with 2 MiB pages where Linux allows it (faster
         decoding; see runtime.hugepages); False leaves the memory as onnxruntime allocates it;
         None: on unless OPTIMIZER_HUGE_PAGES=0 is set. `cuda_graph`: on CUDA, decode steps replay
         captured CUDA graphs and choose tokens on the GPU (runtime.graph_executor); None: on
-        unless OPTIMIZER_CUDA_GRAPH=0 is set."""
+        unless OPTIMIZER_CUDA_GRAPH=0 is set. `int4_kernels`: on CUDA, 4-bit linears use kernels
+        for batches ("rows") or for one row ("one-row", fastest at batch 1); None: OPTIMIZER_CUDA_INT4,
+        else one-row for one-slot engines (runtime.session.INT4_KERNELS)."""
         engine_dir = load_engine(path, verify=verify, quiet=quiet)
         session = DecoderSession(engine_dir.model_path, engine_dir.kv_cache, provider=provider, threads=threads,
                                  quantization=engine_dir.manifest.get("quantization"), huge_pages=huge_pages,
-                                 cuda_graph=cuda_graph)
+                                 cuda_graph=cuda_graph, int4_kernels=int4_kernels)
         tokenizer = None
         if engine_dir.has_tokenizer:
             from transformers import AutoTokenizer

@@ -28,17 +28,36 @@ PROVIDERS = {
 KV_DTYPES = {"fp32": np.float32, "fp16": np.float16, "int8": np.int8}  # int8: quantized KV cache
 # onnxruntime CUDA kernel choices (session config entries; older onnxruntime ignores them).
 # benchmarks/gpu_matmul_nbits.py on an H200, one 4096 x 14336 linear: cuBLAS auto-tuning took the
-# fp16 MatMul from 65.8 to 56.0 us at M=1 and 66.5 to 57.6 at M=64; the mixed-input GEMM took
-# 4-bit block-32 symmetric MatMulNBits from 37.6 to 31.8 us at M=1 and 99.4 to 76.6 at M=64
-# (other block sizes and zero points keep onnxruntime's own kernels).
-CUDA_SESSION_CONFIG = {"ep.cuda.enable_gemm_auto_tune": "1", "ep.cuda.fpa_intb_gemm": "1"}
+# fp16 MatMul from 65.8 to 56.0 us at M=1 and 66.5 to 57.6 at M=64.
+CUDA_SESSION_CONFIG = {"ep.cuda.enable_gemm_auto_tune": "1"}
+# 4-bit MatMulNBits on CUDA, a session-wide choice (`int4_kernels`):
+#   rows     TensorRT-LLM's mixed-input kernels (fpA_intB: a CUTLASS GEMM from 2 rows, its GEMV at
+#            one; weights repacked at load). One 4096 x 14336 block-32 linear: 99.4 -> 76.6 us at
+#            M=64 against onnxruntime's own path (dequantize the weight, then cuBLAS).
+#   one-row  onnxruntime's own kernels (MatMulFloat4BitsKernelM1 at one row): a Llama-3.2-1B-shaped
+#            int4 decode step spent 570 us in them against 718 us in the fpA_intB GEMV (kernel
+#            profiles, onnxruntime-genai's engine and ours, benchmarks/results/gpu-decode).
+#   auto     one-row for engines of one slot (batch-1 decoding), rows otherwise.
+INT4_KERNELS = {"rows": {"ep.cuda.fpa_intb_gemm": "1"}, "one-row": {"ep.cuda.fpa_intb_gemm": "0"}}
+
+
+def int4_kernel_choice(requested: str | None, slots: int | None) -> str:
+    """The CUDA 4-bit kernel family for a session: an explicit choice (or OPTIMIZER_CUDA_INT4)
+    wins; auto picks by the engine's slots."""
+    choice = requested or os.environ.get("OPTIMIZER_CUDA_INT4", "auto")
+    if choice == "auto":
+        return "one-row" if slots == 1 else "rows"
+    if choice not in INT4_KERNELS:
+        raise EngineError(f"unknown int4 kernel choice {choice!r}",
+                          hint="choose auto, rows (batches) or one-row (batch-1 decoding)")
+    return choice
 
 
 def make_session_options(threads: int | None, quantization: dict[str, Any] | None = None,
-                         provider: str = "CPUExecutionProvider") -> ort.SessionOptions:
+                         provider: str = "CPUExecutionProvider", int4_kernels: str = "rows") -> ort.SessionOptions:
     opts = ort.SessionOptions()
     if provider == PROVIDERS["cuda"]:
-        for key, value in CUDA_SESSION_CONFIG.items():
+        for key, value in {**CUDA_SESSION_CONFIG, **INT4_KERNELS[int4_kernels]}.items():
             opts.add_session_config_entry(key, value)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
@@ -106,13 +125,16 @@ def resolve_provider(provider: str) -> str:
 class DecoderSession:
     def __init__(self, model_path: Path, kv: KvCacheSpec, provider: str = "cpu",
                  threads: int | None = None, quantization: dict[str, Any] | None = None,
-                 huge_pages: bool | None = None, cuda_graph: bool | None = None) -> None:
+                 huge_pages: bool | None = None, cuda_graph: bool | None = None,
+                 int4_kernels: str | None = None) -> None:
         """`quantization`: the manifest's section, which settles a few onnxruntime options.
         `huge_pages`: on CPU, back the weights with 2 MiB pages (`runtime.hugepages`, process-wide;
         None: yes unless OPTIMIZER_HUGE_PAGES=0).
         `cuda_graph`: on CUDA, let decode steps be captured and replayed as CUDA graphs
         (`runtime.graph_executor`; None: yes unless OPTIMIZER_CUDA_GRAPH=0). Every other run of
-        the session then passes `eager_run`, which tells onnxruntime not to capture it."""
+        the session then passes `eager_run`, which tells onnxruntime not to capture it.
+        `int4_kernels`: on CUDA, rows, one-row or auto (INT4_KERNELS; None: OPTIMIZER_CUDA_INT4,
+        else auto)."""
         self.kv = kv
         self.provider = resolve_provider(provider)
         check_layout_provider(kv, self.provider)
@@ -127,7 +149,9 @@ class DecoderSession:
         self.cuda_graph = self.provider == PROVIDERS["cuda"] and cuda_graph_wanted(cuda_graph)
         self.provider_options = {"enable_cuda_graph": "1"} if self.cuda_graph else {}
         self.eager_run = eager_run_options() if self.cuda_graph else None
-        self.session = ort.InferenceSession(str(model_path), make_session_options(threads, quantization, self.provider),
+        self.int4_kernels = int4_kernel_choice(int4_kernels, kv.slots)
+        options = make_session_options(threads, quantization, self.provider, self.int4_kernels)
+        self.session = ort.InferenceSession(str(model_path), options,
                                             providers=[(self.provider, self.provider_options)],
                                             disabled_optimizers=list(disabled_optimizers(quantization)) or None)
         self.huge_pages = (hugepages.promote() if hugepages.wanted(huge_pages) and self.provider == PROVIDERS["cpu"]

@@ -172,3 +172,17 @@ def test_greedy_tokens_output_is_the_logits_argmax(llama_engine):
         feeds[kv.past_key.format(i=i)] = feeds[kv.past_value.format(i=i)] = empty
     logits, tokens = llama_engine.session.session.run(["logits", "greedy_tokens"], feeds)
     assert tokens.shape == (1, 4) and tokens.tolist() == logits.argmax(-1).tolist()
+
+
+def test_int4_kernel_choice_by_slots_and_request(monkeypatch):
+    from optimizer.core.errors import EngineError
+    from runtime.session import INT4_KERNELS, int4_kernel_choice
+
+    monkeypatch.delenv("OPTIMIZER_CUDA_INT4", raising=False)
+    assert int4_kernel_choice(None, 1) == "one-row" and int4_kernel_choice(None, 16) == "rows"
+    assert int4_kernel_choice("rows", 1) == "rows" and int4_kernel_choice("one-row", 64) == "one-row"
+    monkeypatch.setenv("OPTIMIZER_CUDA_INT4", "one-row")
+    assert int4_kernel_choice(None, 64) == "one-row"
+    with pytest.raises(EngineError, match="one-row"):
+        int4_kernel_choice("fast", 4)
+    assert INT4_KERNELS["rows"]["ep.cuda.fpa_intb_gemm"] == "1" and INT4_KERNELS["one-row"]["ep.cuda.fpa_intb_gemm"] == "0"
