@@ -20,6 +20,8 @@ import torch
 from optimizer.core.errors import InputError, OptimizerError, UnsupportedModelError
 from optimizer.core.hashing import sha256_file
 from optimizer.core.architectures import ArchSpec, arch_for_model_type
+from optimizer.models.gguf_fast import fast_gguf
+from optimizer.models.gguf_weights import load_gguf_model
 from optimizer.models.presets import PRESETS, preset_names
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -103,7 +105,12 @@ def _load_hf_folder(path: Path, trust_remote_code: bool) -> LoadedModel:
 
 
 def _load_gguf(path: Path, trust_remote_code: bool) -> LoadedModel:
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    with fast_gguf():  # the file parsed once for config, weights and tokenizer
+        return _load_gguf_parts(path)
+
+
+def _load_gguf_parts(path: Path) -> LoadedModel:
+    from transformers import AutoConfig, AutoTokenizer
 
     folder, name = path.parent, path.name
     try:
@@ -118,15 +125,8 @@ def _load_gguf(path: Path, trust_remote_code: bool) -> LoadedModel:
     arch = arch_for_model_type(config.model_type)
     if getattr(config, "quantization_config", None) is not None:
         del config.quantization_config  # weights come out dequantized
-    with _reading(path, "the GGUF weights"), _gguf_bar_off():
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config,
-                                                     dtype=torch.float32)
-    # The GGUF "quantizer" only dequantized at load: the module holds plain fp32 weights.
-    # Drop its traces so the model behaves (and saves) like any other fp32 model.
-    if getattr(model.config, "quantization_config", None) is not None:
-        del model.config.quantization_config
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer = None
+    with _reading(path, "the GGUF weights"):
+        model = load_gguf_model(path, config)
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     files = [{"name": name, "sha256": sha256_file(path)}]
     return _finish(model, arch, tok, {"kind": "gguf", "path": str(path.resolve()), "files": files})
@@ -209,29 +209,10 @@ def _finish(model: Any, arch: ArchSpec, tok: Any, source: dict[str, Any]) -> Loa
     return LoadedModel(model=model, config=model.config, arch=arch, tokenizer=tok, source=source)
 
 
-@contextmanager
-def _gguf_bar_off() -> Iterator[None]:
-    """transformers' GGUF reader draws its own tqdm bar (not switched by its logging): off,
-    the build's "load model" step reports in its place."""
-    from functools import partial
-
-    import transformers.modeling_gguf_pytorch_utils as gguf_utils
-
-    bar = getattr(gguf_utils, "tqdm", None)
-    if bar is None:
-        yield
-        return
-    gguf_utils.tqdm = partial(bar, disable=True)
-    try:
-        yield
-    finally:
-        gguf_utils.tqdm = bar
-
-
 def _quiet_transformers(quiet: bool) -> None:
     """transformers logs and warns freely; keep the CLI output to what the user needs. Its
-    progress bars (GGUF dequantization) are off: the build's "load model" step reports in
-    their place, with progress lines in logs (optimizer.core.progress)."""
+    progress bars are off (the GGUF one in optimizer.models.gguf_fast): the build's "load
+    model" step reports in their place, with progress lines in logs (optimizer.core.progress)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
