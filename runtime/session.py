@@ -33,7 +33,8 @@ CUDA_SESSION_CONFIG = {"ep.cuda.enable_gemm_auto_tune": "1"}
 # 4-bit MatMulNBits on CUDA, a session-wide choice (`int4_kernels`):
 #   rows     TensorRT-LLM's mixed-input kernels (fpA_intB: a CUTLASS GEMM from 2 rows, its GEMV at
 #            one; weights repacked at load). One 4096 x 14336 block-32 linear: 99.4 -> 76.6 us at
-#            M=64 against onnxruntime's own path (dequantize the weight, then cuBLAS).
+#            M=64 against onnxruntime's own path (dequantize the weight, then cuBLAS). Nodes it
+#            does not take (in the stock wheel: zero points, some block sizes) keep onnxruntime's.
 #   one-row  onnxruntime's own kernels (MatMulFloat4BitsKernelM1 at one row): a Llama-3.2-1B-shaped
 #            int4 decode step spent 570 us in them against 718 us in the fpA_intB GEMV (kernel
 #            profiles, onnxruntime-genai's engine and ours, benchmarks/results/gpu-decode).
