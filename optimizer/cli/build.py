@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from optimizer.core.progress import console
-from optimizer.options import SECTIONS, cli_options, given_overrides, section_values
+from optimizer.options import SECTIONS, cli_options, given_overrides, section_values, with_fast_int4
 
 
 @click.command("model")
@@ -29,18 +29,27 @@ from optimizer.options import SECTIONS, cli_options, given_overrides, section_va
               help="Accuracy gate: fail (exit 6) when the engine's perplexity exceeds the source model's by "
                    "more than this, relative (3%) or absolute (0.5); the engine is still written, marked failing.")
 @click.option("--gate-eval", default=None, help="Text the gate measures, SOURCE:NxL [default: wiki:20x512].")
+@click.option("--int4-defaults", type=click.Choice(["fast", "exact"]), default="fast", show_default=True,
+              help="What --quant int4 builds where no format flag says otherwise: fast = on --target onnxruntime, "
+                   "groups of 128 with zero points, an 8-bit lm_head (a tied embedding shares its codes) and "
+                   "int8 activation compute (--accuracy-level 4); exact = the flags' own defaults (groups of 64, "
+                   "symmetric, float lm_head, fp32 compute). Flags given always win; a --recipe is taken as written.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow code shipped with the model to run.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def model_cmd(source: str | None, out: Path, recipe: Path | None, random_weights: bool, config: str | None,
               tokenizer: Path | None, seed: int, dump_ir_after: tuple[str, ...], max_ppl_increase: str | None,
-              gate_eval: str | None, overwrite: bool, trust_remote_code: bool, quiet: bool, **options: Any) -> None:
+              gate_eval: str | None, int4_defaults: str, overwrite: bool, trust_remote_code: bool, quiet: bool,
+              **options: Any) -> None:
     """Build a verified engine from a HuggingFace folder, a .gguf file, or a named config."""
     from optimizer.pipeline import BuildOptions, build_engine
     from optimizer.recipes import Recipe, load_recipe, quant_config_from
 
     base = load_recipe(recipe) if recipe else Recipe()
-    resolved = base.merged({name: given_overrides(name, options) for name in SECTIONS})
+    overrides = {name: given_overrides(name, options) for name in SECTIONS}
+    if not recipe and int4_defaults == "fast":
+        overrides = with_fast_int4(overrides)
+    resolved = base.merged(overrides)
     engine = build_engine(BuildOptions(
         **section_values(resolved.build), out=out, source=source, random_weights=random_weights, config=config,
         tokenizer=str(tokenizer) if tokenizer else None, seed=seed, overwrite=overwrite,
