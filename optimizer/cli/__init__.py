@@ -61,7 +61,7 @@ def main(log_format: str | None) -> None:
 # the commands, by group (one module each)
 from optimizer.cli import build, measure, run  # noqa: E402
 
-for command in (build.model_cmd, build.schema_cmd, build.passes_cmd, build.build_trt_cmd,
+for command in (build.model_cmd, build.random_checkpoint_cmd, build.schema_cmd, build.passes_cmd, build.build_trt_cmd,
                 run.generate_cmd, run.serve_cmd,
                 measure.inspect_cmd, measure.eval_cmd, measure.report_cmd, measure.asset_cmd):
     main.add_command(command)

@@ -60,6 +60,23 @@ def model_cmd(source: str | None, out: Path, recipe: Path | None, random_weights
         console().print(f"[green]engine written:[/green] {engine.path}")
 
 
+@click.command("random-checkpoint")
+@click.argument("config")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="The checkpoint folder to write.")
+@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16", show_default=True)
+@click.option("--shard-size", default="2GB", show_default=True, help="Largest shard (at most this much is in memory).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+def random_checkpoint_cmd(config: str, out: Path, dtype: str, shard_size: str, seed: int, overwrite: bool) -> None:
+    """Write a random-weight safetensors checkpoint of a preset (e.g. llama-3.1-8b) or config.json shape,
+    shard by shard: real sizes for building and calibrating without a model hub."""
+    from optimizer.models.loader import resolve_config
+    from optimizer.models.random_checkpoint import write_random_checkpoint
+
+    path = write_random_checkpoint(resolve_config(config), out, dtype, shard_size, seed, overwrite)
+    console().print(f"[green]checkpoint written:[/green] {path}")
+
+
 @click.command("schema")
 def schema_cmd() -> None:
     """Print the JSON Schema of recipe files (for editors and CI checks)."""
