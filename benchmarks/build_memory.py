@@ -1,0 +1,91 @@
+"""Peak memory and wall time of `optimize model` per quantization method and model size.
+
+    python benchmarks/build_memory.py --shapes smollm2-135m,llama-3.2-1b --methods rtn,gptq,awq \
+        --work /tmp/bm --calib c4:16x512 [--results bm.jsonl]
+
+For each shape, a random-weight bf16 checkpoint (`optimize random-checkpoint`, reused when
+present) with the SmolLM2 tokenizer copied in (calibration tokenizes text); then one
+`optimize model CKPT --quant int4 --method M --out ENGINE` per method, each in its own process,
+timed, its peak resident memory read from the kernel (the child's ru_maxrss; calibration runs
+on the CPU, so host memory is the figure). One JSON line per build: shape, method, wall
+seconds, peak RSS GB, checkpoint GB, engine GB, and peak RSS minus engine size (issue 24's
+target: <= 1.5 GiB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OPTIMIZE = [sys.executable, "-m", "optimizer.cli"]
+
+
+def folder_gb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e9
+
+
+def checkpoint(shape: str, work: Path) -> Path:
+    out = work / f"ckpt-{shape}"
+    if not (out / "config.json").exists():
+        subprocess.run(OPTIMIZE + ["random-checkpoint", shape, "--out", str(out), "--overwrite"], check=True,
+                       cwd=ROOT)
+        sys.path.insert(0, str(ROOT))
+        from optimizer.core.assets import fetch_asset
+        from optimizer.models.loader import load_model
+
+        tokenizer = load_model(fetch_asset("smollm2-135m", quiet=True), quiet=True).tokenizer
+        tokenizer.save_pretrained(out)
+    return out
+
+
+def build(ckpt: Path, method: str, calib: str, out: Path) -> dict:
+    """One build in a child process: its wall time and peak RSS (the largest child so far, so
+    each build runs after a fresh fork of this small harness)."""
+    cmd = OPTIMIZE + ["model", str(ckpt), "--quant", "int4", "--method", method, "--out", str(out),
+                      "--overwrite", "-q"] + (["--calib", calib] if method != "rtn" else [])
+    probe = [sys.executable, "-c", "import resource, subprocess, sys, json, time; t = time.perf_counter(); "
+             "r = subprocess.run(sys.argv[1:]); "
+             "print(json.dumps({'rc': r.returncode, 'seconds': time.perf_counter() - t, "
+             "'peak_rss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))", *cmd]
+    done = subprocess.run(probe, cwd=ROOT, capture_output=True, text=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if result["rc"]:
+        raise RuntimeError(f"build failed: {' '.join(cmd)}\n{done.stderr[-2000:]}")
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shapes", default="smollm2-135m")
+    ap.add_argument("--methods", default="rtn,gptq,awq")
+    ap.add_argument("--calib", default="c4:16x512")
+    ap.add_argument("--work", type=Path, required=True)
+    ap.add_argument("--results", type=Path)
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    for shape in args.shapes.split(","):
+        ckpt = checkpoint(shape, args.work)
+        for method in args.methods.split(","):
+            out = args.work / f"engine-{shape}-{method}"
+            r = build(ckpt, method, args.calib, out)
+            engine_gb = folder_gb(out)
+            record = {"shape": shape, "method": method, "calib": None if method == "rtn" else args.calib,
+                      "seconds": round(r["seconds"], 1), "peak_rss_gb": round(r["peak_rss_kb"] * 1024 / 1e9, 2),
+                      "checkpoint_gb": round(folder_gb(ckpt), 2), "engine_gb": round(engine_gb, 2),
+                      "peak_over_engine_gib": round((r["peak_rss_kb"] * 1024 - engine_gb * 1e9) / 2 ** 30, 2),
+                      "t": time.strftime("%H:%M:%S")}
+            print(json.dumps(record), flush=True)
+            if args.results:
+                with args.results.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+            shutil.rmtree(out, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
