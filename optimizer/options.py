@@ -103,8 +103,7 @@ class QuantSection:
     quant: str = opt("none", "Quantization: none, int4, int8 (weights), fp8 (W8A8 E4M3).")
     method: str = opt(DEFAULTS["method"], "Quantization method: rtn, awq, gptq, awq-gptq (AWQ's scaling, then GPTQ "
                                           "rounding); with --quant fp8, gptq rounds the FP8 weights by GPTQ.")
-    group_size: int = opt(DEFAULTS["group_size"], "Quantization group size; 0 = per-channel (--quant int4 on "
-                                                  "--target onnxruntime: 128, see --int4-defaults).")
+    group_size: int = opt(DEFAULTS["group_size"], "Quantization group size; 0 = per-channel.")
     symmetric: bool = opt(DEFAULTS["symmetric"], "Symmetric weights (no zero points) or asymmetric (--quant "
                                                  "int4 on --target onnxruntime: --asym, see --int4-defaults).",
                           flag="--sym/--asym")
@@ -133,12 +132,15 @@ class QuantSection:
 SECTIONS: dict[str, type] = {"build": BuildSection, "quantization": QuantSection}
 
 # `optimize model --quant int4` without format flags (--int4-defaults fast), per target: the
-# format benchmarks/int4_defaults.py found fastest at no accuracy cost on the CPU. SmolLM2-135M,
-# 2 threads, batch 1 (benchmarks/results/int4-defaults/): 169.3 decode tok/s against 100.6 for the
-# fields' own defaults, 96.7 MB against 175.3, wiki perplexity 29.906 against 32.516. Targets not
-# listed (onnxruntime-cuda, tensorrt) keep the fields' defaults; so does --int4-defaults exact.
+# format benchmarks/int4_defaults.py found faster and no less accurate than the fields' own
+# defaults on both packaged models (benchmarks/results/int4-defaults/). SmolLM2-135M, 2 threads,
+# batch 1: 148.7 decode tok/s against 100.6, 93.5 MB against 175.3, wiki perplexity 29.435
+# against 32.516; Gemma-3-270M: 324 MB against 791, perplexity 23.944 against 26.936 (wiki 10x512).
+# Groups of 128 decode faster still (169.3 tok/s on SmolLM2) but cost Gemma 17% perplexity.
+# Targets not listed (onnxruntime-cuda, tensorrt) keep the fields' defaults; so does
+# --int4-defaults exact.
 FAST_INT4: dict[str, dict[str, dict[str, Any]]] = {
-    "onnxruntime": {"quantization": {"group_size": 128, "symmetric": False, "lm_head_bits": 8},
+    "onnxruntime": {"quantization": {"symmetric": False, "lm_head_bits": 8},
                     "build": {"accuracy_level": 4}},
 }
 

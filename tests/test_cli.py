@@ -310,10 +310,10 @@ def test_plain_int4_builds_the_fast_format_and_exact_is_one_flag_away(tmp_path):
         q = m["quantization"]
         return q["group_size"], q["symmetric"], q["lm_head_bits"], m["recipe"]["build"]["accuracy_level"]
 
-    assert built() == (128, False, 8, 4)
+    assert built() == (64, False, 8, 4)
     assert built("--int4-defaults", "exact") == (64, True, None, 0)
     assert built("--group-size", "32", "--sym") == (32, True, 8, 4)  # given flags win, the rest stays fast
-    assert built("--accuracy-level", "0", "--lm-head-bits", "none") == (128, False, None, 0)
+    assert built("--accuracy-level", "0", "--lm-head-bits", "none") == (64, False, None, 0)
     # no fast format on other targets, and none for int8 / fp8 or without --quant
     assert with_fast_int4({"quantization": {"quant": "int4"}, "build": {"target": "tensorrt"}}) == \
         {"quantization": {"quant": "int4"}, "build": {"target": "tensorrt"}}

@@ -31,9 +31,9 @@ from optimizer.options import SECTIONS, cli_options, given_overrides, section_va
 @click.option("--gate-eval", default=None, help="Text the gate measures, SOURCE:NxL [default: wiki:20x512].")
 @click.option("--int4-defaults", type=click.Choice(["fast", "exact"]), default="fast", show_default=True,
               help="What --quant int4 builds where no format flag says otherwise: fast = on --target onnxruntime, "
-                   "groups of 128 with zero points, an 8-bit lm_head (a tied embedding shares its codes) and "
-                   "int8 activation compute (--accuracy-level 4); exact = the flags' own defaults (groups of 64, "
-                   "symmetric, float lm_head, fp32 compute). Flags given always win; a --recipe is taken as written.")
+                   "zero points (--asym), an 8-bit lm_head (a tied embedding shares its codes) and int8 "
+                   "activation compute (--accuracy-level 4); exact = the flags' own defaults (symmetric, float "
+                   "lm_head, fp32 compute). Flags given always win; a --recipe is taken as written.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow code shipped with the model to run.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
