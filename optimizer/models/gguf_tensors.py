@@ -11,6 +11,7 @@ so a truncated or lying file is an InputError naming what was wrong, never a hug
 
 from __future__ import annotations
 
+import math
 import mmap
 import struct
 from dataclasses import dataclass
@@ -127,7 +128,7 @@ def read_tensors(path: Path) -> list[GgufTensor]:
         except (ValueError, KeyError):
             raise cur.bad(f"tensor {name!r} has unknown ggml type {ttype}") from None
         shape = tuple(reversed(dims)) or (1,)
-        count = int(np.prod(shape, dtype=np.uint64))
+        count = math.prod(shape)  # Python integers: a lying header cannot overflow them
         if shape[-1] % block:
             raise cur.bad(f"tensor {name!r}: row of {shape[-1]} values is not a whole number of {block}-value blocks")
         nbytes = count // block * type_size
