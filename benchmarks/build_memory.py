@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 OPTIMIZE = [sys.executable, "-m", "optimizer.cli"]
 
 
@@ -35,12 +36,12 @@ def checkpoint(shape: str, work: Path) -> Path:
     if not (out / "config.json").exists():
         subprocess.run(OPTIMIZE + ["random-checkpoint", shape, "--out", str(out), "--overwrite"], check=True,
                        cwd=ROOT)
-        sys.path.insert(0, str(ROOT))
-        from optimizer.core.assets import fetch_asset
-        from optimizer.models.loader import load_model
+        from transformers import AutoTokenizer
 
-        tokenizer = load_model(fetch_asset("smollm2-135m", quiet=True), quiet=True).tokenizer
-        tokenizer.save_pretrained(out)
+        from optimizer.core.assets import fetch_asset
+
+        gguf = fetch_asset("smollm2-135m", quiet=True)  # its tokenizer only, not the model
+        AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
     return out
 
 

@@ -112,13 +112,11 @@ def kernel_profile(model, prompts, steps):
     """The CUDA kernels of `steps` decode steps of one Generator, by name (torch's CUPTI
     profiler records every kernel of the process, genai's onnxruntime included; torch is
     imported only here). Same summary as benchmarks/gpu_kernels.py."""
-    from collections import defaultdict
-
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from gpu_kernels import short
+    from gpu_kernels import kernel_summary
 
     batch, prompt_len = prompts.shape
     params = og.GeneratorParams(model)
@@ -132,14 +130,7 @@ def kernel_profile(model, prompts, steps):
         for _ in range(steps):
             gen.generate_next_token()
         torch.cuda.synchronize()
-    by_name = defaultdict(list)
-    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
-    for e in kernels:
-        by_name[short(e.name)].append(getattr(e, "device_time_total", None) or e.cuda_time_total)
-    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:25]
-    return {"kernels_per_step": len(kernels) / steps,
-            "gpu_busy_ms_per_step": sum(map(sum, by_name.values())) / steps / 1e3,
-            "top": [{"kernel": k, "per_step": len(v) / steps, "us_per_step": sum(v) / steps} for k, v in top]}
+    return kernel_summary(prof, steps)
 
 
 def spread(values):

@@ -42,6 +42,19 @@ def short(name: str) -> str:
     return re.sub(r"^void ", "", "".join(out)).strip()[:120]
 
 
+def kernel_summary(prof, steps: int, top: int = 25) -> dict:
+    """A torch profiler's CUDA kernels over `steps` steps: kernels and GPU-busy ms per step, and
+    the `top` kernels by time (also onnxruntime-genai's, in benchmarks/genai_gpu_peer.py)."""
+    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+    by_name: dict[str, list[float]] = defaultdict(list)
+    for e in kernels:
+        by_name[short(e.name)].append(e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total)
+    ranked = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:top]
+    return {"kernels_per_step": len(kernels) / steps,
+            "gpu_busy_ms_per_step": sum(sum(v) for v in by_name.values()) / steps / 1e3,
+            "top": [{"kernel": k, "per_step": len(v) / steps, "us_per_step": sum(v) / steps} for k, v in ranked]}
+
+
 def ready_executor(path: Path, batch: int, graphs: bool):
     from runtime import Engine, SamplingParams
     from runtime.graph_executor import GraphStaticExecutor
@@ -79,12 +92,7 @@ def measure(path: Path, batch: int, steps: int) -> dict:
         for _ in range(steps):
             step(executor, seqs)
         torch.cuda.synchronize()
-    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
-    by_name: dict[str, list[float]] = defaultdict(list)
-    for e in kernels:
-        by_name[short(e.name)].append(e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total)
-    busy_us = sum(sum(v) for v in by_name.values()) / steps
-    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:25]
+    kernels = kernel_summary(prof, steps)
     del engine, executor, seqs
 
     engine, executor, seqs = ready_executor(path, batch, graphs=True)
@@ -100,11 +108,10 @@ def measure(path: Path, batch: int, steps: int) -> dict:
     for _ in range(steps):  # the model's replay alone (run_with_iobinding waits for the GPU)
         executor.session.session.run_with_iobinding(executor._steps[size].binding, executor._steps[size].run_options)
     replay_ms = (time.perf_counter() - t0) * 1e3 / steps
-    return {"engine": path.name, "batch": batch, "kernels_per_step": len(kernels) / steps,
-            "gpu_busy_ms_per_step": busy_us / 1e3, "eager_step_ms": eager_ms,
+    return {"engine": path.name, "batch": batch, "kernels_per_step": kernels["kernels_per_step"],
+            "gpu_busy_ms_per_step": kernels["gpu_busy_ms_per_step"], "eager_step_ms": eager_ms,
             "graph_step_ms": statistics.median(walls), "graph_step_ms_spread": [min(walls), max(walls)],
-            "model_replay_ms": replay_ms,
-            "top": [{"kernel": k, "per_step": len(v) / steps, "us_per_step": sum(v) / steps} for k, v in top]}
+            "model_replay_ms": replay_ms, "top": kernels["top"]}
 
 
 def main() -> None:
