@@ -6,13 +6,13 @@ parsing every field into numpy memmap slices (~100k of them for a 49k-token voca
 a parse on 2 cores) and then every vocabulary entry in Python. `fast_gguf()` makes, for the
 duration of one load:
 
-- `gguf.GGUFReader` a factory that parses each path once into plain-ndarray views of the
-  memory-mapped file (the same values as memmap slices, which cost a Python call each);
-- transformers' `load_gguf_checkpoint` without tensors done once per path, callers getting
-  copies of its result.
+- `gguf.GGUFReader` a subclass that parses into plain-ndarray views of the memory-mapped file
+  (the same values as memmap slices, which cost a Python call each);
+- transformers' `load_gguf_checkpoint` without tensors done once per path (the one caller of
+  the reader), callers getting copies of its result.
 
 transformers imports both names inside its functions, so the replacements are what it calls.
-Both are restored on exit and the parsed files released. The weights do not go through
+Both are restored on exit and the parsed metadata released. The weights do not go through
 transformers at all (optimizer.models.gguf_weights).
 """
 
@@ -42,14 +42,7 @@ def fast_gguf() -> Iterator[None]:
         def data(self, value: np.ndarray) -> None:
             self._plain = value.view(np.ndarray)  # the view keeps the memory map alive
 
-    parsed: dict[tuple[str, str], Any] = {}
     metadata: dict[str, Any] = {}
-
-    def reader(path: Any, mode: str = "r") -> Any:
-        key = (str(Path(path).resolve()), mode)
-        if key not in parsed:
-            parsed[key] = PlainViewReader(path, mode)
-        return parsed[key]
 
     def load_checkpoint(path: Any, return_tensors: bool = False, **kwargs: Any) -> Any:
         if return_tensors or kwargs:
@@ -59,7 +52,7 @@ def fast_gguf() -> Iterator[None]:
             metadata[key] = checkpoint(path, return_tensors=False)
         return copy.deepcopy(metadata[key])
 
-    gguf.GGUFReader = reader
+    gguf.GGUFReader = PlainViewReader
     if checkpoint is not None:
         hf_gguf.load_gguf_checkpoint = load_checkpoint
     try:
@@ -68,5 +61,4 @@ def fast_gguf() -> Iterator[None]:
         gguf.GGUFReader = reader_class
         if checkpoint is not None:
             hf_gguf.load_gguf_checkpoint = checkpoint
-        parsed.clear()
         metadata.clear()

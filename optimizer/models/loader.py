@@ -105,7 +105,7 @@ def _load_hf_folder(path: Path, trust_remote_code: bool) -> LoadedModel:
 
 
 def _load_gguf(path: Path, trust_remote_code: bool) -> LoadedModel:
-    with fast_gguf():  # the file parsed once for config, weights and tokenizer
+    with fast_gguf():  # the metadata parsed once for config and tokenizer
         return _load_gguf_parts(path)
 
 
