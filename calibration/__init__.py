@@ -25,6 +25,7 @@ import torch
 from calibration.config import (AwqConfig, AwqGptqConfig, Calibrated, Fp8Config, GptqConfig, GptqRounding,
                                 IntWeightConfig, QuantConfig, RtnConfig, quant_config)
 from calibration.data import parse_spec, token_windows, windows_hash
+from calibration.deferred import deferred_rtn
 from calibration.distill import distill_fp8
 from calibration.mappings import module_names
 from calibration.gptq import HessianAccumulator, gptq_quantize
@@ -32,6 +33,7 @@ from calibration.methods import awq_gptq_layer, awq_layer, fp8_layer, gptq_layer
 from calibration.rtn import QuantizedLinear, rtn_quantize
 from calibration.sequential import run_sequential
 from optimizer.core.errors import InputError
+from optimizer.core.architectures import output_tied
 
 __all__ = ["ALGORITHMS", "QuantConfig", "QuantizationResult", "quant_config", "quantize_model"]
 
@@ -68,6 +70,10 @@ def calibration_windows(loaded: Any, cfg: Calibrated, text: str | None = None) -
 
 def quantize_model(loaded: Any, cfg: QuantConfig, quiet: bool = False) -> QuantizationResult:
     cfg.validate()
+    if loaded.streamed and not isinstance(cfg, RtnConfig):
+        raise InputError(f"a streamed build (--stream) quantizes by RTN in this version; --method {cfg.method} "
+                         "calibrates on the model's activations, which needs the model in memory",
+                         hint="use --method rtn with --stream, or drop --stream")
     keep = _keep_matcher(cfg.keep)
     codes: dict[str, QuantizedLinear] = {}
     manifest: dict[str, Any] = cfg.to_manifest()
@@ -93,6 +99,10 @@ def quantize_model(loaded: Any, cfg: QuantConfig, quiet: bool = False) -> Quanti
 def quantize_rtn(loaded: Any, cfg: RtnConfig, keep: Callable[[str], bool], codes: dict, manifest: dict,
                  quiet: bool) -> None:
     """Round every target linear to nearest: no calibration."""
+    if loaded.streamed:  # computed as the engine is written (calibration.deferred)
+        for name in target_linears(loaded, keep):
+            codes[name] = deferred_rtn(loaded.weights, name + ".weight", cfg.spec)
+        return
     with torch.no_grad():
         for name, lin in target_linears(loaded, keep).items():
             store_quantized(lin, rtn_quantize(lin.weight, cfg.spec), name, codes)
@@ -146,9 +156,15 @@ def quantize_lm_head(loaded: Any, cfg: IntWeightConfig, codes: dict[str, Quantiz
     if head is None or loaded.model.get_submodule(name) is not head:
         raise InputError("this model has no separate output projection to quantize",
                          hint="drop lm_head_bits / --lm-head-bits")
-    tied = head.weight.data_ptr() == loaded.model.get_input_embeddings().weight.data_ptr()
+    if loaded.streamed:  # parameters on the meta device: the config says
+        tied = output_tied(loaded.config)
+    else:
+        tied = head.weight.data_ptr() == loaded.model.get_input_embeddings().weight.data_ptr()
     if tied:
         name = loaded.arch.embed.removesuffix(".weight")  # the table both read
+    if loaded.streamed:  # RTN, computed as the engine is written
+        codes[name] = deferred_rtn(loaded.weights, name + ".weight", cfg.lm_head_spec)
+        return "rtn", tied
     with torch.no_grad():
         if hidden is None:
             q, method = rtn_quantize(head.weight, cfg.lm_head_spec), "rtn"

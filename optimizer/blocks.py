@@ -20,6 +20,7 @@ from optimizer.graph import GraphBuilder
 
 F32 = ir.DataType.FLOAT
 I64 = np.int64
+Weight = np.ndarray | ir.LazyTensor  # an initializer's contents: in memory, or read when written
 
 
 @dataclass
@@ -49,35 +50,38 @@ def rms_norm(ctx: Context, x: ir.Value, weight: np.ndarray, name: str) -> ir.Val
     return ctx.to_compute(y)
 
 
-def linear(ctx: Context, x: ir.Value, weight: tuple[str, np.ndarray, np.ndarray | None]) -> ir.Value:
-    """MatMul(x, W^T) [+ bias]; the initializer is named `<module>.weight` and holds W^T (in, out)."""
+def linear(ctx: Context, x: ir.Value, weight: tuple[str, Weight, np.ndarray | None]) -> ir.Value:
+    """MatMul(x, W^T) [+ bias]; the initializer is named `<module>.weight` and holds W^T (in, out),
+    in the engine dtype."""
     name, weight_t, bias = weight
-    y = ctx.b.op("MatMul", x, ctx.b.weight(name + ".weight", weight_t.astype(ctx.np_dtype, copy=False)))
+    y = ctx.b.op("MatMul", x, ctx.b.weight(name + ".weight", weight_t))
     if bias is not None:
         y = ctx.b.op("Add", y, ctx.b.weight(name + ".bias", bias.astype(ctx.np_dtype, copy=False)))
     return y
 
 
-def embed(ctx: Context, input_ids: ir.Value, table: np.ndarray) -> ir.Value:
-    """Gather(table, ids) -> (B, S, H), times sqrt(H) where the architecture scales embeddings."""
+def embed(ctx: Context, input_ids: ir.Value, table: Weight) -> ir.Value:
+    """Gather(table, ids) -> (B, S, H), times sqrt(H) where the architecture scales embeddings
+    (the table in the engine dtype)."""
     b = ctx.b
-    x = b.op("Gather", b.weight(ctx.arch.embed, table.astype(ctx.np_dtype, copy=False)), input_ids, axis=0)
+    x = b.op("Gather", b.weight(ctx.arch.embed, table), input_ids, axis=0)
     if ctx.arch.embed_scale:
         scale = np.asarray(np.float32(ctx.dims.hidden_size ** 0.5)).astype(ctx.np_dtype)
         x = b.op("Mul", x, b.const(scale))
     return x
 
 
-def lm_head(ctx: Context, x: ir.Value, head: tuple[str, np.ndarray, bool]) -> ir.Value:
-    """(B, S, H) -> logits (B, S, V) fp32. A tied head reuses the embedding initializer
-    through Transpose (onnxruntime folds it at load), so the engine stores it once."""
+def lm_head(ctx: Context, x: ir.Value, head: tuple[str, Weight | None, bool]) -> ir.Value:
+    """(B, S, H) -> logits (B, S, V) fp32; the weight is W^T (H, V) in the engine dtype. A tied
+    head reuses the embedding initializer through Transpose (onnxruntime folds it at load), so
+    the engine stores it once."""
     b = ctx.b
     name, weight, tied = head
     if tied:
         table = next(v for v in b.tape.initializers if v.name == name)
         logits = b.op("MatMul", x, b.op("Transpose", table, perm=[1, 0]))
     else:
-        logits = b.op("MatMul", x, b.weight(name, np.ascontiguousarray(weight.T).astype(ctx.np_dtype, copy=False)))
+        logits = b.op("MatMul", x, b.weight(name, weight))
     logits = ctx.to_f32(logits)
     cap = ctx.dims.final_logit_softcap
     if cap:

@@ -16,17 +16,18 @@ against the torch module itself, at build time (`optimizer.verify`) and in tests
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
 import onnx_ir as ir
-import torch
 
 from optimizer import blocks
 from optimizer.core.errors import UnsupportedModelError
 from optimizer.graph import GraphBuilder, input_value
-from optimizer.core.architectures import ArchSpec
+from optimizer.core.architectures import ArchSpec, output_tied
 from optimizer.models.loader import LoadedModel
+from optimizer.models.weight_source import ModuleSource
 
 DTYPES: dict[str, tuple[ir.DataType, type]] = {
     "fp32": (ir.DataType.FLOAT, np.float32),
@@ -111,8 +112,7 @@ def capture(loaded: LoadedModel, dtype: str = "fp32",
     """Write the decoder of `loaded` as an onnx_ir model in `dtype` ("fp32" or "fp16")."""
     arch, dims = loaded.arch, decoder_dims(loaded.config, loaded.arch)
     ir_dtype, np_dtype = DTYPES[dtype]
-    state = {k: v.detach() for k, v in loaded.model.state_dict().items()}
-    w = _WeightReader(state, np_dtype)
+    w = _WeightReader(loaded, np_dtype)
     b = GraphBuilder()
     ctx = blocks.Context(b=b, dims=dims, arch=arch, dtype=ir_dtype, np_dtype=np_dtype)
 
@@ -127,7 +127,7 @@ def capture(loaded: LoadedModel, dtype: str = "fp32",
         masks = blocks.attention_masks(ctx, input_ids, attention_mask, set(dims.windows))
         ropes = {kind: blocks.rotary_tables(ctx, position_ids, inv_freq, scaling)
                  for kind, (inv_freq, scaling) in rope_tables(loaded.model, set(dims.rope_kinds)).items()}
-        x = blocks.embed(ctx, input_ids, w.array(arch.embed))
+        x = blocks.embed(ctx, input_ids, w.matrix(arch.embed))
 
     outputs = []
     for i in range(dims.num_layers):
@@ -157,27 +157,48 @@ def _name_output(value: ir.Value, name: str, dtype: ir.DataType, shape: list) ->
 
 
 class _WeightReader:
-    """State-dict tensors as numpy arrays in the engine dtype (norm weights stay fp32)."""
+    """The model's tensors as initializer contents in the engine dtype (norm weights stay
+    fp32): numpy arrays from a model in memory; for a streamed model (weights on disk), the
+    large ones (linears, embedding, lm_head) as `ir.LazyTensor`s read when the engine file is
+    written (or never, where a pass replaces them: quantized linears)."""
 
-    def __init__(self, state: dict[str, torch.Tensor], np_dtype: type) -> None:
-        self.state, self.np_dtype = state, np_dtype
+    def __init__(self, loaded: LoadedModel, np_dtype: type) -> None:
+        self.loaded, self.np_dtype = loaded, np_dtype
+        self.source = loaded.weights if loaded.streamed else ModuleSource(loaded.model)
 
     def has(self, name: str) -> bool:
-        return name in self.state
+        return self.source.has(name)
 
     def array(self, name: str, dtype: type | None = None) -> np.ndarray:
-        if name not in self.state:
+        if not self.source.has(name):
             raise UnsupportedModelError(f"the model has no weight {name!r}",
                                         hint="the checkpoint does not match its declared architecture")
-        return self.state[name].float().cpu().numpy().astype(dtype or self.np_dtype, copy=False)
+        return self.source.tensor(name).numpy().astype(dtype or self.np_dtype, copy=False)
 
-    def lm_head(self, arch: ArchSpec) -> tuple[str, np.ndarray, bool]:
-        """(name, weight (V, H), tied): tied when lm_head shares the embedding's storage."""
-        embed = self.state[arch.embed]
-        head = self.state.get(arch.lm_head)
-        tied = head is None or head.data_ptr() == embed.data_ptr()
+    def matrix(self, name: str, transpose: bool = False) -> np.ndarray | ir.LazyTensor:
+        """A 2-D weight in the engine dtype, (in, out) with `transpose`."""
+        if not self.loaded.streamed:
+            array = self.array(name)
+            return np.ascontiguousarray(array.T) if transpose else array
+        shape = self.source.shape(name)
+        if transpose:
+            shape = shape[::-1]
+        read = partial(_read_matrix, self.source, name, self.np_dtype, transpose)
+        return ir.LazyTensor(read, ir.DataType.from_numpy(np.dtype(self.np_dtype)), ir.Shape(shape), name=name)
+
+    def lm_head(self, arch: ArchSpec) -> tuple[str, np.ndarray | ir.LazyTensor, bool]:
+        """(name, weight (H, V), tied): tied when lm_head reads the embedding table."""
+        if self.loaded.streamed:
+            tied = output_tied(self.loaded.config)
+        else:
+            tied = not self.source.has(arch.lm_head) or self.source.same_storage(arch.lm_head, arch.embed)
         name = arch.embed if tied else arch.lm_head
-        return name, self.array(name), tied
+        return name, (None if tied else self.matrix(name, transpose=True)), tied
+
+
+def _read_matrix(source: Any, name: str, np_dtype: type, transpose: bool) -> ir.Tensor:
+    array = source.tensor(name).numpy().astype(np_dtype, copy=False)
+    return ir.tensor(np.ascontiguousarray(array.T) if transpose else array, name=name)
 
 
 class _LayerWeights:
@@ -194,9 +215,9 @@ class _LayerWeights:
             return self.prefix + self.arch.attn_proj[self._ROLES[role]]
         return self.prefix + self.arch.mlp_proj[self._MLP[role]]
 
-    def linear(self, role: str) -> tuple[str, np.ndarray, np.ndarray | None]:
+    def linear(self, role: str) -> tuple[str, np.ndarray | ir.LazyTensor, np.ndarray | None]:
         name = self.module_name(role)
-        weight_t = np.ascontiguousarray(self.w.array(name + ".weight").T)  # (in, out)
+        weight_t = self.w.matrix(name + ".weight", transpose=True)  # (in, out)
         bias = self.w.array(name + ".bias") if self.w.has(name + ".bias") else None
         return name, weight_t, bias
 

@@ -64,9 +64,11 @@ class GraphBuilder:
             self._consts[key] = self.tape.initializer(ir.tensor(array), name=self._name("const"))
         return self._consts[key]
 
-    def weight(self, name: str, array: np.ndarray) -> ir.Value:
-        """A named initializer holding a weight (the array is used, not copied)."""
-        return self.tape.initializer(ir.tensor(array, name=name), name=name)
+    def weight(self, name: str, array: np.ndarray | ir.LazyTensor) -> ir.Value:
+        """A named initializer holding a weight: an array (used, not copied), or a lazy tensor
+        (read when the model is written; see optimizer.capture)."""
+        tensor = array if isinstance(array, ir.LazyTensor) else ir.tensor(array, name=name)
+        return self.tape.initializer(tensor, name=name)
 
     def model(self, inputs: Sequence[ir.Value], outputs: Sequence[ir.Value],
               name: str = "decoder") -> ir.Model:

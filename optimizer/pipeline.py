@@ -28,9 +28,10 @@ from optimizer.evaluate import perplexity, session_logits_fn, torch_logits_fn
 from optimizer.gate import DEFAULT_GATE_EVAL, GateFailed, check, failure_message, parse_limit
 from optimizer.manifest import attention_kind, engine_manifest, kv_cache_section, weight_format_section
 from optimizer.models.loader import LoadedModel, load_model
+from optimizer.models.streamed import running
 from optimizer.options import BuildSection
 from optimizer.quantized import plain_weights
-from optimizer.verify import verify_engine
+from optimizer.verify import probe_ids, reference_logits, verify_engine
 from passes import PassContext
 from passes.kv_layout import METADATA_KEY as KV_LAYOUT_KEY
 from passes.pipeline import resolve_pass_names, run_passes
@@ -88,13 +89,13 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
     quantization, codes = quantize(opts, loaded)
     model, dims = capture_graph(opts, loaded)
     max_positions = opts.max_seq_len or model_max_positions(loaded.config)
-    kv_scales, kv_quant = calibrate_kv(opts, loaded, dims)
+    kv_scales, kv_quant = calibrate_kv(opts, loaded, dims, codes)
     model, pass_reports = graph_passes(opts, model, codes, max_positions, kv_scales)
     kv = kv_cache_section(dims, opts.dtype, attention_kind(model), model.metadata_props.get(KV_LAYOUT_KEY, "concat"),
                           max_positions, opts, kv_quant)
     with staging_dir(opts.out, opts.overwrite) as tmp:
         model_info, tokenizer_files = write_files(opts, model, loaded, tmp)
-        verification = verify(opts, tmp / MODEL_FILE, kv, loaded, quantization)
+        verification = verify(opts, tmp / MODEL_FILE, kv, loaded, quantization, codes)
         verdict = measure_gate(opts, tmp / MODEL_FILE, kv, quantization, gate)
         manifest = engine_manifest(opts, loaded, quantization, pass_reports, kv, model_info, tokenizer_files,
                                    verification, verdict, max_positions)
@@ -109,7 +110,7 @@ def load(opts: BuildOptions) -> LoadedModel:
     with step("load model", opts.quiet):
         return load_model(opts.source, random_weights=opts.random_weights, config=opts.config,
                           tokenizer=opts.tokenizer, seed=opts.seed, trust_remote_code=opts.trust_remote_code,
-                          quiet=opts.quiet)
+                          quiet=opts.quiet, stream=opts.stream)
 
 
 def check_architecture(opts: BuildOptions, loaded: LoadedModel) -> None:
@@ -125,8 +126,9 @@ def prepare_gate(opts: BuildOptions, loaded: LoadedModel) -> Gate | None:
     windows = text_windows(loaded, opts.gate_eval, "the accuracy gate measures perplexity", "--max-ppl-increase")
     baseline = opts.gate_baseline
     if baseline is None:
-        with step(f"accuracy gate: baseline perplexity of the source model ({opts.gate_eval})", opts.quiet):
-            baseline = perplexity(torch_logits_fn(loaded.model), windows)["perplexity"]
+        with step(f"accuracy gate: baseline perplexity of the source model ({opts.gate_eval})", opts.quiet), \
+                running(loaded) as model:
+            baseline = perplexity(torch_logits_fn(model), windows)["perplexity"]
     return Gate(windows, baseline)
 
 
@@ -146,7 +148,8 @@ def capture_graph(opts: BuildOptions, loaded: LoadedModel) -> tuple[ir.Model, De
             return capture(loaded, opts.dtype, on_layer=lambda i: advance()), dims
 
 
-def calibrate_kv(opts: BuildOptions, loaded: LoadedModel, dims: DecoderDims) -> tuple[tuple, dict[str, Any] | None]:
+def calibrate_kv(opts: BuildOptions, loaded: LoadedModel, dims: DecoderDims,
+                 codes: dict[str, Any]) -> tuple[tuple, dict[str, Any] | None]:
     """Per-layer (k, v) int8 scales from the calibration text through the (quantized) torch
     model, and the manifest's record of them; nothing for a float cache."""
     if opts.kv_cache_dtype != "int8":
@@ -155,7 +158,8 @@ def calibrate_kv(opts: BuildOptions, loaded: LoadedModel, dims: DecoderDims) -> 
 
     with step(f"calibrate int8 KV-cache scales ({opts.kv_calib})", opts.quiet):
         windows = text_windows(loaded, opts.kv_calib, "the int8 KV cache is calibrated", "--kv-cache-dtype int8")
-        scales = kv_cache_scales(loaded.model, loaded.arch, windows, dims.head_dim)
+        with running(loaded, codes) as model:
+            scales = kv_cache_scales(model, loaded.arch, windows, dims.head_dim)
     record = {"format": "int8, one static scale per layer for K and for V (PER_TENSOR)",
               "calibration": {"spec": opts.kv_calib, "windows": list(windows.shape), "sha256": windows_hash(windows)},
               "scales": [[round(k, 8), round(v, 8)] for k, v in scales]}
@@ -186,14 +190,16 @@ def write_files(opts: BuildOptions, model: ir.Model, loaded: LoadedModel, tmp: P
 
 
 def verify(opts: BuildOptions, model_path: Path, kv: KvCacheSpec, loaded: LoadedModel,
-           quantization: dict[str, Any]) -> dict[str, Any]:
+           quantization: dict[str, Any], codes: dict[str, Any]) -> dict[str, Any]:
     """The staged engine against the torch model: to numerical noise where it computes in fp32
     what the model does (FP8 and the int8 cache quantize activations too: figures only)."""
     with step("verify engine against the torch model", opts.quiet):
         exact = (opts.dtype == "fp32" and opts.accuracy_level == 0 and quantization["method"] != "fp8"
                  and kv.quantization is None)
+        with running(loaded, codes) as model:  # a streamed model: layer by layer, released after
+            reference = reference_logits(model, probe_ids(loaded))
         report = verify_engine(model_path, kv, loaded, "fp32" if exact else "approx",
-                               provider=verify_provider(opts), quantization=quantization)
+                               provider=verify_provider(opts), quantization=quantization, reference=reference)
         if not opts.quiet:
             console().print(f"  max |logit diff| {report['max_abs_logit_diff']:.2e}, "
                             f"top-1 agreement {report['top1_agreement']:.0%}")

@@ -39,13 +39,21 @@ def probe_ids(loaded: LoadedModel, length: int = 16) -> list[int]:
     return rng.integers(0, loaded.config.vocab_size, size=length).tolist()
 
 
-def verify_engine(model_path: Path, kv: KvCacheSpec, loaded: LoadedModel, mode: str,
-                  provider: str = "cpu", quantization: dict[str, Any] | None = None) -> dict[str, Any]:
-    """mode "fp32": the engine must match to numerical noise; "approx" (fp16 compute, int8
-    activations): the figures are recorded and only non-finite logits fail."""
-    ids = probe_ids(loaded)
+def reference_logits(model: Any, ids: list[int]) -> np.ndarray:
+    """The torch module's logits (N, V) over the probe sequence."""
     with torch.no_grad():
-        ref = loaded.model(input_ids=torch.tensor([ids])).logits[0].float().numpy()  # (N, V)
+        return model(input_ids=torch.tensor([ids])).logits[0].float().numpy()
+
+
+def verify_engine(model_path: Path, kv: KvCacheSpec, loaded: LoadedModel, mode: str,
+                  provider: str = "cpu", quantization: dict[str, Any] | None = None,
+                  reference: np.ndarray | None = None) -> dict[str, Any]:
+    """mode "fp32": the engine must match to numerical noise; "approx" (fp16 compute, int8
+    activations): the figures are recorded and only non-finite logits fail. The engine is held
+    to `loaded.model`'s logits on `probe_ids(loaded)`, or to `reference`, those logits computed
+    beforehand (a streamed build's, layer by layer, released before the engine loads)."""
+    ids = probe_ids(loaded)
+    ref = reference_logits(loaded.model, ids) if reference is None else reference
     session = DecoderSession(model_path, kv, provider=provider,
                              quantization=quantization, huge_pages=False)  # a probe: speed is no matter
     got = probe_logits(session, ids, len(ids) - DECODE_STEPS)

@@ -3,7 +3,8 @@ read constants, and fail with a reason (`NoMatch`) that the pass report can show
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -77,14 +78,44 @@ def expect_const(value: ir.Value, expected: Sequence[int] | float, what: str) ->
         raise NoMatch(f"{what}: expected {expected}, found {got.tolist()}")
 
 
-def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    """Register a new initializer under a name not yet taken in `graph`."""
+@dataclass(frozen=True)
+class Deferred:
+    """An initializer's contents computed when the model is written (`read`), not now: the
+    streaming build's large weights (see optimizer.capture)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    read: Callable[[], np.ndarray]
+
+
+def is_deferred(value: ir.Value) -> bool:
+    """The initializer behind `value` is read lazily (not held in memory)."""
+    return isinstance(value.const_value, ir.LazyTensor)
+
+
+def deferred_concat(values: Sequence[ir.Value], axis: int) -> Deferred:
+    """The concatenation of initializers along `axis`, computed when read."""
+    tensors = [v.const_value for v in values]
+    shape = list(tensors[0].shape)
+    shape[axis] = sum(t.shape[axis] for t in tensors)
+    return Deferred(tuple(shape), tensors[0].dtype.numpy(),
+                    lambda: np.concatenate([t.numpy() for t in tensors], axis=axis))
+
+
+def add_initializer(graph: ir.Graph, name: str, array: np.ndarray | Deferred) -> ir.Value:
+    """Register a new initializer under a name not yet taken in `graph` (a Deferred one as an
+    `ir.LazyTensor`)."""
     base, i = name, 1
     while name in graph.initializers:
         i += 1
         name = f"{base}.{i}"
-    value = ir.Value(name=name, const_value=ir.tensor(array, name=name),
-                     type=ir.TensorType(ir.DataType.from_numpy(array.dtype)), shape=ir.Shape(array.shape))
+    dtype = ir.DataType.from_numpy(np.dtype(array.dtype))
+    if isinstance(array, Deferred):
+        read = array.read
+        tensor = ir.LazyTensor(lambda: ir.tensor(read(), name=name), dtype, ir.Shape(array.shape), name=name)
+    else:
+        tensor = ir.tensor(array, name=name)
+    value = ir.Value(name=name, const_value=tensor, type=ir.TensorType(dtype), shape=ir.Shape(array.shape))
     graph.register_initializer(value)
     return value
 

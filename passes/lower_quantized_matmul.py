@@ -29,7 +29,9 @@ The kernel computes (q - zero) * scale, exactly the torch fake-quant weight.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable
 
 import ml_dtypes
 import numpy as np
@@ -37,8 +39,8 @@ import onnx_ir as ir
 import onnx_ir.passes as ir_passes
 
 from passes._dq_weights import DqWeight, fp8_dq_weight, integer_dq_weight
-from passes.quantized_weights import Fp8Weight, IntWeight, QuantizedWeight
-from passes._match import MS_DOMAIN, add_initializer, ensure_ms_opset, replace_value
+from passes.quantized_weights import DeferredIntWeight, Fp8Weight, IntWeight, QuantizedWeight
+from passes._match import MS_DOMAIN, Deferred, add_initializer, ensure_ms_opset, replace_value
 
 WEIGHT_FORMATS = ("matmulnbits", "dequantize", "cuda")  # cuda: matmulnbits + the CUDA FP8 kernel
 FP8_WEIGHT_OP = "MatMulBlockQuantizedFp8Weight"
@@ -68,7 +70,9 @@ def block_size_for(k: int, group: int) -> int:
     return next((b for b in BLOCK_SIZES if k % b == 0), 16)  # else padded to a multiple of 16
 
 
-def pack(q: IntWeight, scale_dtype: type = np.float32) -> PackedWeight:
+def pack(q: IntWeight, scale_dtype: type = np.float32, symmetric: bool | None = None) -> PackedWeight:
+    """MatMulNBits' arrays of `q`; zero points omitted when symmetric (default: when every zero
+    point is the kernel's default; a deferred weight says so in advance)."""
     codes = q.codes  # (N, K)
     scales, zeros = q.scales, q.zeros  # (N, groups)
     n, k = codes.shape
@@ -88,9 +92,55 @@ def pack(q: IntWeight, scale_dtype: type = np.float32) -> PackedWeight:
     else:
         raise ValueError(f"MatMulNBits lowering supports 4 and 8 bits, not {bits}")
     zero_points = None
-    if not q.symmetric:
+    if not (q.symmetric if symmetric is None else symmetric):
         zero_points = _pack_rows(zeros, bits)
     return PackedWeight(np.ascontiguousarray(B), scales.astype(scale_dtype), zero_points, block, bits)
+
+
+@dataclass(frozen=True)
+class PackedLayout:
+    """The shapes `pack` gives a weight, known before its codes are: (N, K), groups, bits."""
+
+    B: tuple[int, int, int]
+    scales: tuple[int, int]
+    zero_points: tuple[int, int] | None
+    block_size: int
+    bits: int
+
+
+def packed_layout(n: int, k: int, group: int, bits: int, symmetric: bool) -> PackedLayout:
+    block = block_size_for(k, group)
+    k_blocks = -(-k // block)
+    zero_points = None if symmetric else (n, k_blocks if bits == 8 else (k_blocks + 1) // 2)
+    return PackedLayout((n, k_blocks, block * bits // 8), (n, k_blocks), zero_points, block, bits)
+
+
+def layout_of(p: PackedWeight) -> PackedLayout:
+    zp = None if p.zero_points is None else tuple(p.zero_points.shape)
+    return PackedLayout(tuple(p.B.shape), tuple(p.scales.shape), zp, p.block_size, p.bits)
+
+
+class _PackCache:
+    """The last few deferred weights packed: B, scales and zero points are read one after the
+    other (and again by a packed q/k/v), each pack computed once while it is needed."""
+
+    SIZE = 8
+
+    def __init__(self) -> None:
+        self.entries: OrderedDict[str, PackedWeight] = OrderedDict()
+
+    def get(self, base: str, q: DeferredIntWeight, scale_dtype: type) -> PackedWeight:
+        if base in self.entries:
+            self.entries.move_to_end(base)
+            return self.entries[base]
+        packed = pack(q.load(), scale_dtype, q.symmetric)
+        expected = packed_layout(*q.shape, q.group, q.bits, q.symmetric)
+        if layout_of(packed) != expected:
+            raise RuntimeError(f"{base}: packed as {layout_of(packed)}, announced as {expected}")
+        self.entries[base] = packed
+        if len(self.entries) > self.SIZE:
+            self.entries.popitem(last=False)
+        return packed
 
 
 def _pack_rows(values: np.ndarray, bits: int) -> np.ndarray:
@@ -133,7 +183,8 @@ class LowerQuantizedMatMul(ir_passes.InPlacePass):
         graph = model.graph
         by_initializer = {name + ".weight": q for name, q in self.codes.items()}
         self._activations: dict[tuple[int, float], ir.Value] = {}  # shared Q/DQ per input and scale
-        self._packed: dict[str, PackedWeight] = {}  # base name -> what its MatMulNBits reads
+        self._packed: dict[str, PackedLayout] = {}  # base name -> what its MatMulNBits reads
+        self._cache = _PackCache()  # deferred weights (a streaming build)
         lowered: dict[str, int] = {}
         for node in list(graph):
             if node.op_type != "MatMul" or node.domain != "":
@@ -153,6 +204,7 @@ class LowerQuantizedMatMul(ir_passes.InPlacePass):
                 new.append(ir.node("MatMul", [x, new[-1].outputs[0]], name=node.name))
                 kind = "FP8 Q/DQ"
             elif self.weight_format == "dequantize":
+                q = q.load() if isinstance(q, DeferredIntWeight) else q  # standard ops: held in memory
                 new = self._dq_nodes(graph, base, integer_dq_weight(q, dtype))
                 new.append(ir.node("MatMul", [node.inputs[0], new[-1].outputs[0]], name=node.name))
                 kind = f"int{q.bits} DequantizeLinear"
@@ -188,8 +240,9 @@ class LowerQuantizedMatMul(ir_passes.InPlacePass):
             packed = self._packed.get(base) if table.is_initializer() else None
             if packed is None:
                 continue
-            width = self.codes[base].codes.shape[1]
-            rows = add_initializer(graph, base + ".qweight_rows_shape", np.asarray([packed.B.shape[0], -1], np.int64))
+            q = self.codes[base]
+            width = q.shape[1] if isinstance(q, DeferredIntWeight) else q.codes.shape[1]
+            rows = add_initializer(graph, base + ".qweight_rows_shape", np.asarray([packed.B[0], -1], np.int64))
             data = ir.node("Reshape", [graph.initializers[base + ".qweight"], rows], name=base + "/rows")
             inputs = [data.outputs[0], node.inputs[1], graph.initializers[base + ".scales"]]
             if packed.zero_points is not None:
@@ -198,7 +251,7 @@ class LowerQuantizedMatMul(ir_passes.InPlacePass):
                              attributes={"gather_axis": 0, "quantize_axis": 1, "block_size": packed.block_size,
                                          "bits": packed.bits})
             new = [data, gather]
-            if packed.B.shape[1] * packed.block_size != width:  # blocks padded past the table's width
+            if packed.B[1] * packed.block_size != width:  # blocks padded past the table's width
                 start = add_initializer(graph, base + ".rows_start", np.asarray([0], np.int64))
                 end = add_initializer(graph, base + ".rows_end", np.asarray([width], np.int64))
                 axis = add_initializer(graph, base + ".rows_axis", np.asarray([-1], np.int64))
@@ -211,18 +264,35 @@ class LowerQuantizedMatMul(ir_passes.InPlacePass):
             count += 1
         return count
 
-    def _matmul_nbits(self, graph: ir.Graph, node: ir.Node, base: str, q: IntWeight,
+    def _matmul_nbits(self, graph: ir.Graph, node: ir.Node, base: str, q: IntWeight | DeferredIntWeight,
                       dtype: type) -> ir.Node:
-        packed = self._packed[base] = pack(q, dtype)
-        n, k = q.codes.shape
+        if isinstance(q, DeferredIntWeight):
+            n, k = q.shape
+            layout = packed_layout(n, k, q.group, q.bits, q.symmetric)
+            arrays = self._deferred_arrays(base, q, layout, dtype)
+        else:
+            n, k = q.codes.shape
+            packed = pack(q, dtype)
+            layout, arrays = layout_of(packed), (packed.B, packed.scales, packed.zero_points)
+        self._packed[base] = layout
         inputs = [node.inputs[0],
-                  add_initializer(graph, base + ".qweight", packed.B),
-                  add_initializer(graph, base + ".scales", packed.scales)]
-        if packed.zero_points is not None:
-            inputs.append(add_initializer(graph, base + ".qzeros", packed.zero_points))
+                  add_initializer(graph, base + ".qweight", arrays[0]),
+                  add_initializer(graph, base + ".scales", arrays[1])]
+        if layout.zero_points is not None:
+            inputs.append(add_initializer(graph, base + ".qzeros", arrays[2]))
         return ir.node("MatMulNBits", inputs, domain=MS_DOMAIN, name=node.name,
-                       attributes={"K": k, "N": n, "bits": packed.bits, "block_size": packed.block_size,
+                       attributes={"K": k, "N": n, "bits": layout.bits, "block_size": layout.block_size,
                                    "accuracy_level": self.accuracy_level})
+
+    def _deferred_arrays(self, base: str, q: DeferredIntWeight, layout: PackedLayout,
+                         dtype: type) -> tuple[Deferred, Deferred, Deferred | None]:
+        """B, scales and zero points of a deferred weight, packed when the file is written."""
+        def part(field: str) -> Callable[[], np.ndarray]:
+            return lambda: getattr(self._cache.get(base, q, dtype), field)
+
+        zp = None if layout.zero_points is None else Deferred(layout.zero_points, np.dtype(np.uint8), part("zero_points"))
+        return (Deferred(layout.B, np.dtype(np.uint8), part("B")),
+                Deferred(layout.scales, np.dtype(dtype), part("scales")), zp)
 
     @staticmethod
     def _fp8_weight_node(graph: ir.Graph, node: ir.Node, base: str, q: Fp8Weight) -> ir.Node:

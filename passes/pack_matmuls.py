@@ -22,7 +22,7 @@ import onnx_ir as ir
 import onnx_ir.passes as ir_passes
 from onnx_ir.passes import common
 
-from passes._match import MS_DOMAIN, add_initializer, attr, replace_value
+from passes._match import MS_DOMAIN, Deferred, add_initializer, attr, deferred_concat, is_deferred, replace_value
 from passes.lower_quantized_matmul import FP8_WEIGHT_OP
 
 I64 = np.int64
@@ -132,7 +132,7 @@ def _pack(graph: ir.Graph, nodes: list[ir.Node]) -> ir.Node:
     base = names[0].rsplit(".", 1)[0] + "." + "+".join(n.rsplit(".", 1)[-1] for n in names)
     first = nodes[0]
     if first.op_type == "MatMul":
-        weight = np.concatenate([s.node.inputs[1].const_value.numpy() for s in siblings], axis=1)
+        weight = _concat([s.node.inputs[1] for s in siblings], axis=1)
         packed = ir.node("MatMul", [first.inputs[0], add_initializer(graph, base + ".weight", weight)],
                          name=base)
     else:
@@ -143,8 +143,7 @@ def _pack(graph: ir.Graph, nodes: list[ir.Node]) -> ir.Node:
             if suffix is None or first.inputs[i] is None:  # shared (checked equal) or absent
                 inputs.append(first.inputs[i])
                 continue
-            arrays = [s.node.inputs[i].const_value.numpy() for s in siblings]
-            inputs.append(add_initializer(graph, base + suffix, np.concatenate(arrays, axis=0)))
+            inputs.append(add_initializer(graph, base + suffix, _concat([s.node.inputs[i] for s in siblings], axis=0)))
         attributes = {a: attr(first, a) for a in _ATTRS[op]}
         if op == "MatMulNBits":
             attributes["N"] = sum(s.n for s in siblings)
@@ -168,6 +167,14 @@ def _pack(graph: ir.Graph, nodes: list[ir.Node]) -> ir.Node:
     for s, new in zip(siblings, split.outputs):
         replace_value(graph, s.out, new)
     return split
+
+
+def _concat(values: list[ir.Value], axis: int) -> np.ndarray | Deferred:
+    """The siblings' initializers side by side: now, or when written where they are deferred
+    (a streaming build holds no weight in memory)."""
+    if any(is_deferred(v) for v in values):
+        return deferred_concat(values, axis)
+    return np.concatenate([v.const_value.numpy() for v in values], axis=axis)
 
 
 def _bias_array(s: Sibling) -> np.ndarray:

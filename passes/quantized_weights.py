@@ -9,6 +9,7 @@ and onnx_ir only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -37,4 +38,16 @@ class Fp8Weight:
     input_scale: float
 
 
-QuantizedWeight = IntWeight | Fp8Weight
+@dataclass(frozen=True)
+class DeferredIntWeight:
+    """An IntWeight computed when first read (`load`), with what the lowering needs before
+    that: the streaming build quantizes each linear as the engine file is written."""
+
+    shape: tuple[int, int]  # (N, K)
+    bits: int
+    group: int
+    symmetric: bool
+    load: Callable[[], IntWeight]
+
+
+QuantizedWeight = IntWeight | Fp8Weight | DeferredIntWeight

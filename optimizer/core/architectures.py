@@ -113,3 +113,9 @@ def arch_for_model_type(model_type: str | None) -> ArchSpec:
         f"unsupported architecture: model_type {model_type!r}",
         hint="supported model types: " + ", ".join(supported_model_types()),
     )
+
+
+def output_tied(config) -> bool:
+    """The output projection reads the embedding table (transformers ties them when the config
+    says so, whatever the checkpoint holds for lm_head)."""
+    return bool(getattr(config, "tie_word_embeddings", False))

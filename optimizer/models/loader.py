@@ -37,13 +37,25 @@ class LoadedModel:
     arch: ArchSpec
     tokenizer: Any | None  # transformers tokenizer, or None (random weights without --tokenizer)
     source: dict[str, Any] = field(default_factory=dict)  # identity recorded in the manifest
+    # streamed (optimizer.models.streamed): the weights stay on disk, read tensor by tensor from
+    # here, and `model` holds its parameters on the meta device; None: they are in `model`
+    weights: Any | None = None
+
+    @property
+    def streamed(self) -> bool:
+        return self.weights is not None
 
 
 def load_model(source: str | Path | None = None, *, random_weights: bool = False,
                config: str | None = None, tokenizer: str | Path | None = None, seed: int = 0,
-               trust_remote_code: bool = False, quiet: bool = False) -> LoadedModel:
-    """Load from a HF folder or .gguf file, or build random weights from a named config."""
+               trust_remote_code: bool = False, quiet: bool = False, stream: bool = False) -> LoadedModel:
+    """Load from a HF folder or .gguf file, or build random weights from a named config.
+    With `stream`, a HF folder's weights stay on disk (optimizer.models.streamed)."""
     _quiet_transformers(quiet)
+    if stream and random_weights:
+        raise InputError("--stream reads a HuggingFace folder's safetensors weights lazily, not random weights",
+                         hint="write the model as a folder first (`optimize random-checkpoint PRESET --out DIR`), "
+                              "or drop --stream")
     if random_weights:
         if source is not None:
             raise InputError("--random-weights takes no model path",
@@ -63,18 +75,30 @@ def load_model(source: str | Path | None = None, *, random_weights: bool = False
         raise InputError(f"model path does not exist: {path}",
                          hint="pass a HuggingFace folder (config.json + *.safetensors) or a .gguf file")
     if path.is_file():
+        if stream:
+            raise InputError(f"--stream reads HuggingFace folders (config.json + *.safetensors); {path} is a file",
+                             hint="drop --stream for GGUF models")
         if path.suffix.lower() != ".gguf":
             raise InputError(f"{path} is a file but not a GGUF file",
                              hint="pass a .gguf file, or the HuggingFace folder that holds config.json")
         return _load_gguf(path, trust_remote_code)
     if not (path / "config.json").is_file():
         ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1 and stream:
+            raise InputError("--stream reads HuggingFace folders (config.json + *.safetensors); "
+                             f"{path} holds a GGUF file", hint="drop --stream for GGUF models")
         if len(ggufs) == 1:
             return _load_gguf(ggufs[0], trust_remote_code)
         raise InputError(f"{path} holds no model: no config.json" +
                          (f" and {len(ggufs)} .gguf files" if ggufs else " and no .gguf file"),
                          hint="pass a HuggingFace model folder (config.json + *.safetensors) "
                               "or one .gguf file")
+    if stream:
+        from optimizer.models.streamed import load_streamed
+
+        with _reading(path, "the model folder"):
+            return load_streamed(path, trust_remote_code,
+                                 (lambda p: _load_tokenizer(p, trust_remote_code)) if _has_tokenizer(path) else None)
     return _load_hf_folder(path, trust_remote_code)
 
 
