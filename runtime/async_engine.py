@@ -153,6 +153,7 @@ class AsyncEngine:
                     self.llm.abort(seq.request_id)
         stats = self.llm.last_step
         self.metrics.observe_tokens(stats.new_tokens, stats.preempted)
+        self.metrics.observe_prefix_cache(stats.queried_tokens, stats.cached_tokens)
 
     def _observe(self) -> None:
         s = self.llm.scheduler

@@ -71,7 +71,8 @@ class Engine:
         return generate_ids(self.session, prompt_ids, params, self.eos_token_ids, on_token)
 
     def llm(self, max_batch: int | None = None, capacity: int | None = None, **kwargs: Any) -> LLMEngine:
-        """A continuous-batching loop over this engine's cache layout (manifest sizes by default)."""
+        """A continuous-batching loop over this engine's cache layout (manifest sizes by default);
+        `kwargs` go to LLMEngine (e.g. prefill_chunk, prefix_caching=False)."""
         executor = make_executor(self.session, max_batch, capacity)
         return LLMEngine(executor, self.tokenizer, self.eos_token_ids, **kwargs)
 
@@ -91,10 +92,11 @@ class Engine:
         return results
 
     def generate_batch(self, prompts_ids: list[list[int]], params: "SamplingParams | list[SamplingParams]",
-                       max_batch: int | None = None) -> list[TextResult]:
+                       max_batch: int | None = None, prefix_caching: bool = True) -> list[TextResult]:
         """Many requests through the continuous-batching loop; results in input order."""
         per_request = params if isinstance(params, list) else [params] * len(prompts_ids)
-        llm = self.llm(max_batch=min(len(prompts_ids), max_batch or self.session.kv.slots or 16) or 1)
+        llm = self.llm(max_batch=min(len(prompts_ids), max_batch or self.session.kv.slots or 16) or 1,
+                       prefix_caching=prefix_caching)
         seqs = [llm.make_sequence(ids, p, detokenize=self.tokenizer is not None)
                 for ids, p in zip(prompts_ids, per_request)]
         llm.run(seqs)

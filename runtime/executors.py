@@ -16,7 +16,10 @@ Each owns the cache buffers of one layout and the pool that accounts for them:
   block tables, every step's tokens packed into one row.
 
 Each has `pool` (the scheduler's accounting), `max_sequences` (how many may run together),
-`prefill`, `decode`, `step` (one iteration's prefill chunks and decodes) and `release`.
+`prefill`, `decode`, `step` (one iteration's prefill chunks and decodes), `release`, and
+`enable_prefix_caching` (the pool becomes a caching one, runtime.cached_pools; otherwise it
+returns why not). A static executor with prefix caching copies cached positions from row to
+row (`load_prefixes`) and keeps finished sequences' rows as cache entries.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 import onnxruntime as ort
 
 from optimizer.core.errors import EngineError
+from runtime.cached_pools import CachingSlotPool
 from runtime.host_io import HostStepIO
 from runtime.kv_cache import SlotPool
 from runtime.paged import PagedExecutor, sequence_logits
@@ -99,6 +103,25 @@ class StaticExecutor:
         # CPU: step inputs and logits in preallocated buffers (see runtime.host_io)
         self._host = (HostStepIO(session.session, slots, capacity)
                       if self._device == "cpu" and HostStepIO.supports(session.session) else None)
+
+    def enable_prefix_caching(self) -> str | None:
+        """Cache prompt prefixes in the slot rows (CPU); the reason where this executor cannot."""
+        if not self._arrays:
+            return "the static layout copies cached rows on the CPU provider only in this version"
+        self.pool = CachingSlotPool(self.pool.num_slots, self.pool.capacity)
+        return None
+
+    def load_prefixes(self, loads: list[tuple[Sequence, int, int]]) -> None:
+        """Before a step: give each starting sequence's row the `n` cached positions of row
+        `source` (its own row: already there), so its prefill starts at n."""
+        for seq, source, n in loads:
+            slot = self.pool.slot(seq.request_id)
+            if n > self.slot_len[source]:
+                raise RuntimeError(f"row {source} holds {self.slot_len[source]} positions, {n} were asked for")
+            if source != slot:
+                for array in self._arrays:
+                    array[slot, :, :n] = array[source, :, :n]
+            self.slot_len[slot] = n
 
     def _binding(self, first: int, rows: int) -> ort.IOBinding:
         """A binding of rows [first, first+rows) of every cache buffer as past and present."""
@@ -180,12 +203,14 @@ class StaticExecutor:
                 logits[i] = row
         return logits
 
-    def compact(self) -> None:
+    def compact(self, seqs: list[Sequence] = ()) -> None:
         """Move the highest busy slots into lower free ones, so a decode batch covers no idle
         rows (CPU: each copy moves only the positions written, a few MB; on CUDA the idle
-        rows stay in the batch)."""
+        rows stay in the batch). With prefix caching the old row stays a cache entry of what
+        it holds (`seqs`: the sequences decoding now, whose tokens say what that is)."""
         if not self._arrays:
             return
+        tokens = {s.request_id: s.all_ids for s in seqs} if self.pool.prefix_caching else {}
         while (free := self.pool.lowest_free()) is not None:
             seq_id, slot = self.pool.highest_held() or ("", -1)
             if slot < free:
@@ -193,8 +218,12 @@ class StaticExecutor:
             n = int(self.slot_len[slot])
             for array in self._arrays:
                 array[free, :, :n] = array[slot, :, :n]
-            self.slot_len[free], self.slot_len[slot] = n, 0
-            self.pool.move(seq_id, free)
+            self.slot_len[free] = n
+            if self.pool.prefix_caching:
+                self.pool.move(seq_id, free, tokens.get(seq_id), n)
+            else:
+                self.slot_len[slot] = 0
+                self.pool.move(seq_id, free)
             self.moves += 1
 
     def decode(self, seqs: list[Sequence]) -> np.ndarray:
@@ -225,8 +254,10 @@ class StaticExecutor:
         return self.prefill_chunks(prefill), (self.decode(decode) if decode else None)
 
     def release(self, seq: Sequence) -> None:
-        """Called while the sequence still holds its slot."""
-        self.slot_len[self.pool.slot(seq.request_id)] = 0
+        """Called while the sequence still holds its slot (kept as written with prefix caching:
+        the row becomes a cache entry)."""
+        if not self.pool.prefix_caching:
+            self.slot_len[self.pool.slot(seq.request_id)] = 0
 
 
 class ConcatExecutor:
@@ -259,6 +290,9 @@ class ConcatExecutor:
 
     def release(self, seq: Sequence) -> None:
         self._caches.pop(seq.request_id, None)
+
+    def enable_prefix_caching(self) -> str | None:
+        return "unfused (concat-layout) engines keep each sequence's cache in arrays of its own"
 
 
 def probe_logits(session: DecoderSession, ids: list[int], prefill: int) -> np.ndarray:

@@ -1,6 +1,8 @@
 """KV-cache space accounting for the scheduler: who holds which part of the cache.
 
-Two pools, one interface (`admit`, `ensure`, `release`, `used`, `total`, `check`):
+Two pools, one interface (`admit`, `ensure`, `release`, `used`, `total`, `check`, and for
+prefix caching `lookup` and `sync`, which do nothing here: runtime.cached_pools has the
+caching pools):
 
 - `SlotPool` (static layout): `num_slots` rows of `capacity` positions. A sequence takes a
   whole row at admission and keeps it to the end, so a running sequence never runs out.
@@ -13,8 +15,12 @@ their buffers. `check()` verifies the accounting and is used by the property tes
 
 from __future__ import annotations
 
+from typing import Sequence as Seq
+
 
 class SlotPool:
+    prefix_caching = False
+
     def __init__(self, num_slots: int, capacity: int) -> None:
         if num_slots < 1 or capacity < 1:
             raise ValueError(f"a slot pool needs slots >= 1 and capacity >= 1, got {num_slots}, {capacity}")
@@ -34,7 +40,7 @@ class SlotPool:
         """The most positions one sequence can ever hold."""
         return self.capacity
 
-    def admit(self, seq_id: str, tokens: int) -> bool:
+    def admit(self, seq_id: str, tokens: int, prompt: Seq[int] = ()) -> bool:
         """Give `seq_id` a slot for up to `tokens` positions (its whole future), if one is free."""
         if seq_id in self._slot:
             raise ValueError(f"sequence {seq_id} already holds slot {self._slot[seq_id]}")
@@ -46,6 +52,13 @@ class SlotPool:
 
     def ensure(self, seq_id: str, tokens: int) -> bool:
         return seq_id in self._slot and tokens <= self.capacity
+
+    def lookup(self, seq_id: str, tokens: Seq[int]) -> tuple[int, int | None] | None:
+        """(tokens already cached, where to copy them from) at a sequence's first prefill."""
+        return 0, None
+
+    def sync(self, seq_id: str, tokens: Seq[int], computed: int) -> None:
+        """A running sequence's tokens, the first `computed` of them in its cache."""
 
     def release(self, seq_id: str) -> None:
         slot = self._slot.pop(seq_id, None)
@@ -80,6 +93,8 @@ class SlotPool:
 
 
 class BlockPool:
+    prefix_caching = False
+
     def __init__(self, num_blocks: int, block_size: int, max_blocks_per_sequence: int | None = None) -> None:
         if num_blocks < 1 or block_size < 1:
             raise ValueError(f"a block pool needs blocks >= 1 and block size >= 1, got {num_blocks}, {block_size}")
@@ -102,7 +117,7 @@ class BlockPool:
     def blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.block_size)
 
-    def admit(self, seq_id: str, tokens: int) -> bool:
+    def admit(self, seq_id: str, tokens: int, prompt: Seq[int] = ()) -> bool:
         """A block table covering `tokens` positions (the tokens to prefill), if blocks are free."""
         if seq_id in self._tables:
             raise ValueError(f"sequence {seq_id} already holds blocks")
@@ -124,6 +139,9 @@ class BlockPool:
 
     def release(self, seq_id: str) -> None:
         self._free += self._tables.pop(seq_id, [])
+
+    lookup = SlotPool.lookup
+    sync = SlotPool.sync
 
     def table(self, seq_id: str) -> list[int]:
         return self._tables[seq_id]

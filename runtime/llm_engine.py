@@ -11,11 +11,16 @@ samples a token for every sequence whose logits are final, and hands each sequen
 (new token ids, released text, finish reason) to its callback. Finished and aborted
 sequences leave the scheduler and free their cache in the same step. Not thread-safe: one
 thread drives it (`runtime.async_engine` adds the threading).
+
+`prefix_caching` (on by default) asks the executor for automatic prefix caching
+(runtime.cached_pools): prompt tokens already in the cache are not computed again. Greedy
+output is the same either way. Executors that cannot cache say why, once per session.
 """
 
 from __future__ import annotations
 
 import itertools
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence as Seq
@@ -44,12 +49,16 @@ class StepStats:
     batch_size: int = 0
     preempted: int = 0
     seconds: float = 0.0
+    queried_tokens: int = 0  # prompt tokens looked up in the prefix cache
+    cached_tokens: int = 0  # of which found there (not computed)
 
 
 class LLMEngine:
     def __init__(self, executor: Any, tokenizer: Any | None = None, eos_token_ids: Seq[int] = (),
-                 max_running: int | None = None, prefill_chunk: int = 256, prefill_budget: int | None = None) -> None:
+                 max_running: int | None = None, prefill_chunk: int = 256, prefill_budget: int | None = None,
+                 prefix_caching: bool = True) -> None:
         self.executor = executor
+        self.prefix_caching = prefix_caching and _enable_prefix_caching(executor)
         self.tokenizer = tokenizer
         self.eos_token_ids = list(eos_token_ids)
         # prompt tokens per iteration: the executor's preference where it batches prefills
@@ -61,6 +70,7 @@ class LLMEngine:
         self.sequences: dict[str, Sequence] = {}  # unfinished, by request id
         self.last_step = StepStats()
         self.total_output_tokens = 0
+        self.total_queried_tokens = self.total_cached_tokens = 0  # prefix cache, since start
         # executors that choose decode tokens on the device (runtime.graph_executor) return ids
         self.samples_on_device = bool(getattr(executor, "samples_on_device", False))
 
@@ -116,7 +126,10 @@ class LLMEngine:
         start = time.perf_counter()
         plan = self.scheduler.schedule()
         outputs: list[RequestOutput] = []
-        stats = StepStats(preempted=len(plan.preempted), batch_size=len(plan.decode))
+        stats = StepStats(preempted=len(plan.preempted), batch_size=len(plan.decode),
+                          queried_tokens=plan.queried_tokens, cached_tokens=plan.cached_tokens)
+        if plan.prefix_loads:
+            self.executor.load_prefixes(plan.prefix_loads)
         if self.samples_on_device:  # decode tokens chosen on the device, prefill logits on the host
             prefill_logits, decode_rows = self.executor.step_tokens(plan.prefill, plan.decode)
         else:
@@ -132,6 +145,8 @@ class LLMEngine:
                 outputs.append(self._advance(seq, row if self.samples_on_device else seq.choose(row)))
             stats.decode_tokens = len(plan.decode)
         stats.new_tokens = sum(len(o.new_token_ids) for o in outputs)
+        self.total_queried_tokens += stats.queried_tokens
+        self.total_cached_tokens += stats.cached_tokens
         stats.seconds = time.perf_counter() - start
         self.last_step = stats
         return outputs
@@ -176,3 +191,19 @@ class LLMEngine:
         while any(not s.finished for s in sequences):
             self.step()
         return sequences
+
+
+def _enable_prefix_caching(executor: Any) -> bool:
+    """Switch the executor's pool to prefix caching; where it cannot, say why (once per session)."""
+    enable = getattr(executor, "enable_prefix_caching", None)
+    if enable is None:  # e.g. test doubles
+        return False
+    reason = enable()
+    if reason is None:
+        return True
+    session = getattr(executor, "session", None)
+    if session is None or not session.said_no_prefix_cache:
+        if session is not None:
+            session.said_no_prefix_cache = True
+        print(f"note: prefix caching is off for this engine: {reason}", file=sys.stderr)
+    return False

@@ -27,6 +27,13 @@ class ServingMetrics:
         self.prompt_tokens = Counter("optimizer_prompt_tokens", "Prompt tokens admitted", registry=r)
         self.requests = Counter("optimizer_requests", "Finished requests", ["finish_reason"], registry=r)
         self.preemptions = Counter("optimizer_preemptions", "Sequences preempted for cache space", registry=r)
+        self.prefix_queried = Counter("optimizer_prefix_cache_queried_tokens",
+                                      "Prompt tokens looked up in the prefix cache", registry=r)
+        self.prefix_cached = Counter("optimizer_prefix_cache_cached_tokens",
+                                     "Prompt tokens found in the prefix cache (not computed)", registry=r)
+        self.prefix_hit_rate = Gauge("optimizer_prefix_cache_hit_rate",
+                                     "Cached / queried prompt tokens since start (0 before any lookup)", registry=r)
+        self.prefix_hit_rate.set_function(self._hit_rate)
         self.ttft = Histogram("optimizer_time_to_first_token_seconds", "Arrival to first token",
                               buckets=_LATENCY_BUCKETS, registry=r)
         self.tpot = Histogram("optimizer_time_per_output_token_seconds",
@@ -36,6 +43,7 @@ class ServingMetrics:
         self._window = window_seconds
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
         self._lock = threading.Lock()
+        self._prefix_totals = (0, 0)  # prompt tokens (queried, cached) for the hit rate
 
     def observe_state(self, waiting: int, running: int, cache_used: int, cache_total: int) -> None:
         self.queue_length.set(waiting)
@@ -49,6 +57,19 @@ class ServingMetrics:
         if new_tokens:
             with self._lock:
                 self._recent.append((now, new_tokens))
+
+    def observe_prefix_cache(self, queried_tokens: int, cached_tokens: int) -> None:
+        if not queried_tokens:
+            return
+        self.prefix_queried.inc(queried_tokens)
+        self.prefix_cached.inc(cached_tokens)
+        with self._lock:
+            self._prefix_totals = (self._prefix_totals[0] + queried_tokens, self._prefix_totals[1] + cached_tokens)
+
+    def _hit_rate(self) -> float:
+        with self._lock:
+            queried, cached = self._prefix_totals
+        return cached / queried if queried else 0.0
 
     def _recent_rate(self) -> float:
         """Tokens in the last `window` seconds, per second (0 when idle)."""

@@ -21,7 +21,8 @@ positions come from `past_seqlens`, so a chunk continues where its sequence stop
 
 `PagedExecutor` is the scheduler's executor for such engines (`runtime.kv_cache.BlockPool`
 keeps the accounting: a sequence takes blocks as it grows, and the scheduler preempts when
-none is free). Its `step` runs a whole iteration, the prefill chunks and every decode, as one
+none is free; with prefix caching, `runtime.cached_pools.CachingBlockPool` also shares the
+cached blocks of a prompt's prefix by reference, so a step simply starts past them). Its `step` runs a whole iteration, the prefill chunks and every decode, as one
 packed call. `sequence_logits` gives every position's logits of one sequence, for build
 verification and perplexity.
 """
@@ -34,6 +35,7 @@ import numpy as np
 import onnxruntime as ort
 
 from optimizer.core.errors import EngineError
+from runtime.cached_pools import CachingBlockPool
 from runtime.kv_cache import BlockPool
 from runtime.sequence import Sequence
 from runtime.session import KV_DTYPES, DecoderSession, check_layout_provider
@@ -95,6 +97,12 @@ class PagedExecutor:
                 self._binding.bind_input(past.format(i=i), "cuda", 0, dtype, shape, value.data_ptr())
                 self._binding.bind_output(present.format(i=i), "cuda", 0, dtype, shape, value.data_ptr())
                 self._buffers.append(value)
+
+    def enable_prefix_caching(self) -> str | None:
+        """Share cached prompt blocks by reference (runtime.cached_pools.CachingBlockPool)."""
+        pool = self.pool
+        self.pool = CachingBlockPool(pool.num_blocks, pool.block_size, pool.max_blocks_per_sequence)
+        return None
 
     def _run(self, chunks: Seq[Chunk], rows: Seq[int]) -> np.ndarray:
         """Run one packed step; the logits (len(rows), V) of those rows of the packed tokens."""

@@ -14,6 +14,12 @@ Each call to `schedule()` plans one iteration:
    freed and it goes back to the front of the queue, to be recomputed from its tokens
    (prompt + output so far) when admitted again. The oldest sequence always progresses.
 
+With a caching pool (runtime.cached_pools) a sequence's first prefill starts after the prompt
+tokens already in the cache (`pool.lookup`, at least the last one left to compute); on the
+static layout the plan lists the cached positions to copy into its row (`prefix_loads`), and a
+sequence whose prefix an earlier one is still prefilling waits for it. Running sequences'
+progress is handed to the pool (`pool.sync`) before lookups and releases.
+
 The scheduler only plans and keeps the pool's accounting; the engine runs the plan, samples
 and calls `finish` for sequences that end. It is pure Python and tested with a fake model.
 """
@@ -33,6 +39,10 @@ class StepPlan:
     prefill: list[tuple[Sequence, int, int]] = field(default_factory=list)  # (seq, start, end) token range
     decode: list[Sequence] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
+    # (sequence, row to copy from, cached tokens): static rows to fill before the step runs
+    prefix_loads: list[tuple[Sequence, int, int]] = field(default_factory=list)
+    queried_tokens: int = 0  # prompt tokens of sequences that looked up the prefix cache
+    cached_tokens: int = 0  # of which found cached
 
     @property
     def empty(self) -> bool:
@@ -53,11 +63,13 @@ class Scheduler:
         self.running: list[Sequence] = []  # in admission order
         self.preemptions = 0
         self.on_release = on_release  # called before a sequence's cache space is freed
+        self._unstarted: set[Sequence] = set()  # admitted, prefix cache not looked up yet
 
     def _release(self, seq: Sequence) -> None:
         if seq.request_id in self.pool.holders():
             if self.on_release is not None:
                 self.on_release(seq)
+            self.pool.sync(seq.request_id, seq.all_ids, seq.num_computed)
             self.pool.release(seq.request_id)
 
     # -- queue -----------------------------------------------------------------------------
@@ -73,6 +85,7 @@ class Scheduler:
 
     def remove(self, seq: Sequence) -> None:
         """Take a sequence out (finished or aborted) and free its cache."""
+        self._unstarted.discard(seq)
         if seq in self.running:
             self.running.remove(seq)
         elif seq in self.waiting:
@@ -90,16 +103,24 @@ class Scheduler:
 
     def schedule(self) -> StepPlan:
         plan = StepPlan()
+        caching = self.pool.prefix_caching
+        if caching and (self.waiting or self._unstarted):
+            for seq in self.running:  # lookups ahead: the pool learns what is computed now
+                self.pool.sync(seq.request_id, seq.all_ids, seq.num_computed)
         while self.waiting and len(self.running) < self.max_running:
             head = self.waiting[0]
-            if not self.pool.admit(head.request_id, self._admit_tokens(head)):
+            if not self.pool.admit(head.request_id, self._admit_tokens(head), head.all_ids if caching else ()):
                 break  # FCFS: nobody overtakes the head of the queue
             self.waiting.popleft()
             head.num_computed = 0
             self.running.append(head)
+            self._unstarted.add(head)
 
+        waiting_for_prefix = {s for s in self.running if s in self._unstarted and not self._start(s, plan)}
         budget = self.prefill_budget
         for seq in self.running:
+            if seq in waiting_for_prefix:
+                continue
             pending = seq.num_tokens - seq.num_computed
             if pending > 1 and budget > 0:
                 end = seq.num_computed + min(pending, self.prefill_chunk, budget)
@@ -108,7 +129,7 @@ class Scheduler:
 
         preempted: set[Sequence] = set()  # this step's victims (identity: a set, not a list scan)
         for seq in list(self.running):
-            if seq.num_tokens - seq.num_computed != 1 or seq in preempted:
+            if seq.num_tokens - seq.num_computed != 1 or seq in preempted or seq in waiting_for_prefix:
                 continue
             while not self.pool.ensure(seq.request_id, seq.num_tokens):
                 victim = self.running[-1]
@@ -120,13 +141,33 @@ class Scheduler:
                 plan.decode.append(seq)
         return plan
 
+    def _start(self, seq: Sequence, plan: StepPlan) -> bool:
+        """Look the sequence's tokens up in the prefix cache before its first prefill: it
+        starts after the cached ones (False: it waits for a sequence prefilling its prefix)."""
+        hit = self.pool.lookup(seq.request_id, seq.all_ids)
+        if hit is None:
+            return False
+        cached, source = hit
+        self._unstarted.discard(seq)
+        seq.num_computed = cached
+        if seq.cached_tokens is None:  # the client's figure: a preempted sequence's recompute is not
+            seq.cached_tokens = cached
+        if self.pool.prefix_caching:
+            plan.queried_tokens += seq.num_tokens
+            plan.cached_tokens += cached
+        if source is not None:
+            plan.prefix_loads.append((seq, source, cached))
+        return True
+
     def _preempt(self, seq: Sequence, plan: StepPlan) -> None:
         self.running.remove(seq)
         self._release(seq)
+        self._unstarted.discard(seq)
         seq.num_computed = 0
         self.waiting.appendleft(seq)
         plan.preempted.append(seq)
         plan.prefill = [p for p in plan.prefill if p[0] is not seq]
+        plan.prefix_loads = [p for p in plan.prefix_loads if p[0] is not seq]
         if seq in plan.decode:
             plan.decode.remove(seq)
         self.preemptions += 1

@@ -43,6 +43,7 @@ class Sequence:
             raise ValueError("stop strings need a tokenizer")
         self.finish_reason: str | None = None  # "stop" | "length" | "abort"
         self.num_computed = 0  # tokens whose keys/values are in the cache
+        self.cached_tokens: int | None = None  # prompt tokens found in the prefix cache (None: not looked up yet)
         self.first_token_time: float | None = None
         self.finish_time: float | None = None
 

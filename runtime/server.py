@@ -8,7 +8,9 @@ Sampling fields: max_tokens, temperature, top_p, seed, stop, stream, and vLLM's 
 top_k, min_tokens, ignore_eos, stop_token_ids. Errors are OpenAI-shaped JSON with a 4xx
 status: a prompt plus max_tokens beyond the engine's per-request capacity, an empty prompt,
 options this server does not implement (n > 1, logprobs, echo, best_of, tools).
-A client that disconnects aborts its request, which frees its cache slot.
+A client that disconnects aborts its request, which frees its cache slot. Usage reports the
+prompt tokens served from the prefix cache (`prompt_tokens_details.cached_tokens`, as OpenAI
+does); /metrics the prefix cache's hit rate and cached tokens.
 """
 
 from __future__ import annotations
@@ -215,7 +217,8 @@ async def _respond(request: Request, server: AsyncEngine, body: _Sampling, promp
                        kind="server_error")
     completion = sum(len(s.output_ids) for s in seqs)
     usage = {"prompt_tokens": sum(len(p) for p in prompts), "completion_tokens": completion,
-             "total_tokens": sum(len(p) for p in prompts) + completion}
+             "total_tokens": sum(len(p) for p in prompts) + completion,
+             "prompt_tokens_details": {"cached_tokens": sum(s.cached_tokens or 0 for s in seqs)}}
     if chat:
         choices = [{"index": i, "message": {"role": "assistant", "content": s.text},
                     "finish_reason": _reason(s.finish_reason), "logprobs": None} for i, s in enumerate(seqs)]

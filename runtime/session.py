@@ -160,6 +160,7 @@ class DecoderSession:
         self._graph_ids = 0  # CUDA graph annotation ids handed out (each captured step has its own)
         self.executors: dict = {}  # kept for the session's life: captured graphs use their buffers
         self.said_no_graph = False  # the runtime said once why decode steps are not captured
+        self.said_no_prefix_cache = False  # ... and why prompts are not served from the prefix cache
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.input_names = {i.name for i in self.session.get_inputs()}
         self._np_dtype = KV_DTYPES[kv.dtype]

@@ -101,8 +101,8 @@ def drive(pool, reqs, max_running: int, chunk: int):
     admitted: list[str] = []
     real_admit = pool.admit
 
-    def admit(seq_id, tokens):
-        ok = real_admit(seq_id, tokens)
+    def admit(seq_id, tokens, *prompt):
+        ok = real_admit(seq_id, tokens, *prompt)
         if ok and seq_id not in admitted:
             admitted.append(seq_id)
         return ok

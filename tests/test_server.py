@@ -182,3 +182,17 @@ def test_concurrent_requests_with_random_aborts_leak_nothing(served):
     server.llm.scheduler.pool.check()
     assert httpx.get(base + "/health").status_code == 200
     assert not server.errors
+
+
+def test_usage_reports_cached_prompt_tokens_and_metrics_the_hit_rate(served, client):
+    prompt = "You are a terse assistant. Answer in one word, never more, whatever the question is. Q:"
+    first = client.completions.create(model="tiny", prompt=prompt + " sky?", max_tokens=2, temperature=0)
+    second = client.completions.create(model="tiny", prompt=prompt + " sea?", max_tokens=2, temperature=0)
+    assert first.usage.prompt_tokens_details.cached_tokens < first.usage.prompt_tokens
+    assert second.usage.prompt_tokens_details.cached_tokens >= 16
+    text = httpx.get(served[0] + "/metrics").text
+    rate = float(next(line.split()[1] for line in text.splitlines()
+                      if line.startswith("optimizer_prefix_cache_hit_rate ")))
+    cached = float(next(line.split()[1] for line in text.splitlines()
+                        if line.startswith("optimizer_prefix_cache_cached_tokens_total ")))
+    assert 0 < rate < 1 and cached >= 16

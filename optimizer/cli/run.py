@@ -10,6 +10,12 @@ import click
 
 from optimizer.core.progress import console
 
+# runtime options shared by `generate` and `serve`, each declared once
+PREFIX_CACHING = click.option(
+    "--prefix-caching/--no-prefix-caching", default=True, show_default=True,
+    help="Automatic prefix caching: prompt tokens whose keys and values are already cached (a shared system "
+         "prompt, earlier turns) are not computed again. Greedy output is the same either way.")
+
 
 @click.command("generate")
 @click.argument("engine_dir", type=click.Path(path_type=Path))
@@ -30,10 +36,11 @@ from optimizer.core.progress import console
 @click.option("--provider", default="cpu", show_default=True, help="Execution provider: cpu, cuda, ...")
 @click.option("--threads", default=None, type=int, help="onnxruntime intra-op threads.")
 @click.option("--no-verify", is_flag=True, help="Skip checksum verification at load.")
+@PREFIX_CACHING
 def generate_cmd(engine_dir: Path, prompts: tuple[str, ...], prompts_file: Path | None, max_new_tokens: int,
                  temperature: float, top_k: int, top_p: float, seed: int | None, stop: tuple[str, ...],
                  min_tokens: int, ignore_eos: bool, max_batch: int | None, provider: str, threads: int | None,
-                 no_verify: bool) -> None:
+                 no_verify: bool, prefix_caching: bool) -> None:
     """Generate text: one prompt streams to stdout; several (or --prompts FILE) are batched
     continuously and printed as JSONL."""
     from optimizer.core.errors import InputError
@@ -60,7 +67,7 @@ def generate_cmd(engine_dir: Path, prompts: tuple[str, ...], prompts_file: Path 
 
     items = read_prompts(prompts_file, params) if prompts_file else [(p, params) for p in prompts]
     results = engine.generate_batch([engine.encode(text) for text, _ in items], [p for _, p in items],
-                                    max_batch=max_batch)
+                                    max_batch=max_batch, prefix_caching=prefix_caching)
     for index, ((text, _), r) in enumerate(zip(items, results)):
         click.echo(json.dumps({"index": index, "prompt": text, "text": r.text, "finish_reason": r.finish_reason,
                                "prompt_tokens": r.prompt_tokens, "completion_tokens": len(r.token_ids)},
@@ -79,9 +86,10 @@ def generate_cmd(engine_dir: Path, prompts: tuple[str, ...], prompts_file: Path 
 @click.option("--threads", default=None, type=int, help="onnxruntime intra-op threads.")
 @click.option("--no-verify", is_flag=True, help="Skip checksum verification at load.")
 @click.option("--allow-failed-gate", is_flag=True, help="Serve an engine whose manifest fails its accuracy gate.")
+@PREFIX_CACHING
 def serve_cmd(engine_dir: Path, host: str, port: int, model_name: str | None, max_batch: int | None,
               prefill_chunk: int, provider: str, threads: int | None, no_verify: bool,
-              allow_failed_gate: bool) -> None:
+              allow_failed_gate: bool, prefix_caching: bool) -> None:
     """Serve an engine over HTTP: OpenAI-compatible /v1/completions and /v1/chat/completions
     (SSE streaming), /health and /metrics (Prometheus)."""
     import uvicorn
@@ -99,10 +107,12 @@ def serve_cmd(engine_dir: Path, host: str, port: int, model_name: str | None, ma
             raise GateFailed(f"refusing to serve: {failure_message(str(engine_dir), gate)}",
                              hint="rebuild with a better quantization, or pass --allow-failed-gate to serve it anyway")
         console().print(f"[yellow]warning:[/yellow] {failure_message(str(engine_dir), gate)} (served anyway)")
-    server = AsyncEngine(engine.llm(max_batch=max_batch, prefill_chunk=prefill_chunk)).start()
+    llm = engine.llm(max_batch=max_batch, prefill_chunk=prefill_chunk, prefix_caching=prefix_caching)
+    server = AsyncEngine(llm).start()
     name = model_name or Path(engine_dir).resolve().name
     console().print(f"serving [bold]{name}[/bold] on http://{host}:{port}/v1 "
-                    f"({server.llm.scheduler.max_running} sequences x {server.llm.max_tokens()} positions)")
+                    f"({llm.scheduler.max_running} sequences x {llm.max_tokens()} positions, "
+                    f"prefix caching {'on' if llm.prefix_caching else 'off'})")
     try:
         uvicorn.run(create_app(engine, server, name), host=host, port=port, log_level="warning")
     finally:
