@@ -16,6 +16,7 @@ import copy
 import fnmatch
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from functools import partial
 from typing import Any, Callable
 
@@ -31,11 +32,13 @@ from calibration.mappings import module_names
 from calibration.gptq import HessianAccumulator, gptq_quantize
 from calibration.methods import awq_gptq_layer, awq_layer, fp8_layer, gptq_layer, store_quantized
 from calibration.rtn import QuantizedLinear, rtn_quantize
-from calibration.sequential import run_sequential
+from calibration.layer_store import LayerStore
+from calibration.sequential import LayerWork, run_sequential
 from optimizer.core.errors import InputError
+from optimizer.core.progress import console
 from optimizer.core.architectures import output_tied
 
-__all__ = ["ALGORITHMS", "QuantConfig", "QuantizationResult", "quant_config", "quantize_model"]
+__all__ = ["ALGORITHMS", "Progress", "QuantConfig", "QuantizationResult", "quant_config", "quantize_model"]
 
 
 @dataclass
@@ -68,8 +71,23 @@ def calibration_windows(loaded: Any, cfg: Calibrated, text: str | None = None) -
     return token_windows(loaded.tokenizer, spec, bos, allow_fewer=cfg.calib_allow_fewer)
 
 
-def quantize_model(loaded: Any, cfg: QuantConfig, quiet: bool = False) -> QuantizationResult:
+@dataclass(frozen=True)
+class Progress:
+    """Where a calibrated build keeps its finished layers (calibration.layer_store), and
+    whether to resume from them."""
+
+    directory: Path
+    resume: bool = False
+
+
+def quantize_model(loaded: Any, cfg: QuantConfig, quiet: bool = False,
+                   progress: Progress | None = None) -> QuantizationResult:
+    """Quantize `loaded` in place as `cfg` says; with `progress`, the integer calibrated methods
+    keep each finished layer on disk there (and, resuming, restore those kept)."""
     cfg.validate()
+    if progress is not None and progress.resume and not isinstance(cfg, (AwqConfig, GptqConfig, AwqGptqConfig)):
+        raise InputError(f"--resume continues a calibrated integer build (awq, gptq, awq-gptq); this one is "
+                         f"{cfg.describe()}", hint="drop --resume: this method is not resumable")
     if loaded.streamed and not isinstance(cfg, RtnConfig):
         raise InputError(f"a streamed build (--stream) quantizes by RTN in this version; --method {cfg.method} "
                          "calibrates on the model's activations, which needs the model in memory",
@@ -79,7 +97,7 @@ def quantize_model(loaded: Any, cfg: QuantConfig, quiet: bool = False) -> Quanti
     manifest: dict[str, Any] = cfg.to_manifest()
     start = time.perf_counter()
     # the quantized model's last hidden states on the calibration windows (None without calibration)
-    hidden = ALGORITHMS[type(cfg)](loaded, cfg, keep, codes, manifest, quiet)
+    hidden = ALGORITHMS[type(cfg)](loaded, cfg, keep, codes, manifest, quiet, progress)
     shared = False
     if cfg.lm_head_bits is not None:
         manifest["lm_head_method"], shared = quantize_lm_head(loaded, cfg, codes,
@@ -97,8 +115,8 @@ def quantize_model(loaded: Any, cfg: QuantConfig, quiet: bool = False) -> Quanti
 
 
 def quantize_rtn(loaded: Any, cfg: RtnConfig, keep: Callable[[str], bool], codes: dict, manifest: dict,
-                 quiet: bool) -> None:
-    """Round every target linear to nearest: no calibration."""
+                 quiet: bool, progress: Progress | None = None) -> None:
+    """Round every target linear to nearest: no calibration (nothing to resume)."""
     if loaded.streamed:  # computed as the engine is written (calibration.deferred)
         for name in target_linears(loaded, keep):
             codes[name] = deferred_rtn(loaded.weights, name + ".weight", cfg.spec)
@@ -109,20 +127,39 @@ def quantize_rtn(loaded: Any, cfg: RtnConfig, keep: Callable[[str], bool], codes
 
 
 def quantize_calibrated(loaded: Any, cfg: Calibrated, keep: Callable[[str], bool], codes: dict, manifest: dict,
-                        quiet: bool, *, step: Callable[..., None], float_stream: bool = False) -> list[torch.Tensor]:
+                        quiet: bool, progress: Progress | None = None, *, step: Callable[..., None],
+                        float_stream: bool = False) -> list[torch.Tensor]:
     """Run the calibration windows through the model layer by layer (sequential.py), `step`
     quantizing each layer on its inputs; records the windows in the manifest and returns the
-    quantized model's last hidden states."""
+    quantized model's last hidden states. With `progress`, each finished layer is kept on disk
+    and, resuming, the layers kept there are restored instead of calibrated again."""
     windows = calibration_windows(loaded, cfg)
     manifest["calibration"] = {"spec": cfg.calib, "windows": list(windows.shape),
                                "tokens": int(windows.size), "sha256": windows_hash(windows)}
+    restore = finished = None
+    if progress is not None:
+        fingerprint = {"quantization": cfg.to_manifest(), "calibration": manifest["calibration"],
+                       "source": loaded.source, "layers": loaded.config.num_hidden_layers}
+        store = LayerStore(progress.directory, fingerprint, progress.resume)
+        if store.finished and not quiet:
+            console().print(f"  resuming: {store.finished} finished layers kept at {progress.directory}")
+        prefix = loaded.arch.layer_prefix.format
+
+        def restore(work: LayerWork) -> bool:
+            if work.index >= store.finished:
+                return False
+            store.restore(work.index, prefix(i=work.index), work.layer, codes)
+            return True
+
+        def finished(work: LayerWork) -> None:
+            store.save(work.index, prefix(i=work.index), work.layer, codes)
     return run_sequential(loaded.model, loaded.arch, windows, cfg.batch_size,
                           partial(step, cfg=cfg, codes=codes, arch=loaded.arch), keep, quiet,
-                          float_stream=float_stream)
+                          float_stream=float_stream, restore=restore, finished=finished)
 
 
 def quantize_fp8(loaded: Any, cfg: Fp8Config, keep: Callable[[str], bool], codes: dict, manifest: dict,
-                 quiet: bool) -> list[torch.Tensor]:
+                 quiet: bool, progress: Progress | None = None) -> list[torch.Tensor]:
     """Calibrate FP8 layer by layer, then, with distill_steps, fine-tune against the float model."""
     teacher = copy.deepcopy(loaded.model) if cfg.distill_steps else None  # the float model
     hidden = quantize_calibrated(loaded, cfg, keep, codes, manifest, quiet, step=fp8_layer,
@@ -178,8 +215,8 @@ def quantize_lm_head(loaded: Any, cfg: IntWeightConfig, codes: dict[str, Quantiz
     return method, tied
 
 
-# configuration class -> its algorithm: (loaded, cfg, keep, codes, manifest, quiet) -> the
-# quantized model's last hidden states on the calibration windows, or None
+# configuration class -> its algorithm: (loaded, cfg, keep, codes, manifest, quiet, progress) ->
+# the quantized model's last hidden states on the calibration windows, or None
 ALGORITHMS: dict[type[QuantConfig], Callable[..., list[torch.Tensor] | None]] = {
     RtnConfig: quantize_rtn,
     AwqConfig: partial(quantize_calibrated, step=awq_layer),

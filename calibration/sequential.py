@@ -62,9 +62,13 @@ def decoder_layers(model: Any) -> torch.nn.ModuleList:
 
 def run_sequential(model: Any, arch: ArchSpec, windows: np.ndarray, batch_size: int,
                    quantize_layer: Callable[[LayerWork], None], keep: Callable[[str], bool],
-                   quiet: bool = False, float_stream: bool = False) -> list[torch.Tensor]:
+                   quiet: bool = False, float_stream: bool = False,
+                   restore: Callable[[LayerWork], bool] | None = None,
+                   finished: Callable[[LayerWork], None] | None = None) -> list[torch.Tensor]:
     """Quantize `model` layer by layer on `windows` (N, L) with `quantize_layer`; returns the
-    quantized model's last hidden states per batch (before the final norm)."""
+    quantized model's last hidden states per batch (before the final norm). `restore(work)`
+    may put a layer back as an earlier run left it (True: not quantized again); `finished(work)`
+    is told of each layer quantized."""
     batches = [torch.from_numpy(windows[i:i + batch_size]) for i in range(0, len(windows), batch_size)]
     with torch.no_grad():
         inputs, kwargs = _record_layer_calls(model, batches)
@@ -78,8 +82,11 @@ def run_sequential(model: Any, arch: ArchSpec, windows: np.ndarray, batch_size: 
                                  float_inputs=float_inputs)
                 if float_inputs is not None:  # the float model's next hidden states, before quantizing
                     float_inputs = [call_layer(layer, x, kw) for x, kw in zip(float_inputs, work.kwargs)]
-                if linears:
-                    quantize_layer(work)
+                if restore is None or not restore(work):
+                    if linears:
+                        quantize_layer(work)
+                    if finished is not None:
+                        finished(work)
                 inputs = work.run()
                 advance()
     return inputs

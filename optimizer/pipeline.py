@@ -9,13 +9,16 @@ optimizer.manifest, the file writing in optimizer.engine_files.
 
 from __future__ import annotations
 
+import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import onnx_ir as ir
 
-from calibration import QuantConfig, quantize_model
+from calibration import Progress, QuantConfig, quantize_model
+from calibration.layer_store import PROGRESS_FILE, progress_dir
 from calibration.data import parse_spec, token_windows, windows_hash
 from optimizer.build_checks import check_standard_ops, validate_build
 from optimizer.capture import DecoderDims, capture, decoder_dims
@@ -51,6 +54,7 @@ class BuildOptions(BuildSection):
     tokenizer: str | None = None
     seed: int = 0
     overwrite: bool = False
+    resume: bool = False  # a calibrated build continues from the layers a killed one finished
     trust_remote_code: bool = False
     quant: QuantConfig | None = None  # None: keep the weights in float
     dump_ir_after: tuple[str, ...] = ()  # pass names (or "all") whose output graph is dumped as text
@@ -101,6 +105,7 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
                                    verification, verdict, max_positions)
         with step("checksums and manifest", opts.quiet):
             write_manifest(tmp, manifest, quiet=opts.quiet)
+    shutil.rmtree(progress_dir(opts.out), ignore_errors=True)  # calibration's kept layers: done with
     refuse_failed_gate(opts, verdict)
     return load_engine(opts.out, verify=False)
 
@@ -136,8 +141,9 @@ def quantize(opts: BuildOptions, loaded: LoadedModel) -> tuple[dict[str, Any], d
     """The manifest's quantization section and the codes the lowering pass packs."""
     if opts.quant is None:
         return {"method": "none"}, {}
-    with step(f"quantize: {opts.quant.describe()}", opts.quiet):
-        result = quantize_model(loaded, opts.quant, quiet=opts.quiet)
+    progress = Progress(progress_dir(opts.out), opts.resume)
+    with step(f"quantize: {opts.quant.describe()}", opts.quiet), kept_on_failure(progress.directory, opts.quiet):
+        result = quantize_model(loaded, opts.quant, quiet=opts.quiet, progress=progress)
     return {**result.manifest, **weight_format_section(opts)}, result.codes
 
 
@@ -231,6 +237,18 @@ def refuse_failed_gate(opts: BuildOptions, verdict: dict[str, Any] | None) -> No
 
 
 # -- helpers -------------------------------------------------------------------------------------
+@contextmanager
+def kept_on_failure(directory: Path, quiet: bool) -> Iterator[None]:
+    """Say where a failed (or interrupted) calibration's finished layers are kept."""
+    try:
+        yield
+    except BaseException:
+        if (directory / PROGRESS_FILE).exists() and any(directory.glob("layer-*.safetensors")):
+            console().print(f"calibration stopped; its finished layers are kept at {directory}: "
+                            "rerun the same command with --resume to continue from them")
+        raise
+
+
 def text_windows(loaded: LoadedModel, text_spec: str, needs: str, option: str) -> Any:
     """Token windows of `text_spec` for a build step that `needs` text (BOS first where the
     family wants it); without a tokenizer, an error naming the `option` that asked for it."""

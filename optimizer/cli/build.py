@@ -35,11 +35,14 @@ from optimizer.options import SECTIONS, cli_options, given_overrides, section_va
                    "activation compute (--accuracy-level 4); exact = the flags' own defaults (symmetric, float "
                    "lm_head, fp32 compute). Flags given always win; a --recipe is taken as written.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@click.option("--resume", is_flag=True, help="Continue a killed AWQ/GPTQ build from the layers it finished (kept "
+                                             "beside --out until the engine is written); same command otherwise.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow code shipped with the model to run.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def model_cmd(source: str | None, out: Path, recipe: Path | None, random_weights: bool, config: str | None,
               tokenizer: Path | None, seed: int, dump_ir_after: tuple[str, ...], max_ppl_increase: str | None,
-              gate_eval: str | None, int4_defaults: str, overwrite: bool, trust_remote_code: bool, quiet: bool,
+              gate_eval: str | None, int4_defaults: str, overwrite: bool, resume: bool, trust_remote_code: bool,
+              quiet: bool,
               **options: Any) -> None:
     """Build a verified engine from a HuggingFace folder, a .gguf file, or a named config."""
     from optimizer.pipeline import BuildOptions, build_engine
@@ -52,7 +55,7 @@ def model_cmd(source: str | None, out: Path, recipe: Path | None, random_weights
     resolved = base.merged(overrides)
     engine = build_engine(BuildOptions(
         **section_values(resolved.build), out=out, source=source, random_weights=random_weights, config=config,
-        tokenizer=str(tokenizer) if tokenizer else None, seed=seed, overwrite=overwrite,
+        tokenizer=str(tokenizer) if tokenizer else None, seed=seed, overwrite=overwrite, resume=resume,
         trust_remote_code=trust_remote_code, quant=quant_config_from(resolved.quantization),
         dump_ir_after=dump_ir_after, recipe=resolved.to_dict(), architecture=resolved.architecture,
         max_ppl_increase=max_ppl_increase, **({"gate_eval": gate_eval} if gate_eval else {}), quiet=quiet))
