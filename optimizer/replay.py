@@ -1,6 +1,7 @@
 """Replay a timed workload (optimizer.workload) through the continuous-batching engine: every
 request is added at its arrival time, the engine steps while it has work, and the per-request
-first/last token times give TTFT, TPOT and output tokens/s (optimizer.workload.summarize)."""
+first/last token times give TTFT, TPOT and output tokens/s (optimizer.workload.summarize), and
+the prompt tokens the prefix cache served."""
 
 from __future__ import annotations
 
@@ -13,14 +14,15 @@ from runtime.sampling import SamplingParams
 
 def replay(engine: Any, requests: list[Request], max_batch: int | None = None,
            prefill_chunk: int | None = None, capacity: int | None = None,
-           prefill_budget: int | None = None) -> tuple[dict, Any]:
+           prefill_budget: int | None = None, prefix_caching: bool = True) -> tuple[dict, Any]:
     """Returns (summary, the LLMEngine used). Outputs ignore EOS: each request produces exactly
     its output_tokens, as every system timed on the workload does. `capacity`: positions per
     sequence the cache is sized for (default: the manifest's)."""
     kwargs = {k: v for k, v in (("max_batch", max_batch), ("prefill_chunk", prefill_chunk),
                                 ("capacity", capacity), ("prefill_budget", prefill_budget)) if v}
-    llm = engine.llm(**kwargs)
+    llm = engine.llm(prefix_caching=prefix_caching, **kwargs)
     llm.warmup()
+    before = (llm.total_queried_tokens, llm.total_cached_tokens)
     index: dict[int, int] = {}
     first: dict[int, float] = {}
     last: dict[int, float] = {}
@@ -44,4 +46,7 @@ def replay(engine: Any, requests: list[Request], max_batch: int | None = None,
             first.setdefault(i, now)
             if out.finished:
                 last[i], outputs[i] = now, out.seq.output_ids
-    return summarize(requests, first, last, max(last.values()), outputs), llm
+    result = summarize(requests, first, last, max(last.values()), outputs)
+    result["prefix_cache"] = {"queried_tokens": llm.total_queried_tokens - before[0],
+                              "cached_tokens": llm.total_cached_tokens - before[1]}
+    return result, llm

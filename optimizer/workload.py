@@ -38,6 +38,21 @@ def make_workload(corpus_ids: list[int], n: int = 32, prompt_range=(32, 256), ou
     return requests
 
 
+def make_shared_prefix_workload(corpus_ids: list[int], n: int = 32, prefix_tokens: int = 512,
+                                suffix_range=(8, 24), output_tokens: int = 32, seed: int = 0) -> list[Request]:
+    """n requests sharing one `prefix_tokens`-token prefix (a system prompt: the corpus's first
+    tokens), each followed by a distinct suffix (the slices of text after it), all at t=0."""
+    rng = random.Random(seed)
+    prefix, offset, requests = corpus_ids[:prefix_tokens], prefix_tokens, []
+    for i in range(n):
+        length = rng.randint(*suffix_range)
+        requests.append(Request(i, prefix + corpus_ids[offset:offset + length], output_tokens, 0.0))
+        offset += length
+    if offset > len(corpus_ids):
+        raise ValueError(f"the corpus has {len(corpus_ids)} tokens, the workload needs {offset}")
+    return requests
+
+
 def dump(requests: list[Request], path: str) -> None:
     with open(path, "w") as f:
         json.dump([asdict(r) for r in requests], f)

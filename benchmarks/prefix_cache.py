@@ -1,0 +1,182 @@
+"""Prefix-caching benchmark: a shared-system-prompt workload with automatic prefix caching off
+and on, and llama.cpp's server with its prompt cache on the same model and threads (CPU).
+
+    python benchmarks/prefix_cache.py --engine ENGINE --out bench-prefix/ \
+        [--llama-server /path/to/llama-server --gguf SmolLM2-135M-Instruct.Q4_1.gguf]
+
+Workload (optimizer.workload.make_shared_prefix_workload): 32 requests sharing a 512-token
+prefix (the first tokens of the wiki text), each followed by its own 8..24-token suffix (the
+text after it), 32 output tokens each with EOS ignored, all arriving at t=0. Each system gets
+an untimed warm-up that does not contain the prefix.
+
+Systems:
+  ours, caching off / on   runtime.LLMEngine on ENGINE (optimizer.replay), in this process;
+                           `--rounds` alternating off/on runs, the best round of each reported
+  llama.cpp server         llama-server on the GGUF the engine was built from, `--parallel`
+                           slots, prompt cache on (its default: cache_prompt and the RAM prompt
+                           cache); prompts sent as token ids, streamed, greedy, EOS ignored
+
+Every request's greedy tokens must be equal with caching off and on (checked, exit 1 if not).
+Results: OUT/results.json (with the command line) and OUT/table.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import shlex
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from calibration.data import load_text
+from optimizer.replay import replay
+from optimizer.workload import Request, make_shared_prefix_workload, summarize
+from runtime import Engine
+
+
+def run_ours(engine: Engine, requests: list[Request], caching: bool, max_batch: int, chunk: int) -> dict:
+    result, llm = replay(engine, requests, max_batch, chunk, prefix_caching=caching)
+    result.update(system=f"ours, prefix caching {'on' if caching else 'off'} ({llm.scheduler.max_running} slots)")
+    return result
+
+
+def _stream_llama(port: int, request: Request, start: float) -> tuple[float, float, list[int]]:
+    """One streamed greedy completion of the request's token ids: (first token, last token) times
+    since `start`, and the tokens."""
+    body = {"prompt": request.prompt, "n_predict": request.output_tokens, "temperature": 0.0, "top_k": 1,
+            "ignore_eos": True, "cache_prompt": True, "stream": True, "return_tokens": True}
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    connection.request("POST", "/completion", json.dumps(body), {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    if response.status != 200:
+        raise RuntimeError(f"llama-server answered {response.status}: {response.read()[:500]!r}")
+    first, tokens = None, []
+    for line in response:
+        if not line.startswith(b"data:"):
+            continue
+        chunk = json.loads(line[5:])
+        if chunk.get("tokens"):
+            first = first or time.perf_counter() - start
+            tokens += chunk["tokens"]
+        if chunk.get("stop"):
+            break
+    connection.close()
+    return first, time.perf_counter() - start, tokens
+
+
+def _llama_workload(port: int, requests: list[Request]) -> tuple[dict, dict, dict, float]:
+    """All requests at once, one connection each."""
+    with ThreadPoolExecutor(len(requests)) as pool:
+        start = time.perf_counter()
+        done = list(pool.map(lambda r: _stream_llama(port, r, start), requests))
+    first = {r.index: d[0] for r, d in zip(requests, done)}
+    last = {r.index: d[1] for r, d in zip(requests, done)}
+    outputs = {r.index: d[2] for r, d in zip(requests, done)}
+    return first, last, outputs, max(last.values())
+
+
+def run_llama_server(binary: str, gguf: str, requests: list[Request], warmup: list[Request], threads: int,
+                     parallel: int, context: int, port: int) -> dict:
+    command = [binary, "-m", gguf, "-t", str(threads), "-tb", str(threads), "-np", str(parallel),
+               "-c", str(context), "--host", "127.0.0.1", "--port", str(port), "--cache-prompt", "--no-warmup"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _healthy(port):
+            if server.poll() is not None:
+                raise RuntimeError(f"llama-server exited: {server.stderr.read()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("llama-server did not become healthy within 120 s")
+            time.sleep(0.5)
+        _llama_workload(port, warmup)
+        first, last, outputs, total = _llama_workload(port, requests)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True).stderr.strip().splitlines()
+    result = summarize(requests, first, last, total, outputs)
+    result.update(system=f"llama.cpp server ({parallel} slots, prompt cache on)", command=shlex.join(command),
+                  version=version[0] if version else "")
+    return result
+
+
+def _healthy(port: int) -> bool:
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        connection.request("GET", "/health")
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| system | total s | output tok/s | TTFT p50 / p99 s | TPOT p50 ms | cached prompt tokens |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        cache = r.get("prefix_cache")
+        cached = f"{cache['cached_tokens']} of {cache['queried_tokens']}" if cache and cache["queried_tokens"] else "-"
+        lines.append(f"| {r['system']} | {r['total_s']:.2f} | {r['output_tok_s']:.1f} | "
+                     f"{r['ttft_s_p50']:.3f} / {r['ttft_s_p99']:.3f} | {r['tpot_s_p50'] * 1e3:.1f} | {cached} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--engine", required=True, help="our engine directory (32 slots of >= 568 positions)")
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--requests", type=int, default=32)
+    ap.add_argument("--prefix-tokens", type=int, default=512)
+    ap.add_argument("--output-tokens", type=int, default=32)
+    ap.add_argument("--max-batch", type=int, default=32)
+    ap.add_argument("--prefill-chunk", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=2, help="alternating off/on runs of ours; the best of each")
+    ap.add_argument("--llama-server", help="llama.cpp's llama-server binary")
+    ap.add_argument("--gguf", help="the GGUF model for llama-server")
+    ap.add_argument("--parallel", type=int, default=32, help="llama-server slots")
+    ap.add_argument("--port", type=int, default=8089)
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    engine = Engine.load(args.engine, threads=args.threads)
+    corpus = engine.tokenizer(load_text("wiki")[:200_000]).input_ids
+    requests = make_shared_prefix_workload(corpus, args.requests, args.prefix_tokens,
+                                           output_tokens=args.output_tokens)
+    runs: dict[bool, list[dict]] = {False: [], True: []}
+    for _ in range(args.rounds):
+        for caching in (False, True):
+            runs[caching].append(run_ours(engine, requests, caching, args.max_batch, args.prefill_chunk))
+    off, on = (max(runs[c], key=lambda r: r["output_tok_s"]) for c in (False, True))
+    differing = [i for i in off["outputs"] if off["outputs"][i] != on["outputs"][i]]
+    rows = [off, on]
+    if args.llama_server and args.gguf:
+        warmup = [Request(0, corpus[-64:], 8, 0.0)]  # not the shared prefix
+        context = args.parallel * (args.prefix_tokens + 24 + args.output_tokens + 32)
+        rows.append(run_llama_server(args.llama_server, args.gguf, requests, warmup, args.threads, args.parallel,
+                                     context, args.port))
+    summary = {"ttft_p50_off_over_on": off["ttft_s_p50"] / on["ttft_s_p50"],
+               "output_tok_s_on_over_off": on["output_tok_s"] / off["output_tok_s"],
+               "greedy_tokens_equal": not differing, "requests_differing": differing,
+               "all_rounds_output_tok_s": {str(c): [r["output_tok_s"] for r in runs[c]] for c in (False, True)}}
+    for r in rows[2:]:
+        summary[f"ours_on_over_{r['system']}"] = {"output_tok_s": on["output_tok_s"] / r["output_tok_s"],
+                                                 "ttft_p50": r["ttft_s_p50"] / on["ttft_s_p50"]}
+    text = (f"{len(requests)} requests: a {args.prefix_tokens}-token shared prefix + 8..24-token suffixes, "
+            f"{args.output_tokens} output tokens each, all at t=0, {args.threads} threads\n\n{table(rows)}\n\n"
+            f"prefix caching on vs off: TTFT p50 {summary['ttft_p50_off_over_on']:.2f}x lower, output tok/s "
+            f"{summary['output_tok_s_on_over_off']:.2f}x; greedy tokens equal: {not differing}\n")
+    print(text)
+    (args.out / "table.md").write_text(text)
+    (args.out / "results.json").write_text(json.dumps(
+        {"command": shlex.join([sys.executable.split("/")[-1], *sys.argv]), "engine": str(args.engine),
+         "summary": summary, "rows": rows}, indent=1))
+    if differing:
+        sys.exit(f"greedy tokens differ between caching off and on for requests {differing}")
+
+
+if __name__ == "__main__":
+    main()
