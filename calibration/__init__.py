@@ -136,26 +136,31 @@ def quantize_calibrated(loaded: Any, cfg: Calibrated, keep: Callable[[str], bool
     windows = calibration_windows(loaded, cfg)
     manifest["calibration"] = {"spec": cfg.calib, "windows": list(windows.shape),
                                "tokens": int(windows.size), "sha256": windows_hash(windows)}
-    restore = finished = None
-    if progress is not None:
-        fingerprint = {"quantization": cfg.to_manifest(), "calibration": manifest["calibration"],
-                       "source": loaded.source, "layers": loaded.config.num_hidden_layers}
-        store = LayerStore(progress.directory, fingerprint, progress.resume)
-        if store.finished and not quiet:
-            console().print(f"  resuming: {store.finished} finished layers kept at {progress.directory}")
-        prefix = loaded.arch.layer_prefix.format
-
-        def restore(work: LayerWork) -> bool:
-            if work.index >= store.finished:
-                return False
-            store.restore(work.index, prefix(i=work.index), work.layer, codes)
-            return True
-
-        def finished(work: LayerWork) -> None:
-            store.save(work.index, prefix(i=work.index), work.layer, codes)
+    restore, finished = kept_layers(loaded, cfg, manifest, codes, progress, quiet) if progress else (None, None)
     return run_sequential(loaded.model, loaded.arch, windows, cfg.batch_size,
                           partial(step, cfg=cfg, codes=codes, arch=loaded.arch), keep, quiet,
                           float_stream=float_stream, restore=restore, finished=finished)
+
+
+def kept_layers(loaded: Any, cfg: Calibrated, manifest: dict, codes: dict, progress: Progress, quiet: bool):
+    """run_sequential's (restore, finished) over a LayerStore at progress.directory."""
+    fingerprint = {"quantization": cfg.to_manifest(), "calibration": manifest["calibration"],
+                   "source": loaded.source, "layers": loaded.config.num_hidden_layers}
+    store = LayerStore(progress.directory, fingerprint, progress.resume)
+    if store.finished and not quiet:
+        console().print(f"  resuming: {store.finished} finished layers kept at {progress.directory}")
+    prefix = loaded.arch.layer_prefix.format
+
+    def restore(work: LayerWork) -> bool:
+        if work.index >= store.finished:
+            return False
+        store.restore(work.index, prefix(i=work.index), work.layer, codes)
+        return True
+
+    def finished(work: LayerWork) -> None:
+        store.save(work.index, prefix(i=work.index), work.layer, codes)
+
+    return restore, finished
 
 
 def quantize_fp8(loaded: Any, cfg: Fp8Config, keep: Callable[[str], bool], codes: dict, manifest: dict,
