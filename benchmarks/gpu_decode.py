@@ -14,7 +14,9 @@ throughout (speed does not depend on their values); greedy, EOS ignored, 128 pro
   build      our engines of each shape and format: --dtype fp16, max length 512, static layout
              with max(--concurrency) slots of 256 positions. fp16; int4 = RTN, group 32,
              symmetric, lm_head 4-bit, a tied embedding gathered from its codes
-             (onnxruntime-genai's int4 format); fp8 = --quant fp8
+             (onnxruntime-genai's int4 format); int4-default = what plain `--quant int4`
+             builds (optimizer.options.FAST_INT4: group 64 asymmetric, lm_head 8-bit,
+             accuracy level 4); fp8 = --quant fp8
              --target onnxruntime-cuda (calibrated on 32 windows of 512 tokens of the packaged
              c4 text; the speed does not depend on the scales).
   ours       each engine on onnxruntime's CUDA provider. Batch 1: Engine.generate_ids, one
@@ -99,6 +101,7 @@ def phase_build(args) -> None:
     from calibration import quant_config
     from optimizer.core.assets import fetch_asset
     from optimizer.models.loader import load_model
+    from optimizer.options import FAST_INT4
     from optimizer.pipeline import BuildOptions, build_engine
 
     slots = max(args.concurrency)
@@ -116,6 +119,9 @@ def phase_build(args) -> None:
                           kv_layout="static", kv_slots=slots, kv_capacity=CAPACITY, quiet=True, overwrite=True)
             if fmt == "int4":
                 opts = BuildOptions(**common, quant=quant_config(method="rtn", bits=4, group_size=32, lm_head_bits=4))
+            elif fmt == "int4-default":  # what plain `--quant int4` builds for --target onnxruntime
+                fast = FAST_INT4["onnxruntime"]
+                opts = BuildOptions(**common, **fast["build"], quant=quant_config(method="rtn", bits=4, **fast["quantization"]))
             elif fmt == "fp8":
                 opts = BuildOptions(**common, quant=quant_config(method="fp8", calib="c4:32x512"),  # the c4 asset
                                     target="onnxruntime-cuda")
@@ -160,7 +166,7 @@ def phase_ours(args) -> None:
                 continue
             nbytes = weight_bytes(path / "model.onnx")
             # int4 also at batch 1 on onnxruntime's one-row kernels (runtime.session.INT4_KERNELS)
-            variants = [(True, None), (False, None)] + ([(True, "one-row")] if fmt == "int4" else [])
+            variants = [(True, None), (False, None)] + ([(True, "one-row")] if fmt.startswith("int4") else [])
             for graph, kernels in variants:
                 engine = Engine.load(path, provider="cuda", cuda_graph=graph, int4_kernels=kernels)
                 b1 = []
