@@ -146,3 +146,25 @@ def test_async_streams_and_client_aborts_leave_no_blocks(engines):
         assert server.alive
     finally:
         server.shutdown()
+
+
+def test_shared_prefixes_are_served_from_shared_blocks(engines):
+    """Prefix caching on the paged layout: 24 requests sharing one of two 80-token prefixes,
+    with a pool that must evict; cached blocks are shared by reference and each request's
+    greedy tokens are still its own; with caching off nothing is cached."""
+    paged, _ = engines
+    rng = random.Random(5)
+    bases = [[rng.randrange(49152) for _ in range(80)] for _ in range(2)]
+    requests = [(rng.choice(bases)[:rng.randint(20, 80)] + [rng.randrange(49152) for _ in range(rng.randint(1, 9))],
+                 SamplingParams(max_new_tokens=rng.randint(4, 24), ignore_eos=True)) for _ in range(24)]
+    for caching in (True, False):
+        llm = paged.llm(max_batch=8, capacity=128, prefix_caching=caching)
+        seqs = [llm.add_request(p, params, detokenize=False) for p, params in requests]
+        while llm.has_work:
+            llm.step()
+            llm.scheduler.pool.check()
+        assert llm.scheduler.pool.used == 0
+        assert (llm.total_cached_tokens >= 16 * 16) if caching else llm.total_cached_tokens == 0
+        for (prompt, params), seq in zip(requests, seqs):
+            assert len(seq.output_ids) == params.max_new_tokens
+            assert_greedy_under_own_logits(paged.session, prompt, seq.output_ids)
