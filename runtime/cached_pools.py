@@ -110,7 +110,8 @@ class CachingSlotPool(SlotPool):
 
     def move(self, seq_id: str, slot: int, tokens: Seq[int] | None = None, written: int | None = None) -> None:
         """Re-home a sequence (compaction: the executor copied the `written` positions of its
-        row; `tokens`: its tokens now, where known). A parked target is evicted; the old row
+        row; `tokens`: its tokens now, where known; a sequence not started yet has written only
+        what admission kept of the row). A parked target is evicted; the old row
         stays a cache entry of what it holds, first in line for eviction (the running sequence
         holds the same)."""
         if slot in self._parked:
@@ -121,7 +122,9 @@ class CachingSlotPool(SlotPool):
             raise ValueError(f"slot {slot} is not free")
         old = self._slot[seq_id]
         held = self.index.tokens(old) if tokens is None else tokens
-        written = self.index.written(old) if written is None else min(written, len(held))
+        if written is None or seq_id not in self._started:  # before its lookup only what it kept is its own
+            written = self.index.written(old)
+        written = min(written, len(held))
         self.index.put(slot, held, self.index.written(old))
         self._slot[seq_id] = slot
         self._park(old, held[:written], newest=False)

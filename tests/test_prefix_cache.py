@@ -126,6 +126,19 @@ def test_compaction_keeps_the_vacated_row_as_an_entry_first_to_go():
     pool.check()
 
 
+def test_a_sequence_moved_before_its_lookup_leaves_only_what_it_kept():
+    pool = CachingSlotPool(3, capacity=16, block_size=2)
+    assert pool.admit("a", 8, [1, 1]) and pool.admit("b", 8, [2, 2])
+    for name, prompt in (("a", [1, 1]), ("b", [2, 2])):
+        pool.lookup(name, prompt)
+        pool.sync(name, prompt, 2)
+    assert pool.admit("c", 8, [3, 3, 3, 3])  # row 2, not looked up yet
+    pool.release("a")
+    pool.move("c", 0, written=9)  # the row's stale length: not what c has written
+    assert pool.slot("c") == 0 and 2 not in pool.parked()  # nothing of c's was in row 2
+    pool.check()
+
+
 # -- the block pool -------------------------------------------------------------------------------
 def test_block_pool_shares_computed_blocks_by_reference():
     pool = CachingBlockPool(8, block_size=4)
