@@ -12,9 +12,11 @@ an untimed warm-up that does not contain the prefix.
 Systems:
   ours, caching off / on   runtime.LLMEngine on ENGINE (optimizer.replay), in this process;
                            `--rounds` alternating off/on runs, the best round of each reported
-  llama.cpp server         llama-server on the GGUF the engine was built from, `--parallel`
-                           slots, prompt cache on (its default: cache_prompt and the RAM prompt
-                           cache); prompts sent as token ids, streamed, greedy, EOS ignored
+  llama.cpp server         llama-server on the GGUF the engine was built from, with `--parallel`
+                           slots (32, as ours, and 4: its prompt cache works across requests
+                           when a slot's earlier prompt or its RAM prompt cache holds the
+                           prefix, which a burst on 32 slots never finds), prompt cache on (its
+                           default); prompts sent as token ids, streamed, greedy, EOS ignored
 
 Every request's greedy tokens must be equal with caching off and on (checked, exit 1 if not).
 Results: OUT/results.json (with the command line) and OUT/table.md.
@@ -137,7 +139,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="alternating off/on runs of ours; the best of each")
     ap.add_argument("--llama-server", help="llama.cpp's llama-server binary")
     ap.add_argument("--gguf", help="the GGUF model for llama-server")
-    ap.add_argument("--parallel", type=int, default=32, help="llama-server slots")
+    ap.add_argument("--parallel", default="32,4", help="llama-server slots: one run per comma-separated value")
     ap.add_argument("--port", type=int, default=8089)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -155,9 +157,10 @@ def main() -> None:
     rows = [off, on]
     if args.llama_server and args.gguf:
         warmup = [Request(0, corpus[-64:], 8, 0.0)]  # not the shared prefix
-        context = args.parallel * (args.prefix_tokens + 24 + args.output_tokens + 32)
-        rows.append(run_llama_server(args.llama_server, args.gguf, requests, warmup, args.threads, args.parallel,
-                                     context, args.port))
+        for parallel in map(int, args.parallel.split(",")):
+            context = parallel * (args.prefix_tokens + 24 + args.output_tokens + 32)
+            rows.append(run_llama_server(args.llama_server, args.gguf, requests, warmup, args.threads, parallel,
+                                         context, args.port))
     summary = {"ttft_p50_off_over_on": off["ttft_s_p50"] / on["ttft_s_p50"],
                "output_tok_s_on_over_off": on["output_tok_s"] / off["output_tok_s"],
                "greedy_tokens_equal": not differing, "requests_differing": differing,
