@@ -53,6 +53,13 @@ def scaled_fake_quant(weight: torch.Tensor, s: torch.Tensor, spec: QuantSpec) ->
     return fake_quantize(weight * s, spec) / s
 
 
+def linear_output_error(E: torch.Tensor, G: torch.Tensor) -> float:
+    """sum over tokens x of |E x|^2, given G = sum of x x^T: trace(E G E^T). E (out, in) is a
+    weight error (W_s - W), G (in, in): the squared error of the linear's output on those
+    tokens, for out * in^2 multiply-adds instead of tokens * out * in."""
+    return float(((E @ G) * E).sum())
+
+
 def search_scales(x_mean: torch.Tensor, weights: Sequence[torch.Tensor], spec: QuantSpec,
                   loss_of: Callable[[torch.Tensor], float], n_grid: int = 20) -> tuple[torch.Tensor, float, float]:
     """Grid search over r in [0, 1): returns (best s, best r, its loss).

@@ -16,7 +16,7 @@ groups stay contiguous in the original order and the engine needs no column inde
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -34,8 +34,22 @@ class HessianAccumulator:
         x = x.reshape(-1, x.shape[-1]).float()  # (tokens, in)
         total = self.n + x.shape[0]
         self.H.mul_(self.n / total)
-        self.H.addmm_(x.t(), x, alpha=2.0 / total)
+        add_gram_(self.H, x, 2.0 / total)
         self.n = total
+
+
+def add_gram_(H: torch.Tensor, x: torch.Tensor, alpha: float, block: int = 1024) -> None:
+    """H += alpha * x^T x for x (tokens, in), H symmetric (in, in). x^T x is symmetric, so
+    for wide inputs only the blocks on and above the diagonal are multiplied and the lower
+    blocks copied from them: about half the multiply-adds of one addmm."""
+    n = H.shape[0]
+    if n <= 2 * block:
+        H.addmm_(x.t(), x, alpha=alpha)
+        return
+    for i in range(0, n, block):
+        j = min(i + block, n)
+        H[i:j, i:].addmm_(x[:, i:j].t(), x[:, i:], alpha=alpha)  # (b, n - i): this block row's upper part
+        H[j:, i:j] = H[i:j, j:].t()
 
 
 class PairAccumulator(HessianAccumulator):
@@ -83,28 +97,34 @@ def asymmetric_target(W: torch.Tensor, H: torch.Tensor, C: torch.Tensor, damp: f
 
 
 def inverse_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:
-    """Hinv: the upper Cholesky factor of (H + damp * mean(diag H) * I)^-1 (H is modified)."""
+    """Hinv: the upper Cholesky factor of (H + damp * mean(diag H) * I)^-1 (H is modified).
+
+    With J the reversal of rows and columns, J H J = L L^T gives H = R R^T with R = J L J upper
+    triangular, so H^-1 = R^-T R^-1 and R^-1 = J L^-1 J is the upper factor asked for (the
+    factor is unique: its diagonal is positive). One factorization and one triangular inverse,
+    where the reference code factors H, inverts it and factors the inverse."""
     H.diagonal().add_(damp * torch.mean(torch.diag(H)))
-    L = torch.linalg.cholesky(H)
-    return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+    L = torch.linalg.cholesky(H.flip(0, 1))
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    return torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1)
 
 
-def sweep_columns(W: torch.Tensor, Hinv: torch.Tensor, block_size: int,
+def sweep_columns(WT: torch.Tensor, Hinv: torch.Tensor, block_size: int,
                   rounded: Callable[[int, int, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
-    """GPTQ's column sweep over W (out, in), modified in place: column by column, left to
-    right, `rounded(col, i, W1, W)` gives the column's rounded value (i: its index in the
-    block W1 being worked on); its error, scaled by Hinv, is spread over the block's later
+    """GPTQ's column sweep over W (out, in), given transposed: WT (in, out), so that a column
+    of W is a contiguous row; modified in place. Column by column, left to right,
+    `rounded(col, i, W1, WT)` gives the column's rounded value (i: its row in the block W1 =
+    WT[i1:i2] being worked on); its error, scaled by Hinv, is spread over the block's later
     columns at once, and over the rest of the matrix after each block (lazy batch updates)."""
-    n_in = W.shape[1]
+    n_in = WT.shape[0]
     for i1 in range(0, n_in, block_size):
         i2 = min(i1 + block_size, n_in)
-        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
-        Err1 = torch.zeros_like(W1)
+        W1, Hinv1 = WT[i1:i2], Hinv[i1:i2, i1:i2]  # (B, out): a view, updated in place
+        Err1 = torch.empty_like(W1)
         for i in range(i2 - i1):
-            err = (W1[:, i] - rounded(i1 + i, i, W1, W)) / Hinv1[i, i]
-            W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
-            Err1[:, i] = err
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+            err = torch.sub(W1[i], rounded(i1 + i, i, W1, WT), out=Err1[i]).div_(Hinv1[i, i])
+            W1[i + 1:].addr_(Hinv1[i, i + 1:], err, alpha=-1)  # W1[j] -= Hinv1[i, j] * err
+        WT[i2:].addmm_(Hinv[i1:i2, i2:].t(), Err1, alpha=-1)
 
 
 def _prepared(W: torch.Tensor, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,57 +147,67 @@ def gptq_fp8(W: torch.Tensor, H: torch.Tensor, *, damp: float = 0.01,
 
     W, H = _prepared(W, H)
     scales = weight_scales(W)
-    Q = torch.zeros_like(W)
+    QT = torch.empty(W.shape[1], W.shape[0], device=W.device)  # (in, out)
 
-    def rounded(col: int, i: int, W1: torch.Tensor, _W: torch.Tensor) -> torch.Tensor:
-        Q[:, col] = fake_quant_fp8(W1[:, i], scales)
-        return Q[:, col]
+    def rounded(col: int, i: int, W1: torch.Tensor, _WT: torch.Tensor) -> torch.Tensor:
+        QT[col] = fake_quant_fp8(W1[i], scales)
+        return QT[col]
 
-    sweep_columns(W, inverse_cholesky(H, damp), block_size, rounded)
-    return quantize_fp8(Q, scales.unsqueeze(1)), scales
+    sweep_columns(W.t().contiguous(), inverse_cholesky(H, damp), block_size, rounded)
+    return quantize_fp8(QT.t(), scales.unsqueeze(1)), scales
 
 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, *, act_order: bool = False,
                   damp: float = 0.01, block_size: int = 128) -> QuantizedLinear:
     """Quantize W (out, in) against Hessian H (in, in). Returns codes and parameters in the
-    original column order. Pure function: neither argument is modified."""
+    original column order. Pure function: neither argument is modified.
+
+    Rows are rounded independently of each other (each row's errors stay in its row), so
+    linears that read the same input can be quantized as one: gptq_quantize_shared."""
     out, n_in = W.shape
     g = spec.group_width(n_in)  # the last group may be narrower (calibration.rtn)
     if block_size % g != 0 and g % block_size != 0:
         block_size = g
     W, H = _prepared(W, H)
+    n_groups = spec.groups(n_in)
 
-    # Static group parameters (original order) for act-order; dynamic ones are found per group.
-    static_scale = static_zero = None
+    # (groups, out) scale and zero point of each group: static ones (from the original weights,
+    # before any update) under act-order, else found when the sweep reaches the group
     if act_order:
-        static_scale, static_zero = compute_qparams(to_groups(W, g), spec)  # (out, groups)
+        scale, zero = (p.t().contiguous() for p in compute_qparams(to_groups(W, g), spec))
+    else:
+        scale, zero = torch.zeros(n_groups, out, device=W.device), torch.zeros(n_groups, out, device=W.device)
 
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(n_in)
-    W, H = W[:, perm], H[perm][:, perm]
+    group_of = (perm // g).tolist()  # the group of each column, in sweep order
+    WT = W.t()[perm].contiguous()  # (in, out): W's columns in sweep order, as rows
+    H = H[perm][:, perm]
+    QT = torch.empty_like(WT)  # codes, as rows in sweep order
 
-    Q = torch.zeros_like(W)
-    scale_cols = torch.zeros(out, n_in)  # per original column position in permuted order
-    zero_cols = torch.zeros(out, n_in)
-    params: list[torch.Tensor] = []  # the current group's (scale, zero)
-
-    def rounded(col: int, i: int, W1: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-        if act_order:
-            group = int(perm[col]) // g
-            params[:] = static_scale[:, group], static_zero[:, group]
-        elif col % g == 0:
+    def rounded(col: int, i: int, W1: torch.Tensor, WT: torch.Tensor) -> torch.Tensor:
+        group = group_of[col]
+        if not act_order and col % g == 0:
             # dynamic groups: parameters from the group's current (updated) weights
-            width = min(g, W1.shape[1] - i) if g <= block_size else g
-            cols = W1[:, i:i + width] if g <= block_size else W[:, col:col + g]
-            params[:] = compute_qparams(cols, spec)
-        scale, zero = params
-        q = quantize_with(W1[:, i].unsqueeze(-1), scale, zero, spec.qmax).squeeze(-1)
-        Q[:, col], scale_cols[:, col], zero_cols[:, col] = q, scale, zero
-        return (q - zero) * scale
+            width = min(g, W1.shape[0] - i) if g <= block_size else g
+            cols = W1[i:i + width] if g <= block_size else WT[col:col + g]  # (width, out)
+            scale[group], zero[group] = compute_qparams(cols.t(), spec)
+        q = QT[col]
+        torch.div(W1[i], scale[group], out=q).round_().add_(zero[group]).clamp_(0, spec.qmax)
+        return (q - zero[group]) * scale[group]
 
-    sweep_columns(W, inverse_cholesky(H, damp), block_size, rounded)
+    sweep_columns(WT, inverse_cholesky(H, damp), block_size, rounded)
 
-    inv = torch.argsort(perm)
-    Q, scale_cols, zero_cols = Q[:, inv], scale_cols[:, inv], zero_cols[:, inv]
-    scales = scale_cols[:, ::g]  # constant within each group: its first column's
-    zeros = zero_cols[:, ::g]
-    return QuantizedLinear(Q.to(torch.uint8), scales.contiguous(), zeros.to(torch.uint8), spec)
+    Q = QT[torch.argsort(perm)].t()  # (out, in), original column order
+    return QuantizedLinear(Q.to(torch.uint8).contiguous(), scale.t().contiguous(),
+                           zero.t().to(torch.uint8).contiguous(), spec)
+
+
+def gptq_quantize_shared(weights: Sequence[torch.Tensor], H: torch.Tensor, spec: QuantSpec,
+                         **options: Any) -> list[QuantizedLinear]:
+    """gptq_quantize of several linears that read one input (one Hessian), as one matrix of
+    their stacked rows: each gets the codes it would get alone (rows are independent), for
+    one inverse and one sweep."""
+    q = gptq_quantize(torch.cat([w.detach() for w in weights]), H, spec, **options)
+    sizes = [w.shape[0] for w in weights]
+    return [QuantizedLinear(c.clone(), s.clone(), z.clone(), spec) for c, s, z in
+            zip(q.qweight.split(sizes), q.scales.split(sizes), q.zeros.split(sizes))]

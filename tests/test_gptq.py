@@ -60,9 +60,10 @@ def test_blocked_matches_reference(symmetric, n_in, group):
     assert q.scales.shape == (24, -(-n_in // group))
     got = q.dequantize().numpy()
     ref = reference_gptq(W.numpy(), H.numpy(), 4, group, symmetric)
-    # float32 vs float64 can flip an occasional rounding; everything else is identical
-    same = np.isclose(got, ref, rtol=0, atol=1e-6).mean()
-    assert same > 0.99
+    # float32 vs float64 can flip an occasional rounding (a value on a tie), and a flip changes
+    # the rest of its row (its error feeds the later columns); the other rows are identical
+    rows_same = np.isclose(got, ref, rtol=0, atol=1e-6).all(axis=1)
+    assert rows_same.sum() >= len(rows_same) - 1
 
 
 @pytest.mark.parametrize("bits,group", [(4, 32), (4, 64), (4, None), (8, 64)])

@@ -4,67 +4,75 @@ The math is in calibration/awq.py."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from calibration import awq
 from calibration.config import AwqConfig, AwqGptqConfig
-from calibration.gptq import HessianAccumulator, gptq_quantize
+from calibration.gptq import HessianAccumulator, add_gram_, gptq_quantize_shared
 from calibration.mappings import awq_mappings
 from calibration.methods.hooks import capture_calls, store_quantized
-from calibration.rtn import QuantizedLinear, rtn_quantize
+from calibration.rtn import QuantizedLinear, QuantSpec, rtn_quantize
 from calibration.sequential import LayerWork
 
 
 def awq_layer(work: LayerWork, cfg: AwqConfig, codes: dict[str, QuantizedLinear], arch: Any) -> None:
     """AWQ: scale salient input channels (awq_scale_layer), then search each linear's clipping
     range and round to nearest."""
-    inputs = awq_scale_layer(work, cfg, arch)
+    inputs, scales = awq_scale_layer(work, cfg, arch)
     for role, linear in work.linears.items():
         w = linear.weight.data
         if cfg.awq_clip and role not in ("q", "k"):  # q/k feed a softmax: AWQ leaves them unclipped
-            x = torch.cat([t.reshape(-1, t.shape[-1]) for t in inputs[role]])
-            x = x[torch.linspace(0, len(x) - 1, min(512, len(x))).long()]
+            x = spread_rows(inputs[role], 512)
+            if role in scales:
+                x = x / scales[role]  # what the scaled linear now receives
             w = awq.apply_clip(w, awq.search_clip(w, x, cfg.spec), cfg.spec)
         store_quantized(linear, rtn_quantize(w, cfg.spec), work.names[role], codes)
+
+
+def spread_rows(xs: list[torch.Tensor], n: int) -> torch.Tensor:
+    """n token rows spread evenly over the batches xs (each (..., in)), first and last
+    included: rows linspace(0, total - 1, n) of their concatenation, without concatenating."""
+    flat = [x.reshape(-1, x.shape[-1]) for x in xs]
+    starts = torch.tensor([0] + [len(f) for f in flat]).cumsum(0)
+    idx = torch.linspace(0, int(starts[-1]) - 1, min(n, int(starts[-1]))).long()
+    which = torch.searchsorted(starts, idx, right=True) - 1  # the batch of each row
+    return torch.cat([flat[b][idx[which == b] - starts[b]] for b in range(len(flat)) if (which == b).any()])
 
 
 def awq_gptq_layer(work: LayerWork, cfg: AwqGptqConfig, codes: dict[str, QuantizedLinear], arch: Any) -> None:
     """AWQ's scaling (awq_scale_layer), then GPTQ rounding of the scaled weights against the
     Hessians of their scaled inputs. GPTQ's error feedback takes the place of AWQ's clipping
     search. Measured against AWQ and GPTQ alone: benchmarks/results/int4-formats/fast-quality/."""
-    inputs = awq_scale_layer(work, cfg, arch)
-    hessians: dict[int, HessianAccumulator] = {}  # linears reading one tensor share a Hessian
-    for role, linear in work.linears.items():
-        xs = inputs[role]
-        hessian = hessians.get(id(xs[0]))
-        if hessian is None:
-            hessian = hessians[id(xs[0])] = HessianAccumulator(linear.in_features)
-            for x in xs:
-                hessian.add(x)
-        q = gptq_quantize(linear.weight, hessian.H, cfg.spec, act_order=cfg.act_order, damp=cfg.damp)
-        store_quantized(linear, q, work.names[role], codes)
+    inputs, scales = awq_scale_layer(work, cfg, arch)
+    shared: dict[int, list[str]] = {}  # linears reading one tensor share a Hessian: rounded as one
+    for role in work.linears:
+        shared.setdefault(id(inputs[role][0]), []).append(role)
+    for roles in shared.values():
+        hessian = HessianAccumulator(work.linears[roles[0]].in_features)
+        s = scales.get(roles[0])
+        for x in inputs[roles[0]]:
+            hessian.add(x if s is None else x / s)  # what the scaled linears now receive
+        qs = gptq_quantize_shared([work.linears[r].weight for r in roles], hessian.H, cfg.spec,
+                                  act_order=cfg.act_order, damp=cfg.damp)
+        for role, q in zip(roles, qs):
+            store_quantized(work.linears[role], q, work.names[role], codes)
 
 
-def awq_scale_layer(work: LayerWork, cfg: AwqConfig | AwqGptqConfig, arch: Any) -> dict[str, list[torch.Tensor]]:
+def awq_scale_layer(work: LayerWork, cfg: AwqConfig | AwqGptqConfig,
+                    arch: Any) -> tuple[dict[str, list[torch.Tensor]], dict[str, torch.Tensor]]:
     """AWQ's activation-aware scaling of each smoothing group of the layer (exact in float:
     the feeding op is scaled down by what the linears are scaled up by), the scale chosen by
     grid search on the group's output error after round-to-nearest. Returns each linear's
-    calibration inputs as it now receives them (scaled)."""
+    calibration inputs as captured (per batch, before scaling) and, for each scaled linear,
+    the s its inputs are now divided by."""
     layer, spec = work.layer, cfg.spec
     captured = capture_calls(work, {**work.linears, "self_attn": layer.self_attn})
     inputs = {r: [x for x, _ in captured[r]] for r in work.linears}  # q/k/v share tensors
     attn_kwargs = [kw for _, kw in captured["self_attn"]]
     n_loss = max(1, -(-cfg.awq_loss_sequences // cfg.batch_size))  # batches scoring the grid
-
-    def inspect_fn(name: str):
-        if name == "self_attn":
-            return lambda x, b: layer.self_attn(hidden_states=x, **{k: v for k, v in attn_kwargs[b].items()
-                                                                     if k != "hidden_states"})[0]
-        if name == "mlp":
-            return lambda x, b: layer.mlp(x)
-        return lambda x, b: work.linears[name](x)
+    scales: dict[str, torch.Tensor] = {}
 
     for m in awq_mappings(arch):
         linears = {r: work.linears[r] for r in m.linears if r in work.linears}
@@ -74,25 +82,66 @@ def awq_scale_layer(work: LayerWork, cfg: AwqConfig | AwqGptqConfig, arch: Any) 
         if prev is None or (m.prev_kind == "linear" and prev.out_features != next(iter(linears.values())).in_features):
             continue  # e.g. v -> o under GQA: v's outputs are not o's inputs one to one
         xs = inputs[m.linears[0]]
-        fn = inspect_fn(m.inspect)
         originals = {r: lin.weight.data.clone() for r, lin in linears.items()}
-        reference = [fn(xs[b], b) for b in range(min(n_loss, len(xs)))]
-
-        def loss_of(s: torch.Tensor) -> float:
-            for r, lin in linears.items():
-                lin.weight.data.copy_(awq.scaled_fake_quant(originals[r], s, spec))
-            err = sum(float((fn(xs[b], b) - ref).float().pow(2).sum()) for b, ref in enumerate(reference))
-            return err / sum(ref.numel() for ref in reference)
-
+        if m.inspect in linears:
+            loss_of = linear_loss(originals[m.inspect], xs[:n_loss], spec)
+        else:
+            loss_of = block_loss(inspect_fn(work, m.inspect, attn_kwargs), linears, originals, xs[:n_loss], spec)
         s, _, _ = awq.search_scales(awq.activation_channel_mean(xs), list(originals.values()), spec,
                                     loss_of, cfg.awq_grid)
         for r, lin in linears.items():
             lin.weight.data.copy_(originals[r] * s)
         scale_prev_down(prev, m.prev_kind, s, arch)
-        scaled = [x / s for x in xs]  # what the scaled linears now receive
-        for r in m.linears:
-            inputs[r] = scaled
-    return inputs
+        scales.update({r: s for r in m.linears})
+    return inputs, scales
+
+
+def inspect_fn(work: LayerWork, name: str, attn_kwargs: list[dict]) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """The module whose output scores a smoothing group, as a function of (input, batch index)."""
+    if name == "self_attn":
+        return lambda x, b: work.layer.self_attn(
+            hidden_states=x, **{k: v for k, v in attn_kwargs[b].items() if k != "hidden_states"})[0]
+    if name == "mlp":
+        return lambda x, b: work.layer.mlp(x)
+    return lambda x, b: work.linears[name](x)
+
+
+def block_loss(fn: Callable[[torch.Tensor, int], torch.Tensor], linears: dict[str, torch.nn.Linear],
+               originals: dict[str, torch.Tensor], xs: list[torch.Tensor],
+               spec: QuantSpec) -> Callable[[torch.Tensor], float]:
+    """loss_of(s): the mean squared difference of the block fn's output on the batches xs
+    with the linears' weights replaced by scaled_fake_quant(W, s), from its float output."""
+    reference = [fn(x, b) for b, x in enumerate(xs)]
+    numel = sum(ref.numel() for ref in reference)
+
+    def loss_of(s: torch.Tensor) -> float:
+        for r, lin in linears.items():
+            lin.weight.data.copy_(awq.scaled_fake_quant(originals[r], s, spec))
+        return sum(float((fn(x, b) - ref).float().pow(2).sum()) for b, (x, ref) in enumerate(zip(xs, reference))) / numel
+
+    return loss_of
+
+
+def linear_loss(W: torch.Tensor, xs: list[torch.Tensor], spec: QuantSpec) -> Callable[[torch.Tensor], float]:
+    """block_loss for a block that is the scaled linear itself (down after up, o after v):
+    the error x (W_s - W)^T of its output, scored through the Gram matrix of its inputs
+    (awq.linear_output_error) where that is the cheaper product (fewer input channels than
+    scoring tokens), else on the inputs themselves."""
+    n_tokens = sum(x.numel() // x.shape[-1] for x in xs)
+    numel = n_tokens * W.shape[0]
+    if W.shape[1] < n_tokens:
+        G = gram(xs)
+        return lambda s: awq.linear_output_error(awq.scaled_fake_quant(W, s, spec) - W, G) / numel
+    return lambda s: sum(float((x @ (awq.scaled_fake_quant(W, s, spec) - W).t()).pow(2).sum()) for x in xs) / numel
+
+
+def gram(xs: list[torch.Tensor]) -> torch.Tensor:
+    """sum over every token row x of xs of x x^T: (in, in)."""
+    n = xs[0].shape[-1]
+    G = torch.zeros(n, n, device=xs[0].device)
+    for x in xs:
+        add_gram_(G, x.reshape(-1, n).float(), 1.0)
+    return G
 
 
 def scale_prev_down(prev: torch.nn.Module, kind: str, s: torch.Tensor, arch: Any) -> None:

@@ -13,6 +13,10 @@ from calibration.rtn import QuantizedLinear
 from calibration.sequential import LayerWork, call_layer
 
 
+class _Captured(Exception):
+    pass
+
+
 @contextmanager
 def pre_hooks(hooks: Sequence[tuple[torch.nn.Module, Callable]], with_kwargs: bool = False) -> Iterator[None]:
     """Forward pre-hooks (module, fn) for the duration of the block, removed however it ends."""
@@ -37,8 +41,7 @@ def capture_calls(work: LayerWork, modules: dict[str, torch.nn.Module]) -> dict[
     def recorder(name: str) -> Callable:
         return lambda _m, args, kwargs: seen[name].append((args[0] if args else kwargs["hidden_states"], kwargs))
 
-    with pre_hooks([(module, recorder(name)) for name, module in modules.items()], with_kwargs=True):
-        work.run()
+    run_to_last_hook(work, [(module, recorder(name)) for name, module in modules.items()], with_kwargs=True)
     return seen
 
 
@@ -59,13 +62,30 @@ def observe_shared_inputs(work: LayerWork, new_stat: Callable[[str], Any],
             update(stat, args[0])
 
         hooks.append((work.linears[present[0]], observe))
-    with pre_hooks(hooks):
-        work.run()
+    run_to_last_hook(work, hooks)
     return stats
 
 
-class _Captured(Exception):
-    pass
+def run_to_last_hook(work: LayerWork, hooks: Sequence[tuple[torch.nn.Module, Callable]],
+                     with_kwargs: bool = False) -> None:
+    """Run the layer on every batch with these forward pre-hooks, each run cut short once every
+    hooked module has had its input: what follows (the MLP's down projection and the rest of
+    the layer, when down is hooked) would be computed for nothing."""
+    waiting: set[int] = set()
+
+    def reached(module: torch.nn.Module, _args) -> None:  # registered last: runs after the hooks
+        waiting.discard(id(module))
+        if not waiting:
+            raise _Captured
+
+    modules = {id(m): m for m, _ in hooks}
+    with pre_hooks(hooks, with_kwargs=with_kwargs), pre_hooks([(m, reached) for m in modules.values()]):
+        for x, kwargs in zip(work.inputs, work.kwargs):
+            waiting.update(modules)
+            try:
+                call_layer(work.layer, x, kwargs)
+            except _Captured:
+                pass
 
 
 def input_of(layer: torch.nn.Module, module: torch.nn.Module, x: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
