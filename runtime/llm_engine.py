@@ -178,7 +178,7 @@ class LLMEngine:
         onnxruntime's memory arena has grown before the first real request is timed."""
         n = max(1, min(self.scheduler.prefill_chunk, self.max_tokens() - 1))
         params = SamplingParams(max_new_tokens=2, ignore_eos=True)
-        self.run([self.make_sequence([0] * n, params, f"warmup-{i}", detokenize=False)
+        self.run([self.make_sequence([i] * n, params, f"warmup-{i}", detokenize=False)  # distinct: none cached
                   for i in range(self.scheduler.max_running)])
         if hasattr(self.executor, "capture"):  # CUDA graphs of every decode batch bucket
             self.executor.capture()
