@@ -13,6 +13,7 @@ calibrated ones share the layer-by-layer driver (sequential.py), each with its p
 from __future__ import annotations
 
 import copy
+import dataclasses
 import fnmatch
 import time
 from dataclasses import dataclass, field
@@ -134,12 +135,33 @@ def quantize_calibrated(loaded: Any, cfg: Calibrated, keep: Callable[[str], bool
     quantized model's last hidden states. With `progress`, each finished layer is kept on disk
     and, resuming, the layers kept there are restored instead of calibrated again."""
     windows = calibration_windows(loaded, cfg)
+    device = calibration_device(cfg.calib_device)
     manifest["calibration"] = {"spec": cfg.calib, "windows": list(windows.shape),
-                               "tokens": int(windows.size), "sha256": windows_hash(windows)}
+                               "tokens": int(windows.size), "sha256": windows_hash(windows), "device": device}
     restore, finished = kept_layers(loaded, cfg, manifest, codes, progress, quiet) if progress else (None, None)
-    return run_sequential(loaded.model, loaded.arch, windows, cfg.batch_size,
-                          partial(step, cfg=cfg, codes=codes, arch=loaded.arch), keep, quiet,
-                          float_stream=float_stream, restore=restore, finished=finished)
+
+    def quantize_layer(work: LayerWork) -> None:
+        step(work, cfg=cfg, codes=codes, arch=loaded.arch)
+        for name in work.names.values():  # the codes leave the device with their layer
+            if name in codes:
+                codes[name] = tensors_to_cpu(codes[name])
+
+    return run_sequential(loaded.model, loaded.arch, windows, cfg.batch_size, quantize_layer, keep, quiet,
+                          float_stream=float_stream, restore=restore, finished=finished, device=device)
+
+
+def calibration_device(requested: str) -> str:
+    """`auto`: cuda where torch sees a GPU, else cpu."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def tensors_to_cpu(record: Any) -> Any:
+    """A dataclass of codes (QuantizedLinear, Fp8Linear) with its tensors on the CPU."""
+    moved = {f.name: getattr(record, f.name).cpu() for f in dataclasses.fields(record)
+             if isinstance(getattr(record, f.name), torch.Tensor)}
+    return dataclasses.replace(record, **moved) if moved else record
 
 
 def kept_layers(loaded: Any, cfg: Calibrated, manifest: dict, codes: dict, progress: Progress, quiet: bool):

@@ -13,7 +13,7 @@ With `float_stream`, the driver also carries the float model's own hidden states
 quantized layer to the float model's outputs (GPTAQ) read them as `LayerWork.float_inputs`.
 
 Peak memory is the model plus one layer's activations over the calibration set (two with
-`float_stream`).
+`float_stream`); on a GPU (`device`), one layer and the activations.
 """
 
 from __future__ import annotations
@@ -64,32 +64,51 @@ def run_sequential(model: Any, arch: ArchSpec, windows: np.ndarray, batch_size: 
                    quantize_layer: Callable[[LayerWork], None], keep: Callable[[str], bool],
                    quiet: bool = False, float_stream: bool = False,
                    restore: Callable[[LayerWork], bool] | None = None,
-                   finished: Callable[[LayerWork], None] | None = None) -> list[torch.Tensor]:
+                   finished: Callable[[LayerWork], None] | None = None, device: str = "cpu") -> list[torch.Tensor]:
     """Quantize `model` layer by layer on `windows` (N, L) with `quantize_layer`; returns the
-    quantized model's last hidden states per batch (before the final norm). `restore(work)`
-    may put a layer back as an earlier run left it (True: not quantized again); `finished(work)`
-    is told of each layer quantized."""
+    quantized model's last hidden states per batch (before the final norm), on the CPU.
+    `restore(work)` may put a layer back as an earlier run left it (True: not quantized again);
+    `finished(work)` is told of each layer quantized.
+
+    With `device` "cuda", the activations live on the GPU and each layer moves there for its
+    own turn (tensors the method creates default to that device), then back: the GPU holds
+    one layer and the activations, whatever the model's size."""
     batches = [torch.from_numpy(windows[i:i + batch_size]) for i in range(0, len(windows), batch_size)]
     with torch.no_grad():
-        inputs, kwargs = _record_layer_calls(model, batches)
+        inputs, kwargs = _record_layer_calls(model, batches)  # the embeddings, where the model is
+        inputs, kwargs = to_device(inputs, device), to_device(kwargs, device)
         float_inputs = inputs if float_stream else None
         layers = decoder_layers(model)
         with bar("quantizing layers", len(layers), quiet) as advance:
             for i, layer in enumerate(layers):
                 names = {r: n for r, n in module_names(arch, i).items() if not keep(n)}
                 linears = {r: model.get_submodule(n) for r, n in names.items()}
+                layer.to(device)
                 work = LayerWork(i, layer, inputs, [kw[i] for kw in kwargs], linears, names,
                                  float_inputs=float_inputs)
-                if float_inputs is not None:  # the float model's next hidden states, before quantizing
-                    float_inputs = [call_layer(layer, x, kw) for x, kw in zip(float_inputs, work.kwargs)]
-                if restore is None or not restore(work):
-                    if linears:
-                        quantize_layer(work)
-                    if finished is not None:
-                        finished(work)
-                inputs = work.run()
+                with torch.device(device):
+                    if float_inputs is not None:  # the float model's next hidden states, before quantizing
+                        float_inputs = [call_layer(layer, x, kw) for x, kw in zip(float_inputs, work.kwargs)]
+                    if restore is None or not restore(work):
+                        if linears:
+                            quantize_layer(work)
+                        if finished is not None:
+                            finished(work)
+                    inputs = work.run()
+                layer.to("cpu")
                 advance()
-    return inputs
+    return to_device(inputs, "cpu")
+
+
+def to_device(value: Any, device: str) -> Any:
+    """Tensors in (nested lists, tuples and dicts of) `value` moved to `device`."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: to_device(v, device) for k, v in value.items()}
+    return value
 
 
 def _record_layer_calls(model: Any, batches: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[list[dict]]]:

@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 from optimizer.core.engine_format import LAYOUTS
 from optimizer.core.errors import InputError
-from optimizer.core.quant_defaults import BITS, DEFAULTS, DISTILL_DEVICES, OBSERVERS
+from optimizer.core.quant_defaults import BITS, CALIB_DEVICES, DEFAULTS, DISTILL_DEVICES, OBSERVERS
 
 # onnxruntime: kernels of onnxruntime's CPU and CUDA providers; onnxruntime-cuda: may use
 # CUDA-only kernels (FP8: MatMulBlockQuantizedFp8Weight), verified on the CUDA provider;
@@ -115,6 +115,9 @@ class QuantSection:
                                         "file).")
     calib_seed: int | None = opt(DEFAULTS["calib_seed"], "Draw calibration windows at random with this seed.")
     calib_allow_fewer: bool = opt(DEFAULTS["calib_allow_fewer"], "Too little calibration text: warn and go on.")
+    calib_device: str = opt(DEFAULTS["calib_device"], "Where AWQ/GPTQ/FP8 calibrate, one decoder layer at a time: "
+                                                      "auto = cuda when torch sees a GPU, else cpu.",
+                            choices=CALIB_DEVICES)
     keep: list[str] = opt([], "Module-name pattern kept in float (repeatable); embeddings always are.")
     lm_head_bits: int | None = opt(DEFAULTS["lm_head_bits"], "Also quantize the output projection (none = keep it "
                                                              "in float; --quant int4 on --target onnxruntime: 8, "

@@ -7,11 +7,14 @@ from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from optimizer.core.errors import InputError
-from optimizer.core.quant_defaults import DEFAULTS
+from optimizer.core.quant_defaults import CALIB_DEVICES, DEFAULTS
 
 # what every configuration records in the manifest: the version of its settings, its method
 # and the weight format (fields of the integer methods, constants of FP8's)
 MANIFEST_HEAD = ("version", "method", "bits", "group_size", "symmetric", "lm_head_bits")
+# settings that say where the work runs, not what it computes: left out of the settings the
+# manifest records (the calibration record names the device used)
+WHERE_IT_RUNS = frozenset({"calib_device"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,7 +48,8 @@ class QuantConfig:
         """The manifest's record of these settings: MANIFEST_HEAD and the fields in effect, in
         the order of DEFAULTS."""
         values = {name: getattr(self, name) for name in MANIFEST_HEAD}
-        values.update({f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.inactive()})
+        values.update({f.name: getattr(self, f.name) for f in fields(self)
+                       if f.name not in self.inactive() and f.name not in WHERE_IT_RUNS})
         values["keep"] = list(self.keep)
         return {name: values[name] for name in ("version", *DEFAULTS) if name in values}
 
@@ -58,6 +62,7 @@ class Calibrated(QuantConfig):
     calib_seed: int | None = DEFAULTS["calib_seed"]  # draw the windows at random with this seed
     calib_allow_fewer: bool = DEFAULTS["calib_allow_fewer"]  # too little text: warn and use what there is
     batch_size: int = DEFAULTS["batch_size"]  # sequences per forward in the layer-by-layer driver
+    calib_device: str = DEFAULTS["calib_device"]  # where the layers are calibrated (CALIB_DEVICES)
 
     def validate(self) -> None:
         super().validate()
@@ -67,6 +72,15 @@ class Calibrated(QuantConfig):
         from calibration.data import check_source, parse_spec
 
         check_source(parse_spec(self.calib).source)
+        if self.calib_device not in CALIB_DEVICES:
+            raise InputError(f"unknown calibration device {self.calib_device!r}",
+                             hint="choose " + ", ".join(CALIB_DEVICES))
+        if self.calib_device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise InputError("--calib-device cuda: torch sees no CUDA device here",
+                                 hint="use --calib-device auto (cpu here) or cpu")
 
 
 # the calibration text settings: a run names its text once for all the methods it builds (a

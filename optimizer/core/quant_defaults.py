@@ -15,6 +15,7 @@ DEFAULT_KEEP = ("lm_head", "*embed_tokens*")  # module-name patterns always kept
 OBSERVERS = ("minmax", "percentile", "mse")  # FP8 activation-scale observers (calibration/fp8.py)
 FP8_WEIGHT_ROUNDING = ("nearest", "gptq", "gptaq")
 DISTILL_DEVICES = ("cpu", "cuda")
+CALIB_DEVICES = ("auto", "cpu", "cuda")  # auto: cuda where torch sees a GPU, else cpu
 
 # setting -> default (calibration.config's fields say what each means), in the order manifests
 # list the settings (the order engines have always had)
@@ -33,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "calib_seed": None,
     "calib_allow_fewer": False,
     "batch_size": 8,
+    "calib_device": "auto",
     "lm_head_bits": None,
     "observer": "minmax",
     "percentile": 99.99,
