@@ -64,11 +64,20 @@ def test_gpu_calibration_computes_what_the_cpu_computes(tiny_hf_folders, method)
         loaded = load_model(tiny_hf_folders["qwen2"], quiet=True)
         cfg = quant_config(method, group_size=32, calib=CALIB, calib_device=device, act_order=method == "gptq")
         results[device] = (quantize_model(loaded, cfg, quiet=True), loaded.model)
-    (cpu, _), (gpu, gpu_model) = results["cpu"], results["cuda"]
+    (cpu, cpu_model), (gpu, gpu_model) = results["cpu"], results["cuda"]
     assert gpu.manifest["calibration"]["device"] == "cuda"
     assert all(p.device.type == "cpu" for p in gpu_model.parameters())
+    same = []
     for name, q in cpu.codes.items():
         got = gpu.codes[name]
         assert got.qweight.device.type == "cpu" and got.qweight.shape == q.qweight.shape
-        same = (got.qweight == q.qweight).float().mean().item()
-        assert same > 0.97, (name, same)  # float rounding on the GPU flips a few codes at most
+        same.append((got.qweight == q.qweight).float().mean().item())
+    # GPTQ rounds column by column: float rounding on the GPU flips a few codes; AWQ picks a
+    # scale per layer from a grid, and near ties (common in a random tiny model) may go the other
+    # way, changing a whole linear's codes: the models must still compute the same
+    assert min(same) > (0.97 if method == "gptq" else 0.5), same
+    ids = torch.arange(3, 40)[None]
+    with torch.no_grad():
+        a, b = cpu_model(input_ids=ids).logits, gpu_model(input_ids=ids).logits
+    assert torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1] > 0.99
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.9

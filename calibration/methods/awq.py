@@ -35,8 +35,9 @@ def spread_rows(xs: list[torch.Tensor], n: int) -> torch.Tensor:
     """n token rows spread evenly over the batches xs (each (..., in)), first and last
     included: rows linspace(0, total - 1, n) of their concatenation, without concatenating."""
     flat = [x.reshape(-1, x.shape[-1]) for x in xs]
-    starts = torch.tensor([0] + [len(f) for f in flat]).cumsum(0)
-    idx = torch.linspace(0, int(starts[-1]) - 1, min(n, int(starts[-1]))).long()
+    device = flat[0].device  # the activations' (the GPU where calibration runs there)
+    starts = torch.tensor([0] + [len(f) for f in flat], device=device).cumsum(0)
+    idx = torch.linspace(0, int(starts[-1]) - 1, min(n, int(starts[-1])), device=device).long()
     which = torch.searchsorted(starts, idx, right=True) - 1  # the batch of each row
     return torch.cat([flat[b][idx[which == b] - starts[b]] for b in range(len(flat)) if (which == b).any()])
 
