@@ -19,6 +19,9 @@ Systems:
                            default); prompts sent as token ids, streamed, greedy, EOS ignored
 
 Every request's greedy tokens must be equal with caching off and on (checked, exit 1 if not).
+`--check-alone` also runs each request alone (batch 1) and counts the requests whose tokens in
+each run differ from their tokens alone: on an engine that is not batch-invariant (int4 with
+`--accuracy-level 4`, see README Limits) batching alone changes some tokens, cache or not.
 Results: OUT/results.json (with the command line) and OUT/table.md.
 """
 
@@ -37,7 +40,7 @@ from pathlib import Path
 from calibration.data import load_text
 from optimizer.replay import replay
 from optimizer.workload import Request, make_shared_prefix_workload, summarize
-from runtime import Engine
+from runtime import Engine, SamplingParams
 
 
 def run_ours(engine: Engine, requests: list[Request], caching: bool, max_batch: int, chunk: int) -> dict:
@@ -141,6 +144,7 @@ def main() -> None:
     ap.add_argument("--gguf", help="the GGUF model for llama-server")
     ap.add_argument("--parallel", default="32,4", help="llama-server slots: one run per comma-separated value")
     ap.add_argument("--port", type=int, default=8089)
+    ap.add_argument("--check-alone", action="store_true", help="count requests whose tokens differ from alone")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -165,6 +169,11 @@ def main() -> None:
                "output_tok_s_on_over_off": on["output_tok_s"] / off["output_tok_s"],
                "greedy_tokens_equal": not differing, "requests_differing": differing,
                "all_rounds_output_tok_s": {str(c): [r["output_tok_s"] for r in runs[c]] for c in (False, True)}}
+    if args.check_alone:
+        params = SamplingParams(max_new_tokens=args.output_tokens, ignore_eos=True)
+        alone = {str(r.index): engine.generate_ids(r.prompt, params).token_ids for r in requests}
+        summary["requests_differing_from_alone"] = {
+            row["system"]: [i for i in alone if row["outputs"][i] != alone[i]] for row in (off, on)}
     for r in rows[2:]:
         summary[f"ours_on_over_{r['system']}"] = {"output_tok_s": on["output_tok_s"] / r["output_tok_s"],
                                                  "ttft_p50": r["ttft_s_p50"] / on["ttft_s_p50"]}
@@ -172,6 +181,8 @@ def main() -> None:
             f"{args.output_tokens} output tokens each, all at t=0, {args.threads} threads\n\n{table(rows)}\n\n"
             f"prefix caching on vs off: TTFT p50 {summary['ttft_p50_off_over_on']:.2f}x lower, output tok/s "
             f"{summary['output_tok_s_on_over_off']:.2f}x; greedy tokens equal: {not differing}\n")
+    for system, ids in summary.get("requests_differing_from_alone", {}).items():
+        text += f"{system}: {len(ids)} of {len(requests)} requests differ from the request alone\n"
     print(text)
     (args.out / "table.md").write_text(text)
     (args.out / "results.json").write_text(json.dumps(
