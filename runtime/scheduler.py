@@ -69,7 +69,8 @@ class Scheduler:
         if seq.request_id in self.pool.holders():
             if self.on_release is not None:
                 self.on_release(seq)
-            self.pool.sync(seq.request_id, seq.all_ids, seq.num_computed)
+            if self.pool.prefix_caching:  # what it wrote stays cached
+                self.pool.sync(seq.request_id, seq.all_ids, seq.num_computed)
             self.pool.release(seq.request_id)
 
     # -- queue -----------------------------------------------------------------------------
@@ -116,7 +117,8 @@ class Scheduler:
             self.running.append(head)
             self._unstarted.add(head)
 
-        waiting_for_prefix = {s for s in self.running if s in self._unstarted and not self._start(s, plan)}
+        waiting_for_prefix = ({s for s in self.running if s in self._unstarted and not self._start(s, plan)}
+                              if self._unstarted else set())
         budget = self.prefill_budget
         for seq in self.running:
             if seq in waiting_for_prefix:
