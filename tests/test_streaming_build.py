@@ -136,3 +136,24 @@ def test_layer_by_layer_runs_the_model_in_the_memory_of_one_layer(tiny_hf_folder
     with materialized(streamed.model, "model.layers.0.mlp", streamed.weights, streamed.arch) as mlp:
         assert torch.equal(mlp.up_proj.weight, eager.model.layers[0].mlp.up_proj.weight)
     assert streamed.model.model.layers[0].mlp.up_proj.weight.is_meta
+
+
+def test_a_lying_or_truncated_checkpoint_is_refused_before_reading(tmp_path):
+    good = tmp_path / "good.safetensors"
+    save_file({"w": torch.arange(12, dtype=torch.float32).reshape(3, 4)}, str(good))
+    data = good.read_bytes()
+    assert torch.equal(SafetensorsSource([good]).tensor("w", slice(1, 3)), torch.arange(4, 12.).reshape(2, 4))
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(data[:-8])
+    with pytest.raises(InputError, match="does not fit"):
+        SafetensorsSource([truncated])
+    length = int.from_bytes(data[:8], "little")
+    header = data[8:8 + length].replace(b"[3,4]", b"[4,4]")  # a shape its bytes do not hold
+    lying = tmp_path / "lying.safetensors"
+    lying.write_bytes(len(header).to_bytes(8, "little") + header + data[8 + length:])
+    with pytest.raises(InputError, match="does not fit"):
+        SafetensorsSource([lying])
+    huge = tmp_path / "huge.safetensors"
+    huge.write_bytes((10 ** 15).to_bytes(8, "little") + data[8:])
+    with pytest.raises(InputError, match="header of"):
+        SafetensorsSource([huge])

@@ -139,26 +139,26 @@ def materialized(model: Any, module_name: str, weights: WeightSource, arch: Any,
 
 @contextmanager
 def layer_by_layer(model: Any, weights: WeightSource, arch: Any, override: Override | None = None) -> Iterator[Any]:
-    """`model` runnable as usual in the memory of one decoder layer: the parameters outside
-    the decoder layers (embeddings, final norm, lm_head) are filled for the whole block, each
-    layer's only during its own call."""
-    layers = model.model.layers
-    inside = {id(p) for layer in layers for p in layer.parameters()}
-    outside = [(m, n, full) for m, n, full in _owners(model, "") if id(m._parameters[n]) not in inside]
+    """`model` runnable as usual in the memory of its largest part: each decoder layer, the
+    embedding and the output projection hold real parameters only during their own call; the
+    small rest (norms) for the whole block."""
+    names = {id(m): name for name, m in model.named_modules()}
+    parts = [*model.model.layers, model.get_input_embeddings(), model.get_output_embeddings()]
+    part_owners = [_owners(part, names[id(part)] + ".") for part in parts]
+    inside = {(id(m), n) for owners in part_owners for m, n, _ in owners}
+    rest = [(m, n, full) for m, n, full in _owners(model, "") if (id(m), n) not in inside]
     hooks = []
-    for i, layer in enumerate(layers):
-        owners = _owners(layer, arch.layer_prefix.format(i=i))
-        hooks.append(layer.register_forward_pre_hook(lambda *_a, o=owners: _fill(model, o, weights, arch, override)))
-        hooks.append(layer.register_forward_hook(lambda *_a, o=owners: _empty(o)))
+    for part, owners in zip(parts, part_owners):
+        hooks.append(part.register_forward_pre_hook(lambda *_a, o=owners: _fill(model, o, weights, arch, override)))
+        hooks.append(part.register_forward_hook(lambda *_a, o=owners: _empty(o)))
     try:
-        _fill(model, outside, weights, arch, override)
+        _fill(model, rest, weights, arch, override)
         yield model
     finally:
         for hook in hooks:
             hook.remove()
-        _empty(outside)
-        for i, layer in enumerate(layers):  # a layer whose call raised
-            _empty(_owners(layer, arch.layer_prefix.format(i=i)))
+        for owners in [rest, *part_owners]:  # also a part whose call raised
+            _empty(owners)
 
 
 @contextmanager

@@ -4,8 +4,9 @@ A `WeightSource` answers, by state-dict name, whether a tensor exists, its shape
 tensor itself as float32, or a range of its rows (materialized on each call, never cached
 here), so a build can hold one layer's weights at a time whatever the model's size:
 
-- `SafetensorsSource`: the *.safetensors files of a HuggingFace folder, memory-mapped
-  (safetensors' own reader; only the requested tensor's bytes are read);
+- `SafetensorsSource`: the *.safetensors files of a HuggingFace folder, read with positioned
+  reads (only the requested tensor's bytes, or rows; no memory map, whose pages would count
+  in the build's resident memory);
 - `ModuleSource`: the parameters and buffers of a torch module already in memory (the
   ordinary build), so capture reads both kinds of model through one interface.
 
@@ -15,9 +16,12 @@ answered with the embedding's tensor: `tied_to` names the table it reads.
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+import json
+import math
+import struct
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Iterable, Protocol
 
 import torch
 
@@ -34,53 +38,112 @@ class WeightSource(Protocol):
     def tensor(self, name: str, rows: slice | None = None) -> torch.Tensor: ...
 
 
+# safetensors dtype names -> torch dtypes (the float and integer kinds checkpoints hold)
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+_MAX_HEADER = 100 << 20  # a safetensors header is JSON; anything near this is not a checkpoint
+
+
+@dataclass(frozen=True)
+class _Entry:
+    path: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int  # of the tensor's first byte in the file
+    nbytes: int
+
+
 class SafetensorsSource:
-    """The tensors of `files` (one checkpoint, possibly sharded), read lazily."""
+    """The tensors of `files` (one checkpoint, possibly sharded), each read when asked for.
+
+    The header is parsed here, bounds-checked against the file, and a tensor (or a range of its
+    rows) is read with positioned reads into memory of its own: nothing is memory-mapped, so
+    the file's pages do not stay in this process's resident memory once the tensor is gone."""
 
     def __init__(self, files: list[Path]) -> None:
-        from safetensors import safe_open
-
-        self._stack = ExitStack()
-        self._where: dict[str, Any] = {}
+        self._entries: dict[str, _Entry] = {}
         for path in files:
-            try:
-                handle = self._stack.enter_context(safe_open(str(path), framework="pt"))
-            except Exception as exc:  # safetensors raises its own errors on bad headers
-                self._stack.close()
-                raise InputError(f"cannot read {path}: {exc}",
-                                 hint="check that the .safetensors files are complete and not corrupted") from exc
-            for name in handle.keys():
-                if name in self._where:
-                    self._stack.close()
-                    raise InputError(f"tensor {name!r} is in two checkpoint files ({path.name} and another)",
+            for name, entry in _read_header(path).items():
+                if name in self._entries:
+                    raise InputError(f"tensor {name!r} is in two checkpoint files ({path.name} and "
+                                     f"{self._entries[name].path.name})",
                                      hint="the folder should hold one checkpoint: remove stray .safetensors files")
-                self._where[name] = handle
+                self._entries[name] = entry
 
     def names(self) -> Iterable[str]:
-        return self._where.keys()
+        return self._entries.keys()
 
     def has(self, name: str) -> bool:
-        return name in self._where
+        return name in self._entries
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._handle(name).get_slice(name).get_shape())
+        return self._entry(name).shape
 
     def tensor(self, name: str, rows: slice | None = None) -> torch.Tensor:
         """float32; `rows` reads only those rows (dimension 0) from the file."""
-        handle = self._handle(name)
-        if rows is None:
-            return handle.get_tensor(name).float()
-        return handle.get_slice(name)[rows].float()
+        e = self._entry(name)
+        shape, offset, nbytes = e.shape, e.offset, e.nbytes
+        if rows is not None:
+            start, stop, _ = rows.indices(shape[0])
+            row_bytes = nbytes // shape[0] if shape[0] else 0
+            shape = (max(0, stop - start),) + shape[1:]
+            offset, nbytes = offset + start * row_bytes, shape[0] * row_bytes
+        raw = torch.empty(nbytes, dtype=torch.uint8)
+        with e.path.open("rb") as f:
+            f.seek(offset)
+            if f.readinto(memoryview(raw.numpy())) != nbytes:
+                raise InputError(f"{e.path} ends inside tensor {name!r}",
+                                 hint="the file is truncated: copy or download it again")
+        return raw.view(e.dtype).reshape(shape).float()
 
-    def _handle(self, name: str) -> Any:
-        handle = self._where.get(name)
-        if handle is None:
+    def _entry(self, name: str) -> _Entry:
+        entry = self._entries.get(name)
+        if entry is None:
             raise InputError(f"the checkpoint has no tensor {name!r}",
                              hint="the checkpoint does not match its config's architecture")
-        return handle
+        return entry
 
-    def close(self) -> None:
-        self._stack.close()
+
+def _read_header(path: Path) -> dict[str, _Entry]:
+    """A safetensors file's tensors, each checked to lie inside the file with the size its
+    dtype and shape imply."""
+    bad = lambda why: InputError(f"{path} is not a valid safetensors file: {why}",  # noqa: E731
+                                 hint="check that the .safetensors files are complete and not corrupted")
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise bad("shorter than its 8-byte header length")
+        length = struct.unpack("<Q", head)[0]
+        if length > min(_MAX_HEADER, size - 8):
+            raise bad(f"a header of {length} bytes in a file of {size}")
+        try:
+            header = json.loads(f.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise bad(f"its header is not JSON ({exc})") from exc
+    if not isinstance(header, dict):
+        raise bad("its header is not a JSON object")
+    base, entries = 8 + length, {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if isinstance(info, dict) and info.get("dtype") not in _DTYPES:
+            raise InputError(f"{path}: tensor {name!r} is stored as {info.get('dtype')!r}, which --stream does not read",
+                             hint="dtypes read: " + ", ".join(_DTYPES) + "; drop --stream for this checkpoint")
+        try:
+            dtype = _DTYPES[info["dtype"]]
+            shape = tuple(int(d) for d in info["shape"])
+            start, end = (int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise bad(f"tensor {name!r} has no dtype / shape / data_offsets it can read ({exc})") from exc
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        if any(d < 0 for d in shape) or not 0 <= start <= end or base + end > size \
+                or math.prod(shape) * itemsize != end - start:
+            raise bad(f"tensor {name!r} ({info['dtype']} {list(shape)}) at bytes [{start}, {end}) does not fit "
+                      f"the file's {size - base} data bytes")
+        entries[name] = _Entry(path, dtype, shape, base + start, end - start)
+    return entries
 
 
 class ModuleSource:
