@@ -1,7 +1,7 @@
 """Peak memory and wall time of `optimize model` per quantization method and model size.
 
     python benchmarks/build_memory.py --shapes smollm2-135m,llama-3.2-1b --methods rtn,gptq,awq \
-        --work /tmp/bm --calib c4:16x512 [--results bm.jsonl]
+        --work /tmp/bm --calib c4:16x512 [--stream] [--results bm.jsonl]
 
 For each shape, a random-weight bf16 checkpoint (`optimize random-checkpoint`, reused when
 present) with the SmolLM2 tokenizer copied in (calibration tokenizes text); then one
@@ -45,11 +45,11 @@ def checkpoint(shape: str, work: Path) -> Path:
     return out
 
 
-def build(ckpt: Path, method: str, calib: str, out: Path) -> dict:
+def build(ckpt: Path, method: str, calib: str, out: Path, stream: bool = False) -> dict:
     """One build in a child process: its wall time and peak RSS (the largest child so far, so
     each build runs after a fresh fork of this small harness)."""
     cmd = OPTIMIZE + ["model", str(ckpt), "--quant", "int4", "--method", method, "--out", str(out),
-                      "--overwrite", "-q"] + (["--calib", calib] if method != "rtn" else [])
+                      "--overwrite", "-q"] + (["--calib", calib] if method != "rtn" else []) + (["--stream"] if stream else [])
     probe = [sys.executable, "-c", "import resource, subprocess, sys, json, time; t = time.perf_counter(); "
              "r = subprocess.run(sys.argv[1:]); "
              "print(json.dumps({'rc': r.returncode, 'seconds': time.perf_counter() - t, "
@@ -68,15 +68,17 @@ def main() -> None:
     ap.add_argument("--calib", default="c4:16x512")
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--results", type=Path)
+    ap.add_argument("--stream", action="store_true", help="build with --stream (weights read from disk as needed)")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     for shape in args.shapes.split(","):
         ckpt = checkpoint(shape, args.work)
         for method in args.methods.split(","):
             out = args.work / f"engine-{shape}-{method}"
-            r = build(ckpt, method, args.calib, out)
+            r = build(ckpt, method, args.calib, out, args.stream)
             engine_gb = folder_gb(out)
-            record = {"shape": shape, "method": method, "calib": None if method == "rtn" else args.calib,
+            record = {"shape": shape, "method": method, "stream": args.stream,
+                      "calib": None if method == "rtn" else args.calib,
                       "seconds": round(r["seconds"], 1), "peak_rss_gb": round(r["peak_rss_kb"] * 1024 / 1e9, 2),
                       "checkpoint_gb": round(folder_gb(ckpt), 2), "engine_gb": round(engine_gb, 2),
                       "peak_over_engine_gib": round((r["peak_rss_kb"] * 1024 - engine_gb * 1e9) / 2 ** 30, 2),

@@ -8,6 +8,7 @@ our loader and cached under $OPTIMIZER_CACHE/test/.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -161,3 +162,16 @@ def test_smollm2_fused_engine_equals_unfused(smol_engine, tmp_path):
         session = DecoderSession(engine.dir.model_path, engine.dir.kv_cache)
         logits.append(session.forward(ids, np.ones((1, n)), np.arange(n)[None], session.empty_cache(1))[0])
     assert np.abs(logits[0] - logits[1]).max() <= 1e-3 * np.abs(logits[1]).max()
+
+
+def test_smollm2_streamed_build_is_the_in_memory_build(tmp_path):
+    """--stream on real weights (SmolLM2 as a safetensors folder, plain --quant int4: its
+    asymmetric groups, 8-bit tied head gathered from its codes): the same engine bytes."""
+    folder = converted("smollm2-135m")
+    digests = []
+    for flags in ([], ["--stream"]):
+        out = tmp_path / f"e{len(flags)}"
+        result = CliRunner().invoke(main, ["model", str(folder), "--quant", "int4", "--out", str(out), "-q", *flags])
+        assert result.exit_code == 0, result.output
+        digests.append({f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in out.glob("model.onnx*")})
+    assert digests[0] == digests[1]
