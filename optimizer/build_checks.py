@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import onnx_ir as ir
 
+from calibration.config import AwqConfig, AwqGptqConfig, GptqConfig
 from calibration.data import check_source, parse_spec
 from optimizer.core.artifact import check_output_dir
 from optimizer.core.errors import InputError
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from optimizer.pipeline import BuildOptions
 
 STANDARD_DOMAINS = ("", "ai.onnx")
+RESUMABLE = (AwqConfig, GptqConfig, AwqGptqConfig)  # calibrated integer methods (calibration.layer_store)
 
 
 def validate_build(opts: "BuildOptions") -> None:
@@ -32,6 +34,10 @@ def validate_build(opts: "BuildOptions") -> None:
                          hint="0 = fp32 compute (default), 4 = int8 activations (fastest on CPU)")
     if opts.quant is not None:
         opts.quant.validate()
+    if opts.resume and not isinstance(opts.quant, RESUMABLE):
+        raise InputError("--resume continues a killed AWQ / GPTQ / AWQ-GPTQ build; this build "
+                         + ("does not quantize" if opts.quant is None else f"is {opts.quant.describe()}"),
+                         hint="drop --resume")
     check_pass_options(opts)
     validate_pass_names([d for d in opts.dump_ir_after if d != "all"], "--dump-ir-after pass")
     validate_target(opts)
