@@ -14,7 +14,8 @@ thread drives it (`runtime.async_engine` adds the threading).
 
 `prefix_caching` (on by default) asks the executor for automatic prefix caching
 (runtime.cached_pools): prompt tokens already in the cache are not computed again. Greedy
-output is the same either way. Executors that cannot cache say why, once per session.
+output is the same either way (on batch-invariant engines: see the README's Limits).
+Executors that cannot cache say why, once per session.
 """
 
 from __future__ import annotations
