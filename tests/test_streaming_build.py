@@ -32,18 +32,20 @@ def engine_digest(path: Path) -> dict[str, str]:
 INT4 = dict(method="rtn", bits=4, group_size=32, symmetric=False, lm_head_bits=8)
 
 
-@pytest.mark.parametrize("model,quant,dtype", [
-    ("llama", INT4, "fp32"),
-    ("qwen2-tied", INT4, "fp32"),  # the tied table quantized once, gathered from its codes
-    ("gemma3", None, "fp16"),  # norm offsets, sliding layers, a float engine
-    ("mistral", dict(method="rtn", bits=8, group_size=None), "fp32"),  # per-channel int8
+@pytest.mark.parametrize("model,quant,dtype,extra", [
+    ("llama", INT4, "fp32", {}),
+    ("llama", INT4, "fp32", {"kv_cache_dtype": "int8", "kv_calib": "tiny:4x32"}),  # scales through the
+    #                                                                       layer-by-layer reference
+    ("qwen2-tied", INT4, "fp32", {}),  # the tied table quantized once, gathered from its codes
+    ("gemma3", None, "fp16", {}),  # norm offsets, sliding layers, a float engine
+    ("mistral", dict(method="rtn", bits=8, group_size=None), "fp32", {}),  # per-channel int8
 ])
-def test_streamed_engine_is_the_in_memory_engine(tiny_hf_folders, tmp_path, model, quant, dtype):
+def test_streamed_engine_is_the_in_memory_engine(tiny_hf_folders, tmp_path, model, quant, dtype, extra):
     digests = []
     for stream in (False, True):
         out = tmp_path / f"e-{stream}"
         opts = BuildOptions(out=out, source=str(tiny_hf_folders[model]), quant=quant and quant_config(**quant),
-                            dtype=dtype, stream=stream, quiet=True, external_data="always")
+                            dtype=dtype, stream=stream, quiet=True, external_data="always", **extra)
         engine = build_engine(opts)
         digests.append(engine_digest(out))
         assert engine.manifest["verification"]["top1_agreement"] > 0.5
