@@ -164,14 +164,16 @@ def test_smollm2_fused_engine_equals_unfused(smol_engine, tmp_path):
     assert np.abs(logits[0] - logits[1]).max() <= 1e-3 * np.abs(logits[1]).max()
 
 
-def test_smollm2_streamed_build_is_the_in_memory_build(tmp_path):
-    """--stream on real weights (SmolLM2 as a safetensors folder, plain --quant int4: its
-    asymmetric groups, 8-bit tied head gathered from its codes): the same engine bytes."""
-    folder = converted("smollm2-135m")
+@pytest.mark.parametrize("source", ["safetensors", "gguf"])
+def test_smollm2_streamed_build_is_the_in_memory_build(tmp_path, smollm2_gguf, source):
+    """--stream on real weights (SmolLM2 as a safetensors folder, or its GGUF file dequantized
+    tensor by tensor; plain --quant int4: asymmetric groups, the 8-bit tied head gathered from
+    its codes): the same engine bytes."""
+    model = converted("smollm2-135m") if source == "safetensors" else smollm2_gguf
     digests = []
     for flags in ([], ["--stream"]):
         out = tmp_path / f"e{len(flags)}"
-        result = CliRunner().invoke(main, ["model", str(folder), "--quant", "int4", "--out", str(out), "-q", *flags])
+        result = CliRunner().invoke(main, ["model", str(model), "--quant", "int4", "--out", str(out), "-q", *flags])
         assert result.exit_code == 0, result.output
         digests.append({f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in out.glob("model.onnx*")})
     assert digests[0] == digests[1]

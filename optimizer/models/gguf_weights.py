@@ -77,7 +77,7 @@ def load_gguf_model(path: Path, config: Any) -> torch.nn.Module:
     parameter must come from the file (a tied output projection comes from the embedding)."""
     from gguf import dequantize
 
-    arch = "gemma3" if config.model_type in ("gemma3", "gemma3_text") else config.model_type
+    arch = gguf_arch(config)
     model = empty_model(config)
     names = hf_names(model, arch, config.num_hidden_layers)
     state = {}
@@ -99,3 +99,43 @@ def load_gguf_model(path: Path, config: Any) -> torch.nn.Module:
                          hint="check that the file is a complete model of a supported architecture")
     model.tie_weights()
     return model
+
+
+def gguf_arch(config: Any) -> str:
+    return "gemma3" if config.model_type in ("gemma3", "gemma3_text") else config.model_type
+
+
+class GgufSource:
+    """A GGUF file's tensors under the model's parameter names, each dequantized (and undone
+    as `fix_tensor` says) to float32 when asked for: the streaming build's view of the file
+    (optimizer.models.weight_source.WeightSource)."""
+
+    def __init__(self, path: Path, config: Any, model: torch.nn.Module) -> None:
+        self.config, self.arch = config, gguf_arch(config)
+        tensors = {t.name: t for t in read_tensors(path)}
+        names = hf_names(model, self.arch, config.num_hidden_layers)
+        self._tensors = {hf: tensors[g] for g, hf in names.items() if g in tensors}
+
+    def names(self):
+        return self._tensors.keys()
+
+    def has(self, name: str) -> bool:
+        return name in self._tensors
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._tensor(name).shape
+
+    def tensor(self, name: str, rows: slice | None = None) -> torch.Tensor:
+        from gguf import dequantize
+
+        t = self._tensor(name)
+        w = fix_tensor(self.arch, t.name, dequantize(t.data, t.tensor_type), self.config)
+        w = np.array(w if rows is None else w[rows], dtype=np.float32)  # a copy: never the mapped file
+        return torch.from_numpy(w)
+
+    def _tensor(self, name: str):
+        t = self._tensors.get(name)
+        if t is None:
+            raise InputError(f"the GGUF file has no tensor for {name!r}",
+                             hint="check that the file is a complete model of a supported architecture")
+        return t

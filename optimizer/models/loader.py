@@ -21,7 +21,7 @@ from optimizer.core.errors import InputError, OptimizerError, UnsupportedModelEr
 from optimizer.core.hashing import sha256_file
 from optimizer.core.architectures import ArchSpec, arch_for_model_type
 from optimizer.models.gguf_fast import fast_gguf
-from optimizer.models.gguf_weights import load_gguf_model
+from optimizer.models.gguf_weights import GgufSource, load_gguf_model
 from optimizer.models.presets import PRESETS, preset_names
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -50,7 +50,8 @@ def load_model(source: str | Path | None = None, *, random_weights: bool = False
                config: str | None = None, tokenizer: str | Path | None = None, seed: int = 0,
                trust_remote_code: bool = False, quiet: bool = False, stream: bool = False) -> LoadedModel:
     """Load from a HF folder or .gguf file, or build random weights from a named config.
-    With `stream`, a HF folder's weights stay on disk (optimizer.models.streamed)."""
+    With `stream`, the weights stay on disk (optimizer.models.streamed): a HF folder's
+    safetensors, or a GGUF file, read tensor by tensor."""
     _quiet_transformers(quiet)
     if stream and random_weights:
         raise InputError("--stream reads a HuggingFace folder's safetensors weights lazily, not random weights",
@@ -75,20 +76,14 @@ def load_model(source: str | Path | None = None, *, random_weights: bool = False
         raise InputError(f"model path does not exist: {path}",
                          hint="pass a HuggingFace folder (config.json + *.safetensors) or a .gguf file")
     if path.is_file():
-        if stream:
-            raise InputError(f"--stream reads HuggingFace folders (config.json + *.safetensors); {path} is a file",
-                             hint="drop --stream for GGUF models")
         if path.suffix.lower() != ".gguf":
             raise InputError(f"{path} is a file but not a GGUF file",
                              hint="pass a .gguf file, or the HuggingFace folder that holds config.json")
-        return _load_gguf(path, trust_remote_code)
+        return _load_gguf(path, trust_remote_code, stream)
     if not (path / "config.json").is_file():
         ggufs = sorted(path.glob("*.gguf"))
-        if len(ggufs) == 1 and stream:
-            raise InputError("--stream reads HuggingFace folders (config.json + *.safetensors); "
-                             f"{path} holds a GGUF file", hint="drop --stream for GGUF models")
         if len(ggufs) == 1:
-            return _load_gguf(ggufs[0], trust_remote_code)
+            return _load_gguf(ggufs[0], trust_remote_code, stream)
         raise InputError(f"{path} holds no model: no config.json" +
                          (f" and {len(ggufs)} .gguf files" if ggufs else " and no .gguf file"),
                          hint="pass a HuggingFace model folder (config.json + *.safetensors) "
@@ -128,12 +123,12 @@ def _load_hf_folder(path: Path, trust_remote_code: bool) -> LoadedModel:
     return _finish(model, arch, tok, {"kind": "huggingface", "path": str(path.resolve()), "files": files})
 
 
-def _load_gguf(path: Path, trust_remote_code: bool) -> LoadedModel:
+def _load_gguf(path: Path, trust_remote_code: bool, stream: bool = False) -> LoadedModel:
     with fast_gguf():  # the metadata parsed once for config and tokenizer
-        return _load_gguf_parts(path)
+        return _load_gguf_parts(path, stream)
 
 
-def _load_gguf_parts(path: Path) -> LoadedModel:
+def _load_gguf_parts(path: Path, stream: bool = False) -> LoadedModel:
     from transformers import AutoConfig, AutoTokenizer
 
     folder, name = path.parent, path.name
@@ -149,11 +144,21 @@ def _load_gguf_parts(path: Path) -> LoadedModel:
     arch = arch_for_model_type(config.model_type)
     if getattr(config, "quantization_config", None) is not None:
         del config.quantization_config  # weights come out dequantized
+    weights = None
     with _reading(path, "the GGUF weights"):
-        model = load_gguf_model(path, config)
+        if stream:  # the parameters on the meta device, each tensor dequantized when read
+            from optimizer.models.streamed import check_weights, skeleton
+
+            model = skeleton(config)
+            weights = GgufSource(path, config, model)
+            check_weights(model, weights, arch)
+        else:
+            model = load_gguf_model(path, config)
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     files = [{"name": name, "sha256": sha256_file(path)}]
-    return _finish(model, arch, tok, {"kind": "gguf", "path": str(path.resolve()), "files": files})
+    loaded = _finish(model, arch, tok, {"kind": "gguf", "path": str(path.resolve()), "files": files})
+    loaded.weights = weights
+    return loaded
 
 
 def _load_random(config_ref: str, tokenizer: str | Path | None, seed: int,
