@@ -18,7 +18,9 @@ import argparse
 import cProfile
 import io
 import json
+import os
 import pstats
+import resource
 import sys
 import time
 from pathlib import Path
@@ -80,6 +82,7 @@ def main() -> None:
         settings["act_order"] = True
     cfg = quant_config(args.method, **settings)
     profiler = cProfile.Profile() if args.profile else None
+    load_before, cpu_before = os.getloadavg()[0], resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     if profiler:
         profiler.enable()
@@ -87,10 +90,16 @@ def main() -> None:
     if profiler:
         profiler.disable()
     seconds = time.perf_counter() - start
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
     n = loaded.config.num_hidden_layers
     record = {"model": Path(args.model).name, "method": args.method, "act_order": args.act_order,
               "calib": args.calib, "layers": n, "seconds": round(seconds, 1),
-              "seconds_per_layer": round(seconds / n, 2), "threads": torch.get_num_threads()}
+              "seconds_per_layer": round(seconds / n, 2), "threads": torch.get_num_threads(),
+              # CPU seconds used (user, system) and the load average before and after: a wall time
+              # well above cpu / threads means the machine was shared
+              "cpu_user_s": round(cpu.ru_utime - cpu_before.ru_utime, 1),
+              "cpu_sys_s": round(cpu.ru_stime - cpu_before.ru_stime, 1),
+              "load": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
     codes = {k: {"qweight": q.qweight, "scales": q.scales, "zeros": q.zeros} for k, q in result.codes.items()}
     if args.codes:
         torch.save(codes, args.codes)

@@ -38,7 +38,7 @@ class HessianAccumulator:
         self.n = total
 
 
-def add_gram_(H: torch.Tensor, x: torch.Tensor, alpha: float, block: int = 1024) -> None:
+def add_gram_(H: torch.Tensor, x: torch.Tensor, alpha: float, block: int = 512) -> None:
     """H += alpha * x^T x for x (tokens, in), H symmetric (in, in). x^T x is symmetric, so
     for wide inputs only the blocks on and above the diagonal are multiplied and the lower
     blocks copied from them: about half the multiply-adds of one addmm."""
@@ -104,9 +104,22 @@ def inverse_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:
     factor is unique: its diagonal is positive). One factorization and one triangular inverse,
     where the reference code factors H, inverts it and factors the inverse."""
     H.diagonal().add_(damp * torch.mean(torch.diag(H)))
-    L = torch.linalg.cholesky(H.flip(0, 1))
-    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
-    return torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1)
+    return lower_triangular_inverse(torch.linalg.cholesky(H.flip(0, 1))).flip(0, 1)
+
+
+def lower_triangular_inverse(L: torch.Tensor, base: int = 256) -> torch.Tensor:
+    """L^-1 of a lower triangular L, by halves: [[A, 0], [B, C]]^-1 = [[A^-1, 0], [-C^-1 B A^-1,
+    C^-1]]. About n^3 / 3 multiply-adds, nearly all in matrix products, where a triangular
+    solve against the identity takes n^3 / 2 in a slower kernel."""
+    n = L.shape[0]
+    if n <= base:
+        return torch.linalg.solve_triangular(L, torch.eye(n, dtype=L.dtype, device=L.device), upper=False)
+    h = n // 2
+    inv = torch.zeros_like(L)
+    inv[:h, :h] = lower_triangular_inverse(L[:h, :h], base)
+    inv[h:, h:] = lower_triangular_inverse(L[h:, h:], base)
+    inv[h:, :h] = -(inv[h:, h:] @ (L[h:, :h] @ inv[:h, :h]))
+    return inv
 
 
 def sweep_columns(WT: torch.Tensor, Hinv: torch.Tensor, block_size: int,

@@ -9,7 +9,7 @@ import torch
 
 from calibration import awq
 from calibration.gptq import (HessianAccumulator, add_gram_, gptq_quantize, gptq_quantize_shared,
-                              inverse_cholesky)
+                              inverse_cholesky, lower_triangular_inverse)
 from calibration.methods.awq import block_loss, linear_loss, spread_rows
 from calibration.methods.hooks import capture_calls, observe_shared_inputs
 from calibration.rtn import QuantSpec, compute_qparams, to_groups
@@ -183,3 +183,12 @@ def test_observation_stops_after_the_last_hooked_input():
     assert [torch.equal(x, e) for (x, _), e in zip(captured["down"], expected["down"])] == [True, True]
     assert work.layer.down_calls == 0
     assert len(work.run()) == 2 and work.layer.down_calls == 2  # an ordinary run is whole
+
+
+@pytest.mark.parametrize("n", [5, 256, 300, 1000])  # the solve alone; halves; odd halves; several levels
+def test_lower_triangular_inverse(n):
+    x = correlated(n + 50, n).double()
+    L = torch.linalg.cholesky(x.T @ x / n + 0.01 * torch.eye(n, dtype=torch.float64))
+    inv = lower_triangular_inverse(L)
+    assert torch.equal(inv, inv.tril())
+    assert torch.allclose(inv @ L, torch.eye(n, dtype=torch.float64), atol=1e-9)
