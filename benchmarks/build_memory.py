@@ -2,6 +2,10 @@
 
     python benchmarks/build_memory.py --shapes smollm2-135m,llama-3.2-1b --methods rtn,gptq,awq \
         --work /tmp/bm --calib c4:16x512 [--stream] [--results bm.jsonl]
+    python benchmarks/build_memory.py --shapes qwen2.5-0.5b --methods awq,gptq+act-order --calib default ...
+
+A method may carry flags after "+" (gptq+act-order: --method gptq --act-order); `--calib default`
+passes no --calib (the CLI's default calibration).
 
 For each shape, a random-weight bf16 checkpoint (`optimize random-checkpoint`, reused when
 present) with the SmolLM2 tokenizer copied in (calibration tokenizes text); then one
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -48,12 +53,14 @@ def checkpoint(shape: str, work: Path) -> Path:
 def build(ckpt: Path, method: str, calib: str, out: Path, stream: bool = False) -> dict:
     """One build in a child process: its wall time and peak RSS (the largest child so far, so
     each build runs after a fresh fork of this small harness)."""
-    cmd = OPTIMIZE + ["model", str(ckpt), "--quant", "int4", "--method", method, "--out", str(out),
-                      "--overwrite", "-q"] + (["--calib", calib] if method != "rtn" else []) + (["--stream"] if stream else [])
+    name, *flags = method.split("+")
+    cmd = OPTIMIZE + ["model", str(ckpt), "--quant", "int4", "--method", name, "--out", str(out),
+                      "--overwrite", "-q"] + ["--" + f for f in flags] + \
+        (["--calib", calib] if name != "rtn" and calib != "default" else []) + (["--stream"] if stream else [])
     probe = [sys.executable, "-c", "import resource, subprocess, sys, json, time; t = time.perf_counter(); "
-             "r = subprocess.run(sys.argv[1:]); "
+             "r = subprocess.run(sys.argv[1:]); u = resource.getrusage(resource.RUSAGE_CHILDREN); "
              "print(json.dumps({'rc': r.returncode, 'seconds': time.perf_counter() - t, "
-             "'peak_rss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))", *cmd]
+             "'peak_rss_kb': u.ru_maxrss, 'cpu_s': u.ru_utime + u.ru_stime}))", *cmd]
     done = subprocess.run(probe, cwd=ROOT, capture_output=True, text=True)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     if result["rc"]:
@@ -79,7 +86,11 @@ def main() -> None:
             engine_gb = folder_gb(out)
             record = {"shape": shape, "method": method, "stream": args.stream,
                       "calib": None if method == "rtn" else args.calib,
-                      "seconds": round(r["seconds"], 1), "peak_rss_gb": round(r["peak_rss_kb"] * 1024 / 1e9, 2),
+                      "seconds": round(r["seconds"], 1),
+                      # CPU seconds of the build and the load average after it: a wall time well
+                      # above cpu_s / cores means the machine was shared
+                      "cpu_s": round(r["cpu_s"], 1), "load_after": round(os.getloadavg()[0], 2),
+                      "peak_rss_gb": round(r["peak_rss_kb"] * 1024 / 1e9, 2),
                       "checkpoint_gb": round(folder_gb(ckpt), 2), "engine_gb": round(engine_gb, 2),
                       "peak_over_engine_gib": round((r["peak_rss_kb"] * 1024 - engine_gb * 1e9) / 2 ** 30, 2),
                       "t": time.strftime("%H:%M:%S")}
