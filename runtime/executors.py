@@ -311,6 +311,20 @@ def probe_logits(session: DecoderSession, ids: list[int], prefill: int) -> np.nd
     return np.concatenate(steps)
 
 
+def window_logits(session: DecoderSession, windows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Every position's logits (B, L, V) of B token windows, each scored from an empty cache
+    (perplexity): one prefill run for the batch, written into `out` where given (see
+    DecoderSession.prefill_logits); paged engines window by window through their block pool."""
+    if session.kv.layout != "paged":
+        return session.prefill_logits(windows, out)
+    rows = [probe_logits(session, w.tolist(), len(w)) for w in windows]
+    if out is None:
+        return np.stack(rows)
+    for r, logits in enumerate(rows):
+        out[r] = logits
+    return out
+
+
 def make_executor(session: DecoderSession, slots: int | None = None, capacity: int | None = None):
     """The executor for the engine's layout, sized by the manifest unless overridden.
 

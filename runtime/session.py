@@ -26,6 +26,7 @@ PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
 }
 KV_DTYPES = {"fp32": np.float32, "fp16": np.float16, "int8": np.int8}  # int8: quantized KV cache
+LOGITS_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 # onnxruntime CUDA kernel choices (session config entries; older onnxruntime ignores them).
 # benchmarks/gpu_matmul_nbits.py on an H200, one 4096 x 14336 linear: cuBLAS auto-tuning took the
 # fp16 MatMul from 65.8 to 56.0 us at M=1 and 66.5 to 57.6 at M=64.
@@ -170,21 +171,9 @@ class DecoderSession:
         self._graph_ids += 1
         return self._graph_ids
 
-    def empty_cache(self, batch: int) -> list[np.ndarray]:
-        """Zero-length past for a prefill: [k0, v0, k1, v1, ...], each (B, n_kv, 0, hd)."""
-        empty = np.zeros((batch, self.kv.num_kv_heads, 0, self.kv.head_dim), self._np_dtype)
-        return [empty] * (2 * self.kv.num_layers)
-
-    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
-                past: list[np.ndarray], logits_from: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
-        """(B, S) ids, (B, T) mask, (B, S) positions, past -> logits (B, S - logits_from, V), present.
-
-        Concatenation semantics on any engine (a static-layout engine's kernel then appends
-        into a new buffer instead of in place); the runtime's executors use the layouts.
-        Paged engines have no per-sequence past: `runtime.paged.sequence_logits` runs them."""
-        if self.kv.layout == "paged":
-            raise EngineError("a paged engine takes packed tokens and block tables, not past arrays",
-                              hint="use runtime.paged.sequence_logits or an executor (runtime.executors)")
+    def _step_feeds(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+                    past: list[np.ndarray], logits_from: int = 0) -> dict[str, np.ndarray]:
+        """The feeds of one step with concatenation semantics (forward, prefill_logits)."""
         feeds = {"input_ids": input_ids.astype(np.int64, copy=False),
                  "attention_mask": attention_mask.astype(np.int64, copy=False)}
         if "position_ids" in self.input_names:  # static engines drop it: GQA does not read it
@@ -197,6 +186,64 @@ class DecoderSession:
         for i in range(self.kv.num_layers):
             feeds[self.kv.past_key.format(i=i)] = past[2 * i]
             feeds[self.kv.past_value.format(i=i)] = past[2 * i + 1]
+        return feeds
+
+    def prefill_logits(self, input_ids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Every position's logits (B, S, V) of B sequences, each a prefill from an empty cache
+        (one run for the batch; perplexity). With `out`, a preallocated (B, S, V) array of the
+        logits' dtype (`logits_type`), onnxruntime writes the logits there (bound by pointer:
+        no allocation, no copy per run) and `out` is returned; the other outputs stay in
+        onnxruntime's memory. Without `out` (or for an engine whose vocabulary size is not fixed
+        in its graph), the logits `forward` returns."""
+        self._refuse_paged()
+        rows, steps = input_ids.shape
+        past = self.empty_cache(rows)
+        dtype, vocab = self.logits_type()
+        if out is None or vocab is None:
+            return self.forward(input_ids, np.ones((rows, steps), np.int64), np.tile(np.arange(steps), (rows, 1)),
+                                past)[0]
+        if out.shape != (rows, steps, vocab) or out.dtype != dtype or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous {np.dtype(dtype).name} array of shape "
+                             f"{(rows, steps, vocab)}, not {out.dtype.name} {out.shape}")
+        feeds = self._step_feeds(input_ids, np.ones((rows, steps), np.int64),
+                                 np.tile(np.arange(steps), (rows, 1)), past)
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        device = "cuda" if self.provider == PROVIDERS["cuda"] else "cpu"
+        for name in self.output_names:
+            if name == "logits":
+                binding.bind_output(name, "cpu", 0, dtype, out.shape, out.ctypes.data)
+            else:
+                binding.bind_output(name, device)
+        self.session.run_with_iobinding(binding, self.eager_run)
+        return out
+
+    def _refuse_paged(self) -> None:
+        if self.kv.layout == "paged":
+            raise EngineError("a paged engine takes packed tokens and block tables, not past arrays",
+                              hint="use runtime.paged.sequence_logits or an executor (runtime.executors)")
+
+    def logits_type(self) -> tuple[type, int | None]:
+        """The logits' numpy dtype and vocabulary size (None where the graph leaves it symbolic)."""
+        logits = next(o for o in self.session.get_outputs() if o.name == "logits")
+        vocab = logits.shape[-1]
+        return LOGITS_DTYPES[logits.type], vocab if isinstance(vocab, int) else None
+
+    def empty_cache(self, batch: int) -> list[np.ndarray]:
+        """Zero-length past for a prefill: [k0, v0, k1, v1, ...], each (B, n_kv, 0, hd)."""
+        empty = np.zeros((batch, self.kv.num_kv_heads, 0, self.kv.head_dim), self._np_dtype)
+        return [empty] * (2 * self.kv.num_layers)
+
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+                past: list[np.ndarray], logits_from: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(B, S) ids, (B, T) mask, (B, S) positions, past -> logits (B, S - logits_from, V), present.
+
+        Concatenation semantics on any engine (a static-layout engine's kernel then appends
+        into a new buffer instead of in place); the runtime's executors use the layouts.
+        Paged engines have no per-sequence past: `runtime.paged.sequence_logits` runs them."""
+        self._refuse_paged()
+        feeds = self._step_feeds(input_ids, attention_mask, position_ids, past, logits_from)
         outputs = dict(zip(self.output_names, self.session.run(None, feeds, self.eager_run)))
         present = []
         for i in range(self.kv.num_layers):

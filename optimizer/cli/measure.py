@@ -33,18 +33,19 @@ def inspect_cmd(engine_dir: Path, as_json: bool, no_verify: bool) -> None:
 @click.option("--seq-len", default=512, show_default=True, help="Tokens per window.")
 @click.option("--provider", default="cpu", show_default=True)
 @click.option("--threads", default=None, type=int)
+@click.option("--batch", default=1, show_default=True, help="Windows per engine run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def eval_cmd(target: Path, dataset: str, windows: int, seq_len: int, provider: str,
-             threads: int | None, as_json: bool) -> None:
+             threads: int | None, batch: int, as_json: bool) -> None:
     """Perplexity of an engine (onnxruntime), or of a model folder / .gguf (transformers baseline)."""
     from calibration.data import TextSpec
     from optimizer.evaluate import evaluate
 
-    if windows < 1 or seq_len < 2:
+    if windows < 1 or seq_len < 2 or batch < 1:
         from optimizer.core.errors import InputError
 
-        raise InputError("--windows must be >= 1 and --seq-len >= 2")
-    result = evaluate(target, TextSpec(dataset, windows, seq_len), provider, threads, quiet=as_json)
+        raise InputError("--windows and --batch must be >= 1 and --seq-len >= 2")
+    result = evaluate(target, TextSpec(dataset, windows, seq_len), provider, threads, quiet=as_json, batch=batch)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
