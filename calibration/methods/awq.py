@@ -17,6 +17,11 @@ from calibration.rtn import QuantizedLinear, QuantSpec, rtn_quantize
 from calibration.sequential import LayerWork
 
 
+# tokens per MLP call while scoring the grid: (1024, intermediate) activations are reused by the
+# allocator from call to call where (4096, intermediate) ones are mapped and faulted in afresh
+MLP_CHUNK = 1024
+
+
 def awq_layer(work: LayerWork, cfg: AwqConfig, codes: dict[str, QuantizedLinear], arch: Any) -> None:
     """AWQ: scale salient input channels (awq_scale_layer), then search each linear's clipping
     range and round to nearest."""
@@ -87,7 +92,10 @@ def awq_scale_layer(work: LayerWork, cfg: AwqConfig | AwqGptqConfig,
         if m.inspect in linears:
             loss_of = linear_loss(originals[m.inspect], xs[:n_loss], spec)
         else:
-            loss_of = block_loss(inspect_fn(work, m.inspect, attn_kwargs), linears, originals, xs[:n_loss], spec)
+            scoring = xs[:n_loss]
+            if m.inspect == "mlp":  # token by token: scored in chunks, whose intermediates stay small
+                scoring = [c for x in scoring for c in x.reshape(-1, x.shape[-1]).split(MLP_CHUNK)]
+            loss_of = block_loss(inspect_fn(work, m.inspect, attn_kwargs), linears, originals, scoring, spec)
         s, _, _ = awq.search_scales(awq.activation_channel_mean(xs), list(originals.values()), spec,
                                     loss_of, cfg.awq_grid)
         for r, lin in linears.items():
