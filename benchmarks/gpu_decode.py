@@ -18,7 +18,8 @@ throughout (speed does not depend on their values); greedy, EOS ignored, 128 pro
              builds (optimizer.options.FAST_INT4: group 64 asymmetric, lm_head 8-bit,
              accuracy level 4); fp8 = --quant fp8
              --target onnxruntime-cuda (calibrated on 32 windows of 512 tokens of the packaged
-             c4 text; the speed does not depend on the scales).
+             c4 text; the speed does not depend on the scales); fp16-paged = fp16 with the paged
+             layout (blocks of 16 holding as many positions as the slots).
   ours       each engine on onnxruntime's CUDA provider. Batch 1: Engine.generate_ids, one
              warm-up and --runs timed runs (median, min, max), with CUDA graphs and device
              sampling (the default) and without (cuda_graph=False). Then N concurrent requests
@@ -125,6 +126,8 @@ def phase_build(args) -> None:
             elif fmt == "fp8":
                 opts = BuildOptions(**common, quant=quant_config(method="fp8", calib="c4:32x512"),  # the c4 asset
                                     target="onnxruntime-cuda")
+            elif fmt == "fp16-paged":  # the same positions as blocks of 16 (a pool the server may resize)
+                opts = BuildOptions(**{**common, "kv_layout": "paged"}, kv_block_size=16)
             else:
                 opts = BuildOptions(**common)
             t0 = time.perf_counter()

@@ -70,23 +70,34 @@ def device_used() -> int | None:
     return total - free
 
 
-def run_ours(engine_dir: Path, requests: list[Request], max_batch: int | None, provider: str,
-             prefill_budget: int | None = None) -> dict:
+def run_ours(engine_dir: Path, workloads: list[tuple[str, list[Request]]], max_batch: int | None, provider: str,
+             prefill_budget: int | None = None, gpu_memory_fraction: float | None = None) -> list[dict]:
+    """Each (arrival, requests) workload through one loaded engine, each with a fresh
+    continuous-batching loop (its cache freed before the next one is made)."""
+    import gc
+
     from optimizer.replay import replay
     from runtime import Engine
 
     before = device_used()
     engine = Engine.load(engine_dir, provider=provider)
-    summary, llm = replay(engine, requests, max_batch=max_batch, prefill_budget=prefill_budget)
-    outputs = summary.pop("outputs")
-    lost = [r.index for r in requests if len(outputs.get(str(r.index), [])) != r.output_tokens]
-    after = device_used()
-    record = {"system": "ours", "engine": engine_dir.name, "max_batch": llm.executor.max_sequences,
-              "prefill_budget": llm.scheduler.prefill_budget,
-              "preemptions": llm.scheduler.preemptions, "incomplete_requests": len(lost), **summary}
-    if before is not None and after is not None:
-        record.update(gpu_used_gb_before=before / 1e9, gpu_used_gb_after=after / 1e9)
-    return record
+    records = []
+    for arrival, requests in workloads:
+        summary, llm = replay(engine, requests, max_batch=max_batch, prefill_budget=prefill_budget,
+                              gpu_memory_fraction=gpu_memory_fraction)
+        outputs = summary.pop("outputs")
+        lost = [r.index for r in requests if len(outputs.get(str(r.index), [])) != r.output_tokens]
+        after = device_used()
+        record = {"arrival": arrival, "system": "ours", "engine": engine_dir.name,
+                  "max_batch": llm.scheduler.max_running, "prefill_budget": llm.scheduler.prefill_budget,
+                  "kv_layout": engine.session.kv.layout, "kv_memory": getattr(llm.executor, "memory", None),
+                  "preemptions": llm.scheduler.preemptions, "incomplete_requests": len(lost), **summary}
+        if before is not None and after is not None:
+            record.update(gpu_used_gb_before=before / 1e9, gpu_used_gb_after=after / 1e9)
+        records.append(record)
+        del llm, summary
+        gc.collect()  # the cache's device memory goes before the next loop takes its own
+    return records
 
 
 def run_hf(shape: str, requests: list[Request], batches: list[int]) -> list[dict]:
@@ -170,6 +181,8 @@ def main() -> None:
     ap.add_argument("--provider", default="cuda", help="ours: cpu or cuda")
     ap.add_argument("--prefill-budget", type=int, default=None, help="ours: prompt tokens per step "
                     "[default: the executor's]")
+    ap.add_argument("--gpu-memory-fraction", type=float, default=None,
+                    help="ours, paged engines: size the block pool from this share of GPU memory")
     ap.add_argument("--batches", default="128,256,512", help="hf: static batch sizes to try")
     ap.add_argument("--results", type=Path)
     args = ap.parse_args()
@@ -177,14 +190,16 @@ def main() -> None:
         __import__("torch")  # first: onnxruntime-gpu finds the CUDA libraries through it
 
     workload = {"requests": args.requests, "isl": args.isl, "osl": args.osl}
-    for arrival in args.arrivals.split(","):
-        requests = fixed_requests(args.requests, args.isl, args.osl, arrival)
-        if args.system == "ours":
-            emit({**workload, "arrival": arrival, **run_ours(Path(args.target), requests, args.max_batch,
-                                                           args.provider, args.prefill_budget)}, args.results)
-        else:
-            for record in run_hf(args.target, requests, [int(b) for b in args.batches.split(",")]):
-                emit({**workload, "arrival": arrival, **record}, args.results)
+    workloads = [(arrival, fixed_requests(args.requests, args.isl, args.osl, arrival))
+                 for arrival in args.arrivals.split(",")]  # repeat one ("t0,t0") for the spread
+    if args.system == "ours":
+        for record in run_ours(Path(args.target), workloads, args.max_batch, args.provider,
+                               args.prefill_budget, args.gpu_memory_fraction):
+            emit({**workload, **record}, args.results)
+        return
+    for arrival, requests in workloads:
+        for record in run_hf(args.target, requests, [int(b) for b in args.batches.split(",")]):
+            emit({**workload, "arrival": arrival, **record}, args.results)
 
 
 if __name__ == "__main__":

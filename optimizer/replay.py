@@ -14,12 +14,14 @@ from runtime.sampling import SamplingParams
 
 def replay(engine: Any, requests: list[Request], max_batch: int | None = None,
            prefill_chunk: int | None = None, capacity: int | None = None,
-           prefill_budget: int | None = None, prefix_caching: bool = True) -> tuple[dict, Any]:
+           prefill_budget: int | None = None, prefix_caching: bool = True,
+           gpu_memory_fraction: float | None = None) -> tuple[dict, Any]:
     """Returns (summary, the LLMEngine used). Outputs ignore EOS: each request produces exactly
     its output_tokens, as every system timed on the workload does. `capacity`: positions per
     sequence the cache is sized for (default: the manifest's)."""
     kwargs = {k: v for k, v in (("max_batch", max_batch), ("prefill_chunk", prefill_chunk),
-                                ("capacity", capacity), ("prefill_budget", prefill_budget)) if v}
+                                ("capacity", capacity), ("prefill_budget", prefill_budget),
+                                ("gpu_memory_fraction", gpu_memory_fraction)) if v}
     llm = engine.llm(prefix_caching=prefix_caching, **kwargs)
     llm.warmup()
     before = (llm.total_queried_tokens, llm.total_cached_tokens)

@@ -70,10 +70,12 @@ class Engine:
         """One request on its own (the lowest-overhead loop)."""
         return generate_ids(self.session, prompt_ids, params, self.eos_token_ids, on_token)
 
-    def llm(self, max_batch: int | None = None, capacity: int | None = None, **kwargs: Any) -> LLMEngine:
-        """A continuous-batching loop over this engine's cache layout (manifest sizes by default);
-        `kwargs` go to LLMEngine (e.g. prefill_chunk, prefix_caching=False)."""
-        executor = make_executor(self.session, max_batch, capacity)
+    def llm(self, max_batch: int | None = None, capacity: int | None = None,
+            gpu_memory_fraction: float | None = None, **kwargs: Any) -> LLMEngine:
+        """A continuous-batching loop over this engine's cache layout (manifest sizes by default;
+        a paged engine's pool from GPU memory with `gpu_memory_fraction`); `kwargs` go to
+        LLMEngine (e.g. prefill_chunk, prefix_caching=False)."""
+        executor = make_executor(self.session, max_batch, capacity, gpu_memory_fraction, kwargs.get("prefill_budget"))
         return LLMEngine(executor, self.tokenizer, self.eos_token_ids, **kwargs)
 
     def generate(self, prompt: "str | list[str]", params: SamplingParams | None = None,

@@ -35,15 +35,10 @@ from runtime.host_io import HostStepIO
 from runtime.kv_cache import SlotPool
 from runtime.paged import PagedExecutor, sequence_logits
 from runtime.sequence import Sequence
-from runtime.session import KV_DTYPES, PROVIDERS, DecoderSession
+from runtime.session import CUDA_PREFILL_BUDGET, KV_DTYPES, PROVIDERS, DecoderSession
 
 DEFAULT_CONCAT_SLOTS = 8  # concat engines run their sequences one by one: few at a time
 DEFAULT_CONCAT_CAPACITY = 4096  # unfused engines have no rotary table limit
-# Prompt tokens per iteration on CUDA, where prefills run batched. 512 requests of 128/128 on the
-# Llama-3.1-8B shape, fp16, H200 (benchmarks/results/gpu-throughput): 11,377 out tok/s at 2048,
-# 12,485 at 8192, 13,279 at 16384, 11,618 at 32768. 8192 (as vLLM's and TensorRT-LLM's default
-# token budgets): a larger one stalls running decodes for longer while a prefill runs.
-CUDA_PREFILL_BUDGET = 8192
 PAD_WASTE = 0.25  # a batched prefill pads at most this share of its tokens
 
 
@@ -325,20 +320,31 @@ def window_logits(session: DecoderSession, windows: np.ndarray, out: np.ndarray 
     return out
 
 
-def make_executor(session: DecoderSession, slots: int | None = None, capacity: int | None = None):
+def make_executor(session: DecoderSession, slots: int | None = None, capacity: int | None = None,
+                  gpu_memory_fraction: float | None = None, prefill_budget: int | None = None):
     """The executor for the engine's layout, sized by the manifest unless overridden.
 
     `slots=1` with a request's own capacity gives the single-request path: in place for any
     engine whose attention is GroupQueryAttention, whatever layout its manifest records (a
-    paged engine gets a pool of just that size)."""
+    paged engine gets a pool of just that size). `gpu_memory_fraction` (paged engines): the
+    block pool takes what that share of the GPU's memory leaves after the engine and its
+    largest step (a packed step of `prefill_budget` prompt tokens; runtime.gpu_memory), instead
+    of the manifest's number of blocks."""
     kv = session.kv
     limit = kv.max_sequence_length
     if capacity is not None and limit is not None and capacity > limit:
         raise EngineError(f"{capacity} tokens exceed the engine's maximum sequence length {limit}",
                           hint="shorten the prompt or max_new_tokens, or rebuild with a larger --max-seq-len")
+    if gpu_memory_fraction is not None and kv.layout != "paged":
+        raise EngineError(f"--gpu-memory-fraction sizes a paged KV cache; this engine's layout is {kv.layout!r}, "
+                          "whose cache the manifest sizes", hint="rebuild with --kv-layout paged, or leave the "
+                          "option out (--max-batch chooses how many of the engine's slots run)")
     if kv.layout == "paged":
         _say_no_graph(session, "paged engines decode without CUDA graphs in this version")
-        return _paged_executor(session, slots, capacity)
+        executor = _paged_executor(session, slots, capacity)
+        if gpu_memory_fraction is not None:
+            executor.size_from_memory(gpu_memory_fraction, prefill_budget)
+        return executor
     capacity = capacity or kv.slot_capacity or limit or DEFAULT_CONCAT_CAPACITY
     slots = slots or kv.slots or DEFAULT_CONCAT_SLOTS
     if kv.attention == "GroupQueryAttention":

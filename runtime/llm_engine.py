@@ -131,15 +131,16 @@ class LLMEngine:
                           queried_tokens=plan.queried_tokens, cached_tokens=plan.cached_tokens)
         if plan.prefix_loads:
             self.executor.load_prefixes(plan.prefix_loads)
-        if self.samples_on_device:  # decode tokens chosen on the device, prefill logits on the host
-            prefill_logits, decode_rows = self.executor.step_tokens(plan.prefill, plan.decode)
+        if self.samples_on_device:  # decode tokens chosen on the device; a prefill row is a
+            # token id where the device chose it, else its logits for the host to choose from
+            prefill_rows, decode_rows = self.executor.step_tokens(plan.prefill, plan.decode)
         else:
-            prefill_logits, decode_rows = self.executor.step(plan.prefill, plan.decode)
-        for (seq, begin, end), logits in zip(plan.prefill, prefill_logits):
+            prefill_rows, decode_rows = self.executor.step(plan.prefill, plan.decode)
+        for (seq, begin, end), row in zip(plan.prefill, prefill_rows):
             seq.num_computed = end
             stats.prefill_tokens += end - begin
             if end == seq.num_tokens:  # the whole sequence is in the cache: its next token is due
-                outputs.append(self._advance(seq, seq.choose(logits)))
+                outputs.append(self._advance(seq, row if isinstance(row, int) else seq.choose(row)))
         if plan.decode:
             for seq, row in zip(plan.decode, decode_rows):
                 seq.num_computed += 1

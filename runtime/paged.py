@@ -32,15 +32,16 @@ from __future__ import annotations
 from typing import Sequence as Seq
 
 import numpy as np
-import onnxruntime as ort
 
 from optimizer.core.errors import EngineError
 from runtime.cached_pools import CachingBlockPool
+from runtime.gpu_memory import DeviceBuffer, blocks_for_fraction, device_memory
 from runtime.kv_cache import BlockPool
 from runtime.sequence import Sequence
-from runtime.session import KV_DTYPES, DecoderSession, check_layout_provider
+from runtime.session import CUDA_PREFILL_BUDGET, KV_DTYPES, DecoderSession, check_layout_provider
 
 LOGITS_INDICES = "logits_indices"  # the paged graph's input (passes/kv_layout.py)
+GREEDY_TOKENS = "greedy_tokens"  # the engine's argmax of each logits row (passes/greedy_tokens.py)
 Chunk = tuple[Seq[int], int, Seq[int]]  # (new token ids, positions already cached, block table)
 
 
@@ -75,28 +76,79 @@ def pack_step(chunks: Seq[Chunk], block_size: int) -> dict[str, np.ndarray]:
 
 class PagedExecutor:
     """The executor of paged engines: `num_blocks` blocks of `block_size` positions per layer
-    and K/V on the GPU, `max_sequences` sequences running together."""
+    and K/V on the GPU, `max_sequences` sequences running together.
+
+    Engines with the greedy-tokens pass choose greedy rows' tokens on the device
+    (`samples_on_device`: the engine loop takes ids from `step_tokens`); only rows that sample,
+    or hold EOS back for min_tokens, bring the step's logits to the host."""
 
     def __init__(self, session: DecoderSession, max_sequences: int, num_blocks: int, block_size: int) -> None:
         kv = session.kv
         check_layout_provider(kv, session.provider)
         self.session, self.kv = session, kv
         self.block_size = block_size
-        per_sequence = -(-kv.max_sequence_length // block_size) if kv.max_sequence_length else None
-        self.pool = BlockPool(num_blocks, block_size, per_sequence)
         self.max_sequences = max_sequences
         self._inputs = {i.name for i in session.session.get_inputs()}
-        dtype = KV_DTYPES[kv.dtype]
-        shape = (num_blocks, block_size, kv.num_kv_heads, kv.head_dim)
-        self._binding = session.session.io_binding()
-        self._binding.bind_output("logits", "cuda")  # first: get_outputs()[0] is the logits
-        self._buffers = []  # keeps the device buffers alive as long as the binding
+        self.samples_on_device = GREEDY_TOKENS in {o.name for o in session.session.get_outputs()}
+        self.prefill_budget = CUDA_PREFILL_BUDGET  # prompt tokens per packed step
+        self._dtype = KV_DTYPES[kv.dtype]
+        self._allocate(num_blocks)
+
+    @property
+    def bytes_per_block(self) -> int:
+        """Device bytes one block takes over every layer's K and V."""
+        kv = self.kv
+        return 2 * kv.num_layers * self.block_size * kv.num_kv_heads * kv.head_dim * np.dtype(self._dtype).itemsize
+
+    def _allocate(self, num_blocks: int) -> None:
+        """The pool's device buffers (zeroed, outside onnxruntime's arena) and their binding."""
+        kv = self.kv
+        self._binding = self._buffers = None  # the old pool's memory goes before the new one is taken
+        per_sequence = -(-kv.max_sequence_length // self.block_size) if kv.max_sequence_length else None
+        self.pool = BlockPool(num_blocks, self.block_size, per_sequence)
+        shape = (num_blocks, self.block_size, kv.num_kv_heads, kv.head_dim)
+        nbytes = int(np.prod(shape)) * np.dtype(self._dtype).itemsize
+        binding = self.session.session.io_binding()
+        binding.bind_output("logits", "cuda")  # first: get_outputs()[0] is the logits
+        buffers = []  # keeps the device memory alive as long as the binding
         for i in range(kv.num_layers):
             for past, present in ((kv.past_key, kv.present_key), (kv.past_value, kv.present_value)):
-                value = ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype), "cuda", 0)
-                self._binding.bind_input(past.format(i=i), "cuda", 0, dtype, shape, value.data_ptr())
-                self._binding.bind_output(present.format(i=i), "cuda", 0, dtype, shape, value.data_ptr())
-                self._buffers.append(value)
+                buffer = DeviceBuffer(nbytes)
+                binding.bind_input(past.format(i=i), "cuda", 0, self._dtype, shape, buffer.address)
+                binding.bind_output(present.format(i=i), "cuda", 0, self._dtype, shape, buffer.address)
+                buffers.append(buffer)
+        self._binding, self._buffers = binding, buffers
+
+    def size_from_memory(self, fraction: float, profile_tokens: int | None = None) -> int:
+        """Resize the pool to what `fraction` of the device leaves after the largest step (one
+        packed step of `profile_tokens` prompt tokens, default the prefill budget, as sequences
+        of at most the engine's length, run once so that onnxruntime's arena holds its
+        activations); returns the number of blocks."""
+        if self.pool.used:
+            raise RuntimeError("the pool can be resized only while no sequence holds blocks")
+        tokens = max(1, profile_tokens or self.prefill_budget)
+        per = min(tokens, self.kv.max_sequence_length or tokens)
+        lengths = [per] * (tokens // per) + ([tokens % per] if tokens % per else [])
+        tables, first = [], 0
+        for n in lengths:
+            tables.append(list(range(first, first + -(-n // self.block_size))))
+            first += len(tables[-1])
+        if self.pool.num_blocks < first:
+            self._allocate(first)
+        chunks = [(list(range(n)), 0, table) for n, table in zip(lengths, tables)]
+        self._run(chunks, list(np.cumsum(lengths) - 1))
+        free, total = device_memory()
+        num_blocks = self.pool.num_blocks + blocks_for_fraction(free, total, fraction, self.bytes_per_block)
+        if num_blocks * self.block_size < per:
+            raise EngineError(f"--gpu-memory-fraction {fraction} leaves room for {num_blocks} blocks of "
+                              f"{self.block_size} tokens ({free / 2**30:.1f} of {total / 2**30:.1f} GiB free "
+                              "after loading the engine)", hint="raise the fraction, or lower the prefill budget")
+        self._allocate(num_blocks)
+        self.prefill_budget = tokens
+        self.memory = dict(fraction=fraction, free_gib=round(free / 2**30, 2), total_gib=round(total / 2**30, 2),
+                           num_blocks=num_blocks, kv_gib=round(num_blocks * self.bytes_per_block / 2**30, 2),
+                           profile_tokens=tokens)
+        return num_blocks
 
     def enable_prefix_caching(self) -> str | None:
         """Share cached prompt blocks by reference (runtime.cached_pools.CachingBlockPool)."""
@@ -104,8 +156,8 @@ class PagedExecutor:
         self.pool = CachingBlockPool(pool.num_blocks, pool.block_size, pool.max_blocks_per_sequence)
         return None
 
-    def _run(self, chunks: Seq[Chunk], rows: Seq[int]) -> np.ndarray:
-        """Run one packed step; the logits (len(rows), V) of those rows of the packed tokens."""
+    def _launch(self, chunks: Seq[Chunk], rows: Seq[int]) -> None:
+        """Run one packed step; its outputs stay on the device (`self._binding.get_outputs()`)."""
         feeds = pack_step(chunks, self.block_size)
         if LOGITS_INDICES in self._inputs:
             feeds[LOGITS_INDICES] = np.asarray(rows, np.int64)
@@ -113,21 +165,62 @@ class PagedExecutor:
             if name in self._inputs:
                 self._binding.bind_cpu_input(name, array)
         self._binding.bind_output("logits", "cuda")  # a fresh logits tensor each step
+        if self.samples_on_device:
+            self._binding.bind_output(GREEDY_TOKENS, "cuda")
         self.session.session.run_with_iobinding(self._binding, self.session.eager_run)
+
+    def _run(self, chunks: Seq[Chunk], rows: Seq[int]) -> np.ndarray:
+        """Run one packed step; the logits (len(rows), V) of those rows of the packed tokens."""
+        self._launch(chunks, rows)
         logits = self._binding.get_outputs()[0].numpy()[0]
         return logits if LOGITS_INDICES in self._inputs else logits[list(rows)]
+
+    def _chunks(self, prefill: Seq[tuple[Sequence, int, int]], decode: Seq[Sequence]) -> list[Chunk]:
+        chunks = [(seq.all_ids[start:end], start, self.pool.table(seq.request_id)) for seq, start, end in prefill]
+        return chunks + [([s.last_token], s.num_tokens - 1, self.pool.table(s.request_id)) for s in decode]
 
     def step(self, prefill: Seq[tuple[Sequence, int, int]],
              decode: Seq[Sequence]) -> tuple[list[np.ndarray], np.ndarray | None]:
         """One iteration in one call: prefill chunks (seq, start, end) and one token for each
         decoding sequence. Returns each chunk's last-token logits (V,) and the decodes' (n, V)."""
-        chunks = [(seq.all_ids[start:end], start, self.pool.table(seq.request_id)) for seq, start, end in prefill]
-        chunks += [([s.last_token], s.num_tokens - 1, self.pool.table(s.request_id)) for s in decode]
+        chunks = self._chunks(prefill, decode)
         if not chunks:
             return [], None
         ends = np.cumsum([len(ids) for ids, _, _ in chunks]) - 1  # each chunk's last row
         logits = self._run(chunks, ends)
         return list(logits[:len(prefill)]), (logits[len(prefill):] if decode else None)
+
+    def step_tokens(self, prefill: Seq[tuple[Sequence, int, int]], decode: Seq[Sequence]
+                    ) -> tuple[list, list[int] | None]:
+        """One iteration in one call, tokens chosen on the device where the rows are greedy.
+
+        Returns, for each prefill chunk, its next token id (greedy, chosen on the device) or its
+        last logits (V,) for the host to choose from, and a token id for each decoding sequence
+        (rows that sample are chosen here from the logits, with each sequence's own generator).
+        Only the chunks' token ids cross to the host unless a row samples."""
+        chunks = self._chunks(prefill, decode)
+        if not chunks:
+            return [], None
+        ends = np.cumsum([len(ids) for ids, _, _ in chunks]) - 1
+        self._launch(chunks, ends)
+        outputs = self._binding.get_outputs()
+        seqs = [seq for seq, _, _ in prefill] + list(decode)
+        host = [i for i, seq in enumerate(seqs) if not seq.greedy_on_device()]
+        tokens = outputs[1].numpy().reshape(-1).tolist()  # the engine's argmax of every row
+        logits = outputs[0].numpy()[0] if host else None
+        rows: list = list(tokens)
+        for i in host:
+            rows[i] = logits[i] if i < len(prefill) else seqs[i].choose(logits[i])
+        return rows[:len(prefill)], (rows[len(prefill):] if decode else None)
+
+    def decode_tokens(self, seqs: Seq[Sequence]) -> list[int]:
+        """The next token of each sequence (one packed step; see `step_tokens`)."""
+        return self.step_tokens([], seqs)[1]
+
+    @property
+    def capacity(self) -> int:
+        """Positions one sequence may hold."""
+        return self.pool.max_tokens()
 
     def prefill(self, seq: Sequence, start: int, end: int) -> np.ndarray:
         """Compute tokens [start, end) of the sequence into its blocks; logits (V,) of the last."""

@@ -75,6 +75,11 @@ class Sequence:
         """Whether EOS and stop tokens are still masked out (fewer than min_tokens outputs)."""
         return len(self.output_ids) < self.params.min_tokens and bool(self.stop_ids)
 
+    def greedy_on_device(self) -> bool:
+        """Whether the next token is the argmax of the raw logits (no sampling, nothing masked),
+        which an engine's own greedy_tokens output gives without the logits leaving the device."""
+        return self.params.temperature == 0 and not self.suppressing()
+
     def choose(self, logits: np.ndarray, u: float | None = None) -> int:
         """The next token from (V,) logits, honouring min_tokens. `u`: the uniform number a
         sampled token consumes, when it was already drawn from this sequence's generator."""

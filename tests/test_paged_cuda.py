@@ -8,6 +8,7 @@ inputs, the refusals on CPU) is tested in test_kv_layout.py.
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import time
 
@@ -168,3 +169,49 @@ def test_shared_prefixes_are_served_from_shared_blocks(engines):
         for (prompt, params), seq in zip(requests, seqs):
             assert len(seq.output_ids) == params.max_new_tokens
             assert_greedy_under_own_logits(paged.session, prompt, seq.output_ids)
+
+
+def _run_all(llm, requests) -> list[list[int]]:
+    seqs = [llm.add_request(p, params, detokenize=False) for p, params in requests]
+    while llm.has_work:
+        llm.step()
+    assert llm.scheduler.pool.used == 0
+    return [s.output_ids for s in seqs]
+
+
+def test_tokens_chosen_on_the_device_equal_the_hosts(engines):
+    """Greedy rows take the engine's own argmax (only ids leave the GPU); seeded sampled rows
+    and min_tokens rows bring the logits to the host. The same requests through the host path
+    (every row's logits copied back) give the same tokens, row for row."""
+    paged, _ = engines
+    rng = random.Random(7)
+    requests = [(p, SamplingParams(max_new_tokens=params.max_new_tokens, ignore_eos=i % 4 != 3,
+                                   temperature=0.8 if i % 3 == 1 else 0.0, seed=i, min_tokens=2 * (i % 4 == 3)))
+                for i, (p, params) in enumerate(_requests(24, seed=rng.randrange(99)))]
+    on_device = paged.llm()
+    assert on_device.samples_on_device
+    host = paged.llm()
+    host.samples_on_device = False  # the LLMEngine then calls executor.step and chooses every row
+    assert _run_all(on_device, requests) == _run_all(host, requests)
+
+
+def test_the_pool_is_sized_from_gpu_memory(engines):
+    """--gpu-memory-fraction: the pool takes what the fraction leaves after the engine and its
+    largest step; far more blocks than the manifest's, and requests still get their tokens."""
+    from runtime.gpu_memory import device_memory
+
+    paged, _ = engines
+    manifest_blocks = paged.manifest["kv_cache"]["num_blocks"]
+    gc.collect()  # earlier tests' pools go first
+    free, total = device_memory()
+    fraction = min(0.9, (total - free) / total + 2**30 / total)  # about 1 GiB more than in use now
+    llm = paged.llm(gpu_memory_fraction=fraction, max_batch=SLOTS)
+    memory = llm.executor.memory
+    assert llm.executor.pool.num_blocks == memory["num_blocks"] > manifest_blocks
+    assert 0.25 < memory["kv_gib"] < 1.1  # 1 GiB less what the largest step's activations took
+    requests = _requests(12, seed=9)
+    for (prompt, params), out in zip(requests, _run_all(llm, requests)):
+        assert len(out) == params.max_new_tokens
+        assert_greedy_under_own_logits(paged.session, prompt, out)
+    with pytest.raises(Exception, match="gpu-memory-fraction"):
+        engines[1].llm(gpu_memory_fraction=0.5)  # a static engine: the manifest sizes its cache

@@ -32,9 +32,11 @@ def test_a_run_produces_every_requests_tokens(tmp_path):
     out = tmp_path / "engine"
     build_engine(BuildOptions(out=out, random_weights=True, config="tiny-llama", kv_slots=4, kv_capacity=64,
                               quiet=True))
-    requests = throughput.fixed_requests(10, 12, 5, "poisson:200")
-    record = throughput.run_ours(out, requests, max_batch=4, provider="cpu")
-    assert record["incomplete_requests"] == 0 and record["output_tokens"] == 50
-    assert record["requests"] == 10 and record["max_batch"] == 4
-    assert record["ttft_s_p50"] > 0 and record["tpot_s_p99"] >= record["tpot_s_p50"] > 0
-    assert "gpu_used_gb_after" not in record  # no CUDA here
+    workloads = [(a, throughput.fixed_requests(10, 12, 5, a)) for a in ("poisson:200", "t0")]
+    records = throughput.run_ours(out, workloads, max_batch=4, provider="cpu")  # one engine, two loops
+    assert [r["arrival"] for r in records] == ["poisson:200", "t0"]
+    for record in records:
+        assert record["incomplete_requests"] == 0 and record["output_tokens"] == 50
+        assert record["requests"] == 10 and record["max_batch"] == 4 and record["kv_layout"] == "static"
+        assert record["ttft_s_p50"] > 0 and record["tpot_s_p99"] >= record["tpot_s_p50"] > 0
+        assert "gpu_used_gb_after" not in record  # no CUDA here

@@ -87,10 +87,13 @@ def generate_cmd(engine_dir: Path, prompts: tuple[str, ...], prompts_file: Path 
 @click.option("--threads", default=None, type=int, help="onnxruntime intra-op threads.")
 @click.option("--no-verify", is_flag=True, help="Skip checksum verification at load.")
 @click.option("--allow-failed-gate", is_flag=True, help="Serve an engine whose manifest fails its accuracy gate.")
+@click.option("--gpu-memory-fraction", default=None, type=click.FloatRange(0, 1, min_open=True),
+              help="Paged engines on CUDA: size the KV block pool from this share of the GPU's memory, what "
+                   "the engine and its largest step leave of it [default: the manifest's blocks].")
 @PREFIX_CACHING
 def serve_cmd(engine_dir: Path, host: str, port: int, model_name: str | None, max_batch: int | None,
               prefill_chunk: int, provider: str, threads: int | None, no_verify: bool,
-              allow_failed_gate: bool, prefix_caching: bool) -> None:
+              allow_failed_gate: bool, gpu_memory_fraction: float | None, prefix_caching: bool) -> None:
     """Serve an engine over HTTP: OpenAI-compatible /v1/completions and /v1/chat/completions
     (SSE streaming), /health and /metrics (Prometheus)."""
     import uvicorn
@@ -108,8 +111,14 @@ def serve_cmd(engine_dir: Path, host: str, port: int, model_name: str | None, ma
             raise GateFailed(f"refusing to serve: {failure_message(str(engine_dir), gate)}",
                              hint="rebuild with a better quantization, or pass --allow-failed-gate to serve it anyway")
         console().print(f"[yellow]warning:[/yellow] {failure_message(str(engine_dir), gate)} (served anyway)")
-    llm = engine.llm(max_batch=max_batch, prefill_chunk=prefill_chunk, prefix_caching=prefix_caching)
+    llm = engine.llm(max_batch=max_batch, prefill_chunk=prefill_chunk, prefix_caching=prefix_caching,
+                     gpu_memory_fraction=gpu_memory_fraction)
     server = AsyncEngine(llm).start()
+    memory = getattr(llm.executor, "memory", None)
+    if memory:
+        console().print(f"KV cache: {memory['num_blocks']} blocks of {llm.executor.block_size} tokens, "
+                        f"{memory['kv_gib']} GiB (--gpu-memory-fraction {memory['fraction']} of "
+                        f"{memory['total_gib']} GiB; {memory['free_gib']} GiB were free after loading)")
     name = model_name or Path(engine_dir).resolve().name
     console().print(f"serving [bold]{name}[/bold] on http://{host}:{port}/v1 "
                     f"({llm.scheduler.max_running} sequences x {llm.max_tokens()} positions, "
