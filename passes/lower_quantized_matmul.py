@@ -13,9 +13,10 @@ Each module that calibration quantized is lowered by its kind and the weight for
   apply its QDQ selector fusions, which assume int8: see runtime.session.disabled_optimizers).
 - FP8 W8A8, format "cuda" (the onnxruntime-cuda target): one com.microsoft
   MatMulBlockQuantizedFp8Weight node, onnxruntime's CUDA FP8-weight kernel:
-  (x, B (N, K) float8e4m3fn, b_scale (N, 1) float32, a_scale ()) with block_size = K, so the
-  one block per row is the per-channel scale, and a_scale quantizes x to E4M3 in the kernel
-  (W8A8 numerics, the same as the Q/DQ form). int4 / int8 stay MatMulNBits.
+  (x, B (N, K) float8e4m3fn, b_scale (N, K/128) float32, a_scale ()) with block_size = 128
+  (K where 128 does not divide it): each row's per-channel scale repeated over its blocks,
+  the block size onnxruntime's native SM90 FP8 GEMM takes; a_scale quantizes x to E4M3 in
+  the kernel (W8A8 numerics, the same as the Q/DQ form). int4 / int8 stay MatMulNBits.
 
 MatMulNBits replaces the MatMul with
 
@@ -44,6 +45,9 @@ from passes._match import MS_DOMAIN, Deferred, add_initializer, ensure_ms_opset,
 
 WEIGHT_FORMATS = ("matmulnbits", "dequantize", "cuda")  # cuda: matmulnbits + the CUDA FP8 kernel
 FP8_WEIGHT_OP = "MatMulBlockQuantizedFp8Weight"
+# FP8 weight scales come in blocks of 128 along K: onnxruntime 1.31's SM90 DeepGEMM path (native
+# FP8 multiplication, runtime.session.FP8_DEEPGEMM) takes only that block size.
+FP8_BLOCK = 128
 
 
 @dataclass(frozen=True)
@@ -153,10 +157,15 @@ def _pack_rows(values: np.ndarray, bits: int) -> np.ndarray:
 
 
 def fp8_rows(q: Fp8Weight) -> tuple[np.ndarray, np.ndarray]:
-    """The CUDA FP8 kernel's weight: codes (N, K) float8e4m3fn (the torch layout) and one
-    float32 scale per row, shaped (N, 1) (one block of K)."""
+    """The CUDA FP8 kernel's weight: codes (N, K) float8e4m3fn (the torch layout) and float32
+    scales (N, K / block): each row's one scale repeated over its blocks of FP8_BLOCK, where
+    FP8_BLOCK divides K (the block size onnxruntime's native SM90 FP8 GEMM takes), else one
+    block of K. The same numbers either way."""
     codes = q.codes.astype(ml_dtypes.float8_e4m3fn)
-    return np.ascontiguousarray(codes), q.scales.astype(np.float32).reshape(-1, 1)
+    k = codes.shape[1]
+    blocks = k // FP8_BLOCK if k % FP8_BLOCK == 0 else 1
+    scales = np.repeat(q.scales.astype(np.float32).reshape(-1, 1), blocks, axis=1)
+    return np.ascontiguousarray(codes), scales
 
 
 def _tied_table(value: ir.Value | None) -> ir.Value | None:
@@ -301,7 +310,7 @@ class LowerQuantizedMatMul(ir_passes.InPlacePass):
                   add_initializer(graph, base + ".scales", row_scales),
                   add_initializer(graph, base + ".input_scale", np.asarray(q.input_scale, np.float32))]
         return ir.node(FP8_WEIGHT_OP, inputs, domain=MS_DOMAIN, name=node.name,
-                       attributes={"block_size": codes.shape[1]})
+                       attributes={"block_size": codes.shape[1] // row_scales.shape[1]})
 
     @staticmethod
     def _dq_nodes(graph: ir.Graph, base: str, w: DqWeight) -> list[ir.Node]:

@@ -112,6 +112,17 @@ def cuda_graph_wanted(requested: bool | None) -> bool:
     return os.environ.get("OPTIMIZER_CUDA_GRAPH", "1") != "0"
 
 
+def use_fp8_deepgemm(quantization: dict[str, Any] | None, provider: str) -> bool:
+    """Whether onnxruntime's native SM90 FP8 GEMM (DeepGEMM) is turned on for this session:
+    FP8 engines on CUDA, unless OPTIMIZER_FP8_DEEPGEMM=0. onnxruntime 1.31 reads the switch
+    (the environment variable ORT_FP8_MATMUL_DEEPGEMM) when it makes each
+    MatMulBlockQuantizedFp8Weight kernel, and takes the native path for block size 128 with an
+    activation scale on SM90 GPUs at the shapes it supports; elsewhere the kernel dequantizes
+    the weight to fp16 as before. A ORT_FP8_MATMUL_DEEPGEMM the user set is left as it is."""
+    return ((quantization or {}).get("method") == "fp8" and provider == PROVIDERS["cuda"]
+            and os.environ.get("OPTIMIZER_FP8_DEEPGEMM", "1") != "0")
+
+
 def eager_run_options() -> ort.RunOptions:
     """Run options for a run that must not be captured (graph annotation id -1)."""
     options = ort.RunOptions()
@@ -159,6 +170,8 @@ class DecoderSession:
         self.eager_run = eager_run_options() if self.cuda_graph else None
         self.int4_kernels = int4_kernel_choice(int4_kernels, kv.slots)
         options = make_session_options(threads, quantization, self.provider, self.int4_kernels)
+        if use_fp8_deepgemm(quantization, self.provider):
+            os.environ.setdefault("ORT_FP8_MATMUL_DEEPGEMM", "1")
         self.session = ort.InferenceSession(str(model_path), options,
                                             providers=[(self.provider, self.provider_options)],
                                             disabled_optimizers=list(disabled_optimizers(quantization)) or None)

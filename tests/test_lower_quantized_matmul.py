@@ -165,3 +165,21 @@ def test_cuda_format_lowers_fp8_to_the_cuda_kernel_exactly():
     assert np.array_equal(weight, q.dequantize().numpy())
     assert "layer.proj.weight" not in lowered.graph.initializers
     assert lowered.opset_imports.get("com.microsoft") == 1
+
+
+def test_cuda_fp8_scales_come_in_blocks_of_128_where_k_allows():
+    """K = 256: block_size 128, each row's scale repeated over its two blocks (the block size of
+    onnxruntime's native SM90 FP8 GEMM); the weight is still exactly the fake-quant one."""
+    from calibration.fp8 import quantize_linear_fp8
+    from passes.lower_quantized_matmul import FP8_BLOCK
+
+    torch.manual_seed(4)
+    q = quantize_linear_fp8(torch.randn(8, 2 * FP8_BLOCK) * 0.05, input_scale=0.02, observer="minmax")
+    lowered = LowerQuantizedMatMul({"layer.proj": plain_weight(q)}, weight_format="cuda").call(
+        _linear_model(np.ascontiguousarray(q.dequantize().numpy().T), np.float16)).model
+    [node] = list(lowered.graph)
+    assert node.attributes.get_int("block_size") == FP8_BLOCK
+    codes, scales = (v.const_value.numpy() for v in node.inputs[1:3])
+    assert scales.shape == (8, 2) and (scales[:, 0] == scales[:, 1]).all()
+    weight = codes.astype(np.float32) * np.repeat(scales, FP8_BLOCK, axis=1)
+    assert np.array_equal(weight, q.dequantize().numpy())
