@@ -110,6 +110,8 @@ class PagedExecutor:
         nbytes = int(np.prod(shape)) * np.dtype(self._dtype).itemsize
         binding = self.session.session.io_binding()
         binding.bind_output("logits", "cuda")  # first: get_outputs()[0] is the logits
+        if self.samples_on_device:
+            binding.bind_output(GREEDY_TOKENS, "cuda")  # second: get_outputs()[1]
         buffers = []  # keeps the device memory alive as long as the binding
         for i in range(kv.num_layers):
             for past, present in ((kv.past_key, kv.present_key), (kv.past_value, kv.present_value)):
@@ -164,8 +166,8 @@ class PagedExecutor:
         for name, array in feeds.items():
             if name in self._inputs:
                 self._binding.bind_cpu_input(name, array)
-        self._binding.bind_output("logits", "cuda")  # a fresh logits tensor each step
-        if self.samples_on_device:
+        self._binding.bind_output("logits", "cuda")  # a fresh logits tensor each step (kept in place:
+        if self.samples_on_device:                    # rebinding a name keeps its position)
             self._binding.bind_output(GREEDY_TOKENS, "cuda")
         self.session.session.run_with_iobinding(self._binding, self.session.eager_run)
 
