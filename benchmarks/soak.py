@@ -105,7 +105,7 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     log = tempfile.NamedTemporaryFile("w+", prefix="soak-server-", suffix=".log", delete=False)
     server = subprocess.Popen([sys.executable, "-m", "optimizer.cli", "serve", args.engine, "--port", str(port),
-                               "--threads", str(args.threads), "--no-verify"],
+                               "--threads", str(args.threads), "--no-verify", "--model-name", "m"],
                               stdout=log, stderr=subprocess.STDOUT, text=True)  # a file: a full pipe would block it
     try:
         deadline = time.monotonic() + 120

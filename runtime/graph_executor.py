@@ -197,11 +197,13 @@ class GraphStaticExecutor(StaticExecutor):
         params = self._params
         params.clear()
         host_rows: list[int] = []
-        uniforms = np.zeros(n)
+        uniforms = np.full(n, np.nan)  # drawn for rows the device samples
         for i, seq in enumerate(seqs):
-            if seq.params.temperature == 0 and not seq.params.min_tokens:
+            if seq.params.needs_host:
+                host_rows.append(i)  # penalties, logit bias, logprobs: the host applies them
+            elif seq.params.temperature == 0 and not seq.params.min_tokens:
                 continue  # greedy: the cleared row already says so
-            if seq.suppressing():
+            elif seq.suppressing():
                 host_rows.append(i)  # EOS masked out until min_tokens: the host applies it
             elif seq.params.temperature > 0:
                 uniforms[i] = draw_uniform(seq.rng)
@@ -218,7 +220,7 @@ class GraphStaticExecutor(StaticExecutor):
             logits = step.logits.numpy()
             for i in host_rows:
                 seq = seqs[i]
-                u = None if seq.suppressing() or seq.params.temperature == 0 else float(uniforms[i])
+                u = None if seq.suppressing() or np.isnan(uniforms[i]) else float(uniforms[i])
                 out[i] = seq.choose(logits[slots[i], -1], u)
             self.host_sampled += len(host_rows)
         self.slot_len[slots] += 1

@@ -18,6 +18,9 @@ import numpy as np
 from optimizer.core.errors import InputError
 
 
+MAX_LOGPROBS = 20  # most likely tokens reported per position at most (OpenAI's top_logprobs limit)
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     max_new_tokens: int = 64
@@ -29,6 +32,12 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = field(default_factory=tuple)
     stop: tuple[str, ...] = field(default_factory=tuple)  # stop strings (not part of the output text)
     min_tokens: int = 0  # EOS and stop tokens cannot end the output before this many tokens
+    # logit adjustments (runtime.penalties); defaults leave the logits as they are
+    presence_penalty: float = 0.0  # -2..2, output tokens only
+    frequency_penalty: float = 0.0  # -2..2, output tokens only
+    repetition_penalty: float = 1.0  # > 0; 1 = off; prompt and output tokens
+    logit_bias: tuple[tuple[int, float], ...] = field(default_factory=tuple)  # (token id, -100..100)
+    logprobs: int | None = None  # None: none recorded; k >= 0: the chosen token's and the k most likely
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -43,6 +52,27 @@ class SamplingParams:
             raise InputError(f"min_tokens must be in [0, max_new_tokens={self.max_new_tokens}], got {self.min_tokens}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise InputError("stop strings must be non-empty strings", hint=f"got {list(self.stop)!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise InputError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+        if not self.repetition_penalty > 0:
+            raise InputError(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
+        if any(not -100.0 <= b <= 100.0 for _, b in self.logit_bias):
+            raise InputError("logit_bias values must be in [-100, 100]", hint=f"got {dict(self.logit_bias)!r}")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise InputError(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
+
+    @property
+    def adjusts_logits(self) -> bool:
+        """Whether penalties or a logit bias change the logits before sampling."""
+        return bool(self.logit_bias or self.presence_penalty or self.frequency_penalty
+                    or self.repetition_penalty != 1.0)
+
+    @property
+    def needs_host(self) -> bool:
+        """Whether each token must be chosen on the host from the full logits (the device
+        sampler takes temperature / top-k / top-p only)."""
+        return self.adjusts_logits or self.logprobs is not None
 
 
 def filter_top_k(logits: np.ndarray, k: int) -> np.ndarray:

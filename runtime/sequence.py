@@ -8,6 +8,11 @@ Shared by the single-sequence loop (`runtime.generate`) and the continuous-batch
 - a stop string: the text ends before it and the request finishes (`finish_reason` "stop");
   while text could still turn into a stop string it is held back from the stream;
 - `max_new_tokens` ("length"), or an abort ("abort").
+
+Before a token is chosen its logits get the request's logit bias and penalties
+(runtime.penalties); with `logprobs` set, each chosen token's log-probability under the
+engine's raw logits (log_softmax, before any adjustment) and the k most likely tokens are
+kept in `logprobs`, one (token, logprob, top) entry per output token.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Any, Sequence as Seq
 import numpy as np
 
 from runtime.detokenize import IncrementalDetokenizer
+from runtime.penalties import (apply_frequency_presence, apply_logit_bias, apply_repetition_penalty, log_softmax,
+                               top_logprobs)
 from runtime.sampling import SamplingParams, sample_next, suppress
 
 
@@ -46,6 +53,10 @@ class Sequence:
         self.cached_tokens: int | None = None  # prompt tokens found in the prefix cache (None: not looked up yet)
         self.first_token_time: float | None = None
         self.finish_time: float | None = None
+        self._counts: dict[int, int] = {}  # output token -> occurrences (penalties)
+        self._prompt_set: np.ndarray | None = None  # distinct prompt ids (repetition penalty)
+        # per output token: (token, logprob, [(token, logprob), ...] most likely first)
+        self.logprobs: list[tuple[int, float, list[tuple[int, float]]]] = []
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -83,9 +94,31 @@ class Sequence:
     def choose(self, logits: np.ndarray, u: float | None = None) -> int:
         """The next token from (V,) logits, honouring min_tokens. `u`: the uniform number a
         sampled token consumes, when it was already drawn from this sequence's generator."""
+        raw = logits
+        if self.params.adjusts_logits:
+            logits = self.adjusted(logits)
         if self.suppressing():
             logits = suppress(logits, self.stop_ids)
-        return sample_next(logits, self.params, self.rng, u)
+        token = sample_next(logits, self.params, self.rng, u)
+        if self.params.logprobs is not None:
+            lp = log_softmax(raw)
+            self.logprobs.append((token, float(lp[token]), top_logprobs(lp, self.params.logprobs)))
+        return token
+
+    def adjusted(self, logits: np.ndarray) -> np.ndarray:
+        """The logits with this request's logit bias, repetition, frequency and presence penalties."""
+        p = self.params
+        logits = apply_logit_bias(logits, p.logit_bias)
+        if p.repetition_penalty != 1.0:
+            if self._prompt_set is None:
+                self._prompt_set = np.unique(np.asarray(self.prompt_ids, np.int64))
+            seen = np.union1d(self._prompt_set, np.fromiter(self._counts, np.int64, len(self._counts)))
+            logits = apply_repetition_penalty(logits, seen, p.repetition_penalty)
+        if self._counts:
+            ids = np.fromiter(self._counts, np.int64, len(self._counts))
+            counts = np.fromiter(self._counts.values(), np.float64, len(self._counts))
+            logits = apply_frequency_presence(logits, ids, counts, p.frequency_penalty, p.presence_penalty)
+        return logits
 
     def append(self, token: int, now: float | None = None) -> str:
         """Record a new token; return the text it releases (maybe ""). Sets finish_reason."""
@@ -93,6 +126,7 @@ class Sequence:
         if self.first_token_time is None:
             self.first_token_time = now
         self.output_ids.append(token)
+        self._counts[token] = self._counts.get(token, 0) + 1
         delta = ""
         if token in self.stop_ids:
             self.finish_reason = "stop"

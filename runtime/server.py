@@ -4,10 +4,14 @@
     POST /v1/chat/completions   messages through the tokenizer's chat template
     GET  /v1/models, /health, /metrics (Prometheus)
 
-Sampling fields: max_tokens, temperature, top_p, seed, stop, stream, and vLLM's extras
-top_k, min_tokens, ignore_eos, stop_token_ids. Errors are OpenAI-shaped JSON with a 4xx
-status: a prompt plus max_tokens beyond the engine's per-request capacity, an empty prompt,
-options this server does not implement (n > 1, logprobs, echo, best_of, tools).
+Requests as runtime.openai_api defines them: prompts as text, token ids or lists of either;
+n choices per prompt; max_tokens / max_completion_tokens, temperature, top_p, seed, stop,
+stream, presence / frequency penalties, logit_bias, logprobs (chat: logprobs + top_logprobs;
+completions: logprobs = k, and with echo the prompt's own logprobs), and vLLM's extras top_k,
+min_tokens, ignore_eos, stop_token_ids, repetition_penalty. Errors are OpenAI-shaped JSON: 404
+for a model this server does not serve (naming the one it does), 400 for a prompt plus
+max_tokens beyond the engine's per-request capacity, an empty prompt, an unknown message role,
+and fields this server does not implement (tools, suffix, ...: named in the message).
 A client that disconnects aborts its request, which frees its cache slot. Usage reports the
 prompt tokens served from the prefix cache (`prompt_tokens_details.cached_tokens`, as OpenAI
 does); /metrics the prefix cache's hit rate and cached tokens.
@@ -17,76 +21,38 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
-from typing import Any, AsyncIterator, Literal
+from typing import Any, AsyncIterator
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from optimizer.core.errors import OptimizerError
 from runtime.async_engine import AsyncEngine
+from runtime.executors import window_logits
 from runtime.llm_engine import RequestOutput
-from runtime.sampling import SamplingParams
+from runtime.openai_api import (MAX_CHOICES, APIError, ChatRequest, CompletionRequest, SamplingRequest, chat_logprobs,
+                                check_model, choice_seed, completion_logprobs, prompt_entries, prompt_ids,
+                                refuse_unsupported, sampling_params)
 from runtime.sequence import Sequence
 
 DISCONNECT_POLL_SECONDS = 0.25
 CLIENT_CLOSED = 499  # nginx's "client closed request": logged as such, not as an error
 
 
-class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # unknown OpenAI fields (user, ...) are ignored
-
-    model: str | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
-    n: int = 1
-    logprobs: Any = None
-    top_k: int = Field(default=0, ge=-1)  # vLLM: -1 or 0 = off
-    min_tokens: int = Field(default=0, ge=0)
-    ignore_eos: bool = False
-    stop_token_ids: list[int] | None = None
-
-
-class CompletionRequest(_Sampling):
-    prompt: str | list[str]
-    echo: bool = False
-    best_of: int | None = None
-    max_tokens: int | None = Field(default=16, ge=1)  # OpenAI's default for completions
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: str
-    content: str | list[dict[str, Any]] | None = None
-
-
-class ChatRequest(_Sampling):
-    messages: list[ChatMessage]
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    tools: Any = None
-
-
-class APIError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 kind: Literal["invalid_request_error", "server_error"] = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.kind = status, message, param, kind
-
-
 def create_app(engine: Any, server: AsyncEngine, model_name: str) -> FastAPI:
     """The app for `engine` (a runtime.Engine, for its tokenizer) served by `server`."""
     app = FastAPI(title="optimizer", docs_url=None, redoc_url=None)
     tokenizer = engine.tokenizer
+    vocab = _vocab_size(engine)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, e: APIError) -> JSONResponse:
-        return _error(e.status, e.message, e.param, e.kind)
+        return _error(e.status, e.message, e.param, e.kind, e.code)
 
     @app.exception_handler(ValidationError)
     async def _validation_error(_: Request, e: ValidationError) -> JSONResponse:
@@ -109,26 +75,32 @@ def create_app(engine: Any, server: AsyncEngine, model_name: str) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        body = _parse(CompletionRequest, await _json(request))
-        if body.echo or (body.best_of or 1) > 1:
-            raise APIError(400, "echo and best_of > 1 are not supported", "echo")
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if not prompts:
-            raise APIError(400, "prompt is empty", "prompt")
-        if body.stream and len(prompts) > 1:
-            raise APIError(400, "streaming takes one prompt", "prompt")
-        jobs = [_encode(engine, p) for p in prompts]
-        return await _respond(request, server, body, jobs, model_name, chat=False)
+        data = await _json(request)
+        refuse_unsupported(data, "completions")
+        body = _parse(CompletionRequest, data)
+        check_model(body.model, model_name)
+        if body.best_of is not None and body.best_of != body.n:
+            raise APIError(400, "best_of other than n is not supported (every choice is returned)", "best_of")
+        prompts = prompt_ids(body.prompt, lambda text: _encode(engine, text), vocab)
+        if body.echo and body.stream:
+            raise APIError(400, "echo is not supported with stream", "echo")
+        job = _Job(body, [ids for ids, _ in prompts], body.logprobs, chat=False)
+        if body.echo:
+            job.echo = [text if text is not None else _decode(tokenizer, ids) for ids, text in prompts]
+            if body.logprobs is not None:
+                job.prompt_logprobs = [await _prompt_logprobs(engine, ids, body.logprobs) for ids, _ in prompts]
+        return await _respond(request, server, job, model_name, tokenizer, vocab)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
-        body = _parse(ChatRequest, await _json(request))
-        if body.tools:
-            raise APIError(400, "tools are not supported", "tools")
-        if body.max_completion_tokens is not None:
-            body.max_tokens = body.max_completion_tokens
+        data = await _json(request)
+        refuse_unsupported(data, "chat")
+        body = _parse(ChatRequest, data)
+        check_model(body.model, model_name)
         if not body.messages:
             raise APIError(400, "messages is empty", "messages")
+        if body.top_logprobs is not None and not body.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", "top_logprobs")
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
             raise APIError(400, "this model's tokenizer has no chat template; use /v1/completions", "messages")
         messages = [m.model_dump(exclude_none=True) for m in body.messages]
@@ -138,12 +110,26 @@ def create_app(engine: Any, server: AsyncEngine, model_name: str) -> FastAPI:
             raise APIError(400, f"the chat template rejected the messages: {e}", "messages") from e
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):
             ids = ids["input_ids"]
-        return await _respond(request, server, body, [list(ids)], model_name, chat=True)
+        logprobs = (body.top_logprobs or 0) if body.logprobs else None
+        return await _respond(request, server, _Job(body, [list(ids)], logprobs, chat=True), model_name,
+                              tokenizer, vocab)
 
     return app
 
 
 # -- request handling --------------------------------------------------------------------------
+class _Job:
+    """One HTTP request: its prompts, n choices of each, and what the response shows."""
+
+    def __init__(self, body: SamplingRequest, prompts: list[list[int]], logprobs: int | None, chat: bool) -> None:
+        self.body, self.prompts, self.logprobs, self.chat = body, prompts, logprobs, chat
+        self.echo: list[str] | None = None  # completions with echo: each prompt's text
+        self.prompt_logprobs: list[list] | None = None  # completions with echo and logprobs
+        if len(prompts) * body.n > MAX_CHOICES:
+            raise APIError(400, f"{len(prompts)} prompts x n={body.n} choices exceeds this server's limit of "
+                                f"{MAX_CHOICES} per request; split the request", "n")
+
+
 async def _json(request: Request) -> Any:
     try:
         return await request.json()
@@ -160,46 +146,63 @@ def _parse(model: type[BaseModel], data: Any) -> Any:
         raise APIError(400, f"{where}: {first['msg']}", where or None) from e
 
 
+def _vocab_size(engine: Any) -> int:
+    vocab = engine.session.logits_type()[1]
+    if vocab is None and engine.tokenizer is not None:
+        vocab = len(engine.tokenizer)
+    return int(vocab) if vocab is not None else 2**31
+
+
 def _encode(engine: Any, prompt: str) -> list[int]:
     if engine.tokenizer is None:
-        raise APIError(400, "this engine has no tokenizer, so it cannot take text prompts")
+        raise APIError(400, "this engine has no tokenizer, so it cannot take text prompts; send token ids")
     return engine.encode(prompt)  # with BOS where the architecture needs it
 
 
-def _sampling(body: _Sampling, prompt_len: int, capacity: int) -> SamplingParams:
-    if body.n != 1:
-        raise APIError(400, "only n = 1 is supported", "n")
-    if body.logprobs:
-        raise APIError(400, "logprobs are not supported", "logprobs")
-    max_tokens = body.max_tokens if body.max_tokens is not None else capacity - prompt_len + 1
-    if prompt_len + max_tokens - 1 > capacity:
-        raise APIError(400, f"the prompt ({prompt_len} tokens) plus max_tokens ({max_tokens}) exceeds this "
-                            f"server's limit of {capacity + 1} tokens per request; shorten the prompt or "
-                            "lower max_tokens", "max_tokens")
-    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    try:
-        return SamplingParams(max_new_tokens=max_tokens, temperature=body.temperature, top_k=max(body.top_k, 0),
-                              top_p=body.top_p, seed=body.seed, ignore_eos=body.ignore_eos,
-                              stop_token_ids=tuple(body.stop_token_ids or ()), stop=tuple(stop),
-                              min_tokens=min(body.min_tokens, max_tokens))
-    except OptimizerError as e:
-        raise APIError(400, e.message) from e
+def _decode(tokenizer: Any, ids: list[int]) -> str:
+    return tokenizer.decode(ids) if tokenizer is not None else ""
 
 
-async def _respond(request: Request, server: AsyncEngine, body: _Sampling, prompts: list[list[int]],
-                   model_name: str, chat: bool) -> Response:
+def _token_text(tokenizer: Any) -> Any:
+    cache: dict[int, str] = {}
+
+    def text(token: int) -> str:
+        if token not in cache:
+            cache[token] = tokenizer.decode([token]) if tokenizer is not None else f"token_id:{token}"
+        return cache[token]
+    return text
+
+
+_PROMPT_LOGITS_LOCK = threading.Lock()  # one prompt-logprobs pass at a time (it runs beside the engine loop)
+
+
+async def _prompt_logprobs(engine: Any, ids: list[int], k: int) -> list:
+    """The prompt's own logprobs (echo): every position's logits from one prefill of the prompt
+    through the engine's session, off the event loop."""
+    def run() -> list:
+        with _PROMPT_LOGITS_LOCK:
+            logits = window_logits(engine.session, np.asarray([ids], np.int64))[0]
+        return prompt_entries(logits, ids, k)
+    return await asyncio.to_thread(run)
+
+
+async def _respond(request: Request, server: AsyncEngine, job: _Job, model_name: str, tokenizer: Any,
+                   vocab: int) -> Response:
     capacity = server.llm.max_tokens()
-    seqs = []
-    for ids in prompts:
+    body = job.body
+    seqs = []  # choice index = prompt index * n + j
+    for ids in job.prompts:
         if not ids:
             raise APIError(400, "the prompt encodes to no tokens", "prompt")
-        try:  # everything the engine would refuse, refused here with a 400 (before any stream starts)
-            seqs.append(server.new_sequence(ids, _sampling(body, len(ids), capacity)))
-        except OptimizerError as e:
-            raise APIError(400, e.message) from e
-    rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        for j in range(body.n):
+            params = sampling_params(body, len(ids), capacity, vocab, choice_seed(body.seed, j), job.logprobs)
+            try:  # everything the engine would refuse, refused here with a 400 (before any stream starts)
+                seqs.append(server.new_sequence(ids, params))
+            except OptimizerError as e:
+                raise APIError(400, e.message) from e
+    rid = ("chatcmpl-" if job.chat else "cmpl-") + uuid.uuid4().hex[:24]
     if body.stream:
-        return StreamingResponse(_sse(server, seqs[0], rid, model_name, chat), media_type="text/event-stream")
+        return StreamingResponse(_sse(server, seqs, job, rid, model_name, tokenizer), media_type="text/event-stream")
     tasks = [asyncio.ensure_future(server.run_sequence(seq)) for seq in seqs]
     try:
         while True:  # wait, watching for the client going away
@@ -215,41 +218,96 @@ async def _respond(request: Request, server: AsyncEngine, body: _Sampling, promp
     if any(s.finish_reason == "error" for s in seqs):
         raise APIError(500, "the engine failed while running this request (see the server log)",
                        kind="server_error")
-    completion = sum(len(s.output_ids) for s in seqs)
-    usage = {"prompt_tokens": sum(len(p) for p in prompts), "completion_tokens": completion,
-             "total_tokens": sum(len(p) for p in prompts) + completion,
-             "prompt_tokens_details": {"cached_tokens": sum(s.cached_tokens or 0 for s in seqs)}}
-    if chat:
-        choices = [{"index": i, "message": {"role": "assistant", "content": s.text},
-                    "finish_reason": _reason(s.finish_reason), "logprobs": None} for i, s in enumerate(seqs)]
-    else:
-        choices = [{"index": i, "text": s.text, "finish_reason": _reason(s.finish_reason), "logprobs": None}
-                   for i, s in enumerate(seqs)]
-    return JSONResponse({"id": rid, "object": "chat.completion" if chat else "text_completion",
-                         "created": int(time.time()), "model": model_name, "choices": choices, "usage": usage})
-
-
-async def _sse(server: AsyncEngine, seq: Sequence, rid: str, model_name: str, chat: bool) -> AsyncIterator[str]:
-    created = int(time.time())
-    kind = "chat.completion.chunk" if chat else "text_completion"
-
-    def chunk(text: str | None, reason: str | None, role: bool = False) -> str:
-        if chat:
-            delta: dict[str, Any] = {"role": "assistant"} if role else {}
-            if text is not None:
-                delta["content"] = text
-            choice = {"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}
+    text = _token_text(tokenizer)
+    choices = []
+    for i, s in enumerate(seqs):
+        p = i // body.n
+        if job.chat:
+            choice = {"index": i, "message": {"role": "assistant", "content": s.text},
+                      "logprobs": chat_logprobs(_entries(s), text) if job.logprobs is not None else None}
         else:
-            choice = {"index": 0, "text": text or "", "finish_reason": reason, "logprobs": None}
-        return "data: " + json.dumps({"id": rid, "object": kind, "created": created, "model": model_name,
-                                      "choices": [choice]}) + "\n\n"
+            prefix = job.echo[p] if job.echo is not None else ""
+            logprobs = None
+            if job.logprobs is not None:
+                entries = (job.prompt_logprobs[p] if job.prompt_logprobs is not None else []) + _entries(s)
+                logprobs = completion_logprobs(entries, text)
+            choice = {"index": i, "text": prefix + s.text, "logprobs": logprobs}
+        choices.append({**choice, "finish_reason": _reason(s.finish_reason)})
+    return JSONResponse({"id": rid, "object": "chat.completion" if job.chat else "text_completion",
+                         "created": int(time.time()), "model": model_name, "choices": choices,
+                         "usage": _usage(job, seqs)})
+
+
+def _entries(seq: Sequence, first: int = 0) -> list:
+    return [(t, lp, top) for t, lp, top in seq.logprobs[first:]]
+
+
+def _usage(job: _Job, seqs: list[Sequence]) -> dict[str, Any]:
+    prompt = sum(len(p) for p in job.prompts) * job.body.n
+    completion = sum(len(s.output_ids) for s in seqs)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": sum(s.cached_tokens or 0 for s in seqs)}}
+
+
+async def _merged(server: AsyncEngine, seqs: list[Sequence]) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """The updates of several sequences as they come, tagged with each one's index; leaving
+    early aborts those still running."""
+    queue: asyncio.Queue[tuple[int, RequestOutput | None]] = asyncio.Queue()
+
+    async def pump(i: int, seq: Sequence) -> None:
+        async for out in server.stream_sequence(seq):
+            await queue.put((i, out))
+        await queue.put((i, None))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(seqs)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            i, out = await queue.get()
+            if out is None:
+                remaining -= 1
+            else:
+                yield i, out
+    finally:
+        for t in tasks:
+            t.cancel()
+
+
+async def _sse(server: AsyncEngine, seqs: list[Sequence], job: _Job, rid: str, model_name: str,
+               tokenizer: Any) -> AsyncIterator[str]:
+    created = int(time.time())
+    chat = job.chat
+    kind = "chat.completion.chunk" if chat else "text_completion"
+    text = _token_text(tokenizer)
+    sent = [0] * len(seqs)  # logprob entries already streamed, per choice
+
+    def chunk(choices: list[dict[str, Any]], usage: dict | None = None) -> str:
+        payload = {"id": rid, "object": kind, "created": created, "model": model_name, "choices": choices}
+        if usage is not None:
+            payload["usage"] = usage
+        return "data: " + json.dumps(payload) + "\n\n"
+
+    def choice(i: int, delta: str | None, reason: str | None, role: bool = False) -> dict[str, Any]:
+        logprobs = None
+        if job.logprobs is not None and not role:
+            entries = _entries(seqs[i], sent[i])
+            sent[i] += len(entries)
+            logprobs = chat_logprobs(entries, text) if chat else completion_logprobs(entries, text)
+        if chat:
+            d: dict[str, Any] = {"role": "assistant"} if role else {}
+            if delta is not None:
+                d["content"] = delta
+            return {"index": i, "delta": d, "finish_reason": reason, "logprobs": logprobs}
+        return {"index": i, "text": delta or "", "finish_reason": reason, "logprobs": logprobs}
 
     if chat:
-        yield chunk("", None, role=True)
-    out: RequestOutput | None = None
-    async for out in server.stream_sequence(seq):  # leaving early (disconnect) aborts the request
-        if out.text_delta or out.finished:
-            yield chunk(out.text_delta, _reason(out.finish_reason) if out.finished else None)
+        for i in range(len(seqs)):
+            yield chunk([choice(i, "", None, role=True)])
+    async for i, out in _merged(server, seqs):  # leaving early (disconnect) aborts the requests
+        if out.text_delta or out.finished or job.logprobs is not None:
+            yield chunk([choice(i, out.text_delta, _reason(out.finish_reason) if out.finished else None)])
+    if job.body.stream_options is not None and job.body.stream_options.include_usage:
+        yield chunk([], _usage(job, seqs))
     yield "data: [DONE]\n\n"
 
 
@@ -257,6 +315,7 @@ def _reason(reason: str | None) -> str | None:
     return {"stop": "stop", "length": "length"}.get(reason or "", reason)
 
 
-def _error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}},
+def _error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
+           code: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}},
                         status_code=status)

@@ -1,4 +1,4 @@
-"""Sampling as pure functions: greedy, temperature, top-k, top-p, seeds."""
+"""Sampling as pure functions: greedy, temperature, top-k, top-p, seeds, penalties, logit bias, logprobs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 
 from optimizer.core.errors import InputError
+from runtime.penalties import (apply_frequency_presence, apply_logit_bias, apply_repetition_penalty, log_softmax,
+                               top_logprobs)
 from runtime.sampling import SamplingParams, filter_top_k, filter_top_p, sample_next, softmax
+from runtime.sequence import Sequence
 
 
 def test_greedy_is_argmax():
@@ -48,5 +51,47 @@ def test_low_temperature_sharpens():
 @pytest.mark.parametrize("kwargs", [dict(max_new_tokens=0), dict(temperature=-1), dict(top_k=-1),
                                     dict(top_p=0.0), dict(top_p=1.5)])
 def test_bad_parameters_are_rejected(kwargs):
+    with pytest.raises(InputError):
+        SamplingParams(**kwargs)
+
+
+def test_penalties_against_hand_computed_values():
+    logits = np.array([2.0, -1.0, 0.5, 3.0, 0.0])
+    assert apply_logit_bias(logits, ((1, 5.0), (4, -100.0))).tolist() == [2.0, 4.0, 0.5, 3.0, -100.0]
+    # repetition: positive logits divided, negative multiplied
+    assert apply_repetition_penalty(logits, np.array([0, 1]), 2.0).tolist() == [1.0, -2.0, 0.5, 3.0, 0.0]
+    # frequency 0.5 x count + presence 0.25 for each token in the output
+    out = apply_frequency_presence(logits, np.array([3, 2]), np.array([2.0, 1.0]), 0.5, 0.25)
+    assert out.tolist() == [2.0, -1.0, -0.25, 1.75, 0.0]
+    assert apply_frequency_presence(logits, np.array([3]), np.array([1.0]), 0.0, 0.0) is logits
+
+
+def test_sequence_applies_bias_then_penalties_to_prompt_and_output():
+    params = SamplingParams(max_new_tokens=8, repetition_penalty=2.0, frequency_penalty=1.0, presence_penalty=0.5,
+                            logit_bias=((4, 1.0),))
+    seq = Sequence("r", [0], params)
+    seq.append(3)
+    seq.append(3)
+    logits = np.array([2.0, -1.0, 0.5, 3.0, 0.0])
+    # bias: token 4 -> 1.0; repetition on {0 (prompt), 3 (output)}: 2 -> 1, 3 -> 1.5;
+    # frequency/presence on token 3 (twice): 1.5 - 2 - 0.5 = -1
+    assert seq.adjusted(logits).tolist() == [1.0, -1.0, 0.5, -1.0, 1.0]
+    assert seq.choose(logits) == 0 and not seq.logprobs  # greedy over the adjusted logits
+
+
+def test_logprobs_are_log_softmax_of_the_raw_logits():
+    logits = np.array([1.0, 3.0, 2.0, 3.0])
+    lp = log_softmax(logits)
+    assert np.exp(lp).sum() == pytest.approx(1.0) and lp[1] - lp[0] == pytest.approx(2.0)
+    assert top_logprobs(lp, 3) == [(1, lp[1]), (3, lp[3]), (2, lp[2])]  # ties: lower id first
+    seq = Sequence("r", [0], SamplingParams(max_new_tokens=4, logprobs=2, logit_bias=((0, 10.0),)))
+    token = seq.choose(logits)
+    assert token == 0  # chosen after the bias, reported under the raw logits
+    assert seq.logprobs == [(0, pytest.approx(lp[0]), [(1, pytest.approx(lp[1])), (3, pytest.approx(lp[3]))])]
+
+
+@pytest.mark.parametrize("kwargs", [dict(presence_penalty=2.1), dict(frequency_penalty=-3), dict(repetition_penalty=0),
+                                    dict(logit_bias=((1, 200.0),)), dict(logprobs=21)])
+def test_bad_adjustments_are_rejected(kwargs):
     with pytest.raises(InputError):
         SamplingParams(**kwargs)

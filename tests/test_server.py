@@ -12,11 +12,14 @@ import time
 import httpx2 as httpx  # the openai client's HTTP library
 import openai
 import pytest
+import numpy as np
 import uvicorn
 
 from optimizer.pipeline import BuildOptions, build_engine
 from runtime import Engine
 from runtime.async_engine import AsyncEngine
+from runtime.executors import probe_logits
+from runtime.penalties import log_softmax
 from runtime.server import create_app
 
 CAPACITY = 96
@@ -99,9 +102,19 @@ def test_stop_strings_min_tokens_and_seeded_sampling(client):
 
 @pytest.mark.parametrize("body, message", [
     ({"prompt": "Hello", "max_tokens": CAPACITY + 5}, "exceeds this server's limit"),
-    ({"prompt": "Hello", "n": 2}, "only n = 1"),
+    ({"prompt": "Hello", "n": 65}, "n"),
+    ({"prompt": ["a"] * 33, "n": 2}, "exceeds this server's limit of 64"),
     ({"prompt": "Hello", "temperature": -1}, "temperature"),
-    ({"prompt": "Hello", "logprobs": 3}, "logprobs"),
+    ({"prompt": "Hello", "logprobs": 21}, "logprobs"),
+    ({"prompt": "Hello", "presence_penalty": 2.5}, "presence_penalty"),
+    ({"prompt": "Hello", "repetition_penalty": 0}, "repetition_penalty"),
+    ({"prompt": "Hello", "logit_bias": {"x": 1}}, "logit_bias keys are token ids"),
+    ({"prompt": "Hello", "logit_bias": {"99999999": 1}}, "outside the vocabulary"),
+    ({"prompt": "Hello", "logit_bias": {"5": 101}}, "logit_bias values"),
+    ({"prompt": [[1, 2], [99999999]]}, "prompt token 99999999 is outside the vocabulary"),
+    ({"prompt": []}, "prompt is empty"),
+    ({"prompt": "Hello", "suffix": "!"}, "suffix is not supported"),
+    ({"prompt": "Hello", "best_of": 3}, "best_of"),
     ({"max_tokens": 3}, "prompt"),
 ])
 def test_bad_requests_get_a_clear_400(served, body, message):
@@ -196,3 +209,133 @@ def test_usage_reports_cached_prompt_tokens_and_metrics_the_hit_rate(served, cli
     cached = float(next(line.split()[1] for line in text.splitlines()
                         if line.startswith("optimizer_prefix_cache_cached_tokens_total ")))
     assert 0 < rate < 1 and cached >= 16
+
+
+def test_unknown_or_missing_model_and_bad_roles(served):
+    base = served[0]
+    r = httpx.post(base + "/v1/completions", json={"model": "gpt-4o", "prompt": "Hi", "max_tokens": 2})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    assert "'gpt-4o'" in r.json()["error"]["message"] and "tiny" in r.json()["error"]["message"]
+    r = httpx.post(base + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}]})
+    assert r.status_code == 400 and "model is required" in r.json()["error"]["message"]
+    r = httpx.post(base + "/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "wizard",
+                                                                                       "content": "Hi"}]})
+    assert r.status_code == 400 and "messages.0.role" in r.json()["error"]["message"]
+    for field, value in (("tools", [{"type": "function", "function": {"name": "f"}}]), ("tool_choice", "auto"),
+                         ("audio", {"voice": "x"})):
+        r = httpx.post(base + "/v1/chat/completions", json={"model": "tiny", field: value,
+                                                            "messages": [{"role": "user", "content": "Hi"}]})
+        assert r.status_code == 400 and r.json()["error"]["message"].startswith(f"{field} is not supported")
+    r = httpx.post(base + "/v1/chat/completions", json={"model": "tiny", "top_logprobs": 2,
+                                                        "messages": [{"role": "user", "content": "Hi"}]})
+    assert r.status_code == 400 and "top_logprobs needs logprobs" in r.json()["error"]["message"]
+
+
+def test_token_id_prompts_lists_of_prompts_and_n(served, client):
+    _, server = served
+    ids = server.llm.tokenizer.encode("Hello there")
+    text = client.completions.create(model="tiny", prompt="Hello there", max_tokens=6, temperature=0,
+                                     extra_body={"ignore_eos": True})
+    by_ids = client.completions.create(model="tiny", prompt=ids, max_tokens=6, temperature=0,
+                                       extra_body={"ignore_eos": True})
+    assert by_ids.choices[0].text == text.choices[0].text and by_ids.usage.prompt_tokens == len(ids)
+    several = client.completions.create(model="tiny", prompt=[ids, "Once upon"], max_tokens=6, temperature=0,
+                                        extra_body={"ignore_eos": True})
+    assert [c.index for c in several.choices] == [0, 1] and several.choices[0].text == text.choices[0].text
+    # n choices: seeded, reproducible, the first equal to the same request with n = 1
+    a = client.completions.create(model="tiny", prompt="Once upon", max_tokens=12, temperature=1.0, seed=11, n=3,
+                                  extra_body={"ignore_eos": True})
+    b = client.completions.create(model="tiny", prompt="Once upon", max_tokens=12, temperature=1.0, seed=11, n=3,
+                                  extra_body={"ignore_eos": True})
+    one = client.completions.create(model="tiny", prompt="Once upon", max_tokens=12, temperature=1.0, seed=11,
+                                    extra_body={"ignore_eos": True})
+    texts = [c.text for c in a.choices]
+    assert texts == [c.text for c in b.choices] and len(set(texts)) > 1 and texts[0] == one.choices[0].text
+    assert a.usage.completion_tokens == 36
+    chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], n=2,
+                                          max_completion_tokens=5, temperature=0, extra_body={"ignore_eos": True})
+    assert [c.index for c in chat.choices] == [0, 1] and chat.usage.completion_tokens == 10
+    streamed = {0: "", 1: ""}
+    for c in client.completions.create(model="tiny", prompt="Once upon", max_tokens=12, temperature=1.0, seed=11,
+                                       n=2, stream=True, extra_body={"ignore_eos": True}):
+        for choice in c.choices:
+            streamed[choice.index] += choice.text
+    assert [streamed[0], streamed[1]] == texts[:2]
+
+
+def test_logit_bias_and_penalties_reach_the_sampler(served, client):
+    _, server = served
+    ids = server.llm.tokenizer.encode("Once upon")
+    forced = client.completions.create(model="tiny", prompt=ids, max_tokens=5, temperature=0,
+                                       logit_bias={"42": 100}, extra_body={"ignore_eos": True})
+    assert forced.choices[0].logprobs is None
+    plain = client.completions.create(model="tiny", prompt=ids, max_tokens=8, temperature=0, logprobs=0,
+                                      extra_body={"ignore_eos": True})
+    tokens = [server.llm.tokenizer.encode(t)[0] for t in plain.choices[0].logprobs.tokens]
+    assert server.llm.tokenizer.decode([42] * 5) == forced.choices[0].text
+    banned = client.completions.create(model="tiny", prompt=ids, max_tokens=1, temperature=0, logprobs=0,
+                                       logit_bias={str(tokens[0]): -100}, extra_body={"ignore_eos": True})
+    assert banned.choices[0].logprobs.tokens[0] != plain.choices[0].logprobs.tokens[0]
+    # a strong frequency penalty changes a greedy continuation that repeats a token
+    assert len(set(tokens)) < len(tokens), "this tiny model's greedy continuation repeats itself"
+    penalized = client.completions.create(model="tiny", prompt=ids, max_tokens=8, temperature=0,
+                                          frequency_penalty=2.0, extra_body={"ignore_eos": True})
+    assert penalized.choices[0].text != plain.choices[0].text
+
+
+def engine_logprobs(server: AsyncEngine, ids: list[int]) -> np.ndarray:
+    """log_softmax of the engine's own logits at every position of `ids` (row i predicts i + 1)."""
+    session = server.llm.executor.session
+    return np.stack([log_softmax(row) for row in probe_logits(session, ids, 1)])
+
+
+def test_completion_logprobs_and_echo_equal_the_engines_logits(served, client):
+    _, server = served
+    ids = server.llm.tokenizer.encode("Once upon a time")
+    r = client.completions.create(model="tiny", prompt=ids, max_tokens=6, temperature=0, logprobs=3, echo=True,
+                                  extra_body={"ignore_eos": True})
+    lp = r.choices[0].logprobs
+    out_ids = greedy_ids(server, ids, 6)
+    assert len(lp.tokens) == len(ids) + 6 and lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert r.choices[0].text.startswith(server.llm.tokenizer.decode(ids))
+    want = engine_logprobs(server, ids + out_ids)
+    got = np.asarray(lp.token_logprobs[1:])
+    expected = np.asarray([want[i - 1, t] for i, t in enumerate(ids + out_ids) if i > 0])
+    assert np.abs(got - expected).max() < 1e-4
+    for i in range(1, len(ids) + 6):  # the 3 most likely, and the chosen token, at each position
+        top = lp.top_logprobs[i]
+        best = np.sort(want[i - 1])[::-1][:3]
+        assert sorted(top.values(), reverse=True)[:3] == pytest.approx(best.tolist(), abs=1e-4)
+    assert lp.text_offset[0] == 0 and lp.text_offset[1] == len(lp.tokens[0])
+    # greedy: each output token is the most likely one
+    assert all(lp.token_logprobs[i] == pytest.approx(max(lp.top_logprobs[i].values())) for i in range(len(ids), len(ids) + 6))
+
+
+def greedy_ids(server: AsyncEngine, ids: list[int], n: int) -> list[int]:
+    """The engine's greedy continuation of `ids`, as token ids (no text round trip)."""
+    from runtime.sampling import SamplingParams
+
+    async def run():
+        return await server.run_sequence(server.new_sequence(ids, SamplingParams(max_new_tokens=n, ignore_eos=True)))
+    return asyncio.run(run()).output_ids
+
+
+def test_chat_logprobs_shape_and_values(served, client):
+    _, server = served
+    r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=5,
+                                       temperature=0.8, seed=2, logprobs=True, top_logprobs=4,
+                                       extra_body={"ignore_eos": True})
+    content = r.choices[0].logprobs.content
+    assert len(content) == 5 and all(len(c.top_logprobs) == 4 for c in content)
+    for c in content:
+        values = [t.logprob for t in c.top_logprobs]
+        assert values == sorted(values, reverse=True) and c.logprob <= values[0] + 1e-9
+        assert bytes(c.bytes).decode("utf-8") == c.token
+    assert "".join(c.token for c in content) == r.choices[0].message.content
+    chunks = list(client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
+                                                 max_tokens=5, temperature=0.8, seed=2, logprobs=True,
+                                                 top_logprobs=4, stream=True, extra_body={"ignore_eos": True}))
+    streamed = [c for chunk in chunks if chunk.choices and chunk.choices[0].logprobs
+                for c in chunk.choices[0].logprobs.content]
+    assert [c.token for c in streamed] == [c.token for c in content]  # (the prompt now comes from the prefix cache)
+    assert [c.logprob for c in streamed] == pytest.approx([c.logprob for c in content], abs=1e-4)
