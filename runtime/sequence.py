@@ -88,8 +88,9 @@ class Sequence:
 
     def greedy_on_device(self) -> bool:
         """Whether the next token is the argmax of the raw logits (no sampling, nothing masked),
-        which an engine's own greedy_tokens output gives without the logits leaving the device."""
-        return self.params.temperature == 0 and not self.suppressing()
+        which an engine's own greedy_tokens output gives without the logits leaving the device
+        (not where penalties, a logit bias or logprobs need the logits on the host)."""
+        return self.params.temperature == 0 and not self.params.needs_host and not self.suppressing()
 
     def choose(self, logits: np.ndarray, u: float | None = None) -> int:
         """The next token from (V,) logits, honouring min_tokens. `u`: the uniform number a

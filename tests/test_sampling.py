@@ -77,6 +77,9 @@ def test_sequence_applies_bias_then_penalties_to_prompt_and_output():
     # frequency/presence on token 3 (twice): 1.5 - 2 - 0.5 = -1
     assert seq.adjusted(logits).tolist() == [1.0, -1.0, 0.5, -1.0, 1.0]
     assert seq.choose(logits) == 0 and not seq.logprobs  # greedy over the adjusted logits
+    assert not seq.greedy_on_device()  # the adjustments need the logits on the host
+    assert not Sequence("r", [0], SamplingParams(logprobs=0)).greedy_on_device()
+    assert Sequence("r", [0], SamplingParams()).greedy_on_device()
 
 
 def test_logprobs_are_log_softmax_of_the_raw_logits():
