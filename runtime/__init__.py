@@ -8,5 +8,6 @@
 
 from runtime.engine import Engine
 from runtime.sampling import SamplingParams
+from runtime.speculative import SpeculativeConfig
 
-__all__ = ["Engine", "SamplingParams"]
+__all__ = ["Engine", "SamplingParams", "SpeculativeConfig"]

@@ -154,6 +154,8 @@ class AsyncEngine:
         stats = self.llm.last_step
         self.metrics.observe_tokens(stats.new_tokens, stats.preempted)
         self.metrics.observe_prefix_cache(stats.queried_tokens, stats.cached_tokens)
+        self.metrics.observe_decode(stats.decode_tokens, stats.decode_new_tokens, stats.drafted_tokens,
+                                    stats.accepted_tokens)
 
     def _observe(self) -> None:
         s = self.llm.scheduler

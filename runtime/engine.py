@@ -9,12 +9,14 @@ from typing import Any, Callable
 from optimizer.core.artifact import EngineDir, load_engine
 from optimizer.core.errors import EngineError
 from runtime.detokenize import IncrementalDetokenizer
+from runtime.draft_model import check_same_tokenizer
 from runtime.executors import make_executor
 from runtime.generate import GenerationResult, generate_ids
 from runtime.llm_engine import LLMEngine
 from runtime.sampling import SamplingParams
 from runtime.sequence import Sequence
 from runtime.session import DecoderSession
+from runtime.speculative import SpeculativeConfig
 
 
 @dataclass
@@ -74,19 +76,25 @@ class Engine:
             gpu_memory_fraction: float | None = None, **kwargs: Any) -> LLMEngine:
         """A continuous-batching loop over this engine's cache layout (manifest sizes by default;
         a paged engine's pool from GPU memory with `gpu_memory_fraction`); `kwargs` go to
-        LLMEngine (e.g. prefill_chunk, prefix_caching=False)."""
+        LLMEngine (e.g. prefill_chunk, prefix_caching=False, speculative=SpeculativeConfig("ngram", 4)).
+        A draft engine must share this engine's tokenizer (checked)."""
+        speculative = kwargs.get("speculative")
+        if speculative is not None and speculative.draft is not None:
+            check_same_tokenizer(self, speculative.draft)
         executor = make_executor(self.session, max_batch, capacity, gpu_memory_fraction, kwargs.get("prefill_budget"))
         return LLMEngine(executor, self.tokenizer, self.eos_token_ids, **kwargs)
 
     def generate(self, prompt: "str | list[str]", params: SamplingParams | None = None,
-                 on_text: Callable[[str], None] | None = None) -> "TextResult | list[TextResult]":
+                 on_text: Callable[[str], None] | None = None,
+                 speculative: SpeculativeConfig | None = None) -> "TextResult | list[TextResult]":
         """Generate from a text prompt (`on_text` receives the text as it is produced), or from
-        a list of prompts, batched continuously; results come back in the prompts' order."""
+        a list of prompts, batched continuously; results come back in the prompts' order.
+        `speculative`: speculative decoding (runtime.speculative; through the batching loop)."""
         params = params or SamplingParams()
-        if isinstance(prompt, str) and not params.stop:
+        if isinstance(prompt, str) and not params.stop and speculative is None:
             return self._generate_one(prompt, params, on_text)
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        results = self.generate_batch([self.encode(p) for p in prompts], params)
+        results = self.generate_batch([self.encode(p) for p in prompts], params, speculative=speculative)
         if isinstance(prompt, str):
             if on_text is not None and results[0].text:
                 on_text(results[0].text)
@@ -94,11 +102,12 @@ class Engine:
         return results
 
     def generate_batch(self, prompts_ids: list[list[int]], params: "SamplingParams | list[SamplingParams]",
-                       max_batch: int | None = None, prefix_caching: bool = True) -> list[TextResult]:
+                       max_batch: int | None = None, prefix_caching: bool = True,
+                       speculative: SpeculativeConfig | None = None) -> list[TextResult]:
         """Many requests through the continuous-batching loop; results in input order."""
         per_request = params if isinstance(params, list) else [params] * len(prompts_ids)
         llm = self.llm(max_batch=min(len(prompts_ids), max_batch or self.session.kv.slots or 16) or 1,
-                       prefix_caching=prefix_caching)
+                       prefix_caching=prefix_caching, speculative=speculative)
         seqs = [llm.make_sequence(ids, p, detokenize=self.tokenizer is not None)
                 for ids, p in zip(prompts_ids, per_request)]
         llm.run(seqs)

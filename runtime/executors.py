@@ -135,27 +135,30 @@ class StaticExecutor:
 
     def _run(self, binding: ort.IOBinding, ids: np.ndarray, mask: np.ndarray,
              last: np.ndarray | None = None) -> np.ndarray:
-        """Logits of each row's position `last[r]` (default: the last column): (rows, 1, V),
-        or (rows, S, V) on engines without slice-logits; on CPU a view of the executor's
-        logits buffer, valid until the next step."""
+        """Logits (rows, K, V) of each row's positions `last[r]` ((rows,) for K = 1, or
+        (rows, K); default: the last column); on CPU a view of the executor's logits buffer,
+        valid until the next step."""
+        rows, steps = ids.shape
+        positions = np.full((rows, 1), steps - 1, np.int64) if last is None else last.reshape(rows, -1)
         if self._host is not None:
-            return self._host.run(self.session.session, binding, ids, mask, last)
+            return self._host.run(self.session.session, binding, ids, mask, positions)
+        width = positions.shape[1]
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("attention_mask", mask)
         if "logits_positions" in self._inputs:
-            positions = np.full(len(ids), ids.shape[1] - 1, np.int64) if last is None else last
-            binding.bind_cpu_input("logits_positions", positions.astype(np.int64).reshape(-1, 1))
-        elif last is not None and (last != ids.shape[1] - 1).any():
-            raise EngineError("this engine returns one logits position for every row; rows of different "
+            binding.bind_cpu_input("logits_positions", positions.astype(np.int64))
+        elif (positions != np.arange(steps - width, steps)).any():
+            raise EngineError("this engine returns the same logits positions for every row; rows of different "
                               "lengths need an engine with logits_positions (rebuild it with this version)")
         if "logits_from" in self._inputs:
-            binding.bind_cpu_input("logits_from", np.asarray([ids.shape[1] - 1], np.int64))
+            binding.bind_cpu_input("logits_from", np.asarray([steps - width], np.int64))
         if "position_ids" in self._inputs:  # engines built before the kv-layout pass still take it
-            binding.bind_cpu_input("position_ids", np.maximum(mask.sum(1, keepdims=True) - ids.shape[1], 0)
-                                   + np.arange(ids.shape[1]))
+            binding.bind_cpu_input("position_ids", np.maximum(mask.sum(1, keepdims=True) - steps, 0)
+                                   + np.arange(steps))
         binding.bind_output("logits", self._device)  # a fresh logits tensor each step
         self.session.session.run_with_iobinding(binding, self.session.eager_run)
-        return binding.get_outputs()[0].numpy()
+        logits = binding.get_outputs()[0].numpy()
+        return logits[:, steps - width:] if logits.shape[1] != width else logits  # engines without slice-logits
 
     def prefill(self, seq: Sequence, start: int, end: int) -> np.ndarray:
         """Compute tokens [start, end) of the sequence into its slot; logits (V,) of the last."""
@@ -248,6 +251,53 @@ class StaticExecutor:
         """An iteration: its prefill chunks (batched where they can be), then one decode step."""
         return self.prefill_chunks(prefill), (self.decode(decode) if decode else None)
 
+    # -- speculative decoding (runtime.speculative) -----------------------------------------
+    def enable_speculation(self, num_tokens: int) -> str | None:
+        """Make room for verification steps of up to `num_tokens` drafts per sequence."""
+        if self._host is not None:
+            self._host = HostStepIO(self.session.session, self.pool.num_slots, self.capacity, num_tokens + 1)
+        return None
+
+    def verify(self, seqs: list[Sequence], drafts: list[list[int]]) -> list[np.ndarray]:
+        """Each sequence's last token and its drafted tokens, run like a prefill chunk from its
+        row's end: the logits (1 + k, V) of every one of those positions, per sequence. The
+        rows then count all of them as written; `rollback` takes the rejected ones back.
+
+        Sequences with drafts run one call each (onnxruntime's GroupQueryAttention takes more
+        than one new token per row only at batch 1); those without run as one decode step."""
+        out: list[np.ndarray | None] = [None] * len(seqs)
+        plain = [i for i, draft in enumerate(drafts) if not draft]
+        if plain:
+            for i, row in zip(plain, self.decode([seqs[i] for i in plain])):
+                out[i] = row[None].copy()
+        for i, (seq, draft) in enumerate(zip(seqs, drafts)):
+            if draft:
+                out[i] = self._verify_row(seq, draft)
+        return out
+
+    def _verify_row(self, seq: Sequence, draft: list[int]) -> np.ndarray:
+        slot = self.pool.slot(seq.request_id)
+        if self.slot_len[slot] != seq.num_tokens - 1:
+            raise RuntimeError(f"slot {slot} holds {self.slot_len[slot]} positions, "
+                               f"verification expects {seq.num_tokens - 1}")
+        ids = np.asarray([[seq.last_token, *draft]], np.int64)
+        mask = np.ones((1, int(self.slot_len[slot]) + ids.shape[1]), np.int64)
+        positions = np.arange(ids.shape[1], dtype=np.int64)[None]
+        logits = self._run(self._binding(slot, 1), ids, mask, positions)[0].copy()
+        self.slot_len[slot] += ids.shape[1]
+        return logits
+
+    def cached_length(self, seq: Sequence) -> int:
+        """Positions of the sequence written in its row."""
+        return int(self.slot_len[self.pool.slot(seq.request_id)])
+
+    def rollback(self, seq: Sequence, length: int) -> None:
+        """Keep the first `length` positions of the sequence's row (rejected drafts dropped)."""
+        slot = self.pool.slot(seq.request_id)
+        if not 0 <= length <= self.slot_len[slot]:
+            raise RuntimeError(f"slot {slot} holds {self.slot_len[slot]} positions, cannot keep {length}")
+        self.slot_len[slot] = length
+
     def release(self, seq: Sequence) -> None:
         """Called while the sequence still holds its slot (kept as written with prefix caching:
         the row becomes a cache entry)."""
@@ -282,6 +332,32 @@ class ConcatExecutor:
         return np.stack([self._step(s, s.num_tokens - 1, s.num_tokens) for s in seqs])
 
     step = step_each
+
+    def enable_speculation(self, num_tokens: int) -> str | None:
+        return None
+
+    def verify(self, seqs: list[Sequence], drafts: list[list[int]]) -> list[np.ndarray]:
+        """Every position's logits (1 + k, V) of each sequence's last token and drafts (see
+        StaticExecutor.verify), one sequence at a time."""
+        out = []
+        for seq, draft in zip(seqs, drafts):
+            start = seq.num_tokens - 1
+            ids = np.asarray([[seq.last_token, *draft]], np.int64)
+            end = start + ids.shape[1]
+            logits, self._caches[seq.request_id] = self.session.forward(
+                ids, np.ones((1, end), np.int64), np.arange(start, end)[None], self._caches[seq.request_id])
+            out.append(logits[0])
+        return out
+
+    def cached_length(self, seq: Sequence) -> int:
+        cache = self._caches.get(seq.request_id)
+        return int(cache[0].shape[2]) if cache else 0
+
+    def rollback(self, seq: Sequence, length: int) -> None:
+        if length == 0:
+            self._caches.pop(seq.request_id, None)
+        elif seq.request_id in self._caches:
+            self._caches[seq.request_id] = [c[:, :, :length] for c in self._caches[seq.request_id]]
 
     def release(self, seq: Sequence) -> None:
         self._caches.pop(seq.request_id, None)

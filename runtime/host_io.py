@@ -11,8 +11,9 @@ numbers in place, rebinds the memory only when the step's shapes change (for a b
 step, just the attention mask, one position longer each step), and reads the logits as a numpy
 view.
 
-Only for engines with `logits_positions` or `logits_from` (their logits are (rows, 1, V) for
-any step); older engines keep the generic path.
+Only for engines with `logits_positions` or `logits_from` (their logits are (rows, K, V) for
+K positions per row: K = 1 except in speculative verification, `positions` per row at most);
+older engines keep the generic path.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ _LOGITS_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 class HostStepIO:
-    def __init__(self, session: ort.InferenceSession, slots: int, capacity: int) -> None:
+    def __init__(self, session: ort.InferenceSession, slots: int, capacity: int, positions: int = 1) -> None:
         logits = next(o for o in session.get_outputs() if o.name == "logits")
         self.vocab = int(logits.shape[-1])
         self.logits_dtype = _LOGITS_DTYPES[logits.type]
@@ -33,11 +34,11 @@ class HostStepIO:
         inputs = {i.name for i in session.get_inputs()}
         # each row's logits position (rows, 1), or one start for all rows (1,) on older engines
         self._select = "logits_positions" if "logits_positions" in inputs else "logits_from"
-        self._positions = np.zeros(slots, np.int64)
-        self._logits = np.empty(slots * self.vocab, self.logits_dtype)
+        self._positions = np.zeros(slots * positions, np.int64)
+        self._logits = np.empty(slots * positions * self.vocab, self.logits_dtype)
         self._ptr = {name: a.ctypes.data for name, a in (("input_ids", self._ids), ("attention_mask", self._mask),
                                                           ("positions", self._positions), ("logits", self._logits))}
-        self._bound: dict[ort.IOBinding, tuple] = {}  # binding -> the (ids, mask) shapes it is bound with
+        self._bound: dict[ort.IOBinding, tuple] = {}  # binding -> the (ids, positions, mask) shapes bound
 
     @classmethod
     def supports(cls, session: ort.InferenceSession) -> bool:
@@ -49,27 +50,30 @@ class HostStepIO:
                 and isinstance(logits[0].shape[-1], int) and logits[0].type in _LOGITS_DTYPES)
 
     def run(self, session: ort.InferenceSession, binding: ort.IOBinding, ids: np.ndarray,
-            mask: np.ndarray, last: np.ndarray | None = None) -> np.ndarray:
-        """Run one step; (rows, 1, V) logits of each row's position `last[r]` (default: the
-        last column), a view valid until the next run."""
+            mask: np.ndarray, positions: np.ndarray | None = None) -> np.ndarray:
+        """Run one step; (rows, K, V) logits of each row's positions `positions[r]` ((rows, K);
+        default: the last column, K = 1), a view valid until the next run."""
         rows, steps = ids.shape
         self._ids[:ids.size] = ids.ravel()
         self._mask[:mask.size] = mask.ravel()
-        if last is not None and self._select == "logits_positions":
-            self._positions[:rows] = last
-        elif last is not None and (last != steps - 1).any():
-            raise ValueError("this engine returns one logits position for every row (logits_from)")
+        positions = np.full((rows, 1), steps - 1, np.int64) if positions is None else positions.reshape(rows, -1)
+        width = positions.shape[1]
+        if self._select == "logits_positions":
+            self._positions[:positions.size] = positions.ravel()
+        elif (positions != np.arange(steps - width, steps)).any():
+            raise ValueError("this engine returns the same last positions of every row (logits_from)")
         else:
-            self._positions[:rows] = steps - 1
+            self._positions[0] = steps - width
         # the buffers' memory is bound, so only a changed shape needs binding again
-        ids_shape, mask_shape = self._bound.get(binding, (None, None))
-        if ids.shape != ids_shape:
+        ids_shape, bound_width, mask_shape = self._bound.get(binding, (None, None, None))
+        if ids.shape != ids_shape or width != bound_width:
             binding.bind_input("input_ids", "cpu", 0, np.int64, ids.shape, self._ptr["input_ids"])
-            shape = (rows, 1) if self._select == "logits_positions" else (1,)
+            shape = (rows, width) if self._select == "logits_positions" else (1,)
             binding.bind_input(self._select, "cpu", 0, np.int64, shape, self._ptr["positions"])
-            binding.bind_output("logits", "cpu", 0, self.logits_dtype, (rows, 1, self.vocab), self._ptr["logits"])
+            binding.bind_output("logits", "cpu", 0, self.logits_dtype, (rows, width, self.vocab),
+                                self._ptr["logits"])
         if mask.shape != mask_shape:
             binding.bind_input("attention_mask", "cpu", 0, np.int64, mask.shape, self._ptr["attention_mask"])
-        self._bound[binding] = (ids.shape, mask.shape)
+        self._bound[binding] = (ids.shape, width, mask.shape)
         session.run_with_iobinding(binding)
-        return self._logits[:rows * self.vocab].reshape(rows, 1, self.vocab)
+        return self._logits[:rows * width * self.vocab].reshape(rows, width, self.vocab)

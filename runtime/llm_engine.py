@@ -16,6 +16,12 @@ thread drives it (`runtime.async_engine` adds the threading).
 (runtime.cached_pools): prompt tokens already in the cache are not computed again. Greedy
 output is the same either way (on batch-invariant engines: see the README's Limits).
 Executors that cannot cache say why, once per session.
+
+`speculative` (off by default; runtime.speculative) drafts up to k tokens for each decoding
+sequence (prompt lookup or a draft engine) and verifies them in the same step
+(`executor.verify`): a sequence then gains 1 to k+1 tokens per step, greedy output unchanged,
+sampled output still following the target distribution. Executors without `verify` (the
+paged layout) refuse it.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from optimizer.core.errors import InputError
 from runtime.sampling import SamplingParams
 from runtime.scheduler import Scheduler
 from runtime.sequence import Sequence
+from runtime.speculative import Draft, Drafter, SpeculativeConfig, make_drafter
 
 
 @dataclass
@@ -52,12 +59,18 @@ class StepStats:
     seconds: float = 0.0
     queried_tokens: int = 0  # prompt tokens looked up in the prefix cache
     cached_tokens: int = 0  # of which found there (not computed)
+    decode_new_tokens: int = 0  # tokens the decoding sequences gained (more than one each when speculating)
+    drafted_tokens: int = 0  # speculative decoding: tokens proposed for verification
+    accepted_tokens: int = 0  # of which the target kept
 
 
 class LLMEngine:
     def __init__(self, executor: Any, tokenizer: Any | None = None, eos_token_ids: Seq[int] = (),
                  max_running: int | None = None, prefill_chunk: int = 256, prefill_budget: int | None = None,
-                 prefix_caching: bool = True) -> None:
+                 prefix_caching: bool = True, speculative: SpeculativeConfig | None = None,
+                 drafter: Drafter | None = None) -> None:
+        """`speculative`: speculative decoding (runtime.speculative; None: off). `drafter`
+        replaces the one `speculative` names (tests, custom drafters)."""
         self.executor = executor
         self.prefix_caching = prefix_caching and _enable_prefix_caching(executor)
         self.tokenizer = tokenizer
@@ -74,6 +87,14 @@ class LLMEngine:
         self.total_queried_tokens = self.total_cached_tokens = 0  # prefix cache, since start
         # executors that choose decode tokens on the device (runtime.graph_executor) return ids
         self.samples_on_device = bool(getattr(executor, "samples_on_device", False))
+        self.speculative = speculative
+        self.drafter = None
+        if speculative is not None:
+            _enable_speculation(executor, speculative.num_tokens)
+            self.drafter = drafter or make_drafter(speculative, executor)
+        # speculative decoding, since start: decode sequence-steps, the tokens they gave, drafts
+        self.total_decode_rows = self.total_decode_tokens = 0
+        self.total_drafted_tokens = self.total_accepted_tokens = 0
 
     # -- requests --------------------------------------------------------------------------
     def max_tokens(self) -> int:
@@ -131,7 +152,10 @@ class LLMEngine:
                           queried_tokens=plan.queried_tokens, cached_tokens=plan.cached_tokens)
         if plan.prefix_loads:
             self.executor.load_prefixes(plan.prefix_loads)
-        if self.samples_on_device:  # decode tokens chosen on the device; a prefill row is a
+        drafts = self._draft(plan.decode) if self.drafter is not None and plan.decode else None
+        if drafts is not None:  # the decodes are a verification step (after the prefill chunks)
+            prefill_rows, _ = self.executor.step(plan.prefill, [])
+        elif self.samples_on_device:  # decode tokens chosen on the device; a prefill row is a
             # token id where the device chose it, else its logits for the host to choose from
             prefill_rows, decode_rows = self.executor.step_tokens(plan.prefill, plan.decode)
         else:
@@ -141,12 +165,24 @@ class LLMEngine:
             stats.prefill_tokens += end - begin
             if end == seq.num_tokens:  # the whole sequence is in the cache: its next token is due
                 outputs.append(self._advance(seq, row if isinstance(row, int) else seq.choose(row)))
-        if plan.decode:
+        if drafts is not None:
+            verified = self.executor.verify(plan.decode, [d.tokens for d in drafts])
+            for seq, draft, logits in zip(plan.decode, drafts, verified):
+                outputs.append(self._speculated(seq, draft, logits, stats))
+            stats.decode_tokens = len(plan.decode)
+        elif plan.decode:
             for seq, row in zip(plan.decode, decode_rows):
                 seq.num_computed += 1
                 outputs.append(self._advance(seq, row if self.samples_on_device else seq.choose(row)))
             stats.decode_tokens = len(plan.decode)
         stats.new_tokens = sum(len(o.new_token_ids) for o in outputs)
+        if plan.decode:
+            stats.decode_new_tokens = sum(len(o.new_token_ids) for o in outputs[len(outputs) - len(plan.decode):])
+        if self.drafter is not None:
+            self.total_decode_rows += len(plan.decode)
+            self.total_decode_tokens += stats.decode_new_tokens
+            self.total_drafted_tokens += stats.drafted_tokens
+            self.total_accepted_tokens += stats.accepted_tokens
         self.total_queried_tokens += stats.queried_tokens
         self.total_cached_tokens += stats.cached_tokens
         stats.seconds = time.perf_counter() - start
@@ -155,14 +191,51 @@ class LLMEngine:
 
     def _advance(self, seq: Sequence, token: int) -> RequestOutput:
         delta = seq.append(token)
-        self.total_output_tokens += 1
+        return self._emit_tokens(seq, [token], delta)
+
+    def _emit_tokens(self, seq: Sequence, tokens: list[int], delta: str) -> RequestOutput:
+        self.total_output_tokens += len(tokens)
         if seq.finished:
-            return self._finish(seq, [token], delta)
-        out = RequestOutput(seq.request_id, [token], delta, False, None, seq)
+            return self._finish(seq, tokens, delta)
+        out = RequestOutput(seq.request_id, tokens, delta, False, None, seq)
         self._emit(out)
         return out
 
+    # -- speculative decoding ---------------------------------------------------------------
+    def _draft(self, seqs: list[Sequence]) -> list[Draft] | None:
+        """Drafts for the decoding sequences (None where none has one: a plain decode step).
+        A sequence drafts at most k tokens, fewer than it may still emit (the verified step
+        adds one more), and only as many as its cache has room for."""
+        k = self.speculative.num_tokens
+        pool = self.scheduler.pool
+        ks = [max(0, min(k, s.params.max_new_tokens - len(s.output_ids) - 1)) for s in seqs]
+        ks = [n if n and pool.ensure(s.request_id, s.num_tokens + n) else 0 for s, n in zip(seqs, ks)]
+        if not any(ks):
+            return None
+        drafts = self.drafter.propose(seqs, ks)
+        return drafts if any(d.tokens for d in drafts) else None
+
+    def _speculated(self, seq: Sequence, draft: Draft, logits, stats: StepStats) -> RequestOutput:
+        """Accept the longest run of drafts the target agrees with (greedy) or keeps (the
+        rejection rule), plus the target's own next token; roll back the rest."""
+        tokens, delta = [], ""
+        for i in range(len(draft.tokens) + 1):
+            proposed = draft.tokens[i] if i < len(draft.tokens) else None
+            token = seq.choose(logits[i], draft=proposed,
+                               q=draft.q[i] if draft.q is not None and proposed is not None else None)
+            tokens.append(token)
+            delta += seq.append(token)
+            if token != proposed or seq.finished:
+                break
+        stats.drafted_tokens += len(draft.tokens)
+        stats.accepted_tokens += sum(1 for t, d in zip(tokens, draft.tokens) if t == d)
+        seq.num_computed = seq.num_tokens - 1  # the last token and the accepted drafts
+        self.executor.rollback(seq, seq.num_computed)
+        return self._emit_tokens(seq, tokens, delta)
+
     def _finish(self, seq: Sequence, tokens: list[int], delta: str) -> RequestOutput:
+        if self.drafter is not None:
+            self.drafter.release(seq)
         self.scheduler.remove(seq)  # frees its cache (the executor's share first)
         self.sequences.pop(seq.request_id, None)
         out = RequestOutput(seq.request_id, tokens, delta, True, seq.finish_reason, seq)
@@ -193,6 +266,18 @@ class LLMEngine:
         while any(not s.finished for s in sequences):
             self.step()
         return sequences
+
+
+def _enable_speculation(executor: Any, num_tokens: int) -> None:
+    """Ready the executor for verification steps; a clear error where it has none."""
+    enable = getattr(executor, "enable_speculation", None)
+    if enable is None or not hasattr(executor, "verify"):
+        raise InputError(f"speculative decoding is not implemented for this engine's executor "
+                         f"({type(executor).__name__}: the paged KV-cache layout in this version)",
+                         hint="serve without --speculative, or rebuild the engine with --kv-layout static")
+    reason = enable(num_tokens)
+    if reason is not None:
+        raise InputError(f"speculative decoding cannot run on this engine: {reason}")
 
 
 def _enable_prefix_caching(executor: Any) -> bool:

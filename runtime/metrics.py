@@ -34,6 +34,20 @@ class ServingMetrics:
         self.prefix_hit_rate = Gauge("optimizer_prefix_cache_hit_rate",
                                      "Cached / queried prompt tokens since start (0 before any lookup)", registry=r)
         self.prefix_hit_rate.set_function(self._hit_rate)
+        self.spec_drafted = Counter("optimizer_spec_decode_drafted_tokens",
+                                    "Speculative decoding: tokens drafted for verification", registry=r)
+        self.spec_accepted = Counter("optimizer_spec_decode_accepted_tokens",
+                                     "Speculative decoding: drafted tokens the target kept", registry=r)
+        self.decode_rows = Counter("optimizer_decode_sequence_steps",
+                                   "Decode steps, counted per sequence (a batch of 4 counts 4)", registry=r)
+        self.decode_tokens = Counter("optimizer_decode_tokens", "Tokens the decode steps gave", registry=r)
+        self.spec_acceptance = Gauge("optimizer_spec_decode_acceptance_rate",
+                                     "Accepted / drafted tokens since start (0 before any draft)", registry=r)
+        self.spec_acceptance.set_function(lambda: self._ratio("accepted", "drafted"))
+        self.tokens_per_step = Gauge("optimizer_decode_tokens_per_step",
+                                     "Tokens per sequence per decode step since start (1 without speculation; "
+                                     "0 before any step)", registry=r)
+        self.tokens_per_step.set_function(lambda: self._ratio("decode_tokens", "decode_rows"))
         self.ttft = Histogram("optimizer_time_to_first_token_seconds", "Arrival to first token",
                               buckets=_LATENCY_BUCKETS, registry=r)
         self.tpot = Histogram("optimizer_time_per_output_token_seconds",
@@ -44,6 +58,7 @@ class ServingMetrics:
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
         self._lock = threading.Lock()
         self._prefix_totals = (0, 0)  # prompt tokens (queried, cached) for the hit rate
+        self._decode_totals = {"drafted": 0, "accepted": 0, "decode_rows": 0, "decode_tokens": 0}
 
     def observe_state(self, waiting: int, running: int, cache_used: int, cache_total: int) -> None:
         self.queue_length.set(waiting)
@@ -65,6 +80,24 @@ class ServingMetrics:
         self.prefix_cached.inc(cached_tokens)
         with self._lock:
             self._prefix_totals = (self._prefix_totals[0] + queried_tokens, self._prefix_totals[1] + cached_tokens)
+
+    def observe_decode(self, rows: int, tokens: int, drafted: int, accepted: int) -> None:
+        """A step's decoding sequences, the tokens they gained, and its speculative drafts."""
+        if not rows:
+            return
+        self.decode_rows.inc(rows)
+        self.decode_tokens.inc(tokens)
+        self.spec_drafted.inc(drafted)
+        self.spec_accepted.inc(accepted)
+        with self._lock:
+            for key, n in (("decode_rows", rows), ("decode_tokens", tokens), ("drafted", drafted),
+                           ("accepted", accepted)):
+                self._decode_totals[key] += n
+
+    def _ratio(self, numerator: str, denominator: str) -> float:
+        with self._lock:
+            below = self._decode_totals[denominator]
+            return self._decode_totals[numerator] / below if below else 0.0
 
     def _hit_rate(self) -> float:
         with self._lock:

@@ -127,11 +127,37 @@ def sample_from_uniform(probs: np.ndarray, u: float) -> int:
     return int(min(np.searchsorted(cdf / cdf[-1], u, side="right"), probs.shape[-1] - 1))
 
 
+def sampling_probs(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """The (V,) float64 distribution a sampled token is drawn from: temperature, top-k, top-p."""
+    scaled = logits.astype(np.float64) / params.temperature
+    return softmax(filter_top_p(filter_top_k(scaled, params.top_k), params.top_p))
+
+
 def sample_next(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
                 u: float | None = None) -> int:
     """One token id from a (V,) logits vector (`u`: an already drawn uniform, else one is drawn)."""
     if params.temperature == 0.0:
         return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / params.temperature
-    scaled = filter_top_p(filter_top_k(scaled, params.top_k), params.top_p)
-    return sample_from_uniform(softmax(scaled), draw_uniform(rng) if u is None else u)
+    return sample_from_uniform(sampling_probs(logits, params), draw_uniform(rng) if u is None else u)
+
+
+def residual(p: np.ndarray, q: np.ndarray | None, draft: int) -> np.ndarray:
+    """norm(max(0, p - q)) unnormalized: what a rejected draft's token is drawn from (q None:
+    the point mass at `draft`, so p without it)."""
+    if q is None:
+        out = p.copy()
+        out[draft] = 0.0
+        return out
+    return np.maximum(p - q, 0.0)
+
+
+def accept_or_resample(p: np.ndarray, draft: int, q: np.ndarray | None, rng: np.random.Generator) -> int:
+    """The rejection rule for one drafted token: `draft` with probability min(1, p/q), else a
+    token from the residual. The result follows p whenever `draft` was drawn from q."""
+    q_draft = 1.0 if q is None else float(q[draft])
+    if rng.random() * q_draft < p[draft]:
+        return draft
+    rest = residual(p, q, draft)
+    if rest.sum() <= 0.0:  # p == q up to rounding: the draft was as good as certain to stay
+        return draft
+    return sample_from_uniform(rest, draw_uniform(rng))

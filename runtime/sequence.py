@@ -26,7 +26,7 @@ import numpy as np
 from runtime.detokenize import IncrementalDetokenizer
 from runtime.penalties import (apply_frequency_presence, apply_logit_bias, apply_repetition_penalty, log_softmax,
                                top_logprobs)
-from runtime.sampling import SamplingParams, sample_next, suppress
+from runtime.sampling import SamplingParams, accept_or_resample, sample_next, sampling_probs, suppress
 
 
 @dataclass(eq=False)  # one object per request: compared (and hashed) by identity
@@ -92,15 +92,22 @@ class Sequence:
         (not where penalties, a logit bias or logprobs need the logits on the host)."""
         return self.params.temperature == 0 and not self.params.needs_host and not self.suppressing()
 
-    def choose(self, logits: np.ndarray, u: float | None = None) -> int:
+    def choose(self, logits: np.ndarray, u: float | None = None, draft: int | None = None,
+               q: np.ndarray | None = None) -> int:
         """The next token from (V,) logits, honouring min_tokens. `u`: the uniform number a
-        sampled token consumes, when it was already drawn from this sequence's generator."""
+        sampled token consumes, when it was already drawn from this sequence's generator.
+        `draft`: a speculatively drafted token for this position (runtime.speculative), drawn
+        from `q` (None: a point mass): greedy gives the argmax all the same, sampling keeps the
+        draft by the rejection rule (`accept_or_resample`), so the token follows the same law."""
         raw = logits
         if self.params.adjusts_logits:
             logits = self.adjusted(logits)
         if self.suppressing():
             logits = suppress(logits, self.stop_ids)
-        token = sample_next(logits, self.params, self.rng, u)
+        if draft is None or self.params.temperature == 0.0:
+            token = sample_next(logits, self.params, self.rng, u)
+        else:
+            token = accept_or_resample(sampling_probs(logits, self.params), draft, q, self.rng)
         if self.params.logprobs is not None:
             lp = log_softmax(raw)
             self.logprobs.append((token, float(lp[token]), top_logprobs(lp, self.params.logprobs)))

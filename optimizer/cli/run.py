@@ -16,6 +16,31 @@ PREFIX_CACHING = click.option(
     help="Automatic prefix caching: prompt tokens whose keys and values are already cached (a shared system "
          "prompt, earlier turns) are not computed again. Greedy output is the same either way (up to the batch "
          "variance of --accuracy-level 4 engines).")
+SPECULATIVE = click.option(
+    "--speculative", type=click.Choice(["ngram", "draft"]), default=None,
+    help="Speculative decoding [default: off]: draft tokens by prompt lookup (ngram: the tokens that followed the "
+         "sequence's last few tokens earlier in its prompt or output) or with a draft engine (draft, with "
+         "--draft), and verify them in one step. Greedy output is the same; fastest when outputs copy the prompt.")
+NUM_SPECULATIVE_TOKENS = click.option("--num-speculative-tokens", default=4, show_default=True,
+                                      help="Tokens drafted per sequence and step (k).")
+DRAFT = click.option("--draft", "draft_dir", type=click.Path(path_type=Path), default=None,
+                     help="The draft engine for --speculative draft (the same tokenizer as the target).")
+
+
+def speculative_config(method: str | None, num_tokens: int, draft_dir: Path | None, provider: str,
+                       threads: int | None, verify: bool):
+    """The speculative-decoding options as a SpeculativeConfig (None: off), the draft engine loaded."""
+    from optimizer.core.errors import InputError
+    from runtime import Engine, SpeculativeConfig
+
+    if method is None:
+        if draft_dir is not None:
+            raise InputError("--draft needs --speculative draft")
+        return None
+    if (method == "draft") != (draft_dir is not None):
+        raise InputError("--speculative draft takes a draft engine (--draft ENGINE_DIR), and only it does")
+    draft = Engine.load(draft_dir, provider=provider, threads=threads, verify=verify) if draft_dir else None
+    return SpeculativeConfig(method, num_tokens, draft=draft)
 
 
 @click.command("generate")
@@ -38,10 +63,14 @@ PREFIX_CACHING = click.option(
 @click.option("--threads", default=None, type=int, help="onnxruntime intra-op threads.")
 @click.option("--no-verify", is_flag=True, help="Skip checksum verification at load.")
 @PREFIX_CACHING
+@SPECULATIVE
+@NUM_SPECULATIVE_TOKENS
+@DRAFT
 def generate_cmd(engine_dir: Path, prompts: tuple[str, ...], prompts_file: Path | None, max_new_tokens: int,
                  temperature: float, top_k: int, top_p: float, seed: int | None, stop: tuple[str, ...],
                  min_tokens: int, ignore_eos: bool, max_batch: int | None, provider: str, threads: int | None,
-                 no_verify: bool, prefix_caching: bool) -> None:
+                 no_verify: bool, prefix_caching: bool, speculative: str | None, num_speculative_tokens: int,
+                 draft_dir: Path | None) -> None:
     """Generate text: one prompt streams to stdout; several (or --prompts FILE) are batched
     continuously and printed as JSONL."""
     from optimizer.core.errors import InputError
@@ -53,12 +82,13 @@ def generate_cmd(engine_dir: Path, prompts: tuple[str, ...], prompts_file: Path 
                             top_p=top_p, seed=seed, ignore_eos=ignore_eos, stop=tuple(stop), min_tokens=min_tokens)
     engine = Engine.load(engine_dir, provider=provider, threads=threads, verify=not no_verify,
                          quiet=len(prompts) != 1)
+    spec = speculative_config(speculative, num_speculative_tokens, draft_dir, provider, threads, not no_verify)
     if len(prompts) == 1:
         def emit(text: str) -> None:
             sys.stdout.write(text)
             sys.stdout.flush()
 
-        result = engine.generate(prompts[0], params, on_text=emit)
+        result = engine.generate(prompts[0], params, on_text=emit, speculative=spec)
         sys.stdout.write("\n")
         console().print(f"[dim]{result.prompt_tokens} prompt tokens, {len(result.token_ids)} generated "
                         f"({result.finish_reason}); prefill {result.prefill_seconds * 1e3:.0f} ms, "
@@ -68,7 +98,7 @@ def generate_cmd(engine_dir: Path, prompts: tuple[str, ...], prompts_file: Path 
 
     items = read_prompts(prompts_file, params) if prompts_file else [(p, params) for p in prompts]
     results = engine.generate_batch([engine.encode(text) for text, _ in items], [p for _, p in items],
-                                    max_batch=max_batch, prefix_caching=prefix_caching)
+                                    max_batch=max_batch, prefix_caching=prefix_caching, speculative=spec)
     for index, ((text, _), r) in enumerate(zip(items, results)):
         click.echo(json.dumps({"index": index, "prompt": text, "text": r.text, "finish_reason": r.finish_reason,
                                "prompt_tokens": r.prompt_tokens, "completion_tokens": len(r.token_ids)},
@@ -91,9 +121,13 @@ def generate_cmd(engine_dir: Path, prompts: tuple[str, ...], prompts_file: Path 
               help="Paged engines on CUDA: size the KV block pool from this share of the GPU's memory, what "
                    "the engine and its largest step leave of it [default: the manifest's blocks].")
 @PREFIX_CACHING
+@SPECULATIVE
+@NUM_SPECULATIVE_TOKENS
+@DRAFT
 def serve_cmd(engine_dir: Path, host: str, port: int, model_name: str | None, max_batch: int | None,
               prefill_chunk: int, provider: str, threads: int | None, no_verify: bool,
-              allow_failed_gate: bool, gpu_memory_fraction: float | None, prefix_caching: bool) -> None:
+              allow_failed_gate: bool, gpu_memory_fraction: float | None, prefix_caching: bool,
+              speculative: str | None, num_speculative_tokens: int, draft_dir: Path | None) -> None:
     """Serve an engine over HTTP: OpenAI-compatible /v1/completions and /v1/chat/completions
     (SSE streaming), /health and /metrics (Prometheus)."""
     import uvicorn
@@ -111,8 +145,9 @@ def serve_cmd(engine_dir: Path, host: str, port: int, model_name: str | None, ma
             raise GateFailed(f"refusing to serve: {failure_message(str(engine_dir), gate)}",
                              hint="rebuild with a better quantization, or pass --allow-failed-gate to serve it anyway")
         console().print(f"[yellow]warning:[/yellow] {failure_message(str(engine_dir), gate)} (served anyway)")
+    spec = speculative_config(speculative, num_speculative_tokens, draft_dir, provider, threads, not no_verify)
     llm = engine.llm(max_batch=max_batch, prefill_chunk=prefill_chunk, prefix_caching=prefix_caching,
-                     gpu_memory_fraction=gpu_memory_fraction)
+                     gpu_memory_fraction=gpu_memory_fraction, speculative=spec)
     server = AsyncEngine(llm).start()
     memory = getattr(llm.executor, "memory", None)
     if memory:
@@ -122,7 +157,8 @@ def serve_cmd(engine_dir: Path, host: str, port: int, model_name: str | None, ma
     name = model_name or Path(engine_dir).resolve().name
     console().print(f"serving [bold]{name}[/bold] on http://{host}:{port}/v1 "
                     f"({llm.scheduler.max_running} sequences x {llm.max_tokens()} positions, "
-                    f"prefix caching {'on' if llm.prefix_caching else 'off'})")
+                    f"prefix caching {'on' if llm.prefix_caching else 'off'}, speculative decoding "
+                    f"{f'{spec.method}, k={spec.num_tokens}' if spec else 'off'})")
     try:
         uvicorn.run(create_app(engine, server, name), host=host, port=port, log_level="warning")
     finally:
