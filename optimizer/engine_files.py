@@ -3,12 +3,14 @@ model.onnx.data when large) and the tokenizer and generation config."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import onnx
 import onnx_ir as ir
 
+from optimizer.core.errors import InputError
 from optimizer.models.loader import LoadedModel
 
 MODEL_FILE = "model.onnx"
@@ -25,6 +27,7 @@ def write_model(model: ir.Model, directory: Path, external_data: str, full_check
     weight_bytes = sum(v.const_value.nbytes for v in model.graph.initializers.values()
                        if v.const_value is not None)
     external = external_data == "always" or (external_data == "auto" and weight_bytes > EXTERNAL_DATA_THRESHOLD)
+    check_free_space(directory, weight_bytes)
     path = directory / MODEL_FILE
     ir.save(model, path, external_data=DATA_FILE if external else None)
     onnx.checker.check_model(str(path), full_check=full_check)  # by path: external data and > 2 GB
@@ -34,6 +37,16 @@ def write_model(model: ir.Model, directory: Path, external_data: str, full_check
             "input_shapes": [(v.name, [d if isinstance(d, int) else str(d) for d in v.shape])
                              for v in model.graph.inputs],
             "outputs": [v.name for v in model.graph.outputs]}
+
+
+def check_free_space(directory: Path, weight_bytes: int) -> None:
+    """Refuse before writing when the disk cannot hold the weights (the write itself still turns a
+    full disk into an error: optimizer.core.artifact.staging_dir)."""
+    free = shutil.disk_usage(directory).free
+    if weight_bytes > free:
+        raise InputError(f"the engine's weights need {weight_bytes / 1e9:.2f} GB and the disk holding "
+                         f"{directory.parent} has {free / 1e9:.2f} GB free",
+                         hint="free some space or choose an --out path on another disk; nothing was written")
 
 
 def write_tokenizer(loaded: LoadedModel, directory: Path) -> list[str]:

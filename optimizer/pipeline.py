@@ -25,6 +25,7 @@ from optimizer.capture import DecoderDims, capture, decoder_dims
 from optimizer.core.artifact import EngineDir, load_engine, staging_dir, write_manifest
 from optimizer.core.engine_format import KvCacheSpec
 from optimizer.core.errors import InputError
+from optimizer.core.out_lock import output_lock
 from optimizer.core.progress import bar, console, step
 from optimizer.engine_files import MODEL_FILE, ir_dump_dir, write_model, write_tokenizer
 from optimizer.evaluate import perplexity, session_logits_fn, torch_logits_fn
@@ -87,6 +88,12 @@ def build_engine(opts: BuildOptions, loaded: LoadedModel | None = None) -> Engin
     """Build the engine described by `opts` (from `loaded` when the model is already in memory;
     quantization then changes that model's weights in place, to their fake-quant values)."""
     opts.validate()  # every cheap check before the expensive work
+    with output_lock(opts.out, report=lambda line: opts.quiet or console().print(line)):
+        return _build(opts, loaded)
+
+
+def _build(opts: BuildOptions, loaded: LoadedModel | None) -> EngineDir:
+    """The build's steps, run while this process holds `opts.out`'s lock (optimizer.core.out_lock)."""
     loaded = loaded or load(opts)
     check_architecture(opts, loaded)
     gate = prepare_gate(opts, loaded)  # its baseline, before quantization changes the weights

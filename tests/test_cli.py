@@ -235,7 +235,7 @@ def test_corrupt_safetensors(tmp_path, tiny_hf_folders):
     weights = folder / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated download
     code, output = run("model", folder, "--out", tmp_path / "out")
-    assert_clean_failure(code, output, "cannot read the model folder", str(folder))
+    assert_clean_failure(code, output, "not a valid safetensors file", str(folder))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 

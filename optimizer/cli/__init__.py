@@ -15,6 +15,7 @@ report, asset); this module is the group, its error handling and the list of com
 
 from __future__ import annotations
 
+import errno
 import sys
 import warnings
 from typing import Any
@@ -39,6 +40,11 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             console().print("interrupted: nothing was written")
             sys.exit(130)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            error(f"no space left on the device ({exc})", "free some space, or write to another disk")
+            sys.exit(2)
 
 
 def _show_warning(message: Warning | str, category: type, filename: str, lineno: int,

@@ -17,6 +17,7 @@ temporary one has no manifest until the very end, and is removed on any error).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -79,6 +80,13 @@ def staging_dir(out: Path, overwrite: bool) -> Iterator[Path]:
         yield tmp
         tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; an engine is an ordinary folder
         _replace(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise InputError(f"no space left on the device while writing the engine beside {out} ({exc})",
+                             hint="free some space or choose an --out path on another disk; nothing was "
+                                  "written") from exc
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -134,10 +142,33 @@ def load_engine(path: str | Path, verify: bool = True, quiet: bool = True) -> En
     except json.JSONDecodeError as exc:
         raise EngineError(f"{manifest_path} is not valid JSON ({exc})",
                           hint="the engine is corrupt: rebuild it with `optimize model`") from exc
+    if not isinstance(manifest, dict):
+        raise EngineError(f"{manifest_path} is not a JSON object",
+                          hint="the engine is corrupt: rebuild it with `optimize model`")
     check_version(manifest.get("format_version"), str(manifest_path), __version__)
+    check_manifest_fields(manifest, manifest_path)
     if verify:
         verify_checksums(path, manifest, quiet)
     return EngineDir(path=path, manifest=manifest)
+
+
+def check_manifest_fields(manifest: dict[str, Any], manifest_path: Path) -> None:
+    """The sections a reader indexes exist with their types, and every file named lies inside
+    the engine directory (no absolute paths, no `..`)."""
+    def bad(what: str) -> EngineError:
+        return EngineError(f"{manifest_path} is incomplete or corrupt: {what}",
+                           hint="rebuild the engine with `optimize model`")
+
+    for key in ("model", "files", "kv_cache", "architecture", "generation"):
+        if not isinstance(manifest.get(key), dict):
+            raise bad(f"no {key!r} section")
+    model_file = manifest["model"].get("file")
+    for rel, entry in [(model_file, None), *manifest["files"].items()]:
+        if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise bad(f"file name {rel!r} does not name a file inside the engine")
+        if entry is not None and not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+                                      and isinstance(entry.get("size"), int)):
+            raise bad(f"the entry of {rel!r} has no sha256 and size")
 
 
 def verify_checksums(path: Path, manifest: dict[str, Any], quiet: bool = True) -> None:

@@ -109,9 +109,12 @@ def read_tensors(path: Path) -> list[GgufTensor]:
             alignment = struct.unpack_from("<I", buf, cur.take(4))[0]
         else:
             cur.skip_value(vtype)
-    infos = []
+    infos, seen = [], set()
     for _ in range(n_tensors):
         name, n_dims = cur.string(), cur.u32()
+        if name in seen:
+            raise cur.bad(f"tensor {name!r} is listed twice")
+        seen.add(name)
         if n_dims > 8:
             raise cur.bad(f"tensor {name!r} has {n_dims} dimensions")
         dims = [cur.u64() for _ in range(n_dims)]

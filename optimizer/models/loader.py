@@ -22,6 +22,8 @@ from optimizer.core.hashing import sha256_file
 from optimizer.core.architectures import ArchSpec, arch_for_model_type
 from optimizer.models.gguf_fast import fast_gguf
 from optimizer.models.gguf_weights import GgufSource, load_gguf_model
+from optimizer.models.preflight import check_fits, check_model_files, check_tokenizer, meta_model, read_config_json
+from optimizer.models.weight_source import SafetensorsSource
 from optimizer.models.presets import PRESETS, preset_names
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -111,10 +113,11 @@ def _load_hf_folder(path: Path, trust_remote_code: bool) -> LoadedModel:
                      "in a trusted environment) and pass that folder")
         raise InputError(f"{path} has config.json but no *.safetensors weights",
                          hint="add the model's .safetensors files to the folder")
-    model_type = json.loads((path / "config.json").read_text()).get("model_type")
-    arch = arch_for_model_type(model_type)
+    arch = arch_for_model_type(read_config_json(path).get("model_type"))
     with _reading(path, "the model folder"):
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    check_model_files(config, arch, lambda _: SafetensorsSource(weights, strict=False), trust_remote_code)
+    with _reading(path, "the model folder"):
         model = AutoModelForCausalLM.from_pretrained(
             path, config=config, dtype=torch.float32, use_safetensors=True,
             trust_remote_code=trust_remote_code)
@@ -149,12 +152,15 @@ def _load_gguf_parts(path: Path, stream: bool = False) -> LoadedModel:
         if stream:  # the parameters on the meta device, each tensor dequantized when read
             from optimizer.models.streamed import check_weights, skeleton
 
+            meta = meta_model(config)  # shapes checked before the skeleton allocates anything
+            weights = GgufSource(path, config, meta)
+            check_weights(meta, weights, arch)
             model = skeleton(config)
-            weights = GgufSource(path, config, model)
-            check_weights(model, weights, arch)
         else:
+            check_model_files(config, arch, lambda meta: GgufSource(path, config, meta))
             model = load_gguf_model(path, config)
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    with _reading(path, "the GGUF file's tokenizer"):
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     files = [{"name": name, "sha256": sha256_file(path)}]
     loaded = _finish(model, arch, tok, {"kind": "gguf", "path": str(path.resolve()), "files": files})
     loaded.weights = weights
@@ -169,7 +175,11 @@ def _load_random(config_ref: str, tokenizer: str | Path | None, seed: int,
     arch = arch_for_model_type(values.get("model_type"))
     values = dict(values)
     model_type = values.pop("model_type")
-    config = AutoConfig.for_model(model_type, **values)
+    try:
+        config = AutoConfig.for_model(model_type, **values)
+    except Exception as exc:  # transformers' config validation raises several kinds
+        raise InputError(f"config {config_ref!r} is not valid: {exc}", hint="check its keys and values") from exc
+    check_fits(meta_model(config, trust_remote_code), f"config {config_ref!r}", stream_hint=False)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     tok = None
@@ -179,9 +189,6 @@ def _load_random(config_ref: str, tokenizer: str | Path | None, seed: int,
             raise InputError(f"tokenizer path does not exist: {tpath}",
                              hint="pass a folder with tokenizer.json, or a .gguf file")
         tok = _load_tokenizer(tpath, trust_remote_code)
-        if len(tok) > config.vocab_size:
-            raise InputError(f"tokenizer has {len(tok)} tokens but the model's vocabulary is "
-                             f"{config.vocab_size}", hint="use a tokenizer that fits the config")
     source = {"kind": "random", "config": config_ref, "seed": seed, "files": []}
     return _finish(model, arch, tok, source)
 
@@ -225,14 +232,17 @@ def _load_tokenizer(path: Path, trust_remote_code: bool) -> Any:
     from transformers import AutoTokenizer
 
     if path.is_file() and path.suffix.lower() == ".gguf":
-        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        with _reading(path, "the GGUF file's tokenizer"):
+            return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     if not _has_tokenizer(path):
         raise InputError(f"{path} holds no tokenizer (no tokenizer.json or tokenizer.model)",
                          hint="pass a model folder or engine directory that has tokenizer files")
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    with _reading(path, "the tokenizer"):
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
 def _finish(model: Any, arch: ArchSpec, tok: Any, source: dict[str, Any]) -> LoadedModel:
+    check_tokenizer(tok, model.config.vocab_size)
     model.eval()
     model.requires_grad_(False)
     return LoadedModel(model=model, config=model.config, arch=arch, tokenizer=tok, source=source)

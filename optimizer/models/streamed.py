@@ -10,7 +10,6 @@ and `materialized` fills one submodule (a decoder layer, the embedding) for the 
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -20,6 +19,7 @@ import torch
 from optimizer.core.architectures import arch_for_model_type, output_tied
 from optimizer.core.errors import InputError
 from optimizer.core.hashing import sha256_file
+from optimizer.models.preflight import check_tokenizer, meta_model, read_config_json
 from optimizer.models.weight_source import SafetensorsSource, WeightSource
 
 
@@ -63,15 +63,15 @@ def load_streamed(path: Path, trust_remote_code: bool, tokenizer_loader: Callabl
     if not files:
         raise InputError(f"{path} has no *.safetensors weights to stream",
                          hint="--stream reads HuggingFace folders with safetensors weights")
-    model_type = json.loads((path / "config.json").read_text()).get("model_type")
-    arch = arch_for_model_type(model_type)
+    arch = arch_for_model_type(read_config_json(path).get("model_type"))
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    weights = SafetensorsSource(files)
+    check_weights(meta_model(config, trust_remote_code), weights, arch)  # before the skeleton allocates
     model = skeleton(config, trust_remote_code)
     if (path / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(path)
-    weights = SafetensorsSource(files)
-    check_weights(model, weights, arch)
     tok = tokenizer_loader(path) if tokenizer_loader else None
+    check_tokenizer(tok, config.vocab_size)
     source = {"kind": "huggingface", "path": str(path.resolve()),
               "files": [{"name": f.name, "sha256": sha256_file(f)} for f in files]}
     return LoadedModel(model=model, config=config, arch=arch, tokenizer=tok, source=source, weights=weights)
@@ -84,11 +84,12 @@ def check_weights(model: Any, weights: WeightSource, arch: Any) -> None:
         name = source_name(name, model, arch)
         if not weights.has(name):
             raise InputError(f"the checkpoint has no tensor {name!r}",
-                             hint="the checkpoint does not match its config.json (model_type, layer count, "
-                                  "tie_word_embeddings)")
+                             hint="the weights do not match the model's config (config.json or the GGUF "
+                                  "metadata: model_type, layer count, tie_word_embeddings)")
         if weights.shape(name) != tuple(param.shape):
             raise InputError(f"tensor {name!r} has shape {list(weights.shape(name))}, the config implies "
-                             f"{list(param.shape)}", hint="the checkpoint does not match its config.json")
+                             f"{list(param.shape)}",
+                             hint="the weights do not match the model's config (config.json or the GGUF metadata)")
 
 
 def source_name(name: str, model: Any, arch: Any) -> str:

@@ -61,10 +61,12 @@ class SafetensorsSource:
     rows) is read with positioned reads into memory of its own: nothing is memory-mapped, so
     the file's pages do not stay in this process's resident memory once the tensor is gone."""
 
-    def __init__(self, files: list[Path]) -> None:
+    def __init__(self, files: list[Path], strict: bool = True) -> None:
+        """`strict=False` accepts dtypes this reader does not convert (checked for bounds only):
+        the in-memory load's preflight, where transformers reads the tensors."""
         self._entries: dict[str, _Entry] = {}
         for path in files:
-            for name, entry in _read_header(path).items():
+            for name, entry in _read_header(path, strict).items():
                 if name in self._entries:
                     raise InputError(f"tensor {name!r} is in two checkpoint files ({path.name} and "
                                      f"{self._entries[name].path.name})",
@@ -105,9 +107,9 @@ class SafetensorsSource:
         return entry
 
 
-def _read_header(path: Path) -> dict[str, _Entry]:
+def _read_header(path: Path, strict: bool = True) -> dict[str, _Entry]:
     """A safetensors file's tensors, each checked to lie inside the file with the size its
-    dtype and shape imply."""
+    dtype and shape imply (for a dtype not in _DTYPES, with `strict=False`: inside the file)."""
     bad = lambda why: InputError(f"{path} is not a valid safetensors file: {why}",  # noqa: E731
                                  hint="check that the .safetensors files are complete and not corrupted")
     size = path.stat().st_size
@@ -119,16 +121,30 @@ def _read_header(path: Path) -> dict[str, _Entry]:
         if length > min(_MAX_HEADER, size - 8):
             raise bad(f"a header of {length} bytes in a file of {size}")
         try:
-            header = json.loads(f.read(length))
+            header = json.loads(f.read(length), object_pairs_hook=_unique_keys)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise bad(f"its header is not JSON ({exc})") from exc
+        except _DuplicateKey as exc:
+            raise bad(f"tensor {exc.args[0]!r} is listed twice") from None
     if not isinstance(header, dict):
         raise bad("its header is not a JSON object")
     base, entries = 8 + length, {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        if isinstance(info, dict) and info.get("dtype") not in _DTYPES:
+        unknown = isinstance(info, dict) and info.get("dtype") not in _DTYPES
+        if unknown and not strict:
+            try:
+                shape = tuple(int(d) for d in info["shape"])
+                start, end = (int(x) for x in info["data_offsets"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise bad(f"tensor {name!r} has no shape / data_offsets it can read ({exc})") from exc
+            if any(d < 0 for d in shape) or not 0 <= start <= end or base + end > size:
+                raise bad(f"tensor {name!r} ({info['dtype']!r} {list(shape)}) at bytes [{start}, {end}) does not fit "
+                          f"the file's {size - base} data bytes")
+            entries[name] = _Entry(path, torch.uint8, shape, base + start, end - start)
+            continue
+        if unknown:
             raise InputError(f"{path}: tensor {name!r} is stored as {info.get('dtype')!r}, which --stream does not read",
                              hint="dtypes read: " + ", ".join(_DTYPES) + "; drop --stream for this checkpoint")
         try:
@@ -144,6 +160,20 @@ def _read_header(path: Path) -> dict[str, _Entry]:
                       f"the file's {size - base} data bytes")
         entries[name] = _Entry(path, dtype, shape, base + start, end - start)
     return entries
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """json's object hook: a key given twice (a second tensor of the same name) is an error."""
+    result: dict[str, object] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
 
 
 class ModuleSource:
