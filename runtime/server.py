@@ -39,19 +39,26 @@ from runtime.openai_api import (MAX_CHOICES, APIError, ChatRequest, CompletionRe
                                 check_model, choice_seed, completion_logprobs, prompt_entries, prompt_ids,
                                 refuse_unsupported, sampling_params)
 from runtime.sequence import Sequence
+from runtime.server_limits import LimitError, ServerLimits, apply_limits, install_limits
 
 DISCONNECT_POLL_SECONDS = 0.25
 CLIENT_CLOSED = 499  # nginx's "client closed request": logged as such, not as an error
 
 
-def create_app(engine: Any, server: AsyncEngine, model_name: str) -> FastAPI:
-    """The app for `engine` (a runtime.Engine, for its tokenizer) served by `server`."""
+def create_app(engine: Any, server: AsyncEngine, model_name: str, limits: ServerLimits | None = None) -> FastAPI:
+    """The app for `engine` (a runtime.Engine, for its tokenizer) served by `server`, within
+    `limits` (runtime.server_limits; default: ServerLimits())."""
     app = FastAPI(title="optimizer", docs_url=None, redoc_url=None)
+    install_limits(app, limits or ServerLimits(), server.llm.scheduler.max_running)
     tokenizer = engine.tokenizer
     vocab = _vocab_size(engine)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, e: APIError) -> JSONResponse:
+        return _error(e.status, e.message, e.param, e.kind, e.code)
+
+    @app.exception_handler(LimitError)
+    async def _limit_error(_: Request, e: LimitError) -> JSONResponse:
         return _error(e.status, e.message, e.param, e.kind, e.code)
 
     @app.exception_handler(ValidationError)
@@ -190,6 +197,7 @@ async def _respond(request: Request, server: AsyncEngine, job: _Job, model_name:
                    vocab: int) -> Response:
     capacity = server.llm.max_tokens()
     body = job.body
+    apply_limits(request.app.state.limits, job, capacity)  # runtime.server_limits: 400 past a limit
     seqs = []  # choice index = prompt index * n + j
     for ids in job.prompts:
         if not ids:

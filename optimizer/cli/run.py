@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from optimizer.cli.serve_limits import limit_options, server_limits
 from optimizer.core.progress import console
 
 # runtime options shared by `generate` and `serve`, each declared once
@@ -124,18 +125,23 @@ def generate_cmd(engine_dir: Path, prompts: tuple[str, ...], prompts_file: Path 
 @SPECULATIVE
 @NUM_SPECULATIVE_TOKENS
 @DRAFT
+@limit_options
 def serve_cmd(engine_dir: Path, host: str, port: int, model_name: str | None, max_batch: int | None,
               prefill_chunk: int, provider: str, threads: int | None, no_verify: bool,
               allow_failed_gate: bool, gpu_memory_fraction: float | None, prefix_caching: bool,
-              speculative: str | None, num_speculative_tokens: int, draft_dir: Path | None) -> None:
+              speculative: str | None, num_speculative_tokens: int, draft_dir: Path | None, **limit_args) -> None:
     """Serve an engine over HTTP: OpenAI-compatible /v1/completions and /v1/chat/completions
-    (SSE streaming), /health and /metrics (Prometheus)."""
+    (SSE streaming), /health and /metrics (Prometheus), within the limits below."""
     import uvicorn
 
     from runtime import Engine
     from runtime.async_engine import AsyncEngine
     from runtime.server import create_app
 
+    limits = server_limits(limit_args)
+    if not limits.api_keys and host not in ("127.0.0.1", "localhost", "::1"):
+        console().print(f"[yellow]warning:[/yellow] serving on {host} without --api-key: anyone who can reach "
+                        "it can use it")
     engine = Engine.load(engine_dir, provider=provider, threads=threads, verify=not no_verify, quiet=False)
     gate = engine.manifest.get("gate")
     if gate and not gate["passed"]:
@@ -160,6 +166,6 @@ def serve_cmd(engine_dir: Path, host: str, port: int, model_name: str | None, ma
                     f"prefix caching {'on' if llm.prefix_caching else 'off'}, speculative decoding "
                     f"{f'{spec.method}, k={spec.num_tokens}' if spec else 'off'})")
     try:
-        uvicorn.run(create_app(engine, server, name), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(engine, server, name, limits), host=host, port=port, log_level="warning")
     finally:
         server.shutdown()
