@@ -74,6 +74,19 @@ def pack_step(chunks: Seq[Chunk], block_size: int) -> dict[str, np.ndarray]:
     }
 
 
+def profile_chunks(tokens: int, max_length: int | None, sequences: int, block_size: int) -> list[Chunk]:
+    """The largest step a pool must leave room for: `tokens` prompt tokens as sequences of at
+    most `max_length`, and one decode token of each of `sequences`, each on blocks of its own."""
+    per = min(tokens, max_length or tokens)
+    lengths = [per] * (tokens // per) + ([tokens % per] if tokens % per else []) + [1] * sequences
+    chunks, first = [], 0
+    for n in lengths:
+        table = list(range(first, first + -(-n // block_size)))
+        chunks.append((list(range(n)), 0, table))
+        first += len(table)
+    return chunks
+
+
 class PagedExecutor:
     """The executor of paged engines: `num_blocks` blocks of `block_size` positions per layer
     and K/V on the GPU, `max_sequences` sequences running together.
@@ -124,24 +137,19 @@ class PagedExecutor:
     def size_from_memory(self, fraction: float, profile_tokens: int | None = None) -> int:
         """Resize the pool to what `fraction` of the device leaves after the largest step (one
         packed step of `profile_tokens` prompt tokens, default the prefill budget, as sequences
-        of at most the engine's length, run once so that onnxruntime's arena holds its
-        activations); returns the number of blocks."""
+        of at most the engine's length, plus one decode token of each of `max_sequences`, run
+        once so that onnxruntime's arena holds its activations); returns the number of blocks."""
         if self.pool.used:
             raise RuntimeError("the pool can be resized only while no sequence holds blocks")
         tokens = max(1, profile_tokens or self.prefill_budget)
-        per = min(tokens, self.kv.max_sequence_length or tokens)
-        lengths = [per] * (tokens // per) + ([tokens % per] if tokens % per else [])
-        tables, first = [], 0
-        for n in lengths:
-            tables.append(list(range(first, first + -(-n // self.block_size))))
-            first += len(tables[-1])
-        if self.pool.num_blocks < first:
-            self._allocate(first)
-        chunks = [(list(range(n)), 0, table) for n, table in zip(lengths, tables)]
-        self._run(chunks, list(np.cumsum(lengths) - 1))
+        chunks = profile_chunks(tokens, self.kv.max_sequence_length, self.max_sequences, self.block_size)
+        needed = sum(len(table) for _, _, table in chunks)
+        if self.pool.num_blocks < needed:
+            self._allocate(needed)
+        self._run(chunks, list(np.cumsum([len(ids) for ids, _, _ in chunks]) - 1))
         free, total = device_memory()
         num_blocks = self.pool.num_blocks + blocks_for_fraction(free, total, fraction, self.bytes_per_block)
-        if num_blocks * self.block_size < per:
+        if num_blocks * self.block_size < len(chunks[0][0]):
             raise EngineError(f"--gpu-memory-fraction {fraction} leaves room for {num_blocks} blocks of "
                               f"{self.block_size} tokens ({free / 2**30:.1f} of {total / 2**30:.1f} GiB free "
                               "after loading the engine)", hint="raise the fraction, or lower the prefill budget")

@@ -42,3 +42,15 @@ def test_greedy_rows_are_those_the_engine_argmax_serves():
     held.append(5)
     held.append(6)
     assert held.greedy_on_device()
+
+
+def test_the_profile_step_is_the_largest_step_a_pool_serves():
+    from runtime.paged import pack_step, profile_chunks
+
+    chunks = profile_chunks(1200, 512, 3, 16)  # 512 + 512 + 176 prompt tokens, 3 decode rows
+    assert [len(ids) for ids, _, _ in chunks] == [512, 512, 176, 1, 1, 1]
+    blocks = [b for _, _, table in chunks for b in table]
+    assert blocks == list(range(32 + 32 + 11 + 3))  # each chunk on blocks of its own
+    feeds = pack_step(chunks, 16)  # a valid packed step
+    assert feeds["input_ids"].shape == (1, 1203) and feeds["attention_metadata"].tolist() == [512, 512]
+    assert [len(ids) for ids, _, _ in profile_chunks(100, None, 0, 16)] == [100]
