@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import random
+import shlex
 import socket
 import subprocess
 import sys
@@ -99,13 +100,16 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--serve-args", default="", help="more options for `optimize serve`, one string, "
+                    "e.g. \"--provider cuda --gpu-memory-fraction 0.5\"")
     args = ap.parse_args()
 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = tempfile.NamedTemporaryFile("w+", prefix="soak-server-", suffix=".log", delete=False)
     server = subprocess.Popen([sys.executable, "-m", "optimizer.cli", "serve", args.engine, "--port", str(port),
-                               "--threads", str(args.threads), "--no-verify", "--model-name", "m"],
+                               "--threads", str(args.threads), "--no-verify", "--model-name", "m",
+                               *shlex.split(args.serve_args)],
                               stdout=log, stderr=subprocess.STDOUT, text=True)  # a file: a full pipe would block it
     try:
         deadline = time.monotonic() + 120
