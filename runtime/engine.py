@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from optimizer.core.artifact import EngineDir, load_engine
-from optimizer.core.errors import EngineError
+from optimizer.core.errors import EngineError, InputError
 from runtime.detokenize import IncrementalDetokenizer
 from runtime.draft_model import check_same_tokenizer
 from runtime.executors import make_executor
@@ -60,6 +60,11 @@ class Engine:
         if self.tokenizer is None:
             raise EngineError("this engine has no tokenizer (built from random weights without --tokenizer)",
                               hint="pass token ids instead of text, or rebuild with --tokenizer PATH")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate ("\ud800" in JSON): not text a tokenizer takes
+            raise InputError(f"the prompt is not valid Unicode: {exc.reason} at character {exc.start}",
+                             hint="send UTF-8 text (surrogates only in pairs)") from None
         ids = list(self.tokenizer(prompt).input_ids)
         gen = self.manifest.get("generation", {})
         bos = gen.get("bos_token_id")

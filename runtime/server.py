@@ -40,6 +40,7 @@ from runtime.openai_api import (MAX_CHOICES, APIError, ChatRequest, CompletionRe
                                 refuse_unsupported, sampling_params)
 from runtime.sequence import Sequence
 from runtime.server_limits import LimitError, ServerLimits, apply_limits, install_limits
+from runtime.server_schema import document_bodies
 
 DISCONNECT_POLL_SECONDS = 0.25
 CLIENT_CLOSED = 499  # nginx's "client closed request": logged as such, not as an error
@@ -50,6 +51,7 @@ def create_app(engine: Any, server: AsyncEngine, model_name: str, limits: Server
     `limits` (runtime.server_limits; default: ServerLimits())."""
     app = FastAPI(title="optimizer", docs_url=None, redoc_url=None)
     install_limits(app, limits or ServerLimits(), server.llm.scheduler.max_running)
+    document_bodies(app, {"/v1/completions": CompletionRequest, "/v1/chat/completions": ChatRequest})
     tokenizer = engine.tokenizer
     vocab = _vocab_size(engine)
 
@@ -60,6 +62,10 @@ def create_app(engine: Any, server: AsyncEngine, model_name: str, limits: Server
     @app.exception_handler(LimitError)
     async def _limit_error(_: Request, e: LimitError) -> JSONResponse:
         return _error(e.status, e.message, e.param, e.kind, e.code)
+
+    @app.exception_handler(OptimizerError)  # bad input found below the handlers (e.g. text that is not Unicode)
+    async def _input_error(_: Request, e: OptimizerError) -> JSONResponse:
+        return _error(400, e.message)
 
     @app.exception_handler(ValidationError)
     async def _validation_error(_: Request, e: ValidationError) -> JSONResponse:
@@ -186,6 +192,8 @@ _PROMPT_LOGITS_LOCK = threading.Lock()  # one prompt-logprobs pass at a time (it
 async def _prompt_logprobs(engine: Any, ids: list[int], k: int) -> list:
     """The prompt's own logprobs (echo): every position's logits from one prefill of the prompt
     through the engine's session, off the event loop."""
+    if not ids:
+        raise APIError(400, "the prompt encodes to no tokens", "prompt")
     def run() -> list:
         with _PROMPT_LOGITS_LOCK:
             logits = window_logits(engine.session, np.asarray([ids], np.int64))[0]
