@@ -1,8 +1,9 @@
-"""Static scales for an int8 KV cache: one per layer for K and one for V, from calibration text.
+"""Static scales for an int8 or fp8 KV cache: one per layer for K and one for V, from calibration text.
 
-onnxruntime's GroupQueryAttention stores the cache as int8 codes round(x / scale) and reads
-them back as codes * scale (`k_quant_type`/`v_quant_type` PER_TENSOR). A scale maps the
-largest value the cache will hold to 127:
+onnxruntime's GroupQueryAttention (int8, CPU) and PagedAttention (float8 E4M3, CUDA) store the
+cache as codes of x / scale and read them back as codes * scale (`k_quant_type`/`v_quant_type`
+PER_TENSOR). A scale maps the largest value the cache will hold to the format's largest
+(127 for int8, 448 for E4M3):
 
 - V is cached as v_proj computes it: scale = max|v| / 127 over every calibration token.
 - K is cached after rotary embedding (and after QK-norm where the family has it). Rotary
@@ -27,6 +28,7 @@ from calibration.sequential import run_decoder_layers
 from optimizer.core.architectures import ArchSpec
 
 INT8_MAX = 127.0
+CODE_MAX = {"int8": INT8_MAX, "fp8": 448.0}  # the largest code of each cache format (E4M3: 448)
 
 
 def rotary_bound(channel_absmax: torch.Tensor) -> float:
@@ -37,13 +39,15 @@ def rotary_bound(channel_absmax: torch.Tensor) -> float:
     return float(torch.sqrt(a * a + b * b).max())
 
 
-def scale_of(absmax: float) -> float:
-    return max(absmax, 1e-8) / INT8_MAX
+def scale_of(absmax: float, code_max: float = INT8_MAX) -> float:
+    return max(absmax, 1e-8) / code_max
 
 
 def kv_cache_scales(model: Any, arch: ArchSpec, windows: np.ndarray, head_dim: int,
-                    batch_size: int = 8) -> list[tuple[float, float]]:
-    """(k_scale, v_scale) per decoder layer, observed on `windows` (N, L) token ids."""
+                    batch_size: int = 8, dtype: str = "int8") -> list[tuple[float, float]]:
+    """(k_scale, v_scale) per decoder layer for a `dtype` cache (int8 | fp8), observed on
+    `windows` (N, L) token ids."""
+    code_max = CODE_MAX[dtype]
     layers = model.model.layers
     k_abs = [torch.zeros(head_dim) for _ in layers]
     v_abs = [0.0] * len(layers)
@@ -71,4 +75,4 @@ def kv_cache_scales(model: Any, arch: ArchSpec, windows: np.ndarray, head_dim: i
     finally:
         for h in handles:
             h.remove()
-    return [(scale_of(rotary_bound(k)), scale_of(v)) for k, v in zip(k_abs, v_abs)]
+    return [(scale_of(rotary_bound(k), code_max), scale_of(v, code_max)) for k, v in zip(k_abs, v_abs)]

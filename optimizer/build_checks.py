@@ -125,18 +125,27 @@ def validate_kv_options(opts: "BuildOptions") -> None:
 
 
 def validate_kv_cache_dtype(opts: "BuildOptions") -> None:
-    """The int8 cache is GroupQueryAttention's (CPU kernel), with the static or concat layout."""
-    if opts.kv_cache_dtype == "auto":
+    """The int8 cache is GroupQueryAttention's (CPU kernel), with the static or concat layout; the
+    fp8 cache is PagedAttention's (CUDA kernel), with the paged layout."""
+    dtype = opts.kv_cache_dtype
+    if dtype == "auto":
         return
-    if opts.kv_layout == "paged":
-        raise InputError("the paged layout's kernel (PagedAttention) takes no int8 KV cache",
-                         hint="use --kv-layout static with --kv-cache-dtype int8, or drop --kv-cache-dtype")
-    if opts.target != "onnxruntime":
+    if dtype == "int8" and opts.kv_layout == "paged":
+        raise InputError("the paged layout's kernel (PagedAttention, CUDA) stores its cache as fp8 here, not int8",
+                         hint="use --kv-cache-dtype fp8 with --kv-layout paged, or --kv-layout static for int8 (CPU)")
+    if dtype == "fp8" and opts.kv_layout != "paged":
+        raise InputError(f"the fp8 KV cache is the paged layout's (onnxruntime's PagedAttention on CUDA); "
+                         f"--kv-layout is {opts.kv_layout}",
+                         hint="add --kv-layout paged (CUDA, --dtype fp16), or use --kv-cache-dtype int8 on the CPU")
+    if dtype == "int8" and opts.target != "onnxruntime":
         raise InputError(f"the int8 KV cache runs on onnxruntime's CPU attention kernel; --target {opts.target} "
                          "cannot take it", hint="use --target onnxruntime, or drop --kv-cache-dtype")
+    if dtype == "fp8" and opts.target == "tensorrt":
+        raise InputError("the fp8 KV cache is onnxruntime's PagedAttention kernel; --target tensorrt cannot take it",
+                         hint="use --target onnxruntime-cuda, or drop --kv-cache-dtype")
     if opts.random_weights and not opts.tokenizer:
-        raise InputError("the int8 KV cache is calibrated on text, and a random-weight model has no tokenizer",
-                         hint="pass --tokenizer with --random-weights, or drop --kv-cache-dtype int8")
+        raise InputError(f"the {dtype} KV cache is calibrated on text, and a random-weight model has no tokenizer",
+                         hint=f"pass --tokenizer with --random-weights, or drop --kv-cache-dtype {dtype}")
     check_source(parse_spec(opts.kv_calib).source)
 
 

@@ -57,9 +57,9 @@ def engine_manifest(opts: "BuildOptions", loaded: LoadedModel, quantization: dic
 
 def kv_cache_section(dims: DecoderDims, dtype: str, attention: str = "unfused", layout: str = "concat",
                      max_positions: int | None = None, sizes: BuildSection | None = None,
-                     int8: dict[str, Any] | None = None) -> KvCacheSpec:
+                     quantized: dict[str, Any] | None = None) -> KvCacheSpec:
     """The cache interface and its sizes, which the runtime reads (KvCacheSpec says what each
-    layout records); `int8`: the calibrated int8 cache's record, where the build made one."""
+    layout records); `quantized`: the calibrated int8 / fp8 cache's record, where the build made one."""
     past_k, past_v, present_k, present_v = (n.replace(".0.", ".{i}.") for n in kv_names(0))
     fused = attention != "unfused"
     sizes = sizes or BuildSection()
@@ -72,11 +72,11 @@ def kv_cache_section(dims: DecoderDims, dtype: str, attention: str = "unfused", 
         block = sizes.kv_block_size
         layout_sizes = dict(slots=slots, block_size=block, num_blocks=sizes.kv_blocks or -(-slots * capacity // block),
                             max_blocks_per_sequence=-(-max_positions // block))
-    return KvCacheSpec(dims.num_layers, dims.num_kv_heads, dims.head_dim, "int8" if int8 else dtype,
+    return KvCacheSpec(dims.num_layers, dims.num_kv_heads, dims.head_dim, quantized["dtype"] if quantized else dtype,
                        past_k, past_v, present_k, present_v, attention=attention,
                        max_sequence_length=max_positions if fused else None, layout=layout,
                        sliding_windows=tuple(dims.windows), padding="right" if fused else "left",
-                       quantization=int8, **layout_sizes)
+                       quantization=quantized, **layout_sizes)
 
 
 def attention_kind(model: ir.Model) -> str:

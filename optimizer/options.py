@@ -80,11 +80,12 @@ class BuildSection:
                                         "holds slots x capacity positions [default: min(max seq len, 1024)].")
     kv_block_size: int = opt(16, "Paged layout: tokens per block.")
     kv_blocks: int | None = opt(None, "Paged layout: blocks in the pool [default: slots x capacity / block size].")
-    kv_cache_dtype: str = opt("auto", "KV-cache storage: auto = the engine's dtype, or int8 with one static scale "
-                                      "per layer for K and V, calibrated on --kv-calib (onnxruntime's CPU attention "
-                                      "kernel; static or concat layout).", choices=("auto", "int8"),
+    kv_cache_dtype: str = opt("auto", "KV-cache storage: auto = the engine's dtype; int8 or fp8 (E4M3) with one "
+                                      "static scale per layer for K and V, calibrated on --kv-calib: int8 for the "
+                                      "static or concat layout (onnxruntime's CPU attention kernel), fp8 for the "
+                                      "paged layout (PagedAttention on CUDA).", choices=("auto", "int8", "fp8"),
                               what="KV-cache dtype")
-    kv_calib: str = opt("c4:32x512", "int8 KV cache: calibration text SOURCE:NxL.")
+    kv_calib: str = opt("c4:32x512", "int8 / fp8 KV cache: calibration text SOURCE:NxL.")
     stream: bool = opt(False, "Keep the weights on disk: read the safetensors (or GGUF) tensor by tensor, quantize "
                               "(RTN) and write each as the engine file is written, verify layer by layer; peak "
                               "memory about the engine plus one layer, for models larger than memory.")

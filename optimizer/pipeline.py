@@ -163,17 +163,20 @@ def capture_graph(opts: BuildOptions, loaded: LoadedModel) -> tuple[ir.Model, De
 
 def calibrate_kv(opts: BuildOptions, loaded: LoadedModel, dims: DecoderDims,
                  codes: dict[str, Any]) -> tuple[tuple, dict[str, Any] | None]:
-    """Per-layer (k, v) int8 scales from the calibration text through the (quantized) torch
-    model, and the manifest's record of them; nothing for a float cache."""
-    if opts.kv_cache_dtype != "int8":
+    """Per-layer (k, v) int8 / fp8 scales from the calibration text through the (quantized)
+    torch model, and the manifest's record of them; nothing for a float cache."""
+    dtype = opts.kv_cache_dtype
+    if dtype not in ("int8", "fp8"):
         return (), None
     from calibration.kv_scales import kv_cache_scales
 
-    with step(f"calibrate int8 KV-cache scales ({opts.kv_calib})", opts.quiet):
-        windows = text_windows(loaded, opts.kv_calib, "the int8 KV cache is calibrated", "--kv-cache-dtype int8")
+    with step(f"calibrate {dtype} KV-cache scales ({opts.kv_calib})", opts.quiet):
+        windows = text_windows(loaded, opts.kv_calib, f"the {dtype} KV cache is calibrated",
+                               f"--kv-cache-dtype {dtype}")
         with running(loaded, codes) as model:
-            scales = kv_cache_scales(model, loaded.arch, windows, dims.head_dim)
-    record = {"format": "int8, one static scale per layer for K and for V (PER_TENSOR)",
+            scales = kv_cache_scales(model, loaded.arch, windows, dims.head_dim, dtype=dtype)
+    code = {"int8": "int8", "fp8": "float8 E4M3"}[dtype]
+    record = {"dtype": dtype, "format": f"{code}, one static scale per layer for K and for V (PER_TENSOR)",
               "calibration": {"spec": opts.kv_calib, "windows": list(windows.shape), "sha256": windows_hash(windows)},
               "scales": [[round(k, 8), round(v, 8)] for k, v in scales]}
     return tuple(scales), record
@@ -184,7 +187,7 @@ def graph_passes(opts: BuildOptions, model: ir.Model, codes: dict[str, Any], max
     q = opts.quiet
     with step("graph passes: " + (", ".join(opts.pass_names) or "none"), q):
         ctx = PassContext(plain_weights(codes), opts.accuracy_level, opts.dtype, max_positions, opts.kv_layout,
-                          opts.kv_block_size, WEIGHT_FORMATS[opts.target], kv_scales)
+                          opts.kv_block_size, WEIGHT_FORMATS[opts.target], kv_scales, opts.kv_cache_dtype)
         model, reports = run_passes(model, opts.pass_names, ctx, opts.dump_ir_after, ir_dump_dir(opts.out))
         for r in reports:
             if not q:

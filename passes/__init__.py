@@ -39,7 +39,8 @@ class PassContext:
     kv_layout: str = "auto"  # auto | static | paged | concat (auto: static where attention is fused)
     kv_block_size: int = 16  # tokens per block of the paged layout
     weight_format: str = "matmulnbits"  # int4/int8 linears: matmulnbits (onnxruntime) | dequantize (standard ops)
-    kv_scales: tuple[tuple[float, float], ...] = ()  # int8 KV cache: (k, v) scale per layer; () = float cache
+    kv_scales: tuple[tuple[float, float], ...] = ()  # int8 / fp8 KV cache: (k, v) scale per layer; () = float
+    kv_cache_dtype: str = "auto"  # auto | int8 (GroupQueryAttention, CPU) | fp8 (PagedAttention, CUDA)
 
 
 @dataclass(frozen=True)
@@ -98,9 +99,10 @@ REGISTRY: dict[str, PassInfo] = {
         PassInfo("greedy-tokens", "a second output, greedy_tokens = ArgMax(logits): greedy decode steps "
                                   "take token ids from the engine itself (one run per step on CUDA)",
                  lambda ctx: GreedyTokens()),
-        PassInfo("quantize-kv-cache", "int8 KV cache (when the build calibrated scales): GroupQueryAttention "
-                                      "stores K/V as int8 with one static scale per layer each (CPU)",
-                 lambda ctx: QuantizeKvCache(ctx.kv_scales), targets=("cpu",),
+        PassInfo("quantize-kv-cache", "int8 / fp8 KV cache (when the build calibrated scales): "
+                                      "GroupQueryAttention stores K/V as int8 (CPU), PagedAttention as float8 "
+                                      "E4M3 (CUDA), with one static scale per layer each",
+                 lambda ctx: QuantizeKvCache(ctx.kv_scales, ctx.kv_cache_dtype), targets=("cpu", "cuda"),
                  after=("fuse-attention", "kv-layout"), option="kv_cache_dtype", requires=("fuse-attention",)),
         PassInfo("cse", "common subexpression elimination: merges identical nodes "
                         "(e.g. the per-layer views of shared RoPE tables)",

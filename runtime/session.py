@@ -13,7 +13,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from optimizer.core.engine_format import KvCacheSpec
@@ -25,7 +27,11 @@ PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
-KV_DTYPES = {"fp32": np.float32, "fp16": np.float16, "int8": np.int8}  # int8: quantized KV cache
+# int8 / fp8: quantized KV caches (fp8: float8 E4M3, the paged layout's; one byte a value)
+KV_DTYPES = {"fp32": np.float32, "fp16": np.float16, "int8": np.int8, "fp8": np.dtype(ml_dtypes.float8_e4m3fn)}
+# the element type a cache buffer is bound with (onnxruntime takes numpy types, or ONNX type numbers
+# for types numpy lacks)
+KV_BIND_TYPES = {"fp32": np.float32, "fp16": np.float16, "int8": np.int8, "fp8": onnx.TensorProto.FLOAT8E4M3FN}
 LOGITS_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 # onnxruntime CUDA kernel choices (session config entries; older onnxruntime ignores them).
 # benchmarks/gpu_matmul_nbits.py on an H200, one 4096 x 14336 linear: cuBLAS auto-tuning took the

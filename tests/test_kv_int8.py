@@ -115,8 +115,11 @@ def test_int8_cache_on_other_families(name, tiny_hf_folders, tmp_path):
     ({"kv_cache_dtype": "int8", "passes": UNFUSED_PIPELINE}, "needs the fuse-attention and quantize-kv-cache"),
     ({"kv_cache_dtype": "int8", "target": "tensorrt", "passes": PIPELINES["tensorrt"]}, "needs the fuse-attention"),
     ({"kv_cache_dtype": "int8", "target": "onnxruntime-cuda"}, "CPU attention kernel"),
-    ({"kv_cache_dtype": "int8", "kv_layout": "paged", "dtype": "fp16"}, "takes no int8 KV cache"),
+    ({"kv_cache_dtype": "int8", "kv_layout": "paged", "dtype": "fp16"}, "as fp8 here, not int8"),
     ({"kv_cache_dtype": "int8"}, "has no tokenizer"),
+    ({"kv_cache_dtype": "fp8"}, "the fp8 KV cache is the paged layout's"),
+    ({"kv_cache_dtype": "fp8", "kv_layout": "static", "target": "onnxruntime-cuda"}, "paged layout's"),
+    ({"kv_cache_dtype": "fp8", "kv_layout": "paged", "dtype": "fp16"}, "fp8 KV cache is calibrated on text"),
 ])
 def test_bad_int8_cache_options_fail_before_any_work(tmp_path, monkeypatch, options, message):
     """Refused before any work (CUDA is made to look present, so the cache check is what refuses)."""

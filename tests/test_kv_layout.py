@@ -174,3 +174,32 @@ def test_pack_step_packs_tokens_lengths_and_tables():
 def test_pack_step_refuses_what_the_kernel_would_misread(chunks, message):
     with pytest.raises(ValueError, match=message):
         pack_step(chunks, block_size=16)
+
+
+def test_fp8_cache_on_the_paged_layout_needs_no_gpu_to_lower(tiny_hf_folders):
+    """--kv-cache-dtype fp8 with the paged layout: every PagedAttention stores float8 E4M3 codes
+    (its cache inputs and outputs: the runtime's interface) with the layer's K and V scales on
+    the kernel's k_scale / v_scale inputs, PER_TENSOR."""
+    import numpy as np
+
+    model, loaded = captured(tiny_hf_folders["llama"], "fp16")
+    dims = decoder_dims(loaded.config, loaded.arch)
+    scales = tuple((0.01 * (i + 1), 0.02 * (i + 1)) for i in range(dims.num_layers))
+    model, reports = run_passes(model, DEFAULT_PIPELINE, PassContext(
+        dtype="fp16", max_positions=256, kv_layout="paged", kv_block_size=16, kv_scales=scales,
+        kv_cache_dtype="fp8"))
+    report = next(r for r in reports if r["name"] == "quantize-kv-cache")
+    assert report["changed"] and "fp8 KV cache" in " ".join(report["notes"])
+    nodes = [n for n in model.graph if n.op_type == "PagedAttention"]
+    assert len(nodes) == dims.num_layers
+    fp8 = ir.DataType.FLOAT8E4M3FN
+    for v in list(model.graph.inputs) + list(model.graph.outputs):
+        if v.name.startswith(("past_key_values.", "present.")):
+            assert v.dtype == fp8, v.name
+    for node in nodes:
+        i = int(node.inputs[3].name.split(".")[1])
+        assert node.inputs[14].name == f"kv_scale.{i}.key" and node.inputs[15].name == f"kv_scale.{i}.value"
+        assert np.allclose(node.inputs[14].const_value.numpy(), [scales[i][0]])
+        assert np.allclose(node.inputs[15].const_value.numpy(), [scales[i][1]])
+        assert node.attributes["k_quant_type"].value == node.attributes["v_quant_type"].value == "PER_TENSOR"
+        assert node.inputs[16].name == "attention_metadata"  # still the last input

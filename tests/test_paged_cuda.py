@@ -215,3 +215,27 @@ def test_the_pool_is_sized_from_gpu_memory(engines):
         assert_greedy_under_own_logits(paged.session, prompt, out)
     with pytest.raises(Exception, match="gpu-memory-fraction"):
         engines[1].llm(gpu_memory_fraction=0.5)  # a static engine: the manifest sizes its cache
+
+
+def test_fp8_kv_cache_on_the_paged_layout(tiny_hf_folders, tmp_path):
+    """--kv-cache-dtype fp8: PagedAttention keeps K and V as float8 E4M3 codes (a byte each) with
+    calibrated per-layer scales; the engine verifies, its logits follow the fp16 cache's within
+    the codes' rounding, batched requests get their tokens, and the pool from GPU memory counts
+    one byte a value."""
+    common = dict(source=str(tiny_hf_folders["llama"]), dtype="fp16", quiet=True, max_seq_len=512,
+                  kv_layout="paged", kv_block_size=BLOCK, kv_slots=SLOTS, kv_capacity=CAPACITY)
+    build_engine(BuildOptions(out=tmp_path / "fp16", **common))
+    build_engine(BuildOptions(out=tmp_path / "fp8", kv_cache_dtype="fp8", kv_calib="tiny:8x64", **common))
+    fp16, fp8 = Engine.load(tmp_path / "fp16", provider="cuda"), Engine.load(tmp_path / "fp8", provider="cuda")
+    kv = fp8.manifest["kv_cache"]
+    assert kv["dtype"] == "fp8" and len(kv["quantization"]["scales"]) == kv["num_layers"]
+    ids = np.random.default_rng(2).integers(0, 1000, 60).tolist()
+    want = sequence_logits(fp16.session, ids, prefill=30)
+    got = sequence_logits(fp8.session, ids, prefill=30)
+    assert np.abs(got - want).max() < 0.1 * max(1.0, float(np.abs(want).max()))
+    assert (got.argmax(-1) == want.argmax(-1)).mean() >= 0.9
+    llm = fp8.llm(gpu_memory_fraction=0.5)
+    assert llm.executor.bytes_per_block == fp16.llm().executor.bytes_per_block // 2
+    requests = _requests(8, seed=4)
+    for (_, params), out in zip(requests, _run_all(llm, requests)):
+        assert len(out) == params.max_new_tokens

@@ -45,7 +45,7 @@ class KvCacheSpec:
     num_layers: int
     num_kv_heads: int
     head_dim: int
-    dtype: str  # fp32 | fp16 | int8 (a quantized cache: `quantization` says how)
+    dtype: str  # fp32 | fp16 | int8 | fp8 (a quantized cache: `quantization` says how)
     past_key: str  # graph input / output names, with {i} for the layer
     past_value: str
     present_key: str
@@ -60,7 +60,7 @@ class KvCacheSpec:
     max_blocks_per_sequence: int | None = None  # paged: block-table width
     sliding_windows: tuple[int | None, ...] = ()  # per layer; None: global attention
     padding: str = "left"  # right where attention is fused
-    quantization: dict[str, Any] | None = None  # int8 cache: format, calibration, scales
+    quantization: dict[str, Any] | None = None  # int8 / fp8 cache: format, calibration, scales
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
