@@ -12,13 +12,14 @@ SMOL=$(python3 -m optimizer.cli asset smollm2-135m)
 P="--dtype fp16 --kv-layout paged --kv-slots 16"
 build() { [ -f $W/$1/manifest.json ] || python3 -m optimizer.cli --log-format plain model "$SMOL" $P "${@:2}" \
     --out $W/$1 2>&1 | grep -E "error|verif|engine written|done in" | tail -3; }
-build smol-paged-fp16
-build smol-paged-fp8kv --kv-cache-dtype fp8
-[ "${DISTILL:-1}" = 1 ] && build smol-paged-fp8-e2e --kv-cache-dtype fp8 --quant fp8 --target onnxruntime-cuda \
-    --distill-steps "${STEPS:-300}" --distill-device cuda
-for e in smol-paged-fp16 smol-paged-fp8kv smol-paged-fp8-e2e; do
-  [ -f $W/$e/manifest.json ] && python3 -m optimizer.cli eval $W/$e --provider cuda --windows 40 --json | \
-      python3 -c "import json,sys; r=json.load(sys.stdin); r['engine']='$e'; print(json.dumps(r))" >> $W/eval.jsonl
-done
+evaluate() { [ -f $W/$1/manifest.json ] && python3 -m optimizer.cli eval $W/$1 --provider cuda --windows 40 --json | \
+    python3 -c "import json,sys; r=json.load(sys.stdin); r['engine']='$1'; print(json.dumps(r))" >> $W/eval.jsonl; }
+build smol-paged-fp16 && evaluate smol-paged-fp16
+build smol-paged-fp8kv --kv-cache-dtype fp8 && evaluate smol-paged-fp8kv
+cat $W/eval.jsonl
+if [ "${DISTILL:-1}" = 1 ]; then
+  build smol-paged-fp8-e2e --kv-cache-dtype fp8 --quant fp8 --target onnxruntime-cuda \
+      --distill-steps "${STEPS:-300}" --distill-device cuda && evaluate smol-paged-fp8-e2e
+fi
 cat $W/eval.jsonl
 echo SESSION DONE
