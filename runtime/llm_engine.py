@@ -203,9 +203,12 @@ class LLMEngine:
 
     # -- speculative decoding ---------------------------------------------------------------
     def _draft(self, seqs: list[Sequence]) -> list[Draft] | None:
-        """Drafts for the decoding sequences (None where none has one: a plain decode step).
-        A sequence drafts at most k tokens, fewer than it may still emit (the verified step
-        adds one more), and only as many as its cache has room for."""
+        """Drafts for the decoding sequences (None where none has one, or where more decode
+        together than the config's max_batch: a plain decode step). A sequence drafts at most k
+        tokens, fewer than it may still emit (the verified step adds one more), and only as many
+        as its cache has room for."""
+        if len(seqs) > self.speculative.max_batch:
+            return None
         k = self.speculative.num_tokens
         pool = self.scheduler.pool
         ks = [max(0, min(k, s.params.max_new_tokens - len(s.output_ids) - 1)) for s in seqs]

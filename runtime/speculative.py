@@ -39,20 +39,29 @@ METHODS = ("ngram", "draft")
 @dataclass(frozen=True)
 class SpeculativeConfig:
     """How to speculate: `method` ngram or draft, `num_tokens` drafted per step (k), the n-gram
-    lengths prompt lookup tries (longest first), and for `draft` the draft engine (a loaded
-    runtime.Engine with the target's tokenizer)."""
+    lengths prompt lookup tries (longest first), for `draft` the draft engine (a loaded
+    runtime.Engine with the target's tokenizer), and the largest decode batch to speculate at."""
 
     method: str = "ngram"
-    num_tokens: int = 4
+    # k = 8 from matches of exactly 3 tokens: the fastest of the settings measured on SmolLM2-135M
+    # int4, batch 1, code editing (benchmarks/results/speculative): a verification step costs about
+    # two decode steps on the CPU, so drafting only from longer matches wastes fewer of them
+    num_tokens: int = 8
     ngram_max: int = 3
-    ngram_min: int = 1
+    ngram_min: int = 3
     draft: Any = None
+    # speculate only while at most this many sequences decode together: verification runs one
+    # call per drafting sequence (onnxruntime's GQA), each about two decode steps on the CPU, so
+    # at larger batches it costs more than the batched decode step it replaces
+    max_batch: int = 1
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise InputError(f"unknown speculative method {self.method!r}", hint=f"choose one of {', '.join(METHODS)}")
         if self.num_tokens < 1:
             raise InputError(f"the number of speculative tokens must be >= 1, got {self.num_tokens}")
+        if self.max_batch < 1:
+            raise InputError(f"the largest batch to speculate at must be >= 1, got {self.max_batch}")
         if not 1 <= self.ngram_min <= self.ngram_max:
             raise InputError(f"n-gram lengths need 1 <= min <= max, got {self.ngram_min}..{self.ngram_max}")
         if (self.method == "draft") != (self.draft is not None):
@@ -107,7 +116,7 @@ def ngram_draft(tokens: Seq[int], k: int, max_n: int = 3, min_n: int = 1) -> lis
 class NgramDrafter:
     """Prompt-lookup drafts from each sequence's own prompt and output (no model)."""
 
-    def __init__(self, max_n: int = 3, min_n: int = 1) -> None:
+    def __init__(self, max_n: int = 3, min_n: int = 3) -> None:
         self.max_n, self.min_n = max_n, min_n
 
     def propose(self, seqs: Seq[Sequence], ks: Seq[int]) -> list[Draft]:

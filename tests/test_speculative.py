@@ -153,7 +153,7 @@ requests = st.lists(
 def drive_spec(pool, reqs, k: int, drafter, max_running: int = 3, chunk: int = 8):
     executor = FakeSpecExecutor(pool)
     engine = LLMEngine(executor, eos_token_ids=[EOS], max_running=max_running, prefill_chunk=chunk,
-                       speculative=SpeculativeConfig("ngram", k), drafter=drafter)
+                       speculative=SpeculativeConfig("ngram", k, max_batch=max_running), drafter=drafter)
     seqs, aborted = {}, set()
     for step in itertools.count():
         for i, (prompt, n, arrival, abort_at, ignore_eos) in enumerate(reqs):
@@ -184,7 +184,7 @@ def drive_spec(pool, reqs, k: int, drafter, max_running: int = 3, chunk: int = 8
 def test_speculation_serves_every_request_as_alone(reqs, k, blocks, oracle):
     """Greedy tokens as alone, through rejections, aborts and (block pools) preemption."""
     pool = BlockPool(num_blocks=14, block_size=4) if blocks else SlotPool(3, capacity=64)
-    drive_spec(pool, reqs, k, NoisyOracle() if oracle else NgramDrafter())
+    drive_spec(pool, reqs, k, NoisyOracle() if oracle else NgramDrafter(max_n=3, min_n=1))
 
 
 def test_rejections_roll_back_and_preemption_happens_mid_speculation():
@@ -235,7 +235,7 @@ def first_tokens_counts(drafter_for, n: int, length: int = 3, temperature: float
     params = [SamplingParams(max_new_tokens=length, temperature=temperature, seed=i, ignore_eos=True)
               for i in range(n)]
     executor = FakeSpecExecutor(SlotPool(8, capacity=16), target)
-    engine = LLMEngine(executor, max_running=8, speculative=SpeculativeConfig("ngram", length - 1),
+    engine = LLMEngine(executor, max_running=8, speculative=SpeculativeConfig("ngram", length - 1, max_batch=8),
                        drafter=drafter_for(params[0]))
     seqs = engine.run([engine.make_sequence([1, 2], p, f"r{i}", detokenize=False) for i, p in enumerate(params)])
     counts = np.zeros(SMALL_VOCAB ** length)
@@ -261,7 +261,7 @@ def test_sampled_output_follows_the_target_distribution(drafts, monkeypatch):
     """3 sampled tokens of 3000 requests (64 outcomes): chi-square against the target's exact
     joint distribution; the same test fails when rejected drafts are kept."""
     if drafts == "point masses":
-        make = lambda params: NgramDrafter(max_n=1)  # noqa: E731 - prompt lookup on a 4-token vocabulary
+        make = lambda params: NgramDrafter(max_n=1, min_n=1)  # noqa: E731 - prompt lookup on a 4-token vocabulary
     else:
         make = lambda params: SampledDrafter(table_logits(7), params)  # noqa: E731
     probs = exact_sequence_probs()
@@ -271,6 +271,19 @@ def test_sampled_output_follows_the_target_distribution(drafts, monkeypatch):
     monkeypatch.setattr("runtime.sequence.accept_or_resample", lambda p, draft, q, rng: draft)
     broken, _ = first_tokens_counts(make, 3000)
     assert chi_square(broken, probs) > 2 * CHI2_999[63]
+
+
+def test_no_drafts_above_the_batch_limit():
+    executor = FakeSpecExecutor(SlotPool(4, capacity=64))
+    engine = LLMEngine(executor, max_running=4, speculative=SpeculativeConfig("ngram", 3, max_batch=2),
+                       drafter=NoisyOracle())
+    seqs = [engine.make_sequence([1, 2, 3], SamplingParams(max_new_tokens=12, ignore_eos=True), f"r{i}",
+                                 detokenize=False) for i in range(3)]
+    engine.run(seqs)
+    assert engine.total_drafted_tokens == 0 and executor.verified == 0  # three decode together: no drafts
+    engine.run([engine.make_sequence([1, 2, 3], SamplingParams(max_new_tokens=12, ignore_eos=True), "alone",
+                                     detokenize=False)])
+    assert engine.total_drafted_tokens > 0
 
 
 def test_executors_without_verification_are_refused():

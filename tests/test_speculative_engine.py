@@ -63,7 +63,7 @@ def test_greedy_tokens_equal_with_prompt_lookup(engines, layout, k):
     engine = engines[layout]
     prompts, params = copy_prompts(0, 12)
     off, _ = serve(engine, prompts, params)
-    on, llm = serve(engine, prompts, params, SpeculativeConfig("ngram", k))
+    on, llm = serve(engine, prompts, params, SpeculativeConfig("ngram", k, ngram_min=1, max_batch=4))
     assert on == off
     # drafts were kept (more than a token per step) and rejected (rolled back)
     assert 0 < llm.total_accepted_tokens < llm.total_drafted_tokens
@@ -76,9 +76,10 @@ def test_greedy_tokens_equal_with_a_draft_engine_and_rejections_roll_back(engine
     engine = engines["static"]
     prompts, params = copy_prompts(1, 8)
     off, _ = serve(engine, prompts, params)
-    same, llm = serve(engine, prompts, params, SpeculativeConfig("draft", 3, draft=engine))
+    same, llm = serve(engine, prompts, params, SpeculativeConfig("draft", 3, draft=engine, max_batch=4))
     assert same == off and llm.total_accepted_tokens == llm.total_drafted_tokens > 0  # itself: all kept
-    other, llm = serve(engine, prompts, params, SpeculativeConfig("draft", 3, draft=engines["int4"]))
+    spec = SpeculativeConfig("draft", 3, draft=engines["int4"], max_batch=4)
+    other, llm = serve(engine, prompts, params, spec)
     assert other == off and 0 < llm.total_accepted_tokens < llm.total_drafted_tokens
     assert not llm.drafter.executor.pool.holders()  # the draft cache is free again
 
@@ -88,7 +89,8 @@ def test_sampled_speculation_is_reproducible_and_in_range(engines):
     prompts, _ = copy_prompts(2, 6)
     params = [SamplingParams(max_new_tokens=24, temperature=0.8, top_k=50, seed=i, ignore_eos=True)
               for i in range(len(prompts))]
-    for spec in (SpeculativeConfig("ngram", 3), SpeculativeConfig("draft", 3, draft=engines["int4"])):
+    for spec in (SpeculativeConfig("ngram", 3, ngram_min=1, max_batch=4),
+                 SpeculativeConfig("draft", 3, draft=engines["int4"], max_batch=4)):
         first, llm = serve(engine, prompts, params, spec)
         again, _ = serve(engine, prompts, params, spec)
         assert first == again and all(len(t) == 24 for t in first) and llm.total_drafted_tokens > 0
@@ -96,7 +98,7 @@ def test_sampled_speculation_is_reproducible_and_in_range(engines):
 
 def test_an_abort_mid_speculation_frees_the_row(engines):
     engine = engines["static"]
-    llm = engine.llm(max_batch=2, speculative=SpeculativeConfig("draft", 4, draft=engines["int4"]))
+    llm = engine.llm(max_batch=2, speculative=SpeculativeConfig("draft", 4, draft=engines["int4"], max_batch=2))
     a = llm.add_request([5, 6, 7] * 10, SamplingParams(max_new_tokens=60, ignore_eos=True), detokenize=False)
     b = llm.add_request([8, 9] * 10, SamplingParams(max_new_tokens=20, ignore_eos=True), detokenize=False)
     while len(a.output_ids) < 8:

@@ -22,14 +22,18 @@ SPECULATIVE = click.option(
     help="Speculative decoding [default: off]: draft tokens by prompt lookup (ngram: the tokens that followed the "
          "sequence's last few tokens earlier in its prompt or output) or with a draft engine (draft, with "
          "--draft), and verify them in one step. Greedy output is the same; fastest when outputs copy the prompt.")
-NUM_SPECULATIVE_TOKENS = click.option("--num-speculative-tokens", default=4, show_default=True,
+NUM_SPECULATIVE_TOKENS = click.option("--num-speculative-tokens", default=8, show_default=True,
                                       help="Tokens drafted per sequence and step (k).")
+SPECULATIVE_MAX_BATCH = click.option(
+    "--speculative-max-batch", default=1, show_default=True,
+    help="Speculate only while at most this many sequences decode together (a verification step runs per "
+         "sequence; at larger batches the batched decode step is faster on the CPU).")
 DRAFT = click.option("--draft", "draft_dir", type=click.Path(path_type=Path), default=None,
                      help="The draft engine for --speculative draft (the same tokenizer as the target).")
 
 
-def speculative_config(method: str | None, num_tokens: int, draft_dir: Path | None, provider: str,
-                       threads: int | None, verify: bool):
+def speculative_config(method: str | None, num_tokens: int, max_batch: int, draft_dir: Path | None,
+                       provider: str, threads: int | None, verify: bool):
     """The speculative-decoding options as a SpeculativeConfig (None: off), the draft engine loaded."""
     from optimizer.core.errors import InputError
     from runtime import Engine, SpeculativeConfig
@@ -41,7 +45,7 @@ def speculative_config(method: str | None, num_tokens: int, draft_dir: Path | No
     if (method == "draft") != (draft_dir is not None):
         raise InputError("--speculative draft takes a draft engine (--draft ENGINE_DIR), and only it does")
     draft = Engine.load(draft_dir, provider=provider, threads=threads, verify=verify) if draft_dir else None
-    return SpeculativeConfig(method, num_tokens, draft=draft)
+    return SpeculativeConfig(method, num_tokens, draft=draft, max_batch=max_batch)
 
 
 @click.command("generate")
@@ -66,12 +70,13 @@ def speculative_config(method: str | None, num_tokens: int, draft_dir: Path | No
 @PREFIX_CACHING
 @SPECULATIVE
 @NUM_SPECULATIVE_TOKENS
+@SPECULATIVE_MAX_BATCH
 @DRAFT
 def generate_cmd(engine_dir: Path, prompts: tuple[str, ...], prompts_file: Path | None, max_new_tokens: int,
                  temperature: float, top_k: int, top_p: float, seed: int | None, stop: tuple[str, ...],
                  min_tokens: int, ignore_eos: bool, max_batch: int | None, provider: str, threads: int | None,
                  no_verify: bool, prefix_caching: bool, speculative: str | None, num_speculative_tokens: int,
-                 draft_dir: Path | None) -> None:
+                 speculative_max_batch: int, draft_dir: Path | None) -> None:
     """Generate text: one prompt streams to stdout; several (or --prompts FILE) are batched
     continuously and printed as JSONL."""
     from optimizer.core.errors import InputError
@@ -83,7 +88,8 @@ def generate_cmd(engine_dir: Path, prompts: tuple[str, ...], prompts_file: Path 
                             top_p=top_p, seed=seed, ignore_eos=ignore_eos, stop=tuple(stop), min_tokens=min_tokens)
     engine = Engine.load(engine_dir, provider=provider, threads=threads, verify=not no_verify,
                          quiet=len(prompts) != 1)
-    spec = speculative_config(speculative, num_speculative_tokens, draft_dir, provider, threads, not no_verify)
+    spec = speculative_config(speculative, num_speculative_tokens, speculative_max_batch, draft_dir, provider, threads,
+                              not no_verify)
     if len(prompts) == 1:
         def emit(text: str) -> None:
             sys.stdout.write(text)
@@ -124,12 +130,14 @@ def generate_cmd(engine_dir: Path, prompts: tuple[str, ...], prompts_file: Path 
 @PREFIX_CACHING
 @SPECULATIVE
 @NUM_SPECULATIVE_TOKENS
+@SPECULATIVE_MAX_BATCH
 @DRAFT
 @limit_options
 def serve_cmd(engine_dir: Path, host: str, port: int, model_name: str | None, max_batch: int | None,
               prefill_chunk: int, provider: str, threads: int | None, no_verify: bool,
               allow_failed_gate: bool, gpu_memory_fraction: float | None, prefix_caching: bool,
-              speculative: str | None, num_speculative_tokens: int, draft_dir: Path | None, **limit_args) -> None:
+              speculative: str | None, num_speculative_tokens: int, speculative_max_batch: int,
+              draft_dir: Path | None, **limit_args) -> None:
     """Serve an engine over HTTP: OpenAI-compatible /v1/completions and /v1/chat/completions
     (SSE streaming), /health and /metrics (Prometheus), within the limits below."""
     import uvicorn
@@ -151,7 +159,8 @@ def serve_cmd(engine_dir: Path, host: str, port: int, model_name: str | None, ma
             raise GateFailed(f"refusing to serve: {failure_message(str(engine_dir), gate)}",
                              hint="rebuild with a better quantization, or pass --allow-failed-gate to serve it anyway")
         console().print(f"[yellow]warning:[/yellow] {failure_message(str(engine_dir), gate)} (served anyway)")
-    spec = speculative_config(speculative, num_speculative_tokens, draft_dir, provider, threads, not no_verify)
+    spec = speculative_config(speculative, num_speculative_tokens, speculative_max_batch, draft_dir, provider, threads,
+                              not no_verify)
     llm = engine.llm(max_batch=max_batch, prefill_chunk=prefill_chunk, prefix_caching=prefix_caching,
                      gpu_memory_fraction=gpu_memory_fraction, speculative=spec)
     server = AsyncEngine(llm).start()
