@@ -82,27 +82,46 @@ def search_clip(weight: torch.Tensor, x: torch.Tensor, spec: QuantSpec, n_grid: 
                 max_shrink: float = 0.5, oc_batch: int = 128) -> torch.Tensor:
     """Per (row, group) clipping threshold minimising the group's output error on x.
 
-    weight (out, in), x (tokens, in). Returns max_val (out, groups): clamp W to [-max, max]."""
+    weight (out, in), x (tokens, in). Returns max_val (out, groups): clamp W to [-max, max].
+    The error of a (row, group) is mean over tokens of (x_g . (q - w))^2; where the group is
+    narrower than the token count it is scored as d^T G_g d / tokens through the group's Gram
+    matrix G_g = sum x_g x_g^T (clip_errors_gram): g multiply-adds per weight and grid point
+    instead of tokens, the same number up to float rounding."""
     out, n_in = weight.shape
     g = spec.group_width(n_in)
     xg = to_groups(x.float(), g)  # (t, groups, g); a narrower last group is zero-padded
+    use_gram = g < xg.shape[0]
+    if use_gram:
+        G = torch.einsum("tgk,tgl->gkl", xg, xg) / xg.shape[0]  # (groups, g, g)
+        oc_batch = max(oc_batch, 1024)  # (o, groups, g) errors are small: fewer, larger batches
     best_all = []
     for o1 in range(0, out, oc_batch):
         w = to_groups(weight[o1:o1 + oc_batch].float(), g)  # (o, groups, g)
         org_max = w.abs().amax(dim=-1)  # (o, groups)
-        org_out = torch.einsum("tgk,ogk->otg", xg, w)
+        if not use_gram:
+            org_out = torch.einsum("tgk,ogk->otg", xg, w)
         best_err = torch.full_like(org_max, float("inf"))
         best_max = org_max.clone()
         for i in range(int(max_shrink * n_grid)):
             max_val = org_max * (1 - i / n_grid)
             clipped = torch.maximum(torch.minimum(w, max_val.unsqueeze(-1)), -max_val.unsqueeze(-1))
             q = fake_quantize(clipped.reshape(w.shape[0], -1), spec).view_as(w)
-            err = (torch.einsum("tgk,ogk->otg", xg, q) - org_out).pow(2).mean(dim=1)  # (o, groups)
+            if use_gram:
+                err = clip_errors_gram(q - w, G)
+            else:
+                err = (torch.einsum("tgk,ogk->otg", xg, q) - org_out).pow(2).mean(dim=1)  # (o, groups)
             better = err < best_err
             best_err = torch.where(better, err, best_err)
             best_max = torch.where(better, max_val, best_max)
         best_all.append(best_max)
     return torch.cat(best_all)
+
+
+def clip_errors_gram(d: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """d_og^T G_g d_og for every (row o, group g): d (o, groups, g) weight differences, G
+    (groups, g, g) each group's (token-averaged) Gram matrix; returns (o, groups)."""
+    dg = d.transpose(0, 1)  # (groups, o, g)
+    return (torch.bmm(dg, G) * dg).sum(-1).t()
 
 
 def apply_clip(weight: torch.Tensor, max_val: torch.Tensor, spec: QuantSpec) -> torch.Tensor:

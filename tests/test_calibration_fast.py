@@ -133,6 +133,48 @@ def test_linear_loss_scores_like_the_block_loss(n_tokens):
             assert fast(s) == pytest.approx(reference(s), rel=2e-3)
 
 
+def clip_errors_direct(w: torch.Tensor, q: torch.Tensor, x: torch.Tensor, g: int) -> torch.Tensor:
+    """The reference: mean over tokens of the (row, group) output difference squared."""
+    xg, wg, qg = to_groups(x, g), to_groups(w, g), to_groups(q, g)
+    return (torch.einsum("tgk,ogk->otg", xg, qg) - torch.einsum("tgk,ogk->otg", xg, wg)).pow(2).mean(dim=1)
+
+
+def test_clip_errors_through_the_group_gram_equal_the_output_differences():
+    x = correlated(300, 80, seed=13).double()  # 80 = 2 x 32 + 16: a narrower last group
+    w = torch.randn(24, 80, dtype=torch.float64) * 0.05
+    q = w + torch.randn_like(w) * 0.01
+    xg = to_groups(x, 32)
+    G = torch.einsum("tgk,tgl->gkl", xg, xg) / x.shape[0]
+    fast = awq.clip_errors_gram(to_groups(q - w, 32), G)
+    assert torch.allclose(fast, clip_errors_direct(w, q, x, 32), rtol=1e-10, atol=0)
+
+
+def reference_search_clip(weight: torch.Tensor, x: torch.Tensor, spec: QuantSpec, n_grid: int = 20,
+                          max_shrink: float = 0.5) -> torch.Tensor:
+    """AWQ's clipping search as written before the Gram form: every grid point re-runs the groups."""
+    from calibration.rtn import fake_quantize
+    g = spec.group_width(weight.shape[1])
+    w = to_groups(weight, g)
+    org_max = w.abs().amax(dim=-1)
+    best_err, best_max = torch.full_like(org_max, float("inf")), org_max.clone()
+    for i in range(int(max_shrink * n_grid)):
+        max_val = org_max * (1 - i / n_grid)
+        clipped = torch.maximum(torch.minimum(w, max_val.unsqueeze(-1)), -max_val.unsqueeze(-1))
+        q = fake_quantize(clipped.reshape(w.shape[0], -1), spec)
+        err = clip_errors_direct(weight, q, x, g)
+        better = err < best_err
+        best_err, best_max = torch.where(better, err, best_err), torch.where(better, max_val, best_max)
+    return best_max
+
+
+@pytest.mark.parametrize("n_tokens", [16, 256])  # fewer tokens than a group's width: direct; more: Gram
+def test_search_clip_picks_what_the_reference_picks(n_tokens):
+    x = correlated(n_tokens, 80, seed=14).double()
+    w = torch.randn(200, 80, dtype=torch.float64) * 0.05  # 200 rows: more than one row batch
+    fast = awq.search_clip(w, x, SPEC, oc_batch=64)
+    assert torch.equal(fast.double(), reference_search_clip(w.float(), x.float(), SPEC).double())
+
+
 def test_spread_rows_picks_the_rows_of_the_concatenation():
     xs = [torch.randn(2, 7, 5), torch.randn(1, 3, 5), torch.randn(4, 9, 5)]
     flat = torch.cat([x.reshape(-1, 5) for x in xs])
