@@ -3,6 +3,8 @@ model.onnx.data when large) and the tokenizer and generation config."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -44,8 +46,8 @@ def check_free_space(directory: Path, weight_bytes: int) -> None:
     full disk into an error: optimizer.core.artifact.staging_dir)."""
     free = shutil.disk_usage(directory).free
     if weight_bytes > free:
-        raise InputError(f"the engine's weights need {weight_bytes / 1e9:.2f} GB and the disk holding "
-                         f"{directory.parent} has {free / 1e9:.2f} GB free",
+        raise InputError(f"the engine's weights need {weight_bytes / 1e6:,.1f} MB and the disk holding "
+                         f"{directory.parent} has {free / 1e6:,.1f} MB free",
                          hint="free some space or choose an --out path on another disk; nothing was written")
 
 
@@ -54,5 +56,14 @@ def write_tokenizer(loaded: LoadedModel, directory: Path) -> list[str]:
     loaded.model.generation_config.save_pretrained(directory)
     if loaded.tokenizer is None:
         return []
-    loaded.tokenizer.save_pretrained(directory)
+    try:
+        loaded.tokenizer.save_pretrained(directory)
+    except OSError:
+        raise
+    except Exception as exc:  # the Rust tokenizer reports I/O errors as plain Exceptions: "... (os error 28)"
+        found = re.search(r"os error (\d+)", str(exc))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(directory)) from exc
     return sorted({p.name for p in directory.iterdir()} - before - {"generation_config.json"})

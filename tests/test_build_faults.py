@@ -116,5 +116,20 @@ def test_too_little_free_space_is_refused_before_writing(tmp_path, monkeypatch):
     monkeypatch.setattr(engine_files.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
     result = CliRunner().invoke(main, [*BUILD, "--out", str(tmp_path / "engine")])
     assert result.exit_code == 2 and "Traceback" not in result.output
-    assert "the engine's weights need" in result.output and "GB free" in result.output, result.output
+    assert "the engine's weights need" in result.output and "MB free" in result.output, result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_while_the_tokenizer_is_written(tmp_path, monkeypatch, smol_tokenizer_dir):
+    """The Rust tokenizer reports ENOSPC as a plain Exception ("... (os error 28)"), as a 3.8 MB
+    tmpfs showed: still the same clear error."""
+    from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+    def full(self, directory, *args, **kwargs):
+        raise Exception("No space left on device (os error 28)")
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", full)
+    result = CliRunner().invoke(main, [*BUILD, "--tokenizer", str(smol_tokenizer_dir), "--out", str(tmp_path / "e")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "error: no space left on the device while writing the engine" in result.output, result.output
     assert list(tmp_path.iterdir()) == []
