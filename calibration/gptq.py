@@ -23,6 +23,10 @@ import torch
 from calibration.rtn import QuantizedLinear, QuantSpec, compute_qparams, quantize_with, to_groups
 
 
+# columns whose errors reach each other by rank-1 updates in the sweep (sweep_columns)
+SUB_BLOCK: int | None = 16
+
+
 class HessianAccumulator:
     """Running H = 2/n * sum(x x^T) over the rows x of every batch seen, in float32."""
 
@@ -123,20 +127,32 @@ def lower_triangular_inverse(L: torch.Tensor, base: int = 256) -> torch.Tensor:
 
 
 def sweep_columns(WT: torch.Tensor, Hinv: torch.Tensor, block_size: int,
-                  rounded: Callable[[int, int, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+                  rounded: Callable[[int, int, torch.Tensor, torch.Tensor], torch.Tensor],
+                  sub_block: int | None = None) -> None:
     """GPTQ's column sweep over W (out, in), given transposed: WT (in, out), so that a column
     of W is a contiguous row; modified in place. Column by column, left to right,
     `rounded(col, i, W1, WT)` gives the column's rounded value (i: its row in the block W1 =
     WT[i1:i2] being worked on); its error, scaled by Hinv, is spread over the block's later
-    columns at once, and over the rest of the matrix after each block (lazy batch updates)."""
+    columns, and over the rest of the matrix after each block (lazy batch updates).
+
+    With `sub_block` b, the block's later columns get a column's error in two steps: those of
+    its sub-block of b columns at once (rank-1 updates of at most b - 1 rows), the others in one
+    product after the sub-block (the same sums, in another order). Each rank-1 update then
+    touches a few rows that stay in cache, where it would sweep the whole block. `rounded` sees
+    every row from the start of the current sub-block on up to date, as without sub-blocks."""
     n_in = WT.shape[0]
     for i1 in range(0, n_in, block_size):
         i2 = min(i1 + block_size, n_in)
         W1, Hinv1 = WT[i1:i2], Hinv[i1:i2, i1:i2]  # (B, out): a view, updated in place
         Err1 = torch.empty_like(W1)
-        for i in range(i2 - i1):
-            err = torch.sub(W1[i], rounded(i1 + i, i, W1, WT), out=Err1[i]).div_(Hinv1[i, i])
-            W1[i + 1:].addr_(Hinv1[i, i + 1:], err, alpha=-1)  # W1[j] -= Hinv1[i, j] * err
+        b = sub_block or (i2 - i1)
+        for j1 in range(0, i2 - i1, b):
+            j2 = min(j1 + b, i2 - i1)
+            for i in range(j1, j2):
+                err = torch.sub(W1[i], rounded(i1 + i, i, W1, WT), out=Err1[i]).div_(Hinv1[i, i])
+                W1[i + 1:j2].addr_(Hinv1[i, i + 1:j2], err, alpha=-1)  # W1[j] -= Hinv1[i, j] * err
+            if j2 < i2 - i1:
+                W1[j2:].addmm_(Hinv1[j1:j2, j2:].t(), Err1[j1:j2], alpha=-1)
         WT[i2:].addmm_(Hinv[i1:i2, i2:].t(), Err1, alpha=-1)
 
 
@@ -166,7 +182,7 @@ def gptq_fp8(W: torch.Tensor, H: torch.Tensor, *, damp: float = 0.01,
         QT[col] = fake_quant_fp8(W1[i], scales)
         return QT[col]
 
-    sweep_columns(W.t().contiguous(), inverse_cholesky(H, damp), block_size, rounded)
+    sweep_columns(W.t().contiguous(), inverse_cholesky(H, damp), block_size, rounded, SUB_BLOCK)
     return quantize_fp8(QT.t(), scales.unsqueeze(1)), scales
 
 
@@ -208,7 +224,9 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, *, act_orde
         torch.div(W1[i], scale[group], out=q).round_().add_(zero[group]).clamp_(0, spec.qmax)
         return (q - zero[group]) * scale[group]
 
-    sweep_columns(WT, inverse_cholesky(H, damp), block_size, rounded)
+    # sub-blocks that a dynamic group never straddles: its parameters read current rows
+    sub = SUB_BLOCK if SUB_BLOCK and (act_order or (g % SUB_BLOCK == 0 and block_size % SUB_BLOCK == 0)) else None
+    sweep_columns(WT, inverse_cholesky(H, damp), block_size, rounded, sub)
 
     Q = QT[torch.argsort(perm)].t()  # (out, in), original column order
     return QuantizedLinear(Q.to(torch.uint8).contiguous(), scale.t().contiguous(),

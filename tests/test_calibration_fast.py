@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from calibration import awq
+from calibration import awq, gptq
 from calibration.gptq import (HessianAccumulator, add_gram_, gptq_quantize, gptq_quantize_shared,
-                              inverse_cholesky, lower_triangular_inverse)
+                              inverse_cholesky, lower_triangular_inverse, sweep_columns)
 from calibration.methods.awq import block_loss, linear_loss, spread_rows
 from calibration.methods.hooks import capture_calls, observe_shared_inputs
 from calibration.rtn import QuantSpec, compute_qparams, to_groups
@@ -86,6 +86,43 @@ def test_act_order_matches_float64_reference(symmetric):
     ref = reference_act_order(W.numpy(), H.numpy(), spec)
     rows_same = np.isclose(got, ref, rtol=0, atol=1e-6).all(axis=1)  # a rare tie flip changes a row
     assert rows_same.sum() >= len(rows_same) - 1
+
+
+def test_sub_blocked_sweep_is_the_column_by_column_sweep():
+    """sweep_columns with sub-blocks applies the same updates as the plain sweep, in float64:
+    every row `rounded` reads holds the same values, and the codes and final W agree."""
+    torch.manual_seed(15)
+    x = correlated(512, 100, seed=16).double()
+    Hinv = torch.linalg.cholesky(torch.linalg.inv(x.T @ x / 512 + 0.01 * torch.eye(100, dtype=torch.float64))).T
+    W = torch.randn(100, 30, dtype=torch.float64) * 0.05  # WT: (in, out)
+
+    def run(sub_block):
+        WT, seen = W.clone(), []
+
+        def rounded(col, i, W1, _WT):
+            seen.append(W1[i:i + 16 - i % 16].clone())  # the rest of the row's sub-block, as read now
+            return torch.round(W1[i] * 20) / 20
+
+        sweep_columns(WT, Hinv, 32, rounded, sub_block)  # blocks of 32, the last one of 4 columns
+        return WT, seen
+
+    (ref, ref_seen), (got, got_seen) = run(None), run(16)
+    assert torch.allclose(got, ref, rtol=0, atol=1e-12)
+    assert all(torch.allclose(a, b, rtol=0, atol=1e-12) for a, b in zip(got_seen, ref_seen))
+
+
+@pytest.mark.parametrize("act_order,symmetric", [(False, True), (False, False), (True, False)])
+def test_gptq_codes_with_and_without_sub_blocks(monkeypatch, act_order, symmetric):
+    torch.manual_seed(17)
+    x = correlated(2048, 192, seed=18)
+    H = 2 * x.T @ x / len(x)
+    W = torch.randn(48, 192) * 0.05
+    spec = QuantSpec(4, 32, symmetric)
+    fast = gptq_quantize(W, H, spec, act_order=act_order)
+    monkeypatch.setattr(gptq, "SUB_BLOCK", None)
+    plain = gptq_quantize(W, H, spec, act_order=act_order)
+    assert (fast.qweight == plain.qweight).float().mean() > 0.999  # float rounding may flip a tie
+    assert torch.allclose(fast.scales, plain.scales, rtol=1e-5) and torch.equal(fast.zeros, plain.zeros)
 
 
 @pytest.mark.parametrize("act_order", [False, True])
