@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from optimizer.cli.serve_limits import limit_options, server_limits
+from optimizer.cli.serve_ray import ray_options, serve_on_ray, wants_ray
 from optimizer.core.progress import console
 
 # runtime options shared by `generate` and `serve`, each declared once
@@ -113,7 +114,7 @@ def generate_cmd(engine_dir: Path, prompts: tuple[str, ...], prompts_file: Path 
 
 
 @click.command("serve")
-@click.argument("engine_dir", type=click.Path(path_type=Path))
+@click.argument("engine_dir", type=click.Path(path_type=Path), required=False)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; 0.0.0.0 exposes the server to the network.")
 @click.option("--port", default=8000, show_default=True)
@@ -133,20 +134,32 @@ def generate_cmd(engine_dir: Path, prompts: tuple[str, ...], prompts_file: Path 
 @SPECULATIVE_MAX_BATCH
 @DRAFT
 @limit_options
-def serve_cmd(engine_dir: Path, host: str, port: int, model_name: str | None, max_batch: int | None,
+@ray_options
+def serve_cmd(engine_dir: Path | None, host: str, port: int, model_name: str | None, max_batch: int | None,
               prefill_chunk: int, provider: str, threads: int | None, no_verify: bool,
               allow_failed_gate: bool, gpu_memory_fraction: float | None, prefix_caching: bool,
               speculative: str | None, num_speculative_tokens: int, speculative_max_batch: int,
               draft_dir: Path | None, **limit_args) -> None:
     """Serve an engine over HTTP: OpenAI-compatible /v1/completions and /v1/chat/completions
-    (SSE streaming), /health and /metrics (Prometheus), within the limits below."""
+    (SSE streaming), /health and /metrics (Prometheus), within the limits below; with --replicas
+    or --engine, replicas of one or several engines on Ray Serve."""
     import uvicorn
 
+    from optimizer.core.errors import InputError
     from runtime import Engine
     from runtime.async_engine import AsyncEngine
     from runtime.server import create_app
 
+    ray_args = {k: limit_args.pop(k) for k in ("replicas", "engines", "ray_address", "min_replicas", "max_replicas",
+                                               "max_ongoing_requests")}
     limits = server_limits(limit_args)
+    if wants_ray(ray_args):
+        if speculative or gpu_memory_fraction is not None:
+            raise InputError("--speculative and --gpu-memory-fraction are not offered with Ray Serve replicas yet")
+        return serve_on_ray(engine_dir, model_name, host, port, threads, provider, max_batch, prefill_chunk,
+                            prefix_caching, not no_verify, allow_failed_gate, limits, ray_args)
+    if engine_dir is None:
+        raise InputError("give the ENGINE_DIR to serve (or --engine NAME=PATH, with Ray Serve)")
     if not limits.api_keys and host not in ("127.0.0.1", "localhost", "::1"):
         console().print(f"[yellow]warning:[/yellow] serving on {host} without --api-key: anyone who can reach "
                         "it can use it")
