@@ -223,4 +223,4 @@ def test_two_engines_behind_one_endpoint(cluster):
             break
         assert time.monotonic() < deadline, counts
         time.sleep(0.3)
-    assert "# TYPE optimizer_requests counter" in text and 'replica="' in text
+    assert text.count("# TYPE optimizer_requests_total counter") == 1 and 'replica="' in text
