@@ -248,3 +248,17 @@ def cli_engine(tmp_path_factory, smol_tokenizer_dir) -> Path:
                        "--out", out, "-q")
     assert code == 0, output
     return out
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--api-key-file", "/nonexistent/keys.txt"], "cannot read the API key file"),
+    (["--api-key-file", "EMPTY"], "holds no key"),
+    (["--max-waiting", "-1"], "--max-waiting must be >= 0"),
+    (["--request-timeout", "-5"], "--request-timeout must be >= 0"),
+])
+def test_bad_serve_limits_are_refused_before_loading(args, needle, tmp_path):
+    empty = tmp_path / "keys.txt"
+    empty.write_text("# no keys yet\n\n")
+    args = [str(empty) if a == "EMPTY" else a for a in args]
+    code, output = run("serve", tmp_path / "no-engine-needed", *args)
+    assert_clean_failure(code, output, needle)
