@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence as Seq
 
 from optimizer.core.errors import InputError
+from runtime.guided import Guides, start_masks
 from runtime.sampling import SamplingParams
 from runtime.scheduler import Scheduler
 from runtime.sequence import Sequence
@@ -95,6 +96,9 @@ class LLMEngine:
         # speculative decoding, since start: decode sequence-steps, the tokens they gave, drafts
         self.total_decode_rows = self.total_decode_tokens = 0
         self.total_drafted_tokens = self.total_accepted_tokens = 0
+        session = getattr(executor, "session", None)
+        self.guides = Guides(tokenizer, session.logits_type()[1] if session is not None else None,
+                             self.eos_token_ids)  # structured outputs' compiled grammars
 
     # -- requests --------------------------------------------------------------------------
     def max_tokens(self) -> int:
@@ -112,6 +116,8 @@ class LLMEngine:
         if params.stop and tokenizer is None:
             raise InputError("stop strings need the engine's tokenizer, and this engine has none")
         seq = Sequence(request_id, list(prompt_ids), params, self.eos_token_ids, tokenizer)
+        if params.constraint is not None:
+            seq.guide = self.guides.guide(params.constraint)  # InputError for an invalid schema / regex
         if not self.scheduler.fits(seq):
             raise InputError(f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({params.max_new_tokens}) "
                              f"needs {seq.max_total_tokens} cache positions; this engine holds {self.max_tokens()} "
@@ -152,6 +158,9 @@ class LLMEngine:
                           queried_tokens=plan.queried_tokens, cached_tokens=plan.cached_tokens)
         if plan.prefix_loads:
             self.executor.load_prefixes(plan.prefix_loads)
+        # structured outputs: this step's masks computed on a worker thread while the model runs
+        masks = start_masks([s.guide for s in plan.decode if s.guide is not None]
+                            + [s.guide for s, _, end in plan.prefill if s.guide is not None and end == s.num_tokens])
         drafts = self._draft(plan.decode) if self.drafter is not None and plan.decode else None
         if drafts is not None:  # the decodes are a verification step (after the prefill chunks)
             prefill_rows, _ = self.executor.step(plan.prefill, [])
@@ -160,6 +169,8 @@ class LLMEngine:
             prefill_rows, decode_rows = self.executor.step_tokens(plan.prefill, plan.decode)
         else:
             prefill_rows, decode_rows = self.executor.step(plan.prefill, plan.decode)
+        if masks is not None:
+            masks.result()
         for (seq, begin, end), row in zip(plan.prefill, prefill_rows):
             seq.num_computed = end
             stats.prefill_tokens += end - begin

@@ -9,11 +9,13 @@ OpenAI's legacy completions and chat responses do.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from optimizer.core.errors import OptimizerError
+from runtime.guided import Constraint
 from runtime.penalties import log_softmax, top_logprobs
 from runtime.sampling import MAX_LOGPROBS, SamplingParams
 
@@ -31,6 +33,27 @@ class APIError(Exception):
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")  # OpenAI: optional, {} = any JSON
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
+class StructuredOutputs(BaseModel):  # vLLM's newer form of the guided_* fields
+    model_config = ConfigDict(extra="forbid")
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json")
+    json_object: bool | None = None
+    regex: str | None = None
+    choice: list[str] | None = None
 
 
 class SamplingRequest(BaseModel):
@@ -55,6 +78,12 @@ class SamplingRequest(BaseModel):
     min_tokens: int = Field(default=0, ge=0)
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None
+    # structured outputs: OpenAI's response_format, or vLLM's guided_* / structured_outputs (one of them)
+    response_format: ResponseFormat | None = None
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    structured_outputs: StructuredOutputs | None = None
 
 
 class CompletionRequest(SamplingRequest):
@@ -128,8 +157,39 @@ def logit_bias_pairs(bias: dict[str, float] | None, vocab: int) -> tuple[tuple[i
     return tuple(pairs)
 
 
+def constraint(body: SamplingRequest) -> Constraint | None:
+    """The request's structured-output constraint; a 400 where it names more than one."""
+    found: list[tuple[str, Constraint]] = []
+
+    def schema(value: Any) -> Constraint:
+        return Constraint("json_schema", value if isinstance(value, str) else json.dumps(value, sort_keys=True))
+
+    rf = body.response_format
+    if rf is not None and rf.type == "json_object":
+        found.append(("response_format", Constraint("json_object", "")))
+    elif rf is not None and rf.type == "json_schema":
+        if rf.json_schema is None:
+            raise APIError(400, "response_format of type json_schema needs a json_schema field", "response_format")
+        found.append(("response_format", schema(rf.json_schema.schema_)))
+    so = body.structured_outputs
+    for name, value, make in (
+            ("guided_json", body.guided_json, schema),
+            ("guided_regex", body.guided_regex, lambda v: Constraint("regex", v)),
+            ("guided_choice", body.guided_choice, lambda v: Constraint("choice", json.dumps(v))),
+            ("structured_outputs.json", so and so.json_, schema),
+            ("structured_outputs.json_object", so and so.json_object, lambda v: Constraint("json_object", "")),
+            ("structured_outputs.regex", so and so.regex, lambda v: Constraint("regex", v)),
+            ("structured_outputs.choice", so and so.choice, lambda v: Constraint("choice", json.dumps(v)))):
+        if value is not None and value is not False:
+            found.append((name, make(value)))
+    if len(found) > 1:
+        raise APIError(400, "a request takes one structured-output constraint, got "
+                            + ", ".join(name for name, _ in found), found[1][0])
+    return found[0][1] if found else None
+
+
 def sampling_params(body: SamplingRequest, prompt_len: int, capacity: int, vocab: int, seed: int | None,
-                    logprobs: int | None) -> SamplingParams:
+                    logprobs: int | None, guide: Constraint | None = None) -> SamplingParams:
     max_tokens = body.max_completion_tokens or body.max_tokens
     max_tokens = max_tokens if max_tokens is not None else capacity - prompt_len + 1
     if prompt_len + max_tokens - 1 > capacity:
@@ -144,7 +204,8 @@ def sampling_params(body: SamplingRequest, prompt_len: int, capacity: int, vocab
                               min_tokens=min(body.min_tokens, max_tokens),
                               presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
                               repetition_penalty=body.repetition_penalty,
-                              logit_bias=logit_bias_pairs(body.logit_bias, vocab), logprobs=logprobs)
+                              logit_bias=logit_bias_pairs(body.logit_bias, vocab), logprobs=logprobs,
+                              constraint=guide)
     except OptimizerError as e:
         raise APIError(400, e.message) from e
 

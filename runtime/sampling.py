@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from optimizer.core.errors import InputError
+from runtime.guided import Constraint
 
 
 MAX_LOGPROBS = 20  # most likely tokens reported per position at most (OpenAI's top_logprobs limit)
@@ -38,6 +39,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0  # > 0; 1 = off; prompt and output tokens
     logit_bias: tuple[tuple[int, float], ...] = field(default_factory=tuple)  # (token id, -100..100)
     logprobs: int | None = None  # None: none recorded; k >= 0: the chosen token's and the k most likely
+    constraint: Constraint | None = None  # structured output (runtime.guided): a token mask per step
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -72,7 +74,7 @@ class SamplingParams:
     def needs_host(self) -> bool:
         """Whether each token must be chosen on the host from the full logits (the device
         sampler takes temperature / top-k / top-p only)."""
-        return self.adjusts_logits or self.logprobs is not None
+        return self.adjusts_logits or self.logprobs is not None or self.constraint is not None
 
 
 def filter_top_k(logits: np.ndarray, k: int) -> np.ndarray:

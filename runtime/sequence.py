@@ -12,7 +12,9 @@ Shared by the single-sequence loop (`runtime.generate`) and the continuous-batch
 Before a token is chosen its logits get the request's logit bias and penalties
 (runtime.penalties); with `logprobs` set, each chosen token's log-probability under the
 engine's raw logits (log_softmax, before any adjustment) and the k most likely tokens are
-kept in `logprobs`, one (token, logprob, top) entry per output token.
+kept in `logprobs`, one (token, logprob, top) entry per output token. A structured-output
+request's `guide` (runtime.guided, set by the engine) masks the logits to what its grammar
+allows and follows each chosen token; the request finishes ("stop") when the grammar is complete.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class Sequence:
         self._prompt_set: np.ndarray | None = None  # distinct prompt ids (repetition penalty)
         # per output token: (token, logprob, [(token, logprob), ...] most likely first)
         self.logprobs: list[tuple[int, float, list[tuple[int, float]]]] = []
+        self.guide: Any | None = None  # runtime.guided.Guide of a structured-output request
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -102,12 +105,17 @@ class Sequence:
         raw = logits
         if self.params.adjusts_logits:
             logits = self.adjusted(logits)
+        if self.guide is not None:
+            logits = self.guide.apply(logits)
         if self.suppressing():
-            logits = suppress(logits, self.stop_ids)
+            held = suppress(logits, self.stop_ids)
+            logits = held if not self.guide or np.isfinite(held).any() else logits  # the grammar must end
         if draft is None or self.params.temperature == 0.0:
             token = sample_next(logits, self.params, self.rng, u)
         else:
             token = accept_or_resample(sampling_probs(logits, self.params), draft, q, self.rng)
+        if self.guide is not None:
+            self.guide.consume(token)
         if self.params.logprobs is not None:
             lp = log_softmax(raw)
             self.logprobs.append((token, float(lp[token]), top_logprobs(lp, self.params.logprobs)))
@@ -140,6 +148,8 @@ class Sequence:
             self.finish_reason = "stop"
         elif len(self.output_ids) >= self.params.max_new_tokens:
             self.finish_reason = "length"
+        elif self.guide is not None and self.guide.done:
+            self.finish_reason = "stop"  # the structured output is complete
         if self._detok is not None:
             piece = self._detok.push(token)
             if self.finish_reason is not None:

@@ -36,7 +36,7 @@ from runtime.async_engine import AsyncEngine
 from runtime.executors import window_logits
 from runtime.llm_engine import RequestOutput
 from runtime.openai_api import (MAX_CHOICES, APIError, ChatRequest, CompletionRequest, SamplingRequest, chat_logprobs,
-                                check_model, choice_seed, completion_logprobs, prompt_entries, prompt_ids,
+                                check_model, choice_seed, completion_logprobs, constraint, prompt_entries, prompt_ids,
                                 refuse_unsupported, sampling_params)
 from runtime.sequence import Sequence
 from runtime.server_limits import LimitError, ServerLimits, apply_limits, install_limits
@@ -206,16 +206,17 @@ async def _respond(request: Request, server: AsyncEngine, job: _Job, model_name:
     capacity = server.llm.max_tokens()
     body = job.body
     apply_limits(request.app.state.limits, job, capacity)  # runtime.server_limits: 400 past a limit
+    guide = constraint(body)
     seqs = []  # choice index = prompt index * n + j
     for ids in job.prompts:
         if not ids:
             raise APIError(400, "the prompt encodes to no tokens", "prompt")
         for j in range(body.n):
-            params = sampling_params(body, len(ids), capacity, vocab, choice_seed(body.seed, j), job.logprobs)
+            params = sampling_params(body, len(ids), capacity, vocab, choice_seed(body.seed, j), job.logprobs, guide)
             try:  # everything the engine would refuse, refused here with a 400 (before any stream starts)
                 seqs.append(server.new_sequence(ids, params))
             except OptimizerError as e:
-                raise APIError(400, e.message) from e
+                raise APIError(400, e.message + (f"; {e.hint}" if e.hint else "")) from e
     rid = ("chatcmpl-" if job.chat else "cmpl-") + uuid.uuid4().hex[:24]
     if body.stream:
         return StreamingResponse(_sse(server, seqs, job, rid, model_name, tokenizer), media_type="text/event-stream")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import socket
 import threading
 import time
@@ -339,3 +340,51 @@ def test_chat_logprobs_shape_and_values(served, client):
                 for c in chunk.choices[0].logprobs.content]
     assert [c.token for c in streamed] == [c.token for c in content]  # (the prompt now comes from the prefix cache)
     assert [c.logprob for c in streamed] == pytest.approx([c.logprob for c in content], abs=1e-4)
+
+
+SCHEMA = {"type": "object", "additionalProperties": False, "required": ["ok", "n", "tags"],
+          "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": 0, "maximum": 99},
+                         "tags": {"type": "array", "maxItems": 2, "items": {"enum": ["red", "blue"]}},
+                         "who": {"type": "object", "required": ["id"], "additionalProperties": False,
+                                 "properties": {"id": {"type": "string", "maxLength": 5}}}}}
+
+
+def test_structured_outputs_follow_their_constraint(served, client):
+    import jsonschema
+
+    _, server = served
+    messages = [{"role": "user", "content": "JSON please"}]
+    compiled = server.llm.guides.compiled
+    for seed in range(3):
+        r = client.chat.completions.create(
+            model="tiny", messages=messages, max_tokens=60, temperature=1.0, seed=seed,
+            response_format={"type": "json_schema", "json_schema": {"name": "t", "schema": SCHEMA}})
+        assert r.choices[0].finish_reason == "stop", r.choices[0].message.content
+        jsonschema.validate(json.loads(r.choices[0].message.content), SCHEMA)
+    assert server.llm.guides.compiled == compiled + 1  # compiled once, cached for the next requests
+    r = client.completions.create(model="tiny", prompt="Pick:", max_tokens=10, temperature=1.0, seed=1, n=4,
+                                  extra_body={"guided_choice": ["alpha", "beta gamma"]})
+    assert {c.text for c in r.choices} <= {"alpha", "beta gamma"} and all(c.finish_reason == "stop" for c in r.choices)
+    r = client.completions.create(model="tiny", prompt="Code:", max_tokens=12, temperature=1.0, seed=2,
+                                  extra_body={"structured_outputs": {"regex": "[A-F]{2}-[0-9]{3}"}})
+    assert re.fullmatch("[A-F]{2}-[0-9]{3}", r.choices[0].text) and r.choices[0].finish_reason == "stop"
+    # any JSON object; "}" and " {}" pushed up by a bias: the mask keeps both out, "{}" (also pushed) wins
+    bias = {str(server.llm.tokenizer.encode(t)[0]): b for t, b in (("}", 100), (" {}", 100), ("{}", 50))}
+    r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=40, temperature=0,
+                                       response_format={"type": "json_object"}, logit_bias=bias)
+    assert r.choices[0].message.content == "{}" and r.choices[0].finish_reason == "stop"
+    wait_idle(server)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "t", "schema": {"type": "nope"}}}},
+     "invalid json schema"),
+    ({"guided_regex": "([a-z]"}, "invalid regex"),
+    ({"guided_choice": []}, "guided_choice"),
+    ({"guided_regex": "a", "guided_choice": ["a"]}, "one structured-output constraint, got guided_regex, guided_choice"),
+    ({"response_format": {"type": "xml"}}, "response_format.type"),
+])
+def test_invalid_constraints_get_a_400_naming_the_problem(served, extra, message):
+    r = httpx.post(served[0] + "/v1/chat/completions", json={"model": "tiny", "max_tokens": 4, **extra,
+                                                             "messages": [{"role": "user", "content": "Hi"}]})
+    assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
