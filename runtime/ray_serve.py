@@ -200,7 +200,7 @@ def build_application(engines: Sequence[EngineSpec], options: ReplicaOptions, li
                        .bind(spec, options, limits))
     total = options.max_replicas or options.replicas
     return router_cls.options(max_ongoing_requests=max(100, 4 * total * options.max_ongoing_requests),
-                              ray_actor_options={"num_cpus": 0}).bind(list(engines), handles, route)
+                              ray_actor_options={"num_cpus": 0}).bind(list(engines), handles, route, limits)
 
 
 def build(args: dict[str, str]) -> Any:
@@ -301,15 +301,26 @@ def _deployments() -> tuple[Any, Any]:
 
     @serve.deployment
     class Router:
-        def __init__(self, engines: list[EngineSpec], handles: list[Any], route: Route) -> None:
+        def __init__(self, engines: list[EngineSpec], handles: list[Any], route: Route, limits: Any) -> None:
+            from runtime.server_limits import LimitsMiddleware, ServerLimits
+
             self.engines, self.handles, self.route = engines, handles, route
             self.names = served_names(engines)
             self.board = board()
+            self.limits = limits or ServerLimits()
+            self.gate = LimitsMiddleware(None, self.limits, 1)  # its API-key check, for the router's own answers
 
         async def __call__(self, request: Any) -> Any:
             from starlette.responses import JSONResponse, Response
 
+            from runtime.server_limits import LimitError
+
             path, method = request.url.path, request.method
+            try:  # the replicas check keys too; the router's own answers (models, metrics, 404s) need them here
+                self.gate.authenticate(request.scope, path)
+            except LimitError as e:
+                return JSONResponse(json.loads(e.body()), status_code=e.status,
+                                    headers={"www-authenticate": "Bearer"} if e.status == 401 else None)
             if method == "GET" and path in ("/v1/models", "/models"):
                 return JSONResponse({"object": "list", "data": [{"id": n, "object": "model", "created": 0,
                                                                   "owned_by": "optimizer"} for n in self.names]})
@@ -319,6 +330,11 @@ def _deployments() -> tuple[Any, Any]:
                 posts = await self.board.read.remote()
                 return Response(join_metrics(posts), media_type="text/plain; version=0.0.4")
             body = await request.body()
+            if len(body) > self.limits.max_body_bytes:
+                return JSONResponse({"error": {"message": f"the request body is larger than this server's limit of "
+                                                          f"{self.limits.max_body_bytes} bytes", "param": None,
+                                               "type": "invalid_request_error", "code": "request_too_large"}},
+                                    status_code=413)
             index = self._pick(body)
             if isinstance(index, Response):
                 return index

@@ -66,6 +66,31 @@ def test_bad_configurations_refused(tmp_path):
         check_specs([EngineSpec("a", str(tmp_path))], ReplicaOptions())
 
 
+def test_serve_run_builder_arguments(tmp_path):
+    pytest.importorskip("ray")
+    from runtime.ray_serve import build
+
+    (tmp_path / "manifest.json").write_text("{}")
+    app = build({"engines": f"a={tmp_path},b={tmp_path}:2", "replicas": "2", "prefix_caching": "false"})
+    assert type(app).__name__ == "Application"
+    with pytest.raises(InputError, match="unknown argument.*'replica'"):
+        build({"engines": f"a={tmp_path}", "replica": "2"})
+
+
+def test_cli_refusals(tmp_path):
+    from click.testing import CliRunner
+
+    from optimizer.cli import main
+
+    runner = CliRunner()
+    r = runner.invoke(main, ["serve"])
+    assert r.exit_code != 0 and "ENGINE_DIR" in str(r.output) + str(r.exception)
+    r = runner.invoke(main, ["serve", str(tmp_path), "--replicas", "2", "--speculative", "ngram"])
+    assert r.exit_code != 0 and "not offered with Ray Serve" in str(r.output) + str(r.exception)
+    r = runner.invoke(main, ["serve", "--engine", "a", "--replicas", "2"])
+    assert r.exit_code != 0 and "NAME=PATH" in str(r.output) + str(r.exception)
+
+
 def test_missing_ray_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(InputError, match=r"pip install .*serve-ray"):
@@ -96,12 +121,12 @@ def cluster(tmp_path_factory, smol_tokenizer_dir):
         ray.shutdown()
 
 
-def deploy(engines, **options):
+def deploy(engines, limits=None, **options):
     from ray import serve
 
     from runtime.ray_serve import build_application
 
-    serve.run(build_application(engines, ReplicaOptions(**options)), name="optimizer", route_prefix="/")
+    serve.run(build_application(engines, ReplicaOptions(**options), limits), name="optimizer", route_prefix="/")
     return serve.get_app_handle("optimizer")
 
 
@@ -206,8 +231,15 @@ def test_two_replicas_serve_the_api_and_survive_a_killed_replica(cluster):
 
 def test_two_engines_behind_one_endpoint(cluster):
     base, engines = cluster
-    deploy([EngineSpec("small", str(engines["a"])), EngineSpec("big", str(engines["b"]))], replicas=1, threads=1)
-    client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+    from runtime.server_limits import ServerLimits
+
+    deploy([EngineSpec("small", str(engines["a"])), EngineSpec("big", str(engines["b"]))],
+           ServerLimits(api_keys=("k1",)), replicas=1, threads=1)
+    for method, path in (("GET", "/v1/models"), ("GET", "/metrics"), ("POST", "/v1/completions")):
+        r = httpx.request(method, base + path, json={"model": "medium", "prompt": "x"} if method == "POST" else None)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", (path, r.text)
+    assert httpx.get(base + "/health").status_code == 200  # never needs a key
+    client = openai.OpenAI(base_url=base + "/v1", api_key="k1", max_retries=0)
     assert sorted(m.id for m in client.models.list().data) == ["big", "small"]
     for model, n in (("small", 3), ("big", 5)):
         for _ in range(n):
@@ -217,7 +249,7 @@ def test_two_engines_behind_one_endpoint(cluster):
         client.completions.create(model="medium", prompt="x", max_tokens=1)
     deadline = time.monotonic() + 30
     while True:  # the joined /metrics: each engine's own requests, labelled with its model
-        text = httpx.get(base + "/metrics").text
+        text = httpx.get(base + "/metrics", headers={"Authorization": "Bearer k1"}).text
         counts = {m: metric_sum(text, "optimizer_requests_total", model=m) for m in ("small", "big")}
         if counts == {"small": 3.0, "big": 5.0}:
             break
