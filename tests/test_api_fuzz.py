@@ -48,7 +48,14 @@ def test_fuzzed_requests_get_answers_below_500(served, path):
         check_answer(r)
 
     one()
-    assert seen.get(200, 0) >= CASES // 10, seen  # the valid bodies do get through
+    # the valid bodies do get through: a plain one always, and some of the generated ones (most
+    # schema-valid bodies still break a rule the schema cannot state: one structured-output
+    # constraint, best_of = n, top_logprobs with logprobs, the token limit; how many depends on
+    # the examples hypothesis draws)
+    plain = {"model": "tiny", "max_tokens": 2} | (
+        {"prompt": "Hello"} if path == "/v1/completions" else {"messages": [{"role": "user", "content": "Hello"}]})
+    assert httpx.post(base + path, json=plain, timeout=60).status_code == 200
+    assert seen.get(200, 0) >= CASES // 20, seen
     assert sum(n for code, n in seen.items() if 400 <= code < 500) >= CASES // 10, seen
     deadline = time.monotonic() + 30
     while server.llm.sequences or server.llm.scheduler.pool.used:
