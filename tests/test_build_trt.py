@@ -82,7 +82,9 @@ def make_engine(root: Path, tensorrt: bool = True, dtype: str = "fp32", precisio
     directory = root / "engine"
     directory.mkdir()
     onnx.save(tiny_graph(), directory / "model.onnx")
-    manifest = {"dtype": dtype, "model": {"file": "model.onnx", "external_data": None}}
+    # the sections load_engine checks are there (empty: these tests read only the tensorrt one)
+    manifest = {"dtype": dtype, "model": {"file": "model.onnx", "external_data": None},
+                "kv_cache": {}, "architecture": {}, "generation": {}}
     if tensorrt:
         manifest["target"] = "tensorrt"
         manifest["tensorrt"] = tensorrt_manifest_section(model_inputs(directory / "model.onnx"), dtype,
