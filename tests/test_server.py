@@ -6,22 +6,19 @@ import asyncio
 import json
 import random
 import re
-import socket
-import threading
 import time
 
 import httpx2 as httpx  # the openai client's HTTP library
 import openai
 import pytest
 import numpy as np
-import uvicorn
 
 from optimizer.pipeline import BuildOptions, build_engine
 from runtime import Engine
 from runtime.async_engine import AsyncEngine
 from runtime.executors import probe_logits
 from runtime.penalties import log_softmax
-from runtime.server import create_app
+from tests.test_server_limits import serving
 
 CAPACITY = 96
 
@@ -31,23 +28,8 @@ def served(tmp_path_factory, smol_tokenizer_dir):
     out = tmp_path_factory.mktemp("srv") / "engine"
     build_engine(BuildOptions(out=out, random_weights=True, config="tiny-llama", tokenizer=str(smol_tokenizer_dir),
                               quiet=True, kv_slots=4, kv_capacity=CAPACITY))
-    engine = Engine.load(out)
-    server = AsyncEngine(engine.llm()).start()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    web = uvicorn.Server(uvicorn.Config(create_app(engine, server, "tiny"), host="127.0.0.1", port=port,
-                                        log_level="warning"))
-    thread = threading.Thread(target=web.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not web.started:
-        assert time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", server
-    web.should_exit = True
-    thread.join(timeout=10)
-    server.shutdown()
+    with serving(Engine.load(out)) as (base, server):
+        yield base, server
 
 
 @pytest.fixture()

@@ -34,7 +34,9 @@ def engine(tmp_path_factory, smol_tokenizer_dir):
 
 
 @contextmanager
-def serving(engine, limits: ServerLimits):
+def serving(engine, limits: ServerLimits | None = None):
+    """`engine` served over HTTP on a free local port (uvicorn in a thread): yields (base url,
+    AsyncEngine); everything stopped afterwards."""
     server = AsyncEngine(engine.llm()).start()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
