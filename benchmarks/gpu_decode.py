@@ -23,7 +23,8 @@ throughout (speed does not depend on their values); greedy, EOS ignored, 128 pro
   ours       each engine on onnxruntime's CUDA provider. Batch 1: Engine.generate_ids, one
              warm-up and --runs timed runs (median, min, max), with CUDA graphs and device
              sampling (the default) and without (cuda_graph=False). Then N concurrent requests
-             (all at t=0) through the continuous-batching loop (optimizer.replay): output tok/s,
+             (all at t=0) through the continuous-batching loop (optimizer.replay; with graphs,
+             and also without where --eager-concurrency is given): output tok/s,
              TTFT and TPOT p50/p99. Also: bytes read per decode token (every initializer but
              those read only by Gather) and the share of the batch-1 bound they imply.
   hf         transformers bf16 (the model class of the shape): eager (DynamicCache) and static
@@ -72,6 +73,10 @@ def spread(values: list[float]) -> dict:
 
 def emit(args, **record) -> None:
     record["t"] = time.strftime("%H:%M:%S")
+    knobs = {k: v for k, v in os.environ.items() if k.startswith(("ORT_", "OPTIMIZER_"))
+             and k != "OPTIMIZER_CACHE"}
+    if knobs:  # onnxruntime / runtime switches this run was made under
+        record["env"] = knobs
     with open(args.results, "a") as f:
         f.write(json.dumps(record) + "\n")
     print(json.dumps({k: v for k, v in record.items() if k != "runs"}), flush=True)
@@ -183,12 +188,12 @@ def phase_ours(args) -> None:
                      int4_kernels=engine.session.int4_kernels,
                      decode_tok_s=spread(tok_s), prefill_ms=statistics.median(r.prefill_seconds * 1e3 for r in b1),
                      weight_bytes=nbytes, first_tokens=b1[0].token_ids[:16])
-                if graph and kernels is None:
+                if kernels is None and (graph or args.eager_concurrency):
                     for n in args.concurrency:
                         requests = [Request(i, p, NEW, 0.0) for i, p in enumerate(prompts(n))]
                         summary, llm = replay(engine, requests, max_batch=n, capacity=CAPACITY)
                         summary.pop("outputs", None)
-                        emit(args, phase="ours", shape=shape, format=fmt, cuda_graph=True, concurrent=n,
+                        emit(args, phase="ours", shape=shape, format=fmt, cuda_graph=graph, concurrent=n,
                              host_sampled=getattr(llm.executor, "host_sampled", None),
                              preemptions=llm.scheduler.preemptions, **summary)
                 del engine
@@ -321,6 +326,7 @@ def table(path: str) -> str:
                "genai": lambda: f"genai {r['precision']}{' paged' if r['paged'] else ''} "
                                 + " ".join(r.get("peer_args", [r.get("step", "")])),
                }.get(r["phase"], lambda: r["phase"])()
+        who += "".join(f" {k}={v}" for k, v in r.get("env", {}).items())
         figures = []
         if isinstance(r.get("decode_tok_s"), dict):
             d = r["decode_tok_s"]
@@ -351,6 +357,8 @@ def main() -> None:
     ap.add_argument("--concurrency", default="16,64,256")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--hf-max-batch", type=int, default=64, help="largest static batch timed for transformers")
+    ap.add_argument("--eager-concurrency", action="store_true",
+                    help="also run the concurrent workloads without CUDA graphs (ours)")
     ap.add_argument("--phase", help=argparse.SUPPRESS)  # internal: run one phase in this process
     args = ap.parse_args()
     args.shapes = args.shapes.split(",")

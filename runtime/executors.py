@@ -416,7 +416,6 @@ def make_executor(session: DecoderSession, slots: int | None = None, capacity: i
                           "whose cache the manifest sizes", hint="rebuild with --kv-layout paged, or leave the "
                           "option out (--max-batch chooses how many of the engine's slots run)")
     if kv.layout == "paged":
-        _say_no_graph(session, "paged engines decode without CUDA graphs in this version")
         executor = _paged_executor(session, slots, capacity)
         if gpu_memory_fraction is not None:
             executor.size_from_memory(gpu_memory_fraction, prefill_budget)
@@ -444,8 +443,15 @@ def _say_no_graph(session: DecoderSession, reason: str) -> None:
 
 
 def _paged_executor(session: DecoderSession, slots: int | None, capacity: int | None) -> PagedExecutor:
-    """The manifest's pool, or one of `slots` x `capacity` positions where they are given."""
+    """The manifest's pool, or one of `slots` x `capacity` positions where they are given;
+    decode steps captured in CUDA graphs where the session allows it."""
+    from runtime.paged_graphs import GraphPagedExecutor, unsupported_reason
+
     kv = session.kv
     slots = slots or kv.slots or 1
     blocks = kv.num_blocks if capacity is None else slots * -(-capacity // kv.block_size)
+    reason = unsupported_reason(session) if session.cuda_graph else "off"
+    if reason is None:
+        return GraphPagedExecutor(session, slots, blocks, kv.block_size)
+    _say_no_graph(session, reason)
     return PagedExecutor(session, slots, blocks, kv.block_size)

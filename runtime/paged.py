@@ -115,25 +115,37 @@ class PagedExecutor:
         return 2 * kv.num_layers * self.block_size * kv.num_kv_heads * kv.head_dim * np.dtype(self._dtype).itemsize
 
     def _allocate(self, num_blocks: int) -> None:
-        """The pool's device buffers (zeroed, outside onnxruntime's arena) and their binding."""
+        """The pool's device buffers (zeroed, outside onnxruntime's arena) and their binding.
+
+        Each buffer has one block more than the pool hands out: block `num_blocks`, the scratch
+        block, which the placeholder rows of a captured decode step write to
+        (runtime.paged_graphs)."""
         kv = self.kv
         self._binding = self._buffers = None  # the old pool's memory goes before the new one is taken
         per_sequence = -(-kv.max_sequence_length // self.block_size) if kv.max_sequence_length else None
         self.pool = BlockPool(num_blocks, self.block_size, per_sequence)
-        shape = (num_blocks, self.block_size, kv.num_kv_heads, kv.head_dim)
+        self.scratch_block = num_blocks
+        shape = (num_blocks + 1, self.block_size, kv.num_kv_heads, kv.head_dim)
         nbytes = int(np.prod(shape)) * np.dtype(self._dtype).itemsize
         binding = self.session.session.io_binding()
         binding.bind_output("logits", "cuda")  # first: get_outputs()[0] is the logits
         if self.samples_on_device:
             binding.bind_output(GREEDY_TOKENS, "cuda")  # second: get_outputs()[1]
-        buffers = []  # keeps the device memory alive as long as the binding
+        buffers, self.cache_bindings = [], []  # buffers keep the device memory alive
         for i in range(kv.num_layers):
             for past, present in ((kv.past_key, kv.present_key), (kv.past_value, kv.present_value)):
                 buffer = DeviceBuffer(nbytes)
-                binding.bind_input(past.format(i=i), "cuda", 0, self._bind_type, shape, buffer.address)
-                binding.bind_output(present.format(i=i), "cuda", 0, self._bind_type, shape, buffer.address)
+                self.cache_bindings.append((past.format(i=i), present.format(i=i), buffer.address))
                 buffers.append(buffer)
+        self.cache_shape = shape
+        self.bind_cache(binding)
         self._binding, self._buffers = binding, buffers
+
+    def bind_cache(self, binding) -> None:
+        """Bind every layer's K and V pool as both its past input and its present output."""
+        for past, present, address in self.cache_bindings:
+            binding.bind_input(past, "cuda", 0, self._bind_type, self.cache_shape, address)
+            binding.bind_output(present, "cuda", 0, self._bind_type, self.cache_shape, address)
 
     def size_from_memory(self, fraction: float, profile_tokens: int | None = None) -> int:
         """Resize the pool to what `fraction` of the device leaves after the largest step (one

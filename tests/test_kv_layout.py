@@ -203,3 +203,38 @@ def test_fp8_cache_on_the_paged_layout_needs_no_gpu_to_lower(tiny_hf_folders):
         assert np.allclose(node.inputs[15].const_value.numpy(), [scales[i][1]])
         assert node.attributes["k_quant_type"].value == node.attributes["v_quant_type"].value == "PER_TENSOR"
         assert node.inputs[16].name == "attention_metadata"  # still the last input
+
+
+def test_pack_decode_pads_a_bucket_with_placeholders_on_the_scratch_block():
+    """A captured paged decode step: real rows first (last token, cached length, blocks, the
+    rest of the table the scratch block), then placeholder rows that touch only the scratch
+    block; stale values of a larger earlier step are overwritten."""
+    from runtime.paged_graphs import pack_decode
+
+    ids, past, table = np.full((1, 8), 99, np.int64), np.full(8, 99, np.int32), np.full((8, 4), 99, np.int32)
+    pack_decode([5, 6, 7], [20, 0, 47], [[3, 1], [4], [0, 2, 8]], 4, ids, past, table, scratch=10)
+    assert ids[0, :4].tolist() == [5, 6, 7, 0] and past[:4].tolist() == [20, 0, 47, 0]
+    assert table[:4].tolist() == [[3, 1, 10, 10], [4, 10, 10, 10], [0, 2, 8, 10], [10, 10, 10, 10]]
+    assert ids[0, 4:].tolist() == [99] * 4  # rows past the bucket are not sent
+    pack_decode([], [], [], 2, ids, past, table, scratch=10)  # capture: every row a placeholder
+    assert ids[0, :2].tolist() == [0, 0] and past[:2].tolist() == [0, 0] and (table[:2] == 10).all()
+    with pytest.raises(ValueError, match="do not fit a bucket"):
+        pack_decode([1, 2, 3], [0, 0, 0], [[0], [1], [2]], 2, ids, past, table, scratch=10)
+    with pytest.raises(ValueError, match="more than a table's 4"):
+        pack_decode([1], [0], [[0, 1, 2, 3, 4]], 1, ids, past, table, scratch=10)
+
+
+def test_paged_graphs_say_why_an_engine_cannot_be_captured():
+    from types import SimpleNamespace as NS
+
+    from runtime.paged_graphs import PAGED_GRAPH_INPUTS, unsupported_reason
+
+    def session(inputs=PAGED_GRAPH_INPUTS, max_len=256, logits_shape=(1, "rows", 49152)):
+        ort_session = NS(get_inputs=lambda: [NS(name=n) for n in inputs],
+                         get_outputs=lambda: [NS(name="logits", shape=list(logits_shape), type="tensor(float16)")])
+        return NS(session=ort_session, kv=NS(max_sequence_length=max_len))
+
+    assert unsupported_reason(session()) is None
+    assert "attention_metadata" in unsupported_reason(session(inputs=PAGED_GRAPH_INPUTS[:-1]))
+    assert "no maximum sequence length" in unsupported_reason(session(max_len=None))
+    assert "fixed vocabulary" in unsupported_reason(session(logits_shape=(1, "rows", "vocab")))
