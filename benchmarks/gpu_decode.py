@@ -19,7 +19,9 @@ throughout (speed does not depend on their values); greedy, EOS ignored, 128 pro
              accuracy level 4); fp8 = --quant fp8
              --target onnxruntime-cuda (calibrated on 32 windows of 512 tokens of the packaged
              c4 text; the speed does not depend on the scales); fp16-paged = fp16 with the paged
-             layout (blocks of 16 holding as many positions as the slots).
+             layout (blocks of 16 holding as many positions as the slots); fp16-paged-fp8kv = that
+             with the K/V cache in float8 E4M3 (--kv-cache-dtype fp8, scales from 4 windows of 256
+             c4 tokens: random weights, so only the speed means anything).
   ours       each engine on onnxruntime's CUDA provider. Batch 1: Engine.generate_ids, one
              warm-up and --runs timed runs (median, min, max), with CUDA graphs and device
              sampling (the default) and without (cuda_graph=False). Then N concurrent requests
@@ -114,7 +116,7 @@ def phase_build(args) -> None:
     for shape in args.shapes:
         t0 = time.perf_counter()
         # FP8 calibrates on text: SmolLM2's tokenizer (its ids fit every shape's vocabulary)
-        tokenizer = fetch_asset("smollm2-135m", quiet=True) if "fp8" in args.formats else None
+        tokenizer = fetch_asset("smollm2-135m", quiet=True) if any("fp8" in f for f in args.formats) else None
         loaded = load_model(None, random_weights=True, config=shape, tokenizer=tokenizer, quiet=True)
         emit(args, phase="build", shape=shape, step="load", seconds=time.perf_counter() - t0)
         for fmt in args.formats:  # fp16 first: int4 / fp8 change the loaded weights in place
@@ -133,6 +135,9 @@ def phase_build(args) -> None:
                                     target="onnxruntime-cuda")
             elif fmt == "fp16-paged":  # the same positions as blocks of 16 (a pool the server may resize)
                 opts = BuildOptions(**{**common, "kv_layout": "paged"}, kv_block_size=16)
+            elif fmt == "fp16-paged-fp8kv":  # and K/V stored as float8 E4M3 (scales from a little c4 text:
+                opts = BuildOptions(**{**common, "kv_layout": "paged"}, kv_block_size=16,  # speed only)
+                                    kv_cache_dtype="fp8", kv_calib="c4:4x256")
             else:
                 opts = BuildOptions(**common)
             t0 = time.perf_counter()
