@@ -137,11 +137,15 @@ def phase_build(args) -> None:
                 opts = BuildOptions(**{**common, "kv_layout": "paged"}, kv_block_size=16)
             elif fmt == "fp16-paged-fp8kv":  # and K/V stored as float8 E4M3 (scales from a little c4 text:
                 opts = BuildOptions(**{**common, "kv_layout": "paged"}, kv_block_size=16,  # speed only)
-                                    kv_cache_dtype="fp8", kv_calib="c4:4x256")
+                                    kv_cache_dtype="fp8", kv_calib="c4:4x256", tokenizer=str(tokenizer))
             else:
                 opts = BuildOptions(**common)
             t0 = time.perf_counter()
-            engine = build_engine(opts, loaded)
+            try:  # one format failing leaves the others to build
+                engine = build_engine(opts, loaded)
+            except Exception as e:
+                emit(args, phase="build", shape=shape, format=fmt, error=f"{type(e).__name__}: {e}")
+                continue
             emit(args, phase="build", shape=shape, format=fmt, seconds=time.perf_counter() - t0,
                  verification=engine.manifest["verification"])
 
