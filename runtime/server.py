@@ -3,11 +3,13 @@
     POST /v1/completions        prompt (string or list of strings), SSE streaming with stream=true
     POST /v1/chat/completions   messages through the tokenizer's chat template
     GET  /v1/models, /health, /metrics (Prometheus)
+    POST /tokenize, /detokenize, GET /tokenizer_info   the tokenizer (runtime.tokenize_api)
 
 Requests as runtime.openai_api defines them: prompts as text, token ids or lists of either;
 n choices per prompt; max_tokens / max_completion_tokens, temperature, top_p, seed, stop,
 stream, presence / frequency penalties, logit_bias, logprobs (chat: logprobs + top_logprobs;
-completions: logprobs = k, and with echo the prompt's own logprobs), and vLLM's extras top_k,
+completions: logprobs = k, and with echo the prompt's own logprobs; max_tokens 0 with echo
+scores the prompt alone), and vLLM's extras top_k,
 min_tokens, ignore_eos, stop_token_ids, repetition_penalty. Errors are OpenAI-shaped JSON: 404
 for a model this server does not serve (naming the one it does), 400 for a prompt plus
 max_tokens beyond the engine's per-request capacity, an empty prompt, an unknown message role,
@@ -41,6 +43,7 @@ from runtime.openai_api import (MAX_CHOICES, APIError, ChatRequest, CompletionRe
 from runtime.sequence import Sequence
 from runtime.server_limits import LimitError, ServerLimits, apply_limits, install_limits
 from runtime.server_schema import document_bodies
+from runtime.tokenize_api import DetokenizeRequest, TokenizeRequest, add_tokenizer_routes
 
 DISCONNECT_POLL_SECONDS = 0.25
 CLIENT_CLOSED = 499  # nginx's "client closed request": logged as such, not as an error
@@ -51,9 +54,11 @@ def create_app(engine: Any, server: AsyncEngine, model_name: str, limits: Server
     `limits` (runtime.server_limits; default: ServerLimits())."""
     app = FastAPI(title="optimizer", docs_url=None, redoc_url=None)
     install_limits(app, limits or ServerLimits(), server.llm.scheduler.max_running)
-    document_bodies(app, {"/v1/completions": CompletionRequest, "/v1/chat/completions": ChatRequest})
+    document_bodies(app, {"/v1/completions": CompletionRequest, "/v1/chat/completions": ChatRequest,
+                          "/tokenize": TokenizeRequest, "/detokenize": DetokenizeRequest})
     tokenizer = engine.tokenizer
     vocab = _vocab_size(engine)
+    add_tokenizer_routes(app, engine, model_name, server.llm.max_tokens() + 1, vocab, _read)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, e: APIError) -> JSONResponse:
@@ -98,10 +103,15 @@ def create_app(engine: Any, server: AsyncEngine, model_name: str, limits: Server
         if body.echo and body.stream:
             raise APIError(400, "echo is not supported with stream", "echo")
         job = _Job(body, [ids for ids, _ in prompts], body.logprobs, chat=False)
+        score_only = body.max_tokens == 0 and body.max_completion_tokens is None
+        if score_only:
+            _check_score_only(request, job, server.llm.max_tokens())
         if body.echo:
             job.echo = [text if text is not None else _decode(tokenizer, ids) for ids, text in prompts]
             if body.logprobs is not None:
                 job.prompt_logprobs = [await _prompt_logprobs(engine, ids, body.logprobs) for ids, _ in prompts]
+        if score_only:
+            return _prompt_only(job, model_name, tokenizer)
         return await _respond(request, server, job, model_name, tokenizer, vocab)
 
     @app.post("/v1/chat/completions")
@@ -148,6 +158,13 @@ async def _json(request: Request) -> Any:
         return await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise APIError(400, f"the request body is not valid JSON: {e}") from e
+
+
+async def _read(request: Request, model: type[BaseModel]) -> Any:
+    data = await _json(request)
+    if not isinstance(data, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    return _parse(model, data)
 
 
 def _parse(model: type[BaseModel], data: Any) -> Any:
@@ -253,6 +270,32 @@ async def _respond(request: Request, server: AsyncEngine, job: _Job, model_name:
     return JSONResponse({"id": rid, "object": "chat.completion" if job.chat else "text_completion",
                          "created": int(time.time()), "model": model_name, "choices": choices,
                          "usage": _usage(job, seqs)})
+
+
+def _check_score_only(request: Request, job: _Job, capacity: int) -> None:
+    """max_tokens 0 (OpenAI's legacy way to score a prompt): only with echo, and within the
+    per-request limits a generating request has."""
+    if not job.body.echo:
+        raise APIError(400, "max_tokens 0 generates nothing: it takes echo: true (the prompt, with its "
+                            "logprobs where logprobs is set)", "max_tokens")
+    apply_limits(request.app.state.limits, job, capacity)
+    for ids in job.prompts:
+        if len(ids) > capacity + 1:
+            raise APIError(400, f"the prompt ({len(ids)} tokens) exceeds this server's limit of {capacity + 1} "
+                                "tokens per request; shorten the prompt", "prompt")
+
+
+def _prompt_only(job: _Job, model_name: str, tokenizer: Any) -> Response:
+    """The answer to max_tokens 0 with echo: each prompt (n times), its logprobs where asked."""
+    text = _token_text(tokenizer)
+    choices = []
+    for p, _ in enumerate(job.prompts):
+        logprobs = completion_logprobs(job.prompt_logprobs[p], text) if job.prompt_logprobs is not None else None
+        choices += [{"index": p * job.body.n + j, "text": job.echo[p], "logprobs": logprobs, "finish_reason": "length"}
+                    for j in range(job.body.n)]
+    return JSONResponse({"id": "cmpl-" + uuid.uuid4().hex[:24], "object": "text_completion",
+                         "created": int(time.time()), "model": model_name, "choices": choices,
+                         "usage": _usage(job, [])})
 
 
 def _entries(seq: Sequence, first: int = 0) -> list:

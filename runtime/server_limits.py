@@ -7,8 +7,8 @@ ASGI, so streamed responses pass through untouched), which, in order:
 
 1. authenticates (`Authorization: Bearer KEY`, as OpenAI clients send it) every path but
    `/health` (and `/metrics` with `metrics_need_key=False`): 401 with an OpenAI-shaped error;
-2. on the generating endpoints, refuses a body over `max_body_bytes` (413), read before the
-   app parses it;
+2. on the generating and tokenizing endpoints, refuses a body over `max_body_bytes` (413), read
+   before the app parses it;
 3. answers 429 at once when `max_running + max_waiting` generating requests are already in
    flight, instead of queueing without bound;
 4. cancels a request still running after `request_timeout` seconds (which aborts its sequences
@@ -31,6 +31,7 @@ from typing import Any, Awaitable, Callable
 from optimizer.core.errors import InputError
 
 GENERATE_PATHS = ("/v1/completions", "/v1/chat/completions")
+BODY_PATHS = GENERATE_PATHS + ("/tokenize", "/detokenize")  # bodies held to max_body_bytes
 OPEN_PATHS = ("/health",)
 
 
@@ -153,9 +154,11 @@ class LimitsMiddleware:
         path = scope["path"]
         try:
             self.authenticate(scope, path)
-            if path not in GENERATE_PATHS:
+            if path not in BODY_PATHS:
                 return await self.app(scope, receive, send)
             body = await self.read_body(scope, receive)
+            if path not in GENERATE_PATHS:
+                return await self.app(scope, _replay(body, receive), send)
             if self.in_flight >= self.capacity:
                 self.refused += 1
                 raise LimitError(429, f"the server is at capacity ({self.capacity} requests running or waiting); "
