@@ -89,10 +89,10 @@ def quantize_model(loaded: Any, cfg: QuantConfig, quiet: bool = False,
     if progress is not None and progress.resume and not isinstance(cfg, (AwqConfig, GptqConfig, AwqGptqConfig)):
         raise InputError(f"--resume continues a calibrated integer build (awq, gptq, awq-gptq); this one is "
                          f"{cfg.describe()}", hint="drop --resume: this method is not resumable")
-    if loaded.streamed and not isinstance(cfg, RtnConfig):
-        raise InputError(f"a streamed build (--stream) quantizes by RTN in this version; --method {cfg.method} "
-                         "calibrates on the model's activations, which needs the model in memory",
-                         hint="use --method rtn with --stream, or drop --stream")
+    if loaded.streamed and isinstance(cfg, Fp8Config):
+        raise InputError("a streamed build (--stream) quantizes by RTN, AWQ, GPTQ or AWQ-GPTQ in this version; "
+                         "FP8 (its distillation runs the whole model against a float copy) needs the model in "
+                         "memory", hint="drop --stream, or use an integer method with --stream")
     keep = _keep_matcher(cfg.keep)
     codes: dict[str, QuantizedLinear] = {}
     manifest: dict[str, Any] = cfg.to_manifest()
@@ -146,8 +146,20 @@ def quantize_calibrated(loaded: Any, cfg: Calibrated, keep: Callable[[str], bool
             if name in codes:
                 codes[name] = tensors_to_cpu(codes[name])
 
-    return run_sequential(loaded.model, loaded.arch, windows, cfg.batch_size, quantize_layer, keep, quiet,
-                          float_stream=float_stream, restore=restore, finished=finished, device=device)
+    changed: dict[str, torch.Tensor] = {}  # a streamed model: what its layers became, but the codes
+
+    def leaving(work: LayerWork) -> None:
+        prefix = loaded.arch.layer_prefix.format(i=work.index)
+        for name, param in work.layer.named_parameters():
+            if (prefix + name).removesuffix(".weight") not in codes:
+                changed[prefix + name] = param.detach().clone()
+
+    hidden = run_sequential(loaded.model, loaded.arch, windows, cfg.batch_size, quantize_layer, keep, quiet,
+                            float_stream=float_stream, restore=restore, finished=finished, device=device,
+                            hold=loaded.hold, leaving=leaving if loaded.streamed else None)
+    if loaded.streamed:  # norms (AWQ's scales fold into them), biases, linears kept in float
+        loaded.override_weights(changed)
+    return hidden
 
 
 def calibration_device(requested: str) -> str:
@@ -226,10 +238,11 @@ def quantize_lm_head(loaded: Any, cfg: IntWeightConfig, codes: dict[str, Quantiz
         tied = head.weight.data_ptr() == loaded.model.get_input_embeddings().weight.data_ptr()
     if tied:
         name = loaded.arch.embed.removesuffix(".weight")  # the table both read
-    if loaded.streamed:  # RTN, computed as the engine is written
+    if loaded.streamed and hidden is None:  # RTN, computed as the engine is written
         codes[name] = deferred_rtn(loaded.weights, name + ".weight", cfg.lm_head_spec)
         return "rtn", tied
-    with torch.no_grad():
+    norm = module_name(loaded.model, loaded.model.model.norm)
+    with torch.no_grad(), loaded.hold(module_name(loaded.model, head)), loaded.hold(norm):
         if hidden is None:
             q, method = rtn_quantize(head.weight, cfg.lm_head_spec), "rtn"
         else:
@@ -240,6 +253,10 @@ def quantize_lm_head(loaded: Any, cfg: IntWeightConfig, codes: dict[str, Quantiz
                                       damp=cfg.damp), "gptq"
         store_quantized(head, q, name, codes)  # a tied table: the embedding takes the values too
     return method, tied
+
+
+def module_name(model: torch.nn.Module, module: torch.nn.Module) -> str:
+    return next(n for n, m in model.named_modules() if m is module)
 
 
 # configuration class -> its algorithm: (loaded, cfg, keep, codes, manifest, quiet, progress) ->

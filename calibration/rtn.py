@@ -53,6 +53,11 @@ class QuantizedLinear:
         q = to_groups(self.qweight.float(), self.spec.group_width(n_in))
         return from_groups((q - self.zeros.float().unsqueeze(-1)) * self.scales.unsqueeze(-1), n_in)
 
+    def dequantized(self) -> torch.Tensor:
+        """The same (as calibration.deferred.DeferredLinear names it: what a streamed model's
+        reference computes with)."""
+        return self.dequantize()
+
 
 def to_groups(w: torch.Tensor, g: int) -> torch.Tensor:
     """(rows, in) -> (rows, ceil(in / g), g): consecutive columns, the last group zero-padded."""

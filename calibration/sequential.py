@@ -13,13 +13,16 @@ With `float_stream`, the driver also carries the float model's own hidden states
 quantized layer to the float model's outputs (GPTAQ) read them as `LayerWork.float_inputs`.
 
 Peak memory is the model plus one layer's activations over the calibration set (two with
-`float_stream`); on a GPU (`device`), one layer and the activations.
+`float_stream`); on a GPU (`device`), one layer and the activations. With `hold` (a streamed
+model, weights on disk: `LoadedModel.hold`), the embedding holds real weights only for step 1
+and each layer only for its own turn, so the model's float weights are never all in memory.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from contextlib import nullcontext
+from typing import Any, Callable, ContextManager
 
 import numpy as np
 import torch
@@ -64,40 +67,58 @@ def run_sequential(model: Any, arch: ArchSpec, windows: np.ndarray, batch_size: 
                    quantize_layer: Callable[[LayerWork], None], keep: Callable[[str], bool],
                    quiet: bool = False, float_stream: bool = False,
                    restore: Callable[[LayerWork], bool] | None = None,
-                   finished: Callable[[LayerWork], None] | None = None, device: str = "cpu") -> list[torch.Tensor]:
+                   finished: Callable[[LayerWork], None] | None = None, device: str = "cpu",
+                   hold: Callable[[str], ContextManager[Any]] | None = None,
+                   leaving: Callable[[LayerWork], None] | None = None) -> list[torch.Tensor]:
     """Quantize `model` layer by layer on `windows` (N, L) with `quantize_layer`; returns the
     quantized model's last hidden states per batch (before the final norm), on the CPU.
     `restore(work)` may put a layer back as an earlier run left it (True: not quantized again);
-    `finished(work)` is told of each layer quantized.
+    `finished(work)` is told of each layer quantized. `hold(module_name)`: a context during
+    which that submodule has real weights (the embedding for the recording pass, each layer for
+    its turn); `leaving(work)` is called at the end of each layer's turn, while it holds them.
 
     With `device` "cuda", the activations live on the GPU and each layer moves there for its
     own turn (tensors the method creates default to that device), then back: the GPU holds
     one layer and the activations, whatever the model's size."""
     batches = [torch.from_numpy(windows[i:i + batch_size]) for i in range(0, len(windows), batch_size)]
+    hold = hold or (lambda _name: nullcontext())
     with torch.no_grad():
-        inputs, kwargs = _record_layer_calls(model, batches)  # the embeddings, where the model is
+        with hold(arch.embed.removesuffix(".weight")):
+            inputs, kwargs = _record_layer_calls(model, batches)  # the embeddings, where the model is
         inputs, kwargs = to_device(inputs, device), to_device(kwargs, device)
         float_inputs = inputs if float_stream else None
         layers = decoder_layers(model)
         with bar("quantizing layers", len(layers), quiet) as advance:
             for i, layer in enumerate(layers):
-                names = {r: n for r, n in module_names(arch, i).items() if not keep(n)}
-                linears = {r: model.get_submodule(n) for r, n in names.items()}
-                layer.to(device)
-                work = LayerWork(i, layer, inputs, [kw[i] for kw in kwargs], linears, names,
-                                 float_inputs=float_inputs)
-                with torch.device(device):
-                    if float_inputs is not None:  # the float model's next hidden states, before quantizing
-                        float_inputs = [call_layer(layer, x, kw) for x, kw in zip(float_inputs, work.kwargs)]
-                    if restore is None or not restore(work):
-                        if linears:
-                            quantize_layer(work)
-                        if finished is not None:
-                            finished(work)
-                    inputs = work.run()
-                layer.to("cpu")
+                with hold(arch.layer_prefix.format(i=i).rstrip(".")):
+                    inputs, float_inputs = _layer_turn(model, arch, i, layer, inputs, kwargs, float_inputs,
+                                                       quantize_layer, keep, restore, finished, leaving, device)
                 advance()
     return to_device(inputs, "cpu")
+
+
+def _layer_turn(model: Any, arch: ArchSpec, i: int, layer: torch.nn.Module, inputs: list, kwargs: list,
+                float_inputs: list | None, quantize_layer: Callable, keep: Callable, restore: Callable | None,
+                finished: Callable | None, leaving: Callable | None, device: str) -> tuple[list, list | None]:
+    """Layer i's turn: quantized (or restored) on its inputs; returns the next layer's inputs
+    (and the float model's, with a float stream)."""
+    names = {r: n for r, n in module_names(arch, i).items() if not keep(n)}
+    linears = {r: model.get_submodule(n) for r, n in names.items()}
+    layer.to(device)
+    work = LayerWork(i, layer, inputs, [kw[i] for kw in kwargs], linears, names, float_inputs=float_inputs)
+    with torch.device(device):
+        if float_inputs is not None:  # the float model's next hidden states, before quantizing
+            float_inputs = [call_layer(layer, x, kw) for x, kw in zip(float_inputs, work.kwargs)]
+        if restore is None or not restore(work):
+            if linears:
+                quantize_layer(work)
+            if finished is not None:
+                finished(work)
+        inputs = work.run()
+    layer.to("cpu")
+    if leaving is not None:
+        leaving(work)
+    return inputs, float_inputs
 
 
 def to_device(value: Any, device: str) -> Any:

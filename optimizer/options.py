@@ -87,8 +87,8 @@ class BuildSection:
                               what="KV-cache dtype")
     kv_calib: str = opt("c4:32x512", "int8 / fp8 KV cache: calibration text SOURCE:NxL.")
     stream: bool = opt(False, "Keep the weights on disk: read the safetensors (or GGUF) tensor by tensor, quantize "
-                              "(RTN) and write each as the engine file is written, verify layer by layer; peak "
-                              "memory about the engine plus one layer, for models larger than memory.")
+                              "(RTN: as the engine file is written; AWQ / GPTQ: one layer in memory at a time) "
+                              "and verify layer by layer, for models larger than memory.")
 
     def pipeline(self) -> str | list[str]:
         """The passes to run: as given, else the target's own pipeline."""

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ContextManager, Iterator
 
 import torch
 
@@ -23,7 +23,7 @@ from optimizer.core.architectures import ArchSpec, arch_for_model_type
 from optimizer.models.gguf_fast import fast_gguf
 from optimizer.models.gguf_weights import GgufSource, load_gguf_model
 from optimizer.models.preflight import check_fits, check_model_files, check_tokenizer, meta_model, read_config_json
-from optimizer.models.weight_source import SafetensorsSource
+from optimizer.models.weight_source import OverlaySource, SafetensorsSource
 from optimizer.models.presets import PRESETS, preset_names
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -46,6 +46,23 @@ class LoadedModel:
     @property
     def streamed(self) -> bool:
         return self.weights is not None
+
+    def hold(self, module_name: str) -> ContextManager[Any]:
+        """Submodule `module_name` with real weights for the duration of a `with` block: read
+        from disk for a streamed model (back on the meta device after), as it is otherwise."""
+        if not self.streamed:
+            return nullcontext(self.model.get_submodule(module_name))
+        from optimizer.models.streamed import materialized
+
+        return materialized(self.model, module_name, self.weights, self.arch)
+
+    def override_weights(self, overrides: dict[str, Any]) -> None:
+        """A streamed model's tensors `overrides` (name -> float32 tensor) replace the
+        checkpoint's from now on (capture, verification): parameters calibration changed."""
+        if not self.streamed:
+            raise ValueError("only a streamed model's weights are read from a source")
+        if overrides:
+            self.weights = OverlaySource(self.weights, overrides)
 
 
 def load_model(source: str | Path | None = None, *, random_weights: bool = False,

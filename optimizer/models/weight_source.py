@@ -8,7 +8,9 @@ here), so a build can hold one layer's weights at a time whatever the model's si
   reads (only the requested tensor's bytes, or rows; no memory map, whose pages would count
   in the build's resident memory);
 - `ModuleSource`: the parameters and buffers of a torch module already in memory (the
-  ordinary build), so capture reads both kinds of model through one interface.
+  ordinary build), so capture reads both kinds of model through one interface;
+- `OverlaySource`: another source with some tensors replaced (a streamed calibrated build's
+  parameters that calibration changed, e.g. norm weights AWQ's scales folded into).
 
 A tied output projection (`config.tie_word_embeddings`, no lm_head tensor of its own) is
 answered with the embedding's tensor: `tied_to` names the table it reads.
@@ -200,3 +202,29 @@ class ModuleSource:
 
     def same_storage(self, a: str, b: str) -> bool:
         return a in self.state and b in self.state and self.state[a].data_ptr() == self.state[b].data_ptr()
+
+
+class OverlaySource:
+    """`base`, except the tensors in `overrides` (same names and shapes, held in memory)."""
+
+    def __init__(self, base: WeightSource, overrides: dict[str, torch.Tensor]) -> None:
+        for name, value in overrides.items():
+            if not base.has(name) or tuple(base.shape(name)) != tuple(value.shape):
+                raise ValueError(f"override {name!r} {list(value.shape)} does not replace a tensor of the "
+                                 "same shape")
+        self.base, self.overrides = base, overrides
+
+    def names(self) -> Iterable[str]:
+        return self.base.names()
+
+    def has(self, name: str) -> bool:
+        return self.base.has(name)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.base.shape(name)
+
+    def tensor(self, name: str, rows: slice | None = None) -> torch.Tensor:
+        value = self.overrides.get(name)
+        if value is None:
+            return self.base.tensor(name, rows)
+        return (value if rows is None else value[rows]).float()
