@@ -28,6 +28,7 @@ from passes.lower_quantized_matmul import LowerQuantizedMatMul
 from passes.pack_matmuls import PackSiblingMatMuls
 from passes.quantize_kv_cache import QuantizeKvCache
 from passes.slice_logits import SliceLogits
+from passes.unread_outputs import DropUnreadOptionalOutputs
 
 
 @dataclass(frozen=True)
@@ -107,9 +108,11 @@ REGISTRY: dict[str, PassInfo] = {
         PassInfo("cse", "common subexpression elimination: merges identical nodes "
                         "(e.g. the per-layer views of shared RoPE tables)",
                  lambda ctx: common.CommonSubexpressionEliminationPass(), targets=("cpu", "cuda", "tensorrt")),
-        PassInfo("dead-code", "removes nodes whose outputs nothing uses, and unused opset imports",
+        PassInfo("dead-code", "removes nodes whose outputs nothing uses and unused opset imports; "
+                              "optional outputs nothing reads become absent",
                  lambda ctx: ir_passes.Sequential(common.RemoveUnusedNodesPass(),
-                                                  common.RemoveUnusedOpsetsPass()),
+                                                  common.RemoveUnusedOpsetsPass(),
+                                                  DropUnreadOptionalOutputs()),
                  targets=("cpu", "cuda", "tensorrt")),
     )
 }
