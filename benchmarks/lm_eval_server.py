@@ -2,15 +2,17 @@
 tasks: the accuracy must be the same (fp32 engine: the same choice on every item, the same
 generated text), and the loglikelihoods equal up to the engine's numerical difference.
 
-    python benchmarks/lm_eval_server.py --engine ENGINE --hf HF_FOLDER --out DIR [--cloze 40 --topic 20]
+    python benchmarks/lm_eval_server.py --engine ENGINE --hf HF_MODEL --out DIR [--cloze 40 --topic 20]
         [--batch-size 1] [--num-concurrent 1]
 
-ENGINE: an fp32 engine (`optimize model MODEL --out ENGINE`); HF_FOLDER: the same model as a
-transformers folder. The tasks (benchmarks/lm_eval_tasks.py) are written into DIR/tasks from the
-packaged text (`optimize asset text`). The engine is served by `optimize serve` on a free
-localhost port; lm-eval runs as `local-completions` with nothing but the server's URL (its
-tokenizer comes from the server's /tokenize: tokenizer_backend=auto finds it), then as `hf` on
-HF_FOLDER (dtype float32, CPU). Results: DIR/results.json (with the command) and DIR/README.md.
+ENGINE: an fp32 engine (`optimize model MODEL --out ENGINE`); HF_MODEL: the same model for
+transformers (a folder, or the GGUF file itself, which transformers dequantizes). The tasks
+(benchmarks/lm_eval_tasks.py) are written into a temporary folder from the packaged text
+(`optimize asset text`; extracts of it are not kept). The engine is served by `optimize serve`
+on a free localhost port; lm-eval runs as `local-completions` with nothing but the server's URL
+(its tokenizer comes from the server's /tokenize: tokenizer_backend=auto finds it), then as `hf`
+on HF_MODEL (dtype float32, CPU). Results: DIR/results.json (with the command line): each run's
+metrics and wall seconds, and per task how many items picked / generated the same.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -81,6 +84,13 @@ def compare(served: dict, reference: dict) -> dict[str, Any]:
     return report
 
 
+def hf_args(model: Path) -> dict[str, str]:
+    """lm-eval's `hf` model arguments for a transformers folder or a GGUF file (fp32 on the CPU)."""
+    if model.suffix == ".gguf":  # transformers dequantizes it, as `optimize model` does
+        return {"pretrained": str(model.parent), "gguf_file": model.name, "dtype": "float32"}
+    return {"pretrained": str(model), "dtype": "float32"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -122,7 +132,8 @@ def served_model(base: str) -> tuple[str, int]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", type=Path, required=True, help="an fp32 engine directory")
-    ap.add_argument("--hf", type=Path, required=True, help="the same model as a transformers folder")
+    ap.add_argument("--hf", type=Path, required=True,
+                    help="the same model for transformers: a folder, or the GGUF file the engine was built from")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--cloze", type=int, default=40, help="multiple-choice items")
     ap.add_argument("--topic", type=int, default=20, help="generation items")
@@ -131,7 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from optimizer.core.assets import fetch_asset
 
-    tasks = write_tasks(args.out / "tasks", fetch_asset("text", quiet=True), args.cloze, args.topic)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = evaluate_both(args, write_tasks(Path(tmp), fetch_asset("text", quiet=True), args.cloze, args.topic))
+    (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0 if report["same_metrics"] else 1
+
+
+def evaluate_both(args: argparse.Namespace, tasks: Path) -> dict[str, Any]:
+    """lm-eval through the served engine, then on transformers; the report of both."""
     with optimize_serve(args.engine, free_port()) as base:
         name, max_length = served_model(base)
         started = time.perf_counter()
@@ -140,16 +160,15 @@ def main(argv: list[str] | None = None) -> int:
                              tasks, args.batch_size)
         served_s = time.perf_counter() - started
     started = time.perf_counter()
-    reference = run_lm_eval("hf", {"pretrained": str(args.hf), "dtype": "float32"}, tasks)
+    reference = run_lm_eval("hf", hf_args(args.hf), tasks)
     reference_s = time.perf_counter() - started
     report = {"command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
-              "served": {"metrics": metrics(served), "wall_s": round(served_s, 1)},
+              "served": {"metrics": metrics(served), "wall_s": round(served_s, 1), "batch_size": args.batch_size,
+                         "num_concurrent": args.num_concurrent},
               "transformers": {"metrics": metrics(reference), "wall_s": round(reference_s, 1)},
               "items": compare(served, reference)}
     report["same_metrics"] = report["served"]["metrics"] == report["transformers"]["metrics"]
-    (args.out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
-    return 0 if report["same_metrics"] else 1
+    return report
 
 
 if __name__ == "__main__":
