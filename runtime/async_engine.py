@@ -9,12 +9,17 @@
 Only the loop thread touches the `LLMEngine`; other threads hand it commands (add, abort)
 through a lock-protected queue. onnxruntime releases the GIL while a step runs, so the
 event loop serving HTTP stays responsive. A step that raises does not kill the loop: the
-requests it was running finish with reason "error" and their cache is freed.
+requests it was running finish with reason "error" and their cache is freed (the last
+`KEPT_ERRORS` tracebacks are kept in `errors`, all of them counted in `error_count`). Once the
+loop has been idle for `TRIM_AFTER_IDLE_SECONDS` after work, it gives the C allocator's free
+memory back to the system (runtime.malloc_trim), so that resident memory follows what is in
+use instead of the largest mix of requests seen so far.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import threading
@@ -23,11 +28,15 @@ import traceback
 from typing import AsyncIterator, Callable, Sequence as Seq
 
 from runtime.llm_engine import LLMEngine, RequestOutput
+from runtime.malloc_trim import release_free_memory
 from runtime.metrics import ServingMetrics
 from runtime.sampling import SamplingParams
 from runtime.sequence import Sequence
 
 log = logging.getLogger("optimizer.runtime")
+
+KEPT_ERRORS = 16  # tracebacks of failed steps kept (the newest)
+TRIM_AFTER_IDLE_SECONDS = 1.0
 
 
 class AsyncEngine:
@@ -39,7 +48,10 @@ class AsyncEngine:
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
         self._stop = False
-        self.errors: list[str] = []  # tracebacks of failed steps
+        self._untrimmed = False  # work done since the allocator's free memory was last given back
+        self.errors: collections.deque[str] = collections.deque(maxlen=KEPT_ERRORS)  # newest tracebacks
+        self.error_count = 0  # failed steps since start
+        self.trims = 0  # times the idle loop gave free memory back
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> "AsyncEngine":
@@ -109,10 +121,17 @@ class AsyncEngine:
         while True:
             with self._lock:
                 while not self._commands and not self.llm.has_work and not self._stop:
-                    self._lock.wait()
+                    if not self._lock.wait(TRIM_AFTER_IDLE_SECONDS if self._untrimmed else None):
+                        break  # idle that long after work
                 if self._stop:
                     break
                 commands, self._commands = self._commands, []
+            if not commands and not self.llm.has_work:
+                self._untrimmed = False
+                self.trims += 1
+                release_free_memory()  # outside the lock: requests may arrive meanwhile
+                continue
+            self._untrimmed = True
             for kind, payload in commands:
                 self._apply(kind, payload)
             if self.llm.has_work:
@@ -146,6 +165,7 @@ class AsyncEngine:
             self.llm.step()
         except Exception:
             self.errors.append(traceback.format_exc())
+            self.error_count += 1
             log.error("engine step failed; ending its requests:\n%s", self.errors[-1])
             for seq in list(self.llm.sequences.values()):
                 if seq in self.llm.scheduler.running:

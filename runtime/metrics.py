@@ -72,6 +72,7 @@ class ServingMetrics:
         if new_tokens:
             with self._lock:
                 self._recent.append((now, new_tokens))
+                self._forget(now)  # bounded by the window whether or not anyone scrapes /metrics
 
     def observe_prefix_cache(self, queried_tokens: int, cached_tokens: int) -> None:
         if not queried_tokens:
@@ -108,9 +109,13 @@ class ServingMetrics:
         """Tokens in the last `window` seconds, per second (0 when idle)."""
         now = time.monotonic()
         with self._lock:  # the engine thread appends while a scrape reads
-            while self._recent and self._recent[0][0] < now - self._window:
-                self._recent.popleft()
+            self._forget(now)
             return sum(n for _, n in self._recent) / self._window
+
+    def _forget(self, now: float) -> None:
+        """Drop the steps older than the window (with the lock held)."""
+        while self._recent and self._recent[0][0] < now - self._window:
+            self._recent.popleft()
 
     def observe_finished(self, reason: str, arrival: float, first_token: float | None, finish: float | None,
                          output_tokens: int) -> None:

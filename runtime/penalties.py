@@ -34,7 +34,8 @@ def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: floa
         return logits
     out = logits.astype(np.float64, copy=True)
     picked = out[seen]
-    out[seen] = np.where(picked > 0, picked / penalty, picked * penalty)
+    with np.errstate(over="ignore"):  # a penalty near 0 sends logits to +-inf (runtime.sampling copes)
+        out[seen] = np.where(picked > 0, picked / penalty, picked * penalty)
     return out
 
 

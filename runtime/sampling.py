@@ -130,8 +130,17 @@ def sample_from_uniform(probs: np.ndarray, u: float) -> int:
 
 
 def sampling_probs(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
-    """The (V,) float64 distribution a sampled token is drawn from: temperature, top-k, top-p."""
-    scaled = logits.astype(np.float64) / params.temperature
+    """The (V,) float64 distribution a sampled token is drawn from: temperature, top-k, top-p.
+    Where a logit is +inf (a penalty that overflowed) the distribution is softmax's limit, even
+    over those tokens; where dividing by a tiny temperature overflows, the logits are shifted
+    by their maximum first (the same distribution, computed without infinities)."""
+    logits = logits.astype(np.float64)
+    with np.errstate(over="ignore"):
+        scaled = logits / params.temperature
+        if np.isposinf(scaled).any():
+            if np.isposinf(logits).any():
+                return softmax(np.where(np.isposinf(logits), 0.0, -np.inf))
+            scaled = (logits - np.max(logits)) / params.temperature
     return softmax(filter_top_p(filter_top_k(scaled, params.top_k), params.top_p))
 
 

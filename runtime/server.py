@@ -108,11 +108,11 @@ def create_app(engine: Any, server: AsyncEngine, model_name: str, limits: Server
             _check_score_only(request, job, server.llm.max_tokens())
         if body.echo:
             job.echo = [text if text is not None else _decode(tokenizer, ids) for ids, text in prompts]
+        if score_only:  # checked above: the prompts fit; now their own logprobs
             if body.logprobs is not None:
-                job.prompt_logprobs = [await _prompt_logprobs(engine, ids, body.logprobs) for ids, _ in prompts]
-        if score_only:
+                job.prompt_logprobs = [await _prompt_logprobs(engine, ids, body.logprobs) for ids in job.prompts]
             return _prompt_only(job, model_name, tokenizer)
-        return await _respond(request, server, job, model_name, tokenizer, vocab)
+        return await _respond(request, server, job, model_name, tokenizer, vocab, engine)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
@@ -208,18 +208,23 @@ _PROMPT_LOGITS_LOCK = threading.Lock()  # one prompt-logprobs pass at a time (it
 
 async def _prompt_logprobs(engine: Any, ids: list[int], k: int) -> list:
     """The prompt's own logprobs (echo): every position's logits from one prefill of the prompt
-    through the engine's session, off the event loop."""
+    through the engine's session, off the event loop. Only for a prompt that passed the limits
+    and fits the engine's per-request capacity (so onnxruntime's arena never grows past what
+    serving that prompt takes); the logits go to a numpy array of ours, not to the arena."""
     if not ids:
         raise APIError(400, "the prompt encodes to no tokens", "prompt")
+
     def run() -> list:
+        dtype, width = engine.session.logits_type()
+        out = np.empty((1, len(ids), width), dtype) if width is not None else None
         with _PROMPT_LOGITS_LOCK:
-            logits = window_logits(engine.session, np.asarray([ids], np.int64))[0]
+            logits = window_logits(engine.session, np.asarray([ids], np.int64), out)[0]
         return prompt_entries(logits, ids, k)
     return await asyncio.to_thread(run)
 
 
 async def _respond(request: Request, server: AsyncEngine, job: _Job, model_name: str, tokenizer: Any,
-                   vocab: int) -> Response:
+                   vocab: int, engine: Any = None) -> Response:
     capacity = server.llm.max_tokens()
     body = job.body
     apply_limits(request.app.state.limits, job, capacity)  # runtime.server_limits: 400 past a limit
@@ -234,6 +239,8 @@ async def _respond(request: Request, server: AsyncEngine, job: _Job, model_name:
                 seqs.append(server.new_sequence(ids, params))
             except OptimizerError as e:
                 raise APIError(400, e.message + (f"; {e.hint}" if e.hint else "")) from e
+    if job.echo is not None and job.logprobs is not None:  # every prompt fits: now its own logprobs
+        job.prompt_logprobs = [await _prompt_logprobs(engine, ids, job.logprobs) for ids in job.prompts]
     rid = ("chatcmpl-" if job.chat else "cmpl-") + uuid.uuid4().hex[:24]
     if body.stream:
         return StreamingResponse(_sse(server, seqs, job, rid, model_name, tokenizer), media_type="text/event-stream")

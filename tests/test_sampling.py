@@ -98,3 +98,19 @@ def test_logprobs_are_log_softmax_of_the_raw_logits():
 def test_bad_adjustments_are_rejected(kwargs):
     with pytest.raises(InputError):
         SamplingParams(**kwargs)
+
+
+def test_overflowing_logits_still_give_a_distribution():
+    """A temperature so small that dividing by it overflows, and +inf logits (a repetition
+    penalty near 0 overflowing): a valid distribution, softmax's limit, never NaN."""
+    from runtime.penalties import apply_repetition_penalty
+    from runtime.sampling import sampling_probs
+
+    logits = np.array([1.0, 3.0, 2.0, -np.inf], np.float32)
+    np.testing.assert_array_equal(sampling_probs(logits, SamplingParams(temperature=1e-320)), [0, 1, 0, 0])
+    with np.errstate(all="raise"):  # no overflow warnings either
+        penalized = apply_repetition_penalty(logits, np.array([0, 2]), 1e-320)  # 1 and 2 -> +inf
+        probs = sampling_probs(penalized, SamplingParams(temperature=0.7, top_p=0.5))
+    np.testing.assert_array_equal(probs, [0.5, 0, 0.5, 0])
+    wide = np.exp(logits.astype(np.float64) / 0.7)  # finite logits: the plain softmax as before
+    np.testing.assert_allclose(sampling_probs(logits, SamplingParams(temperature=0.7)), wide / wide.sum(), rtol=1e-12)
