@@ -152,8 +152,9 @@ class AsyncEngine:
         def callback(out: RequestOutput) -> None:
             if out.finished:
                 s = out.seq
-                self.metrics.observe_finished(out.finish_reason or "abort", s.arrival_time, s.first_token_time,
-                                              s.finish_time, len(s.output_ids))
+                reason = "grammar_error" if s.error is not None else out.finish_reason or "abort"  # not the engine's
+                self.metrics.observe_finished(reason, s.arrival_time, s.first_token_time, s.finish_time,
+                                              len(s.output_ids))
             try:
                 on_output(out)
             except Exception:  # a consumer's bug must not stop the loop

@@ -145,9 +145,17 @@ class Guide:
         return masked(logits, self.mask)
 
     def consume(self, token: int) -> None:
+        """Advance by the chosen token; GrammarError where the matcher refuses it (llguidance has
+        refused a token its own mask allowed: a regex ending in a 4-byte UTF-8 character, over a
+        tokenizer with byte tokens)."""
         self.mask = None
         if not self.matcher.consume_token(token):
-            raise RuntimeError(f"the grammar refused token {token}: {self.matcher.get_error()}")
+            error = self.matcher.get_error().strip().splitlines()
+            raise GrammarError(f"the grammar refused token {token}" + (f": {error[0]}" if error else ""))
+
+
+class GrammarError(InputError):
+    """A constrained request's grammar cannot go on: the request ends alone (runtime.sequence)."""
 
 
 def masked(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -14,7 +14,8 @@ Before a token is chosen its logits get the request's logit bias and penalties
 engine's raw logits (log_softmax, before any adjustment) and the k most likely tokens are
 kept in `logprobs`, one (token, logprob, top) entry per output token. A structured-output
 request's `guide` (runtime.guided, set by the engine) masks the logits to what its grammar
-allows and follows each chosen token; the request finishes ("stop") when the grammar is complete.
+allows and follows each chosen token; the request finishes ("stop") when the grammar is complete,
+or alone with "error" (and `error` saying why) where the grammar refuses the token.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, Sequence as Seq
 import numpy as np
 
 from runtime.detokenize import IncrementalDetokenizer
+from runtime.guided import GrammarError
 from runtime.penalties import (apply_frequency_presence, apply_logit_bias, apply_repetition_penalty, log_softmax,
                                top_logprobs)
 from runtime.sampling import SamplingParams, accept_or_resample, sample_next, sampling_probs, suppress
@@ -50,7 +52,7 @@ class Sequence:
         self._detok = IncrementalDetokenizer(self.tokenizer) if self.tokenizer is not None else None
         if p.stop and self._detok is None:
             raise ValueError("stop strings need a tokenizer")
-        self.finish_reason: str | None = None  # "stop" | "length" | "abort"
+        self.finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
         self.num_computed = 0  # tokens whose keys/values are in the cache
         self.cached_tokens: int | None = None  # prompt tokens found in the prefix cache (None: not looked up yet)
         self.first_token_time: float | None = None
@@ -60,6 +62,7 @@ class Sequence:
         # per output token: (token, logprob, [(token, logprob), ...] most likely first)
         self.logprobs: list[tuple[int, float, list[tuple[int, float]]]] = []
         self.guide: Any | None = None  # runtime.guided.Guide of a structured-output request
+        self.error: str | None = None  # why this request failed alone (finish_reason "error"): its grammar
 
     # -- state ---------------------------------------------------------------------------
     @property
@@ -115,7 +118,10 @@ class Sequence:
         else:
             token = accept_or_resample(sampling_probs(logits, self.params), draft, q, self.rng)
         if self.guide is not None:
-            self.guide.consume(token)
+            try:
+                self.guide.consume(token)
+            except GrammarError as e:  # this request ends ("error"), the others in its step go on
+                self.error = e.message
         if self.params.logprobs is not None:
             lp = log_softmax(raw)
             self.logprobs.append((token, float(lp[token]), top_logprobs(lp, self.params.logprobs)))
@@ -144,7 +150,9 @@ class Sequence:
         self.output_ids.append(token)
         self._counts[token] = self._counts.get(token, 0) + 1
         delta = ""
-        if token in self.stop_ids:
+        if self.error is not None:
+            self.finish_reason = "error"
+        elif token in self.stop_ids:
             self.finish_reason = "stop"
         elif len(self.output_ids) >= self.params.max_new_tokens:
             self.finish_reason = "length"

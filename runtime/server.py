@@ -256,6 +256,10 @@ async def _respond(request: Request, server: AsyncEngine, job: _Job, model_name:
         for t in tasks:
             t.cancel()  # closing a stream aborts its request (AsyncEngine.stream)
     seqs = [t.result() for t in tasks]
+    own = next((s.error for s in seqs if s.error is not None), None)
+    if own is not None:  # the request's own grammar could not go on (runtime.guided.GrammarError)
+        raise APIError(400, f"the structured output constraint could not be followed: {own}; simplify it",
+                       code="grammar_error")
     if any(s.finish_reason == "error" for s in seqs):
         raise APIError(500, "the engine failed while running this request (see the server log)",
                        kind="server_error")

@@ -64,3 +64,27 @@ def test_without_llguidance_the_error_says_to_install_it(smol_tokenizer_dir, mon
     with pytest.raises(InputError, match="llguidance") as e:
         Guides(None, 10, []).guide(Constraint("regex", "a"))
     assert "pip install llguidance" in e.value.hint
+
+
+def test_a_refused_token_ends_the_sequence_with_an_error(guides):
+    """A matcher that refuses the chosen token (llguidance's mask and its parser disagreeing)
+    ends that sequence with "error" and says why, instead of raising out of the engine's step."""
+    from runtime.guided import GrammarError
+
+    tok, _ = guides
+
+    class Refusing:
+        done = False
+
+        def apply(self, logits: np.ndarray) -> np.ndarray:
+            return logits
+
+        def consume(self, token: int) -> None:
+            raise GrammarError(f"the grammar refused token {token}: forced bytes")
+
+    seq = Sequence("r", [1], SamplingParams(max_new_tokens=8), [tok.eos_token_id], tok)
+    seq.guide = Refusing()
+    logits = np.zeros(len(tok))
+    logits[7] = 5.0
+    seq.append(seq.choose(logits))
+    assert seq.finish_reason == "error" and seq.error == "the grammar refused token 7: forced bytes"

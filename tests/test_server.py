@@ -370,3 +370,39 @@ def test_invalid_constraints_get_a_400_naming_the_problem(served, extra, message
     r = httpx.post(served[0] + "/v1/chat/completions", json={"model": "tiny", "max_tokens": 4, **extra,
                                                              "messages": [{"role": "user", "content": "Hi"}]})
     assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
+
+
+def test_a_grammar_that_refuses_its_token_ends_only_its_own_request(served, monkeypatch):
+    """llguidance has refused a token its own mask allowed (a regex ending in a 4-byte UTF-8
+    character, over byte tokens): that request gets a 400 naming it, the requests stepping
+    beside it finish normally, and the engine loop records no failure."""
+    from runtime.guided import Guide, GrammarError
+
+    base, server = served
+    consume = Guide.consume
+    seen: dict[int, int] = {}
+
+    def refuse_third(guide: Guide, token: int) -> None:
+        seen[id(guide)] = seen.get(id(guide), 0) + 1
+        if seen[id(guide)] == 3:
+            raise GrammarError(f"the grammar refused token {token}: forced bytes")
+        consume(guide, token)
+
+    monkeypatch.setattr(Guide, "consume", refuse_third)
+    grammar_errors = server.metrics.requests.labels(finish_reason="grammar_error")._value.get
+    before = grammar_errors()
+
+    async def both() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as http:
+            return await asyncio.gather(
+                http.post(base + "/v1/completions", json={"model": "tiny", "prompt": "Code:", "max_tokens": 12,
+                                                          "guided_regex": "[a-z]{10}"}),
+                http.post(base + "/v1/completions", json={"model": "tiny", "prompt": "Plain", "max_tokens": 12,
+                                                          "ignore_eos": True}))
+
+    guided, plain = asyncio.run(both())
+    assert guided.status_code == 400 and "refused token" in guided.json()["error"]["message"], guided.text
+    assert guided.json()["error"]["code"] == "grammar_error"
+    assert plain.status_code == 200 and plain.json()["usage"]["completion_tokens"] == 12
+    assert grammar_errors() == before + 1 and not server.errors
+    wait_idle(server)

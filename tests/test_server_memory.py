@@ -15,8 +15,6 @@ import gc
 import time
 
 import httpx2 as httpx
-import numpy as np
-import pytest
 
 import runtime.server as server_module
 from runtime.async_engine import KEPT_ERRORS, AsyncEngine
