@@ -26,13 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from prefix_cache import _healthy  # benchmarks/ is on the path when run as a script
+from _servers import llama_server, stream_completion  # benchmarks/ is on the path when run as a script
 from speculative import _ngram
 from calibration.data import load_text
 from optimizer.workload import percentile
@@ -126,55 +125,25 @@ def run_ours(engine: Engine, conversations: list[Conversation], args, caching: b
 
 
 def _llama_turns(port: int, conv: Conversation, tokenizer, output_tokens: int, start: float) -> list[tuple]:
-    import http.client
-
     records = []
     while len(conv.answers) < len(conv.questions):
-        body = {"prompt": conv.prompt(tokenizer), "n_predict": output_tokens, "temperature": 0.0, "top_k": 1,
-                "ignore_eos": True, "cache_prompt": True, "stream": True, "return_tokens": True}
+        prompt = conv.prompt(tokenizer)
         arrival = time.perf_counter() - start
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-        connection.request("POST", "/completion", json.dumps(body), {"Content-Type": "application/json"})
-        response = connection.getresponse()
-        if response.status != 200:
-            raise RuntimeError(f"llama-server answered {response.status}: {response.read()[:500]!r}")
-        first, tokens = None, []
-        for line in response:
-            if line.startswith(b"data:"):
-                chunk = json.loads(line[5:])
-                if chunk.get("tokens"):
-                    first = first or time.perf_counter() - start
-                    tokens += chunk["tokens"]
-                if chunk.get("stop"):
-                    break
-        connection.close()
-        records.append((arrival, first, time.perf_counter() - start, len(tokens)))
+        first, last, tokens = stream_completion(port, prompt, output_tokens, cache_prompt=True, start=start)
+        records.append((arrival, first, last, len(tokens)))
         conv.answers.append(tokenizer.decode(tokens, skip_special_tokens=True))
     return records
 
 
 def run_llama(binary: str, gguf: str, conversations: list[Conversation], tokenizer, args, extra: list[str]) -> dict:
-    command = [binary, "-m", gguf, "-t", str(args.threads), "-tb", str(args.threads), "-np", str(args.max_batch),
-               "-c", str(args.max_batch * args.context), "--host", "127.0.0.1", "--port", str(args.port),
-               "--cache-prompt", "--no-warmup", *extra]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not _healthy(args.port):
-            if server.poll() is not None:
-                raise RuntimeError(f"llama-server exited: {server.stderr.read()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("llama-server did not become healthy within 120 s")
-            time.sleep(0.5)
+    with llama_server(binary, gguf, args.threads, args.max_batch, args.max_batch * args.context, args.port,
+                      cache_prompt=True, extra=extra) as command:
         _llama_turns(args.port, Conversation(-1, "Hello.", ["Hi?"]), tokenizer, 8, time.perf_counter())  # warm-up
         convs = fresh(conversations)
         start = time.perf_counter()
         with ThreadPoolExecutor(len(convs)) as pool:
             done = list(pool.map(lambda c: _llama_turns(args.port, c, tokenizer, args.output_tokens, start), convs))
         total = time.perf_counter() - start
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     result = summarize([r for rs in done for r in rs], total)
     result.update(system=f"llama.cpp server ({args.max_batch} slots, prompt cache on"
                          + (f", {' '.join(extra)})" if extra else ")"), command=shlex.join(command))

@@ -28,7 +28,6 @@ Results: OUT/results.json (with the command line) and OUT/table.md.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import shlex
 import subprocess
@@ -37,6 +36,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from _servers import llama_server, stream_completion  # benchmarks/ is on the path when run as a script
 from calibration.data import load_text
 from optimizer.replay import replay
 from optimizer.workload import Request, make_shared_prefix_workload, summarize
@@ -52,25 +52,7 @@ def run_ours(engine: Engine, requests: list[Request], caching: bool, max_batch: 
 def _stream_llama(port: int, request: Request, start: float) -> tuple[float, float, list[int]]:
     """One streamed greedy completion of the request's token ids: (first token, last token) times
     since `start`, and the tokens."""
-    body = {"prompt": request.prompt, "n_predict": request.output_tokens, "temperature": 0.0, "top_k": 1,
-            "ignore_eos": True, "cache_prompt": True, "stream": True, "return_tokens": True}
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    connection.request("POST", "/completion", json.dumps(body), {"Content-Type": "application/json"})
-    response = connection.getresponse()
-    if response.status != 200:
-        raise RuntimeError(f"llama-server answered {response.status}: {response.read()[:500]!r}")
-    first, tokens = None, []
-    for line in response:
-        if not line.startswith(b"data:"):
-            continue
-        chunk = json.loads(line[5:])
-        if chunk.get("tokens"):
-            first = first or time.perf_counter() - start
-            tokens += chunk["tokens"]
-        if chunk.get("stop"):
-            break
-    connection.close()
-    return first, time.perf_counter() - start, tokens
+    return stream_completion(port, request.prompt, request.output_tokens, cache_prompt=True, start=start)
 
 
 def _llama_workload(port: int, requests: list[Request]) -> tuple[dict, dict, dict, float]:
@@ -86,36 +68,14 @@ def _llama_workload(port: int, requests: list[Request]) -> tuple[dict, dict, dic
 
 def run_llama_server(binary: str, gguf: str, requests: list[Request], warmup: list[Request], threads: int,
                      parallel: int, context: int, port: int) -> dict:
-    command = [binary, "-m", gguf, "-t", str(threads), "-tb", str(threads), "-np", str(parallel),
-               "-c", str(context), "--host", "127.0.0.1", "--port", str(port), "--cache-prompt", "--no-warmup"]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not _healthy(port):
-            if server.poll() is not None:
-                raise RuntimeError(f"llama-server exited: {server.stderr.read()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("llama-server did not become healthy within 120 s")
-            time.sleep(0.5)
+    with llama_server(binary, gguf, threads, parallel, context, port, cache_prompt=True) as command:
         _llama_workload(port, warmup)
         first, last, outputs, total = _llama_workload(port, requests)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     version = subprocess.run([binary, "--version"], capture_output=True, text=True).stderr.strip().splitlines()
     result = summarize(requests, first, last, total, outputs)
     result.update(system=f"llama.cpp server ({parallel} slots, prompt cache on)", command=shlex.join(command),
                   version=version[0] if version else "")
     return result
-
-
-def _healthy(port: int) -> bool:
-    try:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        connection.request("GET", "/health")
-        return connection.getresponse().status == 200
-    except OSError:
-        return False
 
 
 def table(rows: list[dict]) -> str:

@@ -27,7 +27,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,38 +34,21 @@ import httpx2 as httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
 import soak  # noqa: E402  (the soak's client)
+from _servers import start_optimize_serve, stop_server  # noqa: E402
 
 PEERS = {"one process x 2 threads": ["--threads", "2"],
          "2 replicas x 1 thread (Ray Serve)": ["--replicas", "2", "--threads", "1"]}
 
 
 def start(engine: str, extra: list[str]) -> tuple[subprocess.Popen, str, str]:
-    port = soak.free_port()
-    log = tempfile.NamedTemporaryFile("w+", prefix="ray-bench-", suffix=".log", delete=False)
-    proc = subprocess.Popen([sys.executable, "-m", "optimizer.cli", "serve", engine, "--port", str(port),
-                             "--no-verify", "--model-name", "m", *extra], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    while True:
-        try:
-            if httpx.get(base + "/health", timeout=5).status_code == 200:
-                return proc, base, log.name
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop(proc)
-            raise SystemExit("the server did not start:\n" + open(log.name).read()[-3000:])
-        time.sleep(0.3)
+    """`optimize serve` in its own process group (Ray's driver and workers), once healthy."""
+    server = start_optimize_serve(engine, *extra, timeout=240, poll=0.3, health_timeout=5, new_session=True,
+                                  log_prefix="ray-bench-")
+    return server.proc, server.base, server.log
 
 
 def stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGINT)  # Ray's driver shuts the cluster down on Ctrl-C
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_server(proc, signal.SIGINT)  # Ray's driver shuts the cluster down on Ctrl-C
 
 
 async def workload(base: str, n: int, concurrency: int, max_tokens: int) -> tuple[float, int]:

@@ -39,7 +39,7 @@ import httpx2 as httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.soak import free_port, metric  # noqa: E402
+from benchmarks._servers import metric, optimize_serve  # noqa: E402
 
 
 def rss_bytes(pid: int, field: str = "VmRSS") -> int:
@@ -49,27 +49,9 @@ def rss_bytes(pid: int, field: str = "VmRSS") -> int:
 
 @contextmanager
 def served(engine: Path, *serve_args: str):
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = tempfile.NamedTemporaryFile("w+", prefix="reliability-server-", suffix=".log", delete=False)
-    server = subprocess.Popen([sys.executable, "-m", "optimizer.cli", "serve", str(engine), "--port", str(port),
-                               "--no-verify", "--model-name", "m", *serve_args],
-                              stdout=log, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(base + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the server did not start:\n" + open(log.name).read()[-3000:])
-            time.sleep(0.2)
-        yield base, server, log.name
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
+    """`optimize serve ENGINE SERVE_ARGS` (benchmarks/_servers.py): yields (base url, process, log path)."""
+    with optimize_serve(engine, *serve_args, log_prefix="reliability-server-") as server:
+        yield server.base, server.proc, server.log
 
 
 def server_state(base: str) -> dict:

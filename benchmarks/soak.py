@@ -18,30 +18,17 @@ import asyncio
 import json
 import random
 import shlex
-import socket
-import subprocess
 import sys
-import tempfile
 import time
+from pathlib import Path
 
 import httpx2 as httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _servers import metric, optimize_serve  # noqa: E402
+
 PROMPTS = ["The history of the city", "In a small village there lived", "The results of the experiment show",
            "Write a list of fruits:", "Once upon a time", "The most important part of a computer is"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def metric(text: str, name: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 async def client(http: httpx.AsyncClient, base: str, rng: random.Random, i: int, abort_fraction: float,
@@ -104,24 +91,9 @@ def main() -> None:
                     "e.g. \"--provider cuda --gpu-memory-fraction 0.5\"")
     args = ap.parse_args()
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = tempfile.NamedTemporaryFile("w+", prefix="soak-server-", suffix=".log", delete=False)
-    server = subprocess.Popen([sys.executable, "-m", "optimizer.cli", "serve", args.engine, "--port", str(port),
-                               "--threads", str(args.threads), "--no-verify", "--model-name", "m",
-                               *shlex.split(args.serve_args)],
-                              stdout=log, stderr=subprocess.STDOUT, text=True)  # a file: a full pipe would block it
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(base + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the server did not start:\n" + open(log.name).read()[-3000:])
-            time.sleep(0.2)
+    with optimize_serve(args.engine, "--threads", str(args.threads), *shlex.split(args.serve_args), timeout=120,
+                        stop_timeout=30, log_prefix="soak-server-") as server:
+        base = server.base
         start = time.perf_counter()
         outcomes = asyncio.run(run(base, args.requests, args.concurrency, args.abort_fraction, args.max_tokens,
                                    args.seed))
@@ -139,8 +111,8 @@ def main() -> None:
                 "kv_cache_usage": metric(text, "optimizer_kv_cache_usage_ratio"),
                 "output_tokens": metric(text, "optimizer_output_tokens_total")},
             "health": health.json(),
-            "server_log": log.name,
-            "server_log_lines": sum(1 for _ in open(log.name)),
+            "server_log": server.log,
+            "server_log_lines": sum(1 for _ in open(server.log)),
         }
         accounted = outcomes.get("answered", 0) + outcomes.get("aborted by client", 0)
         checks = {
@@ -151,11 +123,8 @@ def main() -> None:
             "no engine errors": summary["server"]["requests_by_finish_reason"]["error"] == 0,
         }
         summary["checks"] = checks
-        print(json.dumps(summary, indent=1))
-        sys.exit(0 if all(checks.values()) else 1)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    print(json.dumps(summary, indent=1))
+    sys.exit(0 if all(checks.values()) else 1)
 
 
 if __name__ == "__main__":

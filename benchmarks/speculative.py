@@ -24,15 +24,14 @@ times one decode step and verification steps of 1+k tokens (OUT/step_costs.*).
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from _servers import llama_server, stream_completion  # benchmarks/ is on the path when run as a script
 from runtime import Engine, SamplingParams, SpeculativeConfig
 from runtime.executors import make_executor
 from runtime.sequence import Sequence
@@ -86,58 +85,18 @@ def run_ours(engine: Engine, prompts: list[list[int]], output_tokens: int, spec:
 
 def _stream_llama(port: int, prompt: list[int], output_tokens: int) -> tuple[float, list[int]]:
     """One streamed greedy completion: decode tok/s after the first token, and the tokens."""
-    body = {"prompt": prompt, "n_predict": output_tokens, "temperature": 0.0, "top_k": 1, "ignore_eos": True,
-            "cache_prompt": False, "stream": True, "return_tokens": True}
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-    connection.request("POST", "/completion", json.dumps(body), {"Content-Type": "application/json"})
-    response = connection.getresponse()
-    if response.status != 200:
-        raise RuntimeError(f"llama-server answered {response.status}: {response.read()[:500]!r}")
-    first, tokens = None, []
-    for line in response:
-        if not line.startswith(b"data:"):
-            continue
-        chunk = json.loads(line[5:])
-        if chunk.get("tokens"):
-            first = first or time.perf_counter()
-            tokens += chunk["tokens"]
-        if chunk.get("stop"):
-            break
-    last = time.perf_counter()
-    connection.close()
+    first, last, tokens = stream_completion(port, prompt, output_tokens, cache_prompt=False)
     return (len(tokens) - 1) / (last - first), tokens
 
 
 def run_llama(binary: str, gguf: str, prompts: list[list[int]], output_tokens: int, threads: int,
               context: int, port: int, extra: list[str]) -> dict:
-    command = [binary, "-m", gguf, "-t", str(threads), "-tb", str(threads), "-np", "1", "-c", str(context),
-               "--host", "127.0.0.1", "--port", str(port), "--no-warmup", *extra]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not _healthy(port):
-            if server.poll() is not None:
-                raise RuntimeError(f"llama-server exited: {server.stderr.read()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("llama-server did not become healthy within 120 s")
-            time.sleep(0.5)
+    with llama_server(binary, gguf, threads, 1, context, port, cache_prompt=False, extra=extra) as command:
         _stream_llama(port, prompts[0][:64], 8)  # warm-up
         runs = [_stream_llama(port, p, output_tokens) for p in prompts]
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     name = "llama.cpp server" + (f" ({' '.join(extra)})" if extra else ", no speculation")
     return {"system": name, "speeds": [s for s, _ in runs], "outputs": [t for _, t in runs],
             "command": shlex.join(command)}
-
-
-def _healthy(port: int) -> bool:
-    try:
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        connection.request("GET", "/health")
-        return connection.getresponse().status == 200
-    except OSError:
-        return False
 
 
 def step_costs(engine: Engine, context: int = 500, drafts=(1, 2, 4, 8, 12), repeats: int = 20) -> dict[int, float]:
