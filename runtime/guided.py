@@ -67,7 +67,10 @@ def grammar(constraint: Constraint) -> str:
             raise InputError(f"the JSON schema is not valid JSON: {e}") from e
         if not isinstance(schema, dict):
             raise InputError("the JSON schema must be a JSON object")
-        return matcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
+        try:
+            return matcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
+        except (ValueError, TypeError) as e:  # e.g. an integer past 64 bits: "Value is not JSON serializable"
+            raise InputError(f"invalid json schema: {e}") from e
     if constraint.kind == "json_object":
         return matcher.grammar_from_json_schema({"type": "object"}, defaults=JSON_OPTIONS)
     if constraint.kind == "regex":

@@ -362,6 +362,7 @@ def test_structured_outputs_follow_their_constraint(served, client):
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "t", "schema": {"type": "nope"}}}},
      "invalid json schema"),
     ({"guided_regex": "([a-z]"}, "invalid regex"),
+    ({"guided_json": {"type": "object", "maximum": -2**70}}, "invalid json schema"),  # past 64 bits: was a 500
     ({"guided_choice": []}, "guided_choice"),
     ({"guided_regex": "a", "guided_choice": ["a"]}, "one structured-output constraint, got guided_regex, guided_choice"),
     ({"response_format": {"type": "xml"}}, "response_format.type"),
