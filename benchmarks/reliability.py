@@ -59,6 +59,7 @@ def server_state(base: str) -> dict:
     return {"running": metric(text, "optimizer_running_requests"), "queued": metric(text, "optimizer_queue_length"),
             "kv_cache_usage": metric(text, "optimizer_kv_cache_usage_ratio"),
             "errors": metric(text, 'optimizer_requests_total{finish_reason="error"}'),
+            "cached_grammars": metric(text, "optimizer_structured_output_cached_grammars"),
             "health": httpx.get(base + "/health").status_code}
 
 
@@ -246,11 +247,12 @@ def fuzz(engine: Path, requests: int, seeds: list[int]) -> dict:
             if count[0] % 250 == 0:
                 trajectory.append((count[0], round(rss_bytes(server.pid) / 1e6, 1)))
 
-        after = []
+        after, grammars = [], [server_state(base)["cached_grammars"]]
         for s in seeds:
             seed(s)(settings(max_examples=requests, deadline=None, database=None, suppress_health_check=list(
                 HealthCheck), phases=["generate"])(given(case=bodies)(one)))()
             after.append(idle_rss())
+            grammars.append(server_state(base)["cached_grammars"])
         seconds = time.perf_counter() - start
         state = settle(base)
     growth = [a / rss_before - 1 for a in after]
@@ -259,7 +261,8 @@ def fuzz(engine: Path, requests: int, seeds: list[int]) -> dict:
             "rss_at_start_mb": round(rss_start / 1e6, 1), "rss_after_warmup_mb": round(rss_before / 1e6, 1),
             "rss_after_each_round_mb": [round(a / 1e6, 1) for a in after],
             "rss_growth_after_each_round": [round(g, 4) for g in growth],
-            "rss_every_250_requests_mb": trajectory, "after": state, "server_log": log,
+            "rss_every_250_requests_mb": trajectory, "cached_grammars_after_warmup_and_each_round": grammars,
+            "after": state, "server_log": log,
             "checks": {"0 answers >= 500": not server_errors, "0 hangs": hangs == 0,
                        "memory after every round within 10% of after the warm-up": all(abs(g) <= 0.10 for g in growth),
                        "cache empty, nothing running, healthy": state["kv_cache_usage"] == 0 and state["running"] == 0

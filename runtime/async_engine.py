@@ -43,6 +43,7 @@ class AsyncEngine:
     def __init__(self, llm: LLMEngine, metrics: ServingMetrics | None = None) -> None:
         self.llm = llm
         self.metrics = metrics or ServingMetrics()
+        self.metrics.compiled_grammars.set_function(lambda: len(getattr(llm, "guides", ())))
         self._lock = threading.Condition()
         self._commands: list[tuple[str, object]] = []
         self._ids = itertools.count()

@@ -31,6 +31,9 @@ class ServingMetrics:
                                       "Prompt tokens looked up in the prefix cache", registry=r)
         self.prefix_cached = Counter("optimizer_prefix_cache_cached_tokens",
                                      "Prompt tokens found in the prefix cache (not computed)", registry=r)
+        self.compiled_grammars = Gauge("optimizer_structured_output_cached_grammars",
+                                       "Compiled structured-output constraints kept (an LRU; runtime.guided)",
+                                       registry=r)
         self.prefix_hit_rate = Gauge("optimizer_prefix_cache_hit_rate",
                                      "Cached / queried prompt tokens since start (0 before any lookup)", registry=r)
         self.prefix_hit_rate.set_function(self._hit_rate)
