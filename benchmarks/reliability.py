@@ -10,8 +10,8 @@
   prompt, 64 choices decoding, echo logprobs of a full prompt, chat, structured outputs), then
   --fuzz-requests (2,000) requests drawn from the server's own OpenAPI document
   (tests/api_fuzz.py), one at a time, against a tiny engine (built into DIR; fast enough that
-  the bodies, not the model, set the pace), once per --fuzz-seeds seed (0,1: a different draw
-  each, 4,000 in all): 0 answers >= 500, 0 hangs (60 s), the cache empty, and the server's
+  the bodies, not the model, set the pace), once per --fuzz-seeds seed (0,1,2: a different
+  draw each, 6,000 in all): 0 answers >= 500, 0 hangs (60 s), the cache empty, and the server's
   memory after each round within 10% of after the warm-up.
 - faults: a tiny build killed with SIGKILL at each stage (tests/kill_at.py), retried into the
   same --out: nothing loadable, staging debris never more than one directory, then a clean
@@ -350,7 +350,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--fuzz-requests", type=int, default=2000)
-    ap.add_argument("--fuzz-seeds", default="0,1", help="one round of --fuzz-requests per hypothesis seed, "
+    ap.add_argument("--fuzz-seeds", default="0,1,2", help="one round of --fuzz-requests per hypothesis seed, "
                     "each a different draw")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
