@@ -29,9 +29,6 @@ from typing import Callable, Iterator, Sequence
 
 import httpx2 as httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -61,17 +58,18 @@ class Served:
 
 def start_optimize_serve(engine: str | Path, *serve_args: str, timeout: float = 180, poll: float = 0.2,
                          health_timeout: float | None = None, new_session: bool = False,
-                         log_prefix: str = "serve-") -> Served:
+                         log_prefix: str = "serve-", cwd: Path | None = None) -> Served:
     """`optimize serve ENGINE --port P --no-verify --model-name m SERVE_ARGS` on a free port,
     its output in a temporary file (a full pipe would block it), returned once /health answers.
-    `new_session`: its own process group (Ray's driver and workers). SystemExit with the end
-    of its log if it exits or is not healthy within `timeout` s."""
+    `new_session`: its own process group (Ray's driver and workers); `cwd`: where it runs (paths
+    in the arguments are relative to it; default: here). SystemExit with the end of its log if it
+    exits or is not healthy within `timeout` s."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = tempfile.NamedTemporaryFile("w+", prefix=log_prefix, suffix=".log", delete=False)
     proc = subprocess.Popen([sys.executable, "-m", "optimizer.cli", "serve", str(engine), "--port", str(port),
                              "--no-verify", "--model-name", "m", *serve_args],
-                            stdout=log, stderr=subprocess.STDOUT, text=True, cwd=ROOT, start_new_session=new_session)
+                            stdout=log, stderr=subprocess.STDOUT, text=True, cwd=cwd, start_new_session=new_session)
 
     def healthy() -> bool:
         try:

@@ -50,7 +50,7 @@ def rss_bytes(pid: int, field: str = "VmRSS") -> int:
 @contextmanager
 def served(engine: Path, *serve_args: str):
     """`optimize serve ENGINE SERVE_ARGS` (benchmarks/_servers.py): yields (base url, process, log path)."""
-    with optimize_serve(engine, *serve_args, log_prefix="reliability-server-") as server:
+    with optimize_serve(engine, *serve_args, log_prefix="reliability-server-", cwd=ROOT) as server:
         yield server.base, server.proc, server.log
 
 
