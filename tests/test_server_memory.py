@@ -3,8 +3,8 @@
 Rounds of the same mix of requests (plain, streamed, n choices, echo with logprobs, chat with
 logprobs, stop strings, structured output, refused ones, clients hanging up mid-stream)
 against a live server; after each round, once idle: no request state left in the engine and
-no kind of Python object more numerous than after the round before (beyond noise far below
-one per request). Plus the per-request structures that are bounded by design: the metrics'
+no kind of Python object more numerous than after the round before by half as many as there
+were requests (a leak of one object per request shows: an injected one failed it). Plus the per-request structures that are bounded by design: the metrics'
 rate window, the kept tracebacks of failed steps, the echo pass refused before it runs."""
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def test_requests_leave_nothing_that_grows_with_their_number(engine):  # noqa: F
     # rounds 0-1 warm up (imports, compiled templates and grammars, pools); from then on no kind of
     # object may grow by anything like one per request
     for before, after in zip(counts[1:], counts[2:]):
-        grown = {kind: after[kind] - before[kind] for kind in after if after[kind] - before[kind] >= requests // 4}
+        grown = {kind: after[kind] - before[kind] for kind in after if after[kind] - before[kind] >= requests // 2}
         assert not grown, f"objects that grow with the requests ({requests} a round): {grown}"
 
 
