@@ -1,6 +1,7 @@
 """lm-evaluation-harness's `local-completions` against the server: the requests it sends
 (loglikelihood: token-id prompts with echo, logprobs 1, max_tokens 1, batched or one at a time,
-or as text; generate_until: stop strings with the EOS text, max_gen_toks), parsed by lm-eval's
+or as text; loglikelihood_rolling after the prefix token; generate_until: stop strings with the
+EOS text, max_gen_toks), parsed by lm-eval's
 own code, give the engine's numbers; its tokenizer is the server's /tokenize (auto-detected).
 Then a real evaluation (marked real): SmolLM2-135M fp32 through the server and through
 transformers (`lm_eval --model hf`), same local tasks (benchmarks/lm_eval_tasks.py): the same
@@ -76,6 +77,16 @@ def test_loglikelihood_requests_give_the_engines_logprobs(served, args):
         want_ll, want_greedy = reference_loglikelihood(server, context, continuation)
         assert ll == pytest.approx(want_ll, abs=1e-3) and is_greedy == want_greedy
     assert got[0][1] and not got[1][1]  # the engine's own continuation is greedy; the made-up one is not
+
+
+def test_rolling_loglikelihood_scores_the_whole_text_after_the_prefix_token(served):
+    url, server = served
+    lm = client(url)
+    text = "Once upon a time, there was a little girl who loved to read books about the sea."
+    [got] = lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), 0)])
+    ids = server.llm.tokenizer(text, add_special_tokens=False).input_ids
+    assert lm.prefix_token_id is not None and len(ids) < CAPACITY - 2  # one window: [prefix] + the text
+    assert got == pytest.approx(reference_loglikelihood(server, [lm.prefix_token_id], ids)[0], abs=1e-3)
 
 
 def test_generation_requests_give_the_engines_greedy_text(served):
