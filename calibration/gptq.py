@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from calibration.rtn import QuantizedLinear, QuantSpec, compute_qparams, quantize_with, to_groups
+from calibration.rtn import QuantizedLinear, QuantSpec, compute_qparams, to_groups
 
 
 # columns whose errors reach each other by rank-1 updates in the sweep (sweep_columns)

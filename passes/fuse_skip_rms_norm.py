@@ -12,7 +12,6 @@ then has the input's dtype, as the kernel requires).
 
 from __future__ import annotations
 
-import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
 

@@ -183,8 +183,6 @@ def build_application(engines: Sequence[EngineSpec], options: ReplicaOptions, li
     """The Ray Serve application (serve.run it): one deployment per engine, and the router."""
     check_specs(engines, options)
     require_ray()
-    from ray import serve
-
     replica_cls, router_cls = _deployments()
     handles = []
     for i, spec in enumerate(engines):

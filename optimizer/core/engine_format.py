@@ -94,7 +94,7 @@ class KvCacheSpec:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(section) - known)
         if unknown:
-            raise EngineError(f"the manifest's kv_cache section has keys this runtime does not know: "
+            raise EngineError("the manifest's kv_cache section has keys this runtime does not know: "
                               + ", ".join(unknown), hint="upgrade optimizer, or rebuild the engine with this version")
         if "sliding_windows" in section:
             section["sliding_windows"] = tuple(section["sliding_windows"] or ())
