@@ -91,34 +91,25 @@ def run_sequential(model: Any, arch: ArchSpec, windows: np.ndarray, batch_size: 
         with bar("quantizing layers", len(layers), quiet) as advance:
             for i, layer in enumerate(layers):
                 with hold(arch.layer_prefix.format(i=i).rstrip(".")):
-                    inputs, float_inputs = _layer_turn(model, arch, i, layer, inputs, kwargs, float_inputs,
-                                                       quantize_layer, keep, restore, finished, leaving, device)
+                    names = {r: n for r, n in module_names(arch, i).items() if not keep(n)}
+                    linears = {r: model.get_submodule(n) for r, n in names.items()}
+                    layer.to(device)
+                    work = LayerWork(i, layer, inputs, [kw[i] for kw in kwargs], linears, names,
+                                     float_inputs=float_inputs)
+                    with torch.device(device):
+                        if float_inputs is not None:  # the float model's next hidden states, before quantizing
+                            float_inputs = [call_layer(layer, x, kw) for x, kw in zip(float_inputs, work.kwargs)]
+                        if restore is None or not restore(work):
+                            if linears:
+                                quantize_layer(work)
+                            if finished is not None:
+                                finished(work)
+                        inputs = work.run()
+                    layer.to("cpu")
+                    if leaving is not None:
+                        leaving(work)
                 advance()
     return to_device(inputs, "cpu")
-
-
-def _layer_turn(model: Any, arch: ArchSpec, i: int, layer: torch.nn.Module, inputs: list, kwargs: list,
-                float_inputs: list | None, quantize_layer: Callable, keep: Callable, restore: Callable | None,
-                finished: Callable | None, leaving: Callable | None, device: str) -> tuple[list, list | None]:
-    """Layer i's turn: quantized (or restored) on its inputs; returns the next layer's inputs
-    (and the float model's, with a float stream)."""
-    names = {r: n for r, n in module_names(arch, i).items() if not keep(n)}
-    linears = {r: model.get_submodule(n) for r, n in names.items()}
-    layer.to(device)
-    work = LayerWork(i, layer, inputs, [kw[i] for kw in kwargs], linears, names, float_inputs=float_inputs)
-    with torch.device(device):
-        if float_inputs is not None:  # the float model's next hidden states, before quantizing
-            float_inputs = [call_layer(layer, x, kw) for x, kw in zip(float_inputs, work.kwargs)]
-        if restore is None or not restore(work):
-            if linears:
-                quantize_layer(work)
-            if finished is not None:
-                finished(work)
-        inputs = work.run()
-    layer.to("cpu")
-    if leaving is not None:
-        leaving(work)
-    return inputs, float_inputs
 
 
 def to_device(value: Any, device: str) -> Any:
