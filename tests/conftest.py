@@ -54,6 +54,21 @@ def smol_tokenizer_dir() -> Path:
     return target
 
 
+SERVED_CAPACITY = 96  # positions per slot of `served_engine_dir`
+
+
+@pytest.fixture(scope="session")
+def served_engine_dir(tmp_path_factory, smol_tokenizer_dir) -> Path:
+    """A tiny random-weight Llama with the real SmolLM2 tokenizer, 4 slots of SERVED_CAPACITY
+    positions: the engine the HTTP server tests serve (built once per session)."""
+    from optimizer.pipeline import BuildOptions, build_engine
+
+    out = tmp_path_factory.mktemp("served") / "engine"
+    build_engine(BuildOptions(out=out, random_weights=True, config="tiny-llama", tokenizer=str(smol_tokenizer_dir),
+                              quiet=True, kv_slots=4, kv_capacity=SERVED_CAPACITY))
+    return out
+
+
 def make_tiny_model(preset: str, overrides: dict, seed: int = 0):
     """A tiny transformers model with random weights large enough to make every op matter."""
     from transformers import AutoConfig, AutoModelForCausalLM

@@ -21,22 +21,20 @@ from optimizer.core.assets import fetch_asset
 from optimizer.pipeline import BuildOptions, build_engine
 from runtime import Engine
 from tests.test_server import engine_logprobs, greedy_ids
+from tests.conftest import SERVED_CAPACITY
 from tests.test_server_limits import serving
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import lm_eval_server  # noqa: E402
 from lm_eval_tasks import write_tasks  # noqa: E402
 
-CAPACITY = 96
+CAPACITY = SERVED_CAPACITY
 CONTEXTS = ["Once upon a time, there was a little", "The capital of France is", "def fibonacci(n):"]
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, smol_tokenizer_dir):
-    out = tmp_path_factory.mktemp("lmeval") / "engine"
-    build_engine(BuildOptions(out=out, random_weights=True, config="tiny-llama", tokenizer=str(smol_tokenizer_dir),
-                              quiet=True, kv_slots=4, kv_capacity=CAPACITY))
-    with serving(Engine.load(out)) as (base, server):
+def served(served_engine_dir):
+    with serving(Engine.load(served_engine_dir)) as (base, server):
         yield base + "/v1/completions", server
 
 

@@ -13,22 +13,19 @@ import openai
 import pytest
 import numpy as np
 
-from optimizer.pipeline import BuildOptions, build_engine
 from runtime import Engine
 from runtime.async_engine import AsyncEngine
 from runtime.executors import probe_logits
 from runtime.penalties import log_softmax
+from tests.conftest import SERVED_CAPACITY
 from tests.test_server_limits import serving
 
-CAPACITY = 96
+CAPACITY = SERVED_CAPACITY
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, smol_tokenizer_dir):
-    out = tmp_path_factory.mktemp("srv") / "engine"
-    build_engine(BuildOptions(out=out, random_weights=True, config="tiny-llama", tokenizer=str(smol_tokenizer_dir),
-                              quiet=True, kv_slots=4, kv_capacity=CAPACITY))
-    with serving(Engine.load(out)) as (base, server):
+def served(served_engine_dir):
+    with serving(Engine.load(served_engine_dir)) as (base, server):
         yield base, server
 
 
