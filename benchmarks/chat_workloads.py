@@ -24,14 +24,14 @@ Results: OUT/results.json (with the command line) and OUT/table.md.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from _servers import llama_server, stream_completion  # benchmarks/ is on the path when run as a script
+from _results import write_results  # benchmarks/ is on the path when run as a script
+from _servers import llama_server, stream_completion
 from speculative import _ngram
 from calibration.data import load_text
 from optimizer.workload import percentile
@@ -199,10 +199,7 @@ def main() -> None:
                  f"{args.output_tokens} greedy tokens per answer, max batch {args.max_batch}, {args.threads} threads\n\n"
                  f"{table(rows)}\n\ngreedy tokens of ours equal in every configuration: {same}\n\n")
     print(text)
-    (args.out / "table.md").write_text(text)
-    (args.out / "results.json").write_text(json.dumps(
-        {"command": shlex.join([sys.executable.split("/")[-1], *sys.argv]), "engine": str(args.engine),
-         "workloads": report}, indent=1))
+    write_results(args.out, text, {"engine": str(args.engine), "workloads": report})
     if failures:
         sys.exit(f"greedy tokens differ between configurations in {failures}")
 

@@ -28,7 +28,6 @@ Results: OUT/results.json (with the command line) and OUT/table.md.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import subprocess
 import sys
@@ -36,7 +35,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _servers import llama_server, stream_completion  # benchmarks/ is on the path when run as a script
+from _results import write_results  # benchmarks/ is on the path when run as a script
+from _servers import llama_server, stream_completion
 from calibration.data import load_text
 from optimizer.replay import replay
 from optimizer.workload import Request, make_shared_prefix_workload, summarize
@@ -144,10 +144,7 @@ def main() -> None:
     for system, ids in summary.get("requests_differing_from_alone", {}).items():
         text += f"{system}: {len(ids)} of {len(requests)} requests differ from the request alone\n"
     print(text)
-    (args.out / "table.md").write_text(text)
-    (args.out / "results.json").write_text(json.dumps(
-        {"command": shlex.join([sys.executable.split("/")[-1], *sys.argv]), "engine": str(args.engine),
-         "summary": summary, "rows": rows}, indent=1))
+    write_results(args.out, text, {"engine": str(args.engine), "summary": summary, "rows": rows})
     if differing:
         sys.exit(f"greedy tokens differ between caching off and on for requests {differing}")
 

@@ -86,38 +86,6 @@ def labelled(text: str, name: str, **labels: str) -> float:
     return total
 
 
-async def soak_client(http: httpx.AsyncClient, base: str, rng, i: int, abort_fraction: float, max_tokens: int) -> str:
-    """soak.client's request, telling apart a stream that ends in the router's error event."""
-    body = {"model": "m", "prompt": rng.choice(soak.PROMPTS) + f" ({i})", "max_tokens": rng.randint(1, max_tokens),
-            "temperature": rng.choice([0.0, 0.8]), "seed": i, "stream": rng.random() < 0.5}
-    abort_after = rng.uniform(0.01, 2.0) if rng.random() < abort_fraction else None
-
-    async def call() -> str:
-        if not body["stream"]:
-            r = await http.post(base + "/v1/completions", json=body)
-            if r.status_code != 200:
-                return f"http {r.status_code} {r.json()['error']['code']}"
-            return "answered" if r.json()["choices"][0]["finish_reason"] in ("stop", "length") else "bad finish"
-        reason = None
-        async with http.stream("POST", base + "/v1/completions", json=body) as r:
-            if r.status_code != 200:
-                return f"http {r.status_code}"
-            async for line in r.aiter_lines():
-                if line.startswith("data: {"):
-                    event = json.loads(line[6:])
-                    if "error" in event:
-                        return f"stream error {event['error']['code']}"
-                    reason = event["choices"][0]["finish_reason"] or reason
-        return "answered" if reason in ("stop", "length") else f"no finish reason ({reason})"
-
-    if abort_after is None:
-        return await call()
-    try:
-        return await asyncio.wait_for(call(), abort_after)
-    except asyncio.TimeoutError:
-        return "aborted by client"
-
-
 async def soak_with_kill(base: str, args: argparse.Namespace, server: subprocess.Popen) -> dict:
     pids = replica_pids(server)
 
@@ -125,7 +93,6 @@ async def soak_with_kill(base: str, args: argparse.Namespace, server: subprocess
         await asyncio.sleep(args.kill_after)
         os.kill(pids[0], signal.SIGKILL)
 
-    soak.client = soak_client  # soak.run's clients, reading the error events too
     begin = time.perf_counter()
     outcomes, _ = await asyncio.gather(
         asyncio.wait_for(soak.run(base, args.soak_requests, args.concurrency, 0.3, args.soak_max_tokens, 0),

@@ -31,26 +31,40 @@ PROMPTS = ["The history of the city", "In a small village there lived", "The res
            "Write a list of fruits:", "Once upon a time", "The most important part of a computer is"]
 
 
+def error_code(response: httpx.Response) -> str:
+    """The OpenAI-shaped error's code of a refused request, or '' where the body has none."""
+    try:
+        return str(response.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return ""
+
+
 async def client(http: httpx.AsyncClient, base: str, rng: random.Random, i: int, abort_fraction: float,
                  max_tokens: int) -> str:
+    """One request, its outcome in a word: answered, aborted by client (it gave up at a random
+    moment), http STATUS [CODE], stream error CODE (a stream ended by an error event: a replica
+    that died, for ray_serve.py), no finish reason, bad finish, or (in run) error EXCEPTION."""
     body = {"model": "m", "prompt": rng.choice(PROMPTS) + f" ({i})", "max_tokens": rng.randint(1, max_tokens),
             "temperature": rng.choice([0.0, 0.8]), "seed": i, "stream": rng.random() < 0.5}
     abort_after = rng.uniform(0.01, 2.0) if rng.random() < abort_fraction else None
 
     async def call() -> str:
-        if body["stream"]:
-            reason = None
-            async with http.stream("POST", base + "/v1/completions", json=body) as r:
-                if r.status_code != 200:
-                    return f"http {r.status_code}"
-                async for line in r.aiter_lines():
-                    if line.startswith("data: {"):
-                        reason = json.loads(line[6:])["choices"][0]["finish_reason"] or reason
-            return "answered" if reason in ("stop", "length") else f"no finish reason ({reason})"
-        r = await http.post(base + "/v1/completions", json=body)
-        if r.status_code != 200:
-            return f"http {r.status_code}"
-        return "answered" if r.json()["choices"][0]["finish_reason"] in ("stop", "length") else "bad finish"
+        if not body["stream"]:
+            r = await http.post(base + "/v1/completions", json=body)
+            if r.status_code != 200:
+                return f"http {r.status_code} {error_code(r)}".rstrip()
+            return "answered" if r.json()["choices"][0]["finish_reason"] in ("stop", "length") else "bad finish"
+        reason = None
+        async with http.stream("POST", base + "/v1/completions", json=body) as r:
+            if r.status_code != 200:
+                return f"http {r.status_code}"
+            async for line in r.aiter_lines():
+                if line.startswith("data: {"):
+                    event = json.loads(line[6:])
+                    if "error" in event:
+                        return f"stream error {event['error'].get('code', '')}".rstrip()
+                    reason = event["choices"][0]["finish_reason"] or reason
+        return "answered" if reason in ("stop", "length") else f"no finish reason ({reason})"
 
     if abort_after is None:
         return await call()

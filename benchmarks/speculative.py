@@ -24,14 +24,14 @@ times one decode step and verification steps of 1+k tokens (OUT/step_costs.*).
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from _servers import llama_server, stream_completion  # benchmarks/ is on the path when run as a script
+from _results import write_results  # benchmarks/ is on the path when run as a script
+from _servers import llama_server, stream_completion
 from runtime import Engine, SamplingParams, SpeculativeConfig
 from runtime.executors import make_executor
 from runtime.sequence import Sequence
@@ -164,9 +164,7 @@ def main() -> None:
         text = "batch-1 step after 500 cached tokens, median of 20: " + ", ".join(
             f"{'decode' if k == 0 else f'verify 1+{k}'} {ms:.2f} ms" for k, ms in costs.items()) + "\n"
         print(text)
-        (args.out / "step_costs.md").write_text(text)
-        (args.out / "step_costs.json").write_text(json.dumps(
-            {"command": shlex.join([sys.executable.split("/")[-1], *sys.argv]), "ms": costs}, indent=1))
+        write_results(args.out, text, {"ms": costs}, names=("step_costs.md", "step_costs.json"))
         return
     prompts = code_edit_prompts(engine.tokenizer, args.prompt_tokens)
     capacity = max(map(len, prompts)) + args.output_tokens
@@ -197,10 +195,7 @@ def main() -> None:
             f"each (EOS ignored), {args.threads} threads, {args.rounds} alternating rounds\n\n"
             f"{table(rows, baseline)}\n\ngreedy tokens of ours equal with and without speculation: {not differing}\n")
     print(text)
-    (args.out / "table.md").write_text(text)
-    (args.out / "results.json").write_text(json.dumps(
-        {"command": shlex.join([sys.executable.split("/")[-1], *sys.argv]), "engine": str(args.engine),
-         "summary": summary, "rows": rows}, indent=1))
+    write_results(args.out, text, {"engine": str(args.engine), "summary": summary, "rows": rows})
     if differing:
         sys.exit(f"greedy tokens differ with speculation: {differing}")
 

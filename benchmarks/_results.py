@@ -1,0 +1,30 @@
+"""How the benchmarks record what they measured: a human table and the machine-readable record,
+each with the command line that reproduces them.
+
+    write_results(out, text, {"engine": ..., "summary": ...})
+    # out/table.md = text; out/results.json = {"command": "python speculative.py ...", ...}
+
+Import it as `_results` (benchmarks/ is on the path of a script run from it) or as
+`benchmarks._results`.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def command_line() -> str:
+    """This process's command line as a shell would take it, the interpreter by its base name."""
+    return shlex.join([Path(sys.executable).name, *sys.argv])
+
+
+def write_results(out: Path, text: str, record: dict[str, Any],
+                  names: tuple[str, str] = ("table.md", "results.json")) -> None:
+    """Write `text` to OUT/names[0] and `record`, the command line first, to OUT/names[1]."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / names[0]).write_text(text)
+    (out / names[1]).write_text(json.dumps({"command": command_line(), **record}, indent=1))
