@@ -246,6 +246,7 @@ class DeviceSampler:
     def __init__(self, vocab: int, logits_dtype, device: str, provider_options: dict | None = None,
                  candidates: int = DEFAULT_CANDIDATES) -> None:
         self.device = device
+        self.vocab, self.logits_dtype = vocab, np.dtype(logits_dtype)
         self.graphs = bool(provider_options and provider_options.get("enable_cuda_graph") == "1")
         provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
         opts = ort.SessionOptions()
@@ -257,13 +258,19 @@ class DeviceSampler:
         self._next_graph = 1  # graph ids of this sampler's sessions (0 is never used)
 
     def bind(self, bucket: int, logits: ort.OrtValue) -> None:
+        """Bind the bucket's buffers. `logits` holds the bucket's rows: (bucket, 1, V) from a
+        static step, (1, bucket, V) from a paged one; read in place as (bucket, 1, V) either way
+        (the caller keeps it alive)."""
+        if logits.shape()[-1] != self.vocab or int(np.prod(logits.shape())) != bucket * self.vocab:
+            raise ValueError(f"logits {logits.shape()} do not hold {bucket} rows of {self.vocab}")
         b = {"outputs": {}, "params": {}, "bindings": {}, "run": {}}
         for name, dtype in (("temperature", np.float32), ("top_k", np.int64), ("top_p", np.float32),
                             ("uniform", np.float32)):
             b["params"][name] = ort.OrtValue.ortvalue_from_shape_and_type((bucket,), dtype, self.device, 0)
         for kind, session in self.sessions.items():
             binding = session.io_binding()
-            binding.bind_ortvalue_input("logits", logits)
+            binding.bind_input("logits", self.device, 0, self.logits_dtype, (bucket, 1, self.vocab),
+                               logits.data_ptr())
             outs = {"next_tokens": np.int64}
             if kind == "sample":
                 outs.update(logprobs=np.float32, fallback=np.bool_)

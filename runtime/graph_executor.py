@@ -40,9 +40,9 @@ import numpy as np
 import onnxruntime as ort
 
 from optimizer.core.errors import EngineError
+from runtime.decode_choice import choose_tokens
 from runtime.device_sampler import DEFAULT_CANDIDATES, DeviceSampler, RowParams
 from runtime.executors import StaticExecutor
-from runtime.sampling import draw_uniform
 from runtime.sequence import Sequence
 from runtime.session import DecoderSession
 
@@ -194,35 +194,11 @@ class GraphStaticExecutor(StaticExecutor):
                                f"decode expects {expected[i]}")
         self._ids[slots, 0] = np.fromiter((s.last_token for s in seqs), np.int64, n)
         size = bucket_for(int(slots.max()) + 1, self.buckets)
-        params = self._params
-        params.clear()
-        host_rows: list[int] = []
-        uniforms = np.full(n, np.nan)  # drawn for rows the device samples
-        for i, seq in enumerate(seqs):
-            if seq.params.needs_host:
-                host_rows.append(i)  # penalties, logit bias, logprobs: the host applies them
-            elif seq.params.temperature == 0 and not seq.params.min_tokens:
-                continue  # greedy: the cleared row already says so
-            elif seq.suppressing():
-                host_rows.append(i)  # EOS masked out until min_tokens: the host applies it
-            elif seq.params.temperature > 0:
-                uniforms[i] = draw_uniform(seq.rng)
-                params.set(int(slots[i]), seq.params, uniforms[i])
         step = self._run_bucket(size)
-        if step.greedy is not None and params.greedy(size):  # the engine's argmax: no sampler run
-            tokens, fallback = step.greedy.numpy()[:, 0], None
-        else:
-            tokens, _, fallback = self.sampler.run(size, size, params)
-        out = tokens[slots].tolist()
-        if fallback is not None:
-            host_rows += [i for i in np.nonzero(fallback[slots])[0].tolist() if i not in host_rows]
-        if host_rows:
-            logits = step.logits.numpy()
-            for i in host_rows:
-                seq = seqs[i]
-                u = None if seq.suppressing() or np.isnan(uniforms[i]) else float(uniforms[i])
-                out[i] = seq.choose(logits[slots[i], -1], u)
-            self.host_sampled += len(host_rows)
+        greedy = None if step.greedy is None else (lambda: step.greedy.numpy()[:, 0])
+        out, on_host = choose_tokens(seqs, slots, size, self._params, self.sampler, greedy,
+                                     lambda: step.logits.numpy()[:, -1])
+        self.host_sampled += on_host
         self.slot_len[slots] += 1
         return out
 

@@ -18,9 +18,10 @@ the executor's sequences), so `GraphPagedExecutor` gives every bucket b fixed de
 
 onnxruntime captures each bucket's step on its first runs under a graph id of its own and
 replays it afterwards. The host's part of a step is three small copies (ids, lengths, block
-table), the replay, and the copy of b token ids back (rows that sample, or need their logits
-for penalties, logprobs or min_tokens, are chosen on the host from the logits buffer).
-Steps with prefill chunks stay eager and packed (`PagedExecutor.step_tokens`).
+table), the replay, and the copy of b token ids back: the engine's argmax where every row is
+greedy, else the device sampler's replay on the logits buffer (`runtime.decode_choice`: rows
+that need penalties, logprobs, structured output or min_tokens are chosen on the host from
+the logits). Steps with prefill chunks stay eager and packed (`PagedExecutor.step_tokens`).
 
 Rows b' < b of a bucket beyond the real sequences are placeholders: token 0 at position 0 of
 a table that names only the scratch block (`PagedExecutor.scratch_block`, one block past the
@@ -35,6 +36,8 @@ from typing import Sequence as Seq
 import numpy as np
 import onnxruntime as ort
 
+from runtime.decode_choice import choose_tokens
+from runtime.device_sampler import DEFAULT_CANDIDATES, DeviceSampler, RowParams
 from runtime.graph_executor import batch_buckets, bucket_for
 from runtime.paged import GREEDY_TOKENS, LOGITS_INDICES, PagedExecutor
 from runtime.sequence import Sequence
@@ -96,11 +99,15 @@ class _Bucket:
 class GraphPagedExecutor(PagedExecutor):
     """The paged executor whose decode-only steps replay one CUDA graph per batch bucket."""
 
-    def __init__(self, session: DecoderSession, max_sequences: int, num_blocks: int, block_size: int) -> None:
+    def __init__(self, session: DecoderSession, max_sequences: int, num_blocks: int, block_size: int,
+                 candidates: int = DEFAULT_CANDIDATES) -> None:
         self.buckets = batch_buckets(max_sequences)
         logits = next(o for o in session.session.get_outputs() if o.name == "logits")
         self.vocab = int(logits.shape[-1])
         self._logits_dtype = np.float16 if logits.type == "tensor(float16)" else np.float32
+        self.sampler = DeviceSampler(self.vocab, self._logits_dtype, "cuda", session.provider_options, candidates)
+        self._params = RowParams.empty(self.buckets[-1])
+        self.host_sampled = 0  # decode rows chosen on the host (penalties, min_tokens, wide top-k / top-p)
         super().__init__(session, max_sequences, num_blocks, block_size)
 
     def _allocate(self, num_blocks: int) -> None:
@@ -146,6 +153,7 @@ class GraphPagedExecutor(PagedExecutor):
         run = ort.RunOptions()
         run.add_run_config_entry("gpu_graph_id", str(self.session.new_graph_id()))
         step = _Bucket(binding, ids, past, table, logits, greedy, run, constants)
+        self.sampler.bind(size, logits)
         self._steps[size] = step
         return step
 
@@ -176,21 +184,19 @@ class GraphPagedExecutor(PagedExecutor):
         if prefill or not decode:
             return super().step_tokens(prefill, decode)
         step = self._replay(decode)
-        if step.greedy is None:  # an engine without the greedy-tokens pass: every row on the host
-            tokens, host = [0] * len(decode), list(range(len(decode)))
-        else:
-            tokens = step.greedy.numpy()[0, :len(decode)].tolist()
-            host = [i for i, seq in enumerate(decode) if not seq.greedy_on_device()]
-        if host:
-            logits = step.logits.numpy()[0]
-            for i in host:
-                tokens[i] = decode[i].choose(logits[i])
+        size = bucket_for(len(decode), self.buckets)
+        greedy = None if step.greedy is None else (lambda: step.greedy.numpy()[0])
+        tokens, on_host = choose_tokens(decode, np.arange(len(decode)), size, self._params, self.sampler,
+                                        greedy, lambda: step.logits.numpy()[0])
+        self.host_sampled += on_host
         return [], tokens
 
     def capture(self, runs: int = 3) -> None:
         """Run every bucket's decode step `runs` times, all rows placeholders (onnxruntime
         captures a graph after its first runs), so no request pays for a capture."""
+        self._params.clear()
         for size in self.buckets:
             pack_decode([], [], [], size, self._ids, self._past, self._table, self.scratch_block)
             for _ in range(runs):
                 self._run_bucket(size)
+                self.sampler.run(size, size, self._params)

@@ -11,10 +11,12 @@ import pytest
 
 from optimizer.pipeline import BuildOptions, build_engine
 from runtime import Engine, SamplingParams
-from runtime.device_sampler import RowParams, sampler_model
+from runtime.decode_choice import choose_tokens
+from runtime.device_sampler import DeviceSampler, RowParams, sampler_model
 from runtime.executors import StaticExecutor
 from runtime.graph_executor import GraphStaticExecutor, batch_buckets, bucket_for, mask_rows, unsupported_reason
 from runtime.llm_engine import LLMEngine
+from runtime.sequence import Sequence
 from runtime.sampling import draw_uniform, filter_top_k, filter_top_p, sample_from_uniform, softmax
 
 
@@ -186,3 +188,32 @@ def test_int4_kernel_choice_by_slots_and_request(monkeypatch):
     with pytest.raises(EngineError, match="one-row"):
         int4_kernel_choice("fast", 4)
     assert INT4_KERNELS["rows"]["ep.cuda.fpa_intb_gemm"] == "1" and INT4_KERNELS["one-row"]["ep.cuda.fpa_intb_gemm"] == "0"
+
+
+def test_decode_choice_on_a_paged_logits_buffer():
+    """The paged graph executor's step: logits (1, b, V) read in place by the sampler as
+    (b, 1, V), rows 0..n-1 of a bucket b; greedy rows, seeded sampling, a penalty row (host)
+    and a top-k wider than the candidates (handed back) give each sequence's host choice."""
+    vocab, size, candidates = 300, 8, 16
+    rng = np.random.default_rng(7)
+    logits = (rng.normal(size=(1, size, vocab)) * 3).astype(np.float32)
+    buffer = ort.OrtValue.ortvalue_from_numpy(logits, "cpu", 0)
+    sampler = DeviceSampler(vocab, np.float32, "cpu", None, candidates)
+    sampler.bind(size, buffer)
+    params = [SamplingParams(), SamplingParams(temperature=0.9, seed=1),
+              SamplingParams(temperature=1.1, top_k=8, top_p=0.9, seed=2),
+              SamplingParams(temperature=0.8, presence_penalty=1.5, seed=3),  # the host applies it
+              SamplingParams(temperature=1.0, top_k=200, seed=4),  # wider than the candidates
+              SamplingParams(temperature=0.7, seed=5)]
+    seqs = [Sequence(f"r{i}", [1, 2, 3], p) for i, p in enumerate(params)]
+    twins = [Sequence(f"r{i}", [1, 2, 3], p) for i, p in enumerate(params)]  # the host's choice
+    for seq in seqs + twins:
+        seq.output_ids.append(5)  # an earlier token, so the presence penalty changes something
+        seq._counts[5] = 1
+    tokens, on_host = choose_tokens(seqs, np.arange(len(seqs)), size, RowParams.empty(size), sampler,
+                                    lambda: logits[0].argmax(-1), lambda: logits[0])
+    want = [twin.choose(logits[0, i], None if twin.params.temperature == 0 else draw_uniform(twin.rng))
+            for i, twin in enumerate(twins)]
+    assert tokens == want and on_host == 2
+    with pytest.raises(ValueError, match="rows"):
+        sampler.bind(4, buffer)  # a buffer of 8 rows is not a bucket of 4

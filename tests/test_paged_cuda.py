@@ -246,9 +246,10 @@ def test_fp8_kv_cache_on_the_paged_layout(tiny_hf_folders, tmp_path):
 def test_decode_steps_replay_captured_graphs_per_bucket(engines):
     """Decode-only steps of a paged engine replay one CUDA graph per batch bucket (captured at
     warm-up, rows beyond the real sequences on the scratch block): every request still gets its
-    own greedy tokens, sampled rows and min_tokens rows are chosen on the host from the graph's
-    logits, and nothing leaks. The same requests through the eager executor on the same session
-    agree wherever fp16 rounding of the padded shapes leaves no near-tie."""
+    own greedy tokens, sampled rows are chosen by the device sampler on the graph's logits buffer
+    and no more than the min_tokens rows on the host, and nothing leaks. The same requests through
+    the eager executor on the same session agree wherever fp16 rounding of the padded shapes
+    (and float32 CDF boundaries of the sampler) leave no near-tie."""
     paged, _ = engines
     llm = paged.llm()
     assert isinstance(llm.executor, GraphPagedExecutor) and llm.executor.buckets == (1, 2, 4, 8)
@@ -264,6 +265,8 @@ def test_decode_steps_replay_captured_graphs_per_bucket(engines):
         assert len(out) == params.max_new_tokens
         if params.temperature == 0:
             assert_greedy_under_own_logits(paged.session, prompt, out)
+    held = sum(params.min_tokens for _, params in requests)  # at most one host row per held-back token
+    assert llm.executor.host_sampled <= held, f"{llm.executor.host_sampled} decode rows chosen on the host"
     blocks = paged.manifest["kv_cache"]["num_blocks"]
     eager = LLMEngine(PagedExecutor(paged.session, SLOTS, blocks, BLOCK))
     assert not isinstance(eager.executor, GraphPagedExecutor)
