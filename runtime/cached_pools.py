@@ -227,16 +227,6 @@ class CachingBlockPool(BlockPool):
         """The tokens whose blocks admission found cached (shared, so nothing to copy)."""
         return self._cached[seq_id], None
 
-    def ensure(self, seq_id: str, tokens: int) -> bool:
-        table = self._tables.get(seq_id)
-        if table is None or tokens > self.max_tokens():
-            return False
-        more = self.blocks_for(tokens) - len(table)
-        if more > len(self._free):
-            return False
-        table += [self._take() for _ in range(max(more, 0))]
-        return True
-
     def sync(self, seq_id: str, tokens: Seq[int], computed: int) -> None:
         """Register the sequence's blocks that are now full and computed (a block with equal
         content already cached stays private)."""

@@ -123,7 +123,7 @@ class BlockPool:
             raise ValueError(f"sequence {seq_id} already holds blocks")
         if tokens > self.max_tokens() or self.blocks_for(tokens) > len(self._free):
             return False
-        self._tables[seq_id] = [self._free.pop() for _ in range(self.blocks_for(tokens))]
+        self._tables[seq_id] = [self._take() for _ in range(self.blocks_for(tokens))]
         return True
 
     def ensure(self, seq_id: str, tokens: int) -> bool:
@@ -134,8 +134,12 @@ class BlockPool:
         more = self.blocks_for(tokens) - len(table)
         if more > len(self._free):
             return False
-        table += [self._free.pop() for _ in range(max(more, 0))]
+        table += [self._take() for _ in range(max(more, 0))]
         return True
+
+    def _take(self) -> int:
+        """A free block (the caching pool takes its least recently used one)."""
+        return self._free.pop()
 
     def release(self, seq_id: str) -> None:
         self._free += self._tables.pop(seq_id, [])
