@@ -7,7 +7,9 @@
 
 N requests of fixed prompt length (ISL) and output length (OSL): random prompt ids in
 [100, 1000) (numpy seed 0), greedy, EOS ignored, so every system produces exactly N x OSL
-tokens. Arrivals: `t0` (all at once) or `poisson:RATE` (requests per second, seed 0).
+tokens. `--temperature T [--top-p P]`: every request samples instead (vLLM's throughput
+benchmark samples at temperature 1.0), seeded by its index in ours. Arrivals: `t0` (all at
+once) or `poisson:RATE` (requests per second, seed 0).
 
 ours  the engine through the continuous-batching loop (optimizer.replay: each request added at
       its arrival time), with --max-batch sequences at once (default: the engine's slots).
@@ -71,7 +73,8 @@ def device_used() -> int | None:
 
 
 def run_ours(engine_dir: Path, workloads: list[tuple[str, list[Request]]], max_batch: int | None, provider: str,
-             prefill_budget: int | None = None, gpu_memory_fraction: float | None = None) -> list[dict]:
+             prefill_budget: int | None = None, gpu_memory_fraction: float | None = None,
+             temperature: float = 0.0, top_p: float = 1.0) -> list[dict]:
     """Each (arrival, requests) workload through one loaded engine, each with a fresh
     continuous-batching loop (its cache freed before the next one is made)."""
     import gc
@@ -84,14 +87,15 @@ def run_ours(engine_dir: Path, workloads: list[tuple[str, list[Request]]], max_b
     records = []
     for arrival, requests in workloads:
         summary, llm = replay(engine, requests, max_batch=max_batch, prefill_budget=prefill_budget,
-                              gpu_memory_fraction=gpu_memory_fraction)
+                              gpu_memory_fraction=gpu_memory_fraction, temperature=temperature, top_p=top_p)
         outputs = summary.pop("outputs")
         lost = [r.index for r in requests if len(outputs.get(str(r.index), [])) != r.output_tokens]
         after = device_used()
         record = {"arrival": arrival, "system": "ours", "engine": engine_dir.name,
                   "max_batch": llm.scheduler.max_running, "prefill_budget": llm.scheduler.prefill_budget,
                   "kv_layout": engine.session.kv.layout, "kv_memory": getattr(llm.executor, "memory", None),
-                  "preemptions": llm.scheduler.preemptions, "incomplete_requests": len(lost), **summary}
+                  "preemptions": llm.scheduler.preemptions, "incomplete_requests": len(lost),
+                  "host_sampled_rows": getattr(llm.executor, "host_sampled", None), **summary}
         if before is not None and after is not None:
             record.update(gpu_used_gb_before=before / 1e9, gpu_used_gb_after=after / 1e9)
         records.append(record)
@@ -100,7 +104,8 @@ def run_ours(engine_dir: Path, workloads: list[tuple[str, list[Request]]], max_b
     return records
 
 
-def run_hf(shape: str, requests: list[Request], batches: list[int]) -> list[dict]:
+def run_hf(shape: str, requests: list[Request], batches: list[int], temperature: float = 0.0,
+           top_p: float = 1.0) -> list[dict]:
     import torch
     import transformers as t
 
@@ -114,6 +119,8 @@ def run_hf(shape: str, requests: list[Request], batches: list[int]) -> list[dict
     isl, osl = len(requests[0].prompt), requests[0].output_tokens
     kwargs = dict(do_sample=False, max_new_tokens=osl, min_new_tokens=osl, pad_token_id=0,
                   cache_implementation="static")
+    if temperature:
+        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
 
     class FirstToken:  # transformers calls put() with the prompt, then with each step's tokens
         def __init__(self) -> None:
@@ -184,21 +191,27 @@ def main() -> None:
     ap.add_argument("--gpu-memory-fraction", type=float, default=None,
                     help="ours, paged engines: size the block pool from this share of GPU memory")
     ap.add_argument("--batches", default="128,256,512", help="hf: static batch sizes to try")
+    ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy; above: every request samples")
+    ap.add_argument("--top-p", type=float, default=1.0, help="with --temperature: nucleus sampling")
     ap.add_argument("--results", type=Path)
     args = ap.parse_args()
     if args.provider == "cuda" or args.system == "hf":
         __import__("torch")  # first: onnxruntime-gpu finds the CUDA libraries through it
 
-    workload = {"requests": args.requests, "isl": args.isl, "osl": args.osl}
+    if args.temperature < 0 or not 0 < args.top_p <= 1:
+        ap.error("--temperature must be >= 0 and --top-p in (0, 1]")
+    workload = {"requests": args.requests, "isl": args.isl, "osl": args.osl,
+                "temperature": args.temperature, "top_p": args.top_p}
     workloads = [(arrival, fixed_requests(args.requests, args.isl, args.osl, arrival))
                  for arrival in args.arrivals.split(",")]  # repeat one ("t0,t0") for the spread
     if args.system == "ours":
         for record in run_ours(Path(args.target), workloads, args.max_batch, args.provider,
-                               args.prefill_budget, args.gpu_memory_fraction):
+                               args.prefill_budget, args.gpu_memory_fraction, args.temperature, args.top_p):
             emit({**workload, **record}, args.results)
         return
     for arrival, requests in workloads:
-        for record in run_hf(args.target, requests, [int(b) for b in args.batches.split(",")]):
+        for record in run_hf(args.target, requests, [int(b) for b in args.batches.split(",")],
+                             args.temperature, args.top_p):
             emit({**workload, "arrival": arrival, **record}, args.results)
 
 

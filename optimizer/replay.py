@@ -15,10 +15,12 @@ from runtime.sampling import SamplingParams
 def replay(engine: Any, requests: list[Request], max_batch: int | None = None,
            prefill_chunk: int | None = None, capacity: int | None = None,
            prefill_budget: int | None = None, prefix_caching: bool = True,
-           gpu_memory_fraction: float | None = None) -> tuple[dict, Any]:
+           gpu_memory_fraction: float | None = None, temperature: float = 0.0,
+           top_p: float = 1.0) -> tuple[dict, Any]:
     """Returns (summary, the LLMEngine used). Outputs ignore EOS: each request produces exactly
     its output_tokens, as every system timed on the workload does. `capacity`: positions per
-    sequence the cache is sized for (default: the manifest's)."""
+    sequence the cache is sized for (default: the manifest's). `temperature` 0 is greedy;
+    above it every request samples (with `top_p`), seeded by its index."""
     kwargs = {k: v for k, v in (("max_batch", max_batch), ("prefill_chunk", prefill_chunk),
                                 ("capacity", capacity), ("prefill_budget", prefill_budget),
                                 ("gpu_memory_fraction", gpu_memory_fraction)) if v}
@@ -35,8 +37,9 @@ def replay(engine: Any, requests: list[Request], max_batch: int | None = None,
         now = time.perf_counter() - start
         while pending and pending[0].arrival <= now:
             r = pending.pop(0)
-            seq = llm.add_request(r.prompt, SamplingParams(max_new_tokens=r.output_tokens, ignore_eos=True),
-                                  detokenize=False)
+            params = SamplingParams(max_new_tokens=r.output_tokens, ignore_eos=True, temperature=temperature,
+                                    top_p=top_p, seed=r.index if temperature else None)
+            seq = llm.add_request(r.prompt, params, detokenize=False)
             index[seq.request_id] = r.index
         if not llm.has_work:
             time.sleep(max(0.0, pending[0].arrival - now))

@@ -40,3 +40,21 @@ def test_a_run_produces_every_requests_tokens(tmp_path):
         assert record["requests"] == 10 and record["max_batch"] == 4 and record["kv_layout"] == "static"
         assert record["ttft_s_p50"] > 0 and record["tpot_s_p99"] >= record["tpot_s_p50"] > 0
         assert "gpu_used_gb_after" not in record  # no CUDA here
+
+
+def test_a_sampled_run_samples_every_request_by_its_seed(tmp_path):
+    """--temperature: every request samples, seeded by its index, so two runs agree and
+    differ from greedy; the record says so and counts every token."""
+    from optimizer.replay import replay
+    from runtime import Engine
+
+    out = tmp_path / "engine"
+    build_engine(BuildOptions(out=out, random_weights=True, config="tiny-llama", kv_slots=4, kv_capacity=64,
+                              quiet=True))
+    requests = throughput.fixed_requests(6, 12, 8)
+    engine = Engine.load(out)
+    sampled, again, greedy = (replay(engine, requests, max_batch=4, temperature=t)[0]["outputs"]
+                              for t in (1.0, 1.0, 0.0))
+    assert sampled == again and sampled != greedy
+    record, = throughput.run_ours(out, [("t0", requests)], max_batch=4, provider="cpu", temperature=1.0)
+    assert record["incomplete_requests"] == 0 and record["output_tokens"] == 48
