@@ -31,6 +31,11 @@ if [ -n "$BIG" ]; then
           --gpu-memory-fraction 0.9 --results $W/throughput.jsonl
     done
   done
+  # sampled at 0.9 of the GPU: the sampler's arena (softmax over 512 x 128k) comes on top of
+  # what the pool's profile step measured; this shows whether it still fits
+  python3 benchmarks/throughput.py ours $W/ours-llama-3.1-8b-fp16-paged --requests 512 --isl 128 --osl 128 \
+      --temperature 1.0 --prefill-budget 16384 --max-batch 512 --gpu-memory-fraction 0.9 \
+      --results $W/throughput.jsonl
   if [ "${HF:-1}" = 1 ]; then
     python3 benchmarks/throughput.py hf llama-3.1-8b --requests 512 --isl 128 --osl 128 --batches 512 \
         --results $W/throughput.jsonl
