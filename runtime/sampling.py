@@ -85,8 +85,42 @@ def filter_top_k(logits: np.ndarray, k: int) -> np.ndarray:
     return np.where(logits < kth, -np.inf, logits)
 
 
+NUCLEUS_THRESHOLDS = (1e-4, 1e-6)  # probabilities above which the nucleus is looked for first
+
+
 def filter_top_p(logits: np.ndarray, p: float) -> np.ndarray:
-    """Keep the smallest set of most likely tokens whose probability reaches p (at least one)."""
+    """Keep the smallest set of most likely tokens whose probability reaches p (at least one):
+    the tokens in order of decreasing logit (ties by index), each kept while the mass strictly
+    before it is below p.
+
+    The nucleus of a language model's distribution is usually a few dozen tokens, so it is
+    looked for first among the tokens of probability above a threshold (at most 1 / threshold
+    of them, each more likely than every token left out): where the nucleus ends inside that
+    set, the other tokens cannot be in it. Only where it does not is the whole vocabulary
+    sorted (`filter_top_p_sorted`). Both give the same tokens; the probabilities' normalizer is
+    summed in vocabulary rather than sorted order (float rounding, ~1e-16)."""
+    if p >= 1.0:
+        return logits
+    x = logits.astype(np.float64)
+    e = np.exp(x - np.max(x))
+    total = e.sum()
+    for threshold in NUCLEUS_THRESHOLDS:
+        candidates = np.flatnonzero(e > threshold * total)  # e_i > e_j for every j left out: x_i > x_j
+        if not len(candidates):  # a flat distribution: no token is that likely
+            continue
+        order = candidates[np.lexsort((candidates, -x[candidates]))]  # decreasing logit, ties by index
+        probs = e[order] / total
+        keep_sorted = (np.cumsum(probs) - probs) < p
+        if not keep_sorted[-1]:  # the nucleus ends inside the candidates
+            out = np.full_like(logits, -np.inf)
+            kept = order[keep_sorted]
+            out[kept] = logits[kept]
+            return out
+    return filter_top_p_sorted(logits, p)
+
+
+def filter_top_p_sorted(logits: np.ndarray, p: float) -> np.ndarray:
+    """`filter_top_p` by sorting the whole vocabulary (its definition, and its fallback)."""
     if p >= 1.0:
         return logits
     order = np.argsort(-logits, kind="stable")

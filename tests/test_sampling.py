@@ -8,7 +8,8 @@ import pytest
 from optimizer.core.errors import InputError
 from runtime.penalties import (apply_frequency_presence, apply_logit_bias, apply_repetition_penalty, log_softmax,
                                top_logprobs)
-from runtime.sampling import SamplingParams, filter_top_k, filter_top_p, sample_next, softmax
+from runtime import sampling
+from runtime.sampling import SamplingParams, filter_top_k, filter_top_p, filter_top_p_sorted, sample_next, softmax
 from runtime.sequence import Sequence
 
 
@@ -31,6 +32,29 @@ def test_top_p_keeps_smallest_nucleus():
     assert kept.tolist() == [True, True, True, False]
     kept = ~np.isneginf(filter_top_p(logits, 0.1))
     assert kept.tolist() == [True, False, False, False]  # the top token always stays
+
+
+def test_top_p_among_likely_tokens_is_the_sorted_definition(monkeypatch):
+    """The nucleus found among the likely tokens equals the whole-vocabulary sort's, with ties
+    (by index), top-k cuts and flat rows (the sort itself) among the cases; a peaked row of a
+    large vocabulary never sorts it."""
+    rng = np.random.default_rng(0)
+    for _ in range(1500):
+        vocab = int(rng.choice([50, 1000, 49152]))
+        x = rng.normal(size=vocab) * rng.choice([0.1, 1, 3, 10, 30])
+        if rng.random() < 0.3:
+            x = np.round(x, 1)  # ties in the nucleus and at its edge
+        if rng.random() < 0.2:
+            x = filter_top_k(x, int(rng.integers(1, vocab)))
+        p = float(rng.choice([0.1, 0.5, 0.9, 0.95, 0.99, 0.999999]))
+        assert np.array_equal(filter_top_p(x, p), filter_top_p_sorted(x, p))
+    peaked = rng.normal(size=49152) * 3 / 0.7
+
+    def no_sort(*args):
+        raise AssertionError("the whole vocabulary was sorted")
+
+    monkeypatch.setattr(sampling, "filter_top_p_sorted", no_sort)
+    assert (~np.isneginf(filter_top_p(peaked, 0.9))).sum() >= 1
 
 
 def test_seeded_sampling_is_reproducible_and_follows_distribution():
