@@ -133,9 +133,10 @@ def filter_top_p_sorted(logits: np.ndarray, p: float) -> np.ndarray:
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - np.max(logits)
-    e = np.exp(z)
-    return e / e.sum()
+    e = np.asarray(logits, np.float64) - np.max(logits)  # a new array: the rest works in place
+    np.exp(e, out=e)
+    e /= e.sum()
+    return e
 
 
 def suppress(logits: np.ndarray, token_ids: "set[int] | frozenset[int]") -> np.ndarray:
@@ -160,7 +161,8 @@ def draw_uniform(rng: np.random.Generator) -> float:
 def sample_from_uniform(probs: np.ndarray, u: float) -> int:
     """Inverse CDF in vocabulary order: the first index whose cumulative mass exceeds u * total."""
     cdf = np.cumsum(probs)
-    return int(min(np.searchsorted(cdf / cdf[-1], u, side="right"), probs.shape[-1] - 1))
+    cdf /= cdf[-1]
+    return int(min(np.searchsorted(cdf, u, side="right"), probs.shape[-1] - 1))
 
 
 def sampling_probs(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
@@ -168,10 +170,10 @@ def sampling_probs(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
     Where a logit is +inf (a penalty that overflowed) the distribution is softmax's limit, even
     over those tokens; where dividing by a tiny temperature overflows, the logits are shifted
     by their maximum first (the same distribution, computed without infinities)."""
-    logits = logits.astype(np.float64)
+    logits = np.asarray(logits, np.float64)
     with np.errstate(over="ignore"):
-        scaled = logits / params.temperature
-        if np.isposinf(scaled).any():
+        scaled = logits / params.temperature  # a new array: the caller's logits stay as they are
+        if scaled.max() == np.inf:
             if np.isposinf(logits).any():
                 return softmax(np.where(np.isposinf(logits), 0.0, -np.inf))
             scaled = (logits - np.max(logits)) / params.temperature
