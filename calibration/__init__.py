@@ -39,7 +39,8 @@ from optimizer.core.errors import InputError
 from optimizer.core.progress import console
 from optimizer.core.architectures import output_tied
 
-__all__ = ["ALGORITHMS", "Progress", "QuantConfig", "QuantizationResult", "quant_config", "quantize_model"]
+__all__ = ["ALGORITHMS", "Progress", "QuantConfig", "QuantizationResult", "check_streamable", "quant_config",
+           "quantize_model"]
 
 
 @dataclass
@@ -89,10 +90,8 @@ def quantize_model(loaded: Any, cfg: QuantConfig, quiet: bool = False,
     if progress is not None and progress.resume and not isinstance(cfg, (AwqConfig, GptqConfig, AwqGptqConfig)):
         raise InputError(f"--resume continues a calibrated integer build (awq, gptq, awq-gptq); this one is "
                          f"{cfg.describe()}", hint="drop --resume: this method is not resumable")
-    if loaded.streamed and isinstance(cfg, Fp8Config):
-        raise InputError("a streamed build (--stream) quantizes by RTN, AWQ, GPTQ or AWQ-GPTQ in this version; "
-                         "FP8 (its distillation runs the whole model against a float copy) needs the model in "
-                         "memory", hint="drop --stream, or use an integer method with --stream")
+    if loaded.streamed:
+        check_streamable(cfg)
     keep = _keep_matcher(cfg.keep)
     codes: dict[str, QuantizedLinear] = {}
     manifest: dict[str, Any] = cfg.to_manifest()
@@ -113,6 +112,17 @@ def quantize_model(loaded: Any, cfg: QuantConfig, quiet: bool = False,
         for n in module_names(loaded.arch, i).values() if keep(n))
     manifest["seconds"] = round(time.perf_counter() - start, 2)
     return QuantizationResult(codes, manifest)
+
+
+def check_streamable(cfg: QuantConfig) -> None:
+    """A streamed build (--stream) holds one decoder layer's float weights at a time: every
+    method streams (RTN as the engine is written; AWQ, GPTQ, AWQ-GPTQ and FP8 layer by layer)
+    except FP8 distillation, which fine-tunes the whole model against a float copy of it."""
+    if isinstance(cfg, Fp8Config) and cfg.distill_steps:
+        raise InputError(f"FP8 distillation (--distill-steps {cfg.distill_steps}) fine-tunes the whole model "
+                         "against a float copy of it, and a streamed build (--stream) holds one decoder layer "
+                         "at a time", hint="drop --distill-steps (distillation is off by default) to stream the "
+                                           "FP8 calibration, or drop --stream to distill in memory")
 
 
 def quantize_rtn(loaded: Any, cfg: RtnConfig, keep: Callable[[str], bool], codes: dict, manifest: dict,
@@ -199,7 +209,9 @@ def kept_layers(loaded: Any, cfg: Calibrated, manifest: dict, codes: dict, progr
 
 def quantize_fp8(loaded: Any, cfg: Fp8Config, keep: Callable[[str], bool], codes: dict, manifest: dict,
                  quiet: bool, progress: Progress | None = None) -> list[torch.Tensor]:
-    """Calibrate FP8 layer by layer, then, with distill_steps, fine-tune against the float model."""
+    """Calibrate FP8 layer by layer, then, with distill_steps, fine-tune against the float model.
+    A streamed model calibrates as the integer methods do (quantize_calibrated: each layer read
+    for its own turn, its codes and changed parameters kept); it cannot distill (check_streamable)."""
     teacher = copy.deepcopy(loaded.model) if cfg.distill_steps else None  # the float model
     hidden = quantize_calibrated(loaded, cfg, keep, codes, manifest, quiet, step=fp8_layer,
                                  float_stream=cfg.float_stream)

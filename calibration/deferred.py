@@ -4,10 +4,10 @@ A streaming build never holds the model's float weights: `quantize_model` record
 linear, how its codes are made (`DeferredLinear`: round-to-nearest of one checkpoint tensor),
 and the lowering pass computes them while the engine file is written, one linear at a time
 (passes.lower_quantized_matmul, DeferredIntWeight). The same record gives the dequantized
-weight the torch reference computes with at verification. The calibrated integer methods
-(AWQ, GPTQ, AWQ-GPTQ) stream differently: the layer-by-layer driver (calibration.sequential)
-reads each layer from disk for its own turn and keeps only its codes and the small parameters
-calibration changed (`LoadedModel.override_weights`); FP8 is not streamed.
+weight the torch reference computes with at verification. The calibrated methods (AWQ, GPTQ,
+AWQ-GPTQ, FP8) stream differently: the layer-by-layer driver (calibration.sequential) reads
+each layer from disk for its own turn and keeps only its codes and the small parameters
+calibration changed (`LoadedModel.override_weights`); FP8 distillation is not streamed.
 """
 
 from __future__ import annotations

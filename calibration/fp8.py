@@ -87,6 +87,11 @@ class Fp8Linear:
     def dequantize(self) -> torch.Tensor:
         return self.weight.float() * self.scales.unsqueeze(1)
 
+    def dequantized(self) -> torch.Tensor:
+        """The same (as calibration.deferred.DeferredLinear names it: what a streamed model's
+        reference computes with)."""
+        return self.dequantize()
+
 
 def quantize_linear_fp8(weight: torch.Tensor, input_scale: float, observer: str) -> Fp8Linear:
     scales = weight_scales(weight)

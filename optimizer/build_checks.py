@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import onnx_ir as ir
 
+from calibration import check_streamable
 from calibration.config import AwqConfig, AwqGptqConfig, GptqConfig
 from calibration.data import check_source, parse_spec
 from optimizer.core.artifact import check_output_dir
@@ -34,6 +35,8 @@ def validate_build(opts: "BuildOptions") -> None:
                          hint="0 = fp32 compute (default), 4 = int8 activations (fastest on CPU)")
     if opts.quant is not None:
         opts.quant.validate()
+        if opts.stream:
+            check_streamable(opts.quant)
     if opts.resume and not isinstance(opts.quant, RESUMABLE):
         raise InputError("--resume continues a killed AWQ / GPTQ / AWQ-GPTQ build; this build "
                          + ("does not quantize" if opts.quant is None else f"is {opts.quant.describe()}"),

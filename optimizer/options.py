@@ -87,7 +87,7 @@ class BuildSection:
                               what="KV-cache dtype")
     kv_calib: str = opt("c4:32x512", "int8 / fp8 KV cache: calibration text SOURCE:NxL.")
     stream: bool = opt(False, "Keep the weights on disk: read the safetensors (or GGUF) tensor by tensor, quantize "
-                              "(RTN: as the engine file is written; AWQ / GPTQ: one layer in memory at a time) "
+                              "(RTN: as the engine file is written; AWQ / GPTQ / FP8: one layer in memory at a time) "
                               "and verify layer by layer, for models larger than memory.")
 
     def pipeline(self) -> str | list[str]:

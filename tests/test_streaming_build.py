@@ -5,6 +5,7 @@ in-memory build gives."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +13,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from calibration import quant_config
+from calibration import quant_config, quantize_model
 from calibration import deferred
 from calibration.rtn import QuantSpec, rtn_quantize
 from optimizer.core.errors import InputError
 from optimizer.models.loader import load_model
 from optimizer.models.streamed import layer_by_layer, materialized
 from optimizer.models.weight_source import ModuleSource, SafetensorsSource
-from optimizer.pipeline import BuildOptions, build_engine
+from optimizer.capture import decoder_dims
+from optimizer.pipeline import BuildOptions, build_engine, calibrate_kv
 from passes.lower_quantized_matmul import layout_of, pack, packed_layout
 from passes.quantized_weights import IntWeight
 
@@ -73,11 +75,72 @@ def test_streamed_calibrated_engine_is_the_in_memory_engine(tiny_hf_folders, tmp
     assert digests[0] == digests[1]
 
 
+FP8 = dict(method="fp8", bits=8, group_size=None, calib="tiny:8x32")
+
+
+@pytest.mark.parametrize("model,quant,extra", [
+    ("llama", FP8, {}),
+    ("qwen2-tied", FP8, {}),  # biases, a tied table kept in float
+    ("llama", {**FP8, "smooth": 0.5, "observer": "percentile"}, {}),  # SmoothQuant folds into the norms
+    ("qwen2-tied", {**FP8, "fp8_weights": "gptaq"}, {}),  # float_stream: the float layer on its own states
+    ("llama", {**FP8, "fp8_weights": "gptq"}, {"kv_cache_dtype": "int8", "kv_calib": "tiny:4x32"}),  # KV
+    #                                         scales through the layer-by-layer reference, FP8 weights
+])
+def test_streamed_fp8_engine_is_the_in_memory_engine(tiny_hf_folders, tmp_path, model, quant, extra):
+    """FP8 with --stream: calibrated layer by layer as the integer methods are (each layer read
+    for its own turn; its E4M3 codes and the parameters calibration changed kept); the engine
+    and its manifest are the in-memory build's, but for the build's own record of --stream."""
+    digests, manifests = [], []
+    for stream in (False, True):
+        out = tmp_path / f"e-{stream}"
+        opts = BuildOptions(out=out, source=str(tiny_hf_folders[model]), stream=stream, quiet=True,
+                            quant=quant_config(**quant), external_data="always", **extra)
+        engine = build_engine(opts)
+        digests.append(engine_digest(out))
+        manifests.append(comparable(engine.manifest))
+        assert engine.manifest["quantization"]["method"] == "fp8"
+        assert engine.manifest["verification"]["top1_agreement"] > 0.5
+    assert digests[0] == digests[1]
+    assert manifests[0] == manifests[1]
+
+
+def test_streamed_fp8_kv_cache_scales_are_the_in_memory_ones(tiny_hf_folders, tmp_path):
+    """The fp8 KV cache (the paged layout's: built where CUDA is) takes its scales from the
+    FP8-quantized model run layer by layer; streamed, they are the in-memory build's."""
+    folder = tiny_hf_folders["llama"]
+    opts = BuildOptions(out=tmp_path / "e", source=str(folder), kv_cache_dtype="fp8", kv_calib="tiny:4x32",
+                        quiet=True)
+    records = []
+    for stream in (False, True):
+        loaded = load_model(folder, stream=stream, quiet=True)
+        codes = quantize_model(loaded, quant_config(**FP8, smooth=0.5), quiet=True).codes
+        scales, record = calibrate_kv(opts, loaded, decoder_dims(loaded.config, loaded.arch), codes)
+        assert len(scales) == loaded.config.num_hidden_layers and record["dtype"] == "fp8"
+        records.append(record)
+    assert records[0] == records[1]
+
+
+def comparable(manifest: dict) -> dict:
+    """A manifest without what legitimately differs between a streamed and an in-memory build
+    of one engine: when it was built, how long quantization took, and the build inputs' own
+    `stream` flag (with the identity key hashed over those inputs)."""
+    out = json.loads(json.dumps(manifest))
+    del out["created_at"], out["quantization"]["seconds"], out["identity"]["key"]
+    assert out["identity"]["inputs"]["build"].pop("stream") in (False, True)
+    return out
+
+
 def test_streaming_refuses_what_it_cannot_stream(tiny_hf_folders, tmp_path):
     folder = str(tiny_hf_folders["llama"])
-    with pytest.raises(InputError, match="FP8"):
+    with pytest.raises(InputError, match="distill-steps") as refused:
         build_engine(BuildOptions(out=tmp_path / "a", source=folder, stream=True, quiet=True,
-                                  quant=quant_config(method="fp8", calib="tiny:8x32")))
+                                  quant=quant_config(method="fp8", calib="tiny:8x32", distill_steps=2,
+                                                     distill_data="tiny:8x32")))
+    assert "drop --distill-steps" in refused.value.hint
+    loaded = load_model(folder, stream=True, quiet=True)  # the library refuses too, before any work
+    with pytest.raises(InputError, match="distill"):
+        quantize_model(loaded, quant_config(method="fp8", calib="tiny:8x32", distill_steps=2,
+                                            distill_data="tiny:8x32"), quiet=True)
     with pytest.raises(InputError, match="random"):
         load_model(random_weights=True, config="tiny-llama", stream=True)
     assert not (tmp_path / "a").exists()
