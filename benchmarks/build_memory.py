@@ -5,11 +5,12 @@
     python benchmarks/build_memory.py --shapes qwen2.5-0.5b --methods awq,gptq+act-order --calib default ...
 
 A method may carry flags after "+" (gptq+act-order: --method gptq --act-order); `--calib default`
-passes no --calib (the CLI's default calibration).
+passes no --calib (the CLI's default calibration). Method `fp8` builds `--quant fp8` (W8A8 E4M3,
+calibrated activation scales) instead of int4.
 
 For each shape, a random-weight bf16 checkpoint (`optimize random-checkpoint`, reused when
 present) with the SmolLM2 tokenizer copied in (calibration tokenizes text); then one
-`optimize model CKPT --quant int4 --method M --out ENGINE` per method, each in its own process,
+`optimize model CKPT --quant int4 --method M --out ENGINE` (or `--quant fp8`) per method, each in its own process,
 timed, its peak resident memory read from the kernel (the child's ru_maxrss; calibration runs
 on the CPU, so host memory is the figure). One JSON line per build: shape, method, wall
 seconds, peak RSS GB, checkpoint GB, engine GB, and peak RSS minus engine size (issue 24's
@@ -54,7 +55,8 @@ def build(ckpt: Path, method: str, calib: str, out: Path, stream: bool = False) 
     """One build in a child process: its wall time and peak RSS (the largest child so far, so
     each build runs after a fresh fork of this small harness)."""
     name, *flags = method.split("+")
-    cmd = OPTIMIZE + ["model", str(ckpt), "--quant", "int4", "--method", name, "--out", str(out),
+    quant = ["--quant", "fp8"] if name == "fp8" else ["--quant", "int4", "--method", name]
+    cmd = OPTIMIZE + ["model", str(ckpt), *quant, "--out", str(out),
                       "--overwrite", "-q"] + ["--" + f for f in flags] + \
         (["--calib", calib] if name != "rtn" and calib != "default" else []) + (["--stream"] if stream else [])
     probe = [sys.executable, "-c", "import resource, subprocess, sys, json, time; t = time.perf_counter(); "
