@@ -230,20 +230,28 @@ class StaticExecutor:
         On CPU they may be a view of the executor's logits buffer (no copy of a vocabulary-wide
         row per sequence per step): valid until the next step; copy them to keep them longer."""
         self.compact()
-        slots = np.asarray([self.pool.slot(s.request_id) for s in seqs])
-        rows = int(slots.max()) + 1
-        ids = np.zeros((rows, 1), np.int64)
-        lengths = self.slot_len[:rows] + 1  # placeholder rows write at their next free position
+        # plain Python where it will do: right after a step the caches hold weights, and every
+        # numpy call path touched then is slow (runtime.host_io)
+        slots = [self.pool.slot(s.request_id) for s in seqs]
+        rows = max(slots) + 1
+        tokens = [0] * rows  # placeholder rows write at their next free position
         for seq, slot in zip(seqs, slots):
             if self.slot_len[slot] != seq.num_tokens - 1:
                 raise RuntimeError(f"slot {slot} holds {self.slot_len[slot]} positions, "
                                    f"decode expects {seq.num_tokens - 1}")
-            ids[slot, 0] = seq.last_token
-        mask = (np.arange(int(lengths.max()))[None, :] < lengths[:, None]).astype(np.int64)
-        logits = self._run(self._binding(0, rows), ids, mask)
-        self.slot_len[slots] += 1
-        if rows == len(seqs) and (slots == np.arange(rows)).all():  # in slot order: a view
-            return logits[:, -1]
+            tokens[slot] = seq.last_token
+        lengths = self.slot_len[:rows] + 1
+        if self._host is not None:  # CPU: the mask as wide as the cache, bound once (runtime.host_io)
+            logits = self._host.decode(self.session.session, self._binding(0, rows), tokens, lengths)
+        else:
+            mask = (np.arange(int(lengths.max()))[None, :] < lengths[:, None]).astype(np.int64)
+            logits = self._run(self._binding(0, rows), np.asarray(tokens, np.int64)[:, None], mask)
+        in_order = rows == len(seqs) and slots == list(range(rows))
+        if in_order:
+            self.slot_len[:rows] = lengths
+            return logits[:, -1]  # a view
+        for slot in slots:
+            self.slot_len[slot] += 1
         return logits[slots, -1]
 
     def step(self, prefill: list[tuple[Sequence, int, int]], decode: list[Sequence]

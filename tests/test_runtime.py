@@ -125,3 +125,23 @@ def test_host_buffers_give_the_generic_binding_path_logits(gemma_engine):
     assert len(fast) == len(generic)
     for a, b in zip(fast, generic):
         assert a.shape == b.shape and np.array_equal(a, b)
+
+
+def test_decode_steps_bind_nothing_again(gemma_engine):
+    """A CPU decode step binds its attention mask as wide as the cache (runtime.host_io), so
+    after the first one a growing sequence's steps rebind nothing."""
+    from runtime.executors import StaticExecutor
+    from runtime.sequence import Sequence
+
+    executor = StaticExecutor(gemma_engine.session, slots=1, capacity=40)
+    seq = Sequence("0", gemma_engine.encode("Hello there"), SamplingParams(max_new_tokens=20), [])
+    executor.pool.admit(seq.request_id, 40)
+    seq.append(int(executor.prefill(seq, 0, seq.num_tokens).argmax()))
+    seq.append(int(executor.decode([seq])[0].argmax()))
+    binding = executor._binding(0, 1)
+    calls = []
+    binding.bind_input = lambda *args: calls.append(args[0])
+    binding.bind_output = lambda *args: calls.append(args[0])
+    for _ in range(5):
+        seq.append(int(executor.decode([seq])[0].argmax()))
+    assert calls == []
