@@ -31,7 +31,7 @@ import onnxruntime as ort
 
 from optimizer.core.errors import EngineError
 from runtime.cached_pools import CachingSlotPool
-from runtime.host_io import HostStepIO
+from runtime.host_io import HostStepIO, aligned_zeros
 from runtime.kv_cache import SlotPool
 from runtime.paged import PagedExecutor, sequence_logits
 from runtime.sequence import Sequence
@@ -83,7 +83,7 @@ class StaticExecutor:
         for i in range(kv.num_layers):
             for past, present in ((kv.past_key, kv.present_key), (kv.past_value, kv.present_value)):
                 # zeros (copied to the device on CUDA; on CPU the OrtValue wraps the array)
-                array = np.zeros(self._shape, self._dtype)
+                array = aligned_zeros(self._shape, self._dtype)
                 value = ort.OrtValue.ortvalue_from_numpy(array, self._device, 0)
                 self._buffers.append((past.format(i=i), present.format(i=i), value))
                 if self._device == "cpu":

@@ -33,6 +33,17 @@ import numpy as np
 import onnxruntime as ort
 
 _LOGITS_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+CACHE_LINE = 64  # bytes; onnxruntime's own CPU allocations are aligned to it
+
+
+def aligned_zeros(shape: tuple[int, ...], dtype, align: int = CACHE_LINE) -> np.ndarray:
+    """A zeroed C-contiguous array whose first byte is `align`-aligned. numpy's (malloc's)
+    large arrays start 16 bytes into a page, so a row of a (.., positions, 64) fp32 KV buffer
+    straddled one more cache line than it holds and the kernels' 64-byte loads split."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    raw = np.zeros(nbytes + align, np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
 class HostStepIO:
@@ -48,7 +59,7 @@ class HostStepIO:
         # each row's logits position (rows, 1), or one start for all rows (1,) on older engines
         self._select = "logits_positions" if "logits_positions" in inputs else "logits_from"
         self._positions = np.zeros(slots * positions, np.int64)
-        self._logits = np.empty(slots * positions * self.vocab, self.logits_dtype)
+        self._logits = aligned_zeros((slots * positions * self.vocab,), self.logits_dtype)
         self._ptr = {name: a.ctypes.data for name, a in (("input_ids", self._ids), ("attention_mask", self._mask),
                                                           ("positions", self._positions), ("logits", self._logits))}
         self._bound: dict[ort.IOBinding, tuple] = {}  # binding -> the (ids, positions, mask) shapes bound
