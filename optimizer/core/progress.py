@@ -101,6 +101,7 @@ class _Status:
 
 
 _active: list[_Status] = []  # the running steps, innermost last
+_active_lock = threading.Lock()  # a heartbeat's check of _active and its line, against steps entering or leaving
 
 
 def _plain(record: dict[str, Any]) -> str:
@@ -113,13 +114,14 @@ def _plain(record: dict[str, Any]) -> str:
 
 def _heartbeat(status: _Status, stop: threading.Event, fmt: str, interval: float) -> None:
     while not stop.wait(interval):
-        if _active and _active[-1] is not status:
-            continue  # a step inside this one is running: it reports
-        record = status.report()
-        if fmt == "json":
-            _emit({"event": "progress", **record})
-        else:
-            _line(_plain(record))
+        with _active_lock:  # else a step starting inside this one could report before this line
+            if _active and _active[-1] is not status:
+                continue  # a step inside this one is running: it reports
+            record = status.report()
+            if fmt == "json":
+                _emit({"event": "progress", **record})
+            else:
+                _line(_plain(record))
 
 
 @contextmanager
@@ -141,15 +143,24 @@ def step(title: str, quiet: bool = False, interval: float | None = None) -> Iter
     if fmt != "live":
         beat = threading.Thread(target=_heartbeat, args=(status, stop, fmt, interval or LOG_INTERVAL), daemon=True)
         beat.start()
-    _active.append(status)
+    with _active_lock:
+        _active.append(status)
+    finished = False
     try:
         yield
+        finished = True
     finally:
-        _active.remove(status)
         stop.set()
         if beat is not None:
             beat.join()
-    seconds = time.monotonic() - status.start
+        # its end line and its leaving as one: a step around this one reports only after both
+        with _active_lock:
+            if finished:
+                _step_end(title, fmt, time.monotonic() - status.start)
+            _active.remove(status)
+
+
+def _step_end(title: str, fmt: str, seconds: float) -> None:
     if fmt == "json":
         _emit({"event": "step_end", "step": title, "seconds": round(seconds, 2)})
     elif fmt == "live":
