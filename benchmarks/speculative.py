@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 from _results import write_results  # benchmarks/ is on the path when run as a script
-from _servers import llama_server, stream_completion
 from runtime import Engine, SamplingParams, SpeculativeConfig
 from runtime.executors import make_executor
 from runtime.sequence import Sequence
@@ -85,12 +84,16 @@ def run_ours(engine: Engine, prompts: list[list[int]], output_tokens: int, spec:
 
 def _stream_llama(port: int, prompt: list[int], output_tokens: int) -> tuple[float, list[int]]:
     """One streamed greedy completion: decode tok/s after the first token, and the tokens."""
+    from _servers import stream_completion  # httpx: not needed (nor installed) where no peer runs
+
     first, last, tokens = stream_completion(port, prompt, output_tokens, cache_prompt=False)
     return (len(tokens) - 1) / (last - first), tokens
 
 
 def run_llama(binary: str, gguf: str, prompts: list[list[int]], output_tokens: int, threads: int,
               context: int, port: int, extra: list[str]) -> dict:
+    from _servers import llama_server
+
     with llama_server(binary, gguf, threads, 1, context, port, cache_prompt=False, extra=extra) as command:
         _stream_llama(port, prompts[0][:64], 8)  # warm-up
         runs = [_stream_llama(port, p, output_tokens) for p in prompts]
@@ -142,6 +145,8 @@ def main() -> None:
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--draft", help="a draft engine with the same tokenizer (e.g. int4 for an fp32 --engine)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--provider", default="cpu", choices=("cpu", "cuda"),
+                    help="where our engines run (cuda: decode steps from captured graphs, verification eager)")
     ap.add_argument("--prompt-tokens", type=int, default=768)
     ap.add_argument("--output-tokens", type=int, default=192)
     ap.add_argument("--ks", default="4,8", help="prompt-lookup settings, one row each: k, or k/n for drafts "
@@ -158,7 +163,7 @@ def main() -> None:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    engine = Engine.load(args.engine, threads=args.threads)
+    engine = Engine.load(args.engine, provider=args.provider, threads=args.threads)
     if args.step_costs:
         costs = step_costs(engine)
         text = "batch-1 step after 500 cached tokens, median of 20: " + ", ".join(
@@ -170,7 +175,8 @@ def main() -> None:
     capacity = max(map(len, prompts)) + args.output_tokens
     specs: list[SpeculativeConfig | None] = [None] + [_ngram(k) for k in args.ks.split(",")]
     if args.draft:
-        specs.append(SpeculativeConfig("draft", args.draft_k, draft=Engine.load(args.draft, threads=args.threads)))
+        specs.append(SpeculativeConfig("draft", args.draft_k, draft=Engine.load(args.draft, provider=args.provider,
+                                                                                  threads=args.threads)))
     llama = [[]] + [shlex.split(s) for s in args.llama_spec] if args.llama_server and args.gguf else []
     runs: dict[str, list[dict]] = {}
     for _ in range(args.rounds):
@@ -192,7 +198,7 @@ def main() -> None:
                "speedup_over_ours_off": {r["system"]: r["median"] / baseline["median"] for r in rows}}
     text = (f"{len(prompts)} code-editing requests one at a time (batch 1): prompts of "
             f"{min(map(len, prompts))}-{max(map(len, prompts))} tokens, {args.output_tokens} greedy output tokens "
-            f"each (EOS ignored), {args.threads} threads, {args.rounds} alternating rounds\n\n"
+            f"each (EOS ignored), {args.provider}, {args.threads} threads, {args.rounds} alternating rounds\n\n"
             f"{table(rows, baseline)}\n\ngreedy tokens of ours equal with and without speculation: {not differing}\n")
     print(text)
     write_results(args.out, text, {"engine": str(args.engine), "summary": summary, "rows": rows})
