@@ -123,7 +123,7 @@ def phase_build(args) -> None:
             out = engine_dir(args, shape, fmt)
             if (out / "manifest.json").exists():
                 continue
-            common = dict(out=out, random_weights=True, config=shape, dtype="fp16", max_seq_len=MAX_LEN,
+            common = dict(out=out, random_weights=True, config=shape, dtype="fp16", max_seq_len=args.max_len,
                           kv_layout="static", kv_slots=slots, kv_capacity=CAPACITY, quiet=True, overwrite=True)
             if fmt == "int4":
                 opts = BuildOptions(**common, quant=quant_config(method="rtn", bits=4, group_size=32, lm_head_bits=4))
@@ -365,6 +365,8 @@ def main() -> None:
     ap.add_argument("--phases", default="bandwidth,build,ours,hf,genai")
     ap.add_argument("--concurrency", default="16,64,256")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--max-len", type=int, default=MAX_LEN,
+                    help="engines' maximum sequence length (2304 for benchmarks/throughput.py's 2048/128 and 128/2048)")
     ap.add_argument("--hf-max-batch", type=int, default=64, help="largest static batch timed for transformers")
     ap.add_argument("--eager-concurrency", action="store_true",
                     help="also run the concurrent workloads without CUDA graphs (ours)")

@@ -424,7 +424,9 @@ def make_executor(session: DecoderSession, slots: int | None = None, capacity: i
                           "whose cache the manifest sizes", hint="rebuild with --kv-layout paged, or leave the "
                           "option out (--max-batch chooses how many of the engine's slots run)")
     if kv.layout == "paged":
-        executor = _paged_executor(session, slots, capacity)
+        # sized from memory: a pool of one block a sequence until the profile step has run (the
+        # manifest's pool may not fit the device: 512 sequences of 2,304 positions at 8B are 147 GB)
+        executor = _paged_executor(session, slots, capacity, min_pool=gpu_memory_fraction is not None)
         if gpu_memory_fraction is not None:
             executor.size_from_memory(gpu_memory_fraction, prefill_budget)
         return executor
@@ -450,14 +452,19 @@ def _say_no_graph(session: DecoderSession, reason: str) -> None:
         print(f"note: CUDA graphs are not used for this engine's decode steps: {reason}", file=sys.stderr)
 
 
-def _paged_executor(session: DecoderSession, slots: int | None, capacity: int | None) -> PagedExecutor:
-    """The manifest's pool, or one of `slots` x `capacity` positions where they are given;
-    decode steps captured in CUDA graphs where the session allows it."""
+def _paged_executor(session: DecoderSession, slots: int | None, capacity: int | None,
+                    min_pool: bool = False) -> PagedExecutor:
+    """The manifest's pool, or one of `slots` x `capacity` positions where they are given, or
+    (`min_pool`) one block a sequence, for a pool that GPU memory sizes next; decode steps
+    captured in CUDA graphs where the session allows it."""
     from runtime.paged_graphs import GraphPagedExecutor, unsupported_reason
 
     kv = session.kv
     slots = slots or kv.slots or 1
-    blocks = kv.num_blocks if capacity is None else slots * -(-capacity // kv.block_size)
+    if min_pool:
+        blocks = slots
+    else:
+        blocks = kv.num_blocks if capacity is None else slots * -(-capacity // kv.block_size)
     reason = unsupported_reason(session) if session.cuda_graph else "off"
     if reason is None:
         return GraphPagedExecutor(session, slots, blocks, kv.block_size)

@@ -6,7 +6,7 @@
 # 3. 512 requests of 128/128 on both (pools from 90% of the GPU), the fp16 one sampled too
 #    (temperature 1.0, as vLLM's throughput benchmark), transformers compiled at 512 (HF=0 skips);
 # 4. (issue 25) SmolLM2 on CUDA at batch 1: speculation off, prompt lookup, a draft engine;
-# 5. 128/2048 on both paged engines, 2048/128 on fp16 (LONG=0 skips).
+# 5. 2048/128 and 128/2048 on a paged fp16 engine of maximum length 2304 (LONG=0 skips).
 set -x
 W=/tmp/gd
 mkdir -p $W
@@ -40,9 +40,13 @@ if [ "${SPEC:-1}" = 1 ]; then
       --ks 8/3,4/3 --draft-k 4 --out $W/spec 2>&1 | tail -20
   cp $W/spec/results.json $W/spec.jsonl 2>/dev/null
 fi
-if [ "${LONG:-1}" = 1 ]; then
-  tp fp16-paged 128 2048
-  tp fp16-paged-fp8kv 128 2048
-  tp fp16-paged 2048 128
+if [ "${LONG:-1}" = 1 ]; then  # an engine long enough for 2048 + 128 positions (a work dir of its own)
+  python3 benchmarks/gpu_decode.py --work /tmp/gd2 --results $W/results.jsonl --shapes llama-3.1-8b \
+      --formats fp16-paged --phases build --max-len 2304
+  for io in "2048 128" "128 2048"; do
+    set -- $io
+    python3 benchmarks/throughput.py ours /tmp/gd2/ours-llama-3.1-8b-fp16-paged --requests 512 --isl $1 --osl $2 \
+        --arrivals t0 --prefill-budget 16384 --max-batch 512 --gpu-memory-fraction 0.9 --results $W/throughput.jsonl
+  done
 fi
 echo SESSION DONE
