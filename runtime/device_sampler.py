@@ -1,11 +1,15 @@
 """Next-token selection on the device: a small ONNX graph that reads the engine's logits
 buffer where the engine wrote it and returns token ids, so only ids cross to the host.
 
-Two graphs, built here from code (no file in the engine):
+Three graphs, built here from code (no file in the engine):
 
     greedy   logits (B, 1, V) -> next_tokens (B,) int64 = argmax
     sample   logits, temperature (B,), top_k (B,) int64, top_p (B,), uniform (B,)
              -> next_tokens, logprobs (B,) float32, fallback (B,) bool
+    full     the same inputs and outputs, for steps whose sampled rows all use the whole
+             vocabulary (no top-k, top-p 1): `sample` without its candidates (two TopK over
+             the vocabulary and the cut), which every row of such a step skips anyway; a row
+             that would need the cut is flagged in `fallback` instead.
 
 `sample` computes, for every row, what `runtime.sampling.sample_next` computes on the host
 with the same uniform number u (the host draws u from the request's seeded generator, so a
@@ -43,6 +47,7 @@ from onnx import TensorProto, helper
 from runtime.sampling import SamplingParams, U_MAX
 
 DEFAULT_CANDIDATES = 256  # top-k / top-p rows: the most likely tokens the device considers
+KINDS = ("greedy", "full", "sample")  # the sampler graphs (module docstring)
 GROUP = 256  # long rows' inverse CDF: weights per group of the first level
 SAMPLER_OPSET = 21
 _LOGITS_TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16}
@@ -132,9 +137,9 @@ def _count_at_most(g: _Graph, cdf: str, threshold: str, last: int, tag: str) -> 
 
 def sampler_model(vocab: int, kind: str = "sample", logits_dtype=np.float32,
                   candidates: int = DEFAULT_CANDIDATES) -> onnx.ModelProto:
-    """The ONNX sampler graph (see the module docstring); `kind` is "greedy" or "sample"."""
-    if kind not in ("greedy", "sample"):
-        raise ValueError(f"sampler kind must be 'greedy' or 'sample', got {kind!r}")
+    """The ONNX sampler graph (see the module docstring); `kind` is one of KINDS."""
+    if kind not in KINDS:
+        raise ValueError(f"sampler kind must be one of {KINDS}, got {kind!r}")
     g = _Graph()
     raw = _head(g, logits_dtype)
     greedy = g.op("ArgMax", raw, axis=1, keepdims=0)  # (B,)
@@ -156,41 +161,16 @@ def sampler_model(vocab: int, kind: str = "sample", logits_dtype=np.float32,
         probs = g.op("Softmax", g.op("Div", raw, temp), axis=1)  # (B, V)
         full_total = g.op("ReduceSum", probs, "axis1", keepdims=1)  # (B, 1), 1 up to rounding
         full_token = _inverse_cdf(g, probs, col["uniform"], vocab, "full")
-        # candidates: the k most likely, in probability order
-        cand, index = g.op("TopK", probs, g.const("k", np.asarray([k], np.int64)), axis=1, largest=1,
-                           sorted=1, outputs=2)  # (B, k)
-        rank = g.const("rank", np.arange(k, dtype=np.int64)[None, :])  # (1, k)
-        has_k = g.op("Greater", col["top_k"], zero_i)
-        in_k = g.op("Or", g.op("Not", has_k), g.op("Less", rank, col["top_k"]))
-        cand_k = g.op("Where", in_k, cand, zero_f)
-        total_k = g.op("Where", has_k, g.op("ReduceSum", cand_k, "axis1", keepdims=1), full_total)
-        before = g.op("Div", g.op("Sub", g.op("CumSum", cand_k, g.const("cum_axis", np.asarray(1, np.int64))),
-                                  cand_k), total_k)  # mass strictly before, (B, k)
-        keep = g.op("And", in_k, g.op("Less", before, col["top_p"]))
-        kept = g.op("Where", keep, cand, zero_f)
-        # back to vocabulary order: sort the candidates by id (ids < 2^24 are exact in float32)
-        ids_f = g.op("Neg", g.op("Cast", index, to=TensorProto.FLOAT))
-        _, order = g.op("TopK", ids_f, "k", axis=1, largest=1, sorted=1, outputs=2)
-        kept_v = g.op("GatherElements", kept, order, axis=1)
-        index_v = g.op("GatherElements", index, order, axis=1)
-        pos = _inverse_cdf(g, kept_v, col["uniform"], k, "cand")
-        cand_token = g.op("Squeeze", g.op("GatherElements", index_v, g.op("Unsqueeze", pos, "axis1"), axis=1),
-                          "axis1")
-        # which path each row takes
         is_greedy = g.op("Equal", "temperature", zero_f)
         is_full = g.op("And", g.op("Not", g.op("Greater", "top_k", zero_i)),
                        g.op("GreaterOrEqual", "top_p", g.const("one_f", np.asarray(1.0, np.float32))))
-        sampled = g.op("Where", is_full, full_token, cand_token)
-        g.op("Where", is_greedy, greedy, sampled)
-        g.nodes[-1].output[0] = "next_tokens"
-        # fallback: the cut needs tokens beyond the candidates
-        too_many_k = g.op("Greater", "top_k", g.const("k_cap", np.asarray(k, np.int64)))
-        all_mass = g.op("Squeeze", g.op("Div", g.op("ReduceSum", cand, "axis1", keepdims=1), full_total), "axis1")
-        wide_nucleus = g.op("And", g.op("Not", g.op("Greater", "top_k", zero_i)),
-                            g.op("Less", all_mass, "top_p"))
-        needs_more = g.op("Or", too_many_k, wide_nucleus)
-        g.op("And", g.op("Not", is_greedy), g.op("And", g.op("Not", is_full), needs_more))
-        g.nodes[-1].output[0] = "fallback"
+        if kind == "full":
+            g.op("Where", is_greedy, greedy, full_token)
+            g.nodes[-1].output[0] = "next_tokens"
+            g.op("Not", g.op("Or", is_greedy, is_full))  # a cut: the candidates' graph, or the host
+            g.nodes[-1].output[0] = "fallback"
+        else:
+            _candidates(g, probs, full_total, full_token, greedy, is_greedy, is_full, col, k)
         # logprobs of the raw logits (temperature 1)
         _logprob(g, g.op("Softmax", raw, axis=1), "next_tokens")
         g.nodes[-1].output[0] = "logprobs"
@@ -202,6 +182,44 @@ def sampler_model(vocab: int, kind: str = "sample", logits_dtype=np.float32,
                               producer_name="optimizer.runtime.device_sampler")
     model.ir_version = 10
     return model
+
+
+def _candidates(g: _Graph, probs: str, full_total: str, full_token: str, greedy: str, is_greedy: str,
+                is_full: str, col: dict, k: int) -> None:
+    """The `sample` graph's top-k / top-p rows: next_tokens and fallback (see the module docstring)."""
+    zero_i, zero_f = "zero_i", "zero_f"  # sampler_model's constants
+    # candidates: the k most likely, in probability order
+    cand, index = g.op("TopK", probs, g.const("k", np.asarray([k], np.int64)), axis=1, largest=1,
+                       sorted=1, outputs=2)  # (B, k)
+    rank = g.const("rank", np.arange(k, dtype=np.int64)[None, :])  # (1, k)
+    has_k = g.op("Greater", col["top_k"], zero_i)
+    in_k = g.op("Or", g.op("Not", has_k), g.op("Less", rank, col["top_k"]))
+    cand_k = g.op("Where", in_k, cand, zero_f)
+    total_k = g.op("Where", has_k, g.op("ReduceSum", cand_k, "axis1", keepdims=1), full_total)
+    before = g.op("Div", g.op("Sub", g.op("CumSum", cand_k, g.const("cum_axis", np.asarray(1, np.int64))),
+                              cand_k), total_k)  # mass strictly before, (B, k)
+    keep = g.op("And", in_k, g.op("Less", before, col["top_p"]))
+    kept = g.op("Where", keep, cand, zero_f)
+    # back to vocabulary order: sort the candidates by id (ids < 2^24 are exact in float32)
+    ids_f = g.op("Neg", g.op("Cast", index, to=TensorProto.FLOAT))
+    _, order = g.op("TopK", ids_f, "k", axis=1, largest=1, sorted=1, outputs=2)
+    kept_v = g.op("GatherElements", kept, order, axis=1)
+    index_v = g.op("GatherElements", index, order, axis=1)
+    pos = _inverse_cdf(g, kept_v, col["uniform"], k, "cand")
+    cand_token = g.op("Squeeze", g.op("GatherElements", index_v, g.op("Unsqueeze", pos, "axis1"), axis=1),
+                      "axis1")
+    # which path each row takes
+    sampled = g.op("Where", is_full, full_token, cand_token)
+    g.op("Where", is_greedy, greedy, sampled)
+    g.nodes[-1].output[0] = "next_tokens"
+    # fallback: the cut needs tokens beyond the candidates
+    too_many_k = g.op("Greater", "top_k", g.const("k_cap", np.asarray(k, np.int64)))
+    all_mass = g.op("Squeeze", g.op("Div", g.op("ReduceSum", cand, "axis1", keepdims=1), full_total), "axis1")
+    wide_nucleus = g.op("And", g.op("Not", g.op("Greater", "top_k", zero_i)),
+                        g.op("Less", all_mass, "top_p"))
+    needs_more = g.op("Or", too_many_k, wide_nucleus)
+    g.op("And", g.op("Not", is_greedy), g.op("And", g.op("Not", is_full), needs_more))
+    g.nodes[-1].output[0] = "fallback"
 
 
 @dataclass
@@ -233,6 +251,16 @@ class RowParams:
     def greedy(self, rows: int) -> bool:
         return not self.temperature[:rows].any()
 
+    def whole_vocabulary(self, rows: int) -> bool:
+        """Whether no row cuts the vocabulary (no top-k, top-p 1): the `full` graph serves them."""
+        return not self.top_k[:rows].any() and bool((self.top_p[:rows] >= 1.0).all())
+
+    def kind(self, rows: int, logprobs: bool = False) -> str:
+        """The sampler graph for the first `rows` rows (one of KINDS)."""
+        if self.greedy(rows) and not logprobs:
+            return "greedy"
+        return "full" if self.whole_vocabulary(rows) else "sample"
+
 
 class DeviceSampler:
     """The sampler graphs on an onnxruntime session each, fed by the engine's logits buffers.
@@ -253,7 +281,7 @@ class DeviceSampler:
         opts.log_severity_level = 3
         self.sessions = {kind: ort.InferenceSession(
             sampler_model(vocab, kind, logits_dtype, candidates).SerializeToString(), opts,
-            providers=[(provider, provider_options or {})]) for kind in ("greedy", "sample")}
+            providers=[(provider, provider_options or {})]) for kind in KINDS}
         self._buckets: dict[int, dict] = {}
         self._next_graph = 1  # graph ids of this sampler's sessions (0 is never used)
 
@@ -272,7 +300,7 @@ class DeviceSampler:
             binding.bind_input("logits", self.device, 0, self.logits_dtype, (bucket, 1, self.vocab),
                                logits.data_ptr())
             outs = {"next_tokens": np.int64}
-            if kind == "sample":
+            if kind != "greedy":
                 outs.update(logprobs=np.float32, fallback=np.bool_)
                 for name, value in b["params"].items():
                     binding.bind_ortvalue_input(name, value)
@@ -289,13 +317,13 @@ class DeviceSampler:
     def run(self, bucket: int, rows: int, params: RowParams, logprobs: bool = False
             ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         b = self._buckets[bucket]
-        kind = "greedy" if params.greedy(bucket) and not logprobs else "sample"
-        if kind == "sample":
+        kind = params.kind(bucket, logprobs)
+        if kind != "greedy":
             for name, value in b["params"].items():
                 value.update_inplace(getattr(params, name)[:bucket])
         self.sessions[kind].run_with_iobinding(b["bindings"][kind], b["run"][kind])
         outs = b["outputs"][kind]
         tokens = outs["next_tokens"].numpy()[:rows]
         lp = outs["logprobs"].numpy()[:rows] if logprobs else None
-        fallback = outs["fallback"].numpy()[:rows] if kind == "sample" else None
+        fallback = outs["fallback"].numpy()[:rows] if kind != "greedy" else None
         return tokens, lp, fallback

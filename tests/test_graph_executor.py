@@ -84,6 +84,33 @@ def test_sampler_graph_chooses_what_the_host_sampler_chooses():
     assert compared > 400 and flagged > 0  # both paths exercised
 
 
+def test_whole_vocabulary_graph_equals_the_sample_graph_and_flags_cuts():
+    """The `full` graph (steps without top-k / top-p) gives the `sample` graph's tokens and
+    logprobs on greedy and temperature-only rows, and hands any row with a cut to the host."""
+    vocab, rows = 1000, 24
+    sessions = {kind: ort.InferenceSession(sampler_model(vocab, kind, candidates=64).SerializeToString(),
+                                           providers=["CPUExecutionProvider"]) for kind in ("full", "sample")}
+    rng = np.random.default_rng(4)
+    for trial in range(6):
+        logits = (rng.normal(size=(rows, 1, vocab)) * rng.uniform(0.5, 4)).astype(np.float32)
+        rp = RowParams.empty(rows)
+        for r in range(rows):
+            cut = r % 6 == 5  # a few rows with top-k or top-p
+            rp.set(r, SamplingParams(temperature=[0.0, 0.6, 1.0, 1.4][r % 4], top_k=7 if cut and r % 4 else 0,
+                                     top_p=0.8 if cut else 1.0), draw_uniform(rng))
+        feeds = {"logits": logits, "temperature": rp.temperature, "top_k": rp.top_k, "top_p": rp.top_p,
+                 "uniform": rp.uniform}
+        full, sample = (sessions[k].run(None, feeds) for k in ("full", "sample"))
+        cut_rows = (rp.temperature > 0) & ((rp.top_k > 0) | (rp.top_p < 1))
+        assert full[2].tolist() == cut_rows.tolist()  # fallback: exactly the rows with a cut
+        keep = ~cut_rows
+        assert np.array_equal(full[0][keep], sample[0][keep]), trial
+        assert np.allclose(full[1][keep], sample[1][keep], atol=1e-6)
+    assert RowParams.empty(4).kind(4) == "greedy"
+    assert RowParams.empty(4).kind(4, logprobs=True) == "full"
+    assert rp.kind(rows) == "sample" and rp.kind(5) == "full"  # row 5 is the first with a cut
+
+
 def test_greedy_sampler_graph_is_argmax():
     logits = np.random.default_rng(1).normal(size=(7, 1, 50)).astype(np.float32)
     session = ort.InferenceSession(sampler_model(50, "greedy").SerializeToString(),
