@@ -134,9 +134,9 @@ def phase_build(args) -> None:
                 opts = BuildOptions(**common, quant=quant_config(method="fp8", calib="c4:32x512"),  # the c4 asset
                                     target="onnxruntime-cuda")
             elif fmt == "fp16-paged":  # the same positions as blocks of 16 (a pool the server may resize)
-                opts = BuildOptions(**{**common, "kv_layout": "paged"}, kv_block_size=16)
+                opts = BuildOptions(**{**common, "kv_layout": "paged"}, kv_block_size=args.kv_block_size)
             elif fmt == "fp16-paged-fp8kv":  # and K/V stored as float8 E4M3 (scales from a little c4 text:
-                opts = BuildOptions(**{**common, "kv_layout": "paged"}, kv_block_size=16,  # speed only)
+                opts = BuildOptions(**{**common, "kv_layout": "paged"}, kv_block_size=args.kv_block_size,  # speed only)
                                     kv_cache_dtype="fp8", kv_calib="c4:4x256", tokenizer=str(tokenizer))
             else:
                 opts = BuildOptions(**common)
@@ -365,6 +365,9 @@ def main() -> None:
     ap.add_argument("--phases", default="bandwidth,build,ours,hf,genai")
     ap.add_argument("--concurrency", default="16,64,256")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--kv-block-size", type=int, default=16,
+                    help="paged formats' block size (128: onnxruntime's flash / XQA paged kernels; see "
+                         "benchmarks/results/gpu-throughput/README.md, session 35)")
     ap.add_argument("--max-len", type=int, default=MAX_LEN,
                     help="engines' maximum sequence length (2304 for benchmarks/throughput.py's 2048/128 and 128/2048)")
     ap.add_argument("--hf-max-batch", type=int, default=64, help="largest static batch timed for transformers")

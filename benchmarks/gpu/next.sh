@@ -1,44 +1,45 @@
-# The next GPU session's checks, first things first (started by run.sh, from a snapshot of the
-# tree, SmolLM2 staged as .gpu/s1 + .gpu/s2 for the fp8 cache test):
-# 1. the CUDA tests of both graph executors: the paged decode now samples on the device
-#    (runtime/decode_choice.py, written without device time), and engines whose dead-code pass
-#    leaves SkipSimplifiedLayerNormalization's optional outputs empty (8a3ca2f);
-# 2. the Llama-3.2-1B shape fp16, paged and static, 512 requests of 128/128 greedy and sampled
-#    (temperature 1.0, as vLLM's throughput benchmark): sampled should cost little now that
-#    no logits come to the host (the record's host_sampled_rows counts those that still do);
-# 3. (BIG=1) the Llama-3.1-8B shape paged fp16 and fp8-KV at 128/128, then 128/2048 and 2048/128
-#    (RUNS=... as session22b.sh), transformers compiled at 512 for 128/128 (HF=0 skips it).
+# The next GPU session's plan (started by run.sh from a snapshot of the tree; SmolLM2 staged as
+# .gpu/s1 + .gpu/s2, the text asset in .gpu/text). Session 35 found the paged engines' block size
+# of 16 keeps onnxruntime 1.31.1's PagedAttention off its fast kernels (head size 128): flash
+# attention reads a paged cache in place only with blocks of a multiple of 128, so every prefill or
+# mixed step gathers each sequence's whole context into a dense buffer expanded to all query heads
+# (2048/128: 699 out tok/s), and the fp8 cache's decode falls to a scalar kernel instead of XQA
+# (which needs pages of 128 tokens; 5,305 vs 12,807 out tok/s at 128/128). So, blocks of 128:
+# 1. the CUDA tests of both graph executors (the device sampler's `full` graph, the memory-sized
+#    pool's fix), in the background while the 8B shape builds paged fp16 and fp8-KV engines with
+#    blocks of 128 and room for 2048 + 128 positions;
+# 2. which attention kernel each kind of step gets (ORT_ENABLE_ATTENTION_KERNEL_DEBUG_INFO=1, a
+#    few requests);
+# 3. 512 requests of 128/128 on both, the fp16 one sampled too (temperature 1.0), transformers
+#    compiled at 512 (HF=0 skips);
+# 4. 2048/128 and 128/2048 on both.
 set -x
-W=/tmp/gd
+W=/tmp/gd3
+mkdir -p $W
 if [ "${TESTS:-1}" = 1 ]; then
-  python3 -m pytest -q -p no:cacheprovider tests/test_paged_cuda.py tests/test_cuda_graph.py 2>&1 | tail -15
+  (python3 -m pytest -q -p no:cacheprovider tests/test_paged_cuda.py tests/test_cuda_graph.py > $W/tests.log 2>&1;
+   echo "tests rc $?" >> $W/tests.log) &
+  TP=$!
 fi
-python3 benchmarks/gpu_decode.py --work $W --results $W/results.jsonl --shapes llama-3.2-1b \
-    --formats fp16,fp16-paged --phases build --concurrency 256
-for t in 0 1.0; do  # the static engine has 256 slots; the paged pool takes half the GPU
-  python3 benchmarks/throughput.py ours $W/ours-llama-3.2-1b-fp16 --requests 512 --isl 128 --osl 128 \
-      --temperature $t --max-batch 256 --results $W/throughput.jsonl
-  python3 benchmarks/throughput.py ours $W/ours-llama-3.2-1b-fp16-paged --requests 512 --isl 128 --osl 128 \
-      --temperature $t --max-batch 256 --gpu-memory-fraction 0.5 --results $W/throughput.jsonl
+python3 benchmarks/gpu_decode.py --work $W --results $W/results.jsonl --shapes llama-3.1-8b \
+    --formats fp16-paged,fp16-paged-fp8kv --phases build --kv-block-size 128 --max-len 2304
+[ -n "$TP" ] && wait $TP; tail -25 $W/tests.log
+tp() {  # engine isl osl [more throughput.py options]
+  python3 benchmarks/throughput.py ours $W/ours-llama-3.1-8b-$1 --requests ${N:-512} --isl $2 --osl $3 --arrivals t0 \
+      --prefill-budget 16384 --max-batch 512 --gpu-memory-fraction 0.9 --results $W/throughput.jsonl "${@:4}"
+}
+for e in fp16-paged fp16-paged-fp8kv; do
+  ORT_ENABLE_ATTENTION_KERNEL_DEBUG_INFO=1 N=4 tp $e 300 4 2>&1 | grep -i "sdpa\|kernel" | sort | uniq -c | head -20
 done
-if [ -n "$BIG" ]; then
-  python3 benchmarks/gpu_decode.py --work $W --results $W/results.jsonl --shapes llama-3.1-8b \
-      --formats fp16-paged,fp16-paged-fp8kv --phases build
-  for io in 128,128 128,2048 2048,128; do
-    for e in fp16-paged fp16-paged-fp8kv; do
-      python3 benchmarks/throughput.py ours $W/ours-llama-3.1-8b-$e --requests 512 --isl ${io%,*} \
-          --osl ${io#*,} --arrivals "${RUNS:-t0}" --prefill-budget 16384 --max-batch 512 \
-          --gpu-memory-fraction 0.9 --results $W/throughput.jsonl
-    done
-  done
-  # sampled at 0.9 of the GPU: the sampler's arena (softmax over 512 x 128k) comes on top of
-  # what the pool's profile step measured; this shows whether it still fits
-  python3 benchmarks/throughput.py ours $W/ours-llama-3.1-8b-fp16-paged --requests 512 --isl 128 --osl 128 \
-      --temperature 1.0 --prefill-budget 16384 --max-batch 512 --gpu-memory-fraction 0.9 \
+tp fp16-paged 128 128
+tp fp16-paged-fp8kv 128 128
+tp fp16-paged 128 128 --temperature 1.0
+if [ "${HF:-1}" = 1 ]; then
+  python3 benchmarks/throughput.py hf llama-3.1-8b --requests 512 --isl 128 --osl 128 --batches 512 \
       --results $W/throughput.jsonl
-  if [ "${HF:-1}" = 1 ]; then
-    python3 benchmarks/throughput.py hf llama-3.1-8b --requests 512 --isl 128 --osl 128 --batches 512 \
-        --results $W/throughput.jsonl
-  fi
 fi
+for e in fp16-paged fp16-paged-fp8kv; do
+  tp $e 2048 128
+  tp $e 128 2048
+done
 echo SESSION DONE
