@@ -14,7 +14,7 @@
 #    compiled at 512 (HF=0 skips);
 # 4. 2048/128 and 128/2048 on both.
 set -x
-W=/tmp/gd  
+W=/tmp/gd  # wait.sh brings its *.jsonl back
 mkdir -p $W
 if [ "${TESTS:-1}" = 1 ]; then
   (python3 -m pytest -q -p no:cacheprovider tests/test_paged_cuda.py tests/test_cuda_graph.py > $W/tests.log 2>&1;
