@@ -157,13 +157,14 @@ class GraphPagedExecutor(PagedExecutor):
         self._steps[size] = step
         return step
 
-    def _replay(self, seqs: Seq[Sequence]) -> _Bucket:
-        """Run (replay) the decode step of `seqs` in the smallest bucket that holds them."""
+    def _replay(self, seqs: Seq[Sequence]) -> tuple[_Bucket, int]:
+        """Run (replay) the decode step of `seqs` in the smallest bucket that holds them; that
+        bucket's buffers and size."""
         size = bucket_for(len(seqs), self.buckets)
         pack_decode([s.last_token for s in seqs], [s.num_tokens - 1 for s in seqs],
                     [self.pool.table(s.request_id) for s in seqs], size,
                     self._ids, self._past, self._table, self.scratch_block)
-        return self._run_bucket(size)
+        return self._run_bucket(size), size
 
     def _run_bucket(self, size: int) -> _Bucket:
         step = self._bucket(size)
@@ -177,14 +178,13 @@ class GraphPagedExecutor(PagedExecutor):
              decode: Seq[Sequence]) -> tuple[list[np.ndarray], np.ndarray | None]:
         if prefill or not decode:
             return super().step(prefill, decode)
-        return [], self._replay(decode).logits.numpy()[0, :len(decode)]
+        return [], self._replay(decode)[0].logits.numpy()[0, :len(decode)]
 
     def step_tokens(self, prefill: Seq[tuple[Sequence, int, int]], decode: Seq[Sequence]
                     ) -> tuple[list, list[int] | None]:
         if prefill or not decode:
             return super().step_tokens(prefill, decode)
-        step = self._replay(decode)
-        size = bucket_for(len(decode), self.buckets)
+        step, size = self._replay(decode)
         greedy = None if step.greedy is None else (lambda: step.greedy.numpy()[0])
         tokens, on_host = choose_tokens(decode, np.arange(len(decode)), size, self._params, self.sampler,
                                         greedy, lambda: step.logits.numpy()[0])
