@@ -12,7 +12,7 @@ event loop serving HTTP stays responsive. A step that raises does not kill the l
 requests it was running finish with reason "error" and their cache is freed (the last
 `KEPT_ERRORS` tracebacks are kept in `errors`, all of them counted in `error_count`). Once the
 loop has been idle for `TRIM_AFTER_IDLE_SECONDS` after work, it gives the C allocator's free
-memory back to the system (runtime.malloc_trim), so that resident memory follows what is in
+memory back to the system (optimizer.core.malloc_trim), so that resident memory follows what is in
 use instead of the largest mix of requests seen so far.
 """
 
@@ -28,7 +28,7 @@ import traceback
 from typing import AsyncIterator, Callable, Sequence as Seq
 
 from runtime.llm_engine import LLMEngine, RequestOutput
-from runtime.malloc_trim import release_free_memory
+from optimizer.core.malloc_trim import release_free_memory
 from runtime.metrics import ServingMetrics
 from runtime.sampling import SamplingParams
 from runtime.sequence import Sequence

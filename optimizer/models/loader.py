@@ -21,6 +21,7 @@ from optimizer.core.errors import InputError, OptimizerError, UnsupportedModelEr
 from optimizer.core.hashing import sha256_file
 from optimizer.core.architectures import ArchSpec, arch_for_model_type
 from optimizer.models.gguf_fast import fast_gguf
+from optimizer.models.gguf_tensors import read_tensors
 from optimizer.models.gguf_weights import GgufSource, load_gguf_model
 from optimizer.models.preflight import check_fits, check_model_files, check_tokenizer, meta_model, read_config_json
 from optimizer.models.weight_source import OverlaySource, SafetensorsSource
@@ -152,6 +153,7 @@ def _load_gguf_parts(path: Path, stream: bool = False) -> LoadedModel:
     from transformers import AutoConfig, AutoTokenizer
 
     folder, name = path.parent, path.name
+    tensors = read_tensors(path)  # header and tensor table bounds-checked before transformers reads the file
     try:
         config = AutoConfig.from_pretrained(folder, gguf_file=name)
     except Exception as exc:  # the GGUF parser raises struct/Value/Key/OS errors on bad files
@@ -170,12 +172,12 @@ def _load_gguf_parts(path: Path, stream: bool = False) -> LoadedModel:
             from optimizer.models.streamed import check_weights, skeleton
 
             meta = meta_model(config)  # shapes checked before the skeleton allocates anything
-            weights = GgufSource(path, config, meta)
+            weights = GgufSource(tensors, config, meta)
             check_weights(meta, weights, arch)
             model = skeleton(config)
         else:
-            check_model_files(config, arch, lambda meta: GgufSource(path, config, meta))
-            model = load_gguf_model(path, config)
+            source = check_model_files(config, arch, lambda meta: GgufSource(tensors, config, meta))
+            model = load_gguf_model(source, config)
     with _reading(path, "the GGUF file's tokenizer"):
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     files = [{"name": name, "sha256": sha256_file(path)}]

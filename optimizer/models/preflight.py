@@ -76,14 +76,16 @@ def check_fits(model: Any, what: str, stream_hint: bool = True) -> None:
                          + "or check the config's sizes (hidden_size, intermediate_size, vocab_size, layers)")
 
 
-def check_model_files(config: Any, arch: Any, open_weights: Any, trust_remote_code: bool = False) -> None:
+def check_model_files(config: Any, arch: Any, open_weights: Any, trust_remote_code: bool = False) -> Any:
     """Before an in-memory load: the file's tensors (`open_weights(meta_model)` -> a WeightSource,
-    headers only) match the config's shapes, and the model fits in memory."""
+    headers only) match the config's shapes, and the model fits in memory. Returns the source."""
     from optimizer.models.streamed import check_weights
 
     model = meta_model(config, trust_remote_code)
-    check_weights(model, open_weights(model), arch)
+    weights = open_weights(model)
+    check_weights(model, weights, arch)
     check_fits(model, "the model")
+    return weights
 
 
 def check_tokenizer(tokenizer: Any, vocab_size: int) -> None:

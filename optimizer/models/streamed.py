@@ -21,7 +21,7 @@ from optimizer.core.errors import InputError
 from optimizer.core.hashing import sha256_file
 from optimizer.models.preflight import check_tokenizer, meta_model, read_config_json
 from optimizer.models.weight_source import SafetensorsSource, WeightSource
-from runtime.malloc_trim import release_free_memory
+from optimizer.core.malloc_trim import release_free_memory
 
 
 @contextmanager
@@ -124,7 +124,7 @@ def _empty(owners: list) -> None:
     """`owners`' parameters back on the meta device, and the memory their tensors (and the
     part's activations) held given back to the system: glibc keeps freed blocks in per-thread
     arenas, and layer after layer of reads and frees otherwise left a SmolLM2 FP8 calibration
-    up to 1 GB resident above the 0.1 GB it still used (runtime.malloc_trim)."""
+    up to 1 GB resident above the 0.1 GB it still used (optimizer.core.malloc_trim)."""
     for owner, attr, _ in owners:
         owner._parameters[attr] = torch.nn.Parameter(owner._parameters[attr].to("meta"), requires_grad=False)
     release_free_memory()
