@@ -21,20 +21,26 @@ from typing import Callable, Sequence as Seq
 
 import numpy as np
 
-from runtime.device_sampler import DeviceSampler, RowParams
+from runtime.device_sampler import RowParams
 from runtime.sampling import draw_uniform
 from runtime.sequence import Sequence
 
 
-def choose_tokens(seqs: Seq[Sequence], rows: np.ndarray, size: int, params: RowParams, sampler: DeviceSampler,
+Sample = Callable[[RowParams], tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]
+
+
+def choose_tokens(seqs: Seq[Sequence], rows: np.ndarray, size: int, params: RowParams, sample: Sample,
                   greedy: Callable[[], np.ndarray] | None, logits: Callable[[], np.ndarray]
                   ) -> tuple[list[int], int]:
-    """The next token of each of `seqs`, whose step rows (of a bucket of `size`) are `rows`.
+    """The next token of each of `seqs`, whose step rows (of a step of `size` rows) are `rows`.
 
-    `params` is the sampler's per-row host buffer (cleared and set here); `greedy` returns the
-    engine's argmax of the bucket's rows as a host array (size,), or is None for an engine
-    without it; `logits` returns the bucket's logits on the host (size, V), called only when
-    some row needs them. Returns the tokens and how many rows were chosen on the host."""
+    `params` is the sampler's per-row host buffer (cleared and set here); `sample` runs the
+    device sampler on the step's logits with those parameters (`DeviceSampler.run` on a
+    bucket, or `run_on` an eager step's buffer) and returns (tokens, logprobs, fallback) of
+    the `size` rows; `greedy` returns the engine's argmax of the rows as a host array (size,),
+    or is None for an engine without it; `logits` returns the step's logits on the host
+    (size, V), called only when some row needs them. Returns the tokens and how many rows were
+    chosen on the host."""
     params.clear()
     host_rows: list[int] = []
     uniforms = np.full(len(seqs), np.nan)  # drawn for rows the device samples
@@ -51,7 +57,7 @@ def choose_tokens(seqs: Seq[Sequence], rows: np.ndarray, size: int, params: RowP
     if greedy is not None and params.greedy(size):  # the engine's argmax: no sampler run
         tokens, fallback = greedy(), None
     else:
-        tokens, _, fallback = sampler.run(size, size, params)
+        tokens, _, fallback = sample(params)
     out = tokens[rows].tolist()
     if fallback is not None:
         host_rows += [i for i in np.nonzero(fallback[rows])[0].tolist() if i not in host_rows]
@@ -62,3 +68,23 @@ def choose_tokens(seqs: Seq[Sequence], rows: np.ndarray, size: int, params: RowP
             u = None if seq.suppressing() or np.isnan(uniforms[i]) else float(uniforms[i])
             out[i] = seq.choose(host_logits[rows[i]], u)
     return out, len(host_rows)
+
+
+def choose_packed(prefill: Seq[tuple[Sequence, int, int]], decode: Seq[Sequence], params: RowParams,
+                  sample: Sample, greedy: Callable[[], np.ndarray] | None, logits: Callable[[], np.ndarray]
+                  ) -> tuple[list[int | None], list[int], int]:
+    """Tokens of an eager packed step (paged layout): row i of its outputs is prefill chunk i,
+    then the decodes. A token is chosen for every decoding sequence and every chunk that ends
+    its sequence's prompt (None for the other chunks: their logits are not a next token, and no
+    random number is drawn for them), on the device where it can be (`choose_tokens`).
+
+    Returns the chunks' entries, the decodes' tokens, and how many rows the host chose."""
+    due = [i for i, (seq, _, end) in enumerate(prefill) if end == seq.num_tokens]
+    due += range(len(prefill), len(prefill) + len(decode))
+    seqs = [seq for seq, _, _ in prefill] + list(decode)
+    tokens, on_host = choose_tokens([seqs[i] for i in due], np.asarray(due, np.int64), len(seqs), params,
+                                    sample, greedy, logits)
+    rows: list[int | None] = [None] * len(seqs)
+    for i, token in zip(due, tokens):
+        rows[i] = token
+    return rows[:len(prefill)], rows[len(prefill):], on_host

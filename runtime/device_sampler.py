@@ -284,6 +284,8 @@ class DeviceSampler:
             providers=[(provider, provider_options or {})]) for kind in KINDS}
         self._buckets: dict[int, dict] = {}
         self._next_graph = 1  # graph ids of this sampler's sessions (0 is never used)
+        self._eager = ort.RunOptions()  # run_on: never captured
+        self._eager.add_run_config_entry("gpu_graph_id", "-1")
 
     def bind(self, bucket: int, logits: ort.OrtValue) -> None:
         """Bind the bucket's buffers. `logits` holds the bucket's rows: (bucket, 1, V) from a
@@ -313,6 +315,28 @@ class DeviceSampler:
             self._next_graph += self.graphs
             b["bindings"][kind], b["outputs"][kind], b["run"][kind] = binding, values, run
         self._buckets[bucket] = b
+
+    def run_on(self, logits: ort.OrtValue, rows: int, params: RowParams, logprobs: bool = False
+               ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """One uncaptured run on any buffer of `rows` logits rows ((rows, 1, V) or (1, rows, V),
+        read in place: an eager step's output), with the first `rows` of `params`; returns what
+        `run` returns. The parameters go in and the results come back through host memory."""
+        if int(np.prod(logits.shape())) != rows * self.vocab:
+            raise ValueError(f"logits {logits.shape()} do not hold {rows} rows of {self.vocab}")
+        kind = params.kind(rows, logprobs)
+        session = self.sessions[kind]
+        binding = session.io_binding()
+        binding.bind_input("logits", self.device, 0, self.logits_dtype, (rows, 1, self.vocab), logits.data_ptr())
+        if kind != "greedy":
+            for name in ("temperature", "top_k", "top_p", "uniform"):
+                binding.bind_cpu_input(name, np.ascontiguousarray(getattr(params, name)[:rows]))
+        names = ("next_tokens",) if kind == "greedy" else ("next_tokens", "logprobs", "fallback")
+        for name in names:
+            binding.bind_output(name, "cpu")
+        session.run_with_iobinding(binding, self._eager)
+        outs = dict(zip(names, binding.copy_outputs_to_cpu()))
+        return (outs["next_tokens"], outs["logprobs"] if logprobs else None,
+                outs["fallback"] if kind != "greedy" else None)
 
     def run(self, bucket: int, rows: int, params: RowParams, logprobs: bool = False
             ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:

@@ -196,8 +196,8 @@ class GraphStaticExecutor(StaticExecutor):
         size = bucket_for(int(slots.max()) + 1, self.buckets)
         step = self._run_bucket(size)
         greedy = None if step.greedy is None else (lambda: step.greedy.numpy()[:, 0])
-        out, on_host = choose_tokens(seqs, slots, size, self._params, self.sampler, greedy,
-                                     lambda: step.logits.numpy()[:, -1])
+        out, on_host = choose_tokens(seqs, slots, size, self._params, lambda p: self.sampler.run(size, size, p),
+                                     greedy, lambda: step.logits.numpy()[:, -1])
         self.host_sampled += on_host
         self.slot_len[slots] += 1
         return out

@@ -36,7 +36,7 @@ from typing import Sequence as Seq
 import numpy as np
 import onnxruntime as ort
 
-from runtime.decode_choice import choose_tokens
+from runtime.decode_choice import choose_packed, choose_tokens
 from runtime.device_sampler import DEFAULT_CANDIDATES, DeviceSampler, RowParams
 from runtime.graph_executor import batch_buckets, bucket_for
 from runtime.paged import GREEDY_TOKENS, LOGITS_INDICES, PagedExecutor
@@ -182,14 +182,38 @@ class GraphPagedExecutor(PagedExecutor):
 
     def step_tokens(self, prefill: Seq[tuple[Sequence, int, int]], decode: Seq[Sequence]
                     ) -> tuple[list, list[int] | None]:
-        if prefill or not decode:
+        """A decode-only step replays its bucket's graph; a step with prefill chunks runs
+        eagerly and packed, its rows' tokens chosen on the device as well (the sampler reads
+        the step's logits where onnxruntime wrote them): only ids cross to the host, unless a
+        row needs the host (`runtime.decode_choice`). A chunk that does not end its prompt
+        gets None (its logits are no next token)."""
+        if prefill and LOGITS_INDICES in self._inputs:
+            return self._packed_tokens(prefill, decode)
+        if prefill:  # older engines compute every packed token's logits: the host chooses
             return super().step_tokens(prefill, decode)
+        if not decode:
+            return [], None
         step, size = self._replay(decode)
         greedy = None if step.greedy is None else (lambda: step.greedy.numpy()[0])
-        tokens, on_host = choose_tokens(decode, np.arange(len(decode)), size, self._params, self.sampler,
-                                        greedy, lambda: step.logits.numpy()[0])
+        tokens, on_host = choose_tokens(decode, np.arange(len(decode)), size, self._params,
+                                        lambda p: self.sampler.run(size, size, p), greedy,
+                                        lambda: step.logits.numpy()[0])
         self.host_sampled += on_host
         return [], tokens
+
+    def _packed_tokens(self, prefill: Seq[tuple[Sequence, int, int]], decode: Seq[Sequence]
+                       ) -> tuple[list[int | None], list[int] | None]:
+        chunks = self._chunks(prefill, decode)
+        self._launch(chunks, np.cumsum([len(ids) for ids, _, _ in chunks]) - 1)
+        outputs = self._binding.get_outputs()
+        logits, rows = outputs[0], len(chunks)  # (1, rows, V): logits_indices picked each chunk's last
+        greedy = (lambda: outputs[1].numpy().reshape(-1)) if self.samples_on_device else None
+        params = self._params if rows <= len(self._params.temperature) else RowParams.empty(rows)
+        chunk_tokens, tokens, on_host = choose_packed(
+            prefill, decode, params, lambda p: self.sampler.run_on(logits, rows, p), greedy,
+            lambda: logits.numpy()[0])
+        self.host_sampled += on_host
+        return chunk_tokens, (tokens if decode else None)
 
     def capture(self, runs: int = 3) -> None:
         """Run every bucket's decode step `runs` times, all rows placeholders (onnxruntime

@@ -11,7 +11,7 @@ import pytest
 
 from optimizer.pipeline import BuildOptions, build_engine
 from runtime import Engine, SamplingParams
-from runtime.decode_choice import choose_tokens
+from runtime.decode_choice import choose_packed, choose_tokens
 from runtime.device_sampler import DeviceSampler, RowParams, sampler_model
 from runtime.executors import StaticExecutor
 from runtime.graph_executor import GraphStaticExecutor, batch_buckets, bucket_for, mask_rows, unsupported_reason
@@ -237,10 +237,50 @@ def test_decode_choice_on_a_paged_logits_buffer():
     for seq in seqs + twins:
         seq.output_ids.append(5)  # an earlier token, so the presence penalty changes something
         seq._counts[5] = 1
-    tokens, on_host = choose_tokens(seqs, np.arange(len(seqs)), size, RowParams.empty(size), sampler,
-                                    lambda: logits[0].argmax(-1), lambda: logits[0])
+    tokens, on_host = choose_tokens(seqs, np.arange(len(seqs)), size, RowParams.empty(size),
+                                    lambda p: sampler.run(size, size, p), lambda: logits[0].argmax(-1),
+                                    lambda: logits[0])
     want = [twin.choose(logits[0, i], None if twin.params.temperature == 0 else draw_uniform(twin.rng))
             for i, twin in enumerate(twins)]
     assert tokens == want and on_host == 2
     with pytest.raises(ValueError, match="rows"):
         sampler.bind(4, buffer)  # a buffer of 8 rows is not a bucket of 4
+
+
+def test_an_eager_packed_steps_rows_are_chosen_on_the_device():
+    """A paged step with prefill chunks runs eagerly: its logits (1, rows, V) are read in place
+    by the sampler (`run_on`, no bucket). Each decode and each chunk that ends its prompt gets
+    the token the host would choose with the same random numbers; a chunk in the middle of its
+    prompt gets None and draws nothing from its generator."""
+    vocab, candidates = 300, 32
+    rng = np.random.default_rng(9)
+    params = [SamplingParams(temperature=0.9, seed=1),  # a chunk ending its prompt
+              SamplingParams(temperature=0.8, seed=2),  # a chunk in the middle: no token, no draw
+              SamplingParams(),  # a chunk ending its prompt, greedy
+              SamplingParams(temperature=1.0, top_k=8, top_p=0.9, seed=3),  # decodes from here on
+              SamplingParams(temperature=0.7, min_tokens=3, seed=4),  # EOS held back: the host
+              SamplingParams(temperature=1.2, top_k=100, seed=5),  # wider than the candidates: the host
+              SamplingParams()]
+    rows = len(params)
+    logits = (rng.normal(size=(1, rows, vocab)) * 3).astype(np.float32)
+    buffer = ort.OrtValue.ortvalue_from_numpy(logits, "cpu", 0)
+    sampler = DeviceSampler(vocab, np.float32, "cpu", None, candidates)
+
+    def sequences():
+        seqs = [Sequence(f"r{i}", list(range(10, 20)), p, eos_token_ids=[7]) for i, p in enumerate(params)]
+        for seq in seqs[3:]:
+            seq.output_ids.append(5)
+        return seqs
+
+    seqs, twins = sequences(), sequences()
+    prefill = [(seqs[0], 4, 10), (seqs[1], 0, 6), (seqs[2], 0, 10)]
+    chunk_tokens, tokens, on_host = choose_packed(prefill, seqs[3:], RowParams.empty(8),
+                                                  lambda p: sampler.run_on(buffer, rows, p),
+                                                  lambda: logits[0].argmax(-1), lambda: logits[0])
+    want = [None if i == 1 else twin.choose(logits[0, i], None if twin.params.temperature == 0 or twin.suppressing()
+                                            else draw_uniform(twin.rng))
+            for i, twin in enumerate(twins)]
+    assert chunk_tokens + tokens == want and on_host == 2
+    assert seqs[1].rng.random() == twins[1].rng.random()  # the unfinished chunk drew nothing
+    with pytest.raises(ValueError, match="rows"):
+        sampler.run_on(buffer, rows - 1, RowParams.empty(8))

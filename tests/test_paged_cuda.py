@@ -183,8 +183,9 @@ def _run_all(llm, requests) -> list[list[int]]:
 
 def test_tokens_chosen_on_the_device_equal_the_hosts(engines):
     """Greedy rows take the engine's own argmax (only ids leave the GPU); seeded sampled rows
-    are chosen by the device sampler, min_tokens rows on the host. The same requests through
-    the host path (every row's logits copied back) give the same tokens, row for row.
+    are chosen by the device sampler, in captured decode steps and in eager steps with prefill
+    chunks alike, min_tokens rows on the host. The same requests through the host path (every
+    row's logits copied back) give the same tokens, row for row.
 
     The sampled rows keep their top 40 tokens: the device sums probabilities in float32 and
     the host in float64, so on a nearly flat distribution over the whole vocabulary (these
@@ -202,6 +203,8 @@ def test_tokens_chosen_on_the_device_equal_the_hosts(engines):
     host = paged.llm()
     host.samples_on_device = False  # the LLMEngine then calls executor.step and chooses every row
     assert _run_all(on_device, requests) == _run_all(host, requests)
+    held = sum(params.min_tokens for _, params in requests)  # EOS held back: chosen on the host
+    assert on_device.executor.host_sampled <= held, f"{on_device.executor.host_sampled} rows chosen on the host"
 
 
 def test_the_pool_is_sized_from_gpu_memory(engines):
