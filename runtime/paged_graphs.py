@@ -21,7 +21,9 @@ replays it afterwards. The host's part of a step is three small copies (ids, len
 table), the replay, and the copy of b token ids back: the engine's argmax where every row is
 greedy, else the device sampler's replay on the logits buffer (`runtime.decode_choice`: rows
 that need penalties, logprobs, structured output or min_tokens are chosen on the host from
-the logits). Steps with prefill chunks stay eager and packed (`PagedExecutor.step_tokens`).
+the logits). Steps with prefill chunks stay eager and packed (`PagedExecutor._launch`); their
+rows' tokens are chosen the same way, the sampler reading the step's own logits output in place
+(`DeviceSampler.run_on`).
 
 Rows b' < b of a bucket beyond the real sequences are placeholders: token 0 at position 0 of
 a table that names only the scratch block (`PagedExecutor.scratch_block`, one block past the
@@ -107,7 +109,7 @@ class GraphPagedExecutor(PagedExecutor):
         self._logits_dtype = np.float16 if logits.type == "tensor(float16)" else np.float32
         self.sampler = DeviceSampler(self.vocab, self._logits_dtype, "cuda", session.provider_options, candidates)
         self._params = RowParams.empty(self.buckets[-1])
-        self.host_sampled = 0  # decode rows chosen on the host (penalties, min_tokens, wide top-k / top-p)
+        self.host_sampled = 0  # rows chosen on the host (penalties, min_tokens, wide top-k / top-p)
         super().__init__(session, max_sequences, num_blocks, block_size)
 
     def _allocate(self, num_blocks: int) -> None:
