@@ -32,12 +32,14 @@ pool's), so their key/value writes land where no sequence reads.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Sequence as Seq
 
 import numpy as np
 import onnxruntime as ort
 
+from optimizer.core.errors import EngineError
 from runtime.decode_choice import choose_packed, choose_tokens
 from runtime.device_sampler import DEFAULT_CANDIDATES, DeviceSampler, RowParams
 from runtime.graph_executor import batch_buckets, bucket_for
@@ -47,6 +49,33 @@ from runtime.session import DecoderSession
 
 PAGED_GRAPH_INPUTS = ("input_ids", "cumulative_sequence_length", "past_seqlens", "block_table",
                       "attention_metadata")
+
+
+def flash_paged_block(head_dim: int) -> int:
+    """The block sizes (multiples of this) for which onnxruntime 1.31's PagedAttention reads a
+    paged cache in place with flash attention: its flash kernel's key tile must not straddle a
+    block (kBlockN: 256 up to head size 64, 128 up to 128, 64 above; read in onnxruntime's
+    paged_attention.cc, not timed)."""
+    return 256 if head_dim <= 64 else 128 if head_dim <= 128 else 64
+
+
+def split_mixed_steps(head_dim: int, block_size: int, choice: str | None = None) -> bool:
+    """Whether a step with prefill chunks runs them alone, its decodes in their bucket's graph
+    (two calls), rather than everything packed in one eager call.
+
+    Where flash cannot read the blocks in place (block size not a multiple of
+    `flash_paged_block`), onnxruntime runs every step that is not decode-only by first gathering
+    each of its sequences' whole context into a dense buffer expanded to all query heads, every
+    layer, so a decode row packed with prefill chunks costs its whole context (session 35,
+    2048/128 at 8B with blocks of 16: 699 out tok/s); a decode-only step uses paged decode
+    kernels instead. `choice` (or OPTIMIZER_PAGED_SPLIT): "1" always, "0" never, "auto" (default)
+    where flash cannot read the blocks."""
+    choice = choice or os.environ.get("OPTIMIZER_PAGED_SPLIT", "auto")
+    if choice not in ("0", "1", "auto"):
+        raise EngineError(f"OPTIMIZER_PAGED_SPLIT={choice!r}", hint="use 0 (pack), 1 (split) or auto")
+    if choice != "auto":
+        return choice == "1"
+    return block_size % flash_paged_block(head_dim) != 0
 
 
 def unsupported_reason(session: DecoderSession) -> str | None:
@@ -110,6 +139,7 @@ class GraphPagedExecutor(PagedExecutor):
         self.sampler = DeviceSampler(self.vocab, self._logits_dtype, "cuda", session.provider_options, candidates)
         self._params = RowParams.empty(self.buckets[-1])
         self.host_sampled = 0  # rows chosen on the host (penalties, min_tokens, wide top-k / top-p)
+        self.split_steps = split_mixed_steps(session.kv.head_dim, block_size)
         super().__init__(session, max_sequences, num_blocks, block_size)
 
     def _allocate(self, num_blocks: int) -> None:
@@ -184,24 +214,28 @@ class GraphPagedExecutor(PagedExecutor):
 
     def step_tokens(self, prefill: Seq[tuple[Sequence, int, int]], decode: Seq[Sequence]
                     ) -> tuple[list, list[int] | None]:
-        """A decode-only step replays its bucket's graph; a step with prefill chunks runs
-        eagerly and packed, its rows' tokens chosen on the device as well (the sampler reads
-        the step's logits where onnxruntime wrote them): only ids cross to the host, unless a
-        row needs the host (`runtime.decode_choice`). A chunk that does not end its prompt
-        gets None (its logits are no next token)."""
-        if prefill and LOGITS_INDICES in self._inputs:
-            return self._packed_tokens(prefill, decode)
-        if prefill:  # older engines compute every packed token's logits: the host chooses
+        """A decode-only step replays its bucket's graph; a step with prefill chunks runs them
+        eagerly, packed with the decodes, or (`split_steps`) alone, the decodes then replaying
+        their bucket's graph. Every row's token is chosen on the device where it can be (for an
+        eager step the sampler reads its logits where onnxruntime wrote them): only ids cross to
+        the host, unless a row needs the host (`runtime.decode_choice`). A chunk that does not
+        end its prompt gets None (its logits are no next token)."""
+        if not prefill:
+            return ([], self._decode_tokens(decode)) if decode else ([], None)
+        if LOGITS_INDICES not in self._inputs:  # older engines compute every packed token's logits
             return super().step_tokens(prefill, decode)
-        if not decode:
-            return [], None
+        if decode and self.split_steps:
+            return self._packed_tokens(prefill, [])[0], self._decode_tokens(decode)
+        return self._packed_tokens(prefill, decode)
+
+    def _decode_tokens(self, decode: Seq[Sequence]) -> list[int]:
         step, size = self._replay(decode)
         greedy = None if step.greedy is None else (lambda: step.greedy.numpy()[0])
         tokens, on_host = choose_tokens(decode, np.arange(len(decode)), size, self._params,
                                         lambda p: self.sampler.run(size, size, p), greedy,
                                         lambda: step.logits.numpy()[0])
         self.host_sampled += on_host
-        return [], tokens
+        return tokens
 
     def _packed_tokens(self, prefill: Seq[tuple[Sequence, int, int]], decode: Seq[Sequence]
                        ) -> tuple[list[int | None], list[int] | None]:

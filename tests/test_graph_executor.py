@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from optimizer.core.errors import EngineError
 from optimizer.pipeline import BuildOptions, build_engine
 from runtime import Engine, SamplingParams
 from runtime.decode_choice import choose_packed, choose_tokens
@@ -284,3 +285,21 @@ def test_an_eager_packed_steps_rows_are_chosen_on_the_device():
     assert seqs[1].rng.random() == twins[1].rng.random()  # the unfinished chunk drew nothing
     with pytest.raises(ValueError, match="rows"):
         sampler.run_on(buffer, rows - 1, RowParams.empty(8))
+
+
+def test_steps_split_where_flash_cannot_read_the_blocks(monkeypatch):
+    """onnxruntime's flash kernel reads paged blocks in place only for block sizes that are
+    multiples of its key tile (256 / 128 / 64 by head size): elsewhere steps with prefill
+    chunks leave the decodes to their own captured call; OPTIMIZER_PAGED_SPLIT overrides."""
+    from runtime.paged_graphs import flash_paged_block, split_mixed_steps
+
+    assert [flash_paged_block(d) for d in (32, 64, 96, 128, 256)] == [256, 256, 128, 128, 64]
+    monkeypatch.delenv("OPTIMIZER_PAGED_SPLIT", raising=False)
+    assert split_mixed_steps(128, 16) and not split_mixed_steps(128, 128) and not split_mixed_steps(128, 256)
+    assert split_mixed_steps(64, 128) and not split_mixed_steps(64, 256)
+    assert not split_mixed_steps(128, 16, "0") and split_mixed_steps(128, 128, "1")
+    monkeypatch.setenv("OPTIMIZER_PAGED_SPLIT", "1")
+    assert split_mixed_steps(128, 128)
+    monkeypatch.setenv("OPTIMIZER_PAGED_SPLIT", "yes")
+    with pytest.raises(EngineError, match="OPTIMIZER_PAGED_SPLIT"):
+        split_mixed_steps(128, 16)

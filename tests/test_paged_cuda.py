@@ -282,3 +282,30 @@ def test_decode_steps_replay_captured_graphs_per_bucket(engines):
     assert not isinstance(eager.executor, GraphPagedExecutor)
     same = sum(a == b for a, b in zip(outs, _run_all(eager, requests)))
     assert same >= len(requests) // 2, f"only {same} of {len(requests)} requests match the eager executor"
+
+
+@pytest.mark.parametrize("choice", ["0", "1"])
+def test_steps_with_prefill_chunks_packed_or_split(engines, monkeypatch, choice):
+    """A step with prefill chunks runs its decodes packed with them (one eager call) or apart
+    (`OPTIMIZER_PAGED_SPLIT=1`: the chunks eagerly, the decodes from their bucket's graph):
+    either way every request gets its own greedy tokens and its sampled ones, and the pool
+    ends empty. Requests arrive while others decode, so most steps mix the two."""
+    monkeypatch.setenv("OPTIMIZER_PAGED_SPLIT", choice)
+    paged, _ = engines
+    llm = paged.llm()
+    assert isinstance(llm.executor, GraphPagedExecutor) and llm.executor.split_steps == (choice == "1")
+    requests = [(p, SamplingParams(max_new_tokens=params.max_new_tokens, ignore_eos=True,
+                                   temperature=0.9 if i % 3 == 2 else 0.0, seed=i))
+                for i, (p, params) in enumerate(_requests(16, seed=17))]
+    seqs = []
+    for prompt, params in requests:  # one new request every other step
+        seqs.append(llm.add_request(prompt, params, detokenize=False))
+        llm.step()
+        llm.step()
+    while llm.has_work:
+        llm.step()
+    assert llm.scheduler.pool.used == 0 and llm.executor.host_sampled == 0
+    for (prompt, params), seq in zip(requests, seqs):
+        assert len(seq.output_ids) == params.max_new_tokens
+        if params.temperature == 0:
+            assert_greedy_under_own_logits(paged.session, prompt, seq.output_ids)
