@@ -95,7 +95,9 @@ def run_ours(engine_dir: Path, workloads: list[tuple[str, list[Request]]], max_b
                   "max_batch": llm.scheduler.max_running, "prefill_budget": llm.scheduler.prefill_budget,
                   "kv_layout": engine.session.kv.layout, "kv_memory": getattr(llm.executor, "memory", None),
                   "preemptions": llm.scheduler.preemptions, "incomplete_requests": len(lost),
-                  "host_sampled_rows": getattr(llm.executor, "host_sampled", None), **summary}
+                  "host_sampled_rows": getattr(llm.executor, "host_sampled", None),
+                  "kv_block_size": engine.session.kv.block_size,
+                  "split_steps": getattr(llm.executor, "split_steps", None), **summary}
         if before is not None and after is not None:
             record.update(gpu_used_gb_before=before / 1e9, gpu_used_gb_after=after / 1e9)
         records.append(record)
