@@ -303,3 +303,37 @@ def test_steps_split_where_flash_cannot_read_the_blocks(monkeypatch):
     monkeypatch.setenv("OPTIMIZER_PAGED_SPLIT", "yes")
     with pytest.raises(EngineError, match="OPTIMIZER_PAGED_SPLIT"):
         split_mixed_steps(128, 16)
+
+
+def test_paged_steps_with_prefill_go_packed_or_split(monkeypatch):
+    """GraphPagedExecutor.step_tokens' routing (its kernels are CUDA-only; the calls are
+    recorded here): decode-only steps replay a bucket; steps with prefill chunks run packed in
+    one eager call, or the chunks alone and then the decodes' replay where steps split; engines
+    without logits_indices leave packed steps to the host path."""
+    from runtime.paged import LOGITS_INDICES, PagedExecutor
+    from runtime.paged_graphs import GraphPagedExecutor
+
+    calls = []
+    executor = object.__new__(GraphPagedExecutor)  # no session: only the routing runs
+    executor._inputs = {LOGITS_INDICES}
+    executor._packed_tokens = lambda prefill, decode: (calls.append(("packed", len(prefill), len(decode)))
+                                                       or ([1] * len(prefill), [2] * len(decode) or None))
+    executor._decode_tokens = lambda decode: calls.append(("replay", len(decode))) or [3] * len(decode)
+    chunk = (Sequence("p", [1, 2, 3], SamplingParams()), 0, 3)
+    decoding = [Sequence("d", [4, 5], SamplingParams())]
+    for split in (False, True):
+        executor.split_steps = split
+        calls.clear()
+        assert executor.step_tokens([], decoding) == ([], [3]) and calls == [("replay", 1)]
+        calls.clear()
+        assert executor.step_tokens([chunk], []) == ([1], None) and calls == [("packed", 1, 0)]
+        calls.clear()
+        got = executor.step_tokens([chunk], decoding)
+        assert got == (([1], [3]) if split else ([1], [2]))
+        assert calls == ([("packed", 1, 0), ("replay", 1)] if split else [("packed", 1, 1)])
+    assert executor.step_tokens([], []) == ([], None)
+    executor._inputs = set()
+    host = []
+    monkeypatch.setattr(PagedExecutor, "step_tokens",
+                        lambda self, prefill, decode: host.append(len(prefill)) or ([None], None))
+    assert executor.step_tokens([chunk], decoding) == ([None], None) and host == [1]
