@@ -81,6 +81,8 @@ def choose_packed(prefill: Seq[tuple[Sequence, int, int]], decode: Seq[Sequence]
     Returns the chunks' entries, the decodes' tokens, and how many rows the host chose."""
     due = [i for i, (seq, _, end) in enumerate(prefill) if end == seq.num_tokens]
     due += range(len(prefill), len(prefill) + len(decode))
+    if not due:  # only chunks in the middle of their prompts
+        return [None] * len(prefill), [], 0
     seqs = [seq for seq, _, _ in prefill] + list(decode)
     tokens, on_host = choose_tokens([seqs[i] for i in due], np.asarray(due, np.int64), len(seqs), params,
                                     sample, greedy, logits)

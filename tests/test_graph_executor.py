@@ -283,6 +283,7 @@ def test_an_eager_packed_steps_rows_are_chosen_on_the_device():
             for i, twin in enumerate(twins)]
     assert chunk_tokens + tokens == want and on_host == 2
     assert seqs[1].rng.random() == twins[1].rng.random()  # the unfinished chunk drew nothing
+    assert choose_packed(prefill[1:2], [], RowParams.empty(8), None, None, None) == ([None], [], 0)
     with pytest.raises(ValueError, match="rows"):
         sampler.run_on(buffer, rows - 1, RowParams.empty(8))
 
