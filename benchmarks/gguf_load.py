@@ -91,10 +91,11 @@ def run_build(checkout: Path, gguf: str, out: Path, flags: list[str]) -> dict:
     cmd = [sys.executable, "-c", "from optimizer.cli import main; main()", "--log-format", "json",
            "model", gguf, "--out", str(out), *flags]
     wall, output, load = timed(cmd, checkout)
-    steps = {e["step"]: e["seconds"] for e in map(_json_or_none, output.splitlines())
+    steps = {e["step"].split(":")[0].split(" (")[0]: e["seconds"] for e in map(_json_or_none, output.splitlines())
              if e and e.get("event") == "step_end"}
     return {"build_s": round(wall, 2), "load_step_s": steps.get("load model"), "engine": engine_digest(out),
-            "load_avg_1m": round(load, 2)}
+            "load_avg_1m": round(load, 2), "steps": steps,
+            "outside_steps_s": round(wall - sum(steps.values()), 2)}  # interpreter, imports, exit
 
 
 def _json_or_none(line: str) -> dict | None:
@@ -112,6 +113,21 @@ def summary(rows: list[dict], labels: list[str], key: str) -> dict[str, dict]:
     base = statistics.median(values[labels[0]])
     return {label: {"values": v, "median": round(statistics.median(v), 2), "min": min(v), "max": max(v),
                     "speedup": round(base / statistics.median(v), 2)} for label, v in values.items()}
+
+
+def step_table(rows: list[dict], labels: list[str]) -> str:
+    """Median seconds of each build step (and of the time outside them) per checkout."""
+    names = list(dict.fromkeys(name for r in rows for name in r["steps"])) + ["outside the steps"]
+    lines = ["| step (median s) | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    for name in names:
+        cells = []
+        for label in labels:
+            values = [r["outside_steps_s"] if name == "outside the steps" else r["steps"].get(name)
+                      for r in rows if r["checkout"] == label]
+            values = [v for v in values if v is not None]
+            cells.append(f"{statistics.median(values):.2f}" if values else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def table(title: str, stats: dict[str, dict], first: str) -> str:
@@ -164,6 +180,7 @@ def main() -> None:
         text += ["", table("`optimize model` " + (args.build_flags or "fp32") + " end to end", record["build"],
                            labels[0]),
                  "", table("its \"load model\" step", record["build_load_step"], labels[0]), "",
+                 step_table(builds, labels), "",
                  f"Engine files (all but manifest.json) identical across checkouts and rounds: "
                  f"{record['engines_identical']}"]
     print("\n".join(text))

@@ -19,7 +19,7 @@ from optimizer.core.assets import fetch_asset
 from optimizer.core.errors import InputError
 from optimizer.models.gguf_config import config_dict
 from optimizer.models.gguf_tensors import read_tensors
-from optimizer.models.gguf_weights import dequantized, unpermute_rows
+from optimizer.models.gguf_weights import dequantized, small_pages, unpermute_rows
 from optimizer.models.loader import load_model
 
 
@@ -66,6 +66,20 @@ def test_dequantized_equals_gguf_bit_for_bit(asset):
         assert np.array_equal(ours.view(np.uint32), theirs.view(np.uint32)), tensor.name
         types.add(GGMLQuantizationType(tensor.tensor_type).name)
     assert len(types) >= 3, types  # block formats were exercised, not only plain floats
+
+
+def test_small_pages_turns_numpy_hugepage_advice_off_for_its_duration_only():
+    try:
+        from numpy._core.multiarray import _set_madvise_hugepage as advise
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _set_madvise_hugepage as advise
+    before = advise(True)  # each call returns the setting it replaces
+    try:
+        with small_pages():
+            assert advise(False) is False
+        assert advise(True) is True
+    finally:
+        advise(before)
 
 
 def test_unpermute_rows_inverts_llama_cpp_permutation():
