@@ -8,7 +8,8 @@
 # 1. the CUDA tests of both graph executors (the device sampler's `full` graph, the memory-sized
 #    pool's fix), in the background while the 8B shape builds paged fp16 and fp8-KV engines with
 #    blocks of 128 and room for 2048 + 128 positions;
-# 2. which attention kernel each kind of step gets (ORT_ENABLE_ATTENTION_KERNEL_DEBUG_INFO=1, a
+# 2. the device sampler's full-vocabulary graph against the candidates' one (512 x 128k rows);
+#    which attention kernel each kind of step gets (ORT_ENABLE_ATTENTION_KERNEL_DEBUG_INFO=1, a
 #    few requests);
 # 3. 512 requests of 128/128 on both, the fp16 one sampled too (temperature 1.0), transformers
 #    compiled at 512 (HF=0 skips);
@@ -26,6 +27,8 @@ fi
 python3 benchmarks/gpu_decode.py --work $W --results $W/results.jsonl --shapes llama-3.1-8b \
     --formats fp16-paged,fp16-paged-fp8kv --phases build --kv-block-size 128 --max-len 2304
 [ -n "$TP" ] && wait $TP; tail -25 $W/tests.log
+python3 benchmarks/sampler_graphs.py --provider cuda --shapes 64x128256,512x128256 --runs 11 > $W/sampler.jsonl
+cat $W/sampler.jsonl
 tp() {  # engine isl osl [more throughput.py options]
   python3 benchmarks/throughput.py ours $W/ours-llama-3.1-8b-$1 --requests ${N:-512} --isl $2 --osl $3 --arrivals t0 \
       --prefill-budget 16384 --max-batch 512 --gpu-memory-fraction 0.9 --results $W/throughput.jsonl "${@:4}"
