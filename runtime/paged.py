@@ -74,6 +74,11 @@ def pack_step(chunks: Seq[Chunk], block_size: int) -> dict[str, np.ndarray]:
     }
 
 
+def last_rows(chunks: Seq[Chunk]) -> np.ndarray:
+    """Each chunk's last row in the packed step (where its next-token logits are)."""
+    return np.cumsum([len(ids) for ids, _, _ in chunks]) - 1
+
+
 def profile_chunks(tokens: int, max_length: int | None, sequences: int, block_size: int) -> list[Chunk]:
     """The largest step a pool must leave room for: `tokens` prompt tokens as sequences of at
     most `max_length`, and one decode token of each of `sequences`, each on blocks of its own."""
@@ -159,7 +164,7 @@ class PagedExecutor:
         needed = sum(len(table) for _, _, table in chunks)
         if self.pool.num_blocks < needed:
             self._allocate(needed)
-        self._run(chunks, list(np.cumsum([len(ids) for ids, _, _ in chunks]) - 1))
+        self._run(chunks, list(last_rows(chunks)))
         free, total = device_memory()
         num_blocks = self.pool.num_blocks + blocks_for_fraction(free, total, fraction, self.bytes_per_block)
         if num_blocks * self.block_size < len(chunks[0][0]):
@@ -192,6 +197,14 @@ class PagedExecutor:
             self._binding.bind_output(GREEDY_TOKENS, "cuda")
         self.session.session.run_with_iobinding(self._binding, self.session.eager_run)
 
+    def _launch_step(self, prefill: Seq[tuple[Sequence, int, int]], decode: Seq[Sequence]) -> list:
+        """Run an iteration's chunks and decodes as one packed step, every chunk's last row
+        computed (with logits_indices); its outputs (logits, then greedy tokens where the engine
+        has them), on the device."""
+        chunks = self._chunks(prefill, decode)
+        self._launch(chunks, last_rows(chunks))
+        return self._binding.get_outputs()
+
     def _run(self, chunks: Seq[Chunk], rows: Seq[int]) -> np.ndarray:
         """Run one packed step; the logits (len(rows), V) of those rows of the packed tokens."""
         self._launch(chunks, rows)
@@ -209,8 +222,7 @@ class PagedExecutor:
         chunks = self._chunks(prefill, decode)
         if not chunks:
             return [], None
-        ends = np.cumsum([len(ids) for ids, _, _ in chunks]) - 1  # each chunk's last row
-        logits = self._run(chunks, ends)
+        logits = self._run(chunks, last_rows(chunks))
         return list(logits[:len(prefill)]), (logits[len(prefill):] if decode else None)
 
     def step_tokens(self, prefill: Seq[tuple[Sequence, int, int]], decode: Seq[Sequence]
@@ -221,12 +233,9 @@ class PagedExecutor:
         last logits (V,) for the host to choose from, and a token id for each decoding sequence
         (rows that sample are chosen here from the logits, with each sequence's own generator).
         Only the chunks' token ids cross to the host unless a row samples."""
-        chunks = self._chunks(prefill, decode)
-        if not chunks:
+        if not prefill and not decode:
             return [], None
-        ends = np.cumsum([len(ids) for ids, _, _ in chunks]) - 1
-        self._launch(chunks, ends)
-        outputs = self._binding.get_outputs()
+        outputs = self._launch_step(prefill, decode)
         seqs = [seq for seq, _, _ in prefill] + list(decode)
         host = [i for i, seq in enumerate(seqs) if not seq.greedy_on_device()]
         tokens = outputs[1].numpy().reshape(-1).tolist()  # the engine's argmax of every row

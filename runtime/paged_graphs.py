@@ -239,10 +239,8 @@ class GraphPagedExecutor(PagedExecutor):
 
     def _packed_tokens(self, prefill: Seq[tuple[Sequence, int, int]], decode: Seq[Sequence]
                        ) -> tuple[list[int | None], list[int] | None]:
-        chunks = self._chunks(prefill, decode)
-        self._launch(chunks, np.cumsum([len(ids) for ids, _, _ in chunks]) - 1)
-        outputs = self._binding.get_outputs()
-        logits, rows = outputs[0], len(chunks)  # (1, rows, V): logits_indices picked each chunk's last
+        outputs = self._launch_step(prefill, decode)
+        logits, rows = outputs[0], len(prefill) + len(decode)  # (1, rows, V): each chunk's last row
         greedy = (lambda: outputs[1].numpy().reshape(-1)) if self.samples_on_device else None
         params = self._params if rows <= len(self._params.temperature) else RowParams.empty(rows)
         chunk_tokens, tokens, on_host = choose_packed(
