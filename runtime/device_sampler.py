@@ -48,6 +48,9 @@ from runtime.sampling import SamplingParams, U_MAX
 
 DEFAULT_CANDIDATES = 256  # top-k / top-p rows: the most likely tokens the device considers
 KINDS = ("greedy", "full", "sample")  # the sampler graphs (module docstring)
+# the sampled graphs' per-row inputs (RowParams' fields) and outputs; `greedy` has next_tokens only
+PARAM_TYPES = {"temperature": np.float32, "top_k": np.int64, "top_p": np.float32, "uniform": np.float32}
+OUTPUT_TYPES = {"next_tokens": np.int64, "logprobs": np.float32, "fallback": np.bool_}
 GROUP = 256  # long rows' inverse CDF: weights per group of the first level
 SAMPLER_OPSET = 21
 _LOGITS_TYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16}
@@ -143,17 +146,15 @@ def sampler_model(vocab: int, kind: str = "sample", logits_dtype=np.float32,
     g = _Graph()
     raw = _head(g, logits_dtype)
     greedy = g.op("ArgMax", raw, axis=1, keepdims=0)  # (B,)
-    outputs = [("next_tokens", TensorProto.INT64)]
     inputs = [helper.make_tensor_value_info("logits", _LOGITS_TYPES[np.dtype(logits_dtype)], ["batch", 1, vocab])]
     if kind == "greedy":
         g.op("Identity", greedy)
         g.nodes[-1].output[0] = "next_tokens"
     else:
         k = min(candidates, vocab)
-        for name, elem in (("temperature", TensorProto.FLOAT), ("top_k", TensorProto.INT64),
-                           ("top_p", TensorProto.FLOAT), ("uniform", TensorProto.FLOAT)):
-            inputs.append(helper.make_tensor_value_info(name, elem, ["batch"]))
-        col = {n: g.op("Unsqueeze", n, "axis1") for n in ("temperature", "top_k", "top_p", "uniform")}  # (B, 1)
+        for name, dtype in PARAM_TYPES.items():
+            inputs.append(helper.make_tensor_value_info(name, _onnx_type(dtype), ["batch"]))
+        col = {n: g.op("Unsqueeze", n, "axis1") for n in PARAM_TYPES}  # (B, 1)
         zero_i, zero_f = g.const("zero_i", np.asarray(0, np.int64)), g.const("zero_f", np.asarray(0.0, np.float32))
         # probabilities at temperature T (Softmax: onnxruntime's CUDA ReduceMax / ReduceLogSumExp
         # take milliseconds on vocabulary-wide rows, its Softmax microseconds)
@@ -174,9 +175,9 @@ def sampler_model(vocab: int, kind: str = "sample", logits_dtype=np.float32,
         # logprobs of the raw logits (temperature 1)
         _logprob(g, g.op("Softmax", raw, axis=1), "next_tokens")
         g.nodes[-1].output[0] = "logprobs"
-        outputs += [("logprobs", TensorProto.FLOAT), ("fallback", TensorProto.BOOL)]
     graph = helper.make_graph(g.nodes, f"sampler_{kind}", inputs,
-                              [helper.make_tensor_value_info(n, t, ["batch"]) for n, t in outputs],
+                              [helper.make_tensor_value_info(n, _onnx_type(OUTPUT_TYPES[n]), ["batch"])
+                               for n in _outputs(kind)],
                               initializer=g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", SAMPLER_OPSET)],
                               producer_name="optimizer.runtime.device_sampler")
@@ -294,20 +295,17 @@ class DeviceSampler:
         if logits.shape()[-1] != self.vocab or int(np.prod(logits.shape())) != bucket * self.vocab:
             raise ValueError(f"logits {logits.shape()} do not hold {bucket} rows of {self.vocab}")
         b = {"outputs": {}, "params": {}, "bindings": {}, "run": {}}
-        for name, dtype in (("temperature", np.float32), ("top_k", np.int64), ("top_p", np.float32),
-                            ("uniform", np.float32)):
+        for name, dtype in PARAM_TYPES.items():
             b["params"][name] = ort.OrtValue.ortvalue_from_shape_and_type((bucket,), dtype, self.device, 0)
         for kind, session in self.sessions.items():
             binding = session.io_binding()
             binding.bind_input("logits", self.device, 0, self.logits_dtype, (bucket, 1, self.vocab),
                                logits.data_ptr())
-            outs = {"next_tokens": np.int64}
             if kind != "greedy":
-                outs.update(logprobs=np.float32, fallback=np.bool_)
                 for name, value in b["params"].items():
                     binding.bind_ortvalue_input(name, value)
-            values = {n: ort.OrtValue.ortvalue_from_shape_and_type((bucket,), t, self.device, 0)
-                      for n, t in outs.items()}
+            values = {n: ort.OrtValue.ortvalue_from_shape_and_type((bucket,), OUTPUT_TYPES[n], self.device, 0)
+                      for n in _outputs(kind)}
             for name, value in values.items():
                 binding.bind_ortvalue_output(name, value)
             run = ort.RunOptions()
@@ -328,9 +326,9 @@ class DeviceSampler:
         binding = session.io_binding()
         binding.bind_input("logits", self.device, 0, self.logits_dtype, (rows, 1, self.vocab), logits.data_ptr())
         if kind != "greedy":
-            for name in ("temperature", "top_k", "top_p", "uniform"):
+            for name in PARAM_TYPES:
                 binding.bind_cpu_input(name, np.ascontiguousarray(getattr(params, name)[:rows]))
-        names = ("next_tokens",) if kind == "greedy" else ("next_tokens", "logprobs", "fallback")
+        names = _outputs(kind)
         for name in names:
             binding.bind_output(name, "cpu")
         session.run_with_iobinding(binding, self._eager)
@@ -351,3 +349,12 @@ class DeviceSampler:
         lp = outs["logprobs"].numpy()[:rows] if logprobs else None
         fallback = outs["fallback"].numpy()[:rows] if kind != "greedy" else None
         return tokens, lp, fallback
+
+
+def _outputs(kind: str) -> tuple[str, ...]:
+    """The output names of a sampler graph of this kind."""
+    return ("next_tokens",) if kind == "greedy" else tuple(OUTPUT_TYPES)
+
+
+def _onnx_type(dtype) -> int:
+    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
