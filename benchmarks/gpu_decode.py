@@ -365,9 +365,9 @@ def main() -> None:
     ap.add_argument("--phases", default="bandwidth,build,ours,hf,genai")
     ap.add_argument("--concurrency", default="16,64,256")
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--kv-block-size", type=int, default=16,
-                    help="paged formats' block size (128: onnxruntime's flash / XQA paged kernels; see "
-                         "benchmarks/results/gpu-throughput/README.md, session 35)")
+    ap.add_argument("--kv-block-size", type=int, default=None,
+                    help="paged formats' block size [default: the build's, what onnxruntime's flash / XQA paged "
+                         "kernels read in place: 128 at head size 128; benchmarks/results/gpu-throughput/README.md]")
     ap.add_argument("--max-len", type=int, default=MAX_LEN,
                     help="engines' maximum sequence length (2304 for benchmarks/throughput.py's 2048/128 and 128/2048)")
     ap.add_argument("--hf-max-batch", type=int, default=64, help="largest static batch timed for transformers")

@@ -12,7 +12,7 @@ import onnx
 import onnx_ir as ir
 
 from optimizer.capture import DecoderDims, kv_names
-from optimizer.core.engine_format import KvCacheSpec
+from optimizer.core.engine_format import KvCacheSpec, flash_paged_block
 from optimizer.identity import build_identity
 from optimizer.models.loader import LoadedModel
 from optimizer.options import BuildSection
@@ -69,7 +69,7 @@ def kv_cache_section(dims: DecoderDims, dtype: str, attention: str = "unfused", 
     if layout == "static":
         layout_sizes = dict(slots=slots, slot_capacity=capacity)
     elif layout == "paged":
-        block = sizes.kv_block_size
+        block = sizes.kv_block_size or flash_paged_block(dims.head_dim)
         layout_sizes = dict(slots=slots, block_size=block, num_blocks=sizes.kv_blocks or -(-slots * capacity // block),
                             max_blocks_per_sequence=-(-max_positions // block))
     return KvCacheSpec(dims.num_layers, dims.num_kv_heads, dims.head_dim, quantized["dtype"] if quantized else dtype,

@@ -78,7 +78,9 @@ class BuildSection:
     kv_slots: int | None = opt(None, "Static/paged layouts: sequences batched together [default: 16].")
     kv_capacity: int | None = opt(None, "Static layout: positions per slot (prompt + output); paged: the pool "
                                         "holds slots x capacity positions [default: min(max seq len, 1024)].")
-    kv_block_size: int = opt(16, "Paged layout: tokens per block.")
+    kv_block_size: int | None = opt(None, "Paged layout: tokens per block [default: the size onnxruntime's flash "
+                                          "kernel reads in place at the model's head size: 128 at head sizes "
+                                          "65-128, 256 up to 64, 64 above].")
     kv_blocks: int | None = opt(None, "Paged layout: blocks in the pool [default: slots x capacity / block size].")
     kv_cache_dtype: str = opt("auto", "KV-cache storage: auto = the engine's dtype; int8 or fp8 (E4M3) with one "
                                       "static scale per layer for K and V, calibrated on --kv-calib: int8 for the "

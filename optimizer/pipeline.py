@@ -9,6 +9,7 @@ optimizer.manifest, the file writing in optimizer.engine_files.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from calibration.data import parse_spec, token_windows, windows_hash
 from optimizer.build_checks import check_standard_ops, validate_build
 from optimizer.capture import DecoderDims, capture, decoder_dims
 from optimizer.core.artifact import EngineDir, load_engine, staging_dir, write_manifest
-from optimizer.core.engine_format import KvCacheSpec
+from optimizer.core.engine_format import KvCacheSpec, flash_paged_block
 from optimizer.core.errors import InputError
 from optimizer.core.out_lock import output_lock
 from optimizer.core.progress import bar, console, step
@@ -99,6 +100,7 @@ def _build(opts: BuildOptions, loaded: LoadedModel | None) -> EngineDir:
     gate = prepare_gate(opts, loaded)  # its baseline, before quantization changes the weights
     quantization, codes = quantize(opts, loaded)
     model, dims = capture_graph(opts, loaded)
+    opts = with_block_size(opts, dims)
     max_positions = opts.max_seq_len or model_max_positions(loaded.config)
     kv_scales, kv_quant = calibrate_kv(opts, loaded, dims, codes)
     model, pass_reports = graph_passes(opts, model, codes, max_positions, kv_scales)
@@ -159,6 +161,14 @@ def capture_graph(opts: BuildOptions, loaded: LoadedModel) -> tuple[ir.Model, De
     with step(f"capture {loaded.arch.name} decoder ({dims.num_layers} layers, {opts.dtype})", opts.quiet):
         with bar("layers", dims.num_layers, opts.quiet) as advance:
             return capture(loaded, opts.dtype, on_layer=lambda i: advance()), dims
+
+
+def with_block_size(opts: BuildOptions, dims: DecoderDims) -> BuildOptions:
+    """`opts` with --kv-block-size's default filled in: the block size onnxruntime's flash
+    kernel reads in place at the model's head size (flash_paged_block)."""
+    if opts.kv_block_size is not None:
+        return opts
+    return dataclasses.replace(opts, kv_block_size=flash_paged_block(dims.head_dim))
 
 
 def calibrate_kv(opts: BuildOptions, loaded: LoadedModel, dims: DecoderDims,

@@ -39,6 +39,7 @@ from typing import Sequence as Seq
 import numpy as np
 import onnxruntime as ort
 
+from optimizer.core.engine_format import flash_paged_block
 from optimizer.core.errors import EngineError
 from runtime.decode_choice import choose_packed, choose_tokens
 from runtime.device_sampler import DEFAULT_CANDIDATES, DeviceSampler, RowParams
@@ -49,14 +50,6 @@ from runtime.session import DecoderSession
 
 PAGED_GRAPH_INPUTS = ("input_ids", "cumulative_sequence_length", "past_seqlens", "block_table",
                       "attention_metadata")
-
-
-def flash_paged_block(head_dim: int) -> int:
-    """The block sizes (multiples of this) for which onnxruntime 1.31's PagedAttention reads a
-    paged cache in place with flash attention: its flash kernel's key tile must not straddle a
-    block (kBlockN: 256 up to head size 64, 128 up to 128, 64 above; read in onnxruntime's
-    paged_attention.cc, not timed)."""
-    return 256 if head_dim <= 64 else 128 if head_dim <= 128 else 64
 
 
 def split_mixed_steps(head_dim: int, block_size: int, choice: str | None = None) -> bool:
@@ -208,9 +201,12 @@ class GraphPagedExecutor(PagedExecutor):
 
     def step(self, prefill: Seq[tuple[Sequence, int, int]],
              decode: Seq[Sequence]) -> tuple[list[np.ndarray], np.ndarray | None]:
-        if prefill or not decode:
-            return super().step(prefill, decode)
-        return [], self._replay(decode)[0].logits.numpy()[0, :len(decode)]
+        """Logits for the host to choose from, computed as `step_tokens` computes them (the same
+        split of mixed steps), so both paths see the same numbers."""
+        if decode and (not prefill or self.split_steps):
+            chunk_rows = super().step(prefill, [])[0] if prefill else []
+            return chunk_rows, self._replay(decode)[0].logits.numpy()[0, :len(decode)]
+        return super().step(prefill, decode)
 
     def step_tokens(self, prefill: Seq[tuple[Sequence, int, int]], decode: Seq[Sequence]
                     ) -> tuple[list, list[int] | None]:
@@ -222,10 +218,10 @@ class GraphPagedExecutor(PagedExecutor):
         end its prompt gets None (its logits are no next token)."""
         if not prefill:
             return ([], self._decode_tokens(decode)) if decode else ([], None)
+        if decode and self.split_steps:
+            return self.step_tokens(prefill, [])[0], self._decode_tokens(decode)
         if LOGITS_INDICES not in self._inputs:  # older engines compute every packed token's logits
             return super().step_tokens(prefill, decode)
-        if decode and self.split_steps:
-            return self._packed_tokens(prefill, [])[0], self._decode_tokens(decode)
         return self._packed_tokens(prefill, decode)
 
     def _decode_tokens(self, decode: Seq[Sequence]) -> list[int]:

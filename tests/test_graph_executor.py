@@ -292,7 +292,8 @@ def test_steps_split_where_flash_cannot_read_the_blocks(monkeypatch):
     """onnxruntime's flash kernel reads paged blocks in place only for block sizes that are
     multiples of its key tile (256 / 128 / 64 by head size): elsewhere steps with prefill
     chunks leave the decodes to their own captured call; OPTIMIZER_PAGED_SPLIT overrides."""
-    from runtime.paged_graphs import flash_paged_block, split_mixed_steps
+    from optimizer.core.engine_format import flash_paged_block
+    from runtime.paged_graphs import split_mixed_steps
 
     assert [flash_paged_block(d) for d in (32, 64, 96, 128, 256)] == [256, 256, 128, 128, 64]
     monkeypatch.delenv("OPTIMIZER_PAGED_SPLIT", raising=False)
@@ -336,5 +337,43 @@ def test_paged_steps_with_prefill_go_packed_or_split(monkeypatch):
     executor._inputs = set()
     host = []
     monkeypatch.setattr(PagedExecutor, "step_tokens",
-                        lambda self, prefill, decode: host.append(len(prefill)) or ([None], None))
-    assert executor.step_tokens([chunk], decoding) == ([None], None) and host == [1]
+                        lambda self, prefill, decode: host.append((len(prefill), len(decode))) or ([None], None))
+    executor.split_steps = False
+    assert executor.step_tokens([chunk], decoding) == ([None], None) and host == [(1, 1)]
+    executor.split_steps, host[:] = True, []
+    calls.clear()
+    assert executor.step_tokens([chunk], decoding) == ([None], [3]) and host == [(1, 0)]
+    assert calls == [("replay", 1)]
+
+
+def test_the_host_paths_steps_split_as_the_device_paths_do(monkeypatch):
+    """GraphPagedExecutor.step (logits for the host to choose from) runs a step as step_tokens
+    does: decode-only steps replay a bucket, mixed steps packed or split alike, so that the
+    host path and the device path compute the same numbers (a packed step's GEMMs have other
+    shapes than a split one's, and fp16 rounding differs)."""
+    from runtime.paged import PagedExecutor
+    from runtime.paged_graphs import GraphPagedExecutor
+
+    calls = []
+    executor = object.__new__(GraphPagedExecutor)
+
+    class Step:  # a replayed bucket: logits (1, size, V)
+        logits = type("V", (), {"numpy": staticmethod(lambda: np.full((1, 4, 2), 7.0))})()
+
+    executor._replay = lambda decode: calls.append(("replay", len(decode))) or (Step, 4)
+    monkeypatch.setattr(PagedExecutor, "step", lambda self, prefill, decode: calls.append(
+        ("packed", len(prefill), len(decode))) or ([np.zeros(2)] * len(prefill), np.ones((len(decode), 2)) if decode else None))
+    chunk = (Sequence("p", [1, 2, 3], SamplingParams()), 0, 3)
+    decoding = [Sequence("d", [4, 5], SamplingParams())]
+    for split in (False, True):
+        executor.split_steps = split
+        calls.clear()
+        rows, logits = executor.step([], decoding)
+        assert rows == [] and logits.tolist() == [[7.0, 7.0]] and calls == [("replay", 1)]
+        calls.clear()
+        rows, logits = executor.step([chunk], decoding)
+        assert len(rows) == 1 and logits.tolist() == ([[7.0, 7.0]] if split else [[1.0, 1.0]])
+        assert calls == ([("packed", 1, 0), ("replay", 1)] if split else [("packed", 1, 1)])
+        calls.clear()
+        rows, logits = executor.step([chunk], [])
+        assert len(rows) == 1 and logits is None and calls == [("packed", 1, 0)]
