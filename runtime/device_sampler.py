@@ -18,11 +18,12 @@ seed gives the same tokens on either path, up to float32 rounding at CDF boundar
 - temperature 0: argmax of the raw logits;
 - temperature only (top_k 0, top_p 1): softmax(logits / T) over the whole vocabulary, and the
   first token, in vocabulary order, whose cumulative mass exceeds u times the total;
-- top-k and/or top-p: the `candidates` most likely tokens (TopK), the top-k cut (renormalized
-  as the host does), the nucleus (a token stays while the mass strictly before it, in
-  probability order, is below top_p), then the same inverse-CDF lookup with the kept tokens
-  put back in vocabulary order. Where the cut would need more than `candidates` tokens
-  (top_k above it, or a nucleus wider than it), the row's `fallback` is set and the runtime
+- top-k and/or top-p: the `candidates` most likely tokens (TopK), the top-k cut (every token
+  as likely as the k-th, ties kept, renormalized as the host does), the nucleus (a token stays
+  while the mass strictly before it, in probability order, is below top_p), then the same
+  inverse-CDF lookup with the kept tokens put back in vocabulary order. Where the cut would
+  need more than `candidates` tokens (top_k above it, the k-th's ties reaching the last
+  candidate, or a nucleus wider than it), the row's `fallback` is set and the runtime
   samples that row on the host from the logits instead; nothing is silently truncated.
 
 `logprobs` is log_softmax of the raw logits at the chosen token (the model's distribution, as
@@ -171,7 +172,7 @@ def sampler_model(vocab: int, kind: str = "sample", logits_dtype=np.float32,
             g.op("Not", g.op("Or", is_greedy, is_full))  # a cut: the candidates' graph, or the host
             g.nodes[-1].output[0] = "fallback"
         else:
-            _candidates(g, probs, full_total, full_token, greedy, is_greedy, is_full, col, k)
+            _candidates(g, probs, full_total, full_token, greedy, is_greedy, is_full, col, k, vocab)
         # logprobs of the raw logits (temperature 1)
         _logprob(g, g.op("Softmax", raw, axis=1), "next_tokens")
         g.nodes[-1].output[0] = "logprobs"
@@ -186,15 +187,18 @@ def sampler_model(vocab: int, kind: str = "sample", logits_dtype=np.float32,
 
 
 def _candidates(g: _Graph, probs: str, full_total: str, full_token: str, greedy: str, is_greedy: str,
-                is_full: str, col: dict, k: int) -> None:
+                is_full: str, col: dict, k: int, vocab: int) -> None:
     """The `sample` graph's top-k / top-p rows: next_tokens and fallback (see the module docstring)."""
     zero_i, zero_f = "zero_i", "zero_f"  # sampler_model's constants
     # candidates: the k most likely, in probability order
     cand, index = g.op("TopK", probs, g.const("k", np.asarray([k], np.int64)), axis=1, largest=1,
                        sorted=1, outputs=2)  # (B, k)
-    rank = g.const("rank", np.arange(k, dtype=np.int64)[None, :])  # (1, k)
+    # the top-k cut keeps every token as likely as the k-th (ties kept, as the host does)
     has_k = g.op("Greater", col["top_k"], zero_i)
-    in_k = g.op("Or", g.op("Not", has_k), g.op("Less", rank, col["top_k"]))
+    kth_pos = g.op("Min", g.op("Max", g.op("Sub", col["top_k"], g.const("one_i", np.asarray(1, np.int64))), zero_i),
+                   g.const("last_i", np.asarray(k - 1, np.int64)))
+    kth = g.op("GatherElements", cand, kth_pos, axis=1)  # (B, 1)
+    in_k = g.op("Or", g.op("Not", has_k), g.op("GreaterOrEqual", cand, kth))
     cand_k = g.op("Where", in_k, cand, zero_f)
     total_k = g.op("Where", has_k, g.op("ReduceSum", cand_k, "axis1", keepdims=1), full_total)
     before = g.op("Div", g.op("Sub", g.op("CumSum", cand_k, g.const("cum_axis", np.asarray(1, np.int64))),
@@ -215,6 +219,10 @@ def _candidates(g: _Graph, probs: str, full_total: str, full_token: str, greedy:
     g.nodes[-1].output[0] = "next_tokens"
     # fallback: the cut needs tokens beyond the candidates
     too_many_k = g.op("Greater", "top_k", g.const("k_cap", np.asarray(k, np.int64)))
+    if k < vocab:  # the last candidate ties with the k-th: more ties may lie beyond the candidates
+        last = g.op("Gather", cand, g.const("last_col", np.asarray([k - 1], np.int64)), axis=1)  # (B, 1)
+        ties_beyond = g.op("Squeeze", g.op("And", has_k, g.op("GreaterOrEqual", last, kth)), "axis1")
+        too_many_k = g.op("Or", too_many_k, ties_beyond)
     all_mass = g.op("Squeeze", g.op("Div", g.op("ReduceSum", cand, "axis1", keepdims=1), full_total), "axis1")
     wide_nucleus = g.op("And", g.op("Not", g.op("Greater", "top_k", zero_i)),
                         g.op("Less", all_mass, "top_p"))

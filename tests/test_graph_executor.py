@@ -85,6 +85,38 @@ def test_sampler_graph_chooses_what_the_host_sampler_chooses():
     assert compared > 400 and flagged > 0  # both paths exercised
 
 
+def test_top_k_keeps_the_kth_tokens_ties_as_the_host_does():
+    """fp16 logits tie often (random-weight engines on CUDA: seen as device and host tokens
+    that differed from a request's second token on); the top-k cut keeps every token as likely
+    as the k-th, on the device as on the host, and a row whose ties reach past the candidates
+    goes to the host."""
+    vocab, rows, candidates = 1000, 32, 64
+    session = ort.InferenceSession(sampler_model(vocab, "sample", candidates=candidates).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(3)
+    compared = flagged = 0
+    for trial in range(10):
+        # a coarse grid: many equal logits, at the k-th among them
+        logits = np.round(rng.normal(size=(rows, 1, vocab)) * 4).astype(np.float16).astype(np.float32)
+        rp, wanted = RowParams.empty(rows), []
+        for r in range(rows):
+            params = SamplingParams(temperature=0.8, top_k=[3, 10, 40, 60][r % 4], top_p=[1.0, 0.9][(r // 4) % 2])
+            u = draw_uniform(rng)
+            rp.set(r, params, u)
+            wanted.append(_host_choice(logits[r, 0], params, u))
+        tokens, _, fallback = session.run(None, {"logits": logits, "temperature": rp.temperature,
+                                                 "top_k": rp.top_k, "top_p": rp.top_p, "uniform": rp.uniform})
+        for r in range(rows):
+            if fallback[r]:
+                flagged += 1
+                row = np.sort(logits[r, 0])[::-1]
+                assert row[candidates - 1] == row[rp.top_k[r] - 1]  # its ties reach the last candidate
+                continue
+            compared += 1
+            assert tokens[r] == wanted[r], (trial, r)
+    assert compared > 200
+
+
 def test_whole_vocabulary_graph_equals_the_sample_graph_and_flags_cuts():
     """The `full` graph (steps without top-k / top-p) gives the `sample` graph's tokens and
     logprobs on greedy and temperature-only rows, and hands any row with a cut to the host."""
