@@ -111,6 +111,7 @@ def phase_build(args) -> None:
     from optimizer.models.loader import load_model
     from optimizer.options import FAST_INT4
     from optimizer.pipeline import BuildOptions, build_engine
+    from passes import DEFAULT_PIPELINE
 
     slots = max(args.concurrency)
     for shape in args.shapes:
@@ -133,8 +134,11 @@ def phase_build(args) -> None:
             elif fmt == "fp8":
                 opts = BuildOptions(**common, quant=quant_config(method="fp8", calib="c4:32x512"),  # the c4 asset
                                     target="onnxruntime-cuda")
-            elif fmt == "fp16-paged":  # the same positions as blocks of 16 (a pool the server may resize)
+            elif fmt == "fp16-paged":  # the same positions as blocks (a pool the server may resize)
                 opts = BuildOptions(**{**common, "kv_layout": "paged"}, kv_block_size=args.kv_block_size)
+            elif fmt == "fp16-paged-mlp-unpacked":  # gate and up as two GEMMs: no Split of their packed output
+                opts = BuildOptions(**{**common, "kv_layout": "paged"}, kv_block_size=args.kv_block_size,
+                                    passes=[p for p in DEFAULT_PIPELINE if p != "pack-gate-up"])
             elif fmt == "fp16-paged-fp8kv":  # and K/V stored as float8 E4M3 (scales from a little c4 text:
                 opts = BuildOptions(**{**common, "kv_layout": "paged"}, kv_block_size=args.kv_block_size,  # speed only)
                                     kv_cache_dtype="fp8", kv_calib="c4:4x256", tokenizer=str(tokenizer))
