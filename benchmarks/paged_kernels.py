@@ -7,7 +7,8 @@ from --gpu-memory-fraction), stepped until all b decode and no prompt is left; t
 - `step_ms`: the wall time of one `LLMEngine.step` with the decode step replayed from its
   captured graph (what serving pays per token of every sequence: host work plus GPU);
 - `replay_ms`: the bucket's captured model step alone (`run_with_iobinding`, which waits for
-  the GPU), so `step_ms - replay_ms` is the host's share;
+  the GPU), so `step_ms - replay_ms` is the host's share; `decode_parts_ms`: the decode
+  step's own host parts timed alone (packing, input copies, replay, reading the tokens);
 - the same steps uncaptured (a second load, `cuda_graph=False`) under torch's CUDA profiler
   (CUPTI records onnxruntime's kernels): kernels and GPU-busy ms per step and the kernels that
   take the most time (`gpu_kernels.kernel_summary`).
@@ -55,6 +56,37 @@ def timed_steps(llm, steps: int) -> float:
     return (time.perf_counter() - t0) * 1e3 / steps
 
 
+def decode_parts(executor, bucket, seqs, size: int, steps: int) -> dict:
+    """Each host-side part of a captured decode step, timed alone over `steps` runs (ms each):
+    packing the rows (`pack_decode`), copying ids / lengths / tables into the bucket's device
+    buffers (`update_inplace`), the replay, and reading the greedy tokens back."""
+    from runtime.paged_graphs import pack_decode
+
+    def pack():
+        pack_decode([s.last_token for s in seqs], [s.num_tokens - 1 for s in seqs],
+                    [executor.pool.table(s.request_id) for s in seqs], size,
+                    executor._ids, executor._past, executor._table, executor.scratch_block)
+
+    def update():
+        bucket.ids.update_inplace(executor._ids[:, :size])
+        bucket.past.update_inplace(executor._past[:size])
+        bucket.table.update_inplace(executor._table[:size])
+
+    def replay():
+        executor.session.session.run_with_iobinding(bucket.binding, bucket.run_options)
+
+    def read():
+        bucket.greedy.numpy()
+
+    out = {}
+    for name, fn in (("pack", pack), ("update_inplace", update), ("replay", replay), ("read_tokens", read)):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        out[name] = (time.perf_counter() - t0) * 1e3 / steps
+    return out
+
+
 def measure(path: Path, batch: int, steps: int, prompt: int, fraction: float) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -74,6 +106,7 @@ def measure(path: Path, batch: int, steps: int, prompt: int, fraction: float) ->
     for _ in range(steps):
         executor.session.session.run_with_iobinding(bucket.binding, bucket.run_options)
     replay_ms = (time.perf_counter() - t0) * 1e3 / steps
+    parts = decode_parts(executor, bucket, list(llm.scheduler.running), size, steps)
     del engine, llm, executor, bucket
     gc.collect()
 
@@ -85,7 +118,7 @@ def measure(path: Path, batch: int, steps: int, prompt: int, fraction: float) ->
     kernels = kernel_summary(prof, steps)
     record = {"engine": path.name, "batch": batch, "bucket": size, "prompt": prompt,
               "step_ms": statistics.median(walls), "step_ms_spread": [min(walls), max(walls)],
-              "replay_ms": replay_ms, "eager_step_ms": eager_ms, **kernels}
+              "replay_ms": replay_ms, "decode_parts_ms": parts, "eager_step_ms": eager_ms, **kernels}
     del engine, llm
     gc.collect()
     return record

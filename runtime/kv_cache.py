@@ -132,9 +132,11 @@ class BlockPool:
         if table is None or tokens > self.max_tokens():
             return False
         more = self.blocks_for(tokens) - len(table)
+        if more <= 0:  # the common case: a decode step inside its last block
+            return True
         if more > len(self._free):
             return False
-        table += [self._take() for _ in range(max(more, 0))]
+        table += [self._take() for _ in range(more)]
         return True
 
     def _take(self) -> int:

@@ -148,7 +148,8 @@ class Sequence:
         if self.first_token_time is None:
             self.first_token_time = now
         self.output_ids.append(token)
-        self._counts[token] = self._counts.get(token, 0) + 1
+        if self.params.adjusts_logits:  # the penalties read the counts
+            self._counts[token] = self._counts.get(token, 0) + 1
         delta = ""
         if self.error is not None:
             self.finish_reason = "error"
