@@ -51,6 +51,20 @@ def _host_choice(logits: np.ndarray, params: SamplingParams, u: float) -> int:
     return sample_from_uniform(softmax(scaled), u)
 
 
+def _sample_rows(session, logits: np.ndarray, row_params, rng) -> tuple[list[int], list, RowParams]:
+    """Run the sampler graph on (rows, 1, V) logits, row r sampled with row_params(r), one
+    uniform per row: the host sampler's tokens, the graph's (tokens, logprobs, fallback), and
+    the rows' parameters."""
+    rows = logits.shape[0]
+    rp, wanted = RowParams.empty(rows), []
+    for r in range(rows):
+        params, u = row_params(r), draw_uniform(rng)
+        rp.set(r, params, u)
+        wanted.append(_host_choice(logits[r, 0], params, u))
+    return wanted, session.run(None, {"logits": logits, "temperature": rp.temperature, "top_k": rp.top_k,
+                                      "top_p": rp.top_p, "uniform": rp.uniform}), rp
+
+
 def test_sampler_graph_chooses_what_the_host_sampler_chooses():
     """Every parameter mix, one uniform per row: the graph's token equals the host's (or the
     row is flagged for the host), and its logprob is log_softmax of the raw logits."""
@@ -62,15 +76,9 @@ def test_sampler_graph_chooses_what_the_host_sampler_chooses():
     compared = flagged = 0
     for trial in range(12):
         logits = (rng.normal(size=(rows, 1, vocab)) * rng.uniform(0.5, 4)).astype(np.float32)
-        rp, wanted = RowParams.empty(rows), []
-        for r in range(rows):
-            params = SamplingParams(temperature=[0.0, 0.7, 1.0, 1.3][r % 4], top_k=[0, 5, 50, 100][(r // 4) % 4],
-                                    top_p=[1.0, 0.9, 0.5][(r // 16) % 3])
-            u = draw_uniform(rng)
-            rp.set(r, params, u)
-            wanted.append(_host_choice(logits[r, 0], params, u))
-        tokens, logprobs, fallback = session.run(None, {"logits": logits, "temperature": rp.temperature,
-                                                        "top_k": rp.top_k, "top_p": rp.top_p, "uniform": rp.uniform})
+        wanted, (tokens, logprobs, fallback), rp = _sample_rows(session, logits, lambda r: SamplingParams(
+            temperature=[0.0, 0.7, 1.0, 1.3][r % 4], top_k=[0, 5, 50, 100][(r // 4) % 4],
+            top_p=[1.0, 0.9, 0.5][(r // 16) % 3]), rng)
         for r in range(rows):
             raw = logits[r, 0].astype(np.float64)
             if fallback[r]:
@@ -98,14 +106,8 @@ def test_top_k_keeps_the_kth_tokens_ties_as_the_host_does():
     for trial in range(10):
         # a coarse grid: many equal logits, at the k-th among them
         logits = np.round(rng.normal(size=(rows, 1, vocab)) * 4).astype(np.float16).astype(np.float32)
-        rp, wanted = RowParams.empty(rows), []
-        for r in range(rows):
-            params = SamplingParams(temperature=0.8, top_k=[3, 10, 40, 60][r % 4], top_p=[1.0, 0.9][(r // 4) % 2])
-            u = draw_uniform(rng)
-            rp.set(r, params, u)
-            wanted.append(_host_choice(logits[r, 0], params, u))
-        tokens, _, fallback = session.run(None, {"logits": logits, "temperature": rp.temperature,
-                                                 "top_k": rp.top_k, "top_p": rp.top_p, "uniform": rp.uniform})
+        wanted, (tokens, _, fallback), rp = _sample_rows(session, logits, lambda r: SamplingParams(
+            temperature=0.8, top_k=[3, 10, 40, 60][r % 4], top_p=[1.0, 0.9][(r // 4) % 2]), rng)
         for r in range(rows):
             if fallback[r]:
                 flagged += 1
