@@ -97,7 +97,8 @@ def run_ours(engine_dir: Path, workloads: list[tuple[str, list[Request]]], max_b
                   "preemptions": llm.scheduler.preemptions, "incomplete_requests": len(lost),
                   "host_sampled_rows": getattr(llm.executor, "host_sampled", None),
                   "kv_block_size": engine.session.kv.block_size,
-                  "split_steps": getattr(llm.executor, "split_steps", None), **summary}
+                  "split_steps": getattr(llm.executor, "split_steps", None),
+                  "decode_steps": getattr(llm.executor, "decode_steps", None), **summary}
         if before is not None and after is not None:
             record.update(gpu_used_gb_before=before / 1e9, gpu_used_gb_after=after / 1e9)
         records.append(record)

@@ -34,6 +34,7 @@ from typing import Any, Callable, Sequence as Seq
 
 from optimizer.core.errors import InputError
 from runtime.guided import Guides, start_masks
+from runtime.multi_step import plan_steps
 from runtime.sampling import SamplingParams
 from runtime.scheduler import Scheduler
 from runtime.sequence import Sequence
@@ -162,8 +163,11 @@ class LLMEngine:
         masks = start_masks([s.guide for s in plan.decode if s.guide is not None]
                             + [s.guide for s, _, end in plan.prefill if s.guide is not None and end == s.num_tokens])
         drafts = self._draft(plan.decode) if self.drafter is not None and plan.decode else None
+        rounds = self._decode_steps(plan) if drafts is None else 1
         if drafts is not None:  # the decodes are a verification step (after the prefill chunks)
             prefill_rows, _ = self.executor.step(plan.prefill, [])
+        elif rounds > 1:  # k greedy steps queued at once (runtime.multi_step)
+            prefill_rows, decode_rows = [], self.executor.decode_rounds(plan.decode, rounds)
         elif self.samples_on_device:  # decode tokens chosen on the device; a prefill row is a
             # token id where the device chose it, else its logits for the host to choose from
             prefill_rows, decode_rows = self.executor.step_tokens(plan.prefill, plan.decode)
@@ -180,6 +184,9 @@ class LLMEngine:
             verified = self.executor.verify(plan.decode, [d.tokens for d in drafts])
             for seq, draft, logits in zip(plan.decode, drafts, verified):
                 outputs.append(self._speculated(seq, draft, logits, stats))
+            stats.decode_tokens = len(plan.decode)
+        elif rounds > 1:
+            outputs += [self._advance_many(seq, tokens) for seq, tokens in zip(plan.decode, decode_rows)]
             stats.decode_tokens = len(plan.decode)
         elif plan.decode:
             for seq, row in zip(plan.decode, decode_rows):
@@ -203,6 +210,25 @@ class LLMEngine:
     def _advance(self, seq: Sequence, token: int) -> RequestOutput:
         delta = seq.append(token)
         return self._emit_tokens(seq, [token], delta)
+
+    def _decode_steps(self, plan) -> int:
+        """Decode steps this iteration's decodes run in one round (runtime.multi_step; 1 unless
+        the executor queues several and the plan is all greedy decodes with nobody waiting)."""
+        steps = getattr(self.executor, "decode_steps", 1)
+        if steps <= 1 or plan.prefill:
+            return 1
+        return plan_steps(plan.decode, steps, self.scheduler.pool, bool(self.scheduler.waiting))
+
+    def _advance_many(self, seq: Sequence, tokens: list[int]) -> RequestOutput:
+        """A round's tokens for one sequence: kept up to its end, the rest dropped."""
+        kept, delta = [], ""
+        for token in tokens:
+            kept.append(token)
+            delta += seq.append(token)
+            if seq.finished:
+                break
+        seq.num_computed += len(kept)
+        return self._emit_tokens(seq, kept, delta)
 
     def _emit_tokens(self, seq: Sequence, tokens: list[int], delta: str) -> RequestOutput:
         self.total_output_tokens += len(tokens)

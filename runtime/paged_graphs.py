@@ -44,6 +44,7 @@ from optimizer.core.errors import EngineError
 from runtime.decode_choice import choose_packed, choose_tokens
 from runtime.device_sampler import DEFAULT_CANDIDATES, DeviceSampler, RowParams
 from runtime.graph_executor import batch_buckets, bucket_for
+from runtime.multi_step import DeviceRounds
 from runtime.paged import GREEDY_TOKENS, LOGITS_INDICES, PagedExecutor
 from runtime.sequence import Sequence
 from runtime.session import DecoderSession
@@ -117,6 +118,7 @@ class _Bucket:
     logits: ort.OrtValue
     greedy: ort.OrtValue | None
     run_options: ort.RunOptions
+    graph_id: int
     constants: list = field(default_factory=list)  # device buffers set once, kept alive here
 
 
@@ -133,7 +135,12 @@ class GraphPagedExecutor(PagedExecutor):
         self._params = RowParams.empty(self.buckets[-1])
         self.host_sampled = 0  # rows chosen on the host (penalties, min_tokens, wide top-k / top-p)
         self.split_steps = split_mixed_steps(session.kv.head_dim, block_size)
+        self.rounds: DeviceRounds | None = None
         super().__init__(session, max_sequences, num_blocks, block_size)
+        # decode steps per host round trip (runtime.multi_step): greedy rows, on the session's stream
+        self.decode_steps = session.decode_steps if self.samples_on_device and session.stream is not None else 1
+        if self.decode_steps > 1:
+            self.rounds = DeviceRounds(self, session.stream, self.decode_steps)
 
     def _allocate(self, num_blocks: int) -> None:
         """A new pool: its buffers are new, so every bucket binds (and captures) afresh."""
@@ -145,6 +152,8 @@ class GraphPagedExecutor(PagedExecutor):
         self._table = np.full((rows, self.width), self.scratch_block, np.int32)
         self._metadata = np.asarray([1, self.width * self.block_size], np.int32)
         self._steps: dict[int, _Bucket] = {}
+        if self.rounds is not None:
+            self.rounds.reset()
 
     def _bucket(self, size: int) -> _Bucket:
         step = self._steps.get(size)
@@ -175,9 +184,9 @@ class GraphPagedExecutor(PagedExecutor):
             greedy = buffer((1, size), np.int64)
             binding.bind_ortvalue_output(GREEDY_TOKENS, greedy)
         self.bind_cache(binding)
-        run = ort.RunOptions()
-        run.add_run_config_entry("gpu_graph_id", str(self.session.new_graph_id()))
-        step = _Bucket(binding, ids, past, table, logits, greedy, run, constants)
+        run, graph_id = ort.RunOptions(), self.session.new_graph_id()
+        run.add_run_config_entry("gpu_graph_id", str(graph_id))
+        step = _Bucket(binding, ids, past, table, logits, greedy, run, graph_id, constants)
         self.sampler.bind(size, logits)
         self._steps[size] = step
         return step
@@ -223,6 +232,12 @@ class GraphPagedExecutor(PagedExecutor):
         if LOGITS_INDICES not in self._inputs:  # older engines compute every packed token's logits
             return super().step_tokens(prefill, decode)
         return self._packed_tokens(prefill, decode)
+
+    def decode_rounds(self, seqs: Seq[Sequence], k: int) -> list[list[int]]:
+        """k greedy tokens of each sequence from k decode steps queued at once (runtime.multi_step)."""
+        if self.rounds is None:
+            raise RuntimeError("multi-step decoding is off for this executor (decode_steps 1)")
+        return self.rounds.run(seqs, k)
 
     def _decode_tokens(self, decode: Seq[Sequence]) -> list[int]:
         step, size = self._replay(decode)

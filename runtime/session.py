@@ -21,6 +21,7 @@ import onnxruntime as ort
 from optimizer.core.engine_format import KvCacheSpec
 from optimizer.core.errors import EngineError
 from runtime import hugepages
+from runtime.multi_step import decode_steps_wanted
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -173,6 +174,15 @@ class DecoderSession:
             ort.preload_dlls()  # CUDA/cuDNN libraries from the pip-installed nvidia packages
         self.cuda_graph = self.provider == PROVIDERS["cuda"] and cuda_graph_wanted(cuda_graph)
         self.provider_options = {"enable_cuda_graph": "1"} if self.cuda_graph else {}
+        # decode steps per host round trip (runtime.multi_step): paged engines with captured steps,
+        # whose sessions then run on a stream of ours, so that copies queue in order with them
+        self.decode_steps = decode_steps_wanted() if self.cuda_graph and kv.layout == "paged" else 1
+        self.stream = None
+        if self.decode_steps > 1:
+            from runtime.cuda_stream import Stream
+
+            self.stream = Stream()
+            self.provider_options["user_compute_stream"] = str(self.stream.address)
         self.eager_run = eager_run_options() if self.cuda_graph else None
         self.int4_kernels = int4_kernel_choice(int4_kernels, kv.slots)
         options = make_session_options(threads, quantization, self.provider, self.int4_kernels)

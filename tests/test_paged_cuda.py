@@ -209,6 +209,26 @@ def test_tokens_chosen_on_the_device_equal_the_hosts(engines):
     assert on_device.executor.host_sampled <= held, f"{on_device.executor.host_sampled} rows chosen on the host"
 
 
+def test_rounds_of_decode_steps_give_the_tokens_of_single_steps(engines, monkeypatch):
+    """Multi-step decoding (OPTIMIZER_DECODE_STEPS=4): a session on a stream of the runtime's,
+    rounds of 4 replays queued with the copies between them, one wait; every greedy request
+    gets the tokens single steps give, and rounds did run. The requests all want 23 tokens, so
+    that both ways run the same batches through the same buckets (a row's fp16 rounding
+    depends on its bucket's shape)."""
+    paged, _ = engines
+    requests = [(p, SamplingParams(max_new_tokens=23, ignore_eos=True)) for p, _ in _requests(12, seed=11)]
+    single = _run_all(paged.llm(), requests)
+    monkeypatch.setenv("OPTIMIZER_DECODE_STEPS", "4")
+    stepped = Engine.load(paged.dir.path, provider="cuda")
+    assert stepped.session.decode_steps == 4 and stepped.session.stream is not None
+    llm = stepped.llm()
+    rounds = []
+    original = llm.executor.decode_rounds
+    llm.executor.decode_rounds = lambda seqs, k: rounds.append(k) or original(seqs, k)
+    assert _run_all(llm, requests) == single
+    assert rounds and max(rounds) == 4
+
+
 def test_the_pool_is_sized_from_gpu_memory(engines):
     """--gpu-memory-fraction: the pool takes what the fraction leaves after the engine and its
     largest step; far more blocks than the manifest's, and requests still get their tokens."""

@@ -3,12 +3,15 @@
 # found a 512-row 8B decode step GPU-bound (18.6 ms of kernels, 19.9 ms replayed, 22.9 ms a loop
 # step): GEMMs 10.7 ms, attention 4.1, and the MLP's Split of the packed gate/up output, SiLU
 # and Mul 1.9 ms (10%). So:
-# 1. the CUDA tests of both graph executors (the device sampler's top-k ties fix, written after
-#    session 36's call) in the background while the 8B shape builds paged fp16 engines with the
+# 1. the CUDA tests of both graph executors (the device sampler's top-k ties fix and multi-step
+#    decoding, written after session 36's calls) in the background while the 8B shape builds paged fp16 engines with the
 #    default block size (128), gate/up packed (default) and unpacked (two GEMMs, no Split);
 # 2. where a 512-row step goes on each (benchmarks/paged_kernels.py);
-# 3. 512 requests of 128/128 on each, twice, alternating, and transformers compiled at 512 once
-#    (HF=0 skips): the issue-22 ratio (session 36: 1.96x) from one call;
+# 3. 512 requests of 128/128 on each, twice, alternating, the packed engine also with rounds of
+#    8 decode steps per host round trip (OPTIMIZER_DECODE_STEPS=8, runtime/multi_step.py, written
+#    after session 36's calls: the host's ~3 ms of a 22.9 ms step paid once per 8), and
+#    transformers compiled at 512 once (HF=0 skips): the issue-22 ratio (session 36: 1.96x) from
+#    one call;
 # 4. the fp8-KV engine at 128/2048 (twice fp16's positions in the same memory; session 36 ran
 #    fp16 only: 118 preemptions).
 set -x
@@ -29,6 +32,7 @@ tp() {  # engine isl osl [more throughput.py options]
 }
 for round in 1 2; do
   tp fp16-paged 128 128
+  (export OPTIMIZER_DECODE_STEPS=8; tp fp16-paged 128 128)
   tp fp16-paged-mlp-unpacked 128 128
 done
 if [ "${HF:-1}" = 1 ]; then
