@@ -48,18 +48,33 @@ def generate_ids(session: DecoderSession, prompt_ids: Sequence[int], params: Sam
         token = seq.choose(executor.prefill(seq, 0, n))
         prefill_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        on_device = getattr(executor, "samples_on_device", False)
-        while True:
-            seq.append(token)
-            if on_token is not None:
-                on_token(token)
-            if seq.finished:
-                break
-            token = executor.decode_tokens([seq])[0] if on_device else seq.choose(executor.decode([seq])[0])
+        decode_loop(executor, seq, token, on_token)
     finally:
         executor.release(seq)
         executor.pool.release(seq.request_id)
     return GenerationResult(seq.output_ids, seq.finish_reason, n, prefill_seconds, time.perf_counter() - start)
+
+
+def decode_loop(executor, seq: Seq, token: int, on_token: Callable[[int], None] | None = None) -> None:
+    """Append `token` (the prefill's) and decode until the sequence finishes: one step at a
+    time, or, where the executor queues several (`decode_steps`, runtime.multi_step) and the
+    sequence is greedy on the device, rounds of up to that many steps, the tokens after its
+    end dropped."""
+    on_device = getattr(executor, "samples_on_device", False)
+    steps = getattr(executor, "decode_steps", 1)
+    pending = [token]
+    while True:
+        for token in pending:
+            seq.append(token)
+            if on_token is not None:
+                on_token(token)
+            if seq.finished:
+                return
+        k = min(steps, seq.params.max_new_tokens - len(seq.output_ids)) if seq.greedy_on_device() else 1
+        if k > 1:
+            pending = executor.decode_rounds([seq], k)[0]
+        else:
+            pending = [executor.decode_tokens([seq])[0] if on_device else seq.choose(executor.decode([seq])[0])]
 
 
 def _executor(session: DecoderSession, tokens: int):

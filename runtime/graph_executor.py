@@ -43,6 +43,7 @@ from optimizer.core.errors import EngineError
 from runtime.decode_choice import choose_tokens
 from runtime.device_sampler import DEFAULT_CANDIDATES, DeviceSampler, RowParams
 from runtime.executors import StaticExecutor
+from runtime.multi_step import DeviceRounds
 from runtime.sequence import Sequence
 from runtime.session import DecoderSession
 
@@ -99,6 +100,7 @@ class _Bucket:
     run_options: ort.RunOptions
     positions: ort.OrtValue | None  # zeros (b, 1): each row's logits position
     greedy: ort.OrtValue | None  # (b, 1) int64: the engine's own argmax (greedy-tokens pass)
+    graph_id: int = -1  # its CUDA graph (-1: not captured)
 
 
 class GraphStaticExecutor(StaticExecutor):
@@ -128,6 +130,15 @@ class GraphStaticExecutor(StaticExecutor):
         self.sampler = DeviceSampler(self.vocab, self._logits_dtype, self._device,
                                      session.provider_options, candidates)
         self.host_sampled = 0  # rows sampled on the host (min_tokens, wide top-k / top-p)
+        # decode steps per host round trip (runtime.multi_step): greedy rows, on the session's stream
+        self.rounds = (DeviceRounds(session, session.stream, session.decode_steps)
+                       if session.stream is not None and "greedy_tokens" in self._outputs and self.graphs else None)
+
+    @property
+    def decode_steps(self) -> int:
+        """Steps a round may run: 1 with prefix caching (a finished sequence's row stays a cache
+        entry, and a round writes past its end)."""
+        return 1 if self.rounds is None or self.pool.prefix_caching else self.rounds.steps
 
     # -- buffers ------------------------------------------------------------------------------
     def _bucket(self, size: int) -> _Bucket:
@@ -160,7 +171,7 @@ class GraphStaticExecutor(StaticExecutor):
         graph_id = self.session.new_graph_id() if self.graphs else None
         # always set: onnxruntime's Python layer looks the key up each run, slowly when absent
         run.add_run_config_entry("gpu_graph_id", str(-1 if graph_id is None else graph_id))
-        step = _Bucket(binding, ids, mask, logits, run, positions, greedy)
+        step = _Bucket(binding, ids, mask, logits, run, positions, greedy, -1 if graph_id is None else graph_id)
         self.sampler.bind(size, logits)
         self._steps[size] = step
         return step
@@ -201,6 +212,29 @@ class GraphStaticExecutor(StaticExecutor):
         self.host_sampled += on_host
         self.slot_len[slots] += 1
         return out
+
+    def decode_rounds(self, seqs: Seq[Sequence], k: int) -> list[list[int]]:
+        """k greedy tokens of each sequence from k decode steps queued at once (runtime.multi_step):
+        each step's mask rows staged before the round; rows of other slots write their
+        placeholder where they would in a single step."""
+        if self.rounds is None:
+            raise RuntimeError("multi-step decoding is off for this executor (decode_steps 1)")
+        slots = np.fromiter((self.pool.slot(s.request_id) for s in seqs), np.int64, len(seqs))
+        if (self.slot_len[slots] != np.fromiter((s.num_tokens - 1 for s in seqs), np.int64, len(seqs))).any():
+            raise RuntimeError("a round's sequences must continue their slots' cached positions")
+        self._ids[slots, 0] = np.fromiter((s.last_token for s in seqs), np.int64, len(seqs))
+        size = bucket_for(int(slots.max()) + 1, self.buckets)
+        step = self._bucket(size)
+        busy = np.zeros(size, np.int64)
+        busy[slots] = 1
+        masks = np.empty((k, size, self.capacity), np.int64)
+        for j in range(k):
+            mask_rows(self._mask[:size], self._mask_len[:size], self.slot_len[:size] + 1 + j * busy)
+            masks[j] = self._mask[:size]
+        tokens = self.rounds.run(size, step.binding, step.graph_id, step.ids.data_ptr(), step.greedy.data_ptr(),
+                                 self._ids[:size, 0], {}, {"mask": (step.mask.data_ptr(), masks)}, k)
+        self.slot_len[slots] += k
+        return tokens[:, slots].T.tolist()
 
     def capture(self, runs: int = 3) -> None:
         """Run every bucket's decode step `runs` times (onnxruntime captures a graph after its

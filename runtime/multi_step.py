@@ -72,71 +72,85 @@ def past_rows(past: np.ndarray, rows: int, steps: int) -> np.ndarray:
     return out
 
 
-class _Staging:
-    """A bucket's page-locked host arrays and device rows for rounds of up to `steps` steps."""
-
-    def __init__(self, size: int, width: int, steps: int) -> None:
-        from runtime.cuda_stream import PinnedArray
-        from runtime.gpu_memory import DeviceBuffer
-
-        self.ids = PinnedArray((size,), np.int64)
-        self.table = PinnedArray((size, width), np.int32)
-        self.past = PinnedArray((steps, size), np.int32)
-        self.tokens = PinnedArray((steps, size), np.int64)
-        self.past_device = DeviceBuffer(steps * size * 4)
-
-
 class DeviceRounds:
-    """Rounds of k decode steps through a `GraphPagedExecutor`'s captured buckets (module
-    docstring), on the session's stream."""
+    """Rounds of k decode steps through one executor's captured buckets (module docstring), on
+    the session's stream. An executor hands `run` a bucket's binding and graph, where its input
+    ids and greedy tokens live, the first step's ids, the inputs that stay for the round and
+    those that change each step (one row per step); page-locked staging and device rows are
+    kept per bucket and input."""
 
-    def __init__(self, executor: Any, stream: Any, steps: int) -> None:
-        self.executor, self.stream, self.steps = executor, stream, steps
-        self._staging: dict[int, _Staging] = {}
+    def __init__(self, session: Any, stream: Any, steps: int) -> None:
+        self.session, self.stream, self.steps = session, stream, steps
+        self._host: dict[tuple[int, str], Any] = {}
+        self._device: dict[tuple[int, str], Any] = {}
         self._run_options: dict[int, ort.RunOptions] = {}
 
     def reset(self) -> None:
-        """The executor's buckets were rebuilt (a new pool): stage afresh."""
-        self._staging.clear()
+        """The executor's buckets were rebuilt (a new cache): stage afresh."""
+        self._host.clear()
+        self._device.clear()
         self._run_options.clear()
 
-    def _queued_run(self, size: int, graph_id: int) -> ort.RunOptions:
+    def _pinned(self, size: int, name: str, shape: tuple[int, ...], dtype) -> Any:
+        from runtime.cuda_stream import PinnedArray
+
+        held = self._host.get((size, name))
+        if held is None or held.array.shape != shape or held.array.dtype != np.dtype(dtype):
+            held = self._host[(size, name)] = PinnedArray(shape, dtype)
+        return held
+
+    def _rows(self, size: int, name: str, nbytes: int) -> Any:
+        from runtime.gpu_memory import DeviceBuffer
+
+        held = self._device.get((size, name))
+        if held is None or held.nbytes != nbytes:
+            held = self._device[(size, name)] = DeviceBuffer(nbytes)
+        return held
+
+    def _queued_run(self, graph_id: int) -> ort.RunOptions:
         """The bucket's graph, replayed without waiting for the GPU."""
-        run = self._run_options.get(size)
+        run = self._run_options.get(graph_id)
         if run is None:
             run = ort.RunOptions()
             run.add_run_config_entry("gpu_graph_id", str(graph_id))
             run.add_run_config_entry("disable_synchronize_execution_providers", "1")
-            self._run_options[size] = run
+            self._run_options[graph_id] = run
         return run
 
-    def run(self, seqs: Seq[Sequence], k: int) -> list[list[int]]:
-        """k greedy tokens of each of `seqs` (k <= steps), one round trip."""
-        from runtime.cuda_stream import D2D, D2H, H2D
-        from runtime.graph_executor import bucket_for
-        from runtime.paged_graphs import pack_decode
+    def run(self, size: int, binding: Any, graph_id: int, ids: int, greedy: int, first_ids: np.ndarray,
+            constant: dict[str, tuple[int, np.ndarray]], per_step: dict[str, tuple[int, np.ndarray]],
+            k: int) -> np.ndarray:
+        """k steps of a bucket of `size` rows; (k, size) int64 tokens.
 
-        ex, stream = self.executor, self.stream
-        n, size = len(seqs), bucket_for(len(seqs), ex.buckets)
-        step = ex._bucket(size)
-        pack_decode([s.last_token for s in seqs], [s.num_tokens - 1 for s in seqs],
-                    [ex.pool.table(s.request_id) for s in seqs], size, ex._ids, ex._past, ex._table, ex.scratch_block)
-        st = self._staging.get(size)
-        if st is None:
-            st = self._staging[size] = _Staging(size, ex.width, self.steps)
-        st.ids.array[:] = ex._ids[0, :size]
-        st.table.array[:] = ex._table[:size]
-        st.past.array[:k] = past_rows(ex._past[:size], n, k)
-        row_ids, row_past = size * 8, size * 4
-        stream.copy(step.ids.data_ptr(), st.ids.address, row_ids, H2D)
-        stream.copy(step.table.data_ptr(), st.table.address, st.table.array.nbytes, H2D)
-        stream.copy(st.past_device.address, st.past.address, k * row_past, H2D)
-        run = self._queued_run(size, step.graph_id)
+        `ids` / `greedy`: device addresses of the bucket's input ids and greedy tokens (size
+        int64 each); `first_ids`: (size,) the first step's ids; `constant[name] = (address,
+        array)`: copied once; `per_step[name] = (address, array (k, ...))`: row j before step j."""
+        from runtime.cuda_stream import D2D, D2H, H2D
+
+        stream = self.stream
+        staged = self._pinned(size, "ids", (size,), np.int64)
+        staged.array[:] = first_ids
+        stream.copy(ids, staged.address, size * 8, H2D)
+        for name, (address, array) in constant.items():
+            held = self._pinned(size, name, array.shape, array.dtype)
+            held.array[...] = array
+            stream.copy(address, held.address, array.nbytes, H2D)
+        rows = []
+        for name, (address, array) in per_step.items():
+            row_bytes = array[0].nbytes
+            held = self._pinned(size, name, (self.steps,) + array.shape[1:], array.dtype)
+            held.array[:k] = array
+            device = self._rows(size, name, self.steps * row_bytes)
+            stream.copy(device.address, held.address, k * row_bytes, H2D)
+            rows.append((address, device.address, row_bytes))
+        tokens = self._pinned(size, "tokens", (self.steps, size), np.int64)
+        run = self._queued_run(graph_id)
         for j in range(k):
             if j:
-                stream.copy(step.ids.data_ptr(), step.greedy.data_ptr(), row_ids, D2D)
-            stream.copy(step.past.data_ptr(), st.past_device.address + j * row_past, row_past, D2D)
-            ex.session.session.run_with_iobinding(step.binding, run)
-            stream.copy(st.tokens.address + j * row_ids, step.greedy.data_ptr(), row_ids, D2H)
+                stream.copy(ids, greedy, size * 8, D2D)
+            for address, device, row_bytes in rows:
+                stream.copy(address, device + j * row_bytes, row_bytes, D2D)
+            self.session.session.run_with_iobinding(binding, run)
+            stream.copy(tokens.address + j * size * 8, greedy, size * 8, D2H)
         stream.synchronize()
-        return st.tokens.array[:k, :n].T.tolist()
+        return tokens.array[:k].copy()

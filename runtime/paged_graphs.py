@@ -44,7 +44,7 @@ from optimizer.core.errors import EngineError
 from runtime.decode_choice import choose_packed, choose_tokens
 from runtime.device_sampler import DEFAULT_CANDIDATES, DeviceSampler, RowParams
 from runtime.graph_executor import batch_buckets, bucket_for
-from runtime.multi_step import DeviceRounds
+from runtime.multi_step import DeviceRounds, past_rows
 from runtime.paged import GREEDY_TOKENS, LOGITS_INDICES, PagedExecutor
 from runtime.sequence import Sequence
 from runtime.session import DecoderSession
@@ -140,7 +140,7 @@ class GraphPagedExecutor(PagedExecutor):
         # decode steps per host round trip (runtime.multi_step): greedy rows, on the session's stream
         self.decode_steps = session.decode_steps if self.samples_on_device and session.stream is not None else 1
         if self.decode_steps > 1:
-            self.rounds = DeviceRounds(self, session.stream, self.decode_steps)
+            self.rounds = DeviceRounds(session, session.stream, self.decode_steps)
 
     def _allocate(self, num_blocks: int) -> None:
         """A new pool: its buffers are new, so every bucket binds (and captures) afresh."""
@@ -234,10 +234,19 @@ class GraphPagedExecutor(PagedExecutor):
         return self._packed_tokens(prefill, decode)
 
     def decode_rounds(self, seqs: Seq[Sequence], k: int) -> list[list[int]]:
-        """k greedy tokens of each sequence from k decode steps queued at once (runtime.multi_step)."""
+        """k greedy tokens of each sequence from k decode steps queued at once (runtime.multi_step):
+        the block tables stay for the round (they cover its positions), the past lengths advance."""
         if self.rounds is None:
             raise RuntimeError("multi-step decoding is off for this executor (decode_steps 1)")
-        return self.rounds.run(seqs, k)
+        n, size = len(seqs), bucket_for(len(seqs), self.buckets)
+        step = self._bucket(size)
+        pack_decode([s.last_token for s in seqs], [s.num_tokens - 1 for s in seqs],
+                    [self.pool.table(s.request_id) for s in seqs], size,
+                    self._ids, self._past, self._table, self.scratch_block)
+        tokens = self.rounds.run(size, step.binding, step.graph_id, step.ids.data_ptr(), step.greedy.data_ptr(),
+                                 self._ids[0, :size], {"table": (step.table.data_ptr(), self._table[:size])},
+                                 {"past": (step.past.data_ptr(), past_rows(self._past[:size], n, k))}, k)
+        return tokens[:, :n].T.tolist()
 
     def _decode_tokens(self, decode: Seq[Sequence]) -> list[int]:
         step, size = self._replay(decode)

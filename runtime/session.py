@@ -174,9 +174,9 @@ class DecoderSession:
             ort.preload_dlls()  # CUDA/cuDNN libraries from the pip-installed nvidia packages
         self.cuda_graph = self.provider == PROVIDERS["cuda"] and cuda_graph_wanted(cuda_graph)
         self.provider_options = {"enable_cuda_graph": "1"} if self.cuda_graph else {}
-        # decode steps per host round trip (runtime.multi_step): paged engines with captured steps,
-        # whose sessions then run on a stream of ours, so that copies queue in order with them
-        self.decode_steps = decode_steps_wanted() if self.cuda_graph and kv.layout == "paged" else 1
+        # decode steps per host round trip (runtime.multi_step): engines with captured steps, whose
+        # sessions then run on a stream of ours, so that copies queue in order with them
+        self.decode_steps = decode_steps_wanted() if self.cuda_graph else 1
         self.stream = None
         if self.decode_steps > 1:
             from runtime.cuda_stream import Stream

@@ -148,3 +148,25 @@ def test_batched_prefill_on_cuda_gives_each_prompt_its_own_logits(engine_path, m
     assert calls == [4]
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=2e-2, atol=2e-2)
+
+
+def test_rounds_of_decode_steps_give_one_requests_tokens(engine_path, monkeypatch):
+    """Multi-step decoding at batch 1 (OPTIMIZER_DECODE_STEPS=4, runtime.multi_step): a session
+    on a stream of the runtime's, rounds of 4 replays of the one-slot executor's graph with the
+    mask rows staged; generate_ids gives the tokens single steps give, and rounds did run."""
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(10, 400, n).tolist() for n in (5, 40)]
+    params = SamplingParams(max_new_tokens=30, ignore_eos=True)
+    single = Engine.load(engine_path, provider="cuda")
+    want = [single.generate_ids(p, params).token_ids for p in prompts]
+    monkeypatch.setenv("OPTIMIZER_DECODE_STEPS", "4")
+    stepped = Engine.load(engine_path, provider="cuda")
+    assert stepped.session.decode_steps == 4 and stepped.session.stream is not None
+    first = stepped.generate_ids(prompts[0], params)  # makes the one-slot executor
+    executor = stepped.session.executors["single"]
+    assert executor.decode_steps == 4
+    rounds = []
+    original = executor.decode_rounds
+    executor.decode_rounds = lambda seqs, k: rounds.append(k) or original(seqs, k)
+    got = [first.token_ids] + [stepped.generate_ids(p, params).token_ids for p in prompts[1:]]
+    assert got == want and rounds and max(rounds) == 4

@@ -129,3 +129,63 @@ def test_decode_steps_option(monkeypatch):
         monkeypatch.setenv("OPTIMIZER_DECODE_STEPS", bad)
         with pytest.raises(EngineError, match="OPTIMIZER_DECODE_STEPS"):
             decode_steps_wanted()
+
+
+class FakeSlotExecutor:
+    """One sequence's greedy tokens from (last token, position), single steps or rounds, with
+    its cached positions tracked as in FakeExecutor."""
+
+    samples_on_device = True
+
+    def __init__(self, decode_steps: int) -> None:
+        self.decode_steps = decode_steps
+        self.cached = 0
+        self.rounds: list[int] = []
+
+    def decode_tokens(self, seqs):
+        (s,) = seqs
+        assert self.cached == s.num_tokens - 1
+        self.cached += 1
+        return [next_token(s.last_token, s.num_tokens)]
+
+    def decode_rounds(self, seqs, k):
+        (s,) = seqs
+        assert self.cached == s.num_tokens - 1
+        self.cached += k
+        self.rounds.append(k)
+        last, position, tokens = s.last_token, s.num_tokens, []
+        for _ in range(k):
+            last = next_token(last, position)
+            tokens.append(last)
+            position += 1
+        return [tokens]
+
+
+def test_the_single_request_loop_runs_rounds_with_the_same_tokens():
+    """generate_ids' decode loop (runtime.generate.decode_loop): rounds where the executor
+    queues several steps, the same tokens and streamed tokens as single steps, nothing after
+    the sequence's end; sampled requests step one at a time."""
+    from runtime.generate import decode_loop
+
+    rng = random.Random(1)
+    for trial in range(20):
+        prompt = [rng.randrange(VOCAB) for _ in range(rng.randint(1, 9))]
+        params = SamplingParams(max_new_tokens=rng.randint(1, 30), ignore_eos=trial % 2 == 0)
+        results = []
+        for steps in (1, 4):
+            seq = Sequence("0", list(prompt), params, [EOS])
+            executor, streamed = FakeSlotExecutor(steps), []
+            first = next_token(prompt[-1], len(prompt))
+            executor.cached = len(prompt)
+            decode_loop(executor, seq, first, streamed.append)
+            assert streamed == seq.output_ids and seq.finished
+            results.append((seq.output_ids, seq.finish_reason))
+            if steps > 1 and len(seq.output_ids) > 2:
+                assert executor.rounds and max(executor.rounds) <= steps
+        assert results[0] == results[1], trial
+    sampled = Sequence("s", [5, 6], SamplingParams(max_new_tokens=5, temperature=0.5), [EOS])
+    executor = FakeSlotExecutor(4)
+    executor.cached = 2
+    executor.decode_tokens = lambda seqs: [7]  # sampled rows take single steps (here: token 7 always)
+    decode_loop(executor, sampled, 7)
+    assert sampled.output_ids == [7] * 5 and executor.rounds == []

@@ -12,7 +12,10 @@
 #    after session 36's calls: the host's ~3 ms of a 22.9 ms step paid once per 8), and
 #    transformers compiled at 512 once (HF=0 skips): the issue-22 ratio (session 36: 1.96x) from
 #    one call;
-# 4. the fp8-KV engine at 128/2048 (twice fp16's positions in the same memory; session 36 ran
+# 4. batch 1 at the 1B shape (issue 20): our fp16 static engine's generate_ids with single steps
+#    and with rounds of 8 (the one-slot executor's multi-step path), onnxruntime-genai's
+#    Generator with its CUDA graph in the same call (B1=0 skips);
+# 5. the fp8-KV engine at 128/2048 (twice fp16's positions in the same memory; session 36 ran
 #    fp16 only: 118 preemptions).
 set -x
 W=/tmp/gd  # wait.sh brings its *.jsonl back
@@ -38,6 +41,14 @@ done
 if [ "${HF:-1}" = 1 ]; then
   python3 benchmarks/throughput.py hf llama-3.1-8b --requests 512 --isl 128 --osl 128 --batches 512 \
       --results $W/throughput.jsonl
+fi
+if [ "${B1:-1}" = 1 ]; then
+  python3 benchmarks/gpu_decode.py --work $W --results $W/b1.jsonl --shapes llama-3.2-1b --formats fp16 \
+      --phases build,ours --concurrency 16
+  OPTIMIZER_DECODE_STEPS=8 python3 benchmarks/gpu_decode.py --work $W --results $W/b1-steps8.jsonl \
+      --shapes llama-3.2-1b --formats fp16 --phases ours --concurrency 16
+  python3 benchmarks/gpu_decode.py --work $W --results $W/b1.jsonl --shapes llama-3.2-1b --formats fp16 \
+      --phases genai --concurrency 16
 fi
 python3 benchmarks/gpu_decode.py --work $W --results $W/results.jsonl --shapes llama-3.1-8b \
     --formats fp16-paged-fp8kv --phases build --max-len 2304
