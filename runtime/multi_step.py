@@ -1,20 +1,23 @@
 """Multi-step decoding: k decode steps of the same sequences per host round trip.
 
 In the steady phase of serving (every running sequence decoding, none waiting, every row
-greedy), the host's share of a captured decode step (planning the step, packing its rows,
-copying them in, reading the tokens back: ~3 of 22.9 ms at 512 rows on the 8B shape, session
-36) is paid once for k steps. The executor queues k replays of the bucket's captured graph on
-onnxruntime's stream and, between them, copies on the device each step's greedy tokens into
-the next step's input ids and the next row of past lengths into the past input; each step's
-tokens go to page-locked host memory; the host waits once (`DeviceRounds.run`). The block
-tables cover the k positions before the round (`plan_steps`), so they do not change inside it.
-A token after a sequence's end (EOS, a stop string) is dropped by the engine loop, and its
-cache position lies in a block the sequence holds until it is freed.
+greedy) and in a lone greedy request's loop, the host's share of a captured decode step
+(planning it, packing its rows, copying them in, reading the tokens back: ~3 of 22.9 ms at 512
+rows on the 8B shape, session 36; ~0.3 of 1.43 ms at batch 1 on the 1B shape) is paid once for
+k steps. The executor queues k replays of the bucket's captured graph on onnxruntime's stream
+and, between them, copies on the device each step's greedy tokens into the next step's input
+ids and that step's row of the inputs that change (the paged layout's past lengths, the
+static layout's mask rows); each step's tokens go to page-locked host memory; the host waits
+once (`DeviceRounds.run`). What else a step reads stays for the round: a paged sequence's
+block table covers the k positions before it starts (`plan_steps`), a static slot holds its
+whole capacity. A token after a sequence's end (EOS, a stop string) is dropped by the loop, and
+its cache position is one the sequence holds until it is freed (static executors with prefix
+caching, whose finished rows stay as cache entries, do not run rounds).
 
-`OPTIMIZER_DECODE_STEPS=k` (default 1: every step planned by the host) turns it on for paged
-engines on CUDA with captured decode steps (`decode_steps_wanted`); sessions then run on a
-stream of the runtime's own (`runtime.cuda_stream`), given to onnxruntime as the CUDA
-provider's `user_compute_stream`, so that the copies queue in order with its graphs.
+`OPTIMIZER_DECODE_STEPS=k` (default 1: every step planned by the host) turns it on for engines
+on CUDA with captured decode steps (`decode_steps_wanted`); sessions then run on a stream of
+the runtime's own (`runtime.cuda_stream`), given to onnxruntime as the CUDA provider's
+`user_compute_stream`, so that the copies queue in order with its graphs.
 """
 
 from __future__ import annotations
