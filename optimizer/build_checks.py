@@ -157,7 +157,7 @@ def validate_paged(opts: "BuildOptions") -> None:
     build verifies them there: the CUDA provider must be present."""
     import onnxruntime as ort
 
-    block = opts.kv_block_size  # None: the model's default (optimizer.pipeline.with_block_size)
+    block = opts.kv_block_size  # None: the model's default (optimizer.pipeline.block_size)
     if block is not None and (block < 16 or block & (block - 1)):
         raise InputError(f"--kv-block-size {block}: onnxruntime's PagedAttention takes blocks of a power of "
                          "two tokens, at least 16", hint="use 16, 32, 64, ...")

@@ -9,7 +9,6 @@ optimizer.manifest, the file writing in optimizer.engine_files.
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -100,10 +99,9 @@ def _build(opts: BuildOptions, loaded: LoadedModel | None) -> EngineDir:
     gate = prepare_gate(opts, loaded)  # its baseline, before quantization changes the weights
     quantization, codes = quantize(opts, loaded)
     model, dims = capture_graph(opts, loaded)
-    opts = with_block_size(opts, dims)
     max_positions = opts.max_seq_len or model_max_positions(loaded.config)
     kv_scales, kv_quant = calibrate_kv(opts, loaded, dims, codes)
-    model, pass_reports = graph_passes(opts, model, codes, max_positions, kv_scales)
+    model, pass_reports = graph_passes(opts, model, codes, max_positions, kv_scales, block_size(opts, dims))
     kv = kv_cache_section(dims, opts.dtype, attention_kind(model), model.metadata_props.get(KV_LAYOUT_KEY, "concat"),
                           max_positions, opts, kv_quant)
     with staging_dir(opts.out, opts.overwrite) as tmp:
@@ -163,12 +161,11 @@ def capture_graph(opts: BuildOptions, loaded: LoadedModel) -> tuple[ir.Model, De
             return capture(loaded, opts.dtype, on_layer=lambda i: advance()), dims
 
 
-def with_block_size(opts: BuildOptions, dims: DecoderDims) -> BuildOptions:
-    """`opts` with --kv-block-size's default filled in: the block size onnxruntime's flash
-    kernel reads in place at the model's head size (flash_paged_block)."""
-    if opts.kv_block_size is not None:
-        return opts
-    return dataclasses.replace(opts, kv_block_size=flash_paged_block(dims.head_dim))
+def block_size(opts: BuildOptions, dims: DecoderDims) -> int:
+    """The paged layout's block size: --kv-block-size, else what onnxruntime's flash kernel
+    reads in place at the model's head size (flash_paged_block; the manifest resolves it alike).
+    The options keep None: the build's identity is what was asked for."""
+    return opts.kv_block_size or flash_paged_block(dims.head_dim)
 
 
 def calibrate_kv(opts: BuildOptions, loaded: LoadedModel, dims: DecoderDims,
@@ -193,11 +190,11 @@ def calibrate_kv(opts: BuildOptions, loaded: LoadedModel, dims: DecoderDims,
 
 
 def graph_passes(opts: BuildOptions, model: ir.Model, codes: dict[str, Any], max_positions: int,
-                 kv_scales: tuple) -> tuple[ir.Model, list[dict[str, Any]]]:
+                 kv_scales: tuple, kv_block_size: int) -> tuple[ir.Model, list[dict[str, Any]]]:
     q = opts.quiet
     with step("graph passes: " + (", ".join(opts.pass_names) or "none"), q):
         ctx = PassContext(plain_weights(codes), opts.accuracy_level, opts.dtype, max_positions, opts.kv_layout,
-                          opts.kv_block_size, WEIGHT_FORMATS[opts.target], kv_scales, opts.kv_cache_dtype)
+                          kv_block_size, WEIGHT_FORMATS[opts.target], kv_scales, opts.kv_cache_dtype)
         model, reports = run_passes(model, opts.pass_names, ctx, opts.dump_ir_after, ir_dump_dir(opts.out))
         for r in reports:
             if not q:

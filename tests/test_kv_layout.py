@@ -108,12 +108,13 @@ def test_paged_builds_need_fp16_and_cuda(tmp_path, monkeypatch, options, message
 
 def test_the_paged_block_size_defaults_to_what_flash_reads_in_place(tmp_path, tiny_hf_folders):
     """--kv-block-size left out: the block size onnxruntime's flash kernel reads a paged cache
-    in place at the model's head size (128 at 65-128), in the options the build goes on with and
-    in the manifest's kv_cache section; a size given stays."""
+    in place at the model's head size (128 at 65-128), for the graph passes and in the
+    manifest's kv_cache section; the options keep None (a build's identity is what was asked
+    for, so a report finds the engine again); a size given stays."""
     import dataclasses
 
     from optimizer.manifest import kv_cache_section
-    from optimizer.pipeline import with_block_size
+    from optimizer.pipeline import block_size
 
     _, loaded = captured(tiny_hf_folders["gemma3"], "fp16")
     dims = decoder_dims(loaded.config, loaded.arch)
@@ -121,11 +122,11 @@ def test_the_paged_block_size_defaults_to_what_flash_reads_in_place(tmp_path, ti
     assert opts.kv_block_size is None
     for head_dim, block in ((64, 256), (128, 128), (256, 64)):
         shaped = dataclasses.replace(dims, head_dim=head_dim)
-        assert with_block_size(opts, shaped).kv_block_size == block
+        assert block_size(opts, shaped) == block
         kv = kv_cache_section(shaped, "fp16", "PagedAttention", "paged", 512, opts)
         assert kv.block_size == block and kv.max_blocks_per_sequence == -(-512 // block)
     given = dataclasses.replace(opts, kv_block_size=16)
-    assert with_block_size(given, dims) is given
+    assert block_size(given, dims) == 16
     assert kv_cache_section(dims, "fp16", "PagedAttention", "paged", 512, given).block_size == 16
 
 
