@@ -4,8 +4,9 @@
 # step): GEMMs 10.7 ms, attention 4.1, and the MLP's Split of the packed gate/up output, SiLU
 # and Mul 1.9 ms (10%). So:
 # 1. the CUDA tests of both graph executors (the device sampler's top-k ties fix and multi-step
-#    decoding, written after session 36's calls) in the background while the 8B shape builds paged fp16 engines with the
-#    default block size (128), gate/up packed (default) and unpacked (two GEMMs, no Split);
+#    decoding, written after session 36's calls) in the background while the 8B shape builds
+#    paged fp16 engines with the default block size (128), gate/up packed (default) and
+#    unpacked (two GEMMs, no Split);
 # 2. where a 512-row step goes on each (benchmarks/paged_kernels.py);
 # 3. 512 requests of 128/128 on each, twice, alternating, the packed engine also with rounds of
 #    8 decode steps per host round trip (OPTIMIZER_DECODE_STEPS=8, runtime/multi_step.py, written
