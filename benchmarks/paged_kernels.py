@@ -60,12 +60,8 @@ def decode_parts(executor, bucket, seqs, size: int, steps: int) -> dict:
     """Each host-side part of a captured decode step, timed alone over `steps` runs (ms each):
     packing the rows (`pack_decode`), copying ids / lengths / tables into the bucket's device
     buffers (`update_inplace`), the replay, and reading the greedy tokens back."""
-    from runtime.paged_graphs import pack_decode
-
     def pack():
-        pack_decode([s.last_token for s in seqs], [s.num_tokens - 1 for s in seqs],
-                    [executor.pool.table(s.request_id) for s in seqs], size,
-                    executor._ids, executor._past, executor._table, executor.scratch_block)
+        executor._pack(seqs)
 
     def update():
         bucket.ids.update_inplace(executor._ids[:, :size])

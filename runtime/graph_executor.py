@@ -193,9 +193,9 @@ class GraphStaticExecutor(StaticExecutor):
         by the caller), then one token id for each decoding sequence."""
         return self.prefill_chunks(prefill), (self.decode_tokens(decode) if decode else None)
 
-    def decode_tokens(self, seqs: Seq[Sequence]) -> list[int]:
-        """The next token of each sequence, chosen on the device (or, for rows that need it,
-        on the host from the step's logits)."""
+    def _load_rows(self, seqs: Seq[Sequence]) -> tuple[np.ndarray, int]:
+        """Each sequence's last token into its slot's row of the ids, after checking the slot
+        holds every position before it; the slots and the bucket that covers them."""
         n = len(seqs)
         slots = np.fromiter((self.pool.slot(s.request_id) for s in seqs), np.int64, n)
         expected = np.fromiter((s.num_tokens for s in seqs), np.int64, n) - 1
@@ -204,7 +204,12 @@ class GraphStaticExecutor(StaticExecutor):
             raise RuntimeError(f"slot {slots[i]} holds {self.slot_len[slots[i]]} positions, "
                                f"decode expects {expected[i]}")
         self._ids[slots, 0] = np.fromiter((s.last_token for s in seqs), np.int64, n)
-        size = bucket_for(int(slots.max()) + 1, self.buckets)
+        return slots, bucket_for(int(slots.max()) + 1, self.buckets)
+
+    def decode_tokens(self, seqs: Seq[Sequence]) -> list[int]:
+        """The next token of each sequence, chosen on the device (or, for rows that need it,
+        on the host from the step's logits)."""
+        slots, size = self._load_rows(seqs)
         step = self._run_bucket(size)
         greedy = None if step.greedy is None else (lambda: step.greedy.numpy()[:, 0])
         out, on_host = choose_tokens(seqs, slots, size, self._params, lambda p: self.sampler.run(size, size, p),
@@ -219,11 +224,7 @@ class GraphStaticExecutor(StaticExecutor):
         placeholder where they would in a single step."""
         if self.rounds is None:
             raise RuntimeError("multi-step decoding is off for this executor (decode_steps 1)")
-        slots = np.fromiter((self.pool.slot(s.request_id) for s in seqs), np.int64, len(seqs))
-        if (self.slot_len[slots] != np.fromiter((s.num_tokens - 1 for s in seqs), np.int64, len(seqs))).any():
-            raise RuntimeError("a round's sequences must continue their slots' cached positions")
-        self._ids[slots, 0] = np.fromiter((s.last_token for s in seqs), np.int64, len(seqs))
-        size = bucket_for(int(slots.max()) + 1, self.buckets)
+        slots, size = self._load_rows(seqs)
         step = self._bucket(size)
         busy = np.zeros(size, np.int64)
         busy[slots] = 1

@@ -214,10 +214,10 @@ class LLMEngine:
     def _decode_steps(self, plan) -> int:
         """Decode steps this iteration's decodes run in one round (runtime.multi_step; 1 unless
         the executor queues several and the plan is all greedy decodes with nobody waiting)."""
-        steps = getattr(self.executor, "decode_steps", 1)
-        if steps <= 1 or plan.prefill:
+        if plan.prefill:
             return 1
-        return plan_steps(plan.decode, steps, self.scheduler.pool, bool(self.scheduler.waiting))
+        return plan_steps(plan.decode, getattr(self.executor, "decode_steps", 1), self.scheduler.pool,
+                          bool(self.scheduler.waiting))
 
     def _advance_many(self, seq: Sequence, tokens: list[int]) -> RequestOutput:
         """A round's tokens for one sequence: kept up to its end, the rest dropped."""

@@ -191,13 +191,19 @@ class GraphPagedExecutor(PagedExecutor):
         self._steps[size] = step
         return step
 
-    def _replay(self, seqs: Seq[Sequence]) -> tuple[_Bucket, int]:
-        """Run (replay) the decode step of `seqs` in the smallest bucket that holds them; that
-        bucket's buffers and size."""
+    def _pack(self, seqs: Seq[Sequence]) -> int:
+        """Write the decode step of `seqs` into the host arrays, padded to the smallest bucket
+        that holds them; that bucket's size."""
         size = bucket_for(len(seqs), self.buckets)
         pack_decode([s.last_token for s in seqs], [s.num_tokens - 1 for s in seqs],
                     [self.pool.table(s.request_id) for s in seqs], size,
                     self._ids, self._past, self._table, self.scratch_block)
+        return size
+
+    def _replay(self, seqs: Seq[Sequence]) -> tuple[_Bucket, int]:
+        """Run (replay) the decode step of `seqs` in the smallest bucket that holds them; that
+        bucket's buffers and size."""
+        size = self._pack(seqs)
         return self._run_bucket(size), size
 
     def _run_bucket(self, size: int) -> _Bucket:
@@ -238,11 +244,8 @@ class GraphPagedExecutor(PagedExecutor):
         the block tables stay for the round (they cover its positions), the past lengths advance."""
         if self.rounds is None:
             raise RuntimeError("multi-step decoding is off for this executor (decode_steps 1)")
-        n, size = len(seqs), bucket_for(len(seqs), self.buckets)
+        n, size = len(seqs), self._pack(seqs)
         step = self._bucket(size)
-        pack_decode([s.last_token for s in seqs], [s.num_tokens - 1 for s in seqs],
-                    [self.pool.table(s.request_id) for s in seqs], size,
-                    self._ids, self._past, self._table, self.scratch_block)
         tokens = self.rounds.run(size, step.binding, step.graph_id, step.ids.data_ptr(), step.greedy.data_ptr(),
                                  self._ids[0, :size], {"table": (step.table.data_ptr(), self._table[:size])},
                                  {"past": (step.past.data_ptr(), past_rows(self._past[:size], n, k))}, k)
