@@ -111,7 +111,7 @@ def phase_build(args) -> None:
     from optimizer.models.loader import load_model
     from optimizer.options import FAST_INT4
     from optimizer.pipeline import BuildOptions, build_engine
-    from passes import DEFAULT_PIPELINE
+    from passes import DEFAULT_PIPELINE, PAGED_PIPELINE
 
     slots = max(args.concurrency)
     for shape in args.shapes:
@@ -136,9 +136,11 @@ def phase_build(args) -> None:
                                     target="onnxruntime-cuda")
             elif fmt == "fp16-paged":  # the same positions as blocks (a pool the server may resize)
                 opts = BuildOptions(**{**common, "kv_layout": "paged"}, kv_block_size=args.kv_block_size)
-            elif fmt == "fp16-paged-mlp-unpacked":  # gate and up as two GEMMs: no Split of their packed output
+            elif fmt == "fp16-paged-mlp-packed":  # gate/up as one GEMM + Split (the paged default before
                 opts = BuildOptions(**{**common, "kv_layout": "paged"}, kv_block_size=args.kv_block_size,
-                                    passes=[p for p in DEFAULT_PIPELINE if p != "pack-gate-up"])
+                                    passes=list(DEFAULT_PIPELINE))  # session 37, now passes.PAGED_PIPELINE's)
+            elif fmt == "fp16-mlp-unpacked":  # the static layout with gate/up as two GEMMs (batch 1: the
+                opts = BuildOptions(**common, passes=list(PAGED_PIPELINE))  # Split is 16 launches of 240)
             elif fmt == "fp16-paged-fp8kv":  # and K/V stored as float8 E4M3 (scales from a little c4 text:
                 opts = BuildOptions(**{**common, "kv_layout": "paged"}, kv_block_size=args.kv_block_size,  # speed only)
                                     kv_cache_dtype="fp8", kv_calib="c4:4x256", tokenizer=str(tokenizer))

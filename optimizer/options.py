@@ -62,7 +62,8 @@ class BuildSection:
     dtype: str = opt("fp32", "Compute dtype.", choices=("fp32", "fp16"))  # optimizer.capture.DTYPES
     passes: str | list[str] | None = opt(
         None, "'default' (all fusions), 'unfused', 'none', or comma-separated pass names (see `optimize "
-              "passes`) [default: the target's pipeline: default, or tensorrt for --target tensorrt].")
+              "passes`) [default: the target's pipeline: default; paged for the paged KV layout with float "
+              "weights (gate/up unpacked); tensorrt for --target tensorrt].")
     target: str = opt("onnxruntime", "onnxruntime (its fused kernels, CPU and CUDA), onnxruntime-cuda (may use "
                                      "CUDA-only kernels: FP8 -> MatMulBlockQuantizedFp8Weight; built and verified "
                                      "where CUDA is), or tensorrt: standard ONNX ops only, for `optimize build-trt`.",

@@ -67,6 +67,13 @@ class BuildOptions(BuildSection):
     #                                     model's, measured in transformers before quantization
     quiet: bool = False
 
+    def pipeline(self) -> str | list[str]:
+        """BuildSection's, except that the paged layout with float weights has its own default
+        (passes.PAGED_PIPELINE: gate and up stay two GEMMs)."""
+        if self.passes is None and self.target != "tensorrt" and self.kv_layout == "paged" and self.quant is None:
+            return "paged"
+        return super().pipeline()
+
     @property
     def pass_names(self) -> tuple[str, ...]:
         """The passes this build runs, in order (`passes`, else the target's pipeline)."""

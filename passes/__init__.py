@@ -123,8 +123,12 @@ DEFAULT_PIPELINE: tuple[str, ...] = (
     "pack-qkv", "pack-gate-up", "fuse-activation", "fold-constants", "slice-logits", "kv-layout",
     "greedy-tokens", "quantize-kv-cache", "cse", "dead-code",
 )
+# The paged layout with float weights (serving at large batches on CUDA): gate and up stay two
+# GEMMs, no Split of a packed output. Session 37, 8B shape, 512 rows on an H200: 17.8 against
+# 18.7 ms of kernels a decode step, 1.04x the out tok/s of 512 requests of 128/128.
+PAGED_PIPELINE: tuple[str, ...] = tuple(p for p in DEFAULT_PIPELINE if p != "pack-gate-up")
 # Standard ONNX only (opset 21, no com.microsoft ops): norms, rotary and attention stay
 # decomposed, quantized weights become DequantizeLinear; the TensorRT target's default.
 TENSORRT_PIPELINE: tuple[str, ...] = ("lower-quantized-matmul", "fold-constants", "kv-layout", "cse", "dead-code")
-PIPELINES: dict[str, tuple[str, ...]] = {"default": DEFAULT_PIPELINE, "unfused": UNFUSED_PIPELINE,
-                                         "tensorrt": TENSORRT_PIPELINE, "none": ()}
+PIPELINES: dict[str, tuple[str, ...]] = {"default": DEFAULT_PIPELINE, "paged": PAGED_PIPELINE,
+                                         "unfused": UNFUSED_PIPELINE, "tensorrt": TENSORRT_PIPELINE, "none": ()}

@@ -70,9 +70,14 @@ class LLMEngine:
     def __init__(self, executor: Any, tokenizer: Any | None = None, eos_token_ids: Seq[int] = (),
                  max_running: int | None = None, prefill_chunk: int = 256, prefill_budget: int | None = None,
                  prefix_caching: bool = True, speculative: SpeculativeConfig | None = None,
-                 drafter: Drafter | None = None) -> None:
+                 drafter: Drafter | None = None, decode_steps: int | None = None) -> None:
         """`speculative`: speculative decoding (runtime.speculative; None: off). `drafter`
-        replaces the one `speculative` names (tests, custom drafters)."""
+        replaces the one `speculative` names (tests, custom drafters). `decode_steps`: greedy
+        decode steps per host round trip, at most the executor's (runtime.multi_step; None: the
+        executor's, 8 on CUDA with captured steps; 1: every step planned by the host)."""
+        if decode_steps is not None and decode_steps < 1:
+            raise InputError(f"decode_steps={decode_steps}: give 1 (single steps) or more")
+        self.decode_steps = decode_steps
         self.executor = executor
         self.prefix_caching = prefix_caching and _enable_prefix_caching(executor)
         self.tokenizer = tokenizer
@@ -213,11 +218,14 @@ class LLMEngine:
 
     def _decode_steps(self, plan) -> int:
         """Decode steps this iteration's decodes run in one round (runtime.multi_step; 1 unless
-        the executor queues several and the plan is all greedy decodes with nobody waiting)."""
-        if plan.prefill:
+        the executor queues several on the device and the plan is all greedy decodes with
+        nobody waiting), at most `decode_steps`."""
+        if plan.prefill or not self.samples_on_device:
             return 1
-        return plan_steps(plan.decode, getattr(self.executor, "decode_steps", 1), self.scheduler.pool,
-                          bool(self.scheduler.waiting))
+        steps = getattr(self.executor, "decode_steps", 1)
+        if self.decode_steps is not None:
+            steps = min(steps, self.decode_steps)
+        return plan_steps(plan.decode, steps, self.scheduler.pool, bool(self.scheduler.waiting))
 
     def _advance_many(self, seq: Sequence, tokens: list[int]) -> RequestOutput:
         """A round's tokens for one sequence: kept up to its end, the rest dropped."""

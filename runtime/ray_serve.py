@@ -63,6 +63,7 @@ class ReplicaOptions:
     prefix_caching: bool = True
     verify: bool = True
     allow_failed_gate: bool = False
+    decode_steps: int = 1  # greedy decode steps per host round trip (runtime.multi_step; serving: 1)
 
 
 # Routing hook: (requested model, the engines of that name, the request body) -> the one to use.
@@ -439,6 +440,6 @@ def load_app(spec: EngineSpec, options: ReplicaOptions, limits: Any) -> tuple[An
 
     engine = Engine.load(Path(spec.path), provider=options.provider, threads=options.threads, verify=options.verify)
     llm = engine.llm(max_batch=options.max_batch, prefill_chunk=options.prefill_chunk,
-                     prefix_caching=options.prefix_caching)
+                     prefix_caching=options.prefix_caching, decode_steps=options.decode_steps)
     server = AsyncEngine(llm).start()
     return create_app(engine, server, spec.name, limits), server

@@ -157,7 +157,9 @@ def test_rounds_of_decode_steps_give_one_requests_tokens(engine_path, monkeypatc
     rng = np.random.default_rng(3)
     prompts = [rng.integers(10, 400, n).tolist() for n in (5, 40)]
     params = SamplingParams(max_new_tokens=30, ignore_eos=True)
+    monkeypatch.setenv("OPTIMIZER_DECODE_STEPS", "1")  # rounds off (the default is 8)
     single = Engine.load(engine_path, provider="cuda")
+    assert single.session.decode_steps == 1 and single.session.stream is None
     want = [single.generate_ids(p, params).token_ids for p in prompts]
     monkeypatch.setenv("OPTIMIZER_DECODE_STEPS", "4")
     stepped = Engine.load(engine_path, provider="cuda")

@@ -10,10 +10,10 @@ import random
 import numpy as np
 import pytest
 
-from optimizer.core.errors import EngineError
+from optimizer.core.errors import EngineError, InputError
 from runtime.kv_cache import BlockPool
 from runtime.llm_engine import LLMEngine
-from runtime.multi_step import decode_steps_wanted, past_rows, plan_steps
+from runtime.multi_step import DEFAULT_STEPS, decode_steps_wanted, past_rows, plan_steps
 from runtime.sampling import SamplingParams
 from runtime.sequence import Sequence
 
@@ -70,9 +70,9 @@ class FakeExecutor:
         return out
 
 
-def _run(steps: int, requests, max_running: int = 6):
+def _run(steps: int, requests, max_running: int = 6, **engine_args):
     executor = FakeExecutor(max_running, steps)
-    llm = LLMEngine(executor, None, eos_token_ids=[EOS], max_running=max_running)
+    llm = LLMEngine(executor, None, eos_token_ids=[EOS], max_running=max_running, **engine_args)
     seqs = [llm.add_request(p, params, detokenize=False) for p, params in requests]
     while llm.has_work:
         llm.step()
@@ -92,6 +92,28 @@ def test_rounds_of_k_steps_give_the_tokens_of_single_steps():
         multi, rounds = _run(steps, requests)
         assert multi == single, steps
         assert rounds and max(rounds) == steps  # rounds ran, none longer than asked
+
+
+def test_the_loop_limits_rounds_to_its_own_decode_steps():
+    """LLMEngine(decode_steps=k) caps the executor's rounds (the server's default is 1); a loop
+    whose rows the host chooses runs no rounds; the tokens stay those of single steps."""
+    rng = random.Random(2)
+    requests = [([rng.randrange(VOCAB) for _ in range(rng.randint(1, 12))],
+                 SamplingParams(max_new_tokens=rng.randint(5, 30), ignore_eos=True)) for _ in range(8)]
+    single, _ = _run(1, requests)
+    capped, rounds = _run(8, requests, decode_steps=3)
+    assert capped == single and rounds and max(rounds) == 3
+    off, rounds = _run(8, requests, decode_steps=1)
+    assert off == single and rounds == []
+    executor = FakeExecutor(6, 8)
+    llm = LLMEngine(executor, None, eos_token_ids=[EOS], max_running=6)
+    llm.scheduler.pool.admit("a", 2)
+    plan = type("Plan", (), {"prefill": [], "decode": [Sequence("a", [5, 6], SamplingParams())]})()
+    assert llm._decode_steps(plan) == 8
+    llm.samples_on_device = False  # the host would choose every row: no rounds on the device
+    assert llm._decode_steps(plan) == 1
+    with pytest.raises(InputError, match="decode_steps"):
+        LLMEngine(FakeExecutor(2, 8), None, decode_steps=0)
 
 
 def test_rounds_only_where_every_row_is_greedy_and_nobody_waits():
@@ -122,7 +144,7 @@ def test_past_rows_advance_real_rows_only():
 
 def test_decode_steps_option(monkeypatch):
     monkeypatch.delenv("OPTIMIZER_DECODE_STEPS", raising=False)
-    assert decode_steps_wanted() == 1
+    assert decode_steps_wanted() == DEFAULT_STEPS == 8
     monkeypatch.setenv("OPTIMIZER_DECODE_STEPS", "8")
     assert decode_steps_wanted() == 8 and decode_steps_wanted(2) == 2
     for bad in ("0", "x", "1000"):

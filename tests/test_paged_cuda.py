@@ -217,7 +217,7 @@ def test_rounds_of_decode_steps_give_the_tokens_of_single_steps(engines, monkeyp
     depends on its bucket's shape)."""
     paged, _ = engines
     requests = [(p, SamplingParams(max_new_tokens=23, ignore_eos=True)) for p, _ in _requests(12, seed=11)]
-    single = _run_all(paged.llm(), requests)
+    single = _run_all(paged.llm(decode_steps=1), requests)
     monkeypatch.setenv("OPTIMIZER_DECODE_STEPS", "4")
     stepped = Engine.load(paged.dir.path, provider="cuda")
     assert stepped.session.decode_steps == 4 and stepped.session.stream is not None

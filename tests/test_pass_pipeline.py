@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from optimizer.core.errors import InputError
-from passes import DEFAULT_PIPELINE, PIPELINES, REGISTRY, UNFUSED_PIPELINE
+from passes import DEFAULT_PIPELINE, PAGED_PIPELINE, PIPELINES, REGISTRY, UNFUSED_PIPELINE
 from passes.pipeline import PassError, resolve_pass_names, run_passes
 from tests.pass_helpers import captured
 
@@ -17,6 +17,22 @@ def test_pipelines_name_registered_passes():
     assert resolve_pass_names("unfused") == UNFUSED_PIPELINE
     assert resolve_pass_names("none") == ()
     assert resolve_pass_names("fuse-rms-norm, dead-code") == ("fuse-rms-norm", "dead-code")
+
+
+def test_the_paged_layout_with_float_weights_keeps_gate_and_up_apart(tmp_path):
+    """A build's default pipeline: PAGED_PIPELINE (no pack-gate-up) for the paged layout with
+    float weights; the default pipeline for other layouts, quantized weights, or passes asked."""
+    from calibration.config import quant_config
+    from optimizer.pipeline import BuildOptions
+
+    def names(**kw):
+        return BuildOptions(out=tmp_path / "e", random_weights=True, **kw).pass_names
+
+    assert names(kv_layout="paged") == PAGED_PIPELINE and "pack-gate-up" not in PAGED_PIPELINE
+    assert set(DEFAULT_PIPELINE) - set(PAGED_PIPELINE) == {"pack-gate-up"}
+    assert names(kv_layout="static") == names() == DEFAULT_PIPELINE
+    assert names(kv_layout="paged", quant=quant_config(method="rtn", bits=4)) == DEFAULT_PIPELINE
+    assert names(kv_layout="paged", passes="default") == DEFAULT_PIPELINE
 
 
 def test_passes_declare_what_must_run_before_them():

@@ -128,6 +128,11 @@ def generate_cmd(engine_dir: Path, prompts: tuple[str, ...], prompts_file: Path 
 @click.option("--gpu-memory-fraction", default=None, type=click.FloatRange(0, 1, min_open=True),
               help="Paged engines on CUDA: size the KV block pool from this share of the GPU's memory, what "
                    "the engine and its largest step leave of it [default: the manifest's blocks].")
+@click.option("--decode-steps", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Engines on CUDA with captured decode steps: greedy decode steps per host round trip while "
+                   "no request waits, up to the engine's (runtime.multi_step; OPTIMIZER_DECODE_STEPS, default 8). "
+                   "More is faster at large batches; a request arriving during a round waits for its end, and "
+                   "streams get tokens in bursts of this many.")
 @PREFIX_CACHING
 @SPECULATIVE
 @NUM_SPECULATIVE_TOKENS
@@ -137,7 +142,7 @@ def generate_cmd(engine_dir: Path, prompts: tuple[str, ...], prompts_file: Path 
 @ray_options
 def serve_cmd(engine_dir: Path | None, host: str, port: int, model_name: str | None, max_batch: int | None,
               prefill_chunk: int, provider: str, threads: int | None, no_verify: bool,
-              allow_failed_gate: bool, gpu_memory_fraction: float | None, prefix_caching: bool,
+              allow_failed_gate: bool, gpu_memory_fraction: float | None, decode_steps: int, prefix_caching: bool,
               speculative: str | None, num_speculative_tokens: int, speculative_max_batch: int,
               draft_dir: Path | None, **limit_args) -> None:
     """Serve an engine over HTTP: OpenAI-compatible /v1/completions and /v1/chat/completions
@@ -157,7 +162,7 @@ def serve_cmd(engine_dir: Path | None, host: str, port: int, model_name: str | N
         if speculative or gpu_memory_fraction is not None:
             raise InputError("--speculative and --gpu-memory-fraction are not offered with Ray Serve replicas yet")
         return serve_on_ray(engine_dir, model_name, host, port, threads, provider, max_batch, prefill_chunk,
-                            prefix_caching, not no_verify, allow_failed_gate, limits, ray_args)
+                            prefix_caching, not no_verify, allow_failed_gate, limits, ray_args, decode_steps)
     if engine_dir is None:
         raise InputError("give the ENGINE_DIR to serve (or --engine NAME=PATH, with Ray Serve)")
     if not limits.api_keys and host not in ("127.0.0.1", "localhost", "::1"):
@@ -175,7 +180,7 @@ def serve_cmd(engine_dir: Path | None, host: str, port: int, model_name: str | N
     spec = speculative_config(speculative, num_speculative_tokens, speculative_max_batch, draft_dir, provider, threads,
                               not no_verify)
     llm = engine.llm(max_batch=max_batch, prefill_chunk=prefill_chunk, prefix_caching=prefix_caching,
-                     gpu_memory_fraction=gpu_memory_fraction, speculative=spec)
+                     gpu_memory_fraction=gpu_memory_fraction, speculative=spec, decode_steps=decode_steps)
     server = AsyncEngine(llm).start()
     memory = getattr(llm.executor, "memory", None)
     if memory:

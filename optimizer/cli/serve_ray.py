@@ -39,7 +39,7 @@ def wants_ray(args: dict[str, Any]) -> bool:
 
 def serve_on_ray(engine_dir: Path | None, model_name: str | None, host: str, port: int, threads: int | None,
                  provider: str, max_batch: int | None, prefill_chunk: int, prefix_caching: bool, verify: bool,
-                 allow_failed_gate: bool, limits: Any, args: dict[str, Any]) -> None:
+                 allow_failed_gate: bool, limits: Any, args: dict[str, Any], decode_steps: int = 1) -> None:
     """Start (or join) Ray, deploy the application, and serve until interrupted."""
     from runtime.ray_serve import EngineSpec, ReplicaOptions, build_application, parse_engine, require_ray
 
@@ -51,7 +51,7 @@ def serve_on_ray(engine_dir: Path | None, model_name: str | None, host: str, por
                              max_replicas=args["max_replicas"], max_ongoing_requests=args["max_ongoing_requests"],
                              threads=threads or 1, provider=provider, max_batch=max_batch,
                              prefill_chunk=prefill_chunk, prefix_caching=prefix_caching, verify=verify,
-                             allow_failed_gate=allow_failed_gate)
+                             allow_failed_gate=allow_failed_gate, decode_steps=decode_steps)
     ray = require_ray()
     app = build_application(engines, options, limits)  # checks the engines before Ray starts
     from ray import serve
