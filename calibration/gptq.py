@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from calibration.gptq_sweep import sweep_int_columns
 from calibration.rtn import QuantizedLinear, QuantSpec, compute_qparams, to_groups
 
 
@@ -213,20 +214,29 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, *, act_orde
     H = H[perm][:, perm]
     QT = torch.empty_like(WT)  # codes, as rows in sweep order
 
-    def rounded(col: int, i: int, W1: torch.Tensor, WT: torch.Tensor) -> torch.Tensor:
-        group = group_of[col]
-        if not act_order and col % g == 0:
-            # dynamic groups: parameters from the group's current (updated) weights
+    def group_start(col: int, i: int, W1: torch.Tensor) -> None:
+        if col % g == 0:  # dynamic groups: parameters from the group's current (updated) weights
             width = min(g, W1.shape[0] - i) if g <= block_size else g
             cols = W1[i:i + width] if g <= block_size else WT[col:col + g]  # (width, out)
-            scale[group], zero[group] = compute_qparams(cols.t(), spec)
+            scale[group_of[col]], zero[group_of[col]] = compute_qparams(cols.t(), spec)
+
+    def rounded(col: int, i: int, W1: torch.Tensor, _WT: torch.Tensor) -> torch.Tensor:
+        group = group_of[col]
+        if not act_order:
+            group_start(col, i, W1)
         q = QT[col]
         torch.div(W1[i], scale[group], out=q).round_().add_(zero[group]).clamp_(0, spec.qmax)
         return (q - zero[group]) * scale[group]
 
-    # sub-blocks that a dynamic group never straddles: its parameters read current rows
+    # sub-blocks that a dynamic group never straddles: its parameters read current rows; on the
+    # GPU each runs as a unit, captured as a CUDA graph (calibration.gptq_sweep: the same ops)
     sub = SUB_BLOCK if SUB_BLOCK and (act_order or (g % SUB_BLOCK == 0 and block_size % SUB_BLOCK == 0)) else None
-    sweep_columns(WT, inverse_cholesky(H, damp), block_size, rounded, sub)
+    Hinv = inverse_cholesky(H, damp)
+    if sub and WT.is_cuda:
+        sweep_int_columns(WT, Hinv, block_size, sub, QT, scale, zero, group_of, spec.qmax,
+                          None if act_order else group_start)
+    else:
+        sweep_columns(WT, Hinv, block_size, rounded, sub)
 
     Q = QT[torch.argsort(perm)].t()  # (out, in), original column order
     return QuantizedLinear(Q.to(torch.uint8).contiguous(), scale.t().contiguous(),

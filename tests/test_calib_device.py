@@ -81,3 +81,22 @@ def test_gpu_calibration_computes_what_the_cpu_computes(tiny_hf_folders, method)
         a, b = cpu_model(input_ids=ids).logits, gpu_model(input_ids=ids).logits
     assert torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1] > 0.99
     assert (a.argmax(-1) == b.argmax(-1)).float().mean() > 0.9
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (GPTQ's sub-blocks captured as CUDA graphs)")
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_sub_block_graphs_give_the_eager_codes(monkeypatch, act_order):
+    """calibration.gptq_sweep on CUDA: the sub-blocks replayed from captured graphs give the
+    codes and parameters of the same sweep run eagerly on the device, bit for bit."""
+    from calibration.gptq import gptq_quantize
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2048, 256, generator=g) @ (torch.randn(256, 256, generator=g) / 16)
+    H = (2 * x.T @ x / len(x)).cuda()
+    W = (torch.randn(96, 256, generator=g) * 0.05).cuda()
+    spec = QuantSpec(4, 64, False)
+    graphs = gptq_quantize(W, H, spec, act_order=act_order)
+    monkeypatch.setenv("OPTIMIZER_GPTQ_CUDA_GRAPHS", "0")
+    eager = gptq_quantize(W, H, spec, act_order=act_order)
+    assert torch.equal(graphs.qweight, eager.qweight)
+    assert torch.equal(graphs.scales, eager.scales) and torch.equal(graphs.zeros, eager.zeros)

