@@ -216,16 +216,19 @@ class LLMEngine:
         delta = seq.append(token)
         return self._emit_tokens(seq, [token], delta)
 
+    @property
+    def max_decode_steps(self) -> int:
+        """The longest round of decode steps this loop runs: the executor's (runtime.multi_step;
+        1 where it queues no rounds or the host chooses the tokens), at most `decode_steps`."""
+        steps = getattr(self.executor, "decode_steps", 1) if self.samples_on_device else 1
+        return steps if self.decode_steps is None else min(steps, self.decode_steps)
+
     def _decode_steps(self, plan) -> int:
-        """Decode steps this iteration's decodes run in one round (runtime.multi_step; 1 unless
-        the executor queues several on the device and the plan is all greedy decodes with
-        nobody waiting), at most `decode_steps`."""
-        if plan.prefill or not self.samples_on_device:
+        """Decode steps this iteration's decodes run in one round (1 unless the plan is all
+        greedy decodes with nobody waiting: runtime.multi_step.plan_steps)."""
+        if plan.prefill:
             return 1
-        steps = getattr(self.executor, "decode_steps", 1)
-        if self.decode_steps is not None:
-            steps = min(steps, self.decode_steps)
-        return plan_steps(plan.decode, steps, self.scheduler.pool, bool(self.scheduler.waiting))
+        return plan_steps(plan.decode, self.max_decode_steps, self.scheduler.pool, bool(self.scheduler.waiting))
 
     def _advance_many(self, seq: Sequence, tokens: list[int]) -> RequestOutput:
         """A round's tokens for one sequence: kept up to its end, the rest dropped."""

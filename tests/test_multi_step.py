@@ -109,9 +109,11 @@ def test_the_loop_limits_rounds_to_its_own_decode_steps():
     llm = LLMEngine(executor, None, eos_token_ids=[EOS], max_running=6)
     llm.scheduler.pool.admit("a", 2)
     plan = type("Plan", (), {"prefill": [], "decode": [Sequence("a", [5, 6], SamplingParams())]})()
-    assert llm._decode_steps(plan) == 8
+    assert llm._decode_steps(plan) == llm.max_decode_steps == 8
     llm.samples_on_device = False  # the host would choose every row: no rounds on the device
-    assert llm._decode_steps(plan) == 1
+    assert llm._decode_steps(plan) == llm.max_decode_steps == 1
+    assert LLMEngine(FakeExecutor(2, 8), None, decode_steps=3).max_decode_steps == 3
+    assert LLMEngine(FakeExecutor(2, 2), None, decode_steps=3).max_decode_steps == 2
     with pytest.raises(InputError, match="decode_steps"):
         LLMEngine(FakeExecutor(2, 8), None, decode_steps=0)
 

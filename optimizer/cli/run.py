@@ -191,7 +191,8 @@ def serve_cmd(engine_dir: Path | None, host: str, port: int, model_name: str | N
     console().print(f"serving [bold]{name}[/bold] on http://{host}:{port}/v1 "
                     f"({llm.scheduler.max_running} sequences x {llm.max_tokens()} positions, "
                     f"prefix caching {'on' if llm.prefix_caching else 'off'}, speculative decoding "
-                    f"{f'{spec.method}, k={spec.num_tokens}' if spec else 'off'})")
+                    f"{f'{spec.method}, k={spec.num_tokens}' if spec else 'off'}, decode steps per round "
+                    f"{llm.max_decode_steps})")
     try:
         uvicorn.run(create_app(engine, server, name, limits), host=host, port=port, log_level="warning")
     finally:
