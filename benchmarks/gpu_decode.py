@@ -128,6 +128,10 @@ def phase_build(args) -> None:
                           kv_layout="static", kv_slots=slots, kv_capacity=CAPACITY, quiet=True, overwrite=True)
             if fmt == "int4":
                 opts = BuildOptions(**common, quant=quant_config(method="rtn", bits=4, group_size=32, lm_head_bits=4))
+            elif fmt in ("int4-g64", "int4-sm90"):  # symmetric blocks of 64, lm_head too; int4-sm90: the weights
+                sm90 = fmt == "int4-sm90"  # in the layout of onnxruntime's Hopper kernel (passes/prepack_int4.py)
+                opts = BuildOptions(**common, quant=quant_config(method="rtn", bits=4, group_size=64, lm_head_bits=4),
+                                    **(dict(target="onnxruntime-cuda", passes="int4-sm90") if sm90 else {}))
             elif fmt == "int4-default":  # what plain `--quant int4` builds for --target onnxruntime
                 fast = FAST_INT4["onnxruntime"]
                 opts = BuildOptions(**common, **fast["build"], quant=quant_config(method="rtn", bits=4, **fast["quantization"]))

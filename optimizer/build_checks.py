@@ -75,9 +75,11 @@ def check_pass_options(opts: "BuildOptions") -> None:
 
 
 def validate_target(opts: "BuildOptions") -> None:
-    """The TensorRT target runs only passes whose output is standard ONNX, on a concat cache."""
+    """The TensorRT target runs only passes whose output is standard ONNX, on a concat cache;
+    passes whose output runs on CUDA only need --target onnxruntime-cuda."""
     if opts.target == "onnxruntime-cuda":
         validate_cuda_target(opts)
+    check_cuda_only_passes(opts)
     if opts.target != "tensorrt":
         return
     from passes import REGISTRY
@@ -94,6 +96,27 @@ def validate_target(opts: "BuildOptions") -> None:
         raise InputError(f"--kv-layout {opts.kv_layout} needs onnxruntime's attention kernels; "
                          "the TensorRT target keeps attention in standard ops with a concat cache",
                          hint="drop --kv-layout (or use concat) with --target tensorrt")
+
+
+def check_cuda_only_passes(opts: "BuildOptions") -> None:
+    """A pass whose output only CUDA runs (the registry's targets) needs --target
+    onnxruntime-cuda; prepack-int4-sm90 also needs what its kernel takes: symmetric int4
+    weights in blocks of 64 or 128 and float16 activations."""
+    from passes import REGISTRY
+    from passes.prepack_int4 import BLOCKS
+
+    cuda_only = [p for p in opts.pass_names if REGISTRY[p].targets == ("cuda",)]
+    if cuda_only and opts.target != "onnxruntime-cuda":
+        raise InputError(f"pass {cuda_only[0]!r} writes an engine that runs on CUDA only",
+                         hint="add --target onnxruntime-cuda (built and verified on a GPU)")
+    if "prepack-int4-sm90" not in opts.pass_names:
+        return
+    quant = opts.quant
+    if (quant is None or quant.method == "fp8" or quant.bits != 4 or not quant.symmetric
+            or quant.group_size not in BLOCKS or opts.dtype != "fp16"):
+        raise InputError("pass 'prepack-int4-sm90' stores int4 weights for onnxruntime's Hopper kernel, which "
+                         "takes symmetric 4-bit weights in groups of 64 or 128 and float16 activations",
+                         hint="build with --quant int4 --sym --group-size 128 (or 64) --dtype fp16")
 
 
 def validate_cuda_target(opts: "BuildOptions") -> None:

@@ -92,6 +92,10 @@ def weight_format_section(opts: "BuildOptions") -> dict[str, Any]:
                           "per-tensor static activations)", "provider": "cuda"}
     if opts.quant.method == "fp8":
         return {"format": "QDQ (float8e4m3fn, per-channel weights, per-tensor static activations)"}
+    if "prepack-int4-sm90" in opts.pass_names:
+        return {"format": "MatMulNBits, B in the SM90 (Hopper) layout of onnxruntime's mixed-input GEMM "
+                          "(weight_prepacked=2; compute capability 9.0 only)",
+                "accuracy_level": opts.accuracy_level, "provider": "cuda"}
     if opts.target == "tensorrt":  # accuracy level: onnxruntime's DQ + MatMul -> MatMulNBits at load
         return {"format": "DequantizeLinear (opset 21, blocked) + MatMul", "accuracy_level": opts.accuracy_level}
     return {"format": "MatMulNBits", "accuracy_level": opts.accuracy_level}

@@ -26,6 +26,7 @@ from passes.greedy_tokens import GreedyTokens
 from passes.kv_layout import KvCacheLayout
 from passes.lower_quantized_matmul import LowerQuantizedMatMul
 from passes.pack_matmuls import PackSiblingMatMuls
+from passes.prepack_int4 import PrepackInt4Sm90
 from passes.quantize_kv_cache import QuantizeKvCache
 from passes.slice_logits import SliceLogits
 from passes.unread_outputs import DropUnreadOptionalOutputs
@@ -85,6 +86,11 @@ REGISTRY: dict[str, PassInfo] = {
                  lambda ctx: PackSiblingMatMuls(3, "q/k/v"), after=("lower-quantized-matmul", "fuse-attention")),
         PassInfo("pack-gate-up", "gate/up projections reading one input -> one MatMul/MatMulNBits + Split",
                  lambda ctx: PackSiblingMatMuls(2, "gate/up"), after=("lower-quantized-matmul",)),
+        PassInfo("prepack-int4-sm90", "int4 MatMulNBits weights (block 64/128, symmetric, fp16) stored in the "
+                                      "layout of onnxruntime's native Hopper mixed-input GEMM (weight_prepacked=2): "
+                                      "engines for compute capability 9.0 GPUs only; only in the int4-sm90 pipeline",
+                 lambda ctx: PrepackInt4Sm90(), targets=("cuda",),
+                 after=("lower-quantized-matmul", "pack-qkv", "pack-gate-up")),
         PassInfo("fuse-activation", "SiLU (Mul(x, Sigmoid(x))) -> QuickGelu(alpha=1)",
                  lambda ctx: RulePass(fuse_activation.RULES, "SiLU -> QuickGelu", uses_ms_domain=True)),
         PassInfo("fold-constants", "evaluates nodes whose inputs are all constants (onnxscript's folder)",
@@ -127,8 +133,13 @@ DEFAULT_PIPELINE: tuple[str, ...] = (
 # GEMMs, no Split of a packed output. Session 37, 8B shape, 512 rows on an H200: 17.8 against
 # 18.7 ms of kernels a decode step, 1.04x the out tok/s of 512 requests of 128/128.
 PAGED_PIPELINE: tuple[str, ...] = tuple(p for p in DEFAULT_PIPELINE if p != "pack-gate-up")
+# The default pipeline with int4 weights stored for onnxruntime's Hopper kernel (CUDA, compute
+# capability 9.0 only: --target onnxruntime-cuda; passes/prepack_int4.py).
+INT4_SM90_PIPELINE: tuple[str, ...] = (*DEFAULT_PIPELINE[:DEFAULT_PIPELINE.index("cse")], "prepack-int4-sm90",
+                                       *DEFAULT_PIPELINE[DEFAULT_PIPELINE.index("cse"):])
 # Standard ONNX only (opset 21, no com.microsoft ops): norms, rotary and attention stay
 # decomposed, quantized weights become DequantizeLinear; the TensorRT target's default.
 TENSORRT_PIPELINE: tuple[str, ...] = ("lower-quantized-matmul", "fold-constants", "kv-layout", "cse", "dead-code")
 PIPELINES: dict[str, tuple[str, ...]] = {"default": DEFAULT_PIPELINE, "paged": PAGED_PIPELINE,
-                                         "unfused": UNFUSED_PIPELINE, "tensorrt": TENSORRT_PIPELINE, "none": ()}
+                                         "int4-sm90": INT4_SM90_PIPELINE, "unfused": UNFUSED_PIPELINE,
+                                         "tensorrt": TENSORRT_PIPELINE, "none": ()}

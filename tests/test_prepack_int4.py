@@ -1,0 +1,118 @@
+"""prepack-int4-sm90: int4 MatMulNBits weights in the layout of onnxruntime's native Hopper
+mixed-input GEMM (weight_prepacked=2). The layout is checked byte for byte against
+onnxruntime-genai 0.18's packer (tests/data/prepack_int4_sm90.npz: random B and that packer's
+output, `CudaQuantizer.prepack_matmulnbits_weight(B, n, k, 4, force_arch=90)`); the engine
+itself only on a compute capability 9.0 GPU (the last test)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from calibration import quant_config, quantize_model
+from optimizer.capture import capture
+from optimizer.core.errors import InputError
+from optimizer.quantized import plain_weights
+from passes import DEFAULT_PIPELINE, INT4_SM90_PIPELINE, PassContext
+from passes.prepack_int4 import SM90, sm90_int4_layout
+from tests.pass_helpers import apply, captured, counts
+
+GOLDEN = Path(__file__).parent / "data" / "prepack_int4_sm90.npz"
+SM90_GPU = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+def test_the_int4_sm90_pipeline_is_the_default_one_with_the_pass_before_cse():
+    assert INT4_SM90_PIPELINE.index("prepack-int4-sm90") == INT4_SM90_PIPELINE.index("cse") - 1
+    assert [p for p in INT4_SM90_PIPELINE if p != "prepack-int4-sm90"] == list(DEFAULT_PIPELINE)
+
+
+def test_the_layout_is_onnxruntime_genais_packers_byte_for_byte():
+    golden = np.load(GOLDEN, allow_pickle=False)
+    for i in range(3):
+        n, k, _ = golden[f"nk{i}"].tolist()
+        B = golden[f"B{i}"]
+        got = sm90_int4_layout(B, n, k)
+        assert got.shape == B.shape and got.dtype == np.uint8
+        assert np.array_equal(got, golden[f"sm90_{i}"]), i
+        assert not np.array_equal(got, B)  # a rearrangement, not the identity
+        assert np.array_equal(np.sort(_codes(got), axis=None), np.sort(_codes(B), axis=None))  # the same codes
+
+
+def _codes(B: np.ndarray) -> np.ndarray:
+    return np.stack([B & 0x0F, B >> 4], axis=-1)
+
+
+def test_the_pass_rewrites_eligible_weights_and_leaves_the_embedding_alone(tiny_hf_folders):
+    """Symmetric int4 in blocks of 64 (lm_head too): every MatMulNBits takes the SM90 layout
+    through a new initializer, and the tied embedding's GatherBlockQuantized still reads the
+    standard one; blocks of 32 are left alone, with the reason in the notes."""
+    model, loaded = captured(tiny_hf_folders["qwen2-tied"])
+    result = quantize_model(loaded, quant_config(method="rtn", bits=4, group_size=64, lm_head_bits=4))
+    ctx = PassContext(codes=plain_weights(result.codes), max_positions=64, dtype="fp16")
+    model, _ = apply(capture(loaded, "fp16"), ["lower-quantized-matmul", "pack-qkv", "pack-gate-up"], ctx)
+    before = {n.name: n.inputs[1].const_value.numpy().copy() for n in model.graph if n.op_type == "MatMulNBits"}
+    model, [report] = apply(model, ["prepack-int4-sm90"], ctx)
+    assert report["changed"] and f"{len(before)} MatMulNBits weights" in report["notes"][0]
+    assert counts(model)["com.microsoft::GatherBlockQuantized"] == 1
+    for node in model.graph:
+        if node.op_type == "MatMulNBits":
+            n, k = node.attributes["N"].value, node.attributes["K"].value
+            assert node.attributes["weight_prepacked"].value == SM90
+            assert np.array_equal(node.inputs[1].const_value.numpy(), sm90_int4_layout(before[node.name], n, k))
+        if node.op_type == "GatherBlockQuantized":  # reads the standard layout
+            assert not node.inputs[0].name.endswith(".sm90")
+
+    result = quantize_model(loaded, quant_config(method="rtn", bits=4, group_size=32))
+    ctx = PassContext(codes=plain_weights(result.codes), max_positions=64, dtype="fp16")
+    model, _ = apply(capture(loaded, "fp16"), ["lower-quantized-matmul"], ctx)
+    model, [report] = apply(model, ["prepack-int4-sm90"], ctx)
+    assert not report["changed"] and "block 32" in report["notes"][1]
+    assert counts(model)["com.microsoft::MatMulNBits"] > 0
+
+
+def test_the_build_asks_for_what_the_kernel_takes(tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    from optimizer.pipeline import BuildOptions
+
+    def opts(**kw):
+        base = dict(out=tmp_path / "e", random_weights=True, config="tiny-llama", passes="int4-sm90", dtype="fp16",
+                    quant=quant_config(method="rtn", bits=4, group_size=64), target="onnxruntime-cuda")
+        return BuildOptions(**{**base, **kw})
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    opts().validate()
+    with pytest.raises(InputError, match="runs on CUDA only") as err:
+        opts(target="onnxruntime").validate()
+    assert "--target onnxruntime-cuda" in err.value.hint
+    for bad in (dict(quant=quant_config(method="rtn", bits=4, group_size=32)),
+                dict(quant=quant_config(method="rtn", bits=4, group_size=64, symmetric=False)),
+                dict(quant=quant_config(method="rtn", bits=8, group_size=64)),
+                dict(quant=None)):
+        with pytest.raises(InputError, match="symmetric 4-bit weights in groups of 64 or 128"):
+            opts(**bad).validate()
+    assert not (tmp_path / "e").exists()
+
+
+@pytest.mark.skipif(not SM90_GPU, reason="needs a compute capability 9.0 GPU (onnxruntime's Hopper int4 kernel)")
+def test_sm90_engine_computes_what_the_standard_layout_computes(tmp_path):
+    """The same int4 weights in both layouts on an H100/H200: the engine with the SM90 layout
+    verifies on CUDA, says in its manifest that it needs CUDA, and gives the standard engine's
+    greedy tokens (logits within fp16 rounding of the two kernels)."""
+    from optimizer.pipeline import BuildOptions, build_engine
+    from runtime import Engine, SamplingParams
+
+    cfg = quant_config(method="rtn", bits=4, group_size=64, lm_head_bits=4)
+    common = dict(random_weights=True, config="tiny-llama", dtype="fp16", quant=cfg, target="onnxruntime-cuda",
+                  quiet=True)
+    standard = build_engine(BuildOptions(out=tmp_path / "std", **common))
+    sm90 = build_engine(BuildOptions(out=tmp_path / "sm90", passes="int4-sm90", **common))
+    assert sm90.manifest["quantization"]["provider"] == "cuda"
+    assert "SM90" in sm90.manifest["quantization"]["format"]
+    params = SamplingParams(max_new_tokens=12, ignore_eos=True)
+    a, b = Engine.load(standard.path, provider="cuda"), Engine.load(sm90.path, provider="cuda")
+    for prompt in ([5, 9, 33, 4], list(range(10, 60))):
+        assert a.generate_ids(prompt, params).token_ids == b.generate_ids(prompt, params).token_ids
