@@ -4,8 +4,8 @@ captured once as a CUDA graph on the GPU.
 Within a sub-block of b columns (calibration.gptq.SUB_BLOCK) each column is rounded, its
 error scaled by Hinv and spread over the sub-block's later columns by a rank-1 update: about
 nine small kernels a column, each launched from Python. On the GPU the launches, not the
-arithmetic, bound the sweep (session 35 on an H200: GPTQ on the 8B shape took 6 s a layer, the
-GPU 16-37% busy, slower than AWQ). Here the sub-block's work is one pure function of fixed-shape
+arithmetic, bound the sweep (an H200 on 2026-12-02: GPTQ on the 8B shape took 6 s a layer, the
+GPU 16-37% busy, slower than AWQ; benchmarks/results/gpu-calibration/). Here the sub-block's work is one pure function of fixed-shape
 tensors (`round_sub_block`), captured once per shape over static buffers (`SubBlockGraph`), and
 each sub-block then costs a few copies and one graph launch. The arithmetic is the same,
 operation for operation, as calibration.gptq.sweep_columns with gptq_quantize's rounding, which
