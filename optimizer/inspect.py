@@ -37,6 +37,8 @@ def precision_notes(m: dict[str, Any]) -> list[str]:
     if quant.get("method") == "fp8" and quant.get("provider") == "cuda":
         notes.append("FP8 W8A8 in onnxruntime's CUDA kernel MatMulBlockQuantizedFp8Weight: this engine "
                      "runs on the CUDA provider only (--provider cuda)")
+    elif quant.get("provider") == "cuda":
+        notes.append(f"{quant.get('format')}: this engine runs on the CUDA provider only (--provider cuda)")
     elif quant.get("method") == "fp8":
         notes.append("FP8 W8A8 as QuantizeLinear/DequantizeLinear: onnxruntime's CPU runs it unfused "
                      "(dequantize, then a float MatMul), correct but slower than the fp32 engine; FP8 GEMM "

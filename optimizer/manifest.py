@@ -95,7 +95,7 @@ def weight_format_section(opts: "BuildOptions") -> dict[str, Any]:
     if "prepack-int4-sm90" in opts.pass_names:
         return {"format": "MatMulNBits, B in the SM90 (Hopper) layout of onnxruntime's mixed-input GEMM "
                           "(weight_prepacked=2; compute capability 9.0 only)",
-                "accuracy_level": opts.accuracy_level, "provider": "cuda"}
+                "accuracy_level": opts.accuracy_level, "provider": "cuda", "compute_capability": "9.0"}
     if opts.target == "tensorrt":  # accuracy level: onnxruntime's DQ + MatMul -> MatMulNBits at load
         return {"format": "DequantizeLinear (opset 21, blocked) + MatMul", "accuracy_level": opts.accuracy_level}
     return {"format": "MatMulNBits", "accuracy_level": opts.accuracy_level}

@@ -73,6 +73,16 @@ def device_memory(device: int = 0) -> tuple[int, int]:
     return free.value, total.value
 
 
+def compute_capability(device: int = 0) -> str:
+    """A device's compute capability, e.g. "9.0" (an H100 or H200)."""
+    lib = cudart()
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    for value, attribute in ((major, 75), (minor, 76)):  # cudaDevAttrComputeCapabilityMajor / Minor
+        _check(lib.cudaDeviceGetAttribute(ctypes.byref(value), ctypes.c_int(attribute), ctypes.c_int(device)),
+               "cudaDeviceGetAttribute")
+    return f"{major.value}.{minor.value}"
+
+
 class DeviceBuffer:
     """`nbytes` of zeroed device memory, freed when the object goes."""
 

@@ -112,6 +112,17 @@ def check_layout_provider(kv: KvCacheSpec, provider: str) -> None:
                                "NVIDIA GPU are present, or rebuild with --kv-layout static for CPU")
 
 
+def check_compute_capability(quantization: dict[str, Any] | None, have: str) -> None:
+    """An engine whose weights are stored for one GPU generation (int4 in the Hopper layout,
+    passes/prepack_int4.py) opens on that generation only."""
+    wanted = (quantization or {}).get("compute_capability")
+    if wanted and wanted != have:
+        raise EngineError(f"this engine's quantized weights are stored for GPUs of compute capability {wanted} "
+                          f"({quantization.get('format', '')}), and this GPU's is {have}",
+                          hint="rebuild it without --passes int4-sm90: the default pipeline's int4 engines run "
+                               "on any CUDA GPU")
+
+
 def cuda_graph_wanted(requested: bool | None) -> bool:
     """An explicit choice wins; otherwise on unless OPTIMIZER_CUDA_GRAPH=0."""
     if requested is not None:
@@ -172,6 +183,10 @@ class DecoderSession:
                                    "--target onnxruntime for an engine that runs on CPU too")
         if self.provider != PROVIDERS["cpu"] and hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # CUDA/cuDNN libraries from the pip-installed nvidia packages
+        if needs and (quantization or {}).get("compute_capability"):
+            from runtime.gpu_memory import compute_capability
+
+            check_compute_capability(quantization, compute_capability())
         self.cuda_graph = self.provider == PROVIDERS["cuda"] and cuda_graph_wanted(cuda_graph)
         self.provider_options = {"enable_cuda_graph": "1"} if self.cuda_graph else {}
         # decode steps per host round trip (runtime.multi_step): engines with captured steps, whose

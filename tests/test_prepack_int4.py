@@ -97,6 +97,29 @@ def test_the_build_asks_for_what_the_kernel_takes(tmp_path, monkeypatch):
     assert not (tmp_path / "e").exists()
 
 
+def test_the_engine_says_which_gpus_it_needs(tmp_path, monkeypatch):
+    """The manifest records CUDA and compute capability 9.0; opening such an engine on another
+    GPU generation is refused with what to do (the check itself, fed a capability)."""
+    import onnxruntime as ort
+
+    from optimizer.core.errors import EngineError
+    from optimizer.manifest import weight_format_section
+    from optimizer.pipeline import BuildOptions
+    from runtime.session import check_compute_capability
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    opts = BuildOptions(out=tmp_path / "e", random_weights=True, config="tiny-llama", passes="int4-sm90",
+                        dtype="fp16", quant=quant_config(method="rtn", bits=4, group_size=64),
+                        target="onnxruntime-cuda")
+    section = weight_format_section(opts)
+    assert section["provider"] == "cuda" and section["compute_capability"] == "9.0"
+    check_compute_capability(section, "9.0")
+    check_compute_capability({"format": "MatMulNBits"}, "8.0")  # engines for any GPU
+    with pytest.raises(EngineError, match="compute capability 9.0") as err:
+        check_compute_capability(section, "8.0")
+    assert "without --passes int4-sm90" in err.value.hint
+
+
 @pytest.mark.skipif(not SM90_GPU, reason="needs a compute capability 9.0 GPU (onnxruntime's Hopper int4 kernel)")
 def test_sm90_engine_computes_what_the_standard_layout_computes(tmp_path):
     """The same int4 weights in both layouts on an H100/H200: the engine with the SM90 layout
@@ -111,6 +134,7 @@ def test_sm90_engine_computes_what_the_standard_layout_computes(tmp_path):
     standard = build_engine(BuildOptions(out=tmp_path / "std", **common))
     sm90 = build_engine(BuildOptions(out=tmp_path / "sm90", passes="int4-sm90", **common))
     assert sm90.manifest["quantization"]["provider"] == "cuda"
+    assert sm90.manifest["quantization"]["compute_capability"] == "9.0"
     assert "SM90" in sm90.manifest["quantization"]["format"]
     params = SamplingParams(max_new_tokens=12, ignore_eos=True)
     a, b = Engine.load(standard.path, provider="cuda"), Engine.load(sm90.path, provider="cuda")
