@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from calibration.gptq_sweep import sweep_int_columns
+from calibration.gptq_sweep import IntSubBlocks
 from calibration.rtn import QuantizedLinear, QuantSpec, compute_qparams, to_groups
 
 
@@ -129,7 +129,9 @@ def lower_triangular_inverse(L: torch.Tensor, base: int = 256) -> torch.Tensor:
 
 def sweep_columns(WT: torch.Tensor, Hinv: torch.Tensor, block_size: int,
                   rounded: Callable[[int, int, torch.Tensor, torch.Tensor], torch.Tensor],
-                  sub_block: int | None = None) -> None:
+                  sub_block: int | None = None,
+                  whole_sub_block: Callable[[int, int, int, torch.Tensor, torch.Tensor, torch.Tensor], None]
+                  | None = None) -> None:
     """GPTQ's column sweep over W (out, in), given transposed: WT (in, out), so that a column
     of W is a contiguous row; modified in place. Column by column, left to right,
     `rounded(col, i, W1, WT)` gives the column's rounded value (i: its row in the block W1 =
@@ -140,7 +142,10 @@ def sweep_columns(WT: torch.Tensor, Hinv: torch.Tensor, block_size: int,
     its sub-block of b columns at once (rank-1 updates of at most b - 1 rows), the others in one
     product after the sub-block (the same sums, in another order). Each rank-1 update then
     touches a few rows that stay in cache, where it would sweep the whole block. `rounded` sees
-    every row from the start of the current sub-block on up to date, as without sub-blocks."""
+    every row from the start of the current sub-block on up to date, as without sub-blocks.
+    `whole_sub_block(i1, j1, j2, W1, Hinv1, Err1)`, where given, does a sub-block's column loop
+    in one go (rounding, errors into Err1[j1:j2], the updates inside the sub-block), in place of
+    `rounded` (calibration.gptq_sweep: on the GPU, from a captured graph)."""
     n_in = WT.shape[0]
     for i1 in range(0, n_in, block_size):
         i2 = min(i1 + block_size, n_in)
@@ -149,9 +154,12 @@ def sweep_columns(WT: torch.Tensor, Hinv: torch.Tensor, block_size: int,
         b = sub_block or (i2 - i1)
         for j1 in range(0, i2 - i1, b):
             j2 = min(j1 + b, i2 - i1)
-            for i in range(j1, j2):
-                err = torch.sub(W1[i], rounded(i1 + i, i, W1, WT), out=Err1[i]).div_(Hinv1[i, i])
-                W1[i + 1:j2].addr_(Hinv1[i, i + 1:j2], err, alpha=-1)  # W1[j] -= Hinv1[i, j] * err
+            if whole_sub_block is not None:
+                whole_sub_block(i1, j1, j2, W1, Hinv1, Err1)
+            else:
+                for i in range(j1, j2):
+                    err = torch.sub(W1[i], rounded(i1 + i, i, W1, WT), out=Err1[i]).div_(Hinv1[i, i])
+                    W1[i + 1:j2].addr_(Hinv1[i, i + 1:j2], err, alpha=-1)  # W1[j] -= Hinv1[i, j] * err
             if j2 < i2 - i1:
                 W1[j2:].addmm_(Hinv1[j1:j2, j2:].t(), Err1[j1:j2], alpha=-1)
         WT[i2:].addmm_(Hinv[i1:i2, i2:].t(), Err1, alpha=-1)
@@ -232,11 +240,9 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, spec: QuantSpec, *, act_orde
     # GPU each runs as a unit, captured as a CUDA graph (calibration.gptq_sweep: the same ops)
     sub = SUB_BLOCK if SUB_BLOCK and (act_order or (g % SUB_BLOCK == 0 and block_size % SUB_BLOCK == 0)) else None
     Hinv = inverse_cholesky(H, damp)
-    if sub and WT.is_cuda:
-        sweep_int_columns(WT, Hinv, block_size, sub, QT, scale, zero, group_of, spec.qmax,
-                          None if act_order else group_start)
-    else:
-        sweep_columns(WT, Hinv, block_size, rounded, sub)
+    whole = (IntSubBlocks(QT, scale, zero, group_of, spec.qmax, None if act_order else group_start)
+             if sub and WT.is_cuda else None)
+    sweep_columns(WT, Hinv, block_size, rounded, sub, whole)
 
     Q = QT[torch.argsort(perm)].t()  # (out, in), original column order
     return QuantizedLinear(Q.to(torch.uint8).contiguous(), scale.t().contiguous(),

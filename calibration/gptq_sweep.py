@@ -1,4 +1,4 @@
-"""GPTQ's integer column sweep by sub-blocks, with each sub-block's column-by-column work
+"""GPTQ's integer column sweep by whole sub-blocks, each sub-block's column-by-column work
 captured once as a CUDA graph on the GPU.
 
 Within a sub-block of b columns (calibration.gptq.SUB_BLOCK) each column is rounded, its
@@ -69,36 +69,31 @@ def graphs_wanted(device: torch.device) -> bool:
     return device.type == "cuda" and os.environ.get("OPTIMIZER_GPTQ_CUDA_GRAPHS", "1") != "0"
 
 
-def sweep_int_columns(WT: torch.Tensor, Hinv: torch.Tensor, block_size: int, sub_block: int, QT: torch.Tensor,
-                      scale: torch.Tensor, zero: torch.Tensor, group_of: list[int], qmax: int,
-                      group_start: Callable[[int, int, torch.Tensor], None] | None = None) -> None:
-    """calibration.gptq.sweep_columns with gptq_quantize's integer rounding, sub-block by
-    sub-block: WT (in, out) the columns in sweep order (modified), QT (in, out) the codes
-    written, scale / zero (groups, out) the parameters, group_of each column's group.
-    `group_start(col, i, W1)`, where given, sets a group's parameters when the sweep reaches
-    its first column (dynamic groups; every group starts a sub-block)."""
-    n_in = WT.shape[0]
-    groups = torch.tensor(group_of, device=WT.device)
-    graphs: dict[int, SubBlockGraph] = {}
-    use_graphs = graphs_wanted(WT.device)
-    for i1 in range(0, n_in, block_size):
-        i2 = min(i1 + block_size, n_in)
-        W1, Hinv1 = WT[i1:i2], Hinv[i1:i2, i1:i2]
-        Err1 = torch.empty_like(W1)
-        for j1 in range(0, i2 - i1, sub_block):
-            j2 = min(j1 + sub_block, i2 - i1)
-            c1, c2 = i1 + j1, i1 + j2
-            if group_start is not None:
-                group_start(c1, j1, W1)
-            idx = groups[c1:c2]
-            S, Z = scale.index_select(0, idx), zero.index_select(0, idx)
-            b = j2 - j1
-            if use_graphs:
-                if b not in graphs:
-                    graphs[b] = SubBlockGraph(b, WT.shape[1], qmax, WT.device)
-                graphs[b].run(W1[j1:j2], Hinv1[j1:j2, j1:j2], S, Z, QT[c1:c2], Err1[j1:j2])
-            else:
-                round_sub_block(W1[j1:j2], Hinv1[j1:j2, j1:j2], S, Z, QT[c1:c2], Err1[j1:j2], qmax)
-            if j2 < i2 - i1:
-                W1[j2:].addmm_(Hinv1[j1:j2, j2:].t(), Err1[j1:j2], alpha=-1)
-        WT[i2:].addmm_(Hinv[i1:i2, i2:].t(), Err1, alpha=-1)
+class IntSubBlocks:
+    """calibration.gptq.sweep_columns' `whole_sub_block` for gptq_quantize's integer rounding:
+    QT (in, out) the codes written, scale / zero (groups, out) the parameters, group_of each
+    column's group (sweep order). `group_start(col, i, W1)`, where given, sets a group's
+    parameters when the sweep reaches its first column (dynamic groups; every group starts a
+    sub-block). On CUDA each sub-block shape is captured once (SubBlockGraph)."""
+
+    def __init__(self, QT: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_of: list[int], qmax: int,
+                 group_start: Callable[[int, int, torch.Tensor], None] | None = None) -> None:
+        self.QT, self.scale, self.zero, self.qmax, self.group_start = QT, scale, zero, qmax, group_start
+        self.groups = torch.tensor(group_of, device=QT.device)
+        self.use_graphs = graphs_wanted(QT.device)
+        self.graphs: dict[int, SubBlockGraph] = {}
+
+    def __call__(self, i1: int, j1: int, j2: int, W1: torch.Tensor, Hinv1: torch.Tensor, Err1: torch.Tensor) -> None:
+        c1, c2 = i1 + j1, i1 + j2
+        if self.group_start is not None:
+            self.group_start(c1, j1, W1)
+        idx = self.groups[c1:c2]
+        S, Z = self.scale.index_select(0, idx), self.zero.index_select(0, idx)
+        args = (W1[j1:j2], Hinv1[j1:j2, j1:j2], S, Z, self.QT[c1:c2], Err1[j1:j2])
+        if not self.use_graphs:
+            round_sub_block(*args, self.qmax)
+            return
+        b = j2 - j1
+        if b not in self.graphs:
+            self.graphs[b] = SubBlockGraph(b, W1.shape[1], self.qmax, W1.device)
+        self.graphs[b].run(*args)

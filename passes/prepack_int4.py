@@ -49,9 +49,7 @@ def sm90_int4_layout(B: np.ndarray, n: int, k: int) -> np.ndarray:
 
 
 def eligible(node: ir.Node) -> str | None:
-    """Why `node` cannot take the SM90 layout, or None when it can."""
-    if node.op_type != "MatMulNBits" or node.domain != MS_DOMAIN:
-        return "not MatMulNBits"
+    """Why a MatMulNBits `node` cannot take the SM90 layout, or None when it can."""
     if attr(node, "bits", 4) != 4 or attr(node, "block_size") not in BLOCKS:
         return f"bits {attr(node, 'bits', 4)}, block {attr(node, 'block_size')} (needs 4 bits, block 64 or 128)"
     if any(i is not None for i in node.inputs[3:]):

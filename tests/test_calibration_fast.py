@@ -115,7 +115,7 @@ def test_the_integer_sweep_by_sub_blocks_is_sweep_columns_with_gptqs_rounding():
     """calibration.gptq_sweep (what GPTQ runs, captured as CUDA graphs on a GPU) computes
     operation for operation what sweep_columns computes with gptq_quantize's rounding: the same
     codes and the same final W, bit for bit, with blocks of 32 and a last block of 4 columns."""
-    from calibration.gptq_sweep import sweep_int_columns
+    from calibration.gptq_sweep import IntSubBlocks
 
     torch.manual_seed(19)
     x = correlated(512, 100, seed=20)
@@ -137,7 +137,7 @@ def test_the_integer_sweep_by_sub_blocks_is_sweep_columns_with_gptqs_rounding():
         return WT, QT
 
     WT, QT = W.clone(), torch.empty_like(W)
-    sweep_int_columns(WT, Hinv, 32, 16, QT, scale, zero, group_of, 15)
+    sweep_columns(WT, Hinv, 32, None, 16, IntSubBlocks(QT, scale, zero, group_of, 15))  # whole sub-blocks
     ref_WT, ref_QT = reference()
     assert torch.equal(QT, ref_QT) and torch.equal(WT, ref_WT)
 
