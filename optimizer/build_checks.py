@@ -117,6 +117,23 @@ def check_cuda_only_passes(opts: "BuildOptions") -> None:
         raise InputError("pass 'prepack-int4-sm90' stores int4 weights for onnxruntime's Hopper kernel, which "
                          "takes symmetric 4-bit weights in groups of 64 or 128 and float16 activations",
                          hint="build with --quant int4 --sym --group-size 128 (or 64) --dtype fp16")
+    check_sm90_kernel()
+
+
+def check_sm90_kernel() -> None:
+    """Before anything is loaded: the GPU here is a compute capability 9.0 one (the engine is
+    verified on it) and the installed onnxruntime-gpu has the kernel that reads the layout."""
+    from runtime.gpu_memory import compute_capability
+    from runtime.int4_sm90 import HINT, kernel_missing, missing_kernel_message
+
+    have = compute_capability()
+    if have != "9.0":
+        raise InputError(f"pass 'prepack-int4-sm90' writes an engine for compute capability 9.0 GPUs (H100, "
+                         f"H200), and it is verified on this machine's GPU, whose capability is {have}",
+                         hint="build it on an H100 or H200, or " + HINT.split(": ")[0])
+    said = kernel_missing()
+    if said:
+        raise InputError(missing_kernel_message(said), hint=HINT)
 
 
 def validate_cuda_target(opts: "BuildOptions") -> None:

@@ -6,8 +6,12 @@ the standard layout are repacked at load for the SM80-class kernel, which an H20
 compatibility path: at 64 rows on the 1B shape its GEMMs took 1.43 ms a step against fp16's 0.88
 (benchmarks/results/gpu-decode/run5-kernels.jsonl). Only weights already stored in the SM90
 layout reach the native TMA/WGMMA kernel (onnxruntime's MatMulNBits chooses it for
-weight_prepacked=2 on a 9.0 device), so this pass stores them so. Not yet run on a GPU. The engine then runs on CUDA devices of compute
-capability 9.0 only (the manifest says the provider it needs).
+weight_prepacked=2 on a 9.0 device), so this pass stores them so. The engine then runs on CUDA
+devices of compute capability 9.0 only (the manifest says the provider it needs), and only with
+an onnxruntime-gpu built with that kernel: the 1.31.1 Linux wheel is not (on an H200 it refuses
+the node, "weight_prepacked=2 (SM90 layout) is not supported by this ONNX Runtime build";
+benchmarks/results/gpu-decode/run8-table.txt), so the build and the runtime ask first
+(runtime/int4_sm90.py) and say so.
 
 The layout, for B of shape (N, K/block, block/2) (4-bit codes u in [0, 15], low nibble first
 along K): within each run of 32 columns of K, the columns are taken in the order `K_ORDER`; the

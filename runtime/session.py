@@ -123,6 +123,18 @@ def check_compute_capability(quantization: dict[str, Any] | None, have: str) -> 
                                "on any CUDA GPU")
 
 
+def check_sm90_kernel(quantization: dict[str, Any] | None) -> None:
+    """An engine with int4 weights in the Hopper layout opens only where onnxruntime has the
+    kernel that reads it (runtime.int4_sm90)."""
+    if (quantization or {}).get("compute_capability") != "9.0":
+        return
+    from runtime.int4_sm90 import HINT, kernel_missing, missing_kernel_message
+
+    said = kernel_missing()
+    if said:
+        raise EngineError(missing_kernel_message(said), hint=HINT.replace("build without", "rebuild without"))
+
+
 def cuda_graph_wanted(requested: bool | None) -> bool:
     """An explicit choice wins; otherwise on unless OPTIMIZER_CUDA_GRAPH=0."""
     if requested is not None:
@@ -187,6 +199,7 @@ class DecoderSession:
             from runtime.gpu_memory import compute_capability
 
             check_compute_capability(quantization, compute_capability())
+            check_sm90_kernel(quantization)
         self.cuda_graph = self.provider == PROVIDERS["cuda"] and cuda_graph_wanted(cuda_graph)
         self.provider_options = {"enable_cuda_graph": "1"} if self.cuda_graph else {}
         # decode steps per host round trip (runtime.multi_step): engines with captured steps, whose

@@ -14,7 +14,7 @@ import torch
 
 from calibration import quant_config, quantize_model
 from optimizer.capture import capture
-from optimizer.core.errors import InputError
+from optimizer.core.errors import EngineError, InputError
 from optimizer.quantized import plain_weights
 from passes import DEFAULT_PIPELINE, INT4_SM90_PIPELINE, PassContext
 from passes.prepack_int4 import SM90, sm90_int4_layout
@@ -83,7 +83,12 @@ def test_the_build_asks_for_what_the_kernel_takes(tmp_path, monkeypatch):
                     quant=quant_config(method="rtn", bits=4, group_size=64), target="onnxruntime-cuda")
         return BuildOptions(**{**base, **kw})
 
+    import runtime.gpu_memory
+    import runtime.int4_sm90
+
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(runtime.gpu_memory, "compute_capability", lambda: "9.0")
+    monkeypatch.setattr(runtime.int4_sm90, "kernel_missing", lambda: None)
     opts().validate()
     with pytest.raises(InputError, match="runs on CUDA only") as err:
         opts(target="onnxruntime").validate()
@@ -97,12 +102,65 @@ def test_the_build_asks_for_what_the_kernel_takes(tmp_path, monkeypatch):
     assert not (tmp_path / "e").exists()
 
 
+def test_the_build_needs_a_hopper_gpu_and_an_onnxruntime_with_the_kernel(tmp_path, monkeypatch):
+    """Before anything is loaded: the engine is verified on this machine's GPU, so it must be a
+    9.0 one, and onnxruntime-gpu 1.31.1's Linux wheel has no SM90 int4 kernel (seen on an H200)."""
+    import onnxruntime as ort
+
+    import runtime.gpu_memory
+    import runtime.int4_sm90
+    from optimizer.pipeline import BuildOptions
+
+    opts = BuildOptions(out=tmp_path / "e", random_weights=True, config="tiny-llama", passes="int4-sm90",
+                        dtype="fp16", quant=quant_config(method="rtn", bits=4, group_size=64),
+                        target="onnxruntime-cuda")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(runtime.int4_sm90, "kernel_missing", lambda: None)
+    monkeypatch.setattr(runtime.gpu_memory, "compute_capability", lambda: "8.0")
+    with pytest.raises(InputError, match="compute capability 9.0 GPUs .* capability is 8.0") as err:
+        opts.validate()
+    assert "H100 or H200" in err.value.hint
+    said = "weight_prepacked=2 (SM90 layout) is not supported by this ONNX Runtime build"
+    monkeypatch.setattr(runtime.gpu_memory, "compute_capability", lambda: "9.0")
+    monkeypatch.setattr(runtime.int4_sm90, "kernel_missing", lambda: said)
+    with pytest.raises(InputError, match="no native SM90 int4 kernel") as err:
+        opts.validate()
+    assert said in str(err.value) and "without --passes int4-sm90" in err.value.hint
+    assert not (tmp_path / "e").exists()
+
+
+def test_an_engine_in_the_layout_is_refused_where_onnxruntime_lacks_the_kernel(monkeypatch):
+    import runtime.int4_sm90
+    from runtime.session import check_sm90_kernel
+
+    section = {"format": "MatMulNBits, B in the SM90 (Hopper) layout", "provider": "cuda", "compute_capability": "9.0"}
+    monkeypatch.setattr(runtime.int4_sm90, "kernel_missing", lambda: None)
+    check_sm90_kernel(section)
+    monkeypatch.setattr(runtime.int4_sm90, "kernel_missing", lambda: "not supported by this ONNX Runtime build")
+    check_sm90_kernel({"format": "MatMulNBits", "provider": "cuda"})  # the standard layout: any onnxruntime
+    with pytest.raises(EngineError, match="no native SM90 int4 kernel") as err:
+        check_sm90_kernel(section)
+    assert "rebuild without --passes int4-sm90" in err.value.hint
+
+
+def test_the_probe_is_one_sm90_marked_matmulnbits():
+    import onnx
+
+    from runtime.int4_sm90 import probe_model
+
+    model = onnx.load_from_string(probe_model())
+    onnx.checker.check_model(model)
+    (node,) = model.graph.node
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert node.op_type == "MatMulNBits" and attrs["weight_prepacked"] == 2
+    assert (attrs["bits"], attrs["block_size"], attrs["K"], attrs["N"]) == (4, 64, 128, 128)
+
+
 def test_the_engine_says_which_gpus_it_needs(tmp_path, monkeypatch):
     """The manifest records CUDA and compute capability 9.0; opening such an engine on another
     GPU generation is refused with what to do (the check itself, fed a capability)."""
     import onnxruntime as ort
 
-    from optimizer.core.errors import EngineError
     from optimizer.manifest import weight_format_section
     from optimizer.pipeline import BuildOptions
     from runtime.session import check_compute_capability
@@ -127,6 +185,10 @@ def test_sm90_engine_computes_what_the_standard_layout_computes(tmp_path):
     greedy tokens (logits within fp16 rounding of the two kernels)."""
     from optimizer.pipeline import BuildOptions, build_engine
     from runtime import Engine, SamplingParams
+    from runtime.int4_sm90 import kernel_missing
+
+    if kernel_missing():  # onnxruntime-gpu 1.31.1's Linux wheel (the refusal: the tests above)
+        pytest.skip(f"this onnxruntime-gpu has no SM90 int4 kernel: {kernel_missing()}")
 
     cfg = quant_config(method="rtn", bits=4, group_size=64, lm_head_bits=4)
     common = dict(random_weights=True, config="tiny-llama", dtype="fp16", quant=cfg, target="onnxruntime-cuda",
