@@ -45,11 +45,21 @@ def kernel_missing() -> str | None:
     """None when onnxruntime's CUDA provider takes the probe model; otherwise what it said."""
     import onnxruntime as ort
 
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # the refusal is reported by the caller, not logged here too
     try:
-        ort.InferenceSession(probe_model(), providers=["CUDAExecutionProvider"])
+        ort.InferenceSession(probe_model(), options, providers=["CUDAExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own Fail / RuntimeException types
-        return str(e).split("\n")[0][-400:]
+        return refusal(str(e))
     return None
+
+
+def refusal(message: str) -> str:
+    """The sentence of onnxruntime's error that says what is wrong (it starts with the source
+    location of the check), at most 300 characters."""
+    first = message.split("\n")[0]
+    at = first.find("weight_prepacked=2")
+    return (first[at:] if at >= 0 else first)[:300]
 
 
 def missing_kernel_message(said: str) -> str:

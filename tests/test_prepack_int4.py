@@ -143,6 +143,18 @@ def test_an_engine_in_the_layout_is_refused_where_onnxruntime_lacks_the_kernel(m
     assert "rebuild without --passes int4-sm90" in err.value.hint
 
 
+def test_onnxruntimes_refusal_is_quoted_from_its_point():
+    from runtime.int4_sm90 import refusal
+
+    said = ("[ONNXRuntimeError] : 1 : FAIL : Exception during initialization: /onnxruntime_src/onnxruntime/"
+            "contrib_ops/cuda/quantization/matmul_nbits.cc:499 void onnxruntime::contrib::cuda::"
+            "ValidateSm90PrepackedWeightSupport(int, int64_t) weight_prepacked=2 (SM90 layout) is not supported "
+            "by this ONNX Runtime build (the native SM90 Hopper fpA_intB kernel is unavailable, e.g. on "
+            "Windows/MSVC). Re-export the model with weight_prepacked=0 or 1\nstack")  # an H200, 1.31.1
+    assert refusal(said).startswith("weight_prepacked=2 (SM90 layout) is not supported by this ONNX Runtime build")
+    assert refusal("CUDA failure 2: out of memory\nmore") == "CUDA failure 2: out of memory"
+
+
 def test_the_probe_is_one_sm90_marked_matmulnbits():
     import onnx
 
