@@ -16,7 +16,9 @@ throughout (speed does not depend on their values); greedy, EOS ignored, 128 pro
              symmetric, lm_head 4-bit, a tied embedding gathered from its codes
              (onnxruntime-genai's int4 format); int4-default = what plain `--quant int4`
              builds (optimizer.options.FAST_INT4: group 64 asymmetric, lm_head 8-bit,
-             accuracy level 4); fp8 = --quant fp8
+             accuracy level 4); int4-g64 = symmetric blocks of 64, lm_head 4-bit (int4-sm90: in
+             the layout of onnxruntime's Hopper kernel); int4-g64-head8 / int4-g64-headfp16:
+             the same with an 8-bit / float lm_head; fp8 = --quant fp8
              --target onnxruntime-cuda (calibrated on 32 windows of 512 tokens of the packaged
              c4 text; the speed does not depend on the scales); fp16-paged = fp16 with the paged
              layout (blocks of 16 holding as many positions as the slots); fp16-paged-fp8kv = that
@@ -132,6 +134,9 @@ def phase_build(args) -> None:
                 sm90 = fmt == "int4-sm90"  # in the layout of onnxruntime's Hopper kernel (passes/prepack_int4.py)
                 opts = BuildOptions(**common, quant=quant_config(method="rtn", bits=4, group_size=64, lm_head_bits=4),
                                     **(dict(target="onnxruntime-cuda", passes="int4-sm90") if sm90 else {}))
+            elif fmt in ("int4-g64-head8", "int4-g64-headfp16"):  # symmetric blocks of 64, the lm_head 8-bit /
+                head = 8 if fmt.endswith("8") else None  # float (the fields' own default)
+                opts = BuildOptions(**common, quant=quant_config(method="rtn", bits=4, group_size=64, lm_head_bits=head))
             elif fmt == "int4-default":  # what plain `--quant int4` builds for --target onnxruntime
                 fast = FAST_INT4["onnxruntime"]
                 opts = BuildOptions(**common, **fast["build"], quant=quant_config(method="rtn", bits=4, **fast["quantization"]))
