@@ -8,6 +8,12 @@
 if [ ! -d /tmp/ortgpu/onnxruntime ]; then
   n=$(cat /tmp/parts/WHEEL_NAME); cat /tmp/parts/part? > /tmp/$n
   echo "md5 $(md5sum /tmp/$n | cut -d' ' -f1) want $(cat /tmp/parts/WHEEL_MD5)"
+  if [ "$(md5sum /tmp/$n | cut -d' ' -f1)" != "$(cat /tmp/parts/WHEEL_MD5)" ]; then
+    # a staging call that found no machine leaves a chunk out (2026-12-03: the job then ran on
+    # the CPU onnxruntime, and its CUDA phases failed)
+    echo "onnxruntime-gpu's wheel is incomplete ($(ls /tmp/parts | tr '\n' ' ')): carry .gpu/c1..c5 again"
+    rm -f /tmp/$n; return 1 2>/dev/null || exit 1
+  fi
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/ortgpu /tmp/$n
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/genai .gpu/genai/*.whl
 fi
