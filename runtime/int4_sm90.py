@@ -14,7 +14,7 @@ import functools
 
 import numpy as np
 
-N = K = 128  # the smallest shape the kernel takes (N and K multiples of 64 / the block)
+N = K = 128  # a small shape within the pass's conditions (N a multiple of 16, K of the block)
 BLOCK = 64
 
 
