@@ -23,7 +23,8 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime.device_sampler import RowParams, sampler_model  # noqa: E402
+from runtime.device_sampler import RowParams  # noqa: E402
+from runtime.sampler_graph import sampler_model  # noqa: E402
 from runtime.sampling import SamplingParams  # noqa: E402
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}

@@ -17,6 +17,7 @@ from runtime.sampling import SamplingParams
 from runtime.sequence import Sequence
 from runtime.session import DecoderSession
 from runtime.speculative import SpeculativeConfig
+from runtime.tokenizer_files import load_tokenizer
 
 
 @dataclass
@@ -47,9 +48,7 @@ class Engine:
                                  cuda_graph=cuda_graph, int4_kernels=int4_kernels)
         tokenizer = None
         if engine_dir.has_tokenizer:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(engine_dir.path)
+            tokenizer = load_tokenizer(engine_dir.path)
         return cls(engine_dir, session, tokenizer)
 
     @property

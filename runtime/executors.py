@@ -35,7 +35,7 @@ from runtime.host_io import HostStepIO, aligned_zeros
 from runtime.kv_cache import SlotPool
 from runtime.paged import PagedExecutor, sequence_logits
 from runtime.sequence import Sequence
-from runtime.session import CUDA_PREFILL_BUDGET, KV_DTYPES, PROVIDERS, DecoderSession
+from runtime.session import CUDA_PREFILL_BUDGET, PROVIDERS, DecoderSession, kv_dtype
 
 DEFAULT_CONCAT_SLOTS = 8  # concat engines run their sequences one by one: few at a time
 DEFAULT_CONCAT_CAPACITY = 4096  # unfused engines have no rotary table limit
@@ -75,7 +75,7 @@ class StaticExecutor:
         self.max_sequences = slots
         self.capacity = capacity
         self._device = "cuda" if session.provider == PROVIDERS["cuda"] else "cpu"
-        self._dtype = KV_DTYPES[kv.dtype]
+        self._dtype = kv_dtype(kv.dtype)
         self._shape = (slots, kv.num_kv_heads, capacity, kv.head_dim)
         self._row_bytes = kv.num_kv_heads * capacity * kv.head_dim * np.dtype(self._dtype).itemsize
         self._buffers = []  # (past name, present name, OrtValue) per layer and K/V

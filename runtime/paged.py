@@ -38,7 +38,7 @@ from runtime.cached_pools import CachingBlockPool
 from runtime.gpu_memory import DeviceBuffer, blocks_for_fraction, device_memory
 from runtime.kv_cache import BlockPool
 from runtime.sequence import Sequence
-from runtime.session import CUDA_PREFILL_BUDGET, KV_BIND_TYPES, KV_DTYPES, DecoderSession, check_layout_provider
+from runtime.session import CUDA_PREFILL_BUDGET, DecoderSession, check_layout_provider, kv_bind_type, kv_dtype
 
 LOGITS_INDICES = "logits_indices"  # the paged graph's input (passes/kv_layout.py)
 GREEDY_TOKENS = "greedy_tokens"  # the engine's argmax of each logits row (passes/greedy_tokens.py)
@@ -109,8 +109,8 @@ class PagedExecutor:
         self._inputs = {i.name for i in session.session.get_inputs()}
         self.samples_on_device = GREEDY_TOKENS in {o.name for o in session.session.get_outputs()}
         self.prefill_budget = CUDA_PREFILL_BUDGET  # prompt tokens per packed step
-        self._dtype = KV_DTYPES[kv.dtype]  # fp16, or fp8 (float8 E4M3 codes, one scale per layer and K/V)
-        self._bind_type = KV_BIND_TYPES[kv.dtype]
+        self._dtype = kv_dtype(kv.dtype)  # fp16, or fp8 (float8 E4M3 codes, one scale per layer and K/V)
+        self._bind_type = kv_bind_type(kv.dtype)
         self._allocate(num_blocks)
 
     @property

@@ -13,9 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import ml_dtypes
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from optimizer.core.engine_format import KvCacheSpec
@@ -28,11 +26,29 @@ PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
-# int8 / fp8: quantized KV caches (fp8: float8 E4M3, the paged layout's; one byte a value)
-KV_DTYPES = {"fp32": np.float32, "fp16": np.float16, "int8": np.int8, "fp8": np.dtype(ml_dtypes.float8_e4m3fn)}
-# the element type a cache buffer is bound with (onnxruntime takes numpy types, or ONNX type numbers
-# for types numpy lacks)
-KV_BIND_TYPES = {"fp32": np.float32, "fp16": np.float16, "int8": np.int8, "fp8": onnx.TensorProto.FLOAT8E4M3FN}
+
+
+def kv_dtype(name: str) -> Any:
+    """The numpy type of a KV cache's values: fp32, fp16, or the quantized caches' int8 / fp8
+    (float8 E4M3, the paged layout's; one byte a value). ml_dtypes, which numpy needs for float8,
+    is imported only for fp8 caches: its import takes ~0.8 s of a process's start here."""
+    if name == "fp8":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.float8_e4m3fn)
+    return {"fp32": np.float32, "fp16": np.float16, "int8": np.int8}[name]
+
+
+def kv_bind_type(name: str):
+    """The element type a cache buffer is bound with: onnxruntime takes numpy types, or ONNX type
+    numbers for the types numpy lacks (float8 E4M3: onnx.TensorProto.FLOAT8E4M3FN)."""
+    if name == "fp8":
+        from onnx import TensorProto
+
+        return TensorProto.FLOAT8E4M3FN
+    return kv_dtype(name)
+
+
 LOGITS_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 # onnxruntime CUDA kernel choices (session config entries; older onnxruntime ignores them).
 # benchmarks/gpu_matmul_nbits.py on an H200, one 4096 x 14336 linear: cuBLAS auto-tuning took the
@@ -227,7 +243,7 @@ class DecoderSession:
         self.said_no_prefix_cache = False  # ... and why prompts are not served from the prefix cache
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.input_names = {i.name for i in self.session.get_inputs()}
-        self._np_dtype = KV_DTYPES[kv.dtype]
+        self._np_dtype = kv_dtype(kv.dtype)
 
     def new_graph_id(self) -> int:
         """A CUDA graph annotation id no other captured step of this session uses."""

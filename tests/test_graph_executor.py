@@ -13,7 +13,8 @@ from optimizer.core.errors import EngineError
 from optimizer.pipeline import BuildOptions, build_engine
 from runtime import Engine, SamplingParams
 from runtime.decode_choice import choose_packed, choose_tokens
-from runtime.device_sampler import DeviceSampler, RowParams, sampler_model
+from runtime.device_sampler import DeviceSampler, RowParams
+from runtime.sampler_graph import sampler_model
 from runtime.executors import StaticExecutor
 from runtime.graph_executor import GraphStaticExecutor, batch_buckets, bucket_for, mask_rows, unsupported_reason
 from runtime.llm_engine import LLMEngine
