@@ -4,8 +4,6 @@ files (truncation, lying headers, duplicate names)."""
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 
 import numpy as np

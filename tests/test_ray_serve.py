@@ -12,7 +12,6 @@ import socket
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import httpx2 as httpx
 import openai

@@ -5,7 +5,6 @@ cache clean, a draft engine with another tokenizer is refused, and the CLI switc
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 
 import pytest
