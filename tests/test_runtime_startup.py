@@ -1,6 +1,6 @@
-"""What a runtime process imports and loads to serve an engine: no onnx (whose import brings
-ml_dtypes, ~0.8 s here), no torch, and the engine's tokenizer through the class its files name
-(runtime.tokenizer_files), with what AutoTokenizer gives."""
+"""What a runtime process imports and loads to serve or evaluate an engine: no onnx (whose
+import brings ml_dtypes, ~0.8 s here), no torch, and the engine's tokenizer through the class
+its files name (runtime.tokenizer_files), with what AutoTokenizer gives."""
 
 from __future__ import annotations
 
@@ -26,6 +26,21 @@ def test_an_engine_loads_and_generates_without_onnx_or_torch(served_engine_dir):
             "print(json.dumps([m for m in ('onnx', 'ml_dtypes', 'torch') if m in sys.modules]))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_evaluation_and_calibration_text_need_no_torch():
+    """`optimize eval` reads its text through calibration.data: the package's names (the
+    quantizers, on torch) load only when asked for; its submodules import by name as before."""
+    code = ("import json, sys\n"
+            "import optimizer.evaluate, calibration.data\n"
+            "seen = [[m for m in ('torch', 'calibration.quantize') if m in sys.modules]]\n"
+            "from calibration import awq\n"  # a submodule, as calibration/methods/awq.py takes it
+            "seen.append('calibration.quantize' in sys.modules)\n"
+            "from calibration import quantize_model, quantize\n"
+            "seen.append(quantize_model is quantize.quantize_model)\n"
+            "print(json.dumps(seen))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [[], False, True]
 
 
 def test_the_generic_tokenizer_class_loads_what_autotokenizer_loads(smol_tokenizer_dir):
