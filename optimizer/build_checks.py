@@ -124,16 +124,16 @@ def check_sm90_kernel() -> None:
     """Before anything is loaded: the GPU here is a compute capability 9.0 one (the engine is
     verified on it) and the installed onnxruntime-gpu has the kernel that reads the layout."""
     from runtime.gpu_memory import compute_capability
-    from runtime.int4_sm90 import HINT, kernel_missing, missing_kernel_message
+    from runtime.int4_sm90 import WITHOUT_LAYOUT, kernel_missing, missing_kernel_hint, missing_kernel_message
 
     have = compute_capability()
     if have != "9.0":
         raise InputError(f"pass 'prepack-int4-sm90' writes an engine for compute capability 9.0 GPUs (H100, "
                          f"H200), and it is verified on this machine's GPU, whose capability is {have}",
-                         hint="build it on an H100 or H200, or " + HINT.split(": ")[0])
+                         hint=f"build it on an H100 or H200, or build {WITHOUT_LAYOUT}")
     said = kernel_missing()
     if said:
-        raise InputError(missing_kernel_message(said), hint=HINT)
+        raise InputError(missing_kernel_message(said), hint=missing_kernel_hint("build"))
 
 
 def validate_cuda_target(opts: "BuildOptions") -> None:

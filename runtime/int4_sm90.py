@@ -67,5 +67,11 @@ def missing_kernel_message(said: str) -> str:
             f"weight_prepacked=2 (onnxruntime says: {said})")
 
 
-HINT = ("build without --passes int4-sm90: the default pipeline's int4 weights run on onnxruntime's "
-        "SM80-class kernel on any CUDA GPU; or install an onnxruntime-gpu built with the SM90 kernel")
+# what to do instead, after "build" or "rebuild"
+WITHOUT_LAYOUT = ("without --passes int4-sm90: the default pipeline's int4 weights run on onnxruntime's "
+                  "SM80-class kernel on any CUDA GPU")
+
+
+def missing_kernel_hint(verb: str) -> str:
+    """The hint where onnxruntime lacks the kernel; `verb`: build (a build) or rebuild (an engine)."""
+    return f"{verb} {WITHOUT_LAYOUT}; or install an onnxruntime-gpu built with the SM90 kernel"

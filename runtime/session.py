@@ -19,6 +19,7 @@ import onnxruntime as ort
 from optimizer.core.engine_format import KvCacheSpec
 from optimizer.core.errors import EngineError
 from runtime import hugepages
+from runtime.int4_sm90 import WITHOUT_LAYOUT
 from runtime.multi_step import decode_steps_wanted
 
 PROVIDERS = {
@@ -135,8 +136,7 @@ def check_compute_capability(quantization: dict[str, Any] | None, have: str) -> 
     if wanted and wanted != have:
         raise EngineError(f"this engine's quantized weights are stored for GPUs of compute capability {wanted} "
                           f"({quantization.get('format', '')}), and this GPU's is {have}",
-                          hint="rebuild it without --passes int4-sm90: the default pipeline's int4 engines run "
-                               "on any CUDA GPU")
+                          hint=f"rebuild it {WITHOUT_LAYOUT}")
 
 
 def check_sm90_kernel(quantization: dict[str, Any] | None) -> None:
@@ -144,11 +144,11 @@ def check_sm90_kernel(quantization: dict[str, Any] | None) -> None:
     kernel that reads it (runtime.int4_sm90)."""
     if (quantization or {}).get("compute_capability") != "9.0":
         return
-    from runtime.int4_sm90 import HINT, kernel_missing, missing_kernel_message
+    from runtime.int4_sm90 import kernel_missing, missing_kernel_hint, missing_kernel_message
 
     said = kernel_missing()
     if said:
-        raise EngineError(missing_kernel_message(said), hint=HINT.replace("build without", "rebuild without"))
+        raise EngineError(missing_kernel_message(said), hint=missing_kernel_hint("rebuild"))
 
 
 def cuda_graph_wanted(requested: bool | None) -> bool:
