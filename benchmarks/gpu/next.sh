@@ -1,4 +1,6 @@
-# The next GPU session's plan (started by run.sh from a snapshot of the tree). The one target of
+# Ran on 2026-12-04 as run10 (benchmarks/results/README.md, gpu-decode/run10-*): 8B fp16 paged
+# 8,317 / 8,190 out tok/s against transformers compiled 3,833 / 3,890 at 64 concurrent.
+# The GPU session's plan (started by run.sh from a snapshot of the tree). The one target of
 # issue 20 that can still be measured here: at the Llama-3.1-8B shape, 64 concurrent requests of
 # 128/128 against transformers compiled's static batch of 64, in one call (ours 5,563 out tok/s
 # for int4 at 64 on 2026-12-02, transformers 4,019 in the baseline of another day: never one
