@@ -3,6 +3,7 @@ each with the command line that reproduces them.
 
     write_results(out, text, {"engine": ..., "summary": ...})
     # out/table.md = text; out/results.json = {"command": "python speculative.py ...", ...}
+    report_line({"linear": "qkv", "us": 7.5}, args.results)   # printed, and appended as a JSON line
 
 Import it as `_results` (benchmarks/ is on the path of a script run from it) or as
 `benchmarks._results`.
@@ -28,3 +29,13 @@ def write_results(out: Path, text: str, record: dict[str, Any],
     out.mkdir(parents=True, exist_ok=True)
     (out / names[0]).write_text(text)
     (out / names[1]).write_text(json.dumps({"command": command_line(), **record}, indent=1))
+
+
+def report_line(row: dict[str, Any], path: str | Path | None = None) -> None:
+    """Print `row` as one JSON line and, where `path` is given, append it there (a device job's
+    results come back line by line even when it is cut short)."""
+    line = json.dumps(row)
+    print(line, flush=True)
+    if path:
+        with open(path, "a") as f:
+            f.write(line + "\n")

@@ -31,6 +31,7 @@ import sys
 import time
 
 import numpy as np
+from _results import report_line
 
 SHAPES = {"8b": {"qkv": (4096, 6144), "o": (4096, 4096), "gate_up": (4096, 28672), "down": (14336, 4096)},
           "1b": {"qkv": (2048, 3072), "o": (2048, 2048), "gate_up": (2048, 16384), "down": (8192, 2048)}}
@@ -125,11 +126,7 @@ def main() -> None:
     for r in records:
         if (r["linear"], r["m"]) in base:
             r["vs_fp16"] = round(base[(r["linear"], r["m"])] / r["us"], 3)
-        line = json.dumps(r)
-        print(line, flush=True)
-        if args.results:
-            with open(args.results, "a") as f:
-                f.write(line + "\n")
+        report_line(r, args.results)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ and whether both ways gave the same codes. On the CPU, gptq_quantize's own sweep
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _results import report_line  # noqa: E402  (benchmarks/, this script's folder)
 
 SHAPES = {  # hidden, kv width, intermediate
     "llama-3.1-8b": (4096, 1024, 14336),
@@ -82,10 +82,7 @@ def main() -> None:
             line = {"shape": args.shape, "group": name, "out": out, "in": n_in, "device": args.device, "way": way,
                     "act_order": args.act_order, "seconds": statistics.median(seconds[way]),
                     "spread": [min(seconds[way]), max(seconds[way])], "same_codes": same}
-            print(json.dumps(line), flush=True)
-            if args.results:
-                with open(args.results, "a") as f:
-                    f.write(json.dumps(line) + "\n")
+            report_line(line, args.results)
 
 
 if __name__ == "__main__":

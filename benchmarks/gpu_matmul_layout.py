@@ -18,11 +18,11 @@ One JSON line per (form, linear, M): microseconds a copy and the weight bytes re
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
 import numpy as np
+from _results import report_line
 
 SHAPES = {"1b": {"qkv": (2048, 3072), "o": (2048, 2048), "gate_up": (2048, 16384), "down": (8192, 2048),
                  "lm_head": (2048, 128256)},
@@ -126,21 +126,14 @@ def main() -> None:
                 try:
                     sess = session(form, ws)
                 except Exception as e:  # a form the build lacks: say so, go on
-                    report(args, {"shape": shape, "linear": linear, "form": form,
-                                  "error": f"{type(e).__name__}: {str(e)[:300]}"})
+                    report_line({"shape": shape, "linear": linear, "form": form,
+                                 "error": f"{type(e).__name__}: {str(e)[:300]}"}, args.results)
                     continue
                 for graph_id, m in enumerate(rows, start=1):
                     us = time_rows(sess, m, graph_id, k, n, copies, args.runs)
-                    report(args, {"shape": shape, "linear": linear, "m": m, "k": k, "n": n, "form": form,
-                                  "us": round(us, 2), "weight_tb_s": round(k * n * 2 / us / 1e6, 3)})
+                    report_line({"shape": shape, "linear": linear, "m": m, "k": k, "n": n, "form": form,
+                                 "us": round(us, 2), "weight_tb_s": round(k * n * 2 / us / 1e6, 3)}, args.results)
                 del sess
-
-
-def report(args, row: dict) -> None:
-    print(json.dumps(row), flush=True)
-    if args.results:
-        with open(args.results, "a") as f:
-            f.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """benchmarks/gpu_matmul_layout.py on the CPU: its three layouts of a linear compute the same
-product (the GPU session only times them), with M left symbolic for one session per form."""
+product (the GPU session only times them), with M left symbolic for one session per form; the
+line reporter it shares with the other device benchmarks (benchmarks/_results.py)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,17 @@ def test_every_layout_computes_x_times_w_for_any_row_count(form):
 def test_the_copies_hold_distinct_weights():
     ws = layout.weights(32, 16, 2)
     assert not np.array_equal(ws[0], ws[1])
+
+
+def test_report_line_prints_the_row_and_appends_it_as_json(tmp_path, capsys):
+    import json
+
+    from _results import report_line
+
+    path = tmp_path / "r.jsonl"
+    report_line({"linear": "qkv", "us": 7.5}, path)
+    report_line({"linear": "o", "us": 7.0}, path)
+    report_line({"linear": "down"})  # no file: printed only
+    assert [json.loads(x) for x in path.read_text().splitlines()] == [{"linear": "qkv", "us": 7.5},
+                                                                      {"linear": "o", "us": 7.0}]
+    assert [json.loads(x)["linear"] for x in capsys.readouterr().out.splitlines()] == ["qkv", "o", "down"]
