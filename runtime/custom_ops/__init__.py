@@ -1,0 +1,106 @@
+"""Our onnxruntime custom ops (domain `optimizer.ops`), built from the C++ / CUDA sources beside
+this file into a shared library that onnxruntime loads per session.
+
+    path = library()                      # built once into $OPTIMIZER_CACHE/custom_ops/<hash>/
+    register(session_options)             # SessionOptions.register_custom_ops_library(path)
+    providers(path)                       # {"cpu"} or {"cpu", "cuda"}
+
+The library needs no onnxruntime header (`ort_abi.h` declares the ABI it uses). It is built with
+nvcc where one is found (CPU and CUDA kernels; the CUDA ones for compute capabilities 8.0 and
+9.0) and with g++ otherwise (CPU kernels only). Ops: `SwiGLU(x)`, x (..., 2I) float16 holding
+gate then up, gives silu(gate) * up (..., I) with fp32 math; on CUDA it runs on onnxruntime's
+compute stream, so a captured decode graph records it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from optimizer.core.errors import OptimizerError
+
+DOMAIN = "optimizer.ops"
+SOURCE_DIR = Path(__file__).resolve().parent
+SOURCES = ("ort_abi.h", "swiglu.h", "ops.cc", "swiglu.cu", "swiglu_none.cc")
+CUDA_ARCHS = ("80", "90")
+NAME = "liboptimizer_ops.so"
+
+
+class CustomOpsError(OptimizerError):
+    """The custom-op library could not be built or loaded."""
+
+
+def find_nvcc() -> str | None:
+    """nvcc on PATH, else under $CUDA_HOME or /usr/local/cuda."""
+    for candidate in (shutil.which("nvcc"), os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def build_command(out: Path, nvcc: str | None) -> list[str]:
+    """The compiler line: nvcc with the CUDA kernel, or g++ with the CPU-only stand-ins."""
+    common = ["-O3", "-std=c++17", "-shared", "-o", str(out)]
+    if nvcc:
+        # SASS for each listed capability, and PTX of the newest for GPUs after it
+        archs = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in CUDA_ARCHS]
+        archs.append(f"-gencode=arch=compute_{CUDA_ARCHS[-1]},code=compute_{CUDA_ARCHS[-1]}")
+        return [nvcc, *common, "-Xcompiler", "-fPIC", *archs,
+                str(SOURCE_DIR / "ops.cc"), str(SOURCE_DIR / "swiglu.cu")]
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        raise CustomOpsError("building the optimizer.ops library needs a C++ compiler (g++) and none was found",
+                             hint="install g++ (Debian: apt-get install g++), and nvcc for its CUDA kernels")
+    return [compiler, *common, "-fPIC", str(SOURCE_DIR / "ops.cc"), str(SOURCE_DIR / "swiglu_none.cc")]
+
+
+def source_key(nvcc: str | None) -> str:
+    digest = hashlib.sha256()
+    for name in SOURCES:
+        digest.update(name.encode() + b"\0" + (SOURCE_DIR / name).read_bytes())
+    digest.update(f"cuda={bool(nvcc)} archs={','.join(CUDA_ARCHS)}".encode())
+    return digest.hexdigest()[:16]
+
+
+def library(cache: Path | None = None) -> Path:
+    """The built library's path, building it on first use (atomically: a half-built file is
+    never where a session would load it)."""
+    from optimizer.core.assets import cache_dir
+
+    nvcc = find_nvcc()
+    folder = (cache or cache_dir()) / "custom_ops" / source_key(nvcc)
+    path = folder / NAME
+    if path.exists():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+        partial = Path(scratch) / NAME
+        done = subprocess.run(build_command(partial, nvcc), capture_output=True, text=True)
+        if done.returncode != 0:
+            raise CustomOpsError(f"building the optimizer.ops library failed:\n{done.stderr.strip()[-2000:]}",
+                                 hint="the compiler's message is above; CUDA_HOME picks the CUDA toolkit")
+        os.replace(partial, path)
+    return path
+
+
+def providers(path: Path) -> set[str]:
+    """The execution providers the built library has kernels for."""
+    lib = ctypes.CDLL(str(path))
+    lib.optimizer_ops_providers.restype = ctypes.c_char_p
+    return set(lib.optimizer_ops_providers().decode().split(","))
+
+
+def register(session_options, cuda: bool = False) -> Path:
+    """Register the library with onnxruntime session options; with `cuda`, refuse a build
+    that has no CUDA kernels rather than let onnxruntime place the ops on the CPU."""
+    path = library()
+    if cuda and "cuda" not in providers(path):
+        raise CustomOpsError("the optimizer.ops library was built without CUDA kernels (no nvcc where it was built)",
+                             hint=f"install the CUDA toolkit (nvcc) and delete {path.parent} to rebuild it")
+    session_options.register_custom_ops_library(str(path))
+    return path
