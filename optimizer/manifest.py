@@ -27,7 +27,7 @@ DEFAULT_SLOT_CAPACITY = 1024  # static layout: positions per slot (bounded by th
 def engine_manifest(opts: "BuildOptions", loaded: LoadedModel, quantization: dict[str, Any],
                     pass_reports: list[dict[str, Any]], kv: KvCacheSpec, model_info: dict[str, Any],
                     tokenizer_files: list[str], verification: dict[str, Any], gate: dict[str, Any] | None,
-                    max_positions: int) -> dict[str, Any]:
+                    max_positions: int, custom_ops: tuple[str, ...] = ()) -> dict[str, Any]:
     """Everything manifest.json records but the format version, tool and checksums (which
     optimizer.core.artifact.write_manifest adds)."""
     manifest = {
@@ -52,7 +52,16 @@ def engine_manifest(opts: "BuildOptions", loaded: LoadedModel, quantization: dic
         manifest["tensorrt"] = tensorrt_section(model_info, opts, max_positions)
     if gate is not None:
         manifest["gate"] = gate
+    if custom_ops:  # the runtime registers our custom-op library for these domains
+        manifest["custom_ops"] = list(custom_ops)
     return manifest
+
+
+def custom_op_domains(model: ir.Model) -> tuple[str, ...]:
+    """The domains of our custom-op library (runtime.custom_ops) that the model imports."""
+    from passes.fuse_swiglu import DOMAIN
+
+    return tuple(d for d in model.opset_imports if d == DOMAIN)
 
 
 def kv_cache_section(dims: DecoderDims, dtype: str, attention: str = "unfused", layout: str = "concat",

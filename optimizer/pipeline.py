@@ -30,7 +30,8 @@ from optimizer.core.progress import bar, console, step
 from optimizer.engine_files import MODEL_FILE, ir_dump_dir, write_model, write_tokenizer
 from optimizer.evaluate import perplexity, session_logits_fn, torch_logits_fn
 from optimizer.gate import DEFAULT_GATE_EVAL, GateFailed, check, failure_message, parse_limit
-from optimizer.manifest import attention_kind, engine_manifest, kv_cache_section, weight_format_section
+from optimizer.manifest import (attention_kind, custom_op_domains, engine_manifest, kv_cache_section,
+                                weight_format_section)
 from optimizer.models.loader import LoadedModel, load_model
 from optimizer.models.streamed import running
 from optimizer.options import BuildSection
@@ -111,12 +112,13 @@ def _build(opts: BuildOptions, loaded: LoadedModel | None) -> EngineDir:
     model, pass_reports = graph_passes(opts, model, codes, max_positions, kv_scales, block_size(opts, dims))
     kv = kv_cache_section(dims, opts.dtype, attention_kind(model), model.metadata_props.get(KV_LAYOUT_KEY, "concat"),
                           max_positions, opts, kv_quant)
+    ops = custom_op_domains(model)
     with staging_dir(opts.out, opts.overwrite) as tmp:
         model_info, tokenizer_files = write_files(opts, model, loaded, tmp)
-        verification = verify(opts, tmp / MODEL_FILE, kv, loaded, quantization, codes)
-        verdict = measure_gate(opts, tmp / MODEL_FILE, kv, quantization, gate)
+        verification = verify(opts, tmp / MODEL_FILE, kv, loaded, quantization, codes, ops)
+        verdict = measure_gate(opts, tmp / MODEL_FILE, kv, quantization, gate, ops)
         manifest = engine_manifest(opts, loaded, quantization, pass_reports, kv, model_info, tokenizer_files,
-                                   verification, verdict, max_positions)
+                                   verification, verdict, max_positions, ops)
         with step("checksums and manifest", opts.quiet):
             write_manifest(tmp, manifest, quiet=opts.quiet)
     shutil.rmtree(progress_dir(opts.out), ignore_errors=True)  # calibration's kept layers: done with
@@ -220,7 +222,7 @@ def write_files(opts: BuildOptions, model: ir.Model, loaded: LoadedModel, tmp: P
 
 
 def verify(opts: BuildOptions, model_path: Path, kv: KvCacheSpec, loaded: LoadedModel,
-           quantization: dict[str, Any], codes: dict[str, Any]) -> dict[str, Any]:
+           quantization: dict[str, Any], codes: dict[str, Any], custom_ops: tuple[str, ...] = ()) -> dict[str, Any]:
     """The staged engine against the torch model: to numerical noise where it computes in fp32
     what the model does (FP8 and the int8 cache quantize activations too: figures only)."""
     with step("verify engine against the torch model", opts.quiet):
@@ -229,7 +231,8 @@ def verify(opts: BuildOptions, model_path: Path, kv: KvCacheSpec, loaded: Loaded
         with running(loaded, codes) as model:  # a streamed model: layer by layer, released after
             reference = reference_logits(model, probe_ids(loaded))
         report = verify_engine(model_path, kv, loaded, "fp32" if exact else "approx",
-                               provider=verify_provider(opts), quantization=quantization, reference=reference)
+                               provider=verify_provider(opts), quantization=quantization, reference=reference,
+                               custom_ops=custom_ops)
         if not opts.quiet:
             console().print(f"  max |logit diff| {report['max_abs_logit_diff']:.2e}, "
                             f"top-1 agreement {report['top1_agreement']:.0%}")
@@ -237,7 +240,7 @@ def verify(opts: BuildOptions, model_path: Path, kv: KvCacheSpec, loaded: Loaded
 
 
 def measure_gate(opts: BuildOptions, model_path: Path, kv: KvCacheSpec, quantization: dict[str, Any],
-                 gate: Gate | None) -> dict[str, Any] | None:
+                 gate: Gate | None, custom_ops: tuple[str, ...] = ()) -> dict[str, Any] | None:
     """The gate's verdict on the staged engine (onnxruntime on its model file)."""
     if gate is None:
         return None
@@ -246,7 +249,7 @@ def measure_gate(opts: BuildOptions, model_path: Path, kv: KvCacheSpec, quantiza
     with step(f"accuracy gate: perplexity through the engine ({opts.gate_eval})", opts.quiet):
         # huge_pages off: a build-time session, with the torch model resident beside it
         session = DecoderSession(model_path, kv, provider=verify_provider(opts), quantization=quantization,
-                                 huge_pages=False)
+                                 huge_pages=False, custom_ops=custom_ops)
         ppl = perplexity(session_logits_fn(session), gate.windows)["perplexity"]
     return {**check(parse_limit(opts.max_ppl_increase), ppl, gate.baseline), "eval": opts.gate_eval,
             "windows_sha256": windows_hash(gate.windows)}

@@ -47,15 +47,15 @@ def reference_logits(model: Any, ids: list[int]) -> np.ndarray:
 
 def verify_engine(model_path: Path, kv: KvCacheSpec, loaded: LoadedModel, mode: str,
                   provider: str = "cpu", quantization: dict[str, Any] | None = None,
-                  reference: np.ndarray | None = None) -> dict[str, Any]:
+                  reference: np.ndarray | None = None, custom_ops: tuple[str, ...] = ()) -> dict[str, Any]:
     """mode "fp32": the engine must match to numerical noise; "approx" (fp16 compute, int8
     activations): the figures are recorded and only non-finite logits fail. The engine is held
     to `loaded.model`'s logits on `probe_ids(loaded)`, or to `reference`, those logits computed
     beforehand (a streamed build's, layer by layer, released before the engine loads)."""
     ids = probe_ids(loaded)
     ref = reference_logits(loaded.model, ids) if reference is None else reference
-    session = DecoderSession(model_path, kv, provider=provider,
-                             quantization=quantization, huge_pages=False)  # a probe: speed is no matter
+    session = DecoderSession(model_path, kv, provider=provider, quantization=quantization,
+                             huge_pages=False, custom_ops=custom_ops)  # a probe: speed is no matter
     got = probe_logits(session, ids, len(ids) - DECODE_STEPS)
     finite = bool(np.isfinite(got).all())
     max_diff = float(np.abs(got - ref).max()) if finite else float("inf")

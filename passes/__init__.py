@@ -22,6 +22,7 @@ from passes import fold_norm_casts, fuse_activation, fuse_rms_norm, fuse_skip_rm
 from passes._rules import RulePass
 from passes.fold_constants import FoldConstants
 from passes.fuse_attention import FuseAttention
+from passes.fuse_swiglu import FuseSwiGLU
 from passes.greedy_tokens import GreedyTokens
 from passes.kv_layout import KvCacheLayout
 from passes.lower_quantized_matmul import LowerQuantizedMatMul
@@ -93,6 +94,10 @@ REGISTRY: dict[str, PassInfo] = {
                  after=("lower-quantized-matmul", "pack-qkv", "pack-gate-up")),
         PassInfo("fuse-activation", "SiLU (Mul(x, Sigmoid(x))) -> QuickGelu(alpha=1)",
                  lambda ctx: RulePass(fuse_activation.RULES, "SiLU -> QuickGelu", uses_ms_domain=True)),
+        PassInfo("fuse-swiglu", "fp16 packed gate/up: Split -> QuickGelu(alpha=1) -> Mul -> optimizer.ops SwiGLU, "
+                                "one kernel of our custom-op library (runtime/custom_ops: built with g++, and "
+                                "nvcc for CUDA); only in the custom-ops pipeline",
+                 lambda ctx: FuseSwiGLU(ctx.dtype), after=("pack-gate-up", "fuse-activation")),
         PassInfo("fold-constants", "evaluates nodes whose inputs are all constants (onnxscript's folder)",
                  lambda ctx: FoldConstants(), targets=("cpu", "cuda", "tensorrt")),
         PassInfo("slice-logits", "the lm_head reads positions [logits_from, S) only (a new input): "
@@ -137,9 +142,15 @@ PAGED_PIPELINE: tuple[str, ...] = tuple(p for p in DEFAULT_PIPELINE if p != "pac
 # capability 9.0 only: --target onnxruntime-cuda; passes/prepack_int4.py).
 INT4_SM90_PIPELINE: tuple[str, ...] = (*DEFAULT_PIPELINE[:DEFAULT_PIPELINE.index("cse")], "prepack-int4-sm90",
                                        *DEFAULT_PIPELINE[DEFAULT_PIPELINE.index("cse"):])
+# The default pipeline with our own kernels where they replace several of onnxruntime's
+# (runtime/custom_ops; the engine then needs that library, built on first use).
+CUSTOM_OPS_PIPELINE: tuple[str, ...] = (*DEFAULT_PIPELINE[:DEFAULT_PIPELINE.index("fuse-activation") + 1],
+                                        "fuse-swiglu",
+                                        *DEFAULT_PIPELINE[DEFAULT_PIPELINE.index("fuse-activation") + 1:])
 # Standard ONNX only (opset 21, no com.microsoft ops): norms, rotary and attention stay
 # decomposed, quantized weights become DequantizeLinear; the TensorRT target's default.
 TENSORRT_PIPELINE: tuple[str, ...] = ("lower-quantized-matmul", "fold-constants", "kv-layout", "cse", "dead-code")
 PIPELINES: dict[str, tuple[str, ...]] = {"default": DEFAULT_PIPELINE, "paged": PAGED_PIPELINE,
-                                         "int4-sm90": INT4_SM90_PIPELINE, "unfused": UNFUSED_PIPELINE,
+                                         "int4-sm90": INT4_SM90_PIPELINE, "custom-ops": CUSTOM_OPS_PIPELINE,
+                                         "unfused": UNFUSED_PIPELINE,
                                          "tensorrt": TENSORRT_PIPELINE, "none": ()}

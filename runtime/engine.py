@@ -45,7 +45,8 @@ class Engine:
         engine_dir = load_engine(path, verify=verify, quiet=quiet)
         session = DecoderSession(engine_dir.model_path, engine_dir.kv_cache, provider=provider, threads=threads,
                                  quantization=engine_dir.manifest.get("quantization"), huge_pages=huge_pages,
-                                 cuda_graph=cuda_graph, int4_kernels=int4_kernels)
+                                 cuda_graph=cuda_graph, int4_kernels=int4_kernels,
+                                 custom_ops=tuple(engine_dir.manifest.get("custom_ops", ())))
         tokenizer = None
         if engine_dir.has_tokenizer:
             tokenizer = load_tokenizer(engine_dir.path)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -86,8 +86,19 @@ def int4_kernel_choice(requested: str | None, slots: int | None) -> str:
 
 
 def make_session_options(threads: int | None, quantization: dict[str, Any] | None = None,
-                         provider: str = "CPUExecutionProvider", int4_kernels: str = "rows") -> ort.SessionOptions:
+                         provider: str = "CPUExecutionProvider", int4_kernels: str = "rows",
+                         custom_ops: Sequence[str] = ()) -> ort.SessionOptions:
+    """`custom_ops`: the custom-op domains the engine's graph uses (the manifest's "custom_ops"):
+    our library (runtime.custom_ops) is registered for them, with its CUDA kernels on CUDA."""
     opts = ort.SessionOptions()
+    if custom_ops:
+        from runtime import custom_ops as ops
+
+        unknown = set(custom_ops) - {ops.DOMAIN}
+        if unknown:
+            raise EngineError(f"this engine's graph uses custom ops of {sorted(unknown)}, which this runtime lacks",
+                              hint="rebuild the engine with this version of the optimizer")
+        ops.register(opts, cuda=provider == PROVIDERS["cuda"])
     if provider == PROVIDERS["cuda"]:
         for key, value in {**CUDA_SESSION_CONFIG, **INT4_KERNELS[int4_kernels]}.items():
             opts.add_session_config_entry(key, value)
@@ -191,8 +202,9 @@ class DecoderSession:
     def __init__(self, model_path: Path, kv: KvCacheSpec, provider: str = "cpu",
                  threads: int | None = None, quantization: dict[str, Any] | None = None,
                  huge_pages: bool | None = None, cuda_graph: bool | None = None,
-                 int4_kernels: str | None = None) -> None:
+                 int4_kernels: str | None = None, custom_ops: Sequence[str] = ()) -> None:
         """`quantization`: the manifest's section, which settles a few onnxruntime options.
+        `custom_ops`: the manifest's custom-op domains (make_session_options registers them).
         `huge_pages`: on CPU, back the weights with 2 MiB pages (`runtime.hugepages`, process-wide;
         None: yes unless OPTIMIZER_HUGE_PAGES=0).
         `cuda_graph`: on CUDA, let decode steps be captured and replayed as CUDA graphs
@@ -229,7 +241,7 @@ class DecoderSession:
             self.provider_options["user_compute_stream"] = str(self.stream.address)
         self.eager_run = eager_run_options() if self.cuda_graph else None
         self.int4_kernels = int4_kernel_choice(int4_kernels, kv.slots)
-        options = make_session_options(threads, quantization, self.provider, self.int4_kernels)
+        options = make_session_options(threads, quantization, self.provider, self.int4_kernels, custom_ops)
         if use_fp8_deepgemm(quantization, self.provider):
             os.environ.setdefault("ORT_FP8_MATMUL_DEEPGEMM", "1")
         self.session = ort.InferenceSession(str(model_path), options,
