@@ -13,12 +13,11 @@ outputs are compared first. One JSON line per (form, shape, M).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from _graph_replay import replay_us
 from _results import report_line
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -65,28 +64,13 @@ def session(form: str, inter: int, copies: int):
 
 
 def run(sess, x: np.ndarray, inter: int, copies: int, graph_id: int, runs: int) -> tuple[float, np.ndarray]:
-    """Median microseconds a copy over `runs` timed rounds of 10 replays, and copy 0's output."""
+    """Median microseconds a copy, and copy 0's output."""
     import onnxruntime as ort
 
     m = x.shape[0]
-    ys = [ort.OrtValue.ortvalue_from_shape_and_type([m, inter], np.float16, "cuda", 0) for _ in range(copies)]
-    binding = sess.io_binding()
-    binding.bind_ortvalue_input("x", ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
-    for i, y in enumerate(ys):
-        binding.bind_ortvalue_output(f"y{i}", y)
-    options = ort.RunOptions()
-    options.add_run_config_entry("gpu_graph_id", str(graph_id))
-    for _ in range(3):  # the first runs capture the graph
-        sess.run_with_iobinding(binding, options)
-    times = []
-    for _ in range(runs):
-        binding.synchronize_inputs()
-        t = time.perf_counter()
-        for _ in range(10):
-            sess.run_with_iobinding(binding, options)
-        binding.synchronize_outputs()
-        times.append((time.perf_counter() - t) / 10 / copies * 1e6)
-    return statistics.median(times), ys[0].numpy()
+    ys = {f"y{i}": ort.OrtValue.ortvalue_from_shape_and_type([m, inter], np.float16, "cuda", 0) for i in range(copies)}
+    inputs = {"x": ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)}
+    return replay_us(sess, inputs, ys, graph_id, runs) / copies, ys["y0"].numpy()
 
 
 def main() -> None:

@@ -18,10 +18,9 @@ One JSON line per (form, linear, M): microseconds a copy and the weight bytes re
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
+from _graph_replay import replay_us
 from _results import report_line
 
 SHAPES = {"1b": {"qkv": (2048, 3072), "o": (2048, 2048), "gate_up": (2048, 16384), "down": (8192, 2048),
@@ -89,24 +88,8 @@ def time_rows(sess, m: int, graph_id: int, k: int, n: int, copies: int, runs: in
 
     x = ort.OrtValue.ortvalue_from_numpy(np.random.default_rng(1).standard_normal((m, k)).astype(np.float16),
                                          "cuda", 0)
-    ys = [ort.OrtValue.ortvalue_from_shape_and_type([m, n], np.float16, "cuda", 0) for _ in range(copies)]
-    binding = sess.io_binding()
-    binding.bind_ortvalue_input("x", x)
-    for i, y in enumerate(ys):
-        binding.bind_ortvalue_output(f"y{i}", y)
-    ro = ort.RunOptions()
-    ro.add_run_config_entry("gpu_graph_id", str(graph_id))
-    for _ in range(3):  # the first runs capture the graph
-        sess.run_with_iobinding(binding, ro)
-    times = []
-    for _ in range(runs):
-        binding.synchronize_inputs()
-        t = time.perf_counter()
-        for _ in range(10):
-            sess.run_with_iobinding(binding, ro)
-        binding.synchronize_outputs()
-        times.append((time.perf_counter() - t) / 10 / copies * 1e6)
-    return statistics.median(times)
+    ys = {f"y{i}": ort.OrtValue.ortvalue_from_shape_and_type([m, n], np.float16, "cuda", 0) for i in range(copies)}
+    return replay_us(sess, {"x": x}, ys, graph_id, runs) / copies
 
 
 def main() -> None:
