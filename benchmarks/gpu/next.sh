@@ -6,7 +6,9 @@
 # 1. the CUDA tests: the SwiGLU kernel eager and in a captured graph, the fused engine, both graph
 #    executors and the paged layout, in the background while the 1B engines build (static, 64
 #    slots): fp16 (default pipeline) and fp16-custom (--passes custom-ops);
-# 2. the op alone against the three kernels it replaces (benchmarks/gpu_custom_ops.py);
+# 2. the op alone against the three kernels it replaces (benchmarks/gpu_custom_ops.py); and the
+#    next op's question: does a plain fp16 GEMV beat cuBLAS on the small linears at 1-4 rows
+#    (benchmarks/gpu_gemv_probe.py; decides whether a Linear op can take batch 1 to 1.2x genai);
 # 3. both engines at batch 1 and 64 concurrent, twice, alternating; onnxruntime-genai's fp16
 #    Generator with its CUDA graph in the same call (issue 20: batch 1 >= 1.2x it); where a step
 #    goes in each (benchmarks/gpu_kernels.py).
@@ -26,6 +28,7 @@ python3 benchmarks/gpu_decode.py --work $W --results $W/b1.jsonl --shapes llama-
     --phases build --concurrency 64
 wait $TP; tail -25 $W/tests.log
 python3 benchmarks/gpu_custom_ops.py --shapes 1b,8b --results $W/custom_ops.jsonl
+python3 benchmarks/gpu_gemv_probe.py --shapes 1b,8b --results $W/gemv.jsonl  # the next op's question
 for round in 1 2; do
   python3 benchmarks/gpu_decode.py --work $W --results $W/b1.jsonl --shapes llama-3.2-1b --formats $F \
       --phases ours --concurrency 64

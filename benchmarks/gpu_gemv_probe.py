@@ -1,0 +1,112 @@
+"""Can a plain fp16 GEMV beat cuBLAS at batch-1 decode sizes? (benchmarks/cuda/gemv_probe.cu)
+
+    python benchmarks/gpu_gemv_probe.py [--shapes 1b,8b] [--rows 1,4] [--results r.jsonl]
+
+A probe for the next custom op (runtime/custom_ops): onnxruntime's fp16 linears at one row run
+cuBLAS kernels that read the small projections at 1.2-1.7 TB/s (run10-matmul-layout). For each
+Llama linear and row count M, COPIES distinct weights (more bytes than the L2 cache) are
+multiplied by one input in one CUDA graph, replayed: torch's linear (cuBLAS) against the probe's
+kernel (weights stored (N, K), as it reads them); a copy's time is the median replay over COPIES.
+The probe's results are checked against cuBLAS's first. Needs torch with CUDA and nvcc (the
+kernel is compiled in the run). One JSON line per (shape, linear, M, form).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _results import report_line
+from gpu_matmul_layout import SHAPES  # the linears' (K, N)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SOURCE = Path(__file__).resolve().parent / "cuda" / "gemv_probe.cu"
+COPIES = 8
+
+
+def build(folder: Path) -> ctypes.CDLL:
+    from runtime.custom_ops import find_nvcc
+
+    nvcc = find_nvcc()
+    if nvcc is None:
+        raise SystemExit("the probe needs nvcc (PATH, $CUDA_HOME/bin or /usr/local/cuda/bin)")
+    out = folder / "gemv_probe.so"
+    subprocess.run([nvcc, "-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-shared",
+                    "-gencode=arch=compute_90,code=sm_90", "-o", str(out), str(SOURCE)], check=True)
+    lib = ctypes.CDLL(str(out))
+    lib.gemv_f16.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 3 + [ctypes.c_void_p]
+    return lib
+
+
+def graph_us(launch, copies: int, runs: int) -> float:
+    """Median microseconds a copy: `launch()` (all copies) captured once, replayed."""
+    import torch
+
+    launch()  # outside the capture: library handles and workspaces
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        launch()
+    graph.replay()
+    times = []
+    for _ in range(runs):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(10):
+            graph.replay()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t) / 10 / copies * 1e6)
+    return statistics.median(times)
+
+
+def main() -> None:
+    import torch
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", default="1b,8b")
+    ap.add_argument("--rows", default="1,4")
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--results")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        lib = build(Path(scratch))
+        for shape in args.shapes.split(","):
+            for linear, (k, n) in SHAPES[shape].items():
+                copies = 2 if linear == "lm_head" else COPIES
+                ws = [torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02 for _ in range(copies)]
+                for m in (int(r) for r in args.rows.split(",")):
+                    x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+                    ours = [torch.empty(m, n, device="cuda", dtype=torch.float16) for _ in range(copies)]
+                    theirs = [torch.empty(m, n, device="cuda", dtype=torch.float16) for _ in range(copies)]
+
+                    def launch_ours():
+                        stream = torch.cuda.current_stream().cuda_stream
+                        for w, y in zip(ws, ours):
+                            rc = lib.gemv_f16(x.data_ptr(), w.data_ptr(), y.data_ptr(), m, n, k, stream)
+                            if rc:
+                                raise RuntimeError(f"gemv_f16 returned {rc}")
+
+                    def launch_cublas():
+                        for w, y in zip(ws, theirs):
+                            torch.matmul(x, w.t(), out=y)
+
+                    launch_ours()
+                    launch_cublas()
+                    torch.cuda.synchronize()
+                    diff = max(float((a.float() - b.float()).abs().max()) for a, b in zip(ours, theirs))
+                    for form, launch in (("cublas", launch_cublas), ("probe", launch_ours)):
+                        us = graph_us(launch, copies, args.runs)
+                        report_line({"shape": shape, "linear": linear, "m": m, "k": k, "n": n, "form": form,
+                                     "us": round(us, 2), "weight_tb_s": round(k * n * 2 / us / 1e6, 3),
+                                     "max_abs_diff_vs_cublas": diff}, args.results)
+
+
+if __name__ == "__main__":
+    main()
