@@ -1,4 +1,4 @@
-"""Can a plain fp16 GEMV beat cuBLAS at batch-1 decode sizes? (benchmarks/cuda/gemv_probe.cu)
+"""Can plain GEMV kernels beat what onnxruntime runs at batch-1 decode sizes? (benchmarks/cuda/)
 
     python benchmarks/gpu_gemv_probe.py [--shapes 1b,8b] [--rows 1,4] [--results r.jsonl]
 
@@ -7,8 +7,11 @@ cuBLAS kernels that read the small projections at 1.2-1.7 TB/s (run10-matmul-lay
 Llama linear and row count M, COPIES distinct weights (more bytes than the L2 cache) are
 multiplied by one input in one CUDA graph, replayed: torch's linear (cuBLAS) against the probe's
 kernel (weights stored (N, K), as it reads them); a copy's time is the median replay over COPIES.
-The probe's results are checked against cuBLAS's first. Needs torch with CUDA and nvcc (the
-kernel is compiled in the run). One JSON line per (shape, linear, M, form).
+The fp16 probe's results are checked against cuBLAS's first (`max_abs_diff`). And the 4-bit probe (gemv_int4_probe.cu:
+onnxruntime MatMulNBits' layout, symmetric blocks of 64), checked against its weights dequantized
+and multiplied in fp32; onnxruntime's own one-row int4 kernel read ~1.3 TB/s (run8-kernels).
+`weight_tb_s` counts the bytes each form reads. Needs torch with CUDA and nvcc (the kernels are
+compiled in the run). One JSON line per (shape, linear, M, form).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from gpu_matmul_layout import SHAPES  # the linears' (K, N)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SOURCE = Path(__file__).resolve().parent / "cuda" / "gemv_probe.cu"
+SOURCES = [Path(__file__).resolve().parent / "cuda" / name for name in ("gemv_probe.cu", "gemv_int4_probe.cu")]
 COPIES = 8
 
 
@@ -39,10 +42,29 @@ def build(folder: Path) -> ctypes.CDLL:
         raise SystemExit("the probe needs nvcc (PATH, $CUDA_HOME/bin or /usr/local/cuda/bin)")
     out = folder / "gemv_probe.so"
     subprocess.run([nvcc, "-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-shared",
-                    "-gencode=arch=compute_90,code=sm_90", "-o", str(out), str(SOURCE)], check=True)
+                    "-gencode=arch=compute_90,code=sm_90", "-o", str(out), *map(str, SOURCES)], check=True)
     lib = ctypes.CDLL(str(out))
     lib.gemv_f16.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 3 + [ctypes.c_void_p]
+    lib.gemv_int4.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 3 + [ctypes.c_void_p]
     return lib
+
+
+def int4_weight(n: int, k: int):
+    """Random codes in MatMulNBits' layout (N, K/64, 32) and fp16 scales (N, K/64)."""
+    import torch
+
+    codes = torch.randint(0, 256, (n, k // 64, 32), device="cuda", dtype=torch.uint8)
+    scales = (torch.rand(n, k // 64, device="cuda") * 0.002 + 0.002).to(torch.float16)
+    return codes, scales
+
+
+def dequantize(codes, scales):
+    """(N, K) fp32: the low nibble of byte j is code 2j, the high one 2j + 1; zero point 8."""
+    import torch
+
+    n, blocks, _ = codes.shape
+    q = torch.stack([codes & 0xF, codes >> 4], dim=-1).reshape(n, blocks, 64).float() - 8
+    return (q * scales.float()[..., None]).reshape(n, blocks * 64)
 
 
 def graph_us(launch, copies: int, runs: int) -> float:
@@ -97,15 +119,32 @@ def main() -> None:
                         for w, y in zip(ws, theirs):
                             torch.matmul(x, w.t(), out=y)
 
+                    q4 = [int4_weight(n, k) for _ in range(copies)]
+                    ours4 = [torch.empty(m, n, device="cuda", dtype=torch.float16) for _ in range(copies)]
+
+                    def launch_int4():
+                        stream = torch.cuda.current_stream().cuda_stream
+                        for (codes, scales), y in zip(q4, ours4):
+                            rc = lib.gemv_int4(x.data_ptr(), codes.data_ptr(), scales.data_ptr(), y.data_ptr(),
+                                               m, n, k, stream)
+                            if rc:
+                                raise RuntimeError(f"gemv_int4 returned {rc}")
+
                     launch_ours()
                     launch_cublas()
+                    launch_int4()
                     torch.cuda.synchronize()
                     diff = max(float((a.float() - b.float()).abs().max()) for a, b in zip(ours, theirs))
-                    for form, launch in (("cublas", launch_cublas), ("probe", launch_ours)):
+                    diff4 = max(float((y.float() - x.float() @ dequantize(*w).t()).abs().max())
+                                for w, y in zip(q4, ours4))
+                    int4_bytes = k * n // 2 + (k // 64) * n * 2
+                    for form, launch, nbytes, check in (("cublas", launch_cublas, k * n * 2, 0.0),
+                                                        ("probe", launch_ours, k * n * 2, diff),
+                                                        ("probe-int4", launch_int4, int4_bytes, diff4)):
                         us = graph_us(launch, copies, args.runs)
                         report_line({"shape": shape, "linear": linear, "m": m, "k": k, "n": n, "form": form,
-                                     "us": round(us, 2), "weight_tb_s": round(k * n * 2 / us / 1e6, 3),
-                                     "max_abs_diff_vs_cublas": diff}, args.results)
+                                     "us": round(us, 2), "weight_tb_s": round(nbytes / us / 1e6, 3),
+                                     "max_abs_diff": check}, args.results)
 
 
 if __name__ == "__main__":
