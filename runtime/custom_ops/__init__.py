@@ -101,6 +101,7 @@ def register(session_options, cuda: bool = False) -> Path:
     path = library()
     if cuda and "cuda" not in providers(path):
         raise CustomOpsError("the optimizer.ops library was built without CUDA kernels (no nvcc where it was built)",
-                             hint=f"install the CUDA toolkit (nvcc) and delete {path.parent} to rebuild it")
+                             hint="install the CUDA toolkit (nvcc on PATH, or CUDA_HOME): the library is then "
+                                  "rebuilt with its CUDA kernels, beside this one")
     session_options.register_custom_ops_library(str(path))
     return path
