@@ -43,13 +43,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
+from runtime.sampler_spec import DEFAULT_CANDIDATES, KINDS, OUTPUT_TYPES, PARAM_TYPES, output_names
 from runtime.sampling import SamplingParams, U_MAX
-
-DEFAULT_CANDIDATES = 256  # top-k / top-p rows: the most likely tokens the device considers
-KINDS = ("greedy", "full", "sample")  # the sampler graphs (module docstring)
-# the sampled graphs' per-row inputs (RowParams' fields) and outputs; `greedy` has next_tokens only
-PARAM_TYPES = {"temperature": np.float32, "top_k": np.int64, "top_p": np.float32, "uniform": np.float32}
-OUTPUT_TYPES = {"next_tokens": np.int64, "logprobs": np.float32, "fallback": np.bool_}
 @dataclass
 class RowParams:
     """The sampler's per-row inputs for one step (host arrays of the bucket's size)."""
@@ -178,8 +173,3 @@ class DeviceSampler:
         lp = outs["logprobs"].numpy()[:rows] if logprobs else None
         fallback = outs["fallback"].numpy()[:rows] if kind != "greedy" else None
         return tokens, lp, fallback
-
-
-def output_names(kind: str) -> tuple[str, ...]:
-    """The output names of a sampler graph of this kind."""
-    return ("next_tokens",) if kind == "greedy" else tuple(OUTPUT_TYPES)

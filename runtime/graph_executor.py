@@ -41,7 +41,8 @@ import onnxruntime as ort
 
 from optimizer.core.errors import EngineError
 from runtime.decode_choice import choose_tokens
-from runtime.device_sampler import DEFAULT_CANDIDATES, DeviceSampler, RowParams
+from runtime.device_sampler import DeviceSampler, RowParams
+from runtime.sampler_spec import DEFAULT_CANDIDATES
 from runtime.executors import StaticExecutor
 from runtime.multi_step import DeviceRounds
 from runtime.sequence import Sequence

@@ -42,7 +42,8 @@ import onnxruntime as ort
 from optimizer.core.engine_format import flash_paged_block
 from optimizer.core.errors import EngineError
 from runtime.decode_choice import choose_packed, choose_tokens
-from runtime.device_sampler import DEFAULT_CANDIDATES, DeviceSampler, RowParams
+from runtime.device_sampler import DeviceSampler, RowParams
+from runtime.sampler_spec import DEFAULT_CANDIDATES
 from runtime.graph_executor import batch_buckets, bucket_for
 from runtime.multi_step import DeviceRounds, past_rows
 from runtime.paged import GREEDY_TOKENS, LOGITS_INDICES, PagedExecutor

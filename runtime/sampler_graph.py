@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from runtime.device_sampler import DEFAULT_CANDIDATES, KINDS, OUTPUT_TYPES, PARAM_TYPES, output_names
+from runtime.sampler_spec import DEFAULT_CANDIDATES, KINDS, OUTPUT_TYPES, PARAM_TYPES, output_names
 from runtime.sampling import U_MAX
 
 GROUP = 256  # long rows' inverse CDF: weights per group of the first level
