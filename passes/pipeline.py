@@ -73,8 +73,9 @@ def run_passes(model: ir.Model, names: Sequence[str], ctx: PassContext | None = 
         summary = f"{sum(before.values())} -> {sum(after.values())} nodes"
         if delta:
             summary += " (" + ", ".join(f"{op} {d:+d}" for op, d in delta.items()) + ")"
-        if opsets_before != opsets_after:
-            summary += "; opset imports removed: " + ", ".join(sorted(opsets_before - opsets_after))
+        for verb, opsets in (("added", opsets_after - opsets_before), ("removed", opsets_before - opsets_after)):
+            if opsets:
+                summary += f"; opset imports {verb}: " + ", ".join(sorted(opsets))
         notes = list(getattr(pass_obj, "notes", []))
         reports.append({
             "name": name,

@@ -46,6 +46,7 @@ def test_each_mlp_becomes_one_swiglu_and_the_manifest_names_the_domain(engines):
     assert custom.manifest["custom_ops"] == ["optimizer.ops"] and "custom_ops" not in default.manifest
     fused = report(custom, "fuse-swiglu")
     assert fused["changed"] and f"{LAYERS} x Split + QuickGelu + Mul -> SwiGLU" in fused["notes"]
+    assert fused["summary"].endswith("; opset imports added: optimizer.ops")
     assert custom.manifest["verification"]["top1_agreement"] == 1.0
 
 
