@@ -61,7 +61,7 @@ def custom_op_domains(model: ir.Model) -> tuple[str, ...]:
     """The domains of our custom-op library (runtime.custom_ops) that the model imports."""
     from passes.fuse_swiglu import DOMAIN
 
-    return tuple(d for d in model.opset_imports if d == DOMAIN)
+    return (DOMAIN,) if DOMAIN in model.opset_imports else ()
 
 
 def kv_cache_section(dims: DecoderDims, dtype: str, attention: str = "unfused", layout: str = "concat",

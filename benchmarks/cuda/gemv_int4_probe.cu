@@ -11,6 +11,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "warp_rows.cuh"
+
 namespace {
 
 constexpr int kBlock = 64;
@@ -55,13 +57,7 @@ __global__ void gemv_int4_rows(const __half* __restrict__ x, const uint8_t* __re
       acc[m] = fmaf(sum, scale, acc[m]);
     }
   }
-#pragma unroll
-  for (int m = 0; m < ROWS; ++m) {
-    float v = acc[m];
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-    if (lane == 0) y[static_cast<size_t>(m) * n_out + n] = __float2half(v);
-  }
+  store_warp_sums<ROWS>(acc, lane, y, n_out, n);
 }
 
 }  // namespace

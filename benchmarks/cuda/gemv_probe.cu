@@ -10,6 +10,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "warp_rows.cuh"
+
 namespace {
 
 template <int ROWS>
@@ -39,13 +41,7 @@ __global__ void gemv_rows(const __half* __restrict__ x, const __half* __restrict
       }
     }
   }
-#pragma unroll
-  for (int m = 0; m < ROWS; ++m) {
-    float v = acc[m];
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-    if (lane == 0) y[static_cast<size_t>(m) * n_out + n] = __float2half(v);
-  }
+  store_warp_sums<ROWS>(acc, lane, y, n_out, n);
 }
 
 }  // namespace

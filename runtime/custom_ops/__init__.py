@@ -67,13 +67,13 @@ def source_key(nvcc: str | None) -> str:
     return digest.hexdigest()[:16]
 
 
-def library(cache: Path | None = None) -> Path:
+def library() -> Path:
     """The built library's path, building it on first use (atomically: a half-built file is
     never where a session would load it)."""
     from optimizer.core.assets import cache_dir
 
     nvcc = find_nvcc()
-    folder = (cache or cache_dir()) / "custom_ops" / source_key(nvcc)
+    folder = cache_dir() / "custom_ops" / source_key(nvcc)
     path = folder / NAME
     if path.exists():
         return path

@@ -1,5 +1,5 @@
-// onnxruntime custom ops of the optimizer.ops domain, for the CPU and (built with
-// OPTIMIZER_OPS_CUDA) the CUDA execution provider. onnxruntime loads this library through
+// onnxruntime custom ops of the optimizer.ops domain, for the CPU and (built with nvcc, with
+// swiglu.cu; swiglu_none.cc otherwise) the CUDA execution provider. onnxruntime loads this library through
 // SessionOptions.register_custom_ops_library and calls RegisterCustomOps.
 //
 //   SwiGLU(x) -> y    x: (..., 2I) float16, gate then up; y: (..., I) = silu(gate) * up
