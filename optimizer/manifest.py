@@ -59,9 +59,9 @@ def engine_manifest(opts: "BuildOptions", loaded: LoadedModel, quantization: dic
 
 def custom_op_domains(model: ir.Model) -> tuple[str, ...]:
     """The domains of our custom-op library (runtime.custom_ops) that the model imports."""
-    from passes.fuse_swiglu import DOMAIN
+    from passes._match import CUSTOM_DOMAIN
 
-    return (DOMAIN,) if DOMAIN in model.opset_imports else ()
+    return (CUSTOM_DOMAIN,) if CUSTOM_DOMAIN in model.opset_imports else ()
 
 
 def kv_cache_section(dims: DecoderDims, dtype: str, attention: str = "unfused", layout: str = "concat",

@@ -20,6 +20,7 @@ from onnx_ir.passes import common
 
 from passes import fold_norm_casts, fuse_activation, fuse_rms_norm, fuse_skip_rms_norm
 from passes._rules import RulePass
+from passes.custom_linear import CustomLinear
 from passes.fold_constants import FoldConstants
 from passes.fuse_attention import FuseAttention
 from passes.fuse_swiglu import FuseSwiGLU
@@ -98,6 +99,11 @@ REGISTRY: dict[str, PassInfo] = {
                                 "one kernel of our custom-op library (runtime/custom_ops: built with g++, and "
                                 "nvcc for CUDA); only in the custom-ops pipeline",
                  lambda ctx: FuseSwiGLU(ctx.dtype), after=("pack-gate-up", "fuse-activation")),
+        PassInfo("custom-linear", "fp16 MatMul by a constant weight -> optimizer.ops Linear, the weight stored "
+                                  "(N, K) (a tied lm_head reads the embedding table itself): our GEMV kernel for "
+                                  "1-4 rows on CUDA, cuBLAS for more; only in the custom-ops pipeline",
+                 lambda ctx: CustomLinear(ctx.dtype), after=("pack-qkv", "pack-gate-up", "lower-quantized-matmul"),
+                 targets=("cpu", "cuda")),
         PassInfo("fold-constants", "evaluates nodes whose inputs are all constants (onnxscript's folder)",
                  lambda ctx: FoldConstants(), targets=("cpu", "cuda", "tensorrt")),
         PassInfo("slice-logits", "the lm_head reads positions [logits_from, S) only (a new input): "
@@ -145,7 +151,7 @@ INT4_SM90_PIPELINE: tuple[str, ...] = (*DEFAULT_PIPELINE[:DEFAULT_PIPELINE.index
 # The default pipeline with our own kernels where they replace several of onnxruntime's
 # (runtime/custom_ops; the engine then needs that library, built on first use).
 CUSTOM_OPS_PIPELINE: tuple[str, ...] = (*DEFAULT_PIPELINE[:DEFAULT_PIPELINE.index("fuse-activation") + 1],
-                                        "fuse-swiglu",
+                                        "fuse-swiglu", "custom-linear",
                                         *DEFAULT_PIPELINE[DEFAULT_PIPELINE.index("fuse-activation") + 1:])
 # Standard ONNX only (opset 21, no com.microsoft ops): norms, rotary and attention stay
 # decomposed, quantized weights become DequantizeLinear; the TensorRT target's default.

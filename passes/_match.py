@@ -10,6 +10,8 @@ import numpy as np
 import onnx_ir as ir
 
 MS_DOMAIN = "com.microsoft"
+# our custom-op library's domain: runtime.custom_ops.DOMAIN (not imported: passes stay free of the runtime)
+CUSTOM_DOMAIN = "optimizer.ops"
 
 
 class NoMatch(Exception):

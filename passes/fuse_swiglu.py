@@ -16,9 +16,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes as ir_passes
 
-from passes._match import MS_DOMAIN, NoMatch, attr, constant, only_consumer, replace_value
-
-DOMAIN = "optimizer.ops"  # runtime.custom_ops.DOMAIN (not imported: passes stay free of the runtime)
+from passes._match import CUSTOM_DOMAIN, MS_DOMAIN, NoMatch, attr, constant, only_consumer, replace_value
 
 
 def match(split: ir.Node, engine_dtype: ir.DataType) -> tuple[ir.Node, ir.Node]:
@@ -67,13 +65,13 @@ class FuseSwiGLU(ir_passes.InPlacePass):
             except NoMatch as why:
                 skipped[str(why).split(": ", 1)[-1]] += 1
                 continue
-            swiglu = ir.node("SwiGLU", [split.inputs[0]], domain=DOMAIN, name=f"{split.name}/swiglu")
+            swiglu = ir.node("SwiGLU", [split.inputs[0]], domain=CUSTOM_DOMAIN, name=f"{split.name}/swiglu")
             graph.insert_before(mul, swiglu)
             replace_value(graph, mul.outputs[0], swiglu.outputs[0])
             graph.remove([mul, act, split], safe=True)
             fused += 1
         if fused:
-            model.opset_imports[DOMAIN] = 1
+            model.opset_imports[CUSTOM_DOMAIN] = 1
             self.notes.append(f"{fused} x Split + QuickGelu + Mul -> SwiGLU")
         self.notes += [f"{n} x left: {why}" for why, n in skipped.items()]
         return ir_passes.PassResult(model, modified=fused > 0)

@@ -34,7 +34,7 @@ from onnx_ir.passes import common
 
 from optimizer.core.engine_format import LAYOUTS as ENGINE_LAYOUTS
 from optimizer.core.errors import InputError
-from passes._match import MS_DOMAIN, add_initializer, attr, replace_value
+from passes._match import CUSTOM_DOMAIN, MS_DOMAIN, add_initializer, attr, replace_value
 
 LAYOUTS = ("auto", *ENGINE_LAYOUTS)  # auto: static where attention is fused, else concat
 METADATA_KEY = "optimizer.kv_layout"
@@ -171,14 +171,16 @@ def _position_logits(graph: ir.Graph) -> bool:
 
 
 def _hidden_width(sliced: ir.Node) -> int:
-    """The lm_head's input width: MatMulNBits' K, or the rows of the MatMul's (possibly
-    transposed) weight."""
+    """The lm_head's input width: MatMulNBits' K, the columns of our Linear's (N, K) weight, or
+    the rows of the MatMul's (possibly transposed) weight."""
     (head, _), = sliced.outputs[0].uses()
     if head.op_type == "MatMulNBits":
         return int(attr(head, "K"))
     weight = head.inputs[1]
     transpose = weight.producer()
-    if transpose is not None and transpose.op_type == "Transpose" and transpose.inputs[0].shape is not None:
+    if head.op_type == "Linear" and head.domain == CUSTOM_DOMAIN:
+        width = weight.shape[1] if weight.shape is not None else None
+    elif transpose is not None and transpose.op_type == "Transpose" and transpose.inputs[0].shape is not None:
         width = transpose.inputs[0].shape[-1]  # a tied embedding (V, H), transposed
     else:
         width = weight.shape[0] if weight.shape is not None else None

@@ -4,7 +4,7 @@ A prefill of S tokens needs the logits of its last position only, and a prefill 
 does not end the prompt needs none; computing all S rows of the (hidden x vocab) output
 projection is a fifth of a small model's prefill work. This pass adds an int64 input
 `logits_from` (shape [1]) and a Slice along the sequence axis in front of the lm_head
-MatMul / MatMulNBits:
+MatMul / MatMulNBits (or our Linear):
 
     logits = lm_head(normed[:, logits_from:, :])     (B, S - logits_from, V)
 
@@ -19,10 +19,11 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes as ir_passes
 
-from passes._match import MS_DOMAIN, NoMatch, add_initializer
+from passes._match import CUSTOM_DOMAIN, MS_DOMAIN, NoMatch, add_initializer
 
 INPUT = "logits_from"
 _PASS_THROUGH = {"Cast", "Mul", "Tanh", "Div"}  # between the projection and the output
+_PROJECTIONS = {("MatMul", ""), ("MatMulNBits", MS_DOMAIN), ("Linear", CUSTOM_DOMAIN)}  # custom-linear's op
 
 
 class SliceLogits(ir_passes.InPlacePass):
@@ -61,6 +62,6 @@ def _lm_head(graph: ir.Graph) -> ir.Node:
     node = out.producer()
     while node is not None and node.op_type in _PASS_THROUGH and node.domain == "":
         node = node.inputs[0].producer()
-    if node is None or (node.op_type, node.domain) not in (("MatMul", ""), ("MatMulNBits", MS_DOMAIN)):
-        raise NoMatch(f"expected MatMul/MatMulNBits before 'logits', found {node.op_type if node else 'an input'}")
+    if node is None or (node.op_type, node.domain) not in _PROJECTIONS:
+        raise NoMatch(f"expected MatMul/MatMulNBits/Linear before 'logits', found {node.op_type if node else 'an input'}")
     return node

@@ -108,27 +108,30 @@ def test_smollm2_fp16_on_cuda_gives_the_cpu_fp32_engines_greedy_tokens(tmp_path_
     """Real weights: the fp16 engine on CUDA (captured steps, device argmax) continues each
     prompt of tests/test_real_models.py as the fp32 engine does on the CPU, or departs from it
     only where the fp32 logits nearly tie (then the two choices' fp32 logits are within
-    0.5% of the logit range apart)."""
+    0.5% of the logit range apart). Also with our kernels (--passes custom-ops: the GEMV at
+    decode, cuBLAS through our op at prefill, SwiGLU)."""
     root = tmp_path_factory.mktemp("smol-cuda")
-    for dtype in ("fp32", "fp16"):
-        build_engine(BuildOptions(out=root / dtype, source=str(smollm2_gguf), dtype=dtype, max_seq_len=256,
-                                  kv_slots=2, kv_capacity=128, quiet=True))
+    for name, dtype, passes in (("fp32", "fp32", None), ("fp16", "fp16", None),
+                                ("fp16-custom", "fp16", "custom-ops")):
+        build_engine(BuildOptions(out=root / name, source=str(smollm2_gguf), dtype=dtype, max_seq_len=256,
+                                  kv_slots=2, kv_capacity=128, passes=passes, quiet=True))
     cpu = Engine.load(root / "fp32")
-    cuda = Engine.load(root / "fp16", provider="cuda")
     params = SamplingParams(max_new_tokens=32, ignore_eos=True)
-    for prompt in ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,"]:
-        ids = cpu.encode(prompt)
-        want = cpu.generate_ids(ids, params).token_ids
-        got = cuda.generate_ids(ids, params).token_ids
-        if got == want:
-            continue
-        i = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
-        from runtime.executors import probe_logits
+    for name in ("fp16", "fp16-custom"):
+        cuda = Engine.load(root / name, provider="cuda")
+        for prompt in ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a small village,"]:
+            ids = cpu.encode(prompt)
+            want = cpu.generate_ids(ids, params).token_ids
+            got = cuda.generate_ids(ids, params).token_ids
+            if got == want:
+                continue
+            i = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
+            from runtime.executors import probe_logits
 
-        logits = probe_logits(cpu.session, ids + want[:i], len(ids) + i)[-1]
-        gap = float(logits[want[i]] - logits[got[i]])
-        assert gap <= 0.005 * float(logits.max() - logits.min()), (prompt, i, gap)
-        print(f"{prompt!r}: departs at token {i} where fp32 logits differ by {gap:.4f}")
+            logits = probe_logits(cpu.session, ids + want[:i], len(ids) + i)[-1]
+            gap = float(logits[want[i]] - logits[got[i]])
+            assert gap <= 0.005 * float(logits.max() - logits.min()), (name, prompt, i, gap)
+            print(f"{name} {prompt!r}: departs at token {i} where fp32 logits differ by {gap:.4f}")
 
 
 def test_batched_prefill_on_cuda_gives_each_prompt_its_own_logits(engine_path, monkeypatch):

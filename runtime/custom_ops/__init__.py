@@ -7,16 +7,22 @@ this file into a shared library that onnxruntime loads per session.
 
 The library needs no onnxruntime header (`ort_abi.h` declares the ABI it uses). It is built with
 nvcc where one is found (CPU and CUDA kernels; the CUDA ones for compute capabilities 8.0 and
-9.0) and with g++ otherwise (CPU kernels only). Ops: `SwiGLU(x)`, x (..., 2I) float16 holding
-gate then up, gives silu(gate) * up (..., I) with fp32 math; on CUDA it runs on onnxruntime's
-compute stream, so a captured decode graph records it.
+9.0) and with g++ otherwise (CPU kernels only). Ops, float16 with fp32 math inside:
+
+    SwiGLU(x)     x (..., 2I) gate then up -> silu(gate) * up (..., I)
+    Linear(x, w)  x (..., K), w (N, K) -> x . w^T (..., N): on CUDA our GEMV kernel for up to 4
+                  rows (decode), cuBLAS (onnxruntime's handle) for more
+
+On CUDA they run on onnxruntime's compute stream, so a captured decode graph records them.
 """
 
 from __future__ import annotations
 
 import ctypes
+import glob
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -26,7 +32,10 @@ from optimizer.core.errors import OptimizerError
 
 DOMAIN = "optimizer.ops"
 SOURCE_DIR = Path(__file__).resolve().parent
-SOURCES = ("ort_abi.h", "swiglu.h", "ops.cc", "swiglu.cu", "swiglu_none.cc")
+SOURCES = ("ort_abi.h", "cublas_abi.h", "cuda_kernels.h", "swiglu.h", "ops.cc", "swiglu.cu", "linear.cu",
+           "cuda_none.cc")
+CUDA_SOURCES = ("ops.cc", "swiglu.cu", "linear.cu")  # nvcc's build
+CPU_SOURCES = ("ops.cc", "cuda_none.cc")  # g++'s: the CUDA entry points say there are none
 CUDA_ARCHS = ("80", "90")
 NAME = "liboptimizer_ops.so"
 
@@ -36,27 +45,29 @@ class CustomOpsError(OptimizerError):
 
 
 def find_nvcc() -> str | None:
-    """nvcc on PATH, else under $CUDA_HOME or /usr/local/cuda."""
-    for candidate in (shutil.which("nvcc"), os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc")):
+    """nvcc on PATH, else under $CUDA_HOME or /usr/local/cuda, else the newest /usr/local/cuda-X.Y."""
+    versioned = sorted(glob.glob("/usr/local/cuda-*/bin/nvcc"),
+                       key=lambda p: [int(n) for n in re.findall(r"\d+", p.split("cuda-")[1])], reverse=True)
+    for candidate in (shutil.which("nvcc"), os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc"),
+                      *versioned):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None
 
 
 def build_command(out: Path, nvcc: str | None) -> list[str]:
-    """The compiler line: nvcc with the CUDA kernel, or g++ with the CPU-only stand-ins."""
+    """The compiler line: nvcc with the CUDA kernels, or g++ with the CPU-only stand-ins."""
     common = ["-O3", "-std=c++17", "-shared", "-o", str(out)]
     if nvcc:
         # SASS for each listed capability, and PTX of the newest for GPUs after it
         archs = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in CUDA_ARCHS]
         archs.append(f"-gencode=arch=compute_{CUDA_ARCHS[-1]},code=compute_{CUDA_ARCHS[-1]}")
-        return [nvcc, *common, "-Xcompiler", "-fPIC", *archs,
-                str(SOURCE_DIR / "ops.cc"), str(SOURCE_DIR / "swiglu.cu")]
+        return [nvcc, *common, "-Xcompiler", "-fPIC", *archs, *(str(SOURCE_DIR / f) for f in CUDA_SOURCES), "-ldl"]
     compiler = shutil.which("g++") or shutil.which("c++")
     if compiler is None:
         raise CustomOpsError("building the optimizer.ops library needs a C++ compiler (g++) and none was found",
                              hint="install g++ (Debian: apt-get install g++), and nvcc for its CUDA kernels")
-    return [compiler, *common, "-fPIC", str(SOURCE_DIR / "ops.cc"), str(SOURCE_DIR / "swiglu_none.cc")]
+    return [compiler, *common, "-fPIC", *(str(SOURCE_DIR / f) for f in CPU_SOURCES)]
 
 
 def source_key(nvcc: str | None) -> str:

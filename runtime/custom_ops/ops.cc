@@ -1,14 +1,17 @@
 // onnxruntime custom ops of the optimizer.ops domain, for the CPU and (built with nvcc, with
-// swiglu.cu; swiglu_none.cc otherwise) the CUDA execution provider. onnxruntime loads this library through
-// SessionOptions.register_custom_ops_library and calls RegisterCustomOps.
+// swiglu.cu and linear.cu; cuda_none.cc otherwise) the CUDA execution provider. onnxruntime loads
+// this library through SessionOptions.register_custom_ops_library and calls RegisterCustomOps.
 //
-//   SwiGLU(x) -> y    x: (..., 2I) float16, gate then up; y: (..., I) = silu(gate) * up
+//   SwiGLU(x) -> y     x: (..., 2I) float16, gate then up; y: (..., I) = silu(gate) * up
+//   Linear(x, w) -> y  x: (..., K) float16, w: (N, K) float16; y: (..., N) = x . w^T
 //
-// The CUDA kernel runs on onnxruntime's compute stream, so a captured CUDA graph records it.
+// fp32 math inside. The CUDA kernels run on onnxruntime's compute stream, so a captured CUDA
+// graph records them.
 #include <string.h>
 
 #include <vector>
 
+#include "cuda_kernels.h"
 #include "ort_abi.h"
 #include "swiglu.h"
 
@@ -16,9 +19,13 @@ namespace {
 
 constexpr const char* kDomain = "optimizer.ops";
 
+struct Kernel;
+using ComputeFn = OrtStatus* (*)(const Kernel& kernel, OrtKernelContext* context);
+
 struct Kernel {
   OrtApiTable api;
   bool cuda;
+  ComputeFn compute;
 };
 
 OrtStatus* error(OrtApiTable api, const char* message) {
@@ -31,7 +38,11 @@ OrtStatus* error(OrtApiTable api, const char* message) {
     if (status_ != nullptr) return status_; \
   } while (0)
 
-OrtStatus* input_shape(OrtApiTable api, const OrtValue* value, std::vector<int64_t>* dims) {
+OrtStatus* input(const Kernel& kernel, OrtKernelContext* context, size_t index, const OrtValue** value) {
+  return ort::api_fn<ort::KernelContextGetInputFn>(kernel.api, ort::kKernelContextGetInput)(context, index, value);
+}
+
+OrtStatus* shape(OrtApiTable api, const OrtValue* value, std::vector<int64_t>* dims) {
   OrtTensorTypeAndShapeInfo* info = nullptr;
   ORT_RETURN_IF_ERROR(ort::api_fn<ort::GetTensorTypeAndShapeFn>(api, ort::kGetTensorTypeAndShape)(value, &info));
   size_t rank = 0;
@@ -44,104 +55,192 @@ OrtStatus* input_shape(OrtApiTable api, const OrtValue* value, std::vector<int64
   return status;
 }
 
+OrtStatus* output(const Kernel& kernel, OrtKernelContext* context, const std::vector<int64_t>& dims, OrtValue** value) {
+  return ort::api_fn<ort::KernelContextGetOutputFn>(kernel.api, ort::kKernelContextGetOutput)(
+      context, 0, dims.data(), dims.size(), value);
+}
+
+OrtStatus* data(const Kernel& kernel, const OrtValue* value, void** out) {
+  return ort::api_fn<ort::GetTensorMutableDataFn>(kernel.api, ort::kGetTensorMutableData)(
+      const_cast<OrtValue*>(value), out);
+}
+
+OrtStatus* stream(const Kernel& kernel, OrtKernelContext* context, void** out) {
+  return ort::api_fn<ort::KernelContextGetGPUComputeStreamFn>(kernel.api, ort::kKernelContextGetGPUComputeStream)(
+      context, out);
+}
+
+int64_t leading_rows(const std::vector<int64_t>& dims) {
+  int64_t rows = 1;
+  for (size_t d = 0; d + 1 < dims.size(); ++d) rows *= dims[d];
+  return rows;
+}
+
+// ---- SwiGLU
+
 void swiglu_cpu(const _Float16* x, _Float16* y, int64_t rows, int64_t inter) {
   for (int64_t r = 0; r < rows; ++r) {
     const _Float16* gate = x + r * 2 * inter;
     const _Float16* up = gate + inter;
     for (int64_t i = 0; i < inter; ++i) {
-      float g = static_cast<float>(gate[i]);
-      y[r * inter + i] = static_cast<_Float16>(swiglu_value(g, static_cast<float>(up[i])));
+      y[r * inter + i] = static_cast<_Float16>(swiglu_value(static_cast<float>(gate[i]), static_cast<float>(up[i])));
     }
   }
 }
 
-OrtStatus* swiglu_compute(void* opaque, OrtKernelContext* context) {
-  const Kernel* kernel = static_cast<const Kernel*>(opaque);
-  OrtApiTable api = kernel->api;
+OrtStatus* swiglu_compute(const Kernel& kernel, OrtKernelContext* context) {
   const OrtValue* x = nullptr;
-  ORT_RETURN_IF_ERROR(ort::api_fn<ort::KernelContextGetInputFn>(api, ort::kKernelContextGetInput)(context, 0, &x));
+  ORT_RETURN_IF_ERROR(input(kernel, context, 0, &x));
   std::vector<int64_t> dims;
-  ORT_RETURN_IF_ERROR(input_shape(api, x, &dims));
+  ORT_RETURN_IF_ERROR(shape(kernel.api, x, &dims));
   if (dims.empty() || dims.back() % 2 != 0) {
-    return error(api, "SwiGLU: the input's last dimension must be even (gate then up, each half of it)");
+    return error(kernel.api, "SwiGLU: the input's last dimension must be even (gate then up, each half of it)");
   }
   const int64_t inter = dims.back() / 2;
-  int64_t rows = 1;
-  for (size_t d = 0; d + 1 < dims.size(); ++d) rows *= dims[d];
+  const int64_t rows = leading_rows(dims);
   dims.back() = inter;
   OrtValue* y = nullptr;
-  ORT_RETURN_IF_ERROR(ort::api_fn<ort::KernelContextGetOutputFn>(api, ort::kKernelContextGetOutput)(
-      context, 0, dims.data(), dims.size(), &y));
+  ORT_RETURN_IF_ERROR(output(kernel, context, dims, &y));
   void* x_data = nullptr;
   void* y_data = nullptr;
-  auto data = ort::api_fn<ort::GetTensorMutableDataFn>(api, ort::kGetTensorMutableData);
-  ORT_RETURN_IF_ERROR(data(const_cast<OrtValue*>(x), &x_data));
-  ORT_RETURN_IF_ERROR(data(y, &y_data));
+  ORT_RETURN_IF_ERROR(data(kernel, x, &x_data));
+  ORT_RETURN_IF_ERROR(data(kernel, y, &y_data));
   if (rows == 0 || inter == 0) return nullptr;
-  if (!kernel->cuda) {
+  if (!kernel.cuda) {
     swiglu_cpu(static_cast<const _Float16*>(x_data), static_cast<_Float16*>(y_data), rows, inter);
     return nullptr;
   }
-  void* stream = nullptr;
-  ORT_RETURN_IF_ERROR(ort::api_fn<ort::KernelContextGetGPUComputeStreamFn>(
-      api, ort::kKernelContextGetGPUComputeStream)(context, &stream));
-  const char* failure = swiglu_cuda(x_data, y_data, rows, inter, stream);
-  return failure == nullptr ? nullptr : error(api, failure);
+  void* s = nullptr;
+  ORT_RETURN_IF_ERROR(stream(kernel, context, &s));
+  const char* failure = swiglu_cuda(x_data, y_data, rows, inter, s);
+  return failure == nullptr ? nullptr : error(kernel.api, failure);
 }
 
-// The callbacks onnxruntime reads; `cuda` picks the execution provider.
-template <bool cuda>
-struct SwiGLU {
-  static const char* name(const ort::CustomOp*) { return "SwiGLU"; }
-  static const char* provider(const ort::CustomOp*) { return cuda ? "CUDAExecutionProvider" : "CPUExecutionProvider"; }
-  static int float16(const ort::CustomOp*, size_t) { return ort::kFloat16; }
-  static size_t one(const ort::CustomOp*) { return 1; }
-  static int required(const ort::CustomOp*, size_t) { return 0; }      // INPUT_OUTPUT_REQUIRED
-  static int default_memory(const ort::CustomOp*, size_t) { return 0; }  // OrtMemTypeDefault
-  static int arity(const ort::CustomOp*) { return 1; }
-  static void* create(const ort::CustomOp*, OrtApiTable api, const OrtKernelInfo*) { return new Kernel{api, cuda}; }
-  static OrtStatus* create_v2(const ort::CustomOp*, OrtApiTable api, const OrtKernelInfo*, void** kernel) {
-    *kernel = new Kernel{api, cuda};
+// ---- Linear
+
+void linear_cpu(const _Float16* x, const _Float16* w, _Float16* y, int64_t rows, int64_t n, int64_t k) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t o = 0; o < n; ++o) {
+      float sum = 0.f;
+      for (int64_t i = 0; i < k; ++i) sum += static_cast<float>(x[r * k + i]) * static_cast<float>(w[o * k + i]);
+      y[r * n + o] = static_cast<_Float16>(sum);
+    }
+  }
+}
+
+OrtStatus* linear_compute(const Kernel& kernel, OrtKernelContext* context) {
+  const OrtValue* x = nullptr;
+  const OrtValue* w = nullptr;
+  ORT_RETURN_IF_ERROR(input(kernel, context, 0, &x));
+  ORT_RETURN_IF_ERROR(input(kernel, context, 1, &w));
+  std::vector<int64_t> dims, w_dims;
+  ORT_RETURN_IF_ERROR(shape(kernel.api, x, &dims));
+  ORT_RETURN_IF_ERROR(shape(kernel.api, w, &w_dims));
+  if (dims.empty() || w_dims.size() != 2 || w_dims[1] != dims.back()) {
+    return error(kernel.api, "Linear: the weight must be (N, K), K the input's last dimension");
+  }
+  const int64_t n = w_dims[0], k = w_dims[1];
+  const int64_t rows = leading_rows(dims);
+  dims.back() = n;
+  OrtValue* y = nullptr;
+  ORT_RETURN_IF_ERROR(output(kernel, context, dims, &y));
+  void *x_data = nullptr, *w_data = nullptr, *y_data = nullptr;
+  ORT_RETURN_IF_ERROR(data(kernel, x, &x_data));
+  ORT_RETURN_IF_ERROR(data(kernel, w, &w_data));
+  ORT_RETURN_IF_ERROR(data(kernel, y, &y_data));
+  if (rows == 0 || n == 0) return nullptr;
+  if (!kernel.cuda) {
+    linear_cpu(static_cast<const _Float16*>(x_data), static_cast<const _Float16*>(w_data),
+               static_cast<_Float16*>(y_data), rows, n, k);
     return nullptr;
   }
-  static void compute_v1(void*, OrtKernelContext*) {}  // never called: version 16 runs KernelComputeV2
-  static void destroy(void* kernel) { delete static_cast<Kernel*>(kernel); }
+  void* s = nullptr;
+  void* cublas = nullptr;
+  ORT_RETURN_IF_ERROR(stream(kernel, context, &s));
+  ORT_RETURN_IF_ERROR(ort::api_fn<ort::KernelContextGetResourceFn>(kernel.api, ort::kKernelContextGetResource)(
+      context, ort::kCudaResourceVersion, ort::kCudaCublasHandle, &cublas));
+  const char* failure = linear_cuda(x_data, w_data, y_data, rows, n, k, s, cublas);
+  return failure == nullptr ? nullptr : error(kernel.api, failure);
+}
 
-  static ort::CustomOp make() {
-    ort::CustomOp op;
-    memset(&op, 0, sizeof(op));
-    op.version = ort::kCustomOpVersion;
-    op.CreateKernel = create;
-    op.GetName = name;
-    op.GetExecutionProviderType = provider;
-    op.GetInputType = float16;
-    op.GetInputTypeCount = one;
-    op.GetOutputType = float16;
-    op.GetOutputTypeCount = one;
-    op.KernelCompute = compute_v1;
-    op.KernelDestroy = destroy;
-    op.GetInputCharacteristic = required;
-    op.GetOutputCharacteristic = required;
-    op.GetInputMemoryType = default_memory;
-    op.GetVariadicInputMinArity = arity;
-    op.GetVariadicInputHomogeneity = arity;
-    op.GetVariadicOutputMinArity = arity;
-    op.GetVariadicOutputHomogeneity = arity;
-    op.CreateKernelV2 = create_v2;
-    op.KernelComputeV2 = swiglu_compute;
-    return op;
-  }
+// ---- the callback tables onnxruntime reads
+
+// An op: onnxruntime's callback table first (it is handed a pointer to it), then what the
+// callbacks read back from that pointer.
+struct Op {
+  ort::CustomOp table;
+  const char* name;
+  size_t inputs;
+  bool cuda;
+  ComputeFn compute;
 };
 
-ort::CustomOp swiglu_cpu_op = SwiGLU<false>::make();
-ort::CustomOp swiglu_cuda_op = SwiGLU<true>::make();
+const Op& op_of(const ort::CustomOp* table) { return *reinterpret_cast<const Op*>(table); }
+
+const char* name(const ort::CustomOp* op) { return op_of(op).name; }
+const char* provider(const ort::CustomOp* op) { return op_of(op).cuda ? "CUDAExecutionProvider" : "CPUExecutionProvider"; }
+int float16(const ort::CustomOp*, size_t) { return ort::kFloat16; }
+size_t input_count(const ort::CustomOp* op) { return op_of(op).inputs; }
+size_t one(const ort::CustomOp*) { return 1; }
+int required(const ort::CustomOp*, size_t) { return 0; }        // INPUT_OUTPUT_REQUIRED
+int default_memory(const ort::CustomOp*, size_t) { return 0; }  // OrtMemTypeDefault
+int arity(const ort::CustomOp*) { return 1; }
+void* create(const ort::CustomOp* op, OrtApiTable api, const OrtKernelInfo*) {
+  return new Kernel{api, op_of(op).cuda, op_of(op).compute};
+}
+OrtStatus* create_v2(const ort::CustomOp* op, OrtApiTable api, const OrtKernelInfo* info, void** kernel) {
+  *kernel = create(op, api, info);
+  return nullptr;
+}
+void compute_v1(void*, OrtKernelContext*) {}  // never called: version 16 runs KernelComputeV2
+OrtStatus* compute_v2(void* kernel, OrtKernelContext* context) {
+  const Kernel& k = *static_cast<const Kernel*>(kernel);
+  return k.compute(k, context);
+}
+void destroy(void* kernel) { delete static_cast<Kernel*>(kernel); }
+
+Op make_op(const char* op_name, size_t inputs, bool cuda, ComputeFn compute) {
+  Op op;
+  memset(&op.table, 0, sizeof(op.table));
+  ort::CustomOp& t = op.table;
+  t.version = ort::kCustomOpVersion;
+  t.CreateKernel = create;
+  t.GetName = name;
+  t.GetExecutionProviderType = provider;
+  t.GetInputType = float16;
+  t.GetInputTypeCount = input_count;
+  t.GetOutputType = float16;
+  t.GetOutputTypeCount = one;
+  t.KernelCompute = compute_v1;
+  t.KernelDestroy = destroy;
+  t.GetInputCharacteristic = required;
+  t.GetOutputCharacteristic = required;
+  t.GetInputMemoryType = default_memory;
+  t.GetVariadicInputMinArity = arity;
+  t.GetVariadicInputHomogeneity = arity;
+  t.GetVariadicOutputMinArity = arity;
+  t.GetVariadicOutputHomogeneity = arity;
+  t.CreateKernelV2 = create_v2;
+  t.KernelComputeV2 = compute_v2;
+  op.name = op_name;
+  op.inputs = inputs;
+  op.cuda = cuda;
+  op.compute = compute;
+  return op;
+}
+
+// Every op for the CPU, then (where the build has them) for CUDA.
+Op ops[] = {
+    make_op("SwiGLU", 1, false, swiglu_compute), make_op("Linear", 2, false, linear_compute),
+    make_op("SwiGLU", 1, true, swiglu_compute),  make_op("Linear", 2, true, linear_compute),
+};
 
 }  // namespace
 
 extern "C" {
 
 // "cpu" or "cpu,cuda": the providers this build has kernels for (read by runtime.custom_ops).
-const char* optimizer_ops_providers() { return swiglu_has_cuda() ? "cpu,cuda" : "cpu"; }
+const char* optimizer_ops_providers() { return has_cuda_kernels() ? "cpu,cuda" : "cpu"; }
 
 OrtStatus* RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base) {
   OrtApiTable api = base->GetApi(ort::kApiVersion);
@@ -153,8 +252,9 @@ OrtStatus* RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base)
   OrtCustomOpDomain* domain = nullptr;  // kept for the process: sessions made later use it
   ORT_RETURN_IF_ERROR(ort::api_fn<ort::CreateCustomOpDomainFn>(api, ort::kCreateCustomOpDomain)(kDomain, &domain));
   auto add = ort::api_fn<ort::CustomOpDomainAddFn>(api, ort::kCustomOpDomainAdd);
-  ORT_RETURN_IF_ERROR(add(domain, &swiglu_cpu_op));
-  if (swiglu_has_cuda()) ORT_RETURN_IF_ERROR(add(domain, &swiglu_cuda_op));
+  for (const Op& op : ops) {
+    if (!op.cuda || has_cuda_kernels()) ORT_RETURN_IF_ERROR(add(domain, &op.table));
+  }
   return ort::api_fn<ort::AddCustomOpDomainFn>(api, ort::kAddCustomOpDomain)(options, domain);
 }
 

@@ -47,7 +47,14 @@ enum Slot : int {
   kReleaseStatus = 93,
   kReleaseTensorTypeAndShapeInfo = 99,
   kKernelContextGetGPUComputeStream = 193,
+  kKernelContextGetResource = 265,
 };
+
+// KernelContext_GetResource's ids of the CUDA provider's per-stream resources (cuda_resource.h:
+// from 10000 on, the stream, the cuDNN handle, the cuBLAS handle); any resource version from 1
+// on names them.
+constexpr int kCudaResourceVersion = 1;
+constexpr int kCudaCublasHandle = 10002;
 
 template <typename Fn>
 inline Fn api_fn(OrtApiTable api, Slot slot) { return reinterpret_cast<Fn>(const_cast<void*>(api[slot])); }
@@ -66,6 +73,7 @@ using KernelContextGetOutputFn = OrtStatus* (*)(OrtKernelContext* context, size_
 using ReleaseStatusFn = void (*)(OrtStatus* status);
 using ReleaseTensorTypeAndShapeInfoFn = void (*)(OrtTensorTypeAndShapeInfo* info);
 using KernelContextGetGPUComputeStreamFn = OrtStatus* (*)(const OrtKernelContext* context, void** out);
+using KernelContextGetResourceFn = OrtStatus* (*)(const OrtKernelContext* context, int version, int id, void** out);
 
 // OrtCustomOp: a version, then 25 callbacks in this order. Version 16 makes onnxruntime read the
 // fields through KernelComputeV2 (kernels created and run with a status to report errors); the

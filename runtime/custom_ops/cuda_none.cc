@@ -1,0 +1,12 @@
+// The CUDA entry points of a build without nvcc: the library then has CPU kernels only.
+#include "cuda_kernels.h"
+
+bool has_cuda_kernels() { return false; }
+
+namespace {
+const char* kNoCuda = "this build of the optimizer.ops library has no CUDA kernels (nvcc was not found)";
+}
+
+const char* swiglu_cuda(const void*, void*, int64_t, int64_t, void*) { return kNoCuda; }
+
+const char* linear_cuda(const void*, const void*, void*, int64_t, int64_t, int64_t, void*, void*) { return kNoCuda; }

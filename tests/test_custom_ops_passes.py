@@ -1,0 +1,112 @@
+"""The custom-ops pipeline's passes: fuse-swiglu (an fp16 engine's Split -> QuickGelu -> Mul become
+our SwiGLU op) and custom-linear (its MatMuls by constant weights become our Linear op, the
+weights stored (N, K)); the manifest names the custom-op domain, and the engine computes what the
+default pipeline's does (CPU provider here; the CUDA kernels in tests/test_custom_ops.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+from optimizer.core.errors import EngineError
+from passes._match import CUSTOM_DOMAIN, Deferred, add_initializer
+from passes.custom_linear import CustomLinear
+from optimizer.pipeline import BuildOptions, build_engine
+from runtime import Engine, SamplingParams
+from runtime.session import make_session_options
+
+LAYERS = 2  # tiny-llama (its lm_head tied to the embedding table)
+
+
+def build(path, dtype, passes):
+    return build_engine(BuildOptions(out=path, random_weights=True, config="tiny-llama", dtype=dtype, passes=passes,
+                                     max_seq_len=128, quiet=True))
+
+
+def op_counts(engine_dir) -> dict[str, int]:
+    model = onnx.load(str(engine_dir.model_path), load_external_data=False)
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+def report(engine_dir, name: str) -> dict:
+    return next(r for r in engine_dir.manifest["passes"] if r["name"] == name)
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+    root = tmp_path_factory.mktemp("custom-ops")
+    return build(root / "default", "fp16", "default"), build(root / "custom", "fp16", "custom-ops")
+
+
+def test_each_mlp_becomes_one_swiglu_and_the_manifest_names_the_domain(engines):
+    default, custom = engines
+    before, after = op_counts(default), op_counts(custom)
+    assert after.get("SwiGLU") == LAYERS and "QuickGelu" not in after
+    assert after.get("Split", 0) == before["Split"] - LAYERS and after.get("Mul", 0) == before["Mul"] - LAYERS
+    assert custom.manifest["custom_ops"] == ["optimizer.ops"] and "custom_ops" not in default.manifest
+    fused = report(custom, "fuse-swiglu")
+    assert fused["changed"] and f"{LAYERS} x Split + QuickGelu + Mul -> SwiGLU" in fused["notes"]
+    assert fused["summary"].endswith("; opset imports added: optimizer.ops")
+    assert custom.manifest["verification"]["top1_agreement"] == 1.0
+
+
+def test_the_fused_engine_decodes_the_default_engines_tokens(engines):
+    default, custom = engines
+    params = SamplingParams(max_new_tokens=12, ignore_eos=True)
+    prompt = [1, 17, 230, 5, 99, 42]
+    tokens = [Engine.load(e.path).generate_ids(prompt, params).token_ids for e in (default, custom)]
+    assert tokens[0] == tokens[1]
+
+
+def test_every_linear_becomes_our_linear_and_the_tied_head_reads_the_table(engines):
+    default, custom = engines
+    before, after = op_counts(default), op_counts(custom)
+    assert "MatMul" not in after and after["Linear"] == before["MatMul"] == 4 * LAYERS + 1  # qkv, o, gate/up, down
+    assert "Transpose" in before and "Transpose" not in after  # the tied lm_head's
+    model = onnx.load(str(custom.model_path), load_external_data=False)
+    weights = {i.name: list(i.dims) for i in model.graph.initializer}
+    head = next(n for n in model.graph.node if n.op_type == "Linear" and n.input[0] == "logits_slice:out")
+    embed = next(n for n in model.graph.node if n.op_type == "Gather" and n.input[0] in weights)
+    assert head.input[1] == embed.input[0]  # one table, (V, H), read by both
+    assert not any(name.endswith(".nk") and name[:-3] in weights for name in weights)  # no (K, N) copy kept
+    lowered = report(custom, "custom-linear")
+    assert f"{4 * LAYERS + 1} x MatMul -> Linear (1 reading a tied embedding table)" in lowered["notes"]
+    size = [sum(f.stat().st_size for f in e.path.iterdir()) for e in engines]
+    assert abs(size[1] - size[0]) < 4096  # the same weights, none twice
+
+
+def test_the_lowering_keeps_a_streamed_weight_lazy():
+    k, n = 16, 8
+    weight = np.arange(k * n, dtype=np.float16).reshape(k, n)
+    x = ir.Value(name="x", type=ir.TensorType(ir.DataType.FLOAT16), shape=ir.Shape([1, 1, k]))
+    graph = ir.Graph([x], [], nodes=[], name="g")
+    w = add_initializer(graph, "proj.weight", Deferred((k, n), np.dtype(np.float16), lambda: weight))
+    matmul = ir.node("MatMul", [x, w], name="proj")
+    graph.append(matmul)
+    graph.outputs.append(matmul.outputs[0])
+    model = ir.Model(graph, ir_version=10)
+    assert CustomLinear("fp16")(model).modified
+    (linear,) = list(model.graph)
+    assert (linear.op_type, linear.domain) == ("Linear", CUSTOM_DOMAIN)
+    stored = linear.inputs[1].const_value
+    assert isinstance(stored, ir.LazyTensor) and stored.shape == (n, k)
+    np.testing.assert_array_equal(stored.numpy(), weight.T)
+
+
+def test_fp32_engines_are_left_as_they_are_with_the_reason(tmp_path):
+    engine = build(tmp_path / "fp32", "fp32", "custom-ops")
+    assert {"SwiGLU", "Linear"}.isdisjoint(op_counts(engine)) and "custom_ops" not in engine.manifest
+    for name in ("fuse-swiglu", "custom-linear"):
+        fused = report(engine, name)
+        assert not fused["changed"]
+        assert any("float16" in note for note in fused["notes"]), fused["notes"]
+
+
+def test_an_engine_asking_for_unknown_custom_ops_is_refused():
+    with pytest.raises(EngineError, match="custom ops of \\['other.ops'\\]"):
+        make_session_options(None, custom_ops=("other.ops",))
