@@ -147,10 +147,10 @@ def test_swiglu_on_cuda_equals_the_cpu_kernel_and_runs_in_a_captured_graph(graph
 @pytest.mark.skipif(not CUDA, reason="the CUDA kernel needs onnxruntime's CUDA provider: onnxruntime-gpu and an NVIDIA GPU")
 @pytest.mark.parametrize("graph", [False, True])
 @pytest.mark.parametrize("rows,k,n", [((1, 1), 2048, 3072), ((3, 1), 8192, 2048), ((1, 1), 2048, 50000),
-                                      ((2, 5), 2048, 3072), ((1, 1), 1000, 300)])
+                                      ((2, 1), 2048, 300), ((2, 5), 2048, 3072), ((1, 1), 1001, 300)])
 def test_linear_on_cuda_equals_the_cpu_kernel_and_runs_in_a_captured_graph(graph, rows, k, n):
-    """1-4 rows with K a multiple of 8: the GEMV kernel (every split of K over warps); more rows,
-    or another K: cuBLAS on onnxruntime's handle; both captured into a graph and replayed."""
+    """1-4 rows with K a multiple of 8: the GEMV kernel (K split over 1, 2, 4 and 8 warps); more
+    rows, or another K: cuBLAS on onnxruntime's handle; both captured into a graph and replayed."""
     import torch  # noqa: F401  (loads the CUDA libraries onnxruntime-gpu links against)
 
     x, w = linear_inputs(rows, k, n, seed=k + n)

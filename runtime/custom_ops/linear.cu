@@ -107,7 +107,8 @@ bool gemv_takes(int64_t rows, int64_t k, const void* x, const void* w) {
 }
 
 // cublasGemmEx from the cuBLAS that onnxruntime's CUDA provider links (its handle is that
-// library's): looked up through the provider library, found among the loaded objects.
+// library's): looked up through the provider library, found among the loaded objects; else
+// from a cuBLAS already loaded under its usual names.
 int find_provider(struct dl_phdr_info* info, size_t, void* out) {
   if (info->dlpi_name != nullptr && strstr(info->dlpi_name, "libonnxruntime_providers_cuda") != nullptr) {
     *static_cast<std::string*>(out) = info->dlpi_name;
@@ -122,6 +123,11 @@ cublas::GemmExFn gemm_ex() {
     dl_iterate_phdr(find_provider, &provider);
     void* lib = provider.empty() ? nullptr : dlopen(provider.c_str(), RTLD_LAZY | RTLD_NOLOAD);
     void* symbol = lib != nullptr ? dlsym(lib, "cublasGemmEx") : nullptr;
+    for (const char* name : {"libcublas.so.13", "libcublas.so.12"}) {
+      if (symbol != nullptr) break;
+      void* loaded = dlopen(name, RTLD_LAZY | RTLD_NOLOAD);
+      symbol = loaded != nullptr ? dlsym(loaded, "cublasGemmEx") : nullptr;
+    }
     return reinterpret_cast<cublas::GemmExFn>(symbol);
   }();
   return fn;
