@@ -8,7 +8,12 @@
 // fp32 math inside. The CUDA kernels run on onnxruntime's compute stream, so a captured CUDA
 // graph records them.
 #include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
+#include <algorithm>
+#include <thread>
 #include <vector>
 
 #include "cuda_kernels.h"
@@ -118,14 +123,56 @@ OrtStatus* swiglu_compute(const Kernel& kernel, OrtKernelContext* context) {
 
 // ---- Linear
 
-void linear_cpu(const _Float16* x, const _Float16* w, _Float16* y, int64_t rows, int64_t n, int64_t k) {
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t o = 0; o < n; ++o) {
-      float sum = 0.f;
-      for (int64_t i = 0; i < k; ++i) sum += static_cast<float>(x[r * k + i]) * static_cast<float>(w[o * k + i]);
-      y[r * n + o] = static_cast<_Float16>(sum);
-    }
+// float16 -> float: on x86-64 8 at a time with F16C where the CPU has it (checked once), else
+// one by one (a native instruction on ARM).
+#if defined(__x86_64__)
+__attribute__((target("f16c,avx"))) void to_float_f16c(const _Float16* in, float* out, int64_t count) {
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i))));
   }
+  for (; i < count; ++i) out[i] = static_cast<float>(in[i]);
+}
+#endif
+
+void to_float(const _Float16* in, float* out, int64_t count) {
+#if defined(__x86_64__)
+  static const bool f16c = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+  if (f16c) return to_float_f16c(in, out, count);
+#endif
+  for (int64_t i = 0; i < count; ++i) out[i] = static_cast<float>(in[i]);
+}
+
+float dot(const float* a, const float* b, int64_t count) {
+  float acc[8] = {};  // eight running sums the compiler can keep in one vector
+  int64_t i = 0;
+  for (; i + 8 <= count; i += 8) {
+    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
+  }
+  float sum = 0.f;
+  for (; i < count; ++i) sum += a[i] * b[i];
+  for (float v : acc) sum += v;
+  return sum;
+}
+
+// Each weight row converted once a call and multiplied with every input row; the output
+// columns split over the CPU's threads (the build verifies custom-ops engines on the CPU).
+void linear_cpu(const _Float16* x, const _Float16* w, _Float16* y, int64_t rows, int64_t n, int64_t k) {
+  std::vector<float> xf(rows * k);
+  to_float(x, xf.data(), rows * k);
+  auto columns = [&](int64_t begin, int64_t end) {
+    std::vector<float> wf(k);
+    for (int64_t o = begin; o < end; ++o) {
+      to_float(w + o * k, wf.data(), k);
+      for (int64_t r = 0; r < rows; ++r) y[r * n + o] = static_cast<_Float16>(dot(xf.data() + r * k, wf.data(), k));
+    }
+  };
+  const int64_t work = n * k * (rows + 1);
+  const int64_t threads = std::min<int64_t>(std::max(1u, std::thread::hardware_concurrency()), 1 + work / (1 << 22));
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < threads; ++t) pool.emplace_back(columns, n * t / threads, n * (t + 1) / threads);
+  columns(0, n / threads);
+  for (std::thread& thread : pool) thread.join();
 }
 
 OrtStatus* linear_compute(const Kernel& kernel, OrtKernelContext* context) {
