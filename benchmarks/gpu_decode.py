@@ -24,9 +24,9 @@ throughout (speed does not depend on their values); greedy, EOS ignored, 128 pro
              layout (blocks of 16 holding as many positions as the slots); fp16-paged-fp8kv = that
              with the K/V cache in float8 E4M3 (--kv-cache-dtype fp8, scales from 4 windows of 256
              c4 tokens: random weights, so only the speed means anything); fp16-custom = fp16
-             with --passes custom-ops (our kernels, runtime/custom_ops: SwiGLU, and Linear
-             for every linear: a GEMV at 1-4 rows, cuBLAS above); fp16-swiglu = the default
-             pipeline and fuse-swiglu only.
+             with --passes custom-ops (our kernels, runtime/custom_ops: the Linear family for
+             every linear, with the skip norms and SwiGLU folded in: one GEMV at 1-4 rows;
+             cuBLAS above); fp16-swiglu = the default pipeline and fuse-swiglu only.
   ours       each engine on onnxruntime's CUDA provider. Batch 1: Engine.generate_ids, one
              warm-up and --runs timed runs (median, min, max), with CUDA graphs and device
              sampling (the default) and without (cuda_graph=False). Then N concurrent requests
@@ -153,8 +153,8 @@ def phase_build(args) -> None:
                                     passes=list(DEFAULT_PIPELINE))  # session 37, now passes.PAGED_PIPELINE's)
             elif fmt == "fp16-mlp-unpacked":  # the static layout with gate/up as two GEMMs (batch 1: the
                 opts = BuildOptions(**common, passes=list(PAGED_PIPELINE))  # Split is 16 launches of 240)
-            elif fmt == "fp16-custom":  # the static layout with our kernels (passes custom-ops: SwiGLU for
-                opts = BuildOptions(**common, passes="custom-ops")  # Split + QuickGelu + Mul, Linear for MatMul)
+            elif fmt == "fp16-custom":  # the static layout with our kernels (passes custom-ops: the Linear
+                opts = BuildOptions(**common, passes="custom-ops")  # family with norms and SwiGLU folded in)
             elif fmt == "fp16-swiglu":  # our SwiGLU op only
                 opts = BuildOptions(**common, passes=[*DEFAULT_PIPELINE[:DEFAULT_PIPELINE.index("fold-constants")],
                                                       "fuse-swiglu", *DEFAULT_PIPELINE[DEFAULT_PIPELINE.index("fold-constants"):]])

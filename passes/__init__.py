@@ -99,11 +99,13 @@ REGISTRY: dict[str, PassInfo] = {
                                 "one kernel of our custom-op library (runtime/custom_ops: built with g++, and "
                                 "nvcc for CUDA); only in the custom-ops pipeline",
                  lambda ctx: FuseSwiGLU(ctx.dtype), after=("pack-gate-up", "fuse-activation")),
-        PassInfo("custom-linear", "fp16 MatMul by a constant weight -> optimizer.ops Linear, the weight stored "
-                                  "(N, K) (a tied lm_head reads the embedding table itself): our GEMV kernel for "
-                                  "1-4 rows on CUDA, cuBLAS for more; only in the custom-ops pipeline",
-                 lambda ctx: CustomLinear(ctx.dtype), after=("pack-qkv", "pack-gate-up", "lower-quantized-matmul"),
-                 targets=("cpu", "cuda")),
+        PassInfo("custom-linear", "fp16 MatMul by a constant weight -> optimizer.ops Linear (the weight stored "
+                                  "(N, K); a tied lm_head reads the embedding table itself), with a following "
+                                  "SwiGLU and a preceding skip RMS norm folded in: one GEMV kernel at 1-4 rows on "
+                                  "CUDA; only in the custom-ops pipeline",
+                 lambda ctx: CustomLinear(ctx.dtype),
+                 after=("pack-qkv", "pack-gate-up", "lower-quantized-matmul", "fuse-swiglu", "fuse-skip-rms-norm",
+                        "slice-logits", "kv-layout")),  # they find the lm_head as a MatMul, and its norm stays apart
         PassInfo("fold-constants", "evaluates nodes whose inputs are all constants (onnxscript's folder)",
                  lambda ctx: FoldConstants(), targets=("cpu", "cuda", "tensorrt")),
         PassInfo("slice-logits", "the lm_head reads positions [logits_from, S) only (a new input): "
@@ -151,8 +153,11 @@ INT4_SM90_PIPELINE: tuple[str, ...] = (*DEFAULT_PIPELINE[:DEFAULT_PIPELINE.index
 # The default pipeline with our own kernels where they replace several of onnxruntime's
 # (runtime/custom_ops; the engine then needs that library, built on first use).
 CUSTOM_OPS_PIPELINE: tuple[str, ...] = (*DEFAULT_PIPELINE[:DEFAULT_PIPELINE.index("fuse-activation") + 1],
-                                        "fuse-swiglu", "custom-linear",
-                                        *DEFAULT_PIPELINE[DEFAULT_PIPELINE.index("fuse-activation") + 1:])
+                                        "fuse-swiglu",
+                                        *DEFAULT_PIPELINE[DEFAULT_PIPELINE.index("fuse-activation") + 1:
+                                                          DEFAULT_PIPELINE.index("cse")],
+                                        "custom-linear",
+                                        *DEFAULT_PIPELINE[DEFAULT_PIPELINE.index("cse"):])
 # Standard ONNX only (opset 21, no com.microsoft ops): norms, rotary and attention stay
 # decomposed, quantized weights become DequantizeLinear; the TensorRT target's default.
 TENSORRT_PIPELINE: tuple[str, ...] = ("lower-quantized-matmul", "fold-constants", "kv-layout", "cse", "dead-code")

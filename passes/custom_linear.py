@@ -1,13 +1,22 @@
-"""fp16 linears -> our Linear op: MatMul(x, W), W a constant (K, N), becomes
-optimizer.ops::Linear(x, W^T) with the weight stored (N, K) (runtime/custom_ops: on CUDA our
-GEMV kernel for 1-4 rows, the decode steps, and cuBLAS for more).
+"""fp16 linears -> our Linear family (runtime/custom_ops: on CUDA one GEMV kernel for 1-4 rows, the
+decode steps; our norm kernel, cuBLAS and our SwiGLU kernel for more rows):
 
-A tied lm_head, MatMul(x, Transpose(table)), takes the embedding table itself: the engine keeps
-one copy of it on the GPU, where onnxruntime folded the Transpose into a second at load.
+    MatMul(x, W), W a constant (K, N)            -> Linear(x, W^T)              the weight stored (N, K)
+    SwiGLU(Linear(x, W))                         -> LinearSwiGLU(x, W^T)        (gate rows, then up rows)
+    Linear(SkipSimplifiedLayerNormalization(x, skip, gamma)[0], W)
+                                                 -> NormLinear(x, skip, gamma, W^T)  (and the norm's sum)
+    both                                         -> NormLinearSwiGLU(x, skip, gamma, W^T)
 
-For fp16 engines on CUDA (the op takes float16), after the q/k/v and gate/up packing; before
-slice-logits, which finds the lm_head as a Linear too. What does not match is left as it was,
-with the reason in the pass's notes.
+At batch-1 decode a Llama layer's eight kernels for its norms, projections and activation become
+four GEMVs (and each of them is a kernel launch fewer in the captured step). A tied lm_head,
+MatMul(x, Transpose(table)), takes the embedding table itself: the engine keeps one copy of it
+on the GPU, where onnxruntime folded the Transpose into a second at load.
+
+For fp16 engines on CUDA (the ops take float16), after fuse-swiglu, the q/k/v and gate/up packing
+and the skip-norm fusion, and after slice-logits and kv-layout: they find the lm_head as a MatMul,
+and the final norm then feeds the lm_head through their Slice / GatherElements, so it stays a
+norm of its own (the logits of the positions asked for only). What does not match is left as it
+was, with the reason in the pass's notes.
 """
 
 from __future__ import annotations
@@ -18,9 +27,11 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes as ir_passes
 
-from passes._match import CUSTOM_DOMAIN, Deferred, NoMatch, add_initializer, attr, is_deferred, maybe_producer, \
-    replace_value
+from passes._match import CUSTOM_DOMAIN, MS_DOMAIN, Deferred, NoMatch, add_initializer, attr, is_deferred, \
+    maybe_producer, only_consumer, replace_value
 from passes.fuse_swiglu import DTYPES
+
+SKIP_NORM = "SkipSimplifiedLayerNormalization"
 
 
 def transposed(tensor: ir.TensorProtocol) -> np.ndarray:
@@ -51,6 +62,61 @@ def weight_nk(graph: ir.Graph, b: ir.Value, made: dict[str, ir.Value]) -> tuple[
     return made[b.name], False
 
 
+def replace_node(graph: ir.Graph, old: list[ir.Node], op_type: str, inputs: list[ir.Value],
+                 outputs: list[ir.Value | None], num_outputs: int, **attributes) -> ir.Node:
+    """A node of our domain in place of `old` (in graph order), its first outputs taking over
+    `outputs` (None: an output nothing outside read)."""
+    node = ir.node(op_type, inputs, attributes, domain=CUSTOM_DOMAIN, num_outputs=num_outputs,
+                   name=f"{old[-1].name}/{op_type}")
+    graph.insert_before(old[-1], node)
+    for new, value in zip(node.outputs, outputs):
+        if value is not None:
+            replace_value(graph, value, new)
+    graph.remove(old, safe=True)
+    return node
+
+
+def lower(graph: ir.Graph, matmul: ir.Node, dtype: ir.DataType, made: dict[str, ir.Value]) -> bool:
+    """MatMul -> Linear; whether it read a tied table. NoMatch where it does not take."""
+    x, b = matmul.inputs
+    if (x.dtype or dtype) != ir.DataType.FLOAT16:
+        raise NoMatch(f"{matmul.name}: a {x.dtype} input")
+    weight, is_table = weight_nk(graph, b, made)
+    replace_node(graph, [matmul], "Linear", [x, weight], [matmul.outputs[0]], 1)
+    return is_table
+
+
+def fold_swiglu(graph: ir.Graph, linear: ir.Node) -> ir.Node | None:
+    """Linear -> SwiGLU becomes LinearSwiGLU; None where no SwiGLU reads it, NoMatch where more does."""
+    if not any(use.node.op_type == "SwiGLU" for use in linear.outputs[0].uses()):
+        return None
+    swiglu = only_consumer(linear.outputs[0], "SwiGLU", CUSTOM_DOMAIN)
+    return replace_node(graph, [linear, swiglu], "LinearSwiGLU", list(linear.inputs), [swiglu.outputs[0]], 2)
+
+
+def fold_norm(graph: ir.Graph, linear: ir.Node) -> ir.Node | None:
+    """SkipSimplifiedLayerNormalization -> Linear / LinearSwiGLU becomes NormLinear /
+    NormLinearSwiGLU (the norm's sum an output of it); None where no such norm feeds it, NoMatch
+    where one does but cannot fold."""
+    x, weight = linear.inputs
+    norm = maybe_producer(x, SKIP_NORM, MS_DOMAIN)
+    if norm is None:
+        return None
+    if x is not norm.outputs[0] or len(x.uses()) != 1:
+        raise NoMatch(f"{norm.name}: its normalized output feeds more than the projection")
+    if len(norm.inputs) > 3 and norm.inputs[3] is not None:
+        raise NoMatch(f"{norm.name}: has a bias")
+    if any(v is not None and (v.uses() or v.is_graph_output()) for v in norm.outputs[1:3]):
+        raise NoMatch(f"{norm.name}: its mean / inverse deviation are read")
+    gamma = norm.inputs[2]
+    if gamma.const_value is None or len(gamma.const_value.shape) != 1 or gamma.const_value.shape[0] % 8:
+        raise NoMatch(f"{norm.name}: gamma is not a constant of a width in multiples of 8")
+    total = norm.outputs[3] if len(norm.outputs) > 3 else None
+    op_type = "Norm" + linear.op_type
+    return replace_node(graph, [norm, linear], op_type, [norm.inputs[0], norm.inputs[1], gamma, weight],
+                        [linear.outputs[0], total], 3, epsilon=float(attr(norm, "epsilon", 1e-5)))
+
+
 class CustomLinear(ir_passes.InPlacePass):
     def __init__(self, dtype: str) -> None:
         """`dtype`: the engine's compute dtype (PassContext.dtype)."""
@@ -61,27 +127,29 @@ class CustomLinear(ir_passes.InPlacePass):
     def call(self, model: ir.Model) -> ir_passes.PassResult:
         graph = model.graph
         if self.dtype != ir.DataType.FLOAT16:
-            self.notes.append(f"a {self.dtype} engine: the op's kernels take float16")
+            self.notes.append(f"a {self.dtype} engine: the ops' kernels take float16")
             return ir_passes.PassResult(model, modified=False)
         made: dict[str, ir.Value] = {}
-        lowered, tied, skipped = 0, 0, Counter()
+        tied, skipped, folded = 0, Counter(), Counter()
         for matmul in [n for n in graph if n.op_type == "MatMul" and n.domain == ""]:
-            x, b = matmul.inputs
             try:
-                if (x.dtype or self.dtype) != ir.DataType.FLOAT16:
-                    raise NoMatch(f"{matmul.name}: a {x.dtype} input")
-                weight, is_table = weight_nk(graph, b, made)
+                tied += lower(graph, matmul, self.dtype, made)
+                folded["MatMul -> Linear"] += 1
             except NoMatch as why:
                 skipped[str(why).split(": ", 1)[-1]] += 1
-                continue
-            tied += is_table
-            linear = ir.node("Linear", [x, weight], domain=CUSTOM_DOMAIN, name=f"{matmul.name}/linear")
-            graph.insert_before(matmul, linear)
-            replace_value(graph, matmul.outputs[0], linear.outputs[0])
-            graph.remove(matmul, safe=True)
-            lowered += 1
-        if lowered:
+        for what, fold, op_types in (("SwiGLU", fold_swiglu, ("Linear",)),
+                                     ("norm", fold_norm, ("Linear", "LinearSwiGLU"))):
+            for linear in [n for n in graph if n.op_type in op_types and n.domain == CUSTOM_DOMAIN]:
+                try:
+                    node = fold(graph, linear)
+                    if node is not None:
+                        folded[f"{what} + {linear.op_type} -> {node.op_type}"] += 1
+                except NoMatch as why:
+                    skipped[f"{what} not folded: {str(why).split(': ', 1)[-1]}"] += 1
+        if folded:
             model.opset_imports[CUSTOM_DOMAIN] = 1
-            self.notes.append(f"{lowered} x MatMul -> Linear" + (f" ({tied} reading a tied embedding table)" if tied else ""))
+        self.notes += [f"{n} x {what}" for what, n in folded.items()]
+        if tied:
+            self.notes.append(f"{tied} x Linear reading a tied embedding table as it is")
         self.notes += [f"{n} x left: {why}" for why, n in skipped.items()]
-        return ir_passes.PassResult(model, modified=lowered > 0)
+        return ir_passes.PassResult(model, modified=bool(folded))

@@ -43,10 +43,10 @@ def engines(tmp_path_factory):
     return build(root / "default", "fp16", "default"), build(root / "custom", "fp16", "custom-ops")
 
 
-def test_each_mlp_becomes_one_swiglu_and_the_manifest_names_the_domain(engines):
+def test_each_mlp_activation_becomes_one_swiglu_and_the_manifest_names_the_domain(engines):
     default, custom = engines
     before, after = op_counts(default), op_counts(custom)
-    assert after.get("SwiGLU") == LAYERS and "QuickGelu" not in after
+    assert "QuickGelu" not in after and "SwiGLU" not in after  # custom-linear folds it into the gate/up GEMV
     assert after.get("Split", 0) == before["Split"] - LAYERS and after.get("Mul", 0) == before["Mul"] - LAYERS
     assert custom.manifest["custom_ops"] == ["optimizer.ops"] and "custom_ops" not in default.manifest
     fused = report(custom, "fuse-swiglu")
@@ -63,19 +63,30 @@ def test_the_fused_engine_decodes_the_default_engines_tokens(engines):
     assert tokens[0] == tokens[1]
 
 
-def test_every_linear_becomes_our_linear_and_the_tied_head_reads_the_table(engines):
+def test_every_linear_becomes_one_of_ours_with_its_norm_and_activation(engines):
     default, custom = engines
     before, after = op_counts(default), op_counts(custom)
-    assert "MatMul" not in after and after["Linear"] == before["MatMul"] == 4 * LAYERS + 1  # qkv, o, gate/up, down
-    assert "Transpose" in before and "Transpose" not in after  # the tied lm_head's
+    family = {op: after.get(op, 0) for op in ("Linear", "LinearSwiGLU", "NormLinear", "NormLinearSwiGLU")}
+    assert "MatMul" not in after and sum(family.values()) == before["MatMul"] == 4 * LAYERS + 1  # qkv, o, gate/up, down
+    assert family["NormLinearSwiGLU"] == LAYERS  # each gate/up with the norm before it and the activation after
+    assert family["NormLinear"] == LAYERS - 1  # each q/k/v but the first layer's (its norm adds no skip)
+    assert before["SkipSimplifiedLayerNormalization"] == 2 * LAYERS
+    assert after["SkipSimplifiedLayerNormalization"] == 1  # the final norm: the lm_head reads it through the
+    assert "GatherElements" in after  # logits positions, so it computes the rows asked for only
+    assert report(custom, "custom-linear")["notes"][:5] == [
+        f"{4 * LAYERS + 1} x MatMul -> Linear", f"{LAYERS} x SwiGLU + Linear -> LinearSwiGLU",
+        f"{LAYERS} x norm + LinearSwiGLU -> NormLinearSwiGLU", f"{LAYERS - 1} x norm + Linear -> NormLinear",
+        "1 x Linear reading a tied embedding table as it is"]
+
+
+def test_the_tied_head_reads_the_embedding_table_itself(engines):
+    default, custom = engines
+    assert "Transpose" in op_counts(default) and "Transpose" not in op_counts(custom)  # the tied lm_head's
     model = onnx.load(str(custom.model_path), load_external_data=False)
-    weights = {i.name: list(i.dims) for i in model.graph.initializer}
-    head = next(n for n in model.graph.node if n.op_type == "Linear" and n.input[0] == "logits_slice:out")
+    weights = {i.name for i in model.graph.initializer}
     embed = next(n for n in model.graph.node if n.op_type == "Gather" and n.input[0] in weights)
-    assert head.input[1] == embed.input[0]  # one table, (V, H), read by both
+    assert any(n.op_type == "Linear" and n.input[1] == embed.input[0] for n in model.graph.node)  # one (V, H) table
     assert not any(name.endswith(".nk") and name[:-3] in weights for name in weights)  # no (K, N) copy kept
-    lowered = report(custom, "custom-linear")
-    assert f"{4 * LAYERS + 1} x MatMul -> Linear (1 reading a tied embedding table)" in lowered["notes"]
     size = [sum(f.stat().st_size for f in e.path.iterdir()) for e in engines]
     assert abs(size[1] - size[0]) < 4096  # the same weights, none twice
 
@@ -100,7 +111,7 @@ def test_the_lowering_keeps_a_streamed_weight_lazy():
 
 def test_fp32_engines_are_left_as_they_are_with_the_reason(tmp_path):
     engine = build(tmp_path / "fp32", "fp32", "custom-ops")
-    assert {"SwiGLU", "Linear"}.isdisjoint(op_counts(engine)) and "custom_ops" not in engine.manifest
+    assert {"SwiGLU", "Linear", "NormLinear"}.isdisjoint(op_counts(engine)) and "custom_ops" not in engine.manifest
     for name in ("fuse-swiglu", "custom-linear"):
         fused = report(engine, name)
         assert not fused["changed"]

@@ -1,17 +1,17 @@
 # The next GPU session's plan (started by run.sh from a snapshot of the tree; stage SmolLM2 as
 # .gpu/s1 + .gpu/s2 and the text asset as .gpu/text first: the CUDA tests need both). Issue 20's
 # batch-1 target through our own kernels (runtime/custom_ops, built there with nvcc on first use):
-# SwiGLU for each MLP's Split + QuickGelu + Mul (48 of a 1B step's ~240 kernels, run8), and Linear
-# for every MatMul by a weight (a GEMV at 1-4 rows where cuBLAS reads the small projections at
-# 1.2-2.9 TB/s; cuBLAS on onnxruntime's handle above). Results are copied back as they appear:
-# 1. the CUDA tests (both ops eager and captured, SmolLM2's real weights through the custom-ops
-#    engine, both graph executors, the paged layout) in the background while the 1B engines build
-#    (static, 64 slots): fp16 (default pipeline), fp16-swiglu (+ fuse-swiglu), fp16-custom
-#    (--passes custom-ops: both ops);
-# 2. the three engines at batch 1 and 64 concurrent, twice, alternating; onnxruntime-genai's fp16
+# --passes custom-ops makes each Llama layer's norms, projections and activation four of our GEMV
+# kernels at decode (NormLinear for q/k/v, Linear for o and down, NormLinearSwiGLU for gate/up:
+# run12 had the GEMVs alone at 1.09-1.15x genai, the norms and SwiGLU still apart). Results are
+# copied back as they appear:
+# 1. the CUDA tests (the whole Linear family eager and captured against the CPU kernels, SmolLM2's
+#    real weights through the custom-ops engine, both graph executors, the paged layout) in the
+#    background while the 1B engines build (static, 64 slots): fp16 (default pipeline) and
+#    fp16-custom (--passes custom-ops);
+# 2. both engines at batch 1 and 64 concurrent, twice, alternating; onnxruntime-genai's fp16
 #    Generator with its CUDA graph in the same call (issue 20: batch 1 >= 1.2x it);
-# 3. where a step goes in each (benchmarks/gpu_kernels.py: our GEMV against cuBLAS's kernels), and
-#    the GEMV probes (fp16 and 4-bit, the int4 op's question) against cuBLAS per linear.
+# 3. where a step goes in each (benchmarks/gpu_kernels.py).
 set -x
 W=/tmp/gd  # wait.sh brings its *.jsonl back
 mkdir -p $W
@@ -26,7 +26,7 @@ if [ -z "$SKIP_TESTS" ]; then  # SKIP_TESTS=1: the benchmarks only (the tests pa
    echo "tests rc $?" >> $W/tests.log; grep -E "passed|failed|rc|Error|departs" $W/tests.log > $W/tests.jsonl) &
   TP=$!
 fi
-F=fp16,fp16-swiglu,fp16-custom
+F=fp16,fp16-custom
 python3 benchmarks/gpu_decode.py --work $W --results $W/b1.jsonl --shapes llama-3.2-1b --formats $F \
     --phases build --concurrency 64
 [ -n "$TP" ] && { wait $TP; tail -30 $W/tests.log; }
@@ -36,7 +36,6 @@ for round in 1 2; do
 done
 python3 benchmarks/gpu_decode.py --work $W --results $W/b1.jsonl --shapes llama-3.2-1b --formats fp16 \
     --phases genai --concurrency 64
-python3 benchmarks/gpu_kernels.py $W/ours-llama-3.2-1b-fp16 $W/ours-llama-3.2-1b-fp16-swiglu \
-    $W/ours-llama-3.2-1b-fp16-custom --batch 1,64 --results $W/kernels.jsonl
-python3 benchmarks/gpu_gemv_probe.py --shapes 1b,8b --rows 1 --results $W/gemv.jsonl
+python3 benchmarks/gpu_kernels.py $W/ours-llama-3.2-1b-fp16 $W/ours-llama-3.2-1b-fp16-custom --batch 1,64 \
+    --results $W/kernels.jsonl
 echo SESSION DONE

@@ -32,7 +32,7 @@ from optimizer.core.errors import OptimizerError
 
 DOMAIN = "optimizer.ops"
 SOURCE_DIR = Path(__file__).resolve().parent
-SOURCES = ("ort_abi.h", "cublas_abi.h", "cuda_kernels.h", "swiglu.h", "ops.cc", "swiglu.cu", "linear.cu",
+SOURCES = ("ort_abi.h", "cublas_abi.h", "cuda_kernels.h", "op_math.h", "ops.cc", "swiglu.cu", "linear.cu",
            "cuda_none.cc")
 CUDA_SOURCES = ("ops.cc", "swiglu.cu", "linear.cu")  # nvcc's build
 CPU_SOURCES = ("ops.cc", "cuda_none.cc")  # g++'s: the CUDA entry points say there are none

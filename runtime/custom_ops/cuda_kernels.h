@@ -10,7 +10,29 @@ bool has_cuda_kernels();
 // SwiGLU: x (rows, 2I) gate then up -> y (rows, I).
 const char* swiglu_cuda(const void* x, void* y, int64_t rows, int64_t inter, void* stream);
 
-// Linear: y (rows, N) = x (rows, K) . w^T, w (N, K); `cublas` is onnxruntime's cuBLAS handle
-// for this stream (taken for more rows than the GEMV kernel takes).
-const char* linear_cuda(const void* x, const void* w, void* y, int64_t rows, int64_t n, int64_t k, void* stream,
-                        void* cublas);
+// One call of the Linear family, float16 data on the device:
+//   h = norm ? rms_norm(x + skip) * gamma : x         (sum = x + skip, written with norm)
+//   y = swiglu ? silu(h . w_gate^T) * (h . w_up^T) : h . w^T
+// x, skip, sum (rows, k); gamma (k); w (n, k), or (2n, k) with swiglu: gate rows, then up rows;
+// y (rows, n). `scratch` holds linear_scratch_elements(call) float16 values.
+struct LinearCall {
+  const void* x;
+  const void* skip;
+  const void* gamma;
+  const void* w;
+  void* y;
+  void* sum;
+  void* scratch;
+  int64_t rows;
+  int64_t n;
+  int64_t k;
+  float epsilon;
+  bool norm;
+  bool swiglu;
+};
+
+// The scratch a call needs (0 where the GEMV kernel does it all: up to 4 rows).
+int64_t linear_scratch_elements(const LinearCall& call);
+
+// `cublas`: onnxruntime's cuBLAS handle for this stream (more rows than the GEMV takes).
+const char* linear_cuda(const LinearCall& call, void* stream, void* cublas);

@@ -9,4 +9,6 @@ const char* kNoCuda = "this build of the optimizer.ops library has no CUDA kerne
 
 const char* swiglu_cuda(const void*, void*, int64_t, int64_t, void*) { return kNoCuda; }
 
-const char* linear_cuda(const void*, const void*, void*, int64_t, int64_t, int64_t, void*, void*) { return kNoCuda; }
+int64_t linear_scratch_elements(const LinearCall&) { return 0; }
+
+const char* linear_cuda(const LinearCall&, void*, void*) { return kNoCuda; }

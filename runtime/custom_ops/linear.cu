@@ -1,12 +1,15 @@
-// Linear on CUDA: y (rows, N) = x (rows, K) . w^T, w stored (N, K) row-major, float16 in and out,
-// fp32 sums.
+// The Linear family on CUDA (cuda_kernels.h's LinearCall says what a call computes), float16 in
+// and out, fp32 sums.
 //
-// Up to kGemvRows rows (decode) our GEMV kernel: the weight read once with 16-byte loads, each
-// output's K split over 1-8 warps of a block so that small projections still fill the GPU (cuBLAS
-// reads the 1B shape's qkv / o / down at 1.2-2.9 TB/s at one row: run8 / run10). More rows (prefill,
-// large decode batches), or a K / alignment the GEMV does not take: cuBLAS's GemmEx on
-// onnxruntime's own handle for the stream, the call onnxruntime's MatMul makes, so it is captured
-// into decode graphs as theirs is.
+// Up to kGemvRows rows (decode) one GEMV kernel does all of it: the weight read once with
+// 16-byte loads, each output's K split over 1-8 warps of a block so that small projections still
+// fill the GPU (cuBLAS reads the 1B shape's qkv / o / down at 1.3-2.6 TB/s at one row: run12);
+// with a norm, each block first forms x + skip and its RMS norm in shared memory (block 0 also
+// writes the sum); with SwiGLU, a warp sums an output's gate row and up row and writes
+// silu(gate) * up. More rows (prefill, large decode batches), or shapes the GEMV does not take:
+// our norm kernel into the scratch output, cuBLAS's GemmEx on onnxruntime's own handle for the
+// stream (the call onnxruntime's MatMul makes, captured into decode graphs as theirs is), the
+// SwiGLU kernel.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <dlfcn.h>
@@ -18,66 +21,202 @@
 
 #include "cublas_abi.h"
 #include "cuda_kernels.h"
+#include "op_math.h"
 
 namespace {
 
 constexpr int kGemvRows = 4;
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr long kTargetWarps = 8192;  // enough resident warps to keep an H100 / H200's memory busy
+constexpr long kTargetWarps = 8192;         // enough resident warps to keep an H100 / H200's memory busy
+constexpr int kNormSharedBytes = 32 * 1024;  // the normalized rows a fused-norm block keeps
 
-// One block: kWarps / WPO outputs, each summed by WPO warps over interleaved 16-byte chunks of K.
-template <int ROWS, int WPO>
-__global__ void __launch_bounds__(kThreads) gemv(const __half* __restrict__ x, const __half* __restrict__ w,
-                                                 __half* __restrict__ y, int n_out, int k) {
+// A LinearCall with typed pointers and int sizes.
+struct LinearArgs {
+  const __half* x;
+  const __half* skip;
+  const __half* gamma;
+  const __half* w;
+  __half* y;
+  __half* sum;
+  int n;
+  int k;
+  float epsilon;
+};
+
+LinearArgs typed(const LinearCall& c) {
+  return {static_cast<const __half*>(c.x), static_cast<const __half*>(c.skip), static_cast<const __half*>(c.gamma),
+          static_cast<const __half*>(c.w), static_cast<__half*>(c.y), static_cast<__half*>(c.sum),
+          static_cast<int>(c.n), static_cast<int>(c.k), c.epsilon};
+}
+
+__device__ __forceinline__ uint4 load16(const __half* p) { return *reinterpret_cast<const uint4*>(p); }
+
+__device__ __forceinline__ float dot8(uint4 a, uint4 b) {
+  const __half2* ah = reinterpret_cast<const __half2*>(&a);
+  const __half2* bh = reinterpret_cast<const __half2*>(&b);
+  float sum = 0.f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 af = __half22float2(ah[j]);
+    const float2 bf = __half22float2(bh[j]);
+    sum = fmaf(af.x, bf.x, fmaf(af.y, bf.y, sum));
+  }
+  return sum;
+}
+
+// The sum over the block of each thread's `v[m]`, for every row m (all threads get it).
+template <int ROWS>
+__device__ void block_sums(float (&v)[ROWS]) {
+  __shared__ float partial[kWarps][ROWS];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+  for (int m = 0; m < ROWS; ++m) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) v[m] += __shfl_xor_sync(0xffffffffu, v[m], offset);
+    if (lane == 0) partial[warp][m] = v[m];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int m = 0; m < ROWS; ++m) {
+    v[m] = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) v[m] += partial[w][m];
+  }
+  __syncthreads();
+}
+
+// xs (ROWS, K) = rms_norm(x + skip) * gamma in float16, the block's threads sharing the work;
+// `sum` (when not null) gets x + skip.
+template <int ROWS>
+__device__ void skip_norm(const LinearArgs& a, __half* xs, __half* sum) {
+  const int chunks = a.k / 8;
+  float squares[ROWS];
+#pragma unroll
+  for (int m = 0; m < ROWS; ++m) squares[m] = 0.f;
+  for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+#pragma unroll
+    for (int m = 0; m < ROWS; ++m) {
+      const size_t at = static_cast<size_t>(m) * a.k + 8 * c;
+      const uint4 xv = load16(a.x + at), sv = load16(a.skip + at);
+      const __half2* xh = reinterpret_cast<const __half2*>(&xv);
+      const __half2* sh = reinterpret_cast<const __half2*>(&sv);
+      uint4 out;
+      __half2* oh = reinterpret_cast<__half2*>(&out);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float2 xf = __half22float2(xh[j]), sf = __half22float2(sh[j]);
+        const float2 s = make_float2(xf.x + sf.x, xf.y + sf.y);
+        squares[m] += s.x * s.x + s.y * s.y;
+        oh[j] = __floats2half2_rn(s.x, s.y);
+      }
+      *reinterpret_cast<uint4*>(xs + at) = out;
+      if (sum != nullptr) *reinterpret_cast<uint4*>(sum + at) = out;
+    }
+  }
+  block_sums<ROWS>(squares);
+  for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+    const uint4 gv = load16(a.gamma + 8 * c);
+    const __half2* gh = reinterpret_cast<const __half2*>(&gv);
+#pragma unroll
+    for (int m = 0; m < ROWS; ++m) {
+      const float scale = rms_scale(squares[m], a.k, a.epsilon);
+      __half2* xh = reinterpret_cast<__half2*>(xs + static_cast<size_t>(m) * a.k + 8 * c);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float2 s = __half22float2(xh[j]), g = __half22float2(gh[j]);
+        xh[j] = __floats2half2_rn(s.x * scale * g.x, s.y * scale * g.y);
+      }
+    }
+  }
+  __syncthreads();
+}
+
+// One block: kWarps / WPO outputs, each summed by WPO warps over interleaved 16-byte chunks of
+// K; with SWIGLU a warp sums the output's gate row n and up row n + N together.
+template <int ROWS, int WPO, bool NORM, bool SWIGLU>
+__global__ void __launch_bounds__(kThreads) gemv(LinearArgs a) {
   constexpr int kOuts = kWarps / WPO;
+  constexpr int kSums = SWIGLU ? 2 : 1;
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   const int n = blockIdx.x * kOuts + warp / WPO;
   const int part = warp % WPO;
-  float acc[ROWS];
+  const int chunks = a.k / 8;
+  const bool live = n < a.n;
+  const uint4* rows_w[kSums];
 #pragma unroll
-  for (int m = 0; m < ROWS; ++m) acc[m] = 0.f;
-  if (n < n_out) {
-    const uint4* w_row = reinterpret_cast<const uint4*>(w + static_cast<size_t>(n) * k);
-    const int chunks = k / 8;
+  for (int s = 0; s < kSums; ++s) {
+    rows_w[s] = reinterpret_cast<const uint4*>(a.w + (static_cast<size_t>(n) + s * a.n) * a.k);
+  }
+  const __half* x = a.x;
+  if constexpr (NORM) {
+    extern __shared__ uint4 normalized[];
+    if (live) {  // the weight's first chunks start towards L2 while the block normalizes
+      for (int c = part * 32 + lane, i = 0; c < chunks && i < 4; c += 32 * WPO, ++i) {
+#pragma unroll
+        for (int s = 0; s < kSums; ++s) asm volatile("prefetch.global.L2 [%0];" ::"l"(rows_w[s] + c));
+      }
+    }
+    __half* xs = reinterpret_cast<__half*>(normalized);
+    skip_norm<ROWS>(a, xs, blockIdx.x == 0 ? a.sum : nullptr);
+    x = xs;
+  }
+  float acc[kSums][ROWS];
+#pragma unroll
+  for (int s = 0; s < kSums; ++s)
+#pragma unroll
+    for (int m = 0; m < ROWS; ++m) acc[s][m] = 0.f;
+  if (live) {
 #pragma unroll 4
     for (int c = part * 32 + lane; c < chunks; c += 32 * WPO) {
-      const uint4 wv = __ldg(w_row + c);
-      const __half2* wh = reinterpret_cast<const __half2*>(&wv);
+      uint4 wv[kSums];
+#pragma unroll
+      for (int s = 0; s < kSums; ++s) wv[s] = __ldg(rows_w[s] + c);
 #pragma unroll
       for (int m = 0; m < ROWS; ++m) {
-        const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + static_cast<size_t>(m) * k) + c);
-        const __half2* xh = reinterpret_cast<const __half2*>(&xv);
+        const uint4 xv = load16(x + static_cast<size_t>(m) * a.k + 8 * c);
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const float2 a = __half22float2(wh[j]);
-          const float2 b = __half22float2(xh[j]);
-          acc[m] = fmaf(a.x, b.x, fmaf(a.y, b.y, acc[m]));
-        }
+        for (int s = 0; s < kSums; ++s) acc[s][m] += dot8(wv[s], xv);
       }
     }
   }
-  __shared__ float partial[kWarps][ROWS];
+  __shared__ float partial[kWarps][kSums][ROWS];
 #pragma unroll
-  for (int m = 0; m < ROWS; ++m) {
-    float v = acc[m];
+  for (int s = 0; s < kSums; ++s)
 #pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-    if (lane == 0) partial[warp][m] = v;
-  }
+    for (int m = 0; m < ROWS; ++m) {
+      float v = acc[s][m];
+#pragma unroll
+      for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+      if (lane == 0) partial[warp][s][m] = v;
+    }
   __syncthreads();
   if (threadIdx.x < kOuts * ROWS) {
     const int out = threadIdx.x / ROWS;
     const int m = threadIdx.x % ROWS;
     const int nn = blockIdx.x * kOuts + out;
-    if (nn < n_out) {
-      float sum = 0.f;
+    if (nn < a.n) {
+      float total[kSums];
 #pragma unroll
-      for (int p = 0; p < WPO; ++p) sum += partial[out * WPO + p][m];
-      y[static_cast<size_t>(m) * n_out + nn] = __float2half(sum);
+      for (int s = 0; s < kSums; ++s) {
+        total[s] = 0.f;
+#pragma unroll
+        for (int p = 0; p < WPO; ++p) total[s] += partial[out * WPO + p][s][m];
+      }
+      const float value = SWIGLU ? swiglu_value(total[0], total[kSums - 1]) : total[0];
+      a.y[static_cast<size_t>(m) * a.n + nn] = __float2half(value);
     }
   }
+}
+
+// Many rows: one block a row.
+__global__ void __launch_bounds__(kThreads) skip_norm_rows(LinearArgs a, __half* normed) {
+  LinearArgs row = a;
+  const size_t at = static_cast<size_t>(blockIdx.x) * a.k;
+  row.x += at;
+  row.skip += at;
+  skip_norm<1>(row, normed + at, a.sum + at);
 }
 
 // Warps an output: the most (1, 2, 4, 8) that keep all warps within kTargetWarps, while each
@@ -88,22 +227,47 @@ int warps_per_output(long n, long k) {
   return wpo;
 }
 
-template <int ROWS>
-void launch_rows(const __half* x, const __half* w, __half* y, int n, int k, cudaStream_t s) {
-  const int wpo = warps_per_output(n, k);
+template <int ROWS, bool NORM, bool SWIGLU>
+void launch_gemv(const LinearArgs& a, cudaStream_t s) {
+  const int wpo = warps_per_output(a.n, a.k);
   const int outs = kWarps / wpo;
-  const unsigned blocks = static_cast<unsigned>((n + outs - 1) / outs);
+  const unsigned blocks = static_cast<unsigned>((a.n + outs - 1) / outs);
+  const size_t shared = NORM ? static_cast<size_t>(ROWS) * a.k * sizeof(__half) : 0;
   switch (wpo) {
-    case 1: gemv<ROWS, 1><<<blocks, kThreads, 0, s>>>(x, w, y, n, k); break;
-    case 2: gemv<ROWS, 2><<<blocks, kThreads, 0, s>>>(x, w, y, n, k); break;
-    case 4: gemv<ROWS, 4><<<blocks, kThreads, 0, s>>>(x, w, y, n, k); break;
-    default: gemv<ROWS, 8><<<blocks, kThreads, 0, s>>>(x, w, y, n, k); break;
+    case 1: gemv<ROWS, 1, NORM, SWIGLU><<<blocks, kThreads, shared, s>>>(a); break;
+    case 2: gemv<ROWS, 2, NORM, SWIGLU><<<blocks, kThreads, shared, s>>>(a); break;
+    case 4: gemv<ROWS, 4, NORM, SWIGLU><<<blocks, kThreads, shared, s>>>(a); break;
+    default: gemv<ROWS, 8, NORM, SWIGLU><<<blocks, kThreads, shared, s>>>(a); break;
   }
 }
 
-bool gemv_takes(int64_t rows, int64_t k, const void* x, const void* w) {
-  return rows <= kGemvRows && k % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
-         reinterpret_cast<uintptr_t>(w) % 16 == 0;
+template <bool NORM, bool SWIGLU>
+void launch_gemv_rows(const LinearArgs& a, int rows, cudaStream_t s) {
+  switch (rows) {
+    case 1: launch_gemv<1, NORM, SWIGLU>(a, s); break;
+    case 2: launch_gemv<2, NORM, SWIGLU>(a, s); break;
+    case 3: launch_gemv<3, NORM, SWIGLU>(a, s); break;
+    default: launch_gemv<4, NORM, SWIGLU>(a, s); break;
+  }
+}
+
+bool aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// The plain GEMV takes x: few rows, K in 16-byte chunks, aligned data.
+bool gemv_takes(const void* x, const void* w, int64_t rows, int64_t k) {
+  return rows <= kGemvRows && k % 8 == 0 && aligned(x) && aligned(w);
+}
+
+// The GEMV does the whole call, the norm too: its normalized rows fit a block's shared memory.
+bool fused(const LinearCall& c) {
+  if (!gemv_takes(c.x, c.w, c.rows, c.k)) return false;
+  return !c.norm || (aligned(c.skip) && aligned(c.gamma) && aligned(c.sum) && c.rows * c.k * 2 <= kNormSharedBytes);
+}
+
+// Otherwise the norm goes to the scratch's first rows * k values (aligned: onnxruntime's buffers
+// are), and a GEMM's (rows, 2n) output before SwiGLU after them, where the GEMV cannot take x.
+bool swiglu_needs_gemm(const LinearCall& c) {
+  return !gemv_takes(c.norm ? c.scratch : c.x, c.w, c.rows, c.k);
 }
 
 // cublasGemmEx from the cuBLAS that onnxruntime's CUDA provider links (its handle is that
@@ -133,13 +297,13 @@ cublas::GemmExFn gemm_ex() {
   return fn;
 }
 
-const char* gemm(const void* x, const void* w, void* y, int64_t rows, int64_t n, int64_t k, void* handle) {
+// y (rows, n) = x (rows, k) . w^T on cuBLAS.
+const char* gemm(const __half* x, const __half* w, __half* y, int64_t rows, int64_t n, int64_t k, void* handle) {
   if (handle == nullptr) return "Linear: onnxruntime gave no cuBLAS handle for its CUDA stream";
   const cublas::GemmExFn fn = gemm_ex();
   if (fn == nullptr) return "Linear: cublasGemmEx was not found through onnxruntime's CUDA provider library";
-  if (rows > INT32_MAX || n > INT32_MAX || k > INT32_MAX) return "Linear: a dimension over 2^31 - 1";
   const float one = 1.f, zero = 0.f;
-  // column-major: y^T (N, rows) = w (stored K x N, transposed) . x^T (K, rows)
+  // column-major: y^T (n, rows) = w (stored k x n, transposed) . x^T (k, rows)
   const int status = fn(handle, cublas::kOpT, cublas::kOpN, static_cast<int>(n), static_cast<int>(rows),
                         static_cast<int>(k), &one, w, CUDA_R_16F, static_cast<int>(k), x, CUDA_R_16F,
                         static_cast<int>(k), &zero, y, CUDA_R_16F, static_cast<int>(n), cublas::kCompute32F,
@@ -147,24 +311,46 @@ const char* gemm(const void* x, const void* w, void* y, int64_t rows, int64_t n,
   return status == 0 ? nullptr : "Linear: cublasGemmEx failed";
 }
 
+const char* launched() {
+  const cudaError_t error = cudaGetLastError();
+  return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
+}
+
 }  // namespace
 
 bool has_cuda_kernels() { return true; }
 
-const char* linear_cuda(const void* x, const void* w, void* y, int64_t rows, int64_t n, int64_t k, void* stream,
-                        void* cublas) {
-  if (!gemv_takes(rows, k, x, w) || n > INT32_MAX || k > INT32_MAX) return gemm(x, w, y, rows, n, k, cublas);
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const __half* xh = static_cast<const __half*>(x);
-  const __half* wh = static_cast<const __half*>(w);
-  __half* yh = static_cast<__half*>(y);
-  const int ni = static_cast<int>(n), ki = static_cast<int>(k);
-  switch (rows) {
-    case 1: launch_rows<1>(xh, wh, yh, ni, ki, s); break;
-    case 2: launch_rows<2>(xh, wh, yh, ni, ki, s); break;
-    case 3: launch_rows<3>(xh, wh, yh, ni, ki, s); break;
-    default: launch_rows<4>(xh, wh, yh, ni, ki, s); break;
+int64_t linear_scratch_elements(const LinearCall& c) {
+  if (fused(c)) return 0;
+  return c.rows * ((c.norm ? c.k : 0) + (c.swiglu && swiglu_needs_gemm(c) ? 2 * c.n : 0));
+}
+
+const char* linear_cuda(const LinearCall& call, void* stream, void* cublas) {
+  if (call.rows > INT32_MAX || call.n > INT32_MAX / 2 || call.k > INT32_MAX) {
+    return "Linear: more than 2^31 - 1 rows, outputs or inputs";
   }
-  const cudaError_t launched = cudaGetLastError();
-  return launched == cudaSuccess ? nullptr : cudaGetErrorString(launched);
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  LinearArgs a = typed(call);
+  const int rows = static_cast<int>(call.rows);
+  if (fused(call)) {  // the decode path: one kernel
+    if (call.norm && call.swiglu) launch_gemv_rows<true, true>(a, rows, s);
+    else if (call.norm) launch_gemv_rows<true, false>(a, rows, s);
+    else if (call.swiglu) launch_gemv_rows<false, true>(a, rows, s);
+    else launch_gemv_rows<false, false>(a, rows, s);
+    return launched();
+  }
+  __half* free = static_cast<__half*>(call.scratch);
+  if (call.norm) {  // x + skip and its norm first, into the scratch
+    skip_norm_rows<<<static_cast<unsigned>(rows), kThreads, 0, s>>>(a, free);
+    if (const char* failure = launched()) return failure;
+    a.x = free;
+    free += call.rows * call.k;
+  }
+  const bool gemv = gemv_takes(a.x, a.w, rows, a.k);
+  if (gemv && call.swiglu) launch_gemv_rows<false, true>(a, rows, s);
+  else if (gemv) launch_gemv_rows<false, false>(a, rows, s);
+  if (gemv) return launched();
+  if (!call.swiglu) return gemm(a.x, a.w, a.y, rows, a.n, a.k, cublas);
+  if (const char* failure = gemm(a.x, a.w, free, rows, 2 * static_cast<int64_t>(a.n), a.k, cublas)) return failure;
+  return swiglu_cuda(free, a.y, rows, a.n, stream);
 }

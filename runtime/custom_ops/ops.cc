@@ -2,23 +2,30 @@
 // swiglu.cu and linear.cu; cuda_none.cc otherwise) the CUDA execution provider. onnxruntime loads
 // this library through SessionOptions.register_custom_ops_library and calls RegisterCustomOps.
 //
-//   SwiGLU(x) -> y     x: (..., 2I) float16, gate then up; y: (..., I) = silu(gate) * up
-//   Linear(x, w) -> y  x: (..., K) float16, w: (N, K) float16; y: (..., N) = x . w^T
+//   SwiGLU(x) -> y                      x (..., 2I) gate then up; y (..., I) = silu(gate) * up
+//   Linear(x, w) -> y                   x (..., K), w (N, K); y (..., N) = x . w^T
+//   LinearSwiGLU(x, w) -> y, scratch    w (2N, K) gate rows then up rows; y = silu(x . wg^T) * (x . wu^T)
+//   NormLinear(x, skip, gamma, w) -> y, sum, scratch
+//   NormLinearSwiGLU(x, skip, gamma, w) -> y, sum, scratch
+//                                       sum = x + skip; h = rms_norm(sum) * gamma (attribute epsilon);
+//                                       y = Linear / LinearSwiGLU of h; K a multiple of 8
 //
-// fp32 math inside. The CUDA kernels run on onnxruntime's compute stream, so a captured CUDA
-// graph records them.
+// float16 data, fp32 math inside. `scratch` is the CUDA kernels' working space for more rows than
+// the GEMV takes (empty otherwise, and on the CPU). The CUDA kernels run on onnxruntime's compute
+// stream, so a captured CUDA graph records them.
 #include <string.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
 #include <algorithm>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "cuda_kernels.h"
 #include "ort_abi.h"
-#include "swiglu.h"
+#include "op_math.h"
 
 namespace {
 
@@ -27,10 +34,18 @@ constexpr const char* kDomain = "optimizer.ops";
 struct Kernel;
 using ComputeFn = OrtStatus* (*)(const Kernel& kernel, OrtKernelContext* context);
 
+// What a Linear-family op adds to x . w^T.
+struct LinearKind {
+  bool norm;
+  bool swiglu;
+};
+
 struct Kernel {
   OrtApiTable api;
   bool cuda;
   ComputeFn compute;
+  LinearKind kind;
+  float epsilon;  // the norm's
 };
 
 OrtStatus* error(OrtApiTable api, const char* message) {
@@ -60,9 +75,10 @@ OrtStatus* shape(OrtApiTable api, const OrtValue* value, std::vector<int64_t>* d
   return status;
 }
 
-OrtStatus* output(const Kernel& kernel, OrtKernelContext* context, const std::vector<int64_t>& dims, OrtValue** value) {
+OrtStatus* output(const Kernel& kernel, OrtKernelContext* context, const std::vector<int64_t>& dims, OrtValue** value,
+                  size_t index = 0) {
   return ort::api_fn<ort::KernelContextGetOutputFn>(kernel.api, ort::kKernelContextGetOutput)(
-      context, 0, dims.data(), dims.size(), value);
+      context, index, dims.data(), dims.size(), value);
 }
 
 OrtStatus* data(const Kernel& kernel, const OrtValue* value, void** out) {
@@ -175,30 +191,99 @@ void linear_cpu(const _Float16* x, const _Float16* w, _Float16* y, int64_t rows,
   for (std::thread& thread : pool) thread.join();
 }
 
+// sum = x + skip; normed = rms_norm(sum) * gamma, both rounded to float16 as the CUDA kernels do.
+void skip_norm_cpu(const _Float16* x, const _Float16* skip, const _Float16* gamma, _Float16* sum, _Float16* normed,
+                   int64_t rows, int64_t k, float epsilon) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float squares = 0.f;
+    for (int64_t i = 0; i < k; ++i) {
+      const float s = static_cast<float>(x[r * k + i]) + static_cast<float>(skip[r * k + i]);
+      squares += s * s;
+      sum[r * k + i] = static_cast<_Float16>(s);
+    }
+    const float scale = rms_scale(squares, k, epsilon);
+    for (int64_t i = 0; i < k; ++i) {
+      normed[r * k + i] = static_cast<_Float16>(static_cast<float>(sum[r * k + i]) * scale * static_cast<float>(gamma[i]));
+    }
+  }
+}
+
+void linear_family_cpu(const LinearCall& c) {
+  const _Float16* h = static_cast<const _Float16*>(c.x);
+  std::vector<_Float16> normed;
+  if (c.norm) {
+    normed.resize(c.rows * c.k);
+    skip_norm_cpu(h, static_cast<const _Float16*>(c.skip), static_cast<const _Float16*>(c.gamma),
+                  static_cast<_Float16*>(c.sum), normed.data(), c.rows, c.k, c.epsilon);
+    h = normed.data();
+  }
+  const _Float16* w = static_cast<const _Float16*>(c.w);
+  _Float16* y = static_cast<_Float16*>(c.y);
+  if (!c.swiglu) return linear_cpu(h, w, y, c.rows, c.n, c.k);
+  std::vector<_Float16> gate_up(c.rows * 2 * c.n);
+  linear_cpu(h, w, gate_up.data(), c.rows, 2 * c.n, c.k);
+  swiglu_cpu(gate_up.data(), y, c.rows, c.n);
+}
+
 OrtStatus* linear_compute(const Kernel& kernel, OrtKernelContext* context) {
-  const OrtValue* x = nullptr;
-  const OrtValue* w = nullptr;
+  const LinearKind kind = kernel.kind;
+  const char* name = kind.norm ? (kind.swiglu ? "NormLinearSwiGLU" : "NormLinear") : (kind.swiglu ? "LinearSwiGLU" : "Linear");
+  const OrtValue *x = nullptr, *skip = nullptr, *gamma = nullptr, *w = nullptr;
   ORT_RETURN_IF_ERROR(input(kernel, context, 0, &x));
-  ORT_RETURN_IF_ERROR(input(kernel, context, 1, &w));
-  std::vector<int64_t> dims, w_dims;
+  if (kind.norm) {
+    ORT_RETURN_IF_ERROR(input(kernel, context, 1, &skip));
+    ORT_RETURN_IF_ERROR(input(kernel, context, 2, &gamma));
+  }
+  ORT_RETURN_IF_ERROR(input(kernel, context, kind.norm ? 3 : 1, &w));
+  std::vector<int64_t> dims, w_dims, skip_dims, gamma_dims;
   ORT_RETURN_IF_ERROR(shape(kernel.api, x, &dims));
   ORT_RETURN_IF_ERROR(shape(kernel.api, w, &w_dims));
+  std::string why;
   if (dims.empty() || w_dims.size() != 2 || w_dims[1] != dims.back()) {
-    return error(kernel.api, "Linear: the weight must be (N, K), K the input's last dimension");
+    why = "the weight must be (N, K), K the input's last dimension";
+  } else if (kind.swiglu && w_dims[0] % 2 != 0) {
+    why = "the weight must have an even number of rows (gate rows, then up rows)";
+  } else if (kind.norm) {
+    ORT_RETURN_IF_ERROR(shape(kernel.api, skip, &skip_dims));
+    ORT_RETURN_IF_ERROR(shape(kernel.api, gamma, &gamma_dims));
+    if (skip_dims != dims) why = "skip must have the input's shape";
+    else if (gamma_dims.size() != 1 || gamma_dims[0] != dims.back()) why = "gamma must be (K,)";
+    else if (dims.back() % 8 != 0) why = "K must be a multiple of 8";
   }
-  const int64_t n = w_dims[0], k = w_dims[1];
-  const int64_t rows = leading_rows(dims);
-  dims.back() = n;
-  OrtValue* y = nullptr;
-  ORT_RETURN_IF_ERROR(output(kernel, context, dims, &y));
-  void *x_data = nullptr, *w_data = nullptr, *y_data = nullptr;
-  ORT_RETURN_IF_ERROR(data(kernel, x, &x_data));
-  ORT_RETURN_IF_ERROR(data(kernel, w, &w_data));
-  ORT_RETURN_IF_ERROR(data(kernel, y, &y_data));
-  if (rows == 0 || n == 0) return nullptr;
+  if (!why.empty()) return error(kernel.api, (std::string(name) + ": " + why).c_str());
+  LinearCall call{};
+  call.k = dims.back();
+  call.n = kind.swiglu ? w_dims[0] / 2 : w_dims[0];
+  call.rows = leading_rows(dims);
+  call.epsilon = kernel.epsilon;
+  call.norm = kind.norm;
+  call.swiglu = kind.swiglu;
+  std::vector<int64_t> y_dims = dims;
+  y_dims.back() = call.n;
+  OrtValue *y = nullptr, *sum = nullptr, *scratch = nullptr;
+  ORT_RETURN_IF_ERROR(output(kernel, context, y_dims, &y, 0));
+  if (kind.norm) ORT_RETURN_IF_ERROR(output(kernel, context, dims, &sum, 1));
+  void* out = nullptr;
+  ORT_RETURN_IF_ERROR(data(kernel, x, &out));
+  call.x = out;
+  ORT_RETURN_IF_ERROR(data(kernel, w, &out));
+  call.w = out;
+  ORT_RETURN_IF_ERROR(data(kernel, y, &call.y));
+  if (kind.norm) {
+    ORT_RETURN_IF_ERROR(data(kernel, skip, &out));
+    call.skip = out;
+    ORT_RETURN_IF_ERROR(data(kernel, gamma, &out));
+    call.gamma = out;
+    ORT_RETURN_IF_ERROR(data(kernel, sum, &call.sum));
+  }
+  if (kind.norm || kind.swiglu) {
+    const std::vector<int64_t> scratch_dims{kernel.cuda ? linear_scratch_elements(call) : 0};
+    ORT_RETURN_IF_ERROR(output(kernel, context, scratch_dims, &scratch, kind.norm ? 2 : 1));
+    ORT_RETURN_IF_ERROR(data(kernel, scratch, &call.scratch));
+  }
+  if (call.rows == 0 || call.n == 0) return nullptr;
   if (!kernel.cuda) {
-    linear_cpu(static_cast<const _Float16*>(x_data), static_cast<const _Float16*>(w_data),
-               static_cast<_Float16*>(y_data), rows, n, k);
+    linear_family_cpu(call);
     return nullptr;
   }
   void* s = nullptr;
@@ -206,7 +291,7 @@ OrtStatus* linear_compute(const Kernel& kernel, OrtKernelContext* context) {
   ORT_RETURN_IF_ERROR(stream(kernel, context, &s));
   ORT_RETURN_IF_ERROR(ort::api_fn<ort::KernelContextGetResourceFn>(kernel.api, ort::kKernelContextGetResource)(
       context, ort::kCudaResourceVersion, ort::kCudaCublasHandle, &cublas));
-  const char* failure = linear_cuda(x_data, w_data, y_data, rows, n, k, s, cublas);
+  const char* failure = linear_cuda(call, s, cublas);
   return failure == nullptr ? nullptr : error(kernel.api, failure);
 }
 
@@ -218,8 +303,10 @@ struct Op {
   ort::CustomOp table;
   const char* name;
   size_t inputs;
+  size_t outputs;
   bool cuda;
   ComputeFn compute;
+  LinearKind kind;
 };
 
 const Op& op_of(const ort::CustomOp* table) { return *reinterpret_cast<const Op*>(table); }
@@ -228,16 +315,29 @@ const char* name(const ort::CustomOp* op) { return op_of(op).name; }
 const char* provider(const ort::CustomOp* op) { return op_of(op).cuda ? "CUDAExecutionProvider" : "CPUExecutionProvider"; }
 int float16(const ort::CustomOp*, size_t) { return ort::kFloat16; }
 size_t input_count(const ort::CustomOp* op) { return op_of(op).inputs; }
-size_t one(const ort::CustomOp*) { return 1; }
+size_t output_count(const ort::CustomOp* op) { return op_of(op).outputs; }
 int required(const ort::CustomOp*, size_t) { return 0; }        // INPUT_OUTPUT_REQUIRED
 int default_memory(const ort::CustomOp*, size_t) { return 0; }  // OrtMemTypeDefault
 int arity(const ort::CustomOp*) { return 1; }
-void* create(const ort::CustomOp* op, OrtApiTable api, const OrtKernelInfo*) {
-  return new Kernel{api, op_of(op).cuda, op_of(op).compute};
-}
 OrtStatus* create_v2(const ort::CustomOp* op, OrtApiTable api, const OrtKernelInfo* info, void** kernel) {
-  *kernel = create(op, api, info);
+  const Op& spec = op_of(op);
+  float epsilon = 0.f;
+  if (spec.kind.norm) {
+    OrtStatus* missing = ort::api_fn<ort::KernelInfoGetAttributeFloatFn>(api, ort::kKernelInfoGetAttributeFloat)(
+        info, "epsilon", &epsilon);
+    if (missing != nullptr) {
+      ort::api_fn<ort::ReleaseStatusFn>(api, ort::kReleaseStatus)(missing);
+      return error(api, (std::string(spec.name) + ": the node needs its norm's epsilon attribute").c_str());
+    }
+  }
+  *kernel = new Kernel{api, spec.cuda, spec.compute, spec.kind, epsilon};
   return nullptr;
+}
+void* create(const ort::CustomOp* op, OrtApiTable api, const OrtKernelInfo* info) {  // never called (version 16)
+  void* kernel = nullptr;
+  OrtStatus* status = create_v2(op, api, info, &kernel);
+  if (status != nullptr) ort::api_fn<ort::ReleaseStatusFn>(api, ort::kReleaseStatus)(status);
+  return kernel;
 }
 void compute_v1(void*, OrtKernelContext*) {}  // never called: version 16 runs KernelComputeV2
 OrtStatus* compute_v2(void* kernel, OrtKernelContext* context) {
@@ -246,7 +346,7 @@ OrtStatus* compute_v2(void* kernel, OrtKernelContext* context) {
 }
 void destroy(void* kernel) { delete static_cast<Kernel*>(kernel); }
 
-Op make_op(const char* op_name, size_t inputs, bool cuda, ComputeFn compute) {
+Op make_op(const char* op_name, size_t inputs, size_t outputs, bool cuda, ComputeFn compute, LinearKind kind = {}) {
   Op op;
   memset(&op.table, 0, sizeof(op.table));
   ort::CustomOp& t = op.table;
@@ -257,7 +357,7 @@ Op make_op(const char* op_name, size_t inputs, bool cuda, ComputeFn compute) {
   t.GetInputType = float16;
   t.GetInputTypeCount = input_count;
   t.GetOutputType = float16;
-  t.GetOutputTypeCount = one;
+  t.GetOutputTypeCount = output_count;
   t.KernelCompute = compute_v1;
   t.KernelDestroy = destroy;
   t.GetInputCharacteristic = required;
@@ -271,16 +371,26 @@ Op make_op(const char* op_name, size_t inputs, bool cuda, ComputeFn compute) {
   t.KernelComputeV2 = compute_v2;
   op.name = op_name;
   op.inputs = inputs;
+  op.outputs = outputs;
   op.cuda = cuda;
   op.compute = compute;
+  op.kind = kind;
   return op;
 }
 
-// Every op for the CPU, then (where the build has them) for CUDA.
-Op ops[] = {
-    make_op("SwiGLU", 1, false, swiglu_compute), make_op("Linear", 2, false, linear_compute),
-    make_op("SwiGLU", 1, true, swiglu_compute),  make_op("Linear", 2, true, linear_compute),
-};
+// Every op, for the CPU and for CUDA (registered where the build has CUDA kernels).
+Op make_ops(bool cuda, size_t i) {
+  switch (i) {
+    case 0: return make_op("SwiGLU", 1, 1, cuda, swiglu_compute);
+    case 1: return make_op("Linear", 2, 1, cuda, linear_compute);
+    case 2: return make_op("LinearSwiGLU", 2, 2, cuda, linear_compute, {false, true});
+    case 3: return make_op("NormLinear", 4, 3, cuda, linear_compute, {true, false});
+    default: return make_op("NormLinearSwiGLU", 4, 3, cuda, linear_compute, {true, true});
+  }
+}
+
+Op ops[] = {make_ops(false, 0), make_ops(false, 1), make_ops(false, 2), make_ops(false, 3), make_ops(false, 4),
+            make_ops(true, 0),  make_ops(true, 1),  make_ops(true, 2),  make_ops(true, 3),  make_ops(true, 4)};
 
 }  // namespace
 

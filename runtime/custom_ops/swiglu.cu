@@ -4,7 +4,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda_kernels.h"
-#include "swiglu.h"
+#include "op_math.h"
 
 namespace {
 
