@@ -116,7 +116,7 @@ def phase_build(args) -> None:
     from optimizer.models.loader import load_model
     from optimizer.options import FAST_INT4
     from optimizer.pipeline import BuildOptions, build_engine
-    from passes import DEFAULT_PIPELINE, PAGED_PIPELINE
+    from passes import DEFAULT_PIPELINE, PAGED_PIPELINE, PIPELINES
 
     slots = max(args.concurrency)
     for shape in args.shapes:
@@ -155,6 +155,8 @@ def phase_build(args) -> None:
                 opts = BuildOptions(**common, passes=list(PAGED_PIPELINE))  # Split is 16 launches of 240)
             elif fmt == "fp16-custom":  # the static layout with our kernels (passes custom-ops: the Linear
                 opts = BuildOptions(**common, passes="custom-ops")  # family with norms and SwiGLU folded in)
+            elif fmt == "fp16-custom-nonorm":  # the custom-ops pipeline without custom-linear-norm
+                opts = BuildOptions(**common, passes=[p for p in PIPELINES["custom-ops"] if p != "custom-linear-norm"])
             elif fmt == "fp16-swiglu":  # our SwiGLU op only
                 opts = BuildOptions(**common, passes=[*DEFAULT_PIPELINE[:DEFAULT_PIPELINE.index("fold-constants")],
                                                       "fuse-swiglu", *DEFAULT_PIPELINE[DEFAULT_PIPELINE.index("fold-constants"):]])

@@ -100,12 +100,15 @@ REGISTRY: dict[str, PassInfo] = {
                                 "nvcc for CUDA); only in the custom-ops pipeline",
                  lambda ctx: FuseSwiGLU(ctx.dtype), after=("pack-gate-up", "fuse-activation")),
         PassInfo("custom-linear", "fp16 MatMul by a constant weight -> optimizer.ops Linear (the weight stored "
-                                  "(N, K); a tied lm_head reads the embedding table itself), with a following "
-                                  "SwiGLU and a preceding skip RMS norm folded in: one GEMV kernel at 1-4 rows on "
-                                  "CUDA; only in the custom-ops pipeline",
+                                  "(N, K); a tied lm_head reads the embedding table itself), a following SwiGLU "
+                                  "folded in: one GEMV kernel at 1-4 rows on CUDA; only in the custom-ops pipeline",
                  lambda ctx: CustomLinear(ctx.dtype),
-                 after=("pack-qkv", "pack-gate-up", "lower-quantized-matmul", "fuse-swiglu", "fuse-skip-rms-norm",
-                        "slice-logits", "kv-layout")),  # they find the lm_head as a MatMul, and its norm stays apart
+                 after=("pack-qkv", "pack-gate-up", "lower-quantized-matmul", "fuse-swiglu",
+                        "slice-logits", "kv-layout")),  # they find the lm_head as a MatMul
+        PassInfo("custom-linear-norm", "a skip RMS norm feeding only one of our Linears folded into it "
+                                       "(NormLinear / NormLinearSwiGLU: each GEMV block normalizes its input)",
+                 lambda ctx: CustomLinear(ctx.dtype, lower=False, folds=("norm",)),
+                 after=("custom-linear", "fuse-skip-rms-norm", "slice-logits")),  # the final norm stays apart
         PassInfo("fold-constants", "evaluates nodes whose inputs are all constants (onnxscript's folder)",
                  lambda ctx: FoldConstants(), targets=("cpu", "cuda", "tensorrt")),
         PassInfo("slice-logits", "the lm_head reads positions [logits_from, S) only (a new input): "
@@ -156,7 +159,7 @@ CUSTOM_OPS_PIPELINE: tuple[str, ...] = (*DEFAULT_PIPELINE[:DEFAULT_PIPELINE.inde
                                         "fuse-swiglu",
                                         *DEFAULT_PIPELINE[DEFAULT_PIPELINE.index("fuse-activation") + 1:
                                                           DEFAULT_PIPELINE.index("cse")],
-                                        "custom-linear",
+                                        "custom-linear", "custom-linear-norm",
                                         *DEFAULT_PIPELINE[DEFAULT_PIPELINE.index("cse"):])
 # Standard ONNX only (opset 21, no com.microsoft ops): norms, rotary and attention stay
 # decomposed, quantized weights become DequantizeLinear; the TensorRT target's default.

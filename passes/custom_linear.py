@@ -118,10 +118,12 @@ def fold_norm(graph: ir.Graph, linear: ir.Node) -> ir.Node | None:
 
 
 class CustomLinear(ir_passes.InPlacePass):
-    def __init__(self, dtype: str) -> None:
-        """`dtype`: the engine's compute dtype (PassContext.dtype)."""
+    def __init__(self, dtype: str, lower: bool = True, folds: tuple[str, ...] = ("swiglu",)) -> None:
+        """`dtype`: the engine's compute dtype (PassContext.dtype); `lower`: MatMul -> Linear;
+        `folds`: what to fold into the Linears ("swiglu", "norm")."""
         super().__init__()
         self.dtype = DTYPES[dtype]
+        self.lower, self.folds = lower, folds
         self.notes: list[str] = []
 
     def call(self, model: ir.Model) -> ir_passes.PassResult:
@@ -131,7 +133,7 @@ class CustomLinear(ir_passes.InPlacePass):
             return ir_passes.PassResult(model, modified=False)
         made: dict[str, ir.Value] = {}
         tied, skipped, folded = 0, Counter(), Counter()
-        for matmul in [n for n in graph if n.op_type == "MatMul" and n.domain == ""]:
+        for matmul in [n for n in graph if self.lower and n.op_type == "MatMul" and n.domain == ""]:
             try:
                 tied += lower(graph, matmul, self.dtype, made)
                 folded["MatMul -> Linear"] += 1
@@ -139,6 +141,8 @@ class CustomLinear(ir_passes.InPlacePass):
                 skipped[str(why).split(": ", 1)[-1]] += 1
         for what, fold, op_types in (("SwiGLU", fold_swiglu, ("Linear",)),
                                      ("norm", fold_norm, ("Linear", "LinearSwiGLU"))):
+            if what.lower() not in self.folds:
+                continue
             for linear in [n for n in graph if n.op_type in op_types and n.domain == CUSTOM_DOMAIN]:
                 try:
                     node = fold(graph, linear)
