@@ -7,13 +7,18 @@ this file into a shared library that onnxruntime loads per session.
 
 The library needs no onnxruntime header (`ort_abi.h` declares the ABI it uses). It is built with
 nvcc where one is found (CPU and CUDA kernels; the CUDA ones for compute capabilities 8.0 and
-9.0) and with g++ otherwise (CPU kernels only). Ops, float16 with fp32 math inside:
+9.0) and with g++ otherwise (CPU kernels only). Ops, float16 with fp32 math inside (ops.cc
+has their full signatures):
 
-    SwiGLU(x)     x (..., 2I) gate then up -> silu(gate) * up (..., I)
-    Linear(x, w)  x (..., K), w (N, K) -> x . w^T (..., N): on CUDA our GEMV kernel for up to 4
-                  rows (decode), cuBLAS (onnxruntime's handle) for more
+    SwiGLU(x)                   x (..., 2I) gate then up -> silu(gate) * up (..., I)
+    Linear(x, w)                x (..., K), w (N, K) -> x . w^T (..., N)
+    LinearSwiGLU(x, w)          w (2N, K) gate rows, then up rows -> silu(x . wg^T) * (x . wu^T)
+    NormLinear[SwiGLU](x, skip, gamma, w)
+                                the same of rms_norm(x + skip) * gamma, and x + skip
 
-On CUDA they run on onnxruntime's compute stream, so a captured decode graph records them.
+On CUDA the Linear family is one GEMV kernel for up to 4 rows (decode), and our norm kernel,
+cuBLAS (onnxruntime's handle, found through its CUDA provider) and the SwiGLU kernel for more.
+They run on onnxruntime's compute stream, so a captured decode graph records them.
 """
 
 from __future__ import annotations
