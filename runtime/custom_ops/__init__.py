@@ -37,10 +37,11 @@ from optimizer.core.errors import OptimizerError
 
 DOMAIN = "optimizer.ops"
 SOURCE_DIR = Path(__file__).resolve().parent
-SOURCES = ("ort_abi.h", "cublas_abi.h", "cuda_kernels.h", "op_math.h", "ops.cc", "swiglu.cu", "linear.cu",
-           "cuda_none.cc")
-CUDA_SOURCES = ("ops.cc", "swiglu.cu", "linear.cu")  # nvcc's build
-CPU_SOURCES = ("ops.cc", "cuda_none.cc")  # g++'s: the CUDA entry points say there are none
+SOURCES = ("ort_abi.h", "cublas_abi.h", "cuda_kernels.h", "kernel_context.h", "op_math.h", "ops.cc", "swiglu_op.cc",
+           "linear_op.cc", "swiglu.cu", "linear.cu", "cuda_none.cc")
+HOST_SOURCES = ("ops.cc", "swiglu_op.cc", "linear_op.cc")
+CUDA_SOURCES = (*HOST_SOURCES, "swiglu.cu", "linear.cu")  # nvcc's build
+CPU_SOURCES = (*HOST_SOURCES, "cuda_none.cc")  # g++'s: the CUDA entry points say there are none
 CUDA_ARCHS = ("80", "90")
 NAME = "liboptimizer_ops.so"
 
