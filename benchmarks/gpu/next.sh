@@ -2,9 +2,9 @@
 # .gpu/s1 + .gpu/s2 and the text asset as .gpu/text first: the CUDA tests need both). Issue 20's
 # batch-1 target through our own kernels (runtime/custom_ops, built there with nvcc on first use):
 # --passes custom-ops makes each Llama layer's norms, projections and activation four of our GEMV
-# kernels at decode (NormLinear for q/k/v, Linear for o and down, NormLinearSwiGLU for gate/up:
-# run12 had the GEMVs alone at 1.09-1.15x genai, the norms and SwiGLU still apart). Results are
-# copied back as they appear:
+# kernels at decode (NormLinear for q/k/v, Linear for o and down, NormLinearSwiGLU for gate/up;
+# run12: the GEMVs alone 1.11-1.15x genai; run13: folded 1.08-1.15x, 143 kernels a step, the GEMVs
+# ~3 TB/s: their bandwidth is the lever now). Results are copied back as they appear:
 # 1. the CUDA tests (the whole Linear family eager and captured against the CPU kernels, SmolLM2's
 #    real weights through the custom-ops engine, both graph executors, the paged layout) in the
 #    background while the 1B engines build (static, 64 slots): fp16 (default pipeline) and
