@@ -1,5 +1,6 @@
-"""fp16 linears on CUDA by weight layout: does onnxruntime's cuBLAS path read a (K, N) weight
-(MatMul, what engines hold) as fast as its transpose (N, K) at decode sizes?
+"""fp16 linears on CUDA by weight layout and op: does onnxruntime's cuBLAS path read a (K, N) weight
+(MatMul, what default engines hold) as fast as its transpose (N, K) at decode sizes, and how does
+our Linear op (custom-ops engines) compare, linear by linear?
 
     python benchmarks/gpu_matmul_layout.py [--rows 1,64] [--shapes 1b,8b] [--results r.jsonl]
 
@@ -11,6 +12,8 @@ the device); a copy's time is the median replay over COPIES:
     matmul          MatMul(x, W), W fp16 (K, N)
     fused-transb    com.microsoft FusedMatMul(x, Wt, transB=1), Wt fp16 (N, K)
     gemm-transb     Gemm(x, Wt, transB=1) (x 2-D)
+    ours-linear     optimizer.ops Linear(x, Wt) (runtime/custom_ops: our GEMV at 1-4 rows, cuBLAS
+                    above; the library built with nvcc on first use)
 
 One JSON line per (form, linear, M): microseconds a copy and the weight bytes read per second.
 """
@@ -18,6 +21,8 @@ One JSON line per (form, linear, M): microseconds a copy and the weight bytes re
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 from _graph_replay import replay_us
@@ -27,7 +32,8 @@ SHAPES = {"1b": {"qkv": (2048, 3072), "o": (2048, 2048), "gate_up": (2048, 16384
                  "lm_head": (2048, 128256)},
           "8b": {"qkv": (4096, 6144), "o": (4096, 4096), "gate_up": (4096, 28672), "down": (14336, 4096),
                  "lm_head": (4096, 128256)}}
-FORMS = ("matmul", "fused-transb", "gemm-transb")
+FORMS = ("matmul", "fused-transb", "gemm-transb", "ours-linear")
+OURS = "optimizer.ops"  # runtime.custom_ops.DOMAIN
 COPIES = 8
 
 
@@ -48,6 +54,9 @@ def model_bytes(form: str, ws: list[np.ndarray]) -> bytes | str:
         if form == "matmul":
             inits.append(numpy_helper.from_array(w, f"w{i}"))
             nodes.append(helper.make_node("MatMul", ["x", f"w{i}"], [y]))
+        elif form == "ours-linear":
+            inits.append(numpy_helper.from_array(np.ascontiguousarray(w.T), f"w{i}"))
+            nodes.append(helper.make_node("Linear", ["x", f"w{i}"], [y], domain=OURS))
         else:
             inits.append(numpy_helper.from_array(np.ascontiguousarray(w.T), f"w{i}"))
             op, domain = ("FusedMatMul", "com.microsoft") if form == "fused-transb" else ("Gemm", "")
@@ -55,7 +64,8 @@ def model_bytes(form: str, ws: list[np.ndarray]) -> bytes | str:
     graph = helper.make_graph(nodes, "linears", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, ["m", k])],
                               outs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
-                                                    helper.make_opsetid("com.microsoft", 1)])
+                                                    helper.make_opsetid("com.microsoft", 1),
+                                                    helper.make_opsetid(OURS, 1)])
     model.ir_version = 10
     return model.SerializeToString() if model.ByteSize() < 2**31 - 1 else _external(model)
 
@@ -72,13 +82,26 @@ def _external(model) -> str:
     return path
 
 
-def session(form: str, ws: list[np.ndarray]):
-    import torch  # noqa: F401  (loads the CUDA libraries onnxruntime-gpu links against)
+def session_options(form: str, cuda: bool):
+    """Session options for a form: our custom-op library registered for ours (its CUDA kernels
+    on CUDA)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    return ort.InferenceSession(model_bytes(form, ws), so,
+    if form == "ours-linear":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from runtime import custom_ops
+
+        custom_ops.register(so, cuda=cuda)
+    return so
+
+
+def session(form: str, ws: list[np.ndarray]):
+    import torch  # noqa: F401  (loads the CUDA libraries onnxruntime-gpu links against)
+    import onnxruntime as ort
+
+    return ort.InferenceSession(model_bytes(form, ws), session_options(form, cuda=True),
                                 providers=[("CUDAExecutionProvider", {"enable_cuda_graph": "1"})])
 
 

@@ -1,6 +1,7 @@
-"""benchmarks/gpu_matmul_layout.py on the CPU: its three layouts of a linear compute the same
-product (the GPU session only times them), with M left symbolic for one session per form; the
-line reporter it shares with the other device benchmarks (benchmarks/_results.py)."""
+"""benchmarks/gpu_matmul_layout.py on the CPU: its forms of a linear (three layouts of onnxruntime's
+ops, and our Linear op on its CPU kernel) compute the same product (the GPU session only times
+them), with M left symbolic for one session per form; the line reporter it shares with the other
+device benchmarks (benchmarks/_results.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import gpu_matmul_layout as layout  # noqa: E402
 @pytest.mark.parametrize("form", layout.FORMS)
 def test_every_layout_computes_x_times_w_for_any_row_count(form):
     ws = layout.weights(64, 96, 3)
-    sess = ort.InferenceSession(layout.model_bytes(form, ws), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(layout.model_bytes(form, ws), layout.session_options(form, cuda=False),
+                                providers=["CPUExecutionProvider"])
     for m in (1, 5):
         x = np.random.default_rng(m).standard_normal((m, 64)).astype(np.float16)
         ys = sess.run(None, {"x": x})

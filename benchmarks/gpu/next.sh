@@ -11,7 +11,9 @@
 #    fp16-custom (--passes custom-ops);
 # 2. both engines at batch 1 and 64 concurrent, twice, alternating; onnxruntime-genai's fp16
 #    Generator with its CUDA graph in the same call (issue 20: batch 1 >= 1.2x it);
-# 3. where a step goes in each (benchmarks/gpu_kernels.py).
+# 3. where a step goes in each (benchmarks/gpu_kernels.py), and our Linear op against onnxruntime's
+#    MatMul linear by linear, 1B and 8B, at 1, 4 and 64 rows (benchmarks/gpu_matmul_layout.py):
+#    which projections our GEMV loses time on.
 set -x
 W=/tmp/gd  # wait.sh brings its *.jsonl back
 mkdir -p $W
@@ -38,4 +40,6 @@ python3 benchmarks/gpu_decode.py --work $W --results $W/b1.jsonl --shapes llama-
     --phases genai --concurrency 64
 python3 benchmarks/gpu_kernels.py $W/ours-llama-3.2-1b-fp16 $W/ours-llama-3.2-1b-fp16-custom --batch 1,64 \
     --results $W/kernels.jsonl
+python3 benchmarks/gpu_matmul_layout.py --shapes 1b,8b --rows 1,4,64 --forms matmul,ours-linear \
+    --results $W/layout.jsonl
 echo SESSION DONE
