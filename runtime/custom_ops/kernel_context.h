@@ -20,6 +20,7 @@ struct LinearKind {
 
 struct Kernel {
   OrtApiTable api;
+  const char* name;  // the op's, for its error messages
   bool cuda;
   ComputeFn compute;
   LinearKind kind;

@@ -109,7 +109,6 @@ void linear_family_cpu(const LinearCall& c) {
 
 OrtStatus* linear_compute(const Kernel& kernel, OrtKernelContext* context) {
   const LinearKind kind = kernel.kind;
-  const char* name = kind.norm ? (kind.swiglu ? "NormLinearSwiGLU" : "NormLinear") : (kind.swiglu ? "LinearSwiGLU" : "Linear");
   const OrtValue *x = nullptr, *skip = nullptr, *gamma = nullptr, *w = nullptr;
   ORT_RETURN_IF_ERROR(input(kernel, context, 0, &x));
   if (kind.norm) {
@@ -132,7 +131,7 @@ OrtStatus* linear_compute(const Kernel& kernel, OrtKernelContext* context) {
     else if (gamma_dims.size() != 1 || gamma_dims[0] != dims.back()) why = "gamma must be (K,)";
     else if (dims.back() % 8 != 0) why = "K must be a multiple of 8";
   }
-  if (!why.empty()) return error(kernel.api, (std::string(name) + ": " + why).c_str());
+  if (!why.empty()) return error(kernel.api, (std::string(kernel.name) + ": " + why).c_str());
   LinearCall call{};
   call.k = dims.back();
   call.n = kind.swiglu ? w_dims[0] / 2 : w_dims[0];

@@ -62,7 +62,7 @@ OrtStatus* create_v2(const ort::CustomOp* op, OrtApiTable api, const OrtKernelIn
       return error(api, (std::string(spec.name) + ": the node needs its norm's epsilon attribute").c_str());
     }
   }
-  *kernel = new Kernel{api, spec.cuda, spec.compute, spec.kind, epsilon};
+  *kernel = new Kernel{api, spec.name, spec.cuda, spec.compute, spec.kind, epsilon};
   return nullptr;
 }
 void* create(const ort::CustomOp* op, OrtApiTable api, const OrtKernelInfo* info) {  // never called (version 16)
