@@ -26,7 +26,9 @@ throughout (speed does not depend on their values); greedy, EOS ignored, 128 pro
              c4 tokens: random weights, so only the speed means anything); fp16-custom = fp16
              with --passes custom-ops (our kernels, runtime/custom_ops: the Linear family for
              every linear, with the skip norms and SwiGLU folded in: one GEMV at 1-4 rows;
-             cuBLAS above); fp16-swiglu = the default pipeline and fuse-swiglu only.
+             cuBLAS above); fp16-swiglu = the default pipeline and fuse-swiglu only; int4-custom
+             = int4 (genai's format) with --passes custom-ops (the LinearInt4 family: each
+             MatMulNBits our 4-bit GEMV at 1-4 rows, its norm and SwiGLU folded in).
   ours       each engine on onnxruntime's CUDA provider. Batch 1: Engine.generate_ids, one
              warm-up and --runs timed runs (median, min, max), with CUDA graphs and device
              sampling (the default) and without (cuda_graph=False). Then N concurrent requests
@@ -155,6 +157,9 @@ def phase_build(args) -> None:
                 opts = BuildOptions(**common, passes=list(PAGED_PIPELINE))  # Split is 16 launches of 240)
             elif fmt == "fp16-custom":  # the static layout with our kernels (passes custom-ops: the Linear
                 opts = BuildOptions(**common, passes="custom-ops")  # family with norms and SwiGLU folded in)
+            elif fmt == "int4-custom":  # genai's int4 format through our LinearInt4 family
+                opts = BuildOptions(**common, quant=quant_config(method="rtn", bits=4, group_size=32, lm_head_bits=4),
+                                    passes="custom-ops")
             elif fmt == "fp16-custom-nonorm":  # the custom-ops pipeline without custom-linear-norm
                 opts = BuildOptions(**common, passes=[p for p in PIPELINES["custom-ops"] if p != "custom-linear-norm"])
             elif fmt == "fp16-swiglu":  # our SwiGLU op only
@@ -208,7 +213,8 @@ def phase_ours(args) -> None:
                 continue
             nbytes = weight_bytes(path / "model.onnx")
             # int4 also at batch 1 on onnxruntime's one-row kernels (runtime.session.INT4_KERNELS)
-            variants = [(True, None), (False, None)] + ([(True, "one-row")] if fmt.startswith("int4") else [])
+            one_row = fmt.startswith("int4") and not fmt.endswith("custom")  # MatMulNBits' kernels only
+            variants = [(True, None), (False, None)] + ([(True, "one-row")] if one_row else [])
             for graph, kernels in variants:
                 engine = Engine.load(path, provider="cuda", cuda_graph=graph, int4_kernels=kernels)
                 b1 = []

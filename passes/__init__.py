@@ -100,13 +100,14 @@ REGISTRY: dict[str, PassInfo] = {
                                 "nvcc for CUDA); only in the custom-ops pipeline",
                  lambda ctx: FuseSwiGLU(ctx.dtype), after=("pack-gate-up", "fuse-activation")),
         PassInfo("custom-linear", "fp16 MatMul by a constant weight -> optimizer.ops Linear (the weight stored "
-                                  "(N, K); a tied lm_head reads the embedding table itself), a following SwiGLU "
-                                  "folded in: one GEMV kernel at 1-4 rows on CUDA; only in the custom-ops pipeline",
+                                  "(N, K); a tied lm_head reads the embedding table itself), 4-bit MatMulNBits -> "
+                                  "LinearInt4 (its arrays as they are), a following SwiGLU folded in: one GEMV "
+                                  "kernel at 1-4 rows on CUDA; only in the custom-ops pipeline",
                  lambda ctx: CustomLinear(ctx.dtype),
                  after=("pack-qkv", "pack-gate-up", "lower-quantized-matmul", "fuse-swiglu",
                         "slice-logits", "kv-layout")),  # they find the lm_head as a MatMul
         PassInfo("custom-linear-norm", "a skip RMS norm feeding only one of our Linears folded into it "
-                                       "(NormLinear / NormLinearSwiGLU: each GEMV block normalizes its input)",
+                                       "(NormLinear[Int4][SwiGLU]: each GEMV block normalizes its input)",
                  lambda ctx: CustomLinear(ctx.dtype, lower=False, folds=("norm",)),
                  after=("custom-linear", "fuse-skip-rms-norm", "slice-logits")),  # the final norm stays apart
         PassInfo("fold-constants", "evaluates nodes whose inputs are all constants (onnxscript's folder)",

@@ -2,10 +2,16 @@
 decode steps; our norm kernel, cuBLAS and our SwiGLU kernel for more rows):
 
     MatMul(x, W), W a constant (K, N)            -> Linear(x, W^T)              the weight stored (N, K)
+    MatMulNBits(x, B, s[, z]), 4-bit             -> LinearInt4(x, B, s[, z])    the same arrays, read as they are
     SwiGLU(Linear(x, W))                         -> LinearSwiGLU(x, W^T)        (gate rows, then up rows)
     Linear(SkipSimplifiedLayerNormalization(x, skip, gamma)[0], W)
                                                  -> NormLinear(x, skip, gamma, W^T)  (and the norm's sum)
     both                                         -> NormLinearSwiGLU(x, skip, gamma, W^T)
+
+and the same folds of LinearInt4 (LinearInt4SwiGLU, NormLinearInt4[SwiGLU]). A 4-bit MatMulNBits
+takes when its block is a multiple of 32 and it has no g_idx, bias or Hopper-prepacked layout,
+its zero points (if any) packed uint8; its accuracy_level does not apply (fp32 sums). The
+LinearInt4 CUDA kernels have not yet run on a GPU (tests/test_custom_ops_int4.py holds them).
 
 The registry's `custom-linear` lowers and folds the SwiGLU; `custom-linear-norm` folds the norms,
 a pass of its own (run13, the 1B shape at batch 1: 853.0 tok/s with it, 850.9 without, captured).
@@ -88,19 +94,45 @@ def lower(graph: ir.Graph, matmul: ir.Node, dtype: ir.DataType, made: dict[str, 
     return is_table
 
 
+def lower_int4(graph: ir.Graph, node: ir.Node, dtype: ir.DataType) -> None:
+    """A 4-bit MatMulNBits -> LinearInt4 over the same initializers; NoMatch where it does not take."""
+    x = node.inputs[0]
+    if (x.dtype or dtype) != ir.DataType.FLOAT16:
+        raise NoMatch(f"{node.name}: a {x.dtype} input")
+    bits, block = attr(node, "bits", 4), attr(node, "block_size", 0)
+    if bits != 4:
+        raise NoMatch(f"{node.name}: {bits}-bit weights (LinearInt4 takes 4)")
+    if block % 32 or block <= 0:
+        raise NoMatch(f"{node.name}: block {block}, not a multiple of 32")
+    if attr(node, "weight_prepacked", 0):
+        raise NoMatch(f"{node.name}: weights prepacked for onnxruntime's Hopper kernel")
+    if any(v is not None for v in node.inputs[4:]):
+        raise NoMatch(f"{node.name}: has g_idx or a bias")
+    zeros = node.inputs[3] if len(node.inputs) > 3 else None
+    if zeros is not None and zeros.dtype not in (None, ir.DataType.UINT8):
+        raise NoMatch(f"{node.name}: {zeros.dtype} zero points, not packed uint8")
+    weights = [node.inputs[1], node.inputs[2], *([zeros] if zeros is not None else [])]
+    replace_node(graph, [node], "LinearInt4", [x, *weights], [node.outputs[0]], 2, block_size=block)
+
+
+def kept_attributes(node: ir.Node) -> dict:
+    return {name: a.value for name, a in node.attributes.items()}
+
+
 def fold_swiglu(graph: ir.Graph, linear: ir.Node) -> ir.Node | None:
-    """Linear -> SwiGLU becomes LinearSwiGLU; None where no SwiGLU reads it, NoMatch where more does."""
+    """Linear[Int4] -> SwiGLU becomes Linear[Int4]SwiGLU; None where no SwiGLU reads it, NoMatch
+    where more does."""
     if not any(use.node.op_type == "SwiGLU" for use in linear.outputs[0].uses()):
         return None
     swiglu = only_consumer(linear.outputs[0], "SwiGLU", CUSTOM_DOMAIN)
-    return replace_node(graph, [linear, swiglu], "LinearSwiGLU", list(linear.inputs), [swiglu.outputs[0]], 2)
+    return replace_node(graph, [linear, swiglu], linear.op_type + "SwiGLU", list(linear.inputs), [swiglu.outputs[0]],
+                        2, **kept_attributes(linear))
 
 
 def fold_norm(graph: ir.Graph, linear: ir.Node) -> ir.Node | None:
-    """SkipSimplifiedLayerNormalization -> Linear / LinearSwiGLU becomes NormLinear /
-    NormLinearSwiGLU (the norm's sum an output of it); None where no such norm feeds it, NoMatch
-    where one does but cannot fold."""
-    x, weight = linear.inputs
+    """SkipSimplifiedLayerNormalization -> one of our linears becomes its Norm form (the norm's
+    sum an output of it); None where no such norm feeds it, NoMatch where one does but cannot fold."""
+    x, *weights = linear.inputs
     norm = maybe_producer(x, SKIP_NORM, MS_DOMAIN)
     if norm is None:
         return None
@@ -115,8 +147,9 @@ def fold_norm(graph: ir.Graph, linear: ir.Node) -> ir.Node | None:
         raise NoMatch(f"{norm.name}: gamma is not a constant of a width in multiples of 8")
     total = norm.outputs[3] if len(norm.outputs) > 3 else None
     op_type = "Norm" + linear.op_type
-    return replace_node(graph, [norm, linear], op_type, [norm.inputs[0], norm.inputs[1], gamma, weight],
-                        [linear.outputs[0], total], 3, epsilon=float(attr(norm, "epsilon", 1e-5)))
+    return replace_node(graph, [norm, linear], op_type, [norm.inputs[0], norm.inputs[1], gamma, *weights],
+                        [linear.outputs[0], total], 3, epsilon=float(attr(norm, "epsilon", 1e-5)),
+                        **kept_attributes(linear))
 
 
 class CustomLinear(ir_passes.InPlacePass):
@@ -141,8 +174,14 @@ class CustomLinear(ir_passes.InPlacePass):
                 folded["MatMul -> Linear"] += 1
             except NoMatch as why:
                 skipped[str(why).split(": ", 1)[-1]] += 1
-        for what, fold, op_types in (("SwiGLU", fold_swiglu, ("Linear",)),
-                                     ("norm", fold_norm, ("Linear", "LinearSwiGLU"))):
+        for node in [n for n in graph if self.lower and n.op_type == "MatMulNBits" and n.domain == MS_DOMAIN]:
+            try:
+                lower_int4(graph, node, self.dtype)
+                folded["MatMulNBits -> LinearInt4"] += 1
+            except NoMatch as why:
+                skipped[str(why).split(": ", 1)[-1]] += 1
+        for what, fold, op_types in (("SwiGLU", fold_swiglu, ("Linear", "LinearInt4")),
+                                     ("norm", fold_norm, ("Linear", "LinearSwiGLU", "LinearInt4", "LinearInt4SwiGLU"))):
             if what.lower() not in self.folds:
                 continue
             for linear in [n for n in graph if n.op_type in op_types and n.domain == CUSTOM_DOMAIN]:

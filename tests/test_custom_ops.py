@@ -217,3 +217,10 @@ def test_the_linear_family_on_cuda_equals_the_cpu_kernels_and_runs_in_a_captured
     for name, value, want in zip(outputs, bound, cpu):
         np.testing.assert_allclose(value.numpy().astype(np.float32), want.astype(np.float32), rtol=1e-2, atol=1e-2,
                                    err_msg=name)
+
+
+def test_every_source_beside_the_module_is_part_of_the_build_key():
+    """A header or kernel file left out of SOURCES would not rebuild the library when it changes."""
+    on_disk = {p.name for p in custom_ops.SOURCE_DIR.iterdir() if p.suffix in (".h", ".cuh", ".cc", ".cu")}
+    assert on_disk == set(custom_ops.SOURCES)
+    assert set(custom_ops.CUDA_SOURCES) | set(custom_ops.CPU_SOURCES) == {n for n in on_disk if n.endswith((".cc", ".cu"))}

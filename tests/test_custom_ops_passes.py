@@ -20,9 +20,9 @@ from runtime.session import make_session_options
 LAYERS = 2  # tiny-llama (its lm_head tied to the embedding table)
 
 
-def build(path, dtype, passes):
+def build(path, dtype, passes, quant=None):
     return build_engine(BuildOptions(out=path, random_weights=True, config="tiny-llama", dtype=dtype, passes=passes,
-                                     max_seq_len=128, quiet=True))
+                                     max_seq_len=128, quiet=True, quant=quant))
 
 
 def op_counts(engine_dir) -> dict[str, int]:
@@ -108,6 +108,39 @@ def test_the_lowering_keeps_a_streamed_weight_lazy():
     stored = linear.inputs[1].const_value
     assert isinstance(stored, ir.LazyTensor) and stored.shape == (n, k)
     np.testing.assert_array_equal(stored.numpy(), weight.T)
+
+
+INT4_FORMATS = {  # genai's format (symmetric blocks of 32, the lm_head and its tied table 4-bit), and
+    "genai": dict(method="rtn", bits=4, group_size=32, lm_head_bits=4),  # plain --quant int4's
+    "default": dict(method="rtn", bits=4, group_size=64, symmetric=False),  # (zero points; the lm_head float)
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(INT4_FORMATS))
+def test_int4_engines_take_our_4bit_ops_with_their_folds_and_decode_the_same_tokens(tmp_path, fmt):
+    from calibration import quant_config
+
+    quant = quant_config(**INT4_FORMATS[fmt])
+    default = build(tmp_path / "default", "fp16", "default", quant)
+    custom = build(tmp_path / "custom", "fp16", "custom-ops", quant)
+    before, after = op_counts(default), op_counts(custom)
+    family = {op: after.get(op, 0) for op in ("LinearInt4", "LinearInt4SwiGLU", "NormLinearInt4", "NormLinearInt4SwiGLU")}
+    assert "MatMulNBits" not in after and sum(family.values()) == before["MatMulNBits"]
+    assert family["NormLinearInt4SwiGLU"] == LAYERS and family["NormLinearInt4"] == LAYERS - 1
+    notes = report(custom, "custom-linear")["notes"]
+    assert f"{before['MatMulNBits']} x MatMulNBits -> LinearInt4" in notes
+    assert f"{LAYERS} x SwiGLU + LinearInt4 -> LinearInt4SwiGLU" in notes
+    model = onnx.load(str(custom.model_path), load_external_data=False)
+    names = {i.name for i in model.graph.initializer}
+    assert all(name in names for n in model.graph.node if n.op_type.endswith(("Int4", "Int4SwiGLU"))
+               for name in n.input[-3 if len(n.input) > 4 else -2:] if name)  # the same arrays, read as they are
+    size = [sum(f.stat().st_size for f in e.path.iterdir()) for e in (default, custom)]
+    assert abs(size[1] - size[0]) < 4096  # no weight stored twice
+    assert custom.manifest["verification"]["top1_agreement"] == 1.0
+    params = SamplingParams(max_new_tokens=12, ignore_eos=True)
+    prompt = [1, 17, 230, 5, 99, 42]
+    tokens = [Engine.load(e.path).generate_ids(prompt, params).token_ids for e in (default, custom)]
+    assert tokens[0] == tokens[1]
 
 
 def test_fp32_engines_are_left_as_they_are_with_the_reason(tmp_path):

@@ -15,9 +15,13 @@ has their full signatures):
     LinearSwiGLU(x, w)          w (2N, K) gate rows, then up rows -> silu(x . wg^T) * (x . wu^T)
     NormLinear[SwiGLU](x, skip, gamma, w)
                                 the same of rms_norm(x + skip) * gamma, and x + skip
+    [Norm]LinearInt4[SwiGLU](x, [skip, gamma,] codes, scales[, zeros])
+                                the same with 4-bit weights in onnxruntime MatMulNBits' layout
+                                (attribute block_size, a multiple of 32; no zeros: 8)
 
 On CUDA the Linear family is one GEMV kernel for up to 4 rows (decode), and our norm kernel,
-cuBLAS (onnxruntime's handle, found through its CUDA provider) and the SwiGLU kernel for more.
+cuBLAS (onnxruntime's handle, found through its CUDA provider) and the SwiGLU kernel for more;
+the LinearInt4 family the same, its weights dequantized band by band for cuBLAS.
 They run on onnxruntime's compute stream, so a captured decode graph records them.
 """
 
@@ -37,10 +41,11 @@ from optimizer.core.errors import OptimizerError
 
 DOMAIN = "optimizer.ops"
 SOURCE_DIR = Path(__file__).resolve().parent
-SOURCES = ("ort_abi.h", "cublas_abi.h", "cuda_kernels.h", "kernel_context.h", "op_math.h", "ops.cc", "swiglu_op.cc",
-           "linear_op.cc", "swiglu.cu", "linear.cu", "cuda_none.cc")
-HOST_SOURCES = ("ops.cc", "swiglu_op.cc", "linear_op.cc")
-CUDA_SOURCES = (*HOST_SOURCES, "swiglu.cu", "linear.cu")  # nvcc's build
+SOURCES = ("ort_abi.h", "cublas_abi.h", "cuda_kernels.h", "kernel_context.h", "linear_cpu.h", "linear_common.cuh",
+           "op_math.h", "ops.cc", "swiglu_op.cc", "linear_op.cc", "linear_int4_op.cc", "swiglu.cu", "linear.cu",
+           "linear_int4.cu", "cuda_none.cc")
+HOST_SOURCES = ("ops.cc", "swiglu_op.cc", "linear_op.cc", "linear_int4_op.cc")
+CUDA_SOURCES = (*HOST_SOURCES, "swiglu.cu", "linear.cu", "linear_int4.cu")  # nvcc's build
 CPU_SOURCES = (*HOST_SOURCES, "cuda_none.cc")  # g++'s: the CUDA entry points say there are none
 CUDA_ARCHS = ("80", "90")
 NAME = "liboptimizer_ops.so"

@@ -1,4 +1,4 @@
-// The CUDA entry points of the library (swiglu.cu, linear.cu; cuda_none.cc in a build without
+// The CUDA entry points of the library (swiglu.cu, linear.cu, linear_int4.cu; cuda_none.cc in a build without
 // nvcc, whose library then has CPU kernels only). Each launches on `stream`, onnxruntime's
 // compute stream (a cudaStream_t), and returns null, or why it could not.
 #pragma once
@@ -36,3 +36,20 @@ int64_t linear_scratch_elements(const LinearCall& call);
 
 // `cublas`: onnxruntime's cuBLAS handle for this stream (more rows than the GEMV takes).
 const char* linear_cuda(const LinearCall& call, void* stream, void* cublas);
+
+// The 4-bit weights of the LinearInt4 family, in onnxruntime MatMulNBits' layout: `codes` (N', K /
+// block, block / 2) uint8, two codes a byte, the low nibble first; `scales` (N', K / block)
+// float16; `zeros` (N', ceil(K / block / 2)) uint8 packed the same way, or null (all 8); N' = n,
+// or 2n with swiglu. w[o, i] = (code[o, i] - zero[o, i / block]) * scale[o, i / block].
+struct Int4Weights {
+  const void* codes;
+  const void* scales;
+  const void* zeros;
+  int64_t block;
+};
+
+// The scratch a call with 4-bit weights needs (0 where the GEMV kernel does it all: up to 4 rows).
+int64_t linear_int4_scratch_elements(const LinearCall& call, const Int4Weights& weights);
+
+// LinearCall's computation with `weights` for its w (call.w unused).
+const char* linear_int4_cuda(const LinearCall& call, const Int4Weights& weights, void* stream, void* cublas);

@@ -12,3 +12,7 @@ const char* swiglu_cuda(const void*, void*, int64_t, int64_t, void*) { return kN
 int64_t linear_scratch_elements(const LinearCall&) { return 0; }
 
 const char* linear_cuda(const LinearCall&, void*, void*) { return kNoCuda; }
+
+int64_t linear_int4_scratch_elements(const LinearCall&, const Int4Weights&) { return 0; }
+
+const char* linear_int4_cuda(const LinearCall&, const Int4Weights&, void*, void*) { return kNoCuda; }

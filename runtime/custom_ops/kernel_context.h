@@ -12,10 +12,11 @@ namespace optimizer_ops {
 struct Kernel;
 using ComputeFn = OrtStatus* (*)(const Kernel& kernel, OrtKernelContext* context);
 
-// What a Linear-family op adds to x . w^T.
+// What a Linear-family op adds to x . w^T, and whether its weights are 4-bit (LinearInt4 family).
 struct LinearKind {
   bool norm;
   bool swiglu;
+  bool int4;
 };
 
 struct Kernel {
@@ -25,6 +26,7 @@ struct Kernel {
   ComputeFn compute;
   LinearKind kind;
   float epsilon;  // the norm's
+  int64_t block;  // the 4-bit weights' quantization block
 };
 
 inline OrtStatus* error(OrtApiTable api, const char* message) {
@@ -76,9 +78,14 @@ inline int64_t leading_rows(const std::vector<int64_t>& dims) {
   return rows;
 }
 
-// The ops' compute functions (swiglu_op.cc, linear_op.cc).
+// The ops' compute functions (swiglu_op.cc, linear_op.cc, linear_int4_op.cc).
 OrtStatus* swiglu_compute(const Kernel& kernel, OrtKernelContext* context);
 OrtStatus* linear_compute(const Kernel& kernel, OrtKernelContext* context);
+OrtStatus* linear_int4_compute(const Kernel& kernel, OrtKernelContext* context);
+
+inline OrtStatus* inputs_given(const Kernel& kernel, OrtKernelContext* context, size_t* count) {
+  return ort::api_fn<ort::KernelContextGetInputCountFn>(kernel.api, ort::kKernelContextGetInputCount)(context, count);
+}
 
 // SwiGLU's CPU loop over (rows, 2I) -> (rows, I), which LinearSwiGLU's CPU kernel uses too.
 void swiglu_rows_cpu(const _Float16* x, _Float16* y, int64_t rows, int64_t inter);

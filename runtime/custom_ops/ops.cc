@@ -11,13 +11,23 @@
 //   NormLinearSwiGLU(x, skip, gamma, w) -> y, sum, scratch
 //                                       sum = x + skip; h = rms_norm(sum) * gamma (attribute epsilon);
 //                                       y = Linear / LinearSwiGLU of h; K a multiple of 8
+//   LinearInt4(x, codes, scales[, zeros]) -> y, scratch
+//   LinearInt4SwiGLU(x, codes, scales[, zeros]) -> y, scratch
+//   NormLinearInt4(x, skip, gamma, codes, scales[, zeros]) -> y, sum, scratch
+//   NormLinearInt4SwiGLU(x, skip, gamma, codes, scales[, zeros]) -> y, sum, scratch
+//                                       the same with 4-bit weights in onnxruntime MatMulNBits' layout
+//                                       (attribute block_size, a multiple of 32): codes (N, K / block,
+//                                       block / 2) uint8, scales (N, K / block) float16, zeros (N,
+//                                       ceil(K / block / 2)) uint8 packed, absent: 8
 //
-// float16 data, fp32 math inside. `scratch` is the CUDA kernels' working space for more rows than
+// float16 activations, fp32 math inside. `scratch` is the CUDA kernels' working space for more rows than
 // the GEMV takes (empty otherwise, and on the CPU). The CUDA kernels run on onnxruntime's compute
 // stream, so a captured CUDA graph records them.
+#include <stdint.h>
 #include <string.h>
 
 #include <string>
+#include <vector>
 
 #include "cuda_kernels.h"
 #include "kernel_context.h"
@@ -39,6 +49,8 @@ struct Op {
   bool cuda;
   ComputeFn compute;
   LinearKind kind;
+  const int* input_types;  // null: every input float16
+  size_t required;         // inputs from this one on are optional
 };
 
 const Op& op_of(const ort::CustomOp* table) { return *reinterpret_cast<const Op*>(table); }
@@ -46,9 +58,16 @@ const Op& op_of(const ort::CustomOp* table) { return *reinterpret_cast<const Op*
 const char* name(const ort::CustomOp* op) { return op_of(op).name; }
 const char* provider(const ort::CustomOp* op) { return op_of(op).cuda ? "CUDAExecutionProvider" : "CPUExecutionProvider"; }
 int float16(const ort::CustomOp*, size_t) { return ort::kFloat16; }
+int input_type(const ort::CustomOp* op, size_t index) {
+  const Op& spec = op_of(op);
+  return spec.input_types == nullptr ? ort::kFloat16 : spec.input_types[index];
+}
 size_t input_count(const ort::CustomOp* op) { return op_of(op).inputs; }
 size_t output_count(const ort::CustomOp* op) { return op_of(op).outputs; }
-int required(const ort::CustomOp*, size_t) { return 0; }        // INPUT_OUTPUT_REQUIRED
+int output_required(const ort::CustomOp*, size_t) { return 0; }  // INPUT_OUTPUT_REQUIRED
+int input_required(const ort::CustomOp* op, size_t index) {
+  return index < op_of(op).required ? 0 : 1;  // INPUT_OUTPUT_REQUIRED, INPUT_OUTPUT_OPTIONAL
+}
 int default_memory(const ort::CustomOp*, size_t) { return 0; }  // OrtMemTypeDefault
 int arity(const ort::CustomOp*) { return 1; }
 OrtStatus* create_v2(const ort::CustomOp* op, OrtApiTable api, const OrtKernelInfo* info, void** kernel) {
@@ -62,7 +81,16 @@ OrtStatus* create_v2(const ort::CustomOp* op, OrtApiTable api, const OrtKernelIn
       return error(api, (std::string(spec.name) + ": the node needs its norm's epsilon attribute").c_str());
     }
   }
-  *kernel = new Kernel{api, spec.name, spec.cuda, spec.compute, spec.kind, epsilon};
+  int64_t block = 0;
+  if (spec.kind.int4) {
+    OrtStatus* missing = ort::api_fn<ort::KernelInfoGetAttributeInt64Fn>(api, ort::kKernelInfoGetAttributeInt64)(
+        info, "block_size", &block);
+    if (missing != nullptr) {
+      ort::api_fn<ort::ReleaseStatusFn>(api, ort::kReleaseStatus)(missing);
+      return error(api, (std::string(spec.name) + ": the node needs its block_size attribute").c_str());
+    }
+  }
+  *kernel = new Kernel{api, spec.name, spec.cuda, spec.compute, spec.kind, epsilon, block};
   return nullptr;
 }
 void* create(const ort::CustomOp* op, OrtApiTable api, const OrtKernelInfo* info) {  // never called (version 16)
@@ -78,7 +106,8 @@ OrtStatus* compute_v2(void* kernel, OrtKernelContext* context) {
 }
 void destroy(void* kernel) { delete static_cast<Kernel*>(kernel); }
 
-Op make_op(const char* op_name, size_t inputs, size_t outputs, bool cuda, ComputeFn compute, LinearKind kind = {}) {
+Op make_op(const char* op_name, size_t inputs, size_t outputs, bool cuda, ComputeFn compute, LinearKind kind = {},
+           const int* input_types = nullptr, size_t required_inputs = SIZE_MAX) {
   Op op;
   memset(&op.table, 0, sizeof(op.table));
   ort::CustomOp& t = op.table;
@@ -86,14 +115,14 @@ Op make_op(const char* op_name, size_t inputs, size_t outputs, bool cuda, Comput
   t.CreateKernel = create;
   t.GetName = name;
   t.GetExecutionProviderType = provider;
-  t.GetInputType = float16;
+  t.GetInputType = input_type;
   t.GetInputTypeCount = input_count;
   t.GetOutputType = float16;
   t.GetOutputTypeCount = output_count;
   t.KernelCompute = compute_v1;
   t.KernelDestroy = destroy;
-  t.GetInputCharacteristic = required;
-  t.GetOutputCharacteristic = required;
+  t.GetInputCharacteristic = input_required;
+  t.GetOutputCharacteristic = output_required;
   t.GetInputMemoryType = default_memory;
   t.GetVariadicInputMinArity = arity;
   t.GetVariadicInputHomogeneity = arity;
@@ -107,22 +136,43 @@ Op make_op(const char* op_name, size_t inputs, size_t outputs, bool cuda, Comput
   op.cuda = cuda;
   op.compute = compute;
   op.kind = kind;
+  op.input_types = input_types;
+  op.required = required_inputs;
   return op;
 }
 
+// The LinearInt4 family's input types: x, [skip, gamma,] codes, scales, zeros.
+constexpr int kInt4Types[] = {ort::kFloat16, ort::kUint8, ort::kFloat16, ort::kUint8};
+constexpr int kNormInt4Types[] = {ort::kFloat16, ort::kFloat16, ort::kFloat16, ort::kUint8, ort::kFloat16, ort::kUint8};
+
 // Every op, for the CPU and for CUDA (registered where the build has CUDA kernels).
+constexpr size_t kOps = 9;
 Op make_ops(bool cuda, size_t i) {
   switch (i) {
     case 0: return make_op("SwiGLU", 1, 1, cuda, swiglu_compute);
     case 1: return make_op("Linear", 2, 1, cuda, linear_compute);
-    case 2: return make_op("LinearSwiGLU", 2, 2, cuda, linear_compute, {false, true});
-    case 3: return make_op("NormLinear", 4, 3, cuda, linear_compute, {true, false});
-    default: return make_op("NormLinearSwiGLU", 4, 3, cuda, linear_compute, {true, true});
+    case 2: return make_op("LinearSwiGLU", 2, 2, cuda, linear_compute, {false, true, false});
+    case 3: return make_op("NormLinear", 4, 3, cuda, linear_compute, {true, false, false});
+    case 4: return make_op("NormLinearSwiGLU", 4, 3, cuda, linear_compute, {true, true, false});
+    case 5: return make_op("LinearInt4", 4, 2, cuda, linear_int4_compute, {false, false, true}, kInt4Types, 3);
+    case 6: return make_op("LinearInt4SwiGLU", 4, 2, cuda, linear_int4_compute, {false, true, true}, kInt4Types, 3);
+    case 7: return make_op("NormLinearInt4", 6, 3, cuda, linear_int4_compute, {true, false, true}, kNormInt4Types, 5);
+    default:
+      return make_op("NormLinearInt4SwiGLU", 6, 3, cuda, linear_int4_compute, {true, true, true}, kNormInt4Types, 5);
   }
 }
 
-Op ops[] = {make_ops(false, 0), make_ops(false, 1), make_ops(false, 2), make_ops(false, 3), make_ops(false, 4),
-            make_ops(true, 0),  make_ops(true, 1),  make_ops(true, 2),  make_ops(true, 3),  make_ops(true, 4)};
+// The ops' tables, made once (onnxruntime keeps pointers to them for the process).
+const std::vector<Op>& all_ops() {
+  static const std::vector<Op> ops = [] {
+    std::vector<Op> made;
+    for (bool cuda : {false, true}) {
+      for (size_t i = 0; i < kOps; ++i) made.push_back(make_ops(cuda, i));
+    }
+    return made;
+  }();
+  return ops;
+}
 
 }  // namespace
 
@@ -141,7 +191,7 @@ OrtStatus* RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* base)
   OrtCustomOpDomain* domain = nullptr;  // kept for the process: sessions made later use it
   ORT_RETURN_IF_ERROR(ort::api_fn<ort::CreateCustomOpDomainFn>(api, ort::kCreateCustomOpDomain)(kDomain, &domain));
   auto add = ort::api_fn<ort::CustomOpDomainAddFn>(api, ort::kCustomOpDomainAdd);
-  for (const Op& op : ops) {
+  for (const Op& op : all_ops()) {
     if (!op.cuda || has_cuda_kernels()) ORT_RETURN_IF_ERROR(add(domain, &op.table));
   }
   return ort::api_fn<ort::AddCustomOpDomainFn>(api, ort::kAddCustomOpDomain)(options, domain);

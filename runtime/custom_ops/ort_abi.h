@@ -26,7 +26,7 @@ struct OrtApiBase {
 namespace ort {
 
 // ONNX TensorProto element types and onnxruntime's error codes, as the ABI passes them.
-enum ElementType : int { kFloat = 1, kFloat16 = 10 };
+enum ElementType : int { kFloat = 1, kUint8 = 2, kFloat16 = 10 };
 enum ErrorCode : int { kOk = 0, kFail = 1, kInvalidArgument = 2 };
 
 // The API version asked for: every slot below exists from it on.
@@ -43,6 +43,8 @@ enum Slot : int {
   kGetDimensions = 62,
   kGetTensorTypeAndShape = 65,
   kKernelInfoGetAttributeFloat = 85,
+  kKernelInfoGetAttributeInt64 = 86,
+  kKernelContextGetInputCount = 88,
   kKernelContextGetInput = 90,
   kKernelContextGetOutput = 91,
   kReleaseStatus = 93,
@@ -69,6 +71,8 @@ using GetDimensionsCountFn = OrtStatus* (*)(const OrtTensorTypeAndShapeInfo* inf
 using GetDimensionsFn = OrtStatus* (*)(const OrtTensorTypeAndShapeInfo* info, int64_t* dims, size_t count);
 using GetTensorTypeAndShapeFn = OrtStatus* (*)(const OrtValue* value, OrtTensorTypeAndShapeInfo** out);
 using KernelInfoGetAttributeFloatFn = OrtStatus* (*)(const OrtKernelInfo* info, const char* name, float* out);
+using KernelInfoGetAttributeInt64Fn = OrtStatus* (*)(const OrtKernelInfo* info, const char* name, int64_t* out);
+using KernelContextGetInputCountFn = OrtStatus* (*)(const OrtKernelContext* context, size_t* out);
 using KernelContextGetInputFn = OrtStatus* (*)(const OrtKernelContext* context, size_t index, const OrtValue** out);
 using KernelContextGetOutputFn = OrtStatus* (*)(OrtKernelContext* context, size_t index, const int64_t* dims,
                                                 size_t count, OrtValue** out);

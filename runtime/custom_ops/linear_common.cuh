@@ -1,0 +1,151 @@
+// What the CUDA kernels of the Linear family share (linear.cu: float16 weights, linear_int4.cu:
+// 4-bit ones): the block size, the block-wide sums, the fused skip RMS norm, and cuBLAS's GEMM
+// on onnxruntime's handle. Included by those .cu files only (device code, nvcc).
+#pragma once
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <dlfcn.h>
+#include <library_types.h>
+#include <link.h>
+#include <string.h>
+
+#include <string>
+
+#include "cublas_abi.h"
+#include "op_math.h"
+
+namespace linear_common {
+
+constexpr int kGemvRows = 4;  // rows (decode) the GEMV kernels take; more go to cuBLAS
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr long kTargetWarps = 8192;         // enough resident warps to keep an H100 / H200's memory busy
+constexpr int kNormSharedBytes = 32 * 1024;  // the normalized rows a fused-norm block keeps
+
+__device__ __forceinline__ uint4 load16(const __half* p) { return *reinterpret_cast<const uint4*>(p); }
+
+inline bool aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Warps an output: the most (1, 2, 4, 8) that keep all warps within kTargetWarps, while each
+// warp still has a 16-byte chunk a lane, of the `chunks` an output's weights are read in.
+inline int warps_per_output(long n, long chunks) {
+  int wpo = 1;
+  while (wpo < kWarps && n * wpo * 2 <= kTargetWarps && chunks >= 64L * wpo) wpo *= 2;
+  return wpo;
+}
+
+// The sum over the block of each thread's `v[m]`, for every row m (all threads get it).
+template <int ROWS>
+__device__ inline void block_sums(float (&v)[ROWS]) {
+  __shared__ float partial[kWarps][ROWS];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+  for (int m = 0; m < ROWS; ++m) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) v[m] += __shfl_xor_sync(0xffffffffu, v[m], offset);
+    if (lane == 0) partial[warp][m] = v[m];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int m = 0; m < ROWS; ++m) {
+    v[m] = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) v[m] += partial[w][m];
+  }
+  __syncthreads();
+}
+
+// xs (ROWS, K) = rms_norm(x + skip) * gamma in float16, the block's threads sharing the work;
+// `sum` (when not null) gets x + skip. `a` has x, skip, gamma (float16), k and epsilon.
+template <int ROWS, typename Args>
+__device__ void skip_norm(const Args& a, __half* xs, __half* sum) {
+  const int chunks = a.k / 8;
+  float squares[ROWS];
+#pragma unroll
+  for (int m = 0; m < ROWS; ++m) squares[m] = 0.f;
+  for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+#pragma unroll
+    for (int m = 0; m < ROWS; ++m) {
+      const size_t at = static_cast<size_t>(m) * a.k + 8 * c;
+      const uint4 xv = load16(a.x + at), sv = load16(a.skip + at);
+      const __half2* xh = reinterpret_cast<const __half2*>(&xv);
+      const __half2* sh = reinterpret_cast<const __half2*>(&sv);
+      uint4 out;
+      __half2* oh = reinterpret_cast<__half2*>(&out);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float2 xf = __half22float2(xh[j]), sf = __half22float2(sh[j]);
+        const float2 s = make_float2(xf.x + sf.x, xf.y + sf.y);
+        squares[m] += s.x * s.x + s.y * s.y;
+        oh[j] = __floats2half2_rn(s.x, s.y);
+      }
+      *reinterpret_cast<uint4*>(xs + at) = out;
+      if (sum != nullptr) *reinterpret_cast<uint4*>(sum + at) = out;
+    }
+  }
+  block_sums<ROWS>(squares);
+  for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+    const uint4 gv = load16(a.gamma + 8 * c);
+    const __half2* gh = reinterpret_cast<const __half2*>(&gv);
+#pragma unroll
+    for (int m = 0; m < ROWS; ++m) {
+      const float scale = rms_scale(squares[m], a.k, a.epsilon);
+      __half2* xh = reinterpret_cast<__half2*>(xs + static_cast<size_t>(m) * a.k + 8 * c);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float2 s = __half22float2(xh[j]), g = __half22float2(gh[j]);
+        xh[j] = __floats2half2_rn(s.x * scale * g.x, s.y * scale * g.y);
+      }
+    }
+  }
+  __syncthreads();
+}
+
+// cublasGemmEx from the cuBLAS that onnxruntime's CUDA provider links (its handle is that
+// library's): looked up through the provider library, found among the loaded objects; else
+// from a cuBLAS already loaded under its usual names.
+inline int find_provider(struct dl_phdr_info* info, size_t, void* out) {
+  if (info->dlpi_name != nullptr && strstr(info->dlpi_name, "libonnxruntime_providers_cuda") != nullptr) {
+    *static_cast<std::string*>(out) = info->dlpi_name;
+    return 1;
+  }
+  return 0;
+}
+
+inline cublas::GemmExFn gemm_ex() {
+  static const cublas::GemmExFn fn = [] {
+    std::string provider;
+    dl_iterate_phdr(find_provider, &provider);
+    void* lib = provider.empty() ? nullptr : dlopen(provider.c_str(), RTLD_LAZY | RTLD_NOLOAD);
+    void* symbol = lib != nullptr ? dlsym(lib, "cublasGemmEx") : nullptr;
+    for (const char* name : {"libcublas.so.13", "libcublas.so.12"}) {
+      if (symbol != nullptr) break;
+      void* loaded = dlopen(name, RTLD_LAZY | RTLD_NOLOAD);
+      symbol = loaded != nullptr ? dlsym(loaded, "cublasGemmEx") : nullptr;
+    }
+    return reinterpret_cast<cublas::GemmExFn>(symbol);
+  }();
+  return fn;
+}
+
+// y (rows, n) = x (rows, k) . w^T on cuBLAS, y's rows `ldy` values apart.
+inline const char* gemm(const __half* x, const __half* w, __half* y, int64_t rows, int64_t n, int64_t k, int64_t ldy,
+                        void* handle) {
+  if (handle == nullptr) return "Linear: onnxruntime gave no cuBLAS handle for its CUDA stream";
+  const cublas::GemmExFn fn = gemm_ex();
+  if (fn == nullptr) return "Linear: cublasGemmEx was not found through onnxruntime's CUDA provider library";
+  const float one = 1.f, zero = 0.f;
+  // column-major: y^T (n, rows) = w (stored k x n, transposed) . x^T (k, rows)
+  const int status = fn(handle, cublas::kOpT, cublas::kOpN, static_cast<int>(n), static_cast<int>(rows),
+                        static_cast<int>(k), &one, w, CUDA_R_16F, static_cast<int>(k), x, CUDA_R_16F,
+                        static_cast<int>(k), &zero, y, CUDA_R_16F, static_cast<int>(ldy), cublas::kCompute32F,
+                        cublas::kGemmDefault);
+  return status == 0 ? nullptr : "Linear: cublasGemmEx failed";
+}
+
+inline const char* launched() {
+  const cudaError_t error = cudaGetLastError();
+  return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
+}
+
+}  // namespace linear_common

@@ -1,0 +1,301 @@
+// The LinearInt4 family on CUDA: the Linear family's computation (cuda_kernels.h's LinearCall)
+// with 4-bit weights in onnxruntime MatMulNBits' layout (Int4Weights), float16 activations, fp32
+// sums.
+//
+// Up to kGemvRows rows (decode): one GEMV kernel, built as linear.cu's: each output's codes read
+// in 16-byte chunks (32 codes, within one quantization block: the block is a multiple of 32),
+// K split over 1-8 warps, the norm formed per block in shared memory, gate and up rows summed by
+// the same warp. A 32-bit word's eight codes become four half2 pairs exactly (the nibble or'ed
+// into 1024.0's bits, less 1024 + zero point); the products and sums are fp32, and each chunk's
+// sum is scaled once. More rows (prefill, larger batches): the weights dequantized into the
+// scratch band by band (a band of up to kBandValues float16 values, so that it stays in L2 for the
+// GEMM that reads it), each band multiplied by cuBLAS into its columns of the output; the norm
+// and SwiGLU as linear.cu does them.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include <algorithm>
+
+#include "cuda_kernels.h"
+#include "linear_common.cuh"
+
+namespace {
+
+using namespace linear_common;
+
+constexpr int kCodes = 32;                  // codes a 16-byte chunk holds
+constexpr int64_t kBandValues = 16L << 20;  // float16 values of a dequantized band (32 MB)
+
+struct Int4Args {
+  const __half* x;
+  const __half* skip;
+  const __half* gamma;
+  const uint8_t* codes;
+  const __half* scales;
+  const uint8_t* zeros;  // null: 8
+  __half* y;
+  __half* sum;
+  int n;      // outputs (rows of codes: n, or 2n with SWIGLU)
+  int k;
+  int block;  // K values a scale covers, a multiple of kCodes
+  float epsilon;
+};
+
+Int4Args typed(const LinearCall& c, const Int4Weights& w) {
+  return {static_cast<const __half*>(c.x), static_cast<const __half*>(c.skip), static_cast<const __half*>(c.gamma),
+          static_cast<const uint8_t*>(w.codes), static_cast<const __half*>(w.scales),
+          static_cast<const uint8_t*>(w.zeros), static_cast<__half*>(c.y), static_cast<__half*>(c.sum),
+          static_cast<int>(c.n), static_cast<int>(c.k), static_cast<int>(w.block), c.epsilon};
+}
+
+// The zero point of row `row`'s quantization block `b` (blocks per row: `blocks`).
+__device__ __forceinline__ int zero_point(const uint8_t* zeros, int64_t row, int b, int blocks) {
+  if (zeros == nullptr) return 8;
+  const uint8_t byte = zeros[row * ((blocks + 1) / 2) + b / 2];
+  return b % 2 == 0 ? byte & 0xF : byte >> 4;
+}
+
+// The eight codes of `word` less the zero point (`offset` = 1024 + zero in both halves), as fp32,
+// times x's eight values xf, summed. Code j of the word is byte j/2's low (even j) or high nibble:
+// the pairs formed are (c0, c4), (c1, c5), (c2, c6), (c3, c7).
+__device__ __forceinline__ float dot_word(uint32_t word, __half2 offset, const float (&xf)[8]) {
+  float sum = 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t bits = ((word >> (4 * i)) & 0x000F000Fu) | 0x64006400u;  // 1024 + c in each half
+    const float2 w = __half22float2(__hsub2(*reinterpret_cast<const __half2*>(&bits), offset));
+    sum = fmaf(w.x, xf[i], fmaf(w.y, xf[i + 4], sum));
+  }
+  return sum;
+}
+
+// One block: kWarps / WPO outputs, each summed by WPO warps over interleaved 16-byte chunks of
+// its codes; with SWIGLU a warp sums the output's gate row n and up row n + N together.
+template <int ROWS, int WPO, bool NORM, bool SWIGLU>
+__global__ void __launch_bounds__(kThreads) gemv_int4(Int4Args a) {
+  constexpr int kOuts = kWarps / WPO;
+  constexpr int kSums = SWIGLU ? 2 : 1;
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int n = blockIdx.x * kOuts + warp / WPO;
+  const int part = warp % WPO;
+  const int chunks = a.k / kCodes;
+  const int blocks = a.k / a.block;
+  const int chunks_per_block = a.block / kCodes;
+  const bool live = n < a.n;
+  int64_t rows_w[kSums];
+#pragma unroll
+  for (int s = 0; s < kSums; ++s) rows_w[s] = static_cast<int64_t>(n) + s * a.n;
+  const __half* x = a.x;
+  if constexpr (NORM) {
+    extern __shared__ uint4 normalized[];
+    __half* xs = reinterpret_cast<__half*>(normalized);
+    skip_norm<ROWS>(a, xs, blockIdx.x == 0 ? a.sum : nullptr);
+    x = xs;
+  }
+  float acc[kSums][ROWS];
+#pragma unroll
+  for (int s = 0; s < kSums; ++s)
+#pragma unroll
+    for (int m = 0; m < ROWS; ++m) acc[s][m] = 0.f;
+  if (live) {
+#pragma unroll 2
+    for (int c = part * 32 + lane; c < chunks; c += 32 * WPO) {
+      const int b = c / chunks_per_block;
+      uint4 codes[kSums];
+      float scale[kSums];
+      __half2 offset[kSums];
+#pragma unroll
+      for (int s = 0; s < kSums; ++s) {
+        codes[s] = __ldg(reinterpret_cast<const uint4*>(a.codes + rows_w[s] * (a.k / 2)) + c);
+        scale[s] = __half2float(a.scales[rows_w[s] * blocks + b]);
+        offset[s] = __float2half2_rn(1024.f + static_cast<float>(zero_point(a.zeros, rows_w[s], b, blocks)));
+      }
+#pragma unroll
+      for (int m = 0; m < ROWS; ++m) {
+        float part_sum[kSums];
+#pragma unroll
+        for (int s = 0; s < kSums; ++s) part_sum[s] = 0.f;
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {  // the chunk's four words, eight x values each
+          const uint4 xv = load16(x + static_cast<size_t>(m) * a.k + kCodes * c + 8 * q);
+          const __half2* xh = reinterpret_cast<const __half2*>(&xv);
+          float xf[8];
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const float2 f = __half22float2(xh[j]);
+            xf[2 * j] = f.x;
+            xf[2 * j + 1] = f.y;
+          }
+#pragma unroll
+          for (int s = 0; s < kSums; ++s) {
+            const uint32_t word = reinterpret_cast<const uint32_t*>(&codes[s])[q];
+            part_sum[s] += dot_word(word, offset[s], xf);
+          }
+        }
+#pragma unroll
+        for (int s = 0; s < kSums; ++s) acc[s][m] = fmaf(part_sum[s], scale[s], acc[s][m]);
+      }
+    }
+  }
+  __shared__ float partial[kWarps][kSums][ROWS];
+#pragma unroll
+  for (int s = 0; s < kSums; ++s)
+#pragma unroll
+    for (int m = 0; m < ROWS; ++m) {
+      float v = acc[s][m];
+#pragma unroll
+      for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+      if (lane == 0) partial[warp][s][m] = v;
+    }
+  __syncthreads();
+  if (threadIdx.x < kOuts * ROWS) {
+    const int out = threadIdx.x / ROWS;
+    const int m = threadIdx.x % ROWS;
+    const int nn = blockIdx.x * kOuts + out;
+    if (nn < a.n) {
+      float total[kSums];
+#pragma unroll
+      for (int s = 0; s < kSums; ++s) {
+        total[s] = 0.f;
+#pragma unroll
+        for (int p = 0; p < WPO; ++p) total[s] += partial[out * WPO + p][s][m];
+      }
+      const float value = SWIGLU ? swiglu_value(total[0], total[kSums - 1]) : total[0];
+      a.y[static_cast<size_t>(m) * a.n + nn] = __float2half(value);
+    }
+  }
+}
+
+// Codes rows [first, first + count) dequantized to float16 into out (count, K): a thread a
+// 32-bit word (eight codes), written as one 16-byte store.
+__global__ void dequantize_rows(Int4Args a, int64_t first, int64_t count, __half* out) {
+  const int words = a.k / 8;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= count * words) return;
+  const int64_t r = i / words;
+  const int word_index = static_cast<int>(i % words);
+  const int64_t row = first + r;
+  const int b = word_index * 8 / a.block;
+  const int blocks = a.k / a.block;
+  const uint32_t word = reinterpret_cast<const uint32_t*>(a.codes + row * (a.k / 2))[word_index];
+  const float scale = __half2float(a.scales[row * blocks + b]);
+  const __half2 offset = __float2half2_rn(1024.f + static_cast<float>(zero_point(a.zeros, row, b, blocks)));
+  float w[8];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const uint32_t bits = ((word >> (4 * j)) & 0x000F000Fu) | 0x64006400u;
+    const float2 f = __half22float2(__hsub2(*reinterpret_cast<const __half2*>(&bits), offset));
+    w[j] = f.x;      // code j
+    w[j + 4] = f.y;  // code j + 4
+  }
+  uint4 packed;
+  __half2* h = reinterpret_cast<__half2*>(&packed);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) h[j] = __floats2half2_rn(w[2 * j] * scale, w[2 * j + 1] * scale);
+  *reinterpret_cast<uint4*>(out + r * a.k + 8 * word_index) = packed;
+}
+
+// Many rows: one block a row (linear.cu's, for this family's arguments).
+__global__ void __launch_bounds__(kThreads) skip_norm_rows_int4(Int4Args a, __half* normed) {
+  Int4Args row = a;
+  const size_t at = static_cast<size_t>(blockIdx.x) * a.k;
+  row.x += at;
+  row.skip += at;
+  skip_norm<1>(row, normed + at, a.sum + at);
+}
+
+template <int ROWS, bool NORM, bool SWIGLU>
+void launch_gemv(const Int4Args& a, cudaStream_t s) {
+  const int wpo = warps_per_output(a.n, a.k / kCodes);
+  const int outs = kWarps / wpo;
+  const unsigned blocks = static_cast<unsigned>((a.n + outs - 1) / outs);
+  const size_t shared = NORM ? static_cast<size_t>(ROWS) * a.k * sizeof(__half) : 0;
+  switch (wpo) {
+    case 1: gemv_int4<ROWS, 1, NORM, SWIGLU><<<blocks, kThreads, shared, s>>>(a); break;
+    case 2: gemv_int4<ROWS, 2, NORM, SWIGLU><<<blocks, kThreads, shared, s>>>(a); break;
+    case 4: gemv_int4<ROWS, 4, NORM, SWIGLU><<<blocks, kThreads, shared, s>>>(a); break;
+    default: gemv_int4<ROWS, 8, NORM, SWIGLU><<<blocks, kThreads, shared, s>>>(a); break;
+  }
+}
+
+template <bool NORM, bool SWIGLU>
+void launch_gemv_rows(const Int4Args& a, int rows, cudaStream_t s) {
+  switch (rows) {
+    case 1: launch_gemv<1, NORM, SWIGLU>(a, s); break;
+    case 2: launch_gemv<2, NORM, SWIGLU>(a, s); break;
+    case 3: launch_gemv<3, NORM, SWIGLU>(a, s); break;
+    default: launch_gemv<4, NORM, SWIGLU>(a, s); break;
+  }
+}
+
+// The GEMV takes the call: few rows, K and the block in whole chunks, aligned data, and with a
+// norm its normalized rows fit a block's shared memory.
+bool fused(const LinearCall& c, const Int4Weights& w) {
+  if (c.rows > kGemvRows || c.k % kCodes != 0 || w.block % kCodes != 0 || !aligned(c.x) || !aligned(w.codes)) {
+    return false;
+  }
+  return !c.norm || (aligned(c.skip) && aligned(c.gamma) && aligned(c.sum) && c.rows * c.k * 2 <= kNormSharedBytes);
+}
+
+// Codes rows a dequantized band holds.
+int64_t band_rows(const LinearCall& c) {
+  const int64_t total = c.swiglu ? 2 * c.n : c.n;
+  return std::max<int64_t>(1, std::min<int64_t>(total, kBandValues / c.k));
+}
+
+}  // namespace
+
+int64_t linear_int4_scratch_elements(const LinearCall& c, const Int4Weights& w) {
+  if (fused(c, w)) return 0;
+  // normed rows, the GEMM's (rows, 2n) output before SwiGLU, the dequantized band; each a
+  // multiple of 8 values so that the next starts 16-byte aligned
+  auto rounded = [](int64_t v) { return (v + 7) / 8 * 8; };
+  return rounded(c.norm ? c.rows * c.k : 0) + rounded(c.swiglu ? c.rows * 2 * c.n : 0) + band_rows(c) * c.k;
+}
+
+const char* linear_int4_cuda(const LinearCall& call, const Int4Weights& weights, void* stream, void* cublas) {
+  if (call.rows > INT32_MAX || call.n > INT32_MAX / 2 || call.k > INT32_MAX) {
+    return "LinearInt4: more than 2^31 - 1 rows, outputs or inputs";
+  }
+  if (call.k % 8 != 0 || weights.block % 8 != 0 || reinterpret_cast<uintptr_t>(weights.codes) % 4 != 0) {
+    return "LinearInt4: on CUDA K and the block must be multiples of 8 and the codes 4-byte aligned";
+  }
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  Int4Args a = typed(call, weights);
+  const int rows = static_cast<int>(call.rows);
+  if (fused(call, weights)) {  // the decode path: one kernel
+    if (call.norm && call.swiglu) launch_gemv_rows<true, true>(a, rows, s);
+    else if (call.norm) launch_gemv_rows<true, false>(a, rows, s);
+    else if (call.swiglu) launch_gemv_rows<false, true>(a, rows, s);
+    else launch_gemv_rows<false, false>(a, rows, s);
+    return launched();
+  }
+  auto rounded = [](int64_t v) { return (v + 7) / 8 * 8; };
+  __half* free = static_cast<__half*>(call.scratch);
+  const __half* x = a.x;
+  if (call.norm) {  // x + skip and its norm first, into the scratch
+    skip_norm_rows_int4<<<static_cast<unsigned>(rows), kThreads, 0, s>>>(a, free);
+    if (const char* failure = launched()) return failure;
+    x = free;
+    free += rounded(call.rows * call.k);
+  }
+  const int64_t total = call.swiglu ? 2 * call.n : call.n;  // codes rows, and the GEMM's outputs
+  __half* out = a.y;
+  if (call.swiglu) {
+    out = free;
+    free += rounded(call.rows * total);
+  }
+  const int64_t band = band_rows(call);
+  for (int64_t first = 0; first < total; first += band) {
+    const int64_t count = std::min(band, total - first);
+    const int64_t words = count * (call.k / 8);
+    dequantize_rows<<<static_cast<unsigned>((words + kThreads - 1) / kThreads), kThreads, 0, s>>>(a, first, count,
+                                                                                                 free);
+    if (const char* failure = launched()) return failure;
+    if (const char* failure = gemm(x, free, out + first, rows, count, call.k, total, cublas)) return failure;
+  }
+  if (!call.swiglu) return nullptr;
+  return swiglu_cuda(out, a.y, rows, call.n, stream);
+}

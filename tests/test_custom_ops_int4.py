@@ -1,0 +1,169 @@
+"""The LinearInt4 family of runtime.custom_ops: the Linear family with 4-bit weights in onnxruntime
+MatMulNBits' layout (codes (N, K / block, block / 2), two a byte, the low nibble first; fp16
+scales (N, K / block); optional packed 4-bit zero points, else 8). Its CPU kernel against numpy
+here; its CUDA kernels against the CPU one where onnxruntime-gpu and a GPU are (skipped elsewhere
+with that reason)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+from runtime import custom_ops
+
+CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+FAMILY = ["LinearInt4", "LinearInt4SwiGLU", "NormLinearInt4", "NormLinearInt4SwiGLU"]
+TYPES = {"x": TensorProto.FLOAT16, "skip": TensorProto.FLOAT16, "gamma": TensorProto.FLOAT16,
+         "codes": TensorProto.UINT8, "scales": TensorProto.FLOAT16, "zeros": TensorProto.UINT8}
+
+
+def int4_model(op: str, zeros: bool, block: int | None, epsilon: float = 1e-5) -> bytes:
+    """One node of the family over graph inputs (b, s, K) activations and the weights' arrays."""
+    norm = op.startswith("Norm")
+    names = ["x", *(["skip", "gamma"] if norm else []), "codes", "scales", *(["zeros"] if zeros else [])]
+    outputs = ["y", "sum", "scratch"] if norm else ["y", "scratch"]
+    attributes = {**({"epsilon": epsilon} if norm else {}), **({"block_size": block} if block else {})}
+    node = helper.make_node(op, names, outputs, domain=custom_ops.DOMAIN, **attributes)
+    graph = helper.make_graph([node], "int4", [helper.make_tensor_value_info(i, TYPES[i], None) for i in names],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT16, None) for o in outputs
+                               if o != "scratch"])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
+                                                    helper.make_opsetid(custom_ops.DOMAIN, 1)])
+    model.ir_version = 10
+    return model.SerializeToString()
+
+
+def int4_inputs(rows: tuple[int, int], k: int, n: int, block: int, op: str, zeros: bool,
+                seed: int = 0) -> dict[str, np.ndarray]:
+    """Random activations and weights of n rows (the codes' rows: 2 x outputs with SwiGLU)."""
+    rng = np.random.default_rng(seed)
+    feeds = {"x": rng.standard_normal((*rows, k)).astype(np.float16),
+             "codes": rng.integers(0, 256, (n, k // block, block // 2), dtype=np.uint8),
+             "scales": (rng.random((n, k // block)) * 0.04 / np.sqrt(k) + 0.01 / np.sqrt(k)).astype(np.float16)}
+    if zeros:
+        feeds["zeros"] = rng.integers(0, 256, (n, (k // block + 1) // 2), dtype=np.uint8)
+    if op.startswith("Norm"):
+        feeds["skip"] = rng.standard_normal((*rows, k)).astype(np.float16)
+        feeds["gamma"] = (1 + 0.1 * rng.standard_normal(k)).astype(np.float16)
+    return feeds
+
+
+def dequantized(feeds: dict, block: int) -> np.ndarray:
+    """(N, K) fp32: (code - zero) * scale."""
+    codes = feeds["codes"]
+    n, blocks, _ = codes.shape
+    q = np.stack([codes & 0xF, codes >> 4], axis=-1).reshape(n, blocks, block).astype(np.float32)
+    if "zeros" in feeds:
+        packed = feeds["zeros"]
+        zero = np.stack([packed & 0xF, packed >> 4], axis=-1).reshape(n, -1)[:, :blocks].astype(np.float32)
+    else:
+        zero = np.full((n, blocks), 8, np.float32)
+    return ((q - zero[..., None]) * feeds["scales"].astype(np.float32).reshape(n, blocks)[..., None]).reshape(n, -1)
+
+
+def reference(feeds: dict, op: str, block: int, epsilon: float = 1e-5) -> tuple[np.ndarray, np.ndarray | None]:
+    """(y, sum) in fp32, with the kernels' float16 roundings of the sum and the normalized rows."""
+    h, total = feeds["x"].astype(np.float32), None
+    if op.startswith("Norm"):
+        total = (h + feeds["skip"].astype(np.float32)).astype(np.float16).astype(np.float32)
+        scale = 1 / np.sqrt((total ** 2).mean(-1, keepdims=True) + epsilon)
+        h = (total * scale * feeds["gamma"].astype(np.float32)).astype(np.float16).astype(np.float32)
+    y = h @ dequantized(feeds, block).T
+    if op.endswith("SwiGLU"):
+        half = y.shape[-1] // 2
+        gate, up = y[..., :half].astype(np.float16).astype(np.float32), y[..., half:].astype(np.float16).astype(np.float32)
+        y = gate / (1 + np.exp(-gate)) * up
+    return y, total
+
+
+def session(model: bytes, providers=("CPUExecutionProvider",), cuda: bool = False, **provider_options):
+    options = ort.SessionOptions()
+    custom_ops.register(options, cuda=cuda)
+    return ort.InferenceSession(model, options,
+                                providers=[(p, provider_options) if p.startswith("CUDA") else p for p in providers])
+
+
+@pytest.mark.parametrize("op", FAMILY)
+@pytest.mark.parametrize("zeros", [False, True])
+@pytest.mark.parametrize("rows,k,n,block", [((1, 1), 64, 24, 32), ((2, 3), 192, 6, 64), ((1, 9), 96, 34, 32),
+                                            ((1, 2), 160, 10, 32)])  # 160 / 32: an odd number of blocks
+def test_the_int4_family_on_the_cpu_computes_its_reference(op, zeros, rows, k, n, block):
+    feeds = int4_inputs(rows, k, n, block, op, zeros, seed=k + n)
+    got = dict(zip(["y", "sum"], session(int4_model(op, zeros, block)).run(None, feeds)))
+    want, total = reference(feeds, op, block)
+    assert got["y"].shape == want.shape and got["y"].dtype == np.float16
+    np.testing.assert_allclose(got["y"].astype(np.float32), want, rtol=2e-3, atol=2e-3)
+    if total is not None:
+        np.testing.assert_array_equal(got["sum"].astype(np.float32), total)
+
+
+def test_the_low_nibble_is_the_first_code_and_no_zero_point_means_eight():
+    feeds = {"x": np.eye(32, dtype=np.float16)[None], "codes": np.full((1, 1, 16), 0x1F, np.uint8),
+             "scales": np.ones((1, 1), np.float16)}
+    (y,) = session(int4_model("LinearInt4", False, 32)).run(None, feeds)[:1]
+    np.testing.assert_array_equal(y[0, :, 0], np.tile([15 - 8, 1 - 8], 16).astype(np.float16))
+    feeds["zeros"] = np.array([[0x03]], np.uint8)  # block 0's zero point: the low nibble, 3
+    (y,) = session(int4_model("LinearInt4", True, 32)).run(None, feeds)[:1]
+    np.testing.assert_array_equal(y[0, :, 0], np.tile([15 - 3, 1 - 3], 16).astype(np.float16))
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"block": 16}, "block_size must be a positive multiple of 32"),
+    ({"k": 80}, "K \\(the input's last dimension\\) must be a multiple of block_size"),
+    ({"codes": (4, 2, 8)}, "codes must be \\(N, K / block_size, block_size / 2\\) uint8"),
+    ({"scales": (4, 3)}, "scales must hold N \\* K / block_size values"),
+    ({"zeros": (4, 2)}, "zero points must hold N \\* ceil\\(K / block_size / 2\\) bytes"),
+    ({"op": "LinearInt4SwiGLU", "n": 3}, "codes must have an even number of rows"),
+])
+def test_weights_the_family_does_not_take_are_refused_with_the_reason(change, message):
+    op, k, n, block = change.get("op", "LinearInt4"), change.get("k", 64), change.get("n", 4), change.get("block", 32)
+    feeds = int4_inputs((1, 1), 64, n, 32, op, zeros="zeros" in change)
+    feeds["x"] = np.zeros((1, 1, k), np.float16)
+    if "codes" in change:
+        feeds["codes"] = np.zeros(change["codes"], np.uint8)
+    if "scales" in change:
+        feeds["scales"] = np.zeros(change["scales"], np.float16)
+    if "zeros" in change:
+        feeds["zeros"] = np.zeros(change["zeros"], np.uint8)
+    with pytest.raises(Exception, match=f"{op}: {message}"):
+        session(int4_model(op, "zeros" in change, block)).run(None, feeds)
+
+
+def test_a_node_without_its_block_size_is_refused_when_the_session_is_made():
+    with pytest.raises(Exception, match="LinearInt4: the node needs its block_size attribute"):
+        session(int4_model("LinearInt4", False, None))
+
+
+@pytest.mark.skipif(not CUDA, reason="the CUDA kernels need onnxruntime's CUDA provider: onnxruntime-gpu and an NVIDIA GPU")
+@pytest.mark.parametrize("graph", [False, True])
+@pytest.mark.parametrize("op", FAMILY)
+@pytest.mark.parametrize("rows,k,n,block,zeros", [((1, 1), 2048, 3072, 32, False), ((3, 1), 8192, 2048, 64, True),
+                                                  ((1, 1), 2048, 50000, 32, False), ((2, 1), 2048, 300, 128, True),
+                                                  ((2, 5), 2048, 3072, 32, False), ((1, 1), 96, 40, 32, True),
+                                                  ((4, 1), 8192, 512, 64, False)])
+def test_the_int4_family_on_cuda_equals_the_cpu_kernel_and_runs_in_a_captured_graph(graph, op, rows, k, n, block, zeros):
+    """1-4 rows: the GEMV kernel does it all (K split over 1-8 warps; the norm in shared memory
+    where 2 x rows x K bytes fit 32 KiB, else our norm kernel first: the last case); more rows:
+    the weights dequantized band by band for cuBLAS on onnxruntime's handle, then SwiGLU; each
+    eager, and captured into a graph and replayed."""
+    import torch  # noqa: F401  (loads the CUDA libraries onnxruntime-gpu links against)
+
+    feeds = int4_inputs(rows, k, 2 * n if op.endswith("SwiGLU") else n, block, op, zeros, seed=k + n)
+    model = int4_model(op, zeros, block)
+    cpu = session(model).run(None, feeds)
+    sess = session(model, ("CUDAExecutionProvider",), cuda=True, enable_cuda_graph="1" if graph else "0")
+    binding = sess.io_binding()
+    values = {name: ort.OrtValue.ortvalue_from_numpy(a, "cuda", 0) for name, a in feeds.items()}
+    for name, value in values.items():
+        binding.bind_ortvalue_input(name, value)
+    outputs = [o.name for o in sess.get_outputs()]
+    bound = [ort.OrtValue.ortvalue_from_shape_and_type(list(want.shape), np.float16, "cuda", 0) for want in cpu]
+    for name, value in zip(outputs, bound):  # fixed addresses, as a captured graph needs
+        binding.bind_ortvalue_output(name, value)
+    for _ in range(3):  # with a graph: capture, then replays
+        sess.run_with_iobinding(binding)
+    for name, value, want in zip(outputs, bound, cpu):
+        np.testing.assert_allclose(value.numpy().astype(np.float32), want.astype(np.float32), rtol=1e-2, atol=1e-2,
+                                   err_msg=name)
