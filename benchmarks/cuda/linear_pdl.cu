@@ -1,0 +1,438 @@
+// A candidate for runtime/custom_ops/linear.cu, measured against it by benchmarks/gpu_gemv_chain.py
+// (variant file=benchmarks/cuda/linear_pdl.cu, its constants set per variant) before it replaces it.
+// The product's GEMV with three changes:
+// - programmatic dependent launch on sm_90 and later: a GEMV may start while the kernel before it
+//   in the stream finishes, and waits for that kernel's results (griddepcontrol.wait) only before
+//   it reads its inputs, so one projection's weights stream while the one before drains
+//   (OPTIMIZER_CUDA_PDL=0 turns it off);
+// - kPreload 16-byte weight chunks a lane read before that wait (and before a fused norm);
+// - weights of up to kPrefetchBytes requested whole from L2 at once (one bulk prefetch a row).
+// run14 (run14-gemv-chain.jsonl, kPreload=0 and every weight prefetched): the 1B step's 65 GEMVs
+// 867 us against the product's 830 (916 without PDL): q/k/v 10% and o 13% faster, gate/up, down
+// and the lm_head slower (the prefetched rows of the large weights did not fit L2). Not yet run:
+// kPreload 1-4, the prefetch limited to weights that L2 holds with room (16 MB).
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <dlfcn.h>
+#include <link.h>
+#include <stdlib.h>
+#include <library_types.h>
+#include <string.h>
+
+#include <string>
+
+#include "cublas_abi.h"
+#include "cuda_kernels.h"
+#include "op_math.h"
+
+namespace {
+
+constexpr int kGemvRows = 4;
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr long kTargetWarps = 8192;         // enough resident warps to keep an H100 / H200's memory busy
+constexpr int kNormSharedBytes = 32 * 1024;  // the normalized rows a fused-norm block keeps
+constexpr int kPreload = 2;                   // 16-byte weight chunks a lane reads before its inputs are ready
+constexpr long kPrefetchBytes = 16L << 20;    // weights up to this size are requested whole from L2 at once
+
+// A LinearCall with typed pointers and int sizes.
+struct LinearArgs {
+  const __half* x;
+  const __half* skip;
+  const __half* gamma;
+  const __half* w;
+  __half* y;
+  __half* sum;
+  int n;
+  int k;
+  float epsilon;
+  bool prefetch;  // request the block's weight rows from L2 at once
+};
+
+LinearArgs typed(const LinearCall& c) {
+  return {static_cast<const __half*>(c.x), static_cast<const __half*>(c.skip), static_cast<const __half*>(c.gamma),
+          static_cast<const __half*>(c.w), static_cast<__half*>(c.y), static_cast<__half*>(c.sum),
+          static_cast<int>(c.n), static_cast<int>(c.k), c.epsilon,
+          c.n * c.k * (c.swiglu ? 2 : 1) * static_cast<long>(sizeof(__half)) <= kPrefetchBytes};
+}
+
+__device__ __forceinline__ uint4 load16(const __half* p) { return *reinterpret_cast<const uint4*>(p); }
+
+__device__ __forceinline__ float dot8(uint4 a, uint4 b) {
+  const __half2* ah = reinterpret_cast<const __half2*>(&a);
+  const __half2* bh = reinterpret_cast<const __half2*>(&b);
+  float sum = 0.f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 af = __half22float2(ah[j]);
+    const float2 bf = __half22float2(bh[j]);
+    sum = fmaf(af.x, bf.x, fmaf(af.y, bf.y, sum));
+  }
+  return sum;
+}
+
+// Programmatic dependent launch (sm_90 on; no-ops before, and in a kernel launched without it):
+// let the next kernel in the stream start, and wait until the kernels before this one have
+// finished and their writes are visible (before reading anything they wrote).
+__device__ __forceinline__ void let_next_start() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void wait_for_inputs() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Ask L2 for `bytes` (a multiple of 16) from the 16-byte aligned `p`: one bulk request on sm_90.
+__device__ __forceinline__ void prefetch_l2(const void* p, unsigned bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#endif
+}
+
+// The sum over the block of each thread's `v[m]`, for every row m (all threads get it).
+template <int ROWS>
+__device__ void block_sums(float (&v)[ROWS]) {
+  __shared__ float partial[kWarps][ROWS];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+  for (int m = 0; m < ROWS; ++m) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) v[m] += __shfl_xor_sync(0xffffffffu, v[m], offset);
+    if (lane == 0) partial[warp][m] = v[m];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int m = 0; m < ROWS; ++m) {
+    v[m] = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) v[m] += partial[w][m];
+  }
+  __syncthreads();
+}
+
+// xs (ROWS, K) = rms_norm(x + skip) * gamma in float16, the block's threads sharing the work;
+// `sum` (when not null) gets x + skip.
+template <int ROWS>
+__device__ void skip_norm(const LinearArgs& a, __half* xs, __half* sum) {
+  const int chunks = a.k / 8;
+  float squares[ROWS];
+#pragma unroll
+  for (int m = 0; m < ROWS; ++m) squares[m] = 0.f;
+  for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+#pragma unroll
+    for (int m = 0; m < ROWS; ++m) {
+      const size_t at = static_cast<size_t>(m) * a.k + 8 * c;
+      const uint4 xv = load16(a.x + at), sv = load16(a.skip + at);
+      const __half2* xh = reinterpret_cast<const __half2*>(&xv);
+      const __half2* sh = reinterpret_cast<const __half2*>(&sv);
+      uint4 out;
+      __half2* oh = reinterpret_cast<__half2*>(&out);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float2 xf = __half22float2(xh[j]), sf = __half22float2(sh[j]);
+        const float2 s = make_float2(xf.x + sf.x, xf.y + sf.y);
+        squares[m] += s.x * s.x + s.y * s.y;
+        oh[j] = __floats2half2_rn(s.x, s.y);
+      }
+      *reinterpret_cast<uint4*>(xs + at) = out;
+      if (sum != nullptr) *reinterpret_cast<uint4*>(sum + at) = out;
+    }
+  }
+  block_sums<ROWS>(squares);
+  for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+    const uint4 gv = load16(a.gamma + 8 * c);
+    const __half2* gh = reinterpret_cast<const __half2*>(&gv);
+#pragma unroll
+    for (int m = 0; m < ROWS; ++m) {
+      const float scale = rms_scale(squares[m], a.k, a.epsilon);
+      __half2* xh = reinterpret_cast<__half2*>(xs + static_cast<size_t>(m) * a.k + 8 * c);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float2 s = __half22float2(xh[j]), g = __half22float2(gh[j]);
+        xh[j] = __floats2half2_rn(s.x * scale * g.x, s.y * scale * g.y);
+      }
+    }
+  }
+  __syncthreads();
+}
+
+// One block: kWarps / WPO outputs, each summed by WPO warps over interleaved 16-byte chunks of
+// K; with SWIGLU a warp sums the output's gate row n and up row n + N together.
+template <int ROWS, int WPO, bool NORM, bool SWIGLU>
+__global__ void __launch_bounds__(kThreads) gemv(LinearArgs a) {
+  constexpr int kOuts = kWarps / WPO;
+  constexpr int kSums = SWIGLU ? 2 : 1;
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int n = blockIdx.x * kOuts + warp / WPO;
+  const int part = warp % WPO;
+  const int chunks = a.k / 8;
+  const bool live = n < a.n;
+  const uint4* rows_w[kSums];
+#pragma unroll
+  for (int s = 0; s < kSums; ++s) {
+    rows_w[s] = reinterpret_cast<const uint4*>(a.w + (static_cast<size_t>(n) + s * a.n) * a.k);
+  }
+  // The weights are constants: the first chunks are read (and, for a weight that L2 holds with
+  // room to spare, the whole rows requested) before the kernel waits for its inputs.
+  if (a.prefetch && live && part == 0 && lane == 0) {
+#pragma unroll
+    for (int s = 0; s < kSums; ++s) prefetch_l2(rows_w[s], static_cast<unsigned>(a.k) * sizeof(__half));
+  }
+  const int first = part * 32 + lane;
+  uint4 early[kPreload > 0 ? kPreload : 1][kSums];
+#pragma unroll
+  for (int i = 0; i < kPreload; ++i) {
+    const int c = first + i * 32 * WPO;
+#pragma unroll
+    for (int s = 0; s < kSums; ++s) early[i][s] = live && c < chunks ? __ldg(rows_w[s] + c) : make_uint4(0, 0, 0, 0);
+  }
+  let_next_start();
+  wait_for_inputs();
+  const __half* x = a.x;
+  if constexpr (NORM) {
+    extern __shared__ uint4 normalized[];
+    __half* xs = reinterpret_cast<__half*>(normalized);
+    skip_norm<ROWS>(a, xs, blockIdx.x == 0 ? a.sum : nullptr);
+    x = xs;
+  }
+  float acc[kSums][ROWS];
+#pragma unroll
+  for (int s = 0; s < kSums; ++s)
+#pragma unroll
+    for (int m = 0; m < ROWS; ++m) acc[s][m] = 0.f;
+  if (live) {
+#pragma unroll
+    for (int i = 0; i < kPreload; ++i) {
+      const int c = first + i * 32 * WPO;
+      if (c < chunks) {
+#pragma unroll
+        for (int m = 0; m < ROWS; ++m) {
+          const uint4 xv = load16(x + static_cast<size_t>(m) * a.k + 8 * c);
+#pragma unroll
+          for (int s = 0; s < kSums; ++s) acc[s][m] += dot8(early[i][s], xv);
+        }
+      }
+    }
+#pragma unroll 4
+    for (int c = first + kPreload * 32 * WPO; c < chunks; c += 32 * WPO) {
+      uint4 wv[kSums];
+#pragma unroll
+      for (int s = 0; s < kSums; ++s) wv[s] = __ldg(rows_w[s] + c);
+#pragma unroll
+      for (int m = 0; m < ROWS; ++m) {
+        const uint4 xv = load16(x + static_cast<size_t>(m) * a.k + 8 * c);
+#pragma unroll
+        for (int s = 0; s < kSums; ++s) acc[s][m] += dot8(wv[s], xv);
+      }
+    }
+  }
+  __shared__ float partial[kWarps][kSums][ROWS];
+#pragma unroll
+  for (int s = 0; s < kSums; ++s)
+#pragma unroll
+    for (int m = 0; m < ROWS; ++m) {
+      float v = acc[s][m];
+#pragma unroll
+      for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+      if (lane == 0) partial[warp][s][m] = v;
+    }
+  __syncthreads();
+  if (threadIdx.x < kOuts * ROWS) {
+    const int out = threadIdx.x / ROWS;
+    const int m = threadIdx.x % ROWS;
+    const int nn = blockIdx.x * kOuts + out;
+    if (nn < a.n) {
+      float total[kSums];
+#pragma unroll
+      for (int s = 0; s < kSums; ++s) {
+        total[s] = 0.f;
+#pragma unroll
+        for (int p = 0; p < WPO; ++p) total[s] += partial[out * WPO + p][s][m];
+      }
+      const float value = SWIGLU ? swiglu_value(total[0], total[kSums - 1]) : total[0];
+      a.y[static_cast<size_t>(m) * a.n + nn] = __float2half(value);
+    }
+  }
+}
+
+// Many rows: one block a row.
+__global__ void __launch_bounds__(kThreads) skip_norm_rows(LinearArgs a, __half* normed) {
+  LinearArgs row = a;
+  const size_t at = static_cast<size_t>(blockIdx.x) * a.k;
+  row.x += at;
+  row.skip += at;
+  skip_norm<1>(row, normed + at, a.sum + at);
+}
+
+// Warps an output: the most (1, 2, 4, 8) that keep all warps within kTargetWarps, while each
+// warp still has a 16-byte chunk a lane.
+int warps_per_output(long n, long k) {
+  int wpo = 1;
+  while (wpo < kWarps && n * wpo * 2 <= kTargetWarps && k / 8 >= 64L * wpo) wpo *= 2;
+  return wpo;
+}
+
+// Programmatic dependent launches: on devices of compute capability 9.0 and later, unless
+// OPTIMIZER_CUDA_PDL=0.
+bool programmatic_launch() {
+  static const bool allowed = [] {
+    const char* env = getenv("OPTIMIZER_CUDA_PDL");
+    return env == nullptr || strcmp(env, "0") != 0;
+  }();
+  constexpr int kDevices = 64;
+  static int major[kDevices] = {};  // 0: not asked yet
+  int device = 0;
+  if (!allowed || cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kDevices) return false;
+  if (major[device] == 0 && cudaDeviceGetAttribute(&major[device], cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+    return false;
+  }
+  return major[device] >= 9;
+}
+
+template <int ROWS, int WPO, bool NORM, bool SWIGLU>
+void launch_gemv_kernel(const LinearArgs& a, unsigned blocks, size_t shared, cudaStream_t s) {
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(blocks);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = shared;
+  config.stream = s;
+  config.attrs = attribute;
+  config.numAttrs = programmatic_launch() ? 1 : 0;
+  cudaLaunchKernelEx(&config, gemv<ROWS, WPO, NORM, SWIGLU>, a);
+}
+
+template <int ROWS, bool NORM, bool SWIGLU>
+void launch_gemv(const LinearArgs& a, cudaStream_t s) {
+  const int wpo = warps_per_output(a.n, a.k);
+  const int outs = kWarps / wpo;
+  const unsigned blocks = static_cast<unsigned>((a.n + outs - 1) / outs);
+  const size_t shared = NORM ? static_cast<size_t>(ROWS) * a.k * sizeof(__half) : 0;
+  switch (wpo) {
+    case 1: launch_gemv_kernel<ROWS, 1, NORM, SWIGLU>(a, blocks, shared, s); break;
+    case 2: launch_gemv_kernel<ROWS, 2, NORM, SWIGLU>(a, blocks, shared, s); break;
+    case 4: launch_gemv_kernel<ROWS, 4, NORM, SWIGLU>(a, blocks, shared, s); break;
+    default: launch_gemv_kernel<ROWS, 8, NORM, SWIGLU>(a, blocks, shared, s); break;
+  }
+}
+
+template <bool NORM, bool SWIGLU>
+void launch_gemv_rows(const LinearArgs& a, int rows, cudaStream_t s) {
+  switch (rows) {
+    case 1: launch_gemv<1, NORM, SWIGLU>(a, s); break;
+    case 2: launch_gemv<2, NORM, SWIGLU>(a, s); break;
+    case 3: launch_gemv<3, NORM, SWIGLU>(a, s); break;
+    default: launch_gemv<4, NORM, SWIGLU>(a, s); break;
+  }
+}
+
+bool aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// The plain GEMV takes x: few rows, K in 16-byte chunks, aligned data.
+bool gemv_takes(const void* x, const void* w, int64_t rows, int64_t k) {
+  return rows <= kGemvRows && k % 8 == 0 && aligned(x) && aligned(w);
+}
+
+// The GEMV does the whole call, the norm too: its normalized rows fit a block's shared memory.
+bool fused(const LinearCall& c) {
+  if (!gemv_takes(c.x, c.w, c.rows, c.k)) return false;
+  return !c.norm || (aligned(c.skip) && aligned(c.gamma) && aligned(c.sum) && c.rows * c.k * 2 <= kNormSharedBytes);
+}
+
+// Otherwise the norm goes to the scratch's first rows * k values (aligned: onnxruntime's buffers
+// are), and a GEMM's (rows, 2n) output before SwiGLU after them, where the GEMV cannot take x.
+bool swiglu_needs_gemm(const LinearCall& c) {
+  return !gemv_takes(c.norm ? c.scratch : c.x, c.w, c.rows, c.k);
+}
+
+// cublasGemmEx from the cuBLAS that onnxruntime's CUDA provider links (its handle is that
+// library's): looked up through the provider library, found among the loaded objects; else
+// from a cuBLAS already loaded under its usual names.
+int find_provider(struct dl_phdr_info* info, size_t, void* out) {
+  if (info->dlpi_name != nullptr && strstr(info->dlpi_name, "libonnxruntime_providers_cuda") != nullptr) {
+    *static_cast<std::string*>(out) = info->dlpi_name;
+    return 1;
+  }
+  return 0;
+}
+
+cublas::GemmExFn gemm_ex() {
+  static const cublas::GemmExFn fn = [] {
+    std::string provider;
+    dl_iterate_phdr(find_provider, &provider);
+    void* lib = provider.empty() ? nullptr : dlopen(provider.c_str(), RTLD_LAZY | RTLD_NOLOAD);
+    void* symbol = lib != nullptr ? dlsym(lib, "cublasGemmEx") : nullptr;
+    for (const char* name : {"libcublas.so.13", "libcublas.so.12"}) {
+      if (symbol != nullptr) break;
+      void* loaded = dlopen(name, RTLD_LAZY | RTLD_NOLOAD);
+      symbol = loaded != nullptr ? dlsym(loaded, "cublasGemmEx") : nullptr;
+    }
+    return reinterpret_cast<cublas::GemmExFn>(symbol);
+  }();
+  return fn;
+}
+
+// y (rows, n) = x (rows, k) . w^T on cuBLAS.
+const char* gemm(const __half* x, const __half* w, __half* y, int64_t rows, int64_t n, int64_t k, void* handle) {
+  if (handle == nullptr) return "Linear: onnxruntime gave no cuBLAS handle for its CUDA stream";
+  const cublas::GemmExFn fn = gemm_ex();
+  if (fn == nullptr) return "Linear: cublasGemmEx was not found through onnxruntime's CUDA provider library";
+  const float one = 1.f, zero = 0.f;
+  // column-major: y^T (n, rows) = w (stored k x n, transposed) . x^T (k, rows)
+  const int status = fn(handle, cublas::kOpT, cublas::kOpN, static_cast<int>(n), static_cast<int>(rows),
+                        static_cast<int>(k), &one, w, CUDA_R_16F, static_cast<int>(k), x, CUDA_R_16F,
+                        static_cast<int>(k), &zero, y, CUDA_R_16F, static_cast<int>(n), cublas::kCompute32F,
+                        cublas::kGemmDefault);
+  return status == 0 ? nullptr : "Linear: cublasGemmEx failed";
+}
+
+const char* launched() {
+  const cudaError_t error = cudaGetLastError();
+  return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
+}
+
+}  // namespace
+
+bool has_cuda_kernels() { return true; }
+
+int64_t linear_scratch_elements(const LinearCall& c) {
+  if (fused(c)) return 0;
+  return c.rows * ((c.norm ? c.k : 0) + (c.swiglu && swiglu_needs_gemm(c) ? 2 * c.n : 0));
+}
+
+const char* linear_cuda(const LinearCall& call, void* stream, void* cublas) {
+  if (call.rows > INT32_MAX || call.n > INT32_MAX / 2 || call.k > INT32_MAX) {
+    return "Linear: more than 2^31 - 1 rows, outputs or inputs";
+  }
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  LinearArgs a = typed(call);
+  const int rows = static_cast<int>(call.rows);
+  if (fused(call)) {  // the decode path: one kernel
+    if (call.norm && call.swiglu) launch_gemv_rows<true, true>(a, rows, s);
+    else if (call.norm) launch_gemv_rows<true, false>(a, rows, s);
+    else if (call.swiglu) launch_gemv_rows<false, true>(a, rows, s);
+    else launch_gemv_rows<false, false>(a, rows, s);
+    return launched();
+  }
+  __half* free = static_cast<__half*>(call.scratch);
+  if (call.norm) {  // x + skip and its norm first, into the scratch
+    skip_norm_rows<<<static_cast<unsigned>(rows), kThreads, 0, s>>>(a, free);
+    if (const char* failure = launched()) return failure;
+    a.x = free;
+    free += call.rows * call.k;
+  }
+  const bool gemv = gemv_takes(a.x, a.w, rows, a.k);
+  if (gemv && call.swiglu) launch_gemv_rows<false, true>(a, rows, s);
+  else if (gemv) launch_gemv_rows<false, false>(a, rows, s);
+  if (gemv) return launched();
+  if (!call.swiglu) return gemm(a.x, a.w, a.y, rows, a.n, a.k, cublas);
+  if (const char* failure = gemm(a.x, a.w, free, rows, 2 * static_cast<int64_t>(a.n), a.k, cublas)) return failure;
+  return swiglu_cuda(free, a.y, rows, a.n, stream);
+}
