@@ -1,6 +1,6 @@
 """Our GEMV kernels as a decode step calls them: every projection of a Llama shape in one CUDA graph.
 
-    python benchmarks/gpu_gemv_chain.py [--shape 1b] [--rows 1] [--variants now,pdl-off,rev=HEAD]
+    python benchmarks/gpu_gemv_chain.py [--shape 1b] [--rows 1] [--weights fp16,int4] [--variants now,...]
 
 The product's runtime/custom_ops/linear.cu, compiled here behind a C entry point
 (benchmarks/cuda/linear_chain.cu), called as `--passes custom-ops` engines call it at decode:
@@ -9,11 +9,15 @@ its own weights, then the lm_head; the whole chain captured in one torch CUDA gr
 (the attention between q/k/v and o is left out: o reads a fixed input). `step` is one replay (the
 GEMVs of one decode step, back to back); each projection alone is also timed as a chain of its
 layers' copies. `weight_tb_s` counts the weight bytes. Variants, each in its own process:
-`now` (the working tree's linear.cu), `rev=REV` (as of git revision REV), `file=PATH` (a
-candidate, e.g. benchmarks/cuda/linear_pdl.cu), each followed by `:NAME=VALUE` items setting
-one of its constants or, as `env.VAR=VALUE`, an environment variable, e.g.
-`file=cuda/linear_pdl.cu:kPreload=4:env.OPTIMIZER_CUDA_PDL=0`. Each variant's outputs are
-checked against torch in fp32 (`max_abs_diff`). Needs torch with CUDA and nvcc.
+`now` (the working tree's kernels), `rev=REV` (linear.cu as of git revision REV), `file=PATH`
+(another linear.cu, e.g. the candidate benchmarks/cuda/linear_pdl.cu), each followed by
+`:NAME=VALUE` items setting a constant of linear.cu, linear_int4.cu or linear_common.cuh or,
+as `env.VAR=VALUE`, an environment variable, e.g.
+`file=cuda/linear_pdl.cu:kPreload=4:env.OPTIMIZER_CUDA_PDL=0` or `now:kTargetWarps=4096`. Each variant's outputs are
+checked against torch in fp32 (`max_abs_diff`). `--weights int4`: the same step through the
+LinearInt4 family (runtime/custom_ops/linear_int4.cu, as the working tree has it, whatever the
+variant) with random codes in onnxruntime-genai's format (symmetric blocks of 32, the lm_head
+4-bit too); `weight_tb_s` then counts codes and scales. Needs torch with CUDA and nvcc.
 """
 
 from __future__ import annotations
@@ -37,17 +41,21 @@ OPS = ROOT / "runtime" / "custom_ops"
 SHAPES = {"1b": dict(hidden=2048, qkv=3072, inter=8192, vocab=128256, layers=16),
           "8b": dict(hidden=4096, qkv=6144, inter=14336, vocab=128256, layers=32)}
 EPS = 1e-5
+BLOCK = 32  # the 4-bit weights' quantization block (onnxruntime-genai's)
 
 
-def compile_command(linear_cu: Path, out: Path) -> list[str]:
+def compile_command(sources: Path, out: Path) -> list[str]:
+    """nvcc for the Linear families' kernels in the folder `sources` (a variant's copy of
+    runtime/custom_ops) and the chain's entry points."""
     sys.path.insert(0, str(ROOT))
     from runtime.custom_ops import find_nvcc
 
     nvcc = find_nvcc()
     if nvcc is None:
         raise SystemExit("the chain needs nvcc (PATH, $CUDA_HOME/bin or /usr/local/cuda/bin)")
-    return [nvcc, "-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-shared", f"-I{OPS}",
-            "-gencode=arch=compute_90,code=sm_90", "-o", str(out), str(linear_cu), str(OPS / "swiglu.cu"),
+    return [nvcc, "-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-shared", f"-I{sources}",
+            "-gencode=arch=compute_90,code=sm_90", "-o", str(out),
+            *(str(sources / name) for name in ("linear.cu", "swiglu.cu", "linear_int4.cu")),
             str(ROOT / "benchmarks" / "cuda" / "linear_chain.cu"), "-ldl"]
 
 
@@ -55,20 +63,25 @@ def load(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     lib.chain_linear.argtypes = ([ctypes.c_void_p] * 6 + [ctypes.c_longlong] * 3 + [ctypes.c_float]
                                  + [ctypes.c_int] * 2 + [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int])
+    lib.chain_linear_int4.argtypes = ([ctypes.c_void_p] * 8 + [ctypes.c_longlong] * 4 + [ctypes.c_float]
+                                      + [ctypes.c_int] * 2 + [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int])
     return lib
 
 
 class Chain:
     """Weights and buffers of every projection; `calls[kind]` the launches, in step order."""
 
-    def __init__(self, lib, shape: dict, rows: int):
+    def __init__(self, lib, shape: dict, rows: int, int4: bool = False):
         import torch
 
-        self.lib, self.rows = lib, rows
+        self.lib, self.rows, self.int4 = lib, rows, int4
         h, q, i, v, layers = shape["hidden"], shape["qkv"], shape["inter"], shape["vocab"], shape["layers"]
         dev, f16 = "cuda", torch.float16
 
         def weight(n, k):
+            if int4:  # (codes (n, k / 32, 16) uint8, scales (n, k / 32) fp16): symmetric, zero point 8
+                codes = torch.randint(0, 256, (n, k // BLOCK, BLOCK // 2), device=dev, dtype=torch.uint8)
+                return codes, (torch.rand(n, k // BLOCK, device=dev) * 0.2 / k ** 0.5).to(f16)
             return torch.randn(n, k, device=dev, dtype=f16) * (1.0 / k ** 0.5)
 
         def act(k):
@@ -99,8 +112,14 @@ class Chain:
         error = ctypes.create_string_buffer(512)
         for x, skip, gamma, w, y, s, n, k, norm, swiglu in calls:
             ptr = (lambda t: t.data_ptr() if t is not None else None)
-            if self.lib.chain_linear(ptr(x), ptr(skip), ptr(gamma), ptr(w), ptr(y), ptr(s), self.rows, n, k, EPS,
-                                     norm, swiglu, stream, error, len(error)):
+            if self.int4:
+                failed = self.lib.chain_linear_int4(ptr(x), ptr(skip), ptr(gamma), ptr(w[0]), ptr(w[1]), None, ptr(y),
+                                                    ptr(s), self.rows, n, k, BLOCK, EPS, norm, swiglu, stream, error,
+                                                    len(error))
+            else:
+                failed = self.lib.chain_linear(ptr(x), ptr(skip), ptr(gamma), ptr(w), ptr(y), ptr(s), self.rows, n, k,
+                                               EPS, norm, swiglu, stream, error, len(error))
+            if failed:
                 raise RuntimeError(error.value.decode())
 
     def max_abs_diff(self, kind: str) -> float:
@@ -114,10 +133,20 @@ class Chain:
         if norm:
             h = h + skip.float()
             h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + EPS) * gamma.float()
-        out = h @ w.float().t()
+        out = h @ dequantized(w).t() if self.int4 else h @ w.float().t()
         if swiglu:
             out = torch.nn.functional.silu(out[:, :n]) * out[:, n:]
         return float((out - y.float()).abs().max())
+
+
+def dequantized(weight):
+    """(N, K) fp32 of 4-bit (codes, scales): the low nibble first, zero point 8."""
+    import torch
+
+    codes, scales = weight
+    n, blocks, _ = codes.shape
+    q = torch.stack([codes & 0xF, codes >> 4], dim=-1).reshape(n, blocks, BLOCK).float() - 8
+    return (q * scales.float()[..., None]).reshape(n, blocks * BLOCK)
 
 
 def replay_us(graph, runs: int) -> tuple[float, float, float]:
@@ -148,7 +177,8 @@ def captured(chain: Chain, calls):
 
 
 def weight_bytes(calls) -> int:
-    return sum(c[3].numel() * 2 for c in calls)
+    return sum(sum(t.numel() * t.element_size() for t in (c[3] if isinstance(c[3], tuple) else (c[3],)))
+               for c in calls)
 
 
 def run_variant(args) -> None:
@@ -156,12 +186,12 @@ def run_variant(args) -> None:
     import torch
 
     lib = load(Path(args.lib))
-    for rows in (int(r) for r in args.rows.split(",")):
-        chain = Chain(lib, SHAPES[args.shape], rows)
+    for weights, rows in ((w, int(r)) for w in args.weights.split(",") for r in args.rows.split(",")):
+        chain = Chain(lib, SHAPES[args.shape], rows, int4=weights == "int4")
         diffs = {kind: round(chain.max_abs_diff(kind), 5) for kind in chain.calls}
         for kind, calls in (("step", chain.step), *chain.calls.items()):
             us, low, high = replay_us(captured(chain, calls), args.runs)
-            report_line({"variant": args.variant, "shape": args.shape, "rows": rows, "what": kind,
+            report_line({"variant": args.variant, "weights": weights, "shape": args.shape, "rows": rows, "what": kind,
                          "calls": len(calls), "us": round(us, 2), "min_us": round(low, 2),
                          "max_us": round(high, 2), "weight_tb_s": round(weight_bytes(calls) / us / 1e6, 3),
                          "max_abs_diff": diffs.get(kind, max(diffs.values()))}, args.results)
@@ -169,19 +199,22 @@ def run_variant(args) -> None:
         torch.cuda.empty_cache()
 
 
-def source_for(variant: str, folder: Path) -> tuple[Path, dict]:
-    """The linear.cu a variant compiles, and its environment: `now`, `rev=REV` or `file=PATH`,
-    then `:NAME=VALUE` items: a constant of the source set (`constexpr ... NAME = VALUE;`), or
-    with NAME `env.VAR` an environment variable."""
+TUNABLE = ("linear.cu", "linear_int4.cu", "linear_common.cuh")  # where a variant's constants may be
+
+
+def variant_sources(variant: str, folder: Path) -> tuple[Path, dict]:
+    """A copy of runtime/custom_ops for a variant, and its environment: `now`, `rev=REV` or
+    `file=PATH` (the linear.cu it compiles), then `:NAME=VALUE` items: a constant (`constexpr ...
+    NAME = VALUE;`) of linear.cu, linear_int4.cu or linear_common.cuh set, or with NAME `env.VAR`
+    an environment variable. The same variant text gives the same folder."""
     base, *items = variant.split(":")
-    if base == "now":
-        text = (OPS / "linear.cu").read_text()
-    elif base.startswith("rev="):
-        text = subprocess.run(["git", "show", f"{base[4:]}:runtime/custom_ops/linear.cu"], cwd=ROOT,
-                              capture_output=True, text=True, check=True).stdout
+    texts = {p.name: p.read_text() for p in OPS.iterdir() if p.suffix in (".h", ".cuh", ".cc", ".cu")}
+    if base.startswith("rev="):
+        texts["linear.cu"] = subprocess.run(["git", "show", f"{base[4:]}:runtime/custom_ops/linear.cu"], cwd=ROOT,
+                                            capture_output=True, text=True, check=True).stdout
     elif base.startswith("file="):
-        text = Path(base[5:]).read_text()
-    else:
+        texts["linear.cu"] = Path(base[5:]).read_text()
+    elif base != "now":
         raise SystemExit(f"unknown variant {variant!r}: now, rev=REV or file=PATH, then :NAME=VALUE items")
     env = {}
     for item in items:
@@ -189,18 +222,24 @@ def source_for(variant: str, folder: Path) -> tuple[Path, dict]:
         if name.startswith("env."):
             env[name[4:]] = value
             continue
-        text, found = re.subn(rf"(constexpr [\w ]+ {re.escape(name)} = )[^;]+;", rf"\g<1>{value};", text)
-        if found != 1:
-            raise SystemExit(f"{variant}: no constant {name} in {base}")
-    path = folder / f"linear-{hashlib.sha256(text.encode()).hexdigest()[:12]}.cu"
-    path.write_text(text)
-    return path, env
+        pattern = rf"(constexpr [\w ]+ {re.escape(name)} = )[^;]+;"
+        where = [f for f in TUNABLE if re.search(pattern, texts[f])]
+        if len(where) != 1:
+            raise SystemExit(f"{variant}: the constant {name} is in {where or 'none'} of {TUNABLE}, not one")
+        texts[where[0]] = re.sub(pattern, rf"\g<1>{value};", texts[where[0]])
+    digest = hashlib.sha256(repr(sorted(texts.items())).encode()).hexdigest()[:12]
+    target = folder / f"sources-{digest}"
+    target.mkdir(exist_ok=True)
+    for name, text in texts.items():
+        (target / name).write_text(text)
+    return target, env
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="1b", choices=sorted(SHAPES))
     ap.add_argument("--rows", default="1")
+    ap.add_argument("--weights", default="fp16", help="fp16, int4 or both (the LinearInt4 family)")
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--variants", default="now,file=cuda/linear_pdl.cu")
     ap.add_argument("--rounds", type=int, default=2, help="the variants in turn, this many times")
@@ -214,18 +253,19 @@ def main() -> None:
     variants = args.variants.split(",")
     with tempfile.TemporaryDirectory() as scratch:
         libs, builds = {}, []
-        for variant in variants:  # each source compiled once, all at the same time
-            source, _ = source_for(variant, Path(scratch))  # the same text, the same path
-            if source not in libs:
-                libs[source] = Path(scratch) / f"chain-{len(libs)}.so"
-                builds.append(subprocess.Popen(compile_command(source, libs[source])))
+        for variant in variants:  # each variant's sources compiled once, all at the same time
+            sources, _ = variant_sources(variant, Path(scratch))
+            if sources not in libs:
+                libs[sources] = Path(scratch) / f"chain-{len(libs)}.so"
+                builds.append(subprocess.Popen(compile_command(sources, libs[sources])))
         if any(b.wait() for b in builds):
             raise SystemExit("compiling a variant failed (nvcc's message above)")
         for _ in range(args.rounds):
             for variant in variants:
-                source, env = source_for(variant, Path(scratch))
-                command = [sys.executable, __file__, "--variant", variant, "--lib", str(libs[source]),
-                           "--shape", args.shape, "--rows", args.rows, "--runs", str(args.runs)]
+                sources, env = variant_sources(variant, Path(scratch))
+                command = [sys.executable, __file__, "--variant", variant, "--lib", str(libs[sources]),
+                           "--shape", args.shape, "--rows", args.rows, "--weights", args.weights,
+                           "--runs", str(args.runs)]
                 if args.results:
                     command += ["--results", args.results]
                 subprocess.run(command, env={**os.environ, **env}, check=True)

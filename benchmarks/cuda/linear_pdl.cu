@@ -13,27 +13,17 @@
 // kPreload 1-4, the prefetch limited to weights that L2 holds with room (16 MB).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
-#include <dlfcn.h>
-#include <link.h>
 #include <stdlib.h>
-#include <library_types.h>
-#include <string.h>
 
-#include <string>
-
-#include "cublas_abi.h"
 #include "cuda_kernels.h"
-#include "op_math.h"
+#include "linear_common.cuh"
 
 namespace {
 
-constexpr int kGemvRows = 4;
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
-constexpr long kTargetWarps = 8192;         // enough resident warps to keep an H100 / H200's memory busy
-constexpr int kNormSharedBytes = 32 * 1024;  // the normalized rows a fused-norm block keeps
-constexpr int kPreload = 2;                   // 16-byte weight chunks a lane reads before its inputs are ready
-constexpr long kPrefetchBytes = 16L << 20;    // weights up to this size are requested whole from L2 at once
+using namespace linear_common;
+
+constexpr int kPreload = 2;                 // 16-byte weight chunks a lane reads before its inputs are ready
+constexpr long kPrefetchBytes = 16L << 20;  // weights up to this size are requested whole from L2 at once
 
 // A LinearCall with typed pointers and int sizes.
 struct LinearArgs {
@@ -55,8 +45,6 @@ LinearArgs typed(const LinearCall& c) {
           static_cast<int>(c.n), static_cast<int>(c.k), c.epsilon,
           c.n * c.k * (c.swiglu ? 2 : 1) * static_cast<long>(sizeof(__half)) <= kPrefetchBytes};
 }
-
-__device__ __forceinline__ uint4 load16(const __half* p) { return *reinterpret_cast<const uint4*>(p); }
 
 __device__ __forceinline__ float dot8(uint4 a, uint4 b) {
   const __half2* ah = reinterpret_cast<const __half2*>(&a);
@@ -91,73 +79,6 @@ __device__ __forceinline__ void prefetch_l2(const void* p, unsigned bytes) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
 #endif
-}
-
-// The sum over the block of each thread's `v[m]`, for every row m (all threads get it).
-template <int ROWS>
-__device__ void block_sums(float (&v)[ROWS]) {
-  __shared__ float partial[kWarps][ROWS];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-#pragma unroll
-  for (int m = 0; m < ROWS; ++m) {
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) v[m] += __shfl_xor_sync(0xffffffffu, v[m], offset);
-    if (lane == 0) partial[warp][m] = v[m];
-  }
-  __syncthreads();
-#pragma unroll
-  for (int m = 0; m < ROWS; ++m) {
-    v[m] = 0.f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) v[m] += partial[w][m];
-  }
-  __syncthreads();
-}
-
-// xs (ROWS, K) = rms_norm(x + skip) * gamma in float16, the block's threads sharing the work;
-// `sum` (when not null) gets x + skip.
-template <int ROWS>
-__device__ void skip_norm(const LinearArgs& a, __half* xs, __half* sum) {
-  const int chunks = a.k / 8;
-  float squares[ROWS];
-#pragma unroll
-  for (int m = 0; m < ROWS; ++m) squares[m] = 0.f;
-  for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
-#pragma unroll
-    for (int m = 0; m < ROWS; ++m) {
-      const size_t at = static_cast<size_t>(m) * a.k + 8 * c;
-      const uint4 xv = load16(a.x + at), sv = load16(a.skip + at);
-      const __half2* xh = reinterpret_cast<const __half2*>(&xv);
-      const __half2* sh = reinterpret_cast<const __half2*>(&sv);
-      uint4 out;
-      __half2* oh = reinterpret_cast<__half2*>(&out);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const float2 xf = __half22float2(xh[j]), sf = __half22float2(sh[j]);
-        const float2 s = make_float2(xf.x + sf.x, xf.y + sf.y);
-        squares[m] += s.x * s.x + s.y * s.y;
-        oh[j] = __floats2half2_rn(s.x, s.y);
-      }
-      *reinterpret_cast<uint4*>(xs + at) = out;
-      if (sum != nullptr) *reinterpret_cast<uint4*>(sum + at) = out;
-    }
-  }
-  block_sums<ROWS>(squares);
-  for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
-    const uint4 gv = load16(a.gamma + 8 * c);
-    const __half2* gh = reinterpret_cast<const __half2*>(&gv);
-#pragma unroll
-    for (int m = 0; m < ROWS; ++m) {
-      const float scale = rms_scale(squares[m], a.k, a.epsilon);
-      __half2* xh = reinterpret_cast<__half2*>(xs + static_cast<size_t>(m) * a.k + 8 * c);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const float2 s = __half22float2(xh[j]), g = __half22float2(gh[j]);
-        xh[j] = __floats2half2_rn(s.x * scale * g.x, s.y * scale * g.y);
-      }
-    }
-  }
-  __syncthreads();
 }
 
 // One block: kWarps / WPO outputs, each summed by WPO warps over interleaved 16-byte chunks of
@@ -269,14 +190,6 @@ __global__ void __launch_bounds__(kThreads) skip_norm_rows(LinearArgs a, __half*
   skip_norm<1>(row, normed + at, a.sum + at);
 }
 
-// Warps an output: the most (1, 2, 4, 8) that keep all warps within kTargetWarps, while each
-// warp still has a 16-byte chunk a lane.
-int warps_per_output(long n, long k) {
-  int wpo = 1;
-  while (wpo < kWarps && n * wpo * 2 <= kTargetWarps && k / 8 >= 64L * wpo) wpo *= 2;
-  return wpo;
-}
-
 // Programmatic dependent launches: on devices of compute capability 9.0 and later, unless
 // OPTIMIZER_CUDA_PDL=0.
 bool programmatic_launch() {
@@ -311,7 +224,7 @@ void launch_gemv_kernel(const LinearArgs& a, unsigned blocks, size_t shared, cud
 
 template <int ROWS, bool NORM, bool SWIGLU>
 void launch_gemv(const LinearArgs& a, cudaStream_t s) {
-  const int wpo = warps_per_output(a.n, a.k);
+  const int wpo = warps_per_output(a.n, a.k / 8);
   const int outs = kWarps / wpo;
   const unsigned blocks = static_cast<unsigned>((a.n + outs - 1) / outs);
   const size_t shared = NORM ? static_cast<size_t>(ROWS) * a.k * sizeof(__half) : 0;
@@ -333,8 +246,6 @@ void launch_gemv_rows(const LinearArgs& a, int rows, cudaStream_t s) {
   }
 }
 
-bool aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 // The plain GEMV takes x: few rows, K in 16-byte chunks, aligned data.
 bool gemv_takes(const void* x, const void* w, int64_t rows, int64_t k) {
   return rows <= kGemvRows && k % 8 == 0 && aligned(x) && aligned(w);
@@ -350,52 +261,6 @@ bool fused(const LinearCall& c) {
 // are), and a GEMM's (rows, 2n) output before SwiGLU after them, where the GEMV cannot take x.
 bool swiglu_needs_gemm(const LinearCall& c) {
   return !gemv_takes(c.norm ? c.scratch : c.x, c.w, c.rows, c.k);
-}
-
-// cublasGemmEx from the cuBLAS that onnxruntime's CUDA provider links (its handle is that
-// library's): looked up through the provider library, found among the loaded objects; else
-// from a cuBLAS already loaded under its usual names.
-int find_provider(struct dl_phdr_info* info, size_t, void* out) {
-  if (info->dlpi_name != nullptr && strstr(info->dlpi_name, "libonnxruntime_providers_cuda") != nullptr) {
-    *static_cast<std::string*>(out) = info->dlpi_name;
-    return 1;
-  }
-  return 0;
-}
-
-cublas::GemmExFn gemm_ex() {
-  static const cublas::GemmExFn fn = [] {
-    std::string provider;
-    dl_iterate_phdr(find_provider, &provider);
-    void* lib = provider.empty() ? nullptr : dlopen(provider.c_str(), RTLD_LAZY | RTLD_NOLOAD);
-    void* symbol = lib != nullptr ? dlsym(lib, "cublasGemmEx") : nullptr;
-    for (const char* name : {"libcublas.so.13", "libcublas.so.12"}) {
-      if (symbol != nullptr) break;
-      void* loaded = dlopen(name, RTLD_LAZY | RTLD_NOLOAD);
-      symbol = loaded != nullptr ? dlsym(loaded, "cublasGemmEx") : nullptr;
-    }
-    return reinterpret_cast<cublas::GemmExFn>(symbol);
-  }();
-  return fn;
-}
-
-// y (rows, n) = x (rows, k) . w^T on cuBLAS.
-const char* gemm(const __half* x, const __half* w, __half* y, int64_t rows, int64_t n, int64_t k, void* handle) {
-  if (handle == nullptr) return "Linear: onnxruntime gave no cuBLAS handle for its CUDA stream";
-  const cublas::GemmExFn fn = gemm_ex();
-  if (fn == nullptr) return "Linear: cublasGemmEx was not found through onnxruntime's CUDA provider library";
-  const float one = 1.f, zero = 0.f;
-  // column-major: y^T (n, rows) = w (stored k x n, transposed) . x^T (k, rows)
-  const int status = fn(handle, cublas::kOpT, cublas::kOpN, static_cast<int>(n), static_cast<int>(rows),
-                        static_cast<int>(k), &one, w, CUDA_R_16F, static_cast<int>(k), x, CUDA_R_16F,
-                        static_cast<int>(k), &zero, y, CUDA_R_16F, static_cast<int>(n), cublas::kCompute32F,
-                        cublas::kGemmDefault);
-  return status == 0 ? nullptr : "Linear: cublasGemmEx failed";
-}
-
-const char* launched() {
-  const cudaError_t error = cudaGetLastError();
-  return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
 }
 
 }  // namespace
@@ -432,7 +297,8 @@ const char* linear_cuda(const LinearCall& call, void* stream, void* cublas) {
   if (gemv && call.swiglu) launch_gemv_rows<false, true>(a, rows, s);
   else if (gemv) launch_gemv_rows<false, false>(a, rows, s);
   if (gemv) return launched();
-  if (!call.swiglu) return gemm(a.x, a.w, a.y, rows, a.n, a.k, cublas);
-  if (const char* failure = gemm(a.x, a.w, free, rows, 2 * static_cast<int64_t>(a.n), a.k, cublas)) return failure;
+  if (!call.swiglu) return gemm(a.x, a.w, a.y, rows, a.n, a.k, a.n, cublas);
+  const int64_t both = 2 * static_cast<int64_t>(a.n);
+  if (const char* failure = gemm(a.x, a.w, free, rows, both, a.k, both, cublas)) return failure;
   return swiglu_cuda(free, a.y, rows, a.n, stream);
 }

