@@ -204,6 +204,12 @@ def test_the_linear_family_on_cuda_equals_the_cpu_kernels_and_runs_in_a_captured
     cpu = session(["CPUExecutionProvider"], model=linear_model(k, feeds["w"].shape[0], op)).run(None, feeds)
     sess = session(["CUDAExecutionProvider"], cuda=True, model=linear_model(k, feeds["w"].shape[0], op),
                    enable_cuda_graph="1" if graph else "0")
+    assert_cuda_runs_equal_the_cpu(sess, feeds, cpu)
+
+
+def assert_cuda_runs_equal_the_cpu(sess, feeds: dict[str, np.ndarray], cpu: list[np.ndarray]) -> None:
+    """`sess` (CUDA) run three times on device copies of `feeds` bound at fixed addresses (with a
+    graph: capture, then replays) gives the CPU session's outputs `cpu` (float16 tolerance)."""
     binding = sess.io_binding()
     values = {name: ort.OrtValue.ortvalue_from_numpy(a, "cuda", 0) for name, a in feeds.items()}
     for name, value in values.items():
@@ -212,7 +218,7 @@ def test_the_linear_family_on_cuda_equals_the_cpu_kernels_and_runs_in_a_captured
     bound = [ort.OrtValue.ortvalue_from_shape_and_type(list(want.shape), np.float16, "cuda", 0) for want in cpu]
     for name, value in zip(outputs, bound):  # fixed addresses, as a captured graph needs
         binding.bind_ortvalue_output(name, value)
-    for _ in range(3):  # with a graph: capture, then replays
+    for _ in range(3):
         sess.run_with_iobinding(binding)
     for name, value, want in zip(outputs, bound, cpu):
         np.testing.assert_allclose(value.numpy().astype(np.float32), want.astype(np.float32), rtol=1e-2, atol=1e-2,

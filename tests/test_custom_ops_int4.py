@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from runtime import custom_ops
+from tests.test_custom_ops import assert_cuda_runs_equal_the_cpu
 
 CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 FAMILY = ["LinearInt4", "LinearInt4SwiGLU", "NormLinearInt4", "NormLinearInt4SwiGLU"]
@@ -154,16 +155,4 @@ def test_the_int4_family_on_cuda_equals_the_cpu_kernel_and_runs_in_a_captured_gr
     model = int4_model(op, zeros, block)
     cpu = session(model).run(None, feeds)
     sess = session(model, ("CUDAExecutionProvider",), cuda=True, enable_cuda_graph="1" if graph else "0")
-    binding = sess.io_binding()
-    values = {name: ort.OrtValue.ortvalue_from_numpy(a, "cuda", 0) for name, a in feeds.items()}
-    for name, value in values.items():
-        binding.bind_ortvalue_input(name, value)
-    outputs = [o.name for o in sess.get_outputs()]
-    bound = [ort.OrtValue.ortvalue_from_shape_and_type(list(want.shape), np.float16, "cuda", 0) for want in cpu]
-    for name, value in zip(outputs, bound):  # fixed addresses, as a captured graph needs
-        binding.bind_ortvalue_output(name, value)
-    for _ in range(3):  # with a graph: capture, then replays
-        sess.run_with_iobinding(binding)
-    for name, value, want in zip(outputs, bound, cpu):
-        np.testing.assert_allclose(value.numpy().astype(np.float32), want.astype(np.float32), rtol=1e-2, atol=1e-2,
-                                   err_msg=name)
+    assert_cuda_runs_equal_the_cpu(sess, feeds, cpu)

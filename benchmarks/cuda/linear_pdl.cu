@@ -152,33 +152,7 @@ __global__ void __launch_bounds__(kThreads) gemv(LinearArgs a) {
       }
     }
   }
-  __shared__ float partial[kWarps][kSums][ROWS];
-#pragma unroll
-  for (int s = 0; s < kSums; ++s)
-#pragma unroll
-    for (int m = 0; m < ROWS; ++m) {
-      float v = acc[s][m];
-#pragma unroll
-      for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-      if (lane == 0) partial[warp][s][m] = v;
-    }
-  __syncthreads();
-  if (threadIdx.x < kOuts * ROWS) {
-    const int out = threadIdx.x / ROWS;
-    const int m = threadIdx.x % ROWS;
-    const int nn = blockIdx.x * kOuts + out;
-    if (nn < a.n) {
-      float total[kSums];
-#pragma unroll
-      for (int s = 0; s < kSums; ++s) {
-        total[s] = 0.f;
-#pragma unroll
-        for (int p = 0; p < WPO; ++p) total[s] += partial[out * WPO + p][s][m];
-      }
-      const float value = SWIGLU ? swiglu_value(total[0], total[kSums - 1]) : total[0];
-      a.y[static_cast<size_t>(m) * a.n + nn] = __float2half(value);
-    }
-  }
+  store_outputs<ROWS, WPO, SWIGLU>(acc, a.y, a.n, warp, lane);
 }
 
 // Many rows: one block a row.

@@ -21,7 +21,14 @@
 #    int4 (genai's format, MatMulNBits) and int4-custom (the same weights through LinearInt4);
 # 2. all four at batch 1 and 64 concurrent, twice, alternating; onnxruntime-genai's fp16 and int4
 #    Generators with their CUDA graphs in the same call;
-# 3. where a step goes in fp16-custom and int4-custom (benchmarks/gpu_kernels.py).
+# 3. the two custom-ops engines once more with onnxruntime's flash-decoding path for attention
+#    instead of its XQA kernel (ORT_ENABLE_XQA=0 ORT_ENABLE_CUDNN_FLASH_ATTENTION=0): per layer XQA
+#    runs four kernels at decode (UnpackRoPEAppend, GetSequenceLengths, a Memset of its multi-block
+#    semaphores, kernel_mha: ~9 us of the step's 143 kernels each), flash decoding one (rotary and
+#    the cache append inside) while the sequence stays within 256 positions (one split; longer:
+#    two Memsets, the split kernel and a combine). Read in onnxruntime's
+#    contrib_ops/cuda/bert/group_query_attention.cc and xqa/ (1.28 source), not yet measured;
+# 4. where a step goes in fp16-custom and int4-custom (benchmarks/gpu_kernels.py).
 set -x
 W=/tmp/gd  # wait.sh brings its *.jsonl back
 mkdir -p $W
@@ -46,6 +53,8 @@ for round in 1 2; do
 done
 python3 benchmarks/gpu_decode.py --work $W --results $W/b1.jsonl --shapes llama-3.2-1b --formats fp16,int4 \
     --phases genai --concurrency 64
+ORT_ENABLE_XQA=0 ORT_ENABLE_CUDNN_FLASH_ATTENTION=0 python3 benchmarks/gpu_decode.py --work $W \
+    --results $W/flash.jsonl --shapes llama-3.2-1b --formats fp16-custom,int4-custom --phases ours --concurrency 64
 python3 benchmarks/gpu_kernels.py $W/ours-llama-3.2-1b-fp16-custom $W/ours-llama-3.2-1b-int4-custom --batch 1,64 \
     --results $W/kernels.jsonl
 echo SESSION DONE

@@ -55,6 +55,43 @@ __device__ inline void block_sums(float (&v)[ROWS]) {
   __syncthreads();
 }
 
+// The GEMV kernels' end: each warp's sums (acc[s][m]: gate / up s, row m) added over the warp,
+// then over an output's WPO warps, and y[m, n] written (silu(gate) * up with SWIGLU), for the
+// block's kWarps / WPO outputs from blockIdx.x * (kWarps / WPO) on (warp and lane: the thread's).
+template <int ROWS, int WPO, bool SWIGLU>
+__device__ __forceinline__ void store_outputs(const float (&acc)[SWIGLU ? 2 : 1][ROWS], __half* y, int n_out, int warp,
+                                              int lane) {
+  constexpr int kOuts = kWarps / WPO;
+  constexpr int kSums = SWIGLU ? 2 : 1;
+  __shared__ float partial[kWarps][kSums][ROWS];
+#pragma unroll
+  for (int s = 0; s < kSums; ++s)
+#pragma unroll
+    for (int m = 0; m < ROWS; ++m) {
+      float v = acc[s][m];
+#pragma unroll
+      for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+      if (lane == 0) partial[warp][s][m] = v;
+    }
+  __syncthreads();
+  if (threadIdx.x < kOuts * ROWS) {
+    const int out = threadIdx.x / ROWS;
+    const int m = threadIdx.x % ROWS;
+    const int nn = blockIdx.x * kOuts + out;
+    if (nn < n_out) {
+      float total[kSums];
+#pragma unroll
+      for (int s = 0; s < kSums; ++s) {
+        total[s] = 0.f;
+#pragma unroll
+        for (int p = 0; p < WPO; ++p) total[s] += partial[out * WPO + p][s][m];
+      }
+      const float value = SWIGLU ? swiglu_value(total[0], total[kSums - 1]) : total[0];
+      y[static_cast<size_t>(m) * n_out + nn] = __float2half(value);
+    }
+  }
+}
+
 // xs (ROWS, K) = rms_norm(x + skip) * gamma in float16, the block's threads sharing the work;
 // `sum` (when not null) gets x + skip. `a` has x, skip, gamma (float16), k and epsilon.
 template <int ROWS, typename Args>
