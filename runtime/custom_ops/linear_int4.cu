@@ -7,10 +7,10 @@
 // K split over 1-8 warps, the norm formed per block in shared memory, gate and up rows summed by
 // the same warp. A 32-bit word's eight codes become four half2 pairs exactly (the nibble or'ed
 // into 1024.0's bits, less 1024 + zero point); the products and sums are fp32, and each chunk's
-// sum is scaled once. More rows (prefill, larger batches): the weights dequantized into the
-// scratch band by band (a band of up to kBandValues float16 values, so that it stays in L2 for the
-// GEMM that reads it), each band multiplied by cuBLAS into its columns of the output; the norm
-// and SwiGLU as linear.cu does them.
+// sum is scaled once (with a norm whose rows do not fit shared memory: our norm kernel first).
+// More rows (prefill, larger batches): the weights dequantized into the scratch band by band (up
+// to kBandValues float16 values, so that a band stays in L2 for the GEMM that reads it), each band
+// multiplied by cuBLAS into its columns of the output; the norm and SwiGLU as linear.cu does them.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -204,13 +204,22 @@ void launch_gemv_rows(const Int4Args& a, int rows, cudaStream_t s) {
   }
 }
 
-// The GEMV takes the call: few rows, K and the block in whole chunks, aligned data, and with a
-// norm its normalized rows fit a block's shared memory.
+// Up to kGemvRows rows, K and the block in whole chunks: shapes the GEMV takes.
+bool gemv_shape(const LinearCall& c, const Int4Weights& w) {
+  return c.rows <= kGemvRows && c.k % kCodes == 0 && w.block % kCodes == 0;
+}
+
+// The GEMV takes the whole call: its shape, aligned data, and with a norm its normalized rows fit
+// a block's shared memory.
 bool fused(const LinearCall& c, const Int4Weights& w) {
-  if (c.rows > kGemvRows || c.k % kCodes != 0 || w.block % kCodes != 0 || !aligned(c.x) || !aligned(w.codes)) {
-    return false;
-  }
+  if (!gemv_shape(c, w) || !aligned(c.x) || !aligned(w.codes)) return false;
   return !c.norm || (aligned(c.skip) && aligned(c.gamma) && aligned(c.sum) && c.rows * c.k * 2 <= kNormSharedBytes);
+}
+
+// The GEMV takes the rows our norm kernel wrote into the scratch: only the norm kept it from the
+// whole call (e.g. 4 rows of K = 8192 do not fit shared memory).
+bool gemv_after_norm(const LinearCall& c, const Int4Weights& w) {
+  return c.norm && !fused(c, w) && gemv_shape(c, w) && aligned(w.codes);
 }
 
 // Codes rows a dequantized band holds.
@@ -226,6 +235,7 @@ int64_t linear_int4_scratch_elements(const LinearCall& c, const Int4Weights& w) 
   // normed rows, the GEMM's (rows, 2n) output before SwiGLU, the dequantized band; each a
   // multiple of 8 values so that the next starts 16-byte aligned
   auto rounded = [](int64_t v) { return (v + 7) / 8 * 8; };
+  if (gemv_after_norm(c, w)) return rounded(c.rows * c.k);
   return rounded(c.norm ? c.rows * c.k : 0) + rounded(c.swiglu ? c.rows * 2 * c.n : 0) + band_rows(c) * c.k;
 }
 
@@ -254,6 +264,14 @@ const char* linear_int4_cuda(const LinearCall& call, const Int4Weights& weights,
     if (const char* failure = launched()) return failure;
     x = free;
     free += rounded(call.rows * call.k);
+  }
+  if (gemv_after_norm(call, weights)) {
+    if (!aligned(x)) return "LinearInt4: onnxruntime's scratch output is not 16-byte aligned";
+    Int4Args normed = a;
+    normed.x = x;
+    if (call.swiglu) launch_gemv_rows<false, true>(normed, rows, s);
+    else launch_gemv_rows<false, false>(normed, rows, s);
+    return launched();
   }
   const int64_t total = call.swiglu ? 2 * call.n : call.n;  // codes rows, and the GEMM's outputs
   __half* out = a.y;
