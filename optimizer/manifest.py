@@ -110,6 +110,23 @@ def weight_format_section(opts: "BuildOptions") -> dict[str, Any]:
     return {"format": "MatMulNBits", "accuracy_level": opts.accuracy_level}
 
 
+def weight_format_after_passes(model: ir.Model, section: dict[str, Any]) -> dict[str, Any]:
+    """The quantization section's weight format as the passes left the graph: 4-bit linears that
+    custom-linear made ours read MatMulNBits' arrays through the optimizer.ops LinearInt4 family
+    (fp32 sums: no accuracy level applies to them)."""
+    from passes._match import CUSTOM_DOMAIN
+
+    ours = sum(1 for n in model.graph if n.domain == CUSTOM_DOMAIN and "Int4" in n.op_type)
+    if not ours:
+        return section
+    left = sum(1 for n in model.graph if n.op_type == "MatMulNBits")
+    updated = {**section, "format": f"optimizer.ops LinearInt4 family ({ours} nodes, MatMulNBits' layout, fp32 sums)"
+                                    + (f"; MatMulNBits ({left} nodes)" if left else "")}
+    if not left:
+        updated.pop("accuracy_level", None)
+    return updated
+
+
 def tensorrt_section(model_info: dict[str, Any], opts: "BuildOptions", max_positions: int) -> dict[str, Any]:
     """Opset, precisions and the optimization profiles `optimize build-trt` gives TensorRT."""
     from optimizer.tensorrt import tensorrt_manifest_section

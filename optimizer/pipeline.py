@@ -31,7 +31,7 @@ from optimizer.engine_files import MODEL_FILE, ir_dump_dir, write_model, write_t
 from optimizer.evaluate import perplexity, session_logits_fn, torch_logits_fn
 from optimizer.gate import DEFAULT_GATE_EVAL, GateFailed, check, failure_message, parse_limit
 from optimizer.manifest import (attention_kind, custom_op_domains, engine_manifest, kv_cache_section,
-                                weight_format_section)
+                                weight_format_after_passes, weight_format_section)
 from optimizer.models.loader import LoadedModel, load_model
 from optimizer.models.streamed import running
 from optimizer.options import BuildSection
@@ -110,6 +110,7 @@ def _build(opts: BuildOptions, loaded: LoadedModel | None) -> EngineDir:
     max_positions = opts.max_seq_len or model_max_positions(loaded.config)
     kv_scales, kv_quant = calibrate_kv(opts, loaded, dims, codes)
     model, pass_reports = graph_passes(opts, model, codes, max_positions, kv_scales, block_size(opts, dims))
+    quantization = weight_format_after_passes(model, quantization)
     kv = kv_cache_section(dims, opts.dtype, attention_kind(model), model.metadata_props.get(KV_LAYOUT_KEY, "concat"),
                           max_positions, opts, kv_quant)
     ops = custom_op_domains(model)

@@ -137,6 +137,9 @@ def test_int4_engines_take_our_4bit_ops_with_their_folds_and_decode_the_same_tok
     size = [sum(f.stat().st_size for f in e.path.iterdir()) for e in (default, custom)]
     assert abs(size[1] - size[0]) < 4096  # no weight stored twice
     assert custom.manifest["verification"]["top1_agreement"] == 1.0
+    fmt_ours = custom.manifest["quantization"]["format"]
+    assert fmt_ours == f"optimizer.ops LinearInt4 family ({sum(family.values())} nodes, MatMulNBits' layout, fp32 sums)"
+    assert default.manifest["quantization"]["format"] == "MatMulNBits"
     params = SamplingParams(max_new_tokens=12, ignore_eos=True)
     prompt = [1, 17, 230, 5, 99, 42]
     tokens = [Engine.load(e.path).generate_ids(prompt, params).token_ids for e in (default, custom)]
