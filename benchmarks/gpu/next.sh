@@ -4,15 +4,13 @@
 # batch 1 fp16 >= 1.2x genai's graph (run13: 1.08-1.15x), int4 in genai's format >= 1.2x genai's
 # int4 graph (run8: ours 0.97-1.01x through MatMulNBits), int4 never slower than fp16 at 64.
 #
-# First, in a call of its own BEFORE staging onnxruntime (it needs torch and nvcc only, ~3 min):
-#   cd benchmarks && python3 gpu_gemv_chain.py --rounds 2 --results $OUT/chain.jsonl --variants \
-#     now,file=cuda/linear_pdl.cu,file=cuda/linear_pdl.cu:kPreload=4,file=cuda/linear_pdl.cu:kPrefetchBytes=0,file=cuda/linear_pdl.cu:env.OPTIMIZER_CUDA_PDL=0
-#   cd benchmarks && python3 gpu_gemv_chain.py --weights int4 --rounds 2 --results $OUT/chain-int4.jsonl
-# The first: the 1B step's 65 GEMVs, the product against the PDL candidate (run14: PDL with every
-# row prefetched 867 us against 830; here the prefetch only for weights L2 holds, a preload of
-# 2 or 4 chunks before the wait); promote the best into runtime/custom_ops/linear.cu. The second:
-# the LinearInt4 GEMVs' first run (its max_abs_diff says whether they compute the right thing;
-# genai's int4 weights are ~0.7 GB a step: at 3 TB/s ~230 us against fp16's ~830).
+# First, in a call of its own BEFORE staging onnxruntime (torch and nvcc only, ~3-4 min):
+# `bash benchmarks/gpu/chain.sh`: the 1B step's 65 fp16 GEMVs, the product against the PDL
+# candidate (run14: PDL with every row prefetched 867 us against 830; there the prefetch only for
+# weights L2 holds, a preload of 2 or 4 chunks before the wait); promote the best into
+# runtime/custom_ops/linear.cu. Then the LinearInt4 GEMVs' first run (its max_abs_diff says
+# whether they compute the right thing; genai's int4 weights are ~0.7 GB a step: at 3 TB/s
+# ~230 us against fp16's ~830).
 #
 # Then this script:
 # 1. the CUDA tests (the Linear and LinearInt4 families eager and captured against the CPU kernels,
@@ -24,7 +22,7 @@
 # 3. the two custom-ops engines once more with onnxruntime's flash-decoding path for attention
 #    instead of its XQA kernel (ORT_ENABLE_XQA=0 ORT_ENABLE_CUDNN_FLASH_ATTENTION=0): per layer XQA
 #    runs four kernels at decode (UnpackRoPEAppend, GetSequenceLengths, a Memset of its multi-block
-#    semaphores, kernel_mha: ~9 us of the step's 143 kernels each), flash decoding one (rotary and
+#    semaphores, kernel_mha: ~9 us a layer, run13), flash decoding one (rotary and
 #    the cache append inside) while the sequence stays within 256 positions (one split; longer:
 #    two Memsets, the split kernel and a combine). Read in onnxruntime's
 #    contrib_ops/cuda/bert/group_query_attention.cc and xqa/ (1.28 source), not yet measured;
