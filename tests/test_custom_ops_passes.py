@@ -146,6 +146,41 @@ def test_int4_engines_take_our_4bit_ops_with_their_folds_and_decode_the_same_tok
     assert tokens[0] == tokens[1]
 
 
+def matmul_nbits_model(bits: int, block: int, zeros_dtype=ir.DataType.UINT8, k: int = 64, n: int = 8) -> ir.Model:
+    x = ir.Value(name="x", type=ir.TensorType(ir.DataType.FLOAT16), shape=ir.Shape([1, 1, k]))
+    graph = ir.Graph([x], [], nodes=[], name="g")
+    blocks = k // block
+    codes = add_initializer(graph, "proj.qweight", np.zeros((n, blocks, block * bits // 8), np.uint8))
+    scales = add_initializer(graph, "proj.scales", np.ones((n, blocks), np.float16))
+    zeros = add_initializer(graph, "proj.qzeros", np.zeros((n, (blocks + 1) // 2), zeros_dtype.numpy()))
+    node = ir.node("MatMulNBits", [x, codes, scales, zeros], {"K": k, "N": n, "bits": bits, "block_size": block},
+                   domain="com.microsoft", name="proj")
+    graph.append(node)
+    graph.outputs.append(node.outputs[0])
+    return ir.Model(graph, ir_version=10)
+
+
+def test_a_4bit_matmulnbits_becomes_linear_int4_over_the_same_arrays():
+    model = matmul_nbits_model(4, 32)
+    pass_ = CustomLinear("fp16")
+    assert pass_(model).modified and pass_.notes == ["1 x MatMulNBits -> LinearInt4"]
+    (node,) = list(model.graph)
+    assert (node.op_type, node.domain, node.attributes["block_size"].value) == ("LinearInt4", CUSTOM_DOMAIN, 32)
+    assert [v.name for v in node.inputs] == ["x", "proj.qweight", "proj.scales", "proj.qzeros"]
+
+
+@pytest.mark.parametrize("bits,block,zeros,why", [
+    (8, 32, ir.DataType.UINT8, "8-bit weights (LinearInt4 takes 4)"),
+    (4, 16, ir.DataType.UINT8, "block 16, not a multiple of 32"),
+    (4, 32, ir.DataType.FLOAT16, "FLOAT16 zero points, not packed uint8"),
+])
+def test_matmulnbits_the_op_does_not_take_is_left_with_the_reason(bits, block, zeros, why):
+    model = matmul_nbits_model(bits, block, zeros)
+    pass_ = CustomLinear("fp16")
+    assert not pass_(model).modified
+    assert [n.op_type for n in model.graph] == ["MatMulNBits"] and pass_.notes == [f"1 x left: {why}"]
+
+
 def test_fp32_engines_are_left_as_they_are_with_the_reason(tmp_path):
     engine = build(tmp_path / "fp32", "fp32", "custom-ops")
     assert {"SwiGLU", "Linear", "NormLinear"}.isdisjoint(op_counts(engine)) and "custom_ops" not in engine.manifest
