@@ -12,12 +12,12 @@ layers' copies. `weight_tb_s` counts the weight bytes. Variants, each in its own
 `now` (the working tree's kernels), `rev=REV` (linear.cu as of git revision REV), `file=PATH`
 (another linear.cu, e.g. the candidate benchmarks/cuda/linear_pdl.cu), each followed by
 `:NAME=VALUE` items setting a constant of linear.cu, linear_int4.cu or linear_common.cuh or,
-as `env.VAR=VALUE`, an environment variable, e.g.
-`file=cuda/linear_pdl.cu:kPreload=4:env.OPTIMIZER_CUDA_PDL=0` or `now:kTargetWarps=4096`. Each variant's outputs are
-checked against torch in fp32 (`max_abs_diff`). `--weights int4`: the same step through the
-LinearInt4 family (runtime/custom_ops/linear_int4.cu, as the working tree has it, whatever the
-variant) with random codes in onnxruntime-genai's format (symmetric blocks of 32, the lm_head
-4-bit too); `weight_tb_s` then counts codes and scales. Needs torch with CUDA and nvcc.
+as `env.VAR=VALUE`, an environment variable: `file=cuda/linear_pdl.cu:kPreload=4` or
+`now:kTargetWarps=4096:env.OPTIMIZER_CUDA_PDL=0`. Each variant's outputs are checked against
+torch in fp32 (`max_abs_diff`). `--weights int4`: the same step through the LinearInt4 family
+(the variant's linear_int4.cu) with random codes in onnxruntime-genai's format (symmetric
+blocks of 32, the lm_head 4-bit too); `weight_tb_s` then counts codes and scales. Needs torch
+with CUDA and nvcc.
 """
 
 from __future__ import annotations
