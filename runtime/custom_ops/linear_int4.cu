@@ -25,6 +25,7 @@ namespace {
 using namespace linear_common;
 
 constexpr int kCodes = 32;                  // codes a 16-byte chunk holds
+constexpr int kUnroll = 2;                  // chunks a lane's loop has in flight (unrolled)
 constexpr int64_t kBandValues = 16L << 20;  // float16 values of a dequantized band (32 MB)
 
 struct Int4Args {
@@ -100,7 +101,7 @@ __global__ void __launch_bounds__(kThreads) gemv_int4(Int4Args a) {
 #pragma unroll
     for (int m = 0; m < ROWS; ++m) acc[s][m] = 0.f;
   if (live) {
-#pragma unroll 2
+#pragma unroll kUnroll
     for (int c = part * 32 + lane; c < chunks; c += 32 * WPO) {
       const int b = c / chunks_per_block;
       uint4 codes[kSums];
