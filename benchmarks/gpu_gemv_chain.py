@@ -9,15 +9,14 @@ its own weights, then the lm_head; the whole chain captured in one torch CUDA gr
 (the attention between q/k/v and o is left out: o reads a fixed input). `step` is one replay (the
 GEMVs of one decode step, back to back); each projection alone is also timed as a chain of its
 layers' copies. `weight_tb_s` counts the weight bytes. Variants, each in its own process:
-`now` (the working tree's kernels), `rev=REV` (linear.cu as of git revision REV), `file=PATH`
-(another linear.cu, e.g. the candidate benchmarks/cuda/linear_pdl.cu), each followed by
-`:NAME=VALUE` items setting a constant of linear.cu, linear_int4.cu or linear_common.cuh or,
-as `env.VAR=VALUE`, an environment variable: `file=cuda/linear_pdl.cu:kPreload=4` or
-`now:kTargetWarps=4096:env.OPTIMIZER_CUDA_PDL=0`. Each variant's outputs are checked against
-torch in fp32 (`max_abs_diff`). `--weights int4`: the same step through the LinearInt4 family
-(the variant's linear_int4.cu) with random codes in onnxruntime-genai's format (symmetric
-blocks of 32, the lm_head 4-bit too); `weight_tb_s` then counts codes and scales. Needs torch
-with CUDA and nvcc.
+`now` (the working tree's kernels), `rev=REV` (linear.cu as of git revision REV) or `file=PATH`
+(another linear.cu), each followed by `:NAME=VALUE` items setting a constant wherever
+linear.cu, linear_int4.cu or linear_common.cuh define it or, as `env.VAR=VALUE`, an environment
+variable: `now:kProgrammatic=true:kPreload=2` (PDL in both families, a preload in linear.cu)
+or `now:kTargetWarps=4096`. Each variant's outputs are checked against torch in fp32
+(`max_abs_diff`). `--weights int4`: the same step through the LinearInt4 family (the variant's
+linear_int4.cu) with random codes in onnxruntime-genai's format (symmetric blocks of 32, the
+lm_head 4-bit too); `weight_tb_s` then counts codes and scales. Needs torch with CUDA and nvcc.
 """
 
 from __future__ import annotations
@@ -205,8 +204,8 @@ TUNABLE = ("linear.cu", "linear_int4.cu", "linear_common.cuh")  # where a varian
 def variant_sources(variant: str, folder: Path) -> tuple[Path, dict]:
     """A copy of runtime/custom_ops for a variant, and its environment: `now`, `rev=REV` or
     `file=PATH` (the linear.cu it compiles), then `:NAME=VALUE` items: a constant (`constexpr ...
-    NAME = VALUE;`) of linear.cu, linear_int4.cu or linear_common.cuh set, or with NAME `env.VAR`
-    an environment variable. The same variant text gives the same folder."""
+    NAME = VALUE;`) set in each of linear.cu, linear_int4.cu and linear_common.cuh that defines
+    it, or with NAME `env.VAR` an environment variable. The same sources give the same folder."""
     base, *items = variant.split(":")
     texts = {p.name: p.read_text() for p in OPS.iterdir() if p.suffix in (".h", ".cuh", ".cc", ".cu")}
     if base.startswith("rev="):
@@ -224,9 +223,10 @@ def variant_sources(variant: str, folder: Path) -> tuple[Path, dict]:
             continue
         pattern = rf"(constexpr [\w ]+ {re.escape(name)} = )[^;]+;"
         where = [f for f in TUNABLE if re.search(pattern, texts[f])]
-        if len(where) != 1:
-            raise SystemExit(f"{variant}: the constant {name} is in {where or 'none'} of {TUNABLE}, not one")
-        texts[where[0]] = re.sub(pattern, rf"\g<1>{value};", texts[where[0]])
+        if not where:
+            raise SystemExit(f"{variant}: no constant {name} in {', '.join(TUNABLE)}")
+        for f in where:  # e.g. kProgrammatic: in both families' kernels
+            texts[f] = re.sub(pattern, rf"\g<1>{value};", texts[f])
     digest = hashlib.sha256(repr(sorted(texts.items())).encode()).hexdigest()[:12]
     target = folder / f"sources-{digest}"
     target.mkdir(exist_ok=True)
@@ -241,7 +241,7 @@ def main() -> None:
     ap.add_argument("--rows", default="1")
     ap.add_argument("--weights", default="fp16", help="fp16, int4 or both (the LinearInt4 family)")
     ap.add_argument("--runs", type=int, default=20)
-    ap.add_argument("--variants", default="now,file=cuda/linear_pdl.cu")
+    ap.add_argument("--variants", default="now,now:kProgrammatic=true")
     ap.add_argument("--rounds", type=int, default=2, help="the variants in turn, this many times")
     ap.add_argument("--results")
     ap.add_argument("--variant", help=argparse.SUPPRESS)  # set in the child process

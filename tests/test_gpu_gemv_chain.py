@@ -1,6 +1,6 @@
 """benchmarks/gpu_gemv_chain.py on the CPU: how a variant's sources are made (the GPU session only
-compiles and times them): the tree's kernels, a candidate linear.cu, constants set in whichever
-file defines them, environment variables; unknown variants and constants refused."""
+compiles and times them): the tree's kernels, another linear.cu, constants set in whichever file
+defines them, environment variables; unknown variants and constants refused."""
 
 from __future__ import annotations
 
@@ -12,9 +12,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import gpu_gemv_chain as chain  # noqa: E402
-
-CANDIDATE = Path(chain.__file__).parent / "cuda" / "linear_pdl.cu"
-
 
 def constant(text: str, name: str) -> str:
     return re.search(rf"constexpr [\w ]+ {name} = ([^;]+);", text).group(1)
@@ -28,15 +25,24 @@ def test_now_is_a_copy_of_the_trees_kernels(tmp_path):
     assert chain.variant_sources("now", tmp_path)[0] == sources  # the same text, the same folder
 
 
-def test_a_candidate_with_constants_and_environment(tmp_path):
-    sources, env = chain.variant_sources(f"file={CANDIDATE}:kPreload=4:kTargetWarps=4096:env.OPTIMIZER_CUDA_PDL=0",
+def test_constants_and_environment(tmp_path):
+    sources, env = chain.variant_sources("now:kProgrammatic=true:kPreload=4:kTargetWarps=4096:env.OPTIMIZER_CUDA_PDL=0",
                                          tmp_path)
     assert env == {"OPTIMIZER_CUDA_PDL": "0"}
     linear = (sources / "linear.cu").read_text()
-    assert "griddepcontrol.wait" in linear and constant(linear, "kPreload") == "4"
+    assert constant(linear, "kProgrammatic") == "true" and constant(linear, "kPreload") == "4"
+    assert constant((chain.OPS / "linear.cu").read_text(), "kProgrammatic") == "false"  # the tree as it was
     assert constant((sources / "linear_common.cuh").read_text(), "kTargetWarps") == "4096"  # where it is defined
+    assert constant((sources / "linear_int4.cu").read_text(), "kProgrammatic") == "true"  # both families
+    assert chain.variant_sources("now", tmp_path)[0] != sources
+
+
+def test_another_linear_cu(tmp_path):
+    other = tmp_path / "other.cu"
+    other.write_text("// another linear.cu\nconstexpr int kPreload = 0;\n")
+    sources, _ = chain.variant_sources(f"file={other}:kPreload=3", tmp_path)
+    assert (sources / "linear.cu").read_text() == "// another linear.cu\nconstexpr int kPreload = 3;\n"
     assert (sources / "linear_int4.cu").read_text() == (chain.OPS / "linear_int4.cu").read_text()
-    assert chain.variant_sources(f"file={CANDIDATE}", tmp_path)[0] != sources
 
 
 def test_every_variant_compiles_the_chains_entry_points_against_its_own_folder(tmp_path, monkeypatch):
@@ -51,7 +57,7 @@ def test_every_variant_compiles_the_chains_entry_points_against_its_own_folder(t
 
 @pytest.mark.parametrize("variant,message", [
     ("tree", "unknown variant"),
-    ("now:kNope=1", "the constant kNope is in none"),
+    ("now:kNope=1", "no constant kNope in linear.cu, linear_int4.cu, linear_common.cuh"),
 ])
 def test_unknown_variants_and_constants_are_refused(tmp_path, variant, message):
     with pytest.raises(SystemExit, match=message):

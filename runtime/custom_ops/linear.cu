@@ -20,6 +20,17 @@ namespace {
 
 using namespace linear_common;
 
+// Tunables, measured side by side by benchmarks/gpu_gemv_chain.py (`now:NAME=VALUE` variants);
+// the defaults are the configuration run13 measured. kProgrammatic: each GEMV a programmatic
+// dependent launch (sm_90 on), reading its constant weights before it waits for the kernel before
+// it (run14: 50 us off the 1B step's 830 with the prefetch of every row below; OPTIMIZER_CUDA_PDL=0
+// turns it off at run time); kPreload: 16-byte weight chunks a lane reads before its inputs are
+// ready; kPrefetchBytes: weights up to this size requested whole from L2 at once (one bulk prefetch
+// a row; run14: every row, 1L << 40, cost the large projections more than PDL saved).
+constexpr bool kProgrammatic = false;
+constexpr int kPreload = 0;
+constexpr long kPrefetchBytes = 0;
+
 // A LinearCall with typed pointers and int sizes.
 struct LinearArgs {
   const __half* x;
@@ -31,12 +42,14 @@ struct LinearArgs {
   int n;
   int k;
   float epsilon;
+  bool prefetch;  // request the block's weight rows from L2 at once (kPrefetchBytes)
 };
 
 LinearArgs typed(const LinearCall& c) {
   return {static_cast<const __half*>(c.x), static_cast<const __half*>(c.skip), static_cast<const __half*>(c.gamma),
           static_cast<const __half*>(c.w), static_cast<__half*>(c.y), static_cast<__half*>(c.sum),
-          static_cast<int>(c.n), static_cast<int>(c.k), c.epsilon};
+          static_cast<int>(c.n), static_cast<int>(c.k), c.epsilon,
+          c.n * c.k * (c.swiglu ? 2 : 1) * static_cast<long>(sizeof(__half)) <= kPrefetchBytes};
 }
 
 __device__ __forceinline__ float dot8(uint4 a, uint4 b) {
@@ -69,10 +82,27 @@ __global__ void __launch_bounds__(kThreads) gemv(LinearArgs a) {
   for (int s = 0; s < kSums; ++s) {
     rows_w[s] = reinterpret_cast<const uint4*>(a.w + (static_cast<size_t>(n) + s * a.n) * a.k);
   }
+  if constexpr (kPrefetchBytes > 0) {
+    if (a.prefetch && live && part == 0 && lane == 0) {
+#pragma unroll
+      for (int s = 0; s < kSums; ++s) prefetch_l2(rows_w[s], static_cast<unsigned>(a.k) * sizeof(__half));
+    }
+  }
+  uint4 early[kPreload > 0 ? kPreload : 1][kSums];
+#pragma unroll
+  for (int i = 0; i < kPreload; ++i) {
+    const int c = part * 32 + lane + i * 32 * WPO;
+#pragma unroll
+    for (int s = 0; s < kSums; ++s) early[i][s] = live && c < chunks ? __ldg(rows_w[s] + c) : make_uint4(0, 0, 0, 0);
+  }
+  if constexpr (kProgrammatic) {
+    let_next_start();
+    wait_for_inputs();
+  }
   const __half* x = a.x;
   if constexpr (NORM) {
     extern __shared__ uint4 normalized[];
-    if (live) {  // the weight's first chunks start towards L2 while the block normalizes
+    if (kPreload == 0 && kPrefetchBytes == 0 && live) {  // the first chunks start towards L2 while it normalizes
       for (int c = part * 32 + lane, i = 0; c < chunks && i < 4; c += 32 * WPO, ++i) {
 #pragma unroll
         for (int s = 0; s < kSums; ++s) asm volatile("prefetch.global.L2 [%0];" ::"l"(rows_w[s] + c));
@@ -88,8 +118,20 @@ __global__ void __launch_bounds__(kThreads) gemv(LinearArgs a) {
 #pragma unroll
     for (int m = 0; m < ROWS; ++m) acc[s][m] = 0.f;
   if (live) {
+#pragma unroll
+    for (int i = 0; i < kPreload; ++i) {
+      const int c = part * 32 + lane + i * 32 * WPO;
+      if (c < chunks) {
+#pragma unroll
+        for (int m = 0; m < ROWS; ++m) {
+          const uint4 xv = load16(x + static_cast<size_t>(m) * a.k + 8 * c);
+#pragma unroll
+          for (int s = 0; s < kSums; ++s) acc[s][m] += dot8(early[i][s], xv);
+        }
+      }
+    }
 #pragma unroll 4
-    for (int c = part * 32 + lane; c < chunks; c += 32 * WPO) {
+    for (int c = part * 32 + lane + kPreload * 32 * WPO; c < chunks; c += 32 * WPO) {
       uint4 wv[kSums];
 #pragma unroll
       for (int s = 0; s < kSums; ++s) wv[s] = __ldg(rows_w[s] + c);
@@ -120,10 +162,10 @@ void launch_gemv(const LinearArgs& a, cudaStream_t s) {
   const unsigned blocks = static_cast<unsigned>((a.n + outs - 1) / outs);
   const size_t shared = NORM ? static_cast<size_t>(ROWS) * a.k * sizeof(__half) : 0;
   switch (wpo) {
-    case 1: gemv<ROWS, 1, NORM, SWIGLU><<<blocks, kThreads, shared, s>>>(a); break;
-    case 2: gemv<ROWS, 2, NORM, SWIGLU><<<blocks, kThreads, shared, s>>>(a); break;
-    case 4: gemv<ROWS, 4, NORM, SWIGLU><<<blocks, kThreads, shared, s>>>(a); break;
-    default: gemv<ROWS, 8, NORM, SWIGLU><<<blocks, kThreads, shared, s>>>(a); break;
+    case 1: launch_kernel<kProgrammatic>(gemv<ROWS, 1, NORM, SWIGLU>, blocks, shared, s, a); break;
+    case 2: launch_kernel<kProgrammatic>(gemv<ROWS, 2, NORM, SWIGLU>, blocks, shared, s, a); break;
+    case 4: launch_kernel<kProgrammatic>(gemv<ROWS, 4, NORM, SWIGLU>, blocks, shared, s, a); break;
+    default: launch_kernel<kProgrammatic>(gemv<ROWS, 8, NORM, SWIGLU>, blocks, shared, s, a); break;
   }
 }
 

@@ -7,6 +7,7 @@
 #include <dlfcn.h>
 #include <library_types.h>
 #include <link.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <string>
@@ -32,6 +33,67 @@ inline int warps_per_output(long n, long chunks) {
   int wpo = 1;
   while (wpo < kWarps && n * wpo * 2 <= kTargetWarps && chunks >= 64L * wpo) wpo *= 2;
   return wpo;
+}
+
+// Programmatic dependent launch (sm_90 on; no-ops before, and in a kernel launched without it):
+// let the next kernel in the stream start, and wait until the kernels before this one have
+// finished and their writes are visible (before reading anything they wrote).
+__device__ __forceinline__ void let_next_start() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void wait_for_inputs() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Ask L2 for `bytes` (a multiple of 16) from the 16-byte aligned `p`: one bulk request on sm_90.
+__device__ __forceinline__ void prefetch_l2(const void* p, unsigned bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#endif
+}
+
+// Whether this device takes programmatic dependent launches (compute capability 9.0 on), unless
+// OPTIMIZER_CUDA_PDL=0.
+inline bool programmatic_launch() {
+  static const bool allowed = [] {
+    const char* env = getenv("OPTIMIZER_CUDA_PDL");
+    return env == nullptr || strcmp(env, "0") != 0;
+  }();
+  constexpr int kDevices = 64;
+  static int major[kDevices] = {};  // 0: not asked yet
+  int device = 0;
+  if (!allowed || cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kDevices) return false;
+  if (major[device] == 0 &&
+      cudaDeviceGetAttribute(&major[device], cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+    return false;
+  }
+  return major[device] >= 9;
+}
+
+// kernel<<<blocks, kThreads, shared, s>>>(args), or with PROGRAMMATIC (where the device takes it)
+// as a programmatic dependent launch: the kernel then calls let_next_start / wait_for_inputs.
+template <bool PROGRAMMATIC, typename Args>
+void launch_kernel(void (*kernel)(Args), unsigned blocks, size_t shared, cudaStream_t s, const Args& args) {
+  if constexpr (!PROGRAMMATIC) {
+    kernel<<<blocks, kThreads, shared, s>>>(args);
+  } else {
+    cudaLaunchAttribute attribute[1];
+    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(blocks);
+    config.blockDim = dim3(kThreads);
+    config.dynamicSmemBytes = shared;
+    config.stream = s;
+    config.attrs = attribute;
+    config.numAttrs = programmatic_launch() ? 1 : 0;
+    cudaLaunchKernelEx(&config, kernel, args);
+  }
 }
 
 // The sum over the block of each thread's `v[m]`, for every row m (all threads get it).

@@ -26,6 +26,7 @@ using namespace linear_common;
 
 constexpr int kCodes = 32;                  // codes a 16-byte chunk holds
 constexpr int kUnroll = 2;                  // chunks a lane's loop has in flight (unrolled)
+constexpr bool kProgrammatic = false;       // the GEMVs as programmatic dependent launches (linear.cu's)
 constexpr int64_t kBandValues = 16L << 20;  // float16 values of a dequantized band (32 MB)
 
 struct Int4Args {
@@ -88,6 +89,10 @@ __global__ void __launch_bounds__(kThreads) gemv_int4(Int4Args a) {
   int64_t rows_w[kSums];
 #pragma unroll
   for (int s = 0; s < kSums; ++s) rows_w[s] = static_cast<int64_t>(n) + s * a.n;
+  if constexpr (kProgrammatic) {
+    let_next_start();
+    wait_for_inputs();
+  }
   const __half* x = a.x;
   if constexpr (NORM) {
     extern __shared__ uint4 normalized[];
@@ -188,10 +193,10 @@ void launch_gemv(const Int4Args& a, cudaStream_t s) {
   const unsigned blocks = static_cast<unsigned>((a.n + outs - 1) / outs);
   const size_t shared = NORM ? static_cast<size_t>(ROWS) * a.k * sizeof(__half) : 0;
   switch (wpo) {
-    case 1: gemv_int4<ROWS, 1, NORM, SWIGLU><<<blocks, kThreads, shared, s>>>(a); break;
-    case 2: gemv_int4<ROWS, 2, NORM, SWIGLU><<<blocks, kThreads, shared, s>>>(a); break;
-    case 4: gemv_int4<ROWS, 4, NORM, SWIGLU><<<blocks, kThreads, shared, s>>>(a); break;
-    default: gemv_int4<ROWS, 8, NORM, SWIGLU><<<blocks, kThreads, shared, s>>>(a); break;
+    case 1: launch_kernel<kProgrammatic>(gemv_int4<ROWS, 1, NORM, SWIGLU>, blocks, shared, s, a); break;
+    case 2: launch_kernel<kProgrammatic>(gemv_int4<ROWS, 2, NORM, SWIGLU>, blocks, shared, s, a); break;
+    case 4: launch_kernel<kProgrammatic>(gemv_int4<ROWS, 4, NORM, SWIGLU>, blocks, shared, s, a); break;
+    default: launch_kernel<kProgrammatic>(gemv_int4<ROWS, 8, NORM, SWIGLU>, blocks, shared, s, a); break;
   }
 }
 
