@@ -23,10 +23,10 @@ using namespace linear_common;
 // Tunables, measured side by side by benchmarks/gpu_gemv_chain.py (`now:NAME=VALUE` variants);
 // the defaults are the configuration run13 measured. kProgrammatic: each GEMV a programmatic
 // dependent launch (sm_90 on), reading its constant weights before it waits for the kernel before
-// it (run14: 50 us off the 1B step's 830 with the prefetch of every row below; OPTIMIZER_CUDA_PDL=0
-// turns it off at run time); kPreload: 16-byte weight chunks a lane reads before its inputs are
-// ready; kPrefetchBytes: weights up to this size requested whole from L2 at once (one bulk prefetch
-// a row; run14: every row, 1L << 40, cost the large projections more than PDL saved).
+// it (OPTIMIZER_CUDA_PDL=0 turns it off at run time); kPreload: 16-byte weight chunks a lane reads
+// before its inputs are ready; kPrefetchBytes: weights up to this size requested whole from L2 at
+// once (one bulk prefetch a row). run14, the 1B step's 65 GEMVs: 830 us with the defaults; with
+// every row prefetched (1L << 40) 916 us, and 867 with PDL as well.
 constexpr bool kProgrammatic = false;
 constexpr int kPreload = 0;
 constexpr long kPrefetchBytes = 0;
