@@ -49,10 +49,14 @@ OrtStatus* family_inputs(const Kernel& kernel, OrtKernelContext* context, Family
 // The call's sizes and flags for `n` outputs (its pointers set by family_outputs).
 LinearCall family_call(const Kernel& kernel, const FamilyInputs& in, int64_t n);
 
-// y (x's shape, n last), with a norm the sum, and the scratch of `scratch_elements` (on CUDA;
-// empty on the CPU) where the op has one; their data and the inputs' into `call`.
+// The scratch a call needs on CUDA: asked once the call's pointers are all set (whether the GEMV
+// takes it depends on their alignment).
+using ScratchSize = std::function<int64_t(const LinearCall& call)>;
+
+// y (x's shape, n last) and with a norm the sum; their data and the inputs' into `call`; then,
+// where the op has one, the scratch of scratch_elements(call) values (on CUDA; empty on the CPU).
 OrtStatus* family_outputs(const Kernel& kernel, OrtKernelContext* context, const FamilyInputs& in,
-                          int64_t scratch_elements, LinearCall* call);
+                          const ScratchSize& scratch_elements, LinearCall* call);
 
 // onnxruntime's CUDA stream and its cuBLAS handle for this call.
 OrtStatus* cuda_handles(const Kernel& kernel, OrtKernelContext* context, void** stream, void** cublas);

@@ -106,7 +106,9 @@ OrtStatus* linear_int4_compute(const Kernel& kernel, OrtKernelContext* context) 
     ORT_RETURN_IF_ERROR(data(kernel, zeros, &out));
     weights.zeros = out;
   }
-  ORT_RETURN_IF_ERROR(family_outputs(kernel, context, in, linear_int4_scratch_elements(call, weights), &call));
+  ORT_RETURN_IF_ERROR(family_outputs(kernel, context, in,
+                                     [&](const LinearCall& c) { return linear_int4_scratch_elements(c, weights); },
+                                     &call));
   if (call.rows == 0 || call.n == 0) return nullptr;
   if (!kernel.cuda) {
     family_cpu(call, [&](const _Float16* h, _Float16* y, int64_t n) {

@@ -144,7 +144,7 @@ LinearCall family_call(const Kernel& kernel, const FamilyInputs& in, int64_t n) 
 }
 
 OrtStatus* family_outputs(const Kernel& kernel, OrtKernelContext* context, const FamilyInputs& in,
-                          int64_t scratch_elements, LinearCall* call) {
+                          const ScratchSize& scratch_elements, LinearCall* call) {
   const LinearKind kind = kernel.kind;
   std::vector<int64_t> y_dims = in.dims;
   y_dims.back() = call->n;
@@ -163,7 +163,7 @@ OrtStatus* family_outputs(const Kernel& kernel, OrtKernelContext* context, const
     ORT_RETURN_IF_ERROR(data(kernel, sum, &call->sum));
   }
   if (kind.norm || kind.swiglu || kind.int4) {
-    const std::vector<int64_t> scratch_dims{kernel.cuda ? scratch_elements : 0};
+    const std::vector<int64_t> scratch_dims{kernel.cuda ? scratch_elements(*call) : 0};  // its pointers set
     ORT_RETURN_IF_ERROR(output(kernel, context, scratch_dims, &scratch, kind.norm ? 2 : 1));
     ORT_RETURN_IF_ERROR(data(kernel, scratch, &call->scratch));
   }
@@ -195,7 +195,7 @@ OrtStatus* linear_compute(const Kernel& kernel, OrtKernelContext* context) {
   void* weights = nullptr;
   ORT_RETURN_IF_ERROR(data(kernel, w, &weights));
   call.w = weights;
-  ORT_RETURN_IF_ERROR(family_outputs(kernel, context, in, linear_scratch_elements(call), &call));
+  ORT_RETURN_IF_ERROR(family_outputs(kernel, context, in, linear_scratch_elements, &call));
   if (call.rows == 0 || call.n == 0) return nullptr;
   if (!kernel.cuda) {
     family_cpu(call, [&](const _Float16* h, _Float16* y, int64_t n) {
