@@ -1,4 +1,4 @@
-# The GPU session's first call, before any staging (torch and nvcc only, no onnxruntime; ~3-4 min):
+# The GPU session's first call, before any staging (torch and nvcc only, no onnxruntime; ~5 min):
 #   bash benchmarks/gpu/chain.sh
 # 1. the 1B step's 65 fp16 GEMVs, the product's defaults (run13's kernel) against its tunables set
 #    (runtime/custom_ops/linear.cu: kProgrammatic, kPreload, kPrefetchBytes): programmatic
@@ -6,10 +6,15 @@
 #    holds; two rounds;
 # 2. the same step through the LinearInt4 family (onnxruntime-genai's int4 format): its first run
 #    (max_abs_diff says whether it computes the right thing) and its time against fp16's.
-# Results: $OUT/chain.jsonl, $OUT/chain-int4.jsonl.
+# 3. the int4 GEMM probe against cuBLAS fp16 at 16 and 64 rows (below).
+# Results: $OUT/chain.jsonl, $OUT/chain-int4.jsonl, $OUT/int4-gemm-probe.jsonl.
 set -x
 cd benchmarks || exit 1
 P=now:kProgrammatic=true
 python3 gpu_gemv_chain.py --rounds 2 --results "$OUT/chain.jsonl" \
     --variants now,$P,$P:kPreload=2,$P:kPreload=4,$P:kPreload=2:kPrefetchBytes=16L\<\<20
 python3 gpu_gemv_chain.py --weights int4 --rounds 2 --results "$OUT/chain-int4.jsonl" --variants now,$P
+# 3. the int4 GEMM probe (benchmarks/cuda/gemm_int4_probe.cu: WMMA, the 4-bit weights dequantized
+#    in shared memory) against cuBLAS fp16 at 16 and 64 rows, both shapes: whether int4 can be no
+#    slower than fp16 at batch 64 without dequantizing to memory (issue 20).
+python3 gpu_int4_gemm_probe.py --shapes 1b,8b --rows 16,64 --results "$OUT/int4-gemm-probe.jsonl"

@@ -4,13 +4,14 @@
 # batch 1 fp16 >= 1.2x genai's graph (run13: 1.08-1.15x), int4 in genai's format >= 1.2x genai's
 # int4 graph (run8: ours 0.97-1.01x through MatMulNBits), int4 never slower than fp16 at 64.
 #
-# First, in a call of its own BEFORE staging onnxruntime (torch and nvcc only, ~3-4 min):
+# First, in a call of its own BEFORE staging onnxruntime (torch and nvcc only, ~5 min):
 # `bash benchmarks/gpu/chain.sh`: the 1B step's 65 fp16 GEMVs, linear.cu's defaults against its
 # tunables (run14: PDL with every row prefetched 867 us against 830; there PDL alone, with a
 # preload of 2 or 4 chunks before the wait, with the prefetch only of weights L2 holds); set the
 # best as linear.cu's defaults (and linear_int4.cu's kProgrammatic). Then the LinearInt4 GEMVs'
 # first run (its max_abs_diff says whether they compute the right thing; genai's int4 weights are
-# ~0.7 GB a step: at 3 TB/s ~230 us against fp16's ~830).
+# ~0.7 GB a step: at 3 TB/s ~230 us against fp16's ~830); and a tensor-core int4 GEMM probe
+# against cuBLAS fp16 at 16 and 64 rows (for int4 at batch 64).
 #
 # Then this script:
 # 1. the CUDA tests (the Linear and LinearInt4 families eager and captured against the CPU kernels,
