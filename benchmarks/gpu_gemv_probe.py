@@ -49,12 +49,12 @@ def build(folder: Path) -> ctypes.CDLL:
     return lib
 
 
-def int4_weight(n: int, k: int):
-    """Random codes in MatMulNBits' layout (N, K/64, 32) and fp16 scales (N, K/64)."""
+def int4_weight(n: int, k: int, block: int = 64):
+    """Random codes in MatMulNBits' layout (N, K/block, block/2) and fp16 scales (N, K/block)."""
     import torch
 
-    codes = torch.randint(0, 256, (n, k // 64, 32), device="cuda", dtype=torch.uint8)
-    scales = (torch.rand(n, k // 64, device="cuda") * 0.002 + 0.002).to(torch.float16)
+    codes = torch.randint(0, 256, (n, k // block, block // 2), device="cuda", dtype=torch.uint8)
+    scales = (torch.rand(n, k // block, device="cuda") * 0.002 + 0.002).to(torch.float16)
     return codes, scales
 
 
@@ -62,9 +62,9 @@ def dequantize(codes, scales):
     """(N, K) fp32: the low nibble of byte j is code 2j, the high one 2j + 1; zero point 8."""
     import torch
 
-    n, blocks, _ = codes.shape
-    q = torch.stack([codes & 0xF, codes >> 4], dim=-1).reshape(n, blocks, 64).float() - 8
-    return (q * scales.float()[..., None]).reshape(n, blocks * 64)
+    n, blocks, half = codes.shape
+    q = torch.stack([codes & 0xF, codes >> 4], dim=-1).reshape(n, blocks, 2 * half).float() - 8
+    return (q * scales.float()[..., None]).reshape(n, blocks * 2 * half)
 
 
 def graph_us(launch, copies: int, runs: int) -> float:

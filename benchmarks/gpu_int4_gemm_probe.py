@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from _results import report_line
-from gpu_gemv_probe import graph_us  # a copy's median microseconds, captured and replayed
+from gpu_gemv_probe import dequantize, graph_us, int4_weight  # the 4-bit probe's weights; graph timing
 from gpu_matmul_layout import SHAPES  # the linears' (K, N)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -56,24 +56,6 @@ def splits_for(m: int, n: int, k: int) -> int:
     return max(1, min(k // BLOCK, -(-FILL // tiles)))
 
 
-def int4_weight(n: int, k: int):
-    """Random codes in MatMulNBits' layout (N, K/32, 16) and fp16 scales (N, K/32)."""
-    import torch
-
-    codes = torch.randint(0, 256, (n, k // BLOCK, BLOCK // 2), device="cuda", dtype=torch.uint8)
-    scales = (torch.rand(n, k // BLOCK, device="cuda") * 0.002 + 0.002).to(torch.float16)
-    return codes, scales
-
-
-def dequantize(codes, scales):
-    """(N, K) fp32: the low nibble of byte j is code 2j, the high one 2j + 1; zero point 8."""
-    import torch
-
-    n, blocks, _ = codes.shape
-    q = torch.stack([codes & 0xF, codes >> 4], dim=-1).reshape(n, blocks, BLOCK).float() - 8
-    return (q * scales.float()[..., None]).reshape(n, blocks * BLOCK)
-
-
 def main() -> None:
     import torch
 
@@ -89,7 +71,7 @@ def main() -> None:
             for linear, (k, n) in SHAPES[shape].items():
                 copies = 2 if linear == "lm_head" else COPIES
                 ws = [torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02 for _ in range(copies)]
-                q4 = [int4_weight(n, k) for _ in range(copies)]
+                q4 = [int4_weight(n, k, BLOCK) for _ in range(copies)]
                 for m in (int(r) for r in args.rows.split(",")):
                     x = torch.randn(m, k, device="cuda", dtype=torch.float16)
                     fp16_out = [torch.empty(m, n, device="cuda", dtype=torch.float16) for _ in range(copies)]
