@@ -146,38 +146,14 @@ __global__ void __launch_bounds__(kThreads) gemv(LinearArgs a) {
   store_outputs<ROWS, WPO, SWIGLU>(acc, a.y, a.n, warp, lane);
 }
 
-// Many rows: one block a row.
-__global__ void __launch_bounds__(kThreads) skip_norm_rows(LinearArgs a, __half* normed) {
-  LinearArgs row = a;
-  const size_t at = static_cast<size_t>(blockIdx.x) * a.k;
-  row.x += at;
-  row.skip += at;
-  skip_norm<1>(row, normed + at, a.sum + at);
-}
-
-template <int ROWS, bool NORM, bool SWIGLU>
-void launch_gemv(const LinearArgs& a, cudaStream_t s) {
-  const int wpo = warps_per_output(a.n, a.k / 8);
-  const int outs = kWarps / wpo;
-  const unsigned blocks = static_cast<unsigned>((a.n + outs - 1) / outs);
-  const size_t shared = NORM ? static_cast<size_t>(ROWS) * a.k * sizeof(__half) : 0;
-  switch (wpo) {
-    case 1: launch_kernel<kProgrammatic>(gemv<ROWS, 1, NORM, SWIGLU>, blocks, shared, s, a); break;
-    case 2: launch_kernel<kProgrammatic>(gemv<ROWS, 2, NORM, SWIGLU>, blocks, shared, s, a); break;
-    case 4: launch_kernel<kProgrammatic>(gemv<ROWS, 4, NORM, SWIGLU>, blocks, shared, s, a); break;
-    default: launch_kernel<kProgrammatic>(gemv<ROWS, 8, NORM, SWIGLU>, blocks, shared, s, a); break;
-  }
-}
-
-template <bool NORM, bool SWIGLU>
-void launch_gemv_rows(const LinearArgs& a, int rows, cudaStream_t s) {
-  switch (rows) {
-    case 1: launch_gemv<1, NORM, SWIGLU>(a, s); break;
-    case 2: launch_gemv<2, NORM, SWIGLU>(a, s); break;
-    case 3: launch_gemv<3, NORM, SWIGLU>(a, s); break;
-    default: launch_gemv<4, NORM, SWIGLU>(a, s); break;
-  }
-}
+// The fp16 family for linear_common's launch_gemv.
+struct Fp16Gemv {
+  using Args = LinearArgs;
+  static constexpr int kChunkValues = 8;
+  static constexpr bool programmatic = kProgrammatic;
+  template <int ROWS, int WPO, bool NORM, bool SWIGLU>
+  static auto kernel() { return gemv<ROWS, WPO, NORM, SWIGLU>; }
+};
 
 // The plain GEMV takes x: few rows, K in 16-byte chunks, aligned data.
 bool gemv_takes(const void* x, const void* w, int64_t rows, int64_t k) {
@@ -213,10 +189,7 @@ const char* linear_cuda(const LinearCall& call, void* stream, void* cublas) {
   LinearArgs a = typed(call);
   const int rows = static_cast<int>(call.rows);
   if (fused(call)) {  // the decode path: one kernel
-    if (call.norm && call.swiglu) launch_gemv_rows<true, true>(a, rows, s);
-    else if (call.norm) launch_gemv_rows<true, false>(a, rows, s);
-    else if (call.swiglu) launch_gemv_rows<false, true>(a, rows, s);
-    else launch_gemv_rows<false, false>(a, rows, s);
+    launch_gemv_call<Fp16Gemv>(a, rows, call.norm, call.swiglu, s);
     return launched();
   }
   __half* free = static_cast<__half*>(call.scratch);
@@ -226,10 +199,10 @@ const char* linear_cuda(const LinearCall& call, void* stream, void* cublas) {
     a.x = free;
     free += call.rows * call.k;
   }
-  const bool gemv = gemv_takes(a.x, a.w, rows, a.k);
-  if (gemv && call.swiglu) launch_gemv_rows<false, true>(a, rows, s);
-  else if (gemv) launch_gemv_rows<false, false>(a, rows, s);
-  if (gemv) return launched();
+  if (gemv_takes(a.x, a.w, rows, a.k)) {
+    launch_gemv_call<Fp16Gemv>(a, rows, false, call.swiglu, s);
+    return launched();
+  }
   if (!call.swiglu) return gemm(a.x, a.w, a.y, rows, a.n, a.k, a.n, cublas);
   const int64_t both = 2 * static_cast<int64_t>(a.n);
   if (const char* failure = gemm(a.x, a.w, free, rows, both, a.k, both, cublas)) return failure;

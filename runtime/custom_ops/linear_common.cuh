@@ -200,6 +200,55 @@ __device__ void skip_norm(const Args& a, __half* xs, __half* sum) {
   __syncthreads();
 }
 
+// Many rows (prefill, large batches): x + skip and its norm into `normed`, one block a row (either
+// family's arguments); block b also writes row b's sum.
+template <typename Args>
+__global__ void __launch_bounds__(kThreads) skip_norm_rows(Args a, __half* normed) {
+  Args row = a;
+  const size_t at = static_cast<size_t>(blockIdx.x) * a.k;
+  row.x += at;
+  row.skip += at;
+  skip_norm<1>(row, normed + at, a.sum + at);
+}
+
+// A family's GEMV launched for a call (linear.cu, linear_int4.cu). Family has `Args` (with n and
+// k), `kChunkValues` (K values a 16-byte weight chunk covers), `programmatic` (its kProgrammatic), and
+// `kernel<ROWS, WPO, NORM, SWIGLU>()`, the kernel for those template arguments. Warps an output
+// from warps_per_output; the norm's rows in dynamic shared memory.
+template <class Family, int ROWS, bool NORM, bool SWIGLU>
+void launch_gemv(const typename Family::Args& a, cudaStream_t s) {
+  const int wpo = warps_per_output(a.n, a.k / Family::kChunkValues);
+  const int outs = kWarps / wpo;
+  const unsigned blocks = static_cast<unsigned>((a.n + outs - 1) / outs);
+  const size_t shared = NORM ? static_cast<size_t>(ROWS) * a.k * sizeof(__half) : 0;
+  constexpr bool pdl = Family::programmatic;
+  switch (wpo) {
+    case 1: launch_kernel<pdl>(Family::template kernel<ROWS, 1, NORM, SWIGLU>(), blocks, shared, s, a); break;
+    case 2: launch_kernel<pdl>(Family::template kernel<ROWS, 2, NORM, SWIGLU>(), blocks, shared, s, a); break;
+    case 4: launch_kernel<pdl>(Family::template kernel<ROWS, 4, NORM, SWIGLU>(), blocks, shared, s, a); break;
+    default: launch_kernel<pdl>(Family::template kernel<ROWS, 8, NORM, SWIGLU>(), blocks, shared, s, a); break;
+  }
+}
+
+template <class Family, bool NORM, bool SWIGLU>
+void launch_gemv_rows(const typename Family::Args& a, int rows, cudaStream_t s) {
+  switch (rows) {  // 1 to kGemvRows
+    case 1: launch_gemv<Family, 1, NORM, SWIGLU>(a, s); break;
+    case 2: launch_gemv<Family, 2, NORM, SWIGLU>(a, s); break;
+    case 3: launch_gemv<Family, 3, NORM, SWIGLU>(a, s); break;
+    default: launch_gemv<Family, 4, NORM, SWIGLU>(a, s); break;
+  }
+}
+
+// The GEMV for `rows` (1 to kGemvRows) rows of a call, with or without the norm and SwiGLU.
+template <class Family>
+void launch_gemv_call(const typename Family::Args& a, int rows, bool norm, bool swiglu, cudaStream_t s) {
+  if (norm && swiglu) launch_gemv_rows<Family, true, true>(a, rows, s);
+  else if (norm) launch_gemv_rows<Family, true, false>(a, rows, s);
+  else if (swiglu) launch_gemv_rows<Family, false, true>(a, rows, s);
+  else launch_gemv_rows<Family, false, false>(a, rows, s);
+}
+
 // cublasGemmEx from the cuBLAS that onnxruntime's CUDA provider links (its handle is that
 // library's): looked up through the provider library, found among the loaded objects; else
 // from a cuBLAS already loaded under its usual names.

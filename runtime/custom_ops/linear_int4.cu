@@ -58,16 +58,21 @@ __device__ __forceinline__ int zero_point(const uint8_t* zeros, int64_t row, int
   return b % 2 == 0 ? byte & 0xF : byte >> 4;
 }
 
-// The eight codes of `word` less the zero point (`offset` = 1024 + zero in both halves), as fp32,
-// times x's eight values xf, summed. Code j of the word is byte j/2's low (even j) or high nibble:
-// the pairs formed are (c0, c4), (c1, c5), (c2, c6), (c3, c7).
+// Codes j and j + 4 (0 <= j < 4) of `word` less the zero point (`offset` = 1024 + zero in both
+// halves), exactly, in fp32. Code i of the word is byte i/2's low (even i) or high nibble; or'ed
+// into 1024.0's bits, a nibble becomes 1024 + code in a float16.
+__device__ __forceinline__ float2 code_pair(uint32_t word, int j, __half2 offset) {
+  const uint32_t bits = ((word >> (4 * j)) & 0x000F000Fu) | 0x64006400u;
+  return __half22float2(__hsub2(*reinterpret_cast<const __half2*>(&bits), offset));
+}
+
+// The eight codes of `word` less the zero point, times x's eight values xf, summed.
 __device__ __forceinline__ float dot_word(uint32_t word, __half2 offset, const float (&xf)[8]) {
   float sum = 0.f;
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const uint32_t bits = ((word >> (4 * i)) & 0x000F000Fu) | 0x64006400u;  // 1024 + c in each half
-    const float2 w = __half22float2(__hsub2(*reinterpret_cast<const __half2*>(&bits), offset));
-    sum = fmaf(w.x, xf[i], fmaf(w.y, xf[i + 4], sum));
+  for (int j = 0; j < 4; ++j) {
+    const float2 w = code_pair(word, j, offset);
+    sum = fmaf(w.x, xf[j], fmaf(w.y, xf[j + 4], sum));
   }
   return sum;
 }
@@ -165,8 +170,7 @@ __global__ void dequantize_rows(Int4Args a, int64_t first, int64_t count, __half
   float w[8];
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
-    const uint32_t bits = ((word >> (4 * j)) & 0x000F000Fu) | 0x64006400u;
-    const float2 f = __half22float2(__hsub2(*reinterpret_cast<const __half2*>(&bits), offset));
+    const float2 f = code_pair(word, j, offset);
     w[j] = f.x;      // code j
     w[j + 4] = f.y;  // code j + 4
   }
@@ -177,38 +181,14 @@ __global__ void dequantize_rows(Int4Args a, int64_t first, int64_t count, __half
   *reinterpret_cast<uint4*>(out + r * a.k + 8 * word_index) = packed;
 }
 
-// Many rows: one block a row (linear.cu's, for this family's arguments).
-__global__ void __launch_bounds__(kThreads) skip_norm_rows_int4(Int4Args a, __half* normed) {
-  Int4Args row = a;
-  const size_t at = static_cast<size_t>(blockIdx.x) * a.k;
-  row.x += at;
-  row.skip += at;
-  skip_norm<1>(row, normed + at, a.sum + at);
-}
-
-template <int ROWS, bool NORM, bool SWIGLU>
-void launch_gemv(const Int4Args& a, cudaStream_t s) {
-  const int wpo = warps_per_output(a.n, a.k / kCodes);
-  const int outs = kWarps / wpo;
-  const unsigned blocks = static_cast<unsigned>((a.n + outs - 1) / outs);
-  const size_t shared = NORM ? static_cast<size_t>(ROWS) * a.k * sizeof(__half) : 0;
-  switch (wpo) {
-    case 1: launch_kernel<kProgrammatic>(gemv_int4<ROWS, 1, NORM, SWIGLU>, blocks, shared, s, a); break;
-    case 2: launch_kernel<kProgrammatic>(gemv_int4<ROWS, 2, NORM, SWIGLU>, blocks, shared, s, a); break;
-    case 4: launch_kernel<kProgrammatic>(gemv_int4<ROWS, 4, NORM, SWIGLU>, blocks, shared, s, a); break;
-    default: launch_kernel<kProgrammatic>(gemv_int4<ROWS, 8, NORM, SWIGLU>, blocks, shared, s, a); break;
-  }
-}
-
-template <bool NORM, bool SWIGLU>
-void launch_gemv_rows(const Int4Args& a, int rows, cudaStream_t s) {
-  switch (rows) {
-    case 1: launch_gemv<1, NORM, SWIGLU>(a, s); break;
-    case 2: launch_gemv<2, NORM, SWIGLU>(a, s); break;
-    case 3: launch_gemv<3, NORM, SWIGLU>(a, s); break;
-    default: launch_gemv<4, NORM, SWIGLU>(a, s); break;
-  }
-}
+// The 4-bit family for linear_common's launch_gemv.
+struct Int4Gemv {
+  using Args = Int4Args;
+  static constexpr int kChunkValues = kCodes;
+  static constexpr bool programmatic = kProgrammatic;
+  template <int ROWS, int WPO, bool NORM, bool SWIGLU>
+  static auto kernel() { return gemv_int4<ROWS, WPO, NORM, SWIGLU>; }
+};
 
 // Up to kGemvRows rows, K and the block in whole chunks: shapes the GEMV takes.
 bool gemv_shape(const LinearCall& c, const Int4Weights& w) {
@@ -228,6 +208,9 @@ bool gemv_after_norm(const LinearCall& c, const Int4Weights& w) {
   return c.norm && !fused(c, w) && gemv_shape(c, w) && aligned(w.codes);
 }
 
+// `values` float16 values rounded up to 16 bytes: the scratch's parts each start aligned.
+int64_t rounded(int64_t values) { return (values + 7) / 8 * 8; }
+
 // Codes rows a dequantized band holds.
 int64_t band_rows(const LinearCall& c) {
   const int64_t total = c.swiglu ? 2 * c.n : c.n;
@@ -238,9 +221,7 @@ int64_t band_rows(const LinearCall& c) {
 
 int64_t linear_int4_scratch_elements(const LinearCall& c, const Int4Weights& w) {
   if (fused(c, w)) return 0;
-  // normed rows, the GEMM's (rows, 2n) output before SwiGLU, the dequantized band; each a
-  // multiple of 8 values so that the next starts 16-byte aligned
-  auto rounded = [](int64_t v) { return (v + 7) / 8 * 8; };
+  // normed rows, the GEMM's (rows, 2n) output before SwiGLU, the dequantized band
   if (gemv_after_norm(c, w)) return rounded(c.rows * c.k);
   return rounded(c.norm ? c.rows * c.k : 0) + rounded(c.swiglu ? c.rows * 2 * c.n : 0) + band_rows(c) * c.k;
 }
@@ -256,17 +237,13 @@ const char* linear_int4_cuda(const LinearCall& call, const Int4Weights& weights,
   Int4Args a = typed(call, weights);
   const int rows = static_cast<int>(call.rows);
   if (fused(call, weights)) {  // the decode path: one kernel
-    if (call.norm && call.swiglu) launch_gemv_rows<true, true>(a, rows, s);
-    else if (call.norm) launch_gemv_rows<true, false>(a, rows, s);
-    else if (call.swiglu) launch_gemv_rows<false, true>(a, rows, s);
-    else launch_gemv_rows<false, false>(a, rows, s);
+    launch_gemv_call<Int4Gemv>(a, rows, call.norm, call.swiglu, s);
     return launched();
   }
-  auto rounded = [](int64_t v) { return (v + 7) / 8 * 8; };
   __half* free = static_cast<__half*>(call.scratch);
   const __half* x = a.x;
   if (call.norm) {  // x + skip and its norm first, into the scratch
-    skip_norm_rows_int4<<<static_cast<unsigned>(rows), kThreads, 0, s>>>(a, free);
+    skip_norm_rows<<<static_cast<unsigned>(rows), kThreads, 0, s>>>(a, free);
     if (const char* failure = launched()) return failure;
     x = free;
     free += rounded(call.rows * call.k);
@@ -275,8 +252,7 @@ const char* linear_int4_cuda(const LinearCall& call, const Int4Weights& weights,
     if (!aligned(x)) return "LinearInt4: onnxruntime's scratch output is not 16-byte aligned";
     Int4Args normed = a;
     normed.x = x;
-    if (call.swiglu) launch_gemv_rows<false, true>(normed, rows, s);
-    else launch_gemv_rows<false, false>(normed, rows, s);
+    launch_gemv_call<Int4Gemv>(normed, rows, false, call.swiglu, s);
     return launched();
   }
   const int64_t total = call.swiglu ? 2 * call.n : call.n;  // codes rows, and the GEMM's outputs
