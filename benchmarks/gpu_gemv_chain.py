@@ -30,10 +30,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from _results import report_line
+from gpu_gemv_probe import graph_times  # microseconds a replay of a captured launch
 
 ROOT = Path(__file__).resolve().parents[1]
 OPS = ROOT / "runtime" / "custom_ops"
@@ -148,33 +148,6 @@ def dequantized(weight):
     return (q * scales.float()[..., None]).reshape(n, blocks * BLOCK)
 
 
-def replay_us(graph, runs: int) -> tuple[float, float, float]:
-    import torch
-
-    times = []
-    for _ in range(runs):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(10):
-            graph.replay()
-        torch.cuda.synchronize()
-        times.append((time.perf_counter() - t) / 10 * 1e6)
-    return statistics.median(times), min(times), max(times)
-
-
-def captured(chain: Chain, calls):
-    import torch
-
-    chain.launch(calls)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        chain.launch(calls)
-    graph.replay()
-    torch.cuda.synchronize()
-    return graph
-
-
 def weight_bytes(calls) -> int:
     return sum(sum(t.numel() * t.element_size() for t in (c[3] if isinstance(c[3], tuple) else (c[3],)))
                for c in calls)
@@ -189,7 +162,8 @@ def run_variant(args) -> None:
         chain = Chain(lib, SHAPES[args.shape], rows, int4=weights == "int4")
         diffs = {kind: round(chain.max_abs_diff(kind), 5) for kind in chain.calls}
         for kind, calls in (("step", chain.step), *chain.calls.items()):
-            us, low, high = replay_us(captured(chain, calls), args.runs)
+            times = graph_times(lambda: chain.launch(calls), args.runs)
+            us, low, high = statistics.median(times), min(times), max(times)
             report_line({"variant": args.variant, "weights": weights, "shape": args.shape, "rows": rows, "what": kind,
                          "calls": len(calls), "us": round(us, 2), "min_us": round(low, 2),
                          "max_us": round(high, 2), "weight_tb_s": round(weight_bytes(calls) / us / 1e6, 3),

@@ -67,11 +67,12 @@ def dequantize(codes, scales):
     return (q * scales.float()[..., None]).reshape(n, blocks * 2 * half)
 
 
-def graph_us(launch, copies: int, runs: int) -> float:
-    """Median microseconds a copy: `launch()` (all copies) captured once, replayed."""
+def graph_times(launch, runs: int) -> list[float]:
+    """Microseconds a replay, `runs` times (each the mean of 10): `launch()` captured once in a
+    torch CUDA graph (after one call outside it: library handles and workspaces), replayed."""
     import torch
 
-    launch()  # outside the capture: library handles and workspaces
+    launch()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
@@ -84,8 +85,13 @@ def graph_us(launch, copies: int, runs: int) -> float:
         for _ in range(10):
             graph.replay()
         torch.cuda.synchronize()
-        times.append((time.perf_counter() - t) / 10 / copies * 1e6)
-    return statistics.median(times)
+        times.append((time.perf_counter() - t) / 10 * 1e6)
+    return times
+
+
+def graph_us(launch, copies: int, runs: int) -> float:
+    """Median microseconds a copy: `launch()` (all copies) captured once, replayed."""
+    return statistics.median(graph_times(launch, runs)) / copies
 
 
 def main() -> None:
