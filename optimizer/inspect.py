@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from optimizer.core.engine_format import KvCacheSpec
+from optimizer.core.engine_format import IN_PLACE_ATTENTION, KvCacheSpec
 
 
 def _size(n: int) -> str:
@@ -83,8 +83,9 @@ def render_manifest(m: dict[str, Any], path: Path, console: Console | None = Non
     for line in precision_notes(m):
         out.print(f"[bold]note[/bold]         {line}")
     out.print(f"[bold]kv cache[/bold]     {kv_summary(kv)}")
-    if kv.attention == "GroupQueryAttention":
-        out.print(f"[bold]attention[/bold]    GroupQueryAttention: right-padded batches, up to "
+    if kv.attention in IN_PLACE_ATTENTION:
+        mine = " (optimizer.ops, GroupQueryAttention's contract)" if kv.attention == "CachedAttention" else ""
+        out.print(f"[bold]attention[/bold]    {kv.attention}{mine}: right-padded batches, up to "
                   f"{kv.max_sequence_length} positions")
     elif kv.attention == "PagedAttention":
         out.print(f"[bold]attention[/bold]    PagedAttention: packed tokens, no padding, up to "

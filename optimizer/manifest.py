@@ -90,7 +90,7 @@ def kv_cache_section(dims: DecoderDims, dtype: str, attention: str = "unfused", 
 
 def attention_kind(model: ir.Model) -> str:
     ops = {n.op_type for n in model.graph}
-    return next((op for op in ("PagedAttention", "GroupQueryAttention") if op in ops), "unfused")
+    return next((op for op in ("PagedAttention", "GroupQueryAttention", "CachedAttention") if op in ops), "unfused")
 
 
 def weight_format_section(opts: "BuildOptions") -> dict[str, Any]:

@@ -20,6 +20,7 @@ from onnx_ir.passes import common
 
 from passes import fold_norm_casts, fuse_activation, fuse_rms_norm, fuse_skip_rms_norm
 from passes._rules import RulePass
+from passes.custom_attention import CustomAttention
 from passes.custom_linear import CustomLinear
 from passes.fold_constants import FoldConstants
 from passes.fuse_attention import FuseAttention
@@ -110,6 +111,10 @@ REGISTRY: dict[str, PassInfo] = {
                                        "(NormLinear[Int4][SwiGLU]: each GEMV block normalizes its input)",
                  lambda ctx: CustomLinear(ctx.dtype, lower=False, folds=("norm",)),
                  after=("custom-linear", "fuse-skip-rms-norm", "slice-logits")),  # the final norm stays apart
+        PassInfo("custom-attention", "fp16 static-layout GroupQueryAttention -> optimizer.ops CachedAttention "
+                                     "(rotary, cache writes and attention in one CUDA kernel a layer; the same "
+                                     "contract); only in the custom-ops pipeline",
+                 lambda ctx: CustomAttention(ctx.dtype), after=("kv-layout", "quantize-kv-cache")),
         PassInfo("fold-constants", "evaluates nodes whose inputs are all constants (onnxscript's folder)",
                  lambda ctx: FoldConstants(), targets=("cpu", "cuda", "tensorrt")),
         PassInfo("slice-logits", "the lm_head reads positions [logits_from, S) only (a new input): "
@@ -160,7 +165,7 @@ CUSTOM_OPS_PIPELINE: tuple[str, ...] = (*DEFAULT_PIPELINE[:DEFAULT_PIPELINE.inde
                                         "fuse-swiglu",
                                         *DEFAULT_PIPELINE[DEFAULT_PIPELINE.index("fuse-activation") + 1:
                                                           DEFAULT_PIPELINE.index("cse")],
-                                        "custom-linear", "custom-linear-norm",
+                                        "custom-linear", "custom-linear-norm", "custom-attention",
                                         *DEFAULT_PIPELINE[DEFAULT_PIPELINE.index("cse"):])
 # Standard ONNX only (opset 21, no com.microsoft ops): norms, rotary and attention stay
 # decomposed, quantized weights become DequantizeLinear; the TensorRT target's default.

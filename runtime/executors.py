@@ -2,7 +2,8 @@
 
 Each owns the cache buffers of one layout and the pool that accounts for them:
 
-- `StaticExecutor` (layout "static", or any GroupQueryAttention engine): per layer and K/V one (slots, n_kv, capacity, hd) buffer.
+- `StaticExecutor` (layout "static", or any GroupQueryAttention or CachedAttention engine): per layer
+  and K/V one (slots, n_kv, capacity, hd) buffer.
   A prefill chunk runs on its slot's row; the first chunks of sequences in consecutive slots
   run as one call, right-padded to the longest (engines with `logits_positions` return each
   row's own last logits; see `prefill_groups`). A decode step runs every slot up to the
@@ -29,6 +30,7 @@ import sys
 import numpy as np
 import onnxruntime as ort
 
+from optimizer.core.engine_format import IN_PLACE_ATTENTION
 from optimizer.core.errors import EngineError
 from runtime.cached_pools import CachingSlotPool
 from runtime.host_io import HostStepIO, aligned_zeros
@@ -432,7 +434,7 @@ def make_executor(session: DecoderSession, slots: int | None = None, capacity: i
         return executor
     capacity = capacity or kv.slot_capacity or limit or DEFAULT_CONCAT_CAPACITY
     slots = slots or kv.slots or DEFAULT_CONCAT_SLOTS
-    if kv.attention == "GroupQueryAttention":
+    if kv.attention in IN_PLACE_ATTENTION:
         # imported here: the graph executor builds on StaticExecutor, defined above
         from runtime.graph_executor import GraphStaticExecutor, unsupported_reason
 

@@ -115,7 +115,7 @@ def test_a_call_the_family_does_not_take_is_refused_with_the_reason(op, k, n, me
 
 
 def test_a_norm_without_its_epsilon_is_refused_when_the_session_is_made():
-    with pytest.raises(Exception, match="NormLinear: the node needs its norm's epsilon attribute"):
+    with pytest.raises(Exception, match="NormLinear: the node needs its epsilon attribute"):
         session(["CPUExecutionProvider"], model=linear_model(8, 4, "NormLinear", epsilon=None))
 
 

@@ -24,7 +24,10 @@ FORMAT_VERSION = 2
 READABLE = (1, 2)
 MANIFEST = "manifest.json"
 LAYOUTS = ("concat", "static", "paged")  # the KV-cache interfaces an engine can have
-ATTENTION = ("unfused", "GroupQueryAttention", "PagedAttention")
+ATTENTION = ("unfused", "GroupQueryAttention", "PagedAttention", "CachedAttention")
+# Attention kinds with GroupQueryAttention's contract: right-padded rows, a static cache written in
+# place (CachedAttention: our op, runtime/custom_ops, in custom-ops engines).
+IN_PLACE_ATTENTION = ("GroupQueryAttention", "CachedAttention")
 _SIZES = {"static": ("slots", "slot_capacity"),  # the sizes each layout must record
           "paged": ("slots", "block_size", "num_blocks", "max_blocks_per_sequence")}
 

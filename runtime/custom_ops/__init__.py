@@ -18,10 +18,15 @@ has their full signatures):
     [Norm]LinearInt4[SwiGLU](x, [skip, gamma,] codes, scales[, zeros])
                                 the same with 4-bit weights in onnxruntime MatMulNBits' layout
                                 (attribute block_size, a multiple of 32; no zeros: 8)
+    CachedAttention(q, past_k, past_v, seqlens_k, cos, sin[, k, v])
+                                onnxruntime GroupQueryAttention's with a shared past/present
+                                buffer and its rotary: the new keys and values into the cache,
+                                then causal attention over it (packed q/k/v where k, v are absent)
 
 On CUDA the Linear family is one GEMV kernel for up to 4 rows (decode), and our norm kernel,
 cuBLAS (onnxruntime's handle, found through its CUDA provider) and the SwiGLU kernel for more;
-the LinearInt4 family the same, its weights dequantized band by band for cuBLAS.
+the LinearInt4 family the same, its weights dequantized band by band for cuBLAS; CachedAttention
+one kernel (rotary, cache writes and attention) where GroupQueryAttention launches four.
 They run on onnxruntime's compute stream, so a captured decode graph records them.
 """
 
@@ -42,10 +47,10 @@ from optimizer.core.errors import OptimizerError
 DOMAIN = "optimizer.ops"
 SOURCE_DIR = Path(__file__).resolve().parent
 SOURCES = ("ort_abi.h", "cublas_abi.h", "cuda_kernels.h", "kernel_context.h", "linear_cpu.h", "linear_common.cuh",
-           "op_math.h", "ops.cc", "swiglu_op.cc", "linear_op.cc", "linear_int4_op.cc", "swiglu.cu", "linear.cu",
-           "linear_int4.cu", "cuda_none.cc")
-HOST_SOURCES = ("ops.cc", "swiglu_op.cc", "linear_op.cc", "linear_int4_op.cc")
-CUDA_SOURCES = (*HOST_SOURCES, "swiglu.cu", "linear.cu", "linear_int4.cu")  # nvcc's build
+           "op_math.h", "attention_math.h", "ops.cc", "swiglu_op.cc", "linear_op.cc", "linear_int4_op.cc",
+           "attention_op.cc", "swiglu.cu", "linear.cu", "linear_int4.cu", "attention.cu", "cuda_none.cc")
+HOST_SOURCES = ("ops.cc", "swiglu_op.cc", "linear_op.cc", "linear_int4_op.cc", "attention_op.cc")
+CUDA_SOURCES = (*HOST_SOURCES, "swiglu.cu", "linear.cu", "linear_int4.cu", "attention.cu")  # nvcc's build
 CPU_SOURCES = (*HOST_SOURCES, "cuda_none.cc")  # g++'s: the CUDA entry points say there are none
 CUDA_ARCHS = ("80", "90")
 NAME = "liboptimizer_ops.so"

@@ -1,4 +1,4 @@
-// The CUDA entry points of the library (swiglu.cu, linear.cu, linear_int4.cu; cuda_none.cc in a build without
+// The CUDA entry points of the library (swiglu.cu, linear.cu, linear_int4.cu, attention.cu; cuda_none.cc in a build without
 // nvcc, whose library then has CPU kernels only). Each launches on `stream`, onnxruntime's
 // compute stream (a cudaStream_t), and returns null, or why it could not.
 #pragma once
@@ -53,3 +53,41 @@ int64_t linear_int4_scratch_elements(const LinearCall& call, const Int4Weights& 
 
 // LinearCall's computation with `weights` for its w (call.w unused).
 const char* linear_int4_cuda(const LinearCall& call, const Int4Weights& weights, void* stream, void* cublas);
+
+// One call of CachedAttention (attention_math.h has its positions), float16 data on the device:
+// query rows (batch, seq) of `query_stride` values, head h's at h * head_dim; key and value rows
+// of `kv_stride` values, kv head g's at g * head_dim (packed q/k/v: pointers into the query's
+// rows); the caches (batch, kv_heads, past_capacity, head_dim) read from past and (batch,
+// kv_heads, capacity, head_dim) written to present: the same buffer where onnxruntime binds them
+// so (the static layout), else the past copied into the present's first positions first;
+// seqlens (batch) int32 on the device; cos, sin (max_positions, head_dim / 2); out (batch, seq,
+// heads * head_dim).
+struct AttentionCall {
+  const void* query;
+  const void* key;
+  const void* value;
+  const void* past_key;
+  const void* past_value;
+  void* present_key;
+  void* present_value;
+  const int32_t* seqlens;
+  const void* cos;
+  const void* sin;
+  void* out;
+  int64_t batch;
+  int64_t seq;
+  int64_t heads;
+  int64_t kv_heads;
+  int64_t head_dim;
+  int64_t capacity;
+  int64_t past_capacity;
+  int64_t max_positions;
+  int64_t query_stride;
+  int64_t kv_stride;
+  int64_t window;  // <= 0: none
+  float scale;
+  float softcap;   // <= 0: none
+};
+
+// Rotary embedding, the new keys and values written into the cache, and attention, one kernel.
+const char* attention_cuda(const AttentionCall& call, void* stream);

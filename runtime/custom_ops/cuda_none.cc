@@ -16,3 +16,5 @@ const char* linear_cuda(const LinearCall&, void*, void*) { return kNoCuda; }
 int64_t linear_int4_scratch_elements(const LinearCall&, const Int4Weights&) { return 0; }
 
 const char* linear_int4_cuda(const LinearCall&, const Int4Weights&, void*, void*) { return kNoCuda; }
+
+const char* attention_cuda(const AttentionCall&, void*) { return kNoCuda; }

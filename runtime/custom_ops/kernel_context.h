@@ -19,6 +19,15 @@ struct LinearKind {
   bool int4;
 };
 
+// CachedAttention's attributes.
+struct AttentionAttrs {
+  int64_t heads;
+  int64_t kv_heads;
+  int64_t window;  // local_window_size; <= 0: none
+  float scale;     // 0: 1 / sqrt(head_dim)
+  float softcap;   // 0: none
+};
+
 struct Kernel {
   OrtApiTable api;
   const char* name;  // the op's, for its error messages
@@ -27,6 +36,7 @@ struct Kernel {
   LinearKind kind;
   float epsilon;  // the norm's
   int64_t block;  // the 4-bit weights' quantization block
+  AttentionAttrs attention;
 };
 
 inline OrtStatus* error(OrtApiTable api, const char* message) {
@@ -78,10 +88,11 @@ inline int64_t leading_rows(const std::vector<int64_t>& dims) {
   return rows;
 }
 
-// The ops' compute functions (swiglu_op.cc, linear_op.cc, linear_int4_op.cc).
+// The ops' compute functions (swiglu_op.cc, linear_op.cc, linear_int4_op.cc, attention_op.cc).
 OrtStatus* swiglu_compute(const Kernel& kernel, OrtKernelContext* context);
 OrtStatus* linear_compute(const Kernel& kernel, OrtKernelContext* context);
 OrtStatus* linear_int4_compute(const Kernel& kernel, OrtKernelContext* context);
+OrtStatus* attention_compute(const Kernel& kernel, OrtKernelContext* context);
 
 inline OrtStatus* inputs_given(const Kernel& kernel, OrtKernelContext* context, size_t* count) {
   return ort::api_fn<ort::KernelContextGetInputCountFn>(kernel.api, ort::kKernelContextGetInputCount)(context, count);

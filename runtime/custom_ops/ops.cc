@@ -1,8 +1,9 @@
 // onnxruntime custom ops of the optimizer.ops domain, for the CPU and the CUDA execution provider:
 // their callback tables and registration. onnxruntime loads this library through
 // SessionOptions.register_custom_ops_library and calls RegisterCustomOps. The computations:
-// swiglu_op.cc and linear_op.cc (checks, outputs, CPU kernels), swiglu.cu and linear.cu (CUDA
-// kernels, built with nvcc; cuda_none.cc stands in for them otherwise).
+// swiglu_op.cc, linear_op.cc, linear_int4_op.cc and attention_op.cc (checks, outputs, CPU kernels),
+// swiglu.cu, linear.cu, linear_int4.cu and attention.cu (CUDA kernels, built with nvcc;
+// cuda_none.cc stands in for them otherwise).
 //
 //   SwiGLU(x) -> y                      x (..., 2I) gate then up; y (..., I) = silu(gate) * up
 //   Linear(x, w) -> y                   x (..., K), w (N, K); y (..., N) = x . w^T
@@ -19,6 +20,12 @@
 //                                       (attribute block_size, a multiple of 32): codes (N, K / block,
 //                                       block / 2) uint8, scales (N, K / block) float16, zeros (N,
 //                                       ceil(K / block / 2)) uint8 packed, absent: 8
+//   CachedAttention(query, past_key, past_value, seqlens_k, total_sequence_length, cos_cache,
+//                   sin_cache[, key, value]) -> output, present_key, present_value
+//                                       onnxruntime GroupQueryAttention's computation with its rotary
+//                                       (attention_op.cc), total_sequence_length in CPU memory; key
+//                                       and value absent: packed in the query; attributes num_heads,
+//                                       kv_num_heads, scale, softcap, local_window_size
 //
 // float16 activations, fp32 math inside. `scratch` is the CUDA kernels' working space for more rows than
 // the GEMV takes (empty otherwise, and on the CPU). The CUDA kernels run on onnxruntime's compute
@@ -51,6 +58,8 @@ struct Op {
   LinearKind kind;
   const int* input_types;  // null: every input float16
   size_t required;         // inputs from this one on are optional
+  bool attention;          // CachedAttention: its attributes read at creation
+  size_t cpu_input;        // an input read from CPU memory on CUDA (SIZE_MAX: none)
 };
 
 const Op& op_of(const ort::CustomOp* table) { return *reinterpret_cast<const Op*>(table); }
@@ -68,29 +77,39 @@ int output_required(const ort::CustomOp*, size_t) { return 0; }  // INPUT_OUTPUT
 int input_required(const ort::CustomOp* op, size_t index) {
   return index < op_of(op).required ? 0 : 1;  // INPUT_OUTPUT_REQUIRED, INPUT_OUTPUT_OPTIONAL
 }
-int default_memory(const ort::CustomOp*, size_t) { return 0; }  // OrtMemTypeDefault
+int memory_type(const ort::CustomOp* op, size_t index) {  // OrtMemTypeCPUInput, OrtMemTypeDefault
+  return index == op_of(op).cpu_input ? -2 : 0;
+}
 int arity(const ort::CustomOp*) { return 1; }
+// An attribute the node must have; an error naming it where it does not.
+template <typename T, typename Fn>
+OrtStatus* attribute(OrtApiTable api, const OrtKernelInfo* info, const Op& spec, ort::Slot slot, const char* attr, T* out) {
+  OrtStatus* missing = ort::api_fn<Fn>(api, slot)(info, attr, out);
+  if (missing == nullptr) return nullptr;
+  ort::api_fn<ort::ReleaseStatusFn>(api, ort::kReleaseStatus)(missing);
+  return error(api, (std::string(spec.name) + ": the node needs its " + attr + " attribute").c_str());
+}
+OrtStatus* float_attribute(OrtApiTable api, const OrtKernelInfo* info, const Op& spec, const char* attr, float* out) {
+  return attribute<float, ort::KernelInfoGetAttributeFloatFn>(api, info, spec, ort::kKernelInfoGetAttributeFloat, attr, out);
+}
+OrtStatus* int_attribute(OrtApiTable api, const OrtKernelInfo* info, const Op& spec, const char* attr, int64_t* out) {
+  return attribute<int64_t, ort::KernelInfoGetAttributeInt64Fn>(api, info, spec, ort::kKernelInfoGetAttributeInt64, attr, out);
+}
+
 OrtStatus* create_v2(const ort::CustomOp* op, OrtApiTable api, const OrtKernelInfo* info, void** kernel) {
   const Op& spec = op_of(op);
-  float epsilon = 0.f;
-  if (spec.kind.norm) {
-    OrtStatus* missing = ort::api_fn<ort::KernelInfoGetAttributeFloatFn>(api, ort::kKernelInfoGetAttributeFloat)(
-        info, "epsilon", &epsilon);
-    if (missing != nullptr) {
-      ort::api_fn<ort::ReleaseStatusFn>(api, ort::kReleaseStatus)(missing);
-      return error(api, (std::string(spec.name) + ": the node needs its norm's epsilon attribute").c_str());
-    }
+  Kernel made{api, spec.name, spec.cuda, spec.compute, spec.kind, 0.f, 0, {}};
+  if (spec.kind.norm) ORT_RETURN_IF_ERROR(float_attribute(api, info, spec, "epsilon", &made.epsilon));
+  if (spec.kind.int4) ORT_RETURN_IF_ERROR(int_attribute(api, info, spec, "block_size", &made.block));
+  if (spec.attention) {
+    AttentionAttrs& a = made.attention;
+    ORT_RETURN_IF_ERROR(int_attribute(api, info, spec, "num_heads", &a.heads));
+    ORT_RETURN_IF_ERROR(int_attribute(api, info, spec, "kv_num_heads", &a.kv_heads));
+    ORT_RETURN_IF_ERROR(int_attribute(api, info, spec, "local_window_size", &a.window));
+    ORT_RETURN_IF_ERROR(float_attribute(api, info, spec, "scale", &a.scale));
+    ORT_RETURN_IF_ERROR(float_attribute(api, info, spec, "softcap", &a.softcap));
   }
-  int64_t block = 0;
-  if (spec.kind.int4) {
-    OrtStatus* missing = ort::api_fn<ort::KernelInfoGetAttributeInt64Fn>(api, ort::kKernelInfoGetAttributeInt64)(
-        info, "block_size", &block);
-    if (missing != nullptr) {
-      ort::api_fn<ort::ReleaseStatusFn>(api, ort::kReleaseStatus)(missing);
-      return error(api, (std::string(spec.name) + ": the node needs its block_size attribute").c_str());
-    }
-  }
-  *kernel = new Kernel{api, spec.name, spec.cuda, spec.compute, spec.kind, epsilon, block};
+  *kernel = new Kernel(made);
   return nullptr;
 }
 void* create(const ort::CustomOp* op, OrtApiTable api, const OrtKernelInfo* info) {  // never called (version 16)
@@ -123,7 +142,7 @@ Op make_op(const char* op_name, size_t inputs, size_t outputs, bool cuda, Comput
   t.KernelDestroy = destroy;
   t.GetInputCharacteristic = input_required;
   t.GetOutputCharacteristic = output_required;
-  t.GetInputMemoryType = default_memory;
+  t.GetInputMemoryType = memory_type;
   t.GetVariadicInputMinArity = arity;
   t.GetVariadicInputHomogeneity = arity;
   t.GetVariadicOutputMinArity = arity;
@@ -138,15 +157,21 @@ Op make_op(const char* op_name, size_t inputs, size_t outputs, bool cuda, Comput
   op.kind = kind;
   op.input_types = input_types;
   op.required = required_inputs;
+  op.attention = compute == attention_compute;
+  op.cpu_input = op.attention && cuda ? 4 : SIZE_MAX;  // total_sequence_length, a shape, as GQA reads it
   return op;
 }
 
 // The LinearInt4 family's input types: x, [skip, gamma,] codes, scales, zeros.
 constexpr int kInt4Types[] = {ort::kFloat16, ort::kUint8, ort::kFloat16, ort::kUint8};
 constexpr int kNormInt4Types[] = {ort::kFloat16, ort::kFloat16, ort::kFloat16, ort::kUint8, ort::kFloat16, ort::kUint8};
+// CachedAttention's: query, past_key, past_value, seqlens_k, total_sequence_length, cos_cache,
+// sin_cache, key, value.
+constexpr int kAttentionTypes[] = {ort::kFloat16, ort::kFloat16, ort::kFloat16, ort::kInt32, ort::kInt32,
+                                   ort::kFloat16, ort::kFloat16, ort::kFloat16, ort::kFloat16};
 
 // Every op, for the CPU and for CUDA (registered where the build has CUDA kernels).
-constexpr size_t kOps = 9;
+constexpr size_t kOps = 10;
 Op make_ops(bool cuda, size_t i) {
   switch (i) {
     case 0: return make_op("SwiGLU", 1, 1, cuda, swiglu_compute);
@@ -157,8 +182,9 @@ Op make_ops(bool cuda, size_t i) {
     case 5: return make_op("LinearInt4", 4, 2, cuda, linear_int4_compute, {false, false, true}, kInt4Types, 3);
     case 6: return make_op("LinearInt4SwiGLU", 4, 2, cuda, linear_int4_compute, {false, true, true}, kInt4Types, 3);
     case 7: return make_op("NormLinearInt4", 6, 3, cuda, linear_int4_compute, {true, false, true}, kNormInt4Types, 5);
-    default:
+    case 8:
       return make_op("NormLinearInt4SwiGLU", 6, 3, cuda, linear_int4_compute, {true, true, true}, kNormInt4Types, 5);
+    default: return make_op("CachedAttention", 9, 3, cuda, attention_compute, {}, kAttentionTypes, 7);
   }
 }
 

@@ -26,7 +26,7 @@ struct OrtApiBase {
 namespace ort {
 
 // ONNX TensorProto element types and onnxruntime's error codes, as the ABI passes them.
-enum ElementType : int { kFloat = 1, kUint8 = 2, kFloat16 = 10 };
+enum ElementType : int { kFloat = 1, kUint8 = 2, kInt32 = 6, kFloat16 = 10 };
 enum ErrorCode : int { kOk = 0, kFail = 1, kInvalidArgument = 2 };
 
 // The API version asked for: every slot below exists from it on.

@@ -1,0 +1,223 @@
+// CachedAttention on CUDA (attention_op.cc has the op; attention_math.h the positions): one kernel
+// a call, a block per (head, new token, row), four warps.
+//
+// The block rotates its query (rounded to float16, as the cache's keys are) into shared memory.
+// Its warps take the keys 32 at a time, a key a lane for the scores (the whole head's dot
+// product) and pairs of head elements a lane for the values, with an online softmax; the warps'
+// partial sums are combined at the end. Keys before the row's new tokens come from the cache; the new
+// tokens' keys and values straight from the inputs (rotated on the fly), so no block waits for
+// another: the first block of each kv head's group writes its token's key and value into the
+// cache, for the next call. At batch 1 a decode step's attention is this one launch a layer
+// (onnxruntime's GroupQueryAttention: four, UnpackRoPEAppend, GetSequenceLengths, a memset and
+// its XQA kernel).
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "attention_math.h"
+#include "cuda_kernels.h"
+
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr unsigned kAll = 0xffffffffu;
+constexpr int kMaxHeadDim = 256;
+
+__device__ float warp_max(float v) {
+  for (int offset = 16; offset > 0; offset /= 2) v = fmaxf(v, __shfl_xor_sync(kAll, v, offset));
+  return v;
+}
+
+__device__ float warp_sum(float v) {
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(kAll, v, offset);
+  return v;
+}
+
+__device__ float as_half(float v) { return __half2float(__float2half(v)); }
+
+// q . key over a head of kHd elements, the query in shared memory (fp32); `rotate`: the key is a
+// new one, rotated here by the row of cos / sin given (and rounded to float16, as it is cached).
+template <int kHd>
+__device__ float key_dot(const float* q, const __half* key, bool rotate, const __half* cos, const __half* sin) {
+  constexpr int kHalf = kHd / 2;
+  float acc = 0.f;
+#pragma unroll
+  for (int d = 0; d < kHalf; d += 8) {
+    uint4 first4 = *reinterpret_cast<const uint4*>(key + d);
+    uint4 second4 = *reinterpret_cast<const uint4*>(key + d + kHalf);
+    const __half* first = reinterpret_cast<const __half*>(&first4);
+    const __half* second = reinterpret_cast<const __half*>(&second4);
+    if (rotate) {
+      uint4 cos4 = *reinterpret_cast<const uint4*>(cos + d);
+      uint4 sin4 = *reinterpret_cast<const uint4*>(sin + d);
+      const __half* c = reinterpret_cast<const __half*>(&cos4);
+      const __half* s = reinterpret_cast<const __half*>(&sin4);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const float x1 = __half2float(first[i]), x2 = __half2float(second[i]);
+        const float cv = __half2float(c[i]), sv = __half2float(s[i]);
+        acc += q[d + i] * as_half(rotated_first(x1, x2, cv, sv)) + q[d + kHalf + i] * as_half(rotated_second(x1, x2, cv, sv));
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc += q[d + i] * __half2float(first[i]) + q[d + kHalf + i] * __half2float(second[i]);
+    }
+  }
+  return acc;
+}
+
+// A lane's share of a head's value row: element pairs lane, lane + 32, ... (kPairs of them, those
+// past the head's end left out), so each step of the warp reads consecutive pairs.
+template <int kHd>
+struct LanePairs {
+  static constexpr int kPairs = (kHd / 2 + 31) / 32;
+  __device__ static bool has(int lane, int i) { return lane + 32 * i < kHd / 2; }
+};
+
+// acc[2i, 2i + 1] += p * the lane's pair i of the value row v.
+template <int kHd>
+__device__ void add_value(float* acc, float p, const __half* v, int lane) {
+  using Pairs = LanePairs<kHd>;
+#pragma unroll
+  for (int i = 0; i < Pairs::kPairs; ++i) {
+    if (!Pairs::has(lane, i)) continue;
+    const float2 pair = __half22float2(reinterpret_cast<const __half2*>(v)[lane + 32 * i]);
+    acc[2 * i] += p * pair.x;
+    acc[2 * i + 1] += p * pair.y;
+  }
+}
+
+// A head of kHd elements, a multiple of 16.
+template <int kHd>
+__global__ void __launch_bounds__(kThreads) cached_attention(AttentionCall c) {
+  using Pairs = LanePairs<kHd>;
+  constexpr int kHalf = kHd / 2;
+  __shared__ float q[kHd];
+  __shared__ float warp_top[kWarps], warp_total[kWarps];
+  __shared__ float warp_acc[kWarps][kHd];
+
+  const int64_t h = blockIdx.x, s = blockIdx.y, b = blockIdx.z;
+  const int64_t group = c.heads / c.kv_heads, g = h / group;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t past = past_positions(c.seqlens[b], c.seq);
+  const int64_t position = past + s;
+  const int64_t last_table_row = c.max_positions - 1;
+  const __half* cos = static_cast<const __half*>(c.cos);
+  const __half* sin = static_cast<const __half*>(c.sin);
+  const int64_t rope_row = (position < last_table_row ? position : last_table_row) * kHalf;
+
+  const __half* q_in = static_cast<const __half*>(c.query) + (b * c.seq + s) * c.query_stride + h * kHd;
+  for (int d = threadIdx.x; d < kHalf; d += kThreads) {
+    const float x1 = __half2float(q_in[d]), x2 = __half2float(q_in[d + kHalf]);
+    const float cv = __half2float(cos[rope_row + d]), sv = __half2float(sin[rope_row + d]);
+    q[d] = as_half(rotated_first(x1, x2, cv, sv));
+    q[d + kHalf] = as_half(rotated_second(x1, x2, cv, sv));
+  }
+  const __half* new_keys = static_cast<const __half*>(c.key) + b * c.seq * c.kv_stride + g * kHd;
+  const __half* new_values = static_cast<const __half*>(c.value) + b * c.seq * c.kv_stride + g * kHd;
+  if (h % group == 0 && position < c.capacity) {  // this token's key and value, into the cache
+    const __half* k_in = new_keys + s * c.kv_stride;
+    const int64_t at = ((b * c.kv_heads + g) * c.capacity + position) * kHd;
+    __half* k_out = static_cast<__half*>(c.present_key) + at;
+    __half* v_out = static_cast<__half*>(c.present_value) + at;
+    for (int d = threadIdx.x; d < kHalf; d += kThreads) {
+      const float x1 = __half2float(k_in[d]), x2 = __half2float(k_in[d + kHalf]);
+      const float cv = __half2float(cos[rope_row + d]), sv = __half2float(sin[rope_row + d]);
+      k_out[d] = __float2half(rotated_first(x1, x2, cv, sv));
+      k_out[d + kHalf] = __float2half(rotated_second(x1, x2, cv, sv));
+    }
+    for (int d = threadIdx.x; d < kHd; d += kThreads) v_out[d] = new_values[s * c.kv_stride + d];
+  }
+  __syncthreads();
+
+  const int64_t past_offset = (b * c.kv_heads + g) * c.past_capacity * kHd;
+  const __half* cache_k = static_cast<const __half*>(c.past_key) + past_offset;  // keys before `past`
+  const __half* cache_v = static_cast<const __half*>(c.past_value) + past_offset;
+  const float scale = c.scale > 0.f ? c.scale : rsqrtf(static_cast<float>(kHd));
+  const int64_t first = first_key(position, c.window);
+  const int64_t last = position < c.capacity ? position : c.capacity - 1;
+  float top = -INFINITY, total = 0.f;
+  float acc[2 * Pairs::kPairs] = {};
+  for (int64_t base = first + warp * 32; base <= last; base += kWarps * 32) {
+    const int64_t j = base + lane;
+    float score = -INFINITY;
+    if (j <= last) {
+      const bool fresh = j >= past;
+      const int64_t row = (j < last_table_row ? j : last_table_row) * kHalf;
+      const __half* key = fresh ? new_keys + (j - past) * c.kv_stride : cache_k + j * kHd;
+      score = capped(key_dot<kHd>(q, key, fresh, cos + row, sin + row) * scale, c.softcap);
+    }
+    const float top_now = fmaxf(top, warp_max(score));  // lane 0's key is always in range
+    const float p = j <= last ? __expf(score - top_now) : 0.f;
+    const float correction = __expf(top - top_now);
+    total = total * correction + warp_sum(p);
+    top = top_now;
+#pragma unroll
+    for (int i = 0; i < 2 * Pairs::kPairs; ++i) acc[i] *= correction;
+    const int keys = static_cast<int>(last - base + 1 < 32 ? last - base + 1 : 32);
+    for (int k = 0; k < keys; ++k) {
+      const float pk = __shfl_sync(kAll, p, k);
+      const int64_t jk = base + k;
+      const __half* v = jk >= past ? new_values + (jk - past) * c.kv_stride : cache_v + jk * kHd;
+      add_value<kHd>(acc, pk, v, lane);
+    }
+  }
+  if (lane == 0) {
+    warp_top[warp] = top;
+    warp_total[warp] = total;
+  }
+#pragma unroll
+  for (int i = 0; i < Pairs::kPairs; ++i) {
+    if (!Pairs::has(lane, i)) continue;
+    warp_acc[warp][2 * (lane + 32 * i)] = acc[2 * i];
+    warp_acc[warp][2 * (lane + 32 * i) + 1] = acc[2 * i + 1];
+  }
+  __syncthreads();
+  __half* out = static_cast<__half*>(c.out) + (b * c.seq + s) * c.heads * kHd + h * kHd;
+  for (int d = threadIdx.x; d < kHd; d += kThreads) {
+    float best = -INFINITY;
+    for (int w = 0; w < kWarps; ++w) best = fmaxf(best, warp_top[w]);
+    float weight = 0.f, value = 0.f;
+    for (int w = 0; w < kWarps; ++w) {
+      if (warp_top[w] == -INFINITY) continue;  // a warp that had no keys
+      const float f = __expf(warp_top[w] - best);
+      weight += warp_total[w] * f;
+      value += warp_acc[w][d] * f;
+    }
+    out[d] = __float2half(weight > 0.f ? value / weight : 0.f);
+  }
+}
+
+template <int kHd>
+void launch(const AttentionCall& c, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(c.heads), static_cast<unsigned>(c.seq), static_cast<unsigned>(c.batch));
+  cached_attention<kHd><<<grid, kThreads, 0, stream>>>(c);
+}
+
+// The kernel for each head size, 16 to 256 in steps of 16.
+template <int kHd = 16>
+void launch_for(int64_t head_dim, const AttentionCall& c, cudaStream_t stream) {
+  if constexpr (kHd <= kMaxHeadDim) {
+    if (head_dim == kHd) return launch<kHd>(c, stream);
+    launch_for<kHd + 16>(head_dim, c, stream);
+  }
+}
+
+}  // namespace
+
+const char* attention_cuda(const AttentionCall& c, void* stream) {
+  if (c.head_dim % 16 != 0 || c.head_dim > kMaxHeadDim) {
+    return "CachedAttention on CUDA: the head size must be a multiple of 16 up to 256";
+  }
+  if (c.seq > 65535 || c.batch > 65535) return "CachedAttention on CUDA: more than 65535 rows or new tokens in one call";
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (c.present_key != c.past_key && c.past_capacity > 0) {  // the past into the present's first positions
+    const size_t from = c.past_capacity * c.head_dim * sizeof(__half), to = c.capacity * c.head_dim * sizeof(__half);
+    const size_t rows = c.batch * c.kv_heads;
+    cudaMemcpy2DAsync(c.present_key, to, c.past_key, from, from, rows, cudaMemcpyDeviceToDevice, s);
+    cudaMemcpy2DAsync(c.present_value, to, c.past_value, from, from, rows, cudaMemcpyDeviceToDevice, s);
+  }
+  launch_for(c.head_dim, c, s);
+  const cudaError_t launched = cudaGetLastError();
+  return launched == cudaSuccess ? nullptr : cudaGetErrorString(launched);
+}
