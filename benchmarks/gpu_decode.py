@@ -28,7 +28,9 @@ throughout (speed does not depend on their values); greedy, EOS ignored, 128 pro
              every linear, with the skip norms and SwiGLU folded in: one GEMV at 1-4 rows;
              cuBLAS above); fp16-swiglu = the default pipeline and fuse-swiglu only; int4-custom
              = int4 (genai's format) with --passes custom-ops (the LinearInt4 family: each
-             MatMulNBits our 4-bit GEMV at 1-4 rows, its norm and SwiGLU folded in).
+             MatMulNBits our 4-bit GEMV at 1-4 rows, its norm and SwiGLU folded in); both with
+             our CachedAttention for every layer's GroupQueryAttention (one kernel a layer),
+             fp16-custom-gqa / int4-custom-gqa the same without it (onnxruntime's GQA).
   ours       each engine on onnxruntime's CUDA provider. Batch 1: Engine.generate_ids, one
              warm-up and --runs timed runs (median, min, max), with CUDA graphs and device
              sampling (the default) and without (cuda_graph=False). Then N concurrent requests
@@ -162,6 +164,10 @@ def phase_build(args) -> None:
                                     passes="custom-ops")
             elif fmt == "fp16-custom-nonorm":  # the custom-ops pipeline without custom-linear-norm
                 opts = BuildOptions(**common, passes=[p for p in PIPELINES["custom-ops"] if p != "custom-linear-norm"])
+            elif fmt in ("fp16-custom-gqa", "int4-custom-gqa"):  # ... without custom-attention (GQA's kernels)
+                quant = quant_config(method="rtn", bits=4, group_size=32, lm_head_bits=4) if fmt.startswith("int4") else None
+                opts = BuildOptions(**common, quant=quant,
+                                    passes=[p for p in PIPELINES["custom-ops"] if p != "custom-attention"])
             elif fmt == "fp16-swiglu":  # our SwiGLU op only
                 opts = BuildOptions(**common, passes=[*DEFAULT_PIPELINE[:DEFAULT_PIPELINE.index("fold-constants")],
                                                       "fuse-swiglu", *DEFAULT_PIPELINE[DEFAULT_PIPELINE.index("fold-constants"):]])
@@ -213,7 +219,7 @@ def phase_ours(args) -> None:
                 continue
             nbytes = weight_bytes(path / "model.onnx")
             # int4 also at batch 1 on onnxruntime's one-row kernels (runtime.session.INT4_KERNELS)
-            one_row = fmt.startswith("int4") and not fmt.endswith("custom")  # MatMulNBits' kernels only
+            one_row = fmt.startswith("int4") and "custom" not in fmt  # MatMulNBits' kernels only
             variants = [(True, None), (False, None)] + ([(True, "one-row")] if one_row else [])
             for graph, kernels in variants:
                 engine = Engine.load(path, provider="cuda", cuda_graph=graph, int4_kernels=kernels)

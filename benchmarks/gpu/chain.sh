@@ -1,5 +1,8 @@
-# The GPU session's first call, before any staging (torch and nvcc only, no onnxruntime; ~5 min):
+# The GPU session's first call, before any staging (torch and nvcc only, no onnxruntime; ~6 min):
 #   bash benchmarks/gpu/chain.sh
+# 0. our CachedAttention kernel's first run (runtime/custom_ops/attention.cu): checked against torch
+#    (max_abs_diff, cache_diff) and timed per layer at decode, 1B and 8B shapes, batch 1 and 64,
+#    128-1024 positions, beside torch's SDPA (benchmarks/gpu_attention_probe.py);
 # 1. the 1B step's 65 fp16 GEMVs, the product's defaults (run13's kernel) against its tunables set
 #    (runtime/custom_ops/linear.cu: kProgrammatic, kPreload, kPrefetchBytes): programmatic
 #    dependent launches alone, with a preload of 2 or 4 chunks, with the prefetch of the weights L2
@@ -7,9 +10,10 @@
 # 2. the same step through the LinearInt4 family (onnxruntime-genai's int4 format): its first run
 #    (max_abs_diff says whether it computes the right thing) and its time against fp16's.
 # 3. the int4 GEMM probe against cuBLAS fp16 at 16 and 64 rows (below).
-# Results: $OUT/chain.jsonl, $OUT/chain-int4.jsonl, $OUT/int4-gemm-probe.jsonl.
+# Results: $OUT/attention-probe.jsonl, $OUT/chain.jsonl, $OUT/chain-int4.jsonl, $OUT/int4-gemm-probe.jsonl.
 set -x
 cd benchmarks || exit 1
+python3 gpu_attention_probe.py --results "$OUT/attention-probe.jsonl"
 P=now:kProgrammatic=true
 python3 gpu_gemv_chain.py --rounds 2 --results "$OUT/chain.jsonl" \
     --variants now,$P,$P:kPreload=2,$P:kPreload=4,$P:kPreload=2:kPrefetchBytes=16L\<\<20

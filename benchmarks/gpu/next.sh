@@ -14,20 +14,23 @@
 # against cuBLAS fp16 at 16 and 64 rows (for int4 at batch 64).
 #
 # Then this script:
-# 1. the CUDA tests (the Linear and LinearInt4 families eager and captured against the CPU kernels,
-#    SmolLM2's real weights through the fp16 and int4 custom-ops engines, both graph executors, the
-#    paged layout) in the background while the 1B engines build (static, 64 slots): fp16, fp16-custom,
-#    int4 (genai's format, MatMulNBits) and int4-custom (the same weights through LinearInt4);
-# 2. all four at batch 1 and 64 concurrent, twice, alternating; onnxruntime-genai's fp16 and int4
+# 1. the CUDA tests (the Linear and LinearInt4 families and CachedAttention eager and captured
+#    against the CPU kernels, SmolLM2's real weights through the fp16 and int4 custom-ops engines,
+#    both graph executors, the paged layout) in the background while the 1B engines build (static,
+#    64 slots): fp16, fp16-custom (our Linear family and CachedAttention), fp16-custom-gqa (the same
+#    with onnxruntime's GroupQueryAttention), int4 (genai's format, MatMulNBits) and int4-custom (the
+#    same weights through LinearInt4, and CachedAttention);
+# 2. all five at batch 1 and 64 concurrent, twice, alternating; onnxruntime-genai's fp16 and int4
 #    Generators with their CUDA graphs in the same call;
-# 3. the two custom-ops engines once more with onnxruntime's flash-decoding path for attention
-#    instead of its XQA kernel (ORT_ENABLE_XQA=0 ORT_ENABLE_CUDNN_FLASH_ATTENTION=0): per layer XQA
-#    runs four kernels at decode (UnpackRoPEAppend, GetSequenceLengths, a Memset of its multi-block
-#    semaphores, kernel_mha: ~9 us a layer, run13), flash decoding one (rotary and
-#    the cache append inside) while the sequence stays within 256 positions (one split; longer:
-#    two Memsets, the split kernel and a combine). Read in onnxruntime's
-#    contrib_ops/cuda/bert/group_query_attention.cc and xqa/ (1.28 source), not yet measured;
-# 4. where a step goes in fp16-custom and int4-custom (benchmarks/gpu_kernels.py).
+# 3. fp16-custom-gqa once more with onnxruntime's flash-decoding path for attention instead of its
+#    XQA kernel (ORT_ENABLE_XQA=0 ORT_ENABLE_CUDNN_FLASH_ATTENTION=0): per layer XQA runs four
+#    kernels at decode (UnpackRoPEAppend, GetSequenceLengths, a Memset of its multi-block
+#    semaphores, kernel_mha: ~9 us a layer, run13), flash decoding one (rotary and the cache
+#    append inside) while the sequence stays within 256 positions (one split; longer: two Memsets,
+#    the split kernel and a combine). Read in onnxruntime's contrib_ops/cuda/bert/
+#    group_query_attention.cc and xqa/ (1.28 source), not yet measured; CachedAttention is our
+#    one kernel a layer (runtime/custom_ops/attention.cu), against both;
+# 4. where a step goes in fp16-custom, fp16-custom-gqa and int4-custom (benchmarks/gpu_kernels.py).
 set -x
 W=/tmp/gd  # wait.sh brings its *.jsonl back
 mkdir -p $W
@@ -37,12 +40,12 @@ if [ -z "$SKIP_TESTS" ]; then  # SKIP_TESTS=1: the benchmarks only
     echo "SmolLM2 is not staged: carry .gpu/s1 and .gpu/s2 to /tmp/smol first (benchmarks/gpu/install.sh)"
     exit 1
   fi
-  (python3 -m pytest -q -p no:cacheprovider tests/test_custom_ops.py tests/test_custom_ops_int4.py \
-       tests/test_cuda_graph.py tests/test_paged_cuda.py > $W/tests.log 2>&1;
+  (python3 -m pytest -q -p no:cacheprovider tests/test_custom_ops_attention.py tests/test_custom_ops.py \
+       tests/test_custom_ops_int4.py tests/test_cuda_graph.py tests/test_paged_cuda.py > $W/tests.log 2>&1;
    echo "tests rc $?" >> $W/tests.log; grep -E "passed|failed|rc|Error|departs" $W/tests.log > $W/tests.jsonl) &
   TP=$!
 fi
-F=fp16,fp16-custom,int4,int4-custom
+F=fp16,fp16-custom,fp16-custom-gqa,int4,int4-custom
 python3 benchmarks/gpu_decode.py --work $W --results $W/b1.jsonl --shapes llama-3.2-1b --formats $F \
     --phases build --concurrency 64
 [ -n "$TP" ] && { wait $TP; tail -30 $W/tests.log; }
@@ -53,7 +56,7 @@ done
 python3 benchmarks/gpu_decode.py --work $W --results $W/b1.jsonl --shapes llama-3.2-1b --formats fp16,int4 \
     --phases genai --concurrency 64
 ORT_ENABLE_XQA=0 ORT_ENABLE_CUDNN_FLASH_ATTENTION=0 python3 benchmarks/gpu_decode.py --work $W \
-    --results $W/flash.jsonl --shapes llama-3.2-1b --formats fp16-custom,int4-custom --phases ours --concurrency 64
-python3 benchmarks/gpu_kernels.py $W/ours-llama-3.2-1b-fp16-custom $W/ours-llama-3.2-1b-int4-custom --batch 1,64 \
-    --results $W/kernels.jsonl
+    --results $W/flash.jsonl --shapes llama-3.2-1b --formats fp16-custom-gqa --phases ours --concurrency 64
+python3 benchmarks/gpu_kernels.py $W/ours-llama-3.2-1b-fp16-custom $W/ours-llama-3.2-1b-fp16-custom-gqa \
+    $W/ours-llama-3.2-1b-int4-custom --batch 1,64 --results $W/kernels.jsonl
 echo SESSION DONE
