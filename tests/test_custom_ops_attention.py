@@ -147,16 +147,18 @@ CASES = {  # the calls the runtime makes, and GQA's options
 @pytest.mark.parametrize("name", CASES)
 def test_in_place_it_computes_what_onnxruntimes_group_query_attention_does(name):
     case = CASES[name]
-    assert_same_where_defined(case, run_cpu(case, "GroupQueryAttention", True), run_cpu(case, "CachedAttention", True))
+    want = run_cpu(case, "GroupQueryAttention", True)
+    assert_same_where_defined(case, want, run_cpu(case, "CachedAttention", True))
 
 
-@pytest.mark.parametrize("case", [Case(1, 5, [5], capacity=0), Case(1, 1, [8], capacity=7), Case(1, 3, [10], capacity=7),
-                                  Case(2, 1, [6, 3], capacity=5, total=6)],
+@pytest.mark.parametrize("case", [Case(1, 5, [5], capacity=0), Case(1, 1, [8], capacity=7),
+                                  Case(1, 3, [10], capacity=7), Case(2, 1, [6, 3], capacity=5, total=6)],
                          ids=["first prompt", "decode", "chunk", "decode, two rows"])
 def test_concatenating_it_returns_group_query_attentions_present(case):
     """Without a shared buffer the present has max(past, total_sequence_length) positions, the
     past copied into its first ones (how build verification runs an engine)."""
-    assert_same_where_defined(case, run_cpu(case, "GroupQueryAttention", False), run_cpu(case, "CachedAttention", False))
+    want = run_cpu(case, "GroupQueryAttention", False)
+    assert_same_where_defined(case, want, run_cpu(case, "CachedAttention", False))
 
 
 def test_several_rows_of_several_tokens_equal_each_row_alone():
@@ -205,7 +207,7 @@ def test_present_sharing_one_cache_but_not_the_other_is_refused():
         sess.run_with_iobinding(binding)
 
 
-@pytest.mark.skipif(not CUDA, reason="the CUDA kernel needs onnxruntime's CUDA provider: onnxruntime-gpu and an NVIDIA GPU")
+@pytest.mark.skipif(not CUDA, reason="the CUDA kernel needs onnxruntime's CUDA provider: onnxruntime-gpu and a GPU")
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "captured"])
 @pytest.mark.parametrize("name", [*CASES, "a long decode, head size 128", "a batch-64 decode",
                                   "several rows of several tokens"])

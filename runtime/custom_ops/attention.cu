@@ -1,9 +1,10 @@
 // CachedAttention on CUDA (attention_op.cc has the op; attention_math.h the positions): one kernel
-// a call, a block per (head, new token, row), four warps.
+// a call, a block per (head, new token, row), of eight warps at small batches and four at large.
 //
 // The block rotates its query (rounded to float16, as the cache's keys are) into shared memory.
 // Its warps take the keys 32 at a time, a key a lane for the scores (the whole head's dot
-// product) and pairs of head elements a lane for the values, with an online softmax; the warps'
+// product) and pairs of head elements a lane for the values (the chunk's value rows loaded into
+// registers with its keys, so a chunk waits for memory once), with an online softmax; the warps'
 // partial sums are combined at the end. Keys before the row's new tokens come from the cache; the new
 // tokens' keys and values straight from the inputs (rotated on the fly), so no block waits for
 // another: the first block of each kv head's group writes its token's key and value into the
@@ -18,8 +19,6 @@
 
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
 constexpr unsigned kAll = 0xffffffffu;
 constexpr int kMaxHeadDim = 256;
 
@@ -56,7 +55,8 @@ __device__ float key_dot(const float* q, const __half* key, bool rotate, const _
       for (int i = 0; i < 8; ++i) {
         const float x1 = __half2float(first[i]), x2 = __half2float(second[i]);
         const float cv = __half2float(c[i]), sv = __half2float(s[i]);
-        acc += q[d + i] * as_half(rotated_first(x1, x2, cv, sv)) + q[d + kHalf + i] * as_half(rotated_second(x1, x2, cv, sv));
+        acc += q[d + i] * as_half(rotated_first(x1, x2, cv, sv));
+        acc += q[d + kHalf + i] * as_half(rotated_second(x1, x2, cv, sv));
       }
     } else {
 #pragma unroll
@@ -74,24 +74,33 @@ struct LanePairs {
   __device__ static bool has(int lane, int i) { return lane + 32 * i < kHd / 2; }
 };
 
-// acc[2i, 2i + 1] += p * the lane's pair i of the value row v.
-template <int kHd>
-__device__ void add_value(float* acc, float p, const __half* v, int lane) {
+// The value rows of keys base + k0 .. base + k0 + kBatch - 1 (those up to `keys` of the chunk; the
+// rest zeros), the lane's pairs of each, into registers: issued together, so a chunk waits for
+// memory once, not once a key.
+template <int kHd, int kBatch>
+__device__ void load_values(__half2 (&held)[kBatch][LanePairs<kHd>::kPairs], int64_t base, int k0, int keys,
+                            int64_t past, const __half* cache_v, const __half* new_values, int64_t kv_stride,
+                            int lane) {
   using Pairs = LanePairs<kHd>;
 #pragma unroll
-  for (int i = 0; i < Pairs::kPairs; ++i) {
-    if (!Pairs::has(lane, i)) continue;
-    const float2 pair = __half22float2(reinterpret_cast<const __half2*>(v)[lane + 32 * i]);
-    acc[2 * i] += p * pair.x;
-    acc[2 * i + 1] += p * pair.y;
+  for (int k = 0; k < kBatch; ++k) {
+    const int64_t j = base + k0 + k;
+    const __half2* row = reinterpret_cast<const __half2*>(j >= past ? new_values + (j - past) * kv_stride
+                                                                    : cache_v + j * kHd);
+#pragma unroll
+    for (int i = 0; i < Pairs::kPairs; ++i) {
+      held[k][i] = k0 + k < keys && Pairs::has(lane, i) ? row[lane + 32 * i] : __float2half2_rn(0.f);
+    }
   }
 }
 
-// A head of kHd elements, a multiple of 16.
-template <int kHd>
-__global__ void __launch_bounds__(kThreads) cached_attention(AttentionCall c) {
+// A head of kHd elements (a multiple of 16); kWarps warps split its keys.
+template <int kHd, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32) cached_attention(AttentionCall c) {
   using Pairs = LanePairs<kHd>;
+  constexpr int kThreads = kWarps * 32;
   constexpr int kHalf = kHd / 2;
+  constexpr int kBatch = Pairs::kPairs <= 2 ? 32 : 16;  // value rows held at once (a chunk's, to 128)
   __shared__ float q[kHd];
   __shared__ float warp_top[kWarps], warp_total[kWarps];
   __shared__ float warp_acc[kWarps][kHd];
@@ -138,9 +147,12 @@ __global__ void __launch_bounds__(kThreads) cached_attention(AttentionCall c) {
   const int64_t last = position < c.capacity ? position : c.capacity - 1;
   float top = -INFINITY, total = 0.f;
   float acc[2 * Pairs::kPairs] = {};
+  __half2 held[kBatch][Pairs::kPairs];
   for (int64_t base = first + warp * 32; base <= last; base += kWarps * 32) {
     const int64_t j = base + lane;
-    float score = -INFINITY;
+    const int keys = static_cast<int>(last - base + 1 < 32 ? last - base + 1 : 32);
+    load_values<kHd, kBatch>(held, base, 0, keys, past, cache_v, new_values, c.kv_stride, lane);  // in flight
+    float score = -INFINITY;  // with the keys' loads
     if (j <= last) {
       const bool fresh = j >= past;
       const int64_t row = (j < last_table_row ? j : last_table_row) * kHalf;
@@ -154,12 +166,22 @@ __global__ void __launch_bounds__(kThreads) cached_attention(AttentionCall c) {
     top = top_now;
 #pragma unroll
     for (int i = 0; i < 2 * Pairs::kPairs; ++i) acc[i] *= correction;
-    const int keys = static_cast<int>(last - base + 1 < 32 ? last - base + 1 : 32);
-    for (int k = 0; k < keys; ++k) {
-      const float pk = __shfl_sync(kAll, p, k);
-      const int64_t jk = base + k;
-      const __half* v = jk >= past ? new_values + (jk - past) * c.kv_stride : cache_v + jk * kHd;
-      add_value<kHd>(acc, pk, v, lane);
+#pragma unroll
+    for (int k0 = 0; k0 < 32; k0 += kBatch) {
+      if (k0 > 0) {
+        if (k0 >= keys) break;
+        load_values<kHd, kBatch>(held, base, k0, keys, past, cache_v, new_values, c.kv_stride, lane);
+      }
+#pragma unroll
+      for (int k = 0; k < kBatch; ++k) {
+        const float pk = __shfl_sync(kAll, p, k0 + k);  // 0 past the chunk's keys, as are their values
+#pragma unroll
+        for (int i = 0; i < Pairs::kPairs; ++i) {
+          const float2 pair = __half22float2(held[k][i]);
+          acc[2 * i] += pk * pair.x;
+          acc[2 * i + 1] += pk * pair.y;
+        }
+      }
     }
   }
   if (lane == 0) {
@@ -188,10 +210,18 @@ __global__ void __launch_bounds__(kThreads) cached_attention(AttentionCall c) {
   }
 }
 
+// Eight warps a block where the grid is small (decode at small batches: each warp then has fewer
+// chunks of keys to go through one after the other), four where blocks alone fill the GPU.
+constexpr int64_t kFewBlocks = 264;  // two an SM on an H100 / H200
+
 template <int kHd>
 void launch(const AttentionCall& c, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(c.heads), static_cast<unsigned>(c.seq), static_cast<unsigned>(c.batch));
-  cached_attention<kHd><<<grid, kThreads, 0, stream>>>(c);
+  if (c.heads * c.seq * c.batch < kFewBlocks) {
+    cached_attention<kHd, 8><<<grid, 8 * 32, 0, stream>>>(c);
+  } else {
+    cached_attention<kHd, 4><<<grid, 4 * 32, 0, stream>>>(c);
+  }
 }
 
 // The kernel for each head size, 16 to 256 in steps of 16.
@@ -209,7 +239,9 @@ const char* attention_cuda(const AttentionCall& c, void* stream) {
   if (c.head_dim % 16 != 0 || c.head_dim > kMaxHeadDim) {
     return "CachedAttention on CUDA: the head size must be a multiple of 16 up to 256";
   }
-  if (c.seq > 65535 || c.batch > 65535) return "CachedAttention on CUDA: more than 65535 rows or new tokens in one call";
+  if (c.seq > 65535 || c.batch > 65535) {
+    return "CachedAttention on CUDA: more than 65535 rows or new tokens in one call";
+  }
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   if (c.present_key != c.past_key && c.past_capacity > 0) {  // the past into the present's first positions
     const size_t from = c.past_capacity * c.head_dim * sizeof(__half), to = c.capacity * c.head_dim * sizeof(__half);

@@ -46,7 +46,9 @@ std::string check(const AttentionAttrs& a, const std::vector<int64_t>& q, const 
                   const std::vector<int64_t>& total, const std::vector<int64_t>& cos, const std::vector<int64_t>& sin,
                   const std::vector<int64_t>* key, const std::vector<int64_t>* value) {
   if (q.size() != 3) return "the query must be (batch, seq, width)";
-  if (past.size() != 4 || past_v != past) return "past_key and past_value must both be (batch, kv_heads, capacity, head_dim)";
+  if (past.size() != 4 || past_v != past) {
+    return "past_key and past_value must both be (batch, kv_heads, capacity, head_dim)";
+  }
   const int64_t batch = q[0], seq = q[1], hd = past[3];
   if (past[0] != batch) return "the caches' batch must be the query's";
   if (a.kv_heads <= 0 || a.heads % a.kv_heads != 0) return "num_heads must be a multiple of kv_num_heads";
@@ -76,7 +78,8 @@ void copy_past_cpu(const AttentionCall& c) {
   for (int64_t r = 0; r < c.batch * c.kv_heads; ++r) {
     const int64_t to = r * c.capacity * c.head_dim;
     if (c.present_key != c.past_key) {
-      memcpy(static_cast<Half*>(c.present_key) + to, static_cast<const Half*>(c.past_key) + r * row, row * sizeof(Half));
+      memcpy(static_cast<Half*>(c.present_key) + to, static_cast<const Half*>(c.past_key) + r * row,
+             row * sizeof(Half));
     }
     if (c.present_value != c.past_value) {
       memcpy(static_cast<Half*>(c.present_value) + to, static_cast<const Half*>(c.past_value) + r * row,

@@ -1,6 +1,6 @@
-// The CUDA entry points of the library (swiglu.cu, linear.cu, linear_int4.cu, attention.cu; cuda_none.cc in a build without
-// nvcc, whose library then has CPU kernels only). Each launches on `stream`, onnxruntime's
-// compute stream (a cudaStream_t), and returns null, or why it could not.
+// The CUDA entry points of the library (swiglu.cu, linear.cu, linear_int4.cu, attention.cu;
+// cuda_none.cc in a build without nvcc, whose library then has CPU kernels only). Each launches on
+// `stream`, onnxruntime's compute stream (a cudaStream_t), and returns null, or why it could not.
 #pragma once
 #include <stdint.h>
 

@@ -82,18 +82,19 @@ int memory_type(const ort::CustomOp* op, size_t index) {  // OrtMemTypeCPUInput,
 }
 int arity(const ort::CustomOp*) { return 1; }
 // An attribute the node must have; an error naming it where it does not.
-template <typename T, typename Fn>
-OrtStatus* attribute(OrtApiTable api, const OrtKernelInfo* info, const Op& spec, ort::Slot slot, const char* attr, T* out) {
+template <typename Fn, typename T>
+OrtStatus* attribute(OrtApiTable api, const OrtKernelInfo* info, const Op& spec, ort::Slot slot, const char* attr,
+                     T* out) {
   OrtStatus* missing = ort::api_fn<Fn>(api, slot)(info, attr, out);
   if (missing == nullptr) return nullptr;
   ort::api_fn<ort::ReleaseStatusFn>(api, ort::kReleaseStatus)(missing);
   return error(api, (std::string(spec.name) + ": the node needs its " + attr + " attribute").c_str());
 }
 OrtStatus* float_attribute(OrtApiTable api, const OrtKernelInfo* info, const Op& spec, const char* attr, float* out) {
-  return attribute<float, ort::KernelInfoGetAttributeFloatFn>(api, info, spec, ort::kKernelInfoGetAttributeFloat, attr, out);
+  return attribute<ort::KernelInfoGetAttributeFloatFn>(api, info, spec, ort::kKernelInfoGetAttributeFloat, attr, out);
 }
 OrtStatus* int_attribute(OrtApiTable api, const OrtKernelInfo* info, const Op& spec, const char* attr, int64_t* out) {
-  return attribute<int64_t, ort::KernelInfoGetAttributeInt64Fn>(api, info, spec, ort::kKernelInfoGetAttributeInt64, attr, out);
+  return attribute<ort::KernelInfoGetAttributeInt64Fn>(api, info, spec, ort::kKernelInfoGetAttributeInt64, attr, out);
 }
 
 OrtStatus* create_v2(const ort::CustomOp* op, OrtApiTable api, const OrtKernelInfo* info, void** kernel) {
