@@ -1,18 +1,20 @@
 """Our CachedAttention kernel at decode, checked against torch and timed per layer.
 
     python benchmarks/gpu_attention_probe.py [--shapes 1b,8b] [--batches 1,64] [--lengths 128,256,512,1024]
+                                             [--prefills 128,2048]
 
 The product's runtime/custom_ops/attention.cu, compiled here behind a C entry point
 (benchmarks/cuda/attention_entry.cu) and called as a custom-ops engine's decode step calls it:
 packed q/k/v of one new token a row, each layer's own (batch, kv_heads, capacity, head_dim) caches
-written in place, rows of L, L - 1, ... L - 7 positions. First its output and the key and value it
-wrote are checked against torch in fp32 (rotary, the new token appended, GQA attention:
-`max_abs_diff`, `cache_diff`); then one call per layer is captured in a torch CUDA graph and
-replayed: `us` a layer (median of --runs replays), `cache_tb_s` the cache bytes the rows hold
-over that time. `torch_sdpa_us`: torch's scaled_dot_product_attention over the same caches (the
-attention alone, no rotary or append), for reference. onnxruntime's GroupQueryAttention took four
-kernels and ~9 us a layer at the 1B shape, batch 1 (run13). Needs torch with CUDA and nvcc. One
-JSON line per (shape, batch, length).
+written in place, rows of L, L - 1, ... L - 7 positions; and first prefills of S tokens at batch 1
+(the kernel's weak spot: a block per query, no tensor cores). First its output and the keys and
+values it wrote are checked against torch in fp32 (rotary, the new tokens appended, causal GQA
+attention: `max_abs_diff`, `cache_diff`); then one call per layer is captured in a torch CUDA
+graph and replayed: `us` a layer (median of --runs replays), `cache_tb_s` the cache bytes the rows
+hold over that time. `torch_sdpa_us`: torch's scaled_dot_product_attention over the same caches
+(the attention alone, no rotary or append; causal for prefills), for reference. onnxruntime's
+GroupQueryAttention took four kernels and ~9 us a layer at the 1B shape, batch 1 (run13). Needs
+torch with CUDA and nvcc. One JSON line per (shape, batch, new tokens, length).
 """
 
 from __future__ import annotations
@@ -71,86 +73,101 @@ def rotate(x, cos, sin):
 
 
 def reference(qkv, cache_k, cache_v, lengths, cos, sin, shape):
-    """torch's output (B, heads * hd) and the rotated new keys (B, kv, hd) for the caches as they
-    were before the call."""
+    """torch's output (B, S, heads * hd) and the rotated new keys (B, S, kv, hd) of a call with S
+    new tokens a row, rows of `lengths` positions after it, for the caches as they were before."""
     import torch
 
     h, kv, hd = shape["heads"], shape["kv_heads"], shape["head_dim"]
-    batch = qkv.shape[0]
-    pos = lengths.long() - 1
-    q = qkv[:, 0, :h * hd].view(batch, h, hd)
-    k = qkv[:, 0, h * hd:(h + kv) * hd].view(batch, kv, hd)
-    v = qkv[:, 0, (h + kv) * hd:].view(batch, kv, hd)
-    q, k = rotate(q, cos[pos][:, None], sin[pos][:, None]), rotate(k, cos[pos][:, None], sin[pos][:, None])
-    out = torch.empty(batch, h * hd, device=qkv.device)
+    batch, seq = qkv.shape[:2]
+    out = torch.empty(batch, seq, h * hd, device=qkv.device)
+    new_keys = []
     for b in range(batch):
         n = int(lengths[b])
-        keys = torch.cat([cache_k[b, :, :n - 1], k[b][:, None]], dim=1).float()  # (kv, n, hd)
-        values = torch.cat([cache_v[b, :, :n - 1], v[b][:, None]], dim=1).float()
+        past = n - seq
+        pos = torch.arange(past, n, device=qkv.device)
+        c, s = cos[pos][:, None], sin[pos][:, None]
+        q = rotate(qkv[b, :, :h * hd].view(seq, h, hd), c, s)
+        k = rotate(qkv[b, :, h * hd:(h + kv) * hd].view(seq, kv, hd), c, s)
+        v = qkv[b, :, (h + kv) * hd:].view(seq, kv, hd)
+        new_keys.append(k)
+        keys = torch.cat([cache_k[b, :, :past], k.transpose(0, 1)], dim=1).float()  # (kv, n, hd)
+        values = torch.cat([cache_v[b, :, :past], v.transpose(0, 1)], dim=1).float()
         keys, values = keys.repeat_interleave(h // kv, 0), values.repeat_interleave(h // kv, 0)
-        scores = (q[b].float()[:, None] @ keys.transpose(1, 2))[:, 0] / hd ** 0.5  # (h, n)
-        out[b] = (scores.softmax(-1)[:, None] @ values)[:, 0].reshape(-1)
-    return out, k
+        scores = q.transpose(0, 1).float() @ keys.transpose(1, 2) / hd ** 0.5  # (h, S, n)
+        causal = torch.arange(n, device=qkv.device)[None] > pos[:, None]  # key after the query
+        scores.masked_fill_(causal[None], float("-inf"))
+        out[b] = (scores.softmax(-1) @ values).transpose(0, 1).reshape(seq, h * hd)
+    return out, torch.stack(new_keys)
+
+
+def measure(lib, name: str, batch: int, seq: int, length: int, runs: int) -> dict:
+    """One configuration: rows of `length`, `length` - 1, ... `length` - 7 positions after a call
+    of `seq` new tokens each (a decode step: seq 1; a first prefill: seq = length, batch 1),
+    each layer its own caches of `length` positions."""
+    import torch
+
+    shape = SHAPES[name]
+    h, kv, hd, layers = shape["heads"], shape["kv_heads"], shape["head_dim"], shape["layers"]
+    error = ctypes.create_string_buffer(512)
+    capacity = length
+    cos, sin = (t.cuda() for t in rotary_tables(capacity + 1, hd))
+    lengths = torch.tensor([length - r % 8 for r in range(batch)], dtype=torch.int32, device="cuda")
+    seqlens = lengths - 1
+    qkv = [torch.randn(batch, seq, (h + 2 * kv) * hd, device="cuda").half() for _ in range(layers)]
+    caches = [(torch.randn(batch, kv, capacity, hd, device="cuda").half(),
+               torch.randn(batch, kv, capacity, hd, device="cuda").half()) for _ in range(layers)]
+    outs = [torch.empty(batch, seq, h * hd, device="cuda").half() for _ in range(layers)]
+    before = (caches[0][0].clone(), caches[0][1].clone())
+
+    def launch():
+        stream = torch.cuda.current_stream().cuda_stream
+        for x, (k, v), y in zip(qkv, caches, outs):
+            if lib.probe_attention(x.data_ptr(), k.data_ptr(), v.data_ptr(), seqlens.data_ptr(), cos.data_ptr(),
+                                   sin.data_ptr(), y.data_ptr(), batch, seq, h, kv, hd, capacity, capacity + 1,
+                                   stream, error, len(error)):
+                raise RuntimeError(error.value.decode())
+
+    launch()
+    torch.cuda.synchronize()
+    want, new_k = reference(qkv[0], *before, lengths, cos, sin, shape)
+    diff = float((outs[0].float() - want).abs().max())
+    cache_diff = 0.0
+    for b in range(batch):
+        written = slice(int(lengths[b]) - seq, int(lengths[b]))
+        new_v = qkv[0][b, :, (h + kv) * hd:].view(seq, kv, hd).transpose(0, 1)
+        cache_diff = max(cache_diff, float((caches[0][0][b, :, written] - new_k[b].transpose(0, 1)).abs().max()),
+                         float((caches[0][1][b, :, written] - new_v).abs().max()))
+    us = statistics.median(graph_times(launch, runs)) / layers
+    queries = [x[:, :, :h * hd].view(batch, seq, h, hd).transpose(1, 2) for x in qkv]
+
+    def launch_sdpa():
+        for q, (k, v) in zip(queries, caches):
+            torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=seq > 1, enable_gqa=True)
+
+    sdpa_us = statistics.median(graph_times(launch_sdpa, runs)) / layers
+    held = int(lengths.sum()) * kv * hd * 2 * 2  # K and V bytes the rows hold
+    return {"shape": name, "batch": batch, "seq": seq, "length": length, "us": round(us, 2),
+            "cache_tb_s": round(held / us / 1e6, 3), "torch_sdpa_us": round(sdpa_us, 2),
+            "max_abs_diff": diff, "cache_diff": cache_diff}
 
 
 def main() -> None:
-    import torch
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="1b,8b")
     ap.add_argument("--batches", default="1,64")
     ap.add_argument("--lengths", default="128,256,512,1024")
+    ap.add_argument("--prefills", default="128,2048", help="first prefills of this many tokens, batch 1")
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--results")
     args = ap.parse_args()
-    error = ctypes.create_string_buffer(512)
     with tempfile.TemporaryDirectory() as scratch:
         lib = build(Path(scratch))
         for name in args.shapes.split(","):
-            shape = SHAPES[name]
-            h, kv, hd, layers = shape["heads"], shape["kv_heads"], shape["head_dim"], shape["layers"]
             for batch in (int(b) for b in args.batches.split(",")):
                 for length in (int(n) for n in args.lengths.split(",")):
-                    capacity = length
-                    cos, sin = (t.cuda() for t in rotary_tables(capacity + 1, hd))
-                    lengths = torch.tensor([length - r % 8 for r in range(batch)], dtype=torch.int32, device="cuda")
-                    seqlens = lengths - 1
-                    qkv = [torch.randn(batch, 1, (h + 2 * kv) * hd, device="cuda").half() for _ in range(layers)]
-                    caches = [(torch.randn(batch, kv, capacity, hd, device="cuda").half(),
-                               torch.randn(batch, kv, capacity, hd, device="cuda").half()) for _ in range(layers)]
-                    outs = [torch.empty(batch, 1, h * hd, device="cuda").half() for _ in range(layers)]
-                    before = (caches[0][0].clone(), caches[0][1].clone())
-
-                    def launch():
-                        stream = torch.cuda.current_stream().cuda_stream
-                        for x, (k, v), y in zip(qkv, caches, outs):
-                            if lib.probe_attention(x.data_ptr(), k.data_ptr(), v.data_ptr(), seqlens.data_ptr(),
-                                                   cos.data_ptr(), sin.data_ptr(), y.data_ptr(), batch, 1, h, kv, hd,
-                                                   capacity, capacity + 1, stream, error, len(error)):
-                                raise RuntimeError(error.value.decode())
-
-                    launch()
-                    torch.cuda.synchronize()
-                    want, new_k = reference(qkv[0], *before, lengths, cos, sin, shape)
-                    diff = float((outs[0][:, 0].float() - want).abs().max())
-                    rows = torch.arange(batch, device="cuda")
-                    written_k = caches[0][0][rows, :, lengths.long() - 1]  # (B, kv, hd)
-                    written_v = caches[0][1][rows, :, lengths.long() - 1]
-                    new_v = qkv[0][:, 0, (h + kv) * hd:].view(batch, kv, hd)
-                    cache_diff = max(float((written_k.float() - new_k.float()).abs().max()),
-                                     float((written_v.float() - new_v.float()).abs().max()))
-                    us = statistics.median(graph_times(launch, args.runs)) / layers
-                    queries = [x[:, 0, :h * hd].view(batch, h, 1, hd) for x in qkv]
-
-                    def launch_sdpa():
-                        for q, (k, v) in zip(queries, caches):
-                            torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
-
-                    sdpa_us = statistics.median(graph_times(launch_sdpa, args.runs)) / layers
-                    held = int(lengths.sum()) * kv * hd * 2 * 2  # K and V bytes the rows hold
-                    report_line({"shape": name, "batch": batch, "length": length, "us": round(us, 2),
-                                 "cache_tb_s": round(held / us / 1e6, 3), "torch_sdpa_us": round(sdpa_us, 2),
-                                 "max_abs_diff": diff, "cache_diff": cache_diff}, args.results)
+                    report_line(measure(lib, name, batch, 1, length, args.runs), args.results)
+            for seq in (int(n) for n in args.prefills.split(",") if n):
+                report_line(measure(lib, name, 1, seq, seq, args.runs), args.results)
 
 
 if __name__ == "__main__":
