@@ -51,7 +51,9 @@ def test_every_variant_compiles_the_chains_entry_points_against_its_own_folder(t
     command = chain.compile_command(sources, tmp_path / "chain.so")
     assert command[0] == "/usr/local/cuda/bin/nvcc" and f"-I{sources}" in command
     assert [Path(c).name for c in command if c.endswith(".cu")] == ["linear.cu", "swiglu.cu", "linear_int4.cu",
-                                                                     "linear_chain.cu"]
+                                                                     "attention.cu", "linear_chain.cu",
+                                                                     "attention_entry.cu"]
+    assert all(Path(c).exists() for c in command if c.endswith(".cu"))
     assert constant((sources / "linear_int4.cu").read_text(), "kCodes") == "64"
 
 

@@ -7,17 +7,22 @@
 #    (runtime/custom_ops/linear.cu: kProgrammatic, kPreload, kPrefetchBytes): programmatic
 #    dependent launches alone, with a preload of 2 or 4 chunks, with the prefetch of the weights L2
 #    holds; two rounds;
-# 2. the same step through the LinearInt4 family (onnxruntime-genai's int4 format): its first run
+#    Then the same step with each layer's CachedAttention between q/k/v and o (over 256 positions):
+#    the GPU time of a custom-ops decode step but for the embedding, final norm and argmax;
+# 2. that step through the LinearInt4 family (onnxruntime-genai's int4 format): its first run
 #    (max_abs_diff says whether it computes the right thing) and its time against fp16's.
 # 3. the int4 GEMM probe against cuBLAS fp16 at 16 and 64 rows (below).
-# Results: $OUT/attention-probe.jsonl, $OUT/chain.jsonl, $OUT/chain-int4.jsonl, $OUT/int4-gemm-probe.jsonl.
+# Results: $OUT/attention-probe.jsonl, $OUT/chain.jsonl, $OUT/chain-attention.jsonl, $OUT/chain-int4.jsonl,
+# $OUT/int4-gemm-probe.jsonl.
 set -x
 cd benchmarks || exit 1
 python3 gpu_attention_probe.py --results "$OUT/attention-probe.jsonl"
 P=now:kProgrammatic=true
 python3 gpu_gemv_chain.py --rounds 2 --results "$OUT/chain.jsonl" \
     --variants now,$P,$P:kPreload=2,$P:kPreload=4,$P:kPreload=2:kPrefetchBytes=16L\<\<20
-python3 gpu_gemv_chain.py --weights int4 --rounds 2 --results "$OUT/chain-int4.jsonl" --variants now,$P
+python3 gpu_gemv_chain.py --attention 256 --rounds 2 --results "$OUT/chain-attention.jsonl" --variants now,$P
+python3 gpu_gemv_chain.py --weights int4 --attention 256 --rounds 2 --results "$OUT/chain-int4.jsonl" \
+    --variants now,$P
 # 3. the int4 GEMM probe (benchmarks/cuda/gemm_int4_probe.cu: WMMA, the 4-bit weights dequantized
 #    in shared memory) against cuBLAS fp16 at 16 and 64 rows, both shapes: whether int4 can be no
 #    slower than fp16 at batch 64 without dequantizing to memory (issue 20).
