@@ -74,6 +74,17 @@ def lower(graph: ir.Graph, node: ir.Node) -> None:
                  softcap=float(attr(node, "softcap", 0.0)), local_window_size=int(attr(node, "local_window_size", -1)))
 
 
+def not_applicable(dtype: ir.DataType, layout: str, has_gqa: bool) -> str | None:
+    """Why the pass has nothing to do in this engine (None: it may)."""
+    if dtype != ir.DataType.FLOAT16:
+        return f"a {dtype} engine: the op takes float16"
+    if not has_gqa:
+        return "no GroupQueryAttention in the graph"
+    if layout != "static":
+        return f"the {layout} KV-cache layout (the op writes the static layout's cache in place)"
+    return None
+
+
 class CustomAttention(ir_passes.InPlacePass):
     def __init__(self, dtype: str) -> None:
         """`dtype`: the engine's compute dtype (PassContext.dtype)."""
@@ -84,11 +95,8 @@ class CustomAttention(ir_passes.InPlacePass):
     def call(self, model: ir.Model) -> ir_passes.PassResult:
         graph = model.graph
         gqa = [n for n in graph if n.op_type == "GroupQueryAttention" and n.domain == MS_DOMAIN]
-        layout = model.metadata_props.get(LAYOUT_KEY, "concat")
-        if self.dtype != ir.DataType.FLOAT16 or layout != "static" or not gqa:
-            why = (f"a {self.dtype} engine: the op takes float16" if self.dtype != ir.DataType.FLOAT16
-                   else "no GroupQueryAttention in the graph" if not gqa
-                   else f"the {layout} KV-cache layout (the op writes the static layout's cache in place)")
+        why = not_applicable(self.dtype, model.metadata_props.get(LAYOUT_KEY, "concat"), bool(gqa))
+        if why:
             self.notes.append(why)
             return ir_passes.PassResult(model, modified=False)
         lowered, skipped = 0, Counter()
@@ -96,10 +104,10 @@ class CustomAttention(ir_passes.InPlacePass):
             try:
                 lower(graph, node)
                 lowered += 1
-            except NoMatch as why:
-                skipped[str(why).split(": ", 1)[-1]] += 1
+            except NoMatch as reason:
+                skipped[str(reason).split(": ", 1)[-1]] += 1
         if lowered:
             model.opset_imports[CUSTOM_DOMAIN] = 1
             self.notes.append(f"{lowered} x GroupQueryAttention -> {OP}")
-        self.notes += [f"{n} x left: {why}" for why, n in skipped.items()]
+        self.notes += [f"{n} x left: {reason}" for reason, n in skipped.items()]
         return ir_passes.PassResult(model, modified=bool(lowered))

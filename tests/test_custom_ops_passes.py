@@ -183,8 +183,9 @@ def test_matmulnbits_the_op_does_not_take_is_left_with_the_reason(bits, block, z
 
 def test_fp32_engines_are_left_as_they_are_with_the_reason(tmp_path):
     engine = build(tmp_path / "fp32", "fp32", "custom-ops")
-    assert {"SwiGLU", "Linear", "NormLinear"}.isdisjoint(op_counts(engine)) and "custom_ops" not in engine.manifest
-    for name in ("fuse-swiglu", "custom-linear", "custom-linear-norm"):
+    assert {"SwiGLU", "Linear", "NormLinear", "CachedAttention"}.isdisjoint(op_counts(engine))
+    assert "custom_ops" not in engine.manifest
+    for name in ("fuse-swiglu", "custom-linear", "custom-linear-norm", "custom-attention"):
         fused = report(engine, name)
         assert not fused["changed"]
         assert any("float16" in note for note in fused["notes"]), fused["notes"]
