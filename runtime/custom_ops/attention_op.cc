@@ -29,7 +29,7 @@ using Half = _Float16;
 
 float rounded(float v) { return static_cast<float>(static_cast<Half>(v)); }
 
-// Head `head` of a row, rotated for `position` into `out` (rounded to float16).
+// One head's `hd` values `x`, rotated for `position` into `out` (rounded to float16).
 void rotate_cpu(const Half* x, const Half* cos, const Half* sin, int64_t position, int64_t hd, float* out) {
   const int64_t half = hd / 2;
   for (int64_t d = 0; d < half; ++d) {
@@ -40,7 +40,7 @@ void rotate_cpu(const Half* x, const Half* cos, const Half* sin, int64_t positio
   }
 }
 
-// The checked shapes of a call; `why` says what is wrong (empty when nothing is).
+// What is wrong with a call's shapes and attributes (empty: nothing).
 std::string check(const AttentionAttrs& a, const std::vector<int64_t>& q, const std::vector<int64_t>& past,
                   const std::vector<int64_t>& past_v, const std::vector<int64_t>& seqlens,
                   const std::vector<int64_t>& total, const std::vector<int64_t>& cos, const std::vector<int64_t>& sin,
