@@ -11,8 +11,8 @@ kv_num_heads, scale, softcap, local_window_size). The op computes what GQA does 
 runtime makes (decode rows of any lengths, chunks with a past, right-padded first prefills), and
 more: several rows of several new tokens in one call.
 
-Takes an fp16 node with do_rotary = 1, the half-split rotary over the whole head, a head size in
-multiples of 16 up to 256 (the CUDA kernel's), and no quantized cache, extra inputs or outputs;
+Takes an fp16 node with do_rotary = 1, the half-split rotary over the whole head, a head size the
+CUDA kernel is compiled for (HEAD_SIZES), and no quantized cache, extra inputs or outputs;
 for the static layout only (the paged one is PagedAttention's). What does not match stays GQA,
 with the reason in the pass's notes. The CUDA kernel has not yet run on a GPU
 (tests/test_custom_ops_attention.py holds it).
@@ -31,6 +31,7 @@ from passes.fuse_swiglu import DTYPES
 from passes.kv_layout import METADATA_KEY as LAYOUT_KEY
 
 OP = "CachedAttention"
+HEAD_SIZES = (16, 32, 64, 80, 96, 128, 256)  # those with a CUDA kernel (attention.cu's HeadSizes)
 GQA_INPUTS = 9  # query, key, value, past_key, past_value, seqlens_k, total_sequence_length, cos, sin
 
 
@@ -54,8 +55,9 @@ def check(node: ir.Node) -> tuple[int, int]:
     head_dim = past_k.shape[3] if past_k.shape is not None and len(past_k.shape) == 4 else None
     if not isinstance(head_dim, int):
         raise NoMatch(f"{node.name}: the cache's head size is not known")
-    if head_dim % 16 or head_dim > 256:
-        raise NoMatch(f"{node.name}: head size {head_dim}, not a multiple of 16 up to 256")
+    if head_dim not in HEAD_SIZES:
+        raise NoMatch(f"{node.name}: head size {head_dim}, none of {', '.join(map(str, HEAD_SIZES))} (the CUDA "
+                      "kernel's)")
     table = cos.const_value
     if table is None or len(table.shape) != 2 or table.shape[1] * 2 != head_dim:
         raise NoMatch(f"{node.name}: the rotary tables do not cover the whole head (partial rotary)")

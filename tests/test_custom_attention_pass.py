@@ -6,14 +6,17 @@ tests/test_custom_ops_attention.py and tests/test_cuda_graph.py)."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
 import onnx_ir as ir
 import pytest
 
 from passes._match import CUSTOM_DOMAIN, MS_DOMAIN, add_initializer
-from passes.custom_attention import CustomAttention
+from passes.custom_attention import HEAD_SIZES, CustomAttention
 from passes.kv_layout import METADATA_KEY
-from runtime import Engine, SamplingParams
+from runtime import Engine, SamplingParams, custom_ops
 from tests.test_custom_ops_passes import LAYERS, build, op_counts, report
 
 
@@ -86,7 +89,7 @@ def test_a_node_becomes_cached_attention_with_its_attributes_and_total_length():
 @pytest.mark.parametrize("model_args, why", [
     (dict(do_rotary=0), "not its own half-split rotary (do_rotary 1, rotary_interleaved 0)"),
     (dict(rotary_interleaved=1), "not its own half-split rotary (do_rotary 1, rotary_interleaved 0)"),
-    (dict(head_dim=8), "head size 8, not a multiple of 16 up to 256"),
+    (dict(head_dim=48), "head size 48, none of 16, 32, 64, 80, 96, 128, 256 (the CUDA kernel's)"),
     (dict(rotary_dim=16), "the rotary tables do not cover the whole head (partial rotary)"),
     (dict(smooth_softmax=1), "smooth softmax or score outputs"),
 ])
@@ -95,6 +98,12 @@ def test_a_node_the_op_does_not_take_stays_with_the_reason(model_args, why):
     pass_ = CustomAttention("fp16")
     assert not pass_(model).modified
     assert [n.op_type for n in model.graph] == ["GroupQueryAttention"] and pass_.notes == [f"1 x left: {why}"]
+
+
+def test_the_pass_takes_the_head_sizes_the_cuda_kernel_is_compiled_for():
+    source = (Path(custom_ops.__file__).parent / "attention.cu").read_text()
+    compiled = re.search(r"using Supported = HeadSizes<([\d, ]+)>;", source).group(1)
+    assert tuple(int(n) for n in compiled.split(",")) == HEAD_SIZES
 
 
 @pytest.mark.parametrize("layout, dtype, note", [

@@ -78,7 +78,9 @@ def build_command(out: Path, nvcc: str | None) -> list[str]:
         # SASS for each listed capability, and PTX of the newest for GPUs after it
         archs = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in CUDA_ARCHS]
         archs.append(f"-gencode=arch=compute_{CUDA_ARCHS[-1]},code=compute_{CUDA_ARCHS[-1]}")
-        return [nvcc, *common, "-Xcompiler", "-fPIC,-pthread", *archs, *(str(SOURCE_DIR / f) for f in CUDA_SOURCES), "-ldl"]
+        # --threads 0: each architecture's code compiled at the same time, on as many cores
+        return [nvcc, *common, "--threads", "0", "-Xcompiler", "-fPIC,-pthread", *archs,
+                *(str(SOURCE_DIR / f) for f in CUDA_SOURCES), "-ldl"]
     compiler = shutil.which("g++") or shutil.which("c++")
     if compiler is None:
         raise CustomOpsError("building the optimizer.ops library needs a C++ compiler (g++) and none was found",

@@ -20,7 +20,6 @@
 namespace {
 
 constexpr unsigned kAll = 0xffffffffu;
-constexpr int kMaxHeadDim = 256;
 
 __device__ float warp_max(float v) {
   for (int offset = 16; offset > 0; offset /= 2) v = fmaxf(v, __shfl_xor_sync(kAll, v, offset));
@@ -94,7 +93,7 @@ __device__ void load_values(__half2 (&held)[kBatch][LanePairs<kHd>::kPairs], int
   }
 }
 
-// A head of kHd elements (a multiple of 16); kWarps warps split its keys.
+// A head of kHd elements (one of HeadSizes'); kWarps warps split its keys.
 template <int kHd, int kWarps>
 __global__ void __launch_bounds__(kWarps * 32) cached_attention(AttentionCall c) {
   using Pairs = LanePairs<kHd>;
@@ -224,20 +223,23 @@ void launch(const AttentionCall& c, cudaStream_t stream) {
   }
 }
 
-// The kernel for each head size, 16 to 256 in steps of 16.
-template <int kHd = 16>
-void launch_for(int64_t head_dim, const AttentionCall& c, cudaStream_t stream) {
-  if constexpr (kHd <= kMaxHeadDim) {
-    if (head_dim == kHd) return launch<kHd>(c, stream);
-    launch_for<kHd + 16>(head_dim, c, stream);
+// The head sizes with a kernel (each a multiple of 16: a key is read 8 values at a time from each
+// half of the head); passes/custom_attention.py's HEAD_SIZES lists the same. Each more is two
+// kernels per architecture to compile.
+template <int... kSizes>
+struct HeadSizes {
+  static bool has(int64_t head_dim) { return ((head_dim == kSizes) || ...); }
+  static void launch_for(int64_t head_dim, const AttentionCall& c, cudaStream_t stream) {
+    ((head_dim == kSizes ? launch<kSizes>(c, stream) : void()), ...);
   }
-}
+};
+using Supported = HeadSizes<16, 32, 64, 80, 96, 128, 256>;
 
 }  // namespace
 
 const char* attention_cuda(const AttentionCall& c, void* stream) {
-  if (c.head_dim % 16 != 0 || c.head_dim > kMaxHeadDim) {
-    return "CachedAttention on CUDA: the head size must be a multiple of 16 up to 256";
+  if (!Supported::has(c.head_dim)) {
+    return "CachedAttention on CUDA: no kernel for this head size (16, 32, 64, 80, 96, 128 and 256 have one)";
   }
   if (c.seq > 65535 || c.batch > 65535) {
     return "CachedAttention on CUDA: more than 65535 rows or new tokens in one call";
@@ -249,7 +251,7 @@ const char* attention_cuda(const AttentionCall& c, void* stream) {
     cudaMemcpy2DAsync(c.present_key, to, c.past_key, from, from, rows, cudaMemcpyDeviceToDevice, s);
     cudaMemcpy2DAsync(c.present_value, to, c.past_value, from, from, rows, cudaMemcpyDeviceToDevice, s);
   }
-  launch_for(c.head_dim, c, s);
+  Supported::launch_for(c.head_dim, c, s);
   const cudaError_t launched = cudaGetLastError();
   return launched == cudaSuccess ? nullptr : cudaGetErrorString(launched);
 }
