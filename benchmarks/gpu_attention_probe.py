@@ -1,7 +1,7 @@
 """Our CachedAttention kernel at decode, checked against torch and timed per layer.
 
     python benchmarks/gpu_attention_probe.py [--shapes 1b,8b] [--batches 1,64] [--lengths 128,256,512,1024]
-                                             [--prefills 128,2048]
+                                             [--prefills 128,2048] [--variants now,now:kPrefillQueries=4]
 
 The product's runtime/custom_ops/attention.cu, compiled here behind a C entry point
 (benchmarks/cuda/attention_entry.cu) and called as a custom-ops engine's decode step calls it:
@@ -13,8 +13,10 @@ attention: `max_abs_diff`, `cache_diff`); then one call per layer is captured in
 graph and replayed: `us` a layer (median of --runs replays), `cache_tb_s` the cache bytes the rows
 hold over that time. `torch_sdpa_us`: torch's scaled_dot_product_attention over the same caches
 (the attention alone, no rotary or append; causal for prefills), for reference. onnxruntime's
-GroupQueryAttention took four kernels and ~9 us a layer at the 1B shape, batch 1 (run13). Needs
-torch with CUDA and nvcc. One JSON line per (shape, batch, new tokens, length).
+GroupQueryAttention took four kernels and ~9 us a layer at the 1B shape, batch 1 (run13).
+`--variants`: the prefills also through kernels with constants set (attention.cu's
+kPrefillQueries: new tokens a block takes, sharing the keys and values its warps read). Needs
+torch with CUDA and nvcc. One JSON line per (variant, shape, batch, new tokens, length).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import tempfile
 from pathlib import Path
 
 from _results import report_line
+from _kernel_variants import variant_sources  # a variant's copy of the kernels, constants set
 from gpu_gemv_probe import graph_times  # microseconds a replay of a captured launch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,16 +40,16 @@ SHAPES = {"1b": dict(heads=32, kv_heads=8, head_dim=64, layers=16),
 THETA = 500000.0
 
 
-def build(folder: Path) -> ctypes.CDLL:
+def build(sources: Path, out: Path) -> ctypes.CDLL:
+    """The kernel of `sources` (a variant's copy of runtime/custom_ops) behind the probe's entry point."""
     sys.path.insert(0, str(ROOT))
     from runtime.custom_ops import find_nvcc
 
     nvcc = find_nvcc()
     if nvcc is None:
         raise SystemExit("the probe needs nvcc (PATH, $CUDA_HOME/bin or /usr/local/cuda/bin)")
-    out = folder / "attention_probe.so"
-    subprocess.run([nvcc, "-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-shared", f"-I{OPS}",
-                    "-gencode=arch=compute_90,code=sm_90", "-o", str(out), str(OPS / "attention.cu"),
+    subprocess.run([nvcc, "-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-shared", f"-I{sources}",
+                    "-gencode=arch=compute_90,code=sm_90", "-o", str(out), str(sources / "attention.cu"),
                     str(ROOT / "benchmarks" / "cuda" / "attention_entry.cu")], check=True)
     lib = ctypes.CDLL(str(out))
     lib.probe_attention.argtypes = ([ctypes.c_void_p] * 7 + [ctypes.c_longlong] * 7
@@ -157,17 +160,27 @@ def main() -> None:
     ap.add_argument("--batches", default="1,64")
     ap.add_argument("--lengths", default="128,256,512,1024")
     ap.add_argument("--prefills", default="128,2048", help="first prefills of this many tokens, batch 1")
+    ap.add_argument("--variants", default="now",
+                    help="kernel variants for the prefills (gpu_gemv_chain's: now[:NAME=VALUE...]); decode "
+                         "runs the first")
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--results")
     args = ap.parse_args()
+    variants = args.variants.split(",")
     with tempfile.TemporaryDirectory() as scratch:
-        lib = build(Path(scratch))
+        libs = {}
+        for i, variant in enumerate(variants):
+            sources, _ = variant_sources(variant, Path(scratch))
+            libs[variant] = build(sources, Path(scratch) / f"attention-{i}.so")
         for name in args.shapes.split(","):
             for batch in (int(b) for b in args.batches.split(",")):
                 for length in (int(n) for n in args.lengths.split(",")):
-                    report_line(measure(lib, name, batch, 1, length, args.runs), args.results)
+                    row = measure(libs[variants[0]], name, batch, 1, length, args.runs)
+                    report_line({"variant": variants[0], **row}, args.results)
             for seq in (int(n) for n in args.prefills.split(",") if n):
-                report_line(measure(lib, name, 1, seq, seq, args.runs), args.results)
+                for variant in variants:
+                    row = measure(libs[variant], name, 1, seq, seq, args.runs)
+                    report_line({"variant": variant, **row}, args.results)
 
 
 if __name__ == "__main__":

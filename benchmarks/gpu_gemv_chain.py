@@ -26,21 +26,19 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import hashlib
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from _kernel_variants import OPS, variant_sources  # noqa: F401  (OPS: the tests read it here)
 from _results import report_line
 from gpu_attention_probe import reference as attention_reference, rotary_tables
 from gpu_gemv_probe import graph_times  # microseconds a replay of a captured launch
 
 ROOT = Path(__file__).resolve().parents[1]
-OPS = ROOT / "runtime" / "custom_ops"
 SHAPES = {"1b": dict(hidden=2048, qkv=3072, inter=8192, vocab=128256, layers=16, heads=32, kv_heads=8, head_dim=64),
           "8b": dict(hidden=4096, qkv=6144, inter=14336, vocab=128256, layers=32, heads=32, kv_heads=8, head_dim=128)}
 EPS = 1e-5
@@ -213,43 +211,6 @@ def run_variant(args) -> None:
                          "max_abs_diff": diffs.get(kind, max(diffs.values()))}, args.results)
         del chain
         torch.cuda.empty_cache()
-
-
-TUNABLE = ("linear.cu", "linear_int4.cu", "linear_common.cuh")  # where a variant's constants may be
-
-
-def variant_sources(variant: str, folder: Path) -> tuple[Path, dict]:
-    """A copy of runtime/custom_ops for a variant, and its environment: `now`, `rev=REV` or
-    `file=PATH` (the linear.cu it compiles), then `:NAME=VALUE` items: a constant (`constexpr ...
-    NAME = VALUE;`) set in each of linear.cu, linear_int4.cu and linear_common.cuh that defines
-    it, or with NAME `env.VAR` an environment variable. The same sources give the same folder."""
-    base, *items = variant.split(":")
-    texts = {p.name: p.read_text() for p in OPS.iterdir() if p.suffix in (".h", ".cuh", ".cc", ".cu")}
-    if base.startswith("rev="):
-        texts["linear.cu"] = subprocess.run(["git", "show", f"{base[4:]}:runtime/custom_ops/linear.cu"], cwd=ROOT,
-                                            capture_output=True, text=True, check=True).stdout
-    elif base.startswith("file="):
-        texts["linear.cu"] = Path(base[5:]).read_text()
-    elif base != "now":
-        raise SystemExit(f"unknown variant {variant!r}: now, rev=REV or file=PATH, then :NAME=VALUE items")
-    env = {}
-    for item in items:
-        name, _, value = item.partition("=")
-        if name.startswith("env."):
-            env[name[4:]] = value
-            continue
-        pattern = rf"(constexpr [\w ]+ {re.escape(name)} = )[^;]+;"
-        where = [f for f in TUNABLE if re.search(pattern, texts[f])]
-        if not where:
-            raise SystemExit(f"{variant}: no constant {name} in {', '.join(TUNABLE)}")
-        for f in where:  # e.g. kProgrammatic: in both families' kernels
-            texts[f] = re.sub(pattern, rf"\g<1>{value};", texts[f])
-    digest = hashlib.sha256(repr(sorted(texts.items())).encode()).hexdigest()[:12]
-    target = folder / f"sources-{digest}"
-    target.mkdir(exist_ok=True)
-    for name, text in texts.items():
-        (target / name).write_text(text)
-    return target, env
 
 
 def main() -> None:

@@ -59,7 +59,7 @@ def test_every_variant_compiles_the_chains_entry_points_against_its_own_folder(t
 
 @pytest.mark.parametrize("variant,message", [
     ("tree", "unknown variant"),
-    ("now:kNope=1", "no constant kNope in linear.cu, linear_int4.cu, linear_common.cuh"),
+    ("now:kNope=1", "no constant kNope in linear.cu, linear_int4.cu, linear_common.cuh, attention.cu"),
 ])
 def test_unknown_variants_and_constants_are_refused(tmp_path, variant, message):
     with pytest.raises(SystemExit, match=message):

@@ -2,7 +2,9 @@
 #   bash benchmarks/gpu/chain.sh
 # 0. our CachedAttention kernel's first run (runtime/custom_ops/attention.cu): checked against torch
 #    (max_abs_diff, cache_diff) and timed per layer at decode, 1B and 8B shapes, batch 1 and 64,
-#    128-1024 positions, beside torch's SDPA (benchmarks/gpu_attention_probe.py);
+#    128-1024 positions, beside torch's SDPA (benchmarks/gpu_attention_probe.py); first prefills of
+#    128 and 2,048 tokens with a block per query (the default) and with blocks of 4 and 8 queries
+#    sharing their key and value reads (kPrefillQueries): set the best as attention.cu's default;
 # 1. the 1B step's 65 fp16 GEMVs, the product's defaults (run13's kernel) against its tunables set
 #    (runtime/custom_ops/linear.cu: kProgrammatic, kPreload, kPrefetchBytes): programmatic
 #    dependent launches alone, with a preload of 2 or 4 chunks, with the prefetch of the weights L2
@@ -16,7 +18,8 @@
 # $OUT/int4-gemm-probe.jsonl.
 set -x
 cd benchmarks || exit 1
-python3 gpu_attention_probe.py --results "$OUT/attention-probe.jsonl"
+python3 gpu_attention_probe.py --results "$OUT/attention-probe.jsonl" \
+    --variants now,now:kPrefillQueries=4,now:kPrefillQueries=8
 P=now:kProgrammatic=true
 python3 gpu_gemv_chain.py --rounds 2 --results "$OUT/chain.jsonl" \
     --variants now,$P,$P:kPreload=2,$P:kPreload=4,$P:kPreload=2:kPrefetchBytes=16L\<\<20

@@ -33,12 +33,15 @@ __device__ float warp_sum(float v) {
 
 __device__ float as_half(float v) { return __half2float(__float2half(v)); }
 
-// q . key over a head of kHd elements, the query in shared memory (fp32); `rotate`: the key is a
-// new one, rotated here by the row of cos / sin given (and rounded to float16, as it is cached).
-template <int kHd>
-__device__ float key_dot(const float* q, const __half* key, bool rotate, const __half* cos, const __half* sin) {
+// dots[i] = q[i] . key over a head of kHd elements, for each of the block's kQueries queries in
+// shared memory (fp32); `rotate`: the key is a new one, rotated here by the row of cos / sin given
+// (and rounded to float16, as it is cached).
+template <int kHd, int kQueries>
+__device__ void key_dots(const float (*q)[kHd], const __half* key, bool rotate, const __half* cos, const __half* sin,
+                         float (&dots)[kQueries]) {
   constexpr int kHalf = kHd / 2;
-  float acc = 0.f;
+#pragma unroll
+  for (int i = 0; i < kQueries; ++i) dots[i] = 0.f;
 #pragma unroll
   for (int d = 0; d < kHalf; d += 8) {
     uint4 first4 = *reinterpret_cast<const uint4*>(key + d);
@@ -54,15 +57,22 @@ __device__ float key_dot(const float* q, const __half* key, bool rotate, const _
       for (int i = 0; i < 8; ++i) {
         const float x1 = __half2float(first[i]), x2 = __half2float(second[i]);
         const float cv = __half2float(c[i]), sv = __half2float(s[i]);
-        acc += q[d + i] * as_half(rotated_first(x1, x2, cv, sv));
-        acc += q[d + kHalf + i] * as_half(rotated_second(x1, x2, cv, sv));
+        const float k1 = as_half(rotated_first(x1, x2, cv, sv)), k2 = as_half(rotated_second(x1, x2, cv, sv));
+#pragma unroll
+        for (int qi = 0; qi < kQueries; ++qi) {
+          dots[qi] += q[qi][d + i] * k1;
+          dots[qi] += q[qi][d + kHalf + i] * k2;
+        }
       }
     } else {
 #pragma unroll
-      for (int i = 0; i < 8; ++i) acc += q[d + i] * __half2float(first[i]) + q[d + kHalf + i] * __half2float(second[i]);
+      for (int i = 0; i < 8; ++i) {
+        const float k1 = __half2float(first[i]), k2 = __half2float(second[i]);
+#pragma unroll
+        for (int qi = 0; qi < kQueries; ++qi) dots[qi] += q[qi][d + i] * k1 + q[qi][d + kHalf + i] * k2;
+      }
     }
   }
-  return acc;
 }
 
 // A lane's share of a head's value row: element pairs lane, lane + 32, ... (kPairs of them, those
@@ -93,48 +103,54 @@ __device__ void load_values(__half2 (&held)[kBatch][LanePairs<kHd>::kPairs], int
   }
 }
 
-// A head of kHd elements (one of HeadSizes'); kWarps warps split its keys.
-template <int kHd, int kWarps>
+// A head of kHd elements (one of HeadSizes'); kWarps warps split its keys; the block's kQueries
+// consecutive new tokens of a row (1 at decode) share each key and value row the warps read.
+template <int kHd, int kWarps, int kQueries>
 __global__ void __launch_bounds__(kWarps * 32) cached_attention(AttentionCall c) {
   using Pairs = LanePairs<kHd>;
   constexpr int kThreads = kWarps * 32;
   constexpr int kHalf = kHd / 2;
-  constexpr int kBatch = Pairs::kPairs <= 2 ? 32 : 16;  // value rows held at once (a chunk's, to 128)
-  __shared__ float q[kHd];
-  __shared__ float warp_top[kWarps], warp_total[kWarps];
-  __shared__ float warp_acc[kWarps][kHd];
+  constexpr int kBatch = Pairs::kPairs <= 2 && kQueries == 1 ? 32 : 16;  // value rows held at once
+  __shared__ float q[kQueries][kHd];
+  __shared__ float warp_top[kWarps][kQueries], warp_total[kWarps][kQueries];
+  __shared__ float warp_acc[kWarps][kQueries][kHd];
 
-  const int64_t h = blockIdx.x, s = blockIdx.y, b = blockIdx.z;
+  const int64_t h = blockIdx.x, s0 = static_cast<int64_t>(blockIdx.y) * kQueries, b = blockIdx.z;
   const int64_t group = c.heads / c.kv_heads, g = h / group;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t past = past_positions(c.seqlens[b], c.seq);
-  const int64_t position = past + s;
+  const int queries = kQueries == 1 ? 1 : static_cast<int>(c.seq - s0 < kQueries ? c.seq - s0 : kQueries);
   const int64_t last_table_row = c.max_positions - 1;
   const __half* cos = static_cast<const __half*>(c.cos);
   const __half* sin = static_cast<const __half*>(c.sin);
-  const int64_t rope_row = (position < last_table_row ? position : last_table_row) * kHalf;
-
-  const __half* q_in = static_cast<const __half*>(c.query) + (b * c.seq + s) * c.query_stride + h * kHd;
-  for (int d = threadIdx.x; d < kHalf; d += kThreads) {
-    const float x1 = __half2float(q_in[d]), x2 = __half2float(q_in[d + kHalf]);
-    const float cv = __half2float(cos[rope_row + d]), sv = __half2float(sin[rope_row + d]);
-    q[d] = as_half(rotated_first(x1, x2, cv, sv));
-    q[d + kHalf] = as_half(rotated_second(x1, x2, cv, sv));
-  }
   const __half* new_keys = static_cast<const __half*>(c.key) + b * c.seq * c.kv_stride + g * kHd;
   const __half* new_values = static_cast<const __half*>(c.value) + b * c.seq * c.kv_stride + g * kHd;
-  if (h % group == 0 && position < c.capacity) {  // this token's key and value, into the cache
-    const __half* k_in = new_keys + s * c.kv_stride;
-    const int64_t at = ((b * c.kv_heads + g) * c.capacity + position) * kHd;
-    __half* k_out = static_cast<__half*>(c.present_key) + at;
-    __half* v_out = static_cast<__half*>(c.present_value) + at;
+
+#pragma unroll
+  for (int qi = 0; qi < kQueries; ++qi) {  // the queries, rotated; their keys and values into the cache
+    if (qi >= queries) break;
+    const int64_t s = s0 + qi, position = past + s;
+    const int64_t rope_row = (position < last_table_row ? position : last_table_row) * kHalf;
+    const __half* q_in = static_cast<const __half*>(c.query) + (b * c.seq + s) * c.query_stride + h * kHd;
     for (int d = threadIdx.x; d < kHalf; d += kThreads) {
-      const float x1 = __half2float(k_in[d]), x2 = __half2float(k_in[d + kHalf]);
+      const float x1 = __half2float(q_in[d]), x2 = __half2float(q_in[d + kHalf]);
       const float cv = __half2float(cos[rope_row + d]), sv = __half2float(sin[rope_row + d]);
-      k_out[d] = __float2half(rotated_first(x1, x2, cv, sv));
-      k_out[d + kHalf] = __float2half(rotated_second(x1, x2, cv, sv));
+      q[qi][d] = as_half(rotated_first(x1, x2, cv, sv));
+      q[qi][d + kHalf] = as_half(rotated_second(x1, x2, cv, sv));
     }
-    for (int d = threadIdx.x; d < kHd; d += kThreads) v_out[d] = new_values[s * c.kv_stride + d];
+    if (h % group == 0 && position < c.capacity) {  // the first block of the kv head's group
+      const __half* k_in = new_keys + s * c.kv_stride;
+      const int64_t at = ((b * c.kv_heads + g) * c.capacity + position) * kHd;
+      __half* k_out = static_cast<__half*>(c.present_key) + at;
+      __half* v_out = static_cast<__half*>(c.present_value) + at;
+      for (int d = threadIdx.x; d < kHalf; d += kThreads) {
+        const float x1 = __half2float(k_in[d]), x2 = __half2float(k_in[d + kHalf]);
+        const float cv = __half2float(cos[rope_row + d]), sv = __half2float(sin[rope_row + d]);
+        k_out[d] = __float2half(rotated_first(x1, x2, cv, sv));
+        k_out[d + kHalf] = __float2half(rotated_second(x1, x2, cv, sv));
+      }
+      for (int d = threadIdx.x; d < kHd; d += kThreads) v_out[d] = new_values[s * c.kv_stride + d];
+    }
   }
   __syncthreads();
 
@@ -142,29 +158,52 @@ __global__ void __launch_bounds__(kWarps * 32) cached_attention(AttentionCall c)
   const __half* cache_k = static_cast<const __half*>(c.past_key) + past_offset;  // keys before `past`
   const __half* cache_v = static_cast<const __half*>(c.past_value) + past_offset;
   const float scale = c.scale > 0.f ? c.scale : rsqrtf(static_cast<float>(kHd));
-  const int64_t first = first_key(position, c.window);
-  const int64_t last = position < c.capacity ? position : c.capacity - 1;
-  float top = -INFINITY, total = 0.f;
-  float acc[2 * Pairs::kPairs] = {};
+  const int64_t first = first_key(past + s0, c.window);  // the first query's: the earliest any reads
+  const int64_t last_position = past + s0 + queries - 1;
+  const int64_t last = last_position < c.capacity ? last_position : c.capacity - 1;
+  float top[kQueries], total[kQueries], acc[kQueries][2 * Pairs::kPairs];
+#pragma unroll
+  for (int qi = 0; qi < kQueries; ++qi) {
+    top[qi] = -INFINITY;
+    total[qi] = 0.f;
+#pragma unroll
+    for (int i = 0; i < 2 * Pairs::kPairs; ++i) acc[qi][i] = 0.f;
+  }
   __half2 held[kBatch][Pairs::kPairs];
   for (int64_t base = first + warp * 32; base <= last; base += kWarps * 32) {
     const int64_t j = base + lane;
     const int keys = static_cast<int>(last - base + 1 < 32 ? last - base + 1 : 32);
     load_values<kHd, kBatch>(held, base, 0, keys, past, cache_v, new_values, c.kv_stride, lane);  // in flight
-    float score = -INFINITY;  // with the keys' loads
+    float score[kQueries];  // with the keys' loads
+    bool valid[kQueries];
+#pragma unroll
+    for (int qi = 0; qi < kQueries; ++qi) {  // whether key j is in query qi's causal window
+      const int64_t position = past + s0 + qi;
+      valid[qi] = j <= last && (kQueries == 1 || (qi < queries && j <= position && j >= first_key(position, c.window)));
+      score[qi] = -INFINITY;
+    }
     if (j <= last) {
       const bool fresh = j >= past;
       const int64_t row = (j < last_table_row ? j : last_table_row) * kHalf;
       const __half* key = fresh ? new_keys + (j - past) * c.kv_stride : cache_k + j * kHd;
-      score = capped(key_dot<kHd>(q, key, fresh, cos + row, sin + row) * scale, c.softcap);
-    }
-    const float top_now = fmaxf(top, warp_max(score));  // lane 0's key is always in range
-    const float p = j <= last ? __expf(score - top_now) : 0.f;
-    const float correction = __expf(top - top_now);
-    total = total * correction + warp_sum(p);
-    top = top_now;
+      float dots[kQueries];
+      key_dots<kHd, kQueries>(q, key, fresh, cos + row, sin + row, dots);
 #pragma unroll
-    for (int i = 0; i < 2 * Pairs::kPairs; ++i) acc[i] *= correction;
+      for (int qi = 0; qi < kQueries; ++qi) {
+        if (valid[qi]) score[qi] = capped(dots[qi] * scale, c.softcap);
+      }
+    }
+    float p[kQueries];
+#pragma unroll
+    for (int qi = 0; qi < kQueries; ++qi) {  // the online softmax; at decode lane 0's key is in range
+      const float top_now = fmaxf(top[qi], warp_max(score[qi]));
+      p[qi] = valid[qi] ? __expf(score[qi] - top_now) : 0.f;
+      const float correction = kQueries == 1 || top_now > -INFINITY ? __expf(top[qi] - top_now) : 1.f;
+      total[qi] = total[qi] * correction + warp_sum(p[qi]);
+      top[qi] = top_now;
+#pragma unroll
+      for (int i = 0; i < 2 * Pairs::kPairs; ++i) acc[qi][i] *= correction;
+    }
 #pragma unroll
     for (int k0 = 0; k0 < 32; k0 += kBatch) {
       if (k0 > 0) {
@@ -173,54 +212,78 @@ __global__ void __launch_bounds__(kWarps * 32) cached_attention(AttentionCall c)
       }
 #pragma unroll
       for (int k = 0; k < kBatch; ++k) {
-        const float pk = __shfl_sync(kAll, p, k0 + k);  // 0 past the chunk's keys, as are their values
 #pragma unroll
-        for (int i = 0; i < Pairs::kPairs; ++i) {
-          const float2 pair = __half22float2(held[k][i]);
-          acc[2 * i] += pk * pair.x;
-          acc[2 * i + 1] += pk * pair.y;
+        for (int qi = 0; qi < kQueries; ++qi) {
+          const float pk = __shfl_sync(kAll, p[qi], k0 + k);  // 0 past the chunk's keys, as are their values
+#pragma unroll
+          for (int i = 0; i < Pairs::kPairs; ++i) {
+            const float2 pair = __half22float2(held[k][i]);
+            acc[qi][2 * i] += pk * pair.x;
+            acc[qi][2 * i + 1] += pk * pair.y;
+          }
         }
       }
     }
   }
-  if (lane == 0) {
-    warp_top[warp] = top;
-    warp_total[warp] = total;
-  }
 #pragma unroll
-  for (int i = 0; i < Pairs::kPairs; ++i) {
-    if (!Pairs::has(lane, i)) continue;
-    warp_acc[warp][2 * (lane + 32 * i)] = acc[2 * i];
-    warp_acc[warp][2 * (lane + 32 * i) + 1] = acc[2 * i + 1];
+  for (int qi = 0; qi < kQueries; ++qi) {
+    if (lane == 0) {
+      warp_top[warp][qi] = top[qi];
+      warp_total[warp][qi] = total[qi];
+    }
+#pragma unroll
+    for (int i = 0; i < Pairs::kPairs; ++i) {
+      if (!Pairs::has(lane, i)) continue;
+      warp_acc[warp][qi][2 * (lane + 32 * i)] = acc[qi][2 * i];
+      warp_acc[warp][qi][2 * (lane + 32 * i) + 1] = acc[qi][2 * i + 1];
+    }
   }
   __syncthreads();
-  __half* out = static_cast<__half*>(c.out) + (b * c.seq + s) * c.heads * kHd + h * kHd;
-  for (int d = threadIdx.x; d < kHd; d += kThreads) {
-    float best = -INFINITY;
-    for (int w = 0; w < kWarps; ++w) best = fmaxf(best, warp_top[w]);
-    float weight = 0.f, value = 0.f;
-    for (int w = 0; w < kWarps; ++w) {
-      if (warp_top[w] == -INFINITY) continue;  // a warp that had no keys
-      const float f = __expf(warp_top[w] - best);
-      weight += warp_total[w] * f;
-      value += warp_acc[w][d] * f;
+#pragma unroll
+  for (int qi = 0; qi < kQueries; ++qi) {  // each query's warps combined
+    if (qi >= queries) break;
+    __half* out = static_cast<__half*>(c.out) + (b * c.seq + s0 + qi) * c.heads * kHd + h * kHd;
+    for (int d = threadIdx.x; d < kHd; d += kThreads) {
+      float best = -INFINITY;
+      for (int w = 0; w < kWarps; ++w) best = fmaxf(best, warp_top[w][qi]);
+      float weight = 0.f, value = 0.f;
+      for (int w = 0; w < kWarps; ++w) {
+        if (warp_top[w][qi] == -INFINITY) continue;  // a warp that had no keys
+        const float f = __expf(warp_top[w][qi] - best);
+        weight += warp_total[w][qi] * f;
+        value += warp_acc[w][qi][d] * f;
+      }
+      out[d] = __float2half(weight > 0.f ? value / weight : 0.f);
     }
-    out[d] = __float2half(weight > 0.f ? value / weight : 0.f);
   }
 }
 
 // Eight warps a block where the grid is small (decode at small batches: each warp then has fewer
 // chunks of keys to go through one after the other), four where blocks alone fill the GPU.
 constexpr int64_t kFewBlocks = 264;  // two an SM on an H100 / H200
+// New tokens a block takes at prefill (seq > 1), sharing the keys and values its warps read: 1, a
+// block per query as at decode, until the probe has measured more (benchmarks/gpu_attention_probe.py).
+constexpr int kPrefillQueries = 1;
+
+// Blocks of kQueries new tokens each; several a block: four warps (the prefill's grid is large, and
+// the warps' partial sums, kWarps x kQueries x kHd floats, must fit shared memory).
+template <int kHd, int kQueries>
+void launch_blocks(const AttentionCall& c, cudaStream_t stream) {
+  const int64_t tiles = (c.seq + kQueries - 1) / kQueries;
+  const dim3 grid(static_cast<unsigned>(c.heads), static_cast<unsigned>(tiles), static_cast<unsigned>(c.batch));
+  if (kQueries == 1 && c.heads * tiles * c.batch < kFewBlocks) {
+    cached_attention<kHd, 8, 1><<<grid, 8 * 32, 0, stream>>>(c);
+  } else {
+    cached_attention<kHd, 4, kQueries><<<grid, 4 * 32, 0, stream>>>(c);
+  }
+}
 
 template <int kHd>
 void launch(const AttentionCall& c, cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(c.heads), static_cast<unsigned>(c.seq), static_cast<unsigned>(c.batch));
-  if (c.heads * c.seq * c.batch < kFewBlocks) {
-    cached_attention<kHd, 8><<<grid, 8 * 32, 0, stream>>>(c);
-  } else {
-    cached_attention<kHd, 4><<<grid, 4 * 32, 0, stream>>>(c);
+  if constexpr (kPrefillQueries > 1) {
+    if (c.seq > 1) return launch_blocks<kHd, kPrefillQueries>(c, stream);
   }
+  launch_blocks<kHd, 1>(c, stream);
 }
 
 // The head sizes with a kernel (each a multiple of 16: a key is read 8 values at a time from each
