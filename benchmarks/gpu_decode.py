@@ -165,7 +165,8 @@ def phase_build(args) -> None:
             elif fmt == "fp16-custom-nonorm":  # the custom-ops pipeline without custom-linear-norm
                 opts = BuildOptions(**common, passes=[p for p in PIPELINES["custom-ops"] if p != "custom-linear-norm"])
             elif fmt in ("fp16-custom-gqa", "int4-custom-gqa"):  # ... without custom-attention (GQA's kernels)
-                quant = quant_config(method="rtn", bits=4, group_size=32, lm_head_bits=4) if fmt.startswith("int4") else None
+                int4 = fmt.startswith("int4")
+                quant = quant_config(method="rtn", bits=4, group_size=32, lm_head_bits=4) if int4 else None
                 opts = BuildOptions(**common, quant=quant,
                                     passes=[p for p in PIPELINES["custom-ops"] if p != "custom-attention"])
             elif fmt == "fp16-swiglu":  # our SwiGLU op only

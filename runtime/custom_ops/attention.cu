@@ -1,16 +1,17 @@
 // CachedAttention on CUDA (attention_op.cc has the op; attention_math.h the positions): one kernel
-// a call, a block per (head, new token, row), of eight warps at small batches and four at large.
+// a call, a block per (head, new token, row), of eight warps at small batches and four at large
+// (at prefill, blocks of kPrefillQueries new tokens where that is more than 1).
 //
 // The block rotates its query (rounded to float16, as the cache's keys are) into shared memory.
 // Its warps take the keys 32 at a time, a key a lane for the scores (the whole head's dot
 // product) and pairs of head elements a lane for the values (the chunk's value rows loaded into
 // registers with its keys, so a chunk waits for memory once), with an online softmax; the warps'
-// partial sums are combined at the end. Keys before the row's new tokens come from the cache; the new
-// tokens' keys and values straight from the inputs (rotated on the fly), so no block waits for
-// another: the first block of each kv head's group writes its token's key and value into the
-// cache, for the next call. At batch 1 a decode step's attention is this one launch a layer
-// (onnxruntime's GroupQueryAttention: four, UnpackRoPEAppend, GetSequenceLengths, a memset and
-// its XQA kernel).
+// partial sums are combined at the end. Keys before the row's new tokens come from the cache;
+// the new tokens' keys and values straight from the inputs (rotated on the fly), so no block
+// waits for another: the first block of each kv head's group writes its tokens' keys and values
+// into the cache, for the next call. At batch 1 a decode step's attention is this one launch a
+// layer (onnxruntime's GroupQueryAttention: four, UnpackRoPEAppend, GetSequenceLengths, a memset
+// and its XQA kernel).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -179,7 +180,8 @@ __global__ void __launch_bounds__(kWarps * 32) cached_attention(AttentionCall c)
 #pragma unroll
     for (int qi = 0; qi < kQueries; ++qi) {  // whether key j is in query qi's causal window
       const int64_t position = past + s0 + qi;
-      valid[qi] = j <= last && (kQueries == 1 || (qi < queries && j <= position && j >= first_key(position, c.window)));
+      valid[qi] = j <= last &&
+                  (kQueries == 1 || (qi < queries && j <= position && j >= first_key(position, c.window)));
       score[qi] = -INFINITY;
     }
     if (j <= last) {
