@@ -11,12 +11,14 @@
 // waits for another: the first block of each kv head's group writes its tokens' keys and values
 // into the cache, for the next call. At batch 1 a decode step's attention is this one launch a
 // layer (onnxruntime's GroupQueryAttention: four, UnpackRoPEAppend, GetSequenceLengths, a memset
-// and its XQA kernel).
+// and its XQA kernel). It lets the next kernel start early (programmatic dependent launch, pdl.cuh)
+// but is not launched as one: the sequence lengths it reads come from a kernel earlier in the step.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include "attention_math.h"
 #include "cuda_kernels.h"
+#include "pdl.cuh"
 
 namespace {
 
@@ -116,6 +118,9 @@ __global__ void __launch_bounds__(kWarps * 32) cached_attention(AttentionCall c)
   __shared__ float warp_top[kWarps][kQueries], warp_total[kWarps][kQueries];
   __shared__ float warp_acc[kWarps][kQueries][kHd];
 
+  // The next kernel (the o projection's GEMV, where launched as a programmatic dependent) may start
+  // its weights' prefetch now; it waits for this one's end before reading its output.
+  optimizer_pdl::let_next_start();
   const int64_t h = blockIdx.x, s0 = static_cast<int64_t>(blockIdx.y) * kQueries, b = blockIdx.z;
   const int64_t group = c.heads / c.kv_heads, g = h / group;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
