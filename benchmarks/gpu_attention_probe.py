@@ -34,7 +34,6 @@ from _kernel_variants import variant_sources  # a variant's copy of the kernels,
 from gpu_gemv_probe import graph_times  # microseconds a replay of a captured launch
 
 ROOT = Path(__file__).resolve().parents[1]
-OPS = ROOT / "runtime" / "custom_ops"
 SHAPES = {"1b": dict(heads=32, kv_heads=8, head_dim=64, layers=16),
           "8b": dict(heads=32, kv_heads=8, head_dim=128, layers=32)}
 THETA = 500000.0
@@ -161,7 +160,7 @@ def main() -> None:
     ap.add_argument("--lengths", default="128,256,512,1024")
     ap.add_argument("--prefills", default="128,2048", help="first prefills of this many tokens, batch 1")
     ap.add_argument("--variants", default="now",
-                    help="kernel variants for the prefills (gpu_gemv_chain's: now[:NAME=VALUE...]); decode "
+                    help="kernel variants for the prefills (_kernel_variants.py's: now[:NAME=VALUE...]); decode "
                          "runs the first")
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--results")

@@ -11,11 +11,11 @@ its own weights, then the lm_head; the whole chain captured in one torch CUDA gr
 puts each layer's CachedAttention there, runtime/custom_ops/attention.cu through
 benchmarks/cuda/attention_entry.cu, over caches of P positions). `step` is one replay (the
 kernels of one decode step, back to back); each projection (and the attention) alone is also
-timed as a chain of its layers' copies. `weight_tb_s` counts the weight bytes. Variants, each in its own process:
-`now` (the working tree's kernels), `rev=REV` (linear.cu as of git revision REV) or `file=PATH`
-(another linear.cu), each followed by `:NAME=VALUE` items setting a constant wherever
-linear.cu, linear_int4.cu or linear_common.cuh define it or, as `env.VAR=VALUE`, an environment
-variable: `now:kProgrammatic=true:kPreload=2` (PDL in both families, a preload in linear.cu)
+timed as a chain of its layers' copies. `weight_tb_s` counts the weight bytes. Variants
+(benchmarks/_kernel_variants.py), each in its own process: `now` (the working tree's kernels),
+`rev=REV` (linear.cu as of git revision REV) or `file=PATH` (another linear.cu), each followed by
+`:NAME=VALUE` items setting a constant wherever linear.cu, linear_int4.cu, linear_common.cuh or
+attention.cu define it or, as `env.VAR=VALUE`, an environment variable: `now:kProgrammatic=true:kPreload=2` (PDL in both families, a preload in linear.cu)
 or `now:kTargetWarps=4096`. Each variant's outputs are checked against torch in fp32
 (`max_abs_diff`). `--weights int4`: the same step through the LinearInt4 family (the variant's
 linear_int4.cu) with random codes in onnxruntime-genai's format (symmetric blocks of 32, the
@@ -33,14 +33,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _kernel_variants import OPS, variant_sources  # noqa: F401  (OPS: the tests read it here)
+from _kernel_variants import variant_sources
 from _results import report_line
-from gpu_attention_probe import reference as attention_reference, rotary_tables
+from gpu_attention_probe import SHAPES as ATTENTION_SHAPES, reference as attention_reference, rotary_tables
 from gpu_gemv_probe import graph_times  # microseconds a replay of a captured launch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAPES = {"1b": dict(hidden=2048, qkv=3072, inter=8192, vocab=128256, layers=16, heads=32, kv_heads=8, head_dim=64),
-          "8b": dict(hidden=4096, qkv=6144, inter=14336, vocab=128256, layers=32, heads=32, kv_heads=8, head_dim=128)}
+SHAPES = {name: {**dims, **ATTENTION_SHAPES[name]}  # and the attention's heads, kv_heads, head_dim
+          for name, dims in (("1b", dict(hidden=2048, qkv=3072, inter=8192, vocab=128256)),
+                             ("8b", dict(hidden=4096, qkv=6144, inter=14336, vocab=128256)))}
 EPS = 1e-5
 BLOCK = 32  # the 4-bit weights' quantization block (onnxruntime-genai's)
 
