@@ -35,9 +35,14 @@ HEAD_SIZES = (16, 32, 64, 80, 96, 128, 256)  # those with a CUDA kernel (attenti
 GQA_INPUTS = 9  # query, key, value, past_key, past_value, seqlens_k, total_sequence_length, cos, sin
 
 
+def gqa_inputs(node: ir.Node) -> list[ir.Value | None]:
+    """The node's first GQA_INPUTS inputs, None for those it lacks."""
+    return [*node.inputs, *[None] * GQA_INPUTS][:GQA_INPUTS]
+
+
 def check(node: ir.Node) -> tuple[int, int]:
     """(num_heads, kv_num_heads) of a GQA node our op can take; NoMatch saying why not."""
-    query, key, value, past_k, past_v, seqlens, total, cos, sin = [*node.inputs, *[None] * GQA_INPUTS][:GQA_INPUTS]
+    query, key, value, past_k, past_v, seqlens, total, cos, sin = gqa_inputs(node)
     if len(node.inputs) > GQA_INPUTS and any(v is not None for v in node.inputs[GQA_INPUTS:]):
         raise NoMatch(f"{node.name}: has inputs past the rotary caches (position ids, a bias, a sink or cache scales)")
     if any(o is not None and (o.uses() or o.is_graph_output()) for o in node.outputs[3:]):
@@ -69,7 +74,7 @@ def check(node: ir.Node) -> tuple[int, int]:
 
 def lower(graph: ir.Graph, node: ir.Node) -> None:
     heads, kv_heads = check(node)
-    query, key, value, past_k, past_v, seqlens, total, cos, sin = node.inputs[:GQA_INPUTS]
+    query, key, value, past_k, past_v, seqlens, total, cos, sin = gqa_inputs(node)
     inputs = [query, past_k, past_v, seqlens, total, cos, sin, *([key, value] if key is not None else [])]
     replace_node(graph, [node], OP, inputs, list(node.outputs[:3]), 3,
                  num_heads=heads, kv_num_heads=kv_heads, scale=float(attr(node, "scale", 0.0)),

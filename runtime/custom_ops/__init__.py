@@ -18,10 +18,11 @@ has their full signatures):
     [Norm]LinearInt4[SwiGLU](x, [skip, gamma,] codes, scales[, zeros])
                                 the same with 4-bit weights in onnxruntime MatMulNBits' layout
                                 (attribute block_size, a multiple of 32; no zeros: 8)
-    CachedAttention(q, past_k, past_v, seqlens_k, cos, sin[, k, v])
-                                onnxruntime GroupQueryAttention's with a shared past/present
-                                buffer and its rotary: the new keys and values into the cache,
-                                then causal attention over it (packed q/k/v where k, v are absent)
+    CachedAttention(q, past_k, past_v, seqlens_k, total_sequence_length, cos, sin[, k, v])
+                                onnxruntime GroupQueryAttention's with its rotary: the new keys
+                                and values into the cache (in place where present is bound to
+                                past's buffer), then causal attention over it (packed q/k/v where
+                                k, v are absent)
 
 On CUDA the Linear family is one GEMV kernel for up to 4 rows (decode), and our norm kernel,
 cuBLAS (onnxruntime's handle, found through its CUDA provider) and the SwiGLU kernel for more;
