@@ -273,8 +273,11 @@ class StaticExecutor:
         row's end: the logits (1 + k, V) of every one of those positions, per sequence. The
         rows then count all of them as written; `rollback` takes the rejected ones back.
 
-        Sequences with drafts run one call each (onnxruntime's GroupQueryAttention takes more
+        On CachedAttention engines all of them run as one call (`_verify_rows`). Elsewhere
+        sequences with drafts run one call each (onnxruntime's GroupQueryAttention takes more
         than one new token per row only at batch 1); those without run as one decode step."""
+        if self._verifies_rows(seqs, drafts):
+            return self._verify_rows(seqs, drafts)
         out: list[np.ndarray | None] = [None] * len(seqs)
         plain = [i for i, draft in enumerate(drafts) if not draft]
         if plain:
@@ -283,6 +286,40 @@ class StaticExecutor:
         for i, (seq, draft) in enumerate(zip(seqs, drafts)):
             if draft:
                 out[i] = self._verify_row(seq, draft)
+        return out
+
+    def _verifies_rows(self, seqs: list[Sequence], drafts: list[list[int]]) -> bool:
+        """Whether one call can verify every sequence: CachedAttention takes several rows of
+        several new tokens (GroupQueryAttention does not), more than one sequence decodes, and
+        every row of the batch has room for the longest draft's positions."""
+        if self.kv.attention != "CachedAttention" or len(seqs) < 2:
+            return False
+        self.compact()
+        rows = max(self.pool.slot(s.request_id) for s in seqs) + 1
+        width = 1 + max(len(d) for d in drafts)
+        return bool((self.slot_len[:rows] + width <= self.capacity).all())
+
+    def _verify_rows(self, seqs: list[Sequence], drafts: list[list[int]]) -> list[np.ndarray]:
+        """Every sequence's last token and drafts as one call over slots [0, max slot], each
+        row padded to the longest draft: a row's padding and idle rows write positions past
+        its length, which its next tokens overwrite (as decode's placeholder rows do), and
+        CachedAttention reads each row from its own past (its length: mask width - tokens)."""
+        slots = [self.pool.slot(s.request_id) for s in seqs]
+        rows, width = max(slots) + 1, 1 + max(len(d) for d in drafts)
+        ids = np.zeros((rows, width), np.int64)
+        for seq, slot, draft in zip(seqs, slots, drafts):
+            if self.slot_len[slot] != seq.num_tokens - 1:
+                raise RuntimeError(f"slot {slot} holds {self.slot_len[slot]} positions, "
+                                   f"verification expects {seq.num_tokens - 1}")
+            ids[slot, :1 + len(draft)] = [seq.last_token, *draft]
+        lengths = self.slot_len[:rows] + width
+        mask = (np.arange(int(lengths.max()))[None, :] < lengths[:, None]).astype(np.int64)
+        positions = np.tile(np.arange(width, dtype=np.int64), (rows, 1))
+        logits = self._run(self._binding(0, rows), ids, mask, positions)
+        out = []
+        for slot, draft in zip(slots, drafts):
+            out.append(logits[slot, :1 + len(draft)].copy())
+            self.slot_len[slot] += 1 + len(draft)
         return out
 
     def _verify_row(self, seq: Sequence, draft: list[int]) -> np.ndarray:

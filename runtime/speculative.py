@@ -51,8 +51,9 @@ class SpeculativeConfig:
     ngram_min: int = 3
     draft: Any = None
     # speculate only while at most this many sequences decode together: verification runs one
-    # call per drafting sequence (onnxruntime's GQA), each about two decode steps on the CPU, so
-    # at larger batches it costs more than the batched decode step it replaces
+    # call per drafting sequence (onnxruntime's GQA; CachedAttention engines: one call for all),
+    # each about two decode steps on the CPU, so at larger batches it costs more than the batched
+    # decode step it replaces
     max_batch: int = 1
 
     def __post_init__(self) -> None:

@@ -115,3 +115,24 @@ def test_other_layouts_and_dtypes_are_left_with_the_reason(layout, dtype, note):
     model = gqa_model(layout=layout)
     pass_ = CustomAttention(dtype)
     assert not pass_(model).modified and pass_.notes == [note]
+
+
+def test_speculative_verification_of_several_rows_is_one_call_with_the_tokens_of_plain_decoding(engines,
+                                                                                              monkeypatch):
+    """CachedAttention takes several rows of several new tokens: every drafting sequence of a step
+    is verified in one call (rows padded to the longest draft), and greedy output is plain decoding's."""
+    from runtime.executors import StaticExecutor
+    from runtime.speculative import SpeculativeConfig
+
+    prompts = [[1, 5, 6, 7, 5, 6, 7, 5, 6], [1, 9, 10, 9, 10, 9], [1, 40, 41, 42, 43, 40, 41], [1, 70, 71, 70]]
+    params = SamplingParams(max_new_tokens=12, ignore_eos=True)
+    engine = Engine.load(engines[1].path)
+    plain = [r.token_ids for r in engine.generate_batch(prompts, params)]
+    calls = {"rows": 0, "row": 0}
+    for name in calls:
+        method = getattr(StaticExecutor, f"_verify_{name}")
+        monkeypatch.setattr(StaticExecutor, f"_verify_{name}",
+                            lambda self, *a, _m=method, _n=name: calls.__setitem__(_n, calls[_n] + 1) or _m(self, *a))
+    spec = SpeculativeConfig("ngram", 4, ngram_max=2, ngram_min=1, max_batch=4)
+    assert [r.token_ids for r in engine.generate_batch(prompts, params, speculative=spec)] == plain
+    assert calls["rows"] > 0 and calls["row"] == 0

@@ -27,8 +27,9 @@ NUM_SPECULATIVE_TOKENS = click.option("--num-speculative-tokens", default=8, sho
                                       help="Tokens drafted per sequence and step (k).")
 SPECULATIVE_MAX_BATCH = click.option(
     "--speculative-max-batch", default=1, show_default=True,
-    help="Speculate only while at most this many sequences decode together (a verification step runs per "
-         "sequence; at larger batches the batched decode step is faster on the CPU).")
+    help="Speculate only while at most this many sequences decode together (verification runs a call per "
+         "sequence, or one for all on custom-ops engines with CachedAttention; at larger batches the batched "
+         "decode step is faster on the CPU).")
 DRAFT = click.option("--draft", "draft_dir", type=click.Path(path_type=Path), default=None,
                      help="The draft engine for --speculative draft (the same tokenizer as the target).")
 
