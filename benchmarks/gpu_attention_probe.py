@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_attention_probe.py [--shapes 1b,8b] [--batches 1,64] [--lengths 128,256,512,1024]
                                              [--prefills 128,2048] [--variants now,now:kPrefillQueries=4]
+                                             [--decode-variants now,now:kGroupQueries=4]
 
 The product's runtime/custom_ops/attention.cu, compiled here behind a C entry point
 (benchmarks/cuda/attention_entry.cu) and called as a custom-ops engine's decode step calls it:
@@ -15,7 +16,9 @@ hold over that time. `torch_sdpa_us`: torch's scaled_dot_product_attention over 
 (the attention alone, no rotary or append; causal for prefills), for reference. onnxruntime's
 GroupQueryAttention took four kernels and ~9 us a layer at the 1B shape, batch 1 (run13).
 `--variants`: the prefills also through kernels with constants set (attention.cu's
-kPrefillQueries: new tokens a block takes, sharing the keys and values its warps read). Needs
+kPrefillQueries: new tokens a block takes, sharing the keys and values its warps read);
+`--decode-variants`: the decode steps through them (kGroupQueries: a block per kv group's query
+heads at large grids, each key and value row read once a group). Needs
 torch with CUDA and nvcc. One JSON line per (variant, shape, batch, new tokens, length).
 """
 
@@ -160,22 +163,23 @@ def main() -> None:
     ap.add_argument("--lengths", default="128,256,512,1024")
     ap.add_argument("--prefills", default="128,2048", help="first prefills of this many tokens, batch 1")
     ap.add_argument("--variants", default="now",
-                    help="kernel variants for the prefills (_kernel_variants.py's: now[:NAME=VALUE...]); decode "
-                         "runs the first")
+                    help="kernel variants for the prefills (_kernel_variants.py's: now[:NAME=VALUE...])")
+    ap.add_argument("--decode-variants", default="now", help="kernel variants for the decode steps")
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--results")
     args = ap.parse_args()
-    variants = args.variants.split(",")
+    variants, decode_variants = args.variants.split(","), args.decode_variants.split(",")
     with tempfile.TemporaryDirectory() as scratch:
         libs = {}
-        for i, variant in enumerate(variants):
+        for i, variant in enumerate(dict.fromkeys(decode_variants + variants)):
             sources, _ = variant_sources(variant, Path(scratch))
             libs[variant] = build(sources, Path(scratch) / f"attention-{i}.so")
         for name in args.shapes.split(","):
             for batch in (int(b) for b in args.batches.split(",")):
                 for length in (int(n) for n in args.lengths.split(",")):
-                    row = measure(libs[variants[0]], name, batch, 1, length, args.runs)
-                    report_line({"variant": variants[0], **row}, args.results)
+                    for variant in decode_variants:
+                        row = measure(libs[variant], name, batch, 1, length, args.runs)
+                        report_line({"variant": variant, **row}, args.results)
             for seq in (int(n) for n in args.prefills.split(",") if n):
                 for variant in variants:
                     row = measure(libs[variant], name, 1, seq, seq, args.runs)

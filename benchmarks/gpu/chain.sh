@@ -5,6 +5,8 @@
 #    128-1024 positions, beside torch's SDPA (benchmarks/gpu_attention_probe.py); first prefills of
 #    128 and 2,048 tokens with a block per query (the default) and with blocks of 4 and 8 queries
 #    sharing their key and value reads (kPrefillQueries): set the best as attention.cu's default;
+#    decode also with a block per kv group's 4 query heads at large grids (kGroupQueries=4: batch 64
+#    reads each key and value row once a group, not once a head);
 # 1. the 1B step's 65 fp16 GEMVs, the product's defaults (run13's kernel) against its tunables set
 #    (runtime/custom_ops/linear.cu: kProgrammatic, kPreload, kPrefetchBytes): programmatic
 #    dependent launches alone, with a preload of 2 or 4 chunks, with the prefetch of the weights L2
@@ -19,7 +21,7 @@
 set -x
 cd benchmarks || exit 1
 python3 gpu_attention_probe.py --results "$OUT/attention-probe.jsonl" \
-    --variants now,now:kPrefillQueries=4,now:kPrefillQueries=8
+    --variants now,now:kPrefillQueries=4,now:kPrefillQueries=8 --decode-variants now,now:kGroupQueries=4
 P=now:kProgrammatic=true
 python3 gpu_gemv_chain.py --rounds 2 --results "$OUT/chain.jsonl" \
     --variants now,$P,$P:kPreload=2,$P:kPreload=4,$P:kPreload=2:kPrefetchBytes=16L\<\<20

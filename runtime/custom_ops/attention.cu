@@ -107,8 +107,10 @@ __device__ void load_values(__half2 (&held)[kBatch][LanePairs<kHd>::kPairs], int
 }
 
 // A head of kHd elements (one of HeadSizes'); kWarps warps split its keys; the block's kQueries
-// consecutive new tokens of a row (1 at decode) share each key and value row the warps read.
-template <int kHd, int kWarps, int kQueries>
+// queries share each key and value row the warps read: consecutive new tokens of a row (1 at
+// decode), or with kHeads the query heads of one kv head's group at one new token (blockIdx.x
+// then numbers the group's tiles of kQueries heads).
+template <int kHd, int kWarps, int kQueries, bool kHeads = false>
 __global__ void __launch_bounds__(kWarps * 32) cached_attention(AttentionCall c) {
   using Pairs = LanePairs<kHd>;
   constexpr int kThreads = kWarps * 32;
@@ -121,11 +123,16 @@ __global__ void __launch_bounds__(kWarps * 32) cached_attention(AttentionCall c)
   // The next kernel (the o projection's GEMV, where launched as a programmatic dependent) may start
   // its weights' prefetch now; it waits for this one's end before reading its output.
   optimizer_pdl::let_next_start();
-  const int64_t h = blockIdx.x, s0 = static_cast<int64_t>(blockIdx.y) * kQueries, b = blockIdx.z;
-  const int64_t group = c.heads / c.kv_heads, g = h / group;
+  const int64_t group = c.heads / c.kv_heads, tiles = kHeads ? (group + kQueries - 1) / kQueries : 1;
+  // the block's first query head h (the others, with kHeads: h + 1, ...) and new token s0 (with
+  // kQueries tokens: s0 + 1, ...), its kv head g
+  const int64_t g = kHeads ? blockIdx.x / tiles : blockIdx.x / group;
+  const int64_t h = kHeads ? g * group + (blockIdx.x % tiles) * kQueries : blockIdx.x;
+  const int64_t s0 = static_cast<int64_t>(blockIdx.y) * (kHeads ? 1 : kQueries), b = blockIdx.z;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t past = past_positions(c.seqlens[b], c.seq);
-  const int queries = kQueries == 1 ? 1 : static_cast<int>(c.seq - s0 < kQueries ? c.seq - s0 : kQueries);
+  const int64_t left = kHeads ? g * group + group - h : c.seq - s0;  // queries from the block's first on
+  const int queries = kQueries == 1 ? 1 : static_cast<int>(left < kQueries ? left : kQueries);
   const int64_t last_table_row = c.max_positions - 1;
   const __half* cos = static_cast<const __half*>(c.cos);
   const __half* sin = static_cast<const __half*>(c.sin);
@@ -135,16 +142,17 @@ __global__ void __launch_bounds__(kWarps * 32) cached_attention(AttentionCall c)
 #pragma unroll
   for (int qi = 0; qi < kQueries; ++qi) {  // the queries, rotated; their keys and values into the cache
     if (qi >= queries) break;
-    const int64_t s = s0 + qi, position = past + s;
+    const int64_t s = kHeads ? s0 : s0 + qi, position = past + s;
     const int64_t rope_row = (position < last_table_row ? position : last_table_row) * kHalf;
-    const __half* q_in = static_cast<const __half*>(c.query) + (b * c.seq + s) * c.query_stride + h * kHd;
+    const __half* q_in =
+        static_cast<const __half*>(c.query) + (b * c.seq + s) * c.query_stride + (kHeads ? h + qi : h) * kHd;
     for (int d = threadIdx.x; d < kHalf; d += kThreads) {
       const float x1 = __half2float(q_in[d]), x2 = __half2float(q_in[d + kHalf]);
       const float cv = __half2float(cos[rope_row + d]), sv = __half2float(sin[rope_row + d]);
       q[qi][d] = as_half(rotated_first(x1, x2, cv, sv));
       q[qi][d + kHalf] = as_half(rotated_second(x1, x2, cv, sv));
     }
-    if (h % group == 0 && position < c.capacity) {  // the first block of the kv head's group
+    if (h % group == 0 && (!kHeads || qi == 0) && position < c.capacity) {  // the kv group's first block
       const __half* k_in = new_keys + s * c.kv_stride;
       const int64_t at = ((b * c.kv_heads + g) * c.capacity + position) * kHd;
       __half* k_out = static_cast<__half*>(c.present_key) + at;
@@ -165,7 +173,7 @@ __global__ void __launch_bounds__(kWarps * 32) cached_attention(AttentionCall c)
   const __half* cache_v = static_cast<const __half*>(c.past_value) + past_offset;
   const float scale = c.scale > 0.f ? c.scale : rsqrtf(static_cast<float>(kHd));
   const int64_t first = first_key(past + s0, c.window);  // the first query's: the earliest any reads
-  const int64_t last_position = past + s0 + queries - 1;
+  const int64_t last_position = past + s0 + (kHeads ? 0 : queries - 1);
   const int64_t last = last_position < c.capacity ? last_position : c.capacity - 1;
   float top[kQueries], total[kQueries], acc[kQueries][2 * Pairs::kPairs];
 #pragma unroll
@@ -184,7 +192,7 @@ __global__ void __launch_bounds__(kWarps * 32) cached_attention(AttentionCall c)
     bool valid[kQueries];
 #pragma unroll
     for (int qi = 0; qi < kQueries; ++qi) {  // whether key j is in query qi's causal window
-      const int64_t position = past + s0 + qi;
+      const int64_t position = past + s0 + (kHeads ? 0 : qi);
       valid[qi] = j <= last &&
                   (kQueries == 1 || (qi < queries && j <= position && j >= first_key(position, c.window)));
       score[qi] = -INFINITY;
@@ -249,7 +257,8 @@ __global__ void __launch_bounds__(kWarps * 32) cached_attention(AttentionCall c)
 #pragma unroll
   for (int qi = 0; qi < kQueries; ++qi) {  // each query's warps combined
     if (qi >= queries) break;
-    __half* out = static_cast<__half*>(c.out) + (b * c.seq + s0 + qi) * c.heads * kHd + h * kHd;
+    __half* out = static_cast<__half*>(c.out) + (b * c.seq + s0 + (kHeads ? 0 : qi)) * c.heads * kHd +
+                  (kHeads ? h + qi : h) * kHd;
     for (int d = threadIdx.x; d < kHd; d += kThreads) {
       float best = -INFINITY;
       for (int w = 0; w < kWarps; ++w) best = fmaxf(best, warp_top[w][qi]);
@@ -271,6 +280,9 @@ constexpr int64_t kFewBlocks = 264;  // two an SM on an H100 / H200
 // New tokens a block takes at prefill (seq > 1), sharing the keys and values its warps read: 1, a
 // block per query as at decode, until the probe has measured more (benchmarks/gpu_attention_probe.py).
 constexpr int kPrefillQueries = 1;
+// Query heads of a kv group a block takes at decode where the grid is large (batch 64: every key
+// and value row read once a group, not once a head; 0: a block per head), until measured.
+constexpr int kGroupQueries = 0;
 
 // Blocks of kQueries new tokens each; several a block: four warps (the prefill's grid is large, and
 // the warps' partial sums, kWarps x kQueries x kHd floats, must fit shared memory).
@@ -287,6 +299,15 @@ void launch_blocks(const AttentionCall& c, cudaStream_t stream) {
 
 template <int kHd>
 void launch(const AttentionCall& c, cudaStream_t stream) {
+  if constexpr (kGroupQueries > 0) {
+    constexpr int kTile = kGroupQueries > 0 ? kGroupQueries : 1;  // (no division by 0 where unused)
+    const int64_t group = c.heads / c.kv_heads, tiles = (group + kTile - 1) / kTile;
+    if (c.seq == 1 && c.kv_heads * tiles * c.batch >= kFewBlocks) {
+      const dim3 grid(static_cast<unsigned>(c.kv_heads * tiles), 1, static_cast<unsigned>(c.batch));
+      cached_attention<kHd, 4, kGroupQueries, true><<<grid, 4 * 32, 0, stream>>>(c);
+      return;
+    }
+  }
   if constexpr (kPrefillQueries > 1) {
     if (c.seq > 1) return launch_blocks<kHd, kPrefillQueries>(c, stream);
   }
