@@ -209,8 +209,8 @@ def test_present_sharing_one_cache_but_not_the_other_is_refused():
 
 @pytest.mark.skipif(not CUDA, reason="the CUDA kernel needs onnxruntime's CUDA provider: onnxruntime-gpu and a GPU")
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "captured"])
-@pytest.mark.parametrize("name", [*CASES, "a long decode, head size 128", "a batch-64 decode",
-                                  "several rows of several tokens"])
+@pytest.mark.parametrize("name", [*CASES, "a long decode, head size 128", "a batch-72 decode",
+                                  "a batch-96 decode, groups of 3", "several rows of several tokens"])
 def test_on_cuda_it_equals_the_cpu_kernel_and_runs_in_a_captured_graph(graph, name):
     """Concatenating (the present a new buffer, the past copied in first), run three times eager
     or captured and replayed: the same outputs as the CPU kernel's."""
@@ -219,8 +219,12 @@ def test_on_cuda_it_equals_the_cpu_kernel_and_runs_in_a_captured_graph(graph, na
     case = CASES.get(name) or {
         "a long decode, head size 128": Case(2, 1, [300, 129], heads=32, kv_heads=8, head_dim=128, capacity=320,
                                              total=320),
-        "a batch-64 decode": Case(64, 1, list(range(3, 3 + 64 * 5, 5)), heads=8, kv_heads=2, head_dim=64,
-                                  capacity=330, total=330),
+        # grids large enough for the kernel's large-grid paths (a block per kv group's heads where
+        # attention.cu's kGroupQueries is set): groups of 4, and of 3 (SmolLM2's)
+        "a batch-72 decode": Case(72, 1, list(range(3, 3 + 72 * 4, 4)), heads=16, kv_heads=4, head_dim=64,
+                                  capacity=300, total=300),
+        "a batch-96 decode, groups of 3": Case(96, 1, [5 + (7 * r) % 90 for r in range(96)], heads=12, kv_heads=4,
+                                               head_dim=64, capacity=100, total=100),
         "several rows of several tokens": Case(2, 3, [10, 5]),
     }[name]
     if case.capacity + 1 > POSITIONS:
