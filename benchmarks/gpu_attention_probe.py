@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _results import report_line
@@ -170,10 +171,11 @@ def main() -> None:
     args = ap.parse_args()
     variants, decode_variants = args.variants.split(","), args.decode_variants.split(",")
     with tempfile.TemporaryDirectory() as scratch:
-        libs = {}
-        for i, variant in enumerate(dict.fromkeys(decode_variants + variants)):
-            sources, _ = variant_sources(variant, Path(scratch))
-            libs[variant] = build(sources, Path(scratch) / f"attention-{i}.so")
+        every = list(dict.fromkeys(decode_variants + variants))
+        sources = [variant_sources(variant, Path(scratch))[0] for variant in every]
+        with ThreadPoolExecutor() as pool:  # nvcc runs in parallel, a variant each
+            built = pool.map(build, sources, [Path(scratch) / f"attention-{i}.so" for i in range(len(every))])
+            libs = dict(zip(every, built))
         for name in args.shapes.split(","):
             for batch in (int(b) for b in args.batches.split(",")):
                 for length in (int(n) for n in args.lengths.split(",")):
