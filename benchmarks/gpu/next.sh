@@ -1,8 +1,11 @@
 # The next GPU session's plan (started by run.sh from a snapshot of the tree; stage SmolLM2 as
 # .gpu/s1 + .gpu/s2 and the text asset as .gpu/text first: the CUDA tests need both). Issue 20's
-# open targets through our own kernels (runtime/custom_ops, built there with nvcc on first use):
-# batch 1 fp16 >= 1.2x genai's graph (run13: 1.08-1.15x), int4 in genai's format >= 1.2x genai's
-# int4 graph (run8: ours 0.97-1.01x through MatMulNBits), int4 never slower than fp16 at 64.
+# open target through our own kernels (runtime/custom_ops, built there with nvcc on first use):
+# int4 never slower than fp16 at 64 (run15: int4-custom 19,520 against fp16-custom 26,490 out tok/s;
+# batch 1 is met there: fp16-custom 1.31-1.34x genai's graph, int4-custom 1.27x genai's int4 graph).
+# This run repeats those with the whole CUDA test suite (SmolLM2 through the custom-ops engines
+# included, not run in run15) and the kernel profiles; chain.sh's GEMV tunables and the int4 GEMM
+# probe (for the 64-row int4 path) are still unrun.
 #
 # First, in a call of its own BEFORE staging onnxruntime (torch and nvcc only, ~6 min):
 # `bash benchmarks/gpu/chain.sh`: our CachedAttention kernel's first run (checked against torch,
