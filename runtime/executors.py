@@ -276,8 +276,10 @@ class StaticExecutor:
         On CachedAttention engines all of them run as one call (`_verify_rows`). Elsewhere
         sequences with drafts run one call each (onnxruntime's GroupQueryAttention takes more
         than one new token per row only at batch 1); those without run as one decode step."""
-        if self._verifies_rows(seqs, drafts):
-            return self._verify_rows(seqs, drafts)
+        if self.kv.attention == "CachedAttention" and len(seqs) > 1:
+            self.compact()
+            if self._room_for(seqs, 1 + max(len(d) for d in drafts)):
+                return self._verify_rows(seqs, drafts)
         out: list[np.ndarray | None] = [None] * len(seqs)
         plain = [i for i, draft in enumerate(drafts) if not draft]
         if plain:
@@ -288,15 +290,11 @@ class StaticExecutor:
                 out[i] = self._verify_row(seq, draft)
         return out
 
-    def _verifies_rows(self, seqs: list[Sequence], drafts: list[list[int]]) -> bool:
-        """Whether one call can verify every sequence: CachedAttention takes several rows of
-        several new tokens (GroupQueryAttention does not), more than one sequence decodes, and
-        every row of the batch has room for the longest draft's positions."""
-        if self.kv.attention != "CachedAttention" or len(seqs) < 2:
-            return False
-        self.compact()
+    def _room_for(self, seqs: list[Sequence], width: int) -> bool:
+        """Whether every row of the sequences' batch (slots [0, max slot]) has room for `width`
+        more positions (CachedAttention takes several rows of several new tokens each, where
+        GroupQueryAttention takes them only at batch 1)."""
         rows = max(self.pool.slot(s.request_id) for s in seqs) + 1
-        width = 1 + max(len(d) for d in drafts)
         return bool((self.slot_len[:rows] + width <= self.capacity).all())
 
     def _verify_rows(self, seqs: list[Sequence], drafts: list[list[int]]) -> list[np.ndarray]:
