@@ -11,7 +11,9 @@ decode steps; our norm kernel, cuBLAS and our SwiGLU kernel for more rows):
 and the same folds of LinearInt4 (LinearInt4SwiGLU, NormLinearInt4[SwiGLU]). A 4-bit MatMulNBits
 takes when its block is a multiple of 32 and it has no g_idx, bias or Hopper-prepacked layout,
 its zero points (if any) packed uint8; its accuracy_level does not apply (fp32 sums). The
-LinearInt4 CUDA kernels have not yet run on a GPU (tests/test_custom_ops_int4.py holds them).
+LinearInt4 CUDA kernels ran in an int4 engine on an H200 (run15: build verified on the CPU kernels,
+1.27x genai's int4 graph at batch 1); tests/test_custom_ops_int4.py, which checks them against the
+CPU kernels, has not yet run on a GPU.
 
 The registry's `custom-linear` lowers and folds the SwiGLU; `custom-linear-norm` folds the norms,
 a pass of its own (run13, the 1B shape at batch 1: 853.0 tok/s with it, 850.9 without, captured).

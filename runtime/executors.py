@@ -63,6 +63,13 @@ def prefill_groups(chunks: list[tuple[int, int, int]], waste: float = PAD_WASTE)
     return groups
 
 
+def row_mask(lengths: np.ndarray, width: int | None = None) -> np.ndarray:
+    """The attention mask (rows, width) of right-padded rows of `lengths` positions each
+    (width: the longest row's by default)."""
+    columns = np.arange(int(lengths.max()) if width is None else width)
+    return (columns[None, :] < lengths[:, None]).astype(np.int64)
+
+
 def step_each(executor, prefill, decode) -> tuple[list[np.ndarray], np.ndarray | None]:
     """An iteration as separate calls: each prefill chunk, then one batched decode."""
     logits = [executor.prefill(seq, start, end) for seq, start, end in prefill]
@@ -183,7 +190,7 @@ class StaticExecutor:
         ids = np.zeros((len(chunks), int(lengths.max())), np.int64)
         for row, (seq, _, end) in enumerate(chunks):
             ids[row, :end] = seq.all_ids[:end]
-        mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
+        mask = row_mask(lengths, ids.shape[1])
         logits = self._run(self._binding(first, len(chunks)), ids, mask, lengths - 1)
         self.slot_len[first:first + len(chunks)] = lengths
         return [logits[row, -1].copy() for row in range(len(chunks))]
@@ -246,7 +253,7 @@ class StaticExecutor:
         if self._host is not None:  # CPU: the mask as wide as the cache, bound once (runtime.host_io)
             logits = self._host.decode(self.session.session, self._binding(0, rows), tokens, lengths)
         else:
-            mask = (np.arange(int(lengths.max()))[None, :] < lengths[:, None]).astype(np.int64)
+            mask = row_mask(lengths)
             logits = self._run(self._binding(0, rows), np.asarray(tokens, np.int64)[:, None], mask)
         in_order = rows == len(seqs) and slots == list(range(rows))
         if in_order:
@@ -306,12 +313,10 @@ class StaticExecutor:
         rows, width = max(slots) + 1, 1 + max(len(d) for d in drafts)
         ids = np.zeros((rows, width), np.int64)
         for seq, slot, draft in zip(seqs, slots, drafts):
-            if self.slot_len[slot] != seq.num_tokens - 1:
-                raise RuntimeError(f"slot {slot} holds {self.slot_len[slot]} positions, "
-                                   f"verification expects {seq.num_tokens - 1}")
+            self._expect_verifiable(seq, slot)
             ids[slot, :1 + len(draft)] = [seq.last_token, *draft]
         lengths = self.slot_len[:rows] + width
-        mask = (np.arange(int(lengths.max()))[None, :] < lengths[:, None]).astype(np.int64)
+        mask = row_mask(lengths)
         positions = np.tile(np.arange(width, dtype=np.int64), (rows, 1))
         logits = self._run(self._binding(0, rows), ids, mask, positions)
         out = []
@@ -320,11 +325,15 @@ class StaticExecutor:
             self.slot_len[slot] += 1 + len(draft)
         return out
 
-    def _verify_row(self, seq: Sequence, draft: list[int]) -> np.ndarray:
-        slot = self.pool.slot(seq.request_id)
+    def _expect_verifiable(self, seq: Sequence, slot: int) -> None:
+        """The sequence's row holds every token but its last (which verification feeds)."""
         if self.slot_len[slot] != seq.num_tokens - 1:
             raise RuntimeError(f"slot {slot} holds {self.slot_len[slot]} positions, "
                                f"verification expects {seq.num_tokens - 1}")
+
+    def _verify_row(self, seq: Sequence, draft: list[int]) -> np.ndarray:
+        slot = self.pool.slot(seq.request_id)
+        self._expect_verifiable(seq, slot)
         ids = np.asarray([[seq.last_token, *draft]], np.int64)
         mask = np.ones((1, int(self.slot_len[slot]) + ids.shape[1]), np.int64)
         positions = np.arange(ids.shape[1], dtype=np.int64)[None]
