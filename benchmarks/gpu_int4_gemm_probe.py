@@ -1,17 +1,24 @@
-"""Can a plain tensor-core kernel make int4 no slower than fp16 at batch 64? (benchmarks/cuda/)
+"""Is int4 no slower than fp16 at batch 64? The LinearInt4 GEMM against cuBLAS fp16, linear by linear.
 
-    python benchmarks/gpu_int4_gemm_probe.py [--shapes 1b,8b] [--rows 16,64] [--results r.jsonl]
+    python benchmarks/gpu_int4_gemm_probe.py [--shapes 1b,8b] [--rows 16,64,256] [--configs 0,1]
+                                             [--forms cublas-fp16,band-int4] [--fill 132] [--results r.jsonl]
 
-A probe for the int4 GEMM issue 20 asks for (int4 never slower than fp16 at batch 64): the
-product's LinearInt4 dequantizes its weights band by band into L2 for cuBLAS above 4 rows, and
-onnxruntime's int4 GEMMs were 0.69-0.94x fp16 there (run8, run9). For each Llama linear and row
-count M, COPIES distinct weights (more bytes than the L2 cache) multiplied by one input in one
-CUDA graph, replayed: torch's fp16 linear (cuBLAS) against the probe (gemm_int4_probe.cu: WMMA on
-64 x 64 tiles, the 4-bit weights dequantized in shared memory, onnxruntime-genai's format:
-symmetric blocks of 32), K split so that the grid fills the GPU; a copy's time is the median
-replay over COPIES. The probe's results are checked against its weights dequantized and
-multiplied in fp32 (`max_abs_diff`). `weight_tb_s` counts the bytes each form reads. Needs torch
-with CUDA and nvcc (the kernel is compiled in the run). One JSON line per (shape, linear, M, form).
+A probe for issue 20's open target (int4 never slower than fp16 at batch 64). For each Llama
+linear and row count M, COPIES distinct weights (more bytes than the L2 cache) multiplied by one
+input in one CUDA graph, replayed; a copy's time is the median replay over COPIES. Forms:
+  cublas-fp16   torch's fp16 linear (cuBLAS), the fp16 engines' path above 4 rows;
+  band-int4     the weights dequantized to float16 in bands of 16M values, each multiplied by
+                cuBLAS: LinearInt4's path above 4 rows before gemm_int4_mma.cuh (still taken for
+                shapes it does not take, and with OPTIMIZER_INT4_GEMM=dequantize; a band wider
+                than one call's outputs is copied into its columns here, in place there);
+  mma-int4-cN   runtime/custom_ops/gemm_int4_mma.cuh in tile configuration N (0: 128 outputs a
+                block, 1: 256; N + 10: an 8-deep pipeline, not 4; N + 100: blocks of at most 32
+                rows), the codes read straight into mma.sync's registers, K split so that the grid
+                has about --fill blocks.
+Weights in onnxruntime-genai's int4 format (symmetric blocks of 32). Each int4 form's results are
+checked against its weights dequantized and multiplied in fp32 (`max_abs_diff`); `weight_tb_s`
+counts the bytes each form's weights take. Needs torch with CUDA and nvcc (compiled in the run).
+One JSON line per (shape, linear, M, form).
 """
 
 from __future__ import annotations
@@ -32,8 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 SOURCE = Path(__file__).resolve().parent / "cuda" / "gemm_int4_probe.cu"
 COPIES = 8
 BLOCK = 32
-TILE = 64  # the probe's rows and outputs a block
-FILL = 264  # blocks that keep the H200's 132 SMs busy (two each)
+BAND_VALUES = 16 << 20  # linear_int4.cu's kBandValues
 
 
 def build(folder: Path) -> ctypes.CDLL:
@@ -46,14 +52,16 @@ def build(folder: Path) -> ctypes.CDLL:
     subprocess.run([nvcc, "-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-shared",
                     "-gencode=arch=compute_90,code=sm_90", "-o", str(out), str(SOURCE)], check=True)
     lib = ctypes.CDLL(str(out))
-    lib.gemm_int4_probe.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 4 + [ctypes.c_void_p]
+    lib.gemm_int4_registers.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 6 + [ctypes.c_void_p]
+    lib.gemm_int4_splits.argtypes = [ctypes.c_int] * 6
+    lib.gemm_int4_dequantize.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 2 + [ctypes.c_long] * 2 + \
+        [ctypes.c_void_p]
     return lib
 
 
-def splits_for(m: int, n: int, k: int) -> int:
-    """K cut into this many parts so that the grid has about FILL blocks (at most one a step)."""
-    tiles = -(-m // TILE) * -(-n // TILE)
-    return max(1, min(k // BLOCK, -(-FILL // tiles)))
+def checked(rc: int, what: str) -> None:
+    if rc:
+        raise RuntimeError(f"{what} returned {rc}")
 
 
 def main() -> None:
@@ -61,10 +69,14 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="1b,8b")
-    ap.add_argument("--rows", default="16,64")
+    ap.add_argument("--rows", default="16,64,256")
+    ap.add_argument("--configs", default="0,1", help="gemm_int4_mma.cuh's tiles (see above)")
+    ap.add_argument("--forms", default="cublas-fp16,band-int4", help="the reference forms timed")
+    ap.add_argument("--fill", type=int, default=132, help="blocks the split-K grid aims for")
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--results")
     args = ap.parse_args()
+    configs = [int(c) for c in args.configs.split(",") if c]
     with tempfile.TemporaryDirectory() as scratch:
         lib = build(Path(scratch))
         for shape in args.shapes.split(","):
@@ -72,37 +84,59 @@ def main() -> None:
                 copies = 2 if linear == "lm_head" else COPIES
                 ws = [torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02 for _ in range(copies)]
                 q4 = [int4_weight(n, k, BLOCK) for _ in range(copies)]
+                refs = [dequantize(*w) for w in q4]
+                band_rows = max(1, min(n, BAND_VALUES // k))
+                band = torch.empty(band_rows, k, device="cuda", dtype=torch.float16)
                 for m in (int(r) for r in args.rows.split(",")):
                     x = torch.randn(m, k, device="cuda", dtype=torch.float16)
-                    fp16_out = [torch.empty(m, n, device="cuda", dtype=torch.float16) for _ in range(copies)]
-                    int4_out = [torch.empty(m, n, device="cuda", dtype=torch.float16) for _ in range(copies)]
+                    outs = [torch.empty(m, n, device="cuda", dtype=torch.float16) for _ in range(copies)]
                     work = torch.empty(m, n, device="cuda", dtype=torch.float32)
-                    splits = splits_for(m, n, k)
 
-                    def launch_cublas():
-                        for w, y in zip(ws, fp16_out):
+                    def stream() -> int:  # the capturing stream inside torch.cuda.graph
+                        return torch.cuda.current_stream().cuda_stream
+
+                    def cublas():
+                        for w, y in zip(ws, outs):
                             torch.matmul(x, w.t(), out=y)
 
-                    def launch_probe():
-                        stream = torch.cuda.current_stream().cuda_stream
-                        for (codes, scales), y in zip(q4, int4_out):
-                            rc = lib.gemm_int4_probe(x.data_ptr(), codes.data_ptr(), scales.data_ptr(), y.data_ptr(),
-                                                     work.data_ptr(), m, n, k, splits, stream)
-                            if rc:
-                                raise RuntimeError(f"gemm_int4_probe returned {rc}")
+                    def banded():
+                        for (codes, scales), y in zip(q4, outs):
+                            for first in range(0, n, band_rows):
+                                count = min(band_rows, n - first)
+                                checked(lib.gemm_int4_dequantize(codes.data_ptr(), scales.data_ptr(), band.data_ptr(),
+                                                                 k, BLOCK, first, count, stream()), "dequantize")
+                                if count == n:
+                                    torch.matmul(x, band.t(), out=y)
+                                else:
+                                    y[:, first:first + count] = x @ band[:count].t()
 
-                    launch_probe()
-                    torch.cuda.synchronize()
-                    diff = max(float((y.float() - x.float() @ dequantize(*w).t()).abs().max())
-                               for w, y in zip(q4, int4_out))
-                    int4_bytes = k * n // 2 + (k // BLOCK) * n * 2
-                    for form, launch, nbytes, check in (("cublas-fp16", launch_cublas, k * n * 2, 0.0),
-                                                        ("probe-int4", launch_probe, int4_bytes, diff)):
+                    def mma(config: int, splits: int):
+                        def launch():
+                            for (codes, scales), y in zip(q4, outs):
+                                checked(lib.gemm_int4_registers(x.data_ptr(), codes.data_ptr(), scales.data_ptr(),
+                                                                y.data_ptr(), work.data_ptr(), m, n, k, BLOCK, config,
+                                                                splits, stream()), "gemm_int4_registers")
+                        return launch
+
+                    forms = [f for f in [("cublas-fp16", cublas, None), ("band-int4", banded, None)]
+                             if f[0] in args.forms.split(",")]
+                    for config in configs:
+                        splits = lib.gemm_int4_splits(m, n, k, config % 10, args.fill, 32 if config >= 100 else 64)
+                        forms.append((f"mma-int4-c{config}", mma(config, splits), splits))
+                    for form, launch, splits in forms:
+                        launch()
+                        torch.cuda.synchronize()
+                        diff, nbytes = 0.0, k * n * 2
+                        if form != "cublas-fp16":
+                            diff = max(float((y.float() - x.float() @ r.t()).abs().max()) for r, y in zip(refs, outs))
+                            nbytes = k * n // 2 + (k // BLOCK) * n * 2
                         us = graph_us(launch, copies, args.runs)
                         report_line({"shape": shape, "linear": linear, "m": m, "k": k, "n": n, "form": form,
-                                     "splits": splits if form == "probe-int4" else None, "us": round(us, 2),
-                                     "weight_tb_s": round(nbytes / us / 1e6, 3), "max_abs_diff": check},
+                                     "splits": splits, "us": round(us, 2), "fill": args.fill,
+                                     "weight_tb_s": round(nbytes / us / 1e6, 3), "max_abs_diff": round(diff, 5)},
                                     args.results)
+                del ws, q4, refs, band
+                torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

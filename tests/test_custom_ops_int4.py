@@ -6,6 +6,11 @@ with that reason)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -137,17 +142,26 @@ def test_a_node_without_its_block_size_is_refused_when_the_session_is_made():
         session(int4_model("LinearInt4", False, None))
 
 
+CUDA_CASES = {  # (rows, K, codes rows, block, zero points)
+    "gemv-1": ((1, 1), 2048, 3072, 32, False), "gemv-3": ((3, 1), 8192, 2048, 64, True),
+    "gemv-wide": ((1, 1), 2048, 50000, 32, False), "gemv-2": ((2, 1), 2048, 300, 128, True),
+    "gemv-small": ((1, 1), 96, 40, 32, True), "gemv-after-norm": ((4, 1), 8192, 512, 64, False),
+    "gemm-10": ((2, 5), 2048, 3072, 32, False), "gemm-64-split": ((64, 1), 2048, 2048, 32, False),
+    "gemm-21": ((7, 3), 2048, 3072, 64, True), "gemm-130": ((130, 1), 2048, 600, 128, True),
+    "gemm-odd-n": ((20, 1), 2048, 1001, 32, False), "gemm-long-k": ((16, 1), 8192, 2048, 64, False),
+    "dequantized-k96": ((8, 1), 96, 40, 32, True)}
+
+
 @pytest.mark.skipif(not CUDA, reason="the CUDA kernels need onnxruntime's CUDA provider: onnxruntime-gpu and an NVIDIA GPU")
 @pytest.mark.parametrize("graph", [False, True])
 @pytest.mark.parametrize("op", FAMILY)
-@pytest.mark.parametrize("rows,k,n,block,zeros", [((1, 1), 2048, 3072, 32, False), ((3, 1), 8192, 2048, 64, True),
-                                                  ((1, 1), 2048, 50000, 32, False), ((2, 1), 2048, 300, 128, True),
-                                                  ((2, 5), 2048, 3072, 32, False), ((1, 1), 96, 40, 32, True),
-                                                  ((4, 1), 8192, 512, 64, False)])
+@pytest.mark.parametrize("rows,k,n,block,zeros", list(CUDA_CASES.values()), ids=list(CUDA_CASES))
 def test_the_int4_family_on_cuda_equals_the_cpu_kernel_and_runs_in_a_captured_graph(graph, op, rows, k, n, block, zeros):
     """1-4 rows: the GEMV kernel does it all (K split over 1-8 warps; the norm in shared memory
-    where 2 x rows x K bytes fit 32 KiB, else our norm kernel first: the last case); more rows:
-    the weights dequantized band by band for cuBLAS on onnxruntime's handle, then SwiGLU; each
+    where 2 x rows x K bytes fit 32 KiB, else our norm kernel first: gemv-after-norm); more rows:
+    the tensor-core GEMM (gemm_int4_mma.cuh: one, two and three blocks of rows, K split where the
+    outputs are few, an odd count of outputs, zero points), or where K is not a multiple of 64
+    the weights dequantized band by band for cuBLAS on onnxruntime's handle; then SwiGLU; each
     eager, and captured into a graph and replayed."""
     import torch  # noqa: F401  (loads the CUDA libraries onnxruntime-gpu links against)
 
@@ -156,3 +170,14 @@ def test_the_int4_family_on_cuda_equals_the_cpu_kernel_and_runs_in_a_captured_gr
     cpu = session(model).run(None, feeds)
     sess = session(model, ("CUDAExecutionProvider",), cuda=True, enable_cuda_graph="1" if graph else "0")
     assert_cuda_runs_equal_the_cpu(sess, feeds, cpu)
+
+
+@pytest.mark.skipif(not CUDA, reason="the CUDA kernels need onnxruntime's CUDA provider: onnxruntime-gpu and an NVIDIA GPU")
+def test_optimizer_int4_gemm_dequantize_picks_the_banded_path_with_the_same_results():
+    """OPTIMIZER_INT4_GEMM=dequantize (read once a process, so in a child pytest): above 4 rows the
+    weights dequantized band by band for cuBLAS instead of the tensor-core GEMM."""
+    test = "test_the_int4_family_on_cuda_equals_the_cpu_kernel_and_runs_in_a_captured_graph"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::{test}",
+                           "-k", "gemm-21 or gemm-64-split"], capture_output=True, text=True,
+                          env={**os.environ, "OPTIMIZER_INT4_GEMM": "dequantize"}, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0 and "16 passed" in done.stdout, done.stdout[-3000:]

@@ -8,16 +8,24 @@
 // the same warp. A 32-bit word's eight codes become four half2 pairs exactly (the nibble or'ed
 // into 1024.0's bits, less 1024 + zero point); the products and sums are fp32, and each chunk's
 // sum is scaled once (with a norm whose rows do not fit shared memory: our norm kernel first).
-// More rows (prefill, larger batches): the weights dequantized into the scratch band by band (up
-// to kBandValues float16 values, so that a band stays in L2 for the GEMM that reads it), each band
-// multiplied by cuBLAS into its columns of the output; the norm and SwiGLU as linear.cu does them.
+// More rows, up to kGemmRows (batched decode): gemm_int4_mma.cuh's tensor-core GEMM, the codes
+// read straight into the MMA's registers (the weights read once, at 4 bits; K split over the
+// grid where the outputs alone would not fill the GPU); the norm first and SwiGLU after as
+// linear.cu does them. More rows (prefill), shapes the GEMM does not take (K not a multiple of
+// 64, a block not a power of two), or with OPTIMIZER_INT4_GEMM=dequantize: the weights
+// dequantized into the scratch band by band (up to kBandValues float16 values, so that a band
+// stays in L2 for the GEMM that reads it), each band multiplied by cuBLAS into its columns.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include <stdlib.h>
+#include <string.h>
+
 #include <algorithm>
 
 #include "cuda_kernels.h"
+#include "gemm_int4_mma.cuh"
 #include "linear_common.cuh"
 
 namespace {
@@ -28,6 +36,10 @@ constexpr int kCodes = 32;                  // codes a 16-byte chunk holds
 constexpr int kUnroll = 2;                  // chunks a lane's loop has in flight (unrolled)
 constexpr bool kProgrammatic = false;       // the GEMVs as programmatic dependent launches (linear.cu's)
 constexpr int64_t kBandValues = 16L << 20;  // float16 values of a dequantized band (32 MB)
+constexpr int kGemmRows = 128;              // rows gemm_int4_mma.cuh takes (0: none, the bands for cuBLAS)
+constexpr int kGemmConfig = 0;              // its tile (gemm_int4_plan.h's configurations: 128 outputs)
+constexpr int kGemmStages = 4;              // its cp.async pipeline's depth
+constexpr int kGemmBlocksPerSm = 1;         // the blocks an SM its split-K grid aims at
 
 struct Int4Args {
   const __half* x;
@@ -208,6 +220,34 @@ bool gemv_after_norm(const LinearCall& c, const Int4Weights& w) {
   return c.norm && !fused(c, w) && gemv_shape(c, w) && aligned(w.codes);
 }
 
+// Whether a call of more rows than the GEMV takes goes to gemm_int4_mma.cuh's GEMM: up to
+// kGemmRows rows of a shape it takes (with a norm, x is the scratch's aligned normed rows), unless
+// OPTIMIZER_INT4_GEMM=dequantize.
+bool tiled_gemm(const LinearCall& c, const Int4Weights& w) {
+  static const bool allowed = [] {
+    const char* env = getenv("OPTIMIZER_INT4_GEMM");
+    return env == nullptr || strcmp(env, "dequantize") != 0;
+  }();
+  return allowed && c.rows <= kGemmRows && gemm_int4::takes(c.k, w.block, c.norm ? w.codes : c.x, w.codes);
+}
+
+// The blocks the split-K grid aims at: kGemmBlocksPerSm on each of the device's SMs.
+int gemm_fill() {
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms < 1) {
+    sms = 132;  // an H100 / H200's
+  }
+  return kGemmBlocksPerSm * sms;
+}
+
+// The parts gemm_int4_mma.cuh cuts K into for the call (its (rows, outputs) GEMM).
+int gemm_splits(const LinearCall& c) {
+  const int64_t total = c.swiglu ? 2 * c.n : c.n;
+  return gemm_int4::splits_for(static_cast<int>(c.rows), static_cast<int>(total), static_cast<int>(c.k),
+                               kGemmConfig, gemm_fill());
+}
+
 // `values` float16 values rounded up to 16 bytes: the scratch's parts each start aligned.
 int64_t rounded(int64_t values) { return (values + 7) / 8 * 8; }
 
@@ -217,13 +257,34 @@ int64_t band_rows(const LinearCall& c) {
   return std::max<int64_t>(1, std::min<int64_t>(total, kBandValues / c.k));
 }
 
+// The (rows, outputs) GEMM by bands: each band of codes rows dequantized into `band` (the
+// scratch), then multiplied by cuBLAS into its columns of `out`.
+const char* dequantized_gemm(const LinearCall& call, const Int4Args& a, const __half* x, __half* band, __half* out,
+                             void* cublas, cudaStream_t s) {
+  const int64_t total = call.swiglu ? 2 * call.n : call.n;
+  const int64_t rows_a_band = band_rows(call);
+  for (int64_t first = 0; first < total; first += rows_a_band) {
+    const int64_t count = std::min(rows_a_band, total - first);
+    const int64_t words = count * (call.k / 8);
+    dequantize_rows<<<static_cast<unsigned>((words + kThreads - 1) / kThreads), kThreads, 0, s>>>(a, first, count,
+                                                                                                 band);
+    if (const char* failure = launched()) return failure;
+    if (const char* failure = gemm(x, band, out + first, call.rows, count, call.k, total, cublas)) return failure;
+  }
+  return nullptr;
+}
+
 }  // namespace
 
 int64_t linear_int4_scratch_elements(const LinearCall& c, const Int4Weights& w) {
   if (fused(c, w)) return 0;
   // normed rows, the GEMM's (rows, 2n) output before SwiGLU, the dequantized band
   if (gemv_after_norm(c, w)) return rounded(c.rows * c.k);
-  return rounded(c.norm ? c.rows * c.k : 0) + rounded(c.swiglu ? c.rows * 2 * c.n : 0) + band_rows(c) * c.k;
+  const int64_t shared = rounded(c.norm ? c.rows * c.k : 0) + rounded(c.swiglu ? c.rows * 2 * c.n : 0);
+  if (tiled_gemm(c, w)) {  // and the split sums: (rows, outputs) floats
+    return shared + (gemm_splits(c) > 1 ? 2 * c.rows * (c.swiglu ? 2 * c.n : c.n) : 0);
+  }
+  return shared + band_rows(c) * c.k;
 }
 
 const char* linear_int4_cuda(const LinearCall& call, const Int4Weights& weights, void* stream, void* cublas) {
@@ -261,14 +322,23 @@ const char* linear_int4_cuda(const LinearCall& call, const Int4Weights& weights,
     out = free;
     free += rounded(call.rows * total);
   }
-  const int64_t band = band_rows(call);
-  for (int64_t first = 0; first < total; first += band) {
-    const int64_t count = std::min(band, total - first);
-    const int64_t words = count * (call.k / 8);
-    dequantize_rows<<<static_cast<unsigned>((words + kThreads - 1) / kThreads), kThreads, 0, s>>>(a, first, count,
-                                                                                                 free);
-    if (const char* failure = launched()) return failure;
-    if (const char* failure = gemm(x, free, out + first, rows, count, call.k, total, cublas)) return failure;
+  if (tiled_gemm(call, weights)) {
+    if (!aligned(x)) return "LinearInt4: onnxruntime's scratch output is not 16-byte aligned";
+    gemm_int4_mma::Args g{};
+    g.x = x;
+    g.codes = a.codes;
+    g.scales = a.scales;
+    g.zeros = a.zeros;
+    g.y = out;
+    g.sums = reinterpret_cast<float*>(free);
+    g.m = rows;
+    g.n = static_cast<int>(total);
+    g.k = a.k;
+    g.block = a.block;
+    const char* failure = gemm_int4_mma::launch<kGemmStages>(g, kGemmConfig, gemm_splits(call), s);
+    if (failure != nullptr) return failure;
+  } else {
+    if (const char* failure = dequantized_gemm(call, a, x, free, out, cublas, s)) return failure;
   }
   if (!call.swiglu) return nullptr;
   return swiglu_cuda(out, a.y, rows, call.n, stream);

@@ -1,0 +1,48 @@
+// How gemm_int4_mma.cuh's tensor-core GEMM cuts a call into blocks: its tile configurations, the rows
+// a block, whether it takes a shape, and the parts K is split into. Plain C++ (no CUDA): the
+// host code's choices, tested on a CPU by tests/test_gemm_int4_plan.py.
+#pragma once
+#include <stdint.h>
+
+namespace gemm_int4 {
+
+constexpr int kStepK = 64;       // K a step of the block's loop
+constexpr int kChunkCodes = 32;  // codes a 16-byte chunk holds
+
+// The tile configurations a launch can ask for (`config`): 128 or 256 outputs a block (8 warps of
+// 2 or 4 fragments 8 outputs wide).
+constexpr int kConfigs = 2;
+inline int block_outputs(int config) { return config == 0 ? 128 : 256; }
+
+// Rows a block: 16, 32 or 64, at most `most` (more rows: more blocks over the grid's second
+// dimension).
+inline int block_rows(int m, int most = 64) {
+  const int rows = m <= 16 ? 16 : m <= 32 ? 32 : 64;
+  return rows < most ? rows : most;
+}
+
+// Whether the GEMM takes the shape: K in whole steps, the quantization block a power of two of
+// whole chunks (a block index is a shift), x and the codes 16-byte aligned.
+inline bool takes(int64_t k, int64_t block, const void* x, const void* codes) {
+  return k > 0 && k % kStepK == 0 && block >= kChunkCodes && (block & (block - 1)) == 0 &&
+         reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(codes) % 16 == 0;
+}
+
+// Steps of K a part takes when K is cut into `splits` parts.
+inline int steps_per_split(int k, int splits) {
+  const int steps = k / kStepK;
+  splits = splits < 1 ? 1 : splits > steps ? steps : splits;
+  return (steps + splits - 1) / splits;
+}
+
+// The parts K is cut into so that the grid has about `fill` blocks: none empty, each whole steps,
+// 1 where the (m, n) tiles alone reach `fill`.
+inline int splits_for(int m, int n, int k, int config, int fill, int most_rows = 64) {
+  const int rows = block_rows(m, most_rows), outputs = block_outputs(config);
+  const long tiles = static_cast<long>((m + rows - 1) / rows) * ((n + outputs - 1) / outputs);
+  const long wanted = (fill + tiles - 1) / tiles;
+  const int per_part = steps_per_split(k, static_cast<int>(wanted > k ? k : wanted));
+  return (k / kStepK + per_part - 1) / per_part;
+}
+
+}  // namespace gemm_int4

@@ -1,0 +1,68 @@
+"""runtime/custom_ops/gemm_int4_plan.h on the CPU: how the LinearInt4 family's tensor-core GEMM
+(gemm_int4_mma.cuh, CUDA only) cuts a call, compiled with g++ into a small
+harness: the rows a block, the shapes it takes, and the parts K is split into (about `fill`
+blocks, never an empty part, none where the outputs alone fill the GPU)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from runtime import custom_ops
+
+HARNESS = r"""
+#include <cstdio>
+#include "gemm_int4_plan.h"
+int main() {
+  int m, n, k, config, fill;
+  while (std::scanf("%d %d %d %d %d", &m, &n, &k, &config, &fill) == 5) {
+    const int splits = gemm_int4::splits_for(m, n, k, config, fill);
+    std::printf("%d %d %d\n", splits, gemm_int4::steps_per_split(k, splits), gemm_int4::block_rows(m));
+  }
+  static const char codes[64] = {};
+  std::printf("%d %d %d %d %d %d\n", gemm_int4::takes(2048, 32, codes, codes), gemm_int4::takes(2048, 128, codes, codes),
+              gemm_int4::takes(576, 32, codes, codes), gemm_int4::takes(2080, 32, codes, codes),
+              gemm_int4::takes(2048, 96, codes, codes), gemm_int4::takes(2048, 32, codes + 8, codes));
+}
+"""
+
+SHAPES = [(64, 2048, 2048), (16, 3072, 2048), (64, 2048, 8192), (64, 128256, 2048), (64, 64, 64), (5, 64, 2048),
+          (256, 16384, 2048), (64, 4096, 14336), (33, 600, 192), (1000, 2048, 2048)]
+
+
+@pytest.fixture(scope="module")
+def plan(tmp_path_factory):
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        pytest.fail("g++ is needed (the custom-op library builds with it too)")
+    folder = tmp_path_factory.mktemp("plan")
+    (folder / "harness.cc").write_text(HARNESS)
+    binary = folder / "harness"
+    subprocess.run([compiler, "-std=c++17", "-I", str(custom_ops.SOURCE_DIR), str(folder / "harness.cc"), "-o",
+                    str(binary)], check=True)
+    queries = [(m, n, k, config, fill) for m, n, k in SHAPES for config in (0, 1) for fill in (132, 264)]
+    out = subprocess.run([str(binary)], input="\n".join(" ".join(map(str, q)) for q in queries), text=True,
+                         capture_output=True, check=True).stdout.split("\n")
+    return dict(zip(queries, [tuple(map(int, line.split())) for line in out])), tuple(map(int, out[len(queries)].split()))
+
+
+def test_k_is_cut_into_whole_steps_so_that_the_grid_fills_the_gpu(plan):
+    answers, _ = plan
+    for (m, n, k, config, fill), (splits, per_part, rows) in answers.items():
+        outputs = 128 if config == 0 else 256
+        assert rows == (16 if m <= 16 else 32 if m <= 32 else 64)
+        tiles = -(-m // rows) * -(-n // outputs)
+        steps = k // 64
+        assert 1 <= splits <= steps and (splits - 1) * per_part < steps <= splits * per_part  # none empty
+        if tiles >= fill:
+            assert splits == 1, (m, n, k)
+        else:  # the parts the grid wanted, as even as whole steps allow
+            wanted = min(steps, -(-fill // tiles))
+            assert per_part == -(-steps // wanted) and splits <= wanted
+
+
+def test_the_gemm_takes_k_in_steps_of_64_a_power_of_two_block_and_aligned_data(plan):
+    _, takes = plan
+    assert takes == (1, 1, 1, 0, 0, 0)  # 2048/32, 2048/128, 576/32 yes; K=2080, a block of 96, x off by 8 no
