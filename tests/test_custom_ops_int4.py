@@ -159,10 +159,11 @@ CUDA_CASES = {  # (rows, K, codes rows, block, zero points)
 def test_the_int4_family_on_cuda_equals_the_cpu_kernel_and_runs_in_a_captured_graph(graph, op, rows, k, n, block, zeros):
     """1-4 rows: the GEMV kernel does it all (K split over 1-8 warps; the norm in shared memory
     where 2 x rows x K bytes fit 32 KiB, else our norm kernel first: gemv-after-norm); more rows:
-    the tensor-core GEMM (gemm_int4_mma.cuh: one, two and three blocks of rows, K split where the
-    outputs are few, an odd count of outputs, zero points), or where K is not a multiple of 64
-    the weights dequantized band by band for cuBLAS on onnxruntime's handle; then SwiGLU; each
-    eager, and captured into a graph and replayed."""
+    the weights dequantized band by band for cuBLAS on onnxruntime's handle (the default), or with
+    OPTIMIZER_INT4_GEMM=mma (the test below) the tensor-core GEMM of gemm_int4_mma.cuh (one, two
+    and three blocks of rows, K split where the outputs are few, an odd count of outputs, zero
+    points, blocks of 32, 64 and 128; K not a multiple of 64 stays on the bands); then SwiGLU;
+    each eager, and captured into a graph and replayed."""
     import torch  # noqa: F401  (loads the CUDA libraries onnxruntime-gpu links against)
 
     feeds = int4_inputs(rows, k, 2 * n if op.endswith("SwiGLU") else n, block, op, zeros, seed=k + n)
@@ -172,12 +173,25 @@ def test_the_int4_family_on_cuda_equals_the_cpu_kernel_and_runs_in_a_captured_gr
     assert_cuda_runs_equal_the_cpu(sess, feeds, cpu)
 
 
-@pytest.mark.skipif(not CUDA, reason="the CUDA kernels need onnxruntime's CUDA provider: onnxruntime-gpu and an NVIDIA GPU")
-def test_optimizer_int4_gemm_dequantize_picks_the_banded_path_with_the_same_results():
-    """OPTIMIZER_INT4_GEMM=dequantize (read once a process, so in a child pytest): above 4 rows the
-    weights dequantized band by band for cuBLAS instead of the tensor-core GEMM."""
+def child_pytest(env_value: str, cases: str) -> subprocess.CompletedProcess:
+    """The CUDA test above over `cases` in a child pytest with OPTIMIZER_INT4_GEMM=env_value (the
+    library reads it once a process)."""
     test = "test_the_int4_family_on_cuda_equals_the_cpu_kernel_and_runs_in_a_captured_graph"
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::{test}",
-                           "-k", "gemm-21 or gemm-64-split"], capture_output=True, text=True,
-                          env={**os.environ, "OPTIMIZER_INT4_GEMM": "dequantize"}, cwd=Path(__file__).parents[1])
-    assert done.returncode == 0 and "16 passed" in done.stdout, done.stdout[-3000:]
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::{test}",
+                           "-k", cases], capture_output=True, text=True, cwd=Path(__file__).parents[1],
+                          env={**os.environ, "OPTIMIZER_INT4_GEMM": env_value})
+
+
+@pytest.mark.skipif(not CUDA, reason="the CUDA kernels need onnxruntime's CUDA provider: onnxruntime-gpu and an NVIDIA GPU")
+def test_optimizer_int4_gemm_mma_runs_the_tensor_core_gemm_with_the_same_results():
+    """Every case of more than 4 rows through gemm_int4_mma.cuh (the K = 96 one on the bands: the
+    GEMM takes K in steps of 64), each op, eager and captured."""
+    done = child_pytest("mma", "gemm or dequantized")
+    assert done.returncode == 0 and "56 passed" in done.stdout, done.stdout[-3000:]
+
+
+@pytest.mark.skipif(not CUDA, reason="the CUDA kernels need onnxruntime's CUDA provider: onnxruntime-gpu and an NVIDIA GPU")
+def test_an_unknown_optimizer_int4_gemm_value_is_refused_with_the_choices():
+    done = child_pytest("fastest", "gemv-1 and not True")
+    assert done.returncode != 0
+    assert "OPTIMIZER_INT4_GEMM must be mma (the tensor-core GEMM above 4 rows) or dequantize" in done.stdout

@@ -15,7 +15,7 @@
 #    the GPU time of a custom-ops decode step but for the embedding, final norm and argmax;
 # 2. that step through the LinearInt4 family (onnxruntime-genai's int4 format): its first run
 #    (max_abs_diff says whether it computes the right thing) and its time against fp16's.
-# 3. the int4 GEMM probe against cuBLAS fp16 at 16 and 64 rows (below).
+# 3. the int4 GEMM probe against cuBLAS fp16 at 16-128 rows (below).
 # Results: $OUT/attention-probe.jsonl, $OUT/chain.jsonl, $OUT/chain-attention.jsonl, $OUT/chain-int4.jsonl,
 # $OUT/int4-gemm-probe.jsonl.
 set -x
@@ -28,7 +28,7 @@ python3 gpu_gemv_chain.py --rounds 2 --results "$OUT/chain.jsonl" \
 python3 gpu_gemv_chain.py --attention 256 --rounds 2 --results "$OUT/chain-attention.jsonl" --variants now,$P
 python3 gpu_gemv_chain.py --weights int4 --attention 256 --rounds 2 --results "$OUT/chain-int4.jsonl" \
     --variants now,$P
-# 3. the int4 GEMM probe (benchmarks/cuda/gemm_int4_probe.cu: WMMA, the 4-bit weights dequantized
-#    in shared memory) against cuBLAS fp16 at 16 and 64 rows, both shapes: whether int4 can be no
-#    slower than fp16 at batch 64 without dequantizing to memory (issue 20).
-python3 gpu_int4_gemm_probe.py --shapes 1b,8b --rows 16,64 --results "$OUT/int4-gemm-probe.jsonl"
+# 3. the int4 GEMM probe (runtime/custom_ops/gemm_int4_mma.cuh: the 4-bit codes read straight into
+#    mma.sync's registers; LinearInt4 above 4 rows with OPTIMIZER_INT4_GEMM=mma) against cuBLAS
+#    fp16 and the banded path at 16-128 rows, both shapes (issue 20: int4 no slower than fp16 at 64).
+python3 gpu_int4_gemm_probe.py --shapes 1b,8b --rows 16,32,64,128 --results "$OUT/int4-gemm-probe.jsonl"

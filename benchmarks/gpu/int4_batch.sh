@@ -1,22 +1,25 @@
 # Issue 20's open target, int4 never slower than fp16 at batch 64, through the custom-ops engines
-# (after staging onnxruntime-gpu, .gpu/c1..c5; ~7 min of device time):
-# 1. the LinearInt4 CUDA tests (tests/test_custom_ops_int4.py: the GEMV at 1-4 rows, the
-#    tensor-core GEMM of runtime/custom_ops/gemm_int4_mma.cuh above, eager and captured, against
-#    the CPU kernel; the banded path OPTIMIZER_INT4_GEMM=dequantize picks);
-# 2. the 1B fp16-custom and int4-custom engines (static, 64 slots) built, then at batch 1 and 64
-#    concurrent 128 in / 128 out: fp16-custom, int4-custom, int4-custom with
-#    OPTIMIZER_INT4_GEMM=dequantize (LinearInt4's path above 4 rows before this session: the
-#    weights dequantized band by band for cuBLAS), then int4-custom and fp16-custom again (one call).
-# Results: /tmp/gd/b64.jsonl (each line's `env` says which path), /tmp/gd/tests.log.
+# (after staging onnxruntime-gpu, .gpu/c1..c5; ~8 min of device time):
+# 1. the LinearInt4 CUDA tests (tests/test_custom_ops_int4.py: the GEMV at 1-4 rows, the banded
+#    path above (the default), and in a child pytest with OPTIMIZER_INT4_GEMM=mma the tensor-core
+#    GEMM of runtime/custom_ops/gemm_int4_mma.cuh: eager and captured, against the CPU kernel);
+# 2. the int4 GEMM probe against cuBLAS fp16, 16-128 rows (benchmarks/gpu_int4_gemm_probe.py);
+# 3. the 1B fp16-custom and int4-custom engines (static, 64 slots) built, then at batch 1 and 64
+#    concurrent 128 in / 128 out: fp16-custom, int4-custom (bands for cuBLAS above 4 rows),
+#    int4-custom with OPTIMIZER_INT4_GEMM=mma, then the three again in reverse order (one call).
+# If the tests pass and mma is the faster, set linear_int4.cu's kDefaultGemm = "mma".
+# Results: /tmp/gd/b64.jsonl (each line's `env` says which path), probe.jsonl, tests.log in the log.
 set -x
 W=/tmp/gd
 mkdir -p $W
 python3 -m pytest -q -p no:cacheprovider tests/test_custom_ops_int4.py > $W/tests.log 2>&1
 echo "tests rc $?" >> $W/tests.log
-grep -E "passed|failed|rc |Error" $W/tests.log | tail -5
+grep -E "passed|failed|rc |Error" $W/tests.log | tail -8
+(cd benchmarks && python3 gpu_int4_gemm_probe.py --shapes 1b,8b --rows 16,32,64,128 --results $W/probe.jsonl > /dev/null)
 D="python3 benchmarks/gpu_decode.py --work $W --shapes llama-3.2-1b --concurrency 64 --results $W/b64.jsonl"
 $D --formats fp16-custom,int4-custom --phases build
 $D --formats fp16-custom,int4-custom --phases ours
-OPTIMIZER_INT4_GEMM=dequantize $D --formats int4-custom --phases ours
+OPTIMIZER_INT4_GEMM=mma $D --formats int4-custom --phases ours
+OPTIMIZER_INT4_GEMM=mma $D --formats int4-custom --phases ours
 $D --formats int4-custom,fp16-custom --phases ours
 echo SESSION DONE

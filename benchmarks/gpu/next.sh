@@ -1,4 +1,6 @@
-# The next GPU session's plan (started by run.sh from a snapshot of the tree; stage SmolLM2 as
+# After benchmarks/gpu/int4_batch.sh (the LinearInt4 GEMM's CUDA tests and int4 against fp16 at
+# batch 64 with OPTIMIZER_INT4_GEMM=mma: the next session's first job after staging), the plan
+# (started by run.sh from a snapshot of the tree; stage SmolLM2 as
 # .gpu/s1 + .gpu/s2 and the text asset as .gpu/text first: the CUDA tests need both). Issue 20's
 # open target through our own kernels (runtime/custom_ops, built there with nvcc on first use):
 # int4 never slower than fp16 at 64 (run15: int4-custom 19,520 against fp16-custom 26,490 out tok/s;

@@ -13,7 +13,8 @@
 // into (0, 4), (1, 5) and (2, 6), (3, 7).
 //
 // A block: 8 warps, WM along the rows (MF 16-row fragments each) and 8 / WM along the outputs (NF
-// 8-wide fragments each): BM = 16 WM MF rows, BN = 8 (8 / WM) NF outputs. K in 64-deep steps
+// 8-wide fragments each): BM = 16 WM MF rows, BN = 8 (8 / WM) NF outputs. The launch takes WM = 1:
+// a warp over all of the block's rows, so that each weight is dequantized once a block. K in 64-deep steps
 // through a STAGES-deep cp.async pipeline of the x tile and the raw codes (shared memory holds
 // 4 bits a weight); each weight's scale and zero point read a step ahead into registers. K may
 // be split over gridDim.z: each part adds into a zeroed fp32 buffer, converted to float16 after.

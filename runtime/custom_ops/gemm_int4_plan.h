@@ -21,10 +21,10 @@ inline int block_rows(int m, int most = 64) {
   return rows < most ? rows : most;
 }
 
-// Whether the GEMM takes the shape: K in whole steps, the quantization block a power of two of
-// whole chunks (a block index is a shift), x and the codes 16-byte aligned.
+// Whether the GEMM takes the shape: K in whole steps and whole quantization blocks, the block a
+// power of two of whole chunks (a block index is a shift), x and the codes 16-byte aligned.
 inline bool takes(int64_t k, int64_t block, const void* x, const void* codes) {
-  return k > 0 && k % kStepK == 0 && block >= kChunkCodes && (block & (block - 1)) == 0 &&
+  return k > 0 && k % kStepK == 0 && block >= kChunkCodes && (block & (block - 1)) == 0 && k % block == 0 &&
          reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(codes) % 16 == 0;
 }
 

@@ -8,13 +8,14 @@
 // the same warp. A 32-bit word's eight codes become four half2 pairs exactly (the nibble or'ed
 // into 1024.0's bits, less 1024 + zero point); the products and sums are fp32, and each chunk's
 // sum is scaled once (with a norm whose rows do not fit shared memory: our norm kernel first).
-// More rows, up to kGemmRows (batched decode): gemm_int4_mma.cuh's tensor-core GEMM, the codes
-// read straight into the MMA's registers (the weights read once, at 4 bits; K split over the
-// grid where the outputs alone would not fill the GPU); the norm first and SwiGLU after as
-// linear.cu does them. More rows (prefill), shapes the GEMM does not take (K not a multiple of
-// 64, a block not a power of two), or with OPTIMIZER_INT4_GEMM=dequantize: the weights
-// dequantized into the scratch band by band (up to kBandValues float16 values, so that a band
-// stays in L2 for the GEMM that reads it), each band multiplied by cuBLAS into its columns.
+// More rows: the weights dequantized into the scratch band by band (up to kBandValues float16
+// values, so that a band stays in L2 for the GEMM that reads it), each band multiplied by cuBLAS
+// into its columns of the output; or with OPTIMIZER_INT4_GEMM=mma, up to kGemmRows rows (batched
+// decode) of a shape it takes, gemm_int4_mma.cuh's tensor-core GEMM: the codes read straight into
+// the MMA's registers (the weights read once, at 4 bits; K split over the grid where the outputs
+// alone would not fill the GPU). The norm first and SwiGLU after, as linear.cu does them. The
+// GEMM is opt-in (kDefaultGemm) until its CUDA tests (tests/test_custom_ops_int4.py) have run
+// inside onnxruntime on a GPU: its kernel alone checked out on an H200 (gpu_int4_gemm_probe.py).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -36,7 +37,8 @@ constexpr int kCodes = 32;                  // codes a 16-byte chunk holds
 constexpr int kUnroll = 2;                  // chunks a lane's loop has in flight (unrolled)
 constexpr bool kProgrammatic = false;       // the GEMVs as programmatic dependent launches (linear.cu's)
 constexpr int64_t kBandValues = 16L << 20;  // float16 values of a dequantized band (32 MB)
-constexpr int kGemmRows = 128;              // rows gemm_int4_mma.cuh takes (0: none, the bands for cuBLAS)
+constexpr const char* kDefaultGemm = "dequantize";  // above kGemvRows without OPTIMIZER_INT4_GEMM
+constexpr int kGemmRows = 128;              // rows gemm_int4_mma.cuh takes
 constexpr int kGemmConfig = 0;              // its tile (gemm_int4_plan.h's configurations: 128 outputs)
 constexpr int kGemmStages = 4;              // its cp.async pipeline's depth
 constexpr int kGemmBlocksPerSm = 1;         // the blocks an SM its split-K grid aims at
@@ -220,15 +222,26 @@ bool gemv_after_norm(const LinearCall& c, const Int4Weights& w) {
   return c.norm && !fused(c, w) && gemv_shape(c, w) && aligned(w.codes);
 }
 
-// Whether a call of more rows than the GEMV takes goes to gemm_int4_mma.cuh's GEMM: up to
-// kGemmRows rows of a shape it takes (with a norm, x is the scratch's aligned normed rows), unless
-// OPTIMIZER_INT4_GEMM=dequantize.
-bool tiled_gemm(const LinearCall& c, const Int4Weights& w) {
-  static const bool allowed = [] {
+// The path above kGemvRows rows OPTIMIZER_INT4_GEMM asks for (read once): "mma" or
+// "dequantize", kDefaultGemm where it is unset or empty, null for any other value.
+const char* gemm_choice() {
+  static const char* const choice = []() -> const char* {
     const char* env = getenv("OPTIMIZER_INT4_GEMM");
-    return env == nullptr || strcmp(env, "dequantize") != 0;
+    if (env == nullptr || *env == '\0') return kDefaultGemm;
+    for (const char* known : {"mma", "dequantize"}) {
+      if (strcmp(env, known) == 0) return known;
+    }
+    return nullptr;
   }();
-  return allowed && c.rows <= kGemmRows && gemm_int4::takes(c.k, w.block, c.norm ? w.codes : c.x, w.codes);
+  return choice;
+}
+
+// Whether a call of more rows than the GEMV takes goes to gemm_int4_mma.cuh's GEMM: asked for,
+// up to kGemmRows rows of a shape it takes (with a norm, x is the scratch's aligned normed rows).
+bool tiled_gemm(const LinearCall& c, const Int4Weights& w) {
+  const char* choice = gemm_choice();
+  return choice != nullptr && strcmp(choice, "mma") == 0 && c.rows <= kGemmRows &&
+         gemm_int4::takes(c.k, w.block, c.norm ? w.codes : c.x, w.codes);
 }
 
 // The blocks the split-K grid aims at: kGemmBlocksPerSm on each of the device's SMs.
@@ -293,6 +306,10 @@ const char* linear_int4_cuda(const LinearCall& call, const Int4Weights& weights,
   }
   if (call.k % 8 != 0 || weights.block % 8 != 0 || reinterpret_cast<uintptr_t>(weights.codes) % 4 != 0) {
     return "LinearInt4: on CUDA K and the block must be multiples of 8 and the codes 4-byte aligned";
+  }
+  if (gemm_choice() == nullptr) {
+    return "LinearInt4: OPTIMIZER_INT4_GEMM must be mma (the tensor-core GEMM above 4 rows) or dequantize (bands "
+           "for cuBLAS)";
   }
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   Int4Args a = typed(call, weights);
