@@ -130,7 +130,8 @@ __device__ __forceinline__ RawDequant load_dequant(const DequantRows& d, int j, 
 // Block b's scale and 1024 + zero point (0x6400 | zero: exactly), both halves.
 __device__ __forceinline__ Dequant dequant_of(const RawDequant& r, int b) {
   const uint16_t zero = (b % 2 == 0 ? r.zeros : r.zeros >> 4) & 0xF;
-  return {__half2half2(__ushort_as_half(r.scale)), __half2half2(__ushort_as_half(static_cast<uint16_t>(0x6400 | zero)))};
+  const __half offset = __ushort_as_half(static_cast<uint16_t>(0x6400 | zero));
+  return {__half2half2(__ushort_as_half(r.scale)), __half2half2(offset)};
 }
 
 template <int MF, int WM, int NF, int STAGES>
@@ -321,11 +322,19 @@ const char* launch(Args a, int config, int splits, cudaStream_t s, int most_rows
   if (splits > 1 && cudaMemsetAsync(a.sums, 0, count * sizeof(float), s) != cudaSuccess) {
     return "GEMM int4: clearing the split sums failed";
   }
-  const bool wide = config == 1;  // 256 outputs a block, else 128
-  const int rows = gemm_int4::block_rows(a.m, most_rows);  // a warp all of a block's rows: its weights dequantized once
-  const char* failure = rows == 16   ? (wide ? launch_tile<1, 1, 4, STAGES>(a, splits, s) : launch_tile<1, 1, 2, STAGES>(a, splits, s))
-                        : rows == 32 ? (wide ? launch_tile<2, 1, 4, STAGES>(a, splits, s) : launch_tile<2, 1, 2, STAGES>(a, splits, s))
-                                     : (wide ? launch_tile<4, 1, 4, STAGES>(a, splits, s) : launch_tile<4, 1, 2, STAGES>(a, splits, s));
+  // a warp over all of a block's rows (its weights dequantized once a block); 128 or 256 outputs
+  const bool wide = config == 1;
+  const char* failure = nullptr;
+  switch (gemm_int4::block_rows(a.m, most_rows)) {
+    case 16:
+      failure = wide ? launch_tile<1, 1, 4, STAGES>(a, splits, s) : launch_tile<1, 1, 2, STAGES>(a, splits, s);
+      break;
+    case 32:
+      failure = wide ? launch_tile<2, 1, 4, STAGES>(a, splits, s) : launch_tile<2, 1, 2, STAGES>(a, splits, s);
+      break;
+    default:
+      failure = wide ? launch_tile<4, 1, 4, STAGES>(a, splits, s) : launch_tile<4, 1, 2, STAGES>(a, splits, s);
+  }
   if (failure != nullptr) return failure;
   if (splits > 1) sums_to_half<<<static_cast<unsigned>((count + 255) / 256), 256, 0, s>>>(a.sums, a.y, count);
   const cudaError_t error = cudaGetLastError();

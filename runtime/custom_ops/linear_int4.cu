@@ -287,17 +287,33 @@ const char* dequantized_gemm(const LinearCall& call, const Int4Args& a, const __
   return nullptr;
 }
 
+// The (rows, outputs) GEMM by gemm_int4_mma.cuh into `out`; `sums`: its split sums' floats.
+const char* mma_gemm(const LinearCall& call, const Int4Args& a, const __half* x, float* sums, __half* out,
+                     cudaStream_t s) {
+  gemm_int4_mma::Args g{};
+  g.x = x;
+  g.codes = a.codes;
+  g.scales = a.scales;
+  g.zeros = a.zeros;
+  g.y = out;
+  g.sums = sums;
+  g.m = static_cast<int>(call.rows);
+  g.n = static_cast<int>(call.swiglu ? 2 * call.n : call.n);
+  g.k = a.k;
+  g.block = a.block;
+  return gemm_int4_mma::launch<kGemmStages>(g, kGemmConfig, gemm_splits(call), s);
+}
+
 }  // namespace
 
 int64_t linear_int4_scratch_elements(const LinearCall& c, const Int4Weights& w) {
   if (fused(c, w)) return 0;
-  // normed rows, the GEMM's (rows, 2n) output before SwiGLU, the dequantized band
+  // normed rows, the GEMM's (rows, 2n) output before SwiGLU, then the GEMM's own: the split
+  // sums ((rows, outputs) floats, with K split) or the dequantized band
   if (gemv_after_norm(c, w)) return rounded(c.rows * c.k);
-  const int64_t shared = rounded(c.norm ? c.rows * c.k : 0) + rounded(c.swiglu ? c.rows * 2 * c.n : 0);
-  if (tiled_gemm(c, w)) {  // and the split sums: (rows, outputs) floats
-    return shared + (gemm_splits(c) > 1 ? 2 * c.rows * (c.swiglu ? 2 * c.n : c.n) : 0);
-  }
-  return shared + band_rows(c) * c.k;
+  const int64_t before = rounded(c.norm ? c.rows * c.k : 0) + rounded(c.swiglu ? c.rows * 2 * c.n : 0);
+  if (tiled_gemm(c, w)) return before + (gemm_splits(c) > 1 ? 2 * c.rows * (c.swiglu ? 2 * c.n : c.n) : 0);
+  return before + band_rows(c) * c.k;
 }
 
 const char* linear_int4_cuda(const LinearCall& call, const Int4Weights& weights, void* stream, void* cublas) {
@@ -341,19 +357,7 @@ const char* linear_int4_cuda(const LinearCall& call, const Int4Weights& weights,
   }
   if (tiled_gemm(call, weights)) {
     if (!aligned(x)) return "LinearInt4: onnxruntime's scratch output is not 16-byte aligned";
-    gemm_int4_mma::Args g{};
-    g.x = x;
-    g.codes = a.codes;
-    g.scales = a.scales;
-    g.zeros = a.zeros;
-    g.y = out;
-    g.sums = reinterpret_cast<float*>(free);
-    g.m = rows;
-    g.n = static_cast<int>(total);
-    g.k = a.k;
-    g.block = a.block;
-    const char* failure = gemm_int4_mma::launch<kGemmStages>(g, kGemmConfig, gemm_splits(call), s);
-    if (failure != nullptr) return failure;
+    if (const char* failure = mma_gemm(call, a, x, reinterpret_cast<float*>(free), out, s)) return failure;
   } else {
     if (const char* failure = dequantized_gemm(call, a, x, free, out, cublas, s)) return failure;
   }
