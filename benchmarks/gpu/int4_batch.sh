@@ -3,7 +3,8 @@
 # 1. the LinearInt4 CUDA tests (tests/test_custom_ops_int4.py: the GEMV at 1-4 rows, the banded
 #    path above (the default), and in a child pytest with OPTIMIZER_INT4_GEMM=mma the tensor-core
 #    GEMM of runtime/custom_ops/gemm_int4_mma.cuh: eager and captured, against the CPU kernel);
-# 2. the int4 GEMM probe against cuBLAS fp16, 16-128 rows (benchmarks/gpu_int4_gemm_probe.py); then
+# 2. the int4 GEMM probe against cuBLAS fp16, 16-128 rows (benchmarks/gpu_int4_gemm_probe.py: 128 and
+#    256 outputs a block, blocks of up to 64 rows and of up to 32); then
 #    one 64-row call of the GEMM (1B q/k/v) under Nsight Compute with its SASS and the warp stall
 #    samples of each instruction: where run16's latency (long scoreboard) stalls come from;
 # 3. the 1B fp16-custom and int4-custom engines (static, 64 slots) built, then at batch 1 and 64
@@ -17,7 +18,8 @@ mkdir -p $W
 python3 -m pytest -q -p no:cacheprovider tests/test_custom_ops_int4.py > $W/tests.log 2>&1
 echo "tests rc $?" >> $W/tests.log
 grep -E "passed|failed|rc |Error" $W/tests.log | tail -8
-(cd benchmarks && python3 gpu_int4_gemm_probe.py --shapes 1b,8b --rows 16,32,64,128 --results $W/probe.jsonl > /dev/null
+(cd benchmarks && python3 gpu_int4_gemm_probe.py --shapes 1b,8b --rows 16,32,64,128 --configs 0,1,100,101 \
+     --results $W/probe.jsonl > /dev/null
  timeout 240 ncu -f -o $W/mma --set full -k regex:gemm_int4_mma_kernel -s 16 -c 1 python3 gpu_int4_gemm_probe.py \
      --shapes 1b --rows 64 --configs 0 --forms "" --runs 1 > /dev/null 2>&1
  ncu --import $W/mma.ncu-rep --page source --csv --print-source sass > $W/mma-sass.csv 2> $W/mma-sass.err
