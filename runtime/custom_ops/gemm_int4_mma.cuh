@@ -70,6 +70,41 @@ __device__ __forceinline__ void wait_async() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING));
 }
 
+// A thread's 16-byte pieces of one matrix's tile in a stage: where each comes from at the part's
+// first step, its byte offset in the stage (-1: the thread has no such piece), and whether it lies
+// inside the matrix (outside: zero-filled).
+template <int N>
+struct Pieces {
+  const unsigned char* from[N];
+  int to[N];
+  bool valid[N];
+
+  // Each piece of step `offset` bytes on into the stage at `stage`.
+  __device__ __forceinline__ void copy(unsigned char* stage, size_t offset) const {
+#pragma unroll
+    for (int p = 0; p < N; ++p) {
+      if (to[p] >= 0) copy_async(stage + to[p], from[p] + offset, valid[p]);
+    }
+  }
+};
+
+// The pieces of a tile of `tile_rows` rows of `per_row` pieces, its first row `row0` of a matrix
+// of `rows` rows `row_bytes` apart from `base`; `first_bytes` into each row; in the stage rows
+// `shared_row_bytes` apart. Thread t takes pieces t, t + kThreads, ...
+template <int N>
+__device__ __forceinline__ void plan_pieces(const unsigned char* base, size_t row_bytes, int row0, int rows,
+                                            int tile_rows, int per_row, int shared_row_bytes, size_t first_bytes,
+                                            Pieces<N>& pieces) {
+#pragma unroll
+  for (int p = 0; p < N; ++p) {
+    const int piece = threadIdx.x + p * kThreads, r = piece / per_row, c = (piece % per_row) * 16;
+    const bool mine = piece < tile_rows * per_row;
+    pieces.valid[p] = mine && row0 + r < rows;
+    pieces.from[p] = base + (pieces.valid[p] ? row0 + r : 0) * row_bytes + first_bytes + c;
+    pieces.to[p] = mine ? r * shared_row_bytes + c : -1;
+  }
+}
+
 __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
@@ -147,40 +182,17 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_int4_mma_kernel(Args a) {
   const int first = blockIdx.z * a.steps_per_split;
   const int count = min(a.k / kStepK, first + a.steps_per_split) - first;
 
-  // The thread's pieces of each stage (16 bytes each): where they come from at this part's first
-  // step, where they go, whether they are inside the matrices (outside: zero-filled).
-  constexpr int kPiecesX = (T::kBM * 8 + kThreads - 1) / kThreads, kPiecesW = (T::kBN * 2 + kThreads - 1) / kThreads;
-  const __half* x_from[kPiecesX];
-  int x_to[kPiecesX];
-  bool x_valid[kPiecesX];
-#pragma unroll
-  for (int p = 0; p < kPiecesX; ++p) {
-    const int piece = threadIdx.x + p * kThreads, r = piece / 8, c = (piece % 8) * 8;
-    x_valid[p] = piece < T::kBM * 8 && m0 + r < a.m;
-    x_from[p] = a.x + static_cast<size_t>(x_valid[p] ? m0 + r : 0) * a.k + first * kStepK + c;
-    x_to[p] = piece < T::kBM * 8 ? (r * kLdX + c) * 2 : -1;
-  }
-  const uint8_t* w_from[kPiecesW];
-  int w_to[kPiecesW];
-  bool w_valid[kPiecesW];
-#pragma unroll
-  for (int p = 0; p < kPiecesW; ++p) {
-    const int piece = threadIdx.x + p * kThreads, r = piece / 2, c = (piece % 2) * 16;
-    w_valid[p] = piece < T::kBN * 2 && n0 + r < a.n;
-    w_from[p] = a.codes + static_cast<size_t>(w_valid[p] ? n0 + r : 0) * (a.k / 2) + first * kStepBytes + c;
-    w_to[p] = piece < T::kBN * 2 ? r * kStepBytes + c : -1;
-  }
-  // step `i` of this part into `stage` (a commit group either way, so that the waits count steps)
+  // the thread's pieces of the x tile and of the codes tile, then step `i` of this part into
+  // `stage` (a commit group either way, so that the waits count steps)
+  Pieces<(T::kBM * 8 + kThreads - 1) / kThreads> x_pieces;
+  plan_pieces(reinterpret_cast<const unsigned char*>(a.x), 2L * a.k, m0, a.m, T::kBM, 8, kLdX * 2,
+              2L * first * kStepK, x_pieces);
+  Pieces<(T::kBN * 2 + kThreads - 1) / kThreads> w_pieces;
+  plan_pieces(a.codes, a.k / 2, n0, a.n, T::kBN, 2, kStepBytes, static_cast<size_t>(first) * kStepBytes, w_pieces);
   auto load_stage = [&](int i, int stage) {
     if (i < count) {
-#pragma unroll
-      for (int p = 0; p < kPiecesX; ++p) {
-        if (x_to[p] >= 0) copy_async(xs + stage * T::kStageX + x_to[p], x_from[p] + i * kStepK, x_valid[p]);
-      }
-#pragma unroll
-      for (int p = 0; p < kPiecesW; ++p) {
-        if (w_to[p] >= 0) copy_async(ws + stage * T::kStageW + w_to[p], w_from[p] + i * kStepBytes, w_valid[p]);
-      }
+      x_pieces.copy(xs + stage * T::kStageX, static_cast<size_t>(i) * kStepK * 2);
+      w_pieces.copy(ws + stage * T::kStageW, static_cast<size_t>(i) * kStepBytes);
     }
     commit_async();
   };
