@@ -27,12 +27,11 @@ from __future__ import annotations
 import argparse
 import ctypes
 import statistics
-import subprocess
-import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from _nvcc import compile_library
 from _results import report_line
 from _kernel_variants import variant_sources  # a variant's copy of the kernels, constants set
 from gpu_gemv_probe import graph_times  # microseconds a replay of a captured launch
@@ -45,16 +44,8 @@ THETA = 500000.0
 
 def build(sources: Path, out: Path) -> ctypes.CDLL:
     """The kernel of `sources` (a variant's copy of runtime/custom_ops) behind the probe's entry point."""
-    sys.path.insert(0, str(ROOT))
-    from runtime.custom_ops import find_nvcc
-
-    nvcc = find_nvcc()
-    if nvcc is None:
-        raise SystemExit("the probe needs nvcc (PATH, $CUDA_HOME/bin or /usr/local/cuda/bin)")
-    subprocess.run([nvcc, "-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-shared", f"-I{sources}",
-                    "-gencode=arch=compute_90,code=sm_90", "-o", str(out), str(sources / "attention.cu"),
-                    str(ROOT / "benchmarks" / "cuda" / "attention_entry.cu")], check=True)
-    lib = ctypes.CDLL(str(out))
+    lib = compile_library(out, [sources / "attention.cu", ROOT / "benchmarks" / "cuda" / "attention_entry.cu"],
+                          includes=[sources])
     lib.probe_attention.argtypes = ([ctypes.c_void_p] * 7 + [ctypes.c_longlong] * 7
                                     + [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int])
     return lib

@@ -34,6 +34,7 @@ import tempfile
 from pathlib import Path
 
 from _kernel_variants import variant_sources
+from _nvcc import nvcc_command
 from _results import report_line
 from gpu_attention_probe import SHAPES as ATTENTION_SHAPES, reference as attention_reference, rotary_tables
 from gpu_gemv_probe import graph_times  # microseconds a replay of a captured launch
@@ -49,16 +50,9 @@ BLOCK = 32  # the 4-bit weights' quantization block (onnxruntime-genai's)
 def compile_command(sources: Path, out: Path) -> list[str]:
     """nvcc for the Linear families' kernels in the folder `sources` (a variant's copy of
     runtime/custom_ops) and the chain's entry points."""
-    sys.path.insert(0, str(ROOT))
-    from runtime.custom_ops import find_nvcc
-
-    nvcc = find_nvcc()
-    if nvcc is None:
-        raise SystemExit("the chain needs nvcc (PATH, $CUDA_HOME/bin or /usr/local/cuda/bin)")
-    return [nvcc, "-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-shared", f"-I{sources}",
-            "-gencode=arch=compute_90,code=sm_90", "-o", str(out),
-            *(str(sources / name) for name in ("linear.cu", "swiglu.cu", "linear_int4.cu", "attention.cu")),
-            *(str(ROOT / "benchmarks" / "cuda" / name) for name in ("linear_chain.cu", "attention_entry.cu")), "-ldl"]
+    return nvcc_command(out, [*(sources / name for name in ("linear.cu", "swiglu.cu", "linear_int4.cu", "attention.cu")),
+                              *(ROOT / "benchmarks" / "cuda" / name for name in ("linear_chain.cu", "attention_entry.cu"))],
+                        includes=[sources], libraries=["-ldl"])
 
 
 def load(path: Path) -> ctypes.CDLL:

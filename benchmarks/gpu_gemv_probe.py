@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import ctypes
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _nvcc import compile_library
 from _results import report_line
 from gpu_matmul_layout import SHAPES  # the linears' (K, N)
 
@@ -35,15 +35,7 @@ COPIES = 8
 
 
 def build(folder: Path) -> ctypes.CDLL:
-    from runtime.custom_ops import find_nvcc
-
-    nvcc = find_nvcc()
-    if nvcc is None:
-        raise SystemExit("the probe needs nvcc (PATH, $CUDA_HOME/bin or /usr/local/cuda/bin)")
-    out = folder / "gemv_probe.so"
-    subprocess.run([nvcc, "-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-shared",
-                    "-gencode=arch=compute_90,code=sm_90", "-o", str(out), *map(str, SOURCES)], check=True)
-    lib = ctypes.CDLL(str(out))
+    lib = compile_library(folder / "gemv_probe.so", SOURCES)
     lib.gemv_f16.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 3 + [ctypes.c_void_p]
     lib.gemv_int4.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 3 + [ctypes.c_void_p]
     return lib

@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from _nvcc import compile_library
 from _results import report_line
 from gpu_gemv_probe import dequantize, graph_us, int4_weight  # the 4-bit probe's weights; graph timing
 from gpu_matmul_layout import SHAPES  # the linears' (K, N)
@@ -43,15 +43,7 @@ BAND_VALUES = 16 << 20  # linear_int4.cu's kBandValues
 
 
 def build(folder: Path) -> ctypes.CDLL:
-    from runtime.custom_ops import find_nvcc
-
-    nvcc = find_nvcc()
-    if nvcc is None:
-        raise SystemExit("the probe needs nvcc (PATH, $CUDA_HOME/bin or /usr/local/cuda/bin)")
-    out = folder / "gemm_int4_probe.so"
-    subprocess.run([nvcc, "-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-shared",
-                    "-gencode=arch=compute_90,code=sm_90", "-o", str(out), str(SOURCE)], check=True)
-    lib = ctypes.CDLL(str(out))
+    lib = compile_library(folder / "gemm_int4_probe.so", [SOURCE])
     lib.gemm_int4_registers.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 6 + [ctypes.c_void_p]
     lib.gemm_int4_splits.argtypes = [ctypes.c_int] * 6
     lib.gemm_int4_dequantize.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 2 + [ctypes.c_long] * 2 + \
@@ -62,6 +54,85 @@ def build(folder: Path) -> ctypes.CDLL:
 def checked(rc: int, what: str) -> None:
     if rc:
         raise RuntimeError(f"{what} returned {rc}")
+
+
+class Linear:
+    """One linear's weights: COPIES distinct fp16 matrices for cuBLAS, as many in 4 bits (and their
+    fp32 dequantization, the reference), and a dequantization band."""
+
+    def __init__(self, k: int, n: int, copies: int):
+        import torch
+
+        self.k, self.n, self.copies = k, n, copies
+        self.fp16 = [torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02 for _ in range(copies)]
+        self.int4 = [int4_weight(n, k, BLOCK) for _ in range(copies)]
+        self.refs = [dequantize(*w) for w in self.int4]
+        self.band_rows = max(1, min(n, BAND_VALUES // k))
+        self.band = torch.empty(self.band_rows, k, device="cuda", dtype=torch.float16)
+
+
+def stream() -> int:
+    """The current stream: inside torch.cuda.graph, the capturing one."""
+    import torch
+
+    return torch.cuda.current_stream().cuda_stream
+
+
+def forms_for(lib, w: Linear, x, outs, work, args) -> list[tuple]:
+    """(form, launch, splits) for each form timed: launch() runs all copies once."""
+    import torch
+
+    m, n, k = x.shape[0], w.n, w.k
+
+    def cublas():
+        for weight, y in zip(w.fp16, outs):
+            torch.matmul(x, weight.t(), out=y)
+
+    def banded():
+        for (codes, scales), y in zip(w.int4, outs):
+            for first in range(0, n, w.band_rows):
+                count = min(w.band_rows, n - first)
+                checked(lib.gemm_int4_dequantize(codes.data_ptr(), scales.data_ptr(), w.band.data_ptr(), k, BLOCK,
+                                                 first, count, stream()), "dequantize")
+                if count == n:
+                    torch.matmul(x, w.band.t(), out=y)
+                else:
+                    y[:, first:first + count] = x @ w.band[:count].t()
+
+    def mma(config: int, splits: int):
+        def launch():
+            for (codes, scales), y in zip(w.int4, outs):
+                checked(lib.gemm_int4_registers(x.data_ptr(), codes.data_ptr(), scales.data_ptr(), y.data_ptr(),
+                                                work.data_ptr(), m, n, k, BLOCK, config, splits, stream()),
+                        "gemm_int4_registers")
+        return launch
+
+    forms = [f for f in [("cublas-fp16", cublas, None), ("band-int4", banded, None)] if f[0] in args.forms.split(",")]
+    for config in (int(c) for c in args.configs.split(",") if c):
+        splits = lib.gemm_int4_splits(m, n, k, config % 10, args.fill, 32 if config >= 100 else 64)
+        forms.append((f"mma-int4-c{config}", mma(config, splits), splits))
+    return forms
+
+
+def probe_linear(lib, shape: str, linear: str, w: Linear, args) -> None:
+    """Each form at each row count: checked against the fp32 reference, then timed."""
+    import torch
+
+    for m in (int(r) for r in args.rows.split(",")):
+        x = torch.randn(m, w.k, device="cuda", dtype=torch.float16)
+        outs = [torch.empty(m, w.n, device="cuda", dtype=torch.float16) for _ in range(w.copies)]
+        work = torch.empty(m, w.n, device="cuda", dtype=torch.float32)
+        for form, launch, splits in forms_for(lib, w, x, outs, work, args):
+            launch()
+            torch.cuda.synchronize()
+            diff, nbytes = 0.0, w.k * w.n * 2
+            if form != "cublas-fp16":
+                diff = max(float((y.float() - x.float() @ r.t()).abs().max()) for r, y in zip(w.refs, outs))
+                nbytes = w.k * w.n // 2 + (w.k // BLOCK) * w.n * 2
+            us = graph_us(launch, w.copies, args.runs)
+            report_line({"shape": shape, "linear": linear, "m": m, "k": w.k, "n": w.n, "form": form,
+                         "splits": splits, "us": round(us, 2), "fill": args.fill,
+                         "weight_tb_s": round(nbytes / us / 1e6, 3), "max_abs_diff": round(diff, 5)}, args.results)
 
 
 def main() -> None:
@@ -76,67 +147,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--results")
     args = ap.parse_args()
-    configs = [int(c) for c in args.configs.split(",") if c]
     with tempfile.TemporaryDirectory() as scratch:
         lib = build(Path(scratch))
         for shape in args.shapes.split(","):
             for linear, (k, n) in SHAPES[shape].items():
-                copies = 2 if linear == "lm_head" else COPIES
-                ws = [torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02 for _ in range(copies)]
-                q4 = [int4_weight(n, k, BLOCK) for _ in range(copies)]
-                refs = [dequantize(*w) for w in q4]
-                band_rows = max(1, min(n, BAND_VALUES // k))
-                band = torch.empty(band_rows, k, device="cuda", dtype=torch.float16)
-                for m in (int(r) for r in args.rows.split(",")):
-                    x = torch.randn(m, k, device="cuda", dtype=torch.float16)
-                    outs = [torch.empty(m, n, device="cuda", dtype=torch.float16) for _ in range(copies)]
-                    work = torch.empty(m, n, device="cuda", dtype=torch.float32)
-
-                    def stream() -> int:  # the capturing stream inside torch.cuda.graph
-                        return torch.cuda.current_stream().cuda_stream
-
-                    def cublas():
-                        for w, y in zip(ws, outs):
-                            torch.matmul(x, w.t(), out=y)
-
-                    def banded():
-                        for (codes, scales), y in zip(q4, outs):
-                            for first in range(0, n, band_rows):
-                                count = min(band_rows, n - first)
-                                checked(lib.gemm_int4_dequantize(codes.data_ptr(), scales.data_ptr(), band.data_ptr(),
-                                                                 k, BLOCK, first, count, stream()), "dequantize")
-                                if count == n:
-                                    torch.matmul(x, band.t(), out=y)
-                                else:
-                                    y[:, first:first + count] = x @ band[:count].t()
-
-                    def mma(config: int, splits: int):
-                        def launch():
-                            for (codes, scales), y in zip(q4, outs):
-                                checked(lib.gemm_int4_registers(x.data_ptr(), codes.data_ptr(), scales.data_ptr(),
-                                                                y.data_ptr(), work.data_ptr(), m, n, k, BLOCK, config,
-                                                                splits, stream()), "gemm_int4_registers")
-                        return launch
-
-                    forms = [f for f in [("cublas-fp16", cublas, None), ("band-int4", banded, None)]
-                             if f[0] in args.forms.split(",")]
-                    for config in configs:
-                        splits = lib.gemm_int4_splits(m, n, k, config % 10, args.fill, 32 if config >= 100 else 64)
-                        forms.append((f"mma-int4-c{config}", mma(config, splits), splits))
-                    for form, launch, splits in forms:
-                        launch()
-                        torch.cuda.synchronize()
-                        diff, nbytes = 0.0, k * n * 2
-                        if form != "cublas-fp16":
-                            diff = max(float((y.float() - x.float() @ r.t()).abs().max()) for r, y in zip(refs, outs))
-                            nbytes = k * n // 2 + (k // BLOCK) * n * 2
-                        us = graph_us(launch, copies, args.runs)
-                        report_line({"shape": shape, "linear": linear, "m": m, "k": k, "n": n, "form": form,
-                                     "splits": splits, "us": round(us, 2), "fill": args.fill,
-                                     "weight_tb_s": round(nbytes / us / 1e6, 3), "max_abs_diff": round(diff, 5)},
-                                    args.results)
-                del ws, q4, refs, band
-                torch.cuda.empty_cache()
+                probe_linear(lib, shape, linear, Linear(k, n, 2 if linear == "lm_head" else COPIES), args)
+                torch.cuda.empty_cache()  # the linear's weights, released on return
 
 
 if __name__ == "__main__":
