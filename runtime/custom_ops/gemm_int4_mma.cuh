@@ -12,9 +12,9 @@
 // same k: for word w, the row's eight float16 values [16t + 8w, +8) (one 16-byte read) permuted
 // into (0, 4), (1, 5) and (2, 6), (3, 7).
 //
-// A block: 8 warps, WM along the rows (MF 16-row fragments each) and 8 / WM along the outputs (NF
-// 8-wide fragments each): BM = 16 WM MF rows, BN = 8 (8 / WM) NF outputs. The launch takes WM = 1:
-// a warp over all of the block's rows, so that each weight is dequantized once a block. K in 64-deep steps
+// A block: 8 warps side by side along the outputs, each over all of the block's BM = 16 MF rows
+// (MF 16-row fragments, so that each weight is dequantized once a block) and NF 8-wide
+// fragments of outputs: BN = 64 NF outputs. K in 64-deep steps
 // through a STAGES-deep cp.async pipeline of the x tile and the raw codes (shared memory holds
 // 4 bits a weight); each weight's scale and zero point read a step ahead into registers. K may
 // be split over gridDim.z: each part adds into a zeroed fp32 buffer, converted to float16 after.
@@ -50,11 +50,10 @@ struct Args {
   int steps_per_split;
 };
 
-template <int MF, int WM, int NF, int STAGES>
+template <int MF, int NF, int STAGES>
 struct Tile {
-  static constexpr int kWN = kWarps / WM;
-  static constexpr int kBM = 16 * WM * MF;
-  static constexpr int kBN = 8 * kWN * NF;
+  static constexpr int kBM = 16 * MF;
+  static constexpr int kBN = 8 * kWarps * NF;
   static constexpr int kStageX = kBM * kLdX * 2;     // bytes
   static constexpr int kStageW = kBN * kStepBytes;   // bytes
   static constexpr size_t kShared = static_cast<size_t>(STAGES) * (kStageX + kStageW);
@@ -169,15 +168,14 @@ __device__ __forceinline__ Dequant dequant_of(const RawDequant& r, int b) {
   return {__half2half2(__ushort_as_half(r.scale)), __half2half2(offset)};
 }
 
-template <int MF, int WM, int NF, int STAGES>
+template <int MF, int NF, int STAGES>
 __global__ void __launch_bounds__(kThreads, 1) gemm_int4_mma_kernel(Args a) {
-  using T = Tile<MF, WM, NF, STAGES>;
+  using T = Tile<MF, NF, STAGES>;
   extern __shared__ __align__(128) unsigned char shared[];
   unsigned char* xs = shared;                       // STAGES x (BM, kLdX) halves
   unsigned char* ws = shared + STAGES * T::kStageX;  // STAGES x (BN, kStepBytes) codes
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
-  const int wm = warp % WM, wn = warp / WM;
   const int n0 = blockIdx.x * T::kBN, m0 = blockIdx.y * T::kBM;
   const int first = blockIdx.z * a.steps_per_split;
   const int count = min(a.k / kStepK, first + a.steps_per_split) - first;
@@ -197,7 +195,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_int4_mma_kernel(Args a) {
     commit_async();
   };
 
-  const int out_row = wn * NF * 8 + g;  // the thread's output in fragment j: + 8 j
+  const int out_row = warp * NF * 8 + g;  // the thread's output in fragment j: + 8 j
   DequantRows rows;
   {
     const int blocks = a.k / a.block, row = min(n0 + out_row, a.n - 1);
@@ -251,7 +249,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_int4_mma_kernel(Args a) {
       for (int f = 0; f < MF; ++f)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          const int r = (wm * MF + f) * 16 + g + 8 * h;
+          const int r = f * 16 + g + 8 * h;
           xv[f][h] = *reinterpret_cast<const uint4*>(xt + r * kLdX + 16 * t + 8 * w);
         }
 #pragma unroll
@@ -285,8 +283,8 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_int4_mma_kernel(Args a) {
     for (int j = 0; j < NF; ++j)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int row = m0 + (wm * MF + f) * 16 + g + 8 * h;
-        const int col = n0 + wn * NF * 8 + 8 * j + 2 * t;
+        const int row = m0 + f * 16 + g + 8 * h;
+        const int col = n0 + warp * NF * 8 + 8 * j + 2 * t;
         if (row >= a.m) continue;
         const size_t at = static_cast<size_t>(row) * a.n + col;
         const float v0 = acc[f][j][2 * h], v1 = acc[f][j][2 * h + 1];
@@ -307,10 +305,10 @@ __global__ void sums_to_half(const float* in, __half* out, int64_t count) {
   if (i < count) out[i] = __float2half(in[i]);
 }
 
-template <int MF, int WM, int NF, int STAGES>
+template <int MF, int NF, int STAGES>
 const char* launch_tile(const Args& a, int splits, cudaStream_t s) {
-  using T = Tile<MF, WM, NF, STAGES>;
-  auto kernel = gemm_int4_mma_kernel<MF, WM, NF, STAGES>;
+  using T = Tile<MF, NF, STAGES>;
+  auto kernel = gemm_int4_mma_kernel<MF, NF, STAGES>;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(T::kShared)) !=
       cudaSuccess) {
     return "GEMM int4: the device refused the tile's shared memory";
@@ -339,13 +337,13 @@ const char* launch(Args a, int config, int splits, cudaStream_t s, int most_rows
   const char* failure = nullptr;
   switch (gemm_int4::block_rows(a.m, most_rows)) {
     case 16:
-      failure = wide ? launch_tile<1, 1, 4, STAGES>(a, splits, s) : launch_tile<1, 1, 2, STAGES>(a, splits, s);
+      failure = wide ? launch_tile<1, 4, STAGES>(a, splits, s) : launch_tile<1, 2, STAGES>(a, splits, s);
       break;
     case 32:
-      failure = wide ? launch_tile<2, 1, 4, STAGES>(a, splits, s) : launch_tile<2, 1, 2, STAGES>(a, splits, s);
+      failure = wide ? launch_tile<2, 4, STAGES>(a, splits, s) : launch_tile<2, 2, STAGES>(a, splits, s);
       break;
     default:
-      failure = wide ? launch_tile<4, 1, 4, STAGES>(a, splits, s) : launch_tile<4, 1, 2, STAGES>(a, splits, s);
+      failure = wide ? launch_tile<4, 4, STAGES>(a, splits, s) : launch_tile<4, 2, STAGES>(a, splits, s);
   }
   if (failure != nullptr) return failure;
   if (splits > 1) sums_to_half<<<static_cast<unsigned>((count + 255) / 256), 256, 0, s>>>(a.sums, a.y, count);

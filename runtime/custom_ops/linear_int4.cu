@@ -222,16 +222,21 @@ bool gemv_after_norm(const LinearCall& c, const Int4Weights& w) {
   return c.norm && !fused(c, w) && gemv_shape(c, w) && aligned(w.codes);
 }
 
-// The path above kGemvRows rows OPTIMIZER_INT4_GEMM asks for (read once): "mma" or
-// "dequantize", kDefaultGemm where it is unset or empty, null for any other value.
-const char* gemm_choice() {
-  static const char* const choice = []() -> const char* {
+// Rows of codes the call reads, and the outputs of its GEMM before SwiGLU: n, or 2n with SwiGLU.
+int64_t codes_rows(const LinearCall& c) { return c.swiglu ? 2 * c.n : c.n; }
+
+// The path above kGemvRows rows: the bands for cuBLAS, gemm_int4_mma.cuh's GEMM, or neither
+// (OPTIMIZER_INT4_GEMM set to something else: every call refused).
+enum class Gemm { kDequantize, kMma, kUnknown };
+
+// What OPTIMIZER_INT4_GEMM asks for (read once): "mma" or "dequantize", kDefaultGemm where it is
+// unset or empty.
+Gemm gemm_choice() {
+  static const Gemm choice = [] {
     const char* env = getenv("OPTIMIZER_INT4_GEMM");
-    if (env == nullptr || *env == '\0') return kDefaultGemm;
-    for (const char* known : {"mma", "dequantize"}) {
-      if (strcmp(env, known) == 0) return known;
-    }
-    return nullptr;
+    const char* name = env == nullptr || *env == '\0' ? kDefaultGemm : env;
+    if (strcmp(name, "mma") == 0) return Gemm::kMma;
+    return strcmp(name, "dequantize") == 0 ? Gemm::kDequantize : Gemm::kUnknown;
   }();
   return choice;
 }
@@ -239,8 +244,7 @@ const char* gemm_choice() {
 // Whether a call of more rows than the GEMV takes goes to gemm_int4_mma.cuh's GEMM: asked for,
 // up to kGemmRows rows of a shape it takes (with a norm, x is the scratch's aligned normed rows).
 bool tiled_gemm(const LinearCall& c, const Int4Weights& w) {
-  const char* choice = gemm_choice();
-  return choice != nullptr && strcmp(choice, "mma") == 0 && c.rows <= kGemmRows &&
+  return gemm_choice() == Gemm::kMma && c.rows <= kGemmRows &&
          gemm_int4::takes(c.k, w.block, c.norm ? w.codes : c.x, w.codes);
 }
 
@@ -256,8 +260,7 @@ int gemm_fill() {
 
 // The parts gemm_int4_mma.cuh cuts K into for the call (its (rows, outputs) GEMM).
 int gemm_splits(const LinearCall& c) {
-  const int64_t total = c.swiglu ? 2 * c.n : c.n;
-  return gemm_int4::splits_for(static_cast<int>(c.rows), static_cast<int>(total), static_cast<int>(c.k),
+  return gemm_int4::splits_for(static_cast<int>(c.rows), static_cast<int>(codes_rows(c)), static_cast<int>(c.k),
                                kGemmConfig, gemm_fill());
 }
 
@@ -266,15 +269,14 @@ int64_t rounded(int64_t values) { return (values + 7) / 8 * 8; }
 
 // Codes rows a dequantized band holds.
 int64_t band_rows(const LinearCall& c) {
-  const int64_t total = c.swiglu ? 2 * c.n : c.n;
-  return std::max<int64_t>(1, std::min<int64_t>(total, kBandValues / c.k));
+  return std::max<int64_t>(1, std::min<int64_t>(codes_rows(c), kBandValues / c.k));
 }
 
 // The (rows, outputs) GEMM by bands: each band of codes rows dequantized into `band` (the
 // scratch), then multiplied by cuBLAS into its columns of `out`.
 const char* dequantized_gemm(const LinearCall& call, const Int4Args& a, const __half* x, __half* band, __half* out,
                              void* cublas, cudaStream_t s) {
-  const int64_t total = call.swiglu ? 2 * call.n : call.n;
+  const int64_t total = codes_rows(call);
   const int64_t rows_a_band = band_rows(call);
   for (int64_t first = 0; first < total; first += rows_a_band) {
     const int64_t count = std::min(rows_a_band, total - first);
@@ -298,7 +300,7 @@ const char* mma_gemm(const LinearCall& call, const Int4Args& a, const __half* x,
   g.y = out;
   g.sums = sums;
   g.m = static_cast<int>(call.rows);
-  g.n = static_cast<int>(call.swiglu ? 2 * call.n : call.n);
+  g.n = static_cast<int>(codes_rows(call));
   g.k = a.k;
   g.block = a.block;
   return gemm_int4_mma::launch<kGemmStages>(g, kGemmConfig, gemm_splits(call), s);
@@ -312,7 +314,7 @@ int64_t linear_int4_scratch_elements(const LinearCall& c, const Int4Weights& w) 
   // sums ((rows, outputs) floats, with K split) or the dequantized band
   if (gemv_after_norm(c, w)) return rounded(c.rows * c.k);
   const int64_t before = rounded(c.norm ? c.rows * c.k : 0) + rounded(c.swiglu ? c.rows * 2 * c.n : 0);
-  if (tiled_gemm(c, w)) return before + (gemm_splits(c) > 1 ? 2 * c.rows * (c.swiglu ? 2 * c.n : c.n) : 0);
+  if (tiled_gemm(c, w)) return before + (gemm_splits(c) > 1 ? 2 * c.rows * codes_rows(c) : 0);
   return before + band_rows(c) * c.k;
 }
 
@@ -323,7 +325,7 @@ const char* linear_int4_cuda(const LinearCall& call, const Int4Weights& weights,
   if (call.k % 8 != 0 || weights.block % 8 != 0 || reinterpret_cast<uintptr_t>(weights.codes) % 4 != 0) {
     return "LinearInt4: on CUDA K and the block must be multiples of 8 and the codes 4-byte aligned";
   }
-  if (gemm_choice() == nullptr) {
+  if (gemm_choice() == Gemm::kUnknown) {
     return "LinearInt4: OPTIMIZER_INT4_GEMM must be mma (the tensor-core GEMM above 4 rows) or dequantize (bands "
            "for cuBLAS)";
   }
@@ -349,7 +351,7 @@ const char* linear_int4_cuda(const LinearCall& call, const Int4Weights& weights,
     launch_gemv_call<Int4Gemv>(normed, rows, false, call.swiglu, s);
     return launched();
   }
-  const int64_t total = call.swiglu ? 2 * call.n : call.n;  // codes rows, and the GEMM's outputs
+  const int64_t total = codes_rows(call);
   __half* out = a.y;
   if (call.swiglu) {
     out = free;
