@@ -12,6 +12,7 @@ import socket
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import httpx2 as httpx
 import openai
@@ -97,6 +98,24 @@ def test_missing_ray_says_how_to_install(monkeypatch):
 
 
 # -- on a local Ray cluster ---------------------------------------------------------------------
+def port_outside_ray_ranges() -> int:
+    """A free port that neither the kernel's ephemeral range (where Ray's own gRPC servers bind port 0)
+    nor Ray's worker ports (10002-19999) can take between our choice and Serve's bind: a port
+    taken from port 0 here once collided with one of Ray's processes (CI, 'Failed to bind')."""
+    ranges = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    low = int(ranges.read_text().split()[0]) if ranges.exists() else 32768
+    candidates = list(range(20000, min(low, 32768)))
+    random.shuffle(candidates)
+    for port in candidates[:200]:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32767 for Ray Serve's proxy")
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, smol_tokenizer_dir):
     ray = pytest.importorskip("ray")  # in the test extra; absent only where installed without it
@@ -108,9 +127,7 @@ def cluster(tmp_path_factory, smol_tokenizer_dir):
         build_engine(BuildOptions(out=out, random_weights=True, config="tiny-llama", tokenizer=str(smol_tokenizer_dir),
                                   quiet=True, kv_slots=4, kv_capacity=CAPACITY))
         engines[name] = out
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = port_outside_ray_ranges()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
