@@ -1,7 +1,8 @@
 """Is int4 no slower than fp16 at batch 64? The LinearInt4 GEMM against cuBLAS fp16, linear by linear.
 
-    python benchmarks/gpu_int4_gemm_probe.py [--shapes 1b,8b] [--rows 16,64,256] [--configs 0,1]
-                                             [--forms cublas-fp16,band-int4] [--fill 132] [--results r.jsonl]
+    python benchmarks/gpu_int4_gemm_probe.py [--shapes 1b,8b] [--linears qkv,gate_up] [--rows 16,64,256]
+                                             [--configs 0,1] [--forms cublas-fp16,band-int4] [--fill 132]
+                                             [--results r.jsonl]
 
 A probe for issue 20's open target (int4 never slower than fp16 at batch 64). For each Llama
 linear and row count M, COPIES distinct weights (more bytes than the L2 cache) multiplied by one
@@ -12,9 +13,9 @@ input in one CUDA graph, replayed; a copy's time is the median replay over COPIE
                 shapes it does not take, and with OPTIMIZER_INT4_GEMM=dequantize; a band wider
                 than one call's outputs is copied into its columns here, in place there);
   mma-int4-cN   runtime/custom_ops/gemm_int4_mma.cuh in tile configuration N (0: 128 outputs a
-                block, 1: 256; N + 10: an 8-deep pipeline, not 4; N + 100: blocks of at most 32
-                rows), the codes read straight into mma.sync's registers, K split so that the grid
-                has about --fill blocks.
+                block, 1: 256; N + 10: an 8-deep pipeline, not 4; N + 100 h: blocks of at most
+                64 >> h rows, h 1-3), the codes read straight into mma.sync's registers, K split so
+                that the grid has about --fill blocks.
 Weights in onnxruntime-genai's int4 format (symmetric blocks of 32). Each int4 form's results are
 checked against its weights dequantized and multiplied in fp32 (`max_abs_diff`); `weight_tb_s`
 counts the bytes each form's weights take. Needs torch with CUDA and nvcc (compiled in the run).
@@ -109,7 +110,7 @@ def forms_for(lib, w: Linear, x, outs, work, args) -> list[tuple]:
 
     forms = [f for f in [("cublas-fp16", cublas, None), ("band-int4", banded, None)] if f[0] in args.forms.split(",")]
     for config in (int(c) for c in args.configs.split(",") if c):
-        splits = lib.gemm_int4_splits(m, n, k, config % 10, args.fill, 32 if config >= 100 else 64)
+        splits = lib.gemm_int4_splits(m, n, k, config % 10, args.fill, 64 >> (config // 100))
         forms.append((f"mma-int4-c{config}", mma(config, splits), splits))
     return forms
 
@@ -140,6 +141,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="1b,8b")
+    ap.add_argument("--linears", default="", help="the linears probed (default: all of each shape's)")
     ap.add_argument("--rows", default="16,64,256")
     ap.add_argument("--configs", default="0,1", help="gemm_int4_mma.cuh's tiles (see above)")
     ap.add_argument("--forms", default="cublas-fp16,band-int4", help="the reference forms timed")
@@ -151,6 +153,8 @@ def main() -> None:
         lib = build(Path(scratch))
         for shape in args.shapes.split(","):
             for linear, (k, n) in SHAPES[shape].items():
+                if args.linears and linear not in args.linears.split(","):
+                    continue
                 probe_linear(lib, shape, linear, Linear(k, n, 2 if linear == "lm_head" else COPIES), args)
                 torch.cuda.empty_cache()  # the linear's weights, released on return
 

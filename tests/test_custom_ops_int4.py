@@ -146,8 +146,9 @@ CUDA_CASES = {  # (rows, K, codes rows, block, zero points)
     "gemv-1": ((1, 1), 2048, 3072, 32, False), "gemv-3": ((3, 1), 8192, 2048, 64, True),
     "gemv-wide": ((1, 1), 2048, 50000, 32, False), "gemv-2": ((2, 1), 2048, 300, 128, True),
     "gemv-small": ((1, 1), 96, 40, 32, True), "gemv-after-norm": ((4, 1), 8192, 512, 64, False),
-    "gemm-10": ((2, 5), 2048, 3072, 32, False), "gemm-64-split": ((64, 1), 2048, 2048, 32, False),
-    "gemm-21": ((7, 3), 2048, 3072, 64, True), "gemm-130": ((130, 1), 2048, 600, 128, True),
+    "gemm-6": ((6, 1), 2048, 3072, 32, True), "gemm-10": ((2, 5), 2048, 3072, 32, False),
+    "gemm-64-split": ((64, 1), 2048, 2048, 32, False), "gemm-21": ((7, 3), 2048, 3072, 64, True),
+    "gemm-130": ((130, 1), 2048, 600, 128, True),
     "gemm-odd-n": ((20, 1), 2048, 1001, 32, False), "gemm-long-k": ((16, 1), 8192, 2048, 64, False),
     "dequantized-k96": ((8, 1), 96, 40, 32, True)}
 
@@ -160,8 +161,8 @@ def test_the_int4_family_on_cuda_equals_the_cpu_kernel_and_runs_in_a_captured_gr
     """1-4 rows: the GEMV kernel does it all (K split over 1-8 warps; the norm in shared memory
     where 2 x rows x K bytes fit 32 KiB, else our norm kernel first: gemv-after-norm); more rows:
     the weights dequantized band by band for cuBLAS on onnxruntime's handle (the default), or with
-    OPTIMIZER_INT4_GEMM=mma (the test below) the tensor-core GEMM of gemm_int4_mma.cuh (one, two
-    and three blocks of rows, K split where the outputs are few, an odd count of outputs, zero
+    OPTIMIZER_INT4_GEMM=mma (the test below) the tensor-core GEMM of gemm_int4_mma.cuh (blocks of 8,
+    16, 32 and 64 rows, one to three of them, K split where the outputs are few, an odd count of outputs, zero
     points, blocks of 32, 64 and 128; K not a multiple of 64 stays on the bands); then SwiGLU;
     each eager, and captured into a graph and replayed."""
     import torch  # noqa: F401  (loads the CUDA libraries onnxruntime-gpu links against)
@@ -187,7 +188,7 @@ def test_optimizer_int4_gemm_mma_runs_the_tensor_core_gemm_with_the_same_results
     """Every case of more than 4 rows through gemm_int4_mma.cuh (the K = 96 one on the bands: the
     GEMM takes K in steps of 64), each op, eager and captured."""
     done = child_pytest("mma", "gemm or dequantized")
-    assert done.returncode == 0 and "56 passed" in done.stdout, done.stdout[-3000:]
+    assert done.returncode == 0 and "64 passed" in done.stdout, done.stdout[-3000:]
 
 
 @pytest.mark.skipif(not CUDA, reason="the CUDA kernels need onnxruntime's CUDA provider: onnxruntime-gpu and an NVIDIA GPU")

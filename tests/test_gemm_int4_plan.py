@@ -54,7 +54,7 @@ def test_k_is_cut_into_whole_steps_so_that_the_grid_fills_the_gpu(plan):
     answers, _ = plan
     for (m, n, k, config, fill), (splits, per_part, rows) in answers.items():
         outputs = 128 if config == 0 else 256
-        assert rows == (16 if m <= 16 else 32 if m <= 32 else 64)
+        assert rows == (8 if m <= 8 else 16 if m <= 16 else 32 if m <= 32 else 64)
         tiles = -(-m // rows) * -(-n // outputs)
         steps = k // 64
         assert 1 <= splits <= steps and (splits - 1) * per_part < steps <= splits * per_part  # none empty

@@ -3,29 +3,36 @@
 // row-major, w in onnxruntime MatMulNBits' layout (cuda_kernels.h's Int4Weights: row n's codes
 // contiguous along K, two a byte, the low nibble first), fp32 sums.
 //
-// mma.sync m16n8k16 sums over its 16 k in any order, so each thread's k are chosen to be codes it
-// can read at once: lane (g, t) (g = lane / 4, t = lane % 4) holds, for output g of an 8-wide
-// fragment, the 16 codes [16t, 16t + 16) of a 64-deep step (one 8-byte read; inside one
-// quantization block), two 32-bit words of eight. A word's codes (j, j + 4) come out as one half2
-// (the nibbles or'ed into 1024.0's bits, less 1024 + zero point, times the scale): the step's
-// four k16 MMAs take pairs (0, 1) and (2, 3) of word 0, then of word 1. The x fragment pairs the
-// same k: for word w, the row's eight float16 values [16t + 8w, +8) (one 16-byte read) permuted
-// into (0, 4), (1, 5) and (2, 6), (3, 7).
+// Each mma.sync m16n8k16 multiplies 16 outputs' weights (the A operand, dequantized in registers)
+// by 8 rows of x (the B operand): the weights fill the MMA's 16-wide side, so a row count of 8 wastes
+// nothing. It sums over its 16 k in any order, so each lane's k are chosen to be codes it reads at
+// once: lane (g, t) (g = lane / 4, t = lane % 4) holds, for outputs g and g + 8 of a 16-wide
+// fragment, the 16 codes [16t, 16t + 16) of a 64-deep step (an 8-byte read each; inside one
+// quantization block); MMA m of the step's four takes bytes 2m and 2m + 1, each byte's two codes one
+// half2 (the nibbles or'ed into 1024.0's and 64.0's bits, less the same plus the zero point, times the
+// scale). x row g's values [16t, 16t + 16) as read (two 16-byte reads) are then MMA m's B registers
+// in order (words 2m, 2m + 1): gemm_int4_fragments.h has the mapping, tested on the CPU.
 //
-// A block: 8 warps side by side along the outputs, each over all of the block's BM = 16 MF rows
-// (MF 16-row fragments, so that each weight is dequantized once a block) and NF 8-wide
-// fragments of outputs: BN = 64 NF outputs. K in 64-deep steps
-// through a STAGES-deep cp.async pipeline of the x tile and the raw codes (shared memory holds
-// 4 bits a weight); each weight's scale and zero point read a step ahead into registers. K may
-// be split over gridDim.z: each part adds into a zeroed fp32 buffer, converted to float16 after.
-// gemm_int4_plan.h has the host's choices (tiles, rows a block, splits).
+// A block: 8 warps side by side along the outputs, each over all of the block's BM = 8 MR rows
+// (MR 8-row fragments, so that each weight is dequantized once a block) and NO 16-wide fragments
+// of outputs: BN = 128 NO outputs. K in 64-deep steps through a STAGES-deep cp.async pipeline of the
+// x tile and the raw codes (shared memory holds 4 bits a weight); each weight's scale and zero point
+// read a step ahead into registers. K may be split over gridDim.z: each part adds into a zeroed fp32
+// buffer, converted to float16 after. gemm_int4_plan.h has the host's choices (tiles, rows a block,
+// splits).
 //
-// Included by linear_int4.cu and by benchmarks/cuda/gemm_int4_probe.cu (device code, nvcc).
+// Included by linear_int4.cu and by benchmarks/cuda/gemm_int4_probe.cu (device code, nvcc). Without
+// nvcc the kernel compiles as C++ against a CPU emulation of the few CUDA pieces it uses (threads,
+// barriers, shared memory, cp.async, mma.sync: tests/cuda_emulation.h, included first), which runs
+// it on the CPU (tests/test_gemm_int4_emulated.py); the launch is nvcc's only.
 #pragma once
+#if defined(__CUDACC__)
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#endif
 #include <stdint.h>
 
+#include "gemm_int4_fragments.h"
 #include "gemm_int4_plan.h"
 
 namespace gemm_int4_mma {
@@ -50,23 +57,49 @@ struct Args {
   int steps_per_split;
 };
 
-template <int MF, int NF, int STAGES>
+template <int MR, int NO, int STAGES>
 struct Tile {
-  static constexpr int kBM = 16 * MF;
-  static constexpr int kBN = 8 * kWarps * NF;
+  static constexpr int kBM = 8 * MR;
+  static constexpr int kBN = 16 * kWarps * NO;
   static constexpr int kStageX = kBM * kLdX * 2;     // bytes
   static constexpr int kStageW = kBN * kStepBytes;   // bytes
   static constexpr size_t kShared = static_cast<size_t>(STAGES) * (kStageX + kStageW);
 };
 
+// The block's dynamic shared memory.
+__device__ __forceinline__ unsigned char* block_shared() {
+#if defined(__CUDACC__)
+  extern __shared__ __align__(128) unsigned char shared[];
+  return shared;
+#else
+  return cuda_emulation::block_shared();
+#endif
+}
+
+// 16 bytes from global to shared memory in the background (zeros where not `valid`); the copies
+// issued since the last commit form a group; wait until at most PENDING groups are in flight.
 __device__ __forceinline__ void copy_async(void* shared, const void* global, bool valid) {
+#if defined(__CUDACC__)
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(shared));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(global), "r"(valid ? 16 : 0));
+#else
+  cuda_emulation::copy_async(shared, global, valid);
+#endif
 }
-__device__ __forceinline__ void commit_async() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void commit_async() {
+#if defined(__CUDACC__)
+  asm volatile("cp.async.commit_group;\n" ::);
+#else
+  cuda_emulation::commit_async();
+#endif
+}
 template <int PENDING>
 __device__ __forceinline__ void wait_async() {
+#if defined(__CUDACC__)
   asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING));
+#else
+  cuda_emulation::wait_async(PENDING);
+#endif
 }
 
 // A thread's 16-byte pieces of one matrix's tile in a stage: where each comes from at the part's
@@ -104,22 +137,33 @@ __device__ __forceinline__ void plan_pieces(const unsigned char* base, size_t ro
   }
 }
 
+// d += A (16 x 16) . B (16 x 8), the warp's registers in PTX's m16n8k16 fragment layout.
 __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDACC__)
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
       "{%0, %1, %2, %3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+  cuda_emulation::mma_m16n8k16(d, a, b0, b1);
+#endif
 }
 
-// Codes (j, j + 4) of `word` as (code - zero) * scale, one half2 (`offset`: 1024 + zero).
-__device__ __forceinline__ uint32_t weight_pair(uint32_t word, int j, __half2 offset, __half2 scale) {
-  const uint32_t bits = ((word >> (4 * j)) & 0x000F000Fu) | 0x64006400u;
+// gemm_int4::kCodeMagic in a register the compiler cannot see into (blockDim.x < 2^20: or'ing in
+// its high bits changes nothing).
+__device__ __forceinline__ uint32_t code_magic() { return gemm_int4::kCodeMagic | (blockDim.x >> 20); }
+
+// Byte `byte` of `word`'s two codes as (code - zero) * scale, one half2 (`offset`: the zero's bits
+// from zero_pair_bits; `magic`: code_magic()).
+__device__ __forceinline__ uint32_t weight_pair(uint32_t word, int byte, uint32_t magic, __half2 offset,
+                                                __half2 scale) {
+  const uint32_t bits = gemm_int4::code_pair_bits(word, byte, magic);
   const __half2 w = __hmul2(__hsub2(*reinterpret_cast<const __half2*>(&bits), offset), scale);
   return *reinterpret_cast<const uint32_t*>(&w);
 }
 
-// What dequantizes a row's codes at one step: scale and 1024 + zero point, both halves.
+// What dequantizes a row's codes at one step: the scale in both halves, and zero_pair_bits.
 struct Dequant {
   __half2 scale;
   __half2 offset;
@@ -145,14 +189,22 @@ struct RawDequant {
 };
 
 __device__ __forceinline__ uint16_t load_u16(const void* p) {
+#if defined(__CUDACC__)
   uint16_t v;
   asm volatile("ld.global.nc.u16 %0, [%1];\n" : "=h"(v) : "l"(p));
   return v;
+#else
+  return *static_cast<const uint16_t*>(p);
+#endif
 }
 __device__ __forceinline__ uint16_t load_u8(const void* p) {
+#if defined(__CUDACC__)
   uint16_t v;
   asm volatile("ld.global.nc.u8 %0, [%1];\n" : "=h"(v) : "l"(p));
   return v;
+#else
+  return *static_cast<const uint8_t*>(p);
+#endif
 }
 
 __device__ __forceinline__ RawDequant load_dequant(const DequantRows& d, int j, int b) {
@@ -161,17 +213,18 @@ __device__ __forceinline__ RawDequant load_dequant(const DequantRows& d, int j, 
   return {scale, d.zeros == nullptr ? uint16_t{0x88} : load_u8(d.zeros + j * d.zero_stride + b / 2)};
 }
 
-// Block b's scale and 1024 + zero point (0x6400 | zero: exactly), both halves.
+// Block b's scale and zero point as dequantizing needs them.
 __device__ __forceinline__ Dequant dequant_of(const RawDequant& r, int b) {
-  const uint16_t zero = (b % 2 == 0 ? r.zeros : r.zeros >> 4) & 0xF;
-  const __half offset = __ushort_as_half(static_cast<uint16_t>(0x6400 | zero));
-  return {__half2half2(__ushort_as_half(r.scale)), __half2half2(offset)};
+  const uint32_t zero = (b % 2 == 0 ? r.zeros : r.zeros >> 4) & 0xF;
+  const uint32_t offset = gemm_int4::zero_pair_bits(zero);
+  return {__half2half2(__ushort_as_half(r.scale)), *reinterpret_cast<const __half2*>(&offset)};
 }
 
-template <int MF, int NF, int STAGES>
+template <int MR, int NO, int STAGES>
 __global__ void __launch_bounds__(kThreads, 1) gemm_int4_mma_kernel(Args a) {
-  using T = Tile<MF, NF, STAGES>;
-  extern __shared__ __align__(128) unsigned char shared[];
+  using T = Tile<MR, NO, STAGES>;
+  constexpr int NF = 2 * NO;  // 8-output groups a thread dequantizes: outputs g and g + 8 of each fragment
+  unsigned char* shared = block_shared();
   unsigned char* xs = shared;                       // STAGES x (BM, kLdX) halves
   unsigned char* ws = shared + STAGES * T::kStageX;  // STAGES x (BN, kStepBytes) codes
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -195,7 +248,8 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_int4_mma_kernel(Args a) {
     commit_async();
   };
 
-  const int out_row = warp * NF * 8 + g;  // the thread's output in fragment j: + 8 j
+  // the thread's output in group j (j = 2o + h: fragment o's output g + 8h): + 8 j
+  const int out_row = warp * T::kBN / kWarps + g;
   DequantRows rows;
   {
     const int blocks = a.k / a.block, row = min(n0 + out_row, a.n - 1);
@@ -207,19 +261,20 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_int4_mma_kernel(Args a) {
     rows.live = n0 + out_row >= a.n ? 0 : min(NF, (a.n - 1 - n0 - out_row) / 8 + 1);
   }
   RawDequant next[NF];  // step i + 1's, loaded during step i
-  auto block_of = [&](int i) { return ((first + i) * kStepK + 16 * t) >> rows.shift; };
+  auto block_of = [&](int i) { return ((first + i) * kStepK + gemm_int4::lane_first_k(t)) >> rows.shift; };
   auto load_next = [&](int i) {
 #pragma unroll
     for (int j = 0; j < NF; ++j) next[j] = load_dequant(rows, j, block_of(i));
   };
 
-  float acc[MF][NF][4];
+  const uint32_t magic = code_magic();
+  float acc[NO][MR][4];  // (outputs g, g + 8 of fragment o) x (rows 2t, 2t + 1 of fragment r)
 #pragma unroll
-  for (int f = 0; f < MF; ++f)
+  for (int o = 0; o < NO; ++o)
 #pragma unroll
-    for (int j = 0; j < NF; ++j)
+    for (int r = 0; r < MR; ++r)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) acc[f][j][e] = 0.f;
+      for (int e = 0; e < 4; ++e) acc[o][r][e] = 0.f;
 
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) load_stage(s, s);
@@ -240,75 +295,65 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_int4_mma_kernel(Args a) {
     uint2 codes[NF];
 #pragma unroll
     for (int j = 0; j < NF; ++j) {
-      codes[j] = *reinterpret_cast<const uint2*>(wt + (out_row + 8 * j) * kStepBytes + 8 * t);
+      codes[j] = *reinterpret_cast<const uint2*>(wt + (out_row + 8 * j) * kStepBytes + gemm_int4::lane_first_k(t) / 2);
     }
 #pragma unroll
-    for (int w = 0; w < 2; ++w) {
-      uint4 xv[MF][2];  // rows g and g + 8 of each fragment: values [16t + 8w, +8)
+    for (int w = 0; w < 2; ++w) {  // codes word w of each group: MMAs 2w and 2w + 1
+      uint32_t xw[MR][4];           // row g of each fragment: x words [4w, 4w + 4) of the lane's 8
 #pragma unroll
-      for (int f = 0; f < MF; ++f)
+      for (int r = 0; r < MR; ++r) {
+        *reinterpret_cast<uint4*>(xw[r]) =
+            *reinterpret_cast<const uint4*>(xt + (8 * r + g) * kLdX + gemm_int4::lane_first_k(t) + 8 * w);
+      }
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int r = f * 16 + g + 8 * h;
-          xv[f][h] = *reinterpret_cast<const uint4*>(xt + r * kLdX + 16 * t + 8 * w);
-        }
+      for (int m = 2 * w; m < 2 * w + 2; ++m) {
+        using gemm_int4::x_word;
 #pragma unroll
-      for (int p = 0; p < 4; p += 2) {  // pairs (0, 1), then (2, 3)
-        uint32_t af[MF][4];
+        for (int o = 0; o < NO; ++o) {  // groups 2o (outputs g) and 2o + 1 (g + 8)
+          uint32_t af[4];
 #pragma unroll
-        for (int f = 0; f < MF; ++f) {
-          // (x_p, x_p+4) and (x_p+1, x_p+5) of rows g and g + 8
-          const uint32_t lo0 = p == 0 ? xv[f][0].x : xv[f][0].y, hi0 = p == 0 ? xv[f][0].z : xv[f][0].w;
-          const uint32_t lo1 = p == 0 ? xv[f][1].x : xv[f][1].y, hi1 = p == 0 ? xv[f][1].z : xv[f][1].w;
-          af[f][0] = __byte_perm(lo0, hi0, 0x5410);
-          af[f][1] = __byte_perm(lo1, hi1, 0x5410);
-          af[f][2] = __byte_perm(lo0, hi0, 0x7632);
-          af[f][3] = __byte_perm(lo1, hi1, 0x7632);
-        }
+          for (int reg = 0; reg < 4; ++reg) {
+            const int j = 2 * o + gemm_int4::a_output(reg) / 8;
+            const uint32_t word = w == 0 ? codes[j].x : codes[j].y;  // bytes [4w, 4w + 4) of the 8
+            af[reg] = weight_pair(word, gemm_int4::a_byte(m, reg) - 4 * w, magic, cur[j].offset, cur[j].scale);
+          }
 #pragma unroll
-        for (int j = 0; j < NF; ++j) {
-          const uint32_t word = w == 0 ? codes[j].x : codes[j].y;
-          const uint32_t b0 = weight_pair(word, p, cur[j].offset, cur[j].scale);
-          const uint32_t b1 = weight_pair(word, p + 1, cur[j].offset, cur[j].scale);
-#pragma unroll
-          for (int f = 0; f < MF; ++f) mma(acc[f][j], af[f], b0, b1);
+          for (int r = 0; r < MR; ++r) {
+            mma(acc[o][r], af, xw[r][x_word(m, 0) - 4 * w], xw[r][x_word(m, 1) - 4 * w]);
+          }
         }
       }
     }
   }
 
 #pragma unroll
-  for (int f = 0; f < MF; ++f)
+  for (int o = 0; o < NO; ++o)
 #pragma unroll
-    for (int j = 0; j < NF; ++j)
+    for (int r = 0; r < MR; ++r)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int row = m0 + f * 16 + g + 8 * h;
-        const int col = n0 + warp * NF * 8 + 8 * j + 2 * t;
-        if (row >= a.m) continue;
+      for (int e = 0; e < 4; ++e) {
+        const int row = m0 + 8 * r + 2 * t + gemm_int4::d_row(e);
+        const int col = n0 + out_row + 16 * o + gemm_int4::d_output(e);
+        if (row >= a.m || col >= a.n) continue;
         const size_t at = static_cast<size_t>(row) * a.n + col;
-        const float v0 = acc[f][j][2 * h], v1 = acc[f][j][2 * h + 1];
         if (gridDim.z > 1) {
-          if (col < a.n) atomicAdd(a.sums + at, v0);
-          if (col + 1 < a.n) atomicAdd(a.sums + at + 1, v1);
-        } else if (col + 1 < a.n && a.n % 2 == 0) {
-          *reinterpret_cast<__half2*>(a.y + at) = __floats2half2_rn(v0, v1);
+          atomicAdd(a.sums + at, acc[o][r][e]);
         } else {
-          if (col < a.n) a.y[at] = __float2half(v0);
-          if (col + 1 < a.n) a.y[at + 1] = __float2half(v1);
+          a.y[at] = __float2half(acc[o][r][e]);
         }
       }
 }
 
+#if defined(__CUDACC__)
 __global__ void sums_to_half(const float* in, __half* out, int64_t count) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < count) out[i] = __float2half(in[i]);
 }
 
-template <int MF, int NF, int STAGES>
+template <int MR, int NO, int STAGES>
 const char* launch_tile(const Args& a, int splits, cudaStream_t s) {
-  using T = Tile<MF, NF, STAGES>;
-  auto kernel = gemm_int4_mma_kernel<MF, NF, STAGES>;
+  using T = Tile<MR, NO, STAGES>;
+  auto kernel = gemm_int4_mma_kernel<MR, NO, STAGES>;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(T::kShared)) !=
       cudaSuccess) {
     return "GEMM int4: the device refused the tile's shared memory";
@@ -336,19 +381,24 @@ const char* launch(Args a, int config, int splits, cudaStream_t s, int most_rows
   const bool wide = config == 1;
   const char* failure = nullptr;
   switch (gemm_int4::block_rows(a.m, most_rows)) {
+    case 8:
+      failure = wide ? launch_tile<1, 2, STAGES>(a, splits, s) : launch_tile<1, 1, STAGES>(a, splits, s);
+      break;
     case 16:
-      failure = wide ? launch_tile<1, 4, STAGES>(a, splits, s) : launch_tile<1, 2, STAGES>(a, splits, s);
+      failure = wide ? launch_tile<2, 2, STAGES>(a, splits, s) : launch_tile<2, 1, STAGES>(a, splits, s);
       break;
     case 32:
-      failure = wide ? launch_tile<2, 4, STAGES>(a, splits, s) : launch_tile<2, 2, STAGES>(a, splits, s);
+      failure = wide ? launch_tile<4, 2, STAGES>(a, splits, s) : launch_tile<4, 1, STAGES>(a, splits, s);
       break;
     default:
-      failure = wide ? launch_tile<4, 4, STAGES>(a, splits, s) : launch_tile<4, 2, STAGES>(a, splits, s);
+      failure = wide ? launch_tile<8, 2, STAGES>(a, splits, s) : launch_tile<8, 1, STAGES>(a, splits, s);
   }
   if (failure != nullptr) return failure;
   if (splits > 1) sums_to_half<<<static_cast<unsigned>((count + 255) / 256), 256, 0, s>>>(a.sums, a.y, count);
   const cudaError_t error = cudaGetLastError();
   return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
 }
+
+#endif  // __CUDACC__: the launch
 
 }  // namespace gemm_int4_mma

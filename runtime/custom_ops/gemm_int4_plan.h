@@ -10,14 +10,14 @@ constexpr int kStepK = 64;       // K a step of the block's loop
 constexpr int kChunkCodes = 32;  // codes a 16-byte chunk holds
 
 // The tile configurations a launch can ask for (`config`): 128 or 256 outputs a block (8 warps of
-// 2 or 4 fragments 8 outputs wide).
+// 1 or 2 fragments 16 outputs wide).
 constexpr int kConfigs = 2;
 inline int block_outputs(int config) { return config == 0 ? 128 : 256; }
 
-// Rows a block: 16, 32 or 64, at most `most` (more rows: more blocks over the grid's second
+// Rows a block: 8, 16, 32 or 64, at most `most` (more rows: more blocks over the grid's second
 // dimension).
 inline int block_rows(int m, int most = 64) {
-  const int rows = m <= 16 ? 16 : m <= 32 ? 32 : 64;
+  const int rows = m <= 8 ? 8 : m <= 16 ? 16 : m <= 32 ? 32 : 64;
   return rows < most ? rows : most;
 }
 

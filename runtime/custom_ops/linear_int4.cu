@@ -15,7 +15,9 @@
 // the MMA's registers (the weights read once, at 4 bits; K split over the grid where the outputs
 // alone would not fill the GPU). The norm first and SwiGLU after, as linear.cu does them. The
 // GEMM is opt-in (kDefaultGemm) until its CUDA tests (tests/test_custom_ops_int4.py) have run
-// inside onnxruntime on a GPU: its kernel alone checked out on an H200 (gpu_int4_gemm_probe.py).
+// inside onnxruntime on a GPU (its first version's kernel alone checked out on an H200,
+// gpu_int4_gemm_probe.py; the present one's fragment mapping only on the CPU,
+// tests/test_gemm_int4_fragments.py).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>

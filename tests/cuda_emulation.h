@@ -1,0 +1,195 @@
+// A CPU emulation of the CUDA pieces runtime/custom_ops/gemm_int4_mma.cuh's kernel uses, so that g++
+// compiles the kernel's own source and runs it (tests/test_gemm_int4_emulated.py):
+//   - a block's threads are std::threads, __syncthreads a std::barrier over them;
+//   - mma.sync m16n8k16: the warp's 32 threads leave their fragments in the warp's exchange, wait
+//     for each other, and each sums its four results from the PTX fragment layout (in double);
+//   - cp.async: either done at once, or held back until the wait that must see it (a copy waited
+//     for too late or a stage reused too early then shows up as wrong sums);
+//   - float16 as its bits, each operation correctly rounded (through double).
+// Include it before the kernel's header. The emulation is for correctness, not for speed.
+#pragma once
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+};
+struct alignas(8) uint2 {
+  uint32_t x, y;
+};
+struct alignas(16) uint4 {
+  uint32_t x, y, z, w;
+};
+
+inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int __ffs(int v) { return __builtin_ffs(v); }
+inline float atomicAdd(float* at, float v) { return std::atomic_ref<float>(*at).fetch_add(v); }
+
+// -- float16 -------------------------------------------------------------------------------------
+struct __half {
+  uint16_t bits;
+};
+struct __half2 {
+  __half x, y;  // x: the low 16 bits
+};
+
+namespace cuda_emulation {
+
+inline double half_value(uint16_t h) {
+  const int exponent = (h >> 10) & 31, mantissa = h & 1023;
+  double v = exponent == 0    ? std::ldexp(mantissa, -24)
+             : exponent == 31 ? (mantissa ? NAN : INFINITY)
+                              : std::ldexp(1024 + mantissa, exponent - 25);
+  return (h & 0x8000) ? -v : v;
+}
+
+// The float16 nearest `v` (ties to even).
+inline uint16_t half_bits(double v) {
+  const uint16_t sign = std::signbit(v) ? 0x8000 : 0;
+  v = std::fabs(v);
+  if (std::isnan(v)) return 0x7E00;
+  if (v == 0) return sign;
+  int e;
+  std::frexp(v, &e);
+  int exponent = e - 1;  // v = 1.f * 2^exponent
+  if (exponent < -14) return sign | static_cast<uint16_t>(std::nearbyint(v * 16777216.0));  // subnormal (or 2^-14)
+  double q = std::nearbyint(std::ldexp(v, 10 - exponent));                                     // [1024, 2048]
+  if (q == 2048) q = 1024, ++exponent;
+  if (exponent > 15) return sign | 0x7C00;
+  return sign | static_cast<uint16_t>((exponent + 15) << 10) | static_cast<uint16_t>(q - 1024);
+}
+
+inline __half2 each(__half2 a, __half2 b, double (*op)(double, double)) {
+  return {{half_bits(op(half_value(a.x.bits), half_value(b.x.bits)))},
+          {half_bits(op(half_value(a.y.bits), half_value(b.y.bits)))}};
+}
+
+}  // namespace cuda_emulation
+
+inline __half __ushort_as_half(uint16_t bits) { return {bits}; }
+inline __half __float2half(float v) { return {cuda_emulation::half_bits(v)}; }
+inline __half2 __half2half2(__half h) { return {h, h}; }
+inline __half2 __hsub2(__half2 a, __half2 b) {
+  return cuda_emulation::each(a, b, [](double p, double q) { return p - q; });
+}
+inline __half2 __hmul2(__half2 a, __half2 b) {
+  return cuda_emulation::each(a, b, [](double p, double q) { return p * q; });
+}
+
+// -- blocks, warps, asynchronous copies -------------------------------------------------------------
+namespace cuda_emulation {
+
+struct Warp {
+  std::barrier<> arrived{32};
+  uint32_t a[32][4];
+  uint32_t b[32][2];
+};
+
+struct Block {
+  std::vector<unsigned char> shared;
+  std::unique_ptr<std::barrier<>> all;
+  std::vector<std::unique_ptr<Warp>> warps;
+  bool late_copies;
+};
+
+struct Copy {
+  void* to;
+  const void* from;
+  bool valid;
+};
+
+inline thread_local Block* block = nullptr;
+inline thread_local std::vector<std::vector<Copy>> committed;  // oldest first
+inline thread_local std::vector<Copy> open_group;
+
+inline unsigned char* block_shared() { return block->shared.data(); }
+
+inline void finish(const Copy& c) {
+  if (c.valid) std::memcpy(c.to, c.from, 16);
+  else std::memset(c.to, 0, 16);
+}
+
+inline void copy_async(void* to, const void* from, bool valid) {
+  if (block->late_copies) open_group.push_back({to, from, valid});
+  else finish({to, from, valid});
+}
+inline void commit_async() {
+  committed.push_back(std::move(open_group));
+  open_group.clear();
+}
+inline void wait_async(int pending) {
+  while (static_cast<int>(committed.size()) > pending) {
+    for (const Copy& c : committed.front()) finish(c);
+    committed.erase(committed.begin());
+  }
+}
+
+// d += A . B over the warp: lane (g, t) holds A's (g, 2t..), (g + 8, 2t..), (g, 2t + 8..),
+// (g + 8, 2t + 8..) and B's (2t.., g), (2t + 8.., g) as half pairs, and D's (g, 2t), (g, 2t + 1),
+// (g + 8, 2t), (g + 8, 2t + 1).
+inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  Warp& w = *block->warps[threadIdx.x / 32];
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  std::memcpy(w.a[lane], a, sizeof a);
+  w.b[lane][0] = b0, w.b[lane][1] = b1;
+  w.arrived.arrive_and_wait();
+  auto half_of = [](uint32_t r, int high) { return half_value(high ? r >> 16 : r & 0xFFFF); };
+  auto a_at = [&](int row, int col) { return half_of(w.a[(row % 8) * 4 + (col % 8) / 2][row / 8 + 2 * (col / 8)], col % 2); };
+  auto b_at = [&](int k, int col) { return half_of(w.b[col * 4 + (k % 8) / 2][k / 8], k % 2); };
+  float out[4];
+  for (int e = 0; e < 4; ++e) {
+    const int row = g + 8 * (e / 2), col = 2 * t + e % 2;
+    double sum = d[e];
+    for (int k = 0; k < 16; ++k) sum += a_at(row, k) * b_at(k, col);
+    out[e] = static_cast<float>(sum);
+  }
+  w.arrived.arrive_and_wait();  // every lane has read the exchange
+  for (int e = 0; e < 4; ++e) d[e] = out[e];
+}
+
+// Runs `kernel` (a callable) over `grid` blocks of `threads` threads, one block at a time, with
+// `shared_bytes` of shared memory (filled with 0xCD: what is read before it is written shows).
+template <class Kernel>
+void launch(dim3 grid, int threads, size_t shared_bytes, bool late_copies, Kernel kernel) {
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        Block b;
+        b.shared.assign(shared_bytes, 0xCD);
+        b.all = std::make_unique<std::barrier<>>(threads);
+        for (int i = 0; i < threads / 32; ++i) b.warps.push_back(std::make_unique<Warp>());
+        b.late_copies = late_copies;
+        std::vector<std::thread> pool;
+        for (int i = 0; i < threads; ++i) {
+          pool.emplace_back([&, i] {
+            threadIdx = {static_cast<unsigned>(i), 0, 0};
+            blockIdx = {x, y, z};
+            blockDim = {static_cast<unsigned>(threads), 1, 1};
+            gridDim = grid;
+            block = &b;
+            committed.clear();
+            open_group.clear();
+            kernel();
+          });
+        }
+        for (auto& th : pool) th.join();
+      }
+}
+
+}  // namespace cuda_emulation
+
+inline void __syncthreads() { cuda_emulation::block->all->arrive_and_wait(); }

@@ -1,0 +1,136 @@
+"""runtime/custom_ops/gemm_int4_mma.cuh's kernel, its own source, run on the CPU: g++ compiles it
+against tests/cuda_emulation.h (a block's threads as std::threads, mma.sync from PTX's fragment
+layout, cp.async done at once or as late as allowed, float16 correctly rounded) and a harness
+launches it like gemm_int4_mma::launch does (the same tiles, rows a block and parts of K, then the
+split sums converted). Each result is compared with the weights dequantized as the kernel rounds
+them (float16 (code - zero) x scale) times x, summed in double; AddressSanitizer watches every
+read and write of the arrays. The CUDA tests (tests/test_custom_ops_int4.py) run the same kernel
+inside onnxruntime on a GPU."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from runtime import custom_ops
+
+HARNESS = r"""
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include "cuda_emulation.h"
+#include "gemm_int4_mma.cuh"
+using cuda_emulation::half_bits;
+using cuda_emulation::half_value;
+
+template <int MR, int NO>
+void run(const gemm_int4_mma::Args& a, int parts, bool late) {
+  using T = gemm_int4_mma::Tile<MR, NO, 4>;
+  const dim3 grid{static_cast<unsigned>((a.n + T::kBN - 1) / T::kBN), static_cast<unsigned>((a.m + T::kBM - 1) / T::kBM),
+                  static_cast<unsigned>(parts)};
+  cuda_emulation::launch(grid, gemm_int4_mma::kThreads, T::kShared, late,
+                         [&] { gemm_int4_mma::gemm_int4_mma_kernel<MR, NO, 4>(a); });
+}
+
+int main(int argc, char** argv) {
+  if (argc != 10) return 2;
+  const int m = std::atoi(argv[1]), n = std::atoi(argv[2]), k = std::atoi(argv[3]), block = std::atoi(argv[4]);
+  const bool zeros = std::atoi(argv[5]), wide = std::atoi(argv[6]), late = std::atoi(argv[8]);
+  const int most_rows = std::atoi(argv[7]), splits = std::atoi(argv[9]);
+  std::mt19937 rng(m * 7919 + n * 31 + k);
+  std::uniform_real_distribution<double> unit(-1, 1), positive(0.01, 0.1);
+  const int blocks = k / block, zero_bytes = (blocks + 1) / 2;
+  std::vector<uint16_t> x(static_cast<size_t>(m) * k), scales(static_cast<size_t>(n) * blocks), y(static_cast<size_t>(m) * n, 0x7E00);
+  std::vector<uint8_t> codes(static_cast<size_t>(n) * k / 2), zero_points(static_cast<size_t>(n) * zero_bytes);
+  for (auto& v : x) v = half_bits(unit(rng));
+  for (auto& v : scales) v = half_bits(positive(rng));
+  for (auto& v : codes) v = rng() & 0xFF;
+  for (auto& v : zero_points) v = rng() & 0xFF;
+  std::vector<float> sums(static_cast<size_t>(m) * n, 0.f);
+
+  gemm_int4_mma::Args a{};
+  a.x = reinterpret_cast<const __half*>(x.data());
+  a.codes = codes.data();
+  a.scales = reinterpret_cast<const __half*>(scales.data());
+  a.zeros = zeros ? zero_points.data() : nullptr;
+  a.y = reinterpret_cast<__half*>(y.data());
+  a.sums = sums.data();
+  a.m = m, a.n = n, a.k = k, a.block = block;
+  if (!gemm_int4::takes(k, block, a.x, a.codes)) return 3;
+  a.steps_per_split = gemm_int4::steps_per_split(k, splits);
+  const int parts = (k / gemm_int4::kStepK + a.steps_per_split - 1) / a.steps_per_split;  // as launch() does
+  switch (gemm_int4::block_rows(m, most_rows) * 2 + wide) {
+    case 16: run<1, 1>(a, parts, late); break;
+    case 17: run<1, 2>(a, parts, late); break;
+    case 32: run<2, 1>(a, parts, late); break;
+    case 33: run<2, 2>(a, parts, late); break;
+    case 64: run<4, 1>(a, parts, late); break;
+    case 65: run<4, 2>(a, parts, late); break;
+    case 128: run<8, 1>(a, parts, late); break;
+    default: run<8, 2>(a, parts, late);
+  }
+  if (parts > 1) for (size_t i = 0; i < y.size(); ++i) y[i] = half_bits(sums[i]);
+
+  double worst = 0, largest = 0;
+  int unwritten = 0;
+  for (int r = 0; r < m; ++r)
+    for (int o = 0; o < n; ++o) {
+      double want = 0;
+      for (int i = 0; i < k; ++i) {
+        const uint8_t byte = codes[(static_cast<size_t>(o) * k + i) / 2];
+        const int code = i % 2 ? byte >> 4 : byte & 15, b = i / block;
+        const uint8_t zbyte = zero_points[static_cast<size_t>(o) * zero_bytes + b / 2];
+        const int zero = zeros ? (b % 2 ? zbyte >> 4 : zbyte & 15) : 8;
+        const double w = half_value(half_bits((code - zero) * half_value(scales[static_cast<size_t>(o) * blocks + b])));
+        want += w * half_value(x[static_cast<size_t>(r) * k + i]);
+      }
+      const uint16_t got = y[static_cast<size_t>(r) * n + o];
+      if (got == 0x7E00) ++unwritten;
+      else worst = std::max(worst, std::fabs(half_value(got) - want));
+      largest = std::max(largest, std::fabs(want));
+    }
+  std::printf("parts %d worst %.6g largest %.6g unwritten %d\n", parts, worst, largest, unwritten);
+}
+"""
+
+CASES = {  # m, n, k, block, zero points, 256 outputs a block, most rows a block, splits of K
+    "8-rows-odd-n-zeros": (6, 201, 256, 32, True, False, 64, 1),
+    "16-rows-split": (10, 40, 512, 128, True, False, 64, 3),
+    "32-rows-wide-split": (21, 300, 512, 64, False, True, 64, 3),
+    "64-rows": (64, 130, 192, 64, True, False, 64, 1),
+    "64-rows-wide": (64, 260, 128, 32, False, True, 64, 1),
+    "three-row-blocks": (130, 64, 128, 32, True, False, 64, 2),
+    "blocks-of-at-most-16": (40, 128, 128, 64, False, False, 16, 1),
+}
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory) -> Path:
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if compiler is None:
+        pytest.fail("g++ is needed (the custom-op library builds with it too)")
+    folder = tmp_path_factory.mktemp("emulated")
+    (folder / "harness.cc").write_text(HARNESS)
+    binary = folder / "harness"
+    # AddressSanitizer: a read or write outside x, the codes, the scales or y fails the case
+    subprocess.run([compiler, "-std=c++20", "-O1", "-pthread", "-fno-strict-aliasing", "-fsanitize=address",
+                    "-I", str(Path(__file__).parent), "-I", str(custom_ops.SOURCE_DIR), str(folder / "harness.cc"),
+                    "-o", str(binary)], check=True)
+    return binary
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["copies-at-once", "copies-late"])
+@pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
+def test_the_int4_gemm_kernel_run_on_the_cpu_equals_the_dequantized_product(harness, case, late):
+    m, n, k, block, zeros, wide, most_rows, splits = case
+    args = [m, n, k, block, int(zeros), int(wide), most_rows, int(late), splits]
+    done = subprocess.run([str(harness), *map(str, args)], text=True, capture_output=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    fields = done.stdout.split()
+    parts, worst, largest, unwritten = int(fields[1]), float(fields[3]), float(fields[5]), int(fields[7])
+    assert parts == min(splits, k // 64) and unwritten == 0
+    # float16 output (half an ulp: 2^-11 relative) and fp32 sums of float16 products
+    assert worst <= largest * 2 ** -10 + 1e-3, done.stdout
