@@ -5,6 +5,8 @@
 //     for each other, and each sums its four results from the PTX fragment layout (in double);
 //   - cp.async: either done at once, or held back until the wait that must see it (a copy waited
 //     for too late or a stage reused too early then shows up as wrong sums);
+//   - a thread block cluster's blocks run at once, with a barrier over all their threads, each
+//     able to read the others' shared memory until it ends (then that memory is overwritten);
 //   - float16 as its bits, each operation correctly rounded (through double).
 // Include it before the kernel's header. The emulation is for correctness, not for speed.
 #pragma once
@@ -99,11 +101,21 @@ struct Warp {
   uint32_t b[32][2];
 };
 
+struct Cluster;
+
 struct Block {
   std::vector<unsigned char> shared;
   std::unique_ptr<std::barrier<>> all;
   std::vector<std::unique_ptr<Warp>> warps;
   bool late_copies;
+  Cluster* cluster;
+  int rank;                       // in the cluster
+  std::atomic<int> running{0};  // threads still in the kernel: at 0 the shared memory is gone (0xCD again)
+};
+
+struct Cluster {
+  std::vector<std::unique_ptr<Block>> blocks;
+  std::unique_ptr<std::barrier<>> all;  // every thread of every block
 };
 
 struct Copy {
@@ -117,6 +129,14 @@ inline thread_local std::vector<std::vector<Copy>> committed;  // oldest first
 inline thread_local std::vector<Copy> open_group;
 
 inline unsigned char* block_shared() { return block->shared.data(); }
+inline int cluster_rank() { return block->rank; }
+inline void cluster_sync() { block->cluster->all->arrive_and_wait(); }
+inline float cluster_load(const float* local, int rank) {
+  const auto offset = reinterpret_cast<const unsigned char*>(local) - block->shared.data();
+  float v;
+  std::memcpy(&v, block->cluster->blocks.at(rank)->shared.data() + offset, sizeof v);
+  return v;
+}
 
 inline void finish(const Copy& c) {
   if (c.valid) std::memcpy(c.to, c.from, 16);
@@ -161,30 +181,42 @@ inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uin
   for (int e = 0; e < 4; ++e) d[e] = out[e];
 }
 
-// Runs `kernel` (a callable) over `grid` blocks of `threads` threads, one block at a time, with
-// `shared_bytes` of shared memory (filled with 0xCD: what is read before it is written shows).
+// Runs `kernel` (a callable) over `grid` blocks of `threads` threads with `shared_bytes` of shared
+// memory each (filled with 0xCD: what is read before it is written shows), one cluster of
+// `cluster_z` blocks along z at a time (1: one block at a time).
 template <class Kernel>
-void launch(dim3 grid, int threads, size_t shared_bytes, bool late_copies, Kernel kernel) {
-  for (unsigned z = 0; z < grid.z; ++z)
+void launch(dim3 grid, int threads, size_t shared_bytes, bool late_copies, Kernel kernel, unsigned cluster_z = 1) {
+  for (unsigned z0 = 0; z0 < grid.z; z0 += cluster_z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) {
-        Block b;
-        b.shared.assign(shared_bytes, 0xCD);
-        b.all = std::make_unique<std::barrier<>>(threads);
-        for (int i = 0; i < threads / 32; ++i) b.warps.push_back(std::make_unique<Warp>());
-        b.late_copies = late_copies;
+        Cluster cluster;
+        cluster.all = std::make_unique<std::barrier<>>(threads * cluster_z);
+        for (unsigned rank = 0; rank < cluster_z; ++rank) {
+          auto b = std::make_unique<Block>();
+          b->shared.assign(shared_bytes, 0xCD);
+          b->all = std::make_unique<std::barrier<>>(threads);
+          for (int i = 0; i < threads / 32; ++i) b->warps.push_back(std::make_unique<Warp>());
+          b->late_copies = late_copies;
+          b->cluster = &cluster;
+          b->rank = static_cast<int>(rank);
+          b->running = threads;
+          cluster.blocks.push_back(std::move(b));
+        }
         std::vector<std::thread> pool;
-        for (int i = 0; i < threads; ++i) {
-          pool.emplace_back([&, i] {
-            threadIdx = {static_cast<unsigned>(i), 0, 0};
-            blockIdx = {x, y, z};
-            blockDim = {static_cast<unsigned>(threads), 1, 1};
-            gridDim = grid;
-            block = &b;
-            committed.clear();
-            open_group.clear();
-            kernel();
-          });
+        for (unsigned rank = 0; rank < cluster_z; ++rank) {
+          for (int i = 0; i < threads; ++i) {
+            pool.emplace_back([&, rank, i] {
+              threadIdx = {static_cast<unsigned>(i), 0, 0};
+              blockIdx = {x, y, z0 + rank};
+              blockDim = {static_cast<unsigned>(threads), 1, 1};
+              gridDim = grid;
+              block = cluster.blocks[rank].get();
+              committed.clear();
+              open_group.clear();
+              kernel();
+              if (--block->running == 0) std::memset(block->shared.data(), 0xCD, block->shared.size());
+            });
+          }
         }
         for (auto& th : pool) th.join();
       }

@@ -1,8 +1,9 @@
 """runtime/custom_ops/gemm_int4_mma.cuh's kernel, its own source, run on the CPU: g++ compiles it
 against tests/cuda_emulation.h (a block's threads as std::threads, mma.sync from PTX's fragment
-layout, cp.async done at once or as late as allowed, float16 correctly rounded) and a harness
-launches it like gemm_int4_mma::launch does (the same tiles, rows a block and parts of K, then the
-split sums converted). Each result is compared with the weights dequantized as the kernel rounds
+layout, cp.async done at once or as late as allowed, a cluster's blocks at once, float16 correctly
+rounded) and a harness launches it like gemm_int4_mma::launch does (the same tiles, rows a block
+and parts of K; the parts' sums added by atomics and converted after, or in the cluster's shared
+memory). Each result is compared with the weights dequantized as the kernel rounds
 them (float16 (code - zero) x scale) times x, summed in double; AddressSanitizer watches every
 read and write of the arrays. The CUDA tests (tests/test_custom_ops_int4.py) run the same kernel
 inside onnxruntime on a GPU."""
@@ -32,14 +33,15 @@ void run(const gemm_int4_mma::Args& a, int parts, bool late) {
   const dim3 grid{static_cast<unsigned>((a.n + T::kBN - 1) / T::kBN), static_cast<unsigned>((a.m + T::kBM - 1) / T::kBM),
                   static_cast<unsigned>(parts)};
   cuda_emulation::launch(grid, gemm_int4_mma::kThreads, T::kShared, late,
-                         [&] { gemm_int4_mma::gemm_int4_mma_kernel<MR, NO, 4>(a); });
+                         [&] { gemm_int4_mma::gemm_int4_mma_kernel<MR, NO, 4>(a); }, a.cluster ? parts : 1);
 }
 
 int main(int argc, char** argv) {
-  if (argc != 10) return 2;
+  if (argc != 11) return 2;
   const int m = std::atoi(argv[1]), n = std::atoi(argv[2]), k = std::atoi(argv[3]), block = std::atoi(argv[4]);
   const bool zeros = std::atoi(argv[5]), wide = std::atoi(argv[6]), late = std::atoi(argv[8]);
   const int most_rows = std::atoi(argv[7]), splits = std::atoi(argv[9]);
+  const bool cluster = std::atoi(argv[10]);
   std::mt19937 rng(m * 7919 + n * 31 + k);
   std::uniform_real_distribution<double> unit(-1, 1), positive(0.01, 0.1);
   const int blocks = k / block, zero_bytes = (blocks + 1) / 2;
@@ -61,7 +63,8 @@ int main(int argc, char** argv) {
   a.m = m, a.n = n, a.k = k, a.block = block;
   if (!gemm_int4::takes(k, block, a.x, a.codes)) return 3;
   a.steps_per_split = gemm_int4::steps_per_split(k, splits);
-  const int parts = (k / gemm_int4::kStepK + a.steps_per_split - 1) / a.steps_per_split;  // as launch() does
+  const int parts = gemm_int4::parts_of(k, splits);  // as launch() does
+  a.cluster = cluster && parts > 1 && parts <= gemm_int4::kClusterParts;
   switch (gemm_int4::block_rows(m, most_rows) * 2 + wide) {
     case 16: run<1, 1>(a, parts, late); break;
     case 17: run<1, 2>(a, parts, late); break;
@@ -72,7 +75,7 @@ int main(int argc, char** argv) {
     case 128: run<8, 1>(a, parts, late); break;
     default: run<8, 2>(a, parts, late);
   }
-  if (parts > 1) for (size_t i = 0; i < y.size(); ++i) y[i] = half_bits(sums[i]);
+  if (parts > 1 && !a.cluster) for (size_t i = 0; i < y.size(); ++i) y[i] = half_bits(sums[i]);
 
   double worst = 0, largest = 0;
   int unwritten = 0;
@@ -92,18 +95,21 @@ int main(int argc, char** argv) {
       else worst = std::max(worst, std::fabs(half_value(got) - want));
       largest = std::max(largest, std::fabs(want));
     }
-  std::printf("parts %d worst %.6g largest %.6g unwritten %d\n", parts, worst, largest, unwritten);
+  std::printf("parts %d cluster %d worst %.6g largest %.6g unwritten %d\n", parts, a.cluster, worst, largest, unwritten);
 }
 """
 
-CASES = {  # m, n, k, block, zero points, 256 outputs a block, most rows a block, splits of K
-    "8-rows-odd-n-zeros": (6, 201, 256, 32, True, False, 64, 1),
-    "16-rows-split": (10, 40, 512, 128, True, False, 64, 3),
-    "32-rows-wide-split": (21, 300, 512, 64, False, True, 64, 3),
-    "64-rows": (64, 130, 192, 64, True, False, 64, 1),
-    "64-rows-wide": (64, 260, 128, 32, False, True, 64, 1),
-    "three-row-blocks": (130, 64, 128, 32, True, False, 64, 2),
-    "blocks-of-at-most-16": (40, 128, 128, 64, False, False, 16, 1),
+CASES = {  # m, n, k, block, zero points, 256 outputs a block, most rows a block, splits of K, cluster
+    "8-rows-odd-n-zeros": (6, 201, 256, 32, True, False, 64, 1, False),
+    "16-rows-split-atomics": (10, 40, 512, 128, True, False, 64, 3, False),
+    "16-rows-split-cluster": (10, 40, 512, 128, True, False, 64, 3, True),
+    "32-rows-wide-split-atomics": (21, 300, 512, 64, False, True, 64, 3, False),
+    "32-rows-wide-split-cluster": (21, 300, 512, 64, False, True, 64, 3, True),
+    "64-rows": (64, 130, 192, 64, True, False, 64, 1, False),
+    "64-rows-wide": (64, 260, 128, 32, False, True, 64, 1, False),
+    "64-rows-eight-parts-cluster": (64, 130, 512, 32, True, False, 64, 8, True),
+    "three-row-blocks-cluster": (130, 64, 128, 32, True, False, 64, 2, True),
+    "blocks-of-at-most-16": (40, 128, 128, 64, False, False, 16, 1, False),
 }
 
 
@@ -125,12 +131,13 @@ def harness(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("late", [False, True], ids=["copies-at-once", "copies-late"])
 @pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
 def test_the_int4_gemm_kernel_run_on_the_cpu_equals_the_dequantized_product(harness, case, late):
-    m, n, k, block, zeros, wide, most_rows, splits = case
-    args = [m, n, k, block, int(zeros), int(wide), most_rows, int(late), splits]
+    m, n, k, block, zeros, wide, most_rows, splits, cluster = case
+    args = [m, n, k, block, int(zeros), int(wide), most_rows, int(late), splits, int(cluster)]
     done = subprocess.run([str(harness), *map(str, args)], text=True, capture_output=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     fields = done.stdout.split()
-    parts, worst, largest, unwritten = int(fields[1]), float(fields[3]), float(fields[5]), int(fields[7])
-    assert parts == min(splits, k // 64) and unwritten == 0
+    parts, in_cluster, worst, largest, unwritten = (int(fields[1]), int(fields[3]), float(fields[5]), float(fields[7]),
+                                                    int(fields[9]))
+    assert parts == min(splits, k // 64) and in_cluster == int(cluster and parts > 1) and unwritten == 0
     # float16 output (half an ulp: 2^-11 relative) and fp32 sums of float16 products
     assert worst <= largest * 2 ** -10 + 1e-3, done.stdout

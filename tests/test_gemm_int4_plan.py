@@ -19,7 +19,9 @@ int main() {
   int m, n, k, config, fill;
   while (std::scanf("%d %d %d %d %d", &m, &n, &k, &config, &fill) == 5) {
     const int splits = gemm_int4::splits_for(m, n, k, config, fill);
-    std::printf("%d %d %d\n", splits, gemm_int4::steps_per_split(k, splits), gemm_int4::block_rows(m));
+    const int capped = gemm_int4::splits_for(m, n, k, config, fill, 64, gemm_int4::kClusterParts);
+    std::printf("%d %d %d %d %d\n", splits, gemm_int4::steps_per_split(k, splits), gemm_int4::block_rows(m), capped,
+                gemm_int4::parts_of(k, capped));
   }
   static const char codes[64] = {};
   using gemm_int4::takes;
@@ -52,7 +54,7 @@ def plan(tmp_path_factory):
 
 def test_k_is_cut_into_whole_steps_so_that_the_grid_fills_the_gpu(plan):
     answers, _ = plan
-    for (m, n, k, config, fill), (splits, per_part, rows) in answers.items():
+    for (m, n, k, config, fill), (splits, per_part, rows, capped, capped_parts) in answers.items():
         outputs = 128 if config == 0 else 256
         assert rows == (8 if m <= 8 else 16 if m <= 16 else 32 if m <= 32 else 64)
         tiles = -(-m // rows) * -(-n // outputs)
@@ -63,6 +65,8 @@ def test_k_is_cut_into_whole_steps_so_that_the_grid_fills_the_gpu(plan):
         else:  # the parts the grid wanted, as even as whole steps allow
             wanted = min(steps, -(-fill // tiles))
             assert per_part == -(-steps // wanted) and splits <= wanted
+        # at most a cluster's 8 parts (LinearInt4's ask), the same split where it needs no more
+        assert capped <= 8 and capped_parts == capped and (capped == splits or splits > 8)
 
 
 def test_the_gemm_takes_k_in_steps_of_64_and_of_whole_power_of_two_blocks_and_aligned_data(plan):

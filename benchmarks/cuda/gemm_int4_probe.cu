@@ -66,9 +66,10 @@ extern "C" int gemm_int4_registers(const void* x, const void* codes, const void*
   return 0;
 }
 
-// The splits gemm_int4_plan.h picks for `fill` blocks (blocks of at most `rows` rows).
+// The splits gemm_int4_plan.h picks for `fill` blocks (blocks of at most `rows` rows; at most a
+// cluster's parts, as LinearInt4 asks).
 extern "C" int gemm_int4_splits(int m, int n, int k, int config, int fill, int rows) {
-  return gemm_int4::splits_for(m, n, k, config, fill, rows);
+  return gemm_int4::splits_for(m, n, k, config, fill, rows, gemm_int4::kClusterParts);
 }
 
 // Codes rows [first, first + count) dequantized to float16 into out (count, k).

@@ -17,14 +17,17 @@
 // (MR 8-row fragments, so that each weight is dequantized once a block) and NO 16-wide fragments
 // of outputs: BN = 128 NO outputs. K in 64-deep steps through a STAGES-deep cp.async pipeline of the
 // x tile and the raw codes (shared memory holds 4 bits a weight); each weight's scale and zero point
-// read a step ahead into registers. K may be split over gridDim.z: each part adds into a zeroed fp32
-// buffer, converted to float16 after. gemm_int4_plan.h has the host's choices (tiles, rows a block,
-// splits).
+// read a step ahead into registers. K may be split over gridDim.z: on sm_90 the parts of a tile
+// are one thread block cluster's blocks, which add up their sums in each other's shared memory
+// and write float16 (no other kernel, the same sums every call); elsewhere each part adds into a
+// zeroed fp32 buffer by atomics, converted to float16 after. gemm_int4_plan.h has the host's
+// choices (tiles, rows a block, splits).
 //
 // Included by linear_int4.cu and by benchmarks/cuda/gemm_int4_probe.cu (device code, nvcc). Without
-// nvcc the kernel compiles as C++ against a CPU emulation of the few CUDA pieces it uses (threads,
-// barriers, shared memory, cp.async, mma.sync: tests/cuda_emulation.h, included first), which runs
-// it on the CPU (tests/test_gemm_int4_emulated.py); the launch is nvcc's only.
+// nvcc the kernel compiles as C++ against a CPU emulation of the few CUDA pieces it uses
+// (device_primitives.cuh's: threads, barriers, shared memory, cp.async, mma.sync, clusters;
+// tests/cuda_emulation.h, included first), which runs it on the CPU
+// (tests/test_gemm_int4_emulated.py); the launch is nvcc's only.
 #pragma once
 #if defined(__CUDACC__)
 #include <cuda_fp16.h>
@@ -32,11 +35,13 @@
 #endif
 #include <stdint.h>
 
+#include "device_primitives.cuh"
 #include "gemm_int4_fragments.h"
 #include "gemm_int4_plan.h"
 
 namespace gemm_int4_mma {
 
+using namespace device_primitives;
 using gemm_int4::kStepK;
 constexpr int kWarps = 8;
 constexpr int kThreads = 32 * kWarps;
@@ -49,12 +54,13 @@ struct Args {
   const __half* scales;
   const uint8_t* zeros;  // null: 8
   __half* y;             // (m, n)
-  float* sums;           // (m, n) zeroed, with more than one part of K
+  float* sums;           // (m, n) zeroed, with K in parts over the grid and no cluster
   int m;
   int n;
   int k;
   int block;  // K values a scale covers, a multiple of 32
   int steps_per_split;
+  int cluster;  // 1: K's parts are one thread block cluster's blocks, whose sums meet in shared memory
 };
 
 template <int MR, int NO, int STAGES>
@@ -63,44 +69,10 @@ struct Tile {
   static constexpr int kBN = 16 * kWarps * NO;
   static constexpr int kStageX = kBM * kLdX * 2;     // bytes
   static constexpr int kStageW = kBN * kStepBytes;   // bytes
-  static constexpr size_t kShared = static_cast<size_t>(STAGES) * (kStageX + kStageW);
+  static constexpr size_t kPipeline = static_cast<size_t>(STAGES) * (kStageX + kStageW);
+  static constexpr size_t kSums = static_cast<size_t>(kBM) * kBN * 4;  // a cluster's part's fp32 sums
+  static constexpr size_t kShared = kPipeline > kSums ? kPipeline : kSums;
 };
-
-// The block's dynamic shared memory.
-__device__ __forceinline__ unsigned char* block_shared() {
-#if defined(__CUDACC__)
-  extern __shared__ __align__(128) unsigned char shared[];
-  return shared;
-#else
-  return cuda_emulation::block_shared();
-#endif
-}
-
-// 16 bytes from global to shared memory in the background (zeros where not `valid`); the copies
-// issued since the last commit form a group; wait until at most PENDING groups are in flight.
-__device__ __forceinline__ void copy_async(void* shared, const void* global, bool valid) {
-#if defined(__CUDACC__)
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(shared));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(global), "r"(valid ? 16 : 0));
-#else
-  cuda_emulation::copy_async(shared, global, valid);
-#endif
-}
-__device__ __forceinline__ void commit_async() {
-#if defined(__CUDACC__)
-  asm volatile("cp.async.commit_group;\n" ::);
-#else
-  cuda_emulation::commit_async();
-#endif
-}
-template <int PENDING>
-__device__ __forceinline__ void wait_async() {
-#if defined(__CUDACC__)
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING));
-#else
-  cuda_emulation::wait_async(PENDING);
-#endif
-}
 
 // A thread's 16-byte pieces of one matrix's tile in a stage: where each comes from at the part's
 // first step, its byte offset in the stage (-1: the thread has no such piece), and whether it lies
@@ -137,19 +109,6 @@ __device__ __forceinline__ void plan_pieces(const unsigned char* base, size_t ro
   }
 }
 
-// d += A (16 x 16) . B (16 x 8), the warp's registers in PTX's m16n8k16 fragment layout.
-__device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-#if defined(__CUDACC__)
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#else
-  cuda_emulation::mma_m16n8k16(d, a, b0, b1);
-#endif
-}
-
 // gemm_int4::kCodeMagic in a register the compiler cannot see into (blockDim.x < 2^20: or'ing in
 // its high bits changes nothing).
 __device__ __forceinline__ uint32_t code_magic() { return gemm_int4::kCodeMagic | (blockDim.x >> 20); }
@@ -170,14 +129,18 @@ struct Dequant {
 };
 
 // Where a thread finds its outputs' scales and zero points: row (first output) and the strides,
-// hoisted out of the loop (a block index is a shift: the block is a power of two).
+// hoisted out of the loop (a block index is a shift: the block is a power of two). The loads in
+// the loop take no branch: a group past the last output reads the last one's row (its sums are
+// never stored), and without zero points the byte read is a scale's, replaced by 0x88.
 struct DequantRows {
-  const __half* scales;   // the first output's row of scales
-  const uint8_t* zeros;   // its row of packed zero points, or null
+  const __half* scales;   // the first output's row of scales (a row inside n)
+  const uint8_t* zeros;   // its row of packed zero points, or its scales' bytes
   int scale_stride;       // 8 outputs on: scales
-  int zero_stride;        // and zero-point bytes
+  int zero_stride;        // and bytes of `zeros`
+  int zero_shift;         // 1 with zero points (a byte a pair of blocks), else 31 (byte 0)
   int shift;              // log2(block)
-  int live;               // outputs (of the thread's NF) inside n: fragments [0, live)
+  int last;               // the thread's last group inside n (0 when none is)
+  bool has_zeros;
 };
 
 // A row's scale and packed zero-point byte for one step, as loaded; converted where used. The
@@ -188,29 +151,11 @@ struct RawDequant {
   uint16_t zeros;  // the byte holding the block's zero point (0x88 without: 8)
 };
 
-__device__ __forceinline__ uint16_t load_u16(const void* p) {
-#if defined(__CUDACC__)
-  uint16_t v;
-  asm volatile("ld.global.nc.u16 %0, [%1];\n" : "=h"(v) : "l"(p));
-  return v;
-#else
-  return *static_cast<const uint16_t*>(p);
-#endif
-}
-__device__ __forceinline__ uint16_t load_u8(const void* p) {
-#if defined(__CUDACC__)
-  uint16_t v;
-  asm volatile("ld.global.nc.u8 %0, [%1];\n" : "=h"(v) : "l"(p));
-  return v;
-#else
-  return *static_cast<const uint8_t*>(p);
-#endif
-}
-
 __device__ __forceinline__ RawDequant load_dequant(const DequantRows& d, int j, int b) {
-  if (j >= d.live) return {0, 0x88};  // scale 0
-  const uint16_t scale = load_u16(d.scales + j * d.scale_stride + b);
-  return {scale, d.zeros == nullptr ? uint16_t{0x88} : load_u8(d.zeros + j * d.zero_stride + b / 2)};
+  const int row = min(j, d.last);
+  const uint16_t scale = load_u16(d.scales + row * d.scale_stride + b);
+  const uint16_t zeros = load_u8(d.zeros + row * d.zero_stride + (b >> d.zero_shift));
+  return {scale, d.has_zeros ? zeros : uint16_t{0x88}};
 }
 
 // Block b's scale and zero point as dequantizing needs them.
@@ -218,6 +163,36 @@ __device__ __forceinline__ Dequant dequant_of(const RawDequant& r, int b) {
   const uint32_t zero = (b % 2 == 0 ? r.zeros : r.zeros >> 4) & 0xF;
   const uint32_t offset = gemm_int4::zero_pair_bits(zero);
   return {__half2half2(__ushort_as_half(r.scale)), *reinterpret_cast<const __half2*>(&offset)};
+}
+
+// The block's (BM, BN) sums when K's parts are the blocks of one cluster (rank = part): each
+// block leaves its sums in its shared memory; after a cluster barrier each adds up its share of the
+// tile over the parts, in rank order (the same sums every call), and writes it as float16; a second
+// barrier keeps each block's shared memory until the others have read it.
+template <class T, int NO, int MR>
+__device__ __forceinline__ void cluster_sums(const Args& a, const float (&acc)[NO][MR][4], unsigned char* shared,
+                                             int n0, int m0, int out_row, int t) {
+  float* sums = reinterpret_cast<float*>(shared);
+  __syncthreads();  // every warp is done with the pipeline's stages
+#pragma unroll
+  for (int o = 0; o < NO; ++o)
+#pragma unroll
+    for (int r = 0; r < MR; ++r)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int row = 8 * r + 2 * t + gemm_int4::d_row(e), col = out_row + 16 * o + gemm_int4::d_output(e);
+        sums[row * T::kBN + col] = acc[o][r][e];
+      }
+  cluster_sync();
+  const int parts = static_cast<int>(gridDim.z);
+  for (int i = cluster_rank() * kThreads + static_cast<int>(threadIdx.x); i < T::kBM * T::kBN; i += parts * kThreads) {
+    const int row = m0 + i / T::kBN, col = n0 + i % T::kBN;
+    if (row >= a.m || col >= a.n) continue;
+    float sum = 0.f;
+    for (int part = 0; part < parts; ++part) sum += cluster_load(sums + i, part);
+    a.y[static_cast<size_t>(row) * a.n + col] = __float2half(sum);
+  }
+  cluster_sync();
 }
 
 template <int MR, int NO, int STAGES>
@@ -254,11 +229,14 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_int4_mma_kernel(Args a) {
   {
     const int blocks = a.k / a.block, row = min(n0 + out_row, a.n - 1);
     rows.scales = a.scales + static_cast<size_t>(row) * blocks;
-    rows.zeros = a.zeros == nullptr ? nullptr : a.zeros + static_cast<size_t>(row) * ((blocks + 1) / 2);
     rows.scale_stride = 8 * blocks;
-    rows.zero_stride = 8 * ((blocks + 1) / 2);
+    rows.has_zeros = a.zeros != nullptr;
+    rows.zeros = rows.has_zeros ? a.zeros + static_cast<size_t>(row) * ((blocks + 1) / 2)
+                                : reinterpret_cast<const uint8_t*>(rows.scales);
+    rows.zero_stride = rows.has_zeros ? 8 * ((blocks + 1) / 2) : 2 * rows.scale_stride;
+    rows.zero_shift = rows.has_zeros ? 1 : 31;
     rows.shift = __ffs(a.block) - 1;
-    rows.live = n0 + out_row >= a.n ? 0 : min(NF, (a.n - 1 - n0 - out_row) / 8 + 1);
+    rows.last = n0 + out_row >= a.n ? 0 : min(NF, (a.n - 1 - n0 - out_row) / 8 + 1) - 1;
   }
   RawDequant next[NF];  // step i + 1's, loaded during step i
   auto block_of = [&](int i) { return ((first + i) * kStepK + gemm_int4::lane_first_k(t)) >> rows.shift; };
@@ -326,6 +304,10 @@ __global__ void __launch_bounds__(kThreads, 1) gemm_int4_mma_kernel(Args a) {
     }
   }
 
+  if (a.cluster) {
+    cluster_sums<T>(a, acc, shared, n0, m0, out_row, t);
+    return;
+  }
 #pragma unroll
   for (int o = 0; o < NO; ++o)
 #pragma unroll
@@ -359,22 +341,53 @@ const char* launch_tile(const Args& a, int splits, cudaStream_t s) {
     return "GEMM int4: the device refused the tile's shared memory";
   }
   const dim3 grid((a.n + T::kBN - 1) / T::kBN, (a.m + T::kBM - 1) / T::kBM, splits);
-  kernel<<<grid, kThreads, T::kShared, s>>>(a);
-  return nullptr;
+  if (!a.cluster) {
+    kernel<<<grid, kThreads, T::kShared, s>>>(a);
+    return nullptr;
+  }
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = T::kShared;
+  config.stream = s;
+  cudaLaunchAttribute cluster[1];
+  cluster[0].id = cudaLaunchAttributeClusterDimension;
+  cluster[0].val.clusterDim.x = 1;
+  cluster[0].val.clusterDim.y = 1;
+  cluster[0].val.clusterDim.z = splits;  // a tile's parts of K
+  config.attrs = cluster;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, kernel, a) == cudaSuccess ? nullptr : "GEMM int4: the cluster launch failed";
+}
+
+// Whether K's `parts` add up in a thread block cluster's shared memory (2 to kClusterParts parts,
+// a device that launches clusters: sm_90) rather than in `sums` by fp32 atomics.
+inline bool cluster_parts(int parts) {
+  int device = 0, clusters = 0;
+  return parts > 1 && parts <= gemm_int4::kClusterParts && cudaGetDevice(&device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&clusters, cudaDevAttrClusterLaunch, device) == cudaSuccess && clusters != 0;
+}
+
+// Whether a call of `splits` parts of K needs `a.sums` (m * n floats).
+inline bool needs_sums(int k, int splits) {
+  const int parts = gemm_int4::parts_of(k, splits);
+  return parts > 1 && !cluster_parts(parts);
 }
 
 // y = x . w^T with `config`'s tile for blocks of block_rows(m, most_rows) rows (gemm_int4_plan.h),
-// K cut into `splits` parts (splits_for's); with more than one, `a.sums` holds m * n floats
-// (zeroed here).
+// K cut into `splits` parts (splits_for's): one cluster's blocks (cluster_parts), else with
+// `a.sums` m * n floats (zeroed here, converted after; needs_sums).
 template <int STAGES>
 const char* launch(Args a, int config, int splits, cudaStream_t s, int most_rows = 64) {
   if (!gemm_int4::takes(a.k, a.block, a.x, a.codes) || config < 0 || config >= gemm_int4::kConfigs) {
     return "GEMM int4: K must be a multiple of 64, the block a power of two from 32, x and the codes 16-byte aligned";
   }
   a.steps_per_split = gemm_int4::steps_per_split(a.k, splits);
-  splits = (a.k / kStepK + a.steps_per_split - 1) / a.steps_per_split;  // no empty part
+  splits = gemm_int4::parts_of(a.k, splits);
+  a.cluster = cluster_parts(splits) ? 1 : 0;
+  const bool atomics = splits > 1 && !a.cluster;
   const size_t count = static_cast<size_t>(a.m) * a.n;
-  if (splits > 1 && cudaMemsetAsync(a.sums, 0, count * sizeof(float), s) != cudaSuccess) {
+  if (atomics && cudaMemsetAsync(a.sums, 0, count * sizeof(float), s) != cudaSuccess) {
     return "GEMM int4: clearing the split sums failed";
   }
   // a warp over all of a block's rows (its weights dequantized once a block); 128 or 256 outputs
@@ -394,7 +407,7 @@ const char* launch(Args a, int config, int splits, cudaStream_t s, int most_rows
       failure = wide ? launch_tile<8, 2, STAGES>(a, splits, s) : launch_tile<8, 1, STAGES>(a, splits, s);
   }
   if (failure != nullptr) return failure;
-  if (splits > 1) sums_to_half<<<static_cast<unsigned>((count + 255) / 256), 256, 0, s>>>(a.sums, a.y, count);
+  if (atomics) sums_to_half<<<static_cast<unsigned>((count + 255) / 256), 256, 0, s>>>(a.sums, a.y, count);
   const cudaError_t error = cudaGetLastError();
   return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
 }

@@ -28,6 +28,10 @@ inline bool takes(int64_t k, int64_t block, const void* x, const void* codes) {
          reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(codes) % 16 == 0;
 }
 
+// The most blocks of a portable thread block cluster: K's parts add up their sums in the
+// cluster's shared memory where the device launches clusters (sm_90) and there are no more.
+constexpr int kClusterParts = 8;
+
 // Steps of K a part takes when K is cut into `splits` parts.
 inline int steps_per_split(int k, int splits) {
   const int steps = k / kStepK;
@@ -35,14 +39,20 @@ inline int steps_per_split(int k, int splits) {
   return (steps + splits - 1) / splits;
 }
 
-// The parts K is cut into so that the grid has about `fill` blocks: none empty, each whole steps,
-// 1 where the (m, n) tiles alone reach `fill`.
-inline int splits_for(int m, int n, int k, int config, int fill, int most_rows = 64) {
+// The parts K is cut into when asked for `splits`: whole steps each, none empty.
+inline int parts_of(int k, int splits) {
+  const int per_part = steps_per_split(k, splits);
+  return (k / kStepK + per_part - 1) / per_part;
+}
+
+// The parts K is cut into so that the grid has about `fill` blocks, at most `most_parts`: none
+// empty, each whole steps, 1 where the (m, n) tiles alone reach `fill`.
+inline int splits_for(int m, int n, int k, int config, int fill, int most_rows = 64, int most_parts = 1 << 30) {
   const int rows = block_rows(m, most_rows), outputs = block_outputs(config);
   const long tiles = static_cast<long>((m + rows - 1) / rows) * ((n + outputs - 1) / outputs);
-  const long wanted = (fill + tiles - 1) / tiles;
-  const int per_part = steps_per_split(k, static_cast<int>(wanted > k ? k : wanted));
-  return (k / kStepK + per_part - 1) / per_part;
+  long wanted = (fill + tiles - 1) / tiles;
+  wanted = wanted > most_parts ? most_parts : wanted;
+  return parts_of(k, static_cast<int>(wanted > k ? k : wanted));
 }
 
 }  // namespace gemm_int4

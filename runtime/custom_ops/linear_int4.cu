@@ -13,7 +13,7 @@
 // into its columns of the output; or with OPTIMIZER_INT4_GEMM=mma, up to kGemmRows rows (batched
 // decode) of a shape it takes, gemm_int4_mma.cuh's tensor-core GEMM: the codes read straight into
 // the MMA's registers (the weights read once, at 4 bits; K split over the grid where the outputs
-// alone would not fill the GPU). The norm first and SwiGLU after, as linear.cu does them. The
+// alone would not fill the GPU, its parts summed in a thread block cluster on sm_90). The norm first and SwiGLU after, as linear.cu does them. The
 // GEMM is opt-in (kDefaultGemm) until its CUDA tests (tests/test_custom_ops_int4.py) have run
 // inside onnxruntime on a GPU (its first version's kernel alone checked out on an H200,
 // gpu_int4_gemm_probe.py; the present one's fragment mapping only on the CPU,
@@ -263,7 +263,7 @@ int gemm_fill() {
 // The parts gemm_int4_mma.cuh cuts K into for the call (its (rows, outputs) GEMM).
 int gemm_splits(const LinearCall& c) {
   return gemm_int4::splits_for(static_cast<int>(c.rows), static_cast<int>(codes_rows(c)), static_cast<int>(c.k),
-                               kGemmConfig, gemm_fill());
+                               kGemmConfig, gemm_fill(), 64, gemm_int4::kClusterParts);
 }
 
 // `values` float16 values rounded up to 16 bytes: the scratch's parts each start aligned.
@@ -313,10 +313,12 @@ const char* mma_gemm(const LinearCall& call, const Int4Args& a, const __half* x,
 int64_t linear_int4_scratch_elements(const LinearCall& c, const Int4Weights& w) {
   if (fused(c, w)) return 0;
   // normed rows, the GEMM's (rows, 2n) output before SwiGLU, then the GEMM's own: the split
-  // sums ((rows, outputs) floats, with K split) or the dequantized band
+  // sums ((rows, outputs) floats, with K split and no cluster) or the dequantized band
   if (gemv_after_norm(c, w)) return rounded(c.rows * c.k);
   const int64_t before = rounded(c.norm ? c.rows * c.k : 0) + rounded(c.swiglu ? c.rows * 2 * c.n : 0);
-  if (tiled_gemm(c, w)) return before + (gemm_splits(c) > 1 ? 2 * c.rows * codes_rows(c) : 0);
+  if (tiled_gemm(c, w)) {
+    return before + (gemm_int4_mma::needs_sums(static_cast<int>(c.k), gemm_splits(c)) ? 2 * c.rows * codes_rows(c) : 0);
+  }
   return before + band_rows(c) * c.k;
 }
 
