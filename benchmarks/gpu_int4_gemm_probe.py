@@ -14,8 +14,9 @@ input in one CUDA graph, replayed; a copy's time is the median replay over COPIE
                 than one call's outputs is copied into its columns here, in place there);
   mma-int4-cN   runtime/custom_ops/gemm_int4_mma.cuh in tile configuration N (0: 128 outputs a
                 block, 1: 256; N + 10: an 8-deep pipeline, not 4; N + 100 h: blocks of at most
-                64 >> h rows, h 1-3), the codes read straight into mma.sync's registers, K split so
-                that the grid has about --fill blocks.
+                64 >> h rows, h 1-3; N + 1000: K's parts added by atomics, not in a thread block
+                cluster), the codes read straight into mma.sync's registers, K split so that the
+                grid has about --fill blocks (at most 8 parts).
 Weights in onnxruntime-genai's int4 format (symmetric blocks of 32). Each int4 form's results are
 checked against its weights dequantized and multiplied in fp32 (`max_abs_diff`); `weight_tb_s`
 counts the bytes each form's weights take. Needs torch with CUDA and nvcc (compiled in the run).
@@ -110,7 +111,7 @@ def forms_for(lib, w: Linear, x, outs, work, args) -> list[tuple]:
 
     forms = [f for f in [("cublas-fp16", cublas, None), ("band-int4", banded, None)] if f[0] in args.forms.split(",")]
     for config in (int(c) for c in args.configs.split(",") if c):
-        splits = lib.gemm_int4_splits(m, n, k, config % 10, args.fill, 64 >> (config // 100))
+        splits = lib.gemm_int4_splits(m, n, k, config % 10, args.fill, 64 >> (config % 1000 // 100))
         forms.append((f"mma-int4-c{config}", mma(config, splits), splits))
     return forms
 

@@ -40,7 +40,7 @@ __global__ void dequantize_band(const uint8_t* codes, const __half* scales, int 
 
 // y (m, n) = x (m, k) . w^T through gemm_int4_mma.cuh in tile configuration `config` (0: 128
 // outputs a block, 1: 256; + 10: an 8-deep pipeline, not 4; + 100 h: blocks of at most 64 >> h
-// rows, h 1-3):
+// rows, h 1-3; + 1000: K's parts added by atomics, not in a thread block cluster):
 // 0 on success, -1 for what it does not take, else the CUDA error code. `work`: m * n floats.
 extern "C" int gemm_int4_registers(const void* x, const void* codes, const void* scales, void* y, void* work, int m,
                                    int n, int k, int block, int config, int splits, void* stream) {
@@ -55,10 +55,11 @@ extern "C" int gemm_int4_registers(const void* x, const void* codes, const void*
   a.k = k;
   a.block = block;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const int rows = 64 >> (config / 100);
+  const bool clusters = config < 1000;
+  const int rows = 64 >> (config % 1000 / 100);
   config %= 100;
-  const char* failure = config >= 10 ? gemm_int4_mma::launch<8>(a, config - 10, splits, s, rows)
-                                     : gemm_int4_mma::launch<4>(a, config, splits, s, rows);
+  const char* failure = config >= 10 ? gemm_int4_mma::launch<8>(a, config - 10, splits, s, rows, clusters)
+                                     : gemm_int4_mma::launch<4>(a, config, splits, s, rows, clusters);
   if (failure != nullptr) {
     const int error = static_cast<int>(cudaGetLastError());
     return error != 0 ? error : -1;

@@ -4,7 +4,8 @@
 #    path above (the default), and in a child pytest with OPTIMIZER_INT4_GEMM=mma the tensor-core
 #    GEMM of runtime/custom_ops/gemm_int4_mma.cuh: eager and captured, against the CPU kernel);
 # 2. the int4 GEMM probe against cuBLAS fp16, 8-128 rows (benchmarks/gpu_int4_gemm_probe.py: 128 and
-#    256 outputs a block, blocks of up to 64, 32 and 16 rows; then at 64 rows with twice the blocks
+#    256 outputs a block, blocks of up to 64, 32 and 16 rows, split K by atomics instead of in a
+#    thread block cluster; then at 64 rows with twice the blocks
 #    (--fill 264)); then one 64-row call of the GEMM (1B q/k/v, split K; 1B gate/up, not split)
 #    under Nsight Compute with its SASS and the warp stall samples of each instruction: where
 #    run16's latency (long scoreboard) stalls come from;
@@ -19,7 +20,7 @@ mkdir -p $W
 python3 -m pytest -q -p no:cacheprovider tests/test_custom_ops_int4.py > $W/tests.log 2>&1
 echo "tests rc $?" >> $W/tests.log
 grep -E "passed|failed|rc |Error" $W/tests.log | tail -8
-(cd benchmarks && python3 gpu_int4_gemm_probe.py --shapes 1b,8b --rows 8,16,32,64,128 --configs 0,1,100,101,200 \
+(cd benchmarks && python3 gpu_int4_gemm_probe.py --shapes 1b,8b --rows 8,16,32,64,128 --configs 0,1,100,101,200,1000 \
      --results $W/probe.jsonl > /dev/null
  python3 gpu_int4_gemm_probe.py --shapes 1b,8b --rows 64 --configs 0,1,100 --forms "" --fill 264 \
      --results $W/probe.jsonl > /dev/null

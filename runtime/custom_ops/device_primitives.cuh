@@ -59,6 +59,7 @@ __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint3
 #endif
 }
 
+// A 2- or 1-byte global read through the non-coherent cache, issued where it is written (volatile).
 __device__ __forceinline__ uint16_t load_u16(const void* p) {
 #if defined(__CUDACC__)
   uint16_t v;

@@ -144,8 +144,8 @@ struct DequantRows {
 };
 
 // A row's scale and packed zero-point byte for one step, as loaded; converted where used. The
-// loads are volatile asm so that they stay where they are issued, a step before their use (left
-// to itself the compiler sinks them next to it, and every step waits on memory).
+// loads (load_u16, load_u8) are volatile asm so that they stay where they are issued, a step before
+// their use (left to itself the compiler sinks them next to it, and every step waits on memory).
 struct RawDequant {
   uint16_t scale;  // float16 bits
   uint16_t zeros;  // the byte holding the block's zero point (0x88 without: 8)
@@ -332,8 +332,18 @@ __global__ void sums_to_half(const float* in, __half* out, int64_t count) {
   if (i < count) out[i] = __float2half(in[i]);
 }
 
+// Whether the device launches thread block clusters (sm_90).
+inline bool device_has_clusters() {
+  int device = 0, clusters = 0;
+  return cudaGetDevice(&device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&clusters, cudaDevAttrClusterLaunch, device) == cudaSuccess && clusters != 0;
+}
+
+// The tile's kernel over `grid`, K's gridDim.z parts one thread block cluster's blocks (their sums
+// added in shared memory) where the device launches clusters of that many such blocks, else by
+// atomics into a.sums (`cluster` says which, for the caller's conversion).
 template <int MR, int NO, int STAGES>
-const char* launch_tile(const Args& a, int splits, cudaStream_t s) {
+const char* launch_tile(Args a, int splits, cudaStream_t s, bool allow_clusters, bool& cluster) {
   using T = Tile<MR, NO, STAGES>;
   auto kernel = gemm_int4_mma_kernel<MR, NO, STAGES>;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(T::kShared)) !=
@@ -341,73 +351,78 @@ const char* launch_tile(const Args& a, int splits, cudaStream_t s) {
     return "GEMM int4: the device refused the tile's shared memory";
   }
   const dim3 grid((a.n + T::kBN - 1) / T::kBN, (a.m + T::kBM - 1) / T::kBM, splits);
-  if (!a.cluster) {
-    kernel<<<grid, kThreads, T::kShared, s>>>(a);
-    return nullptr;
-  }
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = dim3(kThreads);
   config.dynamicSmemBytes = T::kShared;
   config.stream = s;
-  cudaLaunchAttribute cluster[1];
-  cluster[0].id = cudaLaunchAttributeClusterDimension;
-  cluster[0].val.clusterDim.x = 1;
-  cluster[0].val.clusterDim.y = 1;
-  cluster[0].val.clusterDim.z = splits;  // a tile's parts of K
-  config.attrs = cluster;
+  cudaLaunchAttribute dims[1];
+  dims[0].id = cudaLaunchAttributeClusterDimension;
+  dims[0].val.clusterDim.x = 1;
+  dims[0].val.clusterDim.y = 1;
+  dims[0].val.clusterDim.z = splits;  // a tile's parts of K
+  config.attrs = dims;
   config.numAttrs = 1;
+  // whether a cluster of `splits` such blocks fits the device (asked once a process, a tile and a
+  // count of parts)
+  static signed char fits[gemm_int4::kClusterParts + 1] = {};  // 0 unknown, 1 yes, -1 no
+  if (splits > 1 && splits <= gemm_int4::kClusterParts && fits[splits] == 0) {
+    int clusters = 0;
+    fits[splits] = device_has_clusters() && cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) == cudaSuccess &&
+                           clusters > 0
+                       ? 1
+                       : -1;
+    cudaGetLastError();  // a refusal is an answer, not an error of this call
+  }
+  cluster = allow_clusters && splits > 1 && splits <= gemm_int4::kClusterParts && fits[splits] == 1;
+  a.cluster = cluster ? 1 : 0;
+  if (!cluster) {
+    if (splits > 1 && cudaMemsetAsync(a.sums, 0, static_cast<size_t>(a.m) * a.n * sizeof(float), s) != cudaSuccess) {
+      return "GEMM int4: clearing the split sums failed";
+    }
+    kernel<<<grid, kThreads, T::kShared, s>>>(a);
+    return nullptr;
+  }
   return cudaLaunchKernelEx(&config, kernel, a) == cudaSuccess ? nullptr : "GEMM int4: the cluster launch failed";
 }
 
-// Whether K's `parts` add up in a thread block cluster's shared memory (2 to kClusterParts parts,
-// a device that launches clusters: sm_90) rather than in `sums` by fp32 atomics.
-inline bool cluster_parts(int parts) {
-  int device = 0, clusters = 0;
-  return parts > 1 && parts <= gemm_int4::kClusterParts && cudaGetDevice(&device) == cudaSuccess &&
-         cudaDeviceGetAttribute(&clusters, cudaDevAttrClusterLaunch, device) == cudaSuccess && clusters != 0;
-}
-
-// Whether a call of `splits` parts of K needs `a.sums` (m * n floats).
-inline bool needs_sums(int k, int splits) {
-  const int parts = gemm_int4::parts_of(k, splits);
-  return parts > 1 && !cluster_parts(parts);
+template <int MR, int STAGES>
+const char* launch_rows(const Args& a, bool wide, int splits, cudaStream_t s, bool clusters, bool& cluster) {
+  return wide ? launch_tile<MR, 2, STAGES>(a, splits, s, clusters, cluster)
+              : launch_tile<MR, 1, STAGES>(a, splits, s, clusters, cluster);
 }
 
 // y = x . w^T with `config`'s tile for blocks of block_rows(m, most_rows) rows (gemm_int4_plan.h),
-// K cut into `splits` parts (splits_for's): one cluster's blocks (cluster_parts), else with
-// `a.sums` m * n floats (zeroed here, converted after; needs_sums).
+// K cut into `splits` parts (splits_for's): one cluster's blocks on sm_90, else (and where such a
+// cluster does not fit, or `clusters` is false) by atomics into `a.sums`, m * n floats (zeroed
+// here, converted after).
 template <int STAGES>
-const char* launch(Args a, int config, int splits, cudaStream_t s, int most_rows = 64) {
+const char* launch(Args a, int config, int splits, cudaStream_t s, int most_rows = 64, bool clusters = true) {
   if (!gemm_int4::takes(a.k, a.block, a.x, a.codes) || config < 0 || config >= gemm_int4::kConfigs) {
     return "GEMM int4: K must be a multiple of 64, the block a power of two from 32, x and the codes 16-byte aligned";
   }
   a.steps_per_split = gemm_int4::steps_per_split(a.k, splits);
   splits = gemm_int4::parts_of(a.k, splits);
-  a.cluster = cluster_parts(splits) ? 1 : 0;
-  const bool atomics = splits > 1 && !a.cluster;
-  const size_t count = static_cast<size_t>(a.m) * a.n;
-  if (atomics && cudaMemsetAsync(a.sums, 0, count * sizeof(float), s) != cudaSuccess) {
-    return "GEMM int4: clearing the split sums failed";
-  }
   // a warp over all of a block's rows (its weights dequantized once a block); 128 or 256 outputs
   const bool wide = config == 1;
   const char* failure = nullptr;
+  bool cluster = false;
   switch (gemm_int4::block_rows(a.m, most_rows)) {
     case 8:
-      failure = wide ? launch_tile<1, 2, STAGES>(a, splits, s) : launch_tile<1, 1, STAGES>(a, splits, s);
+      failure = launch_rows<1, STAGES>(a, wide, splits, s, clusters, cluster);
       break;
     case 16:
-      failure = wide ? launch_tile<2, 2, STAGES>(a, splits, s) : launch_tile<2, 1, STAGES>(a, splits, s);
+      failure = launch_rows<2, STAGES>(a, wide, splits, s, clusters, cluster);
       break;
     case 32:
-      failure = wide ? launch_tile<4, 2, STAGES>(a, splits, s) : launch_tile<4, 1, STAGES>(a, splits, s);
+      failure = launch_rows<4, STAGES>(a, wide, splits, s, clusters, cluster);
       break;
     default:
-      failure = wide ? launch_tile<8, 2, STAGES>(a, splits, s) : launch_tile<8, 1, STAGES>(a, splits, s);
+      failure = launch_rows<8, STAGES>(a, wide, splits, s, clusters, cluster);
   }
   if (failure != nullptr) return failure;
-  if (atomics) sums_to_half<<<static_cast<unsigned>((count + 255) / 256), 256, 0, s>>>(a.sums, a.y, count);
+  const size_t count = static_cast<size_t>(a.m) * a.n;
+  if (splits > 1 && !cluster) sums_to_half<<<static_cast<unsigned>((count + 255) / 256), 256, 0, s>>>(a.sums, a.y, count);
   const cudaError_t error = cudaGetLastError();
   return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
 }

@@ -313,12 +313,10 @@ const char* mma_gemm(const LinearCall& call, const Int4Args& a, const __half* x,
 int64_t linear_int4_scratch_elements(const LinearCall& c, const Int4Weights& w) {
   if (fused(c, w)) return 0;
   // normed rows, the GEMM's (rows, 2n) output before SwiGLU, then the GEMM's own: the split
-  // sums ((rows, outputs) floats, with K split and no cluster) or the dequantized band
+  // sums ((rows, outputs) floats, with K split: unused where a cluster adds them) or the dequantized band
   if (gemv_after_norm(c, w)) return rounded(c.rows * c.k);
   const int64_t before = rounded(c.norm ? c.rows * c.k : 0) + rounded(c.swiglu ? c.rows * 2 * c.n : 0);
-  if (tiled_gemm(c, w)) {
-    return before + (gemm_int4_mma::needs_sums(static_cast<int>(c.k), gemm_splits(c)) ? 2 * c.rows * codes_rows(c) : 0);
-  }
+  if (tiled_gemm(c, w)) return before + (gemm_splits(c) > 1 ? 2 * c.rows * codes_rows(c) : 0);
   return before + band_rows(c) * c.k;
 }
 
