@@ -195,8 +195,13 @@ __device__ __forceinline__ void cluster_sums(const Args& a, const float (&acc)[N
   cluster_sync();
 }
 
+// Blocks an SM should hold at once: two up to 64 rows by 128 outputs (registers capped at 128 a
+// thread, which it fits without spilling), one for the 256-output tiles.
+template <int MR, int NO>
+constexpr int kBlocksPerSm = MR * NO <= 8 ? 2 : 1;
+
 template <int MR, int NO, int STAGES>
-__global__ void __launch_bounds__(kThreads, 1) gemm_int4_mma_kernel(Args a) {
+__global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mma_kernel(Args a) {
   using T = Tile<MR, NO, STAGES>;
   constexpr int NF = 2 * NO;  // 8-output groups a thread dequantizes: outputs g and g + 8 of each fragment
   unsigned char* shared = block_shared();
