@@ -74,35 +74,39 @@ struct Tile {
   static constexpr size_t kShared = kPipeline > kSums ? kPipeline : kSums;
 };
 
-// A thread's 16-byte pieces of one matrix's tile in a stage: where each comes from at the part's
-// first step, its byte offset in the stage (-1: the thread has no such piece), and whether it lies
-// inside the matrix (outside: zero-filled).
-template <int N>
+// A thread's 16-byte pieces of one matrix's tile of TOTAL pieces a stage, STEP bytes along each row
+// from one step to the next: where each comes from at the next step, its byte offset in the stage
+// (-1: the thread has no such piece; never where every thread has kN), and whether it lies inside
+// the matrix (outside: zero-filled).
+template <int TOTAL, int STEP>
 struct Pieces {
-  const unsigned char* from[N];
-  int to[N];
-  bool valid[N];
+  static constexpr int kN = (TOTAL + kThreads - 1) / kThreads;
+  static constexpr bool kEveryThread = TOTAL % kThreads == 0;
+  const unsigned char* from[kN];
+  int to[kN];
+  bool valid[kN];
 
-  // Each piece of step `offset` bytes on into the stage at `stage`.
-  __device__ __forceinline__ void copy(unsigned char* stage, size_t offset) const {
+  // The next step's pieces into the stage at `stage` where `load`, then on to the step after.
+  __device__ __forceinline__ void copy_next(unsigned char* stage, bool load) {
 #pragma unroll
-    for (int p = 0; p < N; ++p) {
-      if (to[p] >= 0) copy_async(stage + to[p], from[p] + offset, valid[p]);
+    for (int p = 0; p < kN; ++p) {
+      if (load && (kEveryThread || to[p] >= 0)) copy_async(stage + to[p], from[p], valid[p]);
+      from[p] += STEP;
     }
   }
 };
 
-// The pieces of a tile of `tile_rows` rows of `per_row` pieces, its first row `row0` of a matrix
-// of `rows` rows `row_bytes` apart from `base`; `first_bytes` into each row; in the stage rows
-// `shared_row_bytes` apart. Thread t takes pieces t, t + kThreads, ...
-template <int N>
+// The pieces of a tile of `per_row` pieces a row, its first row `row0` of a matrix of `rows` rows
+// `row_bytes` apart from `base`; `first_bytes` into each row; in the stage rows `shared_row_bytes`
+// apart. Thread t takes pieces t, t + kThreads, ...
+template <int TOTAL, int STEP>
 __device__ __forceinline__ void plan_pieces(const unsigned char* base, size_t row_bytes, int row0, int rows,
-                                            int tile_rows, int per_row, int shared_row_bytes, size_t first_bytes,
-                                            Pieces<N>& pieces) {
+                                            int per_row, int shared_row_bytes, size_t first_bytes,
+                                            Pieces<TOTAL, STEP>& pieces) {
 #pragma unroll
-  for (int p = 0; p < N; ++p) {
+  for (int p = 0; p < Pieces<TOTAL, STEP>::kN; ++p) {
     const int piece = threadIdx.x + p * kThreads, r = piece / per_row, c = (piece % per_row) * 16;
-    const bool mine = piece < tile_rows * per_row;
+    const bool mine = piece < TOTAL;
     pieces.valid[p] = mine && row0 + r < rows;
     pieces.from[p] = base + (pieces.valid[p] ? row0 + r : 0) * row_bytes + first_bytes + c;
     pieces.to[p] = mine ? r * shared_row_bytes + c : -1;
@@ -214,17 +218,15 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
   const int count = min(a.k / kStepK, first + a.steps_per_split) - first;
 
   // the thread's pieces of the x tile and of the codes tile, then step `i` of this part into
-  // `stage` (a commit group either way, so that the waits count steps)
-  Pieces<(T::kBM * 8 + kThreads - 1) / kThreads> x_pieces;
-  plan_pieces(reinterpret_cast<const unsigned char*>(a.x), 2L * a.k, m0, a.m, T::kBM, 8, kLdX * 2,
-              2L * first * kStepK, x_pieces);
-  Pieces<(T::kBN * 2 + kThreads - 1) / kThreads> w_pieces;
-  plan_pieces(a.codes, a.k / 2, n0, a.n, T::kBN, 2, kStepBytes, static_cast<size_t>(first) * kStepBytes, w_pieces);
+  // `stage` (i = 0, 1, 2, ... in turn; a commit group either way, so that the waits count steps)
+  Pieces<T::kBM * 8, kStepK * 2> x_pieces;
+  plan_pieces(reinterpret_cast<const unsigned char*>(a.x), 2L * a.k, m0, a.m, 8, kLdX * 2, 2L * first * kStepK,
+              x_pieces);
+  Pieces<T::kBN * 2, kStepBytes> w_pieces;
+  plan_pieces(a.codes, a.k / 2, n0, a.n, 2, kStepBytes, static_cast<size_t>(first) * kStepBytes, w_pieces);
   auto load_stage = [&](int i, int stage) {
-    if (i < count) {
-      x_pieces.copy(xs + stage * T::kStageX, static_cast<size_t>(i) * kStepK * 2);
-      w_pieces.copy(ws + stage * T::kStageW, static_cast<size_t>(i) * kStepBytes);
-    }
+    x_pieces.copy_next(xs + stage * T::kStageX, i < count);
+    w_pieces.copy_next(ws + stage * T::kStageW, i < count);
     commit_async();
   };
 
