@@ -168,7 +168,9 @@ inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uin
   w.b[lane][0] = b0, w.b[lane][1] = b1;
   w.arrived.arrive_and_wait();
   auto half_of = [](uint32_t r, int high) { return half_value(high ? r >> 16 : r & 0xFFFF); };
-  auto a_at = [&](int row, int col) { return half_of(w.a[(row % 8) * 4 + (col % 8) / 2][row / 8 + 2 * (col / 8)], col % 2); };
+  auto a_at = [&](int row, int col) {
+    return half_of(w.a[(row % 8) * 4 + (col % 8) / 2][row / 8 + 2 * (col / 8)], col % 2);
+  };
   auto b_at = [&](int k, int col) { return half_of(w.b[col * 4 + (k % 8) / 2][k / 8], k % 2); };
   float out[4];
   for (int e = 0; e < 4; ++e) {

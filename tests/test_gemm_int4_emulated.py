@@ -30,8 +30,8 @@ using cuda_emulation::half_value;
 template <int MR, int NO>
 void run(const gemm_int4_mma::Args& a, int parts, bool late) {
   using T = gemm_int4_mma::Tile<MR, NO, 4>;
-  const dim3 grid{static_cast<unsigned>((a.n + T::kBN - 1) / T::kBN), static_cast<unsigned>((a.m + T::kBM - 1) / T::kBM),
-                  static_cast<unsigned>(parts)};
+  const dim3 grid{static_cast<unsigned>((a.n + T::kBN - 1) / T::kBN),
+                  static_cast<unsigned>((a.m + T::kBM - 1) / T::kBM), static_cast<unsigned>(parts)};
   cuda_emulation::launch(grid, gemm_int4_mma::kThreads, T::kShared, late,
                          [&] { gemm_int4_mma::gemm_int4_mma_kernel<MR, NO, 4>(a); }, a.cluster ? parts : 1);
 }
@@ -45,7 +45,8 @@ int main(int argc, char** argv) {
   std::mt19937 rng(m * 7919 + n * 31 + k);
   std::uniform_real_distribution<double> unit(-1, 1), positive(0.01, 0.1);
   const int blocks = k / block, zero_bytes = (blocks + 1) / 2;
-  std::vector<uint16_t> x(static_cast<size_t>(m) * k), scales(static_cast<size_t>(n) * blocks), y(static_cast<size_t>(m) * n, 0x7E00);
+  std::vector<uint16_t> x(static_cast<size_t>(m) * k), scales(static_cast<size_t>(n) * blocks);
+  std::vector<uint16_t> y(static_cast<size_t>(m) * n, 0x7E00);  // NaN: unwritten
   std::vector<uint8_t> codes(static_cast<size_t>(n) * k / 2), zero_points(static_cast<size_t>(n) * zero_bytes);
   for (auto& v : x) v = half_bits(unit(rng));
   for (auto& v : scales) v = half_bits(positive(rng));
@@ -95,7 +96,8 @@ int main(int argc, char** argv) {
       else worst = std::max(worst, std::fabs(half_value(got) - want));
       largest = std::max(largest, std::fabs(want));
     }
-  std::printf("parts %d cluster %d worst %.6g largest %.6g unwritten %d\n", parts, a.cluster, worst, largest, unwritten);
+  std::printf("parts %d cluster %d worst %.6g largest %.6g unwritten %d\n", parts, a.cluster, worst, largest,
+              unwritten);
 }
 """
 

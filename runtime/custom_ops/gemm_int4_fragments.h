@@ -56,7 +56,9 @@ GEMM_INT4_HD uint32_t byte_perm(uint32_t a, uint32_t b, uint32_t selector) {
 #else
   const uint64_t bytes = (static_cast<uint64_t>(b) << 32) | a;
   uint32_t out = 0;
-  for (int i = 0; i < 4; ++i) out |= static_cast<uint32_t>((bytes >> (8 * ((selector >> (4 * i)) & 7))) & 0xFFu) << (8 * i);
+  for (int i = 0; i < 4; ++i) {
+    out |= static_cast<uint32_t>((bytes >> (8 * ((selector >> (4 * i)) & 7))) & 0xFFu) << (8 * i);
+  }
   return out;
 #endif
 }

@@ -189,7 +189,8 @@ __device__ __forceinline__ void cluster_sums(const Args& a, const float (&acc)[N
       }
   cluster_sync();
   const int parts = static_cast<int>(gridDim.z);
-  for (int i = cluster_rank() * kThreads + static_cast<int>(threadIdx.x); i < T::kBM * T::kBN; i += parts * kThreads) {
+  const int first = cluster_rank() * kThreads + static_cast<int>(threadIdx.x);
+  for (int i = first; i < T::kBM * T::kBN; i += parts * kThreads) {
     const int row = m0 + i / T::kBN, col = n0 + i % T::kBN;
     if (row >= a.m || col >= a.n) continue;
     float sum = 0.f;
@@ -280,7 +281,8 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
     uint2 codes[NF];
 #pragma unroll
     for (int j = 0; j < NF; ++j) {
-      codes[j] = *reinterpret_cast<const uint2*>(wt + (out_row + 8 * j) * kStepBytes + gemm_int4::lane_first_k(t) / 2);
+      const unsigned char* row = wt + (out_row + 8 * j) * kStepBytes;
+      codes[j] = *reinterpret_cast<const uint2*>(row + gemm_int4::lane_first_k(t) / 2);
     }
 #pragma unroll
     for (int w = 0; w < 2; ++w) {  // codes word w of each group: MMAs 2w and 2w + 1
@@ -429,7 +431,9 @@ const char* launch(Args a, int config, int splits, cudaStream_t s, int most_rows
   }
   if (failure != nullptr) return failure;
   const size_t count = static_cast<size_t>(a.m) * a.n;
-  if (splits > 1 && !cluster) sums_to_half<<<static_cast<unsigned>((count + 255) / 256), 256, 0, s>>>(a.sums, a.y, count);
+  if (splits > 1 && !cluster) {
+    sums_to_half<<<static_cast<unsigned>((count + 255) / 256), 256, 0, s>>>(a.sums, a.y, count);
+  }
   const cudaError_t error = cudaGetLastError();
   return error == cudaSuccess ? nullptr : cudaGetErrorString(error);
 }
