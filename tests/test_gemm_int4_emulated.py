@@ -10,13 +10,12 @@ inside onnxruntime on a GPU."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from runtime import custom_ops
+from tests.cxx_harness import build
 
 HARNESS = r"""
 #include <cstdio>
@@ -117,17 +116,9 @@ CASES = {  # m, n, k, block, zero points, 256 outputs a block, most rows a block
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory) -> Path:
-    compiler = shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        pytest.fail("g++ is needed (the custom-op library builds with it too)")
-    folder = tmp_path_factory.mktemp("emulated")
-    (folder / "harness.cc").write_text(HARNESS)
-    binary = folder / "harness"
     # AddressSanitizer: a read or write outside x, the codes, the scales or y fails the case
-    subprocess.run([compiler, "-std=c++20", "-O1", "-pthread", "-fno-strict-aliasing", "-fsanitize=address",
-                    "-I", str(Path(__file__).parent), "-I", str(custom_ops.SOURCE_DIR), str(folder / "harness.cc"),
-                    "-o", str(binary)], check=True)
-    return binary
+    return build(tmp_path_factory.mktemp("emulated"), HARNESS, "-std=c++20", "-O1", "-pthread", "-fno-strict-aliasing",
+                 "-fsanitize=address")
 
 
 @pytest.mark.parametrize("late", [False, True], ids=["copies-at-once", "copies-late"])

@@ -8,12 +8,11 @@ the host too."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import pytest
 
-from runtime import custom_ops
+from tests.cxx_harness import build
 
 HARNESS = r"""
 #include <cmath>
@@ -96,14 +95,7 @@ int main() {
 
 @pytest.fixture(scope="module")
 def harness_output(tmp_path_factory):
-    compiler = shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        pytest.fail("g++ is needed (the custom-op library builds with it too)")
-    folder = tmp_path_factory.mktemp("fragments")
-    (folder / "harness.cc").write_text(HARNESS)
-    binary = folder / "harness"
-    subprocess.run([compiler, "-std=c++17", "-O1", "-I", str(custom_ops.SOURCE_DIR), str(folder / "harness.cc"),
-                    "-o", str(binary)], check=True)
+    binary = build(tmp_path_factory.mktemp("fragments"), HARNESS, "-std=c++17", "-O1")
     return subprocess.run([str(binary)], text=True, capture_output=True, check=True).stdout
 
 
@@ -114,9 +106,7 @@ def test_every_k_of_a_step_meets_its_weight_and_x_once_and_the_outputs_land_wher
 
 @pytest.mark.parametrize("zero", [0, 8, 15])
 def test_the_code_bits_less_the_zero_bits_are_each_code_less_the_zero_point(tmp_path, zero):
-    compiler = shutil.which("g++") or shutil.which("c++")
-    source = tmp_path / "bits.cc"
-    source.write_text(HARNESS.split("int main()")[0] + r"""
+    binary = build(tmp_path, HARNESS.split("int main()")[0] + r"""
 int main() {
   for (uint32_t byte = 0; byte < 256; ++byte)
     for (int at = 0; at < 4; ++at) {
@@ -126,9 +116,7 @@ int main() {
                   half_value(bits >> 16) - half_value(zb >> 16));
     }
 }
-""")
-    subprocess.run([compiler, "-std=c++17", f"-DZERO={zero}", "-I", str(custom_ops.SOURCE_DIR), str(source), "-o",
-                    str(tmp_path / "bits")], check=True)
-    lines = subprocess.run([str(tmp_path / "bits")], text=True, capture_output=True, check=True).stdout.split("\n")
+""", "-std=c++17", f"-DZERO={zero}")
+    lines = subprocess.run([str(binary)], text=True, capture_output=True, check=True).stdout.split("\n")
     expected = [f"{(byte & 15) - zero:g} {(byte >> 4) - zero:g}" for byte in range(256) for _ in range(4)]
     assert lines[:-1] == expected

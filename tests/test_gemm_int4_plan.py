@@ -5,12 +5,11 @@ blocks, never an empty part, none where the outputs alone fill the GPU)."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 import pytest
 
-from runtime import custom_ops
+from tests.cxx_harness import build
 
 HARNESS = r"""
 #include <cstdio>
@@ -37,14 +36,7 @@ SHAPES = [(64, 2048, 2048), (16, 3072, 2048), (64, 2048, 8192), (64, 128256, 204
 
 @pytest.fixture(scope="module")
 def plan(tmp_path_factory):
-    compiler = shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        pytest.fail("g++ is needed (the custom-op library builds with it too)")
-    folder = tmp_path_factory.mktemp("plan")
-    (folder / "harness.cc").write_text(HARNESS)
-    binary = folder / "harness"
-    subprocess.run([compiler, "-std=c++17", "-I", str(custom_ops.SOURCE_DIR), str(folder / "harness.cc"), "-o",
-                    str(binary)], check=True)
+    binary = build(tmp_path_factory.mktemp("plan"), HARNESS)
     queries = [(m, n, k, config, fill) for m, n, k in SHAPES for config in (0, 1) for fill in (132, 264)]
     out = subprocess.run([str(binary)], input="\n".join(" ".join(map(str, q)) for q in queries), text=True,
                          capture_output=True, check=True).stdout.split("\n")

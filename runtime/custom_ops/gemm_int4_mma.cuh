@@ -169,6 +169,19 @@ __device__ __forceinline__ Dequant dequant_of(const RawDequant& r, int b) {
   return {__half2half2(__ushort_as_half(r.scale)), *reinterpret_cast<const __half2*>(&offset)};
 }
 
+// f(row, column, sum) for each of the thread's sums, row and column within the block's tile.
+template <int NO, int MR, class F>
+__device__ __forceinline__ void for_each_sum(const float (&acc)[NO][MR][4], int out_row, int t, F f) {
+#pragma unroll
+  for (int o = 0; o < NO; ++o)
+#pragma unroll
+    for (int r = 0; r < MR; ++r)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        f(8 * r + 2 * t + gemm_int4::d_row(e), out_row + 16 * o + gemm_int4::d_output(e), acc[o][r][e]);
+      }
+}
+
 // The block's (BM, BN) sums when K's parts are the blocks of one cluster (rank = part): each
 // block leaves its sums in its shared memory; after a cluster barrier each adds up its share of the
 // tile over the parts, in rank order (the same sums every call), and writes it as float16; a second
@@ -178,15 +191,7 @@ __device__ __forceinline__ void cluster_sums(const Args& a, const float (&acc)[N
                                              int n0, int m0, int out_row, int t) {
   float* sums = reinterpret_cast<float*>(shared);
   __syncthreads();  // every warp is done with the pipeline's stages
-#pragma unroll
-  for (int o = 0; o < NO; ++o)
-#pragma unroll
-    for (int r = 0; r < MR; ++r)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int row = 8 * r + 2 * t + gemm_int4::d_row(e), col = out_row + 16 * o + gemm_int4::d_output(e);
-        sums[row * T::kBN + col] = acc[o][r][e];
-      }
+  for_each_sum(acc, out_row, t, [&](int row, int col, float sum) { sums[row * T::kBN + col] = sum; });
   cluster_sync();
   const int parts = static_cast<int>(gridDim.z);
   const int first = cluster_rank() * kThreads + static_cast<int>(threadIdx.x);
@@ -317,22 +322,16 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
     cluster_sums<T>(a, acc, shared, n0, m0, out_row, t);
     return;
   }
-#pragma unroll
-  for (int o = 0; o < NO; ++o)
-#pragma unroll
-    for (int r = 0; r < MR; ++r)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int row = m0 + 8 * r + 2 * t + gemm_int4::d_row(e);
-        const int col = n0 + out_row + 16 * o + gemm_int4::d_output(e);
-        if (row >= a.m || col >= a.n) continue;
-        const size_t at = static_cast<size_t>(row) * a.n + col;
-        if (gridDim.z > 1) {
-          atomicAdd(a.sums + at, acc[o][r][e]);
-        } else {
-          a.y[at] = __float2half(acc[o][r][e]);
-        }
-      }
+  for_each_sum(acc, out_row, t, [&](int row, int col, float sum) {
+    row += m0, col += n0;
+    if (row >= a.m || col >= a.n) return;
+    const size_t at = static_cast<size_t>(row) * a.n + col;
+    if (gridDim.z > 1) {
+      atomicAdd(a.sums + at, sum);
+    } else {
+      a.y[at] = __float2half(sum);
+    }
+  });
 }
 
 #if defined(__CUDACC__)
