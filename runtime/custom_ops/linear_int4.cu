@@ -13,11 +13,11 @@
 // into its columns of the output; or with OPTIMIZER_INT4_GEMM=mma, up to kGemmRows rows (batched
 // decode) of a shape it takes, gemm_int4_mma.cuh's tensor-core GEMM: the codes read straight into
 // the MMA's registers (the weights read once, at 4 bits; K split over the grid where the outputs
-// alone would not fill the GPU, its parts summed in a thread block cluster on sm_90). The norm first and SwiGLU after, as linear.cu does them. The
-// GEMM is opt-in (kDefaultGemm) until its CUDA tests (tests/test_custom_ops_int4.py) have run
-// inside onnxruntime on a GPU (its first version's kernel alone checked out on an H200,
-// gpu_int4_gemm_probe.py; the present one's fragment mapping only on the CPU,
-// tests/test_gemm_int4_fragments.py).
+// alone would not fill the GPU, its parts summed in a thread block cluster on sm_90). The norm
+// first and SwiGLU after, as linear.cu does them. The GEMM is opt-in (kDefaultGemm) until its CUDA
+// tests (tests/test_custom_ops_int4.py) have run inside onnxruntime on a GPU (its first version's
+// kernel alone checked out on an H200, gpu_int4_gemm_probe.py; the present one so far only on the
+// CPU, against an emulation of the CUDA pieces it uses: tests/test_gemm_int4_emulated.py).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
