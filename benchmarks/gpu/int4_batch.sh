@@ -3,7 +3,8 @@
 # 1. the LinearInt4 CUDA tests (tests/test_custom_ops_int4.py: the GEMV at 1-4 rows, the banded
 #    path above (the default), and in a child pytest with OPTIMIZER_INT4_GEMM=mma the tensor-core
 #    GEMM of runtime/custom_ops/gemm_int4_mma.cuh: eager and captured, against the CPU kernel);
-# 2. benchmarks/gpu/int4_probe.sh (the GEMM alone against cuBLAS fp16, and under Nsight Compute);
+# 2. benchmarks/gpu/int4_probe.sh (the GEMM alone against cuBLAS fp16, and under Nsight Compute;
+#    SKIP_PROBE=1 leaves it out, where it ran alone before);
 # 3. the 1B fp16-custom and int4-custom engines (static, 64 slots) built, then at batch 1 and 64
 #    concurrent 128 in / 128 out: fp16-custom, int4-custom (bands for cuBLAS above 4 rows),
 #    int4-custom with OPTIMIZER_INT4_GEMM=mma, then the three again in reverse order (one call).
@@ -15,7 +16,7 @@ mkdir -p $W
 python3 -m pytest -q -p no:cacheprovider tests/test_custom_ops_int4.py > $W/tests.log 2>&1
 echo "tests rc $?" >> $W/tests.log
 grep -E "passed|failed|rc |Error" $W/tests.log | tail -8
-bash benchmarks/gpu/int4_probe.sh
+[ -n "$SKIP_PROBE" ] || bash benchmarks/gpu/int4_probe.sh
 D="python3 benchmarks/gpu_decode.py --work $W --shapes llama-3.2-1b --concurrency 64 --results $W/b64.jsonl"
 $D --formats fp16-custom,int4-custom --phases build
 $D --formats fp16-custom,int4-custom --phases ours
