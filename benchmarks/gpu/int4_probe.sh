@@ -7,8 +7,8 @@
 #    (--fill 264);
 # 2. one 64-row call of the GEMM (1B q/k/v, split K; 1B gate/up) under Nsight Compute: its SASS with
 #    the warp stall samples of each instruction (the 30 most stalled printed), and the details page
-#    (occupancy, memory workload, warp states) as CSV: where run16's latency (long scoreboard)
-#    stalls come from.
+#    (occupancy, memory workload, warp states) as CSV, both summed up in the log by
+#    benchmarks/ncu_summary.py: where run16's latency (long scoreboard) stalls come from.
 # Results: /tmp/gd/probe.jsonl, mma-*-details.csv, mma-*-sass.csv (wait.sh brings back both kinds).
 set -x
 W=/tmp/gd
@@ -19,22 +19,13 @@ mkdir -p $W
  python3 gpu_int4_gemm_probe.py --shapes 1b --rows 64 --configs 0,1,100 --forms "" --fill 264 \
      --results $W/probe.jsonl > /dev/null
  for linear in qkv gate_up; do
-   timeout 240 ncu -f -o $W/mma-$linear --set full -k regex:gemm_int4_mma_kernel -s 8 -c 1 python3 gpu_int4_gemm_probe.py \
-       --shapes 1b --linears $linear --rows 64 --configs 0 --forms "" --runs 1 > /dev/null 2>&1
-   ncu --import $W/mma-$linear.ncu-rep --page source --csv --print-source sass > $W/mma-$linear-sass.csv 2> $W/mma-sass.err
+   timeout 240 ncu -f -o $W/mma-$linear --set full -k regex:gemm_int4_mma_kernel -s 8 -c 1 \
+       python3 gpu_int4_gemm_probe.py --shapes 1b --linears $linear --rows 64 --configs 0 --forms "" --runs 1 \
+       > /dev/null 2>&1
+   ncu --import $W/mma-$linear.ncu-rep --page source --csv --print-source sass > $W/mma-$linear-sass.csv \
+       2> $W/mma-sass.err
    ncu --import $W/mma-$linear.ncu-rep --page details --csv > $W/mma-$linear-details.csv 2>> $W/mma-sass.err
-   python3 - $W/mma-$linear-sass.csv <<'PY'
-import csv, sys  # the 30 SASS instructions with the most warp stall samples
-rows = list(csv.DictReader(open(sys.argv[1])))
-key = next((k for k in (rows[0] if rows else {}) if k.startswith("Warp Stall Sampling (All")), None)
-if key is None:
-    print("no stall samples in", sys.argv[1], list(rows[0])[:12] if rows else "(empty)")
-else:
-    num = lambda r: float((r[key] or "0").replace(",", ""))
-    print(sys.argv[1], "stall samples", sum(map(num, rows)))
-    for r in sorted(rows, key=num, reverse=True)[:30]:
-        print(f"{num(r):8.0f}  {r.get('Address', '')}  {r.get('Source', '')}")
-PY
+   python3 ncu_summary.py --details $W/mma-$linear-details.csv --sass $W/mma-$linear-sass.csv
  done
 )
 echo PROBE DONE

@@ -1,0 +1,77 @@
+"""What an Nsight Compute report of one kernel says, in a few lines of a job's log.
+
+    ncu --import r.ncu-rep --page details --csv > details.csv
+    ncu --import r.ncu-rep --page source --csv --print-source sass > sass.csv
+    python benchmarks/ncu_summary.py --details details.csv --sass sass.csv [--top 30]
+
+From the details page: the metrics of the sections that say where a latency-bound kernel waits
+(speed of light, occupancy, scheduler and warp state statistics, memory workload, launch), one
+line each. From the source page: the SASS instructions with the most warp stall samples, with
+their share of all samples. Either file may be left out; a file in another shape than expected
+is named with the columns it has, so that the CSV itself can be read instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+SECTIONS = ("GPU Speed Of Light Throughput", "Occupancy", "Scheduler Statistics", "Warp State Statistics",
+            "Memory Workload Analysis", "Launch Statistics")
+SAMPLES = "Warp Stall Sampling (All"
+
+
+def number(text: str | None) -> float:
+    try:
+        return float((text or "0").replace(",", ""))
+    except ValueError:
+        return 0.0
+
+
+def details_lines(rows: list[dict[str, str]]) -> list[str]:
+    """'section: metric = value unit' for the sections above, in the report's order."""
+    needed = {"Section Name", "Metric Name", "Metric Value"}
+    if rows and not needed <= set(rows[0]):
+        return [f"details: no {sorted(needed - set(rows[0]))} among {list(rows[0])[:12]}"]
+    return [f"{r['Section Name']}: {r['Metric Name']} = {r['Metric Value']} {r.get('Metric Unit', '')}".rstrip()
+            for r in rows if r["Section Name"] in SECTIONS]
+
+
+def stall_lines(rows: list[dict[str, str]], top: int) -> list[str]:
+    """The `top` instructions by warp stall samples: samples, share, address, SASS."""
+    key = next((k for k in (rows[0] if rows else {}) if k.startswith(SAMPLES)), None)
+    if key is None:
+        return [f"sass: no '{SAMPLES}...' column among {list(rows[0])[:12] if rows else '(empty)'}"]
+    total = sum(number(r[key]) for r in rows) or 1.0
+    ranked = sorted(rows, key=lambda r: number(r[key]), reverse=True)[:top]
+    return [f"stall samples: {total:.0f}"] + [
+        f"{number(r[key]):8.0f} {100 * number(r[key]) / total:5.1f}%  {r.get('Address', '')}  {r.get('Source', '')}"
+        for r in ranked]
+
+
+def read(path: Path) -> list[dict[str, str]]:
+    lines = path.read_text(errors="replace").splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith('"')), 0)  # after ncu's own messages
+    return list(csv.DictReader(lines[start:]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--details", type=Path)
+    ap.add_argument("--sass", type=Path)
+    ap.add_argument("--top", type=int, default=30)
+    args = ap.parse_args()
+    for path, lines in ((args.details, details_lines), (args.sass, lambda rows: stall_lines(rows, args.top))):
+        if path is None:
+            continue
+        if not path.exists():
+            print(f"{path}: missing")
+            continue
+        print(f"== {path}")
+        for line in lines(read(path)):
+            print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""benchmarks/ncu_summary.py on made-up Nsight Compute CSV exports (ncu itself needs a GPU): the
+sections that matter from the details page, the most stalled SASS lines with their share, and a
+file in another shape named with its columns."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import ncu_summary  # noqa: E402
+
+DETAILS = '''==PROF== Connected
+"ID","Kernel Name","Section Name","Metric Name","Metric Unit","Metric Value"
+"0","gemm","GPU Speed Of Light Throughput","DRAM Throughput","%","5.10"
+"0","gemm","Warp State Statistics","Warp Cycles Per Issued Instruction","cycle","12.50"
+"0","gemm","Source Counters","Branch Instructions","inst","1,024"
+'''
+
+SASS = '''"Address","Source","Warp Stall Sampling (All Samples)","Warp Stall Sampling (Not-issued Samples)"
+"0x1400","DEPBAR.LE SB0, 0x2","600","590"
+"0x1410","BAR.SYNC.DEFER_BLOCKING 0x0","300","290"
+"0x1420","HMMA.16816.F32 R56, R20, R18, R56","100","50"
+'''
+
+
+def test_the_sections_that_say_where_a_kernel_waits_and_the_most_stalled_instructions(tmp_path):
+    (tmp_path / "d.csv").write_text(DETAILS)
+    (tmp_path / "s.csv").write_text(SASS)
+    details = ncu_summary.details_lines(ncu_summary.read(tmp_path / "d.csv"))
+    assert details == ["GPU Speed Of Light Throughput: DRAM Throughput = 5.10 %",
+                       "Warp State Statistics: Warp Cycles Per Issued Instruction = 12.50 cycle"]
+    stalls = ncu_summary.stall_lines(ncu_summary.read(tmp_path / "s.csv"), top=2)
+    assert stalls[0] == "stall samples: 1000"
+    assert stalls[1].split()[:3] == ["600", "60.0%", "0x1400"] and "DEPBAR" in stalls[1] and len(stalls) == 3
+
+
+def test_a_file_in_another_shape_is_named_with_its_columns(tmp_path):
+    (tmp_path / "x.csv").write_text('"Name","Value"\n"a","1"\n')
+    rows = ncu_summary.read(tmp_path / "x.csv")
+    assert "no" in ncu_summary.details_lines(rows)[0] and "'Name'" in ncu_summary.details_lines(rows)[0]
+    assert ncu_summary.stall_lines(rows, 5)[0].startswith("sass: no 'Warp Stall Sampling (All...' column among")
