@@ -38,6 +38,7 @@ struct alignas(16) uint4 {
 inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
 inline int __ffs(int v) { return __builtin_ffs(v); }
 inline float atomicAdd(float* at, float v) { return std::atomic_ref<float>(*at).fetch_add(v); }
 

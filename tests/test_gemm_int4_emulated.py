@@ -36,16 +36,17 @@ void run(const gemm_int4_mma::Args& a, int parts, bool late) {
 }
 
 int main(int argc, char** argv) {
-  if (argc != 11) return 2;
+  if (argc != 12) return 2;
   const int m = std::atoi(argv[1]), n = std::atoi(argv[2]), k = std::atoi(argv[3]), block = std::atoi(argv[4]);
   const bool zeros = std::atoi(argv[5]), wide = std::atoi(argv[6]), late = std::atoi(argv[8]);
   const int most_rows = std::atoi(argv[7]), splits = std::atoi(argv[9]);
-  const bool cluster = std::atoi(argv[10]);
+  const bool cluster = std::atoi(argv[10]), swiglu = std::atoi(argv[11]);
+  const int outputs = swiglu ? n / 2 : n;
   std::mt19937 rng(m * 7919 + n * 31 + k);
   std::uniform_real_distribution<double> unit(-1, 1), positive(0.01, 0.1);
   const int blocks = k / block, zero_bytes = (blocks + 1) / 2;
   std::vector<uint16_t> x(static_cast<size_t>(m) * k), scales(static_cast<size_t>(n) * blocks);
-  std::vector<uint16_t> y(static_cast<size_t>(m) * n, 0x7E00);  // NaN: unwritten
+  std::vector<uint16_t> y(static_cast<size_t>(m) * outputs, 0x7E00);  // NaN: unwritten
   std::vector<uint8_t> codes(static_cast<size_t>(n) * k / 2), zero_points(static_cast<size_t>(n) * zero_bytes);
   for (auto& v : x) v = half_bits(unit(rng));
   for (auto& v : scales) v = half_bits(positive(rng));
@@ -60,11 +61,12 @@ int main(int argc, char** argv) {
   a.zeros = zeros ? zero_points.data() : nullptr;
   a.y = reinterpret_cast<__half*>(y.data());
   a.sums = sums.data();
-  a.m = m, a.n = n, a.k = k, a.block = block;
+  a.m = m, a.n = n, a.k = k, a.block = block, a.swiglu = swiglu;
   if (!gemm_int4::takes(k, block, a.x, a.codes)) return 3;
   a.steps_per_split = gemm_int4::steps_per_split(k, splits);
   const int parts = gemm_int4::parts_of(k, splits);  // as launch() does
   a.cluster = cluster && parts > 1 && parts <= gemm_int4::kClusterParts;
+  if (swiglu && parts > 1 && !a.cluster) return 4;  // launch() takes one part then
   switch (gemm_int4::block_rows(m, most_rows) * 2 + wide) {
     case 16: run<1, 1>(a, parts, late); break;
     case 17: run<1, 2>(a, parts, late); break;
@@ -77,20 +79,24 @@ int main(int argc, char** argv) {
   }
   if (parts > 1 && !a.cluster) for (size_t i = 0; i < y.size(); ++i) y[i] = half_bits(sums[i]);
 
+  auto dot = [&](int r, int o) {  // row r of x . codes row o, the weights rounded as the kernel does
+    double sum = 0;
+    for (int i = 0; i < k; ++i) {
+      const uint8_t byte = codes[(static_cast<size_t>(o) * k + i) / 2];
+      const int code = i % 2 ? byte >> 4 : byte & 15, b = i / block;
+      const uint8_t zbyte = zero_points[static_cast<size_t>(o) * zero_bytes + b / 2];
+      const int zero = zeros ? (b % 2 ? zbyte >> 4 : zbyte & 15) : 8;
+      const double w = half_value(half_bits((code - zero) * half_value(scales[static_cast<size_t>(o) * blocks + b])));
+      sum += w * half_value(x[static_cast<size_t>(r) * k + i]);
+    }
+    return sum;
+  };
   double worst = 0, largest = 0;
   int unwritten = 0;
   for (int r = 0; r < m; ++r)
-    for (int o = 0; o < n; ++o) {
-      double want = 0;
-      for (int i = 0; i < k; ++i) {
-        const uint8_t byte = codes[(static_cast<size_t>(o) * k + i) / 2];
-        const int code = i % 2 ? byte >> 4 : byte & 15, b = i / block;
-        const uint8_t zbyte = zero_points[static_cast<size_t>(o) * zero_bytes + b / 2];
-        const int zero = zeros ? (b % 2 ? zbyte >> 4 : zbyte & 15) : 8;
-        const double w = half_value(half_bits((code - zero) * half_value(scales[static_cast<size_t>(o) * blocks + b])));
-        want += w * half_value(x[static_cast<size_t>(r) * k + i]);
-      }
-      const uint16_t got = y[static_cast<size_t>(r) * n + o];
+    for (int o = 0; o < outputs; ++o) {
+      const double gate = dot(r, o), want = swiglu ? gate / (1 + std::exp(-gate)) * dot(r, o + outputs) : gate;
+      const uint16_t got = y[static_cast<size_t>(r) * outputs + o];
       if (got == 0x7E00) ++unwritten;
       else worst = std::max(worst, std::fabs(half_value(got) - want));
       largest = std::max(largest, std::fabs(want));
@@ -100,17 +106,21 @@ int main(int argc, char** argv) {
 }
 """
 
-CASES = {  # m, n, k, block, zero points, 256 outputs a block, most rows a block, splits of K, cluster
-    "8-rows-odd-n-zeros": (6, 201, 256, 32, True, False, 64, 1, False),
-    "16-rows-split-atomics": (10, 40, 512, 128, True, False, 64, 3, False),
-    "16-rows-split-cluster": (10, 40, 512, 128, True, False, 64, 3, True),
-    "32-rows-wide-split-atomics": (21, 300, 512, 64, False, True, 64, 3, False),
-    "32-rows-wide-split-cluster": (21, 300, 512, 64, False, True, 64, 3, True),
-    "64-rows": (64, 130, 192, 64, True, False, 64, 1, False),
-    "64-rows-wide": (64, 260, 128, 32, False, True, 64, 1, False),
-    "64-rows-eight-parts-cluster": (64, 130, 512, 32, True, False, 64, 8, True),
-    "three-row-blocks-cluster": (130, 64, 128, 32, True, False, 64, 2, True),
-    "blocks-of-at-most-16": (40, 128, 128, 64, False, False, 16, 1, False),
+CASES = {  # m, n (codes rows), k, block, zero points, 256 outputs a block, most rows a block, splits of K, cluster,
+    # SwiGLU (n / 2 outputs: silu(gate) * up, the gates first)
+    "8-rows-odd-n-zeros": (6, 201, 256, 32, True, False, 64, 1, False, False),
+    "16-rows-split-atomics": (10, 40, 512, 128, True, False, 64, 3, False, False),
+    "16-rows-split-cluster": (10, 40, 512, 128, True, False, 64, 3, True, False),
+    "32-rows-wide-split-atomics": (21, 300, 512, 64, False, True, 64, 3, False, False),
+    "32-rows-wide-split-cluster": (21, 300, 512, 64, False, True, 64, 3, True, False),
+    "64-rows": (64, 130, 192, 64, True, False, 64, 1, False, False),
+    "64-rows-wide": (64, 260, 128, 32, False, True, 64, 1, False, False),
+    "64-rows-eight-parts-cluster": (64, 130, 512, 32, True, False, 64, 8, True, False),
+    "three-row-blocks-cluster": (130, 64, 128, 32, True, False, 64, 2, True, False),
+    "blocks-of-at-most-16": (40, 128, 128, 64, False, False, 16, 1, False, False),
+    "swiglu-odd-outputs": (6, 2 * 101, 256, 32, True, False, 64, 1, False, True),
+    "swiglu-wide-cluster": (21, 2 * 300, 512, 64, False, True, 64, 4, True, True),
+    "swiglu-64-rows": (64, 2 * 64, 128, 32, True, False, 64, 1, False, True),
 }
 
 
@@ -124,8 +134,8 @@ def harness(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("late", [False, True], ids=["copies-at-once", "copies-late"])
 @pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
 def test_the_int4_gemm_kernel_run_on_the_cpu_equals_the_dequantized_product(harness, case, late):
-    m, n, k, block, zeros, wide, most_rows, splits, cluster = case
-    args = [m, n, k, block, int(zeros), int(wide), most_rows, int(late), splits, int(cluster)]
+    m, n, k, block, zeros, wide, most_rows, splits, cluster, swiglu = case
+    args = [m, n, k, block, int(zeros), int(wide), most_rows, int(late), splits, int(cluster), int(swiglu)]
     done = subprocess.run([str(harness), *map(str, args)], text=True, capture_output=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     fields = done.stdout.split()

@@ -20,8 +20,10 @@
 // read a step ahead into registers. K may be split over gridDim.z: on sm_90 the parts of a tile
 // are one thread block cluster's blocks, which add up their sums in each other's shared memory
 // and write float16 (no other kernel, the same sums every call); elsewhere each part adds into a
-// zeroed fp32 buffer by atomics, converted to float16 after. gemm_int4_plan.h has the host's
-// choices (tiles, rows a block, splits).
+// zeroed fp32 buffer by atomics, converted to float16 after. With SwiGLU a block's tile is half
+// gate rows and half their up rows, and its epilogue writes silu(gate) * up (through shared memory;
+// K then split only within a cluster). gemm_int4_plan.h has the host's choices (tiles, rows a
+// block, splits).
 //
 // Included by linear_int4.cu and by benchmarks/cuda/gemm_int4_probe.cu (device code, nvcc). Without
 // nvcc the kernel compiles as C++ against a CPU emulation of the few CUDA pieces it uses
@@ -38,6 +40,7 @@
 #include "device_primitives.cuh"
 #include "gemm_int4_fragments.h"
 #include "gemm_int4_plan.h"
+#include "op_math.h"
 
 namespace gemm_int4_mma {
 
@@ -53,14 +56,31 @@ struct Args {
   const uint8_t* codes;
   const __half* scales;
   const uint8_t* zeros;  // null: 8
-  __half* y;             // (m, n)
+  __half* y;             // (m, n), or (m, n / 2) with swiglu
   float* sums;           // (m, n) zeroed, with K in parts over the grid and no cluster
   int m;
-  int n;
+  int n;  // rows of codes
   int k;
   int block;  // K values a scale covers, a multiple of 32
   int steps_per_split;
   int cluster;  // 1: K's parts are one thread block cluster's blocks, whose sums meet in shared memory
+  int swiglu;   // 1: codes rows [0, n/2) are gates, [n/2, n) ups; y = silu(gate) * up
+};
+
+// The rows of codes a block's tile holds: `bn` of them from `first`, or with SwiGLU the gates
+// [first, + bn / 2) and their ups (first + n / 2 on); -1 past the last.
+struct TileRows {
+  int first;
+  int bn;
+  int n;
+  bool swiglu;
+
+  __device__ __forceinline__ int outputs() const { return swiglu ? n / 2 : n; }
+  __device__ __forceinline__ int operator()(int c) const {
+    const int half = bn / 2, column = swiglu ? first + c % half : first + c;
+    if (column >= outputs()) return -1;
+    return swiglu && c >= half ? column + n / 2 : column;
+  }
 };
 
 template <int MR, int NO, int STAGES>
@@ -70,7 +90,7 @@ struct Tile {
   static constexpr int kStageX = kBM * kLdX * 2;     // bytes
   static constexpr int kStageW = kBN * kStepBytes;   // bytes
   static constexpr size_t kPipeline = static_cast<size_t>(STAGES) * (kStageX + kStageW);
-  static constexpr size_t kSums = static_cast<size_t>(kBM) * kBN * 4;  // a cluster's part's fp32 sums
+  static constexpr size_t kSums = static_cast<size_t>(kBM) * kBN * 4;  // the fp32 sums, for tile_sums
   static constexpr size_t kShared = kPipeline > kSums ? kPipeline : kSums;
 };
 
@@ -96,19 +116,19 @@ struct Pieces {
   }
 };
 
-// The pieces of a tile of `per_row` pieces a row, its first row `row0` of a matrix of `rows` rows
-// `row_bytes` apart from `base`; `first_bytes` into each row; in the stage rows `shared_row_bytes`
-// apart. Thread t takes pieces t, t + kThreads, ...
-template <int TOTAL, int STEP>
-__device__ __forceinline__ void plan_pieces(const unsigned char* base, size_t row_bytes, int row0, int rows,
-                                            int per_row, int shared_row_bytes, size_t first_bytes,
-                                            Pieces<TOTAL, STEP>& pieces) {
+// The pieces of a tile of `per_row` pieces a row, its row r the matrix's row_of(r) (-1: none,
+// zero-filled), rows `row_bytes` apart from `base`; `first_bytes` into each row; in the stage rows
+// `shared_row_bytes` apart. Thread t takes pieces t, t + kThreads, ...
+template <int TOTAL, int STEP, class RowOf>
+__device__ __forceinline__ void plan_pieces(const unsigned char* base, size_t row_bytes, RowOf row_of, int per_row,
+                                            int shared_row_bytes, size_t first_bytes, Pieces<TOTAL, STEP>& pieces) {
 #pragma unroll
   for (int p = 0; p < Pieces<TOTAL, STEP>::kN; ++p) {
     const int piece = threadIdx.x + p * kThreads, r = piece / per_row, c = (piece % per_row) * 16;
     const bool mine = piece < TOTAL;
-    pieces.valid[p] = mine && row0 + r < rows;
-    pieces.from[p] = base + (pieces.valid[p] ? row0 + r : 0) * row_bytes + first_bytes + c;
+    const int row = mine ? row_of(r) : -1;
+    pieces.valid[p] = row >= 0;
+    pieces.from[p] = base + static_cast<size_t>(row >= 0 ? row : 0) * row_bytes + first_bytes + c;
     pieces.to[p] = mine ? r * shared_row_bytes + c : -1;
   }
 }
@@ -182,27 +202,36 @@ __device__ __forceinline__ void for_each_sum(const float (&acc)[NO][MR][4], int 
       }
 }
 
-// The block's (BM, BN) sums when K's parts are the blocks of one cluster (rank = part): each
-// block leaves its sums in its shared memory; after a cluster barrier each adds up its share of the
-// tile over the parts, in rank order (the same sums every call), and writes it as float16; a second
-// barrier keeps each block's shared memory until the others have read it.
+// The block's outputs through shared memory: each part (a cluster's block, rank = part; or the
+// block alone) leaves its (BM, BN) sums there; after a barrier each adds up its share of the tile
+// over the parts, in rank order (the same sums every call), applies SwiGLU to a gate and its up
+// (tile columns c and c + BN / 2), and writes float16; in a cluster a second barrier keeps each
+// block's shared memory until the others have read it.
 template <class T, int NO, int MR>
-__device__ __forceinline__ void cluster_sums(const Args& a, const float (&acc)[NO][MR][4], unsigned char* shared,
-                                             int n0, int m0, int out_row, int t) {
+__device__ __forceinline__ void tile_sums(const Args& a, const float (&acc)[NO][MR][4], unsigned char* shared,
+                                          const TileRows& tile, int m0, int out_row, int t) {
   float* sums = reinterpret_cast<float*>(shared);
   __syncthreads();  // every warp is done with the pipeline's stages
   for_each_sum(acc, out_row, t, [&](int row, int col, float sum) { sums[row * T::kBN + col] = sum; });
-  cluster_sync();
-  const int parts = static_cast<int>(gridDim.z);
-  const int first = cluster_rank() * kThreads + static_cast<int>(threadIdx.x);
-  for (int i = first; i < T::kBM * T::kBN; i += parts * kThreads) {
-    const int row = m0 + i / T::kBN, col = n0 + i % T::kBN;
-    if (row >= a.m || col >= a.n) continue;
+  if (a.cluster) cluster_sync();
+  else __syncthreads();
+  const int parts = a.cluster ? static_cast<int>(gridDim.z) : 1;
+  const int width = a.swiglu ? T::kBN / 2 : T::kBN, outputs = tile.outputs();
+  auto total = [&](int at) {
+    if (!a.cluster) return sums[at];
     float sum = 0.f;
-    for (int part = 0; part < parts; ++part) sum += cluster_load(sums + i, part);
-    a.y[static_cast<size_t>(row) * a.n + col] = __float2half(sum);
+    for (int part = 0; part < parts; ++part) sum += cluster_load(sums + at, part);
+    return sum;
+  };
+  const int first = (a.cluster ? cluster_rank() : 0) * kThreads + static_cast<int>(threadIdx.x);
+  for (int i = first; i < T::kBM * width; i += parts * kThreads) {
+    const int row = m0 + i / width, c = i % width, col = tile.first + c;
+    if (row >= a.m || col >= outputs) continue;
+    const int at = (i / width) * T::kBN + c;
+    const float value = a.swiglu ? swiglu_value(total(at), total(at + T::kBN / 2)) : total(at);
+    a.y[static_cast<size_t>(row) * outputs + col] = __float2half(value);
   }
-  cluster_sync();
+  if (a.cluster) cluster_sync();
 }
 
 // Blocks an SM should hold at once: two up to 64 rows by 128 outputs (registers capped at 128 a
@@ -219,17 +248,18 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
   unsigned char* ws = shared + STAGES * T::kStageX;  // STAGES x (BN, kStepBytes) codes
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
-  const int n0 = blockIdx.x * T::kBN, m0 = blockIdx.y * T::kBM;
+  const int m0 = blockIdx.y * T::kBM;
+  const TileRows tile{static_cast<int>(blockIdx.x) * (a.swiglu ? T::kBN / 2 : T::kBN), T::kBN, a.n, a.swiglu != 0};
   const int first = blockIdx.z * a.steps_per_split;
   const int count = min(a.k / kStepK, first + a.steps_per_split) - first;
 
   // the thread's pieces of the x tile and of the codes tile, then step `i` of this part into
   // `stage` (i = 0, 1, 2, ... in turn; a commit group either way, so that the waits count steps)
   Pieces<T::kBM * 8, kStepK * 2> x_pieces;
-  plan_pieces(reinterpret_cast<const unsigned char*>(a.x), 2L * a.k, m0, a.m, 8, kLdX * 2, 2L * first * kStepK,
-              x_pieces);
+  plan_pieces(reinterpret_cast<const unsigned char*>(a.x), 2L * a.k, [&](int r) { return m0 + r < a.m ? m0 + r : -1; },
+              8, kLdX * 2, 2L * first * kStepK, x_pieces);
   Pieces<T::kBN * 2, kStepBytes> w_pieces;
-  plan_pieces(a.codes, a.k / 2, n0, a.n, 2, kStepBytes, static_cast<size_t>(first) * kStepBytes, w_pieces);
+  plan_pieces(a.codes, a.k / 2, tile, 2, kStepBytes, static_cast<size_t>(first) * kStepBytes, w_pieces);
   auto load_stage = [&](int i, int stage) {
     x_pieces.copy_next(xs + stage * T::kStageX, i < count);
     w_pieces.copy_next(ws + stage * T::kStageW, i < count);
@@ -240,7 +270,8 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
   const int out_row = warp * T::kBN / kWarps + g;
   DequantRows rows;
   {
-    const int blocks = a.k / a.block, row = min(n0 + out_row, a.n - 1);
+    // the groups' rows are 8 apart (a warp's lie in one half of a SwiGLU tile); one past n reads row 0
+    const int blocks = a.k / a.block, row = max(tile(out_row), 0);
     rows.scales = a.scales + static_cast<size_t>(row) * blocks;
     rows.scale_stride = 8 * blocks;
     rows.has_zeros = a.zeros != nullptr;
@@ -249,7 +280,9 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
     rows.zero_stride = rows.has_zeros ? 8 * ((blocks + 1) / 2) : 2 * rows.scale_stride;
     rows.zero_shift = rows.has_zeros ? 1 : 31;
     rows.shift = __ffs(a.block) - 1;
-    rows.last = n0 + out_row >= a.n ? 0 : min(NF, (a.n - 1 - n0 - out_row) / 8 + 1) - 1;
+    rows.last = 0;
+#pragma unroll
+    for (int j = 1; j < NF; ++j) rows.last = tile(out_row + 8 * j) >= 0 ? j : rows.last;
   }
   RawDequant next[NF];  // step i + 1's, loaded during step i
   auto block_of = [&](int i) { return ((first + i) * kStepK + gemm_int4::lane_first_k(t)) >> rows.shift; };
@@ -318,12 +351,12 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
     }
   }
 
-  if (a.cluster) {
-    cluster_sums<T>(a, acc, shared, n0, m0, out_row, t);
+  if (a.cluster || a.swiglu) {
+    tile_sums<T>(a, acc, shared, tile, m0, out_row, t);
     return;
   }
   for_each_sum(acc, out_row, t, [&](int row, int col, float sum) {
-    row += m0, col += n0;
+    row += m0, col += tile.first;
     if (row >= a.m || col >= a.n) return;
     const size_t at = static_cast<size_t>(row) * a.n + col;
     if (gridDim.z > 1) {
@@ -347,18 +380,20 @@ inline bool device_has_clusters() {
          cudaDeviceGetAttribute(&clusters, cudaDevAttrClusterLaunch, device) == cudaSuccess && clusters != 0;
 }
 
-// The tile's kernel over `grid`, K's gridDim.z parts one thread block cluster's blocks (their sums
-// added in shared memory) where the device launches clusters of that many such blocks, else by
-// atomics into a.sums (`cluster` says which, for the caller's conversion).
+// The tile's kernel, K's `splits` parts one thread block cluster's blocks (their sums added in
+// shared memory) where the device launches clusters of that many such blocks, else by atomics into
+// a.sums (`atomics` says so, for the caller's conversion after); with SwiGLU, which needs a tile's
+// whole sums in one place, K is not split where a cluster does not fit.
 template <int MR, int NO, int STAGES>
-const char* launch_tile(Args a, int splits, cudaStream_t s, bool allow_clusters, bool& cluster) {
+const char* launch_tile(Args a, int splits, cudaStream_t s, bool allow_clusters, bool& atomics) {
   using T = Tile<MR, NO, STAGES>;
   auto kernel = gemm_int4_mma_kernel<MR, NO, STAGES>;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(T::kShared)) !=
       cudaSuccess) {
     return "GEMM int4: the device refused the tile's shared memory";
   }
-  const dim3 grid((a.n + T::kBN - 1) / T::kBN, (a.m + T::kBM - 1) / T::kBM, splits);
+  const int per_block = a.swiglu ? T::kBN / 2 : T::kBN, outputs = a.swiglu ? a.n / 2 : a.n;
+  dim3 grid((outputs + per_block - 1) / per_block, (a.m + T::kBM - 1) / T::kBM, splits);
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = dim3(kThreads);
@@ -382,28 +417,34 @@ const char* launch_tile(Args a, int splits, cudaStream_t s, bool allow_clusters,
                        : -1;
     cudaGetLastError();  // a refusal is an answer, not an error of this call
   }
-  cluster = allow_clusters && splits > 1 && splits <= gemm_int4::kClusterParts && fits[splits] == 1;
+  const bool cluster = allow_clusters && splits > 1 && splits <= gemm_int4::kClusterParts && fits[splits] == 1;
   a.cluster = cluster ? 1 : 0;
-  if (!cluster) {
-    if (splits > 1 && cudaMemsetAsync(a.sums, 0, static_cast<size_t>(a.m) * a.n * sizeof(float), s) != cudaSuccess) {
-      return "GEMM int4: clearing the split sums failed";
-    }
-    kernel<<<grid, kThreads, T::kShared, s>>>(a);
-    return nullptr;
+  if (cluster) {
+    return cudaLaunchKernelEx(&config, kernel, a) == cudaSuccess ? nullptr : "GEMM int4: the cluster launch failed";
   }
-  return cudaLaunchKernelEx(&config, kernel, a) == cudaSuccess ? nullptr : "GEMM int4: the cluster launch failed";
+  if (splits > 1 && a.swiglu) {  // one part
+    a.steps_per_split = a.k / kStepK;
+    splits = 1;
+    grid.z = 1;
+  }
+  atomics = splits > 1;
+  if (atomics && cudaMemsetAsync(a.sums, 0, static_cast<size_t>(a.m) * a.n * sizeof(float), s) != cudaSuccess) {
+    return "GEMM int4: clearing the split sums failed";
+  }
+  kernel<<<grid, kThreads, T::kShared, s>>>(a);
+  return nullptr;
 }
 
 template <int MR, int STAGES>
-const char* launch_rows(const Args& a, bool wide, int splits, cudaStream_t s, bool clusters, bool& cluster) {
-  return wide ? launch_tile<MR, 2, STAGES>(a, splits, s, clusters, cluster)
-              : launch_tile<MR, 1, STAGES>(a, splits, s, clusters, cluster);
+const char* launch_rows(const Args& a, bool wide, int splits, cudaStream_t s, bool clusters, bool& atomics) {
+  return wide ? launch_tile<MR, 2, STAGES>(a, splits, s, clusters, atomics)
+              : launch_tile<MR, 1, STAGES>(a, splits, s, clusters, atomics);
 }
 
-// y = x . w^T with `config`'s tile for blocks of block_rows(m, most_rows) rows (gemm_int4_plan.h),
-// K cut into `splits` parts (splits_for's): one cluster's blocks on sm_90, else (and where such a
-// cluster does not fit, or `clusters` is false) by atomics into `a.sums`, m * n floats (zeroed
-// here, converted after).
+// y = x . w^T (with a.swiglu: silu(gate) * up of its two halves) with `config`'s tile for blocks of
+// block_rows(m, most_rows) rows (gemm_int4_plan.h), K cut into `splits` parts (splits_for's): one
+// cluster's blocks on sm_90, else (and where such a cluster does not fit, or `clusters` is false)
+// by atomics into `a.sums`, m * n floats (zeroed here, converted after; with SwiGLU one part).
 template <int STAGES>
 const char* launch(Args a, int config, int splits, cudaStream_t s, int most_rows = 64, bool clusters = true) {
   if (!gemm_int4::takes(a.k, a.block, a.x, a.codes) || config < 0 || config >= gemm_int4::kConfigs) {
@@ -414,23 +455,23 @@ const char* launch(Args a, int config, int splits, cudaStream_t s, int most_rows
   // a warp over all of a block's rows (its weights dequantized once a block); 128 or 256 outputs
   const bool wide = config == 1;
   const char* failure = nullptr;
-  bool cluster = false;
+  bool atomics = false;
   switch (gemm_int4::block_rows(a.m, most_rows)) {
     case 8:
-      failure = launch_rows<1, STAGES>(a, wide, splits, s, clusters, cluster);
+      failure = launch_rows<1, STAGES>(a, wide, splits, s, clusters, atomics);
       break;
     case 16:
-      failure = launch_rows<2, STAGES>(a, wide, splits, s, clusters, cluster);
+      failure = launch_rows<2, STAGES>(a, wide, splits, s, clusters, atomics);
       break;
     case 32:
-      failure = launch_rows<4, STAGES>(a, wide, splits, s, clusters, cluster);
+      failure = launch_rows<4, STAGES>(a, wide, splits, s, clusters, atomics);
       break;
     default:
-      failure = launch_rows<8, STAGES>(a, wide, splits, s, clusters, cluster);
+      failure = launch_rows<8, STAGES>(a, wide, splits, s, clusters, atomics);
   }
   if (failure != nullptr) return failure;
   const size_t count = static_cast<size_t>(a.m) * a.n;
-  if (splits > 1 && !cluster) {
+  if (atomics) {
     sums_to_half<<<static_cast<unsigned>((count + 255) / 256), 256, 0, s>>>(a.sums, a.y, count);
   }
   const cudaError_t error = cudaGetLastError();

@@ -13,11 +13,12 @@
 // into its columns of the output; or with OPTIMIZER_INT4_GEMM=mma, up to kGemmRows rows (batched
 // decode) of a shape it takes, gemm_int4_mma.cuh's tensor-core GEMM: the codes read straight into
 // the MMA's registers (the weights read once, at 4 bits; K split over the grid where the outputs
-// alone would not fill the GPU, its parts summed in a thread block cluster on sm_90). The norm
-// first and SwiGLU after, as linear.cu does them. The GEMM is opt-in (kDefaultGemm) until its CUDA
-// tests (tests/test_custom_ops_int4.py) have run inside onnxruntime on a GPU (its first version's
-// kernel alone checked out on an H200, gpu_int4_gemm_probe.py; the present one so far only on the
-// CPU, against an emulation of the CUDA pieces it uses: tests/test_gemm_int4_emulated.py).
+// alone would not fill the GPU, its parts summed in a thread block cluster on sm_90; SwiGLU in its
+// epilogue). The norm first, and with the bands SwiGLU after, as linear.cu does them. The GEMM is
+// opt-in (kDefaultGemm) until its CUDA tests (tests/test_custom_ops_int4.py) have run inside
+// onnxruntime on a GPU (its first version's kernel alone checked out on an H200,
+// gpu_int4_gemm_probe.py; the present one so far only on the CPU, against an emulation of the CUDA
+// pieces it uses: tests/test_gemm_int4_emulated.py).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -291,16 +292,17 @@ const char* dequantized_gemm(const LinearCall& call, const Int4Args& a, const __
   return nullptr;
 }
 
-// The (rows, outputs) GEMM by gemm_int4_mma.cuh into `out`; `sums`: its split sums' floats.
-const char* mma_gemm(const LinearCall& call, const Int4Args& a, const __half* x, float* sums, __half* out,
-                     cudaStream_t s) {
+// The (rows, outputs) GEMM by gemm_int4_mma.cuh into the call's y, SwiGLU folded in; `sums`: its
+// split sums' floats.
+const char* mma_gemm(const LinearCall& call, const Int4Args& a, const __half* x, float* sums, cudaStream_t s) {
   gemm_int4_mma::Args g{};
   g.x = x;
   g.codes = a.codes;
   g.scales = a.scales;
   g.zeros = a.zeros;
-  g.y = out;
+  g.y = a.y;
   g.sums = sums;
+  g.swiglu = call.swiglu ? 1 : 0;
   g.m = static_cast<int>(call.rows);
   g.n = static_cast<int>(codes_rows(call));
   g.k = a.k;
@@ -312,12 +314,13 @@ const char* mma_gemm(const LinearCall& call, const Int4Args& a, const __half* x,
 
 int64_t linear_int4_scratch_elements(const LinearCall& c, const Int4Weights& w) {
   if (fused(c, w)) return 0;
-  // normed rows, the GEMM's (rows, 2n) output before SwiGLU, then the GEMM's own: the split
-  // sums ((rows, outputs) floats, with K split: unused where a cluster adds them) or the dequantized band
+  // normed rows, then the tensor-core GEMM's split sums ((rows, outputs) floats, with K split:
+  // unused where a cluster adds them), or the bands' (rows, 2n) output before SwiGLU and the
+  // dequantized band
   if (gemv_after_norm(c, w)) return rounded(c.rows * c.k);
-  const int64_t before = rounded(c.norm ? c.rows * c.k : 0) + rounded(c.swiglu ? c.rows * 2 * c.n : 0);
-  if (tiled_gemm(c, w)) return before + (gemm_splits(c) > 1 ? 2 * c.rows * codes_rows(c) : 0);
-  return before + band_rows(c) * c.k;
+  const int64_t normed = rounded(c.norm ? c.rows * c.k : 0);
+  if (tiled_gemm(c, w)) return normed + (gemm_splits(c) > 1 ? 2 * c.rows * codes_rows(c) : 0);
+  return normed + rounded(c.swiglu ? c.rows * 2 * c.n : 0) + band_rows(c) * c.k;
 }
 
 const char* linear_int4_cuda(const LinearCall& call, const Int4Weights& weights, void* stream, void* cublas) {
@@ -353,18 +356,16 @@ const char* linear_int4_cuda(const LinearCall& call, const Int4Weights& weights,
     launch_gemv_call<Int4Gemv>(normed, rows, false, call.swiglu, s);
     return launched();
   }
-  const int64_t total = codes_rows(call);
+  if (tiled_gemm(call, weights)) {
+    if (!aligned(x)) return "LinearInt4: onnxruntime's scratch output is not 16-byte aligned";
+    return mma_gemm(call, a, x, reinterpret_cast<float*>(free), s);
+  }
   __half* out = a.y;
   if (call.swiglu) {
     out = free;
-    free += rounded(call.rows * total);
+    free += rounded(call.rows * codes_rows(call));
   }
-  if (tiled_gemm(call, weights)) {
-    if (!aligned(x)) return "LinearInt4: onnxruntime's scratch output is not 16-byte aligned";
-    if (const char* failure = mma_gemm(call, a, x, reinterpret_cast<float*>(free), out, s)) return failure;
-  } else {
-    if (const char* failure = dequantized_gemm(call, a, x, free, out, cublas, s)) return failure;
-  }
+  if (const char* failure = dequantized_gemm(call, a, x, free, out, cublas, s)) return failure;
   if (!call.swiglu) return nullptr;
   return swiglu_cuda(out, a.y, rows, call.n, stream);
 }
