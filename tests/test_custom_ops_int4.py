@@ -160,10 +160,11 @@ CUDA_CASES = {  # (rows, K, codes rows, block, zero points)
 def test_the_int4_family_on_cuda_equals_the_cpu_kernel_and_runs_in_a_captured_graph(graph, op, rows, k, n, block, zeros):
     """1-4 rows: the GEMV kernel does it all (K split over 1-8 warps; the norm in shared memory
     where 2 x rows x K bytes fit 32 KiB, else our norm kernel first: gemv-after-norm); more rows:
-    the weights dequantized band by band for cuBLAS on onnxruntime's handle (the default), or with
-    OPTIMIZER_INT4_GEMM=mma (the test below) the tensor-core GEMM of gemm_int4_mma.cuh (blocks of 8,
-    16, 32 and 64 rows, one to three of them, K split where the outputs are few, an odd count of outputs, zero
-    points, blocks of 32, 64 and 128; K not a multiple of 64 stays on the bands); then SwiGLU;
+    the weights dequantized band by band for cuBLAS on onnxruntime's handle (the default), then
+    SwiGLU; or with OPTIMIZER_INT4_GEMM=mma (the test below) the tensor-core GEMM of
+    gemm_int4_mma.cuh (blocks of 8, 16, 32 and 64 rows, one to three of them, K split where the
+    outputs are few, in a thread block cluster on sm_90, an odd count of outputs, zero points,
+    blocks of 32, 64 and 128, SwiGLU in its epilogue; K not a multiple of 64 stays on the bands);
     each eager, and captured into a graph and replayed."""
     import torch  # noqa: F401  (loads the CUDA libraries onnxruntime-gpu links against)
 
