@@ -3,6 +3,7 @@
     python benchmarks/gpu_int4_gemm_probe.py [--shapes 1b,8b] [--linears qkv,gate_up] [--rows 16,64,256]
                                              [--configs 0,1] [--forms cublas-fp16,band-int4] [--fill 132]
                                              [--results r.jsonl]
+    python benchmarks/gpu_int4_gemm_probe.py --table r.jsonl      # the comparison, from a results file
 
 A probe for issue 20's open target (int4 never slower than fp16 at batch 64). For each Llama
 linear and row count M, COPIES distinct weights (more bytes than the L2 cache) multiplied by one
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -137,6 +139,35 @@ def probe_linear(lib, shape: str, linear: str, w: Linear, args) -> None:
                          "weight_tb_s": round(nbytes / us / 1e6, 3), "max_abs_diff": round(diff, 5)}, args.results)
 
 
+def table(lines: list[dict]) -> str:
+    """Per (shape, linear, rows): cuBLAS fp16's us, the bands', the fastest GEMM form's (which, and
+    its time over fp16's: < 1 is int4 faster), then each shape's sum over its linears at each row
+    count (one of each linear: a layer's and the lm_head's, not a whole step). A GEMM form timed
+    with another --fill than 132 is named with it (mma-int4-c0@264)."""
+    times: dict[tuple, dict[str, float]] = {}
+    for r in lines:
+        fill = r.get("fill", 132)
+        form = r["form"] + (f"@{fill}" if fill != 132 and r["form"].startswith("mma-") else "")
+        times.setdefault((r["shape"], r["linear"], r["m"]), {})[form] = r["us"]
+    out = [f"{'shape':5} {'linear':8} {'rows':>4} {'fp16':>8} {'band':>8} {'best mma':>8} {'form':>14} {'/fp16':>6}"]
+    sums: dict[tuple, list[float]] = {}
+    for (shape, linear, m), forms in sorted(times.items()):
+        mma = {f: us for f, us in forms.items() if f.startswith("mma-")}
+        best = min(mma, key=mma.get) if mma else None
+        fp16 = forms.get("cublas-fp16")
+        ratio = f"{mma[best] / fp16:6.2f}" if best and fp16 else f"{'':6}"
+        cell = lambda v: f"{v:8.1f}" if v is not None else f"{'-':>8}"  # noqa: E731
+        out.append(f"{shape:5} {linear:8} {m:4d} {cell(fp16)} {cell(forms.get('band-int4'))} "
+                   f"{cell(mma[best] if best else None)} {best or '-':>14} {ratio}")
+        total = sums.setdefault((shape, m), [0.0, 0.0])
+        total[0] += fp16 or 0.0
+        total[1] += mma[best] if best else 0.0
+    for (shape, m), (fp16, mma) in sorted(sums.items()):
+        out.append(f"{shape} {m} rows, the linears summed: fp16 {fp16:.1f} us, best mma {mma:.1f} us"
+                   + (f" ({mma / fp16:.2f}x)" if fp16 and mma else ""))
+    return "\n".join(out)
+
+
 def main() -> None:
     import torch
 
@@ -149,7 +180,11 @@ def main() -> None:
     ap.add_argument("--fill", type=int, default=132, help="blocks the split-K grid aims for")
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--results")
+    ap.add_argument("--table", help="print the table of a results file instead of probing")
     args = ap.parse_args()
+    if args.table:
+        print(table([json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]))
+        return
     with tempfile.TemporaryDirectory() as scratch:
         lib = build(Path(scratch))
         for shape in args.shapes.split(","):

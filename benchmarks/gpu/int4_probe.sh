@@ -27,5 +27,6 @@ mkdir -p $W
    ncu --import $W/mma-$linear.ncu-rep --page details --csv > $W/mma-$linear-details.csv 2>> $W/mma-sass.err
    python3 ncu_summary.py --details $W/mma-$linear-details.csv --sass $W/mma-$linear-sass.csv
  done
+ python3 gpu_int4_gemm_probe.py --table $W/probe.jsonl
 )
 echo PROBE DONE
