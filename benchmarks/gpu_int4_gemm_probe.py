@@ -139,11 +139,14 @@ def probe_linear(lib, shape: str, linear: str, w: Linear, args) -> None:
                          "weight_tb_s": round(nbytes / us / 1e6, 3), "max_abs_diff": round(diff, 5)}, args.results)
 
 
+LAYERS = {"1b": 16, "8b": 32}  # Llama-3.2-1B's and Llama-3.1-8B's
+
+
 def table(lines: list[dict]) -> str:
     """Per (shape, linear, rows): cuBLAS fp16's us, the bands', the fastest GEMM form's (which, and
-    its time over fp16's: < 1 is int4 faster), then each shape's sum over its linears at each row
-    count (one of each linear: a layer's and the lm_head's, not a whole step). A GEMM form timed
-    with another --fill than 132 is named with it (mma-int4-c0@264)."""
+    its time over fp16's: < 1 is int4 faster), then each shape's decode step at each row count:
+    its layers' linears and the lm_head, summed. A GEMM form timed with another --fill than 132 is
+    named with it (mma-int4-c0@264)."""
     times: dict[tuple, dict[str, float]] = {}
     for r in lines:
         fill = r.get("fill", 132)
@@ -159,12 +162,13 @@ def table(lines: list[dict]) -> str:
         cell = lambda v: f"{v:8.1f}" if v is not None else f"{'-':>8}"  # noqa: E731
         out.append(f"{shape:5} {linear:8} {m:4d} {cell(fp16)} {cell(forms.get('band-int4'))} "
                    f"{cell(mma[best] if best else None)} {best or '-':>14} {ratio}")
+        times_a_step = 1 if linear == "lm_head" else LAYERS.get(shape, 1)
         total = sums.setdefault((shape, m), [0.0, 0.0])
-        total[0] += fp16 or 0.0
-        total[1] += mma[best] if best else 0.0
+        total[0] += times_a_step * (fp16 or 0.0)
+        total[1] += times_a_step * (mma[best] if best else 0.0)
     for (shape, m), (fp16, mma) in sorted(sums.items()):
-        out.append(f"{shape} {m} rows, the linears summed: fp16 {fp16:.1f} us, best mma {mma:.1f} us"
-                   + (f" ({mma / fp16:.2f}x)" if fp16 and mma else ""))
+        out.append(f"{shape} {m} rows, a step's linears ({LAYERS.get(shape, 1)} layers and the lm_head): "
+                   f"fp16 {fp16:.0f} us, best mma {mma:.0f} us" + (f" ({mma / fp16:.2f}x)" if fp16 and mma else ""))
     return "\n".join(out)
 
 

@@ -1,6 +1,6 @@
 """benchmarks/gpu_int4_gemm_probe.py --table on run16's recorded results (H200,
 benchmarks/results/gpu-decode/run16-int4-gemm-probe.jsonl): the fastest GEMM form of each linear
-against cuBLAS fp16, and each shape's linears summed. Reading a results file needs no GPU."""
+against cuBLAS fp16, and each shape's decode step's linears summed. Reading a results file needs no GPU."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def test_the_table_puts_the_fastest_gemm_form_beside_cublas_fp16():
     assert gate_up.split()[3:] == ["20.8", "-", "38.7", "mma-int4-c0", "1.86"]
     lm_head = next(line for line in text if line.split()[:3] == ["8b", "lm_head", "16"])
     assert lm_head.split()[-2:] == ["mma-int4-c1", "0.66"]  # int4 faster there
-    assert "1b 64 rows, the linears summed: fp16 195.0 us, best mma 277.1 us (1.42x)" in text
+    # 16 layers' q/k/v, o, gate/up and down and one lm_head: 16 x 48.7 + 146.4 against 16 x 91.9 + 185.1
+    assert "1b 64 rows, a step's linears (16 layers and the lm_head): fp16 925 us, best mma 1656 us (1.79x)" in text
 
 
 def test_a_gemm_form_timed_with_another_fill_is_named_with_it():
