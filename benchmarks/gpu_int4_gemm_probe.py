@@ -152,6 +152,9 @@ def table(lines: list[dict]) -> str:
         fill = r.get("fill", 132)
         form = r["form"] + (f"@{fill}" if fill != 132 and r["form"].startswith("mma-") else "")
         times.setdefault((r["shape"], r["linear"], r["m"]), {})[form] = r["us"]
+    def cell(us: float | None) -> str:
+        return f"{us:8.1f}" if us is not None else f"{'-':>8}"
+
     out = [f"{'shape':5} {'linear':8} {'rows':>4} {'fp16':>8} {'band':>8} {'best mma':>8} {'form':>14} {'/fp16':>6}"]
     sums: dict[tuple, list[float]] = {}
     for (shape, linear, m), forms in sorted(times.items()):
@@ -159,7 +162,6 @@ def table(lines: list[dict]) -> str:
         best = min(mma, key=mma.get) if mma else None
         fp16 = forms.get("cublas-fp16")
         ratio = f"{mma[best] / fp16:6.2f}" if best and fp16 else f"{'':6}"
-        cell = lambda v: f"{v:8.1f}" if v is not None else f"{'-':>8}"  # noqa: E731
         out.append(f"{shape:5} {linear:8} {m:4d} {cell(fp16)} {cell(forms.get('band-int4'))} "
                    f"{cell(mma[best] if best else None)} {best or '-':>14} {ratio}")
         times_a_step = 1 if linear == "lm_head" else LAYERS.get(shape, 1)

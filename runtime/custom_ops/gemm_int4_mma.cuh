@@ -67,19 +67,21 @@ struct Args {
   int swiglu;   // 1: codes rows [0, n/2) are gates, [n/2, n) ups; y = silu(gate) * up
 };
 
-// The rows of codes a block's tile holds: `bn` of them from `first`, or with SwiGLU the gates
-// [first, + bn / 2) and their ups (first + n / 2 on); -1 past the last.
+// The rows of codes tile `index` of `bn` rows holds: output columns [first, first + columns), or
+// with SwiGLU the gates of those columns and then their ups (`outputs` rows on); -1 past the last.
 struct TileRows {
+  int outputs;  // columns of y: the rows of codes, or half of them with SwiGLU
+  int columns;  // a tile's: bn, or bn / 2 with SwiGLU
   int first;
-  int bn;
-  int n;
-  bool swiglu;
 
-  __device__ __forceinline__ int outputs() const { return swiglu ? n / 2 : n; }
+  __host__ __device__ static TileRows of(const Args& a, int bn, int index) {
+    const int columns = a.swiglu ? bn / 2 : bn;
+    return {a.swiglu ? a.n / 2 : a.n, columns, index * columns};
+  }
   __device__ __forceinline__ int operator()(int c) const {
-    const int half = bn / 2, column = swiglu ? first + c % half : first + c;
-    if (column >= outputs()) return -1;
-    return swiglu && c >= half ? column + n / 2 : column;
+    const int column = first + c % columns;
+    if (column >= outputs) return -1;
+    return c >= columns ? column + outputs : column;
   }
 };
 
@@ -216,7 +218,7 @@ __device__ __forceinline__ void tile_sums(const Args& a, const float (&acc)[NO][
   if (a.cluster) cluster_sync();
   else __syncthreads();
   const int parts = a.cluster ? static_cast<int>(gridDim.z) : 1;
-  const int width = a.swiglu ? T::kBN / 2 : T::kBN, outputs = tile.outputs();
+  const int width = tile.columns, outputs = tile.outputs;
   auto total = [&](int at) {
     if (!a.cluster) return sums[at];
     float sum = 0.f;
@@ -249,7 +251,7 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
   const int m0 = blockIdx.y * T::kBM;
-  const TileRows tile{static_cast<int>(blockIdx.x) * (a.swiglu ? T::kBN / 2 : T::kBN), T::kBN, a.n, a.swiglu != 0};
+  const TileRows tile = TileRows::of(a, T::kBN, static_cast<int>(blockIdx.x));
   const int first = blockIdx.z * a.steps_per_split;
   const int count = min(a.k / kStepK, first + a.steps_per_split) - first;
 
@@ -392,8 +394,8 @@ const char* launch_tile(Args a, int splits, cudaStream_t s, bool allow_clusters,
       cudaSuccess) {
     return "GEMM int4: the device refused the tile's shared memory";
   }
-  const int per_block = a.swiglu ? T::kBN / 2 : T::kBN, outputs = a.swiglu ? a.n / 2 : a.n;
-  dim3 grid((outputs + per_block - 1) / per_block, (a.m + T::kBM - 1) / T::kBM, splits);
+  const TileRows tiles = TileRows::of(a, T::kBN, 0);
+  dim3 grid((tiles.outputs + tiles.columns - 1) / tiles.columns, (a.m + T::kBM - 1) / T::kBM, splits);
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = dim3(kThreads);
