@@ -52,7 +52,8 @@ def stall_lines(rows: list[dict[str, str]], top: int) -> list[str]:
 
 def read(path: Path) -> list[dict[str, str]]:
     lines = path.read_text(errors="replace").splitlines()
-    start = next((i for i, line in enumerate(lines) if line.startswith('"')), 0)  # after ncu's own messages
+    # after ncu's own messages, and the source page's '"Kernel Name",...' line above its header
+    start = next((i for i, line in enumerate(lines) if line.startswith('"') and not line.startswith('"Kernel Name"')), 0)
     return list(csv.DictReader(lines[start:]))
 
 

@@ -160,12 +160,12 @@ CUDA_CASES = {  # (rows, K, codes rows, block, zero points)
 def test_the_int4_family_on_cuda_equals_the_cpu_kernel_and_runs_in_a_captured_graph(graph, op, rows, k, n, block, zeros):
     """1-4 rows: the GEMV kernel does it all (K split over 1-8 warps; the norm in shared memory
     where 2 x rows x K bytes fit 32 KiB, else our norm kernel first: gemv-after-norm); more rows:
-    the weights dequantized band by band for cuBLAS on onnxruntime's handle (the default), then
-    SwiGLU; or with OPTIMIZER_INT4_GEMM=mma (the test below) the tensor-core GEMM of
-    gemm_int4_mma.cuh (blocks of 8, 16, 32 and 64 rows, one to three of them, K split where the
-    outputs are few, in a thread block cluster on sm_90, an odd count of outputs, zero points,
-    blocks of 32, 64 and 128, SwiGLU in its epilogue; K not a multiple of 64 stays on the bands);
-    each eager, and captured into a graph and replayed."""
+    the tensor-core GEMM of gemm_int4_mma.cuh (the default: blocks of 8, 16, 32 and 64 rows, one
+    to three of them, K split where the outputs are few, in a thread block cluster on sm_90, an
+    odd count of outputs, zero points, blocks of 32, 64 and 128, SwiGLU in its epilogue; K not a
+    multiple of 64 goes to the bands); or with OPTIMIZER_INT4_GEMM=dequantize (the test below) the
+    weights dequantized band by band for cuBLAS on onnxruntime's handle, then SwiGLU; each eager,
+    and captured into a graph and replayed."""
     import torch  # noqa: F401  (loads the CUDA libraries onnxruntime-gpu links against)
 
     feeds = int4_inputs(rows, k, 2 * n if op.endswith("SwiGLU") else n, block, op, zeros, seed=k + n)
@@ -185,10 +185,10 @@ def child_pytest(env_value: str, cases: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.skipif(not CUDA, reason="the CUDA kernels need onnxruntime's CUDA provider: onnxruntime-gpu and an NVIDIA GPU")
-def test_optimizer_int4_gemm_mma_runs_the_tensor_core_gemm_with_the_same_results():
-    """Every case of more than 4 rows through gemm_int4_mma.cuh (the K = 96 one on the bands: the
-    GEMM takes K in steps of 64), each op, eager and captured."""
-    done = child_pytest("mma", "gemm or dequantized")
+def test_optimizer_int4_gemm_dequantize_runs_the_bands_with_the_same_results():
+    """Every case of more than 4 rows through the dequantized bands and cuBLAS instead of
+    gemm_int4_mma.cuh, each op, eager and captured."""
+    done = child_pytest("dequantize", "gemm or dequantized")
     assert done.returncode == 0 and "64 passed" in done.stdout, done.stdout[-3000:]
 
 

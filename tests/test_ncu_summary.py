@@ -17,7 +17,10 @@ DETAILS = '''==PROF== Connected
 "0","gemm","Source Counters","Branch Instructions","inst","1,024"
 '''
 
-SASS = '''"Address","Source","Warp Stall Sampling (All Samples)","Warp Stall Sampling (Not-issued Samples)"
+# as ncu 2025+ writes the source page: the kernel's name on a line of its own above the header
+# (run17, an H100: the first version read that line as the header)
+SASS = '''"Kernel Name","void gemm_int4_mma::gemm_int4_mma_kernel<(int)8, (int)1, (int)4>(gemm_int4_mma::Args)",
+"Address","Source","Warp Stall Sampling (All Samples)","Warp Stall Sampling (Not-issued Samples)"
 "0x1400","DEPBAR.LE SB0, 0x2","600","590"
 "0x1410","BAR.SYNC.DEFER_BLOCKING 0x0","300","290"
 "0x1420","HMMA.16816.F32 R56, R20, R18, R56","100","50"

@@ -157,7 +157,7 @@ struct Dequant {
 // Where a thread finds its outputs' scales and zero points: row (first output) and the strides,
 // hoisted out of the loop (a block index is a shift: the block is a power of two). The loads in
 // the loop take no branch: a group past the last output reads the last one's row (its sums are
-// never stored), and without zero points the byte read is a scale's, replaced by 0x88.
+// never stored), and without zero points the byte read is a scale's, its zero point 8 where used.
 struct DequantRows {
   const __half* scales;   // the first output's row of scales (a row inside n)
   const uint8_t* zeros;   // its row of packed zero points, or its scales' bytes
@@ -169,24 +169,25 @@ struct DequantRows {
   bool has_zeros;
 };
 
-// A row's scale and packed zero-point byte for one step, as loaded; converted where used. The
-// loads (load_u16, load_u8) are volatile asm so that they stay where they are issued, a step before
-// their use (left to itself the compiler sinks them next to it, and every step waits on memory).
+// A row's scale and packed zero-point byte for one step, as loaded; converted where used, a step
+// later. The loads (load_u16, load_u8) are volatile asm so that they stay where they are issued
+// (left to itself the compiler sinks them next to their use, and every step waits on memory), and
+// nothing reads what they load before dequant_of: on an H100 (run17's Nsight Compute profile) a
+// select of the zero-point byte right after its load made every step wait on it, the profile's
+// most stalled instruction.
 struct RawDequant {
   uint16_t scale;  // float16 bits
-  uint16_t zeros;  // the byte holding the block's zero point (0x88 without: 8)
+  uint16_t zeros;  // the byte holding the block's zero point (any byte without zero points)
 };
 
 __device__ __forceinline__ RawDequant load_dequant(const DequantRows& d, int j, int b) {
   const int row = min(j, d.last);
-  const uint16_t scale = load_u16(d.scales + row * d.scale_stride + b);
-  const uint16_t zeros = load_u8(d.zeros + row * d.zero_stride + (b >> d.zero_shift));
-  return {scale, d.has_zeros ? zeros : uint16_t{0x88}};
+  return {load_u16(d.scales + row * d.scale_stride + b), load_u8(d.zeros + row * d.zero_stride + (b >> d.zero_shift))};
 }
 
-// Block b's scale and zero point as dequantizing needs them.
-__device__ __forceinline__ Dequant dequant_of(const RawDequant& r, int b) {
-  const uint32_t zero = (b % 2 == 0 ? r.zeros : r.zeros >> 4) & 0xF;
+// Block b's scale and zero point as dequantizing needs them (8 without zero points).
+__device__ __forceinline__ Dequant dequant_of(const RawDequant& r, int b, bool has_zeros) {
+  const uint32_t zero = has_zeros ? (b % 2 == 0 ? r.zeros : r.zeros >> 4) & 0xF : 8u;
   const uint32_t offset = gemm_int4::zero_pair_bits(zero);
   return {__half2half2(__ushort_as_half(r.scale)), *reinterpret_cast<const __half2*>(&offset)};
 }
@@ -219,10 +220,18 @@ __device__ __forceinline__ void tile_sums(const Args& a, const float (&acc)[NO][
   else __syncthreads();
   const int parts = a.cluster ? static_cast<int>(gridDim.z) : 1;
   const int width = tile.columns, outputs = tile.outputs;
+  // every part's value read before any is added (the reads then wait on the cluster once, not once
+  // a part), added in rank order (the parts past the last add 0: the same sum)
   auto total = [&](int at) {
     if (!a.cluster) return sums[at];
+    float part_sums[gemm_int4::kClusterParts];
+#pragma unroll
+    for (int part = 0; part < gemm_int4::kClusterParts; ++part) {
+      part_sums[part] = part < parts ? cluster_load(sums + at, part) : 0.f;
+    }
     float sum = 0.f;
-    for (int part = 0; part < parts; ++part) sum += cluster_load(sums + at, part);
+#pragma unroll
+    for (int part = 0; part < gemm_int4::kClusterParts; ++part) sum += part_sums[part];
     return sum;
   };
   const int first = (a.cluster ? cluster_rank() : 0) * kThreads + static_cast<int>(threadIdx.x);
@@ -312,7 +321,7 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
     load_stage(i + STAGES - 1, (i + STAGES - 1) % STAGES);
     Dequant cur[NF];
 #pragma unroll
-    for (int j = 0; j < NF; ++j) cur[j] = dequant_of(next[j], block_of(i));
+    for (int j = 0; j < NF; ++j) cur[j] = dequant_of(next[j], block_of(i), rows.has_zeros);
     if (i + 1 < count) load_next(i + 1);
 
     const int stage = i % STAGES;
