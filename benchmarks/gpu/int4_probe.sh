@@ -1,27 +1,29 @@
-# The int4 GEMM alone, against cuBLAS fp16 (torch and nvcc only: no staging; ~5 min of device time):
+# The int4 GEMM alone, against cuBLAS fp16 (torch and nvcc only: no staging; ~90 s on an H100, run17):
 #   mkdir -p /tmp/gd && (setsid nohup bash benchmarks/gpu/int4_probe.sh > /tmp/gd/log 2>&1 < /dev/null &
 #     echo $! > /tmp/gd/pid); sleep 2      # then poll: bash benchmarks/gpu/wait.sh 240 40
 # 1. benchmarks/gpu_int4_gemm_probe.py against cuBLAS fp16 and the bands, 8-128 rows at the 1B
 #    shape, 16 and 64 at 8B (128 and 256 outputs a block, blocks of up to 64, 32 and 16 rows, split
 #    K by atomics instead of in a thread block cluster); then at 64 rows with twice the blocks
 #    (--fill 264);
-# 2. one 64-row call of the GEMM (1B q/k/v, split K; 1B gate/up) under Nsight Compute: its SASS with
+# 2. one 64-row call of the GEMM (1B q/k/v, K split and its parts added by atomics, as LinearInt4
+#    runs it; 1B gate/up) under Nsight Compute: its SASS with
 #    the warp stall samples of each instruction (the 30 most stalled printed), and the details page
 #    (occupancy, memory workload, warp states) as CSV, both summed up in the log by
-#    benchmarks/ncu_summary.py: where run16's latency (long scoreboard) stalls come from.
+#    benchmarks/ncu_summary.py: where the latency-bound kernel's warps wait.
 # Results: /tmp/gd/probe.jsonl, mma-*-details.csv, mma-*-sass.csv (wait.sh brings back both kinds).
 set -x
 W=/tmp/gd
 mkdir -p $W
 (cd benchmarks && python3 gpu_int4_gemm_probe.py --shapes 1b --rows 8,16,32,64,128 --configs 0,1,100,101,200,1000 \
      --results $W/probe.jsonl > /dev/null
- python3 gpu_int4_gemm_probe.py --shapes 8b --rows 16,64 --configs 0,1,100 --results $W/probe.jsonl > /dev/null
+ python3 gpu_int4_gemm_probe.py --shapes 8b --rows 16,64 --configs 0,1,100,1000 --results $W/probe.jsonl > /dev/null
  python3 gpu_int4_gemm_probe.py --shapes 1b --rows 64 --configs 0,1,100 --forms "" --fill 264 \
      --results $W/probe.jsonl > /dev/null
- for linear in qkv gate_up; do
+ for linear_config in qkv:1000 gate_up:0; do
+   linear=${linear_config%:*}
    timeout 240 ncu -f -o $W/mma-$linear --set full -k regex:gemm_int4_mma_kernel -s 8 -c 1 \
-       python3 gpu_int4_gemm_probe.py --shapes 1b --linears $linear --rows 64 --configs 0 --forms "" --runs 1 \
-       > /dev/null 2>&1
+       python3 gpu_int4_gemm_probe.py --shapes 1b --linears $linear --rows 64 --configs ${linear_config#*:} \
+       --forms "" --runs 1 > /dev/null 2>&1
    ncu --import $W/mma-$linear.ncu-rep --page source --csv --print-source sass > $W/mma-$linear-sass.csv \
        2> $W/mma-sass.err
    ncu --import $W/mma-$linear.ncu-rep --page details --csv > $W/mma-$linear-details.csv 2>> $W/mma-sass.err
