@@ -16,8 +16,9 @@ input in one CUDA graph, replayed; a copy's time is the median replay over COPIE
   mma-int4-cN   runtime/custom_ops/gemm_int4_mma.cuh in tile configuration N (0: 128 outputs a
                 block, 1: 256; N + 10: an 8-deep pipeline, not 4; N + 100 h: blocks of at most
                 64 >> h rows, h 1-3; N + 1000: K's parts added by atomics, not in a thread block
-                cluster), the codes read straight into mma.sync's registers, K split so that the
-                grid has about --fill blocks (at most 8 parts).
+                cluster, LinearInt4's choice without SwiGLU; N + 2000: each part's sums stored,
+                added in part order after), the codes read straight into mma.sync's registers, K
+                split so that the grid has about --fill blocks (at most 8 parts).
 Weights in onnxruntime-genai's int4 format (symmetric blocks of 32). Each int4 form's results are
 checked against its weights dequantized and multiplied in fp32 (`max_abs_diff`); `weight_tb_s`
 counts the bytes each form's weights take. Needs torch with CUDA and nvcc (compiled in the run).
@@ -125,7 +126,7 @@ def probe_linear(lib, shape: str, linear: str, w: Linear, args) -> None:
     for m in (int(r) for r in args.rows.split(",")):
         x = torch.randn(m, w.k, device="cuda", dtype=torch.float16)
         outs = [torch.empty(m, w.n, device="cuda", dtype=torch.float16) for _ in range(w.copies)]
-        work = torch.empty(m, w.n, device="cuda", dtype=torch.float32)
+        work = torch.empty(8, m, w.n, device="cuda", dtype=torch.float32)  # at most 8 parts' sums (+2000)
         for form, launch, splits in forms_for(lib, w, x, outs, work, args):
             launch()
             torch.cuda.synchronize()

@@ -1,12 +1,12 @@
 """runtime/custom_ops/gemm_int4_mma.cuh's kernel, its own source, run on the CPU: g++ compiles it
 against tests/cuda_emulation.h (a block's threads as std::threads, mma.sync from PTX's fragment
 layout, cp.async done at once or as late as allowed, a cluster's blocks at once, float16 correctly
-rounded) and a harness launches it like gemm_int4_mma::launch does (the same tiles, rows a block
-and parts of K; the parts' sums added by atomics and converted after, or in the cluster's shared
-memory). Each result is compared with the weights dequantized as the kernel rounds
-them (float16 (code - zero) x scale) times x, summed in double; AddressSanitizer watches every
-read and write of the arrays. The CUDA tests (tests/test_custom_ops_int4.py) run the same kernel
-inside onnxruntime on a GPU."""
+rounded) and a harness launches it like gemm_int4_mma::launch does (the same tiles, rows a block and
+parts of K; the parts' sums added by atomics and converted after, stored part by part and added by
+the conversion, or added in the cluster's shared memory). Each result is compared with the weights
+dequantized as the kernel rounds them (float16 (code - zero) x scale) times x, summed in double;
+AddressSanitizer watches every read and write of the arrays. The CUDA tests
+(tests/test_custom_ops_int4.py) run the same kernel inside onnxruntime on a GPU."""
 
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ int main(int argc, char** argv) {
   const int m = std::atoi(argv[1]), n = std::atoi(argv[2]), k = std::atoi(argv[3]), block = std::atoi(argv[4]);
   const bool zeros = std::atoi(argv[5]), wide = std::atoi(argv[6]), late = std::atoi(argv[8]);
   const int most_rows = std::atoi(argv[7]), splits = std::atoi(argv[9]);
-  const bool cluster = std::atoi(argv[10]), swiglu = std::atoi(argv[11]);
+  const int how = std::atoi(argv[10]);  // K's parts: 0 by atomics, 1 in a cluster, 2 each in its own sums
+  const bool swiglu = std::atoi(argv[11]);
   const int outputs = swiglu ? n / 2 : n;
   std::mt19937 rng(m * 7919 + n * 31 + k);
   std::uniform_real_distribution<double> unit(-1, 1), positive(0.01, 0.1);
@@ -52,7 +53,7 @@ int main(int argc, char** argv) {
   for (auto& v : scales) v = half_bits(positive(rng));
   for (auto& v : codes) v = rng() & 0xFF;
   for (auto& v : zero_points) v = rng() & 0xFF;
-  std::vector<float> sums(static_cast<size_t>(m) * n, 0.f);
+  std::vector<float> sums(static_cast<size_t>(gemm_int4::parts_of(k, splits)) * m * n, 0.f);  // each part's
 
   gemm_int4_mma::Args a{};
   a.x = reinterpret_cast<const __half*>(x.data());
@@ -65,8 +66,9 @@ int main(int argc, char** argv) {
   if (!gemm_int4::takes(k, block, a.x, a.codes)) return 3;
   a.steps_per_split = gemm_int4::steps_per_split(k, splits);
   const int parts = gemm_int4::parts_of(k, splits);  // as launch() does
-  a.cluster = cluster && parts > 1 && parts <= gemm_int4::kClusterParts;
+  a.cluster = how == 1 && parts > 1 && parts <= gemm_int4::kClusterParts;
   if (swiglu && parts > 1 && !a.cluster) return 4;  // launch() takes one part then
+  a.partials = how == 2 && parts > 1;
   switch (gemm_int4::block_rows(m, most_rows) * 2 + wide) {
     case 16: run<1, 1>(a, parts, late); break;
     case 17: run<1, 2>(a, parts, late); break;
@@ -77,7 +79,11 @@ int main(int argc, char** argv) {
     case 128: run<8, 1>(a, parts, late); break;
     default: run<8, 2>(a, parts, late);
   }
-  if (parts > 1 && !a.cluster) for (size_t i = 0; i < y.size(); ++i) y[i] = half_bits(sums[i]);
+  if (parts > 1 && !a.cluster) {  // the conversion launch() runs after
+    for (size_t i = 0; i < y.size(); ++i) {
+      y[i] = half_bits(gemm_int4_mma::parts_total(sums.data(), a.partials ? parts : 1, y.size(), i));
+    }
+  }
 
   auto dot = [&](int r, int o) {  // row r of x . codes row o, the weights rounded as the kernel does
     double sum = 0;
@@ -101,26 +107,30 @@ int main(int argc, char** argv) {
       else worst = std::max(worst, std::fabs(half_value(got) - want));
       largest = std::max(largest, std::fabs(want));
     }
-  std::printf("parts %d cluster %d worst %.6g largest %.6g unwritten %d\n", parts, a.cluster, worst, largest,
-              unwritten);
+  std::printf("parts %d cluster %d partials %d worst %.6g largest %.6g unwritten %d\n", parts, a.cluster, a.partials,
+              worst, largest, unwritten);
 }
 """
 
-CASES = {  # m, n (codes rows), k, block, zero points, 256 outputs a block, most rows a block, splits of K, cluster,
+SUMS = {"atomics": 0, "cluster": 1, "parts": 2}  # how K's parts add up (gemm_int4_mma::SplitSums)
+CASES = {  # m, n (codes rows), k, block, zero points, 256 outputs a block, most rows a block, splits of K, SUMS,
     # SwiGLU (n / 2 outputs: silu(gate) * up, the gates first)
-    "8-rows-odd-n-zeros": (6, 201, 256, 32, True, False, 64, 1, False, False),
-    "16-rows-split-atomics": (10, 40, 512, 128, True, False, 64, 3, False, False),
-    "16-rows-split-cluster": (10, 40, 512, 128, True, False, 64, 3, True, False),
-    "32-rows-wide-split-atomics": (21, 300, 512, 64, False, True, 64, 3, False, False),
-    "32-rows-wide-split-cluster": (21, 300, 512, 64, False, True, 64, 3, True, False),
-    "64-rows": (64, 130, 192, 64, True, False, 64, 1, False, False),
-    "64-rows-wide": (64, 260, 128, 32, False, True, 64, 1, False, False),
-    "64-rows-eight-parts-cluster": (64, 130, 512, 32, True, False, 64, 8, True, False),
-    "three-row-blocks-cluster": (130, 64, 128, 32, True, False, 64, 2, True, False),
-    "blocks-of-at-most-16": (40, 128, 128, 64, False, False, 16, 1, False, False),
-    "swiglu-odd-outputs": (6, 2 * 101, 256, 32, True, False, 64, 1, False, True),
-    "swiglu-wide-cluster": (21, 2 * 300, 512, 64, False, True, 64, 4, True, True),
-    "swiglu-64-rows": (64, 2 * 64, 128, 32, True, False, 64, 1, False, True),
+    "8-rows-odd-n-zeros": (6, 201, 256, 32, True, False, 64, 1, "atomics", False),
+    "16-rows-split-atomics": (10, 40, 512, 128, True, False, 64, 3, "atomics", False),
+    "16-rows-split-cluster": (10, 40, 512, 128, True, False, 64, 3, "cluster", False),
+    "16-rows-split-parts": (10, 40, 512, 128, True, False, 64, 3, "parts", False),
+    "32-rows-wide-split-atomics": (21, 300, 512, 64, False, True, 64, 3, "atomics", False),
+    "32-rows-wide-split-cluster": (21, 300, 512, 64, False, True, 64, 3, "cluster", False),
+    "64-rows": (64, 130, 192, 64, True, False, 64, 1, "atomics", False),
+    "64-rows-wide": (64, 260, 128, 32, False, True, 64, 1, "atomics", False),
+    "64-rows-eight-parts-cluster": (64, 130, 512, 32, True, False, 64, 8, "cluster", False),
+    "64-rows-eight-parts-stored": (64, 130, 512, 32, True, False, 64, 8, "parts", False),
+    "three-row-blocks-cluster": (130, 64, 128, 32, True, False, 64, 2, "cluster", False),
+    "three-row-blocks-stored": (130, 64, 128, 32, False, False, 64, 2, "parts", False),
+    "blocks-of-at-most-16": (40, 128, 128, 64, False, False, 16, 1, "atomics", False),
+    "swiglu-odd-outputs": (6, 2 * 101, 256, 32, True, False, 64, 1, "atomics", True),
+    "swiglu-wide-cluster": (21, 2 * 300, 512, 64, False, True, 64, 4, "cluster", True),
+    "swiglu-64-rows": (64, 2 * 64, 128, 32, True, False, 64, 1, "atomics", True),
 }
 
 
@@ -134,13 +144,14 @@ def harness(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("late", [False, True], ids=["copies-at-once", "copies-late"])
 @pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
 def test_the_int4_gemm_kernel_run_on_the_cpu_equals_the_dequantized_product(harness, case, late):
-    m, n, k, block, zeros, wide, most_rows, splits, cluster, swiglu = case
-    args = [m, n, k, block, int(zeros), int(wide), most_rows, int(late), splits, int(cluster), int(swiglu)]
+    m, n, k, block, zeros, wide, most_rows, splits, sums, swiglu = case
+    args = [m, n, k, block, int(zeros), int(wide), most_rows, int(late), splits, SUMS[sums], int(swiglu)]
     done = subprocess.run([str(harness), *map(str, args)], text=True, capture_output=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     fields = done.stdout.split()
-    parts, in_cluster, worst, largest, unwritten = (int(fields[1]), int(fields[3]), float(fields[5]), float(fields[7]),
-                                                    int(fields[9]))
-    assert parts == min(splits, k // 64) and in_cluster == int(cluster and parts > 1) and unwritten == 0
+    parts, in_cluster, stored = int(fields[1]), int(fields[3]), int(fields[5])
+    worst, largest, unwritten = float(fields[7]), float(fields[9]), int(fields[11])
+    assert parts == min(splits, k // 64) and unwritten == 0
+    assert in_cluster == int(sums == "cluster" and parts > 1) and stored == int(sums == "parts" and parts > 1)
     # float16 output (half an ulp: 2^-11 relative) and fp32 sums of float16 products
     assert worst <= largest * 2 ** -10 + 1e-3, done.stdout

@@ -17,10 +17,12 @@
 // (MR 8-row fragments, so that each weight is dequantized once a block) and NO 16-wide fragments
 // of outputs: BN = 128 NO outputs. K in 64-deep steps through a STAGES-deep cp.async pipeline of the
 // x tile and the raw codes (shared memory holds 4 bits a weight); each weight's scale and zero point
-// read a step ahead into registers. K may be split over gridDim.z: on sm_90 the parts of a tile
-// are one thread block cluster's blocks, which add up their sums in each other's shared memory
-// and write float16 (no other kernel, the same sums every call); elsewhere each part adds into a
-// zeroed fp32 buffer by atomics, converted to float16 after. With SwiGLU a block's tile is half
+// read a step ahead into registers. K may be split over gridDim.z, the parts' sums added in one of
+// three ways (SplitSums): on sm_90 the parts of a tile as one thread block cluster's blocks, which
+// add up their sums in each other's shared memory and write float16 (no other kernel); or each
+// part adding into a zeroed fp32 buffer by atomics; or each part storing its sums in a buffer of
+// its own, all added in part order by the kernel that converts them to float16 after (no memset;
+// the same sums every call, as in the cluster). With SwiGLU a block's tile is half
 // gate rows and half their up rows, and its epilogue writes silu(gate) * up (through shared memory;
 // K then split only within a cluster). gemm_int4_plan.h has the host's choices (tiles, rows a
 // block, splits).
@@ -57,13 +59,14 @@ struct Args {
   const __half* scales;
   const uint8_t* zeros;  // null: 8
   __half* y;             // (m, n), or (m, n / 2) with swiglu
-  float* sums;           // (m, n) zeroed, with K in parts over the grid and no cluster
+  float* sums;           // with K in parts over the grid and no cluster: (m, n) zeroed, or (parts, m, n)
   int m;
   int n;  // rows of codes
   int k;
   int block;  // K values a scale covers, a multiple of 32
   int steps_per_split;
   int cluster;  // 1: K's parts are one thread block cluster's blocks, whose sums meet in shared memory
+  int partials;  // 1: K's parts each store their sums in their (m, n) of `sums`, not add them by atomics
   int swiglu;   // 1: codes rows [0, n/2) are gates, [n/2, n) ups; y = silu(gate) * up
 };
 
@@ -370,7 +373,9 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
     row += m0, col += tile.first;
     if (row >= a.m || col >= a.n) return;
     const size_t at = static_cast<size_t>(row) * a.n + col;
-    if (gridDim.z > 1) {
+    if (gridDim.z > 1 && a.partials) {
+      a.sums[blockIdx.z * static_cast<size_t>(a.m) * a.n + at] = sum;
+    } else if (gridDim.z > 1) {
       atomicAdd(a.sums + at, sum);
     } else {
       a.y[at] = __float2half(sum);
@@ -378,10 +383,22 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
   });
 }
 
+// How K's parts add up their sums (where K is split): in a thread block cluster where one fits
+// (sm_90; else by atomics), by atomics into a zeroed buffer, or each part into a buffer of its own,
+// added after. `sums` must hold m * n floats for atomics, parts * m * n for kInParts.
+enum class SplitSums { kInCluster, kByAtomics, kInParts };
+
+// Element i of `parts` sums buffers (`count` floats apart) added up, in part order.
+__host__ __device__ inline float parts_total(const float* sums, int parts, int64_t count, int64_t i) {
+  float total = 0.f;
+  for (int part = 0; part < parts; ++part) total += sums[part * count + i];
+  return total;
+}
+
 #if defined(__CUDACC__)
-__global__ void sums_to_half(const float* in, __half* out, int64_t count) {
+__global__ void sums_to_half(const float* in, int parts, __half* out, int64_t count) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < count) out[i] = __float2half(in[i]);
+  if (i < count) out[i] = __float2half(parts_total(in, parts, count, i));
 }
 
 // Whether the device launches thread block clusters (sm_90).
@@ -391,14 +408,15 @@ inline bool device_has_clusters() {
          cudaDeviceGetAttribute(&clusters, cudaDevAttrClusterLaunch, device) == cudaSuccess && clusters != 0;
 }
 
-// The tile's kernel, K's `splits` parts one thread block cluster's blocks (their sums added in
-// shared memory) where the device launches clusters of that many such blocks, else by atomics into
-// a.sums (`atomics` says so, for the caller's conversion after); with SwiGLU, which needs a tile's
-// whole sums in one place, K is not split where a cluster does not fit.
+// The tile's kernel, K's `splits` parts added as `how` says (kInCluster: where the device
+// launches clusters of that many such blocks, else by atomics). With SwiGLU, which needs a tile's
+// whole sums in one place, K is not split where no cluster adds the parts. Returns what the
+// caller converts after: the count of sums buffers to add up into y (0: none, y is written).
 template <int MR, int NO, int STAGES>
-const char* launch_tile(Args a, int splits, cudaStream_t s, bool allow_clusters, bool& atomics) {
+const char* launch_tile(Args a, int splits, cudaStream_t s, SplitSums how, int& buffers) {
   using T = Tile<MR, NO, STAGES>;
   auto kernel = gemm_int4_mma_kernel<MR, NO, STAGES>;
+  buffers = 0;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(T::kShared)) !=
       cudaSuccess) {
     return "GEMM int4: the device refused the tile's shared memory";
@@ -420,7 +438,8 @@ const char* launch_tile(Args a, int splits, cudaStream_t s, bool allow_clusters,
   // whether a cluster of `splits` such blocks fits the device (asked once a process, a tile and a
   // count of parts)
   static signed char fits[gemm_int4::kClusterParts + 1] = {};  // 0 unknown, 1 yes, -1 no
-  if (splits > 1 && splits <= gemm_int4::kClusterParts && fits[splits] == 0) {
+  const bool wants_cluster = how == SplitSums::kInCluster && splits > 1 && splits <= gemm_int4::kClusterParts;
+  if (wants_cluster && fits[splits] == 0) {
     int clusters = 0;
     fits[splits] = device_has_clusters() && cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) == cudaSuccess &&
                            clusters > 0
@@ -428,9 +447,8 @@ const char* launch_tile(Args a, int splits, cudaStream_t s, bool allow_clusters,
                        : -1;
     cudaGetLastError();  // a refusal is an answer, not an error of this call
   }
-  const bool cluster = allow_clusters && splits > 1 && splits <= gemm_int4::kClusterParts && fits[splits] == 1;
-  a.cluster = cluster ? 1 : 0;
-  if (cluster) {
+  a.cluster = wants_cluster && fits[splits] == 1 ? 1 : 0;
+  if (a.cluster) {
     return cudaLaunchKernelEx(&config, kernel, a) == cudaSuccess ? nullptr : "GEMM int4: the cluster launch failed";
   }
   if (splits > 1 && a.swiglu) {  // one part
@@ -438,8 +456,9 @@ const char* launch_tile(Args a, int splits, cudaStream_t s, bool allow_clusters,
     splits = 1;
     grid.z = 1;
   }
-  atomics = splits > 1;
-  if (atomics && cudaMemsetAsync(a.sums, 0, static_cast<size_t>(a.m) * a.n * sizeof(float), s) != cudaSuccess) {
+  a.partials = splits > 1 && how == SplitSums::kInParts ? 1 : 0;
+  buffers = splits == 1 ? 0 : a.partials ? splits : 1;
+  if (buffers == 1 && cudaMemsetAsync(a.sums, 0, static_cast<size_t>(a.m) * a.n * sizeof(float), s) != cudaSuccess) {
     return "GEMM int4: clearing the split sums failed";
   }
   kernel<<<grid, kThreads, T::kShared, s>>>(a);
@@ -447,17 +466,18 @@ const char* launch_tile(Args a, int splits, cudaStream_t s, bool allow_clusters,
 }
 
 template <int MR, int STAGES>
-const char* launch_rows(const Args& a, bool wide, int splits, cudaStream_t s, bool clusters, bool& atomics) {
-  return wide ? launch_tile<MR, 2, STAGES>(a, splits, s, clusters, atomics)
-              : launch_tile<MR, 1, STAGES>(a, splits, s, clusters, atomics);
+const char* launch_rows(const Args& a, bool wide, int splits, cudaStream_t s, SplitSums how, int& buffers) {
+  return wide ? launch_tile<MR, 2, STAGES>(a, splits, s, how, buffers)
+              : launch_tile<MR, 1, STAGES>(a, splits, s, how, buffers);
 }
 
 // y = x . w^T (with a.swiglu: silu(gate) * up of its two halves) with `config`'s tile for blocks of
-// block_rows(m, most_rows) rows (gemm_int4_plan.h), K cut into `splits` parts (splits_for's): one
-// cluster's blocks on sm_90, else (and where such a cluster does not fit, or `clusters` is false)
-// by atomics into `a.sums`, m * n floats (zeroed here, converted after; with SwiGLU one part).
+// block_rows(m, most_rows) rows (gemm_int4_plan.h), K cut into `splits` parts (splits_for's), their
+// sums added as `how` says (SplitSums; `a.sums` as it says; with SwiGLU one part where no cluster
+// adds them).
 template <int STAGES>
-const char* launch(Args a, int config, int splits, cudaStream_t s, int most_rows = 64, bool clusters = true) {
+const char* launch(Args a, int config, int splits, cudaStream_t s, int most_rows = 64,
+                   SplitSums how = SplitSums::kInCluster) {
   if (!gemm_int4::takes(a.k, a.block, a.x, a.codes) || config < 0 || config >= gemm_int4::kConfigs) {
     return "GEMM int4: K must be a multiple of 64, the block a power of two from 32, x and the codes 16-byte aligned";
   }
@@ -466,24 +486,24 @@ const char* launch(Args a, int config, int splits, cudaStream_t s, int most_rows
   // a warp over all of a block's rows (its weights dequantized once a block); 128 or 256 outputs
   const bool wide = config == 1;
   const char* failure = nullptr;
-  bool atomics = false;
+  int buffers = 0;
   switch (gemm_int4::block_rows(a.m, most_rows)) {
     case 8:
-      failure = launch_rows<1, STAGES>(a, wide, splits, s, clusters, atomics);
+      failure = launch_rows<1, STAGES>(a, wide, splits, s, how, buffers);
       break;
     case 16:
-      failure = launch_rows<2, STAGES>(a, wide, splits, s, clusters, atomics);
+      failure = launch_rows<2, STAGES>(a, wide, splits, s, how, buffers);
       break;
     case 32:
-      failure = launch_rows<4, STAGES>(a, wide, splits, s, clusters, atomics);
+      failure = launch_rows<4, STAGES>(a, wide, splits, s, how, buffers);
       break;
     default:
-      failure = launch_rows<8, STAGES>(a, wide, splits, s, clusters, atomics);
+      failure = launch_rows<8, STAGES>(a, wide, splits, s, how, buffers);
   }
   if (failure != nullptr) return failure;
-  const size_t count = static_cast<size_t>(a.m) * a.n;
-  if (atomics) {
-    sums_to_half<<<static_cast<unsigned>((count + 255) / 256), 256, 0, s>>>(a.sums, a.y, count);
+  const int64_t count = static_cast<int64_t>(a.m) * a.n;
+  if (buffers > 0) {
+    sums_to_half<<<static_cast<unsigned>((count + 255) / 256), 256, 0, s>>>(a.sums, buffers, a.y, count);
   }
   const cudaError_t error = cudaGetLastError();
   return error == cudaSuccess ? nullptr : cudaGetErrorString(error);

@@ -45,7 +45,8 @@ constexpr int kGemmConfig = 0;              // its tile (gemm_int4_plan.h's conf
 constexpr int kGemmStages = 4;              // its cp.async pipeline's depth
 constexpr int kGemmBlocksPerSm = 1;         // the blocks an SM its split-K grid aims at
 // K's parts summed in a thread block cluster only with SwiGLU (whose epilogue needs a tile's whole
-// sums in one block); otherwise added by atomics into the scratch, converted after. The same calls
+// sums in one block); otherwise added by atomics into the scratch, converted after (kInParts, each
+// part's sums stored and added by the conversion, is the probe's +2000 forms). The same calls
 // on an H100 (run18, gpu_int4_gemm_probe.py, 1B shape at 64 rows, K in 6-8 parts): q/k/v 15.0 us in
 // clusters against 13.7 by atomics, o 11.7 against 10.6, down 27.6 against 20.7 (the cluster
 // barrier's wait was the most stalled instruction of Nsight Compute's q/k/v profile).
@@ -312,8 +313,9 @@ const char* mma_gemm(const LinearCall& call, const Int4Args& a, const __half* x,
   g.n = static_cast<int>(codes_rows(call));
   g.k = a.k;
   g.block = a.block;
-  const bool clusters = call.swiglu || !kGemmClustersOnlyForSwiGLU;
-  return gemm_int4_mma::launch<kGemmStages>(g, kGemmConfig, gemm_splits(call), s, 64, clusters);
+  using gemm_int4_mma::SplitSums;
+  const SplitSums how = call.swiglu || !kGemmClustersOnlyForSwiGLU ? SplitSums::kInCluster : SplitSums::kByAtomics;
+  return gemm_int4_mma::launch<kGemmStages>(g, kGemmConfig, gemm_splits(call), s, 64, how);
 }
 
 }  // namespace
