@@ -11,8 +11,8 @@
 // More rows, up to kGemmRows (batched decode), of a shape it takes: gemm_int4_mma.cuh's tensor-core
 // GEMM (the default), the codes read straight into the MMA's registers (the weights read once, at 4
 // bits; K split over the grid where the outputs alone would not fill the GPU, its parts added by
-// atomics, or with SwiGLU, in its epilogue, summed in a thread block cluster on sm_90). Otherwise, or with
-// OPTIMIZER_INT4_GEMM=dequantize: the weights dequantized into the scratch band by band (up to
+// atomics, or with SwiGLU in its epilogue summed in a thread block cluster on sm_90). Otherwise, or
+// with OPTIMIZER_INT4_GEMM=dequantize: the weights dequantized into the scratch band by band (up to
 // kBandValues float16 values, so that a band stays in L2 for the GEMM that reads it), each band
 // multiplied by cuBLAS into its columns of the output, SwiGLU after. The norm first, as linear.cu
 // does it. The GEMM's CUDA tests (tests/test_custom_ops_int4.py) passed inside onnxruntime on an
@@ -44,13 +44,6 @@ constexpr int kGemmRows = 128;              // rows gemm_int4_mma.cuh takes
 constexpr int kGemmConfig = 0;              // its tile (gemm_int4_plan.h's configurations: 128 outputs)
 constexpr int kGemmStages = 4;              // its cp.async pipeline's depth
 constexpr int kGemmBlocksPerSm = 1;         // the blocks an SM its split-K grid aims at
-// K's parts summed in a thread block cluster only with SwiGLU (whose epilogue needs a tile's whole
-// sums in one block); otherwise added by atomics into the scratch, converted after (kInParts, each
-// part's sums stored and added by the conversion, is the probe's +2000 forms). The same calls
-// on an H100 (run18, gpu_int4_gemm_probe.py, 1B shape at 64 rows, K in 6-8 parts): q/k/v 15.0 us in
-// clusters against 13.7 by atomics, o 11.7 against 10.6, down 27.6 against 20.7 (the cluster
-// barrier's wait was the most stalled instruction of Nsight Compute's q/k/v profile).
-constexpr bool kGemmClustersOnlyForSwiGLU = true;
 
 struct Int4Args {
   const __half* x;
@@ -313,8 +306,14 @@ const char* mma_gemm(const LinearCall& call, const Int4Args& a, const __half* x,
   g.n = static_cast<int>(codes_rows(call));
   g.k = a.k;
   g.block = a.block;
+  // K's parts summed in a thread block cluster only with SwiGLU (whose epilogue needs a tile's whole
+  // sums in one block); otherwise added by atomics into the scratch, converted after (kInParts, each
+  // part's sums stored and added by the conversion, is the probe's +2000 forms). The same calls on
+  // an H100 (run18, gpu_int4_gemm_probe.py, 1B shape at 64 rows, K in 6-8 parts): q/k/v 15.0 us in
+  // clusters against 13.7 by atomics, o 11.7 against 10.6, down 27.6 against 20.7 (the cluster
+  // barrier's wait was the most stalled instruction of Nsight Compute's q/k/v profile).
   using gemm_int4_mma::SplitSums;
-  const SplitSums how = call.swiglu || !kGemmClustersOnlyForSwiGLU ? SplitSums::kInCluster : SplitSums::kByAtomics;
+  const SplitSums how = call.swiglu ? SplitSums::kInCluster : SplitSums::kByAtomics;
   return gemm_int4_mma::launch<kGemmStages>(g, kGemmConfig, gemm_splits(call), s, 64, how);
 }
 
