@@ -175,25 +175,37 @@ def test_the_int4_family_on_cuda_equals_the_cpu_kernel_and_runs_in_a_captured_gr
     assert_cuda_runs_equal_the_cpu(sess, feeds, cpu)
 
 
-def child_pytest(env_value: str, cases: str) -> subprocess.CompletedProcess:
-    """The CUDA test above over `cases` in a child pytest with OPTIMIZER_INT4_GEMM=env_value (the
-    library reads it once a process)."""
+def child_pytest(env: dict[str, str], cases: str) -> subprocess.CompletedProcess:
+    """The CUDA test above over `cases` in a child pytest with `env` set (the library reads its
+    variables once a process)."""
     test = "test_the_int4_family_on_cuda_equals_the_cpu_kernel_and_runs_in_a_captured_graph"
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::{test}",
                            "-k", cases], capture_output=True, text=True, cwd=Path(__file__).parents[1],
-                          env={**os.environ, "OPTIMIZER_INT4_GEMM": env_value})
+                          env={**os.environ, **env})
 
 
 @pytest.mark.skipif(not CUDA, reason="the CUDA kernels need onnxruntime's CUDA provider: onnxruntime-gpu and an NVIDIA GPU")
 def test_optimizer_int4_gemm_dequantize_runs_the_bands_with_the_same_results():
     """Every case of more than 4 rows through the dequantized bands and cuBLAS instead of
     gemm_int4_mma.cuh, each op, eager and captured."""
-    done = child_pytest("dequantize", "gemm or dequantized")
+    done = child_pytest({"OPTIMIZER_INT4_GEMM": "dequantize"}, "gemm or dequantized")
     assert done.returncode == 0 and "64 passed" in done.stdout, done.stdout[-3000:]
 
 
 @pytest.mark.skipif(not CUDA, reason="the CUDA kernels need onnxruntime's CUDA provider: onnxruntime-gpu and an NVIDIA GPU")
-def test_an_unknown_optimizer_int4_gemm_value_is_refused_with_the_choices():
-    done = child_pytest("fastest", "gemv-1 and not True")
+def test_the_gemm_with_stored_parts_and_without_programmatic_launches_gives_the_same_results():
+    """The tensor-core GEMM's cases with K's parts stored and added in order after
+    (OPTIMIZER_INT4_SPLIT=parts, not added by atomics) and its kernels launched plainly
+    (OPTIMIZER_CUDA_PDL=0), each op, eager and captured."""
+    done = child_pytest({"OPTIMIZER_INT4_SPLIT": "parts", "OPTIMIZER_CUDA_PDL": "0"}, "gemm")
+    assert done.returncode == 0 and "56 passed" in done.stdout, done.stdout[-3000:]
+
+
+@pytest.mark.skipif(not CUDA, reason="the CUDA kernels need onnxruntime's CUDA provider: onnxruntime-gpu and an NVIDIA GPU")
+@pytest.mark.parametrize("variable,message", [
+    ("OPTIMIZER_INT4_GEMM", "OPTIMIZER_INT4_GEMM must be mma (the tensor-core GEMM above 4 rows) or dequantize"),
+    ("OPTIMIZER_INT4_SPLIT", "OPTIMIZER_INT4_SPLIT must be atomics (K's parts of the tensor-core GEMM added by")])
+def test_an_unknown_value_of_a_kernel_choice_is_refused_with_the_choices(variable, message):
+    done = child_pytest({variable: "fastest"}, "gemv-1 and not True")
     assert done.returncode != 0
-    assert "OPTIMIZER_INT4_GEMM must be mma (the tensor-core GEMM above 4 rows) or dequantize" in done.stdout
+    assert message in done.stdout

@@ -41,7 +41,8 @@ __global__ void dequantize_band(const uint8_t* codes, const __half* scales, int 
 // y (m, n) = x (m, k) . w^T through gemm_int4_mma.cuh in tile configuration `config` (0: 128
 // outputs a block, 1: 256; + 10: an 8-deep pipeline, not 4; + 100 h: blocks of at most 64 >> h
 // rows, h 1-3; + 1000: K's parts added by atomics, not in a thread block cluster; + 2000: each
-// part's sums stored, added by the conversion after): 0 on success, -1 for what it does not take,
+// part's sums stored, added by the conversion after; + 10000: its kernels as programmatic dependent
+// launches, reading their weights before the kernel before them is done): 0 on success, -1 for what it does not take,
 // else the CUDA error code. `work`: 8 * m * n floats (K's parts are at most 8).
 extern "C" int gemm_int4_registers(const void* x, const void* codes, const void* scales, void* y, void* work, int m,
                                    int n, int k, int block, int config, int splits, void* stream) {
@@ -55,14 +56,16 @@ extern "C" int gemm_int4_registers(const void* x, const void* codes, const void*
   a.n = n;
   a.k = k;
   a.block = block;
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
   using gemm_int4_mma::SplitSums;
-  const SplitSums how = config >= 2000 ? SplitSums::kInParts : config >= 1000 ? SplitSums::kByAtomics
-                                                                               : SplitSums::kInCluster;
+  const bool programmatic = config >= 10000;
+  config %= 10000;
+  const SplitSums sums = config >= 2000 ? SplitSums::kInParts : config >= 1000 ? SplitSums::kByAtomics
+                                                                                : SplitSums::kInCluster;
+  const gemm_int4_mma::Launch how{static_cast<cudaStream_t>(stream), sums, programmatic};
   const int rows = 64 >> (config % 1000 / 100);
   config %= 100;
-  const char* failure = config >= 10 ? gemm_int4_mma::launch<8>(a, config - 10, splits, s, rows, how)
-                                     : gemm_int4_mma::launch<4>(a, config, splits, s, rows, how);
+  const char* failure = config >= 10 ? gemm_int4_mma::launch<8>(a, config - 10, splits, how, rows)
+                                     : gemm_int4_mma::launch<4>(a, config, splits, how, rows);
   if (failure != nullptr) {
     const int error = static_cast<int>(cudaGetLastError());
     return error != 0 ? error : -1;

@@ -3,7 +3,8 @@
 #     echo $! > /tmp/gd/pid); sleep 2      # then poll: bash benchmarks/gpu/wait.sh 240 40
 # 1. benchmarks/gpu_int4_gemm_probe.py against cuBLAS fp16 and the bands, 8-128 rows at the 1B
 #    shape, 16 and 64 at 8B (128 and 256 outputs a block, blocks of up to 64, 32 and 16 rows, K's
-#    parts added in a thread block cluster, by atomics (+1000) or stored and added after (+2000));
+#    parts added in a thread block cluster, by atomics (+1000) or stored and added after (+2000); each
+#    as programmatic dependent launches too (+10000));
 #    then at 64 rows with twice the blocks (--fill 264: more parts of K);
 # 2. one 64-row call of the GEMM (1B q/k/v, K split and its parts added by atomics, as LinearInt4
 #    runs it; 1B gate/up) under Nsight Compute: its SASS with
@@ -14,9 +15,10 @@
 set -x
 W=/tmp/gd
 mkdir -p $W
-(cd benchmarks && python3 gpu_int4_gemm_probe.py --shapes 1b --rows 8,16,32,64,128 --configs 0,1,100,101,200,1000,2000 \
+(cd benchmarks && python3 gpu_int4_gemm_probe.py --shapes 1b --rows 8,16,32,64,128 \
+     --configs 0,1,100,101,200,1000,2000,10000,11000,12000 \
      --results $W/probe.jsonl > /dev/null
- python3 gpu_int4_gemm_probe.py --shapes 8b --rows 16,64 --configs 0,1,100,1000,2000 --results $W/probe.jsonl \
+ python3 gpu_int4_gemm_probe.py --shapes 8b --rows 16,64 --configs 0,1,100,1000,2000,12000 --results $W/probe.jsonl \
      > /dev/null
  python3 gpu_int4_gemm_probe.py --shapes 1b --rows 64 --configs 1000,2000 --forms "" --fill 264 \
      --results $W/probe.jsonl > /dev/null

@@ -1,10 +1,13 @@
 // The few CUDA device operations gemm_int4_mma.cuh's kernel uses beyond plain C++ (shared memory,
-// cp.async, mma.sync, non-coherent loads, thread block clusters), each as nvcc's inline PTX or,
-// compiled without nvcc, as tests/cuda_emulation.h's CPU emulation of it (included first).
+// cp.async, mma.sync, non-coherent loads, thread block clusters, programmatic dependent launch),
+// each as nvcc's inline PTX or, compiled without nvcc, as tests/cuda_emulation.h's CPU emulation of
+// it (included first).
 #pragma once
 #if defined(__CUDACC__)
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+
+#include "pdl.cuh"
 #endif
 #include <stdint.h>
 
@@ -118,6 +121,20 @@ __device__ __forceinline__ float cluster_load(const float* local, int rank) {
 #endif
 #else
   return cuda_emulation::cluster_load(local, rank);
+#endif
+}
+
+// Programmatic dependent launch (pdl.cuh): wait until the kernels before this one are done and
+// their writes visible; let the next kernel start. No-ops in a kernel launched without it, and on
+// the CPU (the emulation runs one kernel at a time).
+__device__ __forceinline__ void wait_for_earlier_kernels() {
+#if defined(__CUDACC__)
+  optimizer_pdl::wait_for_inputs();
+#endif
+}
+__device__ __forceinline__ void start_next_kernel() {
+#if defined(__CUDACC__)
+  optimizer_pdl::let_next_start();
 #endif
 }
 

@@ -314,9 +314,19 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[o][r][e] = 0.f;
 
+  // The first stages' codes and the first step's scales are constants: read before the kernels
+  // before this one are done (where launched as their programmatic dependent), x after. The first
+  // commit group holds all those codes and x's first stage.
 #pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) load_stage(s, s);
+  for (int s = 0; s < STAGES - 1; ++s) w_pieces.copy_next(ws + s * T::kStageW, s < count);
   if (count > 0) load_next(0);
+  wait_for_earlier_kernels();
+  start_next_kernel();
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    x_pieces.copy_next(xs + s * T::kStageX, s < count);
+    commit_async();
+  }
 
   for (int i = 0; i < count; ++i) {
     wait_async<STAGES - 2>();
@@ -397,6 +407,8 @@ __host__ __device__ inline float parts_total(const float* sums, int parts, int64
 
 #if defined(__CUDACC__)
 __global__ void sums_to_half(const float* in, int parts, __half* out, int64_t count) {
+  wait_for_earlier_kernels();
+  start_next_kernel();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < count) out[i] = __float2half(parts_total(in, parts, count, i));
 }
@@ -408,12 +420,29 @@ inline bool device_has_clusters() {
          cudaDeviceGetAttribute(&clusters, cudaDevAttrClusterLaunch, device) == cudaSuccess && clusters != 0;
 }
 
+// How a call's kernels are launched: `programmatic`, each as a programmatic dependent launch of the
+// kernel before it in the stream (where the device takes it: optimizer_pdl::programmatic_launch),
+// which then reads its constant weights before that kernel is done.
+struct Launch {
+  cudaStream_t stream;
+  SplitSums sums;  // how K's parts add up their sums
+  bool programmatic;
+};
+
+// The launch attribute that makes a kernel a programmatic dependent launch.
+inline cudaLaunchAttribute programmatic_attribute() {
+  cudaLaunchAttribute attribute = {};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  return attribute;
+}
+
 // The tile's kernel, K's `splits` parts added as `how` says (kInCluster: where the device
 // launches clusters of that many such blocks, else by atomics). With SwiGLU, which needs a tile's
 // whole sums in one place, K is not split where no cluster adds the parts. Returns what the
 // caller converts after: the count of sums buffers to add up into y (0: none, y is written).
 template <int MR, int NO, int STAGES>
-const char* launch_tile(Args a, int splits, cudaStream_t s, SplitSums how, int& buffers) {
+const char* launch_tile(Args a, int splits, const Launch& how, int& buffers) {
   using T = Tile<MR, NO, STAGES>;
   auto kernel = gemm_int4_mma_kernel<MR, NO, STAGES>;
   buffers = 0;
@@ -422,23 +451,22 @@ const char* launch_tile(Args a, int splits, cudaStream_t s, SplitSums how, int& 
     return "GEMM int4: the device refused the tile's shared memory";
   }
   const TileRows tiles = TileRows::of(a, T::kBN, 0);
-  dim3 grid((tiles.outputs + tiles.columns - 1) / tiles.columns, (a.m + T::kBM - 1) / T::kBM, splits);
   cudaLaunchConfig_t config = {};
-  config.gridDim = grid;
+  config.gridDim = dim3((tiles.outputs + tiles.columns - 1) / tiles.columns, (a.m + T::kBM - 1) / T::kBM, splits);
   config.blockDim = dim3(kThreads);
   config.dynamicSmemBytes = T::kShared;
-  config.stream = s;
-  cudaLaunchAttribute dims[1];
-  dims[0].id = cudaLaunchAttributeClusterDimension;
-  dims[0].val.clusterDim.x = 1;
-  dims[0].val.clusterDim.y = 1;
-  dims[0].val.clusterDim.z = splits;  // a tile's parts of K
-  config.attrs = dims;
+  config.stream = how.stream;
+  cudaLaunchAttribute attributes[2] = {};
+  attributes[0].id = cudaLaunchAttributeClusterDimension;
+  attributes[0].val.clusterDim.x = 1;
+  attributes[0].val.clusterDim.y = 1;
+  attributes[0].val.clusterDim.z = splits;  // a tile's parts of K
+  config.attrs = attributes;
   config.numAttrs = 1;
   // whether a cluster of `splits` such blocks fits the device (asked once a process, a tile and a
   // count of parts)
   static signed char fits[gemm_int4::kClusterParts + 1] = {};  // 0 unknown, 1 yes, -1 no
-  const bool wants_cluster = how == SplitSums::kInCluster && splits > 1 && splits <= gemm_int4::kClusterParts;
+  const bool wants_cluster = how.sums == SplitSums::kInCluster && splits > 1 && splits <= gemm_int4::kClusterParts;
   if (wants_cluster && fits[splits] == 0) {
     int clusters = 0;
     fits[splits] = device_has_clusters() && cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) == cudaSuccess &&
@@ -448,39 +476,41 @@ const char* launch_tile(Args a, int splits, cudaStream_t s, SplitSums how, int& 
     cudaGetLastError();  // a refusal is an answer, not an error of this call
   }
   a.cluster = wants_cluster && fits[splits] == 1 ? 1 : 0;
-  if (a.cluster) {
-    return cudaLaunchKernelEx(&config, kernel, a) == cudaSuccess ? nullptr : "GEMM int4: the cluster launch failed";
+  if (!a.cluster) {
+    if (splits > 1 && a.swiglu) {  // one part
+      a.steps_per_split = a.k / kStepK;
+      splits = 1;
+      config.gridDim.z = 1;
+    }
+    a.partials = splits > 1 && how.sums == SplitSums::kInParts ? 1 : 0;
+    buffers = splits == 1 ? 0 : a.partials ? splits : 1;
+    if (buffers == 1 &&
+        cudaMemsetAsync(a.sums, 0, static_cast<size_t>(a.m) * a.n * sizeof(float), how.stream) != cudaSuccess) {
+      return "GEMM int4: clearing the split sums failed";
+    }
+    config.numAttrs = 0;  // no cluster
   }
-  if (splits > 1 && a.swiglu) {  // one part
-    a.steps_per_split = a.k / kStepK;
-    splits = 1;
-    grid.z = 1;
-  }
-  a.partials = splits > 1 && how == SplitSums::kInParts ? 1 : 0;
-  buffers = splits == 1 ? 0 : a.partials ? splits : 1;
-  if (buffers == 1 && cudaMemsetAsync(a.sums, 0, static_cast<size_t>(a.m) * a.n * sizeof(float), s) != cudaSuccess) {
-    return "GEMM int4: clearing the split sums failed";
-  }
-  kernel<<<grid, kThreads, T::kShared, s>>>(a);
-  return nullptr;
+  if (how.programmatic) attributes[config.numAttrs++] = programmatic_attribute();
+  return cudaLaunchKernelEx(&config, kernel, a) == cudaSuccess ? nullptr : "GEMM int4: the launch failed";
 }
 
 template <int MR, int STAGES>
-const char* launch_rows(const Args& a, bool wide, int splits, cudaStream_t s, SplitSums how, int& buffers) {
-  return wide ? launch_tile<MR, 2, STAGES>(a, splits, s, how, buffers)
-              : launch_tile<MR, 1, STAGES>(a, splits, s, how, buffers);
+const char* launch_rows(const Args& a, bool wide, int splits, const Launch& how, int& buffers) {
+  return wide ? launch_tile<MR, 2, STAGES>(a, splits, how, buffers)
+              : launch_tile<MR, 1, STAGES>(a, splits, how, buffers);
 }
 
 // y = x . w^T (with a.swiglu: silu(gate) * up of its two halves) with `config`'s tile for blocks of
 // block_rows(m, most_rows) rows (gemm_int4_plan.h), K cut into `splits` parts (splits_for's), their
 // sums added as `how` says (SplitSums; `a.sums` as it says; with SwiGLU one part where no cluster
-// adds them).
+// adds them); the kernels as programmatic dependent launches where `how` says so and the device
+// takes them.
 template <int STAGES>
-const char* launch(Args a, int config, int splits, cudaStream_t s, int most_rows = 64,
-                   SplitSums how = SplitSums::kInCluster) {
+const char* launch(Args a, int config, int splits, Launch how, int most_rows = 64) {
   if (!gemm_int4::takes(a.k, a.block, a.x, a.codes) || config < 0 || config >= gemm_int4::kConfigs) {
     return "GEMM int4: K must be a multiple of 64, the block a power of two from 32, x and the codes 16-byte aligned";
   }
+  how.programmatic = how.programmatic && optimizer_pdl::programmatic_launch();
   a.steps_per_split = gemm_int4::steps_per_split(a.k, splits);
   splits = gemm_int4::parts_of(a.k, splits);
   // a warp over all of a block's rows (its weights dequantized once a block); 128 or 256 outputs
@@ -489,21 +519,31 @@ const char* launch(Args a, int config, int splits, cudaStream_t s, int most_rows
   int buffers = 0;
   switch (gemm_int4::block_rows(a.m, most_rows)) {
     case 8:
-      failure = launch_rows<1, STAGES>(a, wide, splits, s, how, buffers);
+      failure = launch_rows<1, STAGES>(a, wide, splits, how, buffers);
       break;
     case 16:
-      failure = launch_rows<2, STAGES>(a, wide, splits, s, how, buffers);
+      failure = launch_rows<2, STAGES>(a, wide, splits, how, buffers);
       break;
     case 32:
-      failure = launch_rows<4, STAGES>(a, wide, splits, s, how, buffers);
+      failure = launch_rows<4, STAGES>(a, wide, splits, how, buffers);
       break;
     default:
-      failure = launch_rows<8, STAGES>(a, wide, splits, s, how, buffers);
+      failure = launch_rows<8, STAGES>(a, wide, splits, how, buffers);
   }
   if (failure != nullptr) return failure;
   const int64_t count = static_cast<int64_t>(a.m) * a.n;
   if (buffers > 0) {
-    sums_to_half<<<static_cast<unsigned>((count + 255) / 256), 256, 0, s>>>(a.sums, buffers, a.y, count);
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(static_cast<unsigned>((count + 255) / 256));
+    config.blockDim = dim3(256);
+    config.stream = how.stream;
+    cudaLaunchAttribute attribute = programmatic_attribute();
+    config.attrs = &attribute;
+    config.numAttrs = how.programmatic ? 1 : 0;
+    if (cudaLaunchKernelEx(&config, sums_to_half, static_cast<const float*>(a.sums), buffers, a.y, count) !=
+        cudaSuccess) {
+      return "GEMM int4: the conversion's launch failed";
+    }
   }
   const cudaError_t error = cudaGetLastError();
   return error == cudaSuccess ? nullptr : cudaGetErrorString(error);

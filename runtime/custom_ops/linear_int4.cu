@@ -44,6 +44,8 @@ constexpr int kGemmRows = 128;              // rows gemm_int4_mma.cuh takes
 constexpr int kGemmConfig = 0;              // its tile (gemm_int4_plan.h's configurations: 128 outputs)
 constexpr int kGemmStages = 4;              // its cp.async pipeline's depth
 constexpr int kGemmBlocksPerSm = 1;         // the blocks an SM its split-K grid aims at
+constexpr const char* kDefaultSplit = "atomics";  // how its K's parts add up without OPTIMIZER_INT4_SPLIT
+constexpr bool kGemmProgrammatic = true;    // its kernels as programmatic dependent launches (OPTIMIZER_CUDA_PDL)
 
 struct Int4Args {
   const __half* x;
@@ -243,6 +245,22 @@ Gemm gemm_choice() {
   return choice;
 }
 
+// How the GEMM adds up K's parts without SwiGLU, as OPTIMIZER_INT4_SPLIT asks (read once;
+// kDefaultSplit where unset or empty): "atomics", into a zeroed buffer; "parts", each part's sums
+// stored and added in part order by the conversion (no memset; the same sums every call); any
+// other value: none (every call refused).
+enum class Split { kAtomics, kParts, kUnknown };
+
+Split split_choice() {
+  static const Split choice = [] {
+    const char* env = getenv("OPTIMIZER_INT4_SPLIT");
+    const char* name = env == nullptr || *env == '\0' ? kDefaultSplit : env;
+    if (strcmp(name, "atomics") == 0) return Split::kAtomics;
+    return strcmp(name, "parts") == 0 ? Split::kParts : Split::kUnknown;
+  }();
+  return choice;
+}
+
 // Whether a call of more rows than the GEMV takes goes to gemm_int4_mma.cuh's GEMM: asked for,
 // up to kGemmRows rows of a shape it takes (with a norm, x is the scratch's aligned normed rows).
 bool tiled_gemm(const LinearCall& c, const Int4Weights& w) {
@@ -307,14 +325,16 @@ const char* mma_gemm(const LinearCall& call, const Int4Args& a, const __half* x,
   g.k = a.k;
   g.block = a.block;
   // K's parts summed in a thread block cluster only with SwiGLU (whose epilogue needs a tile's whole
-  // sums in one block); otherwise added by atomics into the scratch, converted after (kInParts, each
-  // part's sums stored and added by the conversion, is the probe's +2000 forms). The same calls on
-  // an H100 (run18, gpu_int4_gemm_probe.py, 1B shape at 64 rows, K in 6-8 parts): q/k/v 15.0 us in
-  // clusters against 13.7 by atomics, o 11.7 against 10.6, down 27.6 against 20.7 (the cluster
-  // barrier's wait was the most stalled instruction of Nsight Compute's q/k/v profile).
+  // sums in one block); otherwise into the scratch as split_choice says, converted after. The same
+  // calls on an H100 (run18, gpu_int4_gemm_probe.py, 1B shape at 64 rows, K in 6-8 parts): q/k/v
+  // 15.0 us in clusters against 13.7 by atomics, o 11.7 against 10.6, down 27.6 against 20.7 (the
+  // cluster barrier's wait was the most stalled instruction of Nsight Compute's q/k/v profile).
   using gemm_int4_mma::SplitSums;
-  const SplitSums how = call.swiglu ? SplitSums::kInCluster : SplitSums::kByAtomics;
-  return gemm_int4_mma::launch<kGemmStages>(g, kGemmConfig, gemm_splits(call), s, 64, how);
+  const SplitSums adding = call.swiglu                        ? SplitSums::kInCluster
+                           : split_choice() == Split::kParts ? SplitSums::kInParts
+                                                             : SplitSums::kByAtomics;
+  const gemm_int4_mma::Launch how{s, adding, kGemmProgrammatic};
+  return gemm_int4_mma::launch<kGemmStages>(g, kGemmConfig, gemm_splits(call), how);
 }
 
 }  // namespace
@@ -326,7 +346,10 @@ int64_t linear_int4_scratch_elements(const LinearCall& c, const Int4Weights& w) 
   // dequantized band
   if (gemv_after_norm(c, w)) return rounded(c.rows * c.k);
   const int64_t normed = rounded(c.norm ? c.rows * c.k : 0);
-  if (tiled_gemm(c, w)) return normed + (gemm_splits(c) > 1 ? 2 * c.rows * codes_rows(c) : 0);
+  if (tiled_gemm(c, w)) {  // floats: one (rows, outputs) buffer, or one a part
+    const int64_t splits = gemm_splits(c), buffers = split_choice() == Split::kParts ? splits : 1;
+    return normed + (splits > 1 ? 2 * buffers * c.rows * codes_rows(c) : 0);
+  }
   return normed + rounded(c.swiglu ? c.rows * 2 * c.n : 0) + band_rows(c) * c.k;
 }
 
@@ -340,6 +363,10 @@ const char* linear_int4_cuda(const LinearCall& call, const Int4Weights& weights,
   if (gemm_choice() == Gemm::kUnknown) {
     return "LinearInt4: OPTIMIZER_INT4_GEMM must be mma (the tensor-core GEMM above 4 rows) or dequantize (bands "
            "for cuBLAS)";
+  }
+  if (split_choice() == Split::kUnknown) {
+    return "LinearInt4: OPTIMIZER_INT4_SPLIT must be atomics (K's parts of the tensor-core GEMM added by atomics) "
+           "or parts (each part's sums stored, added in order after)";
   }
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   Int4Args a = typed(call, weights);
