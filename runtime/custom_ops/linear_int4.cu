@@ -229,35 +229,36 @@ bool gemv_after_norm(const LinearCall& c, const Int4Weights& w) {
 // Rows of codes the call reads, and the outputs of its GEMM before SwiGLU: n, or 2n with SwiGLU.
 int64_t codes_rows(const LinearCall& c) { return c.swiglu ? 2 * c.n : c.n; }
 
-// The path above kGemvRows rows: the bands for cuBLAS, gemm_int4_mma.cuh's GEMM, or neither
-// (OPTIMIZER_INT4_GEMM set to something else: every call refused).
-enum class Gemm { kDequantize, kMma, kUnknown };
+// Environment variable `variable`'s value as an index into `names` (`fallback` where it is unset
+// or empty), or `count` for any other value: the callers read it once a process.
+int env_choice(const char* variable, const char* fallback, const char* const* names, int count) {
+  const char* env = getenv(variable);
+  const char* name = env == nullptr || *env == '\0' ? fallback : env;
+  int i = 0;
+  while (i < count && strcmp(name, names[i]) != 0) ++i;
+  return i;
+}
 
-// What OPTIMIZER_INT4_GEMM asks for (read once): "mma" or "dequantize", kDefaultGemm where it is
-// unset or empty.
+// The path above kGemvRows rows, as OPTIMIZER_INT4_GEMM asks (kDefaultGemm where unset): "mma",
+// gemm_int4_mma.cuh's GEMM; "dequantize", the bands for cuBLAS; any other value: neither (every
+// call refused).
+enum class Gemm { kMma, kDequantize, kUnknown };
+
 Gemm gemm_choice() {
-  static const Gemm choice = [] {
-    const char* env = getenv("OPTIMIZER_INT4_GEMM");
-    const char* name = env == nullptr || *env == '\0' ? kDefaultGemm : env;
-    if (strcmp(name, "mma") == 0) return Gemm::kMma;
-    return strcmp(name, "dequantize") == 0 ? Gemm::kDequantize : Gemm::kUnknown;
-  }();
+  static const char* const names[] = {"mma", "dequantize"};
+  static const Gemm choice = static_cast<Gemm>(env_choice("OPTIMIZER_INT4_GEMM", kDefaultGemm, names, 2));
   return choice;
 }
 
-// How the GEMM adds up K's parts without SwiGLU, as OPTIMIZER_INT4_SPLIT asks (read once;
-// kDefaultSplit where unset or empty): "atomics", into a zeroed buffer; "parts", each part's sums
-// stored and added in part order by the conversion (no memset; the same sums every call); any
-// other value: none (every call refused).
+// How the GEMM adds up K's parts without SwiGLU, as OPTIMIZER_INT4_SPLIT asks (kDefaultSplit where
+// unset): "atomics", into a zeroed buffer; "parts", each part's sums stored and added in part order
+// by the conversion (no memset; the same sums every call); any other value: none (every call
+// refused).
 enum class Split { kAtomics, kParts, kUnknown };
 
 Split split_choice() {
-  static const Split choice = [] {
-    const char* env = getenv("OPTIMIZER_INT4_SPLIT");
-    const char* name = env == nullptr || *env == '\0' ? kDefaultSplit : env;
-    if (strcmp(name, "atomics") == 0) return Split::kAtomics;
-    return strcmp(name, "parts") == 0 ? Split::kParts : Split::kUnknown;
-  }();
+  static const char* const names[] = {"atomics", "parts"};
+  static const Split choice = static_cast<Split>(env_choice("OPTIMIZER_INT4_SPLIT", kDefaultSplit, names, 2));
   return choice;
 }
 
