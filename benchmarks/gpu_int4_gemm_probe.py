@@ -17,10 +17,11 @@ input in one CUDA graph, replayed; a copy's time is the median replay over COPIE
                 block, 1: 256; N + 10: an 8-deep pipeline, not 4; N + 100 h: blocks of at most
                 64 >> h rows, h 1-3; N + 1000: K's parts added by atomics, not in a thread block
                 cluster, LinearInt4's choice without SwiGLU; N + 2000: each part's sums stored,
-                added in part order after; N + 10000: the GEMM and its conversion as programmatic
-                dependent launches, each GEMM reading its first weights while the kernel before it
-                ends), the codes read straight into mma.sync's registers, K split so that the grid
-                has about --fill blocks (at most 8 parts).
+                added in part order after; N + 3000: added by atomics into sums kept at zero, the
+                tile's last part converting them (no other kernel); N + 10000: the GEMM and its
+                conversion as programmatic dependent launches, each GEMM reading its first weights
+                while the kernel before it ends), the codes read straight into mma.sync's
+                registers, K split so that the grid has about --fill blocks (at most 8 parts).
 Weights in onnxruntime-genai's int4 format (symmetric blocks of 32). Each int4 form's results are
 checked against its weights dequantized and multiplied in fp32 (`max_abs_diff`); `weight_tb_s`
 counts the bytes each form's weights take. Needs torch with CUDA and nvcc (compiled in the run).

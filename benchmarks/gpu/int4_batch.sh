@@ -8,7 +8,8 @@
 # 3. the 1B fp16-custom and int4-custom engines (static, 64 slots) built, then at batch 1 and 64
 #    concurrent 128 in / 128 out, one after another, then again in the reverse order: fp16-custom;
 #    int4-custom as it is (K's parts by atomics, programmatic dependent launches); without those
-#    launches (OPTIMIZER_CUDA_PDL=0); with K's parts stored and added in order (OPTIMIZER_INT4_SPLIT=parts).
+#    launches (OPTIMIZER_CUDA_PDL=0); with K's parts stored and added in order (OPTIMIZER_INT4_SPLIT=parts);
+#    added by atomics into sums kept at zero, the tile's last part converting (OPTIMIZER_INT4_SPLIT=last).
 # Results: /tmp/gd/b64.jsonl, probe.jsonl, tests.log in the log.
 set -x
 W=/tmp/gd
@@ -19,10 +20,11 @@ grep -E "passed|failed|rc |Error" $W/tests.log | tail -8
 [ -n "$SKIP_PROBE" ] || bash benchmarks/gpu/int4_probe.sh
 D="python3 benchmarks/gpu_decode.py --work $W --shapes llama-3.2-1b --concurrency 64 --results $W/b64.jsonl"
 $D --formats fp16-custom,int4-custom --phases build
-RUNS=("fp16-custom" "int4-custom" "OPTIMIZER_CUDA_PDL=0 int4-custom" "OPTIMIZER_INT4_SPLIT=parts int4-custom")
+RUNS=("fp16-custom" "int4-custom" "OPTIMIZER_CUDA_PDL=0 int4-custom" "OPTIMIZER_INT4_SPLIT=parts int4-custom"
+      "OPTIMIZER_INT4_SPLIT=last int4-custom")
 for round in 0 1; do
-  for i in 0 1 2 3; do
-    [ $round = 0 ] && r=${RUNS[$i]} || r=${RUNS[$((3 - i))]}
+  for i in 0 1 2 3 4; do
+    [ $round = 0 ] && r=${RUNS[$i]} || r=${RUNS[$((4 - i))]}
     format=${r##* }
     env ${r%$format} $D --formats $format --phases ours  # the variables before the format, if any
   done

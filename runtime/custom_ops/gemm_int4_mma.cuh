@@ -36,6 +36,8 @@
 #if defined(__CUDACC__)
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+
+#include <mutex>
 #endif
 #include <stdint.h>
 
@@ -53,6 +55,13 @@ constexpr int kThreads = 32 * kWarps;
 constexpr int kLdX = kStepK + 8;    // the x tile's row stride in halves (conflict-free 16-byte reads)
 constexpr int kStepBytes = kStepK / 2;  // a row's codes a step
 
+// How K's parts add up their sums (where K is split): in a thread block cluster where one fits
+// (sm_90; else by atomics), by atomics into a zeroed buffer (converted after), each part into a
+// buffer of its own (added after), or by atomics into sums kept at zero between calls, the tile's
+// last part to arrive converting them (kLastPart: one kernel; where its memory is free, else by
+// atomics). `sums` must hold m * n floats for atomics, parts * m * n for kInParts.
+enum class SplitSums { kInCluster, kByAtomics, kInParts, kLastPart };
+
 struct Args {
   const __half* x;
   const uint8_t* codes;
@@ -60,13 +69,13 @@ struct Args {
   const uint8_t* zeros;  // null: 8
   __half* y;             // (m, n), or (m, n / 2) with swiglu
   float* sums;           // with K in parts over the grid and no cluster: (m, n) zeroed, or (parts, m, n)
+  unsigned* arrivals;    // kLastPart: a count a tile, zero between calls
   int m;
   int n;  // rows of codes
   int k;
   int block;  // K values a scale covers, a multiple of 32
   int steps_per_split;
-  int cluster;  // 1: K's parts are one thread block cluster's blocks, whose sums meet in shared memory
-  int partials;  // 1: K's parts each store their sums in their (m, n) of `sums`, not add them by atomics
+  SplitSums adding;  // K's parts (gridDim.z > 1), as launched: kInCluster only where launched as clusters
   int swiglu;   // 1: codes rows [0, n/2) are gates, [n/2, n) ups; y = silu(gate) * up
 };
 
@@ -217,16 +226,17 @@ template <class T, int NO, int MR>
 __device__ __forceinline__ void tile_sums(const Args& a, const float (&acc)[NO][MR][4], unsigned char* shared,
                                           const TileRows& tile, int m0, int out_row, int t) {
   float* sums = reinterpret_cast<float*>(shared);
+  const bool cluster = a.adding == SplitSums::kInCluster && gridDim.z > 1;
   __syncthreads();  // every warp is done with the pipeline's stages
   for_each_sum(acc, out_row, t, [&](int row, int col, float sum) { sums[row * T::kBN + col] = sum; });
-  if (a.cluster) cluster_sync();
+  if (cluster) cluster_sync();
   else __syncthreads();
-  const int parts = a.cluster ? static_cast<int>(gridDim.z) : 1;
+  const int parts = cluster ? static_cast<int>(gridDim.z) : 1;
   const int width = tile.columns, outputs = tile.outputs;
   // every part's value read before any is added (the reads then wait on the cluster once, not once
   // a part), added in rank order (the parts past the last add 0: the same sum)
   auto total = [&](int at) {
-    if (!a.cluster) return sums[at];
+    if (!cluster) return sums[at];
     float part_sums[gemm_int4::kClusterParts];
 #pragma unroll
     for (int part = 0; part < gemm_int4::kClusterParts; ++part) {
@@ -237,7 +247,7 @@ __device__ __forceinline__ void tile_sums(const Args& a, const float (&acc)[NO][
     for (int part = 0; part < gemm_int4::kClusterParts; ++part) sum += part_sums[part];
     return sum;
   };
-  const int first = (a.cluster ? cluster_rank() : 0) * kThreads + static_cast<int>(threadIdx.x);
+  const int first = (cluster ? cluster_rank() : 0) * kThreads + static_cast<int>(threadIdx.x);
   for (int i = first; i < T::kBM * width; i += parts * kThreads) {
     const int row = m0 + i / width, c = i % width, col = tile.first + c;
     if (row >= a.m || col >= outputs) continue;
@@ -245,7 +255,32 @@ __device__ __forceinline__ void tile_sums(const Args& a, const float (&acc)[NO][
     const float value = a.swiglu ? swiglu_value(total(at), total(at + T::kBN / 2)) : total(at);
     a.y[static_cast<size_t>(row) * outputs + col] = __float2half(value);
   }
-  if (a.cluster) cluster_sync();
+  if (cluster) cluster_sync();
+}
+
+// kLastPart, once the block's sums are added: the tile's last part to arrive (its count in
+// a.arrivals) converts the tile's sums to float16, and leaves them and the count at zero for the
+// next call (which follows this one in its stream).
+template <class T>
+__device__ __forceinline__ void last_part_converts(const Args& a, unsigned char* shared, const TileRows& tile, int m0) {
+  unsigned* last = reinterpret_cast<unsigned*>(shared);
+  fence_device();   // this thread's additions are seen before the count
+  __syncthreads();  // every thread's are, and every warp is done with the pipeline's stages
+  if (threadIdx.x == 0) {
+    unsigned* count = a.arrivals + blockIdx.y * gridDim.x + blockIdx.x;
+    *last = atomicAdd(count, 1u) == gridDim.z - 1 ? 1u : 0u;
+    if (*last) *count = 0;
+  }
+  __syncthreads();
+  if (*last == 0) return;
+  fence_device();  // the other parts' additions, seen through their counts, are read after
+  for (int i = static_cast<int>(threadIdx.x); i < T::kBM * tile.columns; i += kThreads) {
+    const int row = m0 + i / tile.columns, col = tile.first + i % tile.columns;
+    if (row >= a.m || col >= a.n) continue;
+    float* at = a.sums + static_cast<size_t>(row) * a.n + col;
+    a.y[static_cast<size_t>(row) * a.n + col] = __float2half(load_global(at));
+    *at = 0.f;
+  }
 }
 
 // Blocks an SM should hold at once: two up to 64 rows by 128 outputs (registers capped at 128 a
@@ -375,7 +410,8 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
     }
   }
 
-  if (a.cluster || a.swiglu) {
+  const bool split = gridDim.z > 1;
+  if ((split && a.adding == SplitSums::kInCluster) || a.swiglu) {
     tile_sums<T>(a, acc, shared, tile, m0, out_row, t);
     return;
   }
@@ -383,20 +419,16 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
     row += m0, col += tile.first;
     if (row >= a.m || col >= a.n) return;
     const size_t at = static_cast<size_t>(row) * a.n + col;
-    if (gridDim.z > 1 && a.partials) {
+    if (split && a.adding == SplitSums::kInParts) {
       a.sums[blockIdx.z * static_cast<size_t>(a.m) * a.n + at] = sum;
-    } else if (gridDim.z > 1) {
+    } else if (split) {
       atomicAdd(a.sums + at, sum);
     } else {
       a.y[at] = __float2half(sum);
     }
   });
+  if (split && a.adding == SplitSums::kLastPart) last_part_converts<T>(a, shared, tile, m0);
 }
-
-// How K's parts add up their sums (where K is split): in a thread block cluster where one fits
-// (sm_90; else by atomics), by atomics into a zeroed buffer, or each part into a buffer of its own,
-// added after. `sums` must hold m * n floats for atomics, parts * m * n for kInParts.
-enum class SplitSums { kInCluster, kByAtomics, kInParts };
 
 // Element i of `parts` sums buffers (`count` floats apart) added up, in part order.
 __host__ __device__ inline float parts_total(const float* sums, int parts, int64_t count, int64_t i) {
@@ -418,6 +450,55 @@ inline bool device_has_clusters() {
   int device = 0, clusters = 0;
   return cudaGetDevice(&device) == cudaSuccess &&
          cudaDeviceGetAttribute(&clusters, cudaDevAttrClusterLaunch, device) == cudaSuccess && clusters != 0;
+}
+
+// kLastPart's memory: sums and arrival counts that stay zero between calls (zero when the module
+// loads: PTX's global variables are; each call leaves its tiles at zero), a region a stream: a
+// stream's calls follow one another (with programmatic launches too: a kernel waits for the one
+// before it to end before it adds anything), so one region serves them all. A call from a stream
+// past the first kLastPartStreams, or of more sums or tiles than a region holds, adds by atomics.
+constexpr int kLastPartStreams = 4;
+constexpr int64_t kLastPartFloats = 1 << 20;  // (m, n) sums a region holds (4 MB)
+constexpr unsigned kLastPartTiles = 1024;     // and tiles
+static __device__ float last_part_sums[kLastPartStreams][kLastPartFloats];
+static __device__ unsigned last_part_arrivals[kLastPartStreams][kLastPartTiles];
+
+// The region of `stream`'s calls (-1: none left).
+inline int last_part_region(cudaStream_t stream) {
+  static std::mutex lock;
+  static cudaStream_t owners[kLastPartStreams];
+  static int owned = 0;
+  std::lock_guard<std::mutex> hold(lock);
+  for (int r = 0; r < owned; ++r) {
+    if (owners[r] == stream) return r;
+  }
+  if (owned == kLastPartStreams) return -1;
+  owners[owned] = stream;
+  return owned++;
+}
+
+// Points `a` at its stream's kLastPart region, where there is one and the call's sums and `tiles`
+// fit it: whether it did. The regions' addresses on each device are asked for once (a first call
+// is not captured into a graph).
+inline bool use_last_part_memory(Args& a, unsigned tiles, cudaStream_t stream) {
+  constexpr int kDevices = 64;
+  static void* sums[kDevices] = {};
+  static void* arrivals[kDevices] = {};
+  int device = 0;
+  const int region = last_part_region(stream);
+  if (region < 0 || static_cast<int64_t>(a.m) * a.n > kLastPartFloats || tiles > kLastPartTiles ||
+      cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kDevices) {
+    return false;
+  }
+  if (sums[device] == nullptr && (cudaGetSymbolAddress(&sums[device], last_part_sums) != cudaSuccess ||
+                                  cudaGetSymbolAddress(&arrivals[device], last_part_arrivals) != cudaSuccess)) {
+    sums[device] = nullptr;
+    cudaGetLastError();  // a refusal: atomics then
+    return false;
+  }
+  a.sums = static_cast<float*>(sums[device]) + region * kLastPartFloats;
+  a.arrivals = static_cast<unsigned*>(arrivals[device]) + region * kLastPartTiles;
+  return true;
 }
 
 // How a call's kernels are launched: `programmatic`, each as a programmatic dependent launch of the
@@ -475,15 +556,19 @@ const char* launch_tile(Args a, int splits, const Launch& how, int& buffers) {
                        : -1;
     cudaGetLastError();  // a refusal is an answer, not an error of this call
   }
-  a.cluster = wants_cluster && fits[splits] == 1 ? 1 : 0;
-  if (!a.cluster) {
+  const bool cluster = wants_cluster && fits[splits] == 1;
+  a.adding = cluster || how.sums != SplitSums::kInCluster ? how.sums : SplitSums::kByAtomics;
+  if (!cluster) {
     if (splits > 1 && a.swiglu) {  // one part
       a.steps_per_split = a.k / kStepK;
       splits = 1;
       config.gridDim.z = 1;
     }
-    a.partials = splits > 1 && how.sums == SplitSums::kInParts ? 1 : 0;
-    buffers = splits == 1 ? 0 : a.partials ? splits : 1;
+    if (a.adding == SplitSums::kLastPart &&
+        !use_last_part_memory(a, config.gridDim.x * config.gridDim.y, how.stream)) {
+      a.adding = SplitSums::kByAtomics;
+    }
+    buffers = splits == 1 || a.adding == SplitSums::kLastPart ? 0 : a.adding == SplitSums::kInParts ? splits : 1;
     if (buffers == 1 &&
         cudaMemsetAsync(a.sums, 0, static_cast<size_t>(a.m) * a.n * sizeof(float), how.stream) != cudaSuccess) {
       return "GEMM int4: clearing the split sums failed";

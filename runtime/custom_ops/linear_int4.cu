@@ -251,15 +251,25 @@ Gemm gemm_choice() {
 }
 
 // How the GEMM adds up K's parts without SwiGLU, as OPTIMIZER_INT4_SPLIT asks (kDefaultSplit where
-// unset): "atomics", into a zeroed buffer; "parts", each part's sums stored and added in part order
-// by the conversion (no memset; the same sums every call); any other value: none (every call
-// refused).
-enum class Split { kAtomics, kParts, kUnknown };
+// unset): "atomics", into a zeroed buffer, converted after; "parts", each part's sums stored and
+// added in part order by the conversion (no memset; the same sums every call); "last", by atomics
+// into sums kept at zero, the tile's last part converting them (one kernel); any other value: none
+// (every call refused).
+enum class Split { kAtomics, kParts, kLast, kUnknown };
 
 Split split_choice() {
-  static const char* const names[] = {"atomics", "parts"};
-  static const Split choice = static_cast<Split>(env_choice("OPTIMIZER_INT4_SPLIT", kDefaultSplit, names, 2));
+  static const char* const names[] = {"atomics", "parts", "last"};
+  static const Split choice = static_cast<Split>(env_choice("OPTIMIZER_INT4_SPLIT", kDefaultSplit, names, 3));
   return choice;
+}
+
+// gemm_int4_mma.cuh's way of adding K's parts for the call.
+gemm_int4_mma::SplitSums split_sums(const LinearCall& call) {
+  using gemm_int4_mma::SplitSums;
+  if (call.swiglu) return SplitSums::kInCluster;
+  const Split split = split_choice();
+  return split == Split::kParts ? SplitSums::kInParts : split == Split::kLast ? SplitSums::kLastPart
+                                                                              : SplitSums::kByAtomics;
 }
 
 // Whether a call of more rows than the GEMV takes goes to gemm_int4_mma.cuh's GEMM: asked for,
@@ -326,15 +336,11 @@ const char* mma_gemm(const LinearCall& call, const Int4Args& a, const __half* x,
   g.k = a.k;
   g.block = a.block;
   // K's parts summed in a thread block cluster only with SwiGLU (whose epilogue needs a tile's whole
-  // sums in one block); otherwise into the scratch as split_choice says, converted after. The same
-  // calls on an H100 (run18, gpu_int4_gemm_probe.py, 1B shape at 64 rows, K in 6-8 parts): q/k/v
-  // 15.0 us in clusters against 13.7 by atomics, o 11.7 against 10.6, down 27.6 against 20.7 (the
-  // cluster barrier's wait was the most stalled instruction of Nsight Compute's q/k/v profile).
-  using gemm_int4_mma::SplitSums;
-  const SplitSums adding = call.swiglu                        ? SplitSums::kInCluster
-                           : split_choice() == Split::kParts ? SplitSums::kInParts
-                                                             : SplitSums::kByAtomics;
-  const gemm_int4_mma::Launch how{s, adding, kGemmProgrammatic};
+  // sums in one block); otherwise as split_choice says. The same calls on an H100 (run18,
+  // gpu_int4_gemm_probe.py, 1B shape at 64 rows, K in 6-8 parts): q/k/v 15.0 us in clusters against
+  // 13.7 by atomics, o 11.7 against 10.6, down 27.6 against 20.7 (the cluster barrier's wait was the
+  // most stalled instruction of Nsight Compute's q/k/v profile).
+  const gemm_int4_mma::Launch how{s, split_sums(call), kGemmProgrammatic};
   return gemm_int4_mma::launch<kGemmStages>(g, kGemmConfig, gemm_splits(call), how);
 }
 
@@ -366,8 +372,8 @@ const char* linear_int4_cuda(const LinearCall& call, const Int4Weights& weights,
            "for cuBLAS)";
   }
   if (split_choice() == Split::kUnknown) {
-    return "LinearInt4: OPTIMIZER_INT4_SPLIT must be atomics (K's parts of the tensor-core GEMM added by atomics) "
-           "or parts (each part's sums stored, added in order after)";
+    return "LinearInt4: OPTIMIZER_INT4_SPLIT must be atomics (K's parts of the tensor-core GEMM added by atomics), "
+           "parts (each part's sums stored, added in order after) or last (by atomics, the last part converting)";
   }
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   Int4Args a = typed(call, weights);
