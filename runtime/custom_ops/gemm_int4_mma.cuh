@@ -17,15 +17,18 @@
 // (MR 8-row fragments, so that each weight is dequantized once a block) and NO 16-wide fragments
 // of outputs: BN = 128 NO outputs. K in 64-deep steps through a STAGES-deep cp.async pipeline of the
 // x tile and the raw codes (shared memory holds 4 bits a weight); each weight's scale and zero point
-// read a step ahead into registers. K may be split over gridDim.z, the parts' sums added in one of
-// three ways (SplitSums): on sm_90 the parts of a tile as one thread block cluster's blocks, which
-// add up their sums in each other's shared memory and write float16 (no other kernel); or each
-// part adding into a zeroed fp32 buffer by atomics; or each part storing its sums in a buffer of
-// its own, all added in part order by the kernel that converts them to float16 after (no memset;
-// the same sums every call, as in the cluster). With SwiGLU a block's tile is half
-// gate rows and half their up rows, and its epilogue writes silu(gate) * up (through shared memory;
-// K then split only within a cluster). gemm_int4_plan.h has the host's choices (tiles, rows a
-// block, splits).
+// read a step ahead into registers (the first step's codes and scales before the kernel waits for
+// the one before it: a programmatic dependent launch where the caller asks). K may be split over
+// gridDim.z, the parts' sums added in one of four ways (SplitSums): on sm_90 the parts of a tile as
+// one thread block cluster's blocks, which add up their sums in each other's shared memory and
+// write float16 (no other kernel); each part adding into a zeroed fp32 buffer by atomics, converted
+// by a second kernel; each part storing its sums in a buffer of its own, all added in part order by
+// the kernel that converts them to float16 after (no memset; the same sums every call, as in the
+// cluster); or each part adding by atomics into sums kept at zero between calls, the tile's last
+// part to arrive converting them and leaving them at zero (no other kernel). With SwiGLU a block's
+// tile is half gate rows and half their up rows, and its epilogue writes silu(gate) * up (through
+// shared memory; K then split only within a cluster). gemm_int4_plan.h has the host's choices
+// (tiles, rows a block, splits).
 //
 // Included by linear_int4.cu and by benchmarks/cuda/gemm_int4_probe.cu (device code, nvcc). Without
 // nvcc the kernel compiles as C++ against a CPU emulation of the few CUDA pieces it uses
