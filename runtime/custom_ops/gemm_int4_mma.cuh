@@ -27,7 +27,8 @@
 // cluster); or each part adding by atomics into sums kept at zero between calls, the tile's last
 // part to arrive converting them and leaving them at zero (no other kernel). With SwiGLU a block's
 // tile is half gate rows and half their up rows, and its epilogue writes silu(gate) * up (through
-// shared memory; K then split only within a cluster). gemm_int4_plan.h has the host's choices
+// shared memory; K then split only within a cluster, or by the last part, which reads the gates and
+// ups it converts from the sums). gemm_int4_plan.h has the host's choices
 // (tiles, rows a block, splits).
 //
 // Included by linear_int4.cu and by benchmarks/cuda/gemm_int4_probe.cu (device code, nvcc). Without
@@ -262,8 +263,9 @@ __device__ __forceinline__ void tile_sums(const Args& a, const float (&acc)[NO][
 }
 
 // kLastPart, once the block's sums are added: the tile's last part to arrive (its count in
-// a.arrivals) converts the tile's sums to float16, and leaves them and the count at zero for the
-// next call (which follows this one in its stream).
+// a.arrivals) converts the tile's sums to float16 (with SwiGLU, silu(gate) * up of its gate and up
+// columns), and leaves them and the count at zero for the next call (which follows this one in its
+// stream).
 template <class T>
 __device__ __forceinline__ void last_part_converts(const Args& a, unsigned char* shared, const TileRows& tile, int m0) {
   unsigned* last = reinterpret_cast<unsigned*>(shared);
@@ -277,12 +279,18 @@ __device__ __forceinline__ void last_part_converts(const Args& a, unsigned char*
   __syncthreads();
   if (*last == 0) return;
   fence_device();  // the other parts' additions, seen through their counts, are read after
-  for (int i = static_cast<int>(threadIdx.x); i < T::kBM * tile.columns; i += kThreads) {
-    const int row = m0 + i / tile.columns, col = tile.first + i % tile.columns;
-    if (row >= a.m || col >= a.n) continue;
-    float* at = a.sums + static_cast<size_t>(row) * a.n + col;
-    a.y[static_cast<size_t>(row) * a.n + col] = __float2half(load_global(at));
+  auto take = [&](int row, int column) {  // a sum, left at zero
+    float* at = a.sums + static_cast<size_t>(row) * a.n + column;
+    const float sum = load_global(at);
     *at = 0.f;
+    return sum;
+  };
+  for (int i = static_cast<int>(threadIdx.x); i < T::kBM * tile.columns; i += kThreads) {
+    const int row = m0 + i / tile.columns, c = i % tile.columns, column = tile(c);
+    if (row >= a.m || column < 0) continue;
+    const float value = a.swiglu ? swiglu_value(take(row, column), take(row, tile(c + tile.columns)))
+                                 : take(row, column);
+    a.y[static_cast<size_t>(row) * tile.outputs + tile.first + c] = __float2half(value);
   }
 }
 
@@ -413,14 +421,15 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
     }
   }
 
-  const bool split = gridDim.z > 1;
-  if ((split && a.adding == SplitSums::kInCluster) || a.swiglu) {
+  const bool split = gridDim.z > 1, last_part = split && a.adding == SplitSums::kLastPart;
+  if ((split && a.adding == SplitSums::kInCluster) || (a.swiglu && !last_part)) {
     tile_sums<T>(a, acc, shared, tile, m0, out_row, t);
     return;
   }
-  for_each_sum(acc, out_row, t, [&](int row, int col, float sum) {
-    row += m0, col += tile.first;
-    if (row >= a.m || col >= a.n) return;
+  for_each_sum(acc, out_row, t, [&](int row, int c, float sum) {  // c: the tile's column
+    row += m0;
+    const int col = tile(c);  // of the (m, n) sums (with SwiGLU n = gates and ups; only split here)
+    if (row >= a.m || col < 0) return;
     const size_t at = static_cast<size_t>(row) * a.n + col;
     if (split && a.adding == SplitSums::kInParts) {
       a.sums[blockIdx.z * static_cast<size_t>(a.m) * a.n + at] = sum;
@@ -430,7 +439,7 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
       a.y[at] = __float2half(sum);
     }
   });
-  if (split && a.adding == SplitSums::kLastPart) last_part_converts<T>(a, shared, tile, m0);
+  if (last_part) last_part_converts<T>(a, shared, tile, m0);
 }
 
 // Element i of `parts` sums buffers (`count` floats apart) added up, in part order.
@@ -523,8 +532,8 @@ inline cudaLaunchAttribute programmatic_attribute() {
 
 // The tile's kernel, K's `splits` parts added as `how` says (kInCluster: where the device
 // launches clusters of that many such blocks, else by atomics). With SwiGLU, which needs a tile's
-// whole sums in one place, K is not split where no cluster adds the parts. Returns what the
-// caller converts after: the count of sums buffers to add up into y (0: none, y is written).
+// whole sums in one place, K is split only where a cluster or the last part adds the parts.
+// Returns what the caller converts after: the count of sums buffers to add up into y (0: none, y is written).
 template <int MR, int NO, int STAGES>
 const char* launch_tile(Args a, int splits, const Launch& how, int& buffers) {
   using T = Tile<MR, NO, STAGES>;
@@ -562,14 +571,14 @@ const char* launch_tile(Args a, int splits, const Launch& how, int& buffers) {
   const bool cluster = wants_cluster && fits[splits] == 1;
   a.adding = cluster || how.sums != SplitSums::kInCluster ? how.sums : SplitSums::kByAtomics;
   if (!cluster) {
-    if (splits > 1 && a.swiglu) {  // one part
-      a.steps_per_split = a.k / kStepK;
-      splits = 1;
-      config.gridDim.z = 1;
-    }
     if (a.adding == SplitSums::kLastPart &&
         !use_last_part_memory(a, config.gridDim.x * config.gridDim.y, how.stream)) {
       a.adding = SplitSums::kByAtomics;
+    }
+    if (splits > 1 && a.swiglu && a.adding != SplitSums::kLastPart) {  // one part
+      a.steps_per_split = a.k / kStepK;
+      splits = 1;
+      config.gridDim.z = 1;
     }
     buffers = splits == 1 || a.adding == SplitSums::kLastPart ? 0 : a.adding == SplitSums::kInParts ? splits : 1;
     if (buffers == 1 &&

@@ -263,13 +263,14 @@ Split split_choice() {
   return choice;
 }
 
-// gemm_int4_mma.cuh's way of adding K's parts for the call.
+// gemm_int4_mma.cuh's way of adding K's parts for the call: with SwiGLU (whose epilogue needs a
+// tile's whole sums in one place) in a thread block cluster, unless the last part adds them.
 gemm_int4_mma::SplitSums split_sums(const LinearCall& call) {
   using gemm_int4_mma::SplitSums;
-  if (call.swiglu) return SplitSums::kInCluster;
   const Split split = split_choice();
-  return split == Split::kParts ? SplitSums::kInParts : split == Split::kLast ? SplitSums::kLastPart
-                                                                              : SplitSums::kByAtomics;
+  if (split == Split::kLast) return SplitSums::kLastPart;
+  if (call.swiglu) return SplitSums::kInCluster;
+  return split == Split::kParts ? SplitSums::kInParts : SplitSums::kByAtomics;
 }
 
 // Whether a call of more rows than the GEMV takes goes to gemm_int4_mma.cuh's GEMM: asked for,
@@ -335,8 +336,7 @@ const char* mma_gemm(const LinearCall& call, const Int4Args& a, const __half* x,
   g.n = static_cast<int>(codes_rows(call));
   g.k = a.k;
   g.block = a.block;
-  // K's parts summed in a thread block cluster only with SwiGLU (whose epilogue needs a tile's whole
-  // sums in one block); otherwise as split_choice says. The same calls on an H100 (run18,
+  // K's parts added as split_sums says. The same calls on an H100 (run18,
   // gpu_int4_gemm_probe.py, 1B shape at 64 rows, K in 6-8 parts): q/k/v 15.0 us in clusters against
   // 13.7 by atomics, o 11.7 against 10.6, down 27.6 against 20.7 (the cluster barrier's wait was the
   // most stalled instruction of Nsight Compute's q/k/v profile).
