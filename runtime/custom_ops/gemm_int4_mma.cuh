@@ -533,7 +533,8 @@ inline cudaLaunchAttribute programmatic_attribute() {
 // The tile's kernel, K's `splits` parts added as `how` says (kInCluster: where the device
 // launches clusters of that many such blocks, else by atomics). With SwiGLU, which needs a tile's
 // whole sums in one place, K is split only where a cluster or the last part adds the parts.
-// Returns what the caller converts after: the count of sums buffers to add up into y (0: none, y is written).
+// Returns what the caller converts after: the count of sums buffers to add up into y (0: none, y
+// is written).
 template <int MR, int NO, int STAGES>
 const char* launch_tile(Args a, int splits, const Launch& how, int& buffers) {
   using T = Tile<MR, NO, STAGES>;
@@ -599,8 +600,8 @@ const char* launch_rows(const Args& a, bool wide, int splits, const Launch& how,
 
 // y = x . w^T (with a.swiglu: silu(gate) * up of its two halves) with `config`'s tile for blocks of
 // block_rows(m, most_rows) rows (gemm_int4_plan.h), K cut into `splits` parts (splits_for's), their
-// sums added as `how` says (SplitSums; `a.sums` as it says; with SwiGLU one part where no cluster
-// adds them); the kernels as programmatic dependent launches where `how` says so and the device
+// sums added as `how` says (SplitSums; `a.sums` as it says; with SwiGLU one part where neither a
+// cluster nor the last part adds them); the kernels as programmatic dependent launches where `how` says so and the device
 // takes them.
 template <int STAGES>
 const char* launch(Args a, int config, int splits, Launch how, int most_rows = 64) {
