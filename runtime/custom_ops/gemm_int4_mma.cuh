@@ -601,8 +601,8 @@ const char* launch_rows(const Args& a, bool wide, int splits, const Launch& how,
 // y = x . w^T (with a.swiglu: silu(gate) * up of its two halves) with `config`'s tile for blocks of
 // block_rows(m, most_rows) rows (gemm_int4_plan.h), K cut into `splits` parts (splits_for's), their
 // sums added as `how` says (SplitSums; `a.sums` as it says; with SwiGLU one part where neither a
-// cluster nor the last part adds them); the kernels as programmatic dependent launches where `how` says so and the device
-// takes them.
+// cluster nor the last part adds them); the kernels as programmatic dependent launches where `how`
+// says so and the device takes them.
 template <int STAGES>
 const char* launch(Args a, int config, int splits, Launch how, int most_rows = 64) {
   if (!gemm_int4::takes(a.k, a.block, a.x, a.codes) || config < 0 || config >= gemm_int4::kConfigs) {
