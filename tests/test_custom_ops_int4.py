@@ -193,14 +193,14 @@ def test_optimizer_int4_gemm_dequantize_runs_the_bands_with_the_same_results():
 
 
 @pytest.mark.skipif(not CUDA, reason="the CUDA kernels need onnxruntime's CUDA provider: onnxruntime-gpu and an NVIDIA GPU")
-@pytest.mark.parametrize("env", [{"OPTIMIZER_INT4_SPLIT": "parts", "OPTIMIZER_CUDA_PDL": "0"},
-                                 {"OPTIMIZER_INT4_SPLIT": "last"}], ids=["parts-plain-launches", "last-part"])
+@pytest.mark.parametrize("env", [{"OPTIMIZER_INT4_SPLIT": "atomics", "OPTIMIZER_CUDA_PDL": "0"},
+                                 {"OPTIMIZER_INT4_SPLIT": "last"}], ids=["atomics-plain-launches", "last-part"])
 def test_the_gemm_adding_k_s_parts_other_ways_gives_the_same_results(env):
-    """The tensor-core GEMM's cases with K's parts stored and added in order after
-    (OPTIMIZER_INT4_SPLIT=parts, not added by atomics) and its kernels launched plainly
-    (OPTIMIZER_CUDA_PDL=0); or added by atomics into sums kept at zero, converted by the tile's last
-    part (OPTIMIZER_INT4_SPLIT=last; captured and replayed, each replay needs the one before it to
-    leave them at zero); each op, eager and captured."""
+    """The tensor-core GEMM's cases with K's parts added by atomics (OPTIMIZER_INT4_SPLIT=atomics,
+    not stored and added in order after) and its kernels launched plainly (OPTIMIZER_CUDA_PDL=0);
+    or added by atomics into sums kept at zero, converted by the tile's last part
+    (OPTIMIZER_INT4_SPLIT=last; captured and replayed, each replay needs the one before it to leave
+    them at zero); each op, eager and captured."""
     done = child_pytest(env, "gemm")
     assert done.returncode == 0 and "56 passed" in done.stdout, done.stdout[-3000:]
 

@@ -279,18 +279,30 @@ __device__ __forceinline__ void last_part_converts(const Args& a, unsigned char*
   __syncthreads();
   if (*last == 0) return;
   fence_device();  // the other parts' additions, seen through their counts, are read after
-  auto take = [&](int row, int column) {  // a sum, left at zero
-    float* at = a.sums + static_cast<size_t>(row) * a.n + column;
-    const float sum = load_global(at);
-    *at = 0.f;
-    return sum;
-  };
-  for (int i = static_cast<int>(threadIdx.x); i < T::kBM * tile.columns; i += kThreads) {
-    const int row = m0 + i / tile.columns, c = i % tile.columns, column = tile(c);
-    if (row >= a.m || column < 0) continue;
-    const float value = a.swiglu ? swiglu_value(take(row, column), take(row, tile(c + tile.columns)))
-                                 : take(row, column);
-    a.y[static_cast<size_t>(row) * tile.outputs + tile.first + c] = __float2half(value);
+  // kBatch of the thread's sums (and ups: a gate's up is `outputs` columns on) read at once, then
+  // converted and zeroed: one wait on L2 a batch, not one a sum (a store between two reads would
+  // keep the second from going first). Offsets in ints: a region holds fewer than 2^31 sums.
+  constexpr int kBatch = 8;
+  const int total = T::kBM * tile.columns, up = tile.outputs;
+  for (int first = static_cast<int>(threadIdx.x); first < total; first += kBatch * kThreads) {
+    int at[kBatch];  // -1: none
+    float sum[kBatch], ups[kBatch];
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      const int i = first + j * kThreads, row = m0 + i / tile.columns, column = tile(i % tile.columns);
+      at[j] = i < total && row < a.m && column >= 0 ? row * a.n + column : -1;
+      sum[j] = at[j] >= 0 ? load_global(a.sums + at[j]) : 0.f;
+      ups[j] = at[j] >= 0 && a.swiglu ? load_global(a.sums + at[j] + up) : 0.f;
+    }
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      if (at[j] < 0) continue;
+      const int i = first + j * kThreads, row = m0 + i / tile.columns, c = i % tile.columns;
+      a.y[static_cast<size_t>(row) * tile.outputs + tile.first + c] =
+          __float2half(a.swiglu ? swiglu_value(sum[j], ups[j]) : sum[j]);
+      a.sums[at[j]] = 0.f;
+      if (a.swiglu) a.sums[at[j] + up] = 0.f;
+    }
   }
 }
 

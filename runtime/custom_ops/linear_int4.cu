@@ -44,7 +44,7 @@ constexpr int kGemmRows = 128;              // rows gemm_int4_mma.cuh takes
 constexpr int kGemmConfig = 0;              // its tile (gemm_int4_plan.h's configurations: 128 outputs)
 constexpr int kGemmStages = 4;              // its cp.async pipeline's depth
 constexpr int kGemmBlocksPerSm = 1;         // the blocks an SM its split-K grid aims at
-constexpr const char* kDefaultSplit = "atomics";  // how its K's parts add up without OPTIMIZER_INT4_SPLIT
+constexpr const char* kDefaultSplit = "parts";  // how its K's parts add up without OPTIMIZER_INT4_SPLIT
 constexpr bool kGemmProgrammatic = true;    // its kernels as programmatic dependent launches (OPTIMIZER_CUDA_PDL)
 
 struct Int4Args {
