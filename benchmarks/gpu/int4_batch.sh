@@ -22,7 +22,7 @@ wait  # the tests: nothing else on the GPU while the engines are timed
 grep -E "passed|failed|rc |Error" $W/tests.log | tail -8
 [ -n "$SKIP_PROBE" ] || bash benchmarks/gpu/int4_probe.sh
 RUNS=("fp16-custom" "int4-custom" "OPTIMIZER_INT4_SPLIT=atomics int4-custom")
-for round in 0 1; do
+for round in $(seq 0 $(( ${ROUNDS:-2} - 1 ))); do  # ROUNDS=1: one order only
   for i in 0 1 2; do
     [ $round = 0 ] && r=${RUNS[$i]} || r=${RUNS[$((2 - i))]}
     format=${r##* }
@@ -30,6 +30,7 @@ for round in 0 1; do
   done
 done
 # 4. the GEMM alone at 16 and 64 rows: K's parts stored (the default) against the last part adding them
-(cd benchmarks && python3 gpu_int4_gemm_probe.py --shapes 1b --rows 16,64 --configs 12000,13000 \
+# (SKIP_PROBE=1 leaves it out too)
+[ -n "$SKIP_PROBE" ] || (cd benchmarks && python3 gpu_int4_gemm_probe.py --shapes 1b --rows 16,64 --configs 12000,13000 \
      --forms cublas-fp16 --results $W/probe.jsonl > /dev/null)
 echo SESSION DONE
