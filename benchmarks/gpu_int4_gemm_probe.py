@@ -16,9 +16,8 @@ input in one CUDA graph, replayed; a copy's time is the median replay over COPIE
   mma-int4-cN   runtime/custom_ops/gemm_int4_mma.cuh in tile configuration N (0: 128 outputs a
                 block, 1: 256; N + 10: an 8-deep pipeline, not 4; N + 100 h: blocks of at most
                 64 >> h rows, h 1-3; N + 1000: K's parts added by atomics, not in a thread block
-                cluster, LinearInt4's choice without SwiGLU; N + 2000: each part's sums stored,
-                added in part order after; N + 3000: added by atomics into sums kept at zero, the
-                tile's last part converting them (no other kernel); N + 10000: the GEMM and its
+                cluster; N + 2000: each part's sums stored, added in part order after,
+                LinearInt4's choice without SwiGLU; N + 10000: the GEMM and its
                 conversion as programmatic dependent launches, each GEMM reading its first weights
                 while the kernel before it ends), the codes read straight into mma.sync's
                 registers, K split so that the grid has about --fill blocks (at most 8 parts).

@@ -41,7 +41,6 @@ inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
 inline int __ffs(int v) { return __builtin_ffs(v); }
 inline float atomicAdd(float* at, float v) { return std::atomic_ref<float>(*at).fetch_add(v); }
-inline unsigned atomicAdd(unsigned* at, unsigned v) { return std::atomic_ref<unsigned>(*at).fetch_add(v); }
 
 // -- float16 -------------------------------------------------------------------------------------
 struct __half {

@@ -193,22 +193,18 @@ def test_optimizer_int4_gemm_dequantize_runs_the_bands_with_the_same_results():
 
 
 @pytest.mark.skipif(not CUDA, reason="the CUDA kernels need onnxruntime's CUDA provider: onnxruntime-gpu and an NVIDIA GPU")
-@pytest.mark.parametrize("env", [{"OPTIMIZER_INT4_SPLIT": "atomics", "OPTIMIZER_CUDA_PDL": "0"},
-                                 {"OPTIMIZER_INT4_SPLIT": "last"}], ids=["atomics-plain-launches", "last-part"])
-def test_the_gemm_adding_k_s_parts_other_ways_gives_the_same_results(env):
+def test_the_gemm_with_k_s_parts_added_by_atomics_and_launched_plainly_gives_the_same_results():
     """The tensor-core GEMM's cases with K's parts added by atomics (OPTIMIZER_INT4_SPLIT=atomics,
-    not stored and added in order after) and its kernels launched plainly (OPTIMIZER_CUDA_PDL=0);
-    or added by atomics into sums kept at zero, converted by the tile's last part
-    (OPTIMIZER_INT4_SPLIT=last; captured and replayed, each replay needs the one before it to leave
-    them at zero); each op, eager and captured."""
-    done = child_pytest(env, "gemm")
+    not stored and added in order after) and its kernels launched plainly (OPTIMIZER_CUDA_PDL=0),
+    each op, eager and captured."""
+    done = child_pytest({"OPTIMIZER_INT4_SPLIT": "atomics", "OPTIMIZER_CUDA_PDL": "0"}, "gemm")
     assert done.returncode == 0 and "56 passed" in done.stdout, done.stdout[-3000:]
 
 
 @pytest.mark.skipif(not CUDA, reason="the CUDA kernels need onnxruntime's CUDA provider: onnxruntime-gpu and an NVIDIA GPU")
 @pytest.mark.parametrize("variable,message", [
     ("OPTIMIZER_INT4_GEMM", "OPTIMIZER_INT4_GEMM must be mma (the tensor-core GEMM above 4 rows) or dequantize"),
-    ("OPTIMIZER_INT4_SPLIT", "OPTIMIZER_INT4_SPLIT must be atomics (K's parts of the tensor-core GEMM added by")])
+    ("OPTIMIZER_INT4_SPLIT", "OPTIMIZER_INT4_SPLIT must be parts (K's parts of the tensor-core GEMM stored, added")])
 def test_an_unknown_value_of_a_kernel_choice_is_refused_with_the_choices(variable, message):
     done = child_pytest({variable: "fastest"}, "gemv-1 and not True")
     assert done.returncode != 0

@@ -3,8 +3,7 @@ against tests/cuda_emulation.h (a block's threads as std::threads, mma.sync from
 layout, cp.async done at once or as late as allowed, a cluster's blocks at once, float16 correctly
 rounded) and a harness launches it like gemm_int4_mma::launch does (the same tiles, rows a block and
 parts of K; the parts' sums added by atomics and converted after, stored part by part and added by
-the conversion, added in the cluster's shared memory, or added by atomics into sums the tile's last
-part converts and leaves at zero). Each result is compared with the weights
+the conversion, or added in the cluster's shared memory). Each result is compared with the weights
 dequantized as the kernel rounds them (float16 (code - zero) x scale) times x, summed in double;
 AddressSanitizer watches every read and write of the arrays. The CUDA tests
 (tests/test_custom_ops_int4.py) run the same kernel inside onnxruntime on a GPU."""
@@ -41,8 +40,7 @@ int main(int argc, char** argv) {
   const int m = std::atoi(argv[1]), n = std::atoi(argv[2]), k = std::atoi(argv[3]), block = std::atoi(argv[4]);
   const bool zeros = std::atoi(argv[5]), wide = std::atoi(argv[6]), late = std::atoi(argv[8]);
   const int most_rows = std::atoi(argv[7]), splits = std::atoi(argv[9]);
-  // K's parts: 0 by atomics, 1 in a cluster, 2 each in its own sums, 3 by atomics, the last converting
-  const int how = std::atoi(argv[10]);
+  const int how = std::atoi(argv[10]);  // K's parts: 0 by atomics, 1 in a cluster, 2 each in its own sums
   const bool swiglu = std::atoi(argv[11]);
   const int outputs = swiglu ? n / 2 : n;
   std::mt19937 rng(m * 7919 + n * 31 + k);
@@ -56,7 +54,6 @@ int main(int argc, char** argv) {
   for (auto& v : codes) v = rng() & 0xFF;
   for (auto& v : zero_points) v = rng() & 0xFF;
   std::vector<float> sums(static_cast<size_t>(gemm_int4::parts_of(k, splits)) * m * n, 0.f);  // each part's
-  std::vector<unsigned> arrivals(1024, 0u);  // kLastPart's counts
 
   gemm_int4_mma::Args a{};
   a.x = reinterpret_cast<const __half*>(x.data());
@@ -65,35 +62,27 @@ int main(int argc, char** argv) {
   a.zeros = zeros ? zero_points.data() : nullptr;
   a.y = reinterpret_cast<__half*>(y.data());
   a.sums = sums.data();
-  a.arrivals = arrivals.data();
   a.m = m, a.n = n, a.k = k, a.block = block, a.swiglu = swiglu;
   if (!gemm_int4::takes(k, block, a.x, a.codes)) return 3;
   a.steps_per_split = gemm_int4::steps_per_split(k, splits);
   const int parts = gemm_int4::parts_of(k, splits);  // as launch() does
   using gemm_int4_mma::SplitSums;
-  const SplitSums ways[] = {SplitSums::kByAtomics, SplitSums::kInCluster, SplitSums::kInParts, SplitSums::kLastPart};
+  const SplitSums ways[] = {SplitSums::kByAtomics, SplitSums::kInCluster, SplitSums::kInParts};
   a.adding = ways[how];
   const bool cluster = a.adding == SplitSums::kInCluster && parts > 1 && parts <= gemm_int4::kClusterParts;
   if (a.adding == SplitSums::kInCluster && !cluster) a.adding = SplitSums::kByAtomics;
-  const bool last = a.adding == SplitSums::kLastPart;
-  if (swiglu && parts > 1 && !cluster && !last) return 4;  // launch() takes one part then
-  for (int call = 0; call < (last ? 2 : 1); ++call) {  // the second call needs the first's zeros
-    std::fill(y.begin(), y.end(), 0x7E00);
-    switch (gemm_int4::block_rows(m, most_rows) * 2 + wide) {
-      case 16: run<1, 1>(a, parts, late, cluster); break;
-      case 17: run<1, 2>(a, parts, late, cluster); break;
-      case 32: run<2, 1>(a, parts, late, cluster); break;
-      case 33: run<2, 2>(a, parts, late, cluster); break;
-      case 64: run<4, 1>(a, parts, late, cluster); break;
-      case 65: run<4, 2>(a, parts, late, cluster); break;
-      case 128: run<8, 1>(a, parts, late, cluster); break;
-      default: run<8, 2>(a, parts, late, cluster);
-    }
+  if (swiglu && parts > 1 && !cluster) return 4;  // launch() takes one part then
+  switch (gemm_int4::block_rows(m, most_rows) * 2 + wide) {
+    case 16: run<1, 1>(a, parts, late, cluster); break;
+    case 17: run<1, 2>(a, parts, late, cluster); break;
+    case 32: run<2, 1>(a, parts, late, cluster); break;
+    case 33: run<2, 2>(a, parts, late, cluster); break;
+    case 64: run<4, 1>(a, parts, late, cluster); break;
+    case 65: run<4, 2>(a, parts, late, cluster); break;
+    case 128: run<8, 1>(a, parts, late, cluster); break;
+    default: run<8, 2>(a, parts, late, cluster);
   }
-  int left = 0;  // kLastPart's sums and counts not back at zero
-  for (float v : sums) left += last && v != 0.f;
-  for (unsigned v : arrivals) left += v != 0u;
-  if (parts > 1 && !cluster && !last) {  // the conversion launch() runs after
+  if (parts > 1 && !cluster) {  // the conversion launch() runs after
     const int buffers = a.adding == SplitSums::kInParts ? parts : 1;
     for (size_t i = 0; i < y.size(); ++i) {
       y[i] = half_bits(gemm_int4_mma::parts_total(sums.data(), buffers, y.size(), i));
@@ -122,13 +111,13 @@ int main(int argc, char** argv) {
       else worst = std::max(worst, std::fabs(half_value(got) - want));
       largest = std::max(largest, std::fabs(want));
     }
-  std::printf("parts %d adding %d worst %.6g largest %.6g unwritten %d left %d\n", parts,
-              static_cast<int>(cluster ? SplitSums::kInCluster : a.adding), worst, largest, unwritten, left);
+  std::printf("parts %d adding %d worst %.6g largest %.6g unwritten %d\n", parts,
+              static_cast<int>(cluster ? SplitSums::kInCluster : a.adding), worst, largest, unwritten);
 }
 """
 
-SUMS = {"atomics": 0, "cluster": 1, "parts": 2, "last": 3}  # how K's parts add up, as the harness reads it
-ADDING = {"cluster": 0, "atomics": 1, "parts": 2, "last": 3}  # gemm_int4_mma::SplitSums's values
+SUMS = {"atomics": 0, "cluster": 1, "parts": 2}  # how K's parts add up, as the harness reads it
+ADDING = {"cluster": 0, "atomics": 1, "parts": 2}  # gemm_int4_mma::SplitSums's values
 CASES = {  # m, n (codes rows), k, block, zero points, 256 outputs a block, most rows a block, splits of K, SUMS,
     # SwiGLU (n / 2 outputs: silu(gate) * up, the gates first)
     "8-rows-odd-n-zeros": (6, 201, 256, 32, True, False, 64, 1, "atomics", False),
@@ -137,19 +126,16 @@ CASES = {  # m, n (codes rows), k, block, zero points, 256 outputs a block, most
     "16-rows-split-parts": (10, 40, 512, 128, True, False, 64, 3, "parts", False),
     "32-rows-wide-split-atomics": (21, 300, 512, 64, False, True, 64, 3, "atomics", False),
     "32-rows-wide-split-cluster": (21, 300, 512, 64, False, True, 64, 3, "cluster", False),
-    "16-rows-split-last-part": (10, 40, 512, 128, True, False, 64, 3, "last", False),
     "64-rows": (64, 130, 192, 64, True, False, 64, 1, "atomics", False),
     "64-rows-wide": (64, 260, 128, 32, False, True, 64, 1, "atomics", False),
     "64-rows-eight-parts-cluster": (64, 130, 512, 32, True, False, 64, 8, "cluster", False),
     "64-rows-eight-parts-stored": (64, 130, 512, 32, True, False, 64, 8, "parts", False),
     "three-row-blocks-cluster": (130, 64, 128, 32, True, False, 64, 2, "cluster", False),
     "three-row-blocks-stored": (130, 64, 128, 32, False, False, 64, 2, "parts", False),
-    "three-row-blocks-wide-last-part": (130, 300, 256, 32, False, True, 64, 4, "last", False),
     "blocks-of-at-most-16": (40, 128, 128, 64, False, False, 16, 1, "atomics", False),
     "swiglu-odd-outputs": (6, 2 * 101, 256, 32, True, False, 64, 1, "atomics", True),
     "swiglu-wide-cluster": (21, 2 * 300, 512, 64, False, True, 64, 4, "cluster", True),
     "swiglu-64-rows": (64, 2 * 64, 128, 32, True, False, 64, 1, "atomics", True),
-    "swiglu-odd-outputs-last-part": (21, 2 * 101, 512, 64, True, True, 64, 4, "last", True),
 }
 
 
@@ -169,10 +155,8 @@ def test_the_int4_gemm_kernel_run_on_the_cpu_equals_the_dequantized_product(harn
     assert done.returncode == 0, done.stdout + done.stderr
     fields = done.stdout.split()
     parts, adding, worst, largest = int(fields[1]), int(fields[3]), float(fields[5]), float(fields[7])
-    unwritten, left = int(fields[9]), int(fields[11])
+    unwritten = int(fields[9])
     assert parts == min(splits, k // 64) and unwritten == 0
-    # a cluster only where K is split; kLastPart's sums and counts back at zero after each call (its
-    # case runs twice: the second call's sums start from the first's zeros)
-    assert adding == ADDING["atomics" if sums == "cluster" and parts == 1 else sums] and left == 0
+    assert adding == ADDING["atomics" if sums == "cluster" and parts == 1 else sums]  # a cluster only where K is split
     # float16 output (half an ulp: 2^-11 relative) and fp32 sums of float16 products
     assert worst <= largest * 2 ** -10 + 1e-3, done.stdout

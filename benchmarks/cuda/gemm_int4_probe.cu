@@ -41,8 +41,7 @@ __global__ void dequantize_band(const uint8_t* codes, const __half* scales, int 
 // y (m, n) = x (m, k) . w^T through gemm_int4_mma.cuh in tile configuration `config` (0: 128
 // outputs a block, 1: 256; + 10: an 8-deep pipeline, not 4; + 100 h: blocks of at most 64 >> h
 // rows, h 1-3; + 1000: K's parts added by atomics, not in a thread block cluster; + 2000: each
-// part's sums stored, added by the conversion after; + 3000: added by atomics into sums kept at
-// zero, the tile's last part converting them, one kernel; + 10000: its kernels as programmatic
+// part's sums stored, added by the conversion after; + 10000: its kernels as programmatic
 // dependent launches, reading their weights before the kernel before them is done): 0 on success,
 // -1 for what it does not take, else the CUDA error code. `work`: 8 * m * n floats (K's parts are at most 8).
 extern "C" int gemm_int4_registers(const void* x, const void* codes, const void* scales, void* y, void* work, int m,
@@ -60,10 +59,8 @@ extern "C" int gemm_int4_registers(const void* x, const void* codes, const void*
   using gemm_int4_mma::SplitSums;
   const bool programmatic = config >= 10000;
   config %= 10000;
-  const SplitSums sums = config >= 3000   ? SplitSums::kLastPart
-                         : config >= 2000 ? SplitSums::kInParts
-                         : config >= 1000 ? SplitSums::kByAtomics
-                                          : SplitSums::kInCluster;
+  const SplitSums sums = config >= 2000 ? SplitSums::kInParts : config >= 1000 ? SplitSums::kByAtomics
+                                                                                : SplitSums::kInCluster;
   const gemm_int4_mma::Launch how{static_cast<cudaStream_t>(stream), sums, programmatic};
   const int rows = 64 >> (config % 1000 / 100);
   config %= 100;

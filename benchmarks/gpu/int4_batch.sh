@@ -29,8 +29,4 @@ for round in $(seq 0 $(( ${ROUNDS:-2} - 1 ))); do  # ROUNDS=1: one order only
     env ${r%$format} $D --formats $format --phases ours  # the variables before the format, if any
   done
 done
-# 4. the GEMM alone at 16 and 64 rows: K's parts stored (the default) against the last part adding them
-# (SKIP_PROBE=1 leaves it out too)
-[ -n "$SKIP_PROBE" ] || (cd benchmarks && python3 gpu_int4_gemm_probe.py --shapes 1b --rows 16,64 --configs 12000,13000 \
-     --forms cublas-fp16 --results $W/probe.jsonl > /dev/null)
 echo SESSION DONE

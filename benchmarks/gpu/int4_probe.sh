@@ -3,12 +3,11 @@
 #     echo $! > /tmp/gd/pid); sleep 2      # then poll: bash benchmarks/gpu/wait.sh 240 40
 # 1. benchmarks/gpu_int4_gemm_probe.py against cuBLAS fp16 and the bands, 8-128 rows at the 1B
 #    shape, 16 and 64 at 8B (128 and 256 outputs a block, blocks of up to 64, 32 and 16 rows, K's
-#    parts added in a thread block cluster, by atomics (+1000), stored and added after (+2000), or by
-#    atomics into sums the last part converts (+3000); each as programmatic dependent launches too
-#    (+10000));
+#    parts added in a thread block cluster, by atomics (+1000) or stored and added after (+2000); each
+#    as programmatic dependent launches too (+10000));
 #    then at 64 rows with twice the blocks (--fill 264: more parts of K);
-# 2. one 64-row call of the GEMM (1B q/k/v, K split and its parts added by atomics, as LinearInt4
-#    runs it; 1B gate/up) under Nsight Compute: its SASS with
+# 2. one 64-row call of the GEMM (1B q/k/v, K split and its parts stored, as LinearInt4 runs it;
+#    1B gate/up) under Nsight Compute: its SASS with
 #    the warp stall samples of each instruction (the 30 most stalled printed), and the details page
 #    (occupancy, memory workload, warp states) as CSV, both summed up in the log by
 #    benchmarks/ncu_summary.py: where the latency-bound kernel's warps wait.
@@ -17,13 +16,13 @@ set -x
 W=/tmp/gd
 mkdir -p $W
 (cd benchmarks && python3 gpu_int4_gemm_probe.py --shapes 1b --rows 8,16,32,64,128 \
-     --configs 0,1,100,101,200,1000,2000,3000,10000,11000,12000,13000 \
+     --configs 0,1,100,101,200,1000,2000,10000,11000,12000 \
      --results $W/probe.jsonl > /dev/null
- python3 gpu_int4_gemm_probe.py --shapes 8b --rows 16,64 --configs 0,1,100,1000,2000,12000,13000 \
+ python3 gpu_int4_gemm_probe.py --shapes 8b --rows 16,64 --configs 0,1,100,1000,2000,12000 \
      --results $W/probe.jsonl > /dev/null
- python3 gpu_int4_gemm_probe.py --shapes 1b --rows 64 --configs 1000,2000,13000 --forms "" --fill 264 \
+ python3 gpu_int4_gemm_probe.py --shapes 1b --rows 64 --configs 11000,12000 --forms "" --fill 264 \
      --results $W/probe.jsonl > /dev/null
- for linear_config in qkv:1000 gate_up:0; do
+ for linear_config in qkv:2000 gate_up:0; do
    linear=${linear_config%:*}
    timeout 240 ncu -f -o $W/mma-$linear --set full -k regex:gemm_int4_mma_kernel -s 8 -c 1 \
        python3 gpu_int4_gemm_probe.py --shapes 1b --linears $linear --rows 64 --configs ${linear_config#*:} \

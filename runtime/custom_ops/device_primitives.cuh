@@ -1,7 +1,7 @@
 // The few CUDA device operations gemm_int4_mma.cuh's kernel uses beyond plain C++ (shared memory,
-// cp.async, mma.sync, non-coherent and L2 loads, fences, thread block clusters, programmatic
-// dependent launch), each as nvcc's inline PTX or, compiled without nvcc, as tests/cuda_emulation.h's
-// CPU emulation of it (included first).
+// cp.async, mma.sync, non-coherent loads, thread block clusters, programmatic dependent launch),
+// each as nvcc's inline PTX or, compiled without nvcc, as tests/cuda_emulation.h's CPU emulation of
+// it (included first).
 #pragma once
 #if defined(__CUDACC__)
 #include <cuda_fp16.h>
@@ -79,24 +79,6 @@ __device__ __forceinline__ uint16_t load_u8(const void* p) {
   return v;
 #else
   return *static_cast<const uint8_t*>(p);
-#endif
-}
-
-// A fence: this thread's writes to global memory (atomics included) are seen by every thread of
-// the device before its later ones. And a 4-byte global read through L2, not L1 (what other
-// blocks wrote during this kernel).
-__device__ __forceinline__ void fence_device() {
-#if defined(__CUDACC__)
-  __threadfence();
-#else
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-#endif
-}
-__device__ __forceinline__ float load_global(const float* p) {
-#if defined(__CUDACC__)
-  return __ldcg(p);
-#else
-  return std::atomic_ref<const float>(*p).load();
 #endif
 }
 

@@ -19,17 +19,14 @@
 // x tile and the raw codes (shared memory holds 4 bits a weight); each weight's scale and zero point
 // read a step ahead into registers (the first step's codes and scales before the kernel waits for
 // the one before it: a programmatic dependent launch where the caller asks). K may be split over
-// gridDim.z, the parts' sums added in one of four ways (SplitSums): on sm_90 the parts of a tile as
+// gridDim.z, the parts' sums added in one of three ways (SplitSums): on sm_90 the parts of a tile as
 // one thread block cluster's blocks, which add up their sums in each other's shared memory and
 // write float16 (no other kernel); each part adding into a zeroed fp32 buffer by atomics, converted
-// by a second kernel; each part storing its sums in a buffer of its own, all added in part order by
-// the kernel that converts them to float16 after (no memset; the same sums every call, as in the
-// cluster); or each part adding by atomics into sums kept at zero between calls, the tile's last
-// part to arrive converting them and leaving them at zero (no other kernel). With SwiGLU a block's
-// tile is half gate rows and half their up rows, and its epilogue writes silu(gate) * up (through
-// shared memory; K then split only within a cluster, or by the last part, which reads the gates and
-// ups it converts from the sums). gemm_int4_plan.h has the host's choices
-// (tiles, rows a block, splits).
+// by a second kernel; or each part storing its sums in a buffer of its own, all added in part order
+// by the kernel that converts them to float16 after (no memset; the same sums every call, as in the
+// cluster). With SwiGLU a block's tile is half gate rows and half their up rows, and its epilogue
+// writes silu(gate) * up (through shared memory; K then split only within a cluster).
+// gemm_int4_plan.h has the host's choices (tiles, rows a block, splits).
 //
 // Included by linear_int4.cu and by benchmarks/cuda/gemm_int4_probe.cu (device code, nvcc). Without
 // nvcc the kernel compiles as C++ against a CPU emulation of the few CUDA pieces it uses
@@ -40,8 +37,6 @@
 #if defined(__CUDACC__)
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
-
-#include <mutex>
 #endif
 #include <stdint.h>
 
@@ -60,11 +55,10 @@ constexpr int kLdX = kStepK + 8;    // the x tile's row stride in halves (confli
 constexpr int kStepBytes = kStepK / 2;  // a row's codes a step
 
 // How K's parts add up their sums (where K is split): in a thread block cluster where one fits
-// (sm_90; else by atomics), by atomics into a zeroed buffer (converted after), each part into a
-// buffer of its own (added after), or by atomics into sums kept at zero between calls, the tile's
-// last part to arrive converting them (kLastPart: one kernel; where its memory is free, else by
-// atomics). `sums` must hold m * n floats for atomics, parts * m * n for kInParts.
-enum class SplitSums { kInCluster, kByAtomics, kInParts, kLastPart };
+// (sm_90; else by atomics), by atomics into a zeroed buffer (converted after), or each part into a
+// buffer of its own (added after). `sums` must hold m * n floats for atomics, parts * m * n for
+// kInParts.
+enum class SplitSums { kInCluster, kByAtomics, kInParts };
 
 struct Args {
   const __half* x;
@@ -73,7 +67,6 @@ struct Args {
   const uint8_t* zeros;  // null: 8
   __half* y;             // (m, n), or (m, n / 2) with swiglu
   float* sums;           // with K in parts over the grid and no cluster: (m, n) zeroed, or (parts, m, n)
-  unsigned* arrivals;    // kLastPart: a count a tile, zero between calls
   int m;
   int n;  // rows of codes
   int k;
@@ -262,50 +255,6 @@ __device__ __forceinline__ void tile_sums(const Args& a, const float (&acc)[NO][
   if (cluster) cluster_sync();
 }
 
-// kLastPart, once the block's sums are added: the tile's last part to arrive (its count in
-// a.arrivals) converts the tile's sums to float16 (with SwiGLU, silu(gate) * up of its gate and up
-// columns), and leaves them and the count at zero for the next call (which follows this one in its
-// stream).
-template <class T>
-__device__ __forceinline__ void last_part_converts(const Args& a, unsigned char* shared, const TileRows& tile, int m0) {
-  unsigned* last = reinterpret_cast<unsigned*>(shared);
-  fence_device();   // this thread's additions are seen before the count
-  __syncthreads();  // every thread's are, and every warp is done with the pipeline's stages
-  if (threadIdx.x == 0) {
-    unsigned* count = a.arrivals + blockIdx.y * gridDim.x + blockIdx.x;
-    *last = atomicAdd(count, 1u) == gridDim.z - 1 ? 1u : 0u;
-    if (*last) *count = 0;
-  }
-  __syncthreads();
-  if (*last == 0) return;
-  fence_device();  // the other parts' additions, seen through their counts, are read after
-  // kBatch of the thread's sums (and ups: a gate's up is `outputs` columns on) read at once, then
-  // converted and zeroed: one wait on L2 a batch, not one a sum (a store between two reads would
-  // keep the second from going first). Offsets in ints: a region holds fewer than 2^31 sums.
-  constexpr int kBatch = 8;
-  const int total = T::kBM * tile.columns, up = tile.outputs;
-  for (int first = static_cast<int>(threadIdx.x); first < total; first += kBatch * kThreads) {
-    int at[kBatch];  // -1: none
-    float sum[kBatch], ups[kBatch];
-#pragma unroll
-    for (int j = 0; j < kBatch; ++j) {
-      const int i = first + j * kThreads, row = m0 + i / tile.columns, column = tile(i % tile.columns);
-      at[j] = i < total && row < a.m && column >= 0 ? row * a.n + column : -1;
-      sum[j] = at[j] >= 0 ? load_global(a.sums + at[j]) : 0.f;
-      ups[j] = at[j] >= 0 && a.swiglu ? load_global(a.sums + at[j] + up) : 0.f;
-    }
-#pragma unroll
-    for (int j = 0; j < kBatch; ++j) {
-      if (at[j] < 0) continue;
-      const int i = first + j * kThreads, row = m0 + i / tile.columns, c = i % tile.columns;
-      a.y[static_cast<size_t>(row) * tile.outputs + tile.first + c] =
-          __float2half(a.swiglu ? swiglu_value(sum[j], ups[j]) : sum[j]);
-      a.sums[at[j]] = 0.f;
-      if (a.swiglu) a.sums[at[j] + up] = 0.f;
-    }
-  }
-}
-
 // Blocks an SM should hold at once: two up to 64 rows by 128 outputs (registers capped at 128 a
 // thread, which it fits without spilling), one for the 256-output tiles.
 template <int MR, int NO>
@@ -433,14 +382,14 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
     }
   }
 
-  const bool split = gridDim.z > 1, last_part = split && a.adding == SplitSums::kLastPart;
-  if ((split && a.adding == SplitSums::kInCluster) || (a.swiglu && !last_part)) {
+  const bool split = gridDim.z > 1;
+  if ((split && a.adding == SplitSums::kInCluster) || a.swiglu) {
     tile_sums<T>(a, acc, shared, tile, m0, out_row, t);
     return;
   }
   for_each_sum(acc, out_row, t, [&](int row, int c, float sum) {  // c: the tile's column
     row += m0;
-    const int col = tile(c);  // of the (m, n) sums (with SwiGLU n = gates and ups; only split here)
+    const int col = tile(c);
     if (row >= a.m || col < 0) return;
     const size_t at = static_cast<size_t>(row) * a.n + col;
     if (split && a.adding == SplitSums::kInParts) {
@@ -451,7 +400,6 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
       a.y[at] = __float2half(sum);
     }
   });
-  if (last_part) last_part_converts<T>(a, shared, tile, m0);
 }
 
 // Element i of `parts` sums buffers (`count` floats apart) added up, in part order.
@@ -476,55 +424,6 @@ inline bool device_has_clusters() {
          cudaDeviceGetAttribute(&clusters, cudaDevAttrClusterLaunch, device) == cudaSuccess && clusters != 0;
 }
 
-// kLastPart's memory: sums and arrival counts that stay zero between calls (zero when the module
-// loads: PTX's global variables are; each call leaves its tiles at zero), a region a stream: a
-// stream's calls follow one another (with programmatic launches too: a kernel waits for the one
-// before it to end before it adds anything), so one region serves them all. A call from a stream
-// past the first kLastPartStreams, or of more sums or tiles than a region holds, adds by atomics.
-constexpr int kLastPartStreams = 4;
-constexpr int64_t kLastPartFloats = 1 << 20;  // (m, n) sums a region holds (4 MB)
-constexpr unsigned kLastPartTiles = 1024;     // and tiles
-static __device__ float last_part_sums[kLastPartStreams][kLastPartFloats];
-static __device__ unsigned last_part_arrivals[kLastPartStreams][kLastPartTiles];
-
-// The region of `stream`'s calls (-1: none left).
-inline int last_part_region(cudaStream_t stream) {
-  static std::mutex lock;
-  static cudaStream_t owners[kLastPartStreams];
-  static int owned = 0;
-  std::lock_guard<std::mutex> hold(lock);
-  for (int r = 0; r < owned; ++r) {
-    if (owners[r] == stream) return r;
-  }
-  if (owned == kLastPartStreams) return -1;
-  owners[owned] = stream;
-  return owned++;
-}
-
-// Points `a` at its stream's kLastPart region, where there is one and the call's sums and `tiles`
-// fit it: whether it did. The regions' addresses on each device are asked for once (a first call
-// is not captured into a graph).
-inline bool use_last_part_memory(Args& a, unsigned tiles, cudaStream_t stream) {
-  constexpr int kDevices = 64;
-  static void* sums[kDevices] = {};
-  static void* arrivals[kDevices] = {};
-  int device = 0;
-  const int region = last_part_region(stream);
-  if (region < 0 || static_cast<int64_t>(a.m) * a.n > kLastPartFloats || tiles > kLastPartTiles ||
-      cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kDevices) {
-    return false;
-  }
-  if (sums[device] == nullptr && (cudaGetSymbolAddress(&sums[device], last_part_sums) != cudaSuccess ||
-                                  cudaGetSymbolAddress(&arrivals[device], last_part_arrivals) != cudaSuccess)) {
-    sums[device] = nullptr;
-    cudaGetLastError();  // a refusal: atomics then
-    return false;
-  }
-  a.sums = static_cast<float*>(sums[device]) + region * kLastPartFloats;
-  a.arrivals = static_cast<unsigned*>(arrivals[device]) + region * kLastPartTiles;
-  return true;
-}
-
 // How a call's kernels are launched: `programmatic`, each as a programmatic dependent launch of the
 // kernel before it in the stream (where the device takes it: optimizer_pdl::programmatic_launch),
 // which then reads its constant weights before that kernel is done.
@@ -544,7 +443,7 @@ inline cudaLaunchAttribute programmatic_attribute() {
 
 // The tile's kernel, K's `splits` parts added as `how` says (kInCluster: where the device
 // launches clusters of that many such blocks, else by atomics). With SwiGLU, which needs a tile's
-// whole sums in one place, K is split only where a cluster or the last part adds the parts.
+// whole sums in one place, K is split only where a cluster adds the parts.
 // Returns what the caller converts after: the count of sums buffers to add up into y (0: none, y
 // is written).
 template <int MR, int NO, int STAGES>
@@ -584,16 +483,12 @@ const char* launch_tile(Args a, int splits, const Launch& how, int& buffers) {
   const bool cluster = wants_cluster && fits[splits] == 1;
   a.adding = cluster || how.sums != SplitSums::kInCluster ? how.sums : SplitSums::kByAtomics;
   if (!cluster) {
-    if (a.adding == SplitSums::kLastPart &&
-        !use_last_part_memory(a, config.gridDim.x * config.gridDim.y, how.stream)) {
-      a.adding = SplitSums::kByAtomics;
-    }
-    if (splits > 1 && a.swiglu && a.adding != SplitSums::kLastPart) {  // one part
+    if (splits > 1 && a.swiglu) {  // one part
       a.steps_per_split = a.k / kStepK;
       splits = 1;
       config.gridDim.z = 1;
     }
-    buffers = splits == 1 || a.adding == SplitSums::kLastPart ? 0 : a.adding == SplitSums::kInParts ? splits : 1;
+    buffers = splits == 1 ? 0 : a.adding == SplitSums::kInParts ? splits : 1;
     if (buffers == 1 &&
         cudaMemsetAsync(a.sums, 0, static_cast<size_t>(a.m) * a.n * sizeof(float), how.stream) != cudaSuccess) {
       return "GEMM int4: clearing the split sums failed";
@@ -612,9 +507,9 @@ const char* launch_rows(const Args& a, bool wide, int splits, const Launch& how,
 
 // y = x . w^T (with a.swiglu: silu(gate) * up of its two halves) with `config`'s tile for blocks of
 // block_rows(m, most_rows) rows (gemm_int4_plan.h), K cut into `splits` parts (splits_for's), their
-// sums added as `how` says (SplitSums; `a.sums` as it says; with SwiGLU one part where neither a
-// cluster nor the last part adds them); the kernels as programmatic dependent launches where `how`
-// says so and the device takes them.
+// sums added as `how` says (SplitSums; `a.sums` as it says; with SwiGLU one part where no cluster
+// adds them); the kernels as programmatic dependent launches where `how` says so and the device
+// takes them.
 template <int STAGES>
 const char* launch(Args a, int config, int splits, Launch how, int most_rows = 64) {
   if (!gemm_int4::takes(a.k, a.block, a.x, a.codes) || config < 0 || config >= gemm_int4::kConfigs) {

@@ -251,26 +251,23 @@ Gemm gemm_choice() {
 }
 
 // How the GEMM adds up K's parts without SwiGLU, as OPTIMIZER_INT4_SPLIT asks (kDefaultSplit where
-// unset): "atomics", into a zeroed buffer, converted after; "parts", each part's sums stored and
-// added in part order by the conversion (no memset; the same sums every call); "last", by atomics
-// into sums kept at zero, the tile's last part converting them (one kernel); any other value: none
-// (every call refused).
-enum class Split { kAtomics, kParts, kLast, kUnknown };
+// unset): "parts", each part's sums stored and added in part order by the conversion (no memset;
+// the same sums every call); "atomics", into a zeroed buffer, converted after; any other value:
+// none (every call refused).
+enum class Split { kParts, kAtomics, kUnknown };
 
 Split split_choice() {
-  static const char* const names[] = {"atomics", "parts", "last"};
-  static const Split choice = static_cast<Split>(env_choice("OPTIMIZER_INT4_SPLIT", kDefaultSplit, names, 3));
+  static const char* const names[] = {"parts", "atomics"};
+  static const Split choice = static_cast<Split>(env_choice("OPTIMIZER_INT4_SPLIT", kDefaultSplit, names, 2));
   return choice;
 }
 
 // gemm_int4_mma.cuh's way of adding K's parts for the call: with SwiGLU (whose epilogue needs a
-// tile's whole sums in one place) in a thread block cluster, unless the last part adds them.
+// tile's whole sums in one place) in a thread block cluster.
 gemm_int4_mma::SplitSums split_sums(const LinearCall& call) {
   using gemm_int4_mma::SplitSums;
-  const Split split = split_choice();
-  if (split == Split::kLast) return SplitSums::kLastPart;
   if (call.swiglu) return SplitSums::kInCluster;
-  return split == Split::kParts ? SplitSums::kInParts : SplitSums::kByAtomics;
+  return split_choice() == Split::kParts ? SplitSums::kInParts : SplitSums::kByAtomics;
 }
 
 // Whether a call of more rows than the GEMV takes goes to gemm_int4_mma.cuh's GEMM: asked for,
@@ -372,8 +369,8 @@ const char* linear_int4_cuda(const LinearCall& call, const Int4Weights& weights,
            "for cuBLAS)";
   }
   if (split_choice() == Split::kUnknown) {
-    return "LinearInt4: OPTIMIZER_INT4_SPLIT must be atomics (K's parts of the tensor-core GEMM added by atomics), "
-           "parts (each part's sums stored, added in order after) or last (by atomics, the last part converting)";
+    return "LinearInt4: OPTIMIZER_INT4_SPLIT must be parts (K's parts of the tensor-core GEMM stored, added in order "
+           "after) or atomics (added by atomics)";
   }
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   Int4Args a = typed(call, weights);
