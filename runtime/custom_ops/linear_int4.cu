@@ -263,7 +263,12 @@ Split split_choice() {
 }
 
 // gemm_int4_mma.cuh's way of adding K's parts for the call: with SwiGLU (whose epilogue needs a
-// tile's whole sums in one place) in a thread block cluster.
+// tile's whole sums in one place) in a thread block cluster (where none fits, K is not split);
+// otherwise as split_choice says. The 1B shape's linears at 64 rows (gpu_int4_gemm_probe.py, K in 6-8
+// parts): on an H100 (run18) q/k/v 15.0 us in clusters against 13.7 by atomics, o 11.7 against
+// 10.6, down 27.6 against 20.7 (the cluster barrier's wait was the most stalled instruction of
+// Nsight Compute's q/k/v profile); on an H200 with programmatic launches (run19) the step's linears
+// 1256 us with parts stored against 1406 by atomics; end to end on an H100 (run20) the two alike.
 gemm_int4_mma::SplitSums split_sums(const LinearCall& call) {
   using gemm_int4_mma::SplitSums;
   if (call.swiglu) return SplitSums::kInCluster;
@@ -333,10 +338,6 @@ const char* mma_gemm(const LinearCall& call, const Int4Args& a, const __half* x,
   g.n = static_cast<int>(codes_rows(call));
   g.k = a.k;
   g.block = a.block;
-  // K's parts added as split_sums says. The same calls on an H100 (run18,
-  // gpu_int4_gemm_probe.py, 1B shape at 64 rows, K in 6-8 parts): q/k/v 15.0 us in clusters against
-  // 13.7 by atomics, o 11.7 against 10.6, down 27.6 against 20.7 (the cluster barrier's wait was the
-  // most stalled instruction of Nsight Compute's q/k/v profile).
   const gemm_int4_mma::Launch how{s, split_sums(call), kGemmProgrammatic};
   return gemm_int4_mma::launch<kGemmStages>(g, kGemmConfig, gemm_splits(call), how);
 }
@@ -345,14 +346,14 @@ const char* mma_gemm(const LinearCall& call, const Int4Args& a, const __half* x,
 
 int64_t linear_int4_scratch_elements(const LinearCall& c, const Int4Weights& w) {
   if (fused(c, w)) return 0;
-  // normed rows, then the tensor-core GEMM's split sums ((rows, outputs) floats, with K split:
-  // unused where a cluster adds them), or the bands' (rows, 2n) output before SwiGLU and the
+  // normed rows, then the tensor-core GEMM's split sums ((rows, outputs) floats, one buffer or one
+  // a part, where K is split without SwiGLU), or the bands' (rows, 2n) output before SwiGLU and the
   // dequantized band
   if (gemv_after_norm(c, w)) return rounded(c.rows * c.k);
   const int64_t normed = rounded(c.norm ? c.rows * c.k : 0);
-  if (tiled_gemm(c, w)) {  // floats: one (rows, outputs) buffer, or one a part
+  if (tiled_gemm(c, w)) {  // floats: one (rows, outputs) buffer, or one a part (none with SwiGLU)
     const int64_t splits = gemm_splits(c), buffers = split_choice() == Split::kParts ? splits : 1;
-    return normed + (splits > 1 ? 2 * buffers * c.rows * codes_rows(c) : 0);
+    return normed + (splits > 1 && !c.swiglu ? 2 * buffers * c.rows * codes_rows(c) : 0);
   }
   return normed + rounded(c.swiglu ? c.rows * 2 * c.n : 0) + band_rows(c) * c.k;
 }
