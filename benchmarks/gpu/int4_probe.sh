@@ -15,7 +15,8 @@
 set -x
 W=/tmp/gd
 mkdir -p $W
-nvcc --version | tail -2  # the compiler of the SASS profiled (benchmarks/sass_loop_stats.py reads a local one's)
+# the compiler whose SASS is profiled (benchmarks/sass_loop_stats.py reads a local nvcc's)
+"$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)" --version | tail -2
 (cd benchmarks && python3 gpu_int4_gemm_probe.py --shapes 1b --rows 8,16,32,64,128 \
      --configs 0,1,100,101,200,1000,2000,10000,11000,12000 \
      --results $W/probe.jsonl > /dev/null
