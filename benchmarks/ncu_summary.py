@@ -7,8 +7,10 @@
 From the details page: the metrics of the sections that say where a latency-bound kernel waits
 (speed of light, occupancy, scheduler and warp state statistics, memory workload, launch), one
 line each. From the source page: the SASS instructions with the most warp stall samples, with
-their share of all samples. Either file may be left out; a file in another shape than expected
-is named with the columns it has, so that the CSV itself can be read instead.
+their share of all samples; then the samples of the code before the main loop, of the loop and
+after it (the loop as benchmarks/sass_loop_stats.py finds it), each with its most frequent stall
+reasons. Either file may be left out; a file in another shape
+than expected is named with the columns it has, so that the CSV itself can be read instead.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import argparse
 import csv
 from pathlib import Path
+
+from sass_loop_stats import loop_bounds
 
 SECTIONS = ("GPU Speed Of Light Throughput", "Occupancy", "Scheduler Statistics", "Warp State Statistics",
             "Memory Workload Analysis", "Launch Statistics")
@@ -50,10 +54,37 @@ def stall_lines(rows: list[dict[str, str]], top: int) -> list[str]:
         for r in ranked]
 
 
+def region_lines(rows: list[dict[str, str]], reasons: int = 4) -> list[str]:
+    """Stall samples before the main loop, in it and after it, each region's `reasons` most frequent
+    stall reasons (the source page's stall_* columns). The loop as benchmarks/sass_loop_stats.py
+    finds it: the backward branch over the first block barrier."""
+    key = next((k for k in (rows[0] if rows else {}) if k.startswith(SAMPLES)), None)
+    if key is None or "Address" not in rows[0]:
+        return [f"regions: no '{SAMPLES}...' or 'Address' column"]
+    bounds = loop_bounds([(int(r["Address"], 16), r.get("Source", "").strip()) for r in rows])
+    if bounds is None:
+        return ["regions: no loop back over the first block barrier"]
+    at = [int(r["Address"], 16) for r in rows]
+    first = next(i for i, a in enumerate(at) if a >= bounds[0])
+    last = max(i for i, a in enumerate(at) if a <= bounds[1])
+    total = sum(number(r[key]) for r in rows) or 1.0
+    columns = [c for c in rows[0] if c.startswith("stall_") and "Not Issued" not in c]
+    out = []
+    for name, part in (("before the loop", rows[:first]), ("the loop", rows[first:last + 1]),
+                       ("after the loop", rows[last + 1:])):
+        samples = sum(number(r[key]) for r in part)
+        by_reason = sorted(((sum(number(r[c]) for r in part), c) for c in columns), reverse=True)[:reasons]
+        why = ", ".join(f"{c.removeprefix('stall_')} {100 * v / (samples or 1):.0f}%" for v, c in by_reason if v)
+        out.append(f"{name}: {len(part)} instructions, {samples:.0f} samples ({100 * samples / total:.0f}%)"
+                   + (f": {why}" if why else ""))
+    return out
+
+
 def read(path: Path) -> list[dict[str, str]]:
     lines = path.read_text(errors="replace").splitlines()
     # after ncu's own messages, and the source page's '"Kernel Name",...' line above its header
-    start = next((i for i, line in enumerate(lines) if line.startswith('"') and not line.startswith('"Kernel Name"')), 0)
+    start = next((i for i, line in enumerate(lines)
+                  if line.startswith('"') and not line.startswith('"Kernel Name"')), 0)
     return list(csv.DictReader(lines[start:]))
 
 
@@ -63,7 +94,8 @@ def main() -> None:
     ap.add_argument("--sass", type=Path)
     ap.add_argument("--top", type=int, default=30)
     args = ap.parse_args()
-    for path, lines in ((args.details, details_lines), (args.sass, lambda rows: stall_lines(rows, args.top))):
+    sass_lines = lambda rows: stall_lines(rows, args.top) + region_lines(rows)  # noqa: E731
+    for path, lines in ((args.details, details_lines), (args.sass, sass_lines)):
         if path is None:
             continue
         if not path.exists():

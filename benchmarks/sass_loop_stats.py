@@ -51,17 +51,24 @@ def parse(listing: str) -> list[tuple[int, str]]:
     return [(int(m.group(1), 16), m.group(2).strip()) for m in map(INSTRUCTION.match, listing.splitlines()) if m]
 
 
-def loop_of(instructions: list[tuple[int, str]]) -> list[str]:
-    """The instructions of the loop whose backward branch spans the first BAR.SYNC."""
+def loop_bounds(instructions: list[tuple[int, str]]) -> tuple[int, int] | None:
+    """The first and last address of the loop whose backward branch spans the first BAR.SYNC (the
+    main loop of a kernel that waits for each step's stage), or None."""
     barriers = [at for at, text in instructions if "BAR.SYNC" in text]
     if not barriers:
-        return []
+        return None
     for at, text in instructions:
         if "BRA" in text and at > barriers[0]:
-            target = int(text.split("BRA")[1].split()[0], 16)
+            target = int(text.split("BRA")[1].split()[0].rstrip(";"), 16)
             if target <= barriers[0]:
-                return [t for a, t in instructions if target <= a <= at]
-    return []
+                return target, at
+    return None
+
+
+def loop_of(instructions: list[tuple[int, str]]) -> list[str]:
+    """The instructions of that loop."""
+    bounds = loop_bounds(instructions)
+    return [t for a, t in instructions if bounds and bounds[0] <= a <= bounds[1]]
 
 
 def opcode(text: str) -> str:

@@ -1,6 +1,7 @@
 """benchmarks/ncu_summary.py on made-up Nsight Compute CSV exports (ncu itself needs a GPU): the
-sections that matter from the details page, the most stalled SASS lines with their share, and a
-file in another shape named with its columns."""
+sections that matter from the details page, the most stalled SASS lines with their share, the
+samples before, in and after the main loop with their stall reasons, and a file in another shape
+named with its columns."""
 
 from __future__ import annotations
 
@@ -43,3 +44,24 @@ def test_a_file_in_another_shape_is_named_with_its_columns(tmp_path):
     rows = ncu_summary.read(tmp_path / "x.csv")
     assert "no" in ncu_summary.details_lines(rows)[0] and "'Name'" in ncu_summary.details_lines(rows)[0]
     assert ncu_summary.stall_lines(rows, 5)[0].startswith("sass: no 'Warp Stall Sampling (All...' column among")
+
+
+# a kernel's SASS: a prologue of two instructions, a loop back over the first barrier, an exit
+LOOP = ('"Address","Source","Warp Stall Sampling (All Samples)","stall_long_sb","stall_barrier",'
+        '"stall_long_sb (Not Issued)","stall_drain"\n') + '''\
+"0x7f00","LDC R1, c[0x0][0x28]","10","10","0","10","0"
+"0x7f10","S2R R0, SR_TID.X","10","0","0","0","0"
+"0x7f20","BAR.SYNC.DEFER_BLOCKING 0x0","30","0","30","0","0"
+"0x7f30","@P0 BRA 0x7f20","30","30","0","30","0"
+"0x7f40","EXIT","20","0","0","0","20"
+'''
+
+
+def test_the_samples_before_in_and_after_the_main_loop_with_their_reasons(tmp_path):
+    (tmp_path / "s.csv").write_text(LOOP)
+    rows = ncu_summary.read(tmp_path / "s.csv")
+    assert ncu_summary.region_lines(rows) == [
+        "before the loop: 2 instructions, 20 samples (20%): long_sb 50%",
+        "the loop: 2 instructions, 60 samples (60%): long_sb 50%, barrier 50%",
+        "after the loop: 1 instructions, 20 samples (20%): drain 100%"]
+    assert ncu_summary.region_lines(rows[:2])[0] == "regions: no loop back over the first block barrier"
