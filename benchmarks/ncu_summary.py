@@ -9,8 +9,8 @@ From the details page: the metrics of the sections that say where a latency-boun
 line each. From the source page: the SASS instructions with the most warp stall samples, with
 their share of all samples; then the samples of the code before the main loop, of the loop and
 after it (the loop as benchmarks/sass_loop_stats.py finds it), each with its most frequent stall
-reasons. Either file may be left out; a file in another shape
-than expected is named with the columns it has, so that the CSV itself can be read instead.
+reasons. Either file may be left out; a file in another shape than expected is named with the
+columns it has, so that the CSV itself can be read instead.
 """
 
 from __future__ import annotations
@@ -61,10 +61,10 @@ def region_lines(rows: list[dict[str, str]], reasons: int = 4) -> list[str]:
     key = next((k for k in (rows[0] if rows else {}) if k.startswith(SAMPLES)), None)
     if key is None or "Address" not in rows[0]:
         return [f"regions: no '{SAMPLES}...' or 'Address' column"]
-    bounds = loop_bounds([(int(r["Address"], 16), r.get("Source", "").strip()) for r in rows])
+    at = [int(r["Address"], 16) for r in rows]
+    bounds = loop_bounds([(a, r.get("Source", "").strip()) for a, r in zip(at, rows)])
     if bounds is None:
         return ["regions: no loop back over the first block barrier"]
-    at = [int(r["Address"], 16) for r in rows]
     first = next(i for i, a in enumerate(at) if a >= bounds[0])
     last = max(i for i, a in enumerate(at) if a <= bounds[1])
     total = sum(number(r[key]) for r in rows) or 1.0

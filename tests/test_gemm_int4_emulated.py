@@ -40,7 +40,7 @@ int main(int argc, char** argv) {
   const int m = std::atoi(argv[1]), n = std::atoi(argv[2]), k = std::atoi(argv[3]), block = std::atoi(argv[4]);
   const bool zeros = std::atoi(argv[5]), wide = std::atoi(argv[6]), late = std::atoi(argv[8]);
   const int most_rows = std::atoi(argv[7]), splits = std::atoi(argv[9]);
-  const int how = std::atoi(argv[10]);  // K's parts: 0 by atomics, 1 in a cluster, 2 each in its own sums
+  const int how = std::atoi(argv[10]);  // K's parts: a gemm_int4_mma::SplitSums value
   const bool swiglu = std::atoi(argv[11]);
   const int outputs = swiglu ? n / 2 : n;
   std::mt19937 rng(m * 7919 + n * 31 + k);
@@ -67,8 +67,7 @@ int main(int argc, char** argv) {
   a.steps_per_split = gemm_int4::steps_per_split(k, splits);
   const int parts = gemm_int4::parts_of(k, splits);  // as launch() does
   using gemm_int4_mma::SplitSums;
-  const SplitSums ways[] = {SplitSums::kByAtomics, SplitSums::kInCluster, SplitSums::kInParts};
-  a.adding = ways[how];
+  a.adding = static_cast<SplitSums>(how);
   const bool cluster = a.adding == SplitSums::kInCluster && parts > 1 && parts <= gemm_int4::kClusterParts;
   if (a.adding == SplitSums::kInCluster && !cluster) a.adding = SplitSums::kByAtomics;
   if (swiglu && parts > 1 && !cluster) return 4;  // launch() takes one part then
@@ -116,9 +115,8 @@ int main(int argc, char** argv) {
 }
 """
 
-SUMS = {"atomics": 0, "cluster": 1, "parts": 2}  # how K's parts add up, as the harness reads it
-ADDING = {"cluster": 0, "atomics": 1, "parts": 2}  # gemm_int4_mma::SplitSums's values
-CASES = {  # m, n (codes rows), k, block, zero points, 256 outputs a block, most rows a block, splits of K, SUMS,
+ADDING = {"cluster": 0, "atomics": 1, "parts": 2}  # how K's parts add up: gemm_int4_mma::SplitSums's values
+CASES = {  # m, n (codes rows), k, block, zero points, 256 outputs a block, most rows a block, splits of K, ADDING,
     # SwiGLU (n / 2 outputs: silu(gate) * up, the gates first)
     "8-rows-odd-n-zeros": (6, 201, 256, 32, True, False, 64, 1, "atomics", False),
     "16-rows-split-atomics": (10, 40, 512, 128, True, False, 64, 3, "atomics", False),
@@ -150,7 +148,7 @@ def harness(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
 def test_the_int4_gemm_kernel_run_on_the_cpu_equals_the_dequantized_product(harness, case, late):
     m, n, k, block, zeros, wide, most_rows, splits, sums, swiglu = case
-    args = [m, n, k, block, int(zeros), int(wide), most_rows, int(late), splits, SUMS[sums], int(swiglu)]
+    args = [m, n, k, block, int(zeros), int(wide), most_rows, int(late), splits, ADDING[sums], int(swiglu)]
     done = subprocess.run([str(harness), *map(str, args)], text=True, capture_output=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     fields = done.stdout.split()
