@@ -1,5 +1,5 @@
 """nvcc for the GPU probes' libraries (benchmarks/cuda/ entry points, runtime/custom_ops kernels):
-one compiler line, SASS for the H100 / H200 (sm_90).
+one compiler line, SASS for the H100 / H200 (sm_90a: the warpgroup MMA's target).
 
     lib = compile_library(out, [source, ...], includes=[folder])   # ctypes.CDLL, built once
 """
@@ -28,7 +28,7 @@ def nvcc_command(out: Path, sources: Sequence[Path], includes: Sequence[Path] = 
     if nvcc is None:
         raise SystemExit("the GPU probes need nvcc (PATH, $CUDA_HOME/bin or /usr/local/cuda/bin)")
     return [nvcc, "-O3", "-std=c++17", "-Xcompiler", "-fPIC", "-shared", *(f"-I{i}" for i in includes),
-            "-gencode=arch=compute_90,code=sm_90", "-o", str(out), *map(str, sources), *libraries]
+            "-gencode=arch=compute_90a,code=sm_90a", "-o", str(out), *map(str, sources), *libraries]
 
 
 def source_digest(command: Sequence[str], sources: Sequence[Path], includes: Sequence[Path]) -> str:

@@ -14,13 +14,13 @@ input in one CUDA graph, replayed; a copy's time is the median replay over COPIE
                 shapes it does not take, and with OPTIMIZER_INT4_GEMM=dequantize; a band wider
                 than one call's outputs is copied into its columns here, in place there);
   mma-int4-cN   runtime/custom_ops/gemm_int4_mma.cuh in tile configuration N (0: 128 outputs a
-                block, 1: 256; N + 10: an 8-deep pipeline, not 4; N + 100 h: blocks of at most
-                64 >> h rows, h 1-3; N + 1000: K's parts added by atomics, not in a thread block
-                cluster; N + 2000: each part's sums stored, added in part order after,
-                LinearInt4's choice without SwiGLU; N + 10000: the GEMM and its
-                conversion as programmatic dependent launches, each GEMM reading its first weights
-                while the kernel before it ends), the codes read straight into mma.sync's
-                registers, K split so that the grid has about --fill blocks (at most 8 parts).
+                block, 1: 256, both by mma.sync; 2: 128 by Hopper's warpgroup MMA; N + 10: an 8-deep
+                pipeline, not 4; N + 100 h: blocks of at most 64 >> h rows, h 1-3; N + 1000: K's
+                parts added by atomics, not in a thread block cluster; N + 2000: each part's sums
+                stored, added in part order after, LinearInt4's choice without SwiGLU; N + 10000:
+                the GEMM and its conversion as programmatic dependent launches, each GEMM reading
+                its first weights while the kernel before it ends), the codes read straight into the
+                MMA's registers, K split so that the grid has about --fill blocks (at most 8 parts).
 Weights in onnxruntime-genai's int4 format (symmetric blocks of 32). Each int4 form's results are
 checked against its weights dequantized and multiplied in fp32 (`max_abs_diff`); `weight_tb_s`
 counts the bytes each form's weights take. Needs torch with CUDA and nvcc (compiled in the run).

@@ -3,7 +3,7 @@
     python benchmarks/sass_loop_stats.py [--source benchmarks/cuda/gemm_int4_probe.cu] [--match mma_kernel]
                                          [--results r.jsonl]
 
-Compiles `--source` for sm_90 with nvcc (ptxas' register and spill counts), disassembles it
+Compiles `--source` for sm_90a with nvcc (ptxas' register and spill counts), disassembles it
 (cuobjdump, with nvdisasm on PATH; pip: nvidia-cuda-cuobjdump, nvidia-cuda-nvdisasm), and for each
 kernel whose name contains `--match` finds the main loop (the backward branch over the first block
 barrier) and counts its instructions: all of them, the tensor-core MMAs, instructions per MMA and

@@ -3,6 +3,9 @@
 //   - a block's threads are std::threads, __syncthreads a std::barrier over them;
 //   - mma.sync m16n8k16: the warp's 32 threads leave their fragments in the warp's exchange, wait
 //     for each other, and each sums its four results from the PTX fragment layout (in double);
+//   - Hopper's warpgroup MMA (A from registers, B from shared memory through its descriptor): the
+//     same over a warpgroup's 128 threads, done when issued (its fences, commits and waits then
+//     have nothing to do);
 //   - cp.async: either done at once, or held back until the wait that must see it (a copy waited
 //     for too late or a stage reused too early then shows up as wrong sums);
 //   - a thread block cluster's blocks run at once, with a barrier over all their threads, each
@@ -102,12 +105,19 @@ struct Warp {
   uint32_t b[32][2];
 };
 
+// A warpgroup's exchange for mma_warpgroup: its 128 threads' A registers.
+struct Warpgroup {
+  std::barrier<> arrived{128};
+  uint32_t a[128][4];
+};
+
 struct Cluster;
 
 struct Block {
   std::vector<unsigned char> shared;
   std::unique_ptr<std::barrier<>> all;
   std::vector<std::unique_ptr<Warp>> warps;
+  std::vector<std::unique_ptr<Warpgroup>> warpgroups;
   bool late_copies;
   Cluster* cluster;
   int rank;                       // in the cluster
@@ -184,6 +194,39 @@ inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uin
   for (int e = 0; e < 4; ++e) d[e] = out[e];
 }
 
+// d (64 x n) += A (64 x 16) . B (16 x n) over the warpgroup: warp w of it holds A's rows
+// [16w, 16w + 16) as mma_m16n8k16 does; B lies in shared memory as `desc` describes it (K-major, no
+// swizzle: the 8 x 8 core matrix of k [8j, 8j + 8) and columns [8c, 8c + 8) at start + j * k_bytes +
+// c * n_bytes, a column's 8 values 16 bytes on from the last's); lane (g, t) of warp w holds d's
+// rows 16w + g + 8 (e / 2), columns 8i + 2t + e % 2 in d[4i + e].
+inline void mma_warpgroup(float* d, int n, const uint32_t (&a)[4], uint64_t desc) {
+  Warpgroup& q = *block->warpgroups[threadIdx.x / 128];
+  const int me = threadIdx.x % 128, w = me / 32, g = me % 32 / 4, t = me % 4;
+  std::memcpy(q.a[me], a, sizeof a);
+  q.arrived.arrive_and_wait();
+  const size_t start = (desc & 0x3FFF) << 4, k_bytes = ((desc >> 16) & 0x3FFF) << 4;
+  const size_t n_bytes = ((desc >> 32) & 0x3FFF) << 4;
+  auto half_of = [](uint32_t r, int high) { return half_value(high ? r >> 16 : r & 0xFFFF); };
+  auto a_at = [&](int row, int col) {
+    const int r = row % 16;
+    return half_of(q.a[32 * (row / 16) + (r % 8) * 4 + (col % 8) / 2][r / 8 + 2 * (col / 8)], col % 2);
+  };
+  auto b_at = [&](int k, int col) {
+    const size_t at = start + (k / 8) * k_bytes + (col / 8) * n_bytes + (col % 8) * 16 + (k % 8) * 2;
+    return half_value(static_cast<uint16_t>(block->shared.at(at) | block->shared.at(at + 1) << 8));
+  };
+  std::vector<float> out(n / 2);
+  for (int i = 0; i < n / 8; ++i)
+    for (int e = 0; e < 4; ++e) {
+      const int row = 16 * w + g + 8 * (e / 2), col = 8 * i + 2 * t + e % 2;
+      double sum = d[4 * i + e];
+      for (int k = 0; k < 16; ++k) sum += a_at(row, k) * b_at(k, col);
+      out[4 * i + e] = static_cast<float>(sum);
+    }
+  q.arrived.arrive_and_wait();  // every thread has read the exchange
+  for (int i = 0; i < n / 2; ++i) d[i] = out[i];
+}
+
 // Runs `kernel` (a callable) over `grid` blocks of `threads` threads with `shared_bytes` of shared
 // memory each (filled with 0xCD: what is read before it is written shows), one cluster of
 // `cluster_z` blocks along z at a time (1: one block at a time).
@@ -199,6 +242,7 @@ void launch(dim3 grid, int threads, size_t shared_bytes, bool late_copies, Kerne
           b->shared.assign(shared_bytes, 0xCD);
           b->all = std::make_unique<std::barrier<>>(threads);
           for (int i = 0; i < threads / 32; ++i) b->warps.push_back(std::make_unique<Warp>());
+          for (int i = 0; i < threads / 128; ++i) b->warpgroups.push_back(std::make_unique<Warpgroup>());
           b->late_copies = late_copies;
           b->cluster = &cluster;
           b->rank = static_cast<int>(rank);

@@ -26,19 +26,28 @@ HARNESS = r"""
 using cuda_emulation::half_bits;
 using cuda_emulation::half_value;
 
-template <int MR, int NO>
+template <int MR, int NO, bool WG = false>
 void run(const gemm_int4_mma::Args& a, int parts, bool late, bool cluster) {
-  using T = gemm_int4_mma::Tile<MR, NO, 4>;
+  using T = gemm_int4_mma::Tile<MR, NO, 4, WG>;
   const dim3 grid{static_cast<unsigned>((a.n + T::kBN - 1) / T::kBN),
                   static_cast<unsigned>((a.m + T::kBM - 1) / T::kBM), static_cast<unsigned>(parts)};
   cuda_emulation::launch(grid, gemm_int4_mma::kThreads, T::kShared, late,
-                         [&] { gemm_int4_mma::gemm_int4_mma_kernel<MR, NO, 4>(a); }, cluster ? parts : 1);
+                         [&] { gemm_int4_mma::gemm_int4_mma_kernel<MR, NO, 4, WG>(a); }, cluster ? parts : 1);
+}
+
+// gemm_int4_mma::launch_rows' tile for `config` (gemm_int4_plan.h's)
+template <int MR>
+void run_config(const gemm_int4_mma::Args& a, int config, int parts, bool late, bool cluster) {
+  if (config == gemm_int4::kWarpgroup) run<MR, 1, true>(a, parts, late, cluster);
+  else if (config == 1) run<MR, 2>(a, parts, late, cluster);
+  else run<MR, 1>(a, parts, late, cluster);
 }
 
 int main(int argc, char** argv) {
   if (argc != 12) return 2;
   const int m = std::atoi(argv[1]), n = std::atoi(argv[2]), k = std::atoi(argv[3]), block = std::atoi(argv[4]);
-  const bool zeros = std::atoi(argv[5]), wide = std::atoi(argv[6]), late = std::atoi(argv[8]);
+  const bool zeros = std::atoi(argv[5]), late = std::atoi(argv[8]);
+  const int config = std::atoi(argv[6]);
   const int most_rows = std::atoi(argv[7]), splits = std::atoi(argv[9]);
   const int how = std::atoi(argv[10]);  // K's parts: a gemm_int4_mma::SplitSums value
   const bool swiglu = std::atoi(argv[11]);
@@ -71,15 +80,11 @@ int main(int argc, char** argv) {
   const bool cluster = a.adding == SplitSums::kInCluster && parts > 1 && parts <= gemm_int4::kClusterParts;
   if (a.adding == SplitSums::kInCluster && !cluster) a.adding = SplitSums::kByAtomics;
   if (swiglu && parts > 1 && !cluster) return 4;  // launch() takes one part then
-  switch (gemm_int4::block_rows(m, most_rows) * 2 + wide) {
-    case 16: run<1, 1>(a, parts, late, cluster); break;
-    case 17: run<1, 2>(a, parts, late, cluster); break;
-    case 32: run<2, 1>(a, parts, late, cluster); break;
-    case 33: run<2, 2>(a, parts, late, cluster); break;
-    case 64: run<4, 1>(a, parts, late, cluster); break;
-    case 65: run<4, 2>(a, parts, late, cluster); break;
-    case 128: run<8, 1>(a, parts, late, cluster); break;
-    default: run<8, 2>(a, parts, late, cluster);
+  switch (gemm_int4::block_rows(m, most_rows)) {
+    case 8: run_config<1>(a, config, parts, late, cluster); break;
+    case 16: run_config<2>(a, config, parts, late, cluster); break;
+    case 32: run_config<4>(a, config, parts, late, cluster); break;
+    default: run_config<8>(a, config, parts, late, cluster);
   }
   if (parts > 1 && !cluster) {  // the conversion launch() runs after
     const int buffers = a.adding == SplitSums::kInParts ? parts : 1;
@@ -116,24 +121,33 @@ int main(int argc, char** argv) {
 """
 
 ADDING = {"cluster": 0, "atomics": 1, "parts": 2}  # how K's parts add up: gemm_int4_mma::SplitSums's values
-CASES = {  # m, n (codes rows), k, block, zero points, 256 outputs a block, most rows a block, splits of K, ADDING,
+TILES = {"128": 0, "256": 1, "warpgroup": 2}  # gemm_int4_plan.h's configurations
+CASES = {  # m, n (codes rows), k, block, zero points, TILES, most rows a block, splits of K, ADDING,
     # SwiGLU (n / 2 outputs: silu(gate) * up, the gates first)
-    "8-rows-odd-n-zeros": (6, 201, 256, 32, True, False, 64, 1, "atomics", False),
-    "16-rows-split-atomics": (10, 40, 512, 128, True, False, 64, 3, "atomics", False),
-    "16-rows-split-cluster": (10, 40, 512, 128, True, False, 64, 3, "cluster", False),
-    "16-rows-split-parts": (10, 40, 512, 128, True, False, 64, 3, "parts", False),
-    "32-rows-wide-split-atomics": (21, 300, 512, 64, False, True, 64, 3, "atomics", False),
-    "32-rows-wide-split-cluster": (21, 300, 512, 64, False, True, 64, 3, "cluster", False),
-    "64-rows": (64, 130, 192, 64, True, False, 64, 1, "atomics", False),
-    "64-rows-wide": (64, 260, 128, 32, False, True, 64, 1, "atomics", False),
-    "64-rows-eight-parts-cluster": (64, 130, 512, 32, True, False, 64, 8, "cluster", False),
-    "64-rows-eight-parts-stored": (64, 130, 512, 32, True, False, 64, 8, "parts", False),
-    "three-row-blocks-cluster": (130, 64, 128, 32, True, False, 64, 2, "cluster", False),
-    "three-row-blocks-stored": (130, 64, 128, 32, False, False, 64, 2, "parts", False),
-    "blocks-of-at-most-16": (40, 128, 128, 64, False, False, 16, 1, "atomics", False),
-    "swiglu-odd-outputs": (6, 2 * 101, 256, 32, True, False, 64, 1, "atomics", True),
-    "swiglu-wide-cluster": (21, 2 * 300, 512, 64, False, True, 64, 4, "cluster", True),
-    "swiglu-64-rows": (64, 2 * 64, 128, 32, True, False, 64, 1, "atomics", True),
+    "8-rows-odd-n-zeros": (6, 201, 256, 32, True, "128", 64, 1, "atomics", False),
+    "16-rows-split-atomics": (10, 40, 512, 128, True, "128", 64, 3, "atomics", False),
+    "16-rows-split-cluster": (10, 40, 512, 128, True, "128", 64, 3, "cluster", False),
+    "16-rows-split-parts": (10, 40, 512, 128, True, "128", 64, 3, "parts", False),
+    "32-rows-wide-split-atomics": (21, 300, 512, 64, False, "256", 64, 3, "atomics", False),
+    "32-rows-wide-split-cluster": (21, 300, 512, 64, False, "256", 64, 3, "cluster", False),
+    "64-rows": (64, 130, 192, 64, True, "128", 64, 1, "atomics", False),
+    "64-rows-wide": (64, 260, 128, 32, False, "256", 64, 1, "atomics", False),
+    "64-rows-eight-parts-cluster": (64, 130, 512, 32, True, "128", 64, 8, "cluster", False),
+    "64-rows-eight-parts-stored": (64, 130, 512, 32, True, "128", 64, 8, "parts", False),
+    "three-row-blocks-cluster": (130, 64, 128, 32, True, "128", 64, 2, "cluster", False),
+    "three-row-blocks-stored": (130, 64, 128, 32, False, "128", 64, 2, "parts", False),
+    "blocks-of-at-most-16": (40, 128, 128, 64, False, "128", 16, 1, "atomics", False),
+    "swiglu-odd-outputs": (6, 2 * 101, 256, 32, True, "128", 64, 1, "atomics", True),
+    "swiglu-wide-cluster": (21, 2 * 300, 512, 64, False, "256", 64, 4, "cluster", True),
+    "swiglu-64-rows": (64, 2 * 64, 128, 32, True, "128", 64, 1, "atomics", True),
+    # the warpgroup MMA: 8 to 64 rows a block, blocks of 32 (two scales a step) and 128, K's parts
+    # stored, in a cluster, by atomics; SwiGLU
+    "warpgroup-8-rows-odd-n-zeros": (6, 201, 256, 32, True, "warpgroup", 64, 1, "atomics", False),
+    "warpgroup-16-rows-split-parts": (10, 40, 512, 128, True, "warpgroup", 64, 3, "parts", False),
+    "warpgroup-32-rows-split-cluster": (21, 300, 512, 64, False, "warpgroup", 64, 3, "cluster", False),
+    "warpgroup-64-rows-eight-parts-stored": (64, 130, 512, 32, True, "warpgroup", 64, 8, "parts", False),
+    "warpgroup-three-row-blocks-atomics": (130, 64, 128, 32, False, "warpgroup", 64, 2, "atomics", False),
+    "warpgroup-swiglu-64-rows": (64, 2 * 64, 128, 32, True, "warpgroup", 64, 1, "atomics", True),
 }
 
 
@@ -147,8 +161,8 @@ def harness(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("late", [False, True], ids=["copies-at-once", "copies-late"])
 @pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
 def test_the_int4_gemm_kernel_run_on_the_cpu_equals_the_dequantized_product(harness, case, late):
-    m, n, k, block, zeros, wide, most_rows, splits, sums, swiglu = case
-    args = [m, n, k, block, int(zeros), int(wide), most_rows, int(late), splits, ADDING[sums], int(swiglu)]
+    m, n, k, block, zeros, tile, most_rows, splits, sums, swiglu = case
+    args = [m, n, k, block, int(zeros), TILES[tile], most_rows, int(late), splits, ADDING[sums], int(swiglu)]
     done = subprocess.run([str(harness), *map(str, args)], text=True, capture_output=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     fields = done.stdout.split()

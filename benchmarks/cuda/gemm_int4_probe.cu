@@ -38,12 +38,13 @@ __global__ void dequantize_band(const uint8_t* codes, const __half* scales, int 
 
 }  // namespace
 
-// y (m, n) = x (m, k) . w^T through gemm_int4_mma.cuh in tile configuration `config` (0: 128
-// outputs a block, 1: 256; + 10: an 8-deep pipeline, not 4; + 100 h: blocks of at most 64 >> h
-// rows, h 1-3; + 1000: K's parts added by atomics, not in a thread block cluster; + 2000: each
-// part's sums stored, added by the conversion after; + 10000: its kernels as programmatic
-// dependent launches, reading their weights before the kernel before them is done): 0 on success,
-// -1 for what it does not take, else the CUDA error code. `work`: 8 * m * n floats (K's parts are at most 8).
+// y (m, n) = x (m, k) . w^T through gemm_int4_mma.cuh in tile configuration `config` (0: 128 outputs a
+// block, 1: 256, by mma.sync; 2: 128 by the warpgroup MMA; + 10: an 8-deep pipeline, not 4; + 100 h:
+// blocks of at most 64 >> h rows, h 1-3; + 1000: K's parts added by atomics, not in a thread block
+// cluster; + 2000: each part's sums stored, added by the conversion after; + 10000: its kernels as
+// programmatic dependent launches, reading their weights before the kernel before them is done): 0 on
+// success, -1 for what it does not take, else the CUDA error code. `work`: 8 * m * n floats (K's parts
+// are at most 8).
 extern "C" int gemm_int4_registers(const void* x, const void* codes, const void* scales, void* y, void* work, int m,
                                    int n, int k, int block, int config, int splits, void* stream) {
   gemm_int4_mma::Args a{};

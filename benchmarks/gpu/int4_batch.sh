@@ -9,7 +9,8 @@
 # 3. the 1B fp16-custom and int4-custom engines (static, 64 slots) built (while the tests run), then
 #    at batch 1 and 64 concurrent 128 in / 128 out, one after another, then again in the reverse
 #    order: fp16-custom; int4-custom as it is (K's parts stored, added in order by the conversion;
-#    programmatic dependent launches); with K's parts added by atomics (OPTIMIZER_INT4_SPLIT=atomics).
+#    programmatic dependent launches);
+# 4. where each engine's step at batch 64 spends its GPU time (benchmarks/gpu_kernels.py).
 # Results: /tmp/gd/b64.jsonl, probe.jsonl, tests.log in the log.
 set -x
 W=/tmp/gd
@@ -21,12 +22,14 @@ $D --formats fp16-custom,int4-custom --phases build
 wait  # the tests: nothing else on the GPU while the engines are timed
 grep -E "passed|failed|rc |Error" $W/tests.log | tail -8
 [ -n "$SKIP_PROBE" ] || bash benchmarks/gpu/int4_probe.sh
-RUNS=("fp16-custom" "int4-custom" "OPTIMIZER_INT4_SPLIT=atomics int4-custom")
+RUNS=("fp16-custom" "int4-custom")
 for round in $(seq 0 $(( ${ROUNDS:-2} - 1 ))); do  # ROUNDS=1: one order only
-  for i in 0 1 2; do
-    [ $round = 0 ] && r=${RUNS[$i]} || r=${RUNS[$((2 - i))]}
+  for i in "${!RUNS[@]}"; do
+    [ $round = 0 ] && r=${RUNS[$i]} || r=${RUNS[$((${#RUNS[@]} - 1 - i))]}
     format=${r##* }
     env ${r%$format} $D --formats $format --phases ours  # the variables before the format, if any
   done
 done
+python3 benchmarks/gpu_kernels.py $W/ours-llama-3.2-1b-fp16-custom $W/ours-llama-3.2-1b-int4-custom --batch 64 \
+    --results $W/kernels.jsonl | tail -60
 echo SESSION DONE

@@ -2,12 +2,12 @@
 #   mkdir -p /tmp/gd && (setsid nohup bash benchmarks/gpu/int4_probe.sh > /tmp/gd/log 2>&1 < /dev/null &
 #     echo $! > /tmp/gd/pid); sleep 2      # then poll: bash benchmarks/gpu/wait.sh 240 40
 # 1. benchmarks/gpu_int4_gemm_probe.py against cuBLAS fp16 and the bands, 8-128 rows at the 1B
-#    shape, 16 and 64 at 8B (128 and 256 outputs a block, blocks of up to 64, 32 and 16 rows, K's
-#    parts added in a thread block cluster, by atomics (+1000) or stored and added after (+2000); each
-#    as programmatic dependent launches too (+10000));
-#    then at 64 rows with twice the blocks (--fill 264: more parts of K);
+#    shape, 16 and 64 at 8B: LinearInt4's GEMM (c12000: the mma.sync tile, K's parts stored,
+#    programmatic dependent launches) and the same by Hopper's warpgroup MMA (c12002), the grid
+#    aimed at one block an SM; then LinearInt4's grid for the linears without SwiGLU (--fill 264: two
+#    blocks an SM);
 # 2. one 64-row call of the GEMM (1B q/k/v, K split and its parts stored, as LinearInt4 runs it;
-#    1B gate/up) under Nsight Compute: its SASS with
+#    1B gate/up, in a cluster) under Nsight Compute: its SASS with
 #    the warp stall samples of each instruction (the 30 most stalled printed), and the details page
 #    (occupancy, memory workload, warp states) as CSV, both summed up in the log by
 #    benchmarks/ncu_summary.py: where the latency-bound kernel's warps wait.
@@ -17,13 +17,13 @@ W=/tmp/gd
 mkdir -p $W
 # the compiler whose SASS is profiled (benchmarks/sass_loop_stats.py reads a local nvcc's)
 "$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)" --version | tail -2
-(cd benchmarks && python3 gpu_int4_gemm_probe.py --shapes 1b --rows 8,16,32,64,128 \
-     --configs 0,1,100,101,200,1000,2000,10000,11000,12000 \
+(cd benchmarks && python3 gpu_int4_gemm_probe.py --shapes 1b --rows 8,16,32,64,128 --configs 12000,12002 \
      --results $W/probe.jsonl > /dev/null
- python3 gpu_int4_gemm_probe.py --shapes 8b --rows 16,64 --configs 0,1,100,1000,2000,12000 \
-     --results $W/probe.jsonl > /dev/null
- python3 gpu_int4_gemm_probe.py --shapes 1b --rows 64 --configs 11000,12000 --forms "" --fill 264 \
-     --results $W/probe.jsonl > /dev/null
+ python3 gpu_int4_gemm_probe.py --shapes 8b --rows 16,64 --configs 12000,12002 --results $W/probe.jsonl > /dev/null
+ for shape_rows in 1b:8,16,32,64,128 8b:16,64; do
+   python3 gpu_int4_gemm_probe.py --shapes ${shape_rows%:*} --rows ${shape_rows#*:} --linears qkv,o,down,lm_head \
+       --configs 12000 --forms "" --fill 264 --results $W/probe.jsonl > /dev/null
+ done
  for linear_config in qkv:2000 gate_up:0; do
    linear=${linear_config%:*}
    timeout 240 ncu -f -o $W/mma-$linear --set full -k regex:gemm_int4_mma_kernel -s 8 -c 1 \

@@ -54,7 +54,10 @@ SOURCES = ("ort_abi.h", "cublas_abi.h", "cuda_kernels.h", "kernel_context.h", "l
 HOST_SOURCES = ("ops.cc", "swiglu_op.cc", "linear_op.cc", "linear_int4_op.cc", "attention_op.cc")
 CUDA_SOURCES = (*HOST_SOURCES, "swiglu.cu", "linear.cu", "linear_int4.cu", "attention.cu")  # nvcc's build
 CPU_SOURCES = (*HOST_SOURCES, "cuda_none.cc")  # g++'s: the CUDA entry points say there are none
-CUDA_ARCHS = ("80", "90")
+# SASS for each (90a: the H100 / H200's, Hopper's warpgroup MMA included, which gemm_int4_mma.cuh's
+# warpgroup tile needs), and PTX of CUDA_PTX_ARCH for GPUs after them
+CUDA_ARCHS = ("80", "90a")
+CUDA_PTX_ARCH = "90"
 NAME = "liboptimizer_ops.so"
 
 
@@ -77,9 +80,8 @@ def build_command(out: Path, nvcc: str | None) -> list[str]:
     """The compiler line: nvcc with the CUDA kernels, or g++ with the CPU-only stand-ins."""
     common = ["-O3", "-std=c++17", "-shared", "-o", str(out)]
     if nvcc:
-        # SASS for each listed capability, and PTX of the newest for GPUs after it
         archs = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in CUDA_ARCHS]
-        archs.append(f"-gencode=arch=compute_{CUDA_ARCHS[-1]},code=compute_{CUDA_ARCHS[-1]}")
+        archs.append(f"-gencode=arch=compute_{CUDA_PTX_ARCH},code=compute_{CUDA_PTX_ARCH}")
         # --threads 0: each architecture's code compiled at the same time, on as many cores
         return [nvcc, *common, "--threads", "0", "-Xcompiler", "-fPIC,-pthread", *archs,
                 *(str(SOURCE_DIR / f) for f in CUDA_SOURCES), "-ldl"]
@@ -94,7 +96,7 @@ def source_key(nvcc: str | None) -> str:
     digest = hashlib.sha256()
     for name in SOURCES:
         digest.update(name.encode() + b"\0" + (SOURCE_DIR / name).read_bytes())
-    digest.update(f"cuda={bool(nvcc)} archs={','.join(CUDA_ARCHS)}".encode())
+    digest.update(f"cuda={bool(nvcc)} archs={','.join(CUDA_ARCHS)} ptx={CUDA_PTX_ARCH}".encode())
     return digest.hexdigest()[:16]
 
 

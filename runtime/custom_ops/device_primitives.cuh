@@ -1,5 +1,6 @@
 // The few CUDA device operations gemm_int4_mma.cuh's kernel uses beyond plain C++ (shared memory,
-// cp.async, mma.sync, non-coherent loads, thread block clusters, programmatic dependent launch),
+// cp.async, mma.sync, Hopper's warpgroup MMA, non-coherent loads, thread block clusters, programmatic
+// dependent launch),
 // each as nvcc's inline PTX or, compiled without nvcc, as tests/cuda_emulation.h's CPU emulation of
 // it (included first).
 #pragma once
@@ -59,6 +60,98 @@ __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint3
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 #else
   cuda_emulation::mma_m16n8k16(d, a, b0, b1);
+#endif
+}
+
+// Hopper's warpgroup MMA (wgmma, sm_90a; a trap in device code built for another target, which
+// the host never launches: gemm_int4_mma::device_has_wgmma). The warpgroup's 4 warps (threads
+// [128q, 128q + 128)) together multiply A (64 x 16; warp w's rows [16w, 16w + 16) in its registers
+// as for mma.sync m16n8k16) by B (16 x N, N = 8 ROWS8; in shared memory, described by
+// `shared_matrix`), into d (64 x N, fp32; warp w's rows, lane (g, t)'s d[4i + e] at row 16w + g +
+// 8 (e / 2), column 8i + 2t + e % 2). Asynchronous: issued after `mma_fence` (registers written
+// before it are read), grouped by `mma_commit`; `mma_wait<N>` returns once at most N groups are in
+// flight, and only then may d be read or its A registers and B's shared memory change.
+//
+// The descriptor of B stored K-major without swizzling: 8 x 8 core matrices (8 of B's columns'
+// 16 bytes of k each, one after another: 128 bytes), the one at k [8, 16) `k_bytes` after the one at
+// [0, 8), columns [8c, 8c + 8) c * `n_bytes` on.
+__device__ __forceinline__ uint64_t shared_matrix(const void* start, uint32_t k_bytes, uint32_t n_bytes) {
+#if defined(__CUDACC__)
+  const uint32_t address = static_cast<uint32_t>(__cvta_generic_to_shared(start));
+#else
+  const uint32_t address = static_cast<uint32_t>(static_cast<const unsigned char*>(start) - block_shared());
+#endif
+  // start, leading (K) and stride (N) byte offsets in 16-byte units; base offset and swizzle 0
+  return static_cast<uint64_t>((address & 0x3FFFF) >> 4) | static_cast<uint64_t>((k_bytes >> 4) & 0x3FFF) << 16 |
+         static_cast<uint64_t>((n_bytes >> 4) & 0x3FFF) << 32;
+}
+
+template <int ROWS8>
+__device__ __forceinline__ void mma_warpgroup(float* d, const uint32_t (&a)[4], uint64_t b) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  static_assert(ROWS8 == 1 || ROWS8 == 2 || ROWS8 == 4 || ROWS8 == 8, "N: 8, 16, 32 or 64");
+  if constexpr (ROWS8 == 1) {
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n8k16.f32.f16.f16 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, 1, 1, 1, 0;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+  } else if constexpr (ROWS8 == 2) {
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, 1, 1, 1, 0;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+  } else if constexpr (ROWS8 == 4) {
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, "
+        "1, 1, 1, 0;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+  } else {
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, "
+        "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, 1, 1, 1, 0;\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b));
+  }
+#elif defined(__CUDACC__)
+#if defined(__CUDA_ARCH__)
+  __trap();  // device code for another target: never launched
+#endif
+#else
+  cuda_emulation::mma_warpgroup(d, 8 * ROWS8, a, b);
+#endif
+}
+
+__device__ __forceinline__ void mma_fence() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void mma_commit() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+template <int N>
+__device__ __forceinline__ void mma_wait() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// Keeps the compiler from moving reads or writes of `v` across this point (the warpgroup MMA
+// writes its d behind the compiler's back, until mma_wait).
+__device__ __forceinline__ void pin_register(float& v) {
+#if defined(__CUDACC__)
+  asm volatile("" : "+f"(v)::"memory");
 #endif
 }
 

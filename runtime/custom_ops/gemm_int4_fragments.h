@@ -42,6 +42,12 @@ GEMM_INT4_HD int x_word(int mma, int reg) { return 2 * mma + reg; }
 GEMM_INT4_HD int d_output(int e) { return 8 * (e / 2); }
 GEMM_INT4_HD int d_row(int e) { return e % 2; }
 
+// The warpgroup MMA's A (gemm_int4_mma.cuh's kWarpgroup tile), k in order, as B in shared memory
+// needs: lane (g, t)'s register `reg` of MMA `mma` (k [16 mma, 16 mma + 16) of the step) holds output
+// g + a_output(reg)'s k 16 mma + 8 (reg / 2) + 2t and + 1, the two codes of byte t of word
+// wg_word(mma, reg) of the row's 32 bytes a step; a quantization block (32 on) holds each MMA's k.
+GEMM_INT4_HD int wg_word(int mma, int reg) { return 2 * mma + reg / 2; }
+
 // Byte `byte` (0-3) of `word` as two float16 in one register: the low nibble c0 as 1024 + c0 (low
 // half: 0x6400 | c0), the high nibble c1 as 64 + c1 (high half: 0x5400, whose last mantissa bit is
 // 1/16, | c1 << 4). Exact; less zero_pair_bits' two values, each half is the code less the zero point.

@@ -26,6 +26,15 @@
 // by the kernel that converts them to float16 after (no memset; the same sums every call, as in the
 // cluster). With SwiGLU a block's tile is half gate rows and half their up rows, and its epilogue
 // writes silu(gate) * up (through shared memory; K then split only within a cluster).
+//
+// The kWarpgroup tile (WG; sm_90a: H100 / H200) runs the same block by Hopper's warpgroup MMA
+// instead: each of its two warpgroups multiplies its 64 outputs' weights, dequantized into
+// registers as above but k in order (a lane reads its two rows' 32 bytes a step, byte t of each
+// word), by the x tile straight from shared memory (stored as the MMA's core matrices: each 8 k of
+// every row in turn), 4 MMAs a step for the whole warpgroup instead of 32 mma.sync and 16 shared
+// reads of x a warp. Right (the probe's results on an H100) but slower than mma.sync at every shape
+// measured (run21-22, 8-128 rows: e.g. the 1B lm_head at 8 rows 127 against 81 us, at 64 rows 234
+// against 164): LinearInt4 does not use it; it stays for the probe (gemm_int4_plan.h's config 2).
 // gemm_int4_plan.h has the host's choices (tiles, rows a block, splits).
 //
 // Included by linear_int4.cu and by benchmarks/cuda/gemm_int4_probe.cu (device code, nvcc). Without
@@ -94,11 +103,16 @@ struct TileRows {
   }
 };
 
-template <int MR, int NO, int STAGES>
+// A block's tile: MR 8-row fragments by NO 16-output fragments a warp; WG: by the warpgroup MMA
+// (NO 1), x stored as its B operand (k in 16-byte chunks: chunk c of each row, then chunk c + 1:
+// the MMA's core matrices) instead of row by row.
+template <int MR, int NO, int STAGES, bool WG = false>
 struct Tile {
+  static_assert(!WG || NO == 1, "the warpgroup MMA's tile is 128 outputs");
   static constexpr int kBM = 8 * MR;
   static constexpr int kBN = 16 * kWarps * NO;
-  static constexpr int kStageX = kBM * kLdX * 2;     // bytes
+  static constexpr int kChunkX = kBM * 16;           // bytes: the x tile's 8 k of every row (WG)
+  static constexpr int kStageX = WG ? kBM * kStepK * 2 : kBM * kLdX * 2;  // bytes
   static constexpr int kStageW = kBN * kStepBytes;   // bytes
   static constexpr size_t kPipeline = static_cast<size_t>(STAGES) * (kStageX + kStageW);
   static constexpr size_t kSums = static_cast<size_t>(kBM) * kBN * 4;  // the fp32 sums, for tile_sums
@@ -129,18 +143,22 @@ struct Pieces {
 
 // The pieces of a tile of `per_row` pieces a row, its row r the matrix's row_of(r) (-1: none,
 // zero-filled), rows `row_bytes` apart from `base`; `first_bytes` into each row; in the stage rows
-// `shared_row_bytes` apart. Thread t takes pieces t, t + kThreads, ...
+// `shared_row_bytes` apart, a row's pieces `shared_piece_bytes` apart. Thread t takes pieces t,
+// t + kThreads, ...: piece i is row i / per_row's, or where `rows_first` (tiles of `rows` rows)
+// row i % rows' (so that a warp's copies of a column of pieces land side by side).
 template <int TOTAL, int STEP, class RowOf>
 __device__ __forceinline__ void plan_pieces(const unsigned char* base, size_t row_bytes, RowOf row_of, int per_row,
-                                            int shared_row_bytes, size_t first_bytes, Pieces<TOTAL, STEP>& pieces) {
+                                            int shared_row_bytes, size_t first_bytes, Pieces<TOTAL, STEP>& pieces,
+                                            int shared_piece_bytes = 16, bool rows_first = false, int rows = 1) {
 #pragma unroll
   for (int p = 0; p < Pieces<TOTAL, STEP>::kN; ++p) {
-    const int piece = threadIdx.x + p * kThreads, r = piece / per_row, c = (piece % per_row) * 16;
+    const int piece = threadIdx.x + p * kThreads;
+    const int r = rows_first ? piece % rows : piece / per_row, c = rows_first ? piece / rows : piece % per_row;
     const bool mine = piece < TOTAL;
     const int row = mine ? row_of(r) : -1;
     pieces.valid[p] = row >= 0;
-    pieces.from[p] = base + static_cast<size_t>(row >= 0 ? row : 0) * row_bytes + first_bytes + c;
-    pieces.to[p] = mine ? r * shared_row_bytes + c : -1;
+    pieces.from[p] = base + static_cast<size_t>(row >= 0 ? row : 0) * row_bytes + first_bytes + 16 * c;
+    pieces.to[p] = mine ? r * shared_row_bytes + c * shared_piece_bytes : -1;
   }
 }
 
@@ -260,12 +278,89 @@ __device__ __forceinline__ void tile_sums(const Args& a, const float (&acc)[NO][
 template <int MR, int NO>
 constexpr int kBlocksPerSm = MR * NO <= 8 ? 2 : 1;
 
-template <int MR, int NO, int STAGES>
+// One step of K (64) by mma.sync: the warp's codes (outputs g and g + 8 of each of its NO
+// fragments, 16 k a lane: gemm_int4_fragments.h) dequantized once, each into MR MMAs with the
+// rows of x it reads from the stage (`xt`, row-major) as B.
+template <int MR, int NO>
+__device__ __forceinline__ void sync_step(float (&acc)[NO][MR][4], const __half* xt, const unsigned char* wt,
+                                          int out_row, int g, int t, uint32_t magic, const Dequant (&cur)[2 * NO][1]) {
+  uint2 codes[2 * NO];
+#pragma unroll
+  for (int j = 0; j < 2 * NO; ++j) {
+    const unsigned char* row = wt + (out_row + 8 * j) * kStepBytes;
+    codes[j] = *reinterpret_cast<const uint2*>(row + gemm_int4::lane_first_k(t) / 2);
+  }
+#pragma unroll
+  for (int w = 0; w < 2; ++w) {  // codes word w of each group: MMAs 2w and 2w + 1
+    uint32_t xw[MR][4];           // row g of each fragment: x words [4w, 4w + 4) of the lane's 8
+#pragma unroll
+    for (int r = 0; r < MR; ++r) {
+      *reinterpret_cast<uint4*>(xw[r]) =
+          *reinterpret_cast<const uint4*>(xt + (8 * r + g) * kLdX + gemm_int4::lane_first_k(t) + 8 * w);
+    }
+#pragma unroll
+    for (int m = 2 * w; m < 2 * w + 2; ++m) {
+      using gemm_int4::x_word;
+#pragma unroll
+      for (int o = 0; o < NO; ++o) {  // groups 2o (outputs g) and 2o + 1 (g + 8)
+        uint32_t af[4];
+#pragma unroll
+        for (int reg = 0; reg < 4; ++reg) {
+          const int j = 2 * o + gemm_int4::a_output(reg) / 8;
+          const uint32_t word = w == 0 ? codes[j].x : codes[j].y;  // bytes [4w, 4w + 4) of the 8
+          af[reg] = weight_pair(word, gemm_int4::a_byte(m, reg) - 4 * w, magic, cur[j][0].offset, cur[j][0].scale);
+        }
+#pragma unroll
+        for (int r = 0; r < MR; ++r) mma(acc[o][r], af, xw[r][x_word(m, 0) - 4 * w], xw[r][x_word(m, 1) - 4 * w]);
+      }
+    }
+  }
+}
+
+// One step of K (64) by the warpgroup MMA: the warp's two rows of codes (outputs g and g + 8 of its
+// 16; 32 bytes each) dequantized into the A registers of the step's four MMAs, k in order
+// (gemm_int4::wg_word; cur[j][h]: row j's scale for k [32h, 32h + 32)), each MMA then over the
+// stage's x (`xt`: chunks of 8 k, kChunkX bytes apart, each the tile's rows 16 bytes apart) as B.
+// Issued, not waited for (mma_wait).
+template <int MR>
+__device__ __forceinline__ void warpgroup_step(float (&acc)[1][MR][4], const unsigned char* xt,
+                                               const unsigned char* wt, int out_row, int t, uint32_t magic,
+                                               const Dequant (&cur)[2][2]) {
+  constexpr int kChunkX = 8 * MR * 16;
+  uint32_t words[2][8];  // row j's codes of the step
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    const uint4* row = reinterpret_cast<const uint4*>(wt + (out_row + 8 * j) * kStepBytes);
+    *reinterpret_cast<uint4*>(&words[j][0]) = row[0];
+    *reinterpret_cast<uint4*>(&words[j][4]) = row[1];
+  }
+  uint32_t af[4][4];
+#pragma unroll
+  for (int m = 0; m < 4; ++m)
+#pragma unroll
+    for (int reg = 0; reg < 4; ++reg) {
+      const int j = gemm_int4::a_output(reg) / 8;
+      af[m][reg] = weight_pair(words[j][gemm_int4::wg_word(m, reg)], t, magic, cur[j][m / 2].offset,
+                               cur[j][m / 2].scale);
+    }
+  mma_fence();
+#pragma unroll
+  for (int m = 0; m < 4; ++m) mma_warpgroup<MR>(&acc[0][0][0], af[m], shared_matrix(xt + 2 * m * kChunkX, kChunkX, 128));
+  mma_commit();
+}
+
+// The kernel: tile (8 MR rows, 128 NO outputs) of y, or of K's part blockIdx.z; WG: by the
+// warpgroup MMA (sm_90a; NO 1), else by mma.sync.
+template <int MR, int NO, int STAGES, bool WG = false>
 __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mma_kernel(Args a) {
-  using T = Tile<MR, NO, STAGES>;
+  using T = Tile<MR, NO, STAGES, WG>;
   constexpr int NF = 2 * NO;  // 8-output groups a thread dequantizes: outputs g and g + 8 of each fragment
+  constexpr int H = WG ? 2 : 1;  // scales a group a step: the warpgroup MMA's lane holds k of both halves
+  // stages loaded ahead of the step computed: all but the one being computed, or with the warpgroup
+  // MMA, whose step i - 1 may still read its stage during step i, all but those two
+  constexpr int LEAD = WG ? STAGES - 2 : STAGES - 1;
   unsigned char* shared = block_shared();
-  unsigned char* xs = shared;                       // STAGES x (BM, kLdX) halves
+  unsigned char* xs = shared;                        // STAGES x the x tile (T::kStageX bytes)
   unsigned char* ws = shared + STAGES * T::kStageX;  // STAGES x (BN, kStepBytes) codes
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, t = lane % 4;
@@ -278,7 +373,7 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
   // `stage` (i = 0, 1, 2, ... in turn; a commit group either way, so that the waits count steps)
   Pieces<T::kBM * 8, kStepK * 2> x_pieces;
   plan_pieces(reinterpret_cast<const unsigned char*>(a.x), 2L * a.k, [&](int r) { return m0 + r < a.m ? m0 + r : -1; },
-              8, kLdX * 2, 2L * first * kStepK, x_pieces);
+              8, WG ? 16 : kLdX * 2, 2L * first * kStepK, x_pieces, WG ? T::kChunkX : 16, WG, T::kBM);
   Pieces<T::kBN * 2, kStepBytes> w_pieces;
   plan_pieces(a.codes, a.k / 2, tile, 2, kStepBytes, static_cast<size_t>(first) * kStepBytes, w_pieces);
   auto load_stage = [&](int i, int stage) {
@@ -305,11 +400,16 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
 #pragma unroll
     for (int j = 1; j < NF; ++j) rows.last = tile(out_row + 8 * j) >= 0 ? j : rows.last;
   }
-  RawDequant next[NF];  // step i + 1's, loaded during step i
-  auto block_of = [&](int i) { return ((first + i) * kStepK + gemm_int4::lane_first_k(t)) >> rows.shift; };
+  RawDequant next[NF][H];  // step i + 1's, loaded during step i
+  // the block of step i's k that group h of the lane's holds
+  auto block_of = [&](int i, int h) {
+    return ((first + i) * kStepK + (WG ? 32 * h : gemm_int4::lane_first_k(t))) >> rows.shift;
+  };
   auto load_next = [&](int i) {
 #pragma unroll
-    for (int j = 0; j < NF; ++j) next[j] = load_dequant(rows, j, block_of(i));
+    for (int j = 0; j < NF; ++j)
+#pragma unroll
+      for (int h = 0; h < H; ++h) next[j][h] = load_dequant(rows, j, block_of(i, h));
   };
 
   const uint32_t magic = code_magic();
@@ -325,61 +425,48 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
   // before this one are done (where launched as their programmatic dependent), x after. The first
   // commit group holds all those codes and x's first stage.
 #pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) w_pieces.copy_next(ws + s * T::kStageW, s < count);
+  for (int s = 0; s < LEAD; ++s) w_pieces.copy_next(ws + s * T::kStageW, s < count);
   if (count > 0) load_next(0);
   wait_for_earlier_kernels();
   start_next_kernel();
 #pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
+  for (int s = 0; s < LEAD; ++s) {
     x_pieces.copy_next(xs + s * T::kStageX, s < count);
     commit_async();
   }
 
+  // with the warpgroup MMA two steps a turn, so that each dequantizes into registers of its own while
+  // the other's MMAs may still read theirs (ptxas waits for the MMAs before reusing them)
+#pragma unroll(WG ? 2 : 1)
   for (int i = 0; i < count; ++i) {
-    wait_async<STAGES - 2>();
-    __syncthreads();  // step i is in; every warp is done with step i - 1's stage
-    load_stage(i + STAGES - 1, (i + STAGES - 1) % STAGES);
-    Dequant cur[NF];
+    wait_async<LEAD - 1>();
+    // with the warpgroup MMA, step i - 2's MMAs are done with their stage (step i - 1's may run on);
+    // the MMAs read what cp.async wrote after its wait and the barrier, no proxy fence between (as
+    // CUTLASS's cp.async GMMA main loops do: the fence's MEMBAR would wait for the copies in flight)
+    if constexpr (WG) mma_wait<1>();
+    __syncthreads();  // step i is in; every warp is done with the stage loaded next
+    load_stage(i + LEAD, (i + LEAD) % STAGES);
+    Dequant cur[NF][H];
 #pragma unroll
-    for (int j = 0; j < NF; ++j) cur[j] = dequant_of(next[j], block_of(i), rows.has_zeros);
+    for (int j = 0; j < NF; ++j)
+#pragma unroll
+      for (int h = 0; h < H; ++h) cur[j][h] = dequant_of(next[j][h], block_of(i, h), rows.has_zeros);
     if (i + 1 < count) load_next(i + 1);
 
     const int stage = i % STAGES;
-    const __half* xt = reinterpret_cast<const __half*>(xs + stage * T::kStageX);
-    const unsigned char* wt = ws + stage * T::kStageW;
-    uint2 codes[NF];
-#pragma unroll
-    for (int j = 0; j < NF; ++j) {
-      const unsigned char* row = wt + (out_row + 8 * j) * kStepBytes;
-      codes[j] = *reinterpret_cast<const uint2*>(row + gemm_int4::lane_first_k(t) / 2);
+    if constexpr (WG) {
+      warpgroup_step<MR>(acc, xs + stage * T::kStageX, ws + stage * T::kStageW, out_row, t, magic, cur);
+    } else {
+      sync_step<MR, NO>(acc, reinterpret_cast<const __half*>(xs + stage * T::kStageX), ws + stage * T::kStageW,
+                        out_row, g, t, magic, cur);
     }
+  }
+  if constexpr (WG) {
+    mma_wait<0>();
 #pragma unroll
-    for (int w = 0; w < 2; ++w) {  // codes word w of each group: MMAs 2w and 2w + 1
-      uint32_t xw[MR][4];           // row g of each fragment: x words [4w, 4w + 4) of the lane's 8
+    for (int r = 0; r < MR; ++r)
 #pragma unroll
-      for (int r = 0; r < MR; ++r) {
-        *reinterpret_cast<uint4*>(xw[r]) =
-            *reinterpret_cast<const uint4*>(xt + (8 * r + g) * kLdX + gemm_int4::lane_first_k(t) + 8 * w);
-      }
-#pragma unroll
-      for (int m = 2 * w; m < 2 * w + 2; ++m) {
-        using gemm_int4::x_word;
-#pragma unroll
-        for (int o = 0; o < NO; ++o) {  // groups 2o (outputs g) and 2o + 1 (g + 8)
-          uint32_t af[4];
-#pragma unroll
-          for (int reg = 0; reg < 4; ++reg) {
-            const int j = 2 * o + gemm_int4::a_output(reg) / 8;
-            const uint32_t word = w == 0 ? codes[j].x : codes[j].y;  // bytes [4w, 4w + 4) of the 8
-            af[reg] = weight_pair(word, gemm_int4::a_byte(m, reg) - 4 * w, magic, cur[j].offset, cur[j].scale);
-          }
-#pragma unroll
-          for (int r = 0; r < MR; ++r) {
-            mma(acc[o][r], af, xw[r][x_word(m, 0) - 4 * w], xw[r][x_word(m, 1) - 4 * w]);
-          }
-        }
-      }
-    }
+      for (int e = 0; e < 4; ++e) pin_register(acc[0][r][e]);  // read after the wait, not before
   }
 
   const bool split = gridDim.z > 1;
@@ -410,11 +497,37 @@ __host__ __device__ inline float parts_total(const float* sums, int parts, int64
 }
 
 #if defined(__CUDACC__)
+constexpr int kConvertValues = 4;  // sums a thread of sums_to_half adds up and converts
+
+// y = the `parts` sums buffers (`count` floats apart) added up in part order, as float16: a thread's
+// kConvertValues values read 16 bytes a part, every part's read issued before the first add (the
+// same sums as parts_total's, element by element). Where the buffers or y are not aligned for that
+// (or more parts than a cluster's), value by value.
 __global__ void sums_to_half(const float* in, int parts, __half* out, int64_t count) {
   wait_for_earlier_kernels();
   start_next_kernel();
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < count) out[i] = __float2half(parts_total(in, parts, count, i));
+  const int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * kConvertValues;
+  if (i >= count) return;
+  const bool vectors = count % kConvertValues == 0 && parts <= gemm_int4::kClusterParts &&
+                       reinterpret_cast<uintptr_t>(in) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 8 == 0;
+  if (!vectors) {
+    for (int64_t j = i; j < i + kConvertValues && j < count; ++j) out[j] = __float2half(parts_total(in, parts, count, j));
+    return;
+  }
+  float4 part[gemm_int4::kClusterParts];
+#pragma unroll
+  for (int p = 0; p < gemm_int4::kClusterParts; ++p) {
+    if (p < parts) part[p] = *reinterpret_cast<const float4*>(in + p * count + i);
+  }
+  float4 total = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int p = 0; p < gemm_int4::kClusterParts; ++p) {
+    if (p >= parts) break;
+    total.x += part[p].x, total.y += part[p].y, total.z += part[p].z, total.w += part[p].w;
+  }
+  const __half2 low = __floats2half2_rn(total.x, total.y), high = __floats2half2_rn(total.z, total.w);
+  *reinterpret_cast<uint2*>(out + i) = make_uint2(*reinterpret_cast<const uint32_t*>(&low),
+                                                  *reinterpret_cast<const uint32_t*>(&high));
 }
 
 // Whether the device launches thread block clusters (sm_90).
@@ -422,6 +535,17 @@ inline bool device_has_clusters() {
   int device = 0, clusters = 0;
   return cudaGetDevice(&device) == cudaSuccess &&
          cudaDeviceGetAttribute(&clusters, cudaDevAttrClusterLaunch, device) == cudaSuccess && clusters != 0;
+}
+
+// Whether the device runs the warpgroup MMA tile (gemm_int4::kWarpgroup): compute capability 9.0
+// exactly (the tile's code is sm_90a's, which no other GPU runs; the libraries that include this
+// header build it: runtime/custom_ops/__init__.py, benchmarks/_nvcc.py).
+inline bool device_has_wgmma() {
+  int device = 0, major = 0, minor = 0;
+  return cudaGetDevice(&device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess && major == 9 &&
+         minor == 0;
 }
 
 // How a call's kernels are launched: `programmatic`, each as a programmatic dependent launch of the
@@ -446,10 +570,10 @@ inline cudaLaunchAttribute programmatic_attribute() {
 // whole sums in one place, K is split only where a cluster adds the parts.
 // Returns what the caller converts after: the count of sums buffers to add up into y (0: none, y
 // is written).
-template <int MR, int NO, int STAGES>
+template <int MR, int NO, int STAGES, bool WG>
 const char* launch_tile(Args a, int splits, const Launch& how, int& buffers) {
-  using T = Tile<MR, NO, STAGES>;
-  auto kernel = gemm_int4_mma_kernel<MR, NO, STAGES>;
+  using T = Tile<MR, NO, STAGES, WG>;
+  auto kernel = gemm_int4_mma_kernel<MR, NO, STAGES, WG>;
   buffers = 0;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(T::kShared)) !=
       cudaSuccess) {
@@ -499,10 +623,12 @@ const char* launch_tile(Args a, int splits, const Launch& how, int& buffers) {
   return cudaLaunchKernelEx(&config, kernel, a) == cudaSuccess ? nullptr : "GEMM int4: the launch failed";
 }
 
+// `config`'s tile (gemm_int4_plan.h): 128 or 256 outputs by mma.sync, or 128 by the warpgroup MMA.
 template <int MR, int STAGES>
-const char* launch_rows(const Args& a, bool wide, int splits, const Launch& how, int& buffers) {
-  return wide ? launch_tile<MR, 2, STAGES>(a, splits, how, buffers)
-              : launch_tile<MR, 1, STAGES>(a, splits, how, buffers);
+const char* launch_rows(const Args& a, int config, int splits, const Launch& how, int& buffers) {
+  if (config == gemm_int4::kWarpgroup) return launch_tile<MR, 1, STAGES, true>(a, splits, how, buffers);
+  return config == 1 ? launch_tile<MR, 2, STAGES, false>(a, splits, how, buffers)
+                     : launch_tile<MR, 1, STAGES, false>(a, splits, how, buffers);
 }
 
 // y = x . w^T (with a.swiglu: silu(gate) * up of its two halves) with `config`'s tile for blocks of
@@ -515,31 +641,33 @@ const char* launch(Args a, int config, int splits, Launch how, int most_rows = 6
   if (!gemm_int4::takes(a.k, a.block, a.x, a.codes) || config < 0 || config >= gemm_int4::kConfigs) {
     return "GEMM int4: K must be a multiple of 64, the block a power of two from 32, x and the codes 16-byte aligned";
   }
+  if (config == gemm_int4::kWarpgroup && !device_has_wgmma()) {
+    return "GEMM int4: the warpgroup MMA tile runs on compute capability 9.0 only (H100, H200)";
+  }
   how.programmatic = how.programmatic && optimizer_pdl::programmatic_launch();
   a.steps_per_split = gemm_int4::steps_per_split(a.k, splits);
   splits = gemm_int4::parts_of(a.k, splits);
-  // a warp over all of a block's rows (its weights dequantized once a block); 128 or 256 outputs
-  const bool wide = config == 1;
+  // a warp over all of a block's rows (its weights dequantized once a block)
   const char* failure = nullptr;
   int buffers = 0;
   switch (gemm_int4::block_rows(a.m, most_rows)) {
     case 8:
-      failure = launch_rows<1, STAGES>(a, wide, splits, how, buffers);
+      failure = launch_rows<1, STAGES>(a, config, splits, how, buffers);
       break;
     case 16:
-      failure = launch_rows<2, STAGES>(a, wide, splits, how, buffers);
+      failure = launch_rows<2, STAGES>(a, config, splits, how, buffers);
       break;
     case 32:
-      failure = launch_rows<4, STAGES>(a, wide, splits, how, buffers);
+      failure = launch_rows<4, STAGES>(a, config, splits, how, buffers);
       break;
     default:
-      failure = launch_rows<8, STAGES>(a, wide, splits, how, buffers);
+      failure = launch_rows<8, STAGES>(a, config, splits, how, buffers);
   }
   if (failure != nullptr) return failure;
   const int64_t count = static_cast<int64_t>(a.m) * a.n;
   if (buffers > 0) {
     cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(static_cast<unsigned>((count + 255) / 256));
+    config.gridDim = dim3(static_cast<unsigned>((count + 256 * kConvertValues - 1) / (256 * kConvertValues)));
     config.blockDim = dim3(256);
     config.stream = how.stream;
     cudaLaunchAttribute attribute = programmatic_attribute();

@@ -43,7 +43,8 @@ constexpr const char* kDefaultGemm = "mma";  // above kGemvRows without OPTIMIZE
 constexpr int kGemmRows = 128;              // rows gemm_int4_mma.cuh takes
 constexpr int kGemmConfig = 0;              // its tile (gemm_int4_plan.h's configurations: 128 outputs)
 constexpr int kGemmStages = 4;              // its cp.async pipeline's depth
-constexpr int kGemmBlocksPerSm = 1;         // the blocks an SM its split-K grid aims at
+constexpr int kGemmBlocksPerSm = 2;         // the blocks an SM its split-K grid aims at (two fit an SM)
+constexpr int kSwigluBlocksPerSm = 1;       // with SwiGLU (K's parts in a thread block cluster)
 constexpr const char* kDefaultSplit = "parts";  // how its K's parts add up without OPTIMIZER_INT4_SPLIT
 constexpr bool kGemmProgrammatic = true;    // its kernels as programmatic dependent launches (OPTIMIZER_CUDA_PDL)
 
@@ -282,20 +283,25 @@ bool tiled_gemm(const LinearCall& c, const Int4Weights& w) {
          gemm_int4::takes(c.k, w.block, c.norm ? w.codes : c.x, w.codes);
 }
 
-// The blocks the split-K grid aims at: kGemmBlocksPerSm on each of the device's SMs.
-int gemm_fill() {
+// The blocks the call's split-K grid aims at: kGemmBlocksPerSm on each of the device's SMs, or
+// kSwigluBlocksPerSm with SwiGLU. On an H100 (run23, gpu_int4_gemm_probe.py, K's parts stored,
+// programmatic launches) two blocks an SM against one: the 1B shape's q/k/v at 64 rows 11.7 against
+// 13.1 us, its down at 128 rows 26.1 against 37.1, the 8B shape's o and down at 64 rows 17.1 and
+// 41.1 against 22.1 and 59.4; none slower by more than 0.1 us. Its gate/up with SwiGLU at 64 rows
+// (run21): 34.0 against 30.7 (more parts a cluster).
+int gemm_fill(const LinearCall& c) {
   int device = 0, sms = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms < 1) {
     sms = 132;  // an H100 / H200's
   }
-  return kGemmBlocksPerSm * sms;
+  return (c.swiglu ? kSwigluBlocksPerSm : kGemmBlocksPerSm) * sms;
 }
 
 // The parts gemm_int4_mma.cuh cuts K into for the call (its (rows, outputs) GEMM).
 int gemm_splits(const LinearCall& c) {
   return gemm_int4::splits_for(static_cast<int>(c.rows), static_cast<int>(codes_rows(c)), static_cast<int>(c.k),
-                               kGemmConfig, gemm_fill(), 64, gemm_int4::kClusterParts);
+                               kGemmConfig, gemm_fill(c), 64, gemm_int4::kClusterParts);
 }
 
 // `values` float16 values rounded up to 16 bytes: the scratch's parts each start aligned.
