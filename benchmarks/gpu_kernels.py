@@ -2,10 +2,10 @@
 
     python benchmarks/gpu_kernels.py ENGINE_DIR [ENGINE_DIR ...] --batch 1,64 --results k.jsonl
 
-For each engine and batch size b: b sequences of 128 random prompt tokens are prefilled into
-the static executor's slots, then decode steps of all b run through the graph executor's
-bucket and device sampler, uncaptured, under torch's CUDA profiler (CUPTI records every
-kernel of the process, onnxruntime's included). One JSON line per (engine, b): kernels per
+For each engine (each in a process of its own) and batch size b: b sequences of 128 random
+prompt tokens are prefilled into the static executor's slots, then decode steps of all b run
+through the graph executor's bucket and device sampler, uncaptured, under torch's CUDA profiler
+(CUPTI records every kernel of the process, onnxruntime's included). One JSON line per (engine, b): kernels per
 step, their summed time per step (the GPU-busy time), the wall time per step uncaptured and
 with the step captured as a CUDA graph (replays), and the kernels that take the most time.
 Needs onnxruntime-gpu and torch with CUDA (benchmarks/gpu/README.md).
@@ -17,6 +17,7 @@ import argparse
 import json
 import re
 import statistics
+import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -121,6 +122,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--results", type=Path)
     args = ap.parse_args()
+    if len(args.engines) > 1:  # each engine in a process of its own: nothing of one run carried to the next
+        for path in args.engines:  # (run24-25 measured fp16 then int4 in one process)
+            command = [sys.executable, __file__, str(path), "--batch", args.batch, "--steps", str(args.steps)]
+            subprocess.run(command + (["--results", str(args.results)] if args.results else []), check=False)
+        return
     import torch  # noqa: F401  (first: onnxruntime-gpu finds the CUDA libraries through it)
 
     for path in args.engines:
