@@ -6,9 +6,10 @@
 Compiles `--source` for sm_90a with nvcc (ptxas' register and spill counts), disassembles it
 (cuobjdump, with nvdisasm on PATH; pip: nvidia-cuda-cuobjdump, nvidia-cuda-nvdisasm), and for each
 kernel whose name contains `--match` finds the main loop (the backward branch over the first block
-barrier) and counts its instructions: all of them, the tensor-core MMAs, instructions per MMA and
-the most frequent opcodes. One JSON line per kernel. A static count, not a timing: what it says is
-how much issue work a step of K takes, the loop's share of a latency-bound kernel's time.
+barrier) and counts its instructions: all of them, the tensor-core MMAs (mma.sync's, and the
+warpgroup MMA's apart), instructions per mma.sync and the most frequent opcodes. One JSON line per
+kernel. A static count, not a timing: what it says is how much issue work a step of K takes, the
+loop's share of a latency-bound kernel's time.
 """
 
 from __future__ import annotations
@@ -95,10 +96,10 @@ def main() -> None:
             continue
         loop = loop_of(parse(chunk))
         ops = Counter(map(opcode, loop))
-        mma = ops["HMMA"]
+        mma = ops["HMMA"]  # mma.sync; the warpgroup MMA's (HGMMA) a warpgroup issues together
         report_line({"kernel": name, **counts.get(name, {}), "loop_instructions": len(loop), "mma": mma,
-                     "per_mma": round(len(loop) / mma, 2) if mma else None, "top": dict(ops.most_common(8))},
-                    args.results)
+                     "per_mma": round(len(loop) / mma, 2) if mma else None, "wgmma": ops["HGMMA"],
+                     "top": dict(ops.most_common(8))}, args.results)
 
 
 if __name__ == "__main__":
