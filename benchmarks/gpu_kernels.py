@@ -5,9 +5,10 @@
 For each engine (each in a process of its own) and batch size b: b sequences of 128 random
 prompt tokens are prefilled into the static executor's slots, then decode steps of all b run
 through the graph executor's bucket and device sampler, uncaptured, under torch's CUDA profiler
-(CUPTI records every kernel of the process, onnxruntime's included). One JSON line per (engine, b): kernels per
-step, their summed time per step (the GPU-busy time), the wall time per step uncaptured and
-with the step captured as a CUDA graph (replays), and the kernels that take the most time.
+(CUPTI records every kernel of the process, onnxruntime's included). One JSON line per (engine,
+b): kernels per step, their summed time per step (the GPU-busy time), the wall time per step
+uncaptured and with the step captured as a CUDA graph (replays), and the kernels that take the
+most time.
 Needs onnxruntime-gpu and torch with CUDA (benchmarks/gpu/README.md).
 """
 

@@ -169,6 +169,14 @@ inline void wait_async(int pending) {
   }
 }
 
+// Half `high` (0: the low 16 bits) of a register holding two float16.
+inline double half_of(uint32_t r, int high) { return half_value(high ? r >> 16 : r & 0xFFFF); }
+
+// A's value (row, col) of an m16n8k16 fragment (16 x 16) from its warp's 32 lanes' registers.
+inline double a_fragment(const uint32_t (*lanes)[4], int row, int col) {
+  return half_of(lanes[(row % 8) * 4 + (col % 8) / 2][row / 8 + 2 * (col / 8)], col % 2);
+}
+
 // d += A . B over the warp: lane (g, t) holds A's (g, 2t..), (g + 8, 2t..), (g, 2t + 8..),
 // (g + 8, 2t + 8..) and B's (2t.., g), (2t + 8.., g) as half pairs, and D's (g, 2t), (g, 2t + 1),
 // (g + 8, 2t), (g + 8, 2t + 1).
@@ -178,10 +186,7 @@ inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uin
   std::memcpy(w.a[lane], a, sizeof a);
   w.b[lane][0] = b0, w.b[lane][1] = b1;
   w.arrived.arrive_and_wait();
-  auto half_of = [](uint32_t r, int high) { return half_value(high ? r >> 16 : r & 0xFFFF); };
-  auto a_at = [&](int row, int col) {
-    return half_of(w.a[(row % 8) * 4 + (col % 8) / 2][row / 8 + 2 * (col / 8)], col % 2);
-  };
+  auto a_at = [&](int row, int col) { return a_fragment(w.a, row, col); };
   auto b_at = [&](int k, int col) { return half_of(w.b[col * 4 + (k % 8) / 2][k / 8], k % 2); };
   float out[4];
   for (int e = 0; e < 4; ++e) {
@@ -206,11 +211,7 @@ inline void mma_warpgroup(float* d, int n, const uint32_t (&a)[4], uint64_t desc
   q.arrived.arrive_and_wait();
   const size_t start = (desc & 0x3FFF) << 4, k_bytes = ((desc >> 16) & 0x3FFF) << 4;
   const size_t n_bytes = ((desc >> 32) & 0x3FFF) << 4;
-  auto half_of = [](uint32_t r, int high) { return half_value(high ? r >> 16 : r & 0xFFFF); };
-  auto a_at = [&](int row, int col) {
-    const int r = row % 16;
-    return half_of(q.a[32 * (row / 16) + (r % 8) * 4 + (col % 8) / 2][r / 8 + 2 * (col / 8)], col % 2);
-  };
+  auto a_at = [&](int row, int col) { return a_fragment(q.a + 32 * (row / 16), row % 16, col); };
   auto b_at = [&](int k, int col) {
     const size_t at = start + (k / 8) * k_bytes + (col / 8) * n_bytes + (col % 8) * 16 + (k % 8) * 2;
     return half_value(static_cast<uint16_t>(block->shared.at(at) | block->shared.at(at + 1) << 8));

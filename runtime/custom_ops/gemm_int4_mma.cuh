@@ -320,13 +320,12 @@ __device__ __forceinline__ void sync_step(float (&acc)[NO][MR][4], const __half*
 // One step of K (64) by the warpgroup MMA: the warp's two rows of codes (outputs g and g + 8 of its
 // 16; 32 bytes each) dequantized into the A registers of the step's four MMAs, k in order
 // (gemm_int4::wg_word; cur[j][h]: row j's scale for k [32h, 32h + 32)), each MMA then over the
-// stage's x (`xt`: chunks of 8 k, kChunkX bytes apart, each the tile's rows 16 bytes apart) as B.
+// stage's x (`xt`: chunks of 8 k, T::kChunkX bytes apart, each the tile's rows 16 bytes apart) as B.
 // Issued, not waited for (mma_wait).
-template <int MR>
+template <class T, int MR>
 __device__ __forceinline__ void warpgroup_step(float (&acc)[1][MR][4], const unsigned char* xt,
                                                const unsigned char* wt, int out_row, int t, uint32_t magic,
                                                const Dequant (&cur)[2][2]) {
-  constexpr int kChunkX = 8 * MR * 16;
   uint32_t words[2][8];  // row j's codes of the step
 #pragma unroll
   for (int j = 0; j < 2; ++j) {
@@ -345,7 +344,9 @@ __device__ __forceinline__ void warpgroup_step(float (&acc)[1][MR][4], const uns
     }
   mma_fence();
 #pragma unroll
-  for (int m = 0; m < 4; ++m) mma_warpgroup<MR>(&acc[0][0][0], af[m], shared_matrix(xt + 2 * m * kChunkX, kChunkX, 128));
+  for (int m = 0; m < 4; ++m) {
+    mma_warpgroup<MR>(&acc[0][0][0], af[m], shared_matrix(xt + 2 * m * T::kChunkX, T::kChunkX, 128));
+  }
   mma_commit();
 }
 
@@ -455,7 +456,7 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
 
     const int stage = i % STAGES;
     if constexpr (WG) {
-      warpgroup_step<MR>(acc, xs + stage * T::kStageX, ws + stage * T::kStageW, out_row, t, magic, cur);
+      warpgroup_step<T>(acc, xs + stage * T::kStageX, ws + stage * T::kStageW, out_row, t, magic, cur);
     } else {
       sync_step<MR, NO>(acc, reinterpret_cast<const __half*>(xs + stage * T::kStageX), ws + stage * T::kStageW,
                         out_row, g, t, magic, cur);
