@@ -7,8 +7,8 @@ prompt tokens are prefilled into the static executor's slots, then decode steps 
 through the graph executor's bucket and device sampler, uncaptured, under torch's CUDA profiler
 (CUPTI records every kernel of the process, onnxruntime's included). One JSON line per (engine,
 b): kernels per step, their summed time per step (the GPU-busy time), the wall time per step
-uncaptured and with the step captured as a CUDA graph (replays), and the kernels that take the
-most time.
+uncaptured and with the step captured as a CUDA graph (replays), the kernels that take the
+most time, and the first 40 kernels of a step in order with their median times (one layer and more).
 Needs onnxruntime-gpu and torch with CUDA (benchmarks/gpu/README.md).
 """
 
@@ -44,17 +44,40 @@ def short(name: str) -> str:
     return re.sub(r"^void ", "", "".join(out)).strip()[:120]
 
 
-def kernel_summary(prof, steps: int, top: int = 25) -> dict:
+def kernel_time(e) -> float:
+    return e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total
+
+
+def step_sequence(kernels: list, steps: int, first: int = 0, count: int = 40) -> list[dict]:
+    """Kernels `first` to `first + count` of a step, in launch order, each with its median time
+    over the steps (kernels sorted by start; [] where the steps did not run the same kernels)."""
+    if not kernels or len(kernels) % steps:
+        return []
+    ordered = sorted(kernels, key=lambda e: e.time_range.start)
+    per_step = len(ordered) // steps
+    runs = [ordered[s * per_step:(s + 1) * per_step] for s in range(steps)]
+    names = [short(e.name) for e in runs[0]]
+    if any([short(e.name) for e in run] != names for run in runs):
+        return []
+    return [{"kernel": names[i], "us": round(statistics.median(kernel_time(run[i]) for run in runs), 2)}
+            for i in range(first, min(first + count, per_step))]
+
+
+def kernel_summary(prof, steps: int, top: int = 25, sequence: tuple[int, int] | None = None) -> dict:
     """A torch profiler's CUDA kernels over `steps` steps: kernels and GPU-busy ms per step, and
-    the `top` kernels by time (also onnxruntime-genai's, in benchmarks/genai_gpu_peer.py)."""
+    the `top` kernels by time (also onnxruntime-genai's, in benchmarks/genai_gpu_peer.py); with
+    `sequence` (first, count), those kernels of a step in order (step_sequence)."""
     kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
     by_name: dict[str, list[float]] = defaultdict(list)
     for e in kernels:
-        by_name[short(e.name)].append(e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total)
+        by_name[short(e.name)].append(kernel_time(e))
     ranked = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:top]
-    return {"kernels_per_step": len(kernels) / steps,
-            "gpu_busy_ms_per_step": sum(sum(v) for v in by_name.values()) / steps / 1e3,
-            "top": [{"kernel": k, "per_step": len(v) / steps, "us_per_step": sum(v) / steps} for k, v in ranked]}
+    summary = {"kernels_per_step": len(kernels) / steps,
+               "gpu_busy_ms_per_step": sum(sum(v) for v in by_name.values()) / steps / 1e3,
+               "top": [{"kernel": k, "per_step": len(v) / steps, "us_per_step": sum(v) / steps} for k, v in ranked]}
+    if sequence:
+        summary["sequence"] = step_sequence(kernels, steps, *sequence)
+    return summary
 
 
 def ready_executor(path: Path, batch: int, graphs: bool):
@@ -94,7 +117,7 @@ def measure(path: Path, batch: int, steps: int) -> dict:
         for _ in range(steps):
             step(executor, seqs)
         torch.cuda.synchronize()
-    kernels = kernel_summary(prof, steps)
+    kernels = kernel_summary(prof, steps, sequence=(0, 40))
     del engine, executor, seqs
 
     engine, executor, seqs = ready_executor(path, batch, graphs=True)
@@ -113,7 +136,7 @@ def measure(path: Path, batch: int, steps: int) -> dict:
     return {"engine": path.name, "batch": batch, "kernels_per_step": kernels["kernels_per_step"],
             "gpu_busy_ms_per_step": kernels["gpu_busy_ms_per_step"], "eager_step_ms": eager_ms,
             "graph_step_ms": statistics.median(walls), "graph_step_ms_spread": [min(walls), max(walls)],
-            "model_replay_ms": replay_ms, "top": kernels["top"]}
+            "model_replay_ms": replay_ms, "top": kernels["top"], "sequence": kernels["sequence"]}
 
 
 def main() -> None:
@@ -137,7 +160,7 @@ def main() -> None:
             except Exception as e:  # record and go on with the next
                 record = {"engine": path.name, "batch": b, "error": f"{type(e).__name__}: {e}"}
             line = json.dumps(record)
-            print(line[:3000], flush=True)
+            print(line[:6000], flush=True)
             if args.results:
                 with args.results.open("a") as f:
                     f.write(line + "\n")

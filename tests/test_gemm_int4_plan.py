@@ -37,7 +37,7 @@ SHAPES = [(64, 2048, 2048), (16, 3072, 2048), (64, 2048, 8192), (64, 128256, 204
 @pytest.fixture(scope="module")
 def plan(tmp_path_factory):
     binary = build(tmp_path_factory.mktemp("plan"), HARNESS)
-    queries = [(m, n, k, config, fill) for m, n, k in SHAPES for config in (0, 1, 2) for fill in (132, 264)]
+    queries = [(m, n, k, config, fill) for m, n, k in SHAPES for config in (0, 1, 2, 3) for fill in (132, 264)]
     out = subprocess.run([str(binary)], input="\n".join(" ".join(map(str, q)) for q in queries), text=True,
                          capture_output=True, check=True).stdout.split("\n")
     answers = dict(zip(queries, [tuple(map(int, line.split())) for line in out]))
@@ -47,7 +47,7 @@ def plan(tmp_path_factory):
 def test_k_is_cut_into_whole_steps_so_that_the_grid_fills_the_gpu(plan):
     answers, _ = plan
     for (m, n, k, config, fill), (splits, per_part, rows, capped, capped_parts) in answers.items():
-        outputs = 256 if config == 1 else 128  # 2: the warpgroup MMA's tile
+        outputs = 256 if config == 1 else 128  # 2: the warpgroup MMA's tile; 3: two groups of rows
         assert rows == (8 if m <= 8 else 16 if m <= 16 else 32 if m <= 32 else 64)
         tiles = -(-m // rows) * -(-n // outputs)
         steps = k // 64

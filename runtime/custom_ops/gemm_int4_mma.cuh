@@ -103,14 +103,19 @@ struct TileRows {
   }
 };
 
-// A block's tile: MR 8-row fragments by NO 16-output fragments a warp; WG: by the warpgroup MMA
-// (NO 1), x stored as its B operand (k in 16-byte chunks: chunk c of each row, then chunk c + 1:
-// the MMA's core matrices) instead of row by row.
-template <int MR, int NO, int STAGES, bool WG = false>
+// A block's tile: MR 8-row fragments by NO 16-output fragments a warp, the warps in WR groups of
+// rows (kRowGroups: 2, each warp over half of the block's rows and twice the outputs, so that a
+// warp reads half as much of x from shared memory an MMA, and each weight is dequantized twice a
+// block); WG: by the warpgroup MMA (NO 1), x stored as its B operand (k in 16-byte chunks: chunk c
+// of each row, then chunk c + 1: the MMA's core matrices) instead of row by row.
+template <int MR, int NO, int STAGES, bool WG = false, int WR = 1>
 struct Tile {
-  static_assert(!WG || NO == 1, "the warpgroup MMA's tile is 128 outputs");
-  static constexpr int kBM = 8 * MR;
-  static constexpr int kBN = 16 * kWarps * NO;
+  static_assert(!WG || (NO == 1 && WR == 1), "the warpgroup MMA's tile is 128 outputs, one group of rows");
+  static_assert(kWarps % WR == 0, "the warps split evenly into groups of rows");
+  static constexpr int kWarpsWide = kWarps / WR;  // warps side by side along the outputs
+  static constexpr int kWarpRows = 8 * MR;         // rows a warp multiplies
+  static constexpr int kBM = kWarpRows * WR;
+  static constexpr int kBN = 16 * kWarpsWide * NO;
   static constexpr int kChunkX = kBM * 16;           // bytes: the x tile's 8 k of every row (WG)
   static constexpr int kStageX = WG ? kBM * kStepK * 2 : kBM * kLdX * 2;  // bytes
   static constexpr int kStageW = kBN * kStepBytes;   // bytes
@@ -219,16 +224,17 @@ __device__ __forceinline__ Dequant dequant_of(const RawDequant& r, int b, bool h
   return {__half2half2(__ushort_as_half(r.scale)), *reinterpret_cast<const __half2*>(&offset)};
 }
 
-// f(row, column, sum) for each of the thread's sums, row and column within the block's tile.
+// f(row, column, sum) for each of the thread's sums, row and column within the block's tile (the
+// warp's rows from `first_row` on).
 template <int NO, int MR, class F>
-__device__ __forceinline__ void for_each_sum(const float (&acc)[NO][MR][4], int out_row, int t, F f) {
+__device__ __forceinline__ void for_each_sum(const float (&acc)[NO][MR][4], int first_row, int out_row, int t, F f) {
 #pragma unroll
   for (int o = 0; o < NO; ++o)
 #pragma unroll
     for (int r = 0; r < MR; ++r)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        f(8 * r + 2 * t + gemm_int4::d_row(e), out_row + 16 * o + gemm_int4::d_output(e), acc[o][r][e]);
+        f(first_row + 8 * r + 2 * t + gemm_int4::d_row(e), out_row + 16 * o + gemm_int4::d_output(e), acc[o][r][e]);
       }
 }
 
@@ -239,11 +245,11 @@ __device__ __forceinline__ void for_each_sum(const float (&acc)[NO][MR][4], int 
 // block's shared memory until the others have read it.
 template <class T, int NO, int MR>
 __device__ __forceinline__ void tile_sums(const Args& a, const float (&acc)[NO][MR][4], unsigned char* shared,
-                                          const TileRows& tile, int m0, int out_row, int t) {
+                                          const TileRows& tile, int m0, int first_row, int out_row, int t) {
   float* sums = reinterpret_cast<float*>(shared);
   const bool cluster = a.adding == SplitSums::kInCluster && gridDim.z > 1;
   __syncthreads();  // every warp is done with the pipeline's stages
-  for_each_sum(acc, out_row, t, [&](int row, int col, float sum) { sums[row * T::kBN + col] = sum; });
+  for_each_sum(acc, first_row, out_row, t, [&](int row, int col, float sum) { sums[row * T::kBN + col] = sum; });
   if (cluster) cluster_sync();
   else __syncthreads();
   const int parts = cluster ? static_cast<int>(gridDim.z) : 1;
@@ -273,8 +279,8 @@ __device__ __forceinline__ void tile_sums(const Args& a, const float (&acc)[NO][
   if (cluster) cluster_sync();
 }
 
-// Blocks an SM should hold at once: two up to 64 rows by 128 outputs (registers capped at 128 a
-// thread, which it fits without spilling), one for the 256-output tiles.
+// Blocks an SM should hold at once: two where a warp's tile is at most 64 rows by 16 outputs or 32
+// by 32 (registers capped at 128 a thread, which they fit without spilling), else one.
 template <int MR, int NO>
 constexpr int kBlocksPerSm = MR * NO <= 8 ? 2 : 1;
 
@@ -350,11 +356,11 @@ __device__ __forceinline__ void warpgroup_step(float (&acc)[1][MR][4], const uns
   mma_commit();
 }
 
-// The kernel: tile (8 MR rows, 128 NO outputs) of y, or of K's part blockIdx.z; WG: by the
+// The kernel: tile (8 MR WR rows, 128 NO / WR outputs) of y, or of K's part blockIdx.z; WG: by the
 // warpgroup MMA (sm_90a; NO 1), else by mma.sync.
-template <int MR, int NO, int STAGES, bool WG = false>
+template <int MR, int NO, int STAGES, bool WG = false, int WR = 1>
 __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mma_kernel(Args a) {
-  using T = Tile<MR, NO, STAGES, WG>;
+  using T = Tile<MR, NO, STAGES, WG, WR>;
   constexpr int NF = 2 * NO;  // 8-output groups a thread dequantizes: outputs g and g + 8 of each fragment
   constexpr int H = WG ? 2 : 1;  // scales a group a step: the warpgroup MMA's lane holds k of both halves
   // stages loaded ahead of the step computed: all but the one being computed, or with the warpgroup
@@ -383,8 +389,9 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
     commit_async();
   };
 
-  // the thread's output in group j (j = 2o + h: fragment o's output g + 8h): + 8 j
-  const int out_row = warp * T::kBN / kWarps + g;
+  // the thread's output in group j (j = 2o + h: fragment o's output g + 8h): + 8 j; the warp's rows
+  const int out_row = warp % T::kWarpsWide * (T::kBN / T::kWarpsWide) + g;
+  const int first_row = warp / T::kWarpsWide * T::kWarpRows;
   DequantRows rows;
   {
     // the groups' rows are 8 apart (a warp's lie in one half of a SwiGLU tile); one past n reads row 0
@@ -458,8 +465,8 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
     if constexpr (WG) {
       warpgroup_step<T>(acc, xs + stage * T::kStageX, ws + stage * T::kStageW, out_row, t, magic, cur);
     } else {
-      sync_step<MR, NO>(acc, reinterpret_cast<const __half*>(xs + stage * T::kStageX), ws + stage * T::kStageW,
-                        out_row, g, t, magic, cur);
+      sync_step<MR, NO>(acc, reinterpret_cast<const __half*>(xs + stage * T::kStageX) + first_row * kLdX,
+                        ws + stage * T::kStageW, out_row, g, t, magic, cur);
     }
   }
   if constexpr (WG) {
@@ -472,10 +479,10 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
 
   const bool split = gridDim.z > 1;
   if ((split && a.adding == SplitSums::kInCluster) || a.swiglu) {
-    tile_sums<T>(a, acc, shared, tile, m0, out_row, t);
+    tile_sums<T>(a, acc, shared, tile, m0, first_row, out_row, t);
     return;
   }
-  for_each_sum(acc, out_row, t, [&](int row, int c, float sum) {  // c: the tile's column
+  for_each_sum(acc, first_row, out_row, t, [&](int row, int c, float sum) {  // c: the tile's column
     row += m0;
     const int col = tile(c);
     if (row >= a.m || col < 0) return;
@@ -571,10 +578,10 @@ inline cudaLaunchAttribute programmatic_attribute() {
 // whole sums in one place, K is split only where a cluster adds the parts.
 // Returns what the caller converts after: the count of sums buffers to add up into y (0: none, y
 // is written).
-template <int MR, int NO, int STAGES, bool WG>
+template <int MR, int NO, int STAGES, bool WG, int WR = 1>
 const char* launch_tile(Args a, int splits, const Launch& how, int& buffers) {
-  using T = Tile<MR, NO, STAGES, WG>;
-  auto kernel = gemm_int4_mma_kernel<MR, NO, STAGES, WG>;
+  using T = Tile<MR, NO, STAGES, WG, WR>;
+  auto kernel = gemm_int4_mma_kernel<MR, NO, STAGES, WG, WR>;
   buffers = 0;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(T::kShared)) !=
       cudaSuccess) {
@@ -624,10 +631,14 @@ const char* launch_tile(Args a, int splits, const Launch& how, int& buffers) {
   return cudaLaunchKernelEx(&config, kernel, a) == cudaSuccess ? nullptr : "GEMM int4: the launch failed";
 }
 
-// `config`'s tile (gemm_int4_plan.h): 128 or 256 outputs by mma.sync, or 128 by the warpgroup MMA.
+// `config`'s tile (gemm_int4_plan.h) for blocks of 8 MR rows: 128 or 256 outputs by mma.sync, 128 in
+// two groups of rows (blocks of 8 rows: config 0's), or 128 by the warpgroup MMA.
 template <int MR, int STAGES>
 const char* launch_rows(const Args& a, int config, int splits, const Launch& how, int& buffers) {
   if (config == gemm_int4::kWarpgroup) return launch_tile<MR, 1, STAGES, true>(a, splits, how, buffers);
+  if constexpr (MR >= 2) {
+    if (config == gemm_int4::kRowGroups) return launch_tile<MR / 2, 2, STAGES, false, 2>(a, splits, how, buffers);
+  }
   return config == 1 ? launch_tile<MR, 2, STAGES, false>(a, splits, how, buffers)
                      : launch_tile<MR, 1, STAGES, false>(a, splits, how, buffers);
 }

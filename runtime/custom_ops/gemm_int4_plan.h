@@ -10,10 +10,13 @@ constexpr int kStepK = 64;       // K a step of the block's loop
 constexpr int kChunkCodes = 32;  // codes a 16-byte chunk holds
 
 // The tile configurations a launch can ask for (`config`): 128 or 256 outputs a block (8 warps of
-// 1 or 2 fragments 16 outputs wide, mma.sync), or 128 by Hopper's warpgroup MMA (kWarpgroup: 2
-// warpgroups of 64 outputs; sm_90a; the probe's only, slower than mma.sync where measured).
-constexpr int kConfigs = 3;
+// 1 or 2 fragments 16 outputs wide, mma.sync), 128 by Hopper's warpgroup MMA (kWarpgroup: 2
+// warpgroups of 64 outputs; sm_90a; the probe's only, slower than mma.sync where measured), or 128
+// by mma.sync in two groups of rows (kRowGroups: 2 x 4 warps of 2 fragments, each warp over half of
+// the block's rows; blocks of 8 rows as config 0).
+constexpr int kConfigs = 4;
 constexpr int kWarpgroup = 2;
+constexpr int kRowGroups = 3;
 inline int block_outputs(int config) { return config == 1 ? 256 : 128; }
 
 // Rows a block: 8, 16, 32 or 64, at most `most` (more rows: more blocks over the grid's second

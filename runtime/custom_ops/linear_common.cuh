@@ -167,9 +167,12 @@ __device__ void skip_norm(const Args& a, __half* xs, __half* sum) {
 }
 
 // Many rows (prefill, large batches): x + skip and its norm into `normed`, one block a row (either
-// family's arguments); block b also writes row b's sum.
+// family's arguments); block b also writes row b's sum. The kernel after it may start at once (where
+// launched as a programmatic dependent launch: the LinearInt4 GEMM then reads its first weights
+// while the norm runs, and waits for it before reading x).
 template <typename Args>
 __global__ void __launch_bounds__(kThreads) skip_norm_rows(Args a, __half* normed) {
+  let_next_start();
   Args row = a;
   const size_t at = static_cast<size_t>(blockIdx.x) * a.k;
   row.x += at;
