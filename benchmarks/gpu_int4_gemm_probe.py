@@ -6,7 +6,7 @@
     python benchmarks/gpu_int4_gemm_probe.py --table r.jsonl      # the comparison, from a results file
 
 A probe for issue 20's open target (int4 never slower than fp16 at batch 64). For each Llama
-linear and row count M, COPIES distinct weights (more bytes than the L2 cache) multiplied by one
+linear and row count M, --copies distinct weights (8 by default: the 1B int4 q/k/v's 8, 24 MB, fit an H100's L2) multiplied by one
 input in one CUDA graph, replayed; a copy's time is the median replay over COPIES. Forms:
   cublas-fp16   torch's fp16 linear (cuBLAS), the fp16 engines' path above 4 rows;
   band-int4     the weights dequantized to float16 in bands of 16M values, each multiplied by
@@ -138,7 +138,7 @@ def probe_linear(lib, shape: str, linear: str, w: Linear, args) -> None:
                 nbytes = w.k * w.n // 2 + (w.k // BLOCK) * w.n * 2
             us = graph_us(launch, w.copies, args.runs)
             report_line({"shape": shape, "linear": linear, "m": m, "k": w.k, "n": w.n, "form": form,
-                         "splits": splits, "us": round(us, 2), "fill": args.fill,
+                         "splits": splits, "us": round(us, 2), "fill": args.fill, "copies": w.copies,
                          "weight_tb_s": round(nbytes / us / 1e6, 3), "max_abs_diff": round(diff, 5)}, args.results)
 
 
@@ -188,6 +188,8 @@ def main() -> None:
     ap.add_argument("--forms", default="cublas-fp16,band-int4", help="the reference forms timed")
     ap.add_argument("--fill", type=int, default=132, help="blocks the split-K grid aims for")
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--copies", type=int, default=COPIES,
+                    help="distinct weights a linear (the lm_head: 2); more: colder in L2, as in a model's step")
     ap.add_argument("--results")
     ap.add_argument("--table", help="print the table of a results file instead of probing")
     args = ap.parse_args()
@@ -200,7 +202,7 @@ def main() -> None:
             for linear, (k, n) in SHAPES[shape].items():
                 if args.linears and linear not in args.linears.split(","):
                     continue
-                probe_linear(lib, shape, linear, Linear(k, n, 2 if linear == "lm_head" else COPIES), args)
+                probe_linear(lib, shape, linear, Linear(k, n, 2 if linear == "lm_head" else args.copies), args)
                 torch.cuda.empty_cache()  # the linear's weights, released on return
 
 
