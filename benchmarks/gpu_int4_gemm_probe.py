@@ -6,8 +6,9 @@
     python benchmarks/gpu_int4_gemm_probe.py --table r.jsonl      # the comparison, from a results file
 
 A probe for issue 20's open target (int4 never slower than fp16 at batch 64). For each Llama
-linear and row count M, --copies distinct weights (8 by default: the 1B int4 q/k/v's 8, 24 MB, fit an H100's L2) multiplied by one
-input in one CUDA graph, replayed; a copy's time is the median replay over COPIES. Forms:
+linear and row count M, --copies distinct weights (8 by default; the 1B int4 q/k/v's 8, 24 MB,
+fit an H100's L2: more make them as cold as in a model's step) multiplied by one input in one CUDA
+graph, replayed; a copy's time is the median replay over the copies. Forms:
   cublas-fp16   torch's fp16 linear (cuBLAS), the fp16 engines' path above 4 rows;
   band-int4     the weights dequantized to float16 in bands of 16M values, each multiplied by
                 cuBLAS: LinearInt4's path above 4 rows before gemm_int4_mma.cuh (still taken for
