@@ -20,7 +20,8 @@ graph, replayed; a copy's time is the median replay over the copies. Forms:
                 parts added by atomics, not in a thread block cluster; N + 2000: each part's sums
                 stored, added in part order after, LinearInt4's choice without SwiGLU; N + 10000:
                 the GEMM and its conversion as programmatic dependent launches, each GEMM reading
-                its first weights while the kernel before it ends), the codes read straight into the
+                its first weights while the kernel before it ends; N + 100000: each thread storing its
+                own sums one by one, not through shared memory), the codes read straight into the
                 MMA's registers, K split so that the grid has about --fill blocks (at most 8 parts).
 Weights in onnxruntime-genai's int4 format (symmetric blocks of 32). Each int4 form's results are
 checked against its weights dequantized and multiplied in fp32 (`max_abs_diff`); `weight_tb_s`

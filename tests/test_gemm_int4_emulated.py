@@ -45,7 +45,7 @@ void run_config(const gemm_int4_mma::Args& a, int config, int parts, bool late, 
 }
 
 int main(int argc, char** argv) {
-  if (argc != 12) return 2;
+  if (argc != 13) return 2;
   const int m = std::atoi(argv[1]), n = std::atoi(argv[2]), k = std::atoi(argv[3]), block = std::atoi(argv[4]);
   const bool zeros = std::atoi(argv[5]), late = std::atoi(argv[8]);
   const int config = std::atoi(argv[6]);
@@ -72,7 +72,7 @@ int main(int argc, char** argv) {
   a.zeros = zeros ? zero_points.data() : nullptr;
   a.y = reinterpret_cast<__half*>(y.data());
   a.sums = sums.data();
-  a.m = m, a.n = n, a.k = k, a.block = block, a.swiglu = swiglu;
+  a.m = m, a.n = n, a.k = k, a.block = block, a.swiglu = swiglu, a.direct_stores = std::atoi(argv[12]);
   if (!gemm_int4::takes(k, block, a.x, a.codes)) return 3;
   a.steps_per_split = gemm_int4::steps_per_split(k, splits);
   const int parts = gemm_int4::parts_of(k, splits);  // as launch() does
@@ -138,6 +138,8 @@ CASES = {  # m, n (codes rows), k, block, zero points, TILES, most rows a block,
     "three-row-blocks-cluster": (130, 64, 128, 32, True, "128", 64, 2, "cluster", False),
     "three-row-blocks-stored": (130, 64, 128, 32, False, "128", 64, 2, "parts", False),
     "blocks-of-at-most-16": (40, 128, 128, 64, False, "128", 16, 1, "atomics", False),
+    "partial-last-tile-float16": (20, 132, 128, 64, True, "128", 64, 1, "atomics", False),
+    "partial-last-tile-stored": (64, 196, 256, 32, False, "128", 64, 2, "parts", False),
     "swiglu-odd-outputs": (6, 2 * 101, 256, 32, True, "128", 64, 1, "atomics", True),
     "swiglu-wide-cluster": (21, 2 * 300, 512, 64, False, "256", 64, 4, "cluster", True),
     "swiglu-64-rows": (64, 2 * 64, 128, 32, True, "128", 64, 1, "atomics", True),
@@ -168,11 +170,17 @@ def harness(tmp_path_factory) -> Path:
                  "-fsanitize=address")
 
 
+# each thread storing its own sums one by one (Args::direct_stores), not through store_tile
+DIRECT = {"8-rows-odd-n-zeros", "16-rows-split-parts", "64-rows-eight-parts-stored", "three-row-blocks-stored"}
+
+
 @pytest.mark.parametrize("late", [False, True], ids=["copies-at-once", "copies-late"])
-@pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
+@pytest.mark.parametrize("case", [*CASES.values(), *(CASES[c] + (True,) for c in sorted(DIRECT))],
+                         ids=[*CASES, *(f"{c}-direct-stores" for c in sorted(DIRECT))])
 def test_the_int4_gemm_kernel_run_on_the_cpu_equals_the_dequantized_product(harness, case, late):
-    m, n, k, block, zeros, tile, most_rows, splits, sums, swiglu = case
-    args = [m, n, k, block, int(zeros), TILES[tile], most_rows, int(late), splits, ADDING[sums], int(swiglu)]
+    m, n, k, block, zeros, tile, most_rows, splits, sums, swiglu, *direct = case
+    args = [m, n, k, block, int(zeros), TILES[tile], most_rows, int(late), splits, ADDING[sums], int(swiglu),
+            int(bool(direct and direct[0]))]
     done = subprocess.run([str(harness), *map(str, args)], text=True, capture_output=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     fields = done.stdout.split()

@@ -42,7 +42,8 @@ __global__ void dequantize_band(const uint8_t* codes, const __half* scales, int 
 // block, 1: 256, by mma.sync; 2: 128 by the warpgroup MMA; + 10: an 8-deep pipeline, not 4; + 100 h:
 // blocks of at most 64 >> h rows, h 1-3; + 1000: K's parts added by atomics, not in a thread block
 // cluster; + 2000: each part's sums stored, added by the conversion after; + 10000: its kernels as
-// programmatic dependent launches, reading their weights before the kernel before them is done): 0 on
+// programmatic dependent launches, reading their weights before the kernel before them is done; +
+// 100000: each thread storing its own sums one by one, not through shared memory): 0 on
 // success, -1 for what it does not take, else the CUDA error code. `work`: 8 * m * n floats (K's parts
 // are at most 8).
 extern "C" int gemm_int4_registers(const void* x, const void* codes, const void* scales, void* y, void* work, int m,
@@ -58,6 +59,8 @@ extern "C" int gemm_int4_registers(const void* x, const void* codes, const void*
   a.k = k;
   a.block = block;
   using gemm_int4_mma::SplitSums;
+  a.direct_stores = config >= 100000 ? 1 : 0;
+  config %= 100000;
   const bool programmatic = config >= 10000;
   config %= 10000;
   const SplitSums sums = config >= 2000 ? SplitSums::kInParts : config >= 1000 ? SplitSums::kByAtomics

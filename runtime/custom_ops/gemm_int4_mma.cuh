@@ -83,6 +83,7 @@ struct Args {
   int steps_per_split;
   SplitSums adding;  // K's parts (gridDim.z > 1), as launched: kInCluster only where launched as clusters
   int swiglu;   // 1: codes rows [0, n/2) are gates, [n/2, n) ups; y = silu(gate) * up
+  int direct_stores;  // 1: each thread stores its own sums (or float16) one by one, not through store_tile
 };
 
 // The rows of codes tile `index` of `bn` rows holds: output columns [first, first + columns), or
@@ -120,7 +121,8 @@ struct Tile {
   static constexpr int kStageX = WG ? kBM * kStepK * 2 : kBM * kLdX * 2;  // bytes
   static constexpr int kStageW = kBN * kStepBytes;   // bytes
   static constexpr size_t kPipeline = static_cast<size_t>(STAGES) * (kStageX + kStageW);
-  static constexpr size_t kSums = static_cast<size_t>(kBM) * kBN * 4;  // the fp32 sums, for tile_sums
+  static constexpr int kLdSums = kBN + 4;  // store_tile's row stride in floats
+  static constexpr size_t kSums = static_cast<size_t>(kBM) * kLdSums * 4;  // the fp32 sums (tile_sums, store_tile)
   static constexpr size_t kShared = kPipeline > kSums ? kPipeline : kSums;
 };
 
@@ -277,6 +279,46 @@ __device__ __forceinline__ void tile_sums(const Args& a, const float (&acc)[NO][
     a.y[static_cast<size_t>(row) * outputs + col] = __float2half(value);
   }
   if (cluster) cluster_sync();
+}
+
+// The block's sums (K's part blockIdx.z's into its buffer where K is split, else y in float16) through
+// shared memory (rows kLdSums floats apart: the fragments' writes fall in distinct banks), then out
+// four consecutive values a thread at a time (16 bytes of sums, 8 of float16: a warp writes a row's
+// 128 outputs at once, not 32 scattered values a thread), value by value where y or the sums are not
+// aligned for that, or at the last columns of n.
+template <class T, int NO, int MR>
+__device__ __forceinline__ void store_tile(const Args& a, const float (&acc)[NO][MR][4], unsigned char* shared,
+                                           const TileRows& tile, int m0, int first_row, int out_row, int t) {
+  float* sums = reinterpret_cast<float*>(shared);
+  __syncthreads();  // every warp is done with the pipeline's stages
+  for_each_sum(acc, first_row, out_row, t, [&](int row, int col, float sum) { sums[row * T::kLdSums + col] = sum; });
+  __syncthreads();
+  const bool parts = gridDim.z > 1;
+  float* part = parts ? a.sums + blockIdx.z * static_cast<size_t>(a.m) * a.n : nullptr;
+  const bool vectors = a.n % 4 == 0 && (parts ? reinterpret_cast<uintptr_t>(part) % 16 == 0
+                                              : reinterpret_cast<uintptr_t>(a.y) % 8 == 0);
+  constexpr int kQuads = T::kBN / 4;  // a row's groups of four
+  for (int i = threadIdx.x; i < T::kBM * kQuads; i += kThreads) {
+    const int r = i / kQuads, c = 4 * (i % kQuads), row = m0 + r, col = tile.first + c;
+    if (row >= a.m || col >= tile.outputs) continue;
+    const float* from = sums + r * T::kLdSums + c;
+    const size_t at = static_cast<size_t>(row) * a.n + col;
+    if (vectors && col + 4 <= tile.outputs) {
+      if (parts) {
+        *reinterpret_cast<uint4*>(part + at) = *reinterpret_cast<const uint4*>(from);
+      } else {
+        alignas(8) __half h[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) h[j] = __float2half(from[j]);
+        *reinterpret_cast<uint2*>(a.y + at) = *reinterpret_cast<const uint2*>(h);
+      }
+      continue;
+    }
+    for (int j = 0; j < 4 && col + j < tile.outputs; ++j) {
+      if (parts) part[at + j] = from[j];
+      else a.y[at + j] = __float2half(from[j]);
+    }
+  }
 }
 
 // Blocks an SM should hold at once: two where a warp's tile is at most 64 rows by 16 outputs or 32
@@ -480,6 +522,10 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
   const bool split = gridDim.z > 1;
   if ((split && a.adding == SplitSums::kInCluster) || a.swiglu) {
     tile_sums<T>(a, acc, shared, tile, m0, first_row, out_row, t);
+    return;
+  }
+  if (!a.direct_stores && (!split || a.adding == SplitSums::kInParts)) {
+    store_tile<T>(a, acc, shared, tile, m0, first_row, out_row, t);
     return;
   }
   for_each_sum(acc, first_row, out_row, t, [&](int row, int c, float sum) {  // c: the tile's column
