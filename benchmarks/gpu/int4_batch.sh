@@ -10,7 +10,8 @@
 #    at batch 1 and 64 concurrent 128 in / 128 out, one after another, then again in the reverse
 #    order: fp16-custom; int4-custom as it is (K's parts stored, added in order by the conversion;
 #    programmatic dependent launches);
-# 4. where each engine's step at batch 64 spends its GPU time (benchmarks/gpu_kernels.py).
+# 4. where each engine's step at batch 64 spends its GPU time (benchmarks/gpu_kernels.py, plain
+#    launches: OPTIMIZER_CUDA_PDL=0, each kernel's own time; its first 40 kernels in order).
 # Results: /tmp/gd/b64.jsonl, probe.jsonl, tests.log in the log.
 set -x
 W=/tmp/gd
@@ -30,6 +31,6 @@ for round in $(seq 0 $(( ${ROUNDS:-2} - 1 ))); do  # ROUNDS=1: one order only
     env ${r%$format} $D --formats $format --phases ours  # the variables before the format, if any
   done
 done
-python3 benchmarks/gpu_kernels.py $W/ours-llama-3.2-1b-fp16-custom $W/ours-llama-3.2-1b-int4-custom --batch 64 \
-    --results $W/kernels.jsonl | tail -60
+OPTIMIZER_CUDA_PDL=0 python3 benchmarks/gpu_kernels.py $W/ours-llama-3.2-1b-fp16-custom \
+    $W/ours-llama-3.2-1b-int4-custom --batch 64 --results $W/kernels.jsonl | cut -c1-300
 echo SESSION DONE
