@@ -22,7 +22,8 @@ graph, replayed; a copy's time is the median replay over the copies. Forms:
                 the GEMM and its conversion as programmatic dependent launches, each GEMM reading
                 its first weights while the kernel before it ends; N + 100000: each thread storing its
                 own sums one by one, not through shared memory), the codes read straight into the
-                MMA's registers, K split so that the grid has about --fill blocks (at most 8 parts).
+                MMA's registers, K split so that the grid has about --fill blocks (at most 8 parts, or
+                --most-parts where each part stores its sums).
 Weights in onnxruntime-genai's int4 format (symmetric blocks of 32). Each int4 form's results are
 checked against its weights dequantized and multiplied in fp32 (`max_abs_diff`); `weight_tb_s`
 counts the bytes each form's weights take. Needs torch with CUDA and nvcc (compiled in the run).
@@ -54,7 +55,7 @@ BAND_VALUES = 16 << 20  # linear_int4.cu's kBandValues
 def build(folder: Path) -> ctypes.CDLL:
     lib = compile_library(folder / "gemm_int4_probe.so", [SOURCE])
     lib.gemm_int4_registers.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 6 + [ctypes.c_void_p]
-    lib.gemm_int4_splits.argtypes = [ctypes.c_int] * 6
+    lib.gemm_int4_splits.argtypes = [ctypes.c_int] * 7
     lib.gemm_int4_dequantize.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int] * 2 + [ctypes.c_long] * 2 + \
         [ctypes.c_void_p]
     return lib
@@ -118,7 +119,9 @@ def forms_for(lib, w: Linear, x, outs, work, args) -> list[tuple]:
 
     forms = [f for f in [("cublas-fp16", cublas, None), ("band-int4", banded, None)] if f[0] in args.forms.split(",")]
     for config in (int(c) for c in args.configs.split(",") if c):
-        splits = lib.gemm_int4_splits(m, n, k, config % 10, args.fill, 64 >> (config % 1000 // 100))
+        stored = config % 10000 >= 2000  # K's parts stored: up to --most-parts, else a cluster's 8
+        splits = lib.gemm_int4_splits(m, n, k, config % 10, args.fill, 64 >> (config % 1000 // 100),
+                                      args.most_parts if stored else 8)
         forms.append((f"mma-int4-c{config}", mma(config, splits), splits))
     return forms
 
@@ -130,7 +133,7 @@ def probe_linear(lib, shape: str, linear: str, w: Linear, args) -> None:
     for m in (int(r) for r in args.rows.split(",")):
         x = torch.randn(m, w.k, device="cuda", dtype=torch.float16)
         outs = [torch.empty(m, w.n, device="cuda", dtype=torch.float16) for _ in range(w.copies)]
-        work = torch.empty(8, m, w.n, device="cuda", dtype=torch.float32)  # at most 8 parts' sums (+2000)
+        work = torch.empty(max(8, args.most_parts), m, w.n, device="cuda", dtype=torch.float32)  # the parts' sums
         for form, launch, splits in forms_for(lib, w, x, outs, work, args):
             launch()
             torch.cuda.synchronize()
@@ -141,6 +144,7 @@ def probe_linear(lib, shape: str, linear: str, w: Linear, args) -> None:
             us = graph_us(launch, w.copies, args.runs)
             report_line({"shape": shape, "linear": linear, "m": m, "k": w.k, "n": w.n, "form": form,
                          "splits": splits, "us": round(us, 2), "fill": args.fill, "copies": w.copies,
+                         "most_parts": args.most_parts,
                          "weight_tb_s": round(nbytes / us / 1e6, 3), "max_abs_diff": round(diff, 5)}, args.results)
 
 
@@ -189,6 +193,8 @@ def main() -> None:
     ap.add_argument("--configs", default="0,1", help="gemm_int4_mma.cuh's tiles (see above)")
     ap.add_argument("--forms", default="cublas-fp16,band-int4", help="the reference forms timed")
     ap.add_argument("--fill", type=int, default=132, help="blocks the split-K grid aims for")
+    ap.add_argument("--most-parts", type=int, default=16,
+                    help="the most parts of K where each stores its sums (+2000; LinearInt4's kStoredParts)")
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--copies", type=int, default=COPIES,
                     help="distinct weights a linear (the lm_head: 2); more: colder in L2, as in a model's step")

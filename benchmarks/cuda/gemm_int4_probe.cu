@@ -44,8 +44,7 @@ __global__ void dequantize_band(const uint8_t* codes, const __half* scales, int 
 // cluster; + 2000: each part's sums stored, added by the conversion after; + 10000: its kernels as
 // programmatic dependent launches, reading their weights before the kernel before them is done; +
 // 100000: each thread storing its own sums one by one, not through shared memory): 0 on
-// success, -1 for what it does not take, else the CUDA error code. `work`: 8 * m * n floats (K's parts
-// are at most 8).
+// success, -1 for what it does not take, else the CUDA error code. `work`: parts * m * n floats.
 extern "C" int gemm_int4_registers(const void* x, const void* codes, const void* scales, void* y, void* work, int m,
                                    int n, int k, int block, int config, int splits, void* stream) {
   gemm_int4_mma::Args a{};
@@ -77,10 +76,11 @@ extern "C" int gemm_int4_registers(const void* x, const void* codes, const void*
   return 0;
 }
 
-// The splits gemm_int4_plan.h picks for `fill` blocks (blocks of at most `rows` rows; at most a
-// cluster's parts, as LinearInt4 asks).
-extern "C" int gemm_int4_splits(int m, int n, int k, int config, int fill, int rows) {
-  return gemm_int4::splits_for(m, n, k, config, fill, rows, gemm_int4::kClusterParts);
+// The splits gemm_int4_plan.h picks for `fill` blocks (blocks of at most `rows` rows; at most
+// `most_parts`: a cluster's, gemm_int4::kClusterParts, or LinearInt4's for stored parts,
+// gemm_int4::kStoredParts).
+extern "C" int gemm_int4_splits(int m, int n, int k, int config, int fill, int rows, int most_parts) {
+  return gemm_int4::splits_for(m, n, k, config, fill, rows, most_parts);
 }
 
 // Codes rows [first, first + count) dequantized to float16 into out (count, k).

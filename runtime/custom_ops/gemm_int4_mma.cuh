@@ -552,32 +552,35 @@ __host__ __device__ inline float parts_total(const float* sums, int parts, int64
 
 #if defined(__CUDACC__)
 constexpr int kConvertValues = 4;  // sums a thread of sums_to_half adds up and converts
+constexpr int kConvertBatch = 8;   // parts whose 16 bytes a thread reads before adding them
 
 // y = the `parts` sums buffers (`count` floats apart) added up in part order, as float16: a thread's
-// kConvertValues values read 16 bytes a part, every part's read issued before the first add (the
-// same sums as parts_total's, element by element). Where the buffers or y are not aligned for that
-// (or more parts than a cluster's), value by value.
+// kConvertValues values read 16 bytes a part, kConvertBatch parts' reads issued before their adds
+// (the same sums as parts_total's, element by element). Where the buffers or y are not aligned for
+// that, value by value.
 __global__ void sums_to_half(const float* in, int parts, __half* out, int64_t count) {
   wait_for_earlier_kernels();
   start_next_kernel();
   const int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * kConvertValues;
   if (i >= count) return;
-  const bool vectors = count % kConvertValues == 0 && parts <= gemm_int4::kClusterParts &&
-                       reinterpret_cast<uintptr_t>(in) % 16 == 0 && reinterpret_cast<uintptr_t>(out) % 8 == 0;
+  const bool vectors = count % kConvertValues == 0 && reinterpret_cast<uintptr_t>(in) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(out) % 8 == 0;
   if (!vectors) {
     for (int64_t j = i; j < i + kConvertValues && j < count; ++j) out[j] = __float2half(parts_total(in, parts, count, j));
     return;
   }
-  float4 part[gemm_int4::kClusterParts];
-#pragma unroll
-  for (int p = 0; p < gemm_int4::kClusterParts; ++p) {
-    if (p < parts) part[p] = *reinterpret_cast<const float4*>(in + p * count + i);
-  }
   float4 total = {0.f, 0.f, 0.f, 0.f};
+  for (int first = 0; first < parts; first += kConvertBatch) {
+    float4 part[kConvertBatch];
 #pragma unroll
-  for (int p = 0; p < gemm_int4::kClusterParts; ++p) {
-    if (p >= parts) break;
-    total.x += part[p].x, total.y += part[p].y, total.z += part[p].z, total.w += part[p].w;
+    for (int p = 0; p < kConvertBatch; ++p) {
+      if (first + p < parts) part[p] = *reinterpret_cast<const float4*>(in + (first + p) * count + i);
+    }
+#pragma unroll
+    for (int p = 0; p < kConvertBatch; ++p) {
+      if (first + p >= parts) break;
+      total.x += part[p].x, total.y += part[p].y, total.z += part[p].z, total.w += part[p].w;
+    }
   }
   const __half2 low = __floats2half2_rn(total.x, total.y), high = __floats2half2_rn(total.z, total.w);
   *reinterpret_cast<uint2*>(out + i) = make_uint2(*reinterpret_cast<const uint32_t*>(&low),

@@ -37,6 +37,10 @@ inline bool takes(int64_t k, int64_t block, const void* x, const void* codes) {
 // cluster's shared memory where the device launches clusters (sm_90) and there are no more.
 constexpr int kClusterParts = 8;
 
+// The most parts LinearInt4 cuts K into where each part stores its sums (added after): enough for
+// two blocks an SM where the outputs make few tiles (the 1B shape's o and down at 64 rows: 16 tiles).
+constexpr int kStoredParts = 16;
+
 // Steps of K a part takes when K is cut into `splits` parts.
 inline int steps_per_split(int k, int splits) {
   const int steps = k / kStepK;
