@@ -193,7 +193,7 @@ def main() -> None:
     ap.add_argument("--configs", default="0,1", help="gemm_int4_mma.cuh's tiles (see above)")
     ap.add_argument("--forms", default="cublas-fp16,band-int4", help="the reference forms timed")
     ap.add_argument("--fill", type=int, default=132, help="blocks the split-K grid aims for")
-    ap.add_argument("--most-parts", type=int, default=16,
+    ap.add_argument("--most-parts", type=int, default=8,
                     help="the most parts of K where each stores its sums (+2000; LinearInt4's kStoredParts)")
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--copies", type=int, default=COPIES,

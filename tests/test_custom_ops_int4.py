@@ -148,7 +148,7 @@ CUDA_CASES = {  # (rows, K, codes rows, block, zero points)
     "gemv-small": ((1, 1), 96, 40, 32, True), "gemv-after-norm": ((4, 1), 8192, 512, 64, False),
     "gemm-6": ((6, 1), 2048, 3072, 32, True), "gemm-10": ((2, 5), 2048, 3072, 32, False),
     "gemm-64-split": ((64, 1), 2048, 2048, 32, False), "gemm-21": ((7, 3), 2048, 3072, 64, True),
-    "gemm-64-long-k": ((64, 1), 8192, 2048, 64, True),  # K in 16 parts (more than a cluster's 8)
+    "gemm-64-long-k": ((64, 1), 8192, 2048, 64, True),
     "gemm-130": ((130, 1), 2048, 600, 128, True),
     "gemm-odd-n": ((20, 1), 2048, 1001, 32, False), "gemm-long-k": ((16, 1), 8192, 2048, 64, False),
     "dequantized-k96": ((8, 1), 96, 40, 32, True)}
