@@ -27,5 +27,6 @@ for r in rows:
     key = (r["shape"], r["m"], r.get("copies", 8), r["linear"])
     cells.setdefault(key, {})[r["form"].replace("mma-int4-", "")] = r["us"]
 for (shape, m, copies, linear), forms in sorted(cells.items()):
-    print(f"{shape} {m:4d} rows x{copies:<3d} {linear:8s}", "  ".join(f"{f} {us:7.1f}" for f, us in sorted(forms.items())))
+    times = "  ".join(f"{f} {us:7.1f}" for f, us in sorted(forms.items()))
+    print(f"{shape} {m:4d} rows x{copies:<3d} {linear:8s} {times}")
 PY

@@ -18,5 +18,6 @@ cells = {}
 for r in (json.loads(l) for l in open(sys.argv[1]) if l.strip()):
     cells.setdefault((r["shape"], r["m"], r["linear"]), {})[r["most_parts"]] = (r["us"], r["splits"])
 for (shape, m, linear), by in sorted(cells.items()):
-    print(f"{shape} {m:4d} rows {linear:5s}", "  ".join(f"<={p}: {us:6.1f} us ({s} parts)" for p, (us, s) in sorted(by.items())))
+    times = "  ".join(f"<={p}: {us:6.1f} us ({s} parts)" for p, (us, s) in sorted(by.items()))
+    print(f"{shape} {m:4d} rows {linear:5s} {times}")
 PY

@@ -22,10 +22,11 @@
 // gridDim.z, the parts' sums added in one of three ways (SplitSums): on sm_90 the parts of a tile as
 // one thread block cluster's blocks, which add up their sums in each other's shared memory and
 // write float16 (no other kernel); each part adding into a zeroed fp32 buffer by atomics, converted
-// by a second kernel; or each part storing its sums in a buffer of its own, all added in part order
-// by the kernel that converts them to float16 after (no memset; the same sums every call, as in the
-// cluster). With SwiGLU a block's tile is half gate rows and half their up rows, and its epilogue
-// writes silu(gate) * up (through shared memory; K then split only within a cluster).
+// by a second kernel; or each part storing its sums in a buffer of its own (through shared memory,
+// 16 bytes a thread a store: store_tile), all added in part order by the kernel that converts them to
+// float16 after (no memset; the same sums every call, as in the cluster). With SwiGLU a block's tile
+// is half gate rows and half their up rows, and its epilogue writes silu(gate) * up (through shared
+// memory; K then split only within a cluster).
 //
 // The kWarpgroup tile (WG; sm_90a: H100 / H200) runs the same block by Hopper's warpgroup MMA
 // instead: each of its two warpgroups multiplies its 64 outputs' weights, dequantized into
@@ -566,7 +567,9 @@ __global__ void sums_to_half(const float* in, int parts, __half* out, int64_t co
   const bool vectors = count % kConvertValues == 0 && reinterpret_cast<uintptr_t>(in) % 16 == 0 &&
                        reinterpret_cast<uintptr_t>(out) % 8 == 0;
   if (!vectors) {
-    for (int64_t j = i; j < i + kConvertValues && j < count; ++j) out[j] = __float2half(parts_total(in, parts, count, j));
+    for (int64_t j = i; j < i + kConvertValues && j < count; ++j) {
+      out[j] = __float2half(parts_total(in, parts, count, j));
+    }
     return;
   }
   float4 total = {0.f, 0.f, 0.f, 0.f};
