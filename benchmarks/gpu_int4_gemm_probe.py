@@ -194,7 +194,7 @@ def main() -> None:
     ap.add_argument("--forms", default="cublas-fp16,band-int4", help="the reference forms timed")
     ap.add_argument("--fill", type=int, default=132, help="blocks the split-K grid aims for")
     ap.add_argument("--most-parts", type=int, default=8,
-                    help="the most parts of K where each stores its sums (+2000; LinearInt4's kStoredParts)")
+                    help="the most parts of K where each stores its sums (+2000; LinearInt4's: 8)")
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--copies", type=int, default=COPIES,
                     help="distinct weights a linear (the lm_head: 2); more: colder in L2, as in a model's step")

@@ -38,10 +38,10 @@ void run(const gemm_int4_mma::Args& a, int parts, bool late, bool cluster) {
 // gemm_int4_mma::launch_rows' tile for `config` (gemm_int4_plan.h's)
 template <int MR>
 void run_config(const gemm_int4_mma::Args& a, int config, int parts, bool late, bool cluster) {
-  if (config == gemm_int4::kWarpgroup) run<MR, 1, true>(a, parts, late, cluster);
-  else if (config == gemm_int4::kRowGroups && MR >= 2) {
-    run<(MR >= 2 ? MR / 2 : 1), 2, false, 2>(a, parts, late, cluster);
+  if constexpr (MR >= 2) {  // two groups of rows (blocks of 8 rows: config 0's tile)
+    if (config == gemm_int4::kRowGroups) return run<MR / 2, 2, false, 2>(a, parts, late, cluster);
   }
+  if (config == gemm_int4::kWarpgroup) run<MR, 1, true>(a, parts, late, cluster);
   else if (config == 1) run<MR, 2>(a, parts, late, cluster);
   else run<MR, 1>(a, parts, late, cluster);
 }

@@ -77,8 +77,7 @@ extern "C" int gemm_int4_registers(const void* x, const void* codes, const void*
 }
 
 // The splits gemm_int4_plan.h picks for `fill` blocks (blocks of at most `rows` rows; at most
-// `most_parts`: a cluster's, gemm_int4::kClusterParts, or LinearInt4's for stored parts,
-// gemm_int4::kStoredParts).
+// `most_parts`: LinearInt4 asks for a cluster's, gemm_int4::kClusterParts).
 extern "C" int gemm_int4_splits(int m, int n, int k, int config, int fill, int rows, int most_parts) {
   return gemm_int4::splits_for(m, n, k, config, fill, rows, most_parts);
 }

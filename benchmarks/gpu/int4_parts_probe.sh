@@ -1,5 +1,5 @@
 # LinearInt4's GEMM (c12000: K's parts stored, programmatic launches, grid aimed at 264 blocks) with K in
-# at most 8 parts (gemm_int4::kStoredParts) against 16, the 1B shape's q/k/v, o and down at 8-128 rows
+# at most 8 parts (LinearInt4's, gemm_int4::kClusterParts) against 16, the 1B shape's q/k/v, o and down at 8-128 rows
 # and the 8B shape's at 16 and 64; torch and nvcc only (run30, ~30 s on an H100: 16 no faster):
 #   bash benchmarks/gpu/int4_parts_probe.sh RESULTS.jsonl
 set -e

@@ -36,13 +36,11 @@ inline bool takes(int64_t k, int64_t block, const void* x, const void* codes) {
 
 // The most blocks of a portable thread block cluster: K's parts add up their sums in the
 // cluster's shared memory where the device launches clusters (sm_90) and there are no more.
+// LinearInt4 cuts K into at most as many parts where each stores its sums, too: on an H100 (run30,
+// gpu_int4_gemm_probe.py --fill 264 --most-parts 16) 16 made nothing faster by more than 0.8 us and
+// some much slower: the 1B o at 64 rows 9.8 against 7.7 us (16 parts of 2 steps), the 8B down at 64
+// rows 54.4 against 40.9 (9 parts: 288 blocks, more than two an SM hold at once).
 constexpr int kClusterParts = 8;
-
-// The most parts LinearInt4 cuts K into where each part stores its sums (added after). On an H100
-// (run30, gpu_int4_gemm_probe.py --fill 264) 16 instead of 8 made nothing faster by more than 0.8 us
-// and some much slower: the 1B o at 64 rows 9.8 against 7.7 us (16 parts of 2 steps), the 8B down at
-// 64 rows 54.4 against 40.9 (9 parts: 288 blocks, more than two an SM hold at once).
-constexpr int kStoredParts = 8;
 
 // Steps of K a part takes when K is cut into `splits` parts.
 inline int steps_per_split(int k, int splits) {

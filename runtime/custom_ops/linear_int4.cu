@@ -298,13 +298,10 @@ int gemm_fill(const LinearCall& c) {
   return (c.swiglu ? kSwigluBlocksPerSm : kGemmBlocksPerSm) * sms;
 }
 
-// The parts gemm_int4_mma.cuh cuts K into for the call (its (rows, outputs) GEMM): at most a
-// cluster's where they add up in one (SwiGLU) or by atomics, gemm_int4::kStoredParts where stored.
+// The parts gemm_int4_mma.cuh cuts K into for the call (its (rows, outputs) GEMM).
 int gemm_splits(const LinearCall& c) {
-  const bool stored = !c.swiglu && split_choice() == Split::kParts;
   return gemm_int4::splits_for(static_cast<int>(c.rows), static_cast<int>(codes_rows(c)), static_cast<int>(c.k),
-                               kGemmConfig, gemm_fill(c), 64,
-                               stored ? gemm_int4::kStoredParts : gemm_int4::kClusterParts);
+                               kGemmConfig, gemm_fill(c), 64, gemm_int4::kClusterParts);
 }
 
 // `values` float16 values rounded up to 16 bytes: the scratch's parts each start aligned.
