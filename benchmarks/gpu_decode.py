@@ -28,7 +28,9 @@ throughout (speed does not depend on their values); greedy, EOS ignored, 128 pro
              every linear, with the skip norms and SwiGLU folded in: one GEMV at 1-4 rows;
              cuBLAS above); fp16-swiglu = the default pipeline and fuse-swiglu only; int4-custom
              = int4 (genai's format) with --passes custom-ops (the LinearInt4 family: each
-             MatMulNBits our 4-bit GEMV at 1-4 rows, its norm and SwiGLU folded in); both with
+             MatMulNBits our 4-bit GEMV at 1-4 rows, its norm and SwiGLU folded in, o with the
+             norm and gate/up after it and down with the next q/k/v as one op each),
+             int4-custom-nochain the same with each 4-bit linear an op of its own; both with
              our CachedAttention for every layer's GroupQueryAttention (one kernel a layer),
              fp16-custom-gqa / int4-custom-gqa the same without it (onnxruntime's GQA).
   ours       each engine on onnxruntime's CUDA provider. Batch 1: Engine.generate_ids, one
@@ -162,6 +164,9 @@ def phase_build(args) -> None:
             elif fmt == "int4-custom":  # genai's int4 format through our LinearInt4 family
                 opts = BuildOptions(**common, quant=quant_config(method="rtn", bits=4, group_size=32, lm_head_bits=4),
                                     passes="custom-ops")
+            elif fmt == "int4-custom-nochain":  # int4-custom without custom-linear-chain (each 4-bit linear
+                opts = BuildOptions(**common, quant=quant_config(method="rtn", bits=4, group_size=32, lm_head_bits=4),
+                                    passes=[p for p in PIPELINES["custom-ops"] if p != "custom-linear-chain"])  # alone)
             elif fmt == "fp16-custom-nonorm":  # the custom-ops pipeline without custom-linear-norm
                 opts = BuildOptions(**common, passes=[p for p in PIPELINES["custom-ops"] if p != "custom-linear-norm"])
             elif fmt in ("fp16-custom-gqa", "int4-custom-gqa"):  # ... without custom-attention (GQA's kernels)

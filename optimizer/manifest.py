@@ -116,11 +116,12 @@ def weight_format_after_passes(model: ir.Model, section: dict[str, Any]) -> dict
     (fp32 sums: no accuracy level applies to them)."""
     from passes._match import CUSTOM_DOMAIN
 
-    ours = sum(1 for n in model.graph if n.domain == CUSTOM_DOMAIN and "Int4" in n.op_type)
+    # a LinearInt4NormLinearInt4[SwiGLU] node holds two linears
+    ours = sum(n.op_type.count("Int4") for n in model.graph if n.domain == CUSTOM_DOMAIN)
     if not ours:
         return section
     left = sum(1 for n in model.graph if n.op_type == "MatMulNBits")
-    updated = {**section, "format": f"optimizer.ops LinearInt4 family ({ours} nodes, MatMulNBits' layout, fp32 sums)"
+    updated = {**section, "format": f"optimizer.ops LinearInt4 family ({ours} linears, MatMulNBits' layout, fp32 sums)"
                                     + (f"; MatMulNBits ({left} nodes)" if left else "")}
     if not left:
         updated.pop("accuracy_level", None)

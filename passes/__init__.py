@@ -111,6 +111,10 @@ REGISTRY: dict[str, PassInfo] = {
                                        "(NormLinear[Int4][SwiGLU]: each GEMV block normalizes its input)",
                  lambda ctx: CustomLinear(ctx.dtype, lower=False, folds=("norm",)),
                  after=("custom-linear", "fuse-skip-rms-norm", "slice-logits")),  # the final norm stays apart
+        PassInfo("custom-linear-chain", "a LinearInt4 feeding only a NormLinearInt4[SwiGLU] folded into it "
+                                        "(LinearInt4NormLinearInt4[SwiGLU]: on CUDA at batch the norm's kernel adds "
+                                        "the first GEMM's K parts, no conversion kernel between)",
+                 lambda ctx: CustomLinear(ctx.dtype, lower=False, folds=("chain",)), after=("custom-linear-norm",)),
         PassInfo("custom-attention", "fp16 static-layout GroupQueryAttention -> optimizer.ops CachedAttention "
                                      "(rotary, cache writes and attention in one CUDA kernel a layer; the same "
                                      "contract); only in the custom-ops pipeline",
@@ -165,7 +169,8 @@ CUSTOM_OPS_PIPELINE: tuple[str, ...] = (*DEFAULT_PIPELINE[:DEFAULT_PIPELINE.inde
                                         "fuse-swiglu",
                                         *DEFAULT_PIPELINE[DEFAULT_PIPELINE.index("fuse-activation") + 1:
                                                           DEFAULT_PIPELINE.index("cse")],
-                                        "custom-linear", "custom-linear-norm", "custom-attention",
+                                        "custom-linear", "custom-linear-norm", "custom-linear-chain",
+                                        "custom-attention",
                                         *DEFAULT_PIPELINE[DEFAULT_PIPELINE.index("cse"):])
 # Standard ONNX only (opset 21, no com.microsoft ops): norms, rotary and attention stay
 # decomposed, quantized weights become DequantizeLinear; the TensorRT target's default.

@@ -8,7 +8,14 @@ decode steps; our norm kernel, cuBLAS and our SwiGLU kernel for more rows):
                                                  -> NormLinear(x, skip, gamma, W^T)  (and the norm's sum)
     both                                         -> NormLinearSwiGLU(x, skip, gamma, W^T)
 
-and the same folds of LinearInt4 (LinearInt4SwiGLU, NormLinearInt4[SwiGLU]). A 4-bit MatMulNBits
+and the same folds of LinearInt4 (LinearInt4SwiGLU, NormLinearInt4[SwiGLU]), then (`chain`)
+
+    NormLinearInt4[SwiGLU](LinearInt4(x, Wa), skip, gamma, W)
+                                                 -> LinearInt4NormLinearInt4[SwiGLU](x, Wa, skip, gamma, W)
+
+a Llama layer's o projection with the norm and gate/up after it, and its down projection with the
+next layer's norm and q/k/v: one op, whose CUDA kernels leave the first GEMM's K parts (at batch)
+for the norm's kernel to add up instead of a conversion kernel of their own. A 4-bit MatMulNBits
 takes when its block is a multiple of 32 and it has no g_idx, bias or Hopper-prepacked layout,
 its zero points (if any) packed uint8; its accuracy_level does not apply (fp32 sums). The
 LinearInt4 CUDA kernels ran in an int4 engine on an H200 (run15: build verified on the CPU kernels,
@@ -154,10 +161,32 @@ def fold_norm(graph: ir.Graph, linear: ir.Node) -> ir.Node | None:
                         **kept_attributes(linear))
 
 
+def fold_chain(graph: ir.Graph, linear: ir.Node) -> ir.Node | None:
+    """LinearInt4 -> NormLinearInt4[SwiGLU] (as its x or its skip: the sum is the same) becomes
+    LinearInt4NormLinearInt4[SwiGLU]; None where no LinearInt4 feeds the norm, NoMatch where one
+    does but cannot fold."""
+    x, skip, gamma, *weights = linear.inputs
+    first = maybe_producer(x, "LinearInt4", CUSTOM_DOMAIN) or maybe_producer(skip, "LinearInt4", CUSTOM_DOMAIN)
+    if first is None:
+        return None
+    h = first.outputs[0]
+    if len(h.uses()) != 1 or h.is_graph_output():
+        raise NoMatch(f"{first.name}: its output feeds more than the norm")
+    if attr(first, "block_size") != attr(linear, "block_size"):
+        raise NoMatch(f"{first.name}: blocks of {attr(first, 'block_size')}, the norm's linear's "
+                      f"{attr(linear, 'block_size')}")
+    other = skip if h is x else x
+    codes, scales, *zeros = first.inputs[1:]
+    inputs = [first.inputs[0], codes, scales, zeros[0] if zeros else None, other, gamma, *weights,
+              *([None] if len(weights) == 2 else [])]
+    return replace_node(graph, [first, linear], "LinearInt4" + linear.op_type, inputs,
+                        [linear.outputs[0], linear.outputs[1]], 3, **kept_attributes(linear))
+
+
 class CustomLinear(ir_passes.InPlacePass):
     def __init__(self, dtype: str, lower: bool = True, folds: tuple[str, ...] = ("swiglu",)) -> None:
         """`dtype`: the engine's compute dtype (PassContext.dtype); `lower`: MatMul -> Linear;
-        `folds`: what to fold into the Linears ("swiglu", "norm")."""
+        `folds`: what to fold into the Linears ("swiglu", "norm", "chain")."""
         super().__init__()
         self.dtype = DTYPES[dtype]
         self.lower, self.folds = lower, folds
@@ -183,7 +212,8 @@ class CustomLinear(ir_passes.InPlacePass):
             except NoMatch as why:
                 skipped[str(why).split(": ", 1)[-1]] += 1
         for what, fold, op_types in (("SwiGLU", fold_swiglu, ("Linear", "LinearInt4")),
-                                     ("norm", fold_norm, ("Linear", "LinearSwiGLU", "LinearInt4", "LinearInt4SwiGLU"))):
+                                     ("norm", fold_norm, ("Linear", "LinearSwiGLU", "LinearInt4", "LinearInt4SwiGLU")),
+                                     ("chain", fold_chain, ("NormLinearInt4", "NormLinearInt4SwiGLU"))):
             if what.lower() not in self.folds:
                 continue
             for linear in [n for n in graph if n.op_type in op_types and n.domain == CUSTOM_DOMAIN]:

@@ -210,3 +210,105 @@ def test_an_unknown_value_of_a_kernel_choice_is_refused_with_the_choices(variabl
     done = child_pytest({variable: "fastest"}, "gemv-1 and not True")
     assert done.returncode != 0
     assert message in done.stdout
+
+
+NO_CUDA = "the CUDA kernels need onnxruntime's CUDA provider: onnxruntime-gpu and an NVIDIA GPU"
+CHAIN = ["LinearInt4NormLinearInt4", "LinearInt4NormLinearInt4SwiGLU"]
+CHAIN_INPUTS = ["x", "codes_a", "scales_a", "zeros_a", "skip", "gamma", "codes", "scales", "zeros"]
+
+
+def chain_model(op: str, zeros: bool, block: int, epsilon: float = 1e-5, separate: bool = False) -> bytes:
+    """The chain op over graph inputs, or (`separate`) the two ops it stands for: LinearInt4 of x by
+    the first weights, then NormLinearInt4[SwiGLU] of its output."""
+    given = [i for i in CHAIN_INPUTS if zeros or not i.startswith("zeros")]
+    types = {i: TYPES[i.removesuffix("_a")] for i in given}
+    norm_op = op.removeprefix("LinearInt4")
+    if separate:
+        first = helper.make_node("LinearInt4", ["x", "codes_a", "scales_a", *(["zeros_a"] if zeros else [])],
+                                 ["h", "first_scratch"], domain=custom_ops.DOMAIN, block_size=block)
+        second = helper.make_node(norm_op, ["h", "skip", "gamma", "codes", "scales", *(["zeros"] if zeros else [])],
+                                  ["y", "sum", "scratch"], domain=custom_ops.DOMAIN, block_size=block, epsilon=epsilon)
+        nodes = [first, second]
+    else:
+        nodes = [helper.make_node(op, [i if i in given else "" for i in CHAIN_INPUTS], ["y", "sum", "scratch"],
+                                  domain=custom_ops.DOMAIN, block_size=block, epsilon=epsilon)]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info(i, types[i], None) for i in given],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT16, None) for o in ("y", "sum")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21),
+                                                    helper.make_opsetid(custom_ops.DOMAIN, 1)])
+    model.ir_version = 10
+    return model.SerializeToString()
+
+
+def chain_inputs(rows: tuple[int, int], k: int, hidden: int, n: int, block: int, op: str, zeros: bool,
+                 seed: int = 0) -> dict[str, np.ndarray]:
+    """x (rows, k), the first weights (hidden, k), skip (rows, hidden), gamma, the second weights (n
+    rows of codes: 2 x outputs with SwiGLU, K = hidden)."""
+    first = int4_inputs(rows, k, hidden, block, "LinearInt4", zeros, seed)
+    second = int4_inputs(rows, hidden, n, block, "NormLinearInt4", zeros, seed + 1)
+    feeds = {"x": first["x"], "skip": second["skip"], "gamma": second["gamma"]}
+    feeds.update({f"{name}_a": first[name] for name in ("codes", "scales", "zeros") if name in first})
+    feeds.update({name: second[name] for name in ("codes", "scales", "zeros") if name in second})
+    return feeds
+
+
+@pytest.mark.parametrize("op", CHAIN)
+@pytest.mark.parametrize("zeros", [False, True])
+@pytest.mark.parametrize("rows,k,hidden,n,block", [((1, 1), 64, 32, 24, 32), ((2, 3), 128, 64, 10, 64),
+                                                   ((1, 9), 96, 96, 34, 32)])
+def test_the_chain_on_the_cpu_gives_the_two_ops_results_exactly(op, zeros, rows, k, hidden, n, block):
+    feeds = chain_inputs(rows, k, hidden, 2 * n if op.endswith("SwiGLU") else n, block, op, zeros, seed=k + n)
+    got = session(chain_model(op, zeros, block)).run(None, feeds)
+    want = session(chain_model(op, zeros, block, separate=True)).run(None, feeds)
+    assert got[0].shape == (*rows, n) and got[1].shape == (*rows, hidden)
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    h = feeds["x"].astype(np.float32) @ dequantized({name: feeds[f"{name}_a"] for name in ("codes", "scales", "zeros")
+                                                     if f"{name}_a" in feeds}, block).T
+    reference_y, total = reference({**feeds, "x": h.astype(np.float16)}, op.removeprefix("LinearInt4"), block)
+    np.testing.assert_allclose(got[0].astype(np.float32), reference_y, rtol=2e-3, atol=2e-3)
+    np.testing.assert_array_equal(got[1].astype(np.float32), total)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"skip": (1, 1, 48)}, "skip must have the first linear's output shape"),
+    ({"gamma": (48,)}, "gamma must be \\(N,\\), N the first linear's outputs"),
+    ({"codes_a": (32, 2, 8)}, "codes must be \\(N, K / block_size, block_size / 2\\) uint8"),
+    ({"codes": (4, 2, 8)}, "codes must be \\(N, K / block_size, block_size / 2\\) uint8"),
+])
+def test_a_chain_whose_parts_do_not_fit_together_is_refused_with_the_reason(change, message):
+    op = "LinearInt4NormLinearInt4"
+    feeds = chain_inputs((1, 1), 64, 32, 4, 32, op, False)
+    for name, shape in change.items():
+        feeds[name] = np.zeros(shape, feeds[name].dtype)
+    with pytest.raises(Exception, match=f"{op}: {message}"):
+        session(chain_model(op, False, 32)).run(None, feeds)
+
+
+CHAIN_CUDA_CASES = {  # (rows, K, hidden, codes rows, block, zero points): the 1B shape's o -> gate/up
+    "gemv-1": ((1, 1), 2048, 2048, 2048, 32, False), "gemv-4": ((4, 1), 2048, 2048, 1024, 64, True),
+    "gemm-8": ((8, 1), 2048, 2048, 1024, 32, False), "gemm-64-parts": ((64, 1), 2048, 2048, 3072, 32, False),
+    "gemm-64-long-k": ((64, 1), 8192, 2048, 3072, 64, True), "gemm-130": ((130, 1), 2048, 1024, 600, 128, True),
+    "dequantized-k96": ((8, 1), 96, 64, 40, 32, True)}
+
+
+@pytest.mark.skipif(not CUDA, reason=NO_CUDA)
+@pytest.mark.parametrize("graph", [False, True])
+@pytest.mark.parametrize("op", CHAIN)
+@pytest.mark.parametrize("rows,k,hidden,n,block,zeros", list(CHAIN_CUDA_CASES.values()), ids=list(CHAIN_CUDA_CASES))
+def test_the_chain_on_cuda_equals_the_cpu_and_the_two_ops_on_cuda(graph, op, rows, k, hidden, n, block, zeros):
+    """1-4 rows: the two GEMVs (h in the scratch); more: the first GEMM's K parts left in the scratch
+    and added by the norm's kernel (gemm-64-parts, gemm-64-long-k), or h written in float16 where K
+    is not split or the bands take it; eager and captured. The same outputs as LinearInt4 then
+    NormLinearInt4[SwiGLU] on CUDA, bit for bit."""
+    import torch  # noqa: F401  (loads the CUDA libraries onnxruntime-gpu links against)
+
+    feeds = chain_inputs(rows, k, hidden, 2 * n if op.endswith("SwiGLU") else n, block, op, zeros, seed=k + n)
+    cpu = session(chain_model(op, zeros, block)).run(None, feeds)
+    captured = session(chain_model(op, zeros, block), ("CUDAExecutionProvider",), cuda=True,
+                       enable_cuda_graph="1" if graph else "0")
+    assert_cuda_runs_equal_the_cpu(captured, feeds, cpu)
+    on_cuda = [session(chain_model(op, zeros, block, separate=separate), ("CUDAExecutionProvider",), cuda=True)
+               .run(None, feeds) for separate in (False, True)]
+    for a, b in zip(*on_cuda):
+        np.testing.assert_array_equal(a, b)

@@ -124,21 +124,32 @@ def test_int4_engines_take_our_4bit_ops_with_their_folds_and_decode_the_same_tok
     default = build(tmp_path / "default", "fp16", "default", quant)
     custom = build(tmp_path / "custom", "fp16", "custom-ops", quant)
     before, after = op_counts(default), op_counts(custom)
-    family = {op: after.get(op, 0) for op in ("LinearInt4", "LinearInt4SwiGLU", "NormLinearInt4", "NormLinearInt4SwiGLU")}
-    assert "MatMulNBits" not in after and sum(family.values()) == before["MatMulNBits"]
-    assert family["NormLinearInt4SwiGLU"] == LAYERS and family["NormLinearInt4"] == LAYERS - 1
+    ops = ("LinearInt4", "LinearInt4SwiGLU", "NormLinearInt4", "NormLinearInt4SwiGLU", "LinearInt4NormLinearInt4",
+           "LinearInt4NormLinearInt4SwiGLU")
+    family = {op: after.get(op, 0) for op in ops}
+    linears = sum(n * op.count("Int4") for op, n in family.items())
+    assert "MatMulNBits" not in after and linears == before["MatMulNBits"]
+    # each layer's o projection with the gate/up after its norm, each down but the last with the next
+    # layer's q/k/v; the first q/k/v (after the first norm, not a skip norm), the last down and
+    # genai's 4-bit lm_head alone
+    assert family["LinearInt4NormLinearInt4SwiGLU"] == LAYERS and family["LinearInt4NormLinearInt4"] == LAYERS - 1
+    assert family["LinearInt4"] == 2 + (fmt == "genai")
+    assert family["NormLinearInt4"] == family["NormLinearInt4SwiGLU"] == 0
     notes = report(custom, "custom-linear")["notes"]
     assert f"{before['MatMulNBits']} x MatMulNBits -> LinearInt4" in notes
     assert f"{LAYERS} x SwiGLU + LinearInt4 -> LinearInt4SwiGLU" in notes
+    assert set(report(custom, "custom-linear-chain")["notes"]) == {
+        f"{LAYERS} x chain + NormLinearInt4SwiGLU -> LinearInt4NormLinearInt4SwiGLU",
+        f"{LAYERS - 1} x chain + NormLinearInt4 -> LinearInt4NormLinearInt4"}
     model = onnx.load(str(custom.model_path), load_external_data=False)
     names = {i.name for i in model.graph.initializer}
-    assert all(name in names for n in model.graph.node if n.op_type.endswith(("Int4", "Int4SwiGLU"))
+    assert all(name in names for n in model.graph.node if "Int4" in n.op_type
                for name in n.input[-3 if len(n.input) > 4 else -2:] if name)  # the same arrays, read as they are
     size = [sum(f.stat().st_size for f in e.path.iterdir()) for e in (default, custom)]
     assert abs(size[1] - size[0]) < 4096  # no weight stored twice
     assert custom.manifest["verification"]["top1_agreement"] == 1.0
     fmt_ours = custom.manifest["quantization"]["format"]
-    assert fmt_ours == f"optimizer.ops LinearInt4 family ({sum(family.values())} nodes, MatMulNBits' layout, fp32 sums)"
+    assert fmt_ours == f"optimizer.ops LinearInt4 family ({linears} linears, MatMulNBits' layout, fp32 sums)"
     assert default.manifest["quantization"]["format"] == "MatMulNBits"
     params = SamplingParams(max_new_tokens=12, ignore_eos=True)
     prompt = [1, 17, 230, 5, 99, 42]
@@ -194,3 +205,50 @@ def test_fp32_engines_are_left_as_they_are_with_the_reason(tmp_path):
 def test_an_engine_asking_for_unknown_custom_ops_is_refused():
     with pytest.raises(EngineError, match="custom ops of \\['other.ops'\\]"):
         make_session_options(None, custom_ops=("other.ops",))
+
+
+def linear_then_norm_model(h_as_skip: bool, h_read_elsewhere: bool, blocks: tuple[int, int] = (32, 32)) -> ir.Model:
+    """LinearInt4(x) -> h; NormLinearInt4(h, skip, gamma, W) (h as its x, or as its skip)."""
+    k, n = 64, 32
+    x = ir.Value(name="x", type=ir.TensorType(ir.DataType.FLOAT16), shape=ir.Shape([1, 1, k]))
+    skip = ir.Value(name="skip", type=ir.TensorType(ir.DataType.FLOAT16), shape=ir.Shape([1, 1, n]))
+    graph = ir.Graph([x, skip], [], nodes=[], name="g")
+    codes_a = add_initializer(graph, "a.codes", np.zeros((n, k // 32, 16), np.uint8))
+    scales_a = add_initializer(graph, "a.scales", np.ones((n, k // 32), np.float16))
+    gamma = add_initializer(graph, "gamma", np.ones(n, np.float16))
+    codes = add_initializer(graph, "b.codes", np.zeros((8, n // 32, 16), np.uint8))
+    scales = add_initializer(graph, "b.scales", np.ones((8, n // 32), np.float16))
+    first = ir.node("LinearInt4", [x, codes_a, scales_a], {"block_size": blocks[0]}, domain=CUSTOM_DOMAIN,
+                    num_outputs=2, name="o")
+    h = first.outputs[0]
+    norm = ir.node("NormLinearInt4", [skip, h, gamma, codes, scales] if h_as_skip else [h, skip, gamma, codes, scales],
+                   {"block_size": blocks[1], "epsilon": 1e-5}, domain=CUSTOM_DOMAIN, num_outputs=3, name="qkv")
+    graph.extend([first, norm])
+    graph.outputs.extend([norm.outputs[0], norm.outputs[1], *([h] if h_read_elsewhere else [])])
+    return ir.Model(graph, ir_version=10)
+
+
+@pytest.mark.parametrize("h_as_skip", [False, True])
+def test_custom_linear_chain_folds_a_4bit_linear_into_the_norm_linear_it_feeds(h_as_skip):
+    """As the norm's x or its skip (x + skip is the same sum): the chain's x is the linear's input,
+    its skip the norm's other input; the first weights' zero points absent (an empty input)."""
+    model = linear_then_norm_model(h_as_skip, False)
+    chain = CustomLinear("fp16", lower=False, folds=("chain",))
+    assert chain(model).modified
+    (node,) = list(model.graph)
+    assert (node.op_type, node.domain) == ("LinearInt4NormLinearInt4", CUSTOM_DOMAIN)
+    names = [v.name if v is not None else "" for v in node.inputs]
+    assert names == ["x", "a.codes", "a.scales", "", "skip", "gamma", "b.codes", "b.scales", ""]
+    assert [o.name for o in model.graph.outputs] == [node.outputs[0].name, node.outputs[1].name]
+    assert chain.notes == ["1 x chain + NormLinearInt4 -> LinearInt4NormLinearInt4"]
+
+
+@pytest.mark.parametrize("read_elsewhere,blocks,why", [
+    (True, (32, 32), "o: its output feeds more than the norm"),
+    (False, (32, 64), "o: blocks of 32, the norm's linear's 64")])
+def test_a_chain_that_cannot_fold_is_left_with_the_reason(read_elsewhere, blocks, why):
+    model = linear_then_norm_model(False, read_elsewhere, blocks)
+    chain = CustomLinear("fp16", lower=False, folds=("chain",))
+    assert not chain(model).modified
+    assert [n.op_type for n in model.graph] == ["LinearInt4", "NormLinearInt4"]
+    assert chain.notes == [f"1 x left: chain not folded: {why.split(': ', 1)[1]}"]

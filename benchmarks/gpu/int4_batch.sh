@@ -8,8 +8,10 @@
 #    SKIP_PROBE=1 leaves it out, where it ran alone before);
 # 3. the 1B fp16-custom and int4-custom engines (static, 64 slots) built (while the tests run), then
 #    at batch 1 and 64 concurrent 128 in / 128 out, one after another, then again in the reverse
-#    order: fp16-custom; int4-custom as it is (K's parts stored, added in order by the conversion;
-#    programmatic dependent launches);
+#    order: fp16-custom; int4-custom as it is (o with the norm and gate/up after it, down with the
+#    next q/k/v: one op each, the norm's kernel adding the first GEMM's K parts; programmatic
+#    dependent launches); int4-custom-nochain (each 4-bit linear an op, K's parts added by a
+#    conversion kernel of its own);
 # 4. where each engine's step at batch 64 spends its GPU time (benchmarks/gpu_kernels.py, plain
 #    launches: OPTIMIZER_CUDA_PDL=0, each kernel's own time; its first 40 kernels in order).
 # Results: /tmp/gd/b64.jsonl, probe.jsonl, tests.log in the log.
@@ -19,11 +21,11 @@ mkdir -p $W
 (python3 -m pytest -q -p no:cacheprovider tests/test_custom_ops_int4.py > $W/tests.log 2>&1
  echo "tests rc $?" >> $W/tests.log) &
 D="python3 benchmarks/gpu_decode.py --work $W --shapes llama-3.2-1b --concurrency 64 --results $W/b64.jsonl"
-$D --formats fp16-custom,int4-custom --phases build
+$D --formats fp16-custom,int4-custom,int4-custom-nochain --phases build
 wait  # the tests: nothing else on the GPU while the engines are timed
 grep -E "passed|failed|rc |Error" $W/tests.log | tail -8
 [ -n "$SKIP_PROBE" ] || bash benchmarks/gpu/int4_probe.sh
-RUNS=("fp16-custom" "int4-custom")
+RUNS=("fp16-custom" "int4-custom" "int4-custom-nochain")
 for round in $(seq 0 $(( ${ROUNDS:-2} - 1 ))); do  # ROUNDS=1: one order only
   for i in "${!RUNS[@]}"; do
     [ $round = 0 ] && r=${RUNS[$i]} || r=${RUNS[$((${#RUNS[@]} - 1 - i))]}
@@ -32,5 +34,6 @@ for round in $(seq 0 $(( ${ROUNDS:-2} - 1 ))); do  # ROUNDS=1: one order only
   done
 done
 OPTIMIZER_CUDA_PDL=0 python3 benchmarks/gpu_kernels.py $W/ours-llama-3.2-1b-fp16-custom \
-    $W/ours-llama-3.2-1b-int4-custom --batch 64 --results $W/kernels.jsonl | cut -c1-300
+    $W/ours-llama-3.2-1b-int4-custom $W/ours-llama-3.2-1b-int4-custom-nochain --batch 64 \
+    --results $W/kernels.jsonl | cut -c1-300
 echo SESSION DONE

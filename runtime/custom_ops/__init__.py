@@ -18,6 +18,10 @@ has their full signatures):
     [Norm]LinearInt4[SwiGLU](x, [skip, gamma,] codes, scales[, zeros])
                                 the same with 4-bit weights in onnxruntime MatMulNBits' layout
                                 (attribute block_size, a multiple of 32; no zeros: 8)
+    LinearInt4NormLinearInt4[SwiGLU](x, codes_a, scales_a[, zeros_a], skip, gamma, codes, scales[, zeros])
+                                LinearInt4 by the first weights, then NormLinearInt4[SwiGLU] of its
+                                output: on CUDA above 4 rows the norm's kernel adds the first
+                                GEMM's K parts (no conversion kernel between)
     CachedAttention(q, past_k, past_v, seqlens_k, total_sequence_length, cos, sin[, k, v])
                                 onnxruntime GroupQueryAttention's with its rotary: the new keys
                                 and values into the cache (in place where present is bound to

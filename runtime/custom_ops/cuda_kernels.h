@@ -54,6 +54,15 @@ int64_t linear_int4_scratch_elements(const LinearCall& call, const Int4Weights& 
 // LinearCall's computation with `weights` for its w (call.w unused).
 const char* linear_int4_cuda(const LinearCall& call, const Int4Weights& weights, void* stream, void* cublas);
 
+// Two 4-bit linears with a norm between (LinearInt4NormLinearInt4[SwiGLU]): h = first.x . wa^T
+// (first: x, rows, n, k; its y and scratch unused), then `call` (norm, with swiglu or not; its x
+// unused) of h. The same y and sum as linear_int4_cuda of `first` and then of `call` with x = h;
+// above the GEMV's rows, where the first GEMM stores K's parts, the norm's kernel adds them up.
+int64_t linear_int4_chain_scratch_elements(const LinearCall& first, const Int4Weights& first_weights,
+                                           const LinearCall& call, const Int4Weights& weights);
+const char* linear_int4_chain_cuda(const LinearCall& first, const Int4Weights& first_weights, const LinearCall& call,
+                                   const Int4Weights& weights, void* stream, void* cublas);
+
 // One call of CachedAttention (attention_math.h has its positions), float16 data on the device:
 // query rows (batch, seq) of `query_stride` values, head h's at h * head_dim; key and value rows
 // of `kv_stride` values, kv head g's at g * head_dim (packed q/k/v: pointers into the query's

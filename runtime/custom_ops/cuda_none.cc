@@ -17,4 +17,14 @@ int64_t linear_int4_scratch_elements(const LinearCall&, const Int4Weights&) { re
 
 const char* linear_int4_cuda(const LinearCall&, const Int4Weights&, void*, void*) { return kNoCuda; }
 
+int64_t linear_int4_chain_scratch_elements(const LinearCall&, const Int4Weights&, const LinearCall&,
+                                           const Int4Weights&) {
+  return 0;
+}
+
+const char* linear_int4_chain_cuda(const LinearCall&, const Int4Weights&, const LinearCall&, const Int4Weights&, void*,
+                                   void*) {
+  return kNoCuda;
+}
+
 const char* attention_cuda(const AttentionCall&, void*) { return kNoCuda; }

@@ -24,9 +24,10 @@
 // write float16 (no other kernel); each part adding into a zeroed fp32 buffer by atomics, converted
 // by a second kernel; or each part storing its sums in a buffer of its own (through shared memory,
 // 16 bytes a thread a store: store_tile), all added in part order by the kernel that converts them to
-// float16 after (no memset; the same sums every call, as in the cluster). With SwiGLU a block's tile
-// is half gate rows and half their up rows, and its epilogue writes silu(gate) * up (through shared
-// memory; K then split only within a cluster).
+// float16 after (no memset; the same sums every call, as in the cluster), or where the caller asks
+// (Launch::add_parts false: LinearInt4NormLinearInt4) by a kernel of its own that reads them. With
+// SwiGLU a block's tile is half gate rows and half their up rows, and its epilogue writes
+// silu(gate) * up (through shared memory; K then split only within a cluster).
 //
 // The kWarpgroup tile (WG; sm_90a: H100 / H200) runs the same block by Hopper's warpgroup MMA
 // instead: each of its two warpgroups multiplies its 64 outputs' weights, dequantized into
@@ -615,6 +616,7 @@ struct Launch {
   cudaStream_t stream;
   SplitSums sums;  // how K's parts add up their sums
   bool programmatic;
+  bool add_parts = true;  // kInParts: false leaves K's stored parts in `sums` for the caller to add
 };
 
 // The launch attribute that makes a kernel a programmatic dependent launch.
@@ -729,7 +731,7 @@ const char* launch(Args a, int config, int splits, Launch how, int most_rows = 6
   }
   if (failure != nullptr) return failure;
   const int64_t count = static_cast<int64_t>(a.m) * a.n;
-  if (buffers > 0) {
+  if (buffers > 0 && (how.add_parts || how.sums != SplitSums::kInParts)) {
     cudaLaunchConfig_t config = {};
     config.gridDim = dim3(static_cast<unsigned>((count + 256 * kConvertValues - 1) / (256 * kConvertValues)));
     config.blockDim = dim3(256);

@@ -12,11 +12,14 @@ namespace optimizer_ops {
 struct Kernel;
 using ComputeFn = OrtStatus* (*)(const Kernel& kernel, OrtKernelContext* context);
 
-// What a Linear-family op adds to x . w^T, and whether its weights are 4-bit (LinearInt4 family).
+// What a Linear-family op adds to x . w^T, whether its weights are 4-bit (LinearInt4 family), and
+// whether a 4-bit linear comes before its norm (the LinearInt4NormLinearInt4 ops: x is that
+// linear's input).
 struct LinearKind {
   bool norm;
   bool swiglu;
   bool int4;
+  bool chain;
 };
 
 // CachedAttention's attributes.
@@ -92,6 +95,7 @@ inline int64_t leading_rows(const std::vector<int64_t>& dims) {
 OrtStatus* swiglu_compute(const Kernel& kernel, OrtKernelContext* context);
 OrtStatus* linear_compute(const Kernel& kernel, OrtKernelContext* context);
 OrtStatus* linear_int4_compute(const Kernel& kernel, OrtKernelContext* context);
+OrtStatus* linear_int4_chain_compute(const Kernel& kernel, OrtKernelContext* context);
 OrtStatus* attention_compute(const Kernel& kernel, OrtKernelContext* context);
 
 inline OrtStatus* inputs_given(const Kernel& kernel, OrtKernelContext* context, size_t* count) {

@@ -15,9 +15,13 @@
 // with OPTIMIZER_INT4_GEMM=dequantize: the weights dequantized into the scratch band by band (up to
 // kBandValues float16 values, so that a band stays in L2 for the GEMM that reads it), each band
 // multiplied by cuBLAS into its columns of the output, SwiGLU after. The norm first, as linear.cu
-// does it. The GEMM's CUDA tests (tests/test_custom_ops_int4.py) passed inside onnxruntime on an
-// H100 (run17, 2026-12-05), where a Llama-3.2-1B-shaped int4 engine served 64 concurrent requests
-// at 21,150-21,200 out tok/s with it against 16,450-17,780 with the bands.
+// does it. Two linears with a norm between (LinearInt4NormLinearInt4[SwiGLU]): the first one's
+// outputs into the scratch and the second one's call of them; or, where the first GEMM stores K's
+// parts, its parts left in the scratch and added up by the norm's kernel (linear_common.cuh's
+// parts_skip_norm_rows: the same float16 values as the conversion kernel writes). The GEMM's CUDA
+// tests (tests/test_custom_ops_int4.py) passed inside onnxruntime on an H100 (run17, 2026-12-05),
+// where a Llama-3.2-1B-shaped int4 engine served 64 concurrent requests at 21,150-21,200 out tok/s
+// with it against 16,450-17,780 with the bands.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -330,8 +334,9 @@ const char* dequantized_gemm(const LinearCall& call, const Int4Args& a, const __
 }
 
 // The (rows, outputs) GEMM by gemm_int4_mma.cuh into the call's y, SwiGLU folded in; `sums`: its
-// split sums' floats.
-const char* mma_gemm(const LinearCall& call, const Int4Args& a, const __half* x, float* sums, cudaStream_t s) {
+// split sums' floats (with `add_parts` false, K's stored parts are left there, y not written).
+const char* mma_gemm(const LinearCall& call, const Int4Args& a, const __half* x, float* sums, cudaStream_t s,
+                     bool add_parts = true) {
   gemm_int4_mma::Args g{};
   g.x = x;
   g.codes = a.codes;
@@ -344,8 +349,26 @@ const char* mma_gemm(const LinearCall& call, const Int4Args& a, const __half* x,
   g.n = static_cast<int>(codes_rows(call));
   g.k = a.k;
   g.block = a.block;
-  const gemm_int4_mma::Launch how{s, split_sums(call), kGemmProgrammatic};
+  const gemm_int4_mma::Launch how{s, split_sums(call), kGemmProgrammatic, add_parts};
   return gemm_int4_mma::launch<kGemmStages>(g, kGemmConfig, gemm_splits(call), how);
+}
+
+// The parts of K a chain's first linear leaves for the norm's kernel to add up (0: it writes its
+// outputs in float16): where linear_int4_cuda would run it through the tensor-core GEMM with K's
+// parts stored.
+int chain_parts(const LinearCall& first, const Int4Weights& w) {
+  if (fused(first, w) || !tiled_gemm(first, w) || split_sums(first) != gemm_int4_mma::SplitSums::kInParts) return 0;
+  const int parts = gemm_int4::parts_of(static_cast<int>(first.k), gemm_splits(first));
+  return parts > 1 ? parts : 0;
+}
+
+// `call` reading its x from the scratch (whose regions start 16-byte aligned where the scratch does:
+// linear_int4_chain_cuda refuses one that does not), for the scratch it needs.
+LinearCall x_in_scratch(const LinearCall& call) {
+  alignas(16) static const __half kAlignedPlaceholder[8] = {};
+  LinearCall c = call;
+  c.x = kAlignedPlaceholder;
+  return c;
 }
 
 }  // namespace
@@ -362,6 +385,53 @@ int64_t linear_int4_scratch_elements(const LinearCall& c, const Int4Weights& w) 
     return normed + (splits > 1 && !c.swiglu ? 2 * buffers * c.rows * codes_rows(c) : 0);
   }
   return normed + rounded(c.swiglu ? c.rows * 2 * c.n : 0) + band_rows(c) * c.k;
+}
+
+int64_t linear_int4_chain_scratch_elements(const LinearCall& first, const Int4Weights& first_weights,
+                                           const LinearCall& call, const Int4Weights& weights) {
+  const int64_t h = rounded(first.rows * first.n);
+  const int parts = chain_parts(first, first_weights);
+  if (parts > 0) {  // K's parts of h (floats), the normed rows, then the second GEMM's scratch
+    LinearCall rest = x_in_scratch(call);
+    rest.norm = false;
+    return rounded(2 * parts * first.rows * first.n) + h + linear_int4_scratch_elements(rest, weights);
+  }
+  // h, then the scratch of either call (one after the other)
+  return h + std::max(linear_int4_scratch_elements(first, first_weights),
+                      linear_int4_scratch_elements(x_in_scratch(call), weights));
+}
+
+const char* linear_int4_chain_cuda(const LinearCall& first, const Int4Weights& first_weights, const LinearCall& call,
+                                   const Int4Weights& weights, void* stream, void* cublas) {
+  if (!aligned(call.scratch)) return "LinearInt4NormLinearInt4: onnxruntime's scratch output is not 16-byte aligned";
+  __half* free = static_cast<__half*>(call.scratch);
+  const int64_t h = rounded(first.rows * first.n);
+  const int parts = chain_parts(first, first_weights);
+  if (parts == 0) {  // h in float16 into the scratch, then NormLinearInt4[SwiGLU] of it
+    LinearCall head = first;
+    head.y = free;
+    head.scratch = free + h;
+    if (const char* failure = linear_int4_cuda(head, first_weights, stream, cublas)) return failure;
+    LinearCall second = call;
+    second.x = free;
+    second.scratch = free + h;
+    return linear_int4_cuda(second, weights, stream, cublas);
+  }
+  // the first GEMM's K parts into the scratch, added up by the norm's kernel (no conversion kernel),
+  // then the second linear of the normed rows
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  float* sums = reinterpret_cast<float*>(free);
+  __half* normed = free + rounded(2 * parts * first.rows * first.n);
+  const Int4Args a = typed(first, first_weights);
+  if (const char* failure = mma_gemm(first, a, a.x, sums, s, false)) return failure;
+  const PartsNorm<Int4Args> norm{typed(call, weights), sums, parts, normed};
+  launch_kernel<kGemmProgrammatic>(parts_skip_norm_rows<Int4Args>, static_cast<unsigned>(call.rows), 0, s, norm);
+  if (const char* failure = launched()) return failure;
+  LinearCall rest = call;
+  rest.norm = false;
+  rest.x = normed;
+  rest.scratch = normed + h;
+  return linear_int4_cuda(rest, weights, stream, cublas);
 }
 
 const char* linear_int4_cuda(const LinearCall& call, const Int4Weights& weights, void* stream, void* cublas) {

@@ -20,6 +20,13 @@
 //                                       (attribute block_size, a multiple of 32): codes (N, K / block,
 //                                       block / 2) uint8, scales (N, K / block) float16, zeros (N,
 //                                       ceil(K / block / 2)) uint8 packed, absent: 8
+//   LinearInt4NormLinearInt4(x, codes_a, scales_a[, zeros_a], skip, gamma, codes, scales[, zeros])
+//                                       -> y, sum, scratch
+//   LinearInt4NormLinearInt4SwiGLU(the same inputs) -> y, sum, scratch
+//                                       LinearInt4 of x by the first weights, then NormLinearInt4[SwiGLU]
+//                                       of its output (skip, gamma, the second weights): the same y
+//                                       and sum as those two ops (one block_size for both); on CUDA
+//                                       the first one's K parts added by the norm's kernel
 //   CachedAttention(query, past_key, past_value, seqlens_k, total_sequence_length, cos_cache,
 //                   sin_cache[, key, value]) -> output, present_key, present_value
 //                                       onnxruntime GroupQueryAttention's computation with its rotary
@@ -57,7 +64,7 @@ struct Op {
   ComputeFn compute;
   LinearKind kind;
   const int* input_types;  // null: every input float16
-  size_t required;         // inputs from this one on are optional
+  uint32_t optional;       // bit i: input i may be absent
   bool attention;          // CachedAttention: its attributes read at creation
   size_t cpu_input;        // an input read from CPU memory on CUDA (SIZE_MAX: none)
 };
@@ -75,7 +82,7 @@ size_t input_count(const ort::CustomOp* op) { return op_of(op).inputs; }
 size_t output_count(const ort::CustomOp* op) { return op_of(op).outputs; }
 int output_required(const ort::CustomOp*, size_t) { return 0; }  // INPUT_OUTPUT_REQUIRED
 int input_required(const ort::CustomOp* op, size_t index) {
-  return index < op_of(op).required ? 0 : 1;  // INPUT_OUTPUT_REQUIRED, INPUT_OUTPUT_OPTIONAL
+  return (op_of(op).optional >> index) & 1;  // INPUT_OUTPUT_REQUIRED (0), INPUT_OUTPUT_OPTIONAL (1)
 }
 int memory_type(const ort::CustomOp* op, size_t index) {  // OrtMemTypeCPUInput, OrtMemTypeDefault
   return index == op_of(op).cpu_input ? -2 : 0;
@@ -127,7 +134,7 @@ OrtStatus* compute_v2(void* kernel, OrtKernelContext* context) {
 void destroy(void* kernel) { delete static_cast<Kernel*>(kernel); }
 
 Op make_op(const char* op_name, size_t inputs, size_t outputs, bool cuda, ComputeFn compute, LinearKind kind = {},
-           const int* input_types = nullptr, size_t required_inputs = SIZE_MAX) {
+           const int* input_types = nullptr, uint32_t optional_inputs = 0) {
   Op op;
   memset(&op.table, 0, sizeof(op.table));
   ort::CustomOp& t = op.table;
@@ -157,22 +164,26 @@ Op make_op(const char* op_name, size_t inputs, size_t outputs, bool cuda, Comput
   op.compute = compute;
   op.kind = kind;
   op.input_types = input_types;
-  op.required = required_inputs;
+  op.optional = optional_inputs;
   op.attention = compute == attention_compute;
   op.cpu_input = op.attention && cuda ? 4 : SIZE_MAX;  // total_sequence_length, a shape, as GQA reads it
   return op;
 }
 
-// The LinearInt4 family's input types: x, [skip, gamma,] codes, scales, zeros.
+// The LinearInt4 family's input types: x, [skip, gamma,] codes, scales, zeros; with a 4-bit linear
+// first, x, its codes, scales, zeros, then skip, gamma, codes, scales, zeros.
 constexpr int kInt4Types[] = {ort::kFloat16, ort::kUint8, ort::kFloat16, ort::kUint8};
 constexpr int kNormInt4Types[] = {ort::kFloat16, ort::kFloat16, ort::kFloat16, ort::kUint8, ort::kFloat16, ort::kUint8};
+constexpr int kChainInt4Types[] = {ort::kFloat16, ort::kUint8,   ort::kFloat16, ort::kUint8, ort::kFloat16,
+                                   ort::kFloat16, ort::kUint8,   ort::kFloat16, ort::kUint8};
+constexpr uint32_t kChainOptional = (1u << 3) | (1u << 8);  // the zero points of either linear
 // CachedAttention's: query, past_key, past_value, seqlens_k, total_sequence_length, cos_cache,
 // sin_cache, key, value.
 constexpr int kAttentionTypes[] = {ort::kFloat16, ort::kFloat16, ort::kFloat16, ort::kInt32, ort::kInt32,
                                    ort::kFloat16, ort::kFloat16, ort::kFloat16, ort::kFloat16};
 
 // Every op, for the CPU and for CUDA (registered where the build has CUDA kernels).
-constexpr size_t kOps = 10;
+constexpr size_t kOps = 12;
 Op make_ops(bool cuda, size_t i) {
   switch (i) {
     case 0: return make_op("SwiGLU", 1, 1, cuda, swiglu_compute);
@@ -180,12 +191,22 @@ Op make_ops(bool cuda, size_t i) {
     case 2: return make_op("LinearSwiGLU", 2, 2, cuda, linear_compute, {false, true, false});
     case 3: return make_op("NormLinear", 4, 3, cuda, linear_compute, {true, false, false});
     case 4: return make_op("NormLinearSwiGLU", 4, 3, cuda, linear_compute, {true, true, false});
-    case 5: return make_op("LinearInt4", 4, 2, cuda, linear_int4_compute, {false, false, true}, kInt4Types, 3);
-    case 6: return make_op("LinearInt4SwiGLU", 4, 2, cuda, linear_int4_compute, {false, true, true}, kInt4Types, 3);
-    case 7: return make_op("NormLinearInt4", 6, 3, cuda, linear_int4_compute, {true, false, true}, kNormInt4Types, 5);
+    case 5: return make_op("LinearInt4", 4, 2, cuda, linear_int4_compute, {false, false, true}, kInt4Types, 1u << 3);
+    case 6:
+      return make_op("LinearInt4SwiGLU", 4, 2, cuda, linear_int4_compute, {false, true, true}, kInt4Types, 1u << 3);
+    case 7:
+      return make_op("NormLinearInt4", 6, 3, cuda, linear_int4_compute, {true, false, true}, kNormInt4Types, 1u << 5);
     case 8:
-      return make_op("NormLinearInt4SwiGLU", 6, 3, cuda, linear_int4_compute, {true, true, true}, kNormInt4Types, 5);
-    default: return make_op("CachedAttention", 9, 3, cuda, attention_compute, {}, kAttentionTypes, 7);
+      return make_op("NormLinearInt4SwiGLU", 6, 3, cuda, linear_int4_compute, {true, true, true}, kNormInt4Types,
+                     1u << 5);
+    case 9:
+      return make_op("LinearInt4NormLinearInt4", 9, 3, cuda, linear_int4_chain_compute, {true, false, true, true},
+                     kChainInt4Types, kChainOptional);
+    case 10:
+      return make_op("LinearInt4NormLinearInt4SwiGLU", 9, 3, cuda, linear_int4_chain_compute, {true, true, true, true},
+                     kChainInt4Types, kChainOptional);
+    default:
+      return make_op("CachedAttention", 9, 3, cuda, attention_compute, {}, kAttentionTypes, (1u << 7) | (1u << 8));
   }
 }
 
