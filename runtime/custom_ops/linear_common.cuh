@@ -186,6 +186,11 @@ __global__ void __launch_bounds__(kThreads) skip_norm_rows(Args a, __half* norme
 // into `normed`, where skip_norm (whose threads take the same chunks) reads them back and
 // normalizes them in place. Launched as a programmatic dependent launch where the device takes it:
 // it waits for the parts, then lets the kernel after it start.
+// Parts whose 32 bytes a thread of parts_skip_norm_rows reads before adding them (a loop of one
+// part at a time waited on each load: 3.9 us for the 1B shape's 64 rows of 8 parts on an H100, run32,
+// against 2.3 for skip_norm_rows alone).
+constexpr int kPartsBatch = 8;
+
 template <typename Args>
 struct PartsNorm {
   Args a;             // skip, gamma, sum, k, epsilon
@@ -202,11 +207,21 @@ __global__ void __launch_bounds__(kThreads) parts_skip_norm_rows(PartsNorm<Args>
   __half* row_normed = p.normed + at;
   for (int c = threadIdx.x; c < p.a.k / 8; c += blockDim.x) {
     float total[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    for (int part = 0; part < p.count; ++part) {
-      const float4* from = reinterpret_cast<const float4*>(p.parts + part * values + at + 8 * c);
-      const float4 low = from[0], high = from[1];
-      total[0] += low.x, total[1] += low.y, total[2] += low.z, total[3] += low.w;
-      total[4] += high.x, total[5] += high.y, total[6] += high.z, total[7] += high.w;
+    for (int first = 0; first < p.count; first += kPartsBatch) {  // a batch's loads all issued, then added
+      float4 low[kPartsBatch], high[kPartsBatch];
+#pragma unroll
+      for (int q = 0; q < kPartsBatch; ++q) {
+        if (first + q >= p.count) break;
+        const float4* from = reinterpret_cast<const float4*>(p.parts + (first + q) * values + at + 8 * c);
+        low[q] = from[0];
+        high[q] = from[1];
+      }
+#pragma unroll
+      for (int q = 0; q < kPartsBatch; ++q) {
+        if (first + q >= p.count) break;
+        total[0] += low[q].x, total[1] += low[q].y, total[2] += low[q].z, total[3] += low[q].w;
+        total[4] += high[q].x, total[5] += high[q].y, total[6] += high[q].z, total[7] += high[q].w;
+      }
     }
     uint4 x;
     __half2* xh = reinterpret_cast<__half2*>(&x);
