@@ -180,12 +180,6 @@ __global__ void __launch_bounds__(kThreads) skip_norm_rows(Args a, __half* norme
   skip_norm<1>(row, normed + at, a.sum + at);
 }
 
-// skip_norm_rows of x = `count` parts of fp32 sums ((rows, k) floats each, one after another) added
-// in part order and rounded to float16: the same x, bit for bit, as the GEMM's conversion of its
-// stored parts (gemm_int4_mma.cuh's sums_to_half) writes. Each thread first writes its chunks of x
-// into `normed`, where skip_norm (whose threads take the same chunks) reads them back and
-// normalizes them in place. Launched as a programmatic dependent launch where the device takes it:
-// it waits for the parts, then lets the kernel after it start.
 // Parts whose 32 bytes a thread of parts_skip_norm_rows reads before adding them (a loop of one
 // part at a time waited on each load: 3.9 us for the 1B shape's 64 rows of 8 parts on an H100, run32,
 // against 2.3 for skip_norm_rows alone).
@@ -199,6 +193,12 @@ struct PartsNorm {
   __half* normed;     // (rows, k)
 };
 
+// skip_norm_rows of x = `count` parts of fp32 sums ((rows, k) floats each, one after another) added
+// in part order and rounded to float16: the same x, bit for bit, as the GEMM's conversion of its
+// stored parts (gemm_int4_mma.cuh's sums_to_half) writes. Each thread first writes its chunks of x
+// into `normed`, where skip_norm (whose threads take the same chunks) reads them back and
+// normalizes them in place. Launched as a programmatic dependent launch where the device takes it:
+// it waits for the parts, then lets the kernel after it start.
 template <typename Args>
 __global__ void __launch_bounds__(kThreads) parts_skip_norm_rows(PartsNorm<Args> p) {
   wait_for_inputs();

@@ -353,6 +353,25 @@ const char* mma_gemm(const LinearCall& call, const Int4Args& a, const __half* x,
   return gemm_int4_mma::launch<kGemmStages>(g, kGemmConfig, gemm_splits(call), how);
 }
 
+// What keeps the CUDA kernels from a call (null: nothing).
+const char* call_problem(const LinearCall& call, const Int4Weights& weights) {
+  if (call.rows > INT32_MAX || call.n > INT32_MAX / 2 || call.k > INT32_MAX) {
+    return "LinearInt4: more than 2^31 - 1 rows, outputs or inputs";
+  }
+  if (call.k % 8 != 0 || weights.block % 8 != 0 || reinterpret_cast<uintptr_t>(weights.codes) % 4 != 0) {
+    return "LinearInt4: on CUDA K and the block must be multiples of 8 and the codes 4-byte aligned";
+  }
+  if (gemm_choice() == Gemm::kUnknown) {
+    return "LinearInt4: OPTIMIZER_INT4_GEMM must be mma (the tensor-core GEMM above 4 rows) or dequantize (bands "
+           "for cuBLAS)";
+  }
+  if (split_choice() == Split::kUnknown) {
+    return "LinearInt4: OPTIMIZER_INT4_SPLIT must be parts (K's parts of the tensor-core GEMM stored, added in order "
+           "after) or atomics (added by atomics)";
+  }
+  return nullptr;
+}
+
 // The parts of K a chain's first linear leaves for the norm's kernel to add up (0: it writes its
 // outputs in float16): where linear_int4_cuda would run it through the tensor-core GEMM with K's
 // parts stored.
@@ -403,6 +422,7 @@ int64_t linear_int4_chain_scratch_elements(const LinearCall& first, const Int4We
 
 const char* linear_int4_chain_cuda(const LinearCall& first, const Int4Weights& first_weights, const LinearCall& call,
                                    const Int4Weights& weights, void* stream, void* cublas) {
+  if (const char* problem = call_problem(first, first_weights)) return problem;
   if (!aligned(call.scratch)) return "LinearInt4NormLinearInt4: onnxruntime's scratch output is not 16-byte aligned";
   __half* free = static_cast<__half*>(call.scratch);
   const int64_t h = rounded(first.rows * first.n);
@@ -435,20 +455,7 @@ const char* linear_int4_chain_cuda(const LinearCall& first, const Int4Weights& f
 }
 
 const char* linear_int4_cuda(const LinearCall& call, const Int4Weights& weights, void* stream, void* cublas) {
-  if (call.rows > INT32_MAX || call.n > INT32_MAX / 2 || call.k > INT32_MAX) {
-    return "LinearInt4: more than 2^31 - 1 rows, outputs or inputs";
-  }
-  if (call.k % 8 != 0 || weights.block % 8 != 0 || reinterpret_cast<uintptr_t>(weights.codes) % 4 != 0) {
-    return "LinearInt4: on CUDA K and the block must be multiples of 8 and the codes 4-byte aligned";
-  }
-  if (gemm_choice() == Gemm::kUnknown) {
-    return "LinearInt4: OPTIMIZER_INT4_GEMM must be mma (the tensor-core GEMM above 4 rows) or dequantize (bands "
-           "for cuBLAS)";
-  }
-  if (split_choice() == Split::kUnknown) {
-    return "LinearInt4: OPTIMIZER_INT4_SPLIT must be parts (K's parts of the tensor-core GEMM stored, added in order "
-           "after) or atomics (added by atomics)";
-  }
+  if (const char* problem = call_problem(call, weights)) return problem;
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   Int4Args a = typed(call, weights);
   const int rows = static_cast<int>(call.rows);
