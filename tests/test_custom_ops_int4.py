@@ -176,24 +176,30 @@ def test_the_int4_family_on_cuda_equals_the_cpu_kernel_and_runs_in_a_captured_gr
     assert_cuda_runs_equal_the_cpu(sess, feeds, cpu)
 
 
+FAMILY_TEST = "test_the_int4_family_on_cuda_equals_the_cpu_kernel_and_runs_in_a_captured_graph"
+CHAIN_TEST = "test_the_chain_on_cuda_equals_the_cpu_and_the_two_ops_on_cuda"  # below
+
+
 def cases_run(*words: str) -> int:
-    """The CUDA test's runs over the CUDA_CASES whose ids hold one of `words`: each op, eager and captured."""
-    return 2 * len(FAMILY) * sum(1 for case in CUDA_CASES if any(word in case for word in words))
+    """The two CUDA tests' runs (the family's, the chain's) over their cases whose ids hold one of
+    `words`: each op, eager and captured."""
+    def matching(cases: dict) -> int:
+        return sum(1 for case in cases if any(word in case for word in words))
+    return 2 * len(FAMILY) * matching(CUDA_CASES) + 2 * len(CHAIN) * matching(CHAIN_CUDA_CASES)
 
 
 def child_pytest(env: dict[str, str], cases: str) -> subprocess.CompletedProcess:
-    """The CUDA test above over `cases` in a child pytest with `env` set (the library reads its
-    variables once a process)."""
-    test = "test_the_int4_family_on_cuda_equals_the_cpu_kernel_and_runs_in_a_captured_graph"
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::{test}",
-                           "-k", cases], capture_output=True, text=True, cwd=Path(__file__).parents[1],
-                          env={**os.environ, **env})
+    """The family's and the chain's CUDA tests over `cases` in a child pytest with `env` set (the
+    library reads its variables once a process)."""
+    tests = [f"{__file__}::{test}" for test in (FAMILY_TEST, CHAIN_TEST)]
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests, "-k", cases],
+                          capture_output=True, text=True, cwd=Path(__file__).parents[1], env={**os.environ, **env})
 
 
 @pytest.mark.skipif(not CUDA, reason="the CUDA kernels need onnxruntime's CUDA provider: onnxruntime-gpu and an NVIDIA GPU")
 def test_optimizer_int4_gemm_dequantize_runs_the_bands_with_the_same_results():
     """Every case of more than 4 rows through the dequantized bands and cuBLAS instead of
-    gemm_int4_mma.cuh, each op, eager and captured."""
+    gemm_int4_mma.cuh, each op (the chain's too), eager and captured."""
     done = child_pytest({"OPTIMIZER_INT4_GEMM": "dequantize"}, "gemm or dequantized")
     assert done.returncode == 0 and f"{cases_run('gemm', 'dequantized')} passed" in done.stdout, done.stdout[-3000:]
 
@@ -201,8 +207,8 @@ def test_optimizer_int4_gemm_dequantize_runs_the_bands_with_the_same_results():
 @pytest.mark.skipif(not CUDA, reason="the CUDA kernels need onnxruntime's CUDA provider: onnxruntime-gpu and an NVIDIA GPU")
 def test_the_gemm_with_k_s_parts_added_by_atomics_and_launched_plainly_gives_the_same_results():
     """The tensor-core GEMM's cases with K's parts added by atomics (OPTIMIZER_INT4_SPLIT=atomics,
-    not stored and added in order after) and its kernels launched plainly (OPTIMIZER_CUDA_PDL=0),
-    each op, eager and captured."""
+    not stored and added in order after: the chain then converts its first GEMM's sums as LinearInt4
+    does) and its kernels launched plainly (OPTIMIZER_CUDA_PDL=0), each op, eager and captured."""
     done = child_pytest({"OPTIMIZER_INT4_SPLIT": "atomics", "OPTIMIZER_CUDA_PDL": "0"}, "gemm")
     assert done.returncode == 0 and f"{cases_run('gemm')} passed" in done.stdout, done.stdout[-3000:]
 
