@@ -12,14 +12,12 @@ namespace optimizer_ops {
 struct Kernel;
 using ComputeFn = OrtStatus* (*)(const Kernel& kernel, OrtKernelContext* context);
 
-// What a Linear-family op adds to x . w^T, whether its weights are 4-bit (LinearInt4 family), and
-// whether a 4-bit linear comes before its norm (the LinearInt4NormLinearInt4 ops: x is that
-// linear's input).
+// What a Linear-family op adds to x . w^T, and whether its weights are 4-bit (LinearInt4 family;
+// the LinearInt4NormLinearInt4 ops are its norm kinds with a compute function of their own).
 struct LinearKind {
   bool norm;
   bool swiglu;
   bool int4;
-  bool chain;
 };
 
 // CachedAttention's attributes.

@@ -174,8 +174,8 @@ Op make_op(const char* op_name, size_t inputs, size_t outputs, bool cuda, Comput
 // first, x, its codes, scales, zeros, then skip, gamma, codes, scales, zeros.
 constexpr int kInt4Types[] = {ort::kFloat16, ort::kUint8, ort::kFloat16, ort::kUint8};
 constexpr int kNormInt4Types[] = {ort::kFloat16, ort::kFloat16, ort::kFloat16, ort::kUint8, ort::kFloat16, ort::kUint8};
-constexpr int kChainInt4Types[] = {ort::kFloat16, ort::kUint8,   ort::kFloat16, ort::kUint8, ort::kFloat16,
-                                   ort::kFloat16, ort::kUint8,   ort::kFloat16, ort::kUint8};
+constexpr int kChainInt4Types[] = {ort::kFloat16, ort::kUint8, ort::kFloat16, ort::kUint8, ort::kFloat16,
+                                   ort::kFloat16, ort::kUint8, ort::kFloat16, ort::kUint8};
 constexpr uint32_t kChainOptional = (1u << 3) | (1u << 8);  // the zero points of either linear
 // CachedAttention's: query, past_key, past_value, seqlens_k, total_sequence_length, cos_cache,
 // sin_cache, key, value.
@@ -200,10 +200,10 @@ Op make_ops(bool cuda, size_t i) {
       return make_op("NormLinearInt4SwiGLU", 6, 3, cuda, linear_int4_compute, {true, true, true}, kNormInt4Types,
                      1u << 5);
     case 9:
-      return make_op("LinearInt4NormLinearInt4", 9, 3, cuda, linear_int4_chain_compute, {true, false, true, true},
+      return make_op("LinearInt4NormLinearInt4", 9, 3, cuda, linear_int4_chain_compute, {true, false, true},
                      kChainInt4Types, kChainOptional);
     case 10:
-      return make_op("LinearInt4NormLinearInt4SwiGLU", 9, 3, cuda, linear_int4_chain_compute, {true, true, true, true},
+      return make_op("LinearInt4NormLinearInt4SwiGLU", 9, 3, cuda, linear_int4_chain_compute, {true, true, true},
                      kChainInt4Types, kChainOptional);
     default:
       return make_op("CachedAttention", 9, 3, cuda, attention_compute, {}, kAttentionTypes, (1u << 7) | (1u << 8));
