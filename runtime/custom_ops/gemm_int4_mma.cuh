@@ -556,9 +556,32 @@ __host__ __device__ inline float parts_total(const float* sums, int parts, int64
 constexpr int kConvertValues = 4;  // sums a thread of sums_to_half adds up and converts
 constexpr int kConvertBatch = 8;   // parts whose 16 bytes a thread reads before adding them
 
+// total[v] (4 V values from `at` on) += the `parts` sums buffers (`count` floats apart, 16-byte
+// aligned at `at`) in part order: kConvertBatch parts' reads issued before their adds (the same sums
+// as parts_total's, element by element).
+template <int V>
+__device__ __forceinline__ void add_parts(const float* in, int parts, int64_t count, int64_t at, float4 (&total)[V]) {
+  for (int first = 0; first < parts; first += kConvertBatch) {
+    float4 part[kConvertBatch][V];
+#pragma unroll
+    for (int p = 0; p < kConvertBatch; ++p) {
+      if (first + p >= parts) break;
+#pragma unroll
+      for (int v = 0; v < V; ++v) part[p][v] = reinterpret_cast<const float4*>(in + (first + p) * count + at)[v];
+    }
+#pragma unroll
+    for (int p = 0; p < kConvertBatch; ++p) {
+      if (first + p >= parts) break;
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        total[v].x += part[p][v].x, total[v].y += part[p][v].y, total[v].z += part[p][v].z, total[v].w += part[p][v].w;
+      }
+    }
+  }
+}
+
 // y = the `parts` sums buffers (`count` floats apart) added up in part order, as float16: a thread's
-// kConvertValues values read 16 bytes a part, kConvertBatch parts' reads issued before their adds
-// (the same sums as parts_total's, element by element). Where the buffers or y are not aligned for
+// kConvertValues values read 16 bytes a part (add_parts). Where the buffers or y are not aligned for
 // that, value by value.
 __global__ void sums_to_half(const float* in, int parts, __half* out, int64_t count) {
   wait_for_earlier_kernels();
@@ -573,20 +596,9 @@ __global__ void sums_to_half(const float* in, int parts, __half* out, int64_t co
     }
     return;
   }
-  float4 total = {0.f, 0.f, 0.f, 0.f};
-  for (int first = 0; first < parts; first += kConvertBatch) {
-    float4 part[kConvertBatch];
-#pragma unroll
-    for (int p = 0; p < kConvertBatch; ++p) {
-      if (first + p < parts) part[p] = *reinterpret_cast<const float4*>(in + (first + p) * count + i);
-    }
-#pragma unroll
-    for (int p = 0; p < kConvertBatch; ++p) {
-      if (first + p >= parts) break;
-      total.x += part[p].x, total.y += part[p].y, total.z += part[p].z, total.w += part[p].w;
-    }
-  }
-  const __half2 low = __floats2half2_rn(total.x, total.y), high = __floats2half2_rn(total.z, total.w);
+  float4 total[1] = {{0.f, 0.f, 0.f, 0.f}};
+  add_parts(in, parts, count, i, total);
+  const __half2 low = __floats2half2_rn(total[0].x, total[0].y), high = __floats2half2_rn(total[0].z, total[0].w);
   *reinterpret_cast<uint2*>(out + i) = make_uint2(*reinterpret_cast<const uint32_t*>(&low),
                                                   *reinterpret_cast<const uint32_t*>(&high));
 }

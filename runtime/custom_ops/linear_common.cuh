@@ -180,61 +180,6 @@ __global__ void __launch_bounds__(kThreads) skip_norm_rows(Args a, __half* norme
   skip_norm<1>(row, normed + at, a.sum + at);
 }
 
-// Parts whose 32 bytes a thread of parts_skip_norm_rows reads before adding them: on an H100 the 1B
-// shape's 64 rows of 8 parts took 3.9 us one part at a time (run32), 3.3-3.6 batched (run33),
-// against 2.3 for skip_norm_rows alone (one block a row: 64 of the 132 SMs read the 4 MB of parts).
-constexpr int kPartsBatch = 8;
-
-template <typename Args>
-struct PartsNorm {
-  Args a;             // skip, gamma, sum, k, epsilon
-  const float* parts;
-  int count;
-  __half* normed;     // (rows, k)
-};
-
-// skip_norm_rows of x = `count` parts of fp32 sums ((rows, k) floats each, one after another) added
-// in part order and rounded to float16: the same x, bit for bit, as the GEMM's conversion of its
-// stored parts (gemm_int4_mma.cuh's sums_to_half) writes. Each thread first writes its chunks of x
-// into `normed`, where skip_norm (whose threads take the same chunks) reads them back and
-// normalizes them in place. Launched as a programmatic dependent launch where the device takes it:
-// it waits for the parts, then lets the kernel after it start.
-template <typename Args>
-__global__ void __launch_bounds__(kThreads) parts_skip_norm_rows(PartsNorm<Args> p) {
-  wait_for_inputs();
-  let_next_start();
-  const size_t at = static_cast<size_t>(blockIdx.x) * p.a.k, values = static_cast<size_t>(gridDim.x) * p.a.k;
-  __half* row_normed = p.normed + at;
-  for (int c = threadIdx.x; c < p.a.k / 8; c += blockDim.x) {
-    float total[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    for (int first = 0; first < p.count; first += kPartsBatch) {  // a batch's loads all issued, then added
-      float4 low[kPartsBatch], high[kPartsBatch];
-#pragma unroll
-      for (int q = 0; q < kPartsBatch; ++q) {
-        if (first + q >= p.count) break;
-        const float4* from = reinterpret_cast<const float4*>(p.parts + (first + q) * values + at + 8 * c);
-        low[q] = from[0];
-        high[q] = from[1];
-      }
-#pragma unroll
-      for (int q = 0; q < kPartsBatch; ++q) {
-        if (first + q >= p.count) break;
-        total[0] += low[q].x, total[1] += low[q].y, total[2] += low[q].z, total[3] += low[q].w;
-        total[4] += high[q].x, total[5] += high[q].y, total[6] += high[q].z, total[7] += high[q].w;
-      }
-    }
-    uint4 x;
-    __half2* xh = reinterpret_cast<__half2*>(&x);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) xh[j] = __floats2half2_rn(total[2 * j], total[2 * j + 1]);
-    *reinterpret_cast<uint4*>(row_normed + 8 * c) = x;
-  }
-  Args row = p.a;
-  row.x = row_normed;
-  row.skip += at;
-  skip_norm<1>(row, row_normed, p.a.sum + at);
-}
-
 // A family's GEMV launched for a call (linear.cu, linear_int4.cu). Family has `Args` (with n and
 // k), `kChunkValues` (K values a 16-byte weight chunk covers), `programmatic` (its kProgrammatic), and
 // `kernel<ROWS, WPO, NORM, SWIGLU>()`, the kernel for those template arguments. Warps an output
