@@ -21,8 +21,8 @@ from pathlib import Path
 
 from sass_loop_stats import loop_bounds
 
-SECTIONS = ("GPU Speed Of Light Throughput", "Occupancy", "Scheduler Statistics", "Warp State Statistics",
-            "Memory Workload Analysis", "Launch Statistics")
+SECTIONS = ("GPU Speed Of Light Throughput", "Compute Workload Analysis", "Occupancy", "Scheduler Statistics",
+            "Warp State Statistics", "Memory Workload Analysis", "Launch Statistics")
 SAMPLES = "Warp Stall Sampling (All"
 
 

@@ -26,6 +26,7 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __noinline__
 #define __launch_bounds__(...)
 
 struct dim3 {
@@ -36,6 +37,9 @@ struct alignas(8) uint2 {
 };
 struct alignas(16) uint4 {
   uint32_t x, y, z, w;
+};
+struct alignas(16) float4 {
+  float x, y, z, w;
 };
 
 inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
@@ -145,6 +149,12 @@ inline void cluster_sync() { block->cluster->all->arrive_and_wait(); }
 inline float cluster_load(const float* local, int rank) {
   const auto offset = reinterpret_cast<const unsigned char*>(local) - block->shared.data();
   float v;
+  std::memcpy(&v, block->cluster->blocks.at(rank)->shared.data() + offset, sizeof v);
+  return v;
+}
+inline float4 cluster_load4(const float* local, int rank) {
+  const auto offset = reinterpret_cast<const unsigned char*>(local) - block->shared.data();
+  float4 v;
   std::memcpy(&v, block->cluster->blocks.at(rank)->shared.data() + offset, sizeof v);
   return v;
 }

@@ -311,7 +311,9 @@ def test_the_chain_on_cuda_equals_the_cpu_and_the_two_ops_on_cuda(graph, op, row
     """1-4 rows: the two GEMVs (h in the scratch); more: the first GEMM's K parts left in the scratch
     and added by the norm's kernel (gemm-64-parts, gemm-64-long-k), or h written in float16 where K
     is not split or the bands take it; eager and captured. The same outputs as LinearInt4 then
-    NormLinearInt4[SwiGLU] on CUDA, bit for bit."""
+    NormLinearInt4[SwiGLU] on CUDA, bit for bit; with OPTIMIZER_INT4_SPLIT=atomics (a child pytest
+    below), whose fp32 sums add up in whatever order the blocks come, to a few float16 units (on an
+    H100: at most 6.1e-5 apart where they differ)."""
     import torch  # noqa: F401  (loads the CUDA libraries onnxruntime-gpu links against)
 
     feeds = chain_inputs(rows, k, hidden, 2 * n if op.endswith("SwiGLU") else n, block, op, zeros, seed=k + n)
@@ -321,5 +323,9 @@ def test_the_chain_on_cuda_equals_the_cpu_and_the_two_ops_on_cuda(graph, op, row
     assert_cuda_runs_equal_the_cpu(captured, feeds, cpu)
     on_cuda = [session(chain_model(op, zeros, block, separate=separate), ("CUDAExecutionProvider",), cuda=True)
                .run(None, feeds) for separate in (False, True)]
+    atomics = os.environ.get("OPTIMIZER_INT4_SPLIT") == "atomics"
     for a, b in zip(*on_cuda):
-        np.testing.assert_array_equal(a, b)
+        if atomics:
+            np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), rtol=1e-2, atol=1e-3)
+        else:
+            np.testing.assert_array_equal(a, b)

@@ -32,7 +32,10 @@ void run(const gemm_int4_mma::Args& a, int parts, bool late, bool cluster) {
   const dim3 grid{static_cast<unsigned>((a.n + T::kBN - 1) / T::kBN),
                   static_cast<unsigned>((a.m + T::kBM - 1) / T::kBM), static_cast<unsigned>(parts)};
   cuda_emulation::launch(grid, gemm_int4_mma::kThreads, T::kShared, late,
-                         [&] { gemm_int4_mma::gemm_int4_mma_kernel<MR, NO, 4, WG, WR>(a); }, cluster ? parts : 1);
+                         [&] {  // launch_tile's choice: the SwiGLU kernel where a.swiglu
+                           if (a.swiglu) gemm_int4_mma::gemm_int4_mma_kernel<MR, NO, 4, WG, WR, true>(a);
+                           else gemm_int4_mma::gemm_int4_mma_kernel<MR, NO, 4, WG, WR, false>(a);
+                         }, cluster ? parts : 1);
 }
 
 // gemm_int4_mma::launch_rows' tile for `config` (gemm_int4_plan.h's)

@@ -176,8 +176,8 @@ __device__ __forceinline__ uint16_t load_u8(const void* p) {
 }
 
 // The block's rank in its thread block cluster (sm_90), a barrier over the cluster's threads
-// (what each wrote to shared memory before it is seen by all after), and the float at `local`'s
-// offset in the shared memory of the cluster's block `rank`.
+// (what each wrote to shared memory before it is seen by all after), and the float, or the four
+// floats (16-byte aligned), at `local`'s offset in the shared memory of the cluster's block `rank`.
 __device__ __forceinline__ int cluster_rank() {
 #if defined(__CUDACC__)
 #if __CUDA_ARCH__ >= 900
@@ -214,6 +214,25 @@ __device__ __forceinline__ float cluster_load(const float* local, int rank) {
 #endif
 #else
   return cuda_emulation::cluster_load(local, rank);
+#endif
+}
+__device__ __forceinline__ float4 cluster_load4(const float* local, int rank) {
+#if defined(__CUDACC__)
+#if __CUDA_ARCH__ >= 900
+  const uint32_t address = static_cast<uint32_t>(__cvta_generic_to_shared(local));
+  uint32_t remote;
+  float4 v;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(address), "r"(rank));
+  asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "r"(remote)
+               : "memory");
+  return v;
+#else
+  return *reinterpret_cast<const float4*>(local);
+#endif
+#else
+  return cuda_emulation::cluster_load4(local, rank);
 #endif
 }
 

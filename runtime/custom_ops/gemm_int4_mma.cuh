@@ -124,7 +124,7 @@ struct Tile {
   static constexpr int kStageW = kBN * kStepBytes;   // bytes
   static constexpr size_t kPipeline = static_cast<size_t>(STAGES) * (kStageX + kStageW);
   static constexpr int kLdSums = kBN + 4;  // store_tile's row stride in floats
-  static constexpr size_t kSums = static_cast<size_t>(kBM) * kLdSums * 4;  // the fp32 sums (tile_sums, store_tile)
+  static constexpr size_t kSums = static_cast<size_t>(kBM) * kLdSums * 4;  // the fp32 sums (tile_sums_*, store_tile)
   static constexpr size_t kShared = kPipeline > kSums ? kPipeline : kSums;
 };
 
@@ -242,14 +242,91 @@ __device__ __forceinline__ void for_each_sum(const float (&acc)[NO][MR][4], int 
       }
 }
 
+// tile_sums_by_quads (below) once the block's sums are in its shared memory (`sums`, rows kLdSums
+// floats apart) and the barrier is passed: a function of its own (not inlined).
+template <class T>
+__device__ __noinline__ void tile_out(const Args& a, const float* sums, int outputs, int first_column, int m0,
+                                      bool cluster) {
+  const int parts = cluster ? static_cast<int>(gridDim.z) : 1;
+  // every part's four values read before any is added (the reads then wait on the cluster once, not
+  // once a part), added in rank order (the same sum, whatever the count of parts)
+  auto total = [&](int at) {
+    if (!cluster) return *reinterpret_cast<const float4*>(sums + at);
+    float4 part_sums[gemm_int4::kClusterParts];
+#pragma unroll
+    for (int part = 0; part < gemm_int4::kClusterParts; ++part) {
+      if (part < parts) part_sums[part] = cluster_load4(sums + at, part);
+    }
+    float4 sum = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int part = 0; part < gemm_int4::kClusterParts; ++part) {
+      if (part < parts) {
+        sum.x += part_sums[part].x, sum.y += part_sums[part].y, sum.z += part_sums[part].z, sum.w += part_sums[part].w;
+      }
+    }
+    return sum;
+  };
+  const int quad_shift = __ffs(a.swiglu ? T::kBN / 8 : T::kBN / 4) - 1;  // log2 of a row's groups of four
+  const int quads = 1 << quad_shift;
+  const bool vectors = outputs % 4 == 0 && reinterpret_cast<uintptr_t>(a.y) % 8 == 0;
+  const int first = (cluster ? cluster_rank() : 0) * kThreads + static_cast<int>(threadIdx.x);
+  for (int i = first; i < T::kBM * quads; i += parts * kThreads) {
+    const int r = i >> quad_shift, c = 4 * (i & (quads - 1)), row = m0 + r, col = first_column + c;
+    if (row >= a.m || col >= outputs) continue;
+    const int at = r * T::kLdSums + c;
+    const float4 g = total(at);
+    float v[4] = {g.x, g.y, g.z, g.w};
+    if (a.swiglu) {
+      const float4 u = total(at + T::kBN / 2);
+      const float up[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) v[j] = swiglu_value(v[j], up[j]);
+    }
+    __half* out = a.y + static_cast<size_t>(row) * outputs + col;
+    if (vectors && col + 4 <= outputs) {
+      alignas(8) __half h[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) h[j] = __float2half(v[j]);
+      *reinterpret_cast<uint2*>(out) = *reinterpret_cast<const uint2*>(h);
+    } else {
+      for (int j = 0; j < 4 && col + j < outputs; ++j) out[j] = __float2half(v[j]);
+    }
+  }
+  if (cluster) cluster_sync();
+}
+
 // The block's outputs through shared memory: each part (a cluster's block, rank = part; or the
-// block alone) leaves its (BM, BN) sums there; after a barrier each adds up its share of the tile
-// over the parts, in rank order (the same sums every call), applies SwiGLU to a gate and its up
-// (tile columns c and c + BN / 2), and writes float16; in a cluster a second barrier keeps each
-// block's shared memory until the others have read it.
+// block alone) leaves its (BM, BN) sums there (rows kLdSums floats apart, as store_tile's); after a
+// barrier each adds up its share of the tile over the parts four columns at a time (16-byte reads,
+// from the other blocks' shared memory through the cluster), in rank order (the same sums every
+// call), applies SwiGLU to a gate and its up (tile columns c and c + BN / 2), and writes float16 (8
+// bytes at a time where y is aligned for that); in a cluster a second barrier keeps each block's
+// shared memory until the others have read it. The share's index arithmetic is shifts and masks (the
+// tile's sizes are powers of two). The SwiGLU kernel's ending (gemm_int4_mma_kernel's QUADS). On an
+// H100 (Nsight Compute, the 1B gate/up at 64 rows in clusters of two) tile_sums_by_value's reads, a
+// float a part at a time with divisions by the tile's width, took ~43% of the kernel's warp stall
+// samples; with this ending the gate/up took 26.4 us against 29.9 (run35).
 template <class T, int NO, int MR>
-__device__ __forceinline__ void tile_sums(const Args& a, const float (&acc)[NO][MR][4], unsigned char* shared,
-                                          const TileRows& tile, int m0, int first_row, int out_row, int t) {
+__device__ __forceinline__ void tile_sums_by_quads(const Args& a, const float (&acc)[NO][MR][4],
+                                                   unsigned char* shared, const TileRows& tile, int m0,
+                                                   int first_row, int out_row, int t) {
+  static_assert((T::kBN & (T::kBN - 1)) == 0 && T::kBN >= 8, "the tile's width is a power of two");
+  float* sums = reinterpret_cast<float*>(shared);
+  const bool cluster = a.adding == SplitSums::kInCluster && gridDim.z > 1;
+  __syncthreads();  // every warp is done with the pipeline's stages
+  for_each_sum(acc, first_row, out_row, t, [&](int row, int col, float sum) { sums[row * T::kLdSums + col] = sum; });
+  if (cluster) cluster_sync();
+  else __syncthreads();
+  tile_out<T>(a, sums, tile.outputs, tile.first, m0, cluster);
+}
+
+// tile_sums_by_quads' work one value at a time (each part's float read through the cluster, the
+// share's row and column by division): the ending of the kernel without SwiGLU (QUADS false) where
+// K's parts add up in a cluster (the probe's c10000 forms of those linears).
+template <class T, int NO, int MR>
+__device__ __forceinline__ void tile_sums_by_value(const Args& a, const float (&acc)[NO][MR][4],
+                                                   unsigned char* shared, const TileRows& tile, int m0,
+                                                   int first_row, int out_row, int t) {
   float* sums = reinterpret_cast<float*>(shared);
   const bool cluster = a.adding == SplitSums::kInCluster && gridDim.z > 1;
   __syncthreads();  // every warp is done with the pipeline's stages
@@ -401,8 +478,14 @@ __device__ __forceinline__ void warpgroup_step(float (&acc)[1][MR][4], const uns
 }
 
 // The kernel: tile (8 MR WR rows, 128 NO / WR outputs) of y, or of K's part blockIdx.z; WG: by the
-// warpgroup MMA (sm_90a; NO 1), else by mma.sync.
-template <int MR, int NO, int STAGES, bool WG = false, int WR = 1>
+// warpgroup MMA (sm_90a; NO 1), else by mma.sync. QUADS: the kernel of the calls with SwiGLU, which
+// end in tile_sums_by_quads; the others' kernel ends in store_tile (or each thread's stores), or in
+// tile_sums_by_value where K's parts add up in a cluster. Two kernels, not one with both endings: nvcc
+// schedules the main loop around whichever ending it is given, and with tile_sums_by_quads in place
+// of tile_sums_by_value the one kernel's loop took q/k/v, o, down and the lm_head 3-11% longer on an
+// H100 (run35, 16-128 rows); this way each kernel's code is the one measured (its SASS the same as
+// run35's two builds').
+template <int MR, int NO, int STAGES, bool WG = false, int WR = 1, bool QUADS = false>
 __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mma_kernel(Args a) {
   using T = Tile<MR, NO, STAGES, WG, WR>;
   constexpr int NF = 2 * NO;  // 8-output groups a thread dequantizes: outputs g and g + 8 of each fragment
@@ -523,7 +606,8 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
 
   const bool split = gridDim.z > 1;
   if ((split && a.adding == SplitSums::kInCluster) || a.swiglu) {
-    tile_sums<T>(a, acc, shared, tile, m0, first_row, out_row, t);
+    if constexpr (QUADS) tile_sums_by_quads<T>(a, acc, shared, tile, m0, first_row, out_row, t);
+    else tile_sums_by_value<T>(a, acc, shared, tile, m0, first_row, out_row, t);
     return;
   }
   if (!a.direct_stores && (!split || a.adding == SplitSums::kInParts)) {
@@ -647,7 +731,8 @@ inline cudaLaunchAttribute programmatic_attribute() {
 template <int MR, int NO, int STAGES, bool WG, int WR = 1>
 const char* launch_tile(Args a, int splits, const Launch& how, int& buffers) {
   using T = Tile<MR, NO, STAGES, WG, WR>;
-  auto kernel = gemm_int4_mma_kernel<MR, NO, STAGES, WG, WR>;
+  auto kernel = a.swiglu ? gemm_int4_mma_kernel<MR, NO, STAGES, WG, WR, true>
+                         : gemm_int4_mma_kernel<MR, NO, STAGES, WG, WR, false>;
   buffers = 0;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(T::kShared)) !=
       cudaSuccess) {
