@@ -483,8 +483,8 @@ __device__ __forceinline__ void warpgroup_step(float (&acc)[1][MR][4], const uns
 // tile_sums_by_value where K's parts add up in a cluster. Two kernels, not one with both endings: nvcc
 // schedules the main loop around whichever ending it is given, and with tile_sums_by_quads in place
 // of tile_sums_by_value the one kernel's loop took q/k/v, o, down and the lm_head 3-11% longer on an
-// H100 (run35, 16-128 rows); this way each kernel's code is the one measured (its SASS the same as
-// run35's two builds').
+// H100 (run35, 16-128 rows); this way each kernel's code is one that was measured (by cuobjdump,
+// the SwiGLU kernel's SASS is run35's build's, the other's run34's).
 template <int MR, int NO, int STAGES, bool WG = false, int WR = 1, bool QUADS = false>
 __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mma_kernel(Args a) {
   using T = Tile<MR, NO, STAGES, WG, WR>;
