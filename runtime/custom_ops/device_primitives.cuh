@@ -200,14 +200,20 @@ __device__ __forceinline__ void cluster_sync() {
   cuda_emulation::cluster_sync();
 #endif
 }
+#if defined(__CUDACC__) && __CUDA_ARCH__ >= 900
+// `local`'s offset in the shared memory of the cluster's block `rank`, as ld.shared::cluster reads it.
+__device__ __forceinline__ uint32_t cluster_address(const void* local, int rank) {
+  const uint32_t address = static_cast<uint32_t>(__cvta_generic_to_shared(local));
+  uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(address), "r"(rank));
+  return remote;
+}
+#endif
 __device__ __forceinline__ float cluster_load(const float* local, int rank) {
 #if defined(__CUDACC__)
 #if __CUDA_ARCH__ >= 900
-  const uint32_t address = static_cast<uint32_t>(__cvta_generic_to_shared(local));
-  uint32_t remote;
   float v;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(address), "r"(rank));
-  asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(remote) : "memory");
+  asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(cluster_address(local, rank)) : "memory");
   return v;
 #else
   return *local;
@@ -219,13 +225,10 @@ __device__ __forceinline__ float cluster_load(const float* local, int rank) {
 __device__ __forceinline__ float4 cluster_load4(const float* local, int rank) {
 #if defined(__CUDACC__)
 #if __CUDA_ARCH__ >= 900
-  const uint32_t address = static_cast<uint32_t>(__cvta_generic_to_shared(local));
-  uint32_t remote;
   float4 v;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(address), "r"(rank));
   asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
                : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
-               : "r"(remote)
+               : "r"(cluster_address(local, rank))
                : "memory");
   return v;
 #else
