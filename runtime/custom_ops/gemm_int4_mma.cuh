@@ -242,6 +242,17 @@ __device__ __forceinline__ void for_each_sum(const float (&acc)[NO][MR][4], int 
       }
 }
 
+// The block's sums into its shared memory (`sums`, rows `stride` floats apart) once every warp is
+// done with the pipeline's stages, then a barrier over the block, or over its cluster where `cluster`.
+template <int NO, int MR>
+__device__ __forceinline__ void sums_to_shared(const float (&acc)[NO][MR][4], float* sums, int stride, bool cluster,
+                                               int first_row, int out_row, int t) {
+  __syncthreads();
+  for_each_sum(acc, first_row, out_row, t, [&](int row, int col, float sum) { sums[row * stride + col] = sum; });
+  if (cluster) cluster_sync();
+  else __syncthreads();
+}
+
 // tile_sums_by_quads (below) once the block's sums are in its shared memory (`sums`, rows kLdSums
 // floats apart) and the barrier is passed: a function of its own (not inlined).
 template <class T>
@@ -266,22 +277,18 @@ __device__ __noinline__ void tile_out(const Args& a, const float* sums, int outp
     }
     return sum;
   };
-  const int quad_shift = __ffs(a.swiglu ? T::kBN / 8 : T::kBN / 4) - 1;  // log2 of a row's groups of four
-  const int quads = 1 << quad_shift;
+  constexpr int kQuads = T::kBN / 8;  // a row's groups of four outputs: the tile's gates (or ups) / 4
   const bool vectors = outputs % 4 == 0 && reinterpret_cast<uintptr_t>(a.y) % 8 == 0;
   const int first = (cluster ? cluster_rank() : 0) * kThreads + static_cast<int>(threadIdx.x);
-  for (int i = first; i < T::kBM * quads; i += parts * kThreads) {
-    const int r = i >> quad_shift, c = 4 * (i & (quads - 1)), row = m0 + r, col = first_column + c;
+  for (int i = first; i < T::kBM * kQuads; i += parts * kThreads) {
+    const int r = i / kQuads, c = 4 * (i % kQuads), row = m0 + r, col = first_column + c;
     if (row >= a.m || col >= outputs) continue;
     const int at = r * T::kLdSums + c;
-    const float4 g = total(at);
-    float v[4] = {g.x, g.y, g.z, g.w};
-    if (a.swiglu) {
-      const float4 u = total(at + T::kBN / 2);
-      const float up[4] = {u.x, u.y, u.z, u.w};
+    const float4 g = total(at), u = total(at + T::kBN / 2);
+    const float gate[4] = {g.x, g.y, g.z, g.w}, up[4] = {u.x, u.y, u.z, u.w};
+    float v[4];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) v[j] = swiglu_value(v[j], up[j]);
-    }
+    for (int j = 0; j < 4; ++j) v[j] = swiglu_value(gate[j], up[j]);
     __half* out = a.y + static_cast<size_t>(row) * outputs + col;
     if (vectors && col + 4 <= outputs) {
       alignas(8) __half h[4];
@@ -295,14 +302,15 @@ __device__ __noinline__ void tile_out(const Args& a, const float* sums, int outp
   if (cluster) cluster_sync();
 }
 
-// The block's outputs through shared memory: each part (a cluster's block, rank = part; or the
+// A SwiGLU call's outputs through shared memory: each part (a cluster's block, rank = part; or the
 // block alone) leaves its (BM, BN) sums there (rows kLdSums floats apart, as store_tile's); after a
 // barrier each adds up its share of the tile over the parts four columns at a time (16-byte reads,
 // from the other blocks' shared memory through the cluster), in rank order (the same sums every
 // call), applies SwiGLU to a gate and its up (tile columns c and c + BN / 2), and writes float16 (8
 // bytes at a time where y is aligned for that); in a cluster a second barrier keeps each block's
 // shared memory until the others have read it. The share's index arithmetic is shifts and masks (the
-// tile's sizes are powers of two). The SwiGLU kernel's ending (gemm_int4_mma_kernel's QUADS). On an
+// tile's sizes are powers of two). The ending of the kernel that runs the SwiGLU calls, and only
+// them (gemm_int4_mma_kernel's QUADS). On an
 // H100 (Nsight Compute, the 1B gate/up at 64 rows in clusters of two) tile_sums_by_value's reads, a
 // float a part at a time with divisions by the tile's width, took ~43% of the kernel's warp stall
 // samples; with this ending the gate/up took 26.4 us against 29.9 (run35).
@@ -313,10 +321,7 @@ __device__ __forceinline__ void tile_sums_by_quads(const Args& a, const float (&
   static_assert((T::kBN & (T::kBN - 1)) == 0 && T::kBN >= 8, "the tile's width is a power of two");
   float* sums = reinterpret_cast<float*>(shared);
   const bool cluster = a.adding == SplitSums::kInCluster && gridDim.z > 1;
-  __syncthreads();  // every warp is done with the pipeline's stages
-  for_each_sum(acc, first_row, out_row, t, [&](int row, int col, float sum) { sums[row * T::kLdSums + col] = sum; });
-  if (cluster) cluster_sync();
-  else __syncthreads();
+  sums_to_shared(acc, sums, T::kLdSums, cluster, first_row, out_row, t);
   tile_out<T>(a, sums, tile.outputs, tile.first, m0, cluster);
 }
 
@@ -329,10 +334,7 @@ __device__ __forceinline__ void tile_sums_by_value(const Args& a, const float (&
                                                    int first_row, int out_row, int t) {
   float* sums = reinterpret_cast<float*>(shared);
   const bool cluster = a.adding == SplitSums::kInCluster && gridDim.z > 1;
-  __syncthreads();  // every warp is done with the pipeline's stages
-  for_each_sum(acc, first_row, out_row, t, [&](int row, int col, float sum) { sums[row * T::kBN + col] = sum; });
-  if (cluster) cluster_sync();
-  else __syncthreads();
+  sums_to_shared(acc, sums, T::kBN, cluster, first_row, out_row, t);
   const int parts = cluster ? static_cast<int>(gridDim.z) : 1;
   const int width = tile.columns, outputs = tile.outputs;
   // every part's value read before any is added (the reads then wait on the cluster once, not once
@@ -369,9 +371,7 @@ template <class T, int NO, int MR>
 __device__ __forceinline__ void store_tile(const Args& a, const float (&acc)[NO][MR][4], unsigned char* shared,
                                            const TileRows& tile, int m0, int first_row, int out_row, int t) {
   float* sums = reinterpret_cast<float*>(shared);
-  __syncthreads();  // every warp is done with the pipeline's stages
-  for_each_sum(acc, first_row, out_row, t, [&](int row, int col, float sum) { sums[row * T::kLdSums + col] = sum; });
-  __syncthreads();
+  sums_to_shared(acc, sums, T::kLdSums, false, first_row, out_row, t);
   const bool parts = gridDim.z > 1;
   float* part = parts ? a.sums + blockIdx.z * static_cast<size_t>(a.m) * a.n : nullptr;
   const bool vectors = a.n % 4 == 0 && (parts ? reinterpret_cast<uintptr_t>(part) % 16 == 0
@@ -484,7 +484,8 @@ __device__ __forceinline__ void warpgroup_step(float (&acc)[1][MR][4], const uns
 // schedules the main loop around whichever ending it is given, and with tile_sums_by_quads in place
 // of tile_sums_by_value the one kernel's loop took q/k/v, o, down and the lm_head 3-11% longer on an
 // H100 (run35, 16-128 rows); this way each kernel's code is one that was measured (by cuobjdump,
-// the SwiGLU kernel's SASS is run35's build's, the other's run34's).
+// the other kernel's SASS is run34's build's and the SwiGLU kernel's, up to its call of tile_out,
+// run35's; tile_out has since dropped the branches for calls without SwiGLU, which it never gets).
 template <int MR, int NO, int STAGES, bool WG = false, int WR = 1, bool QUADS = false>
 __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mma_kernel(Args a) {
   using T = Tile<MR, NO, STAGES, WG, WR>;
