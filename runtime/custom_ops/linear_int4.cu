@@ -351,6 +351,9 @@ int gemm_splits(const LinearCall& c) {
 // `values` float16 values rounded up to 16 bytes: the scratch's parts each start aligned.
 int64_t rounded(int64_t values) { return (values + 7) / 8 * 8; }
 
+// The float16 values of the scratch that `buffers` (rows, outputs) buffers of fp32 sums take.
+int64_t sums_halves(int64_t buffers, int64_t rows, int64_t outputs) { return 2 * buffers * rows * outputs; }
+
 // Codes rows a dequantized band holds.
 int64_t band_rows(const LinearCall& c) {
   return std::max<int64_t>(1, std::min<int64_t>(codes_rows(c), kBandValues / c.k));
@@ -441,7 +444,7 @@ int64_t linear_int4_scratch_elements(const LinearCall& c, const Int4Weights& w) 
   const int64_t normed = rounded(c.norm ? c.rows * c.k : 0);
   if (tiled_gemm(c, w)) {  // floats: one (rows, outputs) buffer, or one a part (none with SwiGLU)
     const int64_t splits = gemm_splits(c), buffers = split_choice() == Split::kParts ? splits : 1;
-    return normed + (splits > 1 && !c.swiglu ? 2 * buffers * c.rows * codes_rows(c) : 0);
+    return normed + (splits > 1 && !c.swiglu ? sums_halves(buffers, c.rows, codes_rows(c)) : 0);
   }
   return normed + rounded(c.swiglu ? c.rows * 2 * c.n : 0) + band_rows(c) * c.k;
 }
@@ -453,7 +456,7 @@ int64_t linear_int4_chain_scratch_elements(const LinearCall& first, const Int4We
   if (parts > 0) {  // K's parts of h (floats), the normed rows, then the second GEMM's scratch
     LinearCall rest = x_in_scratch(call);
     rest.norm = false;
-    return rounded(2 * parts * first.rows * first.n) + h + linear_int4_scratch_elements(rest, weights);
+    return rounded(sums_halves(parts, first.rows, first.n)) + h + linear_int4_scratch_elements(rest, weights);
   }
   // h, then the scratch of either call (one after the other)
   return h + std::max(linear_int4_scratch_elements(first, first_weights),
@@ -481,7 +484,7 @@ const char* linear_int4_chain_cuda(const LinearCall& first, const Int4Weights& f
   // then the second linear of the normed rows
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   float* sums = reinterpret_cast<float*>(free);
-  __half* normed = free + rounded(2 * parts * first.rows * first.n);
+  __half* normed = free + rounded(sums_halves(parts, first.rows, first.n));
   const Int4Args a = typed(first, first_weights);
   if (const char* failure = mma_gemm(first, a, a.x, sums, s, false)) return failure;
   const PartsNorm norm{typed(call, weights), sums, parts, normed};
