@@ -142,10 +142,11 @@ def assert_same_greedy_tokens_or_near_ties(cpu: Engine, cuda: Engine, name: str,
 @pytest.mark.real
 def test_smollm2_int4_through_our_kernels_on_cuda_gives_their_cpu_tokens(tmp_path_factory, smollm2_gguf):
     """Real weights, 4-bit (genai's format: symmetric blocks of 32, the lm_head too) through our
-    LinearInt4 family (--passes custom-ops): the engine on CUDA (the 4-bit GEMV at decode,
-    captured; the weights dequantized band by band for cuBLAS at prefill) continues each prompt as
-    the same engine does on the CPU kernels (tests/test_custom_ops_int4.py checks those against
-    numpy), or departs only where those logits nearly tie."""
+    LinearInt4 family (--passes custom-ops, its chains included): the engine on CUDA (the 4-bit
+    GEMV at decode, captured; at a prompt's 5-128 tokens the tensor-core GEMM, a chain's first
+    GEMM's K parts added by its norm's kernel) continues each prompt as the same engine does on the
+    CPU kernels (tests/test_custom_ops_int4.py checks those against numpy), or departs only where
+    those logits nearly tie."""
     from calibration import quant_config
 
     path = tmp_path_factory.mktemp("smol-int4") / "int4-custom"

@@ -162,11 +162,11 @@ def test_the_int4_family_on_cuda_equals_the_cpu_kernel_and_runs_in_a_captured_gr
     """1-4 rows: the GEMV kernel does it all (K split over 1-8 warps; the norm in shared memory
     where 2 x rows x K bytes fit 32 KiB, else our norm kernel first: gemv-after-norm); more rows:
     the tensor-core GEMM of gemm_int4_mma.cuh (the default: blocks of 8, 16, 32 and 64 rows, one
-    to three of them, K split where the outputs are few, in a thread block cluster on sm_90, an
-    odd count of outputs, zero points, blocks of 32, 64 and 128, SwiGLU in its epilogue; K not a
-    multiple of 64 goes to the bands); or with OPTIMIZER_INT4_GEMM=dequantize (the test below) the
-    weights dequantized band by band for cuBLAS on onnxruntime's handle, then SwiGLU; each eager,
-    and captured into a graph and replayed."""
+    to three of them, K split where the outputs are few, its parts stored and added in order after,
+    or with SwiGLU in a thread block cluster on sm_90, an odd count of outputs, zero points, blocks
+    of 32, 64 and 128, SwiGLU in its epilogue; K not a multiple of 64 goes to the bands); or with
+    OPTIMIZER_INT4_GEMM=dequantize (the test below) the weights dequantized band by band for cuBLAS
+    on onnxruntime's handle, then SwiGLU; each eager, and captured into a graph and replayed."""
     import torch  # noqa: F401  (loads the CUDA libraries onnxruntime-gpu links against)
 
     feeds = int4_inputs(rows, k, 2 * n if op.endswith("SwiGLU") else n, block, op, zeros, seed=k + n)
@@ -299,8 +299,9 @@ def test_a_chain_whose_parts_do_not_fit_together_is_refused_with_the_reason(chan
 CHAIN_CUDA_CASES = {  # (rows, K, hidden, codes rows, block, zero points): the 1B shape's o -> gate/up
     "gemv-1": ((1, 1), 2048, 2048, 2048, 32, False), "gemv-4": ((4, 1), 2048, 2048, 1024, 64, True),
     "gemm-8": ((8, 1), 2048, 2048, 1024, 32, False), "gemm-64-parts": ((64, 1), 2048, 2048, 3072, 32, False),
-    "gemm-64-long-k": ((64, 1), 8192, 2048, 3072, 64, True), "gemm-130": ((130, 1), 2048, 1024, 600, 128, True),
-    "dequantized-k96": ((8, 1), 96, 64, 40, 32, True)}
+    "gemm-64-long-k": ((64, 1), 8192, 2048, 3072, 64, True),
+    "gemm-64-hidden-4096": ((64, 1), 2048, 4096, 1024, 32, False),
+    "gemm-130": ((130, 1), 2048, 1024, 600, 128, True), "dequantized-k96": ((8, 1), 96, 64, 40, 32, True)}
 
 
 @pytest.mark.skipif(not CUDA, reason=NO_CUDA)
@@ -309,11 +310,11 @@ CHAIN_CUDA_CASES = {  # (rows, K, hidden, codes rows, block, zero points): the 1
 @pytest.mark.parametrize("rows,k,hidden,n,block,zeros", list(CHAIN_CUDA_CASES.values()), ids=list(CHAIN_CUDA_CASES))
 def test_the_chain_on_cuda_equals_the_cpu_and_the_two_ops_on_cuda(graph, op, rows, k, hidden, n, block, zeros):
     """1-4 rows: the two GEMVs (h in the scratch); more: the first GEMM's K parts left in the scratch
-    and added by the norm's kernel (gemm-64-parts, gemm-64-long-k), or h written in float16 where K
-    is not split or the bands take it; eager and captured. The same outputs as LinearInt4 then
-    NormLinearInt4[SwiGLU] on CUDA, bit for bit; with OPTIMIZER_INT4_SPLIT=atomics (a child pytest
-    below), whose fp32 sums add up in whatever order the blocks come, to a few float16 units (on an
-    H100: at most 6.1e-5 apart where they differ)."""
+    and added by the norm's kernel (gemm-64-parts, gemm-64-long-k, gemm-64-hidden-4096: two chunks a
+    thread), or h written in float16 where K is not split or the bands take it; eager and captured.
+    The same outputs as LinearInt4 then NormLinearInt4[SwiGLU] on CUDA, bit for bit; with
+    OPTIMIZER_INT4_SPLIT=atomics (a child pytest below), whose fp32 sums add up in whatever order the
+    blocks come, to a few float16 units (on an H100: at most 6.1e-5 apart where they differ)."""
     import torch  # noqa: F401  (loads the CUDA libraries onnxruntime-gpu links against)
 
     feeds = chain_inputs(rows, k, hidden, 2 * n if op.endswith("SwiGLU") else n, block, op, zeros, seed=k + n)

@@ -14,18 +14,22 @@
 #    conversion kernel of its own);
 # 4. where each engine's step at batch 64 spends its GPU time (benchmarks/gpu_kernels.py, plain
 #    launches: OPTIMIZER_CUDA_PDL=0, each kernel's own time; its first 40 kernels in order).
-# Results: /tmp/gd/b64.jsonl, probe.jsonl, tests.log in the log.
+# RUNS="fp16-custom;int4-custom;OPTIMIZER_INT4_SPLIT=parts int4-custom" (;-separated, variables before a
+# format) times those runs instead of the three of 3. (and their kernels as 4.: kernels-N.jsonl for run N
+# with variables).
+# Results: /tmp/gd/b64.jsonl, kernels*.jsonl, probe.jsonl, tests.log in the log.
 set -x
 W=/tmp/gd
 mkdir -p $W
 (python3 -m pytest -q -p no:cacheprovider tests/test_custom_ops_int4.py > $W/tests.log 2>&1
  echo "tests rc $?" >> $W/tests.log) &
 D="python3 benchmarks/gpu_decode.py --work $W --shapes llama-3.2-1b --concurrency 64 --results $W/b64.jsonl"
-$D --formats fp16-custom,int4-custom,int4-custom-nochain --phases build
+# RUNS="a;b;...": the runs instead (each a format, after any variables it runs with)
+IFS=';' read -ra RUNS <<< "${RUNS:-fp16-custom;int4-custom;int4-custom-nochain}"
+$D --formats "$(for r in "${RUNS[@]}"; do echo "${r##* }"; done | sort -u | paste -sd,)" --phases build
 wait  # the tests: nothing else on the GPU while the engines are timed
 grep -E "passed|failed|rc |Error" $W/tests.log | tail -8
 [ -n "$SKIP_PROBE" ] || bash benchmarks/gpu/int4_probe.sh
-RUNS=("fp16-custom" "int4-custom" "int4-custom-nochain")
 for round in $(seq 0 $(( ${ROUNDS:-2} - 1 ))); do  # ROUNDS=1: one order only
   for i in "${!RUNS[@]}"; do
     [ $round = 0 ] && r=${RUNS[$i]} || r=${RUNS[$((${#RUNS[@]} - 1 - i))]}
@@ -33,7 +37,10 @@ for round in $(seq 0 $(( ${ROUNDS:-2} - 1 ))); do  # ROUNDS=1: one order only
     env ${r%$format} $D --formats $format --phases ours  # the variables before the format, if any
   done
 done
-OPTIMIZER_CUDA_PDL=0 python3 benchmarks/gpu_kernels.py $W/ours-llama-3.2-1b-fp16-custom \
-    $W/ours-llama-3.2-1b-int4-custom $W/ours-llama-3.2-1b-int4-custom-nochain --batch 64 \
-    --results $W/kernels.jsonl | cut -c1-300
+for i in "${!RUNS[@]}"; do  # run i's kernels (with its variables) into kernels.jsonl, or kernels-i.jsonl
+  r=${RUNS[$i]}; format=${r##* }; variables=${r%$format}
+  [ -z "$variables" ] && out=$W/kernels.jsonl || out=$W/kernels-$i.jsonl
+  env $variables OPTIMIZER_CUDA_PDL=0 python3 benchmarks/gpu_kernels.py $W/ours-llama-3.2-1b-$format --batch 64 \
+      --results $out | cut -c1-300
+done
 echo SESSION DONE

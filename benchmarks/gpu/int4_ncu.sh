@@ -13,7 +13,8 @@ W=/tmp/gd
 mkdir -p $W
 NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
 cd benchmarks
-for form in qkv:qkv:12000:264 o:o:12000:264 down:down:12000:264 gate_up:gate_up:10000:132 qkv-wg:qkv:12002:264; do
+# FORMS="name:linear:config:fill ..." profiles those instead (e.g. lm_head:lm_head:12000:264)
+for form in ${FORMS:-qkv:qkv:12000:264 o:o:12000:264 down:down:12000:264 gate_up:gate_up:10000:132 qkv-wg:qkv:12002:264}; do
   IFS=: read -r name linear config fill <<< "$form"
   timeout 200 "$NCU" -f -o $W/ncu-$name --set full -k regex:gemm_int4_mma_kernel -s 8 -c 1 \
       python3 gpu_int4_gemm_probe.py --shapes 1b --linears "$linear" --rows 64 --configs "$config" \
@@ -21,7 +22,19 @@ for form in qkv:qkv:12000:264 o:o:12000:264 down:down:12000:264 gate_up:gate_up:
   "$NCU" --import $W/ncu-$name.ncu-rep --page source --csv --print-source sass > $W/ncu-$name-sass.csv \
       2>> $W/ncu.err
   "$NCU" --import $W/ncu-$name.ncu-rep --page details --csv > $W/ncu-$name-details.csv 2>> $W/ncu.err
+  "$NCU" --import $W/ncu-$name.ncu-rep --page raw --csv > $W/ncu-$name-raw.csv 2>> $W/ncu.err
   echo "=== $name (c$config, fill $fill)"
   python3 ncu_summary.py --details $W/ncu-$name-details.csv --sass $W/ncu-$name-sass.csv --top 12
+  # the pipes' utilization (the tensor pipe's, shared memory's, L2's) from the raw metrics
+  python3 - $W/ncu-$name-raw.csv <<'PY'
+import csv, sys
+rows = list(csv.reader(open(sys.argv[1])))
+names, values = rows[0], rows[-1]
+for n, v in zip(names, values):
+    if n.endswith("pct_of_peak_sustained_active") and ("pipe_tensor" in n or "pipe_shared" in n or "pipe_alu" in n
+                                                       or "pipe_fma" in n or "pipe_lsu" in n) \
+            or "lsu_wavefronts_mem_shared" in n and "pct" in n or n.startswith("lts__t_sectors.avg.pct"):
+        print(f"raw: {n} = {v}")
+PY
 done
 echo NCU DONE
