@@ -14,9 +14,9 @@
 #    conversion kernel of its own);
 # 4. where each engine's step at batch 64 spends its GPU time (benchmarks/gpu_kernels.py, plain
 #    launches: OPTIMIZER_CUDA_PDL=0, each kernel's own time; its first 40 kernels in order).
-# RUNS="fp16-custom;int4-custom;OPTIMIZER_INT4_SPLIT=parts int4-custom" (;-separated, variables before a
-# format) times those runs instead of the three of 3. (and their kernels as 4.: kernels-N.jsonl for run N
-# with variables).
+# RUNS="fp16-custom;int4-custom;OPTIMIZER_INT4_SPLIT=atomics int4-custom" (;-separated, any variables
+# before a format) times those runs instead of the three of 3., and their kernels as 4. (into
+# kernels-N.jsonl for run N with variables).
 # Results: /tmp/gd/b64.jsonl, kernels*.jsonl, probe.jsonl, tests.log in the log.
 set -x
 W=/tmp/gd
@@ -24,7 +24,6 @@ mkdir -p $W
 (python3 -m pytest -q -p no:cacheprovider tests/test_custom_ops_int4.py > $W/tests.log 2>&1
  echo "tests rc $?" >> $W/tests.log) &
 D="python3 benchmarks/gpu_decode.py --work $W --shapes llama-3.2-1b --concurrency 64 --results $W/b64.jsonl"
-# RUNS="a;b;...": the runs instead (each a format, after any variables it runs with)
 IFS=';' read -ra RUNS <<< "${RUNS:-fp16-custom;int4-custom;int4-custom-nochain}"
 $D --formats "$(for r in "${RUNS[@]}"; do echo "${r##* }"; done | sort -u | paste -sd,)" --phases build
 wait  # the tests: nothing else on the GPU while the engines are timed
