@@ -14,7 +14,8 @@ mkdir -p $W
 NCU=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
 cd benchmarks
 # FORMS="name:linear:config:fill ..." profiles those instead (e.g. lm_head:lm_head:12000:264)
-for form in ${FORMS:-qkv:qkv:12000:264 o:o:12000:264 down:down:12000:264 gate_up:gate_up:10000:132 qkv-wg:qkv:12002:264}; do
+FORMS=${FORMS:-qkv:qkv:12000:264 o:o:12000:264 down:down:12000:264 gate_up:gate_up:10000:132 qkv-wg:qkv:12002:264}
+for form in $FORMS; do
   IFS=: read -r name linear config fill <<< "$form"
   timeout 200 "$NCU" -f -o $W/ncu-$name --set full -k regex:gemm_int4_mma_kernel -s 8 -c 1 \
       python3 gpu_int4_gemm_probe.py --shapes 1b --linears "$linear" --rows 64 --configs "$config" \
