@@ -2,15 +2,18 @@
 
     ncu --import r.ncu-rep --page details --csv > details.csv
     ncu --import r.ncu-rep --page source --csv --print-source sass > sass.csv
-    python benchmarks/ncu_summary.py --details details.csv --sass sass.csv [--top 30]
+    ncu --import r.ncu-rep --page raw --csv > raw.csv
+    python benchmarks/ncu_summary.py --details details.csv --sass sass.csv [--raw raw.csv] [--top 30]
 
 From the details page: the metrics of the sections that say where a latency-bound kernel waits
 (speed of light, occupancy, scheduler and warp state statistics, memory workload, launch), one
 line each. From the source page: the SASS instructions with the most warp stall samples, with
 their share of all samples; then the samples of the code before the main loop, of the loop and
 after it (the loop as benchmarks/sass_loop_stats.py finds it), each with its most frequent stall
-reasons. Either file may be left out; a file in another shape than expected is named with the
-columns it has, so that the CSV itself can be read instead.
+reasons. From the raw page: how busy the pipes were (tensor, shared, ALU, FMA, load/store), shared
+memory's wavefronts and L2's sectors, as shares of their peaks. Any file may be left out; a file in
+another shape than expected is named with the columns it has, so that the CSV itself can be read
+instead.
 """
 
 from __future__ import annotations
@@ -80,6 +83,22 @@ def region_lines(rows: list[dict[str, str]], reasons: int = 4) -> list[str]:
     return out
 
 
+PIPES = ("pipe_tensor", "pipe_shared", "pipe_alu", "pipe_fma", "pipe_lsu")
+
+
+def pipe_metric(name: str) -> bool:
+    """A raw metric pipe_lines prints: a pipe's share of its peak, shared memory's wavefronts', L2's sectors'."""
+    return (name.endswith("pct_of_peak_sustained_active") and any(p in name for p in PIPES)
+            or "lsu_wavefronts_mem_shared" in name and "pct" in name or name.startswith("lts__t_sectors.avg.pct"))
+
+
+def pipe_lines(rows: list[dict[str, str]]) -> list[str]:
+    """'raw: metric = value' for the pipe_metric ones of the raw page's last row (its units row first)."""
+    if not rows:
+        return ["raw: no rows"]
+    return [f"raw: {name} = {value}" for name, value in rows[-1].items() if pipe_metric(name)]
+
+
 def read(path: Path) -> list[dict[str, str]]:
     lines = path.read_text(errors="replace").splitlines()
     # after ncu's own messages, and the source page's '"Kernel Name",...' line above its header
@@ -92,10 +111,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--details", type=Path)
     ap.add_argument("--sass", type=Path)
+    ap.add_argument("--raw", type=Path)
     ap.add_argument("--top", type=int, default=30)
     args = ap.parse_args()
     sass_lines = lambda rows: stall_lines(rows, args.top) + region_lines(rows)  # noqa: E731
-    for path, lines in ((args.details, details_lines), (args.sass, sass_lines)):
+    for path, lines in ((args.details, details_lines), (args.sass, sass_lines), (args.raw, pipe_lines)):
         if path is None:
             continue
         if not path.exists():

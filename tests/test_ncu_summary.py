@@ -1,7 +1,7 @@
 """benchmarks/ncu_summary.py on made-up Nsight Compute CSV exports (ncu itself needs a GPU): the
 sections that matter from the details page, the most stalled SASS lines with their share, the
-samples before, in and after the main loop with their stall reasons, and a file in another shape
-named with its columns."""
+samples before, in and after the main loop with their stall reasons, the pipes' shares of their
+peaks from the raw page, and a file in another shape named with its columns."""
 
 from __future__ import annotations
 
@@ -65,3 +65,23 @@ def test_the_samples_before_in_and_after_the_main_loop_with_their_reasons(tmp_pa
         "the loop: 2 instructions, 60 samples (60%): long_sb 50%, barrier 50%",
         "after the loop: 1 instructions, 20 samples (20%): drain 100%"]
     assert ncu_summary.region_lines(rows[:2])[0] == "regions: no loop back over the first block barrier"
+
+
+# the raw page: metric names, then a units row, then the kernel's values
+RAW_NAMES = ["ID", "Kernel Name", "sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active",
+             "sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active", "dram__bytes.sum",
+             "l1tex__data_pipe_lsu_wavefronts_mem_shared.sum.pct_of_peak_sustained_elapsed",
+             "lts__t_sectors.avg.pct_of_peak_sustained_elapsed", "sm__cycles_active.avg"]
+RAW = "\n".join(",".join(f'"{v}"' for v in row) for row in (
+    RAW_NAMES, ["", "", "%", "%", "byte", "%", "%", "cycle"],
+    ["0", "gemm", "33.34", "17.43", "1,024", "21.83", "23.43", "279,739"])) + "\n"
+
+
+def test_the_raw_page_gives_the_pipes_and_shared_memory_and_l2_shares_of_their_peaks(tmp_path):
+    (tmp_path / "r.csv").write_text(RAW)
+    assert ncu_summary.pipe_lines(ncu_summary.read(tmp_path / "r.csv")) == [
+        "raw: sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active = 33.34",
+        "raw: sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active = 17.43",
+        "raw: l1tex__data_pipe_lsu_wavefronts_mem_shared.sum.pct_of_peak_sustained_elapsed = 21.83",
+        "raw: lts__t_sectors.avg.pct_of_peak_sustained_elapsed = 23.43"]
+    assert ncu_summary.pipe_lines([]) == ["raw: no rows"]

@@ -25,17 +25,7 @@ for form in $FORMS; do
   "$NCU" --import $W/ncu-$name.ncu-rep --page details --csv > $W/ncu-$name-details.csv 2>> $W/ncu.err
   "$NCU" --import $W/ncu-$name.ncu-rep --page raw --csv > $W/ncu-$name-raw.csv 2>> $W/ncu.err
   echo "=== $name (c$config, fill $fill)"
-  python3 ncu_summary.py --details $W/ncu-$name-details.csv --sass $W/ncu-$name-sass.csv --top 12
-  # the pipes' utilization (the tensor pipe's, shared memory's, L2's) from the raw metrics
-  python3 - $W/ncu-$name-raw.csv <<'PY'
-import csv, sys
-rows = list(csv.reader(open(sys.argv[1])))
-names, values = rows[0], rows[-1]
-for n, v in zip(names, values):
-    if n.endswith("pct_of_peak_sustained_active") and ("pipe_tensor" in n or "pipe_shared" in n or "pipe_alu" in n
-                                                       or "pipe_fma" in n or "pipe_lsu" in n) \
-            or "lsu_wavefronts_mem_shared" in n and "pct" in n or n.startswith("lts__t_sectors.avg.pct"):
-        print(f"raw: {n} = {v}")
-PY
+  python3 ncu_summary.py --details $W/ncu-$name-details.csv --sass $W/ncu-$name-sass.csv \
+      --raw $W/ncu-$name-raw.csv --top 12
 done
 echo NCU DONE
