@@ -7,8 +7,9 @@ prompt tokens are prefilled into the static executor's slots, then decode steps 
 through the graph executor's bucket and device sampler, uncaptured, under torch's CUDA profiler
 (CUPTI records every kernel of the process, onnxruntime's included). One JSON line per (engine,
 b): kernels per step, their summed time per step (the GPU-busy time), the wall time per step
-uncaptured and with the step captured as a CUDA graph (replays), the kernels that take the
-most time, and the first 40 kernels of a step in order with their median times (one layer and more).
+uncaptured and with the step captured as a CUDA graph (replays; and the model's graph replayed
+alone), the kernels that take the most time, and the first 40 kernels of a step in order with
+their median times (one layer and more). --replay-only: the captured steps' times alone.
 Needs onnxruntime-gpu and torch with CUDA (benchmarks/gpu/README.md).
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -102,7 +104,8 @@ def step(executor, seqs) -> None:
         seq.append(token)
 
 
-def measure(path: Path, batch: int, steps: int) -> dict:
+def profiled(path: Path, batch: int, steps: int) -> dict:
+    """The engine's decode steps uncaptured: their wall time, and under the profiler their kernels."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -118,25 +121,46 @@ def measure(path: Path, batch: int, steps: int) -> dict:
             step(executor, seqs)
         torch.cuda.synchronize()
     kernels = kernel_summary(prof, steps, sequence=(0, 40))
-    del engine, executor, seqs
+    return {"kernels_per_step": kernels["kernels_per_step"], "gpu_busy_ms_per_step": kernels["gpu_busy_ms_per_step"],
+            "eager_step_ms": eager_ms, "top": kernels["top"], "sequence": kernels["sequence"]}
 
+
+def replayed(path: Path, batch: int, steps: int, rounds: int = 3) -> dict:
+    """The engine's decode steps as captured CUDA graphs: a whole step (the model's graph, the
+    device sampler, tokens to the host) and the model's graph alone, ms a step, median and range
+    over `rounds` rounds of `steps` steps."""
     engine, executor, seqs = ready_executor(path, batch, graphs=True)
     executor.capture()
     walls = []
-    for _ in range(3):
+    for _ in range(rounds):
         t0 = time.perf_counter()
         for _ in range(steps):
             step(executor, seqs)
         walls.append((time.perf_counter() - t0) * 1e3 / steps)
-    size = executor.buckets[-1]
-    t0 = time.perf_counter()
-    for _ in range(steps):  # the model's replay alone (run_with_iobinding waits for the GPU)
-        executor.session.session.run_with_iobinding(executor._steps[size].binding, executor._steps[size].run_options)
-    replay_ms = (time.perf_counter() - t0) * 1e3 / steps
-    return {"engine": path.name, "batch": batch, "kernels_per_step": kernels["kernels_per_step"],
-            "gpu_busy_ms_per_step": kernels["gpu_busy_ms_per_step"], "eager_step_ms": eager_ms,
-            "graph_step_ms": statistics.median(walls), "graph_step_ms_spread": [min(walls), max(walls)],
-            "model_replay_ms": replay_ms, "top": kernels["top"], "sequence": kernels["sequence"]}
+    bucket = executor._steps[executor.buckets[-1]]
+    replays = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(steps):  # the model's replay alone (run_with_iobinding waits for the GPU)
+            executor.session.session.run_with_iobinding(bucket.binding, bucket.run_options)
+        replays.append((time.perf_counter() - t0) * 1e3 / steps)
+    return {"graph_step_ms": statistics.median(walls), "graph_step_ms_spread": [min(walls), max(walls)],
+            "model_replay_ms": statistics.median(replays), "model_replay_ms_spread": [min(replays), max(replays)]}
+
+
+def knobs() -> dict:
+    """The onnxruntime / runtime switches of this process's environment (as gpu_decode.py records them)."""
+    return {k: v for k, v in os.environ.items() if k.startswith(("ORT_", "OPTIMIZER_")) and k != "OPTIMIZER_CACHE"}
+
+
+def measure(path: Path, batch: int, steps: int, replay_only: bool = False) -> dict:
+    record = {"engine": path.name, "batch": batch}
+    if knobs():
+        record["env"] = knobs()
+    if not replay_only:
+        record.update(profiled(path, batch, steps))
+    record.update(replayed(path, batch, steps))
+    return record
 
 
 def main() -> None:
@@ -145,10 +169,14 @@ def main() -> None:
     ap.add_argument("--batch", default="1,64")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--results", type=Path)
+    ap.add_argument("--replay-only", action="store_true",
+                    help="only the captured steps' times (no profiler: kernels launched as the engine launches "
+                         "them, programmatic launches included)")
     args = ap.parse_args()
     if len(args.engines) > 1:  # each engine in a process of its own: nothing of one run carried to the next
         for path in args.engines:  # (run24-25 measured fp16 then int4 in one process)
             command = [sys.executable, __file__, str(path), "--batch", args.batch, "--steps", str(args.steps)]
+            command += ["--replay-only"] if args.replay_only else []
             subprocess.run(command + (["--results", str(args.results)] if args.results else []), check=False)
         return
     import torch  # noqa: F401  (first: onnxruntime-gpu finds the CUDA libraries through it)
@@ -156,7 +184,7 @@ def main() -> None:
     for path in args.engines:
         for b in (int(x) for x in args.batch.split(",")):
             try:
-                record = measure(path, b, args.steps)
+                record = measure(path, b, args.steps, args.replay_only)
             except Exception as e:  # record and go on with the next
                 record = {"engine": path.name, "batch": b, "error": f"{type(e).__name__}: {e}"}
             line = json.dumps(record)

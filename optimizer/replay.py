@@ -16,16 +16,21 @@ def replay(engine: Any, requests: list[Request], max_batch: int | None = None,
            prefill_chunk: int | None = None, capacity: int | None = None,
            prefill_budget: int | None = None, prefix_caching: bool = True,
            gpu_memory_fraction: float | None = None, temperature: float = 0.0,
-           top_p: float = 1.0) -> tuple[dict, Any]:
+           top_p: float = 1.0, llm: Any = None) -> tuple[dict, Any]:
     """Returns (summary, the LLMEngine used). Outputs ignore EOS: each request produces exactly
     its output_tokens, as every system timed on the workload does. `capacity`: positions per
     sequence the cache is sized for (default: the manifest's). `temperature` 0 is greedy;
-    above it every request samples (with `top_p`), seeded by its index."""
-    kwargs = {k: v for k, v in (("max_batch", max_batch), ("prefill_chunk", prefill_chunk),
-                                ("capacity", capacity), ("prefill_budget", prefill_budget),
-                                ("gpu_memory_fraction", gpu_memory_fraction)) if v}
-    llm = engine.llm(prefix_caching=prefix_caching, **kwargs)
-    llm.warmup()
+    above it every request samples (with `top_p`), seeded by its index. `llm`: an LLMEngine an
+    earlier replay returned, idle, to time the workload again on (its caches and captured graphs
+    as they are; the loop's options above then go unused)."""
+    if llm is None:
+        kwargs = {k: v for k, v in (("max_batch", max_batch), ("prefill_chunk", prefill_chunk),
+                                    ("capacity", capacity), ("prefill_budget", prefill_budget),
+                                    ("gpu_memory_fraction", gpu_memory_fraction)) if v}
+        llm = engine.llm(prefix_caching=prefix_caching, **kwargs)
+        llm.warmup()
+    elif llm.has_work:
+        raise ValueError("replay: the LLMEngine given still has requests; pass an idle one")
     before = (llm.total_queried_tokens, llm.total_cached_tokens)
     index: dict[int, int] = {}
     first: dict[int, float] = {}

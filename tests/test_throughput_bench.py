@@ -58,3 +58,22 @@ def test_a_sampled_run_samples_every_request_by_its_seed(tmp_path):
     assert sampled == again and sampled != greedy
     record, = throughput.run_ours(out, [("t0", requests)], max_batch=4, provider="cpu", temperature=1.0)
     assert record["incomplete_requests"] == 0 and record["output_tokens"] == 48
+
+
+def test_replay_times_the_workload_again_on_the_same_llm_engine(tmp_path):
+    """replay(llm=...): the workload again on an idle LLMEngine (benchmarks/gpu_decode.py's
+    repeated concurrent runs) gives the same greedy outputs; a busy one is refused."""
+    from optimizer.replay import replay
+    from runtime import Engine, SamplingParams
+
+    out = tmp_path / "engine"
+    build_engine(BuildOptions(out=out, random_weights=True, config="tiny-llama", kv_slots=4, kv_capacity=64,
+                              quiet=True))
+    requests = throughput.fixed_requests(6, 12, 8)
+    engine = Engine.load(out)
+    first, llm = replay(engine, requests, max_batch=4)
+    again, same = replay(engine, requests, llm=llm)
+    assert same is llm and again["outputs"] == first["outputs"] and again["output_tokens"] == 48
+    llm.add_request([5, 6, 7], SamplingParams(max_new_tokens=2), detokenize=False)
+    with pytest.raises(ValueError, match="idle"):
+        replay(engine, requests, llm=llm)

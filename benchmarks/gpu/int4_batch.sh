@@ -13,11 +13,13 @@
 #    dependent launches); int4-custom-nochain (each 4-bit linear an op, K's parts added by a
 #    conversion kernel of its own);
 # 4. where each engine's step at batch 64 spends its GPU time (benchmarks/gpu_kernels.py, plain
-#    launches: OPTIMIZER_CUDA_PDL=0, each kernel's own time; its first 40 kernels in order).
+#    launches: OPTIMIZER_CUDA_PDL=0, each kernel's own time; its first 40 kernels in order);
+# 5. each run's captured step at batch 16 and 64 as served (gpu_kernels.py --replay-only, programmatic
+#    launches as the run has them): the whole step and the model's graph alone, into replay.jsonl.
 # RUNS="fp16-custom;int4-custom;OPTIMIZER_INT4_SPLIT=atomics int4-custom" (;-separated, any variables
 # before a format) times those runs instead of the three of 3., and their kernels as 4. (into
-# kernels-N.jsonl for run N with variables).
-# Results: /tmp/gd/b64.jsonl, kernels*.jsonl, probe.jsonl, tests.log in the log.
+# kernels-N.jsonl for run N with variables); SKIP_KERNELS=1 leaves 4. out.
+# Results: /tmp/gd/b64.jsonl, kernels*.jsonl, replay.jsonl, probe.jsonl, tests.log in the log.
 set -x
 W=/tmp/gd
 mkdir -p $W
@@ -36,10 +38,15 @@ for round in $(seq 0 $(( ${ROUNDS:-2} - 1 ))); do  # ROUNDS=1: one order only
     env ${r%$format} $D --formats $format --phases ours  # the variables before the format, if any
   done
 done
-for i in "${!RUNS[@]}"; do  # run i's kernels (with its variables) into kernels.jsonl, or kernels-i.jsonl
+for i in $([ -n "$SKIP_KERNELS" ] || echo "${!RUNS[@]}"); do  # run i's kernels (with its variables) into kernels.jsonl, or kernels-i.jsonl
   r=${RUNS[$i]}; format=${r##* }; variables=${r%$format}
   [ -z "$variables" ] && out=$W/kernels.jsonl || out=$W/kernels-$i.jsonl
   env $variables OPTIMIZER_CUDA_PDL=0 python3 benchmarks/gpu_kernels.py $W/ours-llama-3.2-1b-$format --batch 64 \
       --results $out | cut -c1-300
+done
+for r in "${RUNS[@]}"; do  # each run's captured steps as served (programmatic launches as configured)
+  format=${r##* }
+  env ${r%$format} python3 benchmarks/gpu_kernels.py $W/ours-llama-3.2-1b-$format --batch 16,64 --replay-only \
+      --results $W/replay.jsonl | sed "s|^|${r%$format}|" | cut -c1-300
 done
 echo SESSION DONE

@@ -706,14 +706,16 @@ inline bool device_has_wgmma() {
          minor == 0;
 }
 
-// How a call's kernels are launched: `programmatic`, each as a programmatic dependent launch of the
-// kernel before it in the stream (where the device takes it: optimizer_pdl::programmatic_launch),
-// which then reads its constant weights before that kernel is done.
+// How a call's kernels are launched: `programmatic`, the GEMM as a programmatic dependent launch of
+// the kernel before it in the stream (where the device takes it: optimizer_pdl::programmatic_launch),
+// which then reads its constant weights before that kernel is done; `convert_programmatic`, the
+// conversion of K's parts after it so (it waits for the GEMM before reading the parts).
 struct Launch {
   cudaStream_t stream;
   SplitSums sums;  // how K's parts add up their sums
   bool programmatic;
   bool add_parts = true;  // kInParts: false leaves K's stored parts in `sums` for the caller to add
+  bool convert_programmatic = programmatic;
 };
 
 // The launch attribute that makes a kernel a programmatic dependent launch.
@@ -809,6 +811,7 @@ const char* launch(Args a, int config, int splits, Launch how, int most_rows = 6
     return "GEMM int4: the warpgroup MMA tile runs on compute capability 9.0 only (H100, H200)";
   }
   how.programmatic = how.programmatic && optimizer_pdl::programmatic_launch();
+  how.convert_programmatic = how.convert_programmatic && optimizer_pdl::programmatic_launch();
   a.steps_per_split = gemm_int4::steps_per_split(a.k, splits);
   splits = gemm_int4::parts_of(a.k, splits);
   // a warp over all of a block's rows (its weights dequantized once a block)
@@ -836,7 +839,7 @@ const char* launch(Args a, int config, int splits, Launch how, int most_rows = 6
     config.stream = how.stream;
     cudaLaunchAttribute attribute = programmatic_attribute();
     config.attrs = &attribute;
-    config.numAttrs = how.programmatic ? 1 : 0;
+    config.numAttrs = how.convert_programmatic ? 1 : 0;
     if (cudaLaunchKernelEx(&config, sums_to_half, static_cast<const float*>(a.sums), buffers, a.y, count) !=
         cudaSuccess) {
       return "GEMM int4: the conversion's launch failed";

@@ -50,7 +50,14 @@ constexpr int kGemmStages = 4;              // its cp.async pipeline's depth
 constexpr int kGemmBlocksPerSm = 2;         // the blocks an SM its split-K grid aims at (two fit an SM)
 constexpr int kSwigluBlocksPerSm = 1;       // with SwiGLU (K's parts in a thread block cluster)
 constexpr const char* kDefaultSplit = "parts";  // how its K's parts add up without OPTIMIZER_INT4_SPLIT
-constexpr bool kGemmProgrammatic = true;    // its kernels as programmatic dependent launches (OPTIMIZER_CUDA_PDL)
+// Which of its kernels launch as programmatic dependents (OPTIMIZER_CUDA_PDL=0: none). Not the GEMM:
+// in the 1B int4 engine's captured step at 64 rows (H100, run44, gpu_kernels.py --replay-only) the
+// model's replay took 1.742-1.759 ms with the GEMM launched plainly and its conversions and parts
+// norms as dependents, 1.793-1.798 with all three as dependents, 1.758-1.761 with none; run45
+// (another H100) 1.778 this way against 1.806 with none, at 16 rows 1.117 against 1.120. Each GEMM
+// alone, probed in a loop, was faster as a dependent (run41).
+constexpr bool kGemmProgrammatic = false;
+constexpr bool kPartsProgrammatic = true;   // its conversion of K's parts, and the chain's parts norm
 
 struct Int4Args {
   const __half* x;
@@ -392,7 +399,7 @@ const char* mma_gemm(const LinearCall& call, const Int4Args& a, const __half* x,
   g.n = static_cast<int>(codes_rows(call));
   g.k = a.k;
   g.block = a.block;
-  const gemm_int4_mma::Launch how{s, split_sums(call), kGemmProgrammatic, add_parts};
+  const gemm_int4_mma::Launch how{s, split_sums(call), kGemmProgrammatic, add_parts, kPartsProgrammatic};
   return gemm_int4_mma::launch<kGemmStages>(g, kGemmConfig, gemm_splits(call), how);
 }
 
@@ -488,7 +495,7 @@ const char* linear_int4_chain_cuda(const LinearCall& first, const Int4Weights& f
   const Int4Args a = typed(first, first_weights);
   if (const char* failure = mma_gemm(first, a, a.x, sums, s, false)) return failure;
   const PartsNorm norm{typed(call, weights), sums, parts, normed};
-  launch_kernel<kGemmProgrammatic>(parts_skip_norm_rows, static_cast<unsigned>(call.rows), 0, s, norm);
+  launch_kernel<kPartsProgrammatic>(parts_skip_norm_rows, static_cast<unsigned>(call.rows), 0, s, norm);
   if (const char* failure = launched()) return failure;
   LinearCall rest = call;
   rest.norm = false;
