@@ -17,7 +17,6 @@ Needs onnxruntime-gpu and torch with CUDA (benchmarks/gpu/README.md).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from collections import defaultdict
@@ -25,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _results import report_line  # noqa: E402
 from gpu_kernels import short  # noqa: E402  (kernel names without templates)
 
 PROMPT, NEW, CAPACITY = 128, 128, 256
