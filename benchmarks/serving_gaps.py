@@ -119,12 +119,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch  # noqa: F401  (first: onnxruntime-gpu finds the CUDA libraries through it)
 
-    record = profile_decode(args.engine, args.concurrent)
-    line = json.dumps(record)
-    print(line, flush=True)
-    if args.results:
-        with args.results.open("a") as f:
-            f.write(line + "\n")
+    report_line(profile_decode(args.engine, args.concurrent), args.results)
 
 
 if __name__ == "__main__":
