@@ -38,8 +38,9 @@ throughout (speed does not depend on their values); greedy, EOS ignored, 128 pro
              sampling (the default) and without (cuda_graph=False). Then N concurrent requests
              (all at t=0) through the continuous-batching loop (optimizer.replay; with graphs,
              and also without where --eager-concurrency is given), --concurrent-runs times on one
-             LLMEngine: output tok/s, TTFT and TPOT p50/p99 of the median run, each run's in `runs`. Also: bytes read per decode token (every initializer but
-             those read only by Gather) and the share of the batch-1 bound they imply.
+             LLMEngine: output tok/s, TTFT and TPOT p50/p99 of the median run, each run's in
+             `runs`. Also: bytes read per decode token (every initializer but those read only
+             by Gather) and the share of the batch-1 bound they imply.
   hf         transformers bf16 (the model class of the shape): eager (DynamicCache) and static
              cache + torch.compile, generate() at batch 1 and at each N as a static batch.
   genai      onnxruntime-genai-cuda (needs it installed): its model builder on a random HF

@@ -38,7 +38,8 @@ for round in $(seq 0 $(( ${ROUNDS:-2} - 1 ))); do  # ROUNDS=1: one order only
     env ${r%$format} $D --formats $format --phases ours  # the variables before the format, if any
   done
 done
-for i in $([ -n "$SKIP_KERNELS" ] || echo "${!RUNS[@]}"); do  # run i's kernels (with its variables) into kernels.jsonl, or kernels-i.jsonl
+# run i's kernels (with its variables) into kernels.jsonl, or kernels-i.jsonl
+for i in $([ -n "$SKIP_KERNELS" ] || echo "${!RUNS[@]}"); do
   r=${RUNS[$i]}; format=${r##* }; variables=${r%$format}
   [ -z "$variables" ] && out=$W/kernels.jsonl || out=$W/kernels-$i.jsonl
   env $variables OPTIMIZER_CUDA_PDL=0 python3 benchmarks/gpu_kernels.py $W/ours-llama-3.2-1b-$format --batch 64 \
