@@ -12,6 +12,7 @@ Import it as `_results` (benchmarks/ is on the path of a script run from it) or 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -21,6 +22,12 @@ from typing import Any
 def command_line() -> str:
     """This process's command line as a shell would take it, the interpreter by its base name."""
     return shlex.join([Path(sys.executable).name, *sys.argv])
+
+
+def env_switches() -> dict[str, str]:
+    """The onnxruntime and runtime switches (ORT_*, OPTIMIZER_* but the cache's folder) of this
+    process's environment: what a record says it was measured under."""
+    return {k: v for k, v in os.environ.items() if k.startswith(("ORT_", "OPTIMIZER_")) and k != "OPTIMIZER_CACHE"}
 
 
 def write_results(out: Path, text: str, record: dict[str, Any],

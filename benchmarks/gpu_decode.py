@@ -67,6 +67,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _results import env_switches  # noqa: E402  (benchmarks/: this script's folder)
+
 SHAPES = {  # transformers LlamaConfig fields of the shapes (as ../shared/gpu/hf_baseline.py)
     "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                          num_key_value_heads=8, vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0),
@@ -98,8 +100,7 @@ def median_run(summaries: list[dict]) -> dict:
 
 def emit(args, **record) -> None:
     record["t"] = time.strftime("%H:%M:%S")
-    knobs = {k: v for k, v in os.environ.items() if k.startswith(("ORT_", "OPTIMIZER_"))
-             and k != "OPTIMIZER_CACHE"}
+    knobs = env_switches()
     if knobs:  # onnxruntime / runtime switches this run was made under
         record["env"] = knobs
     with open(args.results, "a") as f:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -29,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _results import env_switches  # noqa: E402  (benchmarks/: this script's folder)
 
 PROMPT, CAPACITY = 128, 256
 
@@ -148,15 +149,11 @@ def replayed(path: Path, batch: int, steps: int, rounds: int = 3) -> dict:
             "model_replay_ms": statistics.median(replays), "model_replay_ms_spread": [min(replays), max(replays)]}
 
 
-def knobs() -> dict:
-    """The onnxruntime / runtime switches of this process's environment (as gpu_decode.py records them)."""
-    return {k: v for k, v in os.environ.items() if k.startswith(("ORT_", "OPTIMIZER_")) and k != "OPTIMIZER_CACHE"}
-
-
 def measure(path: Path, batch: int, steps: int, replay_only: bool = False) -> dict:
     record = {"engine": path.name, "batch": batch}
-    if knobs():
-        record["env"] = knobs()
+    knobs = env_switches()
+    if knobs:
+        record["env"] = knobs
     if not replay_only:
         record.update(profiled(path, batch, steps))
     record.update(replayed(path, batch, steps))

@@ -25,9 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _results import report_line  # noqa: E402
+from gpu_decode import CAPACITY, NEW, prompts  # noqa: E402  (its workload)
 from gpu_kernels import short  # noqa: E402  (kernel names without templates)
-
-PROMPT, NEW, CAPACITY = 128, 128, 256
 
 
 def step_gaps(step: tuple[float, float], work: list[tuple[float, float, str]]) -> dict:
@@ -69,7 +68,6 @@ def summarize(steps: list[dict], top: int = 8) -> dict:
 
 
 def profile_decode(path: Path, concurrent: int) -> dict:
-    import numpy as np
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -78,10 +76,10 @@ def profile_decode(path: Path, concurrent: int) -> dict:
     from runtime import Engine
 
     engine = Engine.load(path, provider="cuda", cuda_graph=True)
-    prompts = np.random.default_rng(0).integers(100, 1000, (concurrent, PROMPT)).tolist()
-    requests = [Request(i, p, NEW, 0.0) for i, p in enumerate(prompts)]
+    requests = [Request(i, p, NEW, 0.0) for i, p in enumerate(prompts(concurrent))]
     first, llm = replay(engine, requests, max_batch=concurrent, capacity=CAPACITY)  # warm-up run
     marks: list[int] = []  # indices of the decode-only steps among the marked ones
+    calls = [0]
     step = llm.step
 
     def marked_step():
@@ -92,7 +90,6 @@ def profile_decode(path: Path, concurrent: int) -> dict:
         calls[0] += 1
         return outputs
 
-    calls = [0]
     llm.step = marked_step
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         summary, _ = replay(engine, requests, llm=llm)

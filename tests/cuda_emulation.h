@@ -146,18 +146,16 @@ inline thread_local std::vector<Copy> open_group;
 inline unsigned char* block_shared() { return block->shared.data(); }
 inline int cluster_rank() { return block->rank; }
 inline void cluster_sync() { block->cluster->all->arrive_and_wait(); }
-inline float cluster_load(const float* local, int rank) {
+// A T at `local`'s offset in the shared memory of the cluster's block `rank`.
+template <class T>
+T cluster_read(const float* local, int rank) {
   const auto offset = reinterpret_cast<const unsigned char*>(local) - block->shared.data();
-  float v;
+  T v;
   std::memcpy(&v, block->cluster->blocks.at(rank)->shared.data() + offset, sizeof v);
   return v;
 }
-inline float4 cluster_load4(const float* local, int rank) {
-  const auto offset = reinterpret_cast<const unsigned char*>(local) - block->shared.data();
-  float4 v;
-  std::memcpy(&v, block->cluster->blocks.at(rank)->shared.data() + offset, sizeof v);
-  return v;
-}
+inline float cluster_load(const float* local, int rank) { return cluster_read<float>(local, rank); }
+inline float4 cluster_load4(const float* local, int rank) { return cluster_read<float4>(local, rank); }
 
 inline void finish(const Copy& c) {
   if (c.valid) std::memcpy(c.to, c.from, 16);

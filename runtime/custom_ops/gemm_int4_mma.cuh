@@ -810,8 +810,9 @@ const char* launch(Args a, int config, int splits, Launch how, int most_rows = 6
   if (config == gemm_int4::kWarpgroup && !device_has_wgmma()) {
     return "GEMM int4: the warpgroup MMA tile runs on compute capability 9.0 only (H100, H200)";
   }
-  how.programmatic = how.programmatic && optimizer_pdl::programmatic_launch();
-  how.convert_programmatic = how.convert_programmatic && optimizer_pdl::programmatic_launch();
+  const bool programmatic = optimizer_pdl::programmatic_launch();  // the device takes them, not turned off
+  how.programmatic = how.programmatic && programmatic;
+  how.convert_programmatic = how.convert_programmatic && programmatic;
   a.steps_per_split = gemm_int4::steps_per_split(a.k, splits);
   splits = gemm_int4::parts_of(a.k, splits);
   // a warp over all of a block's rows (its weights dequantized once a block)
