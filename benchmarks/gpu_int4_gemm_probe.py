@@ -15,8 +15,9 @@ graph, replayed; a copy's time is the median replay over the copies. Forms:
                 shapes it does not take, and with OPTIMIZER_INT4_GEMM=dequantize; a band wider
                 than one call's outputs is copied into its columns here, in place there);
   mma-int4-cN   runtime/custom_ops/gemm_int4_mma.cuh in tile configuration N (0: 128 outputs a
-                block, 1: 256, both by mma.sync; 2: 128 by Hopper's warpgroup MMA; N + 10: an 8-deep
-                pipeline, not 4; N + 100 h: blocks of at most 64 >> h rows, h 1-3; N + 1000: K's
+                block, 1: 256, both by mma.sync; 2: 128 by Hopper's warpgroup MMA; 4: 0's tile with two
+                steps of K a pipeline stage where K's steps pair up; N + 10: an 8-deep pipeline, not 4;
+                N + 20: a 3-deep one; N + 100 h: blocks of at most 64 >> h rows, h 1-3; N + 1000: K's
                 parts added by atomics, not in a thread block cluster; N + 2000: each part's sums
                 stored, added in part order after, LinearInt4's choice without SwiGLU; N + 10000:
                 the GEMM and its conversion as programmatic dependent launches, each GEMM reading
@@ -24,6 +25,10 @@ graph, replayed; a copy's time is the median replay over the copies. Forms:
                 own sums one by one, not through shared memory), the codes read straight into the
                 MMA's registers, K split so that the grid has about --fill blocks (at most 8 parts, or
                 --most-parts where each part stores its sums).
+A form's time is its copies' in one graph: with N + 10000 each copy's GEMM starts while the one
+before ends, which LinearInt4's plainly launched GEMM does not; the model's captured step
+(gpu_kernels.py --replay-only, benchmarks/gpu/int4_replay_ab.sh) is the measure of a choice (run49's
+two steps a stage: 16 rows, gate/up 15.9 against 19.6 us here, the step 1.084 against 1.099 ms).
 Weights in onnxruntime-genai's int4 format (symmetric blocks of 32). Each int4 form's results are
 checked against its weights dequantized and multiplied in fp32 (`max_abs_diff`); `weight_tb_s`
 counts the bytes each form's weights take. Needs torch with CUDA and nvcc (compiled in the run).

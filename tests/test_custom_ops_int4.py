@@ -151,6 +151,7 @@ CUDA_CASES = {  # (rows, K, codes rows, block, zero points)
     "gemm-64-long-k": ((64, 1), 8192, 2048, 64, True),
     "gemm-130": ((130, 1), 2048, 600, 128, True),
     "gemm-odd-n": ((20, 1), 2048, 1001, 32, False), "gemm-long-k": ((16, 1), 8192, 2048, 64, False),
+    "gemm-odd-steps": ((16, 1), 576, 1024, 32, False),  # 9 steps of K: one a stage, where K is split too
     "dequantized-k96": ((8, 1), 96, 40, 32, True)}
 
 
@@ -213,10 +214,20 @@ def test_the_gemm_with_k_s_parts_added_by_atomics_and_launched_plainly_gives_the
     assert done.returncode == 0 and f"{cases_run('gemm')} passed" in done.stdout, done.stdout[-3000:]
 
 
+@pytest.mark.skipif(not CUDA, reason="the CUDA kernels need onnxruntime's CUDA provider: onnxruntime-gpu and an "
+                    "NVIDIA GPU")
+def test_the_gemm_one_step_of_k_a_stage_where_k_is_split_gives_the_same_results():
+    """The tensor-core GEMM's cases with one step of K a pipeline stage everywhere
+    (OPTIMIZER_INT4_STEPS=single; by default two where K is split), each op, eager and captured."""
+    done = child_pytest({"OPTIMIZER_INT4_STEPS": "single"}, "gemm")
+    assert done.returncode == 0 and f"{cases_run('gemm')} passed" in done.stdout, done.stdout[-3000:]
+
+
 @pytest.mark.skipif(not CUDA, reason="the CUDA kernels need onnxruntime's CUDA provider: onnxruntime-gpu and an NVIDIA GPU")
 @pytest.mark.parametrize("variable,message", [
     ("OPTIMIZER_INT4_GEMM", "OPTIMIZER_INT4_GEMM must be mma (the tensor-core GEMM above 4 rows) or dequantize"),
-    ("OPTIMIZER_INT4_SPLIT", "OPTIMIZER_INT4_SPLIT must be parts (K's parts of the tensor-core GEMM stored, added")])
+    ("OPTIMIZER_INT4_SPLIT", "OPTIMIZER_INT4_SPLIT must be parts (K's parts of the tensor-core GEMM stored, added"),
+    ("OPTIMIZER_INT4_STEPS", "OPTIMIZER_INT4_STEPS must be paired (two steps of K a stage of the tensor-core GEMM")])
 def test_an_unknown_value_of_a_kernel_choice_is_refused_with_the_choices(variable, message):
     done = child_pytest({variable: "fastest"}, "gemv-1 and not True")
     assert done.returncode != 0

@@ -26,15 +26,15 @@ HARNESS = r"""
 using cuda_emulation::half_bits;
 using cuda_emulation::half_value;
 
-template <int MR, int NO, bool WG = false, int WR = 1>
+template <int MR, int NO, bool WG = false, int WR = 1, int SUB = 1>
 void run(const gemm_int4_mma::Args& a, int parts, bool late, bool cluster) {
-  using T = gemm_int4_mma::Tile<MR, NO, 4, WG, WR>;
+  using T = gemm_int4_mma::Tile<MR, NO, 4, WG, WR, SUB>;
   const dim3 grid{static_cast<unsigned>((a.n + T::kBN - 1) / T::kBN),
                   static_cast<unsigned>((a.m + T::kBM - 1) / T::kBM), static_cast<unsigned>(parts)};
   cuda_emulation::launch(grid, gemm_int4_mma::kThreads, T::kShared, late,
                          [&] {  // launch_tile's choice: the SwiGLU kernel where a.swiglu
-                           if (a.swiglu) gemm_int4_mma::gemm_int4_mma_kernel<MR, NO, 4, WG, WR, true>(a);
-                           else gemm_int4_mma::gemm_int4_mma_kernel<MR, NO, 4, WG, WR, false>(a);
+                           if (a.swiglu) gemm_int4_mma::gemm_int4_mma_kernel<MR, NO, 4, WG, WR, true, SUB>(a);
+                           else gemm_int4_mma::gemm_int4_mma_kernel<MR, NO, 4, WG, WR, false, SUB>(a);
                          }, cluster ? parts : 1);
 }
 
@@ -45,6 +45,7 @@ void run_config(const gemm_int4_mma::Args& a, int config, int parts, bool late, 
     if (config == gemm_int4::kRowGroups) return run<MR / 2, 2, false, 2>(a, parts, late, cluster);
   }
   if (config == gemm_int4::kWarpgroup) run<MR, 1, true>(a, parts, late, cluster);
+  else if (gemm_int4::stage_steps(config, a.k) == 2) run<MR, 1, false, 1, 2>(a, parts, late, cluster);
   else if (config == 1) run<MR, 2>(a, parts, late, cluster);
   else run<MR, 1>(a, parts, late, cluster);
 }
@@ -68,7 +69,9 @@ int main(int argc, char** argv) {
   for (auto& v : scales) v = half_bits(positive(rng));
   for (auto& v : codes) v = rng() & 0xFF;
   for (auto& v : zero_points) v = rng() & 0xFF;
-  std::vector<float> sums(static_cast<size_t>(gemm_int4::parts_of(k, splits)) * m * n, 0.f);  // each part's
+  const int steps_a_stage = gemm_int4::stage_steps(config, k);
+  const int all_parts = gemm_int4::parts_of(k, splits, steps_a_stage);
+  std::vector<float> sums(static_cast<size_t>(all_parts) * m * n, 0.f);  // each part's
 
   gemm_int4_mma::Args a{};
   a.x = reinterpret_cast<const __half*>(x.data());
@@ -79,8 +82,8 @@ int main(int argc, char** argv) {
   a.sums = sums.data();
   a.m = m, a.n = n, a.k = k, a.block = block, a.swiglu = swiglu, a.direct_stores = std::atoi(argv[12]);
   if (!gemm_int4::takes(k, block, a.x, a.codes)) return 3;
-  a.steps_per_split = gemm_int4::steps_per_split(k, splits);
-  const int parts = gemm_int4::parts_of(k, splits);  // as launch() does
+  a.steps_per_split = gemm_int4::steps_per_split(k, splits, steps_a_stage);
+  const int parts = all_parts;  // as launch() does
   using gemm_int4_mma::SplitSums;
   a.adding = static_cast<SplitSums>(how);
   const bool cluster = a.adding == SplitSums::kInCluster && parts > 1 && parts <= gemm_int4::kClusterParts;
@@ -127,7 +130,7 @@ int main(int argc, char** argv) {
 """
 
 ADDING = {"cluster": 0, "atomics": 1, "parts": 2}  # how K's parts add up: gemm_int4_mma::SplitSums's values
-TILES = {"128": 0, "256": 1, "warpgroup": 2, "row-groups": 3}  # gemm_int4_plan.h's configurations
+TILES = {"128": 0, "256": 1, "warpgroup": 2, "row-groups": 3, "paired-steps": 4}  # gemm_int4_plan.h's configurations
 CASES = {  # m, n (codes rows), k, block, zero points, TILES, most rows a block, splits of K, ADDING,
     # SwiGLU (n / 2 outputs: silu(gate) * up, the gates first)
     "8-rows-odd-n-zeros": (6, 201, 256, 32, True, "128", 64, 1, "atomics", False),
@@ -166,6 +169,16 @@ CASES = {  # m, n (codes rows), k, block, zero points, TILES, most rows a block,
     "row-groups-40-rows-atomics": (40, 200, 256, 32, False, "row-groups", 64, 2, "atomics", False),
     "row-groups-three-row-blocks-stored": (130, 64, 128, 32, False, "row-groups", 64, 2, "parts", False),
     "row-groups-swiglu-64-rows-cluster": (64, 2 * 130, 256, 32, True, "row-groups", 64, 2, "cluster", True),
+    # two steps of K a stage: 8 to 64 rows a block, K's parts (an even count of steps each, the last
+    # part shorter) stored, in a cluster, by atomics; SwiGLU; K of an odd count of steps (config 0's
+    # tile then)
+    "paired-8-rows-odd-n-zeros": (6, 201, 256, 32, True, "paired-steps", 64, 1, "atomics", False),
+    "paired-16-rows-split-parts": (10, 40, 640, 128, True, "paired-steps", 64, 4, "parts", False),
+    "paired-32-rows-split-cluster": (21, 300, 512, 64, False, "paired-steps", 64, 2, "cluster", False),
+    "paired-64-rows-eight-parts-stored": (64, 130, 1024, 32, True, "paired-steps", 64, 8, "parts", False),
+    "paired-three-row-blocks-atomics": (130, 64, 384, 32, False, "paired-steps", 64, 2, "atomics", False),
+    "paired-swiglu-64-rows-cluster": (64, 2 * 130, 512, 32, True, "paired-steps", 64, 2, "cluster", True),
+    "paired-odd-steps": (64, 130, 192, 64, True, "paired-steps", 64, 1, "atomics", False),
 }
 
 
@@ -192,7 +205,10 @@ def test_the_int4_gemm_kernel_run_on_the_cpu_equals_the_dequantized_product(harn
     fields = done.stdout.split()
     parts, adding, worst, largest = int(fields[1]), int(fields[3]), float(fields[5]), float(fields[7])
     unwritten = int(fields[9])
-    assert parts == min(splits, k // 64) and unwritten == 0
+    unit = 2 if tile == "paired-steps" and k // 64 % 2 == 0 else 1  # gemm_int4::stage_steps
+    per_part = -(-(k // 64) // min(splits, k // 64))
+    per_part = -(-per_part // unit) * unit
+    assert parts == -(-(k // 64) // per_part) and unwritten == 0
     assert adding == ADDING["atomics" if sums == "cluster" and parts == 1 else sums]  # a cluster only where K is split
     # float16 output (half an ulp: 2^-11 relative) and fp32 sums of float16 products
     assert worst <= largest * 2 ** -10 + 1e-3, done.stdout

@@ -39,7 +39,8 @@ __global__ void dequantize_band(const uint8_t* codes, const __half* scales, int 
 }  // namespace
 
 // y (m, n) = x (m, k) . w^T through gemm_int4_mma.cuh in tile configuration `config` (0: 128 outputs a
-// block, 1: 256, by mma.sync; 2: 128 by the warpgroup MMA; + 10: an 8-deep pipeline, not 4; + 100 h:
+// block, 1: 256, by mma.sync; 2: 128 by the warpgroup MMA; 4: config 0's two steps of K a stage; + 10:
+// an 8-deep pipeline, not 4; + 20: a 3-deep one; + 100 h:
 // blocks of at most 64 >> h rows, h 1-3; + 1000: K's parts added by atomics, not in a thread block
 // cluster; + 2000: each part's sums stored, added by the conversion after; + 10000: its kernels as
 // programmatic dependent launches, reading their weights before the kernel before them is done; +
@@ -67,8 +68,9 @@ extern "C" int gemm_int4_registers(const void* x, const void* codes, const void*
   const gemm_int4_mma::Launch how{static_cast<cudaStream_t>(stream), sums, programmatic};
   const int rows = 64 >> (config % 1000 / 100);
   config %= 100;
-  const char* failure = config >= 10 ? gemm_int4_mma::launch<8>(a, config - 10, splits, how, rows)
-                                     : gemm_int4_mma::launch<4>(a, config, splits, how, rows);
+  const char* failure = config >= 20   ? gemm_int4_mma::launch<3>(a, config - 20, splits, how, rows)
+                        : config >= 10 ? gemm_int4_mma::launch<8>(a, config - 10, splits, how, rows)
+                                       : gemm_int4_mma::launch<4>(a, config, splits, how, rows);
   if (failure != nullptr) {
     const int error = static_cast<int>(cudaGetLastError());
     return error != 0 ? error : -1;

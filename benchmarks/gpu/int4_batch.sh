@@ -18,14 +18,14 @@
 #    launches as the run has them): the whole step and the model's graph alone, into replay.jsonl.
 # RUNS="fp16-custom;int4-custom;OPTIMIZER_INT4_SPLIT=atomics int4-custom" (;-separated, any variables
 # before a format) times those runs instead of the three of 3., and their kernels as 4. (into
-# kernels-N.jsonl for run N with variables); SKIP_KERNELS=1 leaves 4. out.
+# kernels-N.jsonl for run N with variables); SKIP_KERNELS=1 leaves 4. out; CONC=16,64: more concurrencies in 3.
 # Results: /tmp/gd/b64.jsonl, kernels*.jsonl, replay.jsonl, probe.jsonl, tests.log in the log.
 set -x
 W=/tmp/gd
 mkdir -p $W
 (python3 -m pytest -q -p no:cacheprovider tests/test_custom_ops_int4.py > $W/tests.log 2>&1
  echo "tests rc $?" >> $W/tests.log) &
-D="python3 benchmarks/gpu_decode.py --work $W --shapes llama-3.2-1b --concurrency 64 --results $W/b64.jsonl"
+D="python3 benchmarks/gpu_decode.py --work $W --shapes llama-3.2-1b --concurrency ${CONC:-64} --results $W/b64.jsonl"
 IFS=';' read -ra RUNS <<< "${RUNS:-fp16-custom;int4-custom;int4-custom-nochain}"
 $D --formats "$(for r in "${RUNS[@]}"; do echo "${r##* }"; done | sort -u | paste -sd,)" --phases build
 wait  # the tests: nothing else on the GPU while the engines are timed

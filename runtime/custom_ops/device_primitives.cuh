@@ -200,6 +200,19 @@ __device__ __forceinline__ void cluster_sync() {
   cuda_emulation::cluster_sync();
 #endif
 }
+// cluster_sync without its memory ordering (no release fence: on sm_90 ptxas puts a GPU-wide
+// MEMBAR before an ordered arrive, which waits for the thread's stores): for a block whose
+// shared memory the others have been reading, so that it exits only once they are done (each read
+// a value that was used before its thread arrived).
+__device__ __forceinline__ void cluster_sync_after_reads() {
+#if defined(__CUDACC__)
+#if __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\nbarrier.cluster.wait.aligned;\n" ::: "memory");
+#endif
+#else
+  cuda_emulation::cluster_sync();
+#endif
+}
 #if defined(__CUDACC__) && __CUDA_ARCH__ >= 900
 // `local`'s offset in the shared memory of the cluster's block `rank`, as ld.shared::cluster reads it.
 __device__ __forceinline__ uint32_t cluster_address(const void* local, int rank) {

@@ -16,7 +16,9 @@
 // A block: 8 warps side by side along the outputs, each over all of the block's BM = 8 MR rows
 // (MR 8-row fragments, so that each weight is dequantized once a block) and NO 16-wide fragments
 // of outputs: BN = 128 NO outputs. K in 64-deep steps through a STAGES-deep cp.async pipeline of the
-// x tile and the raw codes (shared memory holds 4 bits a weight); each weight's scale and zero point
+// x tile and the raw codes (shared memory holds 4 bits a weight; a stage holds one step, or SUB = 2
+// of them with gemm_int4_plan.h's kPairedSteps, one barrier and one round of copies a pair of steps,
+// each part of K then an even count of steps); each weight's scale and zero point
 // read a step ahead into registers (the first step's codes and scales before the kernel waits for
 // the one before it: a programmatic dependent launch where the caller asks). K may be split over
 // gridDim.z, the parts' sums added in one of three ways (SplitSums): on sm_90 the parts of a tile as
@@ -110,18 +112,23 @@ struct TileRows {
 // rows (kRowGroups: 2, each warp over half of the block's rows and twice the outputs, so that a
 // warp reads half as much of x from shared memory an MMA, and each weight is dequantized twice a
 // block); WG: by the warpgroup MMA (NO 1), x stored as its B operand (k in 16-byte chunks: chunk c
-// of each row, then chunk c + 1: the MMA's core matrices) instead of row by row.
-template <int MR, int NO, int STAGES, bool WG = false, int WR = 1>
+// of each row, then chunk c + 1: the MMA's core matrices) instead of row by row. A pipeline stage
+// holds SUB steps of K (gemm_int4::kPairedSteps: 2), one after the other, each laid out as a stage
+// of one step.
+template <int MR, int NO, int STAGES, bool WG = false, int WR = 1, int SUB = 1>
 struct Tile {
   static_assert(!WG || (NO == 1 && WR == 1), "the warpgroup MMA's tile is 128 outputs, one group of rows");
+  static_assert(!WG || SUB == 1, "the warpgroup MMA's stage is one step");
   static_assert(kWarps % WR == 0, "the warps split evenly into groups of rows");
   static constexpr int kWarpsWide = kWarps / WR;  // warps side by side along the outputs
   static constexpr int kWarpRows = 8 * MR;         // rows a warp multiplies
   static constexpr int kBM = kWarpRows * WR;
   static constexpr int kBN = 16 * kWarpsWide * NO;
   static constexpr int kChunkX = kBM * 16;           // bytes: the x tile's 8 k of every row (WG)
-  static constexpr int kStageX = WG ? kBM * kStepK * 2 : kBM * kLdX * 2;  // bytes
-  static constexpr int kStageW = kBN * kStepBytes;   // bytes
+  static constexpr int kStepX = WG ? kBM * kStepK * 2 : kBM * kLdX * 2;  // bytes: a step's x
+  static constexpr int kStepW = kBN * kStepBytes;                        // bytes: a step's codes
+  static constexpr int kStageX = SUB * kStepX;
+  static constexpr int kStageW = SUB * kStepW;
   static constexpr size_t kPipeline = static_cast<size_t>(STAGES) * (kStageX + kStageW);
   static constexpr int kLdSums = kBN + 4;  // store_tile's row stride in floats
   static constexpr size_t kSums = static_cast<size_t>(kBM) * kLdSums * 4;  // the fp32 sums (tile_sums_*, store_tile)
@@ -299,7 +306,7 @@ __device__ __noinline__ void tile_out(const Args& a, const float* sums, int outp
       for (int j = 0; j < 4 && col + j < outputs; ++j) out[j] = __float2half(v[j]);
     }
   }
-  if (cluster) cluster_sync();
+  if (cluster) cluster_sync_after_reads();
 }
 
 // A SwiGLU call's outputs through shared memory: each part (a cluster's block, rank = part; or the
@@ -359,7 +366,7 @@ __device__ __forceinline__ void tile_sums_by_value(const Args& a, const float (&
     const float value = a.swiglu ? swiglu_value(total(at), total(at + T::kBN / 2)) : total(at);
     a.y[static_cast<size_t>(row) * outputs + col] = __float2half(value);
   }
-  if (cluster) cluster_sync();
+  if (cluster) cluster_sync_after_reads();
 }
 
 // The block's sums (K's part blockIdx.z's into its buffer where K is split, else y in float16) through
@@ -486,9 +493,9 @@ __device__ __forceinline__ void warpgroup_step(float (&acc)[1][MR][4], const uns
 // H100 (run35, 16-128 rows); this way each kernel's code is one that was measured (by cuobjdump,
 // the other kernel's SASS is run34's build's and the SwiGLU kernel's, up to its call of tile_out,
 // run35's; tile_out has since dropped the branches for calls without SwiGLU, which it never gets).
-template <int MR, int NO, int STAGES, bool WG = false, int WR = 1, bool QUADS = false>
+template <int MR, int NO, int STAGES, bool WG = false, int WR = 1, bool QUADS = false, int SUB = 1>
 __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mma_kernel(Args a) {
-  using T = Tile<MR, NO, STAGES, WG, WR>;
+  using T = Tile<MR, NO, STAGES, WG, WR, SUB>;
   constexpr int NF = 2 * NO;  // 8-output groups a thread dequantizes: outputs g and g + 8 of each fragment
   constexpr int H = WG ? 2 : 1;  // scales a group a step: the warpgroup MMA's lane holds k of both halves
   // stages loaded ahead of the step computed: all but the one being computed, or with the warpgroup
@@ -501,19 +508,32 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
   const int g = lane / 4, t = lane % 4;
   const int m0 = blockIdx.y * T::kBM;
   const TileRows tile = TileRows::of(a, T::kBN, static_cast<int>(blockIdx.x));
-  const int first = blockIdx.z * a.steps_per_split;
-  const int count = min(a.k / kStepK, first + a.steps_per_split) - first;
+  const int first = blockIdx.z * a.steps_per_split;  // steps_per_split: a multiple of SUB
+  const int count = (min(a.k / kStepK, first + a.steps_per_split) - first) / SUB;  // stages of steps
 
-  // the thread's pieces of the x tile and of the codes tile, then step `i` of this part into
-  // `stage` (i = 0, 1, 2, ... in turn; a commit group either way, so that the waits count steps)
-  Pieces<T::kBM * 8, kStepK * 2> x_pieces;
-  plan_pieces(reinterpret_cast<const unsigned char*>(a.x), 2L * a.k, [&](int r) { return m0 + r < a.m ? m0 + r : -1; },
-              8, WG ? 16 : kLdX * 2, 2L * first * kStepK, x_pieces, WG ? T::kChunkX : 16, WG, T::kBM);
-  Pieces<T::kBN * 2, kStepBytes> w_pieces;
-  plan_pieces(a.codes, a.k / 2, tile, 2, kStepBytes, static_cast<size_t>(first) * kStepBytes, w_pieces);
+  // the thread's pieces of the x tile and of the codes tile, a set for each step of a stage, then
+  // stage `i` of this part (its steps SUB i on) into `stage` (i = 0, 1, 2, ... in turn; a commit
+  // group either way, so that the waits count stages)
+  Pieces<T::kBM * 8, kStepK * 2 * SUB> x_pieces[SUB];
+  Pieces<T::kBN * 2, kStepBytes * SUB> w_pieces[SUB];
+#pragma unroll
+  for (int s = 0; s < SUB; ++s) {
+    plan_pieces(reinterpret_cast<const unsigned char*>(a.x), 2L * a.k,
+                [&](int r) { return m0 + r < a.m ? m0 + r : -1; }, 8, WG ? 16 : kLdX * 2, 2L * (first + s) * kStepK,
+                x_pieces[s], WG ? T::kChunkX : 16, WG, T::kBM);
+    plan_pieces(a.codes, a.k / 2, tile, 2, kStepBytes, static_cast<size_t>(first + s) * kStepBytes, w_pieces[s]);
+  }
+  auto load_x = [&](int stage, bool load) {
+#pragma unroll
+    for (int s = 0; s < SUB; ++s) x_pieces[s].copy_next(xs + stage * T::kStageX + s * T::kStepX, load);
+  };
+  auto load_w = [&](int stage, bool load) {
+#pragma unroll
+    for (int s = 0; s < SUB; ++s) w_pieces[s].copy_next(ws + stage * T::kStageW + s * T::kStepW, load);
+  };
   auto load_stage = [&](int i, int stage) {
-    x_pieces.copy_next(xs + stage * T::kStageX, i < count);
-    w_pieces.copy_next(ws + stage * T::kStageW, i < count);
+    load_x(stage, i < count);
+    load_w(stage, i < count);
     commit_async();
   };
 
@@ -536,16 +556,18 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
 #pragma unroll
     for (int j = 1; j < NF; ++j) rows.last = tile(out_row + 8 * j) >= 0 ? j : rows.last;
   }
-  RawDequant next[NF][H];  // step i + 1's, loaded during step i
-  // the block of step i's k that group h of the lane's holds
-  auto block_of = [&](int i, int h) {
-    return ((first + i) * kStepK + (WG ? 32 * h : gemm_int4::lane_first_k(t))) >> rows.shift;
+  RawDequant next[SUB][NF][H];  // stage i + 1's steps', loaded during stage i
+  // the block of step `step`'s k that group h of the lane's holds
+  auto block_of = [&](int step, int h) {
+    return ((first + step) * kStepK + (WG ? 32 * h : gemm_int4::lane_first_k(t))) >> rows.shift;
   };
   auto load_next = [&](int i) {
 #pragma unroll
-    for (int j = 0; j < NF; ++j)
+    for (int s = 0; s < SUB; ++s)
 #pragma unroll
-      for (int h = 0; h < H; ++h) next[j][h] = load_dequant(rows, j, block_of(i, h));
+      for (int j = 0; j < NF; ++j)
+#pragma unroll
+        for (int h = 0; h < H; ++h) next[s][j][h] = load_dequant(rows, j, block_of(SUB * i + s, h));
   };
 
   const uint32_t magic = code_magic();
@@ -561,13 +583,13 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
   // before this one are done (where launched as their programmatic dependent), x after. The first
   // commit group holds all those codes and x's first stage.
 #pragma unroll
-  for (int s = 0; s < LEAD; ++s) w_pieces.copy_next(ws + s * T::kStageW, s < count);
+  for (int s = 0; s < LEAD; ++s) load_w(s, s < count);
   if (count > 0) load_next(0);
   wait_for_earlier_kernels();
   start_next_kernel();
 #pragma unroll
   for (int s = 0; s < LEAD; ++s) {
-    x_pieces.copy_next(xs + s * T::kStageX, s < count);
+    load_x(s, s < count);
     commit_async();
   }
 
@@ -580,21 +602,27 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
     // the MMAs read what cp.async wrote after its wait and the barrier, no proxy fence between (as
     // CUTLASS's cp.async GMMA main loops do: the fence's MEMBAR would wait for the copies in flight)
     if constexpr (WG) mma_wait<1>();
-    __syncthreads();  // step i is in; every warp is done with the stage loaded next
+    __syncthreads();  // stage i is in; every warp is done with the stage loaded next
     load_stage(i + LEAD, (i + LEAD) % STAGES);
-    Dequant cur[NF][H];
+    Dequant cur[SUB][NF][H];
 #pragma unroll
-    for (int j = 0; j < NF; ++j)
+    for (int s = 0; s < SUB; ++s)
 #pragma unroll
-      for (int h = 0; h < H; ++h) cur[j][h] = dequant_of(next[j][h], block_of(i, h), rows.has_zeros);
+      for (int j = 0; j < NF; ++j)
+#pragma unroll
+        for (int h = 0; h < H; ++h) cur[s][j][h] = dequant_of(next[s][j][h], block_of(SUB * i + s, h), rows.has_zeros);
     if (i + 1 < count) load_next(i + 1);
 
     const int stage = i % STAGES;
     if constexpr (WG) {
-      warpgroup_step<T>(acc, xs + stage * T::kStageX, ws + stage * T::kStageW, out_row, t, magic, cur);
+      warpgroup_step<T>(acc, xs + stage * T::kStageX, ws + stage * T::kStageW, out_row, t, magic, cur[0]);
     } else {
-      sync_step<MR, NO>(acc, reinterpret_cast<const __half*>(xs + stage * T::kStageX) + first_row * kLdX,
-                        ws + stage * T::kStageW, out_row, g, t, magic, cur);
+#pragma unroll
+      for (int s = 0; s < SUB; ++s) {
+        const unsigned char* xt = xs + stage * T::kStageX + s * T::kStepX;
+        sync_step<MR, NO>(acc, reinterpret_cast<const __half*>(xt) + first_row * kLdX,
+                          ws + stage * T::kStageW + s * T::kStepW, out_row, g, t, magic, cur[s]);
+      }
     }
   }
   if constexpr (WG) {
@@ -731,11 +759,11 @@ inline cudaLaunchAttribute programmatic_attribute() {
 // whole sums in one place, K is split only where a cluster adds the parts.
 // Returns what the caller converts after: the count of sums buffers to add up into y (0: none, y
 // is written).
-template <int MR, int NO, int STAGES, bool WG, int WR = 1>
+template <int MR, int NO, int STAGES, bool WG, int WR = 1, int SUB = 1>
 const char* launch_tile(Args a, int splits, const Launch& how, int& buffers) {
-  using T = Tile<MR, NO, STAGES, WG, WR>;
-  auto kernel = a.swiglu ? gemm_int4_mma_kernel<MR, NO, STAGES, WG, WR, true>
-                         : gemm_int4_mma_kernel<MR, NO, STAGES, WG, WR, false>;
+  using T = Tile<MR, NO, STAGES, WG, WR, SUB>;
+  auto kernel = a.swiglu ? gemm_int4_mma_kernel<MR, NO, STAGES, WG, WR, true, SUB>
+                         : gemm_int4_mma_kernel<MR, NO, STAGES, WG, WR, false, SUB>;
   buffers = 0;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(T::kShared)) !=
       cudaSuccess) {
@@ -786,10 +814,12 @@ const char* launch_tile(Args a, int splits, const Launch& how, int& buffers) {
 }
 
 // `config`'s tile (gemm_int4_plan.h) for blocks of 8 MR rows: 128 or 256 outputs by mma.sync, 128 in
-// two groups of rows (blocks of 8 rows: config 0's), or 128 by the warpgroup MMA.
+// two groups of rows (blocks of 8 rows: config 0's), 128 by the warpgroup MMA, or 128 two steps a
+// stage where K's steps pair up (`a.steps_per_split` then even).
 template <int MR, int STAGES>
 const char* launch_rows(const Args& a, int config, int splits, const Launch& how, int& buffers) {
   if (config == gemm_int4::kWarpgroup) return launch_tile<MR, 1, STAGES, true>(a, splits, how, buffers);
+  if (gemm_int4::stage_steps(config, a.k) == 2) return launch_tile<MR, 1, STAGES, false, 1, 2>(a, splits, how, buffers);
   if constexpr (MR >= 2) {
     if (config == gemm_int4::kRowGroups) return launch_tile<MR / 2, 2, STAGES, false, 2>(a, splits, how, buffers);
   }
@@ -813,8 +843,8 @@ const char* launch(Args a, int config, int splits, Launch how, int most_rows = 6
   const bool programmatic = optimizer_pdl::programmatic_launch();  // the device takes them, not turned off
   how.programmatic = how.programmatic && programmatic;
   how.convert_programmatic = how.convert_programmatic && programmatic;
-  a.steps_per_split = gemm_int4::steps_per_split(a.k, splits);
-  splits = gemm_int4::parts_of(a.k, splits);
+  a.steps_per_split = gemm_int4::steps_per_split(a.k, splits, gemm_int4::stage_steps(config, a.k));
+  splits = gemm_int4::parts_of(a.k, splits, gemm_int4::stage_steps(config, a.k));
   // a warp over all of a block's rows (its weights dequantized once a block)
   const char* failure = nullptr;
   int buffers = 0;

@@ -14,11 +14,18 @@ constexpr int kChunkCodes = 32;  // codes a 16-byte chunk holds
 // warpgroups of 64 outputs; sm_90a; the probe's only, slower than mma.sync where measured), or 128
 // by mma.sync in two groups of rows (kRowGroups: 2 x 4 warps of 2 fragments, each warp over half of
 // the block's rows; blocks of 8 rows as config 0; the probe's only, slower at every shape of run27:
-// each weight dequantized twice, 297 instructions a step against 196).
-constexpr int kConfigs = 4;
+// each weight dequantized twice, 297 instructions a step against 196); 4 (kPairedSteps) is config 0's
+// tile taking two steps of K a pipeline stage (one barrier and one round of copies a pair of steps)
+// where K's steps pair up, else config 0.
+constexpr int kConfigs = 5;
 constexpr int kWarpgroup = 2;
 constexpr int kRowGroups = 3;
+constexpr int kPairedSteps = 4;
 inline int block_outputs(int config) { return config == 1 ? 256 : 128; }
+
+// Steps of K a pipeline stage of `config`'s tile holds for K (kPairedSteps: 2 where K's steps are
+// even): each part of K then takes a multiple of it.
+inline int stage_steps(int config, int64_t k) { return config == kPairedSteps && k / kStepK % 2 == 0 ? 2 : 1; }
 
 // Rows a block: 8, 16, 32 or 64, at most `most` (more rows: more blocks over the grid's second
 // dimension).
@@ -42,16 +49,17 @@ inline bool takes(int64_t k, int64_t block, const void* x, const void* codes) {
 // rows 54.4 against 40.9 (9 parts: 288 blocks, more than two an SM hold at once).
 constexpr int kClusterParts = 8;
 
-// Steps of K a part takes when K is cut into `splits` parts.
-inline int steps_per_split(int k, int splits) {
+// Steps of K a part takes when K is cut into `splits` parts, a multiple of `unit` (stage_steps').
+inline int steps_per_split(int k, int splits, int unit = 1) {
   const int steps = k / kStepK;
   splits = splits < 1 ? 1 : splits > steps ? steps : splits;
-  return (steps + splits - 1) / splits;
+  const int per_part = (steps + splits - 1) / splits;
+  return (per_part + unit - 1) / unit * unit;
 }
 
-// The parts K is cut into when asked for `splits`: whole steps each, none empty.
-inline int parts_of(int k, int splits) {
-  const int per_part = steps_per_split(k, splits);
+// The parts K is cut into when asked for `splits`: whole steps each (a multiple of `unit`), none empty.
+inline int parts_of(int k, int splits, int unit = 1) {
+  const int per_part = steps_per_split(k, splits, unit);
   return (k / kStepK + per_part - 1) / per_part;
 }
 
@@ -62,7 +70,7 @@ inline int splits_for(int m, int n, int k, int config, int fill, int most_rows =
   const long tiles = static_cast<long>((m + rows - 1) / rows) * ((n + outputs - 1) / outputs);
   long wanted = (fill + tiles - 1) / tiles;
   wanted = wanted > most_parts ? most_parts : wanted;
-  return parts_of(k, static_cast<int>(wanted > k ? k : wanted));
+  return parts_of(k, static_cast<int>(wanted > k ? k : wanted), stage_steps(config, k));
 }
 
 }  // namespace gemm_int4

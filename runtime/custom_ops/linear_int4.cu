@@ -47,6 +47,15 @@ constexpr const char* kDefaultGemm = "mma";  // above kGemvRows without OPTIMIZE
 constexpr int kGemmRows = 128;              // rows gemm_int4_mma.cuh takes
 constexpr int kGemmConfig = 0;              // its tile (gemm_int4_plan.h's configurations: 128 outputs)
 constexpr int kGemmStages = 4;              // its cp.async pipeline's depth
+// Where K is split (the call's tiles alone do not fill the GPU): config 0's tile taking two steps of
+// K a stage (gemm_int4::kPairedSteps: one barrier and one round of copies a pair), 3 stages deep. The
+// 1B int4 engine's captured step as served (H100, gpu_kernels.py --replay-only, model replay) at 16
+// rows 1.084 ms against 1.099 with one step a stage (run50; 1.071 against 1.109 in run53, a build
+// with q/k/v in 6 parts); at 64 rows 1.766 against 1.772 (1.764 against 1.766). Not where K is not
+// split (the lm_head: one part of 32 steps a block), slower there in the probe (run49: 93.2 against
+// 89.4 us at 16 rows, 168.9 against 163.6 at 64).
+constexpr int kPairedStages = 3;
+constexpr const char* kDefaultSteps = "paired";  // without OPTIMIZER_INT4_STEPS
 constexpr int kGemmBlocksPerSm = 2;         // the blocks an SM its split-K grid aims at (two fit an SM)
 constexpr int kSwigluBlocksPerSm = 1;       // with SwiGLU (K's parts in a thread block cluster)
 constexpr const char* kDefaultSplit = "parts";  // how its K's parts add up without OPTIMIZER_INT4_SPLIT
@@ -314,6 +323,17 @@ Split split_choice() {
   return choice;
 }
 
+// Whether the GEMM takes two steps of K a stage where K is split, as OPTIMIZER_INT4_STEPS asks
+// (kDefaultSteps where unset): "paired" (kPairedStages deep), or "single" (one step a stage,
+// kGemmStages deep, every call); any other value: neither (every call refused).
+enum class Steps { kPaired, kSingle, kUnknown };
+
+Steps steps_choice() {
+  static const char* const names[] = {"paired", "single"};
+  static const Steps choice = static_cast<Steps>(env_choice("OPTIMIZER_INT4_STEPS", kDefaultSteps, names, 2));
+  return choice;
+}
+
 // gemm_int4_mma.cuh's way of adding K's parts for the call: with SwiGLU (whose epilogue needs a
 // tile's whole sums in one place) in a thread block cluster (where none fits, K is not split);
 // otherwise as split_choice says. The 1B shape's linears at 64 rows (gpu_int4_gemm_probe.py, K in 6-8
@@ -349,11 +369,23 @@ int gemm_fill(const LinearCall& c) {
   return (c.swiglu ? kSwigluBlocksPerSm : kGemmBlocksPerSm) * sms;
 }
 
-// The parts gemm_int4_mma.cuh cuts K into for the call (its (rows, outputs) GEMM).
-int gemm_splits(const LinearCall& c) {
+// The parts gemm_int4_mma.cuh cuts K into for the call (its (rows, outputs) GEMM) with `config`'s tile:
+// at most a cluster's (K's parts of a chain's first GEMM, added by the norm, are the same as the
+// conversion would add, bit for bit).
+int splits_with(const LinearCall& c, int config) {
   return gemm_int4::splits_for(static_cast<int>(c.rows), static_cast<int>(codes_rows(c)), static_cast<int>(c.k),
-                               kGemmConfig, gemm_fill(c), 64, gemm_int4::kClusterParts);
+                               config, gemm_fill(c), 64, gemm_int4::kClusterParts);
 }
+
+// The call's tile (gemm_int4_plan.h's configurations): two steps of K a stage where K is split (by
+// kGemmConfig's tile) and its steps pair up, as steps_choice allows; else kGemmConfig.
+int gemm_config(const LinearCall& c) {
+  const bool paired = steps_choice() == Steps::kPaired && gemm_int4::stage_steps(gemm_int4::kPairedSteps, c.k) == 2;
+  return paired && splits_with(c, kGemmConfig) > 1 ? gemm_int4::kPairedSteps : kGemmConfig;
+}
+
+// The parts K is cut into for the call, by its tile.
+int gemm_splits(const LinearCall& c) { return splits_with(c, gemm_config(c)); }
 
 // `values` float16 values rounded up to 16 bytes: the scratch's parts each start aligned.
 int64_t rounded(int64_t values) { return (values + 7) / 8 * 8; }
@@ -400,7 +432,10 @@ const char* mma_gemm(const LinearCall& call, const Int4Args& a, const __half* x,
   g.k = a.k;
   g.block = a.block;
   const gemm_int4_mma::Launch how{s, split_sums(call), kGemmProgrammatic, add_parts, kPartsProgrammatic};
-  return gemm_int4_mma::launch<kGemmStages>(g, kGemmConfig, gemm_splits(call), how);
+  const int config = gemm_config(call);
+  const int splits = gemm_splits(call);
+  return config == gemm_int4::kPairedSteps ? gemm_int4_mma::launch<kPairedStages>(g, config, splits, how)
+                                           : gemm_int4_mma::launch<kGemmStages>(g, config, splits, how);
 }
 
 // What keeps the CUDA kernels from a call (null: nothing).
@@ -415,6 +450,10 @@ const char* call_problem(const LinearCall& call, const Int4Weights& weights) {
     return "LinearInt4: OPTIMIZER_INT4_GEMM must be mma (the tensor-core GEMM above 4 rows) or dequantize (bands "
            "for cuBLAS)";
   }
+  if (steps_choice() == Steps::kUnknown) {
+    return "LinearInt4: OPTIMIZER_INT4_STEPS must be paired (two steps of K a stage of the tensor-core GEMM where K "
+           "is split) or single (one step a stage)";
+  }
   if (split_choice() == Split::kUnknown) {
     return "LinearInt4: OPTIMIZER_INT4_SPLIT must be parts (K's parts of the tensor-core GEMM stored, added in order "
            "after) or atomics (added by atomics)";
@@ -427,7 +466,8 @@ const char* call_problem(const LinearCall& call, const Int4Weights& weights) {
 // parts stored.
 int chain_parts(const LinearCall& first, const Int4Weights& w) {
   if (fused(first, w) || !tiled_gemm(first, w) || split_sums(first) != gemm_int4_mma::SplitSums::kInParts) return 0;
-  const int parts = gemm_int4::parts_of(static_cast<int>(first.k), gemm_splits(first));
+  const int parts = gemm_int4::parts_of(static_cast<int>(first.k), gemm_splits(first),
+                                        gemm_int4::stage_steps(gemm_config(first), first.k));
   return parts > 1 ? parts : 0;
 }
 

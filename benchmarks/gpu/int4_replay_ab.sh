@@ -1,0 +1,25 @@
+# Kernel choices that read environment switches, A/B on the captured decode step as served: the 1B
+# int4-custom engine's step under each of VARIANTS (;-separated settings, "-" for none), and
+# fp16-custom's as the reference, interleaved over ROUNDS rounds (benchmarks/gpu_kernels.py
+# --replay-only at BATCH rows: the whole step and the model's graph replayed, three times each). One
+# build of the two engines, no serving runs, no tests (after staging onnxruntime-gpu, .gpu/c1..c5;
+# ~2.5 min to build, then ~15 s a variant a round on an H100):
+#   VARIANTS="-;OPTIMIZER_INT4_STEPS=single" ROUNDS=2 bash benchmarks/gpu/run.sh bash benchmarks/gpu/int4_replay_ab.sh
+# Results: /tmp/gd/replay.jsonl (each record's `env` names its variant).
+set -x
+W=/tmp/gd
+mkdir -p $W
+python3 benchmarks/gpu_decode.py --work $W --shapes llama-3.2-1b --formats fp16-custom,int4-custom --phases build \
+    --results $W/build.jsonl
+IFS=';' read -ra VARIANTS <<< "${VARIANTS:--}"
+replay() {  # format, then the variant's settings
+  env "${@:2}" python3 benchmarks/gpu_kernels.py $W/ours-llama-3.2-1b-$1 --batch "${BATCH:-16,64}" --replay-only \
+      --results $W/replay.jsonl | sed "s|^|${*:2} |" | cut -c1-300
+}
+for round in $(seq 1 "${ROUNDS:-2}"); do
+  replay fp16-custom
+  for v in "${VARIANTS[@]}"; do
+    [ "$v" = - ] && replay int4-custom || replay int4-custom $v
+  done
+done
+echo SESSION DONE
