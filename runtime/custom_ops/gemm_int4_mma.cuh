@@ -843,8 +843,9 @@ const char* launch(Args a, int config, int splits, Launch how, int most_rows = 6
   const bool programmatic = optimizer_pdl::programmatic_launch();  // the device takes them, not turned off
   how.programmatic = how.programmatic && programmatic;
   how.convert_programmatic = how.convert_programmatic && programmatic;
-  a.steps_per_split = gemm_int4::steps_per_split(a.k, splits, gemm_int4::stage_steps(config, a.k));
-  splits = gemm_int4::parts_of(a.k, splits, gemm_int4::stage_steps(config, a.k));
+  const int unit = gemm_int4::stage_steps(config, a.k);  // steps of K a stage: a part takes a multiple
+  a.steps_per_split = gemm_int4::steps_per_split(a.k, splits, unit);
+  splits = gemm_int4::parts_of(a.k, splits, unit);
   // a warp over all of a block's rows (its weights dequantized once a block)
   const char* failure = nullptr;
   int buffers = 0;

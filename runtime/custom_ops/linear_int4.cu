@@ -377,15 +377,20 @@ int splits_with(const LinearCall& c, int config) {
                                config, gemm_fill(c), 64, gemm_int4::kClusterParts);
 }
 
-// The call's tile (gemm_int4_plan.h's configurations): two steps of K a stage where K is split (by
-// kGemmConfig's tile) and its steps pair up, as steps_choice allows; else kGemmConfig.
-int gemm_config(const LinearCall& c) {
-  const bool paired = steps_choice() == Steps::kPaired && gemm_int4::stage_steps(gemm_int4::kPairedSteps, c.k) == 2;
-  return paired && splits_with(c, kGemmConfig) > 1 ? gemm_int4::kPairedSteps : kGemmConfig;
-}
+// The call's tile (gemm_int4_plan.h's configurations) and the parts K is cut into by it.
+struct GemmPlan {
+  int config;
+  int splits;
+};
 
-// The parts K is cut into for the call, by its tile.
-int gemm_splits(const LinearCall& c) { return splits_with(c, gemm_config(c)); }
+// Two steps of K a stage where K is split (by kGemmConfig's tile) and its steps pair up, as
+// steps_choice allows; else kGemmConfig.
+GemmPlan gemm_plan(const LinearCall& c) {
+  const int single = splits_with(c, kGemmConfig);
+  const bool paired = steps_choice() == Steps::kPaired && gemm_int4::stage_steps(gemm_int4::kPairedSteps, c.k) == 2;
+  if (paired && single > 1) return {gemm_int4::kPairedSteps, splits_with(c, gemm_int4::kPairedSteps)};
+  return {kGemmConfig, single};
+}
 
 // `values` float16 values rounded up to 16 bytes: the scratch's parts each start aligned.
 int64_t rounded(int64_t values) { return (values + 7) / 8 * 8; }
@@ -432,10 +437,10 @@ const char* mma_gemm(const LinearCall& call, const Int4Args& a, const __half* x,
   g.k = a.k;
   g.block = a.block;
   const gemm_int4_mma::Launch how{s, split_sums(call), kGemmProgrammatic, add_parts, kPartsProgrammatic};
-  const int config = gemm_config(call);
-  const int splits = gemm_splits(call);
-  return config == gemm_int4::kPairedSteps ? gemm_int4_mma::launch<kPairedStages>(g, config, splits, how)
-                                           : gemm_int4_mma::launch<kGemmStages>(g, config, splits, how);
+  const GemmPlan plan = gemm_plan(call);
+  return plan.config == gemm_int4::kPairedSteps
+             ? gemm_int4_mma::launch<kPairedStages>(g, plan.config, plan.splits, how)
+             : gemm_int4_mma::launch<kGemmStages>(g, plan.config, plan.splits, how);
 }
 
 // What keeps the CUDA kernels from a call (null: nothing).
@@ -466,8 +471,9 @@ const char* call_problem(const LinearCall& call, const Int4Weights& weights) {
 // parts stored.
 int chain_parts(const LinearCall& first, const Int4Weights& w) {
   if (fused(first, w) || !tiled_gemm(first, w) || split_sums(first) != gemm_int4_mma::SplitSums::kInParts) return 0;
-  const int parts = gemm_int4::parts_of(static_cast<int>(first.k), gemm_splits(first),
-                                        gemm_int4::stage_steps(gemm_config(first), first.k));
+  const GemmPlan plan = gemm_plan(first);  // as gemm_int4_mma::launch cuts K for it
+  const int parts = gemm_int4::parts_of(static_cast<int>(first.k), plan.splits,
+                                        gemm_int4::stage_steps(plan.config, first.k));
   return parts > 1 ? parts : 0;
 }
 
@@ -490,7 +496,7 @@ int64_t linear_int4_scratch_elements(const LinearCall& c, const Int4Weights& w) 
   if (gemv_after_norm(c, w)) return rounded(c.rows * c.k);
   const int64_t normed = rounded(c.norm ? c.rows * c.k : 0);
   if (tiled_gemm(c, w)) {  // floats: one (rows, outputs) buffer, or one a part (none with SwiGLU)
-    const int64_t splits = gemm_splits(c), buffers = split_choice() == Split::kParts ? splits : 1;
+    const int64_t splits = gemm_plan(c).splits, buffers = split_choice() == Split::kParts ? splits : 1;
     return normed + (splits > 1 && !c.swiglu ? sums_halves(buffers, c.rows, codes_rows(c)) : 0);
   }
   return normed + rounded(c.swiglu ? c.rows * 2 * c.n : 0) + band_rows(c) * c.k;
