@@ -312,6 +312,8 @@ CHAIN_CUDA_CASES = {  # (rows, K, hidden, codes rows, block, zero points): the 1
     "gemm-8": ((8, 1), 2048, 2048, 1024, 32, False), "gemm-64-parts": ((64, 1), 2048, 2048, 3072, 32, False),
     "gemm-64-long-k": ((64, 1), 8192, 2048, 3072, 64, True),
     "gemm-64-hidden-4096": ((64, 1), 2048, 4096, 1024, 32, False),
+    "gemm-16-hidden-12288": ((16, 1), 2048, 12288, 64, 64, True),
+    "gemm-16-hidden-16448": ((16, 1), 2048, 16448, 64, 64, False),
     "gemm-130": ((130, 1), 2048, 1024, 600, 128, True), "dequantized-k96": ((8, 1), 96, 64, 40, 32, True)}
 
 
@@ -322,7 +324,9 @@ CHAIN_CUDA_CASES = {  # (rows, K, hidden, codes rows, block, zero points): the 1
 def test_the_chain_on_cuda_equals_the_cpu_and_the_two_ops_on_cuda(graph, op, rows, k, hidden, n, block, zeros):
     """1-4 rows: the two GEMVs (h in the scratch); more: the first GEMM's K parts left in the scratch
     and added by the norm's kernel (gemm-64-parts, gemm-64-long-k, gemm-64-hidden-4096: two chunks a
-    thread), or h written in float16 where K is not split or the bands take it; eager and captured.
+    thread, gemm-16-hidden-12288: six of the eight its registers hold, gemm-16-hidden-16448: more than
+    they hold, x written and read back), or h written in float16 where K is not split or the bands
+    take it; eager and captured.
     The same outputs as LinearInt4 then NormLinearInt4[SwiGLU] on CUDA, bit for bit; with
     OPTIMIZER_INT4_SPLIT=atomics (a child pytest below), whose fp32 sums add up in whatever order the
     blocks come, to a few float16 units (on an H100: at most 6.1e-5 apart where they differ)."""

@@ -120,6 +120,39 @@ __device__ __forceinline__ void store_outputs(const float (&acc)[SWIGLU ? 2 : 1]
   }
 }
 
+// One 8-value chunk of x + skip, in float16 (what the norm's `sum` output holds; fp32 adds), its
+// squares (of the fp32 sums) added to `squares`: skip_norm's first pass and parts_skip_norm_rows'
+// (linear_int4.cu) share it, so that both give the same bits.
+__device__ __forceinline__ uint4 chunk_sum(const uint4& xv, const uint4& sv, float& squares) {
+  const __half2* xh = reinterpret_cast<const __half2*>(&xv);
+  const __half2* sh = reinterpret_cast<const __half2*>(&sv);
+  uint4 out;
+  __half2* oh = reinterpret_cast<__half2*>(&out);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 xf = __half22float2(xh[j]), sf = __half22float2(sh[j]);
+    const float2 s = make_float2(xf.x + sf.x, xf.y + sf.y);
+    squares += s.x * s.x + s.y * s.y;
+    oh[j] = __floats2half2_rn(s.x, s.y);
+  }
+  return out;
+}
+
+// A chunk of x + skip (float16, chunk_sum's) normalized: times the row's `scale` and gamma's chunk,
+// rounded to float16 (skip_norm's second pass, and parts_skip_norm_rows').
+__device__ __forceinline__ uint4 chunk_normed(const uint4& sv, const uint4& gv, float scale) {
+  const __half2* sh = reinterpret_cast<const __half2*>(&sv);
+  const __half2* gh = reinterpret_cast<const __half2*>(&gv);
+  uint4 out;
+  __half2* oh = reinterpret_cast<__half2*>(&out);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const float2 s = __half22float2(sh[j]), g = __half22float2(gh[j]);
+    oh[j] = __floats2half2_rn(s.x * scale * g.x, s.y * scale * g.y);
+  }
+  return out;
+}
+
 // xs (ROWS, K) = rms_norm(x + skip) * gamma in float16, the block's threads sharing the work;
 // `sum` (when not null) gets x + skip. `a` has x, skip, gamma (float16), k and epsilon.
 template <int ROWS, typename Args>
@@ -132,18 +165,7 @@ __device__ void skip_norm(const Args& a, __half* xs, __half* sum) {
 #pragma unroll
     for (int m = 0; m < ROWS; ++m) {
       const size_t at = static_cast<size_t>(m) * a.k + 8 * c;
-      const uint4 xv = load16(a.x + at), sv = load16(a.skip + at);
-      const __half2* xh = reinterpret_cast<const __half2*>(&xv);
-      const __half2* sh = reinterpret_cast<const __half2*>(&sv);
-      uint4 out;
-      __half2* oh = reinterpret_cast<__half2*>(&out);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const float2 xf = __half22float2(xh[j]), sf = __half22float2(sh[j]);
-        const float2 s = make_float2(xf.x + sf.x, xf.y + sf.y);
-        squares[m] += s.x * s.x + s.y * s.y;
-        oh[j] = __floats2half2_rn(s.x, s.y);
-      }
+      const uint4 out = chunk_sum(load16(a.x + at), load16(a.skip + at), squares[m]);
       *reinterpret_cast<uint4*>(xs + at) = out;
       if (sum != nullptr) *reinterpret_cast<uint4*>(sum + at) = out;
     }
@@ -151,16 +173,10 @@ __device__ void skip_norm(const Args& a, __half* xs, __half* sum) {
   block_sums<ROWS>(squares);
   for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
     const uint4 gv = load16(a.gamma + 8 * c);
-    const __half2* gh = reinterpret_cast<const __half2*>(&gv);
 #pragma unroll
     for (int m = 0; m < ROWS; ++m) {
-      const float scale = rms_scale(squares[m], a.k, a.epsilon);
-      __half2* xh = reinterpret_cast<__half2*>(xs + static_cast<size_t>(m) * a.k + 8 * c);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const float2 s = __half22float2(xh[j]), g = __half22float2(gh[j]);
-        xh[j] = __floats2half2_rn(s.x * scale * g.x, s.y * scale * g.y);
-      }
+      uint4* chunk = reinterpret_cast<uint4*>(xs + static_cast<size_t>(m) * a.k + 8 * c);
+      *chunk = chunk_normed(*chunk, gv, rms_scale(squares[m], a.k, a.epsilon));
     }
   }
   __syncthreads();

@@ -18,8 +18,8 @@
 // does it. Two linears with a norm between (LinearInt4NormLinearInt4[SwiGLU]): the first one's
 // outputs into the scratch and the second one's call of them; or, where the first GEMM stores K's
 // parts, its parts left in the scratch and added up by the norm's kernel (parts_skip_norm_rows: the
-// same float16 values as the conversion kernel writes). The GEMM's CUDA
-// tests (tests/test_custom_ops_int4.py) passed inside onnxruntime on an H100 (run17, 2026-12-05),
+// same float16 values as the conversion kernel writes, the row held in registers), the second GEMM
+// launched as its programmatic dependent. The GEMM's CUDA tests (tests/test_custom_ops_int4.py) passed inside onnxruntime on an H100 (run17, 2026-12-05),
 // where a Llama-3.2-1B-shaped int4 engine served 64 concurrent requests at 21,150-21,200 out tok/s
 // with it against 16,450-17,780 with the bands.
 #include <cuda_fp16.h>
@@ -66,6 +66,16 @@ constexpr const char* kDefaultSplit = "parts";  // how its K's parts add up with
 // (another H100) 1.778 this way against 1.806 with none, at 16 rows 1.117 against 1.120. Each GEMM
 // alone, probed in a loop, was faster as a dependent (run41).
 constexpr bool kGemmProgrammatic = false;
+// Except the GEMM of a chain's second linear (LinearInt4NormLinearInt4[SwiGLU]: q/k/v after the
+// layer before's down, gate/up after o), which follows the chain's parts norm (one block a row, one
+// wave, letting its dependents start at once): launched as its programmatic dependent, its blocks
+// read their first stages of codes and scales while the norm runs. The 1B int4 engine's captured
+// step (H100, gpu_kernels.py --replay-only, model replay) at 64 rows 1.700-1.708 ms against
+// 1.762-1.781 without, at 16 rows 1.060-1.062 against 1.096-1.117 (run55); only the GEMMs without
+// SwiGLU so 1.741-1.759. Not the chain's first GEMM, after a kernel of many waves (o after the
+// attention, down after gate/up): at 64 rows 1.723-1.727 with o as a dependent, 1.796-1.797 with
+// down, against 1.696-1.705 (run56; o so at 16 rows 1.032-1.033 against 1.059-1.061).
+constexpr bool kGemmAfterNormProgrammatic = true;
 constexpr bool kPartsProgrammatic = true;   // its conversion of K's parts, and the chain's parts norm
 
 struct Int4Args {
@@ -228,36 +238,102 @@ struct PartsNorm {
   __half* normed;  // (rows, k)
 };
 
-// linear_common's skip_norm_rows of x = `count` parts of fp32 sums ((rows, k) floats each, one after
-// another) added in part order (gemm_int4_mma.cuh's add_parts, 32 bytes a part a thread) and rounded
-// to float16: the same x, bit for bit, as the GEMM's conversion (sums_to_half) writes. Each thread
-// first writes its chunks of x into `normed`, where skip_norm (whose threads take the same chunks)
-// reads them back and normalizes them in place. Launched as a programmatic dependent launch where the
-// device takes it: it waits for the parts, then lets the kernel after it start. On an H100 the 1B
-// shape's 64 rows of 8 parts took 3.9 us reading one part at a time (run32), 3.3-3.6 with the parts'
-// loads batched (run33), against 2.3 for skip_norm_rows alone (one block a row: 64 of the 132 SMs
-// read the 4 MB of parts).
+// x (float16) of a chain's stored parts: `count` parts of fp32 sums ((rows, k) floats each, one after
+// another) added in part order (gemm_int4_mma.cuh's add_parts, 32 bytes a part a thread) and rounded to
+// float16, the 8 values from `at` on: the same x, bit for bit, as the GEMM's conversion (sums_to_half)
+// writes.
+__device__ __forceinline__ uint4 parts_chunk(const PartsNorm& p, size_t values, size_t at) {
+  float4 total[2] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+  gemm_int4_mma::add_parts(p.parts, p.count, static_cast<int64_t>(values), static_cast<int64_t>(at), total);
+  uint4 x;
+  __half2* xh = reinterpret_cast<__half2*>(&x);
+#pragma unroll
+  for (int v = 0; v < 2; ++v) {
+    xh[2 * v] = __floats2half2_rn(total[v].x, total[v].y);
+    xh[2 * v + 1] = __floats2half2_rn(total[v].z, total[v].w);
+  }
+  return x;
+}
+
+// linear_common's skip_norm_rows of x = parts_chunk's, one block a row, the row held in registers: each
+// thread's at most CHUNKS chunks of 8 values (those skip_norm's thread takes: c, c + kThreads, ...)
+// read at once (their parts, skip and gamma), x + skip's squares summed over the block, then the row's
+// sum and normed values written; linear_common's chunk_sum and chunk_normed do skip_norm's arithmetic,
+// so the outputs are skip_norm_rows' of the converted x, bit for bit. Launched as a programmatic
+// dependent launch where the device takes it: it waits for the parts, then lets the kernel after it
+// start. On an H100 the 1B shape's 64 rows of 8 parts took 3.5-3.6 us a norm (run43, plain launches)
+// writing x to global memory and reading it back twice (skip_norm's two passes: parts_skip_norm_long_rows
+// below), against 2.3 for skip_norm_rows alone; the 1B int4 engine's captured step (gpu_kernels.py
+// --replay-only, model replay) at 16 rows 1.049 ms with the rows in registers against 1.074 with the
+// two passes, at 64 rows 1.715 against 1.717 (run58, one replay each).
+template <int CHUNKS>
 __global__ void __launch_bounds__(kThreads) parts_skip_norm_rows(PartsNorm p) {
+  wait_for_inputs();
+  let_next_start();
+  const int chunks = p.a.k / 8;
+  const size_t at = static_cast<size_t>(blockIdx.x) * p.a.k, values = static_cast<size_t>(gridDim.x) * p.a.k;
+  uint4 skip[CHUNKS], gamma[CHUNKS], sums[CHUNKS];
+#pragma unroll
+  for (int i = 0; i < CHUNKS; ++i) {
+    const int c = threadIdx.x + i * kThreads;
+    if (c < chunks) {
+      skip[i] = load16(p.a.skip + at + 8 * c);
+      gamma[i] = load16(p.a.gamma + 8 * c);
+    }
+  }
+  float squares[1] = {0.f};
+#pragma unroll
+  for (int i = 0; i < CHUNKS; ++i) {
+    const int c = threadIdx.x + i * kThreads;
+    if (c < chunks) sums[i] = chunk_sum(parts_chunk(p, values, at + 8 * c), skip[i], squares[0]);
+  }
+  block_sums<1>(squares);
+  const float scale = rms_scale(squares[0], p.a.k, p.a.epsilon);
+#pragma unroll
+  for (int i = 0; i < CHUNKS; ++i) {
+    const int c = threadIdx.x + i * kThreads;
+    if (c < chunks) {
+      if (p.a.sum != nullptr) *reinterpret_cast<uint4*>(p.a.sum + at + 8 * c) = sums[i];
+      *reinterpret_cast<uint4*>(p.normed + at + 8 * c) = chunk_normed(sums[i], gamma[i], scale);
+    }
+  }
+}
+
+// The chunks a thread of parts_skip_norm_rows holds in registers at most (K up to 16384).
+constexpr int kNormChunks = 8;
+
+// parts_skip_norm_rows for a row longer than its registers hold: each thread first writes its chunks of
+// x into `normed`, where skip_norm (whose threads take the same chunks) reads them back and normalizes
+// them in place.
+__global__ void __launch_bounds__(kThreads) parts_skip_norm_long_rows(PartsNorm p) {
   wait_for_inputs();
   let_next_start();
   const size_t at = static_cast<size_t>(blockIdx.x) * p.a.k, values = static_cast<size_t>(gridDim.x) * p.a.k;
   __half* row_normed = p.normed + at;
   for (int c = threadIdx.x; c < p.a.k / 8; c += blockDim.x) {
-    float4 total[2] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-    gemm_int4_mma::add_parts(p.parts, p.count, static_cast<int64_t>(values), static_cast<int64_t>(at + 8 * c), total);
-    uint4 x;
-    __half2* xh = reinterpret_cast<__half2*>(&x);
-#pragma unroll
-    for (int v = 0; v < 2; ++v) {
-      xh[2 * v] = __floats2half2_rn(total[v].x, total[v].y);
-      xh[2 * v + 1] = __floats2half2_rn(total[v].z, total[v].w);
-    }
-    *reinterpret_cast<uint4*>(row_normed + 8 * c) = x;
+    *reinterpret_cast<uint4*>(row_normed + 8 * c) = parts_chunk(p, values, at + 8 * c);
   }
   Int4Args row = p.a;
   row.x = row_normed;
   row.skip += at;
   skip_norm<1>(row, row_normed, p.a.sum + at);
+}
+
+// The chain's norm of its first GEMM's stored parts (`p`), `rows` blocks, on stream `s`.
+void launch_parts_norm(const PartsNorm& p, int64_t rows, cudaStream_t s) {
+  const int per_thread = static_cast<int>((p.a.k / 8 + kThreads - 1) / kThreads);
+  const unsigned blocks = static_cast<unsigned>(rows);
+  if (per_thread <= 1) {
+    launch_kernel<kPartsProgrammatic>(parts_skip_norm_rows<1>, blocks, 0, s, p);
+  } else if (per_thread <= 2) {
+    launch_kernel<kPartsProgrammatic>(parts_skip_norm_rows<2>, blocks, 0, s, p);
+  } else if (per_thread <= 4) {
+    launch_kernel<kPartsProgrammatic>(parts_skip_norm_rows<4>, blocks, 0, s, p);
+  } else if (per_thread <= kNormChunks) {
+    launch_kernel<kPartsProgrammatic>(parts_skip_norm_rows<kNormChunks>, blocks, 0, s, p);
+  } else {
+    launch_kernel<kPartsProgrammatic>(parts_skip_norm_long_rows, blocks, 0, s, p);
+  }
 }
 
 // The 4-bit family for linear_common's launch_gemv.
@@ -421,9 +497,10 @@ const char* dequantized_gemm(const LinearCall& call, const Int4Args& a, const __
 }
 
 // The (rows, outputs) GEMM by gemm_int4_mma.cuh into the call's y, SwiGLU folded in; `sums`: its
-// split sums' floats (with `add_parts` false, K's stored parts are left there, y not written).
+// split sums' floats (with `add_parts` false, K's stored parts are left there, y not written);
+// `programmatic`: launched as the programmatic dependent of the kernel before it.
 const char* mma_gemm(const LinearCall& call, const Int4Args& a, const __half* x, float* sums, cudaStream_t s,
-                     bool add_parts = true) {
+                     bool add_parts, bool programmatic) {
   gemm_int4_mma::Args g{};
   g.x = x;
   g.codes = a.codes;
@@ -436,7 +513,7 @@ const char* mma_gemm(const LinearCall& call, const Int4Args& a, const __half* x,
   g.n = static_cast<int>(codes_rows(call));
   g.k = a.k;
   g.block = a.block;
-  const gemm_int4_mma::Launch how{s, split_sums(call), kGemmProgrammatic, add_parts, kPartsProgrammatic};
+  const gemm_int4_mma::Launch how{s, split_sums(call), programmatic, add_parts, kPartsProgrammatic};
   const GemmPlan plan = gemm_plan(call);
   return plan.config == gemm_int4::kPairedSteps
              ? gemm_int4_mma::launch<kPairedStages>(g, plan.config, plan.splits, how)
@@ -484,6 +561,46 @@ LinearCall x_in_scratch(const LinearCall& call) {
   LinearCall c = call;
   c.x = kAlignedPlaceholder;
   return c;
+}
+
+// linear_int4_cuda's call on stream `s`, its tensor-core GEMM launched as the programmatic dependent of
+// the kernel before it where `gemm_programmatic`.
+const char* linear_int4(const LinearCall& call, const Int4Weights& weights, cudaStream_t s, void* cublas,
+                        bool gemm_programmatic) {
+  if (const char* problem = call_problem(call, weights)) return problem;
+  Int4Args a = typed(call, weights);
+  const int rows = static_cast<int>(call.rows);
+  if (fused(call, weights)) {  // the decode path: one kernel
+    launch_gemv_call<Int4Gemv>(a, rows, call.norm, call.swiglu, s);
+    return launched();
+  }
+  __half* free = static_cast<__half*>(call.scratch);
+  const __half* x = a.x;
+  if (call.norm) {  // x + skip and its norm first, into the scratch
+    skip_norm_rows<<<static_cast<unsigned>(rows), kThreads, 0, s>>>(a, free);
+    if (const char* failure = launched()) return failure;
+    x = free;
+    free += rounded(call.rows * call.k);
+  }
+  if (gemv_after_norm(call, weights)) {
+    if (!aligned(x)) return "LinearInt4: onnxruntime's scratch output is not 16-byte aligned";
+    Int4Args normed = a;
+    normed.x = x;
+    launch_gemv_call<Int4Gemv>(normed, rows, false, call.swiglu, s);
+    return launched();
+  }
+  if (tiled_gemm(call, weights)) {
+    if (!aligned(x)) return "LinearInt4: onnxruntime's scratch output is not 16-byte aligned";
+    return mma_gemm(call, a, x, reinterpret_cast<float*>(free), s, true, gemm_programmatic);
+  }
+  __half* out = a.y;
+  if (call.swiglu) {
+    out = free;
+    free += rounded(call.rows * codes_rows(call));
+  }
+  if (const char* failure = dequantized_gemm(call, a, x, free, out, cublas, s)) return failure;
+  if (!call.swiglu) return nullptr;
+  return swiglu_cuda(out, a.y, rows, call.n, s);
 }
 
 }  // namespace
@@ -539,51 +656,17 @@ const char* linear_int4_chain_cuda(const LinearCall& first, const Int4Weights& f
   float* sums = reinterpret_cast<float*>(free);
   __half* normed = free + rounded(sums_halves(parts, first.rows, first.n));
   const Int4Args a = typed(first, first_weights);
-  if (const char* failure = mma_gemm(first, a, a.x, sums, s, false)) return failure;
+  if (const char* failure = mma_gemm(first, a, a.x, sums, s, false, kGemmProgrammatic)) return failure;
   const PartsNorm norm{typed(call, weights), sums, parts, normed};
-  launch_kernel<kPartsProgrammatic>(parts_skip_norm_rows, static_cast<unsigned>(call.rows), 0, s, norm);
+  launch_parts_norm(norm, call.rows, s);
   if (const char* failure = launched()) return failure;
   LinearCall rest = call;
   rest.norm = false;
   rest.x = normed;
   rest.scratch = normed + h;
-  return linear_int4_cuda(rest, weights, stream, cublas);
+  return linear_int4(rest, weights, s, cublas, kGemmAfterNormProgrammatic);
 }
 
 const char* linear_int4_cuda(const LinearCall& call, const Int4Weights& weights, void* stream, void* cublas) {
-  if (const char* problem = call_problem(call, weights)) return problem;
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  Int4Args a = typed(call, weights);
-  const int rows = static_cast<int>(call.rows);
-  if (fused(call, weights)) {  // the decode path: one kernel
-    launch_gemv_call<Int4Gemv>(a, rows, call.norm, call.swiglu, s);
-    return launched();
-  }
-  __half* free = static_cast<__half*>(call.scratch);
-  const __half* x = a.x;
-  if (call.norm) {  // x + skip and its norm first, into the scratch
-    skip_norm_rows<<<static_cast<unsigned>(rows), kThreads, 0, s>>>(a, free);
-    if (const char* failure = launched()) return failure;
-    x = free;
-    free += rounded(call.rows * call.k);
-  }
-  if (gemv_after_norm(call, weights)) {
-    if (!aligned(x)) return "LinearInt4: onnxruntime's scratch output is not 16-byte aligned";
-    Int4Args normed = a;
-    normed.x = x;
-    launch_gemv_call<Int4Gemv>(normed, rows, false, call.swiglu, s);
-    return launched();
-  }
-  if (tiled_gemm(call, weights)) {
-    if (!aligned(x)) return "LinearInt4: onnxruntime's scratch output is not 16-byte aligned";
-    return mma_gemm(call, a, x, reinterpret_cast<float*>(free), s);
-  }
-  __half* out = a.y;
-  if (call.swiglu) {
-    out = free;
-    free += rounded(call.rows * codes_rows(call));
-  }
-  if (const char* failure = dequantized_gemm(call, a, x, free, out, cublas, s)) return failure;
-  if (!call.swiglu) return nullptr;
-  return swiglu_cuda(out, a.y, rows, call.n, stream);
+  return linear_int4(call, weights, static_cast<cudaStream_t>(stream), cublas, kGemmProgrammatic);
 }
