@@ -19,8 +19,9 @@
 // outputs into the scratch and the second one's call of them; or, where the first GEMM stores K's
 // parts, its parts left in the scratch and added up by the norm's kernel (parts_skip_norm_rows: the
 // same float16 values as the conversion kernel writes, the row held in registers), the second GEMM
-// launched as its programmatic dependent. The GEMM's CUDA tests (tests/test_custom_ops_int4.py) passed inside onnxruntime on an H100 (run17, 2026-12-05),
-// where a Llama-3.2-1B-shaped int4 engine served 64 concurrent requests at 21,150-21,200 out tok/s
+// launched as its programmatic dependent (and at few rows o's GEMM as the attention's). The GEMM's
+// CUDA tests (tests/test_custom_ops_int4.py) passed inside onnxruntime on an H100 (run17, 2026-12-05;
+// again in run63), where a Llama-3.2-1B-shaped int4 engine served 64 concurrent requests at 21,150-21,200 out tok/s
 // with it against 16,450-17,780 with the bands.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -74,8 +75,14 @@ constexpr bool kGemmProgrammatic = false;
 // 1.762-1.781 without, at 16 rows 1.060-1.062 against 1.096-1.117 (run55); only the GEMMs without
 // SwiGLU so 1.741-1.759. Not the chain's first GEMM, after a kernel of many waves (o after the
 // attention, down after gate/up): at 64 rows 1.723-1.727 with o as a dependent, 1.796-1.797 with
-// down, against 1.696-1.705 (run56; o so at 16 rows 1.032-1.033 against 1.059-1.061).
+// down, against 1.696-1.705 (run56); but see kFirstAfterAttentionRows.
 constexpr bool kGemmAfterNormProgrammatic = true;
+// Up to this many rows the chain's first GEMM before gate/up (o, after the attention, whose kernel
+// at few rows is one short wave) is the attention's programmatic dependent: the 1B int4 engine's
+// captured step at 16 rows 1.032-1.033 ms against 1.059-1.061 (run56), 1.003 / 1.020 against 1.042 /
+// 1.043 (run62; at 64 rows, where it stays a plain launch, 1.686 / 1.688 against 1.687 / 1.693);
+// 1.023-1.062 in run63 (three replays).
+constexpr int64_t kFirstAfterAttentionRows = 32;
 constexpr bool kPartsProgrammatic = true;   // its conversion of K's parts, and the chain's parts norm
 
 struct Int4Args {
@@ -656,7 +663,10 @@ const char* linear_int4_chain_cuda(const LinearCall& first, const Int4Weights& f
   float* sums = reinterpret_cast<float*>(free);
   __half* normed = free + rounded(sums_halves(parts, first.rows, first.n));
   const Int4Args a = typed(first, first_weights);
-  if (const char* failure = mma_gemm(first, a, a.x, sums, s, false, kGemmProgrammatic)) return failure;
+  const bool after_attention = call.swiglu && first.rows <= kFirstAfterAttentionRows;  // o, before gate/up
+  if (const char* failure = mma_gemm(first, a, a.x, sums, s, false, kGemmProgrammatic || after_attention)) {
+    return failure;
+  }
   const PartsNorm norm{typed(call, weights), sums, parts, normed};
   launch_parts_norm(norm, call.rows, s);
   if (const char* failure = launched()) return failure;
