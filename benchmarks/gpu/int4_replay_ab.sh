@@ -2,7 +2,7 @@
 # int4-custom engine's step under each of VARIANTS (;-separated settings, "-" for none), and
 # fp16-custom's as the reference, interleaved over ROUNDS rounds (benchmarks/gpu_kernels.py
 # --replay-only at BATCH rows: the whole step and the model's graph replayed, three times each). One
-# build of the two engines, no serving runs, no tests (after staging onnxruntime-gpu, .gpu/c1..c5;
+# build of the two engines, no serving runs, no tests unless TESTS (after staging onnxruntime-gpu, .gpu/c1..c5;
 # ~2.5 min to build, then ~15 s a variant a round on an H100):
 #   VARIANTS="-;OPTIMIZER_INT4_STEPS=single" ROUNDS=2 bash benchmarks/gpu/run.sh bash benchmarks/gpu/int4_replay_ab.sh
 # TESTS="settings" (TESTS=- for the defaults) also runs the LinearInt4 CUDA tests
