@@ -19,13 +19,16 @@
 # RUNS="fp16-custom;int4-custom;OPTIMIZER_INT4_SPLIT=atomics int4-custom" (;-separated, any variables
 # before a format) times those runs instead of the three of 3., and their kernels as 4. (into
 # kernels-N.jsonl for run N with variables); SKIP_KERNELS=1 leaves 4. out; CONC=16,64: more concurrencies in 3.
+# SHAPE=llama-3.1-8b: the 8B shape's engines instead of the 1B's (not yet run: by estimate ~9 min of
+# device time with RUNS="fp16-custom;int4-custom" CONC=16,64 SKIP_PROBE=1 SKIP_KERNELS=1).
 # Results: /tmp/gd/b64.jsonl, kernels*.jsonl, replay.jsonl, probe.jsonl, tests.log in the log.
 set -x
 W=/tmp/gd
 mkdir -p $W
 (python3 -m pytest -q -p no:cacheprovider tests/test_custom_ops_int4.py > $W/tests.log 2>&1
  echo "tests rc $?" >> $W/tests.log) &
-D="python3 benchmarks/gpu_decode.py --work $W --shapes llama-3.2-1b --concurrency ${CONC:-64} --results $W/b64.jsonl"
+SHAPE=${SHAPE:-llama-3.2-1b}
+D="python3 benchmarks/gpu_decode.py --work $W --shapes $SHAPE --concurrency ${CONC:-64} --results $W/b64.jsonl"
 IFS=';' read -ra RUNS <<< "${RUNS:-fp16-custom;int4-custom;int4-custom-nochain}"
 $D --formats "$(for r in "${RUNS[@]}"; do echo "${r##* }"; done | sort -u | paste -sd,)" --phases build
 wait  # the tests: nothing else on the GPU while the engines are timed
@@ -42,12 +45,12 @@ done
 for i in $([ -n "$SKIP_KERNELS" ] || echo "${!RUNS[@]}"); do
   r=${RUNS[$i]}; format=${r##* }; variables=${r%$format}
   [ -z "$variables" ] && out=$W/kernels.jsonl || out=$W/kernels-$i.jsonl
-  env $variables OPTIMIZER_CUDA_PDL=0 python3 benchmarks/gpu_kernels.py $W/ours-llama-3.2-1b-$format --batch 64 \
+  env $variables OPTIMIZER_CUDA_PDL=0 python3 benchmarks/gpu_kernels.py $W/ours-$SHAPE-$format --batch 64 \
       --results $out | cut -c1-300
 done
 for r in "${RUNS[@]}"; do  # each run's captured steps as served (programmatic launches as configured)
   format=${r##* }
-  env ${r%$format} python3 benchmarks/gpu_kernels.py $W/ours-llama-3.2-1b-$format --batch 16,64 --replay-only \
+  env ${r%$format} python3 benchmarks/gpu_kernels.py $W/ours-$SHAPE-$format --batch 16,64 --replay-only \
       --results $W/replay.jsonl | sed "s|^|${r%$format}|" | cut -c1-300
 done
 echo SESSION DONE
