@@ -8,21 +8,23 @@
 # TESTS="settings" (TESTS=- for the defaults) also runs the LinearInt4 CUDA tests
 # (tests/test_custom_ops_int4.py) with those settings while the engines build, into /tmp/gd/tests.log
 # (~3 min on an H100).
+# SHAPE=llama-3.1-8b: the 8B shape's engines instead of the 1B's (the default).
 # Results: /tmp/gd/replay.jsonl (each record's `env` names its variant).
 set -x
 W=/tmp/gd
+SHAPE=${SHAPE:-llama-3.2-1b}
 mkdir -p $W
 if [ -n "$TESTS" ]; then
   settings=${TESTS#-}
   (env $settings python3 -m pytest -q -p no:cacheprovider tests/test_custom_ops_int4.py > $W/tests.log 2>&1
    echo "tests rc $?" >> $W/tests.log) &
 fi
-python3 benchmarks/gpu_decode.py --work $W --shapes llama-3.2-1b --formats fp16-custom,int4-custom --phases build \
+python3 benchmarks/gpu_decode.py --work $W --shapes $SHAPE --formats fp16-custom,int4-custom --phases build \
     --results $W/build.jsonl
 wait  # the tests: nothing else on the GPU while the steps are timed
 IFS=';' read -ra VARIANTS <<< "${VARIANTS:--}"
 replay() {  # format, then the variant's settings
-  env "${@:2}" python3 benchmarks/gpu_kernels.py $W/ours-llama-3.2-1b-$1 --batch "${BATCH:-16,64}" --replay-only \
+  env "${@:2}" python3 benchmarks/gpu_kernels.py $W/ours-$SHAPE-$1 --batch "${BATCH:-16,64}" --replay-only \
       --results $W/replay.jsonl | sed "s|^|${*:2} |" | cut -c1-300
 }
 for round in $(seq 1 "${ROUNDS:-2}"); do
