@@ -272,7 +272,9 @@ __device__ __forceinline__ uint4 parts_chunk(const PartsNorm& p, size_t values, 
 // writing x to global memory and reading it back twice (skip_norm's two passes: parts_skip_norm_long_rows
 // below), against 2.3 for skip_norm_rows alone; the 1B int4 engine's captured step (gpu_kernels.py
 // --replay-only, model replay) at 16 rows 1.049 ms with the rows in registers against 1.074 with the
-// two passes, at 64 rows 1.715 against 1.717 (run58, one replay each).
+// two passes, at 64 rows 1.715 against 1.717 (run58, one replay each). A row over a cluster of two
+// blocks (at 64 rows 128 SMs reading the parts, not 64; branch exp/last-part) was slower: 1.723-1.727
+// against 1.699-1.701 (run65).
 template <int CHUNKS>
 __global__ void __launch_bounds__(kThreads) parts_skip_norm_rows(PartsNorm p) {
   wait_for_inputs();
@@ -424,6 +426,11 @@ Steps steps_choice() {
 // 10.6, down 27.6 against 20.7 (the cluster barrier's wait was the most stalled instruction of
 // Nsight Compute's q/k/v profile); on an H200 with programmatic launches (run19) the step's linears
 // 1256 us with parts stored against 1406 by atomics; end to end on an H100 (run20) the two alike.
+// The conversion after q/k/v's stored parts costs the 1B int4 step 62 us at 64 rows (run64, skipped),
+// yet both ways measured without it were slower (H100, the model's replay at 64 rows): q/k/v's parts
+// added in a cluster 1.709 ms against 1.687 (run62), each tile's last part to arrive adding its
+// tile's parts (branch exp/last-part) 1.806-1.812 against 1.689-1.697 (run65; our reading, not
+// profiled: 24 last blocks then read 8 parts of 32 KB each, where the conversion spreads them over the GPU).
 gemm_int4_mma::SplitSums split_sums(const LinearCall& call) {
   using gemm_int4_mma::SplitSums;
   if (call.swiglu) return SplitSums::kInCluster;
