@@ -25,8 +25,7 @@
 set -x
 W=/tmp/gd
 mkdir -p $W
-(python3 -m pytest -q -p no:cacheprovider tests/test_custom_ops_int4.py > $W/tests.log 2>&1
- echo "tests rc $?" >> $W/tests.log) &
+bash benchmarks/gpu/int4_tests.sh &
 SHAPE=${SHAPE:-llama-3.2-1b}
 D="python3 benchmarks/gpu_decode.py --work $W --shapes $SHAPE --concurrency ${CONC:-64} --results $W/b64.jsonl"
 IFS=';' read -ra RUNS <<< "${RUNS:-fp16-custom;int4-custom;int4-custom-nochain}"

@@ -14,11 +14,7 @@ set -x
 W=/tmp/gd
 SHAPE=${SHAPE:-llama-3.2-1b}
 mkdir -p $W
-if [ -n "$TESTS" ]; then
-  settings=${TESTS#-}
-  (env $settings python3 -m pytest -q -p no:cacheprovider tests/test_custom_ops_int4.py > $W/tests.log 2>&1
-   echo "tests rc $?" >> $W/tests.log) &
-fi
+[ -z "$TESTS" ] || bash benchmarks/gpu/int4_tests.sh ${TESTS#-} &
 python3 benchmarks/gpu_decode.py --work $W --shapes $SHAPE --formats fp16-custom,int4-custom --phases build \
     --results $W/build.jsonl
 wait  # the tests: nothing else on the GPU while the steps are timed
