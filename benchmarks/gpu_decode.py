@@ -53,6 +53,7 @@ throughout (speed does not depend on their values); greedy, EOS ignored, 128 pro
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -265,7 +266,11 @@ def phase_ours(args) -> None:
                              host_sampled=getattr(llm.executor, "host_sampled", None),
                              preemptions=llm.scheduler.preemptions, **median_run(summaries))
                         del llm
+                # the next variant's session needs its memory: after the captured 8B fp16 engine the
+                # uncaptured one failed to allocate (run66-67, H100); collecting the engine's reference
+                # cycles here is the likely cure, not yet run on a GPU
                 del engine
+                gc.collect()
 
 
 def phase_hf(args) -> None:

@@ -19,8 +19,8 @@
 # RUNS="fp16-custom;int4-custom;OPTIMIZER_INT4_SPLIT=atomics int4-custom" (;-separated, any variables
 # before a format) times those runs instead of the three of 3., and their kernels as 4. (into
 # kernels-N.jsonl for run N with variables); SKIP_KERNELS=1 leaves 4. out; CONC=16,64: more concurrencies in 3.
-# SHAPE=llama-3.1-8b: the 8B shape's engines instead of the 1B's (not yet run: by estimate ~9 min of
-# device time with RUNS="fp16-custom;int4-custom" CONC=16,64 SKIP_PROBE=1 SKIP_KERNELS=1).
+# SHAPE=llama-3.1-8b: the 8B shape's engines instead of the 1B's (with RUNS="fp16-custom;int4-custom"
+# CONC=16,64 SKIP_PROBE=1 SKIP_KERNELS=1: 9.0-9.6 min of one call on an H100, run66-67).
 # Results: /tmp/gd/b64.jsonl, kernels*.jsonl, replay.jsonl, probe.jsonl, tests.log in the log.
 set -x
 W=/tmp/gd

@@ -12,11 +12,11 @@
 // GEMM (the default), the codes read straight into the MMA's registers (the weights read once, at 4
 // bits; K split over the grid where the outputs alone would not fill the GPU, its parts added by
 // atomics, or with SwiGLU in its epilogue summed in a thread block cluster on sm_90). Otherwise, or
-// with OPTIMIZER_INT4_GEMM=dequantize: the weights dequantized into the scratch band by band (up to
-// kBandValues float16 values, so that a band stays in L2 for the GEMM that reads it), each band
-// multiplied by cuBLAS into its columns of the output, SwiGLU after. The norm first, as linear.cu
-// does it. Two linears with a norm between (LinearInt4NormLinearInt4[SwiGLU]): the first one's
-// outputs into the scratch and the second one's call of them; or, where the first GEMM stores K's
+// with OPTIMIZER_INT4_GEMM=dequantize: the weights dequantized into the scratch band by band
+// (int4_bands.h: up to 32 MB, so that a band stays in L2 for the GEMM that reads it; whole tiles of
+// rows), each band multiplied by cuBLAS into its columns of the output, SwiGLU after. The norm
+// first, as linear.cu does it. Two linears with a norm between (LinearInt4NormLinearInt4[SwiGLU]):
+// the first one's outputs into the scratch and the second one's call of them; or, where the first GEMM stores K's
 // parts, its parts left in the scratch and added up by the norm's kernel (parts_skip_norm_rows: the
 // same float16 values as the conversion kernel writes, the row held in registers), the second GEMM
 // launched as its programmatic dependent (and at few rows o's GEMM as the attention's). The GEMM's
@@ -34,6 +34,7 @@
 
 #include "cuda_kernels.h"
 #include "gemm_int4_mma.cuh"
+#include "int4_bands.h"
 #include "linear_common.cuh"
 
 namespace {
@@ -43,7 +44,6 @@ using namespace linear_common;
 constexpr int kCodes = 32;                  // codes a 16-byte chunk holds
 constexpr int kUnroll = 2;                  // chunks a lane's loop has in flight (unrolled)
 constexpr bool kProgrammatic = false;       // the GEMVs as programmatic dependent launches (linear.cu's)
-constexpr int64_t kBandValues = 16L << 20;  // float16 values of a dequantized band (32 MB)
 constexpr const char* kDefaultGemm = "mma";  // above kGemvRows without OPTIMIZER_INT4_GEMM
 constexpr int kGemmRows = 128;              // rows gemm_int4_mma.cuh takes
 constexpr int kGemmConfig = 0;              // its tile (gemm_int4_plan.h's configurations: 128 outputs)
@@ -490,7 +490,7 @@ int64_t sums_halves(int64_t buffers, int64_t rows, int64_t outputs) { return 2 *
 
 // Codes rows a dequantized band holds.
 int64_t band_rows(const LinearCall& c) {
-  return std::max<int64_t>(1, std::min<int64_t>(codes_rows(c), kBandValues / c.k));
+  return int4_bands::band_rows(codes_rows(c), c.k);
 }
 
 // The (rows, outputs) GEMM by bands: each band of codes rows dequantized into `band` (the
