@@ -206,6 +206,15 @@ def phase_build(args) -> None:
                  verification=engine.manifest["verification"])
 
 
+def free_gpu_gib() -> float | None:
+    """The device's free memory in GiB (torch's view of the CUDA driver's), None without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.cuda.mem_get_info()[0] / 2**30 if torch.cuda.is_available() else None
+
+
 def weight_bytes(model_path: Path) -> int:
     """Bytes a decode token reads: every initializer except those read only by Gather (an untied
     embedding reads one row per token)."""
@@ -242,6 +251,7 @@ def phase_ours(args) -> None:
             one_row = fmt.startswith("int4") and "custom" not in fmt  # MatMulNBits' kernels only
             variants = [(True, None), (False, None)] + ([(True, "one-row")] if one_row else [])
             for graph, kernels in variants:
+                free_before = free_gpu_gib()  # where a variant's session fails to allocate: what the last one left
                 engine = Engine.load(path, provider="cuda", cuda_graph=graph, int4_kernels=kernels)
                 b1 = []
                 prompt = prompts(1)[0]
@@ -253,7 +263,7 @@ def phase_ours(args) -> None:
                 emit(args, phase="ours", shape=shape, format=fmt, cuda_graph=graph, batch=1,
                      int4_kernels=engine.session.int4_kernels,
                      decode_tok_s=spread(tok_s), prefill_ms=statistics.median(r.prefill_seconds * 1e3 for r in b1),
-                     weight_bytes=nbytes, first_tokens=b1[0].token_ids[:16])
+                     weight_bytes=nbytes, first_tokens=b1[0].token_ids[:16], free_gib_before_load=free_before)
                 if kernels is None and (graph or args.eager_concurrency):
                     for n in args.concurrency:
                         requests = [Request(i, p, NEW, 0.0) for i, p in enumerate(prompts(n))]
@@ -267,8 +277,9 @@ def phase_ours(args) -> None:
                              preemptions=llm.scheduler.preemptions, **median_run(summaries))
                         del llm
                 # the next variant's session needs its memory: after the captured 8B fp16 engine the
-                # uncaptured one failed to allocate (run66-67, H100); collecting the engine's reference
-                # cycles here is the likely cure, not yet run on a GPU
+                # uncaptured one failed to allocate (run66-67, H100; on the CPU no reference cycle keeps
+                # an engine alive after `del`, so whether collecting here frees it is not yet known:
+                # free_gib_before_load records what the variant found)
                 del engine
                 gc.collect()
 
