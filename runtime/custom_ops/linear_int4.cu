@@ -16,10 +16,11 @@
 // (int4_bands.h: up to 32 MB, so that a band stays in L2 for the GEMM that reads it; whole tiles of
 // rows), each band multiplied by cuBLAS into its columns of the output, SwiGLU after. The norm
 // first, as linear.cu does it. Two linears with a norm between (LinearInt4NormLinearInt4[SwiGLU]):
-// the first one's outputs into the scratch and the second one's call of them; or, where the first GEMM stores K's
-// parts, its parts left in the scratch and added up by the norm's kernel (parts_skip_norm_rows: the
-// same float16 values as the conversion kernel writes, the row held in registers), the second GEMM
-// launched as its programmatic dependent (and at few rows o's GEMM as the attention's). The GEMM's
+// the first one's outputs into the scratch and the second one's call of them; or, where the first
+// GEMM stores K's parts, its parts left in the scratch and added up by the norm's kernel
+// (parts_skip_norm_rows: the same float16 values as the conversion kernel writes, the row held in
+// registers), the second GEMM launched as its programmatic dependent (and at few rows o's GEMM as
+// the attention's). The GEMM's
 // CUDA tests (tests/test_custom_ops_int4.py) passed inside onnxruntime on an H100 (run17, 2026-12-05;
 // again in run63), where a Llama-3.2-1B-shaped int4 engine served 64 concurrent requests at 21,150-21,200 out tok/s
 // with it against 16,450-17,780 with the bands.
