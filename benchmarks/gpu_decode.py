@@ -206,15 +206,6 @@ def phase_build(args) -> None:
                  verification=engine.manifest["verification"])
 
 
-def free_gpu_gib() -> float | None:
-    """The device's free memory in GiB (torch's view of the CUDA driver's), None without torch."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch.cuda.mem_get_info()[0] / 2**30 if torch.cuda.is_available() else None
-
-
 def weight_bytes(model_path: Path) -> int:
     """Bytes a decode token reads: every initializer except those read only by Gather (an untied
     embedding reads one row per token)."""
@@ -237,6 +228,7 @@ def weight_bytes(model_path: Path) -> int:
 def phase_ours(args) -> None:
     from optimizer.workload import Request
     from runtime import Engine, SamplingParams
+    from runtime.gpu_memory import device_memory
     from optimizer.replay import replay
 
     params = SamplingParams(max_new_tokens=NEW, ignore_eos=True)
@@ -251,7 +243,7 @@ def phase_ours(args) -> None:
             one_row = fmt.startswith("int4") and "custom" not in fmt  # MatMulNBits' kernels only
             variants = [(True, None), (False, None)] + ([(True, "one-row")] if one_row else [])
             for graph, kernels in variants:
-                free_before = free_gpu_gib()  # where a variant's session fails to allocate: what the last one left
+                free_before = device_memory()[0] / 2**30  # GiB: where a variant fails to allocate, what was left
                 engine = Engine.load(path, provider="cuda", cuda_graph=graph, int4_kernels=kernels)
                 b1 = []
                 prompt = prompts(1)[0]
