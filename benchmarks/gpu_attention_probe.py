@@ -1,14 +1,16 @@
 """Our CachedAttention kernel at decode, checked against torch and timed per layer.
 
     python benchmarks/gpu_attention_probe.py [--shapes 1b,8b] [--batches 1,64] [--lengths 128,256,512,1024]
-                                             [--prefills 128,2048] [--variants now,now:kPrefillQueries=4]
+                                             [--prefills 128,2048,128x64] [--variants now,now:kMmaPrefillTokens=0]
                                              [--decode-variants now,now:kGroupQueries=4]
 
 The product's runtime/custom_ops/attention.cu, compiled here behind a C entry point
 (benchmarks/cuda/attention_entry.cu) and called as a custom-ops engine's decode step calls it:
 packed q/k/v of one new token a row, each layer's own (batch, kv_heads, capacity, head_dim) caches
 written in place, rows of L, L - 1, ... L - 7 positions; and first prefills of S tokens at batch 1
-(the kernel's weak spot: a block per query, no tensor cores). First its output and the keys and
+(or B rows of S: `--prefills SxB`), which from attention.cu's kMmaPrefillTokens new tokens on run
+attention_mma.cuh's tensor-core kernel (`--variants now,now:kMmaPrefillTokens=0`: against the
+CUDA-core kernel before it, blocks of kPrefillQueries new tokens). First its output and the keys and
 values it wrote are checked against torch in fp32 (rotary, the new tokens appended, causal GQA
 attention: `max_abs_diff`, `cache_diff`); then one call per layer is captured in a torch CUDA
 graph and replayed: `us` a layer (median of --runs replays), `cache_tb_s` the cache bytes the rows
@@ -99,8 +101,8 @@ def reference(qkv, cache_k, cache_v, lengths, cos, sin, shape):
 
 def measure(lib, name: str, batch: int, seq: int, length: int, runs: int) -> dict:
     """One configuration: rows of `length`, `length` - 1, ... `length` - 7 positions after a call
-    of `seq` new tokens each (a decode step: seq 1; a first prefill: seq = length, batch 1),
-    each layer its own caches of `length` positions."""
+    of `seq` new tokens each (a decode step: seq 1), or a first prefill of `seq` = `length` tokens
+    in each of `batch` rows; each layer its own caches of `length` positions."""
     import torch
 
     shape = SHAPES[name]
@@ -108,7 +110,8 @@ def measure(lib, name: str, batch: int, seq: int, length: int, runs: int) -> dic
     error = ctypes.create_string_buffer(512)
     capacity = length
     cos, sin = (t.cuda() for t in rotary_tables(capacity + 1, hd))
-    lengths = torch.tensor([length - r % 8 for r in range(batch)], dtype=torch.int32, device="cuda")
+    lengths = torch.tensor([length - (r % 8 if seq == 1 else 0) for r in range(batch)], dtype=torch.int32,
+                           device="cuda")
     seqlens = lengths - 1
     qkv = [torch.randn(batch, seq, (h + 2 * kv) * hd, device="cuda").half() for _ in range(layers)]
     caches = [(torch.randn(batch, kv, capacity, hd, device="cuda").half(),
@@ -153,7 +156,8 @@ def main() -> None:
     ap.add_argument("--shapes", default="1b,8b")
     ap.add_argument("--batches", default="1,64")
     ap.add_argument("--lengths", default="128,256,512,1024")
-    ap.add_argument("--prefills", default="128,2048", help="first prefills of this many tokens, batch 1")
+    ap.add_argument("--prefills", default="128,2048",
+                    help="first prefills of this many tokens, batch 1 (SxB: S tokens in each of B rows)")
     ap.add_argument("--variants", default="now",
                     help="kernel variants for the prefills (_kernel_variants.py's: now[:NAME=VALUE...])")
     ap.add_argument("--decode-variants", default="now", help="kernel variants for the decode steps")
@@ -173,9 +177,10 @@ def main() -> None:
                     for variant in decode_variants:
                         row = measure(libs[variant], name, batch, 1, length, args.runs)
                         report_line({"variant": variant, **row}, args.results)
-            for seq in (int(n) for n in args.prefills.split(",") if n):
+            for item in (n for n in args.prefills.split(",") if n):
+                seq, _, rows = item.partition("x")
                 for variant in variants:
-                    row = measure(libs[variant], name, 1, seq, seq, args.runs)
+                    row = measure(libs[variant], name, int(rows or 1), int(seq), int(seq), args.runs)
                     report_line({"variant": variant, **row}, args.results)
 
 

@@ -1,8 +1,10 @@
-// A CPU emulation of the CUDA pieces runtime/custom_ops/gemm_int4_mma.cuh's kernel uses, so that g++
-// compiles the kernel's own source and runs it (tests/test_gemm_int4_emulated.py):
+// A CPU emulation of the CUDA pieces runtime/custom_ops/gemm_int4_mma.cuh's and attention_mma.cuh's
+// kernels use, so that g++ compiles the kernels' own source and runs it
+// (tests/test_gemm_int4_emulated.py, tests/test_attention_mma_emulated.py):
 //   - a block's threads are std::threads, __syncthreads a std::barrier over them;
 //   - mma.sync m16n8k16: the warp's 32 threads leave their fragments in the warp's exchange, wait
 //     for each other, and each sums its four results from the PTX fragment layout (in double);
+//   - __shfl_xor_sync the same way, through the warp's exchange;
 //   - Hopper's warpgroup MMA (A from registers, B from shared memory through its descriptor): the
 //     same over a warpgroup's 128 threads, done when issued (its fences, commits and waits then
 //     have nothing to do);
@@ -107,6 +109,7 @@ struct Warp {
   std::barrier<> arrived{32};
   uint32_t a[32][4];
   uint32_t b[32][2];
+  float lanes[32];  // shfl_xor's exchange
 };
 
 // A warpgroup's exchange for mma_warpgroup: its 128 threads' A registers.
@@ -179,6 +182,17 @@ inline void wait_async(int pending) {
 
 // Half `high` (0: the low 16 bits) of a register holding two float16.
 inline double half_of(uint32_t r, int high) { return half_value(high ? r >> 16 : r & 0xFFFF); }
+
+// __shfl_xor_sync over the whole warp: v from lane (this lane ^ mask).
+inline float shfl_xor(float v, int mask) {
+  Warp& w = *block->warps[threadIdx.x / 32];
+  const int lane = threadIdx.x % 32;
+  w.lanes[lane] = v;
+  w.arrived.arrive_and_wait();
+  const float got = w.lanes[lane ^ mask];
+  w.arrived.arrive_and_wait();  // every lane has read the exchange
+  return got;
+}
 
 // A's value (row, col) of an m16n8k16 fragment (16 x 16) from its warp's 32 lanes' registers.
 inline double a_fragment(const uint32_t (*lanes)[4], int row, int col) {

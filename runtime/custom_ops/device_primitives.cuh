@@ -266,4 +266,36 @@ __device__ __forceinline__ void start_next_kernel() {
 #endif
 }
 
+// v from the lane whose index is this lane's XOR `mask` (the whole warp takes part).
+__device__ __forceinline__ float warp_xor(float v, int mask) {
+#if defined(__CUDACC__)
+  return __shfl_xor_sync(0xffffffffu, v, mask);
+#else
+  return cuda_emulation::shfl_xor(v, mask);
+#endif
+}
+
+// float16 bits to float and back (round to nearest even), and e^v (__expf's approximation on CUDA).
+__device__ __forceinline__ float half_float(uint16_t h) {
+#if defined(__CUDACC__)
+  return __half2float(__ushort_as_half(h));
+#else
+  return static_cast<float>(cuda_emulation::half_value(h));
+#endif
+}
+__device__ __forceinline__ uint16_t float_half(float v) {
+#if defined(__CUDACC__)
+  return __half_as_ushort(__float2half(v));
+#else
+  return cuda_emulation::half_bits(v);
+#endif
+}
+__device__ __forceinline__ float fast_exp(float v) {
+#if defined(__CUDACC__)
+  return __expf(v);
+#else
+  return std::exp(v);
+#endif
+}
+
 }  // namespace device_primitives

@@ -1,0 +1,262 @@
+// CachedAttention's prefill on tensor cores: attention.cu launches it for calls of at least
+// kMmaPrefillTokens new tokens a row (head sizes up to 128); a header of its own so that
+// tests/test_attention_mma_emulated.py runs this very source on the CPU (tests/cuda_emulation.h).
+//
+// A block takes kQueries (64) consecutive new tokens of one query head of one row, each of its four
+// warps 16 of them (an MMA's rows). The keys come kKeys (64) at a time into shared memory (from the
+// cache before the row's new tokens, from the inputs after them, rotated and rounded to float16 as
+// the cache holds them), their values beside them transposed (a row a head element); each warp's
+// scores Q K^T and its sums P V by mma.sync m16n8k16 (float16 in, float32 sums), with
+// FlashAttention-2's online softmax: each row's running maximum and total in registers, P rounded
+// to float16 for its MMA. The contract is attention.cu's kernel's (rotary embedding, the new keys and
+// values written into the cache by the first block of each kv group, causal attention with sliding
+// window and softcap); the outputs agree with it but for P's rounding.
+#pragma once
+#include <math.h>
+#include <stdint.h>
+
+#include "attention_math.h"
+#include "cuda_kernels.h"
+#include "device_primitives.cuh"
+
+namespace attention_mma {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kQueries = 16 * kWarps;  // new tokens a block
+constexpr int kKeys = 64;              // keys a step
+constexpr int kMostHeadDim = 128;      // o, the scores and the queries' fragments in registers
+
+// The block's shared memory, in float16 values: the step's keys (a row of kHd a key), then one area
+// holding first the block's rotated queries (a row a token) and then each step's values transposed (a
+// row of kKeys a head element). Rows are 8 values longer than their data, so that the 8 rows a
+// fragment's read spans fall in different banks.
+template <int kHd>
+struct Shared {
+  static constexpr int kRow = kHd + 8, kValueRow = kKeys + 8;
+  static constexpr int kKeyHalves = kKeys * kRow;
+  static constexpr int kQueryHalves = kQueries * kRow, kValueHalves = kHd * kValueRow;
+  static constexpr int kHalves = kKeyHalves + (kQueryHalves > kValueHalves ? kQueryHalves : kValueHalves);
+  static constexpr size_t kBytes = 2 * static_cast<size_t>(kHalves);
+};
+
+__device__ __forceinline__ uint4 load16(const uint16_t* p) { return *reinterpret_cast<const uint4*>(p); }
+__device__ __forceinline__ void store16(uint16_t* p, const uint4& v) { *reinterpret_cast<uint4*>(p) = v; }
+// Two float16 (bits) as an MMA register, the first in its low half.
+__device__ __forceinline__ uint32_t pair_at(const uint16_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
+__device__ __forceinline__ uint32_t pack(float low, float high) {
+  return static_cast<uint32_t>(device_primitives::float_half(low)) |
+         static_cast<uint32_t>(device_primitives::float_half(high)) << 16;
+}
+
+// Elements [8c, 8c + 8) and [kHd / 2 + 8c, ...) of a head (`head`, float16) into `first` and `second`,
+// where `rotate` rotated by the rotary tables' row `table_row` and rounded to float16 (attention_math.h).
+template <int kHd>
+__device__ __forceinline__ void head_chunks(const uint16_t* head, int c, bool rotate, const uint16_t* cos,
+                                            const uint16_t* sin, int64_t table_row, uint4& first, uint4& second) {
+  using device_primitives::float_half;
+  using device_primitives::half_float;
+  first = load16(head + 8 * c);
+  second = load16(head + kHd / 2 + 8 * c);
+  if (!rotate) return;
+  const uint4 cos8 = load16(cos + table_row * (kHd / 2) + 8 * c), sin8 = load16(sin + table_row * (kHd / 2) + 8 * c);
+  uint16_t* x1 = reinterpret_cast<uint16_t*>(&first);
+  uint16_t* x2 = reinterpret_cast<uint16_t*>(&second);
+  const uint16_t* cv = reinterpret_cast<const uint16_t*>(&cos8);
+  const uint16_t* sv = reinterpret_cast<const uint16_t*>(&sin8);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const float a = half_float(x1[i]), b = half_float(x2[i]), cs = half_float(cv[i]), sn = half_float(sv[i]);
+    x1[i] = float_half(rotated_first(a, b, cs, sn));
+    x2[i] = float_half(rotated_second(a, b, cs, sn));
+  }
+}
+
+template <int kHd>
+__global__ void __launch_bounds__(kThreads) prefill_attention(AttentionCall c) {
+  static_assert(kHd % 16 == 0 && kHd <= kMostHeadDim, "a head of whole MMA steps, its sums in registers");
+  using S = Shared<kHd>;
+  using device_primitives::warp_xor;
+  constexpr int kHalf = kHd / 2, kChunks = kHd / 16;  // 8-value chunks of half a head
+  constexpr int kSteps = kHd / 16, kTiles = kHd / 8, kKeyTiles = kKeys / 8;
+  device_primitives::start_next_kernel();
+  uint16_t* keys = reinterpret_cast<uint16_t*>(device_primitives::block_shared());
+  uint16_t* area = keys + S::kKeyHalves;  // the queries, then each step's values
+  const int64_t h = blockIdx.x, b = blockIdx.z, group = c.heads / c.kv_heads, g = h / group;
+  const int64_t s0 = static_cast<int64_t>(blockIdx.y) * kQueries;
+  const int rows = static_cast<int>(c.seq - s0 < kQueries ? c.seq - s0 : kQueries);
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, lg = lane / 4, lt = lane % 4;  // fragments' (g, t)
+  const int64_t past = past_positions(c.seqlens[b], c.seq), last_table_row = c.max_positions - 1;
+  const uint16_t* cos = static_cast<const uint16_t*>(c.cos);
+  const uint16_t* sin = static_cast<const uint16_t*>(c.sin);
+  const uint16_t* new_keys = static_cast<const uint16_t*>(c.key) + b * c.seq * c.kv_stride + g * kHd;
+  const uint16_t* new_values = static_cast<const uint16_t*>(c.value) + b * c.seq * c.kv_stride + g * kHd;
+
+  // The block's queries, rotated; the kv group's first head also writes its tokens' keys and values
+  // into the cache (for the next call: this one reads new tokens from the inputs)
+  for (int i = threadIdx.x; i < kQueries * kChunks; i += kThreads) {
+    const int r = i % kQueries, ch = i / kQueries;
+    uint4 first{}, second{};
+    if (r < rows) {
+      const int64_t position = past + s0 + r;
+      const uint16_t* q = static_cast<const uint16_t*>(c.query) + (b * c.seq + s0 + r) * c.query_stride + h * kHd;
+      head_chunks<kHd>(q, ch, true, cos, sin, position < last_table_row ? position : last_table_row, first, second);
+    }
+    store16(area + r * S::kRow + 8 * ch, first);
+    store16(area + r * S::kRow + kHalf + 8 * ch, second);
+  }
+  if (h % group == 0) {
+    for (int i = threadIdx.x; i < rows * kChunks; i += kThreads) {
+      const int r = i / kChunks, ch = i % kChunks;
+      const int64_t s = s0 + r, position = past + s;
+      if (position >= c.capacity) continue;
+      uint4 first, second;
+      head_chunks<kHd>(new_keys + s * c.kv_stride, ch, true, cos, sin,
+                       position < last_table_row ? position : last_table_row, first, second);
+      const int64_t at = ((b * c.kv_heads + g) * c.capacity + position) * kHd;
+      uint16_t* k_out = static_cast<uint16_t*>(c.present_key) + at;
+      uint16_t* v_out = static_cast<uint16_t*>(c.present_value) + at;
+      store16(k_out + 8 * ch, first);
+      store16(k_out + kHalf + 8 * ch, second);
+      store16(v_out + 8 * ch, load16(new_values + s * c.kv_stride + 8 * ch));
+      store16(v_out + kHalf + 8 * ch, load16(new_values + s * c.kv_stride + kHalf + 8 * ch));
+    }
+  }
+  __syncthreads();
+  uint32_t qf[kSteps][4];  // the warp's 16 queries as A fragments, a step of 16 head elements each
+  const uint16_t* mine = area + 16 * warp * S::kRow;
+#pragma unroll
+  for (int kk = 0; kk < kSteps; ++kk) {
+    qf[kk][0] = pair_at(mine + lg * S::kRow + 16 * kk + 2 * lt);
+    qf[kk][1] = pair_at(mine + (lg + 8) * S::kRow + 16 * kk + 2 * lt);
+    qf[kk][2] = pair_at(mine + lg * S::kRow + 16 * kk + 8 + 2 * lt);
+    qf[kk][3] = pair_at(mine + (lg + 8) * S::kRow + 16 * kk + 8 + 2 * lt);
+  }
+  __syncthreads();  // the area now takes the values
+
+  const int64_t past_offset = (b * c.kv_heads + g) * c.past_capacity * kHd;
+  const uint16_t* cache_k = static_cast<const uint16_t*>(c.past_key) + past_offset;  // keys before `past`
+  const uint16_t* cache_v = static_cast<const uint16_t*>(c.past_value) + past_offset;
+  const float scale = c.scale > 0.f ? c.scale : 1.f / sqrtf(static_cast<float>(kHd));
+  const int64_t first = first_key(past + s0, c.window);  // the block's first query's: the earliest any reads
+  const int64_t last_position = past + s0 + rows - 1;
+  const int64_t last = last_position < c.capacity ? last_position : c.capacity - 1;
+  // this lane's two rows (lg and lg + 8 of the warp's 16): their positions, whether they are tokens
+  const int64_t position[2] = {past + s0 + 16 * warp + lg, past + s0 + 16 * warp + lg + 8};
+  const bool real[2] = {16 * warp + lg < rows, 16 * warp + lg + 8 < rows};
+  const int64_t warp_last = past + s0 + 16 * warp + 15;  // keys after it are no row's of the warp
+  float top[2] = {-INFINITY, -INFINITY}, total[2] = {0.f, 0.f};  // total: this lane's columns' share
+  float o[kTiles][4];
+#pragma unroll
+  for (int n = 0; n < kTiles; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+
+  for (int64_t base = first; base <= last; base += kKeys) {
+    for (int i = threadIdx.x; i < kKeys * kChunks; i += kThreads) {  // the step's keys and values
+      const int k = i % kKeys, ch = i / kKeys;
+      const int64_t j = base + k;
+      uint4 k1{}, k2{}, v1{}, v2{};
+      if (j <= last) {
+        const bool fresh = j >= past;
+        const uint16_t* key = fresh ? new_keys + (j - past) * c.kv_stride : cache_k + j * kHd;
+        const uint16_t* value = fresh ? new_values + (j - past) * c.kv_stride : cache_v + j * kHd;
+        head_chunks<kHd>(key, ch, fresh, cos, sin, j < last_table_row ? j : last_table_row, k1, k2);
+        v1 = load16(value + 8 * ch);
+        v2 = load16(value + kHalf + 8 * ch);
+      }
+      store16(keys + k * S::kRow + 8 * ch, k1);
+      store16(keys + k * S::kRow + kHalf + 8 * ch, k2);
+      const uint16_t* e1 = reinterpret_cast<const uint16_t*>(&v1);
+      const uint16_t* e2 = reinterpret_cast<const uint16_t*>(&v2);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        area[(8 * ch + e) * S::kValueRow + k] = e1[e];
+        area[(kHalf + 8 * ch + e) * S::kValueRow + k] = e2[e];
+      }
+    }
+    __syncthreads();
+    if (base <= warp_last) {  // (the same for the whole warp) keys its rows may read
+      float sc[kKeyTiles][4];
+#pragma unroll
+      for (int n = 0; n < kKeyTiles; ++n) {
+        sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.f;
+        const uint16_t* row = keys + (8 * n + lg) * S::kRow + 2 * lt;
+#pragma unroll
+        for (int kk = 0; kk < kSteps; ++kk) {
+          device_primitives::mma(sc[n], qf[kk], pair_at(row + 16 * kk), pair_at(row + 16 * kk + 8));
+        }
+      }
+      float step_top[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int n = 0; n < kKeyTiles; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {  // element e: row lg + 8 (e / 2), key 8n + 2 lt + e % 2
+          const int r = e / 2;
+          const int64_t j = base + 8 * n + 2 * lt + e % 2;
+          const bool valid = real[r] && j <= last && j <= position[r] && j >= first_key(position[r], c.window);
+          sc[n][e] = valid ? capped(sc[n][e] * scale, c.softcap) : -INFINITY;
+          step_top[r] = fmaxf(step_top[r], sc[n][e]);
+        }
+      }
+      float correction[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {  // a row's four lanes agree on its maximum
+        step_top[r] = fmaxf(step_top[r], warp_xor(step_top[r], 1));
+        step_top[r] = fmaxf(step_top[r], warp_xor(step_top[r], 2));
+        const float now = fmaxf(top[r], step_top[r]);
+        correction[r] = now == -INFINITY ? 1.f : device_primitives::fast_exp(top[r] - now);
+        top[r] = now;
+        total[r] *= correction[r];
+      }
+#pragma unroll
+      for (int n = 0; n < kKeyTiles; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float p = sc[n][e] == -INFINITY ? 0.f : device_primitives::fast_exp(sc[n][e] - top[e / 2]);
+          sc[n][e] = p;
+          total[e / 2] += p;
+        }
+      }
+#pragma unroll
+      for (int n = 0; n < kTiles; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[n][e] *= correction[e / 2];
+      }
+#pragma unroll
+      for (int kk = 0; kk < kKeys / 16; ++kk) {  // o += P V, a step of 16 keys at a time
+        const uint32_t pf[4] = {pack(sc[2 * kk][0], sc[2 * kk][1]), pack(sc[2 * kk][2], sc[2 * kk][3]),
+                                pack(sc[2 * kk + 1][0], sc[2 * kk + 1][1]), pack(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+#pragma unroll
+        for (int n = 0; n < kTiles; ++n) {
+          const uint16_t* row = area + (8 * n + lg) * S::kValueRow + 16 * kk + 2 * lt;
+          device_primitives::mma(o[n], pf, pair_at(row), pair_at(row + 8));
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with the step's keys and values
+  }
+  uint16_t* out = static_cast<uint16_t*>(c.out);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    total[r] += warp_xor(total[r], 1);
+    total[r] += warp_xor(total[r], 2);
+    if (!real[r]) continue;
+    const float inverse = total[r] > 0.f ? 1.f / total[r] : 0.f;
+    uint16_t* row = out + (b * c.seq + s0 + 16 * warp + lg + 8 * r) * c.heads * kHd + h * kHd + 2 * lt;
+#pragma unroll
+    for (int n = 0; n < kTiles; ++n) {
+      *reinterpret_cast<uint32_t*>(row + 8 * n) = pack(o[n][2 * r] * inverse, o[n][2 * r + 1] * inverse);
+    }
+  }
+}
+
+#if defined(__CUDACC__)
+// A block per (query head, kQueries new tokens, row).
+template <int kHd>
+void launch(const AttentionCall& c, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(c.heads), static_cast<unsigned>((c.seq + kQueries - 1) / kQueries),
+                  static_cast<unsigned>(c.batch));
+  prefill_attention<kHd><<<grid, kThreads, Shared<kHd>::kBytes, stream>>>(c);
+}
+#endif
+
+}  // namespace attention_mma
