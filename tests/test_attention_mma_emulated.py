@@ -1,7 +1,8 @@
 """runtime/custom_ops/attention_mma.cuh's tensor-core prefill kernel, its own source, run on the CPU:
 g++ compiles it against tests/cuda_emulation.h (a block's threads as std::threads, mma.sync and
 __shfl_xor_sync from PTX's fragment layout, float16 correctly rounded) and a harness launches its
-grid as attention_mma::launch does, the present bound to the past's buffer (the static layout's
+grids as attention_mma::launch does (the cache's writes, then the attention), the present bound to the
+past's buffer (the static layout's
 in-place call). Each real token's output is compared with attention computed in double from the
 same float16 inputs (the queries and new keys rotated and rounded as the cache holds them, causal,
 sliding window, softcap; P's rounding to float16 for its MMA is the kernel's only other rounding),
@@ -36,6 +37,9 @@ int run(AttentionCall& c, const std::vector<int>& lengths, const std::vector<uin
   const dim3 grid{static_cast<unsigned>(c.heads),
                   static_cast<unsigned>((c.seq + attention_mma::kQueries - 1) / attention_mma::kQueries),
                   static_cast<unsigned>(c.batch)};
+  // attention_mma::launch's two kernels, one after the other
+  cuda_emulation::launch(dim3{static_cast<unsigned>(c.seq), static_cast<unsigned>(c.batch), 1},
+                         attention_mma::kThreads, 0, false, [&] { attention_mma::append_new_tokens<HD>(c); });
   cuda_emulation::launch(grid, attention_mma::kThreads, attention_mma::Shared<HD>::kBytes, false,
                          [&] { attention_mma::prefill_attention<HD>(c); });
   const auto* q = static_cast<const uint16_t*>(c.query);

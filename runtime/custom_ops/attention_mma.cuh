@@ -2,15 +2,15 @@
 // kMmaPrefillTokens new tokens a row (head sizes up to 128); a header of its own so that
 // tests/test_attention_mma_emulated.py runs this very source on the CPU (tests/cuda_emulation.h).
 //
-// A block takes kQueries (64) consecutive new tokens of one query head of one row, each of its four
-// warps 16 of them (an MMA's rows). The keys come kKeys (64) at a time into shared memory (from the
-// cache before the row's new tokens, from the inputs after them, rotated and rounded to float16 as
-// the cache holds them), their values beside them transposed (a row a head element); each warp's
-// scores Q K^T and its sums P V by mma.sync m16n8k16 (float16 in, float32 sums), with
-// FlashAttention-2's online softmax: each row's running maximum and total in registers, P rounded
-// to float16 for its MMA. The contract is attention.cu's kernel's (rotary embedding, the new keys and
-// values written into the cache by the first block of each kv group, causal attention with sliding
-// window and softcap); the outputs agree with it but for P's rounding.
+// Two kernels. append_new_tokens writes each new token's key (rotated, rounded to float16) and value
+// into the cache, once a kv head. prefill_attention then takes kQueries (64) consecutive new tokens of
+// one query head of one row a block, each of its four warps 16 of them (an MMA's rows): its queries
+// rotated into registers, the keys kKeys (64) at a time from the cache into shared memory, their
+// values beside them transposed (a row a head element); each warp's scores Q K^T and its sums P V by
+// mma.sync m16n8k16 (float16 in, float32 sums), with FlashAttention-2's online softmax: each row's
+// running maximum and total in registers, P rounded to float16 for its MMA. The contract is
+// attention.cu's kernel's (rotary embedding, the new keys and values into the cache, causal
+// attention with sliding window and softcap); the outputs agree with it but for P's rounding.
 #pragma once
 #include <math.h>
 #include <stdint.h>
@@ -72,6 +72,34 @@ __device__ __forceinline__ void head_chunks(const uint16_t* head, int c, bool ro
   }
 }
 
+// Each new token's key, rotated and rounded to float16, and its value into the cache (positions
+// below its capacity), every kv head's: a block a (new token, row).
+template <int kHd>
+__global__ void __launch_bounds__(kThreads) append_new_tokens(AttentionCall c) {
+  constexpr int kHalf = kHd / 2, kChunks = kHd / 16;
+  const int64_t s = blockIdx.x, b = blockIdx.y;
+  const int64_t position = past_positions(c.seqlens[b], c.seq) + s, last_table_row = c.max_positions - 1;
+  if (position >= c.capacity) return;
+  const uint16_t* key = static_cast<const uint16_t*>(c.key) + (b * c.seq + s) * c.kv_stride;
+  const uint16_t* value = static_cast<const uint16_t*>(c.value) + (b * c.seq + s) * c.kv_stride;
+  for (int i = threadIdx.x; i < c.kv_heads * kChunks; i += kThreads) {
+    const int64_t g = i / kChunks;
+    const int ch = i % kChunks;
+    uint4 first, second;
+    head_chunks<kHd>(key + g * kHd, ch, true, static_cast<const uint16_t*>(c.cos), static_cast<const uint16_t*>(c.sin),
+                     position < last_table_row ? position : last_table_row, first, second);
+    const int64_t at = ((b * c.kv_heads + g) * c.capacity + position) * kHd;
+    uint16_t* k_out = static_cast<uint16_t*>(c.present_key) + at;
+    uint16_t* v_out = static_cast<uint16_t*>(c.present_value) + at;
+    store16(k_out + 8 * ch, first);
+    store16(k_out + kHalf + 8 * ch, second);
+    store16(v_out + 8 * ch, load16(value + g * kHd + 8 * ch));
+    store16(v_out + kHalf + 8 * ch, load16(value + g * kHd + kHalf + 8 * ch));
+  }
+}
+
+// Attention over the cache (append_new_tokens' writes included): a block a (query head, kQueries new
+// tokens, row).
 template <int kHd>
 __global__ void __launch_bounds__(kThreads) prefill_attention(AttentionCall c) {
   static_assert(kHd % 16 == 0 && kHd <= kMostHeadDim, "a head of whole MMA steps, its sums in registers");
@@ -89,11 +117,8 @@ __global__ void __launch_bounds__(kThreads) prefill_attention(AttentionCall c) {
   const int64_t past = past_positions(c.seqlens[b], c.seq), last_table_row = c.max_positions - 1;
   const uint16_t* cos = static_cast<const uint16_t*>(c.cos);
   const uint16_t* sin = static_cast<const uint16_t*>(c.sin);
-  const uint16_t* new_keys = static_cast<const uint16_t*>(c.key) + b * c.seq * c.kv_stride + g * kHd;
-  const uint16_t* new_values = static_cast<const uint16_t*>(c.value) + b * c.seq * c.kv_stride + g * kHd;
 
-  // The block's queries, rotated; the kv group's first head also writes its tokens' keys and values
-  // into the cache (for the next call: this one reads new tokens from the inputs)
+  // The block's queries, rotated
   for (int i = threadIdx.x; i < kQueries * kChunks; i += kThreads) {
     const int r = i % kQueries, ch = i / kQueries;
     uint4 first{}, second{};
@@ -104,23 +129,6 @@ __global__ void __launch_bounds__(kThreads) prefill_attention(AttentionCall c) {
     }
     store16(area + r * S::kRow + 8 * ch, first);
     store16(area + r * S::kRow + kHalf + 8 * ch, second);
-  }
-  if (h % group == 0) {
-    for (int i = threadIdx.x; i < rows * kChunks; i += kThreads) {
-      const int r = i / kChunks, ch = i % kChunks;
-      const int64_t s = s0 + r, position = past + s;
-      if (position >= c.capacity) continue;
-      uint4 first, second;
-      head_chunks<kHd>(new_keys + s * c.kv_stride, ch, true, cos, sin,
-                       position < last_table_row ? position : last_table_row, first, second);
-      const int64_t at = ((b * c.kv_heads + g) * c.capacity + position) * kHd;
-      uint16_t* k_out = static_cast<uint16_t*>(c.present_key) + at;
-      uint16_t* v_out = static_cast<uint16_t*>(c.present_value) + at;
-      store16(k_out + 8 * ch, first);
-      store16(k_out + kHalf + 8 * ch, second);
-      store16(v_out + 8 * ch, load16(new_values + s * c.kv_stride + 8 * ch));
-      store16(v_out + kHalf + 8 * ch, load16(new_values + s * c.kv_stride + kHalf + 8 * ch));
-    }
   }
   __syncthreads();
   uint32_t qf[kSteps][4];  // the warp's 16 queries as A fragments, a step of 16 head elements each
@@ -134,9 +142,9 @@ __global__ void __launch_bounds__(kThreads) prefill_attention(AttentionCall c) {
   }
   __syncthreads();  // the area now takes the values
 
-  const int64_t past_offset = (b * c.kv_heads + g) * c.past_capacity * kHd;
-  const uint16_t* cache_k = static_cast<const uint16_t*>(c.past_key) + past_offset;  // keys before `past`
-  const uint16_t* cache_v = static_cast<const uint16_t*>(c.past_value) + past_offset;
+  const int64_t cache_offset = (b * c.kv_heads + g) * c.capacity * kHd;  // the row's keys, the new ones written
+  const uint16_t* cache_k = static_cast<const uint16_t*>(c.present_key) + cache_offset;
+  const uint16_t* cache_v = static_cast<const uint16_t*>(c.present_value) + cache_offset;
   const float scale = c.scale > 0.f ? c.scale : 1.f / sqrtf(static_cast<float>(kHd));
   const int64_t first = first_key(past + s0, c.window);  // the block's first query's: the earliest any reads
   const int64_t last_position = past + s0 + rows - 1;
@@ -156,12 +164,10 @@ __global__ void __launch_bounds__(kThreads) prefill_attention(AttentionCall c) {
       const int64_t j = base + k;
       uint4 k1{}, k2{}, v1{}, v2{};
       if (j <= last) {
-        const bool fresh = j >= past;
-        const uint16_t* key = fresh ? new_keys + (j - past) * c.kv_stride : cache_k + j * kHd;
-        const uint16_t* value = fresh ? new_values + (j - past) * c.kv_stride : cache_v + j * kHd;
-        head_chunks<kHd>(key, ch, fresh, cos, sin, j < last_table_row ? j : last_table_row, k1, k2);
-        v1 = load16(value + 8 * ch);
-        v2 = load16(value + kHalf + 8 * ch);
+        k1 = load16(cache_k + j * kHd + 8 * ch);
+        k2 = load16(cache_k + j * kHd + kHalf + 8 * ch);
+        v1 = load16(cache_v + j * kHd + 8 * ch);
+        v2 = load16(cache_v + j * kHd + kHalf + 8 * ch);
       }
       store16(keys + k * S::kRow + 8 * ch, k1);
       store16(keys + k * S::kRow + kHalf + 8 * ch, k2);
@@ -250,9 +256,10 @@ __global__ void __launch_bounds__(kThreads) prefill_attention(AttentionCall c) {
 }
 
 #if defined(__CUDACC__)
-// A block per (query head, kQueries new tokens, row).
 template <int kHd>
 void launch(const AttentionCall& c, cudaStream_t stream) {
+  const dim3 tokens(static_cast<unsigned>(c.seq), static_cast<unsigned>(c.batch));
+  append_new_tokens<kHd><<<tokens, kThreads, 0, stream>>>(c);
   const dim3 grid(static_cast<unsigned>(c.heads), static_cast<unsigned>((c.seq + kQueries - 1) / kQueries),
                   static_cast<unsigned>(c.batch));
   prefill_attention<kHd><<<grid, kThreads, Shared<kHd>::kBytes, stream>>>(c);
