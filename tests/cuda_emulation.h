@@ -4,7 +4,7 @@
 //   - a block's threads are std::threads, __syncthreads a std::barrier over them;
 //   - mma.sync m16n8k16: the warp's 32 threads leave their fragments in the warp's exchange, wait
 //     for each other, and each sums its four results from the PTX fragment layout (in double);
-//   - __shfl_xor_sync the same way, through the warp's exchange;
+//   - __shfl_xor_sync and ldmatrix (.x4 .trans) the same way, through the warp's exchange;
 //   - Hopper's warpgroup MMA (A from registers, B from shared memory through its descriptor): the
 //     same over a warpgroup's 128 threads, done when issued (its fences, commits and waits then
 //     have nothing to do);
@@ -109,7 +109,8 @@ struct Warp {
   std::barrier<> arrived{32};
   uint32_t a[32][4];
   uint32_t b[32][2];
-  float lanes[32];  // shfl_xor's exchange
+  float lanes[32];        // shfl_xor's exchange
+  const void* rows[32];   // load_matrices_transposed's
 };
 
 // A warpgroup's exchange for mma_warpgroup: its 128 threads' A registers.
@@ -192,6 +193,22 @@ inline float shfl_xor(float v, int mask) {
   const float got = w.lanes[lane ^ mask];
   w.arrived.arrive_and_wait();  // every lane has read the exchange
   return got;
+}
+
+// ldmatrix.sync.aligned.m8n8.x4.trans over the warp: lane l's `row` is row l % 8 of matrix l / 8;
+// register m of lane (g, t) holds matrix m's (2t, g) and (2t + 1, g), the first in its low half.
+inline void load_matrices_transposed(uint32_t (&r)[4], const void* row) {
+  Warp& w = *block->warps[threadIdx.x / 32];
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  w.rows[lane] = row;
+  w.arrived.arrive_and_wait();
+  for (int m = 0; m < 4; ++m) {
+    uint16_t low, high;
+    std::memcpy(&low, static_cast<const uint16_t*>(w.rows[8 * m + 2 * t]) + g, 2);
+    std::memcpy(&high, static_cast<const uint16_t*>(w.rows[8 * m + 2 * t + 1]) + g, 2);
+    r[m] = low | static_cast<uint32_t>(high) << 16;
+  }
+  w.arrived.arrive_and_wait();  // every lane has read the exchange
 }
 
 // A's value (row, col) of an m16n8k16 fragment (16 x 16) from its warp's 32 lanes' registers.

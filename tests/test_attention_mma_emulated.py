@@ -32,7 +32,7 @@ using cuda_emulation::half_value;
 static double round_half(double v) { return half_value(half_bits(static_cast<float>(v))); }
 
 template <int HD>
-int run(AttentionCall& c, const std::vector<int>& lengths, const std::vector<uint16_t>& keys_before,
+int run(AttentionCall& c, bool late, const std::vector<int>& lengths, const std::vector<uint16_t>& keys_before,
         const std::vector<uint16_t>& values_before) {
   const dim3 grid{static_cast<unsigned>(c.heads),
                   static_cast<unsigned>((c.seq + attention_mma::kQueries - 1) / attention_mma::kQueries),
@@ -40,7 +40,7 @@ int run(AttentionCall& c, const std::vector<int>& lengths, const std::vector<uin
   // attention_mma::launch's two kernels, one after the other
   cuda_emulation::launch(dim3{static_cast<unsigned>(c.seq), static_cast<unsigned>(c.batch), 1},
                          attention_mma::kThreads, 0, false, [&] { attention_mma::append_new_tokens<HD>(c); });
-  cuda_emulation::launch(grid, attention_mma::kThreads, attention_mma::Shared<HD>::kBytes, false,
+  cuda_emulation::launch(grid, attention_mma::kThreads, attention_mma::Shared<HD>::kBytes, late,
                          [&] { attention_mma::prefill_attention<HD>(c); });
   const auto* q = static_cast<const uint16_t*>(c.query);
   const auto* nk = static_cast<const uint16_t*>(c.key);
@@ -125,7 +125,9 @@ int run(AttentionCall& c, const std::vector<int>& lengths, const std::vector<uin
 }
 
 int main(int argc, char** argv) {
-  if (argc < 11) return 2;
+  if (argc < 12) return 2;
+  const bool late = std::atoi(argv[argc - 1]);  // cp.async's copies held back until waited for
+  --argc;
   const int batch = std::atoi(argv[1]), seq = std::atoi(argv[2]), heads = std::atoi(argv[3]);
   const int kv_heads = std::atoi(argv[4]), hd = std::atoi(argv[5]), capacity = std::atoi(argv[6]);
   const int window = std::atoi(argv[7]);
@@ -167,10 +169,10 @@ int main(int argc, char** argv) {
   c.query_stride = c.kv_stride = width;
   c.window = window, c.scale = scale, c.softcap = softcap;
   switch (hd) {
-    case 32: return run<32>(c, lengths, keys_before, values_before);
-    case 64: return run<64>(c, lengths, keys_before, values_before);
-    case 80: return run<80>(c, lengths, keys_before, values_before);
-    case 128: return run<128>(c, lengths, keys_before, values_before);
+    case 32: return run<32>(c, late, lengths, keys_before, values_before);
+    case 64: return run<64>(c, late, lengths, keys_before, values_before);
+    case 80: return run<80>(c, late, lengths, keys_before, values_before);
+    case 128: return run<128>(c, late, lengths, keys_before, values_before);
   }
   return 3;
 }
@@ -192,10 +194,13 @@ def harness(tmp_path_factory):
                  "-fsanitize=address")
 
 
+@pytest.mark.parametrize("late", [False, True], ids=["copies at once", "copies as late as allowed"])
 @pytest.mark.parametrize("name", CASES)
-def test_the_tensor_core_prefill_computes_the_attention_and_writes_the_cache(harness, name):
+def test_the_tensor_core_prefill_computes_the_attention_and_writes_the_cache(harness, name, late):
+    """With cp.async's copies done when issued, and held back until the wait that must see them (a
+    stage read before its copies were waited for, or refilled while read, then shows)."""
     batch, seq, heads, kv_heads, hd, capacity, window, softcap, scale, lengths = CASES[name]
-    args = [batch, seq, heads, kv_heads, hd, capacity, window, softcap, scale, *lengths]
+    args = [batch, seq, heads, kv_heads, hd, capacity, window, softcap, scale, *lengths, int(late)]
     done = subprocess.run([str(harness), *map(str, args)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     worst, worst_cache, checked = done.stdout.split()

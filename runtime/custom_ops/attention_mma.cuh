@@ -27,17 +27,18 @@ constexpr int kQueries = 16 * kWarps;  // new tokens a block
 constexpr int kKeys = 64;              // keys a step
 constexpr int kMostHeadDim = 128;      // o, the scores and the queries' fragments in registers
 
-// The block's shared memory, in float16 values: the step's keys (a row of kHd a key), then one area
-// holding first the block's rotated queries (a row a token) and then each step's values transposed (a
-// row of kKeys a head element). Rows are 8 values longer than their data, so that the 8 rows a
-// fragment's read spans fall in different banks.
+// The block's shared memory, in float16 values: two stages (a step's keys in one while the next
+// step's arrive in the other), each the step's keys and then its values, a row of kHd a key. Rows are
+// 8 values longer than their data, so that the 8 rows a fragment's read spans fall in different banks.
+// Before the first step the block's rotated queries (kQueries = kKeys rows) pass through the second
+// stage's keys.
 template <int kHd>
 struct Shared {
-  static constexpr int kRow = kHd + 8, kValueRow = kKeys + 8;
-  static constexpr int kKeyHalves = kKeys * kRow;
-  static constexpr int kQueryHalves = kQueries * kRow, kValueHalves = kHd * kValueRow;
-  static constexpr int kHalves = kKeyHalves + (kQueryHalves > kValueHalves ? kQueryHalves : kValueHalves);
+  static constexpr int kRow = kHd + 8;
+  static constexpr int kTile = kKeys * kRow;  // a stage's keys, or its values
+  static constexpr int kHalves = 4 * kTile;
   static constexpr size_t kBytes = 2 * static_cast<size_t>(kHalves);
+  static_assert(kQueries <= kKeys, "the queries pass through a stage's keys");
 };
 
 __device__ __forceinline__ uint4 load16(const uint16_t* p) { return *reinterpret_cast<const uint4*>(p); }
@@ -98,6 +99,24 @@ __global__ void __launch_bounds__(kThreads) append_new_tokens(AttentionCall c) {
   }
 }
 
+// Step `step`'s keys and values (positions first + kKeys step on, those past `last` zeros) copied from
+// the cache into `stage` in the background (cp.async), one commit group.
+template <int kHd>
+__device__ __forceinline__ void fetch_step(uint16_t* stage, const uint16_t* cache_k, const uint16_t* cache_v,
+                                           int64_t first, int64_t step, int64_t last) {
+  using S = Shared<kHd>;
+  constexpr int kChunks = kHd / 8;  // 16 bytes each
+  for (int i = threadIdx.x; i < kKeys * kChunks; i += kThreads) {
+    const int k = i / kChunks, ch = i % kChunks;
+    const int64_t j = first + step * kKeys + k;
+    const bool valid = j <= last;
+    const int64_t at = (valid ? j : last) * kHd + 8 * ch;  // an address in the cache either way
+    device_primitives::copy_async(stage + k * S::kRow + 8 * ch, cache_k + at, valid);
+    device_primitives::copy_async(stage + S::kTile + k * S::kRow + 8 * ch, cache_v + at, valid);
+  }
+  device_primitives::commit_async();
+}
+
 // Attention over the cache (append_new_tokens' writes included): a block a (query head, kQueries new
 // tokens, row).
 template <int kHd>
@@ -108,31 +127,38 @@ __global__ void __launch_bounds__(kThreads) prefill_attention(AttentionCall c) {
   constexpr int kHalf = kHd / 2, kChunks = kHd / 16;  // 8-value chunks of half a head
   constexpr int kSteps = kHd / 16, kTiles = kHd / 8, kKeyTiles = kKeys / 8;
   device_primitives::start_next_kernel();
-  uint16_t* keys = reinterpret_cast<uint16_t*>(device_primitives::block_shared());
-  uint16_t* area = keys + S::kKeyHalves;  // the queries, then each step's values
+  uint16_t* stages = reinterpret_cast<uint16_t*>(device_primitives::block_shared());
   const int64_t h = blockIdx.x, b = blockIdx.z, group = c.heads / c.kv_heads, g = h / group;
   const int64_t s0 = static_cast<int64_t>(blockIdx.y) * kQueries;
   const int rows = static_cast<int>(c.seq - s0 < kQueries ? c.seq - s0 : kQueries);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, lg = lane / 4, lt = lane % 4;  // fragments' (g, t)
   const int64_t past = past_positions(c.seqlens[b], c.seq), last_table_row = c.max_positions - 1;
-  const uint16_t* cos = static_cast<const uint16_t*>(c.cos);
-  const uint16_t* sin = static_cast<const uint16_t*>(c.sin);
+  const int64_t cache_offset = (b * c.kv_heads + g) * c.capacity * kHd;  // the row's keys, the new ones written
+  const uint16_t* cache_k = static_cast<const uint16_t*>(c.present_key) + cache_offset;
+  const uint16_t* cache_v = static_cast<const uint16_t*>(c.present_value) + cache_offset;
+  const int64_t first = first_key(past + s0, c.window);  // the block's first query's: the earliest any reads
+  const int64_t last_position = past + s0 + rows - 1;
+  const int64_t last = last_position < c.capacity ? last_position : c.capacity - 1;
+  const int64_t steps = last >= first ? (last - first) / kKeys + 1 : 0;
+  if (steps > 0) fetch_step<kHd>(stages, cache_k, cache_v, first, 0, last);
 
-  // The block's queries, rotated
+  // The block's queries, rotated, through the second stage's keys into the warps' A fragments
+  uint16_t* queries = stages + 2 * S::kTile;
   for (int i = threadIdx.x; i < kQueries * kChunks; i += kThreads) {
     const int r = i % kQueries, ch = i / kQueries;
-    uint4 first{}, second{};
+    uint4 first8{}, second8{};
     if (r < rows) {
       const int64_t position = past + s0 + r;
       const uint16_t* q = static_cast<const uint16_t*>(c.query) + (b * c.seq + s0 + r) * c.query_stride + h * kHd;
-      head_chunks<kHd>(q, ch, true, cos, sin, position < last_table_row ? position : last_table_row, first, second);
+      head_chunks<kHd>(q, ch, true, static_cast<const uint16_t*>(c.cos), static_cast<const uint16_t*>(c.sin),
+                       position < last_table_row ? position : last_table_row, first8, second8);
     }
-    store16(area + r * S::kRow + 8 * ch, first);
-    store16(area + r * S::kRow + kHalf + 8 * ch, second);
+    store16(queries + r * S::kRow + 8 * ch, first8);
+    store16(queries + r * S::kRow + kHalf + 8 * ch, second8);
   }
   __syncthreads();
   uint32_t qf[kSteps][4];  // the warp's 16 queries as A fragments, a step of 16 head elements each
-  const uint16_t* mine = area + 16 * warp * S::kRow;
+  const uint16_t* mine = queries + 16 * warp * S::kRow;
 #pragma unroll
   for (int kk = 0; kk < kSteps; ++kk) {
     qf[kk][0] = pair_at(mine + lg * S::kRow + 16 * kk + 2 * lt);
@@ -140,15 +166,9 @@ __global__ void __launch_bounds__(kThreads) prefill_attention(AttentionCall c) {
     qf[kk][2] = pair_at(mine + lg * S::kRow + 16 * kk + 8 + 2 * lt);
     qf[kk][3] = pair_at(mine + (lg + 8) * S::kRow + 16 * kk + 8 + 2 * lt);
   }
-  __syncthreads();  // the area now takes the values
+  __syncthreads();  // the second stage now takes keys
 
-  const int64_t cache_offset = (b * c.kv_heads + g) * c.capacity * kHd;  // the row's keys, the new ones written
-  const uint16_t* cache_k = static_cast<const uint16_t*>(c.present_key) + cache_offset;
-  const uint16_t* cache_v = static_cast<const uint16_t*>(c.present_value) + cache_offset;
   const float scale = c.scale > 0.f ? c.scale : 1.f / sqrtf(static_cast<float>(kHd));
-  const int64_t first = first_key(past + s0, c.window);  // the block's first query's: the earliest any reads
-  const int64_t last_position = past + s0 + rows - 1;
-  const int64_t last = last_position < c.capacity ? last_position : c.capacity - 1;
   // this lane's two rows (lg and lg + 8 of the warp's 16): their positions, whether they are tokens
   const int64_t position[2] = {past + s0 + 16 * warp + lg, past + s0 + 16 * warp + lg + 8};
   const bool real[2] = {16 * warp + lg < rows, 16 * warp + lg + 8 < rows};
@@ -157,29 +177,20 @@ __global__ void __launch_bounds__(kThreads) prefill_attention(AttentionCall c) {
   float o[kTiles][4];
 #pragma unroll
   for (int n = 0; n < kTiles; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+  // lane l's row for the values' transposed loads: matrix l / 8 (keys + 8 (m % 2), elements + 8 (m / 2))
+  const int value_row = 8 * (lane / 8 % 2) + lane % 8, value_column = 8 * (lane / 16);
 
-  for (int64_t base = first; base <= last; base += kKeys) {
-    for (int i = threadIdx.x; i < kKeys * kChunks; i += kThreads) {  // the step's keys and values
-      const int k = i % kKeys, ch = i / kKeys;
-      const int64_t j = base + k;
-      uint4 k1{}, k2{}, v1{}, v2{};
-      if (j <= last) {
-        k1 = load16(cache_k + j * kHd + 8 * ch);
-        k2 = load16(cache_k + j * kHd + kHalf + 8 * ch);
-        v1 = load16(cache_v + j * kHd + 8 * ch);
-        v2 = load16(cache_v + j * kHd + kHalf + 8 * ch);
-      }
-      store16(keys + k * S::kRow + 8 * ch, k1);
-      store16(keys + k * S::kRow + kHalf + 8 * ch, k2);
-      const uint16_t* e1 = reinterpret_cast<const uint16_t*>(&v1);
-      const uint16_t* e2 = reinterpret_cast<const uint16_t*>(&v2);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        area[(8 * ch + e) * S::kValueRow + k] = e1[e];
-        area[(kHalf + 8 * ch + e) * S::kValueRow + k] = e2[e];
-      }
+  for (int64_t step = 0; step < steps; ++step) {
+    if (step + 1 < steps) {
+      fetch_step<kHd>(stages + (step + 1) % 2 * 2 * S::kTile, cache_k, cache_v, first, step + 1, last);
+    } else {
+      device_primitives::commit_async();  // (an empty group: one in flight after this step's, as above)
     }
-    __syncthreads();
+    device_primitives::wait_async<1>();  // this thread's copies of the step
+    __syncthreads();                     // everyone's
+    const int64_t base = first + step * kKeys;
+    const uint16_t* keys = stages + step % 2 * 2 * S::kTile;
+    const uint16_t* values = keys + S::kTile;
     if (base <= warp_last) {  // (the same for the whole warp) keys its rows may read
       float sc[kKeyTiles][4];
 #pragma unroll
@@ -232,14 +243,18 @@ __global__ void __launch_bounds__(kThreads) prefill_attention(AttentionCall c) {
         const uint32_t pf[4] = {pack(sc[2 * kk][0], sc[2 * kk][1]), pack(sc[2 * kk][2], sc[2 * kk][3]),
                                 pack(sc[2 * kk + 1][0], sc[2 * kk + 1][1]), pack(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
 #pragma unroll
-        for (int n = 0; n < kTiles; ++n) {
-          const uint16_t* row = area + (8 * n + lg) * S::kValueRow + 16 * kk + 2 * lt;
-          device_primitives::mma(o[n], pf, pair_at(row), pair_at(row + 8));
+        for (int n = 0; n < kTiles; n += 2) {  // two tiles of 8 head elements a load: B's registers of each
+          uint32_t vf[4];
+          device_primitives::load_matrices_transposed(
+              vf, values + (16 * kk + value_row) * S::kRow + 8 * n + value_column);
+          device_primitives::mma(o[n], pf, vf[0], vf[1]);
+          device_primitives::mma(o[n + 1], pf, vf[2], vf[3]);
         }
       }
     }
-    __syncthreads();  // every warp is done with the step's keys and values
+    __syncthreads();  // every warp is done with the stage before the next step's copies overwrite it
   }
+  device_primitives::wait_async<0>();  // (the last, empty group)
   uint16_t* out = static_cast<uint16_t*>(c.out);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -262,6 +277,10 @@ void launch(const AttentionCall& c, cudaStream_t stream) {
   append_new_tokens<kHd><<<tokens, kThreads, 0, stream>>>(c);
   const dim3 grid(static_cast<unsigned>(c.heads), static_cast<unsigned>((c.seq + kQueries - 1) / kQueries),
                   static_cast<unsigned>(c.batch));
+  if (Shared<kHd>::kBytes > 48 * 1024) {  // beyond the default: asked for (per device, so at each call)
+    cudaFuncSetAttribute(prefill_attention<kHd>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         static_cast<int>(Shared<kHd>::kBytes));
+  }
   prefill_attention<kHd><<<grid, kThreads, Shared<kHd>::kBytes, stream>>>(c);
 }
 #endif
