@@ -5,12 +5,13 @@
 // Two kernels. append_new_tokens writes each new token's key (rotated, rounded to float16) and value
 // into the cache, once a kv head. prefill_attention then takes kQueries (64) consecutive new tokens of
 // one query head of one row a block, each of its four warps 16 of them (an MMA's rows): its queries
-// rotated into registers, the keys kKeys (64) at a time from the cache into shared memory, their
-// values beside them transposed (a row a head element); each warp's scores Q K^T and its sums P V by
-// mma.sync m16n8k16 (float16 in, float32 sums), with FlashAttention-2's online softmax: each row's
-// running maximum and total in registers, P rounded to float16 for its MMA. The contract is
-// attention.cu's kernel's (rotary embedding, the new keys and values into the cache, causal
-// attention with sliding window and softcap); the outputs agree with it but for P's rounding.
+// rotated into registers; the keys and their values kKeys (64) at a time from the cache into shared
+// memory by cp.async, the next step's copied while this one's are used (two stages); each warp's scores
+// Q K^T and its sums P V by mma.sync m16n8k16 (float16 in, float32 sums; the values' B fragments by
+// ldmatrix .trans), with FlashAttention-2's online softmax: each row's running maximum and total in
+// registers, P rounded to float16 for its MMA. The contract is attention.cu's kernel's (rotary
+// embedding, the new keys and values into the cache, causal attention with sliding window and
+// softcap); the outputs agree with it but for P's rounding.
 #pragma once
 #include <math.h>
 #include <stdint.h>
