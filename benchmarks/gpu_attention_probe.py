@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_attention_probe.py [--shapes 1b,8b] [--batches 1,64] [--lengths 128,256,512,1024]
                                              [--prefills 128,2048,128x64] [--variants now,now:kMmaPrefillTokens=0]
-                                             [--decode-variants now,now:kGroupQueries=4]
+                                             [--decode-variants now,now:kMmaDecodeBlocks=0]
 
 The product's runtime/custom_ops/attention.cu, compiled here behind a C entry point
 (benchmarks/cuda/attention_entry.cu) and called as a custom-ops engine's decode step calls it:
@@ -18,9 +18,10 @@ hold over that time. `torch_sdpa_us`: torch's scaled_dot_product_attention over 
 (the attention alone, no rotary or append; causal for prefills), for reference. onnxruntime's
 GroupQueryAttention took four kernels and ~9 us a layer at the 1B shape, batch 1 (run13).
 `--variants`: the prefills also through kernels with constants set (attention.cu's
-kPrefillQueries: new tokens a block takes, sharing the keys and values its warps read);
-`--decode-variants`: the decode steps through them (kGroupQueries: a block per kv group's query
-heads at large grids, each key and value row read once a group). Needs
+kPrefillQueries: new tokens a block takes, sharing the keys and values its warps read;
+kMmaPrefillTokens=0: no tensor-core prefill); `--decode-variants`: the decode steps through them
+(kGroupQueries: a block per kv group's query heads at large grids, each key and value row read once
+a group; kMmaDecodeBlocks=0: no tensor-core decode). Needs
 torch with CUDA and nvcc. One JSON line per (variant, shape, batch, new tokens, length).
 """
 

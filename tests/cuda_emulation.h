@@ -4,7 +4,8 @@
 //   - a block's threads are std::threads, __syncthreads a std::barrier over them;
 //   - mma.sync m16n8k16: the warp's 32 threads leave their fragments in the warp's exchange, wait
 //     for each other, and each sums its four results from the PTX fragment layout (in double);
-//   - __shfl_xor_sync and ldmatrix (.x4 .trans) the same way, through the warp's exchange;
+//   - __shfl_xor_sync and ldmatrix (.x4 .trans) the same way, through the warp's exchange, and
+//     __syncwarp as a barrier over the warp's threads;
 //   - Hopper's warpgroup MMA (A from registers, B from shared memory through its descriptor): the
 //     same over a warpgroup's 128 threads, done when issued (its fences, commits and waits then
 //     have nothing to do);
@@ -183,6 +184,9 @@ inline void wait_async(int pending) {
 
 // Half `high` (0: the low 16 bits) of a register holding two float16.
 inline double half_of(uint32_t r, int high) { return half_value(high ? r >> 16 : r & 0xFFFF); }
+
+// __syncwarp: the warp's 32 threads wait for each other.
+inline void warp_sync() { block->warps[threadIdx.x / 32]->arrived.arrive_and_wait(); }
 
 // __shfl_xor_sync over the whole warp: v from lane (this lane ^ mask).
 inline float shfl_xor(float v, int mask) {

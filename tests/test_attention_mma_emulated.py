@@ -1,14 +1,13 @@
-"""runtime/custom_ops/attention_mma.cuh's tensor-core prefill kernel, its own source, run on the CPU:
-g++ compiles it against tests/cuda_emulation.h (a block's threads as std::threads, mma.sync and
-__shfl_xor_sync from PTX's fragment layout, float16 correctly rounded) and a harness launches its
-grids as attention_mma::launch does (the cache's writes, then the attention), the present bound to the
-past's buffer (the static layout's
-in-place call). Each real token's output is compared with attention computed in double from the
-same float16 inputs (the queries and new keys rotated and rounded as the cache holds them, causal,
-sliding window, softcap; P's rounding to float16 for its MMA is the kernel's only other rounding),
-and the cache with the new tokens' keys and values written, bit for bit, and nothing else changed.
-AddressSanitizer watches every read and write. The CUDA tests (tests/test_custom_ops_attention.py)
-run the kernel inside onnxruntime on a GPU, against the op's CPU kernel."""
+"""runtime/custom_ops/attention_mma.cuh's tensor-core kernels (the prefill's two, the decode one), their own
+source, run on the CPU: g++ compiles it against tests/cuda_emulation.h (a block's threads as std::threads,
+mma.sync, ldmatrix and __shfl_xor_sync from PTX's fragment layouts, float16 correctly rounded) and a harness
+launches the grids as attention_mma::launch and launch_decode do, the present bound to the past's buffer (the
+static layout's in-place call). Each real token's output is compared with attention computed in double from
+the same float16 inputs (the queries and new keys rotated and rounded as the cache holds them, causal, sliding
+window, softcap; P's rounding to float16 for its MMA is the kernels' only other rounding), and the cache with
+the new tokens' keys and values written, bit for bit, and nothing else changed. AddressSanitizer watches every
+read and write. The CUDA tests (tests/test_custom_ops_attention.py) run the kernels inside onnxruntime on a
+GPU, against the op's CPU kernel."""
 
 from __future__ import annotations
 
@@ -32,16 +31,21 @@ using cuda_emulation::half_value;
 static double round_half(double v) { return half_value(half_bits(static_cast<float>(v))); }
 
 template <int HD>
-int run(AttentionCall& c, bool late, const std::vector<int>& lengths, const std::vector<uint16_t>& keys_before,
-        const std::vector<uint16_t>& values_before) {
+int run(AttentionCall& c, bool decode, bool late, const std::vector<int>& lengths,
+        const std::vector<uint16_t>& keys_before, const std::vector<uint16_t>& values_before) {
   const dim3 grid{static_cast<unsigned>(c.heads),
                   static_cast<unsigned>((c.seq + attention_mma::kQueries - 1) / attention_mma::kQueries),
                   static_cast<unsigned>(c.batch)};
-  // attention_mma::launch's two kernels, one after the other
-  cuda_emulation::launch(dim3{static_cast<unsigned>(c.seq), static_cast<unsigned>(c.batch), 1},
-                         attention_mma::kThreads, 0, false, [&] { attention_mma::append_new_tokens<HD>(c); });
-  cuda_emulation::launch(grid, attention_mma::kThreads, attention_mma::Shared<HD>::kBytes, late,
-                         [&] { attention_mma::prefill_attention<HD>(c); });
+  if (decode) {  // attention_mma::launch_decode's kernel
+    cuda_emulation::launch(dim3{static_cast<unsigned>(c.kv_heads), static_cast<unsigned>(c.batch), 1},
+                           attention_mma::kThreads, attention_mma::DecodeShared<HD>::kBytes, late,
+                           [&] { attention_mma::decode_attention<HD>(c); });
+  } else {  // attention_mma::launch's two kernels, one after the other
+    cuda_emulation::launch(dim3{static_cast<unsigned>(c.seq), static_cast<unsigned>(c.batch), 1},
+                           attention_mma::kThreads, 0, false, [&] { attention_mma::append_new_tokens<HD>(c); });
+    cuda_emulation::launch(grid, attention_mma::kThreads, attention_mma::Shared<HD>::kBytes, late,
+                           [&] { attention_mma::prefill_attention<HD>(c); });
+  }
   const auto* q = static_cast<const uint16_t*>(c.query);
   const auto* nk = static_cast<const uint16_t*>(c.key);
   const auto* nv = static_cast<const uint16_t*>(c.value);
@@ -125,9 +129,10 @@ int run(AttentionCall& c, bool late, const std::vector<int>& lengths, const std:
 }
 
 int main(int argc, char** argv) {
-  if (argc < 12) return 2;
-  const bool late = std::atoi(argv[argc - 1]);  // cp.async's copies held back until waited for
-  --argc;
+  if (argc < 13) return 2;
+  const bool decode = std::atoi(argv[argc - 2]);  // decode_attention, else the prefill's two kernels
+  const bool late = std::atoi(argv[argc - 1]);    // cp.async's copies held back until waited for
+  argc -= 2;
   const int batch = std::atoi(argv[1]), seq = std::atoi(argv[2]), heads = std::atoi(argv[3]);
   const int kv_heads = std::atoi(argv[4]), hd = std::atoi(argv[5]), capacity = std::atoi(argv[6]);
   const int window = std::atoi(argv[7]);
@@ -169,23 +174,33 @@ int main(int argc, char** argv) {
   c.query_stride = c.kv_stride = width;
   c.window = window, c.scale = scale, c.softcap = softcap;
   switch (hd) {
-    case 32: return run<32>(c, late, lengths, keys_before, values_before);
-    case 64: return run<64>(c, late, lengths, keys_before, values_before);
-    case 80: return run<80>(c, late, lengths, keys_before, values_before);
-    case 128: return run<128>(c, late, lengths, keys_before, values_before);
+    case 32: return run<32>(c, decode, late, lengths, keys_before, values_before);
+    case 64: return run<64>(c, decode, late, lengths, keys_before, values_before);
+    case 80: return run<80>(c, decode, late, lengths, keys_before, values_before);
+    case 128: return run<128>(c, decode, late, lengths, keys_before, values_before);
   }
   return 3;
 }
 """
 
 # (batch, new tokens, heads, kv heads, head size, capacity, window, softcap, scale, each row's positions after)
-CASES = {
+PREFILLS = {
     "a first prefill over two query tiles and two key steps": (1, 100, 4, 2, 64, 128, -1, 0.0, 0.0, [100]),
     "a right-padded first prefill": (2, 70, 2, 1, 32, 80, -1, 0.0, 0.0, [70, 33]),
     "a chunk after a past, keys from the cache and the inputs": (1, 40, 4, 1, 128, 112, -1, 0.0, 0.0, [100]),
     "a sliding window": (1, 90, 2, 2, 64, 96, 20, 0.0, 0.0, [90]),
     "a softcap, head size 80, a scale given": (2, 20, 3, 1, 80, 40, -1, 2.0, 0.2, [20, 31]),
 }
+# decode_attention's: the group's query heads x new tokens fit its 16 rows
+DECODES = {
+    "decode rows of different lengths": (3, 1, 4, 2, 32, 80, -1, 0.0, 0.0, [70, 1, 17]),
+    "a decode, four heads a kv head, keys over every warp": (2, 1, 8, 2, 64, 160, -1, 0.0, 0.0, [150, 33]),
+    "groups of 3, head size 80, a softcap": (2, 1, 6, 2, 80, 64, -1, 2.0, 0.0, [40, 64]),
+    "a verification call of 4 tokens, 16 rows": (2, 4, 8, 2, 64, 96, -1, 0.0, 0.0, [90, 12]),
+    "a sliding window, head size 128, a scale given": (1, 2, 4, 1, 128, 100, 30, 0.0, 0.3, [100]),
+}
+CASES = {**{f"prefill: {k}": (False, v) for k, v in PREFILLS.items()},
+         **{f"decode: {k}": (True, v) for k, v in DECODES.items()}}
 
 
 @pytest.fixture(scope="module")
@@ -196,11 +211,11 @@ def harness(tmp_path_factory):
 
 @pytest.mark.parametrize("late", [False, True], ids=["copies at once", "copies as late as allowed"])
 @pytest.mark.parametrize("name", CASES)
-def test_the_tensor_core_prefill_computes_the_attention_and_writes_the_cache(harness, name, late):
+def test_the_tensor_core_kernels_compute_the_attention_and_write_the_cache(harness, name, late):
     """With cp.async's copies done when issued, and held back until the wait that must see them (a
     stage read before its copies were waited for, or refilled while read, then shows)."""
-    batch, seq, heads, kv_heads, hd, capacity, window, softcap, scale, lengths = CASES[name]
-    args = [batch, seq, heads, kv_heads, hd, capacity, window, softcap, scale, *lengths, int(late)]
+    decode, (batch, seq, heads, kv_heads, hd, capacity, window, softcap, scale, lengths) = CASES[name]
+    args = [batch, seq, heads, kv_heads, hd, capacity, window, softcap, scale, *lengths, int(decode), int(late)]
     done = subprocess.run([str(harness), *map(str, args)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     worst, worst_cache, checked = done.stdout.split()

@@ -1,8 +1,9 @@
-// CachedAttention's prefill on tensor cores: attention.cu launches it for calls of at least
-// kMmaPrefillTokens new tokens a row (head sizes up to 128); a header of its own so that
+// CachedAttention on tensor cores (head sizes up to 128): attention.cu launches the prefill's kernels
+// for calls of at least kMmaPrefillTokens new tokens a row, the decode kernel (decode_attention,
+// below) for calls of a few where the grid is large enough; a header of its own so that
 // tests/test_attention_mma_emulated.py runs this very source on the CPU (tests/cuda_emulation.h).
 //
-// Two kernels. append_new_tokens writes each new token's key (rotated, rounded to float16) and value
+// The prefill, two kernels. append_new_tokens writes each new token's key (rotated, rounded to float16) and value
 // into the cache, once a kv head. prefill_attention then takes kQueries (64) consecutive new tokens of
 // one query head of one row a block, each of its four warps 16 of them (an MMA's rows): its queries
 // rotated into registers; the keys and their values kKeys (64) at a time from the cache into shared
@@ -100,22 +101,98 @@ __global__ void __launch_bounds__(kThreads) append_new_tokens(AttentionCall c) {
   }
 }
 
-// Step `step`'s keys and values (positions first + kKeys step on, those past `last` zeros) copied from
-// the cache into `stage` in the background (cp.async), one commit group.
-template <int kHd>
-__device__ __forceinline__ void fetch_step(uint16_t* stage, const uint16_t* cache_k, const uint16_t* cache_v,
-                                           int64_t first, int64_t step, int64_t last) {
-  using S = Shared<kHd>;
-  constexpr int kChunks = kHd / 8;  // 16 bytes each
-  for (int i = threadIdx.x; i < kKeys * kChunks; i += kThreads) {
+// kCount keys and their values from position `from` on (those past `last` zeros), copied from the cache
+// into `stage` (kCount rows of keys, then of values) in the background (cp.async) by threads `worker`
+// of `workers`, one commit group.
+template <int kHd, int kCount>
+__device__ __forceinline__ void fetch_keys(uint16_t* stage, const uint16_t* cache_k, const uint16_t* cache_v,
+                                           int64_t from, int64_t last, int worker, int workers) {
+  constexpr int kRow = kHd + 8, kChunks = kHd / 8;  // 16 bytes each
+  for (int i = worker; i < kCount * kChunks; i += workers) {
     const int k = i / kChunks, ch = i % kChunks;
-    const int64_t j = first + step * kKeys + k;
+    const int64_t j = from + k;
     const bool valid = j <= last;
     const int64_t at = (valid ? j : last) * kHd + 8 * ch;  // an address in the cache either way
-    device_primitives::copy_async(stage + k * S::kRow + 8 * ch, cache_k + at, valid);
-    device_primitives::copy_async(stage + S::kTile + k * S::kRow + 8 * ch, cache_v + at, valid);
+    device_primitives::copy_async(stage + k * kRow + 8 * ch, cache_k + at, valid);
+    device_primitives::copy_async(stage + (kCount + k) * kRow + 8 * ch, cache_v + at, valid);
   }
   device_primitives::commit_async();
+}
+
+// The warp's 16 rows (queries `qf` as A fragments) over kKeyTiles * 8 keys from position `base` on
+// (`keys` and `values` in shared memory, a row of kHd + 8 a key): the scores, each row's mask (keys
+// after `last` or its `position`, before its sliding window; rows not `real`), FlashAttention-2's
+// online softmax (`top`: each row's running maximum, `total`: this lane's columns' share of its sum)
+// and o += P V. Lane (g, t) holds rows g and g + 8 (index 0 and 1 of the pairs).
+template <int kHd, int kKeyTiles>
+__device__ __forceinline__ void attend(const uint32_t (&qf)[kHd / 16][4], const uint16_t* keys, const uint16_t* values,
+                                       int64_t base, int64_t last, const int64_t (&position)[2],
+                                       const bool (&real)[2], const AttentionCall& c, float scale, float (&top)[2],
+                                       float (&total)[2], float (&o)[kHd / 8][4]) {
+  using device_primitives::warp_xor;
+  constexpr int kRow = kHd + 8, kSteps = kHd / 16, kTiles = kHd / 8;
+  static_assert(kKeyTiles % 2 == 0, "P V takes keys 16 at a time");
+  const int lane = threadIdx.x % 32, lg = lane / 4, lt = lane % 4;
+  float sc[kKeyTiles][4];
+#pragma unroll
+  for (int n = 0; n < kKeyTiles; ++n) {
+    sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.f;
+    const uint16_t* row = keys + (8 * n + lg) * kRow + 2 * lt;
+#pragma unroll
+    for (int kk = 0; kk < kSteps; ++kk) {
+      device_primitives::mma(sc[n], qf[kk], pair_at(row + 16 * kk), pair_at(row + 16 * kk + 8));
+    }
+  }
+  float step_top[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int n = 0; n < kKeyTiles; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {  // element e: row lg + 8 (e / 2), key 8n + 2 lt + e % 2
+      const int r = e / 2;
+      const int64_t j = base + 8 * n + 2 * lt + e % 2;
+      const bool valid = real[r] && j <= last && j <= position[r] && j >= first_key(position[r], c.window);
+      sc[n][e] = valid ? capped(sc[n][e] * scale, c.softcap) : -INFINITY;
+      step_top[r] = fmaxf(step_top[r], sc[n][e]);
+    }
+  }
+  float correction[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {  // a row's four lanes agree on its maximum
+    step_top[r] = fmaxf(step_top[r], warp_xor(step_top[r], 1));
+    step_top[r] = fmaxf(step_top[r], warp_xor(step_top[r], 2));
+    const float now = fmaxf(top[r], step_top[r]);
+    correction[r] = now == -INFINITY ? 1.f : device_primitives::fast_exp(top[r] - now);
+    top[r] = now;
+    total[r] *= correction[r];
+  }
+#pragma unroll
+  for (int n = 0; n < kKeyTiles; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float p = sc[n][e] == -INFINITY ? 0.f : device_primitives::fast_exp(sc[n][e] - top[e / 2]);
+      sc[n][e] = p;
+      total[e / 2] += p;
+    }
+  }
+#pragma unroll
+  for (int n = 0; n < kTiles; ++n) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[n][e] *= correction[e / 2];
+  }
+  // lane l's row for the values' transposed loads: matrix l / 8 (keys + 8 (m % 2), elements + 8 (m / 2))
+  const int value_row = 8 * (lane / 8 % 2) + lane % 8, value_column = 8 * (lane / 16);
+#pragma unroll
+  for (int kk = 0; kk < kKeyTiles / 2; ++kk) {  // o += P V, a step of 16 keys at a time
+    const uint32_t pf[4] = {pack(sc[2 * kk][0], sc[2 * kk][1]), pack(sc[2 * kk][2], sc[2 * kk][3]),
+                            pack(sc[2 * kk + 1][0], sc[2 * kk + 1][1]), pack(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+#pragma unroll
+    for (int n = 0; n < kTiles; n += 2) {  // two tiles of 8 head elements a load: B's registers of each
+      uint32_t vf[4];
+      device_primitives::load_matrices_transposed(vf, values + (16 * kk + value_row) * kRow + 8 * n + value_column);
+      device_primitives::mma(o[n], pf, vf[0], vf[1]);
+      device_primitives::mma(o[n + 1], pf, vf[2], vf[3]);
+    }
+  }
 }
 
 // Attention over the cache (append_new_tokens' writes included): a block a (query head, kQueries new
@@ -126,7 +203,7 @@ __global__ void __launch_bounds__(kThreads) prefill_attention(AttentionCall c) {
   using S = Shared<kHd>;
   using device_primitives::warp_xor;
   constexpr int kHalf = kHd / 2, kChunks = kHd / 16;  // 8-value chunks of half a head
-  constexpr int kSteps = kHd / 16, kTiles = kHd / 8, kKeyTiles = kKeys / 8;
+  constexpr int kSteps = kHd / 16, kTiles = kHd / 8;
   device_primitives::start_next_kernel();
   uint16_t* stages = reinterpret_cast<uint16_t*>(device_primitives::block_shared());
   const int64_t h = blockIdx.x, b = blockIdx.z, group = c.heads / c.kv_heads, g = h / group;
@@ -141,7 +218,7 @@ __global__ void __launch_bounds__(kThreads) prefill_attention(AttentionCall c) {
   const int64_t last_position = past + s0 + rows - 1;
   const int64_t last = last_position < c.capacity ? last_position : c.capacity - 1;
   const int64_t steps = last >= first ? (last - first) / kKeys + 1 : 0;
-  if (steps > 0) fetch_step<kHd>(stages, cache_k, cache_v, first, 0, last);
+  if (steps > 0) fetch_keys<kHd, kKeys>(stages, cache_k, cache_v, first, last, threadIdx.x, kThreads);
 
   // The block's queries, rotated, through the second stage's keys into the warps' A fragments
   uint16_t* queries = stages + 2 * S::kTile;
@@ -178,12 +255,11 @@ __global__ void __launch_bounds__(kThreads) prefill_attention(AttentionCall c) {
   float o[kTiles][4];
 #pragma unroll
   for (int n = 0; n < kTiles; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
-  // lane l's row for the values' transposed loads: matrix l / 8 (keys + 8 (m % 2), elements + 8 (m / 2))
-  const int value_row = 8 * (lane / 8 % 2) + lane % 8, value_column = 8 * (lane / 16);
 
   for (int64_t step = 0; step < steps; ++step) {
     if (step + 1 < steps) {
-      fetch_step<kHd>(stages + (step + 1) % 2 * 2 * S::kTile, cache_k, cache_v, first, step + 1, last);
+      fetch_keys<kHd, kKeys>(stages + (step + 1) % 2 * 2 * S::kTile, cache_k, cache_v, first + (step + 1) * kKeys,
+                             last, threadIdx.x, kThreads);
     } else {
       device_primitives::commit_async();  // (an empty group: one in flight after this step's, as above)
     }
@@ -193,65 +269,7 @@ __global__ void __launch_bounds__(kThreads) prefill_attention(AttentionCall c) {
     const uint16_t* keys = stages + step % 2 * 2 * S::kTile;
     const uint16_t* values = keys + S::kTile;
     if (base <= warp_last) {  // (the same for the whole warp) keys its rows may read
-      float sc[kKeyTiles][4];
-#pragma unroll
-      for (int n = 0; n < kKeyTiles; ++n) {
-        sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.f;
-        const uint16_t* row = keys + (8 * n + lg) * S::kRow + 2 * lt;
-#pragma unroll
-        for (int kk = 0; kk < kSteps; ++kk) {
-          device_primitives::mma(sc[n], qf[kk], pair_at(row + 16 * kk), pair_at(row + 16 * kk + 8));
-        }
-      }
-      float step_top[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-      for (int n = 0; n < kKeyTiles; ++n) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {  // element e: row lg + 8 (e / 2), key 8n + 2 lt + e % 2
-          const int r = e / 2;
-          const int64_t j = base + 8 * n + 2 * lt + e % 2;
-          const bool valid = real[r] && j <= last && j <= position[r] && j >= first_key(position[r], c.window);
-          sc[n][e] = valid ? capped(sc[n][e] * scale, c.softcap) : -INFINITY;
-          step_top[r] = fmaxf(step_top[r], sc[n][e]);
-        }
-      }
-      float correction[2];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {  // a row's four lanes agree on its maximum
-        step_top[r] = fmaxf(step_top[r], warp_xor(step_top[r], 1));
-        step_top[r] = fmaxf(step_top[r], warp_xor(step_top[r], 2));
-        const float now = fmaxf(top[r], step_top[r]);
-        correction[r] = now == -INFINITY ? 1.f : device_primitives::fast_exp(top[r] - now);
-        top[r] = now;
-        total[r] *= correction[r];
-      }
-#pragma unroll
-      for (int n = 0; n < kKeyTiles; ++n) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float p = sc[n][e] == -INFINITY ? 0.f : device_primitives::fast_exp(sc[n][e] - top[e / 2]);
-          sc[n][e] = p;
-          total[e / 2] += p;
-        }
-      }
-#pragma unroll
-      for (int n = 0; n < kTiles; ++n) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) o[n][e] *= correction[e / 2];
-      }
-#pragma unroll
-      for (int kk = 0; kk < kKeys / 16; ++kk) {  // o += P V, a step of 16 keys at a time
-        const uint32_t pf[4] = {pack(sc[2 * kk][0], sc[2 * kk][1]), pack(sc[2 * kk][2], sc[2 * kk][3]),
-                                pack(sc[2 * kk + 1][0], sc[2 * kk + 1][1]), pack(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
-#pragma unroll
-        for (int n = 0; n < kTiles; n += 2) {  // two tiles of 8 head elements a load: B's registers of each
-          uint32_t vf[4];
-          device_primitives::load_matrices_transposed(
-              vf, values + (16 * kk + value_row) * S::kRow + 8 * n + value_column);
-          device_primitives::mma(o[n], pf, vf[0], vf[1]);
-          device_primitives::mma(o[n + 1], pf, vf[2], vf[3]);
-        }
-      }
+      attend<kHd, kKeys / 8>(qf, keys, values, base, last, position, real, c, scale, top, total, o);
     }
     __syncthreads();  // every warp is done with the stage before the next step's copies overwrite it
   }
@@ -271,6 +289,147 @@ __global__ void __launch_bounds__(kThreads) prefill_attention(AttentionCall c) {
   }
 }
 
+// Decode steps (and calls of a few new tokens a row): a block a (kv head, row), its MMA's 16 rows
+// the group's query heads at each new token (head r % group at token r / group, group x new tokens
+// <= kDecodeRows), so each key and value is read once a group; its four warps each take every fourth
+// step of kDecodeKeys keys (two cp.async stages a warp), their rows' sums combined at the end. The
+// block first writes its kv head's new keys (rotated) and values into the cache, which only it reads.
+constexpr int kDecodeKeys = 16;  // keys a warp's step
+constexpr int kDecodeRows = 16;  // query heads x new tokens a block
+
+template <int kHd>
+struct DecodeShared {
+  static constexpr int kRow = kHd + 8;
+  static constexpr int kTile = kDecodeKeys * kRow;     // a warp's step of keys, or of values
+  static constexpr int kWarpHalves = 4 * kTile;         // its two stages
+  static constexpr int kQueryHalves = kDecodeRows * kRow;
+  static constexpr size_t kBytes = 2 * static_cast<size_t>(kQueryHalves + kWarps * kWarpHalves);
+  // after the keys, over the stages: each warp's rows' sums (kDecodeRows x kHd floats), maxima, totals
+  static constexpr size_t kCombineBytes = sizeof(float) * kWarps * kDecodeRows * (kHd + 2);
+  static_assert(kCombineBytes <= 2 * static_cast<size_t>(kWarps * kWarpHalves), "the sums fit the stages");
+};
+
+template <int kHd>
+__global__ void __launch_bounds__(kThreads) decode_attention(AttentionCall c) {
+  static_assert(kHd % 16 == 0 && kHd <= kMostHeadDim, "a head of whole MMA steps, its sums in registers");
+  using S = DecodeShared<kHd>;
+  using device_primitives::warp_xor;
+  constexpr int kHalf = kHd / 2, kChunks = kHd / 16, kSteps = kHd / 16, kTiles = kHd / 8;
+  device_primitives::start_next_kernel();
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, lg = lane / 4, lt = lane % 4;  // fragments' (g, t)
+  uint16_t* queries = reinterpret_cast<uint16_t*>(device_primitives::block_shared());
+  uint16_t* stages = queries + S::kQueryHalves + warp * S::kWarpHalves;  // the warp's own
+  const int64_t g = blockIdx.x, b = blockIdx.y, group = c.heads / c.kv_heads;
+  const int rows = static_cast<int>(group * c.seq);
+  const int64_t past = past_positions(c.seqlens[b], c.seq), last_table_row = c.max_positions - 1;
+  const uint16_t* cos = static_cast<const uint16_t*>(c.cos);
+  const uint16_t* sin = static_cast<const uint16_t*>(c.sin);
+  const int64_t cache_offset = (b * c.kv_heads + g) * c.capacity * kHd;
+  uint16_t* cache_k = static_cast<uint16_t*>(c.present_key) + cache_offset;
+  uint16_t* cache_v = static_cast<uint16_t*>(c.present_value) + cache_offset;
+
+  // The kv head's new keys, rotated, and values into the cache (positions below its capacity)
+  const uint16_t* key_in = static_cast<const uint16_t*>(c.key) + b * c.seq * c.kv_stride + g * kHd;
+  const uint16_t* value_in = static_cast<const uint16_t*>(c.value) + b * c.seq * c.kv_stride + g * kHd;
+  for (int i = threadIdx.x; i < c.seq * kChunks; i += kThreads) {
+    const int64_t s = i / kChunks, position = past + s;
+    const int ch = i % kChunks;
+    if (position >= c.capacity) continue;
+    uint4 first8, second8;
+    head_chunks<kHd>(key_in + s * c.kv_stride, ch, true, cos, sin,
+                     position < last_table_row ? position : last_table_row, first8, second8);
+    store16(cache_k + position * kHd + 8 * ch, first8);
+    store16(cache_k + position * kHd + kHalf + 8 * ch, second8);
+    store16(cache_v + position * kHd + 8 * ch, load16(value_in + s * c.kv_stride + 8 * ch));
+    store16(cache_v + position * kHd + kHalf + 8 * ch, load16(value_in + s * c.kv_stride + kHalf + 8 * ch));
+  }
+  // The queries, rotated: row r is query head g * group + r % group at new token r / group
+  for (int i = threadIdx.x; i < kDecodeRows * kChunks; i += kThreads) {
+    const int r = i % kDecodeRows, ch = i / kDecodeRows;
+    uint4 first8{}, second8{};
+    if (r < rows) {
+      const int64_t s = r / group, position = past + s, h = g * group + r % group;
+      const uint16_t* q = static_cast<const uint16_t*>(c.query) + (b * c.seq + s) * c.query_stride + h * kHd;
+      head_chunks<kHd>(q, ch, true, cos, sin, position < last_table_row ? position : last_table_row, first8, second8);
+    }
+    store16(queries + r * S::kRow + 8 * ch, first8);
+    store16(queries + r * S::kRow + kHalf + 8 * ch, second8);
+  }
+  __syncthreads();  // the queries, and the cache's new keys and values
+  uint32_t qf[kSteps][4];
+#pragma unroll
+  for (int kk = 0; kk < kSteps; ++kk) {
+    qf[kk][0] = pair_at(queries + lg * S::kRow + 16 * kk + 2 * lt);
+    qf[kk][1] = pair_at(queries + (lg + 8) * S::kRow + 16 * kk + 2 * lt);
+    qf[kk][2] = pair_at(queries + lg * S::kRow + 16 * kk + 8 + 2 * lt);
+    qf[kk][3] = pair_at(queries + (lg + 8) * S::kRow + 16 * kk + 8 + 2 * lt);
+  }
+
+  const float scale = c.scale > 0.f ? c.scale : 1.f / sqrtf(static_cast<float>(kHd));
+  const int64_t position[2] = {past + lg / group, past + (lg + 8) / group};
+  const bool real[2] = {lg < rows, lg + 8 < rows};
+  const int64_t first = first_key(past, c.window), last_position = past + c.seq - 1;
+  const int64_t last = last_position < c.capacity ? last_position : c.capacity - 1;
+  const int64_t steps = last >= first ? (last - first) / kDecodeKeys + 1 : 0;
+  const int64_t mine = steps > warp ? (steps - warp + kWarps - 1) / kWarps : 0;  // steps warp, warp + kWarps, ...
+  float top[2] = {-INFINITY, -INFINITY}, total[2] = {0.f, 0.f};
+  float o[kTiles][4];
+#pragma unroll
+  for (int n = 0; n < kTiles; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+  if (mine > 0) fetch_keys<kHd, kDecodeKeys>(stages, cache_k, cache_v, first + warp * kDecodeKeys, last, lane, 32);
+  for (int64_t i = 0; i < mine; ++i) {
+    if (i + 1 < mine) {
+      fetch_keys<kHd, kDecodeKeys>(stages + (i + 1) % 2 * 2 * S::kTile, cache_k, cache_v,
+                                   first + (warp + (i + 1) * kWarps) * kDecodeKeys, last, lane, 32);
+    } else {
+      device_primitives::commit_async();  // (an empty group: one in flight after this step's, as above)
+    }
+    device_primitives::wait_async<1>();  // this lane's copies of the step
+    device_primitives::warp_sync();      // the warp's
+    const uint16_t* keys = stages + i % 2 * 2 * S::kTile;
+    attend<kHd, kDecodeKeys / 8>(qf, keys, keys + S::kTile, first + (warp + i * kWarps) * kDecodeKeys, last, position,
+                                 real, c, scale, top, total, o);
+    device_primitives::warp_sync();  // the warp is done with the stage before its next copies overwrite it
+  }
+  device_primitives::wait_async<0>();  // (the last, empty group)
+  __syncthreads();                     // every warp is done with the stages: they now hold the sums
+  float* sums = reinterpret_cast<float*>(queries + S::kQueryHalves);  // [warp][row][kHd]
+  float* tops = sums + kWarps * kDecodeRows * kHd;                      // [warp][row]
+  float* totals = tops + kWarps * kDecodeRows;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    total[r] += warp_xor(total[r], 1);
+    total[r] += warp_xor(total[r], 2);
+    const int row = lg + 8 * r;
+    if (lt == 0) {
+      tops[warp * kDecodeRows + row] = top[r];
+      totals[warp * kDecodeRows + row] = total[r];
+    }
+#pragma unroll
+    for (int n = 0; n < kTiles; ++n) {
+      sums[(warp * kDecodeRows + row) * kHd + 8 * n + 2 * lt] = o[n][2 * r];
+      sums[(warp * kDecodeRows + row) * kHd + 8 * n + 2 * lt + 1] = o[n][2 * r + 1];
+    }
+  }
+  __syncthreads();
+  uint16_t* out = static_cast<uint16_t*>(c.out);
+  for (int i = threadIdx.x; i < rows * kHd; i += kThreads) {  // each row's warps combined
+    const int r = i / kHd, d = i % kHd;
+    float best = -INFINITY;
+    for (int w = 0; w < kWarps; ++w) best = fmaxf(best, tops[w * kDecodeRows + r]);
+    float weight = 0.f, value = 0.f;
+    for (int w = 0; w < kWarps; ++w) {
+      if (tops[w * kDecodeRows + r] == -INFINITY) continue;  // a warp that had no keys of the row's
+      const float f = device_primitives::fast_exp(tops[w * kDecodeRows + r] - best);
+      weight += totals[w * kDecodeRows + r] * f;
+      value += sums[(w * kDecodeRows + r) * kHd + d] * f;
+    }
+    const int64_t s = r / group, h = g * group + r % group;
+    const float result = weight > 0.f ? value / weight : 0.f;
+    out[(b * c.seq + s) * c.heads * kHd + h * kHd + d] = device_primitives::float_half(result);
+  }
+}
+
 #if defined(__CUDACC__)
 template <int kHd>
 void launch(const AttentionCall& c, cudaStream_t stream) {
@@ -283,6 +442,19 @@ void launch(const AttentionCall& c, cudaStream_t stream) {
                          static_cast<int>(Shared<kHd>::kBytes));
   }
   prefill_attention<kHd><<<grid, kThreads, Shared<kHd>::kBytes, stream>>>(c);
+}
+
+// Whether decode_attention takes the call: the group's query heads at every new token fit its rows.
+inline bool decode_fits(const AttentionCall& c) { return c.heads / c.kv_heads * c.seq <= kDecodeRows; }
+
+template <int kHd>
+void launch_decode(const AttentionCall& c, cudaStream_t stream) {
+  if (DecodeShared<kHd>::kBytes > 48 * 1024) {
+    cudaFuncSetAttribute(decode_attention<kHd>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         static_cast<int>(DecodeShared<kHd>::kBytes));
+  }
+  const dim3 grid(static_cast<unsigned>(c.kv_heads), static_cast<unsigned>(c.batch));
+  decode_attention<kHd><<<grid, kThreads, DecodeShared<kHd>::kBytes, stream>>>(c);
 }
 #endif
 

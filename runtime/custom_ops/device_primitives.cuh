@@ -282,6 +282,15 @@ __device__ __forceinline__ void start_next_kernel() {
 #endif
 }
 
+// The warp's lanes wait for each other, their shared and global memory writes ordered (__syncwarp).
+__device__ __forceinline__ void warp_sync() {
+#if defined(__CUDACC__)
+  __syncwarp();
+#else
+  cuda_emulation::warp_sync();
+#endif
+}
+
 // v from the lane whose index is this lane's XOR `mask` (the whole warp takes part).
 __device__ __forceinline__ float warp_xor(float v, int mask) {
 #if defined(__CUDACC__)
