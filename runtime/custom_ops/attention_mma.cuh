@@ -101,6 +101,21 @@ __global__ void __launch_bounds__(kThreads) append_new_tokens(AttentionCall c) {
   }
 }
 
+// 16 rows of queries in shared memory (a row of kHd + 8) as the lane's A fragments, a step of 16 head
+// elements each.
+template <int kHd>
+__device__ __forceinline__ void query_fragments(const uint16_t* rows, uint32_t (&qf)[kHd / 16][4]) {
+  constexpr int kRow = kHd + 8;
+  const int lane = threadIdx.x % 32, lg = lane / 4, lt = lane % 4;
+#pragma unroll
+  for (int kk = 0; kk < kHd / 16; ++kk) {
+    qf[kk][0] = pair_at(rows + lg * kRow + 16 * kk + 2 * lt);
+    qf[kk][1] = pair_at(rows + (lg + 8) * kRow + 16 * kk + 2 * lt);
+    qf[kk][2] = pair_at(rows + lg * kRow + 16 * kk + 8 + 2 * lt);
+    qf[kk][3] = pair_at(rows + (lg + 8) * kRow + 16 * kk + 8 + 2 * lt);
+  }
+}
+
 // kCount keys and their values from position `from` on (those past `last` zeros), copied from the cache
 // into `stage` (kCount rows of keys, then of values) in the background (cp.async) by threads `worker`
 // of `workers`, one commit group.
@@ -236,14 +251,7 @@ __global__ void __launch_bounds__(kThreads) prefill_attention(AttentionCall c) {
   }
   __syncthreads();
   uint32_t qf[kSteps][4];  // the warp's 16 queries as A fragments, a step of 16 head elements each
-  const uint16_t* mine = queries + 16 * warp * S::kRow;
-#pragma unroll
-  for (int kk = 0; kk < kSteps; ++kk) {
-    qf[kk][0] = pair_at(mine + lg * S::kRow + 16 * kk + 2 * lt);
-    qf[kk][1] = pair_at(mine + (lg + 8) * S::kRow + 16 * kk + 2 * lt);
-    qf[kk][2] = pair_at(mine + lg * S::kRow + 16 * kk + 8 + 2 * lt);
-    qf[kk][3] = pair_at(mine + (lg + 8) * S::kRow + 16 * kk + 8 + 2 * lt);
-  }
+  query_fragments<kHd>(queries + 16 * warp * S::kRow, qf);
   __syncthreads();  // the second stage now takes keys
 
   const float scale = c.scale > 0.f ? c.scale : 1.f / sqrtf(static_cast<float>(kHd));
@@ -357,13 +365,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention(AttentionCall c) {
   }
   __syncthreads();  // the queries, and the cache's new keys and values
   uint32_t qf[kSteps][4];
-#pragma unroll
-  for (int kk = 0; kk < kSteps; ++kk) {
-    qf[kk][0] = pair_at(queries + lg * S::kRow + 16 * kk + 2 * lt);
-    qf[kk][1] = pair_at(queries + (lg + 8) * S::kRow + 16 * kk + 2 * lt);
-    qf[kk][2] = pair_at(queries + lg * S::kRow + 16 * kk + 8 + 2 * lt);
-    qf[kk][3] = pair_at(queries + (lg + 8) * S::kRow + 16 * kk + 8 + 2 * lt);
-  }
+  query_fragments<kHd>(queries, qf);
 
   const float scale = c.scale > 0.f ? c.scale : 1.f / sqrtf(static_cast<float>(kHd));
   const int64_t position[2] = {past + lg / group, past + (lg + 8) / group};
