@@ -17,6 +17,8 @@
 #include <math.h>
 #include <stdint.h>
 
+#include <atomic>
+
 #include "attention_math.h"
 #include "cuda_kernels.h"
 #include "device_primitives.cuh"
@@ -433,16 +435,27 @@ __global__ void __launch_bounds__(kThreads) decode_attention(AttentionCall c) {
 }
 
 #if defined(__CUDACC__)
+// Lets `kernel` take `bytes` of dynamic shared memory where that is more than the default 48 KB: asked
+// once a device (`devices`: a bit each, the first 64), so not again while a graph is being captured
+// (the runtime's graphs capture after uncaptured warm-up calls).
+template <class Kernel>
+void allow_shared_memory(Kernel kernel, size_t bytes, std::atomic<uint64_t>& devices) {
+  int device = 0;
+  if (bytes <= 48 * 1024 || cudaGetDevice(&device) != cudaSuccess) return;
+  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
+  if (bit != 0 && (devices.load() & bit) != 0) return;
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+  devices.fetch_or(bit);
+}
+
 template <int kHd>
 void launch(const AttentionCall& c, cudaStream_t stream) {
   const dim3 tokens(static_cast<unsigned>(c.seq), static_cast<unsigned>(c.batch));
   append_new_tokens<kHd><<<tokens, kThreads, 0, stream>>>(c);
   const dim3 grid(static_cast<unsigned>(c.heads), static_cast<unsigned>((c.seq + kQueries - 1) / kQueries),
                   static_cast<unsigned>(c.batch));
-  if (Shared<kHd>::kBytes > 48 * 1024) {  // beyond the default: asked for (per device, so at each call)
-    cudaFuncSetAttribute(prefill_attention<kHd>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         static_cast<int>(Shared<kHd>::kBytes));
-  }
+  static std::atomic<uint64_t> devices{0};
+  allow_shared_memory(prefill_attention<kHd>, Shared<kHd>::kBytes, devices);
   prefill_attention<kHd><<<grid, kThreads, Shared<kHd>::kBytes, stream>>>(c);
 }
 
@@ -451,10 +464,8 @@ inline bool decode_fits(const AttentionCall& c) { return c.heads / c.kv_heads * 
 
 template <int kHd>
 void launch_decode(const AttentionCall& c, cudaStream_t stream) {
-  if (DecodeShared<kHd>::kBytes > 48 * 1024) {
-    cudaFuncSetAttribute(decode_attention<kHd>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                         static_cast<int>(DecodeShared<kHd>::kBytes));
-  }
+  static std::atomic<uint64_t> devices{0};
+  allow_shared_memory(decode_attention<kHd>, DecodeShared<kHd>::kBytes, devices);
   const dim3 grid(static_cast<unsigned>(c.kv_heads), static_cast<unsigned>(c.batch));
   decode_attention<kHd><<<grid, kThreads, DecodeShared<kHd>::kBytes, stream>>>(c);
 }
