@@ -2,27 +2,27 @@
 
     python benchmarks/gpu_attention_probe.py [--shapes 1b,8b] [--batches 1,64] [--lengths 128,256,512,1024]
                                              [--prefills 128,2048,128x64] [--variants now,now:kMmaPrefillTokens=0]
-                                             [--decode-variants now,now:kMmaDecodeBlocks=0]
+                                             [--decode-variants now,now:kMmaDecodeBlocks=0] [--calls 4x64@256]
 
 The product's runtime/custom_ops/attention.cu, compiled here behind a C entry point
-(benchmarks/cuda/attention_entry.cu) and called as a custom-ops engine's decode step calls it:
-packed q/k/v of one new token a row, each layer's own (batch, kv_heads, capacity, head_dim) caches
-written in place, rows of L, L - 1, ... L - 7 positions; and first prefills of S tokens at batch 1
-(or B rows of S: `--prefills SxB`), which from attention.cu's kMmaPrefillTokens new tokens on run
-attention_mma.cuh's tensor-core kernel (`--variants now,now:kMmaPrefillTokens=0`: against the
+(benchmarks/cuda/attention_entry.cu) and called as a custom-ops engine's decode step calls it: packed
+q/k/v of one new token a row, each layer's own (batch, kv_heads, capacity, head_dim) caches written in
+place, rows of L, L - 1, ... L - 7 positions; and first prefills of S tokens at batch 1 (or B rows of S:
+`--prefills SxB`), and decode calls of S new tokens in B rows of L positions (speculative decoding's
+verification calls: `--calls SxB@L`). The prefills from attention.cu's kMmaPrefillTokens new tokens on
+run attention_mma.cuh's tensor-core kernel (`--variants now,now:kMmaPrefillTokens=0`: against the
 CUDA-core kernel before it, blocks of kPrefillQueries new tokens). First its output and the keys and
 values it wrote are checked against torch in fp32 (rotary, the new tokens appended, causal GQA
-attention: `max_abs_diff`, `cache_diff`); then one call per layer is captured in a torch CUDA
-graph and replayed: `us` a layer (median of --runs replays), `cache_tb_s` the cache bytes the rows
-hold over that time. `torch_sdpa_us`: torch's scaled_dot_product_attention over the same caches
-(the attention alone, no rotary or append; causal for prefills), for reference. onnxruntime's
-GroupQueryAttention took four kernels and ~9 us a layer at the 1B shape, batch 1 (run13).
-`--variants`: the prefills also through kernels with constants set (attention.cu's
-kPrefillQueries: new tokens a block takes, sharing the keys and values its warps read;
-kMmaPrefillTokens=0: no tensor-core prefill); `--decode-variants`: the decode steps through them
-(kGroupQueries: a block per kv group's query heads at large grids, each key and value row read once
-a group; kMmaDecodeBlocks=0: no tensor-core decode). Needs
-torch with CUDA and nvcc. One JSON line per (variant, shape, batch, new tokens, length).
+attention: `max_abs_diff`, `cache_diff`); then one call per layer is captured in a torch CUDA graph and
+replayed: `us` a layer (median of --runs replays), `cache_tb_s` the cache bytes the rows hold over that
+time. `torch_sdpa_us`: torch's scaled_dot_product_attention over the same caches (the attention alone,
+no rotary or append; causal for prefills), for reference. onnxruntime's GroupQueryAttention took four
+kernels and ~9 us a layer at the 1B shape, batch 1 (run13). `--variants`: the prefills also through
+kernels with constants set (attention.cu's kPrefillQueries: new tokens a block takes, sharing the keys
+and values its warps read; kMmaPrefillTokens=0: no tensor-core prefill); `--decode-variants`: the decode
+steps through them (kGroupQueries: a block per kv group's query heads at large grids, each key and value
+row read once a group; kMmaDecodeBlocks=0: no tensor-core decode). Needs torch with CUDA and nvcc. One
+JSON line per (variant, shape, batch, new tokens, length).
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def measure(lib, name: str, batch: int, seq: int, length: int, runs: int) -> dic
 
     def launch_sdpa():
         for q, (k, v) in zip(queries, caches):
-            torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=seq > 1, enable_gqa=True)
+            torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=seq == length, enable_gqa=True)
 
     sdpa_us = statistics.median(graph_times(launch_sdpa, runs)) / layers
     held = int(lengths.sum()) * kv * hd * 2 * 2  # K and V bytes the rows hold
@@ -159,6 +159,9 @@ def main() -> None:
     ap.add_argument("--lengths", default="128,256,512,1024")
     ap.add_argument("--prefills", default="128,2048",
                     help="first prefills of this many tokens, batch 1 (SxB: S tokens in each of B rows)")
+    ap.add_argument("--calls", default="",
+                    help="decode calls of several new tokens (verification's), SxB@L: S new tokens in each of B "
+                         "rows of L positions after the call, through --decode-variants")
     ap.add_argument("--variants", default="now",
                     help="kernel variants for the prefills (_kernel_variants.py's: now[:NAME=VALUE...])")
     ap.add_argument("--decode-variants", default="now", help="kernel variants for the decode steps")
@@ -178,6 +181,12 @@ def main() -> None:
                     for variant in decode_variants:
                         row = measure(libs[variant], name, batch, 1, length, args.runs)
                         report_line({"variant": variant, **row}, args.results)
+            for item in (c for c in args.calls.split(",") if c):
+                shape_part, _, length = item.partition("@")
+                seq, _, rows = shape_part.partition("x")
+                for variant in decode_variants:
+                    row = measure(libs[variant], name, int(rows or 1), int(seq), int(length), args.runs)
+                    report_line({"variant": variant, **row}, args.results)
             for item in (n for n in args.prefills.split(",") if n):
                 seq, _, rows = item.partition("x")
                 for variant in variants:
