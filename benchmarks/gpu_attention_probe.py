@@ -152,6 +152,25 @@ def measure(lib, name: str, batch: int, seq: int, length: int, runs: int) -> dic
             "max_abs_diff": diff, "cache_diff": cache_diff}
 
 
+def configurations(args) -> list[tuple[list[str], int, int, int]]:
+    """(variants, batch, new tokens, length) of each call a shape is measured at, in order: the decode
+    steps, the verification calls (SxB@L), the first prefills (S or SxB)."""
+    def items(text: str) -> list[str]:
+        return [item for item in text.split(",") if item]
+
+    decode, prefill = args.decode_variants.split(","), args.variants.split(",")
+    out = [(decode, batch, 1, length)
+           for batch in map(int, items(args.batches)) for length in map(int, items(args.lengths))]
+    for item in items(args.calls):
+        tokens, _, length = item.partition("@")
+        seq, _, rows = tokens.partition("x")
+        out.append((decode, int(rows or 1), int(seq), int(length)))
+    for item in items(args.prefills):
+        seq, _, rows = item.partition("x")
+        out.append((prefill, int(rows or 1), int(seq), int(seq)))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="1b,8b")
@@ -176,21 +195,9 @@ def main() -> None:
             built = pool.map(build, sources, [Path(scratch) / f"attention-{i}.so" for i in range(len(every))])
             libs = dict(zip(every, built))
         for name in args.shapes.split(","):
-            for batch in (int(b) for b in args.batches.split(",")):
-                for length in (int(n) for n in args.lengths.split(",")):
-                    for variant in decode_variants:
-                        row = measure(libs[variant], name, batch, 1, length, args.runs)
-                        report_line({"variant": variant, **row}, args.results)
-            for item in (c for c in args.calls.split(",") if c):
-                shape_part, _, length = item.partition("@")
-                seq, _, rows = shape_part.partition("x")
-                for variant in decode_variants:
-                    row = measure(libs[variant], name, int(rows or 1), int(seq), int(length), args.runs)
-                    report_line({"variant": variant, **row}, args.results)
-            for item in (n for n in args.prefills.split(",") if n):
-                seq, _, rows = item.partition("x")
-                for variant in variants:
-                    row = measure(libs[variant], name, int(rows or 1), int(seq), int(seq), args.runs)
+            for chosen, batch, seq, length in configurations(args):
+                for variant in chosen:
+                    row = measure(libs[variant], name, batch, seq, length, args.runs)
                     report_line({"variant": variant, **row}, args.results)
 
 
