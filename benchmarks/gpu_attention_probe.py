@@ -1,25 +1,28 @@
 """Our CachedAttention kernel at decode, checked against torch and timed per layer.
 
     python benchmarks/gpu_attention_probe.py [--shapes 1b,8b] [--batches 1,64] [--lengths 128,256,512,1024]
-                                             [--prefills 128,2048] [--variants now,now:kPrefillQueries=4]
-                                             [--decode-variants now,now:kGroupQueries=4]
+                                             [--prefills 128,2048,128x64] [--variants now,now:kMmaPrefillTokens=0]
+                                             [--decode-variants now,now:kMmaDecodeBlocks=0] [--calls 4x64@256]
 
 The product's runtime/custom_ops/attention.cu, compiled here behind a C entry point
-(benchmarks/cuda/attention_entry.cu) and called as a custom-ops engine's decode step calls it:
-packed q/k/v of one new token a row, each layer's own (batch, kv_heads, capacity, head_dim) caches
-written in place, rows of L, L - 1, ... L - 7 positions; and first prefills of S tokens at batch 1
-(the kernel's weak spot: a block per query, no tensor cores). First its output and the keys and
+(benchmarks/cuda/attention_entry.cu) and called as a custom-ops engine's decode step calls it: packed
+q/k/v of one new token a row, each layer's own (batch, kv_heads, capacity, head_dim) caches written in
+place, rows of L, L - 1, ... L - 7 positions; and first prefills of S tokens at batch 1 (or B rows of S:
+`--prefills SxB`), and decode calls of S new tokens in B rows of L positions (speculative decoding's
+verification calls: `--calls SxB@L`). The prefills from attention.cu's kMmaPrefillTokens new tokens on
+run attention_mma.cuh's tensor-core kernel (`--variants now,now:kMmaPrefillTokens=0`: against the
+CUDA-core kernel before it, blocks of kPrefillQueries new tokens). First its output and the keys and
 values it wrote are checked against torch in fp32 (rotary, the new tokens appended, causal GQA
-attention: `max_abs_diff`, `cache_diff`); then one call per layer is captured in a torch CUDA
-graph and replayed: `us` a layer (median of --runs replays), `cache_tb_s` the cache bytes the rows
-hold over that time. `torch_sdpa_us`: torch's scaled_dot_product_attention over the same caches
-(the attention alone, no rotary or append; causal for prefills), for reference. onnxruntime's
-GroupQueryAttention took four kernels and ~9 us a layer at the 1B shape, batch 1 (run13).
-`--variants`: the prefills also through kernels with constants set (attention.cu's
-kPrefillQueries: new tokens a block takes, sharing the keys and values its warps read);
-`--decode-variants`: the decode steps through them (kGroupQueries: a block per kv group's query
-heads at large grids, each key and value row read once a group). Needs
-torch with CUDA and nvcc. One JSON line per (variant, shape, batch, new tokens, length).
+attention: `max_abs_diff`, `cache_diff`); then one call per layer is captured in a torch CUDA graph and
+replayed: `us` a layer (median of --runs replays), `cache_tb_s` the cache bytes the rows hold over that
+time. `torch_sdpa_us`: torch's scaled_dot_product_attention over the same caches (the attention alone,
+no rotary or append; causal for prefills), for reference. onnxruntime's GroupQueryAttention took four
+kernels and ~9 us a layer at the 1B shape, batch 1 (run13). `--variants`: the prefills also through
+kernels with constants set (attention.cu's kPrefillQueries: new tokens a block takes, sharing the keys
+and values its warps read; kMmaPrefillTokens=0: no tensor-core prefill); `--decode-variants`: the decode
+steps through them (kGroupQueries: a block per kv group's query heads at large grids, each key and value
+row read once a group; kMmaDecodeBlocks=0: no tensor-core decode). Needs torch with CUDA and nvcc. One
+JSON line per (variant, shape, batch, new tokens, length).
 """
 
 from __future__ import annotations
@@ -99,8 +102,8 @@ def reference(qkv, cache_k, cache_v, lengths, cos, sin, shape):
 
 def measure(lib, name: str, batch: int, seq: int, length: int, runs: int) -> dict:
     """One configuration: rows of `length`, `length` - 1, ... `length` - 7 positions after a call
-    of `seq` new tokens each (a decode step: seq 1; a first prefill: seq = length, batch 1),
-    each layer its own caches of `length` positions."""
+    of `seq` new tokens each (a decode step: seq 1), or a first prefill of `seq` = `length` tokens
+    in each of `batch` rows; each layer its own caches of `length` positions."""
     import torch
 
     shape = SHAPES[name]
@@ -108,7 +111,8 @@ def measure(lib, name: str, batch: int, seq: int, length: int, runs: int) -> dic
     error = ctypes.create_string_buffer(512)
     capacity = length
     cos, sin = (t.cuda() for t in rotary_tables(capacity + 1, hd))
-    lengths = torch.tensor([length - r % 8 for r in range(batch)], dtype=torch.int32, device="cuda")
+    lengths = torch.tensor([length - (r % 8 if seq == 1 else 0) for r in range(batch)], dtype=torch.int32,
+                           device="cuda")
     seqlens = lengths - 1
     qkv = [torch.randn(batch, seq, (h + 2 * kv) * hd, device="cuda").half() for _ in range(layers)]
     caches = [(torch.randn(batch, kv, capacity, hd, device="cuda").half(),
@@ -139,7 +143,7 @@ def measure(lib, name: str, batch: int, seq: int, length: int, runs: int) -> dic
 
     def launch_sdpa():
         for q, (k, v) in zip(queries, caches):
-            torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=seq > 1, enable_gqa=True)
+            torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=seq == length, enable_gqa=True)
 
     sdpa_us = statistics.median(graph_times(launch_sdpa, runs)) / layers
     held = int(lengths.sum()) * kv * hd * 2 * 2  # K and V bytes the rows hold
@@ -148,12 +152,35 @@ def measure(lib, name: str, batch: int, seq: int, length: int, runs: int) -> dic
             "max_abs_diff": diff, "cache_diff": cache_diff}
 
 
+def configurations(args) -> list[tuple[list[str], int, int, int]]:
+    """(variants, batch, new tokens, length) of each call a shape is measured at, in order: the decode
+    steps, the verification calls (SxB@L), the first prefills (S or SxB)."""
+    def items(text: str) -> list[str]:
+        return [item for item in text.split(",") if item]
+
+    decode, prefill = args.decode_variants.split(","), args.variants.split(",")
+    out = [(decode, batch, 1, length)
+           for batch in map(int, items(args.batches)) for length in map(int, items(args.lengths))]
+    for item in items(args.calls):
+        tokens, _, length = item.partition("@")
+        seq, _, rows = tokens.partition("x")
+        out.append((decode, int(rows or 1), int(seq), int(length)))
+    for item in items(args.prefills):
+        seq, _, rows = item.partition("x")
+        out.append((prefill, int(rows or 1), int(seq), int(seq)))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="1b,8b")
     ap.add_argument("--batches", default="1,64")
     ap.add_argument("--lengths", default="128,256,512,1024")
-    ap.add_argument("--prefills", default="128,2048", help="first prefills of this many tokens, batch 1")
+    ap.add_argument("--prefills", default="128,2048",
+                    help="first prefills of this many tokens, batch 1 (SxB: S tokens in each of B rows)")
+    ap.add_argument("--calls", default="",
+                    help="decode calls of several new tokens (verification's), SxB@L: S new tokens in each of B "
+                         "rows of L positions after the call, through --decode-variants")
     ap.add_argument("--variants", default="now",
                     help="kernel variants for the prefills (_kernel_variants.py's: now[:NAME=VALUE...])")
     ap.add_argument("--decode-variants", default="now", help="kernel variants for the decode steps")
@@ -168,14 +195,9 @@ def main() -> None:
             built = pool.map(build, sources, [Path(scratch) / f"attention-{i}.so" for i in range(len(every))])
             libs = dict(zip(every, built))
         for name in args.shapes.split(","):
-            for batch in (int(b) for b in args.batches.split(",")):
-                for length in (int(n) for n in args.lengths.split(",")):
-                    for variant in decode_variants:
-                        row = measure(libs[variant], name, batch, 1, length, args.runs)
-                        report_line({"variant": variant, **row}, args.results)
-            for seq in (int(n) for n in args.prefills.split(",") if n):
-                for variant in variants:
-                    row = measure(libs[variant], name, 1, seq, seq, args.runs)
+            for chosen, batch, seq, length in configurations(args):
+                for variant in chosen:
+                    row = measure(libs[variant], name, batch, seq, length, args.runs)
                     report_line({"variant": variant, **row}, args.results)
 
 

@@ -1,8 +1,11 @@
-// A CPU emulation of the CUDA pieces runtime/custom_ops/gemm_int4_mma.cuh's kernel uses, so that g++
-// compiles the kernel's own source and runs it (tests/test_gemm_int4_emulated.py):
+// A CPU emulation of the CUDA pieces runtime/custom_ops/gemm_int4_mma.cuh's and attention_mma.cuh's
+// kernels use, so that g++ compiles the kernels' own source and runs it
+// (tests/test_gemm_int4_emulated.py, tests/test_attention_mma_emulated.py):
 //   - a block's threads are std::threads, __syncthreads a std::barrier over them;
 //   - mma.sync m16n8k16: the warp's 32 threads leave their fragments in the warp's exchange, wait
 //     for each other, and each sums its four results from the PTX fragment layout (in double);
+//   - __shfl_xor_sync and ldmatrix (.x4 .trans) the same way, through the warp's exchange, and
+//     __syncwarp as a barrier over the warp's threads;
 //   - Hopper's warpgroup MMA (A from registers, B from shared memory through its descriptor): the
 //     same over a warpgroup's 128 threads, done when issued (its fences, commits and waits then
 //     have nothing to do);
@@ -107,6 +110,8 @@ struct Warp {
   std::barrier<> arrived{32};
   uint32_t a[32][4];
   uint32_t b[32][2];
+  float lanes[32];        // shfl_xor's exchange
+  const void* rows[32];   // load_matrices_transposed's
 };
 
 // A warpgroup's exchange for mma_warpgroup: its 128 threads' A registers.
@@ -179,6 +184,36 @@ inline void wait_async(int pending) {
 
 // Half `high` (0: the low 16 bits) of a register holding two float16.
 inline double half_of(uint32_t r, int high) { return half_value(high ? r >> 16 : r & 0xFFFF); }
+
+// __syncwarp: the warp's 32 threads wait for each other.
+inline void warp_sync() { block->warps[threadIdx.x / 32]->arrived.arrive_and_wait(); }
+
+// __shfl_xor_sync over the whole warp: v from lane (this lane ^ mask).
+inline float shfl_xor(float v, int mask) {
+  Warp& w = *block->warps[threadIdx.x / 32];
+  const int lane = threadIdx.x % 32;
+  w.lanes[lane] = v;
+  w.arrived.arrive_and_wait();
+  const float got = w.lanes[lane ^ mask];
+  w.arrived.arrive_and_wait();  // every lane has read the exchange
+  return got;
+}
+
+// ldmatrix.sync.aligned.m8n8.x4.trans over the warp: lane l's `row` is row l % 8 of matrix l / 8;
+// register m of lane (g, t) holds matrix m's (2t, g) and (2t + 1, g), the first in its low half.
+inline void load_matrices_transposed(uint32_t (&r)[4], const void* row) {
+  Warp& w = *block->warps[threadIdx.x / 32];
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  w.rows[lane] = row;
+  w.arrived.arrive_and_wait();
+  for (int m = 0; m < 4; ++m) {
+    uint16_t low, high;
+    std::memcpy(&low, static_cast<const uint16_t*>(w.rows[8 * m + 2 * t]) + g, 2);
+    std::memcpy(&high, static_cast<const uint16_t*>(w.rows[8 * m + 2 * t + 1]) + g, 2);
+    r[m] = low | static_cast<uint32_t>(high) << 16;
+  }
+  w.arrived.arrive_and_wait();  // every lane has read the exchange
+}
 
 // A's value (row, col) of an m16n8k16 fragment (16 x 16) from its warp's 32 lanes' registers.
 inline double a_fragment(const uint32_t (*lanes)[4], int row, int col) {

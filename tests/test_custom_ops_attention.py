@@ -207,16 +207,32 @@ def test_present_sharing_one_cache_but_not_the_other_is_refused():
         sess.run_with_iobinding(binding)
 
 
+# calls CUDA runs through attention_mma.cuh's tensor-core kernels (emulated on the CPU in
+# tests/test_attention_mma_emulated.py): 16 new tokens a row or more (attention.cu's kMmaPrefillTokens),
+# and fewer in grids of kMmaDecodeBlocks blocks or more (the two large-batch decodes above too)
+TENSOR_CORE_CALLS = {
+    "a first prefill of 100 tokens, two query tiles": Case(1, 100, [100], heads=8, kv_heads=2, head_dim=64,
+                                                           capacity=128),
+    "a right-padded prefill of two rows": Case(2, 40, [40, 17], capacity=48),
+    "a chunk of 20 after a past, a sliding window": Case(1, 20, [70], head_dim=64, capacity=72, window=24),
+    "a prefill with a softcap, head size 128": Case(1, 32, [32], heads=4, kv_heads=4, head_dim=128, capacity=40,
+                                                    softcap=2.0),
+    "verification calls of 4 tokens in 40 rows": Case(40, 4, [5 + (11 * r) % 70 for r in range(40)], heads=8,
+                                                      kv_heads=4, head_dim=64, capacity=80, total=80),
+}
+
+
 @pytest.mark.skipif(not CUDA, reason="the CUDA kernel needs onnxruntime's CUDA provider: onnxruntime-gpu and a GPU")
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "captured"])
 @pytest.mark.parametrize("name", [*CASES, "a long decode, head size 128", "a batch-72 decode",
-                                  "a batch-96 decode, groups of 3", "several rows of several tokens"])
+                                  "a batch-96 decode, groups of 3", "several rows of several tokens",
+                                  *TENSOR_CORE_CALLS])
 def test_on_cuda_it_equals_the_cpu_kernel_and_runs_in_a_captured_graph(graph, name):
     """Concatenating (the present a new buffer, the past copied in first), run three times eager
     or captured and replayed: the same outputs as the CPU kernel's."""
     import torch  # noqa: F401  (loads the CUDA libraries onnxruntime-gpu links against)
 
-    case = CASES.get(name) or {
+    case = CASES.get(name) or TENSOR_CORE_CALLS.get(name) or {
         "a long decode, head size 128": Case(2, 1, [300, 129], heads=32, kv_heads=8, head_dim=128, capacity=320,
                                              total=320),
         # grids large enough for the kernel's large-grid paths (a block per kv group's heads where

@@ -53,9 +53,9 @@ DOMAIN = "optimizer.ops"
 SOURCE_DIR = Path(__file__).resolve().parent
 SOURCES = ("ort_abi.h", "cublas_abi.h", "cuda_kernels.h", "kernel_context.h", "linear_cpu.h", "linear_common.cuh",
            "pdl.cuh", "device_primitives.cuh", "gemm_int4_mma.cuh", "gemm_int4_plan.h", "gemm_int4_fragments.h",
-           "int4_bands.h", "op_math.h", "attention_math.h", "ops.cc", "swiglu_op.cc", "linear_op.cc",
-           "linear_int4_op.cc", "attention_op.cc", "swiglu.cu", "linear.cu", "linear_int4.cu", "attention.cu",
-           "cuda_none.cc")
+           "int4_bands.h", "op_math.h", "attention_math.h", "attention_mma.cuh", "ops.cc", "swiglu_op.cc",
+           "linear_op.cc", "linear_int4_op.cc", "attention_op.cc", "swiglu.cu", "linear.cu", "linear_int4.cu",
+           "attention.cu", "cuda_none.cc")
 HOST_SOURCES = ("ops.cc", "swiglu_op.cc", "linear_op.cc", "linear_int4_op.cc", "attention_op.cc")
 CUDA_SOURCES = (*HOST_SOURCES, "swiglu.cu", "linear.cu", "linear_int4.cu", "attention.cu")  # nvcc's build
 CPU_SOURCES = (*HOST_SOURCES, "cuda_none.cc")  # g++'s: the CUDA entry points say there are none

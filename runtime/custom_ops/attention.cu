@@ -1,6 +1,8 @@
 // CachedAttention on CUDA (attention_op.cc has the op; attention_math.h the positions): one kernel
 // a call, a block per (head, new token, row), of eight warps at small batches and four at large
-// (at prefill, blocks of kPrefillQueries new tokens where that is more than 1).
+// (at prefill, blocks of kPrefillQueries new tokens where that is more than 1); from
+// kMmaPrefillTokens new tokens a row on, and at decode from kMmaDecodeBlocks blocks on,
+// attention_mma.cuh's tensor-core kernels instead.
 //
 // The block rotates its query (rounded to float16, as the cache's keys are) into shared memory.
 // Its warps take the keys 32 at a time, a key a lane for the scores (the whole head's dot
@@ -16,7 +18,11 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+#include <cstring>
+
 #include "attention_math.h"
+#include "attention_mma.cuh"
 #include "cuda_kernels.h"
 #include "pdl.cuh"
 
@@ -281,6 +287,28 @@ constexpr int64_t kFewBlocks = 264;  // two an SM on an H100 / H200
 // (benchmarks/gpu_attention_probe.py, run15, H200, batch 1, a layer: 1B first prefill of 128 tokens
 // 39.8 us with 1, 25.8 with 4, 34.7 with 8; of 2,048: 4.93 / 2.30 / 2.11 ms; 8B alike).
 constexpr int kPrefillQueries = 4;
+// New tokens a row from which a call takes attention_mma.cuh's tensor-core prefill instead (head sizes
+// up to its kMostHeadDim; 0: never): a block of 64 new tokens a query head, so fewer than 16 waste
+// most of its MMAs' rows (speculative decoding's verification calls take 2-8).
+constexpr int64_t kMmaPrefillTokens = 16;
+// Blocks (kv heads x rows) from which a call of fewer new tokens takes attention_mma.cuh's decode kernel
+// (a block a kv head's group of query heads at each new token, at most 16 of them; 0: never). Below it,
+// the kernel here, whose blocks of eight warps a query head keep more of the GPU busy at small batches.
+constexpr int64_t kMmaDecodeBlocks = 128;
+
+// OPTIMIZER_ATTN_TENSOR_CORES: "on" (or unset) as above; "off", every call through the CUDA-core
+// kernel below (to compare the two in one build); anything else refused.
+enum class TensorCores { kOn, kOff, kUnknown };
+
+TensorCores tensor_cores_choice() {
+  static const TensorCores choice = [] {
+    const char* v = std::getenv("OPTIMIZER_ATTN_TENSOR_CORES");
+    if (v == nullptr || std::strcmp(v, "on") == 0) return TensorCores::kOn;
+    return std::strcmp(v, "off") == 0 ? TensorCores::kOff : TensorCores::kUnknown;
+  }();
+  return choice;
+}
+
 // Query heads of a kv group a block takes at decode where the grid is large, each key and value
 // row read once a group, not once a head (0: a block per head). run15, batch 64, 256 positions, a
 // layer: 1B 42.2 us a block per head, 23.8 with 4; 8B 66.3 / 52.6; batch 1 unchanged (small grid).
@@ -301,6 +329,13 @@ void launch_blocks(const AttentionCall& c, cudaStream_t stream) {
 
 template <int kHd>
 void launch(const AttentionCall& c, cudaStream_t stream) {
+  if constexpr (kHd <= attention_mma::kMostHeadDim) {
+    const bool on = tensor_cores_choice() == TensorCores::kOn;
+    if (on && kMmaPrefillTokens > 0 && c.seq >= kMmaPrefillTokens) return attention_mma::launch<kHd>(c, stream);
+    if (on && kMmaDecodeBlocks > 0 && c.kv_heads * c.batch >= kMmaDecodeBlocks && attention_mma::decode_fits(c)) {
+      return attention_mma::launch_decode<kHd>(c, stream);
+    }
+  }
   if constexpr (kGroupQueries > 0) {
     constexpr int kTile = kGroupQueries > 0 ? kGroupQueries : 1;  // (no division by 0 where unused)
     const int64_t group = c.heads / c.kv_heads, tiles = (group + kTile - 1) / kTile;
@@ -333,6 +368,10 @@ using Supported = HeadSizes<16, 32, 64, 80, 96, 128, 256>;
 const char* attention_cuda(const AttentionCall& c, void* stream) {
   if (!Supported::has(c.head_dim)) {
     return "CachedAttention on CUDA: no kernel for this head size (16, 32, 64, 80, 96, 128 and 256 have one)";
+  }
+  if (tensor_cores_choice() == TensorCores::kUnknown) {
+    return "CachedAttention on CUDA: OPTIMIZER_ATTN_TENSOR_CORES must be on (prefills, and decode steps at large "
+           "batches, on tensor cores: the default) or off (every call on the CUDA-core kernel)";
   }
   if (c.seq > 65535 || c.batch > 65535) {
     return "CachedAttention on CUDA: more than 65535 rows or new tokens in one call";

@@ -63,6 +63,22 @@ __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint3
 #endif
 }
 
+// Four 8 x 8 float16 matrices from shared memory, transposed (ldmatrix .x4 .trans): lane l gives the
+// address of row l % 8 (16 bytes) of matrix l / 8; register m of lane (g, t) = (l / 4, l % 4) gets
+// matrix m's elements (row 2t, column g) and (row 2t + 1, column g), the first in its low half: for a
+// matrix of k rows and n columns, an mma.sync B fragment's register.
+__device__ __forceinline__ void load_matrices_transposed(uint32_t (&r)[4], const void* row) {
+#if defined(__CUDACC__)
+  const unsigned address = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(address)
+               : "memory");
+#else
+  cuda_emulation::load_matrices_transposed(r, row);
+#endif
+}
+
 // Hopper's warpgroup MMA (wgmma, sm_90a; a trap in device code built for another target, which
 // the host never launches: gemm_int4_mma::device_has_wgmma). The warpgroup's 4 warps (threads
 // [128q, 128q + 128)) together multiply A (64 x 16; warp w's rows [16w, 16w + 16) in its registers
@@ -263,6 +279,47 @@ __device__ __forceinline__ void wait_for_earlier_kernels() {
 __device__ __forceinline__ void start_next_kernel() {
 #if defined(__CUDACC__)
   optimizer_pdl::let_next_start();
+#endif
+}
+
+// The warp's lanes wait for each other, their shared and global memory writes ordered (__syncwarp).
+__device__ __forceinline__ void warp_sync() {
+#if defined(__CUDACC__)
+  __syncwarp();
+#else
+  cuda_emulation::warp_sync();
+#endif
+}
+
+// v from the lane whose index is this lane's XOR `mask` (the whole warp takes part).
+__device__ __forceinline__ float warp_xor(float v, int mask) {
+#if defined(__CUDACC__)
+  return __shfl_xor_sync(0xffffffffu, v, mask);
+#else
+  return cuda_emulation::shfl_xor(v, mask);
+#endif
+}
+
+// float16 bits to float and back (round to nearest even), and e^v (__expf's approximation on CUDA).
+__device__ __forceinline__ float half_float(uint16_t h) {
+#if defined(__CUDACC__)
+  return __half2float(__ushort_as_half(h));
+#else
+  return static_cast<float>(cuda_emulation::half_value(h));
+#endif
+}
+__device__ __forceinline__ uint16_t float_half(float v) {
+#if defined(__CUDACC__)
+  return __half_as_ushort(__float2half(v));
+#else
+  return cuda_emulation::half_bits(v);
+#endif
+}
+__device__ __forceinline__ float fast_exp(float v) {
+#if defined(__CUDACC__)
+  return __expf(v);
+#else
+  return std::exp(v);
 #endif
 }
 
