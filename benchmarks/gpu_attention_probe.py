@@ -187,15 +187,15 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--results")
     args = ap.parse_args()
-    variants, decode_variants = args.variants.split(","), args.decode_variants.split(",")
+    calls = configurations(args)
     with tempfile.TemporaryDirectory() as scratch:
-        every = list(dict.fromkeys(decode_variants + variants))
+        every = list(dict.fromkeys(variant for chosen, *_ in calls for variant in chosen))
         sources = [variant_sources(variant, Path(scratch))[0] for variant in every]
         with ThreadPoolExecutor() as pool:  # nvcc runs in parallel, a variant each
             built = pool.map(build, sources, [Path(scratch) / f"attention-{i}.so" for i in range(len(every))])
             libs = dict(zip(every, built))
         for name in args.shapes.split(","):
-            for chosen, batch, seq, length in configurations(args):
+            for chosen, batch, seq, length in calls:
                 for variant in chosen:
                     row = measure(libs[variant], name, batch, seq, length, args.runs)
                     report_line({"variant": variant, **row}, args.results)
