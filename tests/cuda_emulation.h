@@ -142,6 +142,7 @@ struct Copy {
   void* to;
   const void* from;
   bool valid;
+  int bytes;  // 16, or 4 (copy_async4)
 };
 
 inline thread_local Block* block = nullptr;
@@ -163,13 +164,13 @@ inline float cluster_load(const float* local, int rank) { return cluster_read<fl
 inline float4 cluster_load4(const float* local, int rank) { return cluster_read<float4>(local, rank); }
 
 inline void finish(const Copy& c) {
-  if (c.valid) std::memcpy(c.to, c.from, 16);
-  else std::memset(c.to, 0, 16);
+  if (c.valid) std::memcpy(c.to, c.from, c.bytes);
+  else std::memset(c.to, 0, c.bytes);
 }
 
-inline void copy_async(void* to, const void* from, bool valid) {
-  if (block->late_copies) open_group.push_back({to, from, valid});
-  else finish({to, from, valid});
+inline void copy_async(void* to, const void* from, bool valid, int bytes = 16) {
+  if (block->late_copies) open_group.push_back({to, from, valid, bytes});
+  else finish({to, from, valid, bytes});
 }
 inline void commit_async() {
   committed.push_back(std::move(open_group));

@@ -152,8 +152,9 @@ CASES = {  # m, n (codes rows), k, block, zero points, TILES, most rows a block,
     "swiglu-odd-outputs": (6, 2 * 101, 256, 32, True, "128", 64, 1, "atomics", True),
     "swiglu-wide-cluster": (21, 2 * 300, 512, 64, False, "256", 64, 4, "cluster", True),
     "swiglu-64-rows": (64, 2 * 64, 128, 32, True, "128", 64, 1, "atomics", True),
-    # the warpgroup MMA: 8 to 64 rows a block, blocks of 32 (two scales a step) and 128, K's parts
-    # stored, in a cluster, by atomics; SwiGLU
+    # the warpgroup MMA (x stored in the A registers' k order): 8 to 64 rows a block, 130 rows (the
+    # third block's rows past m zero-filled), blocks of 32 and 128, K's parts stored, in a cluster, by
+    # atomics; SwiGLU
     "warpgroup-8-rows-odd-n-zeros": (6, 201, 256, 32, True, "warpgroup", 64, 1, "atomics", False),
     "warpgroup-16-rows-split-parts": (10, 40, 512, 128, True, "warpgroup", 64, 3, "parts", False),
     "warpgroup-32-rows-split-cluster": (21, 300, 512, 64, False, "warpgroup", 64, 3, "cluster", False),

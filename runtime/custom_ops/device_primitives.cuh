@@ -34,6 +34,15 @@ __device__ __forceinline__ void copy_async(void* shared, const void* global, boo
   cuda_emulation::copy_async(shared, global, valid);
 #endif
 }
+// 4 bytes so (through L1: cp.async's .cg takes 16 bytes only), both addresses 4-byte aligned.
+__device__ __forceinline__ void copy_async4(void* shared, const void* global, bool valid) {
+#if defined(__CUDACC__)
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(global), "r"(valid ? 4 : 0));
+#else
+  cuda_emulation::copy_async(shared, global, valid, 4);
+#endif
+}
 __device__ __forceinline__ void commit_async() {
 #if defined(__CUDACC__)
   asm volatile("cp.async.commit_group;\n" ::);

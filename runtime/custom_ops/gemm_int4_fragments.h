@@ -42,11 +42,12 @@ GEMM_INT4_HD int x_word(int mma, int reg) { return 2 * mma + reg; }
 GEMM_INT4_HD int d_output(int e) { return 8 * (e / 2); }
 GEMM_INT4_HD int d_row(int e) { return e % 2; }
 
-// The warpgroup MMA's A (gemm_int4_mma.cuh's kWarpgroup tile), k in order, as B in shared memory
-// needs: lane (g, t)'s register `reg` of MMA `mma` (k [16 mma, 16 mma + 16) of the step) holds output
-// g + a_output(reg)'s k 16 mma + 8 (reg / 2) + 2t and + 1, the two codes of byte t of word
-// wg_word(mma, reg) of the row's 32 bytes a step; a quantization block (32 on) holds each MMA's k.
-GEMM_INT4_HD int wg_word(int mma, int reg) { return 2 * mma + reg / 2; }
+// The warpgroup MMA (gemm_int4_mma.cuh's kWarpgroup tile) holds A as mma.sync does (a lane's codes
+// of the step [16t, 16t + 16), MMA m's slots as above) and reads B, x, from shared memory in 8-k
+// chunks (a row's 16 bytes each): so x is stored in that order, 4 bytes (two k) at a time. Chunk q
+// (0-7) of a step holds in its word t (0-3) each row's k wg_x_k(q, t) and + 1: MMA m takes chunk 2m
+// (slots 0-7: word t at slots 2t, 2t + 1, as A's byte 2m) and chunk 2m + 1 (slots 8-15, byte 2m + 1).
+GEMM_INT4_HD int wg_x_k(int chunk, int word) { return lane_first_k(word) + 2 * chunk; }
 
 // Byte `byte` (0-3) of `word` as two float16 in one register: the low nibble c0 as 1024 + c0 (low
 // half: 0x6400 | c0), the high nibble c1 as 64 + c1 (high half: 0x5400, whose last mantissa bit is

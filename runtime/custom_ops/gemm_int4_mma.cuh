@@ -33,12 +33,14 @@
 //
 // The kWarpgroup tile (WG; sm_90a: H100 / H200) runs the same block by Hopper's warpgroup MMA
 // instead: each of its two warpgroups multiplies its 64 outputs' weights, dequantized into
-// registers as above but k in order (a lane reads its two rows' 32 bytes a step, byte t of each
-// word), by the x tile straight from shared memory (stored as the MMA's core matrices: each 8 k of
-// every row in turn), 4 MMAs a step for the whole warpgroup instead of 32 mma.sync and 16 shared
-// reads of x a warp. Right (the probe's results on an H100) but slower than mma.sync at every shape
-// measured (run21-22, 8-128 rows: e.g. the 1B lm_head at 8 rows 127 against 81 us, at 64 rows 234
-// against 164): LinearInt4 does not use it; it stays for the probe (gemm_int4_plan.h's config 2).
+// registers exactly as above (a lane's 16 codes of a step, the same byte selects), by the x tile
+// straight from shared memory, 4 MMAs a step for the whole warpgroup instead of 32 mma.sync and 16
+// shared reads of x a warp. The MMA reads x in 8-k chunks, so x is stored in the k order the A
+// registers hold (4 bytes at a time by cp.async; gemm_int4_fragments.h's wg_x_k). The probe's only
+// (gemm_int4_plan.h's config 2), LinearInt4 does not use it: on an H100 (run71, against config 0,
+// 64 rows) q/k/v 10.9 against 11.3 us, o 7.3 against 7.8, down 15.6 against 17.9, but gate/up 36.0
+// against 31.3 and the lm_head 174 against 165 (run21-22's tile, k in order with a byte select a
+// lane, two scales a row a step: the lm_head 234).
 // gemm_int4_plan.h has the host's choices (tiles, rows a block, splits).
 //
 // Included by linear_int4.cu and by benchmarks/cuda/gemm_int4_probe.cu (device code, nvcc). Without
@@ -159,22 +161,20 @@ struct Pieces {
 
 // The pieces of a tile of `per_row` pieces a row, its row r the matrix's row_of(r) (-1: none,
 // zero-filled), rows `row_bytes` apart from `base`; `first_bytes` into each row; in the stage rows
-// `shared_row_bytes` apart, a row's pieces `shared_piece_bytes` apart. Thread t takes pieces t,
-// t + kThreads, ...: piece i is row i / per_row's, or where `rows_first` (tiles of `rows` rows)
-// row i % rows' (so that a warp's copies of a column of pieces land side by side).
+// `shared_row_bytes` apart, a row's pieces 16 bytes apart. Thread t takes pieces t, t + kThreads, ...:
+// piece i is row i / per_row's.
 template <int TOTAL, int STEP, class RowOf>
 __device__ __forceinline__ void plan_pieces(const unsigned char* base, size_t row_bytes, RowOf row_of, int per_row,
-                                            int shared_row_bytes, size_t first_bytes, Pieces<TOTAL, STEP>& pieces,
-                                            int shared_piece_bytes = 16, bool rows_first = false, int rows = 1) {
+                                            int shared_row_bytes, size_t first_bytes, Pieces<TOTAL, STEP>& pieces) {
 #pragma unroll
   for (int p = 0; p < Pieces<TOTAL, STEP>::kN; ++p) {
     const int piece = threadIdx.x + p * kThreads;
-    const int r = rows_first ? piece % rows : piece / per_row, c = rows_first ? piece / rows : piece % per_row;
+    const int r = piece / per_row, c = piece % per_row;
     const bool mine = piece < TOTAL;
     const int row = mine ? row_of(r) : -1;
     pieces.valid[p] = row >= 0;
     pieces.from[p] = base + static_cast<size_t>(row >= 0 ? row : 0) * row_bytes + first_bytes + 16 * c;
-    pieces.to[p] = mine ? r * shared_row_bytes + c * shared_piece_bytes : -1;
+    pieces.to[p] = mine ? r * shared_row_bytes + 16 * c : -1;
   }
 }
 
@@ -451,30 +451,28 @@ __device__ __forceinline__ void sync_step(float (&acc)[NO][MR][4], const __half*
   }
 }
 
-// One step of K (64) by the warpgroup MMA: the warp's two rows of codes (outputs g and g + 8 of its
-// 16; 32 bytes each) dequantized into the A registers of the step's four MMAs, k in order
-// (gemm_int4::wg_word; cur[j][h]: row j's scale for k [32h, 32h + 32)), each MMA then over the
-// stage's x (`xt`: chunks of 8 k, T::kChunkX bytes apart, each the tile's rows 16 bytes apart) as B.
-// Issued, not waited for (mma_wait).
+// One step of K (64) by the warpgroup MMA: the warp's codes (outputs g and g + 8 of its 16, 16 k a
+// lane, as sync_step reads them) dequantized into the A registers of the step's four MMAs, each
+// MMA then over the stage's x (`xt`: chunks of 8 k, T::kChunkX bytes apart, each the tile's rows 16
+// bytes apart, k as gemm_int4::wg_x_k says) as B. Issued, not waited for (mma_wait).
 template <class T, int MR>
 __device__ __forceinline__ void warpgroup_step(float (&acc)[1][MR][4], const unsigned char* xt,
                                                const unsigned char* wt, int out_row, int t, uint32_t magic,
-                                               const Dequant (&cur)[2][2]) {
-  uint32_t words[2][8];  // row j's codes of the step
+                                               const Dequant (&cur)[2][1]) {
+  uint2 codes[2];
 #pragma unroll
   for (int j = 0; j < 2; ++j) {
-    const uint4* row = reinterpret_cast<const uint4*>(wt + (out_row + 8 * j) * kStepBytes);
-    *reinterpret_cast<uint4*>(&words[j][0]) = row[0];
-    *reinterpret_cast<uint4*>(&words[j][4]) = row[1];
+    const unsigned char* row = wt + (out_row + 8 * j) * kStepBytes;
+    codes[j] = *reinterpret_cast<const uint2*>(row + gemm_int4::lane_first_k(t) / 2);
   }
   uint32_t af[4][4];
 #pragma unroll
   for (int m = 0; m < 4; ++m)
 #pragma unroll
     for (int reg = 0; reg < 4; ++reg) {
-      const int j = gemm_int4::a_output(reg) / 8;
-      af[m][reg] = weight_pair(words[j][gemm_int4::wg_word(m, reg)], t, magic, cur[j][m / 2].offset,
-                               cur[j][m / 2].scale);
+      const int j = gemm_int4::a_output(reg) / 8, w = m / 2;
+      const uint32_t word = w == 0 ? codes[j].x : codes[j].y;  // bytes [4w, 4w + 4) of the 8
+      af[m][reg] = weight_pair(word, gemm_int4::a_byte(m, reg) - 4 * w, magic, cur[j][0].offset, cur[j][0].scale);
     }
   mma_fence();
 #pragma unroll
@@ -483,6 +481,24 @@ __device__ __forceinline__ void warpgroup_step(float (&acc)[1][MR][4], const uns
   }
   mma_commit();
 }
+
+// A thread's copies of the warpgroup MMA's x tile a step: row `row`'s 32 bytes from 32 t on (t: the
+// thread's index % 4: k [16t, 16t + 16)), 4 bytes into each of the 8 chunks, at word t of the row's
+// 16 bytes (gemm_int4::wg_x_k); none where the thread is past the tile's rows (`to` -1).
+struct XChunks {
+  const unsigned char* from;
+  int to;
+  bool valid;
+
+  template <int CHUNK_BYTES>
+  __device__ __forceinline__ void copy_next(unsigned char* stage, bool load) {
+    if (load && to >= 0) {
+#pragma unroll
+      for (int q = 0; q < 8; ++q) copy_async4(stage + to + q * CHUNK_BYTES, from + 4 * q, valid);
+    }
+    from += 2 * kStepK;
+  }
+};
 
 // The kernel: tile (8 MR WR rows, 128 NO / WR outputs) of y, or of K's part blockIdx.z; WG: by the
 // warpgroup MMA (sm_90a; NO 1), else by mma.sync. QUADS: the kernel of the calls with SwiGLU, which
@@ -497,7 +513,7 @@ template <int MR, int NO, int STAGES, bool WG = false, int WR = 1, bool QUADS = 
 __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mma_kernel(Args a) {
   using T = Tile<MR, NO, STAGES, WG, WR, SUB>;
   constexpr int NF = 2 * NO;  // 8-output groups a thread dequantizes: outputs g and g + 8 of each fragment
-  constexpr int H = WG ? 2 : 1;  // scales a group a step: the warpgroup MMA's lane holds k of both halves
+  constexpr int H = 1;  // scales a group a step (a lane's codes of a step lie in one quantization block)
   // stages loaded ahead of the step computed: all but the one being computed, or with the warpgroup
   // MMA, whose step i - 1 may still read its stage during step i, all but those two
   constexpr int LEAD = WG ? STAGES - 2 : STAGES - 1;
@@ -516,16 +532,30 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
   // group either way, so that the waits count stages)
   Pieces<T::kBM * 8, kStepK * 2 * SUB> x_pieces[SUB];
   Pieces<T::kBN * 2, kStepBytes * SUB> w_pieces[SUB];
+  XChunks x_chunks{};  // WG's
 #pragma unroll
   for (int s = 0; s < SUB; ++s) {
-    plan_pieces(reinterpret_cast<const unsigned char*>(a.x), 2L * a.k,
-                [&](int r) { return m0 + r < a.m ? m0 + r : -1; }, 8, WG ? 16 : kLdX * 2, 2L * (first + s) * kStepK,
-                x_pieces[s], WG ? T::kChunkX : 16, WG, T::kBM);
+    if constexpr (!WG) {
+      plan_pieces(reinterpret_cast<const unsigned char*>(a.x), 2L * a.k,
+                  [&](int r) { return m0 + r < a.m ? m0 + r : -1; }, 8, kLdX * 2, 2L * (first + s) * kStepK,
+                  x_pieces[s]);
+    }
     plan_pieces(a.codes, a.k / 2, tile, 2, kStepBytes, static_cast<size_t>(first + s) * kStepBytes, w_pieces[s]);
   }
+  if constexpr (WG) {
+    const int r = static_cast<int>(threadIdx.x) / 4, row = m0 + r, quarter = static_cast<int>(threadIdx.x) % 4;
+    x_chunks.valid = row < a.m;
+    x_chunks.to = r < T::kBM ? 16 * r + 4 * quarter : -1;
+    x_chunks.from = reinterpret_cast<const unsigned char*>(a.x) + static_cast<size_t>(x_chunks.valid ? row : 0) * 2 * a.k +
+                    2L * first * kStepK + 32 * quarter;
+  }
   auto load_x = [&](int stage, bool load) {
+    if constexpr (WG) {
+      x_chunks.copy_next<T::kChunkX>(xs + stage * T::kStageX, load);
+    } else {
 #pragma unroll
-    for (int s = 0; s < SUB; ++s) x_pieces[s].copy_next(xs + stage * T::kStageX + s * T::kStepX, load);
+      for (int s = 0; s < SUB; ++s) x_pieces[s].copy_next(xs + stage * T::kStageX + s * T::kStepX, load);
+    }
   };
   auto load_w = [&](int stage, bool load) {
 #pragma unroll
@@ -559,7 +589,7 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
   RawDequant next[SUB][NF][H];  // stage i + 1's steps', loaded during stage i
   // the block of step `step`'s k that group h of the lane's holds
   auto block_of = [&](int step, int h) {
-    return ((first + step) * kStepK + (WG ? 32 * h : gemm_int4::lane_first_k(t))) >> rows.shift;
+    return ((first + step) * kStepK + gemm_int4::lane_first_k(t)) >> rows.shift;
   };
   auto load_next = [&](int i) {
 #pragma unroll
