@@ -3,8 +3,9 @@ CUDA only) choice of which k each MMA register holds, emulated with g++. A harne
 registers for one 64-deep step the way the kernel does (the header's functions), lays them into the
 16 x 16 weight and 16 x 8 x matrices the way PTX defines mma.m16n8k16's fragments, multiplies, reads
 the results back through the kernel's output mapping, and compares with (code - zero) . x summed
-over the step, exactly (small integers). The float16 bits that dequantize the codes are decoded on
-the host too."""
+over the step, exactly (small integers); the warpgroup MMA's tile reads each B slot's x from the
+shared-memory chunk that holds the same k (wg_x_k). The float16 bits that dequantize the codes are
+decoded on the host too."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ static double half_value(uint32_t h) {  // float16 bits (no inf / nan here)
 
 int main() {
   std::srand(7);
-  int failures = 0, trials = 0, inexact = 0, off_word = 0;
+  int failures = 0, trials = 0, inexact = 0, off_word = 0, wg_off = 0;
   for (int trial = 0; trial < 200; ++trial, ++trials) {
     uint8_t codes[16][32];  // 16 outputs' 64 codes, MatMulNBits' packing (low nibble first)
     int zero[16], x[8][64];
@@ -61,6 +62,7 @@ int main() {
         }
         for (int reg = 0; reg < 2; ++reg) {  // the kernel's B registers: row g's word x_word
           const int k = lane_first_k(t) + 2 * x_word(m, reg);
+          if (wg_x_k(2 * m + reg, t) != k) ++wg_off;  // the warpgroup MMA: chunk 2m + reg's word t
           // PTX: b0 rows 2t, 2t + 1 of column g; b1 rows 2t + 8, 2t + 9
           const int row = 2 * t + 8 * reg;
           b[row][g] = x[g][k], b[row + 1][g] = x[g][k + 1];
@@ -88,7 +90,7 @@ int main() {
       }
     }
   }
-  std::printf("trials %d failures %d inexact %d off_word %d\n", trials, failures, inexact, off_word);
+  std::printf("trials %d failures %d inexact %d off_word %d wg_off %d\n", trials, failures, inexact, off_word, wg_off);
 }
 """
 
@@ -101,7 +103,7 @@ def harness_output(tmp_path_factory):
 
 def test_every_k_of_a_step_meets_its_weight_and_x_once_and_the_outputs_land_where_the_kernel_writes(harness_output):
     last = harness_output.strip().splitlines()[-1]
-    assert last == "trials 200 failures 0 inexact 0 off_word 0", harness_output
+    assert last == "trials 200 failures 0 inexact 0 off_word 0 wg_off 0", harness_output
 
 
 @pytest.mark.parametrize("zero", [0, 8, 15])

@@ -34,7 +34,8 @@ __device__ __forceinline__ void copy_async(void* shared, const void* global, boo
   cuda_emulation::copy_async(shared, global, valid);
 #endif
 }
-// 4 bytes so (through L1: cp.async's .cg takes 16 bytes only), both addresses 4-byte aligned.
+// copy_async of 4 bytes (cp.async .ca, through L1: .cg takes 16 bytes only), both addresses 4-byte
+// aligned.
 __device__ __forceinline__ void copy_async4(void* shared, const void* global, bool valid) {
 #if defined(__CUDACC__)
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(shared));
