@@ -27,6 +27,16 @@ ATTENTION_HD inline int64_t first_key(int64_t position, int64_t window) {
   return window > 0 && position >= window ? position - window + 1 : 0;
 }
 
+// The rotary tables' row for `position`: tables of `max_positions` rows, the last reused past them.
+ATTENTION_HD inline int64_t rotary_row(int64_t position, int64_t max_positions) {
+  return position < max_positions - 1 ? position : max_positions - 1;
+}
+
+// The scores' scale: the call's, or 1 / sqrt(head size) where it is 0.
+ATTENTION_HD inline float attention_scale(float scale, int64_t head_dim) {
+  return scale > 0.f ? scale : 1.f / sqrtf(static_cast<float>(head_dim));
+}
+
 // A score after the scale: softcap * tanh(score / softcap) where softcap > 0.
 ATTENTION_HD inline float capped(float score, float softcap) {
   return softcap > 0.f ? softcap * tanhf(score / softcap) : score;

@@ -77,30 +77,53 @@ __device__ __forceinline__ void head_chunks(const uint16_t* head, int c, bool ro
   }
 }
 
+// Chunk `ch` (head_chunks') of new token s's key in kv head g of row b, rotated for its `position` and
+// rounded to float16, and of its value, into the cache at that position (below its capacity).
+template <int kHd>
+__device__ __forceinline__ void append_chunk(const AttentionCall& c, int64_t b, int64_t g, int64_t s,
+                                             int64_t position, int ch) {
+  constexpr int kHalf = kHd / 2;
+  const int64_t in = (b * c.seq + s) * c.kv_stride + g * kHd;
+  const uint16_t* key = static_cast<const uint16_t*>(c.key) + in;
+  const uint16_t* value = static_cast<const uint16_t*>(c.value) + in;
+  uint4 first, second;
+  head_chunks<kHd>(key, ch, true, static_cast<const uint16_t*>(c.cos), static_cast<const uint16_t*>(c.sin),
+                   rotary_row(position, c.max_positions), first, second);
+  const int64_t at = ((b * c.kv_heads + g) * c.capacity + position) * kHd;
+  uint16_t* k_out = static_cast<uint16_t*>(c.present_key) + at;
+  uint16_t* v_out = static_cast<uint16_t*>(c.present_value) + at;
+  store16(k_out + 8 * ch, first);
+  store16(k_out + kHalf + 8 * ch, second);
+  store16(v_out + 8 * ch, load16(value + 8 * ch));
+  store16(v_out + kHalf + 8 * ch, load16(value + kHalf + 8 * ch));
+}
+
 // Each new token's key, rotated and rounded to float16, and its value into the cache (positions
 // below its capacity), every kv head's: a block a (new token, row).
 template <int kHd>
 __global__ void __launch_bounds__(kThreads) append_new_tokens(AttentionCall c) {
-  constexpr int kHalf = kHd / 2, kChunks = kHd / 16;
+  constexpr int kChunks = kHd / 16;
   const int64_t s = blockIdx.x, b = blockIdx.y;
-  const int64_t position = past_positions(c.seqlens[b], c.seq) + s, last_table_row = c.max_positions - 1;
+  const int64_t position = past_positions(c.seqlens[b], c.seq) + s;
   if (position >= c.capacity) return;
-  const uint16_t* key = static_cast<const uint16_t*>(c.key) + (b * c.seq + s) * c.kv_stride;
-  const uint16_t* value = static_cast<const uint16_t*>(c.value) + (b * c.seq + s) * c.kv_stride;
   for (int i = threadIdx.x; i < c.kv_heads * kChunks; i += kThreads) {
-    const int64_t g = i / kChunks;
-    const int ch = i % kChunks;
-    uint4 first, second;
-    head_chunks<kHd>(key + g * kHd, ch, true, static_cast<const uint16_t*>(c.cos), static_cast<const uint16_t*>(c.sin),
-                     position < last_table_row ? position : last_table_row, first, second);
-    const int64_t at = ((b * c.kv_heads + g) * c.capacity + position) * kHd;
-    uint16_t* k_out = static_cast<uint16_t*>(c.present_key) + at;
-    uint16_t* v_out = static_cast<uint16_t*>(c.present_value) + at;
-    store16(k_out + 8 * ch, first);
-    store16(k_out + kHalf + 8 * ch, second);
-    store16(v_out + 8 * ch, load16(value + g * kHd + 8 * ch));
-    store16(v_out + kHalf + 8 * ch, load16(value + g * kHd + kHalf + 8 * ch));
+    append_chunk<kHd>(c, b, i / kChunks, s, position, i % kChunks);
   }
+}
+
+// Chunk `ch` (head_chunks') of new token s's query head h in row b, rotated for `position` and rounded to
+// float16, into row r of `queries` in shared memory (a row of kHd + 8); zeros where not `real`.
+template <int kHd>
+__device__ __forceinline__ void store_query_chunk(uint16_t* queries, int r, int ch, bool real, const AttentionCall& c,
+                                                  int64_t b, int64_t s, int64_t h, int64_t position) {
+  uint4 first{}, second{};
+  if (real) {
+    const uint16_t* q = static_cast<const uint16_t*>(c.query) + (b * c.seq + s) * c.query_stride + h * kHd;
+    head_chunks<kHd>(q, ch, true, static_cast<const uint16_t*>(c.cos), static_cast<const uint16_t*>(c.sin),
+                     rotary_row(position, c.max_positions), first, second);
+  }
+  store16(queries + r * (kHd + 8) + 8 * ch, first);
+  store16(queries + r * (kHd + 8) + kHd / 2 + 8 * ch, second);
 }
 
 // 16 rows of queries in shared memory (a row of kHd + 8) as the lane's A fragments, a step of 16 head
@@ -219,7 +242,7 @@ __global__ void __launch_bounds__(kThreads) prefill_attention(AttentionCall c) {
   static_assert(kHd % 16 == 0 && kHd <= kMostHeadDim, "a head of whole MMA steps, its sums in registers");
   using S = Shared<kHd>;
   using device_primitives::warp_xor;
-  constexpr int kHalf = kHd / 2, kChunks = kHd / 16;  // 8-value chunks of half a head
+  constexpr int kChunks = kHd / 16;  // 8-value chunks of half a head
   constexpr int kSteps = kHd / 16, kTiles = kHd / 8;
   device_primitives::start_next_kernel();
   uint16_t* stages = reinterpret_cast<uint16_t*>(device_primitives::block_shared());
@@ -227,7 +250,7 @@ __global__ void __launch_bounds__(kThreads) prefill_attention(AttentionCall c) {
   const int64_t s0 = static_cast<int64_t>(blockIdx.y) * kQueries;
   const int rows = static_cast<int>(c.seq - s0 < kQueries ? c.seq - s0 : kQueries);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, lg = lane / 4, lt = lane % 4;  // fragments' (g, t)
-  const int64_t past = past_positions(c.seqlens[b], c.seq), last_table_row = c.max_positions - 1;
+  const int64_t past = past_positions(c.seqlens[b], c.seq);
   const int64_t cache_offset = (b * c.kv_heads + g) * c.capacity * kHd;  // the row's keys, the new ones written
   const uint16_t* cache_k = static_cast<const uint16_t*>(c.present_key) + cache_offset;
   const uint16_t* cache_v = static_cast<const uint16_t*>(c.present_value) + cache_offset;
@@ -240,23 +263,15 @@ __global__ void __launch_bounds__(kThreads) prefill_attention(AttentionCall c) {
   // The block's queries, rotated, through the second stage's keys into the warps' A fragments
   uint16_t* queries = stages + 2 * S::kTile;
   for (int i = threadIdx.x; i < kQueries * kChunks; i += kThreads) {
-    const int r = i % kQueries, ch = i / kQueries;
-    uint4 first8{}, second8{};
-    if (r < rows) {
-      const int64_t position = past + s0 + r;
-      const uint16_t* q = static_cast<const uint16_t*>(c.query) + (b * c.seq + s0 + r) * c.query_stride + h * kHd;
-      head_chunks<kHd>(q, ch, true, static_cast<const uint16_t*>(c.cos), static_cast<const uint16_t*>(c.sin),
-                       position < last_table_row ? position : last_table_row, first8, second8);
-    }
-    store16(queries + r * S::kRow + 8 * ch, first8);
-    store16(queries + r * S::kRow + kHalf + 8 * ch, second8);
+    const int r = i % kQueries;
+    store_query_chunk<kHd>(queries, r, i / kQueries, r < rows, c, b, s0 + r, h, past + s0 + r);
   }
   __syncthreads();
   uint32_t qf[kSteps][4];  // the warp's 16 queries as A fragments, a step of 16 head elements each
   query_fragments<kHd>(queries + 16 * warp * S::kRow, qf);
   __syncthreads();  // the second stage now takes keys
 
-  const float scale = c.scale > 0.f ? c.scale : 1.f / sqrtf(static_cast<float>(kHd));
+  const float scale = attention_scale(c.scale, kHd);
   // this lane's two rows (lg and lg + 8 of the warp's 16): their positions, whether they are tokens
   const int64_t position[2] = {past + s0 + 16 * warp + lg, past + s0 + 16 * warp + lg + 8};
   const bool real[2] = {16 * warp + lg < rows, 16 * warp + lg + 8 < rows};
@@ -324,52 +339,34 @@ __global__ void __launch_bounds__(kThreads) decode_attention(AttentionCall c) {
   static_assert(kHd % 16 == 0 && kHd <= kMostHeadDim, "a head of whole MMA steps, its sums in registers");
   using S = DecodeShared<kHd>;
   using device_primitives::warp_xor;
-  constexpr int kHalf = kHd / 2, kChunks = kHd / 16, kSteps = kHd / 16, kTiles = kHd / 8;
+  constexpr int kChunks = kHd / 16, kSteps = kHd / 16, kTiles = kHd / 8;
   device_primitives::start_next_kernel();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, lg = lane / 4, lt = lane % 4;  // fragments' (g, t)
   uint16_t* queries = reinterpret_cast<uint16_t*>(device_primitives::block_shared());
   uint16_t* stages = queries + S::kQueryHalves + warp * S::kWarpHalves;  // the warp's own
   const int64_t g = blockIdx.x, b = blockIdx.y, group = c.heads / c.kv_heads;
   const int rows = static_cast<int>(group * c.seq);
-  const int64_t past = past_positions(c.seqlens[b], c.seq), last_table_row = c.max_positions - 1;
-  const uint16_t* cos = static_cast<const uint16_t*>(c.cos);
-  const uint16_t* sin = static_cast<const uint16_t*>(c.sin);
+  const int64_t past = past_positions(c.seqlens[b], c.seq);
   const int64_t cache_offset = (b * c.kv_heads + g) * c.capacity * kHd;
-  uint16_t* cache_k = static_cast<uint16_t*>(c.present_key) + cache_offset;
-  uint16_t* cache_v = static_cast<uint16_t*>(c.present_value) + cache_offset;
+  const uint16_t* cache_k = static_cast<const uint16_t*>(c.present_key) + cache_offset;
+  const uint16_t* cache_v = static_cast<const uint16_t*>(c.present_value) + cache_offset;
 
   // The kv head's new keys, rotated, and values into the cache (positions below its capacity)
-  const uint16_t* key_in = static_cast<const uint16_t*>(c.key) + b * c.seq * c.kv_stride + g * kHd;
-  const uint16_t* value_in = static_cast<const uint16_t*>(c.value) + b * c.seq * c.kv_stride + g * kHd;
   for (int i = threadIdx.x; i < c.seq * kChunks; i += kThreads) {
     const int64_t s = i / kChunks, position = past + s;
-    const int ch = i % kChunks;
-    if (position >= c.capacity) continue;
-    uint4 first8, second8;
-    head_chunks<kHd>(key_in + s * c.kv_stride, ch, true, cos, sin,
-                     position < last_table_row ? position : last_table_row, first8, second8);
-    store16(cache_k + position * kHd + 8 * ch, first8);
-    store16(cache_k + position * kHd + kHalf + 8 * ch, second8);
-    store16(cache_v + position * kHd + 8 * ch, load16(value_in + s * c.kv_stride + 8 * ch));
-    store16(cache_v + position * kHd + kHalf + 8 * ch, load16(value_in + s * c.kv_stride + kHalf + 8 * ch));
+    if (position < c.capacity) append_chunk<kHd>(c, b, g, s, position, i % kChunks);
   }
   // The queries, rotated: row r is query head g * group + r % group at new token r / group
   for (int i = threadIdx.x; i < kDecodeRows * kChunks; i += kThreads) {
-    const int r = i % kDecodeRows, ch = i / kDecodeRows;
-    uint4 first8{}, second8{};
-    if (r < rows) {
-      const int64_t s = r / group, position = past + s, h = g * group + r % group;
-      const uint16_t* q = static_cast<const uint16_t*>(c.query) + (b * c.seq + s) * c.query_stride + h * kHd;
-      head_chunks<kHd>(q, ch, true, cos, sin, position < last_table_row ? position : last_table_row, first8, second8);
-    }
-    store16(queries + r * S::kRow + 8 * ch, first8);
-    store16(queries + r * S::kRow + kHalf + 8 * ch, second8);
+    const int r = i % kDecodeRows;
+    const int64_t s = r / group;
+    store_query_chunk<kHd>(queries, r, i / kDecodeRows, r < rows, c, b, s, g * group + r % group, past + s);
   }
   __syncthreads();  // the queries, and the cache's new keys and values
   uint32_t qf[kSteps][4];
   query_fragments<kHd>(queries, qf);
 
-  const float scale = c.scale > 0.f ? c.scale : 1.f / sqrtf(static_cast<float>(kHd));
+  const float scale = attention_scale(c.scale, kHd);
   const int64_t position[2] = {past + lg / group, past + (lg + 8) / group};
   const bool real[2] = {lg < rows, lg + 8 < rows};
   const int64_t first = first_key(past, c.window), last_position = past + c.seq - 1;

@@ -107,7 +107,7 @@ void attention_cpu(const AttentionCall& c) {
       }
     }
   }
-  const float scale = c.scale > 0.f ? c.scale : 1.f / sqrtf(static_cast<float>(hd));
+  const float scale = attention_scale(c.scale, hd);
   for_columns(c.batch * c.heads, c.batch * c.heads * c.seq * cap * hd, [&](int64_t begin, int64_t end) {
     std::vector<float> q(hd), k(hd), v(hd), acc(hd), scores(cap);
     for (int64_t bh = begin; bh < end; ++bh) {
