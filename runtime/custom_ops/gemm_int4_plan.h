@@ -18,8 +18,9 @@ constexpr int kChunkCodes = 32;  // codes a 16-byte chunk holds
 // 297 instructions a step against 196); 4 (kPairedSteps) is config 0's
 // tile taking two steps of K a pipeline stage (one barrier and one round of copies a pair of steps)
 // where K's steps pair up, else config 0.
-constexpr int kConfigs = 5;
+constexpr int kConfigs = 6;
 constexpr int kWarpgroup = 2;
+constexpr int kWarpgroupStaged = 5;  // kWarpgroup's tile, x staged through registers (not cp.async)
 constexpr int kRowGroups = 3;
 constexpr int kPairedSteps = 4;
 inline int block_outputs(int config) { return config == 1 ? 256 : 128; }

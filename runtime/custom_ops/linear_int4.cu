@@ -28,6 +28,7 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -477,6 +478,22 @@ struct GemmPlan {
 // Two steps of K a stage where K is split (by kGemmConfig's tile) and its steps pair up, as
 // steps_choice allows; else kGemmConfig.
 GemmPlan gemm_plan(const LinearCall& c) {
+  // experiment (exp/wgmma-permuted): OPTIMIZER_INT4_EXP_WG="config,rows,only_split": the warpgroup MMA's
+  // tile (gemm_int4_plan.h's config 2 or 5) from `rows` rows on, for every call or (only_split 1) only
+  // those whose K is split and without SwiGLU
+  struct Wg {
+    int config = -1, rows = 0, only_split = 0;
+  };
+  static const Wg wg = [] {
+    Wg w;
+    const char* v = getenv("OPTIMIZER_INT4_EXP_WG");
+    if (v != nullptr && gemm_int4_mma::device_has_wgmma()) sscanf(v, "%d,%d,%d", &w.config, &w.rows, &w.only_split);
+    return w;
+  }();
+  if (wg.config >= 0 && c.rows >= wg.rows) {
+    const int split = splits_with(c, wg.config);
+    if (!wg.only_split || (split > 1 && !c.swiglu)) return {wg.config, split};
+  }
   const int single = splits_with(c, kGemmConfig);
   const bool paired = steps_choice() == Steps::kPaired && gemm_int4::stage_steps(gemm_int4::kPairedSteps, c.k) == 2;
   if (paired && single > 1) return {gemm_int4::kPairedSteps, splits_with(c, gemm_int4::kPairedSteps)};
