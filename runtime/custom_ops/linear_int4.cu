@@ -28,7 +28,6 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -59,6 +58,15 @@ constexpr int kGemmStages = 4;              // its cp.async pipeline's depth
 // 89.4 us at 16 rows, 168.9 against 163.6 at 64).
 constexpr int kPairedStages = 3;
 constexpr const char* kDefaultSteps = "paired";  // without OPTIMIZER_INT4_STEPS
+// From kWarpgroupRows rows on, on an H100 or H200: gemm_int4_plan.h's kWarpgroupStaged tile (Hopper's
+// warpgroup MMA, x staged through registers) for every call. The 1B int4 engine's captured step as
+// served (H100, run72, gpu_kernels.py --replay-only, model replay) at 64 rows: 1.548 / 1.552 ms with it
+// for the calls whose K is split, against 1.587 / 1.592 with the mma.sync tiles (fp16-custom: 1.571 /
+// 1.575); the probe at 64 rows (gpu_int4_gemm_probe.py --fill 264, against config 0) q/k/v 9.78 against
+// 11.04 us, o 6.83 against 7.56, down 14.09 against 17.21, the lm_head 137.2 against 170.0; at 16 rows
+// slower (the lm_head 113.4 against 88.2).
+constexpr const char* kDefaultTile = "warpgroup";  // without OPTIMIZER_INT4_TILE
+constexpr int kWarpgroupRows = 32;
 constexpr int kGemmBlocksPerSm = 2;         // the blocks an SM its split-K grid aims at (two fit an SM)
 constexpr int kSwigluBlocksPerSm = 1;       // with SwiGLU (K's parts in a thread block cluster)
 constexpr const char* kDefaultSplit = "parts";  // how its K's parts add up without OPTIMIZER_INT4_SPLIT
@@ -469,31 +477,33 @@ int splits_with(const LinearCall& c, int config) {
                                config, gemm_fill(c), 64, gemm_int4::kClusterParts);
 }
 
+// The tensor-core GEMM's tile, as OPTIMIZER_INT4_TILE asks (kDefaultTile where unset): "warpgroup",
+// gemm_int4_plan.h's kWarpgroupStaged from kWarpgroupRows rows on where the device has Hopper's
+// warpgroup MMA (compute capability 9.0), mma.sync's tiles elsewhere; "mma", mma.sync's tiles for
+// every call; any other value: neither (every call refused).
+enum class Tile { kWarpgroup, kMma, kUnknown };
+
+Tile tile_choice() {
+  static const char* const names[] = {"warpgroup", "mma"};
+  static const Tile choice = static_cast<Tile>(env_choice("OPTIMIZER_INT4_TILE", kDefaultTile, names, 2));
+  return choice;
+}
+
+// Whether the call takes the warpgroup tile (kWarpgroupStaged), as tile_choice allows.
+bool warpgroup_tile(const LinearCall& c) {
+  return tile_choice() == Tile::kWarpgroup && c.rows >= kWarpgroupRows && gemm_int4_mma::device_has_wgmma();
+}
+
 // The call's tile (gemm_int4_plan.h's configurations) and the parts K is cut into by it.
 struct GemmPlan {
   int config;
   int splits;
 };
 
-// Two steps of K a stage where K is split (by kGemmConfig's tile) and its steps pair up, as
-// steps_choice allows; else kGemmConfig.
+// The warpgroup tile where warpgroup_tile says; else two steps of K a stage where K is split (by
+// kGemmConfig's tile) and its steps pair up, as steps_choice allows; else kGemmConfig.
 GemmPlan gemm_plan(const LinearCall& c) {
-  // experiment (exp/wgmma-permuted): OPTIMIZER_INT4_EXP_WG="config,rows,only_split": the warpgroup MMA's
-  // tile (gemm_int4_plan.h's config 2 or 5) from `rows` rows on, for every call or (only_split 1) only
-  // those whose K is split and without SwiGLU
-  struct Wg {
-    int config = -1, rows = 0, only_split = 0;
-  };
-  static const Wg wg = [] {
-    Wg w;
-    const char* v = getenv("OPTIMIZER_INT4_EXP_WG");
-    if (v != nullptr && gemm_int4_mma::device_has_wgmma()) sscanf(v, "%d,%d,%d", &w.config, &w.rows, &w.only_split);
-    return w;
-  }();
-  if (wg.config >= 0 && c.rows >= wg.rows) {
-    const int split = splits_with(c, wg.config);
-    if (!wg.only_split || (split > 1 && !c.swiglu)) return {wg.config, split};
-  }
+  if (warpgroup_tile(c)) return {gemm_int4::kWarpgroupStaged, splits_with(c, gemm_int4::kWarpgroupStaged)};
   const int single = splits_with(c, kGemmConfig);
   const bool paired = steps_choice() == Steps::kPaired && gemm_int4::stage_steps(gemm_int4::kPairedSteps, c.k) == 2;
   if (paired && single > 1) return {gemm_int4::kPairedSteps, splits_with(c, gemm_int4::kPairedSteps)};
@@ -567,6 +577,10 @@ const char* call_problem(const LinearCall& call, const Int4Weights& weights) {
   if (steps_choice() == Steps::kUnknown) {
     return "LinearInt4: OPTIMIZER_INT4_STEPS must be paired (two steps of K a stage of the tensor-core GEMM where K "
            "is split) or single (one step a stage)";
+  }
+  if (tile_choice() == Tile::kUnknown) {
+    return "LinearInt4: OPTIMIZER_INT4_TILE must be warpgroup (Hopper's warpgroup MMA from 32 rows on, where the "
+           "GPU has it) or mma (mma.sync's tiles for every call)";
   }
   if (split_choice() == Split::kUnknown) {
     return "LinearInt4: OPTIMIZER_INT4_SPLIT must be parts (K's parts of the tensor-core GEMM stored, added in order "
