@@ -131,7 +131,8 @@ int main(int argc, char** argv) {
 """
 
 ADDING = {"cluster": 0, "atomics": 1, "parts": 2}  # how K's parts add up: gemm_int4_mma::SplitSums's values
-TILES = {"128": 0, "256": 1, "warpgroup": 2, "row-groups": 3, "paired-steps": 4, "warpgroup-staged": 5}  # gemm_int4_plan.h's configurations
+TILES = {"128": 0, "256": 1, "warpgroup": 2, "row-groups": 3, "paired-steps": 4,  # gemm_int4_plan.h's configurations
+         "warpgroup-staged": 5}
 CASES = {  # m, n (codes rows), k, block, zero points, TILES, most rows a block, splits of K, ADDING,
     # SwiGLU (n / 2 outputs: silu(gate) * up, the gates first)
     "8-rows-odd-n-zeros": (6, 201, 256, 32, True, "128", 64, 1, "atomics", False),
@@ -153,15 +154,16 @@ CASES = {  # m, n (codes rows), k, block, zero points, TILES, most rows a block,
     "swiglu-odd-outputs": (6, 2 * 101, 256, 32, True, "128", 64, 1, "atomics", True),
     "swiglu-wide-cluster": (21, 2 * 300, 512, 64, False, "256", 64, 4, "cluster", True),
     "swiglu-64-rows": (64, 2 * 64, 128, 32, True, "128", 64, 1, "atomics", True),
-    # the warpgroup MMA: 8 to 64 rows a block, blocks of 32 (two scales a step) and 128, K's parts
-    # stored, in a cluster, by atomics; SwiGLU
+    # the warpgroup MMA (x stored in the A registers' k order): 8 to 64 rows a block, 130 rows (the
+    # third block's rows past m zero-filled), blocks of 32 and 128, K's parts stored, in a cluster, by
+    # atomics; SwiGLU
     "warpgroup-8-rows-odd-n-zeros": (6, 201, 256, 32, True, "warpgroup", 64, 1, "atomics", False),
     "warpgroup-16-rows-split-parts": (10, 40, 512, 128, True, "warpgroup", 64, 3, "parts", False),
     "warpgroup-32-rows-split-cluster": (21, 300, 512, 64, False, "warpgroup", 64, 3, "cluster", False),
     "warpgroup-64-rows-eight-parts-stored": (64, 130, 512, 32, True, "warpgroup", 64, 8, "parts", False),
     "warpgroup-three-row-blocks-atomics": (130, 64, 128, 32, False, "warpgroup", 64, 2, "atomics", False),
     "warpgroup-swiglu-64-rows": (64, 2 * 64, 128, 32, True, "warpgroup", 64, 1, "atomics", True),
-    # the same with x staged through registers
+    # the same with x staged through registers (LinearInt4's tile from 32 rows on an H100 / H200)
     "warpgroup-staged-8-rows-odd-n-zeros": (6, 201, 256, 32, True, "warpgroup-staged", 64, 1, "atomics", False),
     "warpgroup-staged-16-rows-split-parts": (10, 40, 512, 128, True, "warpgroup-staged", 64, 3, "parts", False),
     "warpgroup-staged-32-rows-split-cluster": (21, 300, 512, 64, False, "warpgroup-staged", 64, 3, "cluster", False),

@@ -11,7 +11,8 @@
 // More rows, up to kGemmRows (batched decode), of a shape it takes: gemm_int4_mma.cuh's tensor-core
 // GEMM (the default), the codes read straight into the MMA's registers (the weights read once, at 4
 // bits; K split over the grid where the outputs alone would not fill the GPU, its parts added by
-// atomics, or with SwiGLU in its epilogue summed in a thread block cluster on sm_90). Otherwise, or
+// atomics, or with SwiGLU in its epilogue summed in a thread block cluster on sm_90; from
+// kWarpgroupRows rows on an H100 / H200 by Hopper's warpgroup MMA, elsewhere by mma.sync). Otherwise, or
 // with OPTIMIZER_INT4_GEMM=dequantize: the weights dequantized into the scratch band by band
 // (int4_bands.h: up to 32 MB, so that a band stays in L2 for the GEMM that reads it; whole tiles of
 // rows), each band multiplied by cuBLAS into its columns of the output, SwiGLU after. The norm
@@ -60,11 +61,11 @@ constexpr int kPairedStages = 3;
 constexpr const char* kDefaultSteps = "paired";  // without OPTIMIZER_INT4_STEPS
 // From kWarpgroupRows rows on, on an H100 or H200: gemm_int4_plan.h's kWarpgroupStaged tile (Hopper's
 // warpgroup MMA, x staged through registers) for every call. The 1B int4 engine's captured step as
-// served (H100, run72, gpu_kernels.py --replay-only, model replay) at 64 rows: 1.548 / 1.552 ms with it
-// for the calls whose K is split, against 1.587 / 1.592 with the mma.sync tiles (fp16-custom: 1.571 /
-// 1.575); the probe at 64 rows (gpu_int4_gemm_probe.py --fill 264, against config 0) q/k/v 9.78 against
-// 11.04 us, o 6.83 against 7.56, down 14.09 against 17.21, the lm_head 137.2 against 170.0; at 16 rows
-// slower (the lm_head 113.4 against 88.2).
+// served (H100, run73, gpu_kernels.py --replay-only, model replay, two rounds) at 64 rows: 1.465 / 1.464
+// ms, against 1.626 / 1.626 with mma.sync's tiles (OPTIMIZER_INT4_TILE=mma), 1.541 / 1.546 with it for
+// all but the SwiGLU calls, 1.574 / 1.573 only where K is split (fp16-custom: 1.617 / 1.615); at 32
+// rows 1.143 / 1.138 against 1.157 / 1.159 (fp16: 1.409 / 1.413). Below 32 rows the probe found it
+// slower (gpu_int4_gemm_probe.py, run72, 1B at 16 rows: the lm_head 113.4 against 88.2 us).
 constexpr const char* kDefaultTile = "warpgroup";  // without OPTIMIZER_INT4_TILE
 constexpr int kWarpgroupRows = 32;
 constexpr int kGemmBlocksPerSm = 2;         // the blocks an SM its split-K grid aims at (two fit an SM)
