@@ -16,7 +16,8 @@ graph, replayed; a copy's time is the median replay over the copies. Forms:
                 than one call's outputs is copied into its columns here, in place there);
   mma-int4-cN   runtime/custom_ops/gemm_int4_mma.cuh in tile configuration N (0: 128 outputs a
                 block, 1: 256, both by mma.sync; 2: 128 by Hopper's warpgroup MMA; 4: 0's tile with two
-                steps of K a pipeline stage where K's steps pair up; N + 10: an 8-deep pipeline, not 4;
+                steps of K a pipeline stage where K's steps pair up; 5: 2's tile with x staged through
+                registers, LinearInt4's from 32 rows on an H100 / H200; N + 10: an 8-deep pipeline, not 4;
                 N + 20: a 3-deep one; N + 100 h: blocks of at most 64 >> h rows, h 1-3; N + 1000: K's
                 parts added by atomics, not in a thread block cluster; N + 2000: each part's sums
                 stored, added in part order after, LinearInt4's choice without SwiGLU; N + 10000:

@@ -148,7 +148,7 @@ CUDA_CASES = {  # (rows, K, codes rows, block, zero points)
     "gemv-small": ((1, 1), 96, 40, 32, True), "gemv-after-norm": ((4, 1), 8192, 512, 64, False),
     "gemm-6": ((6, 1), 2048, 3072, 32, True), "gemm-10": ((2, 5), 2048, 3072, 32, False),
     "gemm-64-split": ((64, 1), 2048, 2048, 32, False), "gemm-21": ((7, 3), 2048, 3072, 64, True),
-    "gemm-64-long-k": ((64, 1), 8192, 2048, 64, True),
+    "gemm-64-long-k": ((64, 1), 8192, 2048, 64, True), "gemm-32": ((32, 1), 2048, 3072, 64, False),
     "gemm-130": ((130, 1), 2048, 600, 128, True),
     "gemm-odd-n": ((20, 1), 2048, 1001, 32, False), "gemm-long-k": ((16, 1), 8192, 2048, 64, False),
     "gemm-odd-steps": ((16, 1), 576, 1024, 32, False),  # 9 steps of K: one a stage, where K is split too
@@ -163,9 +163,10 @@ def test_the_int4_family_on_cuda_equals_the_cpu_kernel_and_runs_in_a_captured_gr
     """1-4 rows: the GEMV kernel does it all (K split over 1-8 warps; the norm in shared memory
     where 2 x rows x K bytes fit 32 KiB, else our norm kernel first: gemv-after-norm); more rows:
     the tensor-core GEMM of gemm_int4_mma.cuh (the default: blocks of 8, 16, 32 and 64 rows, one
-    to three of them, K split where the outputs are few, its parts stored and added in order after,
-    or with SwiGLU in a thread block cluster on sm_90, an odd count of outputs, zero points, blocks
-    of 32, 64 and 128, SwiGLU in its epilogue; K not a multiple of 64 goes to the bands); or with
+    to three of them, by mma.sync, or from 32 rows on an H100 / H200 by the warpgroup MMA; K split
+    where the outputs are few, its parts stored and added in order after, or with SwiGLU in a thread
+    block cluster on sm_90, an odd count of outputs, zero points, blocks of 32, 64 and 128, SwiGLU in
+    its epilogue; K not a multiple of 64 goes to the bands); or with
     OPTIMIZER_INT4_GEMM=dequantize (the test below) the weights dequantized band by band for cuBLAS
     on onnxruntime's handle, then SwiGLU; each eager, and captured into a graph and replayed."""
     import torch  # noqa: F401  (loads the CUDA libraries onnxruntime-gpu links against)
@@ -223,11 +224,21 @@ def test_the_gemm_one_step_of_k_a_stage_where_k_is_split_gives_the_same_results(
     assert done.returncode == 0 and f"{cases_run('gemm')} passed" in done.stdout, done.stdout[-3000:]
 
 
+@pytest.mark.skipif(not CUDA, reason="the CUDA kernels need onnxruntime's CUDA provider: onnxruntime-gpu and an "
+                    "NVIDIA GPU")
+def test_the_gemm_by_mma_sync_tiles_only_gives_the_same_results():
+    """The tensor-core GEMM's cases with mma.sync's tiles for every call (OPTIMIZER_INT4_TILE=mma; by
+    default Hopper's warpgroup MMA from 32 rows on, where the GPU has it), each op, eager and captured."""
+    done = child_pytest({"OPTIMIZER_INT4_TILE": "mma"}, "gemm")
+    assert done.returncode == 0 and f"{cases_run('gemm')} passed" in done.stdout, done.stdout[-3000:]
+
+
 @pytest.mark.skipif(not CUDA, reason="the CUDA kernels need onnxruntime's CUDA provider: onnxruntime-gpu and an NVIDIA GPU")
 @pytest.mark.parametrize("variable,message", [
     ("OPTIMIZER_INT4_GEMM", "OPTIMIZER_INT4_GEMM must be mma (the tensor-core GEMM above 4 rows) or dequantize"),
     ("OPTIMIZER_INT4_SPLIT", "OPTIMIZER_INT4_SPLIT must be parts (K's parts of the tensor-core GEMM stored, added"),
-    ("OPTIMIZER_INT4_STEPS", "OPTIMIZER_INT4_STEPS must be paired (two steps of K a stage of the tensor-core GEMM")])
+    ("OPTIMIZER_INT4_STEPS", "OPTIMIZER_INT4_STEPS must be paired (two steps of K a stage of the tensor-core GEMM"),
+    ("OPTIMIZER_INT4_TILE", "OPTIMIZER_INT4_TILE must be warpgroup (Hopper's warpgroup MMA from 32 rows on")])
 def test_an_unknown_value_of_a_kernel_choice_is_refused_with_the_choices(variable, message):
     done = child_pytest({variable: "fastest"}, "gemv-1 and not True")
     assert done.returncode != 0

@@ -26,15 +26,15 @@ HARNESS = r"""
 using cuda_emulation::half_bits;
 using cuda_emulation::half_value;
 
-template <int MR, int NO, bool WG = false, int WR = 1, int SUB = 1>
+template <int MR, int NO, bool WG = false, int WR = 1, int SUB = 1, bool XREG = false>
 void run(const gemm_int4_mma::Args& a, int parts, bool late, bool cluster) {
   using T = gemm_int4_mma::Tile<MR, NO, 4, WG, WR, SUB>;
   const dim3 grid{static_cast<unsigned>((a.n + T::kBN - 1) / T::kBN),
                   static_cast<unsigned>((a.m + T::kBM - 1) / T::kBM), static_cast<unsigned>(parts)};
   cuda_emulation::launch(grid, gemm_int4_mma::kThreads, T::kShared, late,
                          [&] {  // launch_tile's choice: the SwiGLU kernel where a.swiglu
-                           if (a.swiglu) gemm_int4_mma::gemm_int4_mma_kernel<MR, NO, 4, WG, WR, true, SUB>(a);
-                           else gemm_int4_mma::gemm_int4_mma_kernel<MR, NO, 4, WG, WR, false, SUB>(a);
+                           if (a.swiglu) gemm_int4_mma::gemm_int4_mma_kernel<MR, NO, 4, WG, WR, true, SUB, XREG>(a);
+                           else gemm_int4_mma::gemm_int4_mma_kernel<MR, NO, 4, WG, WR, false, SUB, XREG>(a);
                          }, cluster ? parts : 1);
 }
 
@@ -45,6 +45,7 @@ void run_config(const gemm_int4_mma::Args& a, int config, int parts, bool late, 
     if (config == gemm_int4::kRowGroups) return run<MR / 2, 2, false, 2>(a, parts, late, cluster);
   }
   if (config == gemm_int4::kWarpgroup) run<MR, 1, true>(a, parts, late, cluster);
+  else if (config == gemm_int4::kWarpgroupStaged) run<MR, 1, true, 1, 1, true>(a, parts, late, cluster);
   else if (gemm_int4::stage_steps(config, a.k) == 2) run<MR, 1, false, 1, 2>(a, parts, late, cluster);
   else if (config == 1) run<MR, 2>(a, parts, late, cluster);
   else run<MR, 1>(a, parts, late, cluster);
@@ -130,7 +131,8 @@ int main(int argc, char** argv) {
 """
 
 ADDING = {"cluster": 0, "atomics": 1, "parts": 2}  # how K's parts add up: gemm_int4_mma::SplitSums's values
-TILES = {"128": 0, "256": 1, "warpgroup": 2, "row-groups": 3, "paired-steps": 4}  # gemm_int4_plan.h's configurations
+TILES = {"128": 0, "256": 1, "warpgroup": 2, "row-groups": 3, "paired-steps": 4,  # gemm_int4_plan.h's configurations
+         "warpgroup-staged": 5}
 CASES = {  # m, n (codes rows), k, block, zero points, TILES, most rows a block, splits of K, ADDING,
     # SwiGLU (n / 2 outputs: silu(gate) * up, the gates first)
     "8-rows-odd-n-zeros": (6, 201, 256, 32, True, "128", 64, 1, "atomics", False),
@@ -161,6 +163,13 @@ CASES = {  # m, n (codes rows), k, block, zero points, TILES, most rows a block,
     "warpgroup-64-rows-eight-parts-stored": (64, 130, 512, 32, True, "warpgroup", 64, 8, "parts", False),
     "warpgroup-three-row-blocks-atomics": (130, 64, 128, 32, False, "warpgroup", 64, 2, "atomics", False),
     "warpgroup-swiglu-64-rows": (64, 2 * 64, 128, 32, True, "warpgroup", 64, 1, "atomics", True),
+    # the same with x staged through registers (LinearInt4's tile from 32 rows on an H100 / H200)
+    "warpgroup-staged-8-rows-odd-n-zeros": (6, 201, 256, 32, True, "warpgroup-staged", 64, 1, "atomics", False),
+    "warpgroup-staged-16-rows-split-parts": (10, 40, 512, 128, True, "warpgroup-staged", 64, 3, "parts", False),
+    "warpgroup-staged-32-rows-split-cluster": (21, 300, 512, 64, False, "warpgroup-staged", 64, 3, "cluster", False),
+    "warpgroup-staged-64-rows-eight-parts-stored": (64, 130, 512, 32, True, "warpgroup-staged", 64, 8, "parts", False),
+    "warpgroup-staged-three-row-blocks-atomics": (130, 64, 128, 32, False, "warpgroup-staged", 64, 2, "atomics", False),
+    "warpgroup-staged-swiglu-64-rows": (64, 2 * 64, 128, 32, True, "warpgroup-staged", 64, 1, "atomics", True),
     # two groups of rows: 8 rows a block (config 0's tile), 16 to 64, rows past m in the second group,
     # K's parts stored, in a cluster, by atomics; SwiGLU
     "row-groups-8-rows-odd-n-zeros": (6, 201, 256, 32, True, "row-groups", 64, 1, "atomics", False),

@@ -181,6 +181,25 @@ __device__ __forceinline__ void pin_register(float& v) {
 #endif
 }
 
+// Makes this thread's shared-memory writes (plain stores) visible to the warpgroup MMA's reads of
+// shared memory (the async proxy) after the next barrier.
+__device__ __forceinline__ void fence_async_shared() {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+
+// A 16-byte global read through the non-coherent cache (16-byte aligned), issued where it is written.
+__device__ __forceinline__ uint4 load_u128(const void* p) {
+#if defined(__CUDACC__)
+  uint4 v;
+  asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+#else
+  return *static_cast<const uint4*>(p);
+#endif
+}
+
 // A 2- or 1-byte global read through the non-coherent cache, issued where it is written (volatile).
 __device__ __forceinline__ uint16_t load_u16(const void* p) {
 #if defined(__CUDACC__)

@@ -509,9 +509,10 @@ struct XChunks {
 // H100 (run35, 16-128 rows); this way each kernel's code is one that was measured (by cuobjdump,
 // the other kernel's SASS is run34's build's and the SwiGLU kernel's, up to its call of tile_out,
 // run35's; tile_out has since dropped the branches for calls without SwiGLU, which it never gets).
-template <int MR, int NO, int STAGES, bool WG = false, int WR = 1, bool QUADS = false, int SUB = 1>
+template <int MR, int NO, int STAGES, bool WG = false, int WR = 1, bool QUADS = false, int SUB = 1, bool XREG = false>
 __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mma_kernel(Args a) {
   using T = Tile<MR, NO, STAGES, WG, WR, SUB>;
+  constexpr bool XR = WG && XREG;  // x staged through registers: read a step before it is stored
   constexpr int NF = 2 * NO;  // 8-output groups a thread dequantizes: outputs g and g + 8 of each fragment
   constexpr int H = 1;  // scales a group a step (a lane's codes of a step lie in one quantization block)
   // stages loaded ahead of the step computed: all but the one being computed, or with the warpgroup
@@ -549,8 +550,31 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
     x_chunks.from = reinterpret_cast<const unsigned char*>(a.x) + static_cast<size_t>(x_chunks.valid ? row : 0) * 2 * a.k +
                     2L * first * kStepK + 32 * quarter;
   }
+  // XR: the thread's 32 bytes of x (x_chunks' row and quarter) of step i, loaded into `xr` (zeros past
+  // m or the part's steps), then stored into a stage's chunks (4 bytes each, word `quarter` of the
+  // row's 16 bytes) and fenced for the warpgroup MMA's reads after the next barrier
+  uint4 xr[2];
+  auto x_read = [&](int i) {
+    xr[0] = xr[1] = uint4{0, 0, 0, 0};
+    if (x_chunks.to >= 0 && x_chunks.valid && i < count) {
+      const unsigned char* from = x_chunks.from + 2L * i * kStepK;
+      xr[0] = load_u128(from);
+      xr[1] = load_u128(from + 16);
+    }
+  };
+  auto x_store = [&](int stage) {
+    if (x_chunks.to >= 0) {
+      unsigned char* at = xs + stage * T::kStageX + x_chunks.to;
+      const uint32_t words[8] = {xr[0].x, xr[0].y, xr[0].z, xr[0].w, xr[1].x, xr[1].y, xr[1].z, xr[1].w};
+#pragma unroll
+      for (int q = 0; q < 8; ++q) *reinterpret_cast<uint32_t*>(at + q * T::kChunkX) = words[q];
+    }
+    fence_async_shared();
+  };
   auto load_x = [&](int stage, bool load) {
-    if constexpr (WG) {
+    if constexpr (XR) {
+      // stored by x_store instead
+    } else if constexpr (WG) {
       x_chunks.copy_next<T::kChunkX>(xs + stage * T::kStageX, load);
     } else {
 #pragma unroll
@@ -619,9 +643,14 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
   start_next_kernel();
 #pragma unroll
   for (int s = 0; s < LEAD; ++s) {
+    if constexpr (XR) {
+      x_read(s);
+      x_store(s);
+    }
     load_x(s, s < count);
     commit_async();
   }
+  if constexpr (XR) x_read(LEAD);
 
   // with the warpgroup MMA two steps a turn, so that each dequantizes into registers of its own while
   // the other's MMAs may still read theirs (ptxas waits for the MMAs before reusing them)
@@ -634,6 +663,10 @@ __global__ void __launch_bounds__(kThreads, (kBlocksPerSm<MR, NO>)) gemm_int4_mm
     if constexpr (WG) mma_wait<1>();
     __syncthreads();  // stage i is in; every warp is done with the stage loaded next
     load_stage(i + LEAD, (i + LEAD) % STAGES);
+    if constexpr (XR) {  // step i + LEAD's x, read during step i - 1; then step i + LEAD + 1's
+      x_store((i + LEAD) % STAGES);
+      x_read(i + LEAD + 1);
+    }
     Dequant cur[SUB][NF][H];
 #pragma unroll
     for (int s = 0; s < SUB; ++s)
@@ -789,11 +822,11 @@ inline cudaLaunchAttribute programmatic_attribute() {
 // whole sums in one place, K is split only where a cluster adds the parts.
 // Returns what the caller converts after: the count of sums buffers to add up into y (0: none, y
 // is written).
-template <int MR, int NO, int STAGES, bool WG, int WR = 1, int SUB = 1>
+template <int MR, int NO, int STAGES, bool WG, int WR = 1, int SUB = 1, bool XREG = false>
 const char* launch_tile(Args a, int splits, const Launch& how, int& buffers) {
   using T = Tile<MR, NO, STAGES, WG, WR, SUB>;
-  auto kernel = a.swiglu ? gemm_int4_mma_kernel<MR, NO, STAGES, WG, WR, true, SUB>
-                         : gemm_int4_mma_kernel<MR, NO, STAGES, WG, WR, false, SUB>;
+  auto kernel = a.swiglu ? gemm_int4_mma_kernel<MR, NO, STAGES, WG, WR, true, SUB, XREG>
+                         : gemm_int4_mma_kernel<MR, NO, STAGES, WG, WR, false, SUB, XREG>;
   buffers = 0;
   if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(T::kShared)) !=
       cudaSuccess) {
@@ -849,6 +882,9 @@ const char* launch_tile(Args a, int splits, const Launch& how, int& buffers) {
 template <int MR, int STAGES>
 const char* launch_rows(const Args& a, int config, int splits, const Launch& how, int& buffers) {
   if (config == gemm_int4::kWarpgroup) return launch_tile<MR, 1, STAGES, true>(a, splits, how, buffers);
+  if (config == gemm_int4::kWarpgroupStaged) {
+    return launch_tile<MR, 1, STAGES, true, 1, 1, true>(a, splits, how, buffers);
+  }
   if (gemm_int4::stage_steps(config, a.k) == 2) return launch_tile<MR, 1, STAGES, false, 1, 2>(a, splits, how, buffers);
   if constexpr (MR >= 2) {
     if (config == gemm_int4::kRowGroups) return launch_tile<MR / 2, 2, STAGES, false, 2>(a, splits, how, buffers);
@@ -867,7 +903,7 @@ const char* launch(Args a, int config, int splits, Launch how, int most_rows = 6
   if (!gemm_int4::takes(a.k, a.block, a.x, a.codes) || config < 0 || config >= gemm_int4::kConfigs) {
     return "GEMM int4: K must be a multiple of 64, the block a power of two from 32, x and the codes 16-byte aligned";
   }
-  if (config == gemm_int4::kWarpgroup && !device_has_wgmma()) {
+  if ((config == gemm_int4::kWarpgroup || config == gemm_int4::kWarpgroupStaged) && !device_has_wgmma()) {
     return "GEMM int4: the warpgroup MMA tile runs on compute capability 9.0 only (H100, H200)";
   }
   const bool programmatic = optimizer_pdl::programmatic_launch();  // the device takes them, not turned off

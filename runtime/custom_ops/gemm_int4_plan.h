@@ -11,15 +11,18 @@ constexpr int kChunkCodes = 32;  // codes a 16-byte chunk holds
 
 // The tile configurations a launch can ask for (`config`): 128 or 256 outputs a block (8 warps of
 // 1 or 2 fragments 16 outputs wide, mma.sync), 128 by Hopper's warpgroup MMA (kWarpgroup: 2
-// warpgroups of 64 outputs; sm_90a; the probe's only: at 64 rows faster than config 0 on the 1B
-// q/k/v, o and down, slower on its gate/up and lm_head, run71), or 128 by mma.sync in two groups of
-// rows (kRowGroups: 2 x 4 warps of 2 fragments, each warp over half of the block's rows; blocks of 8
-// rows as config 0; the probe's only, slower at every shape of run27: each weight dequantized twice,
-// 297 instructions a step against 196); 4 (kPairedSteps) is config 0's
-// tile taking two steps of K a pipeline stage (one barrier and one round of copies a pair of steps)
-// where K's steps pair up, else config 0.
-constexpr int kConfigs = 5;
+// warpgroups of 64 outputs; sm_90a; x copied into shared memory by 4-byte cp.async; the probe's
+// only), the same with x staged through registers (kWarpgroupStaged: 16-byte reads a step ahead,
+// then 4-byte shared stores; LinearInt4's tile from 32 rows on an H100 / H200; in the probe at 64
+// rows faster than the mma.sync tiles on every 1B linear and the 8B o, gate/up, down and lm_head,
+// slower on the 8B q/k/v, run72-73), or 128 by mma.sync in two groups of rows (kRowGroups: 2 x 4 warps
+// of 2 fragments, each warp over half of the block's rows; blocks of 8 rows as config 0; the probe's
+// only, slower at every shape of run27: each weight dequantized twice, 297 instructions a step
+// against 196); 4 (kPairedSteps) is config 0's tile taking two steps of K a pipeline stage (one
+// barrier and one round of copies a pair of steps) where K's steps pair up, else config 0.
+constexpr int kConfigs = 6;
 constexpr int kWarpgroup = 2;
+constexpr int kWarpgroupStaged = 5;
 constexpr int kRowGroups = 3;
 constexpr int kPairedSteps = 4;
 inline int block_outputs(int config) { return config == 1 ? 256 : 128; }

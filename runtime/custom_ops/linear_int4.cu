@@ -11,7 +11,8 @@
 // More rows, up to kGemmRows (batched decode), of a shape it takes: gemm_int4_mma.cuh's tensor-core
 // GEMM (the default), the codes read straight into the MMA's registers (the weights read once, at 4
 // bits; K split over the grid where the outputs alone would not fill the GPU, its parts added by
-// atomics, or with SwiGLU in its epilogue summed in a thread block cluster on sm_90). Otherwise, or
+// atomics, or with SwiGLU in its epilogue summed in a thread block cluster on sm_90; from
+// kWarpgroupRows rows on an H100 / H200 by Hopper's warpgroup MMA, elsewhere by mma.sync). Otherwise, or
 // with OPTIMIZER_INT4_GEMM=dequantize: the weights dequantized into the scratch band by band
 // (int4_bands.h: up to 32 MB, so that a band stays in L2 for the GEMM that reads it; whole tiles of
 // rows), each band multiplied by cuBLAS into its columns of the output, SwiGLU after. The norm
@@ -58,6 +59,15 @@ constexpr int kGemmStages = 4;              // its cp.async pipeline's depth
 // 89.4 us at 16 rows, 168.9 against 163.6 at 64).
 constexpr int kPairedStages = 3;
 constexpr const char* kDefaultSteps = "paired";  // without OPTIMIZER_INT4_STEPS
+// From kWarpgroupRows rows on, on an H100 or H200: gemm_int4_plan.h's kWarpgroupStaged tile (Hopper's
+// warpgroup MMA, x staged through registers) for every call. The 1B int4 engine's captured step as
+// served (H100, run73, gpu_kernels.py --replay-only, model replay, two rounds) at 64 rows: 1.465 / 1.464
+// ms, against 1.626 / 1.626 with mma.sync's tiles (OPTIMIZER_INT4_TILE=mma), 1.541 / 1.546 with it for
+// all but the SwiGLU calls, 1.574 / 1.573 only where K is split (fp16-custom: 1.617 / 1.615); at 32
+// rows 1.143 / 1.138 against 1.157 / 1.159 (fp16: 1.409 / 1.413). Below 32 rows the probe found it
+// slower (gpu_int4_gemm_probe.py, run72, 1B at 16 rows: the lm_head 113.4 against 88.2 us).
+constexpr const char* kDefaultTile = "warpgroup";  // without OPTIMIZER_INT4_TILE
+constexpr int kWarpgroupRows = 32;
 constexpr int kGemmBlocksPerSm = 2;         // the blocks an SM its split-K grid aims at (two fit an SM)
 constexpr int kSwigluBlocksPerSm = 1;       // with SwiGLU (K's parts in a thread block cluster)
 constexpr const char* kDefaultSplit = "parts";  // how its K's parts add up without OPTIMIZER_INT4_SPLIT
@@ -468,15 +478,33 @@ int splits_with(const LinearCall& c, int config) {
                                config, gemm_fill(c), 64, gemm_int4::kClusterParts);
 }
 
+// The tensor-core GEMM's tile, as OPTIMIZER_INT4_TILE asks (kDefaultTile where unset): "warpgroup",
+// gemm_int4_plan.h's kWarpgroupStaged from kWarpgroupRows rows on where the device has Hopper's
+// warpgroup MMA (compute capability 9.0), mma.sync's tiles elsewhere; "mma", mma.sync's tiles for
+// every call; any other value: neither (every call refused).
+enum class Tile { kWarpgroup, kMma, kUnknown };
+
+Tile tile_choice() {
+  static const char* const names[] = {"warpgroup", "mma"};
+  static const Tile choice = static_cast<Tile>(env_choice("OPTIMIZER_INT4_TILE", kDefaultTile, names, 2));
+  return choice;
+}
+
+// Whether the call takes the warpgroup tile (kWarpgroupStaged), as tile_choice allows.
+bool warpgroup_tile(const LinearCall& c) {
+  return tile_choice() == Tile::kWarpgroup && c.rows >= kWarpgroupRows && gemm_int4_mma::device_has_wgmma();
+}
+
 // The call's tile (gemm_int4_plan.h's configurations) and the parts K is cut into by it.
 struct GemmPlan {
   int config;
   int splits;
 };
 
-// Two steps of K a stage where K is split (by kGemmConfig's tile) and its steps pair up, as
-// steps_choice allows; else kGemmConfig.
+// The warpgroup tile where warpgroup_tile says; else two steps of K a stage where K is split (by
+// kGemmConfig's tile) and its steps pair up, as steps_choice allows; else kGemmConfig.
 GemmPlan gemm_plan(const LinearCall& c) {
+  if (warpgroup_tile(c)) return {gemm_int4::kWarpgroupStaged, splits_with(c, gemm_int4::kWarpgroupStaged)};
   const int single = splits_with(c, kGemmConfig);
   const bool paired = steps_choice() == Steps::kPaired && gemm_int4::stage_steps(gemm_int4::kPairedSteps, c.k) == 2;
   if (paired && single > 1) return {gemm_int4::kPairedSteps, splits_with(c, gemm_int4::kPairedSteps)};
@@ -550,6 +578,10 @@ const char* call_problem(const LinearCall& call, const Int4Weights& weights) {
   if (steps_choice() == Steps::kUnknown) {
     return "LinearInt4: OPTIMIZER_INT4_STEPS must be paired (two steps of K a stage of the tensor-core GEMM where K "
            "is split) or single (one step a stage)";
+  }
+  if (tile_choice() == Tile::kUnknown) {
+    return "LinearInt4: OPTIMIZER_INT4_TILE must be warpgroup (Hopper's warpgroup MMA from 32 rows on, where the "
+           "GPU has it) or mma (mma.sync's tiles for every call)";
   }
   if (split_choice() == Split::kUnknown) {
     return "LinearInt4: OPTIMIZER_INT4_SPLIT must be parts (K's parts of the tensor-core GEMM stored, added in order "
