@@ -154,22 +154,6 @@ CASES = {  # m, n (codes rows), k, block, zero points, TILES, most rows a block,
     "swiglu-odd-outputs": (6, 2 * 101, 256, 32, True, "128", 64, 1, "atomics", True),
     "swiglu-wide-cluster": (21, 2 * 300, 512, 64, False, "256", 64, 4, "cluster", True),
     "swiglu-64-rows": (64, 2 * 64, 128, 32, True, "128", 64, 1, "atomics", True),
-    # the warpgroup MMA (x stored in the A registers' k order): 8 to 64 rows a block, 130 rows (the
-    # third block's rows past m zero-filled), blocks of 32 and 128, K's parts stored, in a cluster, by
-    # atomics; SwiGLU
-    "warpgroup-8-rows-odd-n-zeros": (6, 201, 256, 32, True, "warpgroup", 64, 1, "atomics", False),
-    "warpgroup-16-rows-split-parts": (10, 40, 512, 128, True, "warpgroup", 64, 3, "parts", False),
-    "warpgroup-32-rows-split-cluster": (21, 300, 512, 64, False, "warpgroup", 64, 3, "cluster", False),
-    "warpgroup-64-rows-eight-parts-stored": (64, 130, 512, 32, True, "warpgroup", 64, 8, "parts", False),
-    "warpgroup-three-row-blocks-atomics": (130, 64, 128, 32, False, "warpgroup", 64, 2, "atomics", False),
-    "warpgroup-swiglu-64-rows": (64, 2 * 64, 128, 32, True, "warpgroup", 64, 1, "atomics", True),
-    # the same with x staged through registers (LinearInt4's tile from 32 rows on an H100 / H200)
-    "warpgroup-staged-8-rows-odd-n-zeros": (6, 201, 256, 32, True, "warpgroup-staged", 64, 1, "atomics", False),
-    "warpgroup-staged-16-rows-split-parts": (10, 40, 512, 128, True, "warpgroup-staged", 64, 3, "parts", False),
-    "warpgroup-staged-32-rows-split-cluster": (21, 300, 512, 64, False, "warpgroup-staged", 64, 3, "cluster", False),
-    "warpgroup-staged-64-rows-eight-parts-stored": (64, 130, 512, 32, True, "warpgroup-staged", 64, 8, "parts", False),
-    "warpgroup-staged-three-row-blocks-atomics": (130, 64, 128, 32, False, "warpgroup-staged", 64, 2, "atomics", False),
-    "warpgroup-staged-swiglu-64-rows": (64, 2 * 64, 128, 32, True, "warpgroup-staged", 64, 1, "atomics", True),
     # two groups of rows: 8 rows a block (config 0's tile), 16 to 64, rows past m in the second group,
     # K's parts stored, in a cluster, by atomics; SwiGLU
     "row-groups-8-rows-odd-n-zeros": (6, 201, 256, 32, True, "row-groups", 64, 1, "atomics", False),
@@ -190,6 +174,19 @@ CASES = {  # m, n (codes rows), k, block, zero points, TILES, most rows a block,
     "paired-swiglu-64-rows-cluster": (64, 2 * 130, 512, 32, True, "paired-steps", 64, 2, "cluster", True),
     "paired-odd-steps": (64, 130, 192, 64, True, "paired-steps", 64, 1, "atomics", False),
 }
+# The warpgroup MMA's cases, for each of its two tiles (x copied by cp.async, and x staged through registers:
+# LinearInt4's tile from 32 rows on an H100 / H200), x stored in the A registers' k order: 8 to 64 rows a block, 130
+# rows (the third block's rows past m zero-filled), blocks of 32 and 128, K's parts stored, in a cluster, by atomics;
+# SwiGLU
+WARPGROUP_CASES = {
+    "8-rows-odd-n-zeros": (6, 201, 256, 32, True, 64, 1, "atomics", False),
+    "16-rows-split-parts": (10, 40, 512, 128, True, 64, 3, "parts", False),
+    "32-rows-split-cluster": (21, 300, 512, 64, False, 64, 3, "cluster", False),
+    "64-rows-eight-parts-stored": (64, 130, 512, 32, True, 64, 8, "parts", False),
+    "three-row-blocks-atomics": (130, 64, 128, 32, False, 64, 2, "atomics", False),
+    "swiglu-64-rows": (64, 2 * 64, 128, 32, True, 64, 1, "atomics", True)}
+CASES.update({f"{tile}-{name}": (*case[:5], tile, *case[5:])
+              for tile in ("warpgroup", "warpgroup-staged") for name, case in WARPGROUP_CASES.items()})
 
 
 @pytest.fixture(scope="module")
