@@ -36,11 +36,14 @@
 // registers exactly as above (a lane's 16 codes of a step, the same byte selects), by the x tile
 // straight from shared memory, 4 MMAs a step for the whole warpgroup instead of 32 mma.sync and 16
 // shared reads of x a warp. The MMA reads x in 8-k chunks, so x is stored in the k order the A
-// registers hold (4 bytes at a time by cp.async; gemm_int4_fragments.h's wg_x_k). The probe's only
-// (gemm_int4_plan.h's config 2), LinearInt4 does not use it: on an H100 (run71, against config 0,
-// 64 rows) q/k/v 10.9 against 11.3 us, o 7.3 against 7.8, down 15.6 against 17.9, but gate/up 36.0
-// against 31.3 and the lm_head 174 against 165 (run21-22's tile, k in order with a byte select a
-// lane, two scales a row a step: the lm_head 234).
+// registers hold (gemm_int4_fragments.h's wg_x_k): 4 bytes at a time by cp.async (config 2, the
+// probe's only), or (XREG, kWarpgroupStaged: LinearInt4's tile from 32 rows on an H100 / H200) read
+// 32 bytes a thread a step ahead into registers, then stored 4 bytes at a time and fenced for the
+// MMA. On an H100 at 64 rows, against config 0 (mma.sync): config 2 (run71) q/k/v 10.9 against 11.3
+// us, o 7.3 against 7.8, down 15.6 against 17.9, but gate/up 36.0 against 31.3 and the lm_head 174
+// against 165 (run21-22's tile, k in order with a byte select a lane, two scales a row a step: the
+// lm_head 234); the staged tile (run72) q/k/v 9.8 against 11.0, o 6.8 against 7.6, gate/up 29.3
+// against 30.1, down 14.1 against 17.2, the lm_head 137 against 170.
 // gemm_int4_plan.h has the host's choices (tiles, rows a block, splits).
 //
 // Included by linear_int4.cu and by benchmarks/cuda/gemm_int4_probe.cu (device code, nvcc). Without
